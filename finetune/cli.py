@@ -78,7 +78,8 @@ def _one_line(error: BaseException) -> str:
     while error is not None:
         text = " ".join(str(error).split())
         # OmegaConf appends a block of "full_key: ... object_type=..." diagnostics; the key is enough.
-        text = text.split(" object_type=")[0]
+        for noise in (" full_key:", " object_type=", " Config search path:"):
+            text = text.split(noise)[0]
         if text and text not in parts:
             parts.append(text)
         error = error.__cause__
