@@ -1,0 +1,408 @@
+"""The one training entry point: ``python -m finetune.train`` locally, in sweep trials and as the AML command job.
+
+It takes split files and hyperparameters (never Hydra config), fine-tunes with the Hugging Face Trainer
+(dynamic padding, evaluation on val ``evals_per_epoch`` times per epoch), and writes:
+
+- ``<output-dir>/model/``: loads as-is with ``AutoModelForSequenceClassification`` / ``AutoTokenizer`` /
+  ``pipeline("text-classification")``; ``id2label`` holds the class names; plus ``candidate.json``.
+- ``<output-dir>/result.json``: status, every evaluation, best val metrics, test metrics, throughput.
+
+The model kept is the best evaluation by the primary metric, so a sweep's "best value" of a trial and the
+model it hands on agree. Checkpoints are written at every evaluation and marked complete only after the
+Trainer finished writing them; a restarted run with the same output dir resumes from the newest complete
+one (AML low-priority nodes get evicted), and a half-written checkpoint is deleted, never loaded.
+Metrics go to MLflow as ``val_<metric>`` (per evaluation) and ``test_<metric>``; with no tracking URI
+MLflow uses its environment, which on AML is the workspace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+COMPLETE_MARKER = "checkpoint.complete"
+
+
+@dataclass
+class TrainArgs:
+    train_file: str
+    val_file: str
+    labels_file: str
+    model: str
+    output_dir: str
+    test_file: Optional[str] = None
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    epochs: float = 2.0
+    max_length: int = 128
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    evals_per_epoch: int = 1
+    logging_steps: int = 10
+    tracking_uri: Optional[str] = None
+    experiment: str = "finetune"
+    run_name: Optional[str] = None
+    trial_storage: Optional[str] = None
+    study_name: Optional[str] = None
+    trial_number: Optional[int] = None
+    primary_metric: str = "val_auc_weighted"
+    goal: str = "maximize"
+    num_threads: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    group_by_length: bool = True
+    pad_to_multiple_of: int = 0
+    dataloader_workers: int = 0
+    torch_compile: str = "auto"
+    telemetry_interval_s: float = 5.0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune.train",
+        description="Fine-tune a Hugging Face encoder as a text classifier on prepared split files.",
+    )
+    defaults = TrainArgs("", "", "", "", "")
+    for name, value in asdict(defaults).items():
+        if name == "extra":
+            continue
+        flag = "--" + name.replace("_", "-")
+        required = name in ("train_file", "val_file", "labels_file", "model", "output_dir")
+        if isinstance(value, bool):
+            parser.add_argument(flag, type=_parse_bool, default=value, metavar="true|false")
+        elif required:
+            parser.add_argument(flag, required=True)
+        else:
+            kind = {float: float, int: int}.get(type(value), str)
+            if name == "trial_number":
+                kind = int
+            parser.add_argument(flag, type=kind, default=value)
+    return parser
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> TrainArgs:
+    namespace = build_parser().parse_args(argv)
+    return TrainArgs(**vars(namespace))
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def free_cores() -> int:
+    """Cores this process may use, minus the ones busy right now (a loaded core makes 2 threads collapse)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def newest_complete_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    """The newest checkpoint the Trainer finished writing; incomplete ones are removed."""
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = []
+    for folder in checkpoint_dir.glob("checkpoint-*"):
+        if (folder / COMPLETE_MARKER).exists():
+            complete.append(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(complete, key=lambda f: int(f.name.split("-")[-1]), default=None)
+
+
+def read_split(path: str, label2id: dict):
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"text": str, "label": str}, keep_default_na=False)
+    unknown = sorted(set(frame["label"]) - set(label2id))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown} are not in the labels file {sorted(label2id)}")
+    return frame["text"].tolist(), [label2id[x] for x in frame["label"]]
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def train(args: TrainArgs) -> dict:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from finetune.metrics import classification_metrics
+
+    transformers.logging.set_verbosity_error()
+    started = time.time()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = output_dir / "checkpoints"
+    labels = json.loads(Path(args.labels_file).read_text())
+    label2id = {name: i for i, name in enumerate(labels)}
+    id2label = {i: name for i, name in enumerate(labels)}
+
+    settings = runtime_settings(args)
+    torch.set_num_threads(settings["threads"])
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+    )
+
+    def encode(path: str):
+        texts, ids = read_split(path, label2id)
+        dataset = Dataset.from_dict({"text": texts, "label": ids})
+        return dataset.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
+
+    train_set, val_set = encode(args.train_file), encode(args.val_file)
+    steps_per_epoch = max(1, math.ceil(len(train_set) / (args.batch_size * args.gradient_accumulation_steps)))
+    eval_steps = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
+    primary = args.primary_metric[len("val_"):] if args.primary_metric.startswith("val_") else args.primary_metric
+
+    training_args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size * 2,
+        num_train_epochs=args.epochs,
+        # A float below 1 is a fraction of the total steps (transformers 5 folded warmup_ratio into this).
+        warmup_steps=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_epsilon=args.adam_epsilon,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        seed=args.seed,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=primary,
+        greater_is_better=args.goal == "maximize",
+        logging_steps=args.logging_steps,
+        report_to=[],
+        disable_tqdm=not args.progress,
+        **settings["trainer_kwargs"],
+    )
+
+    evaluations: List[dict] = []
+    state = {"status": "completed", "reason": None}
+    reporter = None
+    if args.trial_storage:
+        from finetune.search.reporting import TrialReporter
+
+        reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
+
+    tracking = _start_tracking(args)
+
+    class Observer(TrainerCallback):
+        """Renames eval_* to val_*, logs to MLflow, reports to the sweep, stops on NaN or a prune decision."""
+
+        def on_save(self, _args, control_state, control, **kwargs):
+            folder = checkpoint_dir / f"checkpoint-{control_state.global_step}"
+            if folder.is_dir():
+                (folder / COMPLETE_MARKER).write_text(str(time.time()))
+
+        def on_log(self, _args, control_state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None:
+                if not math.isfinite(loss):
+                    state.update(status="failed", reason=f"training loss became {loss} at step {control_state.global_step}")
+                    control.should_training_stop = True
+                tracking.log({"train_loss": loss}, control_state.global_step)
+
+        def on_evaluate(self, _args, control_state, control, metrics=None, **kwargs):
+            values = {f"val_{k[len('eval_'):]}": v for k, v in (metrics or {}).items() if k.startswith("eval_")
+                      and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
+            record = {"step": control_state.global_step, "epoch": control_state.epoch, **values}
+            evaluations.append(record)
+            tracking.log(values, control_state.global_step)
+            value = values.get(args.primary_metric)
+            if reporter is not None and value is not None and reporter.report(value, len(evaluations)):
+                state.update(status="pruned", reason=f"early-terminated by the sweep policy at evaluation {len(evaluations)}")
+                control.should_training_stop = True
+                control.should_save = False
+
+    def compute_metrics(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        proba = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+        return classification_metrics(prediction.label_ids, proba)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings["pad_to_multiple_of"]),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=[Observer()],
+    )
+    resume = newest_complete_checkpoint(checkpoint_dir)
+    if resume is not None:
+        print(f"resuming from {resume}", file=sys.stderr)
+    monitor = _resource_monitor(args, tracking)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        figures = monitor.stop() if monitor else {}
+
+    result: dict = {
+        "status": state["status"],
+        "reason": state["reason"],
+        "evaluations": evaluations,
+        "epochs_run": float(trainer.state.epoch or 0.0),
+        "steps": int(trainer.state.global_step),
+        "hyperparameters": _hyperparameters(args),
+        "device": settings["device"],
+        "precision": settings["precision"],
+        "threads": settings["threads"],
+    }
+    if state["status"] != "failed":
+        best = _best_evaluation(evaluations, args.primary_metric, args.goal)
+        result["val"] = {k[len("val_"):]: v for k, v in best.items() if k.startswith("val_")} if best else {}
+        model_dir = output_dir / "model"
+        trainer.save_model(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
+        # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
+        (model_dir / "training_args.bin").unlink(missing_ok=True)
+        (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}, indent=2))
+        result["model_dir"] = str(model_dir)
+        if args.test_file and state["status"] == "completed":
+            test_set = encode(args.test_file)
+            prediction = trainer.predict(test_set)
+            result["test"] = compute_metrics(prediction)
+            tracking.log({f"test_{k}": v for k, v in result["test"].items()}, trainer.state.global_step)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    runtime = train_output.metrics.get("train_runtime") or (time.time() - started)
+    samples = len(train_set) * float(result["epochs_run"])
+    mean_tokens = float(np.mean([len(ids) for ids in train_set["input_ids"]]))
+    result["throughput"] = {
+        "train_samples_per_s": samples / runtime if runtime else None,
+        "train_tokens_per_s": samples * mean_tokens / runtime if runtime else None,
+        **figures,
+    }
+    result["duration_s"] = time.time() - started
+    result["mlflow_run_id"] = tracking.run_id
+    tracking.finish(result)
+    _write_json_atomic(output_dir / "result.json", result)
+    return result
+
+
+def _best_evaluation(evaluations: List[dict], metric: str, goal: str) -> Optional[dict]:
+    scored = [e for e in evaluations if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
+    if not scored:
+        return evaluations[-1] if evaluations else None
+    pick = max if goal == "maximize" else min
+    return pick(scored, key=lambda e: e[metric])
+
+
+def _hyperparameters(args: TrainArgs) -> dict:
+    keys = ("learning_rate", "batch_size", "epochs", "max_length", "warmup_ratio", "weight_decay", "adam_beta1",
+            "adam_beta2", "adam_epsilon", "gradient_accumulation_steps", "seed")
+    return {k: getattr(args, k) for k in keys}
+
+
+def runtime_settings(args: TrainArgs) -> dict:
+    """Device, precision, threads and Trainer switches for this hardware (see finetune.speed for GPU defaults)."""
+    from finetune.speed import choose_runtime
+
+    return choose_runtime(args)
+
+
+def _resource_monitor(args: TrainArgs, tracking):
+    from finetune.telemetry import ResourceMonitor
+
+    monitor = ResourceMonitor(interval_s=args.telemetry_interval_s, log=tracking.log)
+    monitor.start()
+    return monitor
+
+
+class _Tracking:
+    """MLflow logging that never breaks training: a tracking outage is reported once, then training goes on."""
+
+    def __init__(self, args: TrainArgs):
+        import mlflow
+
+        self.mlflow = mlflow
+        if args.tracking_uri:
+            mlflow.set_tracking_uri(args.tracking_uri)
+        mlflow.set_experiment(args.experiment)
+        active = mlflow.active_run()
+        self.run = active or mlflow.start_run(run_name=args.run_name)
+        self.owns_run = active is None
+        self.run_id = self.run.info.run_id
+        mlflow.log_params({**_hyperparameters(args), "model": args.model, "primary_metric": args.primary_metric})
+
+    def log(self, metrics: dict, step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def finish(self, result: dict) -> None:
+        self.mlflow.set_tags({"status": result["status"], "epochs_run": result["epochs_run"]})
+        if self.owns_run:
+            self.mlflow.end_run(status="FAILED" if result["status"] == "failed" else "FINISHED")
+
+
+def _start_tracking(args: TrainArgs) -> _Tracking:
+    return _Tracking(args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    result = train(args)
+    summary = {k: result.get(k) for k in ("status", "epochs_run", "steps")}
+    print(json.dumps({**summary, "val": result.get("val"), "test": result.get("test")}, default=float))
+    return 1 if result["status"] == "failed" else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
