@@ -221,3 +221,57 @@ def check_select(plan: RunPlan) -> List[str]:
 
 
 CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select]
+
+
+# ------------------------------------------------------------------------------------- training command
+
+HYPERPARAMETERS = (
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "gradient_accumulation_steps",
+)
+
+
+def train_command_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: Optional[dict] = None,
+                       model_path: Optional[str] = None) -> List[str]:
+    """Arguments of `python -m finetune.train` for this plan: the single run, every sweep trial.
+
+    `hyperparameters` replaces the model's own values (a sweep trial's sample); `data_dir` holds the
+    prepared split files named as in docs/contracts.md.
+    """
+    values = {name: getattr(plan.model, name) for name in HYPERPARAMETERS}
+    values.update(hyperparameters or {})
+    data = Path(data_dir)
+    args = [
+        "--train-file", str(data / "train.csv"),
+        "--val-file", str(data / "val.csv"),
+        "--test-file", str(data / "test.csv"),
+        "--labels-file", str(data / "labels.json"),
+        "--model", model_path or plan.model.path or plan.model.hub_id,
+        "--output-dir", str(output_dir),
+        "--seed", str(plan.seed),
+        "--evals-per-epoch", str(plan.train.evals_per_epoch),
+        "--logging-steps", str(plan.train.logging_steps),
+        "--telemetry-interval-s", str(plan.train.telemetry_interval_s),
+        "--primary-metric", plan.search.primary_metric,
+        "--goal", plan.search.goal,
+        "--tracking-uri", plan.tracking.uri,
+        "--experiment", plan.tracking.experiment,
+        "--device", plan.compute.device,
+        "--precision", plan.compute.precision,
+        "--num-threads", str(plan.compute.num_threads),
+        "--group-by-length", str(plan.compute.group_by_length).lower(),
+        "--pad-to-multiple-of", str(plan.compute.pad_to_multiple_of),
+        "--dataloader-workers", str(plan.compute.dataloader_workers),
+        "--torch-compile", plan.compute.torch_compile,
+    ]
+    for name, value in values.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return args
