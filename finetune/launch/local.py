@@ -1,0 +1,171 @@
+"""The local launcher: every stage of a run plan on this machine, offline.
+
+data -> train (or sweep) -> AutoML -> test and select -> register -> deploy (blue/green rollout on a local
+endpoint) -> report. Training runs as ``python -m finetune.train`` in a subprocess, exactly the command
+AML runs, so the two launchers share one entry point. ``summary.json`` is rewritten after every stage:
+an interrupted run still shows what it finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from finetune.errors import UserError
+from finetune.plan import RunPlan, train_command_args
+
+SCHEMA_VERSION = 1
+
+
+class Summary:
+    """summary.json, written atomically after each stage."""
+
+    def __init__(self, plan: RunPlan):
+        self.path = Path(plan.run_dir) / "summary.json"
+        self.data: dict = {
+            "schema_version": SCHEMA_VERSION,
+            "run": {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages},
+            "candidates": {},
+        }
+        self.started = time.time()
+
+    def __setitem__(self, key, value) -> None:
+        self.data[key] = value
+        self.save()
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+    def finish(self) -> None:
+        self.data["run"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.data["run"]["duration_s"] = round(time.time() - self.started, 1)
+        self.save()
+
+
+def stage(number: int, total: int, name: str, detail: str = "") -> None:
+    print(f"\n[{number}/{total}] {name}{': ' + detail if detail else ''}", flush=True)
+
+
+def run(plan: RunPlan) -> dict | None:
+    run_dir = Path(plan.run_dir)
+    plan.write()
+    print(plan.table())
+    if plan.dry_run:
+        print(f"\ndry run: plan written to {run_dir / 'plan.yaml'}; nothing was trained")
+        return None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    summary = Summary(plan)
+    total, step = len(plan.stages) + 1, 0
+
+    def next_stage(name: str, detail: str = "") -> None:
+        nonlocal step
+        step += 1
+        stage(step, total, name, detail)
+
+    from finetune.data import prepare
+
+    next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
+    data = prepare(plan.dataset, run_dir / "data")
+    summary["data"] = data.to_dict()
+    print(f"{data.to_dict()['rows_labelled']} labelled rows -> "
+          + ", ".join(f"{k} {v['rows']}" for k, v in data.to_dict()["splits"].items()))
+
+    candidates = summary["candidates"]
+    if "search" in plan.stages:
+        from finetune.search import run_sweep
+
+        next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
+                             f"up to {plan.search.limits.max_total_trials} trials")
+        sweep = run_sweep(plan, data, run_dir / "sweep")
+        summary["sweep"] = sweep
+        best = sweep.get("best")
+        if not best:
+            raise UserError("the sweep finished without a successful trial; see the trial table above and the "
+                            f"logs under {run_dir / 'sweep'}")
+        candidates["finetuned"] = {"kind": "hf", "path": best["model_dir"], "val": best.get("val", {}),
+                                   "source": f"sweep trial {best['trial']}", "params": best.get("params", {})}
+    else:
+        next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
+        result = train_once(plan, data.directory, run_dir / "train")
+        candidates["finetuned"] = {"kind": "hf", "path": result["model_dir"], "val": result.get("val", {}),
+                                   "source": "single run", "result_file": str(run_dir / "train" / "result.json"),
+                                   "throughput": result.get("throughput", {})}
+    summary.save()
+
+    if "automl" in plan.stages:
+        from finetune.automl import run_automl
+
+        next_stage("automl", f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)")
+        candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed)
+        summary.save()
+
+    from finetune import registry, select
+
+    next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
+    production = registry.production(plan.select.registered_model_name, plan.tracking.uri)
+    selection = select.run_selection(plan, data, candidates, production, run_dir / "select")
+    summary["selection"] = selection
+    for name, metrics in selection["test"].items():
+        if name in candidates:
+            candidates[name]["test"] = metrics
+    summary.save()
+
+    next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
+    registered = None
+    if selection["decision"] == "register":
+        registered = registry.register_selection(plan, summary.data, run_dir / "register")
+        summary["registry"] = registered
+        print(f"registered {registered['name']} version {registered['version']}"
+              + (" (already registered: same artifacts)" if registered.get("existing") else ""))
+    else:
+        summary["registry"] = {"decision": "keep_production", "reason": selection["reason"]}
+        print(f"kept the current production model: {selection['reason']}")
+
+    if "deploy" in plan.stages:
+        next_stage("deploy", f"local endpoint '{plan.endpoint.name}' (blue/green rollout)")
+        if registered is None:
+            print("nothing new to deploy")
+        else:
+            from finetune.serve import deploy_local
+
+            rollout = deploy_local(plan.endpoint, Path(plan.run_dir).parent / "endpoints", registered["model_ref"],
+                                   registered["sample_request"], keep_running=False)
+            summary["rollout"] = rollout
+            registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+    elif registered is not None:
+        registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+
+    next_stage("report")
+    from finetune.report import write_report
+
+    report = write_report(run_dir, summary.data)
+    summary.finish()
+    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\nreport:        {report}")
+    return summary.data
+
+
+def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
+    """One training run through the training entry point, in a subprocess as on AML."""
+    command = [sys.executable, "-m", "finetune.train", *train_command_args(plan, str(data_dir), str(output_dir)),
+               "--run-name", f"{plan.name}-train"]
+    completed = subprocess.run(command)
+    result_file = output_dir / "result.json"
+    if completed.returncode != 0 or not result_file.exists():
+        raise UserError(f"training failed (exit code {completed.returncode}); its output is above, "
+                        f"command: python -m finetune.train {' '.join(command[3:])}")
+    result = json.loads(result_file.read_text())
+    test = result.get("test", {})
+    print(f"trained in {result['duration_s']:.0f} s: val {plan.search.primary_metric} "
+          f"{result.get('val', {}).get(plan.search.primary_metric[len('val_'):], float('nan')):.4f}, "
+          f"test auc_weighted {test.get('auc_weighted', float('nan')):.4f}")
+    return result
