@@ -28,6 +28,7 @@ from finetune.config import (
     TrainConfig,
     WorkspaceConfig,
 )
+from finetune.data import check_source
 from finetune.errors import ConfigProblems
 from finetune.metrics import METRIC_NAMES
 
@@ -220,7 +221,7 @@ def check_select(plan: RunPlan) -> List[str]:
     return []
 
 
-CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select]
+CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select, check_source]
 
 
 # ------------------------------------------------------------------------------------- training command
