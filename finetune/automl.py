@@ -1,0 +1,181 @@
+"""The local AutoML candidate: a FLAML search over classical learners on TF-IDF features.
+
+This is a *baseline*, named as such wherever it is shown: it tells whether fine-tuning a transformer
+beats a cheap bag-of-words model on the same splits. FLAML fits on the train split and scores every
+trial on val (the same holdout the fine-tuned model is chosen on), and the best model is kept as fitted
+on train: ``retrain_full=False``, so the val metrics reported are those of the saved model and val
+never leaks into it. The test split is not touched here; selection scores every candidate on it.
+
+The candidate is a scikit-learn Pipeline (TF-IDF -> estimator) pickled with joblib, so scoring needs
+scikit-learn and the estimator's library (LightGBM/XGBoost), not FLAML. The AML AutoML job is built in
+the AML launcher; this module is the local counterpart.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+from finetune.config import AutomlConfig
+from finetune.errors import ConfigProblems, UserError
+
+DESCRIPTION = "local AutoML baseline (FLAML on TF-IDF)"
+
+# FLAML learners that accept sparse TF-IDF input and give probabilities (svc has no predict_proba,
+# histgb needs dense input, catboost is not a dependency).
+ESTIMATORS = ("lgbm", "xgboost", "xgb_limitdepth", "rf", "extra_tree", "lrl1", "lrl2", "kneighbor", "sgd")
+
+
+def check_config(automl: AutomlConfig) -> list[str]:
+    """Problems with the local AutoML settings, for the plan's validation and for :func:`run_automl`."""
+    if automl.kind == "none":
+        return []
+    problems = []
+    unknown = [name for name in automl.estimators if name not in ESTIMATORS]
+    if unknown:
+        problems.append(f"automl.estimators={list(automl.estimators)}: unknown {unknown}; "
+                        f"choose from {', '.join(ESTIMATORS)}")
+    if not automl.estimators:
+        problems.append("automl.estimators=[]: name at least one learner")
+    if automl.time_budget_s <= 0:
+        problems.append(f"automl.time_budget_s={automl.time_budget_s}: must be > 0 seconds")
+    if automl.max_features <= 0:
+        problems.append(f"automl.max_features={automl.max_features}: must be > 0")
+    return problems
+
+
+def read_split(path, labels: list[str]) -> tuple[list[str], list[int]]:
+    """Texts and label ids of a prepared split CSV (``text,label``, label = class name)."""
+    import pandas as pd
+
+    # keep_default_na=False: a review reading "NA" or "null" is text, not a missing value.
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    label_ids = {name: index for index, name in enumerate(labels)}
+    unknown = sorted(set(frame["label"]) - set(label_ids))
+    if unknown:
+        raise UserError(f"{path}: labels {unknown[:5]} are not among the prepared labels {labels}")
+    return frame["text"].tolist(), [label_ids[name] for name in frame["label"]]
+
+
+def _plain(value):
+    """FLAML reports numpy scalars in its configs; JSON needs Python numbers and strings."""
+    return value.item() if hasattr(value, "item") else value
+
+
+class _QuietFlaml:
+    """Route FLAML's loggers and Python warnings (LightGBM/XGBoost/sklearn chatter) to a log file.
+
+    The progress of the run belongs on the console; what FLAML says about each trial is kept for
+    debugging in ``out_dir/flaml.log`` instead of interleaving with the other stages' output. FLAML's
+    AutoML logger does not propagate and adds a stdout handler when it has none, so it gets the file
+    handler directly; its other loggers (tune) propagate to ``flaml``.
+    """
+
+    def __init__(self, log_file: Path):
+        self.handler = logging.FileHandler(log_file, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self.loggers = [logging.getLogger(name) for name in ("flaml", "flaml.automl.logger", "py.warnings")]
+
+    def __enter__(self):
+        self.saved = [(logger.handlers[:], logger.propagate, logger.level) for logger in self.loggers]
+        for logger in self.loggers:
+            logger.handlers = [self.handler]
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.simplefilter("default")
+        logging.captureWarnings(True)
+        return self
+
+    def __exit__(self, *exc):
+        logging.captureWarnings(False)
+        self.warnings.__exit__(*exc)
+        for logger, (handlers, propagate, level) in zip(self.loggers, self.saved):
+            logger.handlers, logger.propagate, logger.level = handlers, propagate, level
+        self.handler.close()
+        return False
+
+
+def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int) -> dict:
+    """Search for the best classical text classifier in ``time_budget_s`` and save it as a candidate.
+
+    ``data`` is the prepared data (anything with ``train_path``, ``val_path`` and ``labels``). Writes
+    ``out_dir/model/`` (``model.joblib``, ``candidate.json``), ``out_dir/result.json`` (the returned
+    candidate), ``out_dir/flaml.log`` (FLAML's messages) and ``out_dir/flaml_trials.jsonl`` (one record
+    per trial). The search is seeded, but a time-bounded search runs as many trials as the machine
+    allows, so the chosen model can differ between machines.
+    """
+    problems = check_config(automl_cfg)
+    if problems:
+        raise ConfigProblems(problems)
+    import joblib
+    import numpy as np
+    from flaml import AutoML
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
+
+    from finetune.metrics import classification_metrics
+
+    out_dir = Path(out_dir)
+    model_dir = out_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(data.labels)
+    train_texts, train_y = read_split(data.train_path, labels)
+    val_texts, val_y = read_split(data.val_path, labels)
+    missing = [labels[i] for i in range(len(labels)) if i not in set(train_y)]
+    if missing:
+        raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
+                        "class in the train split")
+
+    print(f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s on "
+          f"{len(train_texts)} train / {len(val_texts)} val texts ...", flush=True)
+    started = time.time()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), max_features=automl_cfg.max_features, sublinear_tf=True)
+    x_train = vectorizer.fit_transform(train_texts)
+    x_val = vectorizer.transform(val_texts)
+    automl = AutoML()
+    with _QuietFlaml(out_dir / "flaml.log"):
+        automl.fit(
+            X_train=x_train, y_train=np.asarray(train_y), X_val=x_val, y_val=np.asarray(val_y),
+            task="classification",
+            metric="roc_auc" if len(labels) == 2 else "roc_auc_ovr_weighted",
+            estimator_list=list(automl_cfg.estimators),
+            time_budget=automl_cfg.time_budget_s,
+            seed=seed,
+            retrain_full=False,
+            log_file_name=str(out_dir / "flaml_trials.jsonl"),
+            verbose=3,  # INFO: one line per trial, into flaml.log
+            # A FLAML-made MLflow run per trial would flood the run's experiment; the launcher records
+            # the candidate itself.
+            mlflow_logging=False,
+        )
+    if automl.model is None:
+        raise UserError(f"FLAML finished no trial within automl.time_budget_s={automl_cfg.time_budget_s}; "
+                        "raise the budget")
+
+    # The bare estimator, not FLAML's wrapper: the pickle then loads without FLAML installed. Every
+    # class is in train and y holds ids, so predict_proba's columns are the label ids in order.
+    pipeline = Pipeline([("tfidf", vectorizer), ("model", automl.model.estimator)])
+    joblib.dump(pipeline, model_dir / "model.joblib")
+    best_config = {key: _plain(value) for key, value in automl.best_config.items()}
+    (model_dir / "candidate.json").write_text(json.dumps(
+        {"kind": "automl", "labels": labels, "best_estimator": automl.best_estimator, "config": best_config,
+         "description": DESCRIPTION}, indent=2))
+
+    candidate = {
+        "kind": "automl",
+        "path": str(model_dir),
+        "best_estimator": automl.best_estimator,
+        "best_config": best_config,
+        "val": classification_metrics(val_y, pipeline.predict_proba(val_texts)),
+        "time_budget_s": automl_cfg.time_budget_s,
+        "duration_s": round(time.time() - started, 1),
+        "description": DESCRIPTION,
+    }
+    (out_dir / "result.json").write_text(json.dumps(candidate, indent=2))
+    print(f"{DESCRIPTION}: best {automl.best_estimator}, val auc_weighted {candidate['val']['auc_weighted']:.4f} "
+          f"(FLAML log: {out_dir / 'flaml.log'})", flush=True)
+    return candidate

@@ -1,0 +1,210 @@
+"""Test every candidate on the test split with the one metric function, and decide what to ship.
+
+The candidates of this run (fine-tuned transformer, AutoML baseline) and the model currently in
+production are scored on the same test split by :func:`finetune.metrics.classification_metrics`; the
+best by ``select.metric`` wins. A new model replaces production only when it beats production by more
+than ``select.margin``: re-deploying an equivalent model costs a rollout and gains nothing.
+
+Ties are broken explicitly, so the same scores always give the same decision:
+1. the production model (a tie is no reason to churn);
+2. then the fine-tuned transformer (``kind == "hf"``) over the AutoML baseline;
+3. then by candidate name.
+Scores tie when equal as floats; scoring is deterministic on one machine, so a re-scored copy of the
+same model ties exactly, and near-ties with production are the margin's business.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from finetune.errors import UserError
+from finetune.metrics import METRIC_NAMES
+
+PRODUCTION = "production"
+BATCH_SIZE = 32  # texts per forward pass
+CHUNK = 512  # texts per tokenizer call
+
+
+def check_config(select_cfg) -> list[str]:
+    """Problems with the select settings that the plan's metric-name check does not cover."""
+    if select_cfg.margin < 0:
+        return [f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
+                "production with a worse model)"]
+    return []
+
+
+def candidate_info(candidate_dir) -> dict:
+    """``candidate.json`` of a candidate folder (kind and labels in id order)."""
+    path = Path(candidate_dir) / "candidate.json"
+    if not path.is_file():
+        raise UserError(f"{candidate_dir}: not a candidate (no candidate.json)")
+    return json.loads(path.read_text())
+
+
+def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
+    """Class probabilities (n_texts x n_labels, columns in the candidate's label order) for raw texts.
+
+    The model is loaded and run by the scoring script's own classes (``finetune/serve/score.py``):
+    the test metrics are those of the code that will serve the model, same truncation length included.
+    """
+    import numpy as np
+
+    from finetune.serve import score
+
+    folder = Path(candidate_dir)
+    info = candidate_info(folder)
+    labels = [str(label) for label in info["labels"]]
+    if info["kind"] == "hf":
+        max_length = int(info.get("max_length") or score.DEFAULT_MAX_LENGTH)
+        scorer = score.HFScorer(folder, labels, max_length, max_batch=BATCH_SIZE)
+    elif info["kind"] == "automl":
+        scorer = score.AutomlScorer(folder, labels)
+    else:
+        raise UserError(f"{candidate_dir}: unknown candidate kind '{info['kind']}' (expected hf or automl)")
+    texts = list(texts)
+    # The scorer tokenizes a request at once; chunks keep a large test split's padded tensors small.
+    chunks = [scorer.predict_proba(texts[start:start + CHUNK]) for start in range(0, len(texts), CHUNK)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(labels)))
+
+
+def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None) -> dict:
+    """Score each candidate folder on the test split: ``{name: {"kind", "test": metrics}}``.
+
+    A candidate that cannot be scored (folder missing, load error, labels that are not this run's)
+    gets ``{"kind", "error"}`` instead, so one broken candidate does not stop the others. With
+    ``proba_dir``, the true label ids go to ``test_labels.npy`` and each candidate's probabilities to
+    ``<name>_test_proba.npy`` (paths under ``test_labels`` / ``test_proba``) for the report's plots.
+    """
+    import numpy as np
+
+    from finetune.automl import read_split
+    from finetune.metrics import classification_metrics
+
+    texts, y_true = read_split(test_csv, labels)
+    y_true = np.asarray(y_true)
+    if proba_dir is not None:
+        proba_dir = Path(proba_dir)
+        proba_dir.mkdir(parents=True, exist_ok=True)
+        np.save(proba_dir / "test_labels.npy", y_true)
+    results = {}
+    for name, path in candidates.items():
+        kind = None
+        try:
+            info = candidate_info(path)
+            kind = info["kind"]
+            if sorted(info["labels"]) != sorted(labels):
+                raise UserError(f"its labels {info['labels']} are not this run's {labels}")
+            proba = predict_proba(path, texts)
+            # Columns follow the candidate's label order; metrics need this run's id order.
+            proba = proba[:, [info["labels"].index(label) for label in labels]]
+            results[name] = {"kind": kind, "test": classification_metrics(y_true, proba)}
+            if proba_dir is not None:
+                proba_path = proba_dir / f"{name}_test_proba.npy"
+                np.save(proba_path, proba)
+                results[name].update(test_proba=str(proba_path), test_labels=str(proba_dir / "test_labels.npy"))
+        except Exception as error:  # noqa: BLE001 - any failure of one candidate is reported, not fatal
+            message = f"{type(error).__name__}: {error}" if not isinstance(error, UserError) else str(error)
+            print(f"candidate '{name}' could not be scored: {message}", flush=True)
+            results[name] = {"kind": kind, "error": message}
+    return results
+
+
+def _score(entry: dict, metric: str) -> float:
+    value = entry["test"][metric]
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
+           production_name: Optional[str] = None) -> dict:
+    """Pick the model to ship from :func:`evaluate` results; returns the ``selection`` section.
+
+    ``decision`` is ``register`` (a new model: the best new candidate, which beats production by more
+    than ``margin`` or there is no production to beat) or ``keep_production``. A candidate that failed
+    is listed with its error; only when nothing could be scored is that a :class:`UserError`.
+    """
+    if metric not in METRIC_NAMES:
+        raise UserError(f"select.metric={metric}: unknown; use one of {', '.join(METRIC_NAMES)}")
+    scored = {name: entry for name, entry in results.items() if "test" in entry}
+    failed = {name: entry["error"] for name, entry in results.items() if "test" not in entry}
+    if not scored:
+        detail = "; ".join(f"{name}: {error}" for name, error in failed.items()) or "no candidates"
+        raise UserError(f"no candidate could be scored on the test split ({detail})")
+
+    def kind(name: str) -> str:
+        return PRODUCTION if name == production_name else results[name]["kind"]
+
+    def rank(name: str):
+        return (-_score(scored[name], metric), name != production_name, kind(name) != "hf", name)
+
+    ranked = sorted(scored, key=rank)
+    new = [name for name in ranked if name != production_name]
+    has_production = production_name in scored
+    if not new:
+        decision, winner = "keep_production", production_name
+        reason = "no new candidate could be scored; the production model stays"
+    elif not has_production:
+        decision, winner = "register", new[0]
+        reason = (f"{new[0]} has the best test {metric} ({_score(scored[new[0]], metric):.4f}); "
+                  + (f"the production model could not be scored ({failed[production_name]})"
+                     if production_name in failed else "there is no production model yet"))
+    else:
+        best, current = _score(scored[new[0]], metric), _score(scored[production_name], metric)
+        if best > current + margin:
+            decision, winner = "register", new[0]
+            reason = (f"{new[0]} beats production on test {metric}: {best:.4f} > {current:.4f} "
+                      f"+ margin {margin:g}")
+        else:
+            decision, winner = "keep_production", production_name
+            reason = (f"best new candidate {new[0]} ({best:.4f}) does not beat production ({current:.4f}) "
+                      f"by more than the margin {margin:g} on test {metric}; nothing is deployed")
+
+    table = [{"candidate": name, "kind": kind(name), **scored[name]["test"],
+              **{key: scored[name][key] for key in ("test_proba", "test_labels") if key in scored[name]}}
+             for name in ranked]
+    table += [{"candidate": name, "kind": kind(name), "error": error} for name, error in failed.items()]
+    selection = {"metric": metric, "margin": margin, "production": production_name, "table": table,
+                 "winner": winner, "decision": decision, "reason": reason,
+                 "test": {name: scored[name]["test"] for name in ranked}, "failed": failed}
+    print(format_table(selection), flush=True)
+    return selection
+
+
+def format_table(selection: dict) -> str:
+    """The comparison as fixed-width text: one row per candidate, the selection metric first."""
+    metric = selection["metric"]
+    columns = [metric] + [name for name in ("accuracy", "f1_macro", "auc_weighted") if name != metric]
+    header = ["candidate", "kind", *columns]
+    rows = []
+    for row in selection["table"]:
+        name = row["candidate"] + (" *" if row["candidate"] == selection["winner"] else "")
+        cells = [f"failed: {row['error']}"] if "error" in row else [f"{row[c]:.4f}" for c in columns]
+        rows.append([name, str(row["kind"] or "?"), *cells])
+    # The last cell of a row is not padded, so an error message does not widen the metric columns.
+    widths = [len(cell) for cell in header]
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
+             for row in [header, *rows]]
+    return "\n".join(lines + [f"decision: {selection['decision']} ({selection['reason']})"])
+
+
+def run_selection(plan, data, candidates: dict, production, out_dir: Path) -> dict:
+    """The select stage of a run: score this run's candidates and the production model, then choose.
+
+    ``candidates`` is the summary's candidate section (``{name: {"path", ...}}``); ``production`` the
+    :func:`finetune.registry.production` reference or None. Probabilities go to ``out_dir``.
+    """
+    paths = {name: candidate["path"] for name, candidate in candidates.items()}
+    production_name = None
+    if production is not None:
+        production_name = PRODUCTION
+        paths[production_name] = production.path
+        print(f"re-scoring production model {production.name} version {production.version}", flush=True)
+    results = evaluate(paths, data.test_path, list(data.labels), proba_dir=out_dir)
+    selection = choose(results, plan.select.metric, plan.select.margin, production_name)
+    if production is not None:
+        selection["production_version"] = {"name": production.name, "version": str(production.version)}
+    return selection

@@ -1,0 +1,136 @@
+"""report.md: every section from a full summary; a minimal run still gets a valid report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finetune import select
+from finetune.metrics import classification_metrics
+from finetune.report import write_report
+from test_select import LABELS, make_automl_candidate, write_splits
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def data_section(splits) -> dict:
+    section = {"source": "bundled", "raw_sha256": "r" * 64, "labels": LABELS, "rows_raw": 500, "rows_labelled": 400,
+               "splits": {}}
+    for name in ("train", "val", "test"):
+        frame = pd.read_csv(getattr(splits, f"{name}_path"), keep_default_na=False)
+        section["splits"][name] = {"path": str(getattr(splits, f"{name}_path")), "rows": len(frame),
+                                   "sha256": name[0] * 64, "class_counts": frame.label.value_counts().to_dict()}
+    return section
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    return write_splits(tmp_path_factory.mktemp("splits"))
+
+
+def full_summary(run_dir: Path, splits) -> dict:
+    automl = make_automl_candidate(run_dir / "automl" / "model", splits)
+    production = make_automl_candidate(run_dir / "production", splits, C=0.05)
+    results = select.evaluate({"automl": automl, "production": production}, splits.test_path, LABELS,
+                              proba_dir=run_dir / "select")
+    # A fine-tuned model's probabilities: the truth blurred by noise, saved as select.evaluate would.
+    y = np.load(results["automl"]["test_labels"])
+    noisy = np.clip(np.eye(2)[y] * 0.4 + np.random.default_rng(0).random((len(y), 2)) * 0.8, 1e-3, None)
+    proba = noisy / noisy.sum(axis=1, keepdims=True)
+    np.save(run_dir / "select" / "finetuned_test_proba.npy", proba)
+    results["finetuned"] = {"kind": "hf", "test": classification_metrics(y, proba),
+                            "test_proba": str(run_dir / "select" / "finetuned_test_proba.npy"),
+                            "test_labels": results["automl"]["test_labels"]}
+    results["broken"] = {"kind": "hf", "error": "OSError: no model weights"}
+    selection = select.choose(results, "auc_weighted", 0.0, production_name="production")
+
+    result_file = run_dir / "train" / "result.json"
+    result_file.parent.mkdir(parents=True)
+    result_file.write_text(json.dumps({"evaluations": [
+        {"step": 15 * i, "epoch": i / 2, "val_loss": 0.7 - 0.1 * i, "val_auc_weighted": 0.6 + 0.07 * i,
+         "val_accuracy": 0.55 + 0.06 * i, "val_f1_macro": 0.5 + 0.06 * i} for i in range(1, 6)]}))
+    trials = [
+        {"number": 0, "status": "completed", "best_value": 0.91, "values": [0.7, 0.85, 0.91], "duration_s": 40.0,
+         "params": {"learning_rate": 3e-5, "batch_size": 16}},
+        {"number": 1, "status": "early_terminated", "best_value": 0.62, "values": [0.6, 0.62], "duration_s": 21.0,
+         "params": {"learning_rate": 1e-6, "batch_size": 32}, "reason": "early-terminated by bandit at interval 2"},
+        {"number": 2, "status": "completed", "best_value": 0.88, "values": [0.75, None, 0.88], "duration_s": 39.0,
+         "params": {"learning_rate": 8e-5, "batch_size": 16}},
+        {"number": 3, "status": "failed", "best_value": None, "values": [], "duration_s": 2.0,
+         "params": {"learning_rate": 1e-4, "batch_size": 64}, "reason": "out of memory"},
+    ]
+    return {
+        "schema_version": 1,
+        "run": {"name": "full", "run_dir": str(run_dir), "launcher": "local", "started": "2026-01-01T10:00:00+00:00",
+                "finished": "2026-01-01T10:20:00+00:00", "duration_s": 1200.0,
+                "stages": ["data", "search", "automl", "select", "register", "deploy"]},
+        "data": data_section(splits),
+        "candidates": {
+            "finetuned": {"kind": "hf", "path": str(run_dir / "sweep" / "trial-0" / "model"), "val": {"auc_weighted": 0.91}},
+            "automl": {"kind": "automl", "path": str(automl), "val": {"auc_weighted": 0.88},
+                       "description": "local AutoML baseline (FLAML on TF-IDF)"},
+        },
+        "sweep": {"sampling": "random", "policy": {"type": "bandit"}, "primary_metric": "val_auc_weighted",
+                  "goal": "maximize", "trials": trials,
+                  "best": {"trial": 0, "value": 0.91, "result_file": str(result_file)},
+                  "compute": {"trial_epochs": 6.5, "trial_seconds": 102.0, "wall_seconds": 110.0}},
+        "selection": selection,
+        "registry": {"name": "automotive-sentiment", "version": "3", "existing": False, "content_sha256": "c" * 64,
+                     "git_commit": "abc123", "source": "file:///store/artifacts/model"},
+        "rollout": {"status": "succeeded", "kind": "local", "endpoint": "finetune-sentiment", "deployment": "green",
+                    "model": {"name": "automotive-sentiment", "version": "3", "path": "/x"},
+                    "scoring_uri": "http://127.0.0.1:5001/score", "previous_traffic": {"blue": 100},
+                    "traffic": {"green": 100}, "ramp": [10, 100],
+                    "steps": [{"percent": 10, "requests": 5, "errors": 0, "error_rate": 0.0, "seconds": 0.21},
+                              {"percent": 100, "requests": 5, "errors": 0, "error_rate": 0.0, "seconds": 0.18}],
+                    "deleted": ["blue"],
+                    "smoke_test": {"latency_ms": 48.2, "response": {"predictions": [
+                        {"label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}}],
+                        "model": {"name": "automotive-sentiment", "version": "3"}}},
+                    "timings": {"create_s": 3.2, "smoke_s": 0.05, "shift_s": 0.4, "delete_s": 0.6, "total_s": 4.25},
+                    "warnings": [], "serve_command": "python -m finetune.serve --endpoint finetune-sentiment"},
+    }
+
+
+def test_full_summary_renders_every_section(tmp_path, splits):
+    summary = full_summary(tmp_path, splits)
+
+    report = write_report(tmp_path, summary)
+
+    text = report.read_text()
+    for heading in ("# Run full", "## Data", "## Hyperparameter sweep", "## Training curves",
+                    "## Candidates on the test split", "### Chosen model on test", "## Registry", "## Endpoint"):
+        assert heading in text
+    assert "local AutoML baseline (FLAML on TF-IDF)" in text and "failed: OSError: no model weights" in text
+    assert f"**Decision: {summary['selection']['decision']}**" in text
+    names = {Path(p).name for p in summary["figures"]}
+    assert names == {"data_class_balance.png", "data_text_length.png", "sweep_trials.png", "learning_curves.png",
+                     "candidates.png", "confusion_matrix.png", "roc.png", "endpoint.png"}
+    for path in summary["figures"]:
+        assert Path(path).read_bytes()[:8] == PNG_MAGIC
+        assert f"(figures/{Path(path).name})" in text
+    json.dumps(summary)  # still serialisable for summary.json
+
+
+def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
+    # search=none, automl=none, endpoint=none: one candidate, no probabilities saved, production kept.
+    results = {"finetuned": {"kind": "hf", "test": {name: 0.8 for name in ("accuracy", "f1_macro", "precision_macro",
+                                                                          "recall_macro", "auc_weighted")}}}
+    summary = {"run": {"name": "minimal", "launcher": "local"}, "data": data_section(splits),
+               "candidates": {"finetuned": {"kind": "hf", "path": "/nowhere", "val": {"auc_weighted": 0.8},
+                                            "result_file": str(tmp_path / "missing.json")}},
+               "selection": select.choose(results, "auc_weighted", 0.0),
+               "registry": {"decision": "keep_production", "reason": "not better than production"}}
+    text = write_report(tmp_path / "minimal", summary).read_text()
+    assert "## Candidates on the test split" in text and "Nothing registered: not better" in text
+    for absent in ("## Hyperparameter sweep", "## Training curves", "### Chosen model", "## Endpoint"):
+        assert absent not in text
+    assert {Path(p).name for p in summary["figures"]} == {"data_class_balance.png", "data_text_length.png",
+                                                           "candidates.png"}
+
+    bare = {"run": {"name": "bare"}}
+    assert write_report(tmp_path / "bare", bare).read_text().startswith("# Run bare")
+    assert bare["figures"] == []

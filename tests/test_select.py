@@ -1,0 +1,167 @@
+"""Selection: every candidate kind scored on test with the one metric function; the decision rules."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from finetune import select
+from finetune.errors import UserError
+from finetune.metrics import classification_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+LABELS = ["negative", "positive"]
+
+
+def write_splits(folder: Path, sizes=(240, 80, 80), seed: int = 0) -> SimpleNamespace:
+    """Prepared-data-shaped splits (``text,label`` CSVs) from the bundled reviews: >=4 positive, <=2 negative."""
+    import pandas as pd
+
+    reviews = pd.read_csv(REPO / "finetune" / "data_files" / "automotive_reviews.csv", keep_default_na=False)
+    negative = reviews[reviews.star_rating <= 2].head(150)
+    positive = reviews[reviews.star_rating >= 4].head(sum(sizes) - len(negative))
+    rows = [(t, "negative") for t in negative.review_body] + [(t, "positive") for t in positive.review_body]
+    random.Random(seed).shuffle(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, start = {}, 0
+    for split, size in zip(("train", "val", "test"), sizes):
+        paths[split] = folder / f"{split}.csv"
+        pd.DataFrame(rows[start:start + size], columns=["text", "label"]).to_csv(paths[split], index=False)
+        start += size
+    (folder / "labels.json").write_text(json.dumps(LABELS))
+    return SimpleNamespace(train_path=paths["train"], val_path=paths["val"], test_path=paths["test"],
+                           labels_path=folder / "labels.json", labels=list(LABELS))
+
+
+def make_automl_candidate(folder: Path, data, labels=LABELS, C: float = 1.0) -> Path:
+    """An automl-kind candidate without a FLAML search: TF-IDF + logistic regression, as the contract says."""
+    import joblib
+    import pandas as pd
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    train = pd.read_csv(data.train_path, keep_default_na=False)
+    pipeline = Pipeline([("tfidf", TfidfVectorizer()), ("model", LogisticRegression(C=C))])
+    # Label ids follow the declared order; labels foreign to the data just stand in for the run's ids.
+    order = labels if set(labels) == set(LABELS) else LABELS
+    pipeline.fit(train.text.tolist(), [order.index(label) for label in train.label])
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, folder / "model.joblib")
+    (folder / "candidate.json").write_text(json.dumps({"kind": "automl", "labels": labels}))
+    return folder
+
+
+def make_hf_candidate(folder: Path, tiny_model_dir: Path, labels=LABELS) -> Path:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)})
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    (folder / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels, "max_length": 64}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    return write_splits(tmp_path_factory.mktemp("splits"))
+
+
+def test_evaluate_scores_both_kinds_and_reports_failures(tmp_path, splits, tiny_model_dir):
+    import pandas as pd
+
+    automl = make_automl_candidate(tmp_path / "automl", splits)
+    hf = make_hf_candidate(tmp_path / "hf", tiny_model_dir)
+    # Labels stored in another order than the run's: columns must be mapped by name.
+    flipped = make_automl_candidate(tmp_path / "flipped", splits, labels=["positive", "negative"])
+    other = make_automl_candidate(tmp_path / "other", splits, labels=["bad", "good"])
+    candidates = {"automl": automl, "finetuned": hf, "flipped": flipped, "other": other,
+                  "missing": tmp_path / "nowhere"}
+
+    results = select.evaluate(candidates, splits.test_path, LABELS, proba_dir=tmp_path / "select")
+
+    test = pd.read_csv(splits.test_path, keep_default_na=False)
+    y = [LABELS.index(label) for label in test.label]
+    assert results["automl"]["kind"] == "automl" and results["finetuned"]["kind"] == "hf"
+    expected = classification_metrics(y, select.predict_proba(automl, test.text))
+    assert results["automl"]["test"] == expected
+    proba = np.load(results["finetuned"]["test_proba"])
+    assert proba.shape == (len(test), 2) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(np.load(results["finetuned"]["test_labels"]), y)
+    # The flipped candidate learned "positive"=0; mapped back by name, it scores like the plain one.
+    assert math.isclose(results["flipped"]["test"]["auc_weighted"], expected["auc_weighted"], abs_tol=1e-9)
+    assert "labels" in results["other"]["error"]
+    assert "candidate.json" in results["missing"]["error"] and results["missing"]["kind"] is None
+
+
+def entry(auc: float, kind: str = "hf", accuracy: float = 0.8) -> dict:
+    return {"kind": kind, "test": {"auc_weighted": auc, "accuracy": accuracy, "f1_macro": 0.7}}
+
+
+def test_choose_best_by_configured_metric(capsys):
+    results = {"finetuned": entry(0.90, accuracy=0.70), "automl": entry(0.85, "automl", accuracy=0.80)}
+    by_auc = select.choose(results, "auc_weighted", 0.0)
+    assert (by_auc["winner"], by_auc["decision"]) == ("finetuned", "register")
+    assert [row["candidate"] for row in by_auc["table"]] == ["finetuned", "automl"]
+    assert "no production model" in by_auc["reason"]
+    assert select.choose(results, "accuracy", 0.0)["winner"] == "automl"
+    out = capsys.readouterr().out
+    assert "finetuned *" in out and "decision: register" in out
+
+
+def test_choose_ties_prefer_production_then_finetuned_then_name():
+    tie = {"b-automl": entry(0.9, "automl"), "a-automl": entry(0.9, "automl"), "finetuned": entry(0.9)}
+    assert select.choose(tie, "auc_weighted", 0.0)["winner"] == "finetuned"
+    del tie["finetuned"]
+    assert select.choose(tie, "auc_weighted", 0.0)["winner"] == "a-automl"
+    with_production = {**tie, "production": entry(0.9)}
+    chosen = select.choose(with_production, "auc_weighted", 0.0, production_name="production")
+    assert (chosen["winner"], chosen["decision"]) == ("production", "keep_production")
+    assert chosen["table"][0]["kind"] == "production"
+
+
+def test_choose_keeps_production_within_margin_and_replaces_it_beyond():
+    results = {"finetuned": entry(0.93), "production": entry(0.92)}
+    kept = select.choose(results, "auc_weighted", 0.02, production_name="production")
+    assert (kept["winner"], kept["decision"]) == ("production", "keep_production")
+    assert "margin" in kept["reason"] and "nothing is deployed" in kept["reason"]
+    beaten = select.choose(results, "auc_weighted", 0.005, production_name="production")
+    assert (beaten["winner"], beaten["decision"]) == ("finetuned", "register")
+    worse = select.choose({"finetuned": entry(0.80), "production": entry(0.92)}, "auc_weighted", 0.0, "production")
+    assert worse["decision"] == "keep_production" and worse["table"][0]["candidate"] == "production"
+
+
+def test_choose_records_failed_candidates_and_fails_when_none_left():
+    results = {"finetuned": {"kind": "hf", "error": "OSError: no weights"}, "automl": entry(0.8, "automl"),
+               "production": {"kind": "hf", "error": "labels differ"}}
+    chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
+    assert (chosen["winner"], chosen["decision"]) == ("automl", "register")
+    assert chosen["failed"] == {"finetuned": "OSError: no weights", "production": "labels differ"}
+    assert "could not be scored" in chosen["reason"]
+    assert {row["candidate"]: row.get("error") for row in chosen["table"]}["finetuned"] == "OSError: no weights"
+    only_production = select.choose({"finetuned": results["finetuned"], "production": entry(0.7)},
+                                    "auc_weighted", 0.0, "production")
+    assert only_production["decision"] == "keep_production"
+    with pytest.raises(UserError, match="no candidate could be scored.*no weights"):
+        select.choose({"finetuned": results["finetuned"]}, "auc_weighted", 0.0)
+    with pytest.raises(UserError, match="select.metric=roc"):
+        select.choose({"automl": entry(0.8, "automl")}, "roc", 0.0)
+
+
+def test_choose_ranks_undefined_metric_last():
+    chosen = select.choose({"finetuned": entry(float("nan")), "automl": entry(0.6, "automl")}, "auc_weighted", 0.0)
+    assert chosen["winner"] == "automl"
+
+
+def test_negative_margin_is_a_config_problem():
+    from finetune.config import SelectConfig
+
+    assert select.check_config(SelectConfig(margin=0.01)) == []
+    assert "select.margin=-0.1" in select.check_config(SelectConfig(margin=-0.1))[0]
