@@ -64,6 +64,11 @@ def run(plan: RunPlan) -> dict | None:
         print(f"\ndry run: plan written to {run_dir / 'plan.yaml'}; nothing was trained")
         return None
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from finetune import registry
+
+    # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
+    # instead of in ./mlruns of whatever directory the command ran from.
+    registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
     summary = Summary(plan)
     total, step = len(plan.stages) + 1, 0
 
@@ -93,7 +98,8 @@ def run(plan: RunPlan) -> dict | None:
             raise UserError("the sweep finished without a successful trial; see the trial table above and the "
                             f"logs under {run_dir / 'sweep'}")
         candidates["finetuned"] = {"kind": "hf", "path": best["model_dir"], "val": best.get("val", {}),
-                                   "source": f"sweep trial {best['trial']}", "params": best.get("params", {})}
+                                   "source": f"sweep trial {best['trial']}", "params": best.get("params", {}),
+                                   "result_file": best.get("result_file")}
     else:
         next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
         result = train_once(plan, data.directory, run_dir / "train")
@@ -109,22 +115,25 @@ def run(plan: RunPlan) -> dict | None:
         candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed)
         summary.save()
 
-    from finetune import registry, select
+    from finetune import select
 
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
-    production = registry.production(plan.select.registered_model_name, plan.tracking.uri)
+    production = registry.production(plan.select.registered_model_name, plan.tracking.uri,
+                                     run_dir / "select" / "production")
+    if production is not None:
+        candidates["production"] = {"kind": "production", "path": str(production.path),
+                                    "source": f"{production.name} version {production.version} (in production)"}
     selection = select.run_selection(plan, data, candidates, production, run_dir / "select")
     summary["selection"] = selection
     for name, metrics in selection["test"].items():
-        if name in candidates:
-            candidates[name]["test"] = metrics
+        candidates[name]["test"] = metrics
     summary.save()
 
     next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
     registered = None
     if selection["decision"] == "register":
         registered = registry.register_selection(plan, summary.data, run_dir / "register")
-        summary["registry"] = registered
+        summary["registry"] = {**registered, "model_ref": registered["model_ref"].to_dict()}
         print(f"registered {registered['name']} version {registered['version']}"
               + (" (already registered: same artifacts)" if registered.get("existing") else ""))
     else:
