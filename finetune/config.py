@@ -146,10 +146,14 @@ class EndpointConfig:
     auth_mode: str = "key"
     host: str = "127.0.0.1"
     port: int = 0  # 0 = a free port
-    max_batch_items: int = 64
+    max_batch_items: int = 64  # most texts in one scoring request (HTTP 400 beyond)
     max_body_bytes: int = 1_000_000
+    max_forward_batch: int = 32  # most texts in one forward pass inside score.py
+    log_request_texts: bool = False  # request texts stay out of the logs unless this is set
     ramp: List[int] = field(default_factory=lambda: [100])
     max_error_rate: float = 0.0
+    step_requests: int = 5  # scoring calls at each ramp step to measure the error rate
+    start_timeout_s: int = 180  # local deployment: seconds until its server must answer GET /
     instance_type: str = "Standard_DS3_v2"
     instance_count: int = 1
     request_timeout_ms: int = 5000

@@ -1,0 +1,451 @@
+"""A local stand-in for an AML managed online endpoint: real azmlinfsrv deployments behind a keyed router.
+
+Each deployment is an ``azmlinfsrv`` process (through :mod:`finetune.serve.inference_server`, so it
+binds 127.0.0.1) running this package's ``score.py`` over the deployment's model folder, exactly the
+entry-script contract AML runs. In front, :mod:`finetune.serve.router` does key auth and the traffic
+split. Everything is recorded in ``<root>/<name>/state.json`` (deployments with port, pid and model,
+traffic, key, router port), so another command, or another :class:`LocalEndpoint` object, sees and
+drives the same endpoint; processes run in their own sessions and outlive the command that started them
+until :meth:`LocalEndpoint.stop`. Mutations hold a file lock and replace the state file atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+from finetune.errors import UserError
+from finetune.serve import SCORE_SCRIPT
+from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, rollout
+
+SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
+                           {"text": "Stopped working after two weeks, waste of money."}]}
+DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
+ROUTER_MODULE = "finetune.serve.router"
+SERVER_MODULE = "finetune.serve.inference_server"
+
+
+class LocalEndpoint:
+    """The Endpoint protocol of :mod:`finetune.serve.rollout`, served on this machine.
+
+    ``root`` holds one folder per endpoint. Settings left as None keep what the state file recorded
+    (a later command reuses the key), else take the defaults below.
+    """
+
+    def __init__(self, name: str, root: Path | str, *, host: Optional[str] = None, port: Optional[int] = None,
+                 key: Optional[str] = None, max_items: Optional[int] = None, max_body_bytes: Optional[int] = None,
+                 max_forward_batch: Optional[int] = None, log_request_texts: Optional[bool] = None,
+                 start_timeout_s: Optional[float] = None, request_timeout_s: Optional[float] = None):
+        self.name = name
+        self.dir = Path(root) / name
+        self.state_file = self.dir / "state.json"
+        self._procs: Dict[str, subprocess.Popen] = {}
+        self._state = {
+            "name": name, "key": secrets.token_urlsafe(32), "host": "127.0.0.1", "port": 0,
+            "limits": {"max_items": 64, "max_body_bytes": 1_000_000, "max_forward_batch": 32,
+                       "log_request_texts": False},
+            "start_timeout_s": 180.0, "request_timeout_s": 120.0,
+            "router": None, "deployments": {}, "traffic": {},
+        }
+        with self._locked() as state:
+            if state["name"] != name:
+                raise UserError(f"{self.state_file} records endpoint {state['name']!r}, not {name!r}")
+            overrides = {"host": host, "port": port, "key": key, "start_timeout_s": start_timeout_s,
+                         "request_timeout_s": request_timeout_s}
+            state.update({k: v for k, v in overrides.items() if v is not None})
+            limits = {"max_items": max_items, "max_body_bytes": max_body_bytes,
+                      "max_forward_batch": max_forward_batch, "log_request_texts": log_request_texts}
+            state["limits"].update({k: v for k, v in limits.items() if v is not None})
+            self._write(state)
+
+    @classmethod
+    def from_config(cls, config, root: Path | str) -> "LocalEndpoint":
+        """From an :class:`finetune.config.EndpointConfig`."""
+        return cls(config.name, root, host=config.host, port=config.port, max_items=config.max_batch_items,
+                   max_body_bytes=config.max_body_bytes, max_forward_batch=config.max_forward_batch,
+                   log_request_texts=config.log_request_texts, start_timeout_s=config.start_timeout_s)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _read(self) -> Optional[dict]:
+        try:
+            return json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def _write(self, state: dict) -> None:
+        partial = self.state_file.with_suffix(".tmp")
+        # The state holds the key: readable by its owner only.
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=2)
+        partial.replace(self.state_file)
+        self._state = state
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict]:
+        """The current state under an exclusive lock; write it back with :meth:`_write` to change it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self._read() or self._state
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _refresh(self) -> dict:
+        self._state = self._read() or self._state
+        return self._state
+
+    # -- what it is ----------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        return self._refresh()["key"]
+
+    @property
+    def scoring_uri(self) -> Optional[str]:
+        router = self._refresh()["router"]
+        return f"http://{self._state['host']}:{router['port']}/score" if router else None
+
+    def traffic(self) -> Dict[str, int]:
+        state = self._refresh()
+        return {name: int(state["traffic"].get(name, 0)) for name in state["deployments"]}
+
+    def deployments(self) -> Dict[str, dict]:
+        return dict(self._refresh()["deployments"])
+
+    def running(self) -> bool:
+        """Whether the router and every deployment are up."""
+        state = self._refresh()
+        return _alive(state["router"], ROUTER_MODULE) and all(
+            _alive(record, SERVER_MODULE) for record in state["deployments"].values())
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> "LocalEndpoint":
+        """Bring up the router and every recorded deployment that is not running (deployments in parallel)."""
+        with self._locked() as state:
+            if not _alive(state["router"], ROUTER_MODULE):
+                state["router"] = self._start_router(state)
+                self._write(state)
+            pending = {name: self._launch(name, ModelRef(**record["model"]), state)
+                       for name, record in state["deployments"].items() if not _alive(record, SERVER_MODULE)}
+            try:
+                for name, record in pending.items():
+                    self._wait_healthy(name, record, state)
+            except BaseException:  # Ctrl-C included: processes not yet in the state would be orphans
+                _terminate_all([(record, SERVER_MODULE) for record in pending.values()])
+                raise
+            state["deployments"].update(pending)
+            self._write(state)
+        return self
+
+    def stop(self) -> None:
+        """Stop every process of this endpoint; the state keeps the deployments, traffic and key."""
+        with self._locked() as state:
+            _terminate_all([(record, SERVER_MODULE) for record in state["deployments"].values()]
+                           + [(state["router"], ROUTER_MODULE)])
+            for record in state["deployments"].values():
+                record["pid"] = None
+            state["router"] = None
+            self._write(state)
+        self._procs.clear()
+
+    def delete(self) -> None:
+        """Stop everything and forget the endpoint."""
+        if self.state_file.exists():
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- the Endpoint protocol -----------------------------------------------------------------------
+
+    def create_deployment(self, deployment: str, model: ModelRef) -> None:
+        """Start azmlinfsrv for ``model`` and wait until it is healthy; it takes no traffic yet."""
+        if not DEPLOYMENT_NAME.match(deployment):
+            raise UserError(f"deployment name {deployment!r} must be 3-32 letters, digits or '-', starting with a letter")
+        folder = Path(model.path)
+        if not (folder / "candidate.json").is_file() and not any(folder.glob("*/candidate.json")):
+            raise UserError(f"model {model}: no candidate.json in {folder}")
+        with self._locked() as state:
+            if deployment in state["deployments"]:
+                raise UserError(f"endpoint {self.name} already has a deployment {deployment!r}")
+            if not _alive(state["router"], ROUTER_MODULE):
+                state["router"] = self._start_router(state)
+                self._write(state)
+            record = self._launch(deployment, model, state)
+            try:
+                self._wait_healthy(deployment, record, state)
+            except BaseException:  # Ctrl-C included: a process not yet in the state would be an orphan
+                _terminate(record, SERVER_MODULE)
+                raise
+            state["deployments"][deployment] = record
+            self._write(state)
+
+    def invoke(self, body: dict, deployment: Optional[str] = None) -> dict:
+        """POST ``body`` to the scoring URI with the key; :class:`InvokeError` for any HTTP error."""
+        if self.scoring_uri is None:
+            raise InvokeError(f"endpoint {self.name} is not running")
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._state['key']}"}
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        target = f"{self.name}/{deployment}" if deployment else self.name
+        router = self._state["router"]
+        try:
+            status, payload = _http("POST", self._state["host"], router["port"], "/score", json.dumps(body).encode(),
+                                    headers, self._state["request_timeout_s"] + 5)
+        except (OSError, http.client.HTTPException) as error:
+            raise InvokeError(f"{target} did not answer: {error}") from None
+        try:
+            detail = json.loads(payload)
+        except ValueError:
+            detail = payload.decode("utf-8", "replace")
+        if status == 200 and isinstance(detail, dict):
+            return detail
+        message = (detail.get("error") or detail.get("message")) if isinstance(detail, dict) else detail
+        raise InvokeError(f"{target} answered HTTP {status}: {message}", status, detail)
+
+    def set_traffic(self, weights: Dict[str, int]) -> None:
+        """Replace the traffic split; deployments not named get 0. Weights sum to 100, or 0 to serve nothing."""
+        with self._locked() as state:
+            unknown = sorted(set(weights) - set(state["deployments"]))
+            if unknown:
+                raise UserError(f"endpoint {self.name} has no deployment {', '.join(unknown)}")
+            if any(not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 100 for p in weights.values()):
+                raise UserError(f"traffic weights must be whole percentages 0-100: {weights}")
+            if sum(weights.values()) not in (0, 100):
+                raise UserError(f"traffic weights must sum to 100 (or 0), not {sum(weights.values())}: {weights}")
+            state["traffic"] = {name: int(weights.get(name, 0)) for name in state["deployments"]}
+            self._write(state)
+
+    def delete_deployment(self, deployment: str) -> None:
+        """Stop and forget a deployment that takes no traffic; an unknown name is a no-op (rollbacks rely on it)."""
+        with self._locked() as state:
+            record = state["deployments"].get(deployment)
+            if record is None:
+                return
+            if state["traffic"].get(deployment, 0) > 0:
+                raise UserError(f"deployment {deployment} takes {state['traffic'][deployment]}% of {self.name}'s "
+                                f"traffic; move it elsewhere first")
+            # Out of the state first, so the router stops choosing it before its server goes away.
+            del state["deployments"][deployment]
+            state["traffic"].pop(deployment, None)
+            self._write(state)
+        _terminate(record, SERVER_MODULE)
+        self._procs.pop(deployment, None)
+        shutil.rmtree(self.dir / "deployments" / deployment, ignore_errors=True)
+
+    # -- processes -----------------------------------------------------------------------------------
+
+    def _start_router(self, state: dict) -> dict:
+        port_file = self.dir / "router.port"
+        port_file.unlink(missing_ok=True)
+        log = self.dir / "router.log"
+        command = [sys.executable, "-m", ROUTER_MODULE, "--state-file", str(self.state_file),
+                   "--host", state["host"], "--port", str(state["port"]), "--port-file", str(port_file)]
+        process = _spawn(command, log, self.dir, os.environ.copy())
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if process.poll() is not None:
+                raise UserError(f"the router of endpoint {self.name} could not start: {_tail(log, 1)}")
+            if time.monotonic() > deadline:
+                _terminate(_record(process), ROUTER_MODULE)
+                raise UserError(f"the router of endpoint {self.name} did not start within 30 s: {_tail(log)}")
+            time.sleep(0.05)
+        return {**_record(process), "port": int(port_file.read_text()), "log": str(log)}
+
+    def _launch(self, deployment: str, model: ModelRef, state: dict) -> dict:
+        folder = self.dir / "deployments" / deployment
+        folder.mkdir(parents=True, exist_ok=True)
+        # A copy, so that a running deployment keeps the scoring code it was created with.
+        script = folder / "score.py"
+        shutil.copyfile(SCORE_SCRIPT, script)
+        port = _free_port()
+        limits = state["limits"]
+        env = {
+            **os.environ,
+            "AML_APP_ROOT": str(folder),
+            "GUNICORN_CMD_ARGS": "--no-control-socket",
+            "PYTHONUNBUFFERED": "1",
+            "FINETUNE_MAX_ITEMS": str(limits["max_items"]),
+            "FINETUNE_MAX_BODY_BYTES": str(limits["max_body_bytes"]),
+            "FINETUNE_MAX_BATCH": str(limits["max_forward_batch"]),
+            "FINETUNE_LOG_REQUESTS": "1" if limits["log_request_texts"] else "0",
+            "FINETUNE_MODEL_NAME": model.name,
+            "FINETUNE_MODEL_VERSION": "" if model.version is None else str(model.version),
+        }
+        log = folder / "server.log"
+        command = [sys.executable, "-m", SERVER_MODULE, "--entry_script", str(script), "--model_dir",
+                   str(Path(model.path).resolve()), "--port", str(port)]
+        process = _spawn(command, log, folder, env)
+        self._procs[deployment] = process
+        return {**_record(process), "port": port, "model": model.to_dict(), "log": str(log)}
+
+    def _wait_healthy(self, deployment: str, record: dict, state: dict) -> None:
+        process = self._procs[deployment]
+        timeout = float(state["start_timeout_s"])
+        deadline = time.monotonic() + timeout
+        while True:
+            code = process.poll()
+            if code is not None:
+                raise UserError(f"deployment {deployment} of {self.name} exited with code {code} while starting: "
+                                f"{_problems(Path(record['log']))} (log: {record['log']})")
+            try:
+                if _http("GET", "127.0.0.1", record["port"], "/", None, {}, 2)[0] == 200:
+                    return
+            except (OSError, http.client.HTTPException):
+                pass
+            if time.monotonic() > deadline:
+                raise UserError(f"deployment {deployment} of {self.name} was not healthy within {timeout:.0f} s: "
+                                f"{_problems(Path(record['log']))} (log: {record['log']})")
+            time.sleep(0.25)
+
+
+def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_request: dict,
+                 keep_running: bool) -> dict:
+    """The local launcher's deploy step: roll ``model`` out to the endpoint ``endpoint_cfg.name``.
+
+    The endpoint lives under ``state_dir/<name>`` (``<output_root>/endpoints`` by convention). Its
+    recorded deployments are started first, so traffic really moves from the old model to the new one,
+    which goes in as ``blue`` or ``green``, whichever is free. ``python -m finetune`` passes
+    ``keep_running=False``: the rollout and its smoke test run, then the processes stop (an endpoint that
+    was already running stays up) and the state keeps the record, so ``python -m finetune.serve
+    --endpoint <name>`` serves it again. Returns the ``rollout`` section of summary.json (no key in it).
+    """
+    endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
+    was_running = endpoint.running()
+    try:
+        endpoint.start()
+        result = rollout(endpoint, _free_colour(endpoint), model, sample_request, ramp=list(endpoint_cfg.ramp),
+                         max_error_rate=endpoint_cfg.max_error_rate, step_requests=endpoint_cfg.step_requests)
+    finally:
+        if not (keep_running or was_running):
+            endpoint.stop()
+    return {**result.to_dict(), "kind": "local", "state_file": str(endpoint.state_file),
+            "running": bool(keep_running or was_running),
+            "serve_command": f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"}
+
+
+def _free_colour(endpoint: LocalEndpoint) -> str:
+    traffic = endpoint.traffic()
+    for colour in ("blue", "green"):
+        if colour not in traffic:
+            return colour
+    # Both exist only when deleting the old one failed last time: the one without traffic is that leftover.
+    idle = [colour for colour in ("blue", "green") if traffic[colour] == 0]
+    if not idle:
+        raise RolloutError(f"endpoint {endpoint.name}: blue and green both take traffic; set it to one of them")
+    endpoint.delete_deployment(idle[0])
+    return idle[0]
+
+
+def _spawn(command: list[str], log: Path, cwd: Path, env: dict) -> subprocess.Popen:
+    with open(log, "ab") as handle:
+        # Its own session: the server outlives this command and its process group can be signalled whole.
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=cwd, env=env, start_new_session=True)
+
+
+def _record(process: subprocess.Popen) -> dict:
+    import psutil
+
+    return {"pid": process.pid, "started": psutil.Process(process.pid).create_time()}
+
+
+def _process(record: Optional[dict], module: str):
+    """The recorded process if it still runs ``module``; a reused pid is some other process, not ours."""
+    import psutil
+
+    if not record or not record.get("pid"):
+        return None
+    try:
+        process = psutil.Process(record["pid"])
+        if abs(process.create_time() - record["started"]) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process if module in " ".join(process.cmdline()) else None
+    except psutil.Error:
+        return None
+
+
+def _alive(record: Optional[dict], module: str) -> bool:
+    return _process(record, module) is not None
+
+
+def _terminate(record: Optional[dict], module: str) -> None:
+    _terminate_all([(record, module)])
+
+
+def _terminate_all(records: list, grace_s: float = 15.0) -> None:
+    """SIGTERM each process group (gunicorn finishes requests in flight), SIGKILL what is left after grace_s.
+
+    All at once, so stopping an endpoint takes one server's shutdown time, not one per deployment.
+    """
+    import psutil
+
+    group = []
+    for record, module in records:
+        process = _process(record, module)
+        if process is None:
+            continue
+        group += [process] + process.children(recursive=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    _, left = psutil.wait_procs(group, timeout=grace_s)
+    for straggler in left:
+        with contextlib.suppress(psutil.Error):
+            straggler.kill()
+    psutil.wait_procs(left, timeout=5)
+
+
+def _http(method: str, host: str, port: int, path: str, body: Optional[bytes], headers: dict,
+          timeout: float) -> tuple[int, bytes]:
+    """One loopback HTTP exchange; http.client rather than urllib, which would honour proxy variables."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _problems(log: Path) -> str:
+    """The exceptions a server log reports, root cause first, else its last lines.
+
+    The server's own wrapper exception and the model folder listing it prints after a failed init()
+    would otherwise fill the tail and hide what the scoring script said.
+    """
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    found = [line.strip()[:500] for line in lines
+             if EXCEPTION_LINE.match(line) and "UserScriptException" not in line]
+    return " | ".join(dict.fromkeys(found)) if found else _tail(log)
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return " | ".join(line.strip()[:300] for line in text[-lines:]) or "(empty log)"

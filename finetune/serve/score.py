@@ -1,0 +1,237 @@
+"""Scoring entry script (AML ``init()``/``run()`` contract) for every candidate kind.
+
+The same file serves a model locally (``azmlinfsrv`` behind :class:`finetune.serve.endpoint.LocalEndpoint`)
+and on Azure ML, where it is copied next to the registered model and the ``finetune`` package is not
+installed: it imports only the standard library, numpy, torch/transformers (``hf`` candidates), joblib
+(``automl`` candidates) and the inference server's ``AMLResponse``.
+
+Request ``{"data": [{"text": "..."}, ...]}``; response
+``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``;
+a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving.
+
+Environment (all optional):
+
+- ``AZUREML_MODEL_DIR``: the model folder; ``candidate.json`` is in it or in one subfolder (AML mounts a
+  registered folder model under its own name).
+- ``FINETUNE_MAX_ITEMS`` (64): most texts in one request.
+- ``FINETUNE_MAX_BATCH`` (32): most texts in one forward pass; bounds activation memory, not the request.
+- ``FINETUNE_MAX_BODY_BYTES`` (1000000): largest request body.
+- ``FINETUNE_MAX_LENGTH``: tokens kept per text (else ``max_length`` of candidate.json, else 128, the
+  training default: the model never saw longer inputs).
+- ``FINETUNE_NUM_THREADS``: torch threads (else ``OMP_NUM_THREADS`` if set, else torch's default capped
+  by the CPUs this process may use: affinity and cgroup quota). On a machine shared with other busy
+  processes, 1 is often fastest.
+- ``FINETUNE_LOG_REQUESTS`` (off): ``1`` logs request texts; off by default because reviews can hold
+  personal data.
+- ``FINETUNE_MODEL_NAME`` / ``FINETUNE_MODEL_VERSION``: reported in responses; else ``registered.json``
+  (``{"name", "version"}``) next to candidate.json; else null.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from azureml_inference_server_http.api.aml_response import AMLResponse
+
+# A child of the inference server's own logger: azmlinfsrv configures that one (the root logger has no
+# handler there), so these lines reach the deployment log in the server's format.
+logger = logging.getLogger("azmlinfsrv.finetune_score")
+
+DEFAULT_MAX_LENGTH = 128
+
+_scorer = None
+_model: dict = {}
+_limits: dict = {}
+
+
+class BadRequest(ValueError):
+    """A request the client must fix; answered with HTTP 400 and this message."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def find_candidate(root: Path) -> Path:
+    """The folder holding candidate.json: ``root`` itself or exactly one folder below it."""
+    if (root / "candidate.json").is_file():
+        return root
+    found = sorted(path.parent for path in root.glob("*/candidate.json"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"no candidate.json in {root} or in a folder one level below it")
+    raise ValueError(f"several candidates under {root}: {', '.join(p.name for p in found)}")
+
+
+def _model_info(folder: Path) -> dict:
+    info = {"name": None, "version": None}
+    registered = folder / "registered.json"
+    if registered.is_file():
+        recorded = json.loads(registered.read_text(encoding="utf-8"))
+        info.update({key: recorded.get(key) for key in info})
+    for key, variable in (("name", "FINETUNE_MODEL_NAME"), ("version", "FINETUNE_MODEL_VERSION")):
+        if os.environ.get(variable):
+            info[key] = os.environ[variable]
+    if info["version"] is not None:
+        info["version"] = str(info["version"])
+    return info
+
+
+def _cpu_budget(default: int) -> int:
+    """torch's default thread count (physical cores) capped by the CPUs this process may use.
+
+    torch counts the host's cores; a container limited by CPU affinity or a cgroup quota that runs
+    more threads than it has CPUs loses far more to waiting threads than it gains.
+    """
+    budget = min(default, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else default
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            budget = min(budget, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, budget)
+
+
+class HFScorer:
+    """A Hugging Face sequence classifier: one tokenizer call per request, length-sorted forward chunks."""
+
+    def __init__(self, folder: Path, labels: list[str], max_length: int, max_batch: int):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        # Progress bars are carriage-return noise in a deployment log.
+        hf_logging.disable_progress_bar()
+        threads = _env_int("FINETUNE_NUM_THREADS", 0)
+        if not threads and not os.environ.get("OMP_NUM_THREADS"):
+            threads = _cpu_budget(torch.get_num_threads())
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        if self.model.config.num_labels != len(labels):
+            raise ValueError(f"the model has {self.model.config.num_labels} outputs but candidate.json lists "
+                             f"{len(labels)} labels")
+        self.labels = labels
+        self.max_length = max_length
+        self.max_batch = max_batch
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        torch = self.torch
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        lengths = encoded["attention_mask"].sum(dim=1)
+        # Chunks of similar length waste little compute on padding; each chunk is trimmed to its longest text.
+        order = torch.argsort(lengths, stable=True)
+        left_padded = self.tokenizer.padding_side == "left"
+        proba = np.empty((len(texts), self.model.config.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.max_batch):
+                rows = order[start:start + self.max_batch]
+                width = int(lengths[rows].max())
+                columns = slice(-width, None) if left_padded else slice(0, width)
+                batch = {name: tensor[rows][:, columns] for name, tensor in encoded.items()}
+                logits = self.model(**batch).logits
+                proba[rows.numpy()] = torch.softmax(logits.float(), dim=-1).numpy()
+        return proba
+
+
+class AutomlScorer:
+    """A scikit-learn pipeline from the local AutoML stage: text in, ``predict_proba`` out."""
+
+    def __init__(self, folder: Path, labels: list[str]):
+        import joblib
+
+        try:
+            self.pipeline = joblib.load(folder / "model.joblib")
+        except Exception as problem:
+            # Unpickling errors name a byte, not the file; the deployment log should say which file it was.
+            raise ValueError(f"cannot load {folder / 'model.joblib'}: {type(problem).__name__}: {problem}") from problem
+        if not hasattr(self.pipeline, "predict_proba"):
+            raise TypeError(f"{folder / 'model.joblib'} has no predict_proba")
+        classes = list(getattr(self.pipeline, "classes_", range(len(labels))))
+        # Classes are label ids by contract; a pipeline fitted on label names is mapped by name instead.
+        self.columns = [labels.index(c) if c in labels else int(c) for c in classes]
+        self.labels = labels
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        proba = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        proba[:, self.columns] = np.asarray(self.pipeline.predict_proba(texts))
+        return proba
+
+
+def init() -> None:
+    """Load the candidate under AZUREML_MODEL_DIR once per worker; any problem stops the server."""
+    global _scorer, _model, _limits
+    folder = find_candidate(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))
+    candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+    labels = [str(label) for label in candidate["labels"]]
+    kind = candidate.get("kind")
+    _limits = {
+        "max_items": _env_int("FINETUNE_MAX_ITEMS", 64),
+        "max_body_bytes": _env_int("FINETUNE_MAX_BODY_BYTES", 1_000_000),
+        "log_requests": os.environ.get("FINETUNE_LOG_REQUESTS", "").lower() in ("1", "true", "yes"),
+    }
+    if kind == "hf":
+        max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
+        scorer = HFScorer(folder, labels, max_length, _env_int("FINETUNE_MAX_BATCH", 32))
+    elif kind == "automl":
+        scorer = AutomlScorer(folder, labels)
+    else:
+        raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
+    _scorer, _model = scorer, _model_info(folder)
+    logger.info("loaded %s candidate from %s (labels %s, model %s)", kind, folder, labels, _model)
+
+
+def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
+    """The request's texts, or :class:`BadRequest` naming what is wrong (never echoing the body)."""
+    if isinstance(raw, (str, bytes, bytearray)):
+        size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+        if size > max_body_bytes:
+            raise BadRequest(f"request body is {size} bytes; the limit is {max_body_bytes}")
+        try:
+            raw = json.loads(raw)
+        except ValueError as problem:
+            raise BadRequest(f"request body is not JSON ({problem})") from None
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise BadRequest('request must be a JSON object with a "data" list, e.g. {"data": [{"text": "..."}]}')
+    data = raw["data"]
+    if not isinstance(data, list):
+        raise BadRequest('"data" must be a list of {"text": "..."} objects')
+    if not data:
+        raise BadRequest('"data" is empty; send at least one {"text": "..."} item')
+    if len(data) > max_items:
+        raise BadRequest(f'"data" has {len(data)} items; the limit is {max_items} per request')
+    for index, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise BadRequest(f'data[{index}] must be an object with a string "text"')
+    return [item["text"] for item in data]
+
+
+def run(raw_data):
+    """Score one request. azmlinfsrv passes the body as a string (run() is undecorated); a dict also works."""
+    started = time.perf_counter()
+    try:
+        texts = parse_request(raw_data, _limits["max_items"], _limits["max_body_bytes"])
+    except BadRequest as problem:
+        logger.info("rejected request: %s", problem)
+        return AMLResponse({"error": str(problem)}, 400, json_str=True)
+    proba = _scorer.predict_proba(texts)
+    labels = _scorer.labels
+    predictions = [
+        {"label": labels[int(row.argmax())],
+         "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)}}
+        for row in proba
+    ]
+    logger.info("scored %d texts in %.1f ms", len(texts), (time.perf_counter() - started) * 1e3)
+    if _limits["log_requests"]:
+        logger.info("request texts: %s", json.dumps(texts))
+    return {"predictions": predictions, "model": dict(_model)}

@@ -1,0 +1,187 @@
+"""score.py: the AML entry-script contract, in process through azmlinfsrv's own Flask app and directly."""
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from finetune.serve import SCORE_SCRIPT
+from test_serve_support import LABELS, TEXTS, make_automl_candidate, make_hf_candidate, request
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir, tmp_path_factory):
+    # One level below the model dir, as AML mounts a registered folder model.
+    root = tmp_path_factory.mktemp("hf-registered")
+    make_hf_candidate(tiny_model_dir, root / "model", registered={"name": "automotive-sentiment", "version": 7})
+    return root
+
+
+@pytest.fixture(scope="module")
+def automl_model(tmp_path_factory):
+    return make_automl_candidate(tmp_path_factory.mktemp("automl"))
+
+
+@pytest.fixture
+def server_app(monkeypatch, tmp_path):
+    """A factory of azmlinfsrv Flask apps for score.py over a model dir, with the process restored afterwards.
+
+    Loading the server's config runs logging.config.dictConfig (which disables every logger it does not
+    name) and its blueprint replaces builtins.print; other tests in this process must not inherit that.
+    """
+    saved_print, saved_path = builtins.print, list(sys.path)
+    saved = {name: (logger.disabled, logger.level, list(logger.handlers), logger.propagate)
+             for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    saved_root = (logging.root.level, list(logging.root.handlers))
+
+    def make(model_dir, **env):
+        monkeypatch.setenv("AZUREML_ENTRY_SCRIPT", str(SCORE_SCRIPT))
+        monkeypatch.setenv("AZUREML_MODEL_DIR", str(model_dir))
+        monkeypatch.setenv("AML_APP_ROOT", str(tmp_path))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        from azureml_inference_server_http.server import aml_blueprint, config, create_app
+
+        # The server reads its settings once, at import; a new app over another model needs them re-read.
+        importlib.reload(config)
+        importlib.reload(aml_blueprint)
+        return create_app.create()
+
+    yield make
+    builtins.print = saved_print
+    sys.path[:] = saved_path
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if not isinstance(logger, logging.Logger):
+            continue
+        logger.disabled, logger.level, handlers, logger.propagate = saved.get(name, (False, logging.NOTSET, [], True))
+        logger.handlers[:] = handlers
+    logging.root.level, logging.root.handlers[:] = saved_root[0], saved_root[1]
+
+
+def load_score(monkeypatch, model_dir, **env):
+    """score.py imported and initialised on its own, as the benchmark uses it."""
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(model_dir))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("score_under_test", SCORE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.init()
+    return module
+
+
+def assert_well_formed(body: dict, count: int) -> None:
+    assert len(body["predictions"]) == count
+    for prediction in body["predictions"]:
+        assert set(prediction["probabilities"]) == set(LABELS)
+        assert prediction["label"] == max(prediction["probabilities"], key=prediction["probabilities"].get)
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+
+
+def test_hf_candidate_through_the_inference_server(server_app, hf_model):
+    app = server_app(hf_model)
+    # An undecorated run() gets the body as a JSON string, which is why score.py parses (and limits) it itself.
+    assert type(app.azml_blueprint.user_script.input_parser).__name__ == "JsonStringInput"
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    response = client.post("/score", json=request(3))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert_well_formed(body, 3)
+    assert body["model"] == {"name": "automotive-sentiment", "version": "7"}
+
+
+def test_automl_candidate_through_the_inference_server(server_app, automl_model):
+    client = server_app(automl_model, FINETUNE_MODEL_NAME="env-name", FINETUNE_MODEL_VERSION="3").test_client()
+    response = client.post("/score", data=json.dumps(request(4)), content_type="application/json")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert_well_formed(body, 4)
+    assert [p["label"] for p in body["predictions"]] == ["positive", "negative", "positive", "negative"]
+    assert body["model"] == {"name": "env-name", "version": "3"}
+
+
+BAD_REQUESTS = [
+    (b"{not json", "request body is not JSON"),
+    (b"[1, 2]", 'a JSON object with a "data" list'),
+    (b'{"rows": [{"text": "a"}]}', 'a JSON object with a "data" list'),
+    (b'{"data": "a review"}', '"data" must be a list'),
+    (b'{"data": []}', '"data" is empty'),
+    (json.dumps(request(4)).encode(), '"data" has 4 items; the limit is 3'),
+    (b'{"data": [{"text": "fine"}, {"txt": "typo"}]}', 'data[1] must be an object with a string "text"'),
+    (b'{"data": [{"text": 5}]}', 'data[0] must be an object with a string "text"'),
+    (b'{"data": ["bare string"]}', 'data[0] must be an object with a string "text"'),
+    (json.dumps({"data": [{"text": "x" * 600}]}).encode(), "bytes; the limit is 500"),
+]
+
+
+def test_bad_requests_get_400_naming_the_problem(server_app, automl_model):
+    client = server_app(automl_model, FINETUNE_MAX_ITEMS="3", FINETUNE_MAX_BODY_BYTES="500").test_client()
+    for body, message in BAD_REQUESTS:
+        response = client.post("/score", data=body, content_type="application/json")
+        assert response.status_code == 400, (body, response.get_data(as_text=True))
+        assert response.is_json and list(response.get_json()) == ["error"]
+        assert message in response.get_json()["error"], body
+    # The server keeps serving after every one of them.
+    assert client.post("/score", json=request(2)).status_code == 200
+
+
+def test_chunked_length_sorted_batches_match_single_texts(monkeypatch, hf_model):
+    score = load_score(monkeypatch, hf_model, FINETUNE_MAX_BATCH="2")
+    texts = [TEXTS[1] * 3, TEXTS[2], TEXTS[0] * 2, TEXTS[4], TEXTS[3]]
+    batched = score.run(json.dumps({"data": [{"text": t} for t in texts]}))["predictions"]
+    for text, prediction in zip(texts, batched):
+        single = score.run({"data": [{"text": text}]})["predictions"][0]
+        for label in LABELS:
+            assert prediction["probabilities"][label] == pytest.approx(single["probabilities"][label], abs=1e-5)
+
+
+def test_request_texts_are_logged_only_when_asked(monkeypatch, automl_model, caplog):
+    secret = "my neighbour Jane Doe recommended it"
+    caplog.set_level(logging.DEBUG)
+    load_score(monkeypatch, automl_model).run({"data": [{"text": secret}]})
+    assert "scored 1 texts" in caplog.text and secret not in caplog.text
+    load_score(monkeypatch, automl_model, FINETUNE_LOG_REQUESTS="1").run({"data": [{"text": secret}]})
+    assert secret in caplog.text
+
+
+def test_init_finds_exactly_one_candidate_and_checks_labels(monkeypatch, tmp_path, hf_model, automl_model):
+    score = load_score(monkeypatch, automl_model)
+    assert score.find_candidate(hf_model) == hf_model / "model"
+    with pytest.raises(FileNotFoundError, match="no candidate.json"):
+        score.find_candidate(tmp_path)
+    for name in ("a", "b"):
+        make_automl_candidate(tmp_path / "two" / name)
+    with pytest.raises(ValueError, match="several candidates"):
+        score.find_candidate(tmp_path / "two")
+    wrong = hf_model / "model" / "candidate.json"
+    original = wrong.read_text()
+    wrong.write_text(json.dumps({"kind": "hf", "labels": ["a", "b", "c"]}))
+    try:
+        with pytest.raises(ValueError, match="2 outputs but candidate.json lists 3 labels"):
+            load_score(monkeypatch, hf_model)
+    finally:
+        wrong.write_text(original)
+
+
+def test_score_runs_without_the_finetune_package(hf_model):
+    """On AML only score.py travels: it must not import finetune."""
+    program = f"""
+import importlib.util, json, os, sys
+sys.modules["finetune"] = None  # any `import finetune...` now fails
+os.environ["AZUREML_MODEL_DIR"] = {str(hf_model)!r}
+spec = importlib.util.spec_from_file_location("score", {str(SCORE_SCRIPT)!r})
+score = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(score)
+score.init()
+print(json.dumps(score.run(json.dumps({{"data": [{{"text": "works"}}]}}))))
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["predictions"][0]["label"] in LABELS
