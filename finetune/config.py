@@ -135,6 +135,9 @@ class AutomlConfig:
     max_trials: int = 1
     max_concurrent_trials: int = 1
     max_nodes: int = 1
+    # The one model AutoML NLP fine-tunes (e.g. bert-base-cased); None lets AutoML pick for the language.
+    model_name: Optional[str] = None
+    # AutoML NLP's own sweep: {sampling_algorithm, policy, space: [{model_name: ..., learning_rate: ...}]}.
     sweep: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -224,6 +224,16 @@ def check_select(plan: RunPlan) -> List[str]:
 CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select, check_source]
 
 
+def check_azureml(plan: RunPlan) -> List[str]:
+    """The AML launcher's rules (finetune.launch.azureml.checks), loaded only when a plan is checked."""
+    from finetune.launch.azureml.checks import check_azureml as aml_problems
+
+    return aml_problems(plan)
+
+
+CHECKS.append(check_azureml)
+
+
 # ------------------------------------------------------------------------------------- training command
 
 HYPERPARAMETERS = (

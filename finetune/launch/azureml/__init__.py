@@ -1,0 +1,51 @@
+"""The Azure ML launcher: a run plan as AML entities, exported as CLI v2 YAML and submitted with MLClient.
+
+One module per AML concept, each a function of the plan (and of the prepared data where it needs it):
+:mod:`.environment`, :mod:`.data`, :mod:`.command` (the training job), :mod:`.sweep`, :mod:`.automl`,
+:mod:`.register`, :mod:`.deploy` (+ :mod:`.endpoint`, the rollout's AML endpoint), :mod:`.compute`,
+:mod:`.pipeline`, :mod:`.export`, :mod:`.pricing`, :mod:`.workspace` / :mod:`.credentials` and
+:mod:`.submit`; :mod:`.steps` is what the register, deploy and AutoML-test steps run on AML, and
+:mod:`.checks` the AML rules of the plan check.
+
+Importing this package imports no Azure code: ``python -m finetune --help`` and local plans stay fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.plan import RunPlan
+
+
+def run(plan: RunPlan) -> None:
+    """Prepare the data locally, write ``<run dir>/aml/``, print the plan and its cost bound; submit unless dry.
+
+    Credentials are checked first, so a missing login fails in seconds, before any work.
+    """
+    import logging
+
+    from finetune.data import prepare
+    from finetune.launch.azureml import export, pricing
+
+    # azure-ai-ml announces its own experimental internals on every dump; nothing a user chose or can act on.
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    client = None if plan.dry_run else connect(plan)
+    plan.write()
+    prepared = prepare(plan.dataset, Path(plan.run_dir) / "data")
+    exported = export.write(plan, prepared)
+    print(plan.table())
+    print(pricing.summary(plan))
+    print(exported.listing())
+    if plan.dry_run:
+        print(f"\ndry run: nothing submitted; submit with `az ml job create -f {exported.folder / 'pipeline.yml'}` "
+              "or rerun without dry_run=true")
+        return
+    from finetune.launch.azureml.submit import submit
+
+    submit(plan, exported, client)
+
+
+def connect(plan: RunPlan):
+    """MLClient of the plan's workspace, with credentials verified (one line and exit 2 when there are none)."""
+    from finetune.launch.azureml import credentials, workspace
+
+    return credentials.ml_client(workspace.resolve(plan.workspace))

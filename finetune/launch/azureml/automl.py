@@ -1,0 +1,95 @@
+"""AutoML NLP text classification, and the step that scores its best model on the test split.
+
+AutoML trains on the train MLTable and validates on val; it never sees test. AutoML NLP reports no
+test metrics of its own, so the test step loads its best model (the ``best_model`` MLflow output) and
+scores the test split with the project's metric function, as every other candidate is scored.
+
+``automl.sweep`` is AutoML NLP's own hyperparameter sweep::
+
+    sampling_algorithm: random            # random | grid | bayesian
+    policy: {type: bandit, slack_factor: 0.1, evaluation_interval: 2}
+    space:                                # one dict per subspace; a value is fixed or a distribution
+      - model_name: {type: choice, values: [bert-base-cased, roberta-base]}
+        learning_rate: {type: loguniform, min: 1.0e-5, max: 5.0e-5}
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finetune.launch.azureml.data import DataRefs
+    from finetune.plan import RunPlan
+
+TARGET_COLUMN = "label"
+BEST_MODEL = "best_model"
+TEST_OUTPUT = "candidate"
+
+
+def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False, **inputs):
+    """The AutoML job (``node=True``: a pipeline node exposing ``outputs.best_model``).
+
+    ``inputs`` may bind ``training_data``/``validation_data`` to pipeline inputs (``${{parent.inputs.x}}``
+    strings: an Input holding such a path is written as its repr); by default they are the MLTable
+    references in ``data``.
+    """
+    from azure.ai.ml import Input, Output, automl
+
+    config = plan.automl
+    job = automl.text_classification(
+        training_data=inputs.get("training_data") or Input(type="mltable", path=data.tables["train"]),
+        validation_data=inputs.get("validation_data") or Input(type="mltable", path=data.tables["val"]),
+        target_column_name=TARGET_COLUMN,
+        primary_metric=config.primary_metric,
+        compute=plan.compute.cluster_name,
+        experiment_name=plan.tracking.experiment,
+        name="automl" if node else None,
+        display_name=f"automl text classification ({config.model_name or 'AutoML picks the model'})",
+        tags={"run": plan.name, "dataset": plan.dataset.name},
+        outputs={BEST_MODEL: Output(type="mlflow_model")} if node else None,
+    )
+    job.set_limits(timeout_minutes=config.timeout_minutes, trial_timeout_minutes=config.trial_timeout_minutes,
+                   max_trials=config.max_trials, max_concurrent_trials=config.max_concurrent_trials,
+                   max_nodes=config.max_nodes)
+    job.set_featurization(dataset_language=config.language)
+    if config.model_name:
+        job.set_training_parameters(model_name=config.model_name)
+    if config.sweep:
+        _set_sweep(job, config.sweep)
+    return job
+
+
+def _set_sweep(job, sweep: dict) -> None:
+    from azure.ai.ml.automl import SearchSpace
+
+    from finetune.config import PolicyConfig
+    from finetune.launch.azureml.sweep import distribution, policy
+
+    subspaces = sweep.get("space") or []
+    if isinstance(subspaces, dict):
+        subspaces = [subspaces]
+    job.extend_search_space([
+        SearchSpace(**{name: distribution(value) if isinstance(value, dict) else value
+                       for name, value in subspace.items()})
+        for subspace in subspaces])
+    job.set_sweep(sampling_algorithm=sweep.get("sampling_algorithm", "random"),
+                  early_termination=policy(PolicyConfig(**(sweep.get("policy") or {"type": "none"}))))
+
+
+def test_step(plan: "RunPlan", code: str, environment):
+    """The command that scores AutoML's best model on the test split (``finetune.launch.azureml.steps``)."""
+    from azure.ai.ml import Input, Output, command
+
+    return command(
+        name="test_automl",
+        display_name="test AutoML's best model",
+        description="score the AutoML best model on the test split with finetune.metrics",
+        command=("python -m finetune.launch.azureml.steps test-automl --model ${{inputs.model}} "
+                 "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} "
+                 "--output-dir ${{outputs.%s}}" % TEST_OUTPUT),
+        code=code,
+        environment=environment,
+        compute=plan.compute.cluster_name,
+        inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"),
+                "labels": Input(type="uri_file")},
+        outputs={TEST_OUTPUT: Output(type="uri_folder")},
+    )

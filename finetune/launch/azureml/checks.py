@@ -1,0 +1,255 @@
+"""AML-specific plan checks: what azure-ai-ml accepts without a word and Azure ML rejects later.
+
+The SDK builds jobs, endpoints and clusters from nonsense (an endpoint name it cannot send, an
+AutoML metric it answers with a bare KeyError, a cluster smaller than one job, a missing workspace) and
+the service refuses them at submit time or, worse, minutes into a run. These rules run with every other
+plan check (``finetune.plan.CHECKS``), on AML plans only, so every problem is reported at once as one line.
+Sweep rules that hold for the local sampler too (ranges, empty choices, grid over continuous
+dimensions, bayesian with a policy, slack, truncation, limits) live in :mod:`finetune.search` and are not
+repeated here.
+
+Standard library only: this runs while any plan is validated.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, List
+
+if TYPE_CHECKING:
+    from finetune.plan import RunPlan
+
+# Online endpoint and deployment names (azure.ai.ml.constants.EndpointConfigurations; enforced by the
+# SDK only when the request is built): 3-32 characters, a letter first, letters/digits/'-', no '-' last.
+ENDPOINT_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+ENDPOINT_NAME_LENGTH = (3, 32)
+# AmlCompute cluster names: 2-16 characters, a letter first, letters/digits/'-'.
+CLUSTER_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,15}$")
+# The primary metrics AutoML NLP text classification accepts (any case); anything else is a KeyError
+# inside the SDK, and an empty metric silently becomes accuracy.
+AUTOML_METRICS = ("AUC_weighted", "accuracy", "norm_macro_recall", "average_precision_score_weighted",
+                  "precision_score_weighted")
+# AutoML NLP's own search space parameters and models (azure.ai.ml.automl.SearchSpace / NlpSearchSpace).
+AUTOML_SEARCH_PARAMETERS = ("gradient_accumulation_steps", "learning_rate", "learning_rate_scheduler",
+                            "model_name", "number_of_epochs", "training_batch_size", "validation_batch_size",
+                            "warmup_ratio", "weight_decay")
+AUTOML_MODELS = ("bert-base-cased", "bert-base-uncased", "bert-base-multilingual-cased", "bert-base-german-cased",
+                 "bert-large-cased", "bert-large-uncased", "distilbert-base-cased", "distilbert-base-uncased",
+                 "roberta-base", "roberta-large", "distilroberta-base", "xlm-roberta-base", "xlm-roberta-large",
+                 "xlnet-base-cased", "xlnet-large-cased")
+AUTOML_SWEEP_KEYS = ("sampling_algorithm", "policy", "space")
+SAMPLING_ALGORITHMS = ("random", "grid", "bayesian")
+# AML's Bayesian sampler takes these distributions only (the local TPE sampler takes every one).
+BAYESIAN_DISTRIBUTIONS = ("choice", "uniform", "quniform")
+AUTH_MODES = ("key", "aml_token")
+# Managed online deployments cap the scoring timeout at 3 minutes.
+MAX_REQUEST_TIMEOUT_MS = 180_000
+
+
+def check_azureml(plan: "RunPlan") -> List[str]:
+    """Every AML-specific problem of ``plan`` (none for the local launcher)."""
+    if plan.launcher != "azureml":
+        return []
+    return (compute_problems(plan) + search_problems(plan) + automl_problems(plan) + endpoint_problems(plan)
+            + workspace_problems(plan))
+
+
+def compute_problems(plan: "RunPlan") -> List[str]:
+    compute, problems = plan.compute, []
+    key = "compute"
+    if not compute.cluster_name:
+        problems.append(f"{key}.cluster_name=None: name the AML cluster, e.g. compute.cluster_name=gpu-a100")
+    elif not CLUSTER_NAME.match(compute.cluster_name):
+        problems.append(f"{key}.cluster_name={compute.cluster_name}: AML cluster names are 2-16 letters, digits "
+                        "or '-', starting with a letter")
+    if not compute.vm_size:
+        problems.append(f"{key}.vm_size=None: set the VM size, e.g. compute.vm_size=Standard_NC24ads_A100_v4")
+    if compute.min_nodes < 0:
+        problems.append(f"{key}.min_nodes={compute.min_nodes}: must be >= 0 (0 lets the cluster scale to nothing)")
+    if compute.max_nodes < 1:
+        problems.append(f"{key}.max_nodes={compute.max_nodes}: must be >= 1")
+    elif compute.min_nodes > compute.max_nodes:
+        problems.append(f"{key}.min_nodes={compute.min_nodes}: more than max_nodes={compute.max_nodes}")
+    if compute.instance_count < 1:
+        problems.append(f"{key}.instance_count={compute.instance_count}: a job needs at least one node")
+    elif compute.instance_count > compute.max_nodes >= 1:
+        problems.append(f"{key}.instance_count={compute.instance_count}: a job on more nodes than the cluster's "
+                        f"max_nodes={compute.max_nodes} never starts; raise compute.max_nodes")
+    if compute.gpus_per_node < 0:
+        problems.append(f"{key}.gpus_per_node={compute.gpus_per_node}: must be >= 0")
+    if compute.processes_per_node < 1:
+        problems.append(f"{key}.processes_per_node={compute.processes_per_node}: must be >= 1")
+    elif compute.gpus_per_node > 0 and compute.processes_per_node > compute.gpus_per_node:
+        problems.append(f"{key}.processes_per_node={compute.processes_per_node}: more training processes than "
+                        f"GPUs (gpus_per_node={compute.gpus_per_node}); use one process per GPU")
+    if compute.device == "cuda" and compute.gpus_per_node == 0:
+        problems.append(f"{key}.device=cuda: {compute.vm_size} has gpus_per_node=0; use a GPU compute "
+                        "(compute=v100, a100, h100) or compute.device=cpu")
+    if compute.idle_seconds_before_scaledown < 0:
+        problems.append(f"{key}.idle_seconds_before_scaledown={compute.idle_seconds_before_scaledown}: must be >= 0")
+    if compute.hourly_price_usd is not None and compute.hourly_price_usd < 0:
+        problems.append(f"{key}.hourly_price_usd={compute.hourly_price_usd}: must be >= 0 (or null: unknown)")
+    return problems
+
+
+def search_problems(plan: "RunPlan") -> List[str]:
+    search, problems = plan.search, []
+    if search.policy.type == "truncation" and search.policy.exclude_finished_jobs:
+        problems.append("search.policy.exclude_finished_jobs=true: AML v2's TruncationSelectionPolicy has no such "
+                        "option (it always compares every run); set it to false")
+    if search.sampling == "bayesian":
+        for name, dist in search.space.items():
+            kind = dist.get("type") if isinstance(dist, dict) else None
+            if kind not in BAYESIAN_DISTRIBUTIONS:
+                problems.append(f"search.space.{name}.type={kind}: AML's bayesian sampling takes only "
+                                f"{', '.join(BAYESIAN_DISTRIBUTIONS)}; use one of them or search.sampling=random")
+    model = search.space.get("model")
+    if isinstance(model, dict) and model.get("type") == "choice":
+        from finetune.launch.azureml.command import model_hub_id
+
+        local = [name for name in model.get("values", []) if model_hub_id(str(name)) is None]
+        if local:
+            problems.append(f"search.space.model.values={list(model['values'])}: {', '.join(map(str, local))} "
+                            "has no hub_id, and AML trials can only fetch hub models by name")
+    return problems
+
+
+def automl_problems(plan: "RunPlan") -> List[str]:
+    automl, problems = plan.automl, []
+    if automl.kind == "none":
+        return []
+    if automl.kind != "text_classification":
+        return [f"automl.kind={automl.kind}: on AML compute use automl=text_classification (AML AutoML NLP) "
+                "or automl=none"]
+    if automl.primary_metric.lower() not in [m.lower() for m in AUTOML_METRICS]:
+        problems.append(f"automl.primary_metric={automl.primary_metric}: AutoML text classification accepts "
+                        f"{', '.join(AUTOML_METRICS)}")
+    if not re.fullmatch(r"[a-z]{3}", automl.language or ""):
+        problems.append(f"automl.language={automl.language}: a three-letter ISO 639-3 code, e.g. eng "
+                        "(mul for multilingual)")
+    if plan.compute.gpus_per_node < 1:
+        problems.append(f"automl.kind=text_classification: AutoML NLP trains on GPU nodes only and "
+                        f"compute={plan.compute.name} has none; use compute=v100/a100/h100 or automl=none")
+    for name in ("timeout_minutes", "max_trials", "max_concurrent_trials", "max_nodes"):
+        if getattr(automl, name) < 1:
+            problems.append(f"automl.{name}={getattr(automl, name)}: must be >= 1")
+    if automl.trial_timeout_minutes is not None and automl.trial_timeout_minutes < 1:
+        problems.append(f"automl.trial_timeout_minutes={automl.trial_timeout_minutes}: must be >= 1 (or null)")
+    if automl.max_concurrent_trials > automl.max_trials >= 1:
+        problems.append(f"automl.max_concurrent_trials={automl.max_concurrent_trials}: more than "
+                        f"max_trials={automl.max_trials}")
+    if automl.max_nodes > plan.compute.max_nodes >= 1:
+        problems.append(f"automl.max_nodes={automl.max_nodes}: more than the cluster's "
+                        f"compute.max_nodes={plan.compute.max_nodes}")
+    if automl.model_name is not None and automl.model_name not in AUTOML_MODELS:
+        problems.append(f"automl.model_name={automl.model_name}: AutoML NLP trains one of {', '.join(AUTOML_MODELS)}")
+    return problems + _automl_sweep_problems(automl)
+
+
+def _automl_sweep_problems(automl) -> List[str]:
+    from finetune.config import PolicyConfig
+    from finetune.search.policies import policy_problems
+    from finetune.search.space import DISTRIBUTIONS
+
+    sweep, key = automl.sweep, "automl.sweep"
+    if not sweep:
+        return []
+    problems = [f"{key}.{name}: unknown; use {', '.join(AUTOML_SWEEP_KEYS)}" for name in sweep
+                if name not in AUTOML_SWEEP_KEYS]
+    sampling = sweep.get("sampling_algorithm", "random")
+    if sampling not in SAMPLING_ALGORITHMS:
+        problems.append(f"{key}.sampling_algorithm={sampling}: use one of {', '.join(SAMPLING_ALGORITHMS)}")
+    if automl.max_trials < 2:
+        problems.append(f"{key}: a sweep needs automl.max_trials >= 2 (it is {automl.max_trials})")
+    policy = dict(sweep.get("policy") or {"type": "none"})
+    try:
+        problems += [p.replace("search.policy", f"{key}.policy")
+                     for p in policy_problems(PolicyConfig(**policy), sampling)]
+    except TypeError as error:
+        problems.append(f"{key}.policy={policy}: {error}")
+    subspaces = sweep.get("space") or []
+    if isinstance(subspaces, dict):
+        subspaces = [subspaces]
+    if not subspaces:
+        problems.append(f"{key}.space: empty; e.g. [{{model_name: {{type: choice, values: [bert-base-cased, "
+                        "roberta-base]}}}]")
+    for index, subspace in enumerate(subspaces):
+        for name, value in (subspace or {}).items():
+            where = f"{key}.space[{index}].{name}"
+            if name not in AUTOML_SEARCH_PARAMETERS:
+                problems.append(f"{where}: not an AutoML NLP parameter; use {', '.join(AUTOML_SEARCH_PARAMETERS)}")
+                continue
+            if not isinstance(value, dict):
+                continue  # a fixed value
+            kind = value.get("type")
+            if kind not in DISTRIBUTIONS:
+                problems.append(f"{where}.type={kind}: use one of {', '.join(DISTRIBUTIONS)}")
+            elif sorted(k for k in value if k != "type") != sorted(DISTRIBUTIONS[kind]):
+                problems.append(f"{where}: {kind} takes {', '.join(DISTRIBUTIONS[kind])}")
+            elif kind == "choice" and not value["values"]:
+                problems.append(f"{where}.values=[]: empty choice")
+            elif "min" in value and not value["min"] < value["max"]:
+                problems.append(f"{where}.min={value['min']}: must be below max={value['max']}")
+            elif name == "model_name" and kind == "choice":
+                unknown = [m for m in value["values"] if m not in AUTOML_MODELS]
+                if unknown:
+                    problems.append(f"{where}.values: {', '.join(map(str, unknown))} not trainable by AutoML NLP; "
+                                    f"use {', '.join(AUTOML_MODELS)}")
+    return problems
+
+
+def endpoint_problems(plan: "RunPlan") -> List[str]:
+    endpoint, problems = plan.endpoint, []
+    if endpoint.kind == "none":
+        return []
+    if endpoint.kind != "managed":
+        return [f"endpoint.kind={endpoint.kind}: on AML compute use endpoint=managed or endpoint=none"]
+    problems += name_problems("endpoint.name", endpoint.name)
+    if endpoint.auth_mode not in AUTH_MODES:
+        problems.append(f"endpoint.auth_mode={endpoint.auth_mode}: a managed endpoint takes {' or '.join(AUTH_MODES)}")
+    if not endpoint.instance_type:
+        problems.append("endpoint.instance_type=None: set a VM size, e.g. Standard_DS3_v2")
+    if endpoint.instance_count < 1:
+        problems.append(f"endpoint.instance_count={endpoint.instance_count}: a deployment needs at least one instance")
+    if not 1 <= endpoint.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
+        problems.append(f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS}")
+    if endpoint.max_concurrent_requests_per_instance < 1:
+        problems.append(f"endpoint.max_concurrent_requests_per_instance={endpoint.max_concurrent_requests_per_instance}: "
+                        "must be >= 1")
+    for name in ("liveness_initial_delay_s", "readiness_initial_delay_s"):
+        if getattr(endpoint, name) < 0:
+            problems.append(f"endpoint.{name}={getattr(endpoint, name)}: must be >= 0")
+    for name in ("probe_period_s", "probe_failure_threshold"):
+        if getattr(endpoint, name) < 1:
+            problems.append(f"endpoint.{name}={getattr(endpoint, name)}: must be >= 1")
+    if not 0 <= endpoint.max_error_rate <= 1:
+        problems.append(f"endpoint.max_error_rate={endpoint.max_error_rate}: a fraction in [0, 1]")
+    from finetune.serve.rollout import RolloutError, check_ramp
+
+    try:
+        # Each step gives the new deployment p% and the old ones 100-p%: traffic sums to 100 when the
+        # ramp's steps are percentages ending at 100.
+        check_ramp(endpoint.ramp)
+    except (RolloutError, TypeError, ValueError) as error:
+        problems.append(f"endpoint.ramp={list(endpoint.ramp)}: {error}")
+    return problems
+
+
+def name_problems(key: str, name: str) -> List[str]:
+    """Problems of an online endpoint or deployment name."""
+    low, high = ENDPOINT_NAME_LENGTH
+    if not name or not low <= len(name) <= high:
+        return [f"{key}={name}: must be {low}-{high} characters"]
+    if not ENDPOINT_NAME.match(name):
+        return [f"{key}={name}: must start with a letter and hold only letters, digits and '-' (not last)"]
+    if name != name.lower():
+        return [f"{key}={name}: AML lower-cases endpoint names; write it as {name.lower()}"]
+    return []
+
+
+def workspace_problems(plan: "RunPlan") -> List[str]:
+    """A submission needs all three workspace fields; a dry run needs none."""
+    if plan.dry_run:
+        return []
+    from finetune.launch.azureml.workspace import resolve
+
+    return resolve(plan.workspace).problems

@@ -1,0 +1,91 @@
+"""The deploy step and the managed online endpoint / deployment entities it rolls out.
+
+The step (``python -m finetune.launch.azureml.steps deploy``) runs on AML with the compute's managed
+identity and calls :func:`finetune.serve.rollout.rollout`, the local launcher's algorithm, with an
+:class:`~finetune.launch.azureml.endpoint.AmlEndpoint`: new deployment with the registered model and the
+project's ``score.py`` -> invoke it directly with the sample request -> traffic to 100% -> delete the old
+deployments; on failure the old traffic stays and the new deployment is deleted.
+
+The entities are pure functions of the endpoint config, so the exported YAML and the step build the same
+deployment.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from finetune.config import EndpointConfig
+    from finetune.plan import RunPlan
+
+OUTPUT = "rollout"
+SCORING_SCRIPT = "score.py"
+
+
+def endpoint_entity(config: "EndpointConfig"):
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    return ManagedOnlineEndpoint(name=config.name, auth_mode=config.auth_mode,
+                                 description="text classifier served by finetune's score.py",
+                                 tags={"managed_by": "finetune"})
+
+
+def deployment_name(version: str, now: Optional[_dt.datetime] = None) -> str:
+    """``v<model version>-<MMDDhhmmss>``: which model it serves, unique per rollout, <= 32 characters."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"v{version}-{now:%m%d%H%M%S}"
+
+
+def deployment_entity(config: "EndpointConfig", name: str, model: str, environment, code_dir: str,
+                      model_name: str, model_version: str):
+    """A managed deployment of ``model`` (``azureml:<name>:<version>``) with the project's scoring script.
+
+    Probe delays come from the config and must cover loading a transformer on the instance type; AML's
+    default (10 s) restarts a container that is still loading a base-size model.
+    """
+    from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
+
+    def probe(initial_delay: int) -> ProbeSettings:
+        return ProbeSettings(initial_delay=initial_delay, period=config.probe_period_s,
+                             failure_threshold=config.probe_failure_threshold)
+
+    return ManagedOnlineDeployment(
+        name=name,
+        endpoint_name=config.name,
+        model=model,
+        environment=environment,
+        code_configuration=CodeConfiguration(code=code_dir, scoring_script=SCORING_SCRIPT),
+        instance_type=config.instance_type,
+        instance_count=config.instance_count,
+        request_settings=OnlineRequestSettings(request_timeout_ms=config.request_timeout_ms,
+                                               max_concurrent_requests_per_instance=config.max_concurrent_requests_per_instance),
+        liveness_probe=probe(config.liveness_initial_delay_s),
+        readiness_probe=probe(config.readiness_initial_delay_s),
+        environment_variables={
+            "FINETUNE_MODEL_NAME": model_name,
+            "FINETUNE_MODEL_VERSION": str(model_version),
+            "FINETUNE_MAX_ITEMS": str(config.max_batch_items),
+            "FINETUNE_MAX_BODY_BYTES": str(config.max_body_bytes),
+        },
+        tags={"model": f"{model_name}:{model_version}"},
+    )
+
+
+def deploy_step(plan: "RunPlan", code: str, environment):
+    from azure.ai.ml import Input, Output, command
+    from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+    return command(
+        name="deploy",
+        display_name=f"roll out to endpoint {plan.endpoint.name}",
+        description="safe rollout of the registered model (finetune.serve.rollout with an AML endpoint)",
+        command=("python -m finetune.launch.azureml.steps deploy --model-ref ${{inputs.model_ref}} "
+                 "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT),
+        code=code,
+        environment=environment,
+        compute=plan.compute.cluster_name,
+        inputs={"model_ref": Input(type="uri_folder"), "settings": Input(type="uri_file")},
+        outputs={OUTPUT: Output(type="uri_folder")},
+        identity=ManagedIdentityConfiguration(),
+        is_deterministic=False,
+    )

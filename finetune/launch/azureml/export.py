@@ -1,0 +1,233 @@
+"""``<run dir>/aml/``: every AML entity of a plan as AML CLI v2 YAML, plus what the YAML points at.
+
+Written on every AML run (dry or not), so a run directory always shows what was (or would be) submitted::
+
+    aml/
+      pipeline.yml            the whole pipeline      az ml job create -f pipeline.yml
+      sweep.yml | train.yml   the training stage alone
+      automl.yml              AutoML alone (when automl is on)
+      compute.yml             az ml compute create -f compute.yml
+      environment.yml, conda.yml
+      data/<asset>.yml        the data assets (tagged with their sha256)
+      endpoint.yml, deployment.yml   (when endpoint is on; the deploy step creates both)
+      settings.json           what the register and deploy steps read
+      code/finetune/          the package, uploaded as the jobs' code
+      mltable/{train,val}/    MLTable folders for AutoML
+      score/score.py          the deployment's scoring code
+
+Paths inside the YAML are relative to ``aml/``. azure-ai-ml 1.35.2 writes a local path of an input or
+of ``code`` as ``azureml:<path>`` (which reads back as an asset name); the prefix is removed from the
+paths this module put there, so ``load_job`` and ``az ml`` read them as local files again.
+What loads back with ``load_job`` (tests check it): every file. Two need help in 1.35.2: a pipeline
+holding an AutoML node dumps the node's output as ``job_output_type`` and does not load back, so the
+output is rewritten in CLI syntax; an AutoML job with a sweep cannot be dumped at all, so ``automl.yml``
+is the job dumped without its sweep, with ``sweep`` and ``search_space`` added in CLI v2 syntax.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List
+
+if TYPE_CHECKING:
+    from finetune.data import PreparedData
+    from finetune.launch.azureml.data import AssetSpec
+    from finetune.plan import RunPlan
+
+AML_DIR = "aml"
+CODE_DIR = "code"
+SCORE_DIR = "score"
+SETTINGS = "settings.json"
+LATEST_MODEL = "@latest"
+
+
+@dataclass
+class Exported:
+    folder: Path
+    code_dir: Path
+    settings_path: Path
+    specs: List["AssetSpec"]
+    files: List[Path] = field(default_factory=list)
+
+    def listing(self) -> str:
+        shown = "\n".join(f"  {path.relative_to(self.folder)}" for path in self.files)
+        return f"AML YAML in {self.folder}:\n{shown}"
+
+
+def settings(plan: "RunPlan", prepared: "PreparedData") -> dict:
+    """What the register and deploy steps need besides their data inputs (no workspace, no secrets)."""
+    from finetune.launch.azureml.environment import definition
+    from finetune.registry import git_commit, sample_request
+
+    config = plan.to_dict()
+    # Which workspace a job runs in is AML's business (it tells the job); it is not a job input.
+    config.pop("workspace", None)
+    return {
+        "run": plan.name,
+        "select": {"metric": plan.select.metric, "margin": plan.select.margin,
+                   "registered_model_name": plan.select.registered_model_name},
+        "data": prepared.to_dict(),
+        "config": config,
+        "git_commit": git_commit(),
+        "sample_request": sample_request(prepared.test_path),
+        "endpoint": dataclasses.asdict(plan.endpoint),
+        "environment": definition(),
+    }
+
+
+def stage_code(target: Path) -> Path:
+    """A clean copy of the installed ``finetune`` package under ``target`` (the jobs' code snapshot)."""
+    import finetune
+
+    source = Path(finetune.__file__).resolve().parent
+    if target.exists():
+        shutil.rmtree(target)
+    # data_files holds the bundled dataset, which only the local data stage reads: jobs get the prepared splits.
+    shutil.copytree(source, target / "finetune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data_files"))
+    return target
+
+
+def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
+    """Write ``<run dir>/aml/`` for ``plan`` (replacing an earlier export of the same run)."""
+    from finetune.environment import ENVIRONMENT_NAME
+    from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, sweep
+    from finetune.serve import score
+
+    folder = Path(plan.run_dir) / AML_DIR
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    code_dir = stage_code(folder / CODE_DIR)
+    tables = data.write_mltables(prepared, folder / "mltable")
+    specs = data.asset_specs(plan, prepared, tables)
+    settings_path = folder / SETTINGS
+    settings_path.write_text(json.dumps(settings(plan, prepared), indent=2, default=str), encoding="utf-8")
+    exported = Exported(folder, code_dir, settings_path, specs)
+
+    refs = data.local_refs(specs, relative_to=folder)
+    env = environment.environment()
+    local = {CODE_DIR, SETTINGS, SCORE_DIR, *refs.files.values(), *refs.tables.values()}
+    if plan.model.path:
+        local.add(plan.model.path)
+
+    def dump(name: str, entity_dict: dict, comment: str) -> None:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_yaml(_local_paths(entity_dict, local), comment), encoding="utf-8")
+        exported.files.append(path)
+
+    job = pipeline.build(plan, refs, CODE_DIR, env, SETTINGS)
+    dump("pipeline.yml", _automl_outputs(job._to_dict()), f"the whole pipeline of run {plan.name}: az ml job create -f pipeline.yml")
+    trial = command.train_command(plan, refs, CODE_DIR, env)
+    if plan.search.sampling == "none":
+        dump("train.yml", trial._to_job()._to_dict(), "the training job alone: az ml job create -f train.yml")
+    else:
+        dump("sweep.yml", sweep.sweep_node(plan, trial)._to_job()._to_dict(),
+             "the sweep alone: az ml job create -f sweep.yml")
+    if plan.automl.kind == "text_classification":
+        dump("automl.yml", automl_dict(plan, refs), "AutoML NLP alone: az ml job create -f automl.yml")
+    dump("compute.yml", compute.cluster(plan)._to_dict(), "the cluster: az ml compute create -f compute.yml")
+
+    conda = folder / "conda.yml"
+    conda.write_text(_yaml(environment.definition()["conda_file"], "the jobs' conda environment"), encoding="utf-8")
+    exported.files.append(conda)
+    dump("environment.yml", {"name": ENVIRONMENT_NAME, "image": environment.BASE_IMAGE, "conda_file": conda.name,
+                             "description": environment.DESCRIPTION},
+         "the environment as a named asset: az ml environment create -f environment.yml")
+    for spec in specs:
+        entity = data.data_entity(spec)._to_dict()
+        entity["path"] = os.path.relpath(spec.path, folder / "data")
+        dump(f"data/{spec.name}.yml", entity, "a data asset: az ml data create -f data/<name>.yml")
+
+    if plan.endpoint.kind == "managed":
+        (folder / SCORE_DIR).mkdir()
+        shutil.copy2(score.__file__, folder / SCORE_DIR / deploy.SCORING_SCRIPT)
+        model_name = plan.select.registered_model_name
+        dump("endpoint.yml", deploy.endpoint_entity(plan.endpoint)._to_dict(),
+             "the endpoint (the deploy step creates it when missing): az ml online-endpoint create -f endpoint.yml")
+        deployment = deploy.deployment_entity(plan.endpoint, deploy.deployment_name("latest"),
+                                              f"azureml:{model_name}{LATEST_MODEL}", env, SCORE_DIR, model_name,
+                                              "latest")
+        dump("deployment.yml", deployment._to_dict(),
+             "a deployment of the latest registered model, as the deploy step creates it "
+             "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")
+    return exported
+
+
+def automl_dict(plan: "RunPlan", refs) -> dict:
+    """The standalone AutoML job as a CLI v2 dict.
+
+    With ``automl.sweep`` the SDK cannot dump the job, so the job is dumped without it and the sweep is
+    added in the CLI's own syntax (``sweep``, ``search_space``).
+    """
+    from finetune.launch.azureml.automl import text_classification
+
+    config = plan.automl
+    job = text_classification(dataclasses.replace(plan, automl=dataclasses.replace(config, sweep={})), refs)
+    result = job._to_dict()
+    if config.sweep:
+        from finetune.launch.azureml.sweep import as_yaml, distribution
+
+        subspaces = config.sweep.get("space") or []
+        subspaces = [subspaces] if isinstance(subspaces, dict) else subspaces
+        result["search_space"] = [
+            {name: as_yaml(distribution(value)) if isinstance(value, dict) else value
+             for name, value in subspace.items()} for subspace in subspaces]
+        result["sweep"] = {"sampling_algorithm": config.sweep.get("sampling_algorithm", "random")}
+        policy_config = config.sweep.get("policy") or {}
+        if policy_config.get("type", "none") != "none":
+            result["sweep"]["early_termination"] = _policy_dict(policy_config)
+    return result
+
+
+def _policy_dict(policy_config: dict) -> dict:
+    from finetune.config import PolicyConfig
+    from finetune.launch.azureml.sweep import policy
+
+    entity = policy(PolicyConfig(**policy_config))
+    fields = {"type": policy_config["type"], "evaluation_interval": entity.evaluation_interval,
+              "delay_evaluation": entity.delay_evaluation}
+    for name in ("slack_factor", "slack_amount", "truncation_percentage"):
+        value = getattr(entity, name, None)
+        if value:
+            fields[name] = value
+    return fields
+
+
+def _automl_outputs(pipeline_dict: dict) -> dict:
+    """AutoML node outputs as ``{type: mlflow_model}``, the CLI v2 syntax.
+
+    azure-ai-ml 1.35.2 writes them as ``{job_output_type: ...}`` (the REST field), which neither ``load_job``
+    nor ``az ml job create`` accepts; the REST body the SDK builds from either form is the same.
+    """
+    for node in pipeline_dict.get("jobs", {}).values():
+        if node.get("type") == "automl":
+            node["outputs"] = {name: {"type": output.get("job_output_type", output.get("type"))}
+                               for name, output in (node.get("outputs") or {}).items()}
+    return pipeline_dict
+
+
+def _local_paths(value: Any, local: set) -> Any:
+    """``value`` with ``azureml:<p>`` turned back into ``<p>`` for the local paths ``p`` this export wrote."""
+    if isinstance(value, dict):
+        return {key: _local_paths(item, local) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_local_paths(item, local) for item in value]
+    if isinstance(value, str) and value.startswith("azureml:") and value[len("azureml:"):] in local:
+        return value[len("azureml:"):]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _yaml(data: Dict[str, Any], comment: str) -> str:
+    import yaml
+
+    return f"# {comment}\n# generated by finetune (finetune.launch.azureml.export)\n" + yaml.safe_dump(
+        _plain(data), sort_keys=False, width=120)

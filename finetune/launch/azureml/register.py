@@ -1,0 +1,43 @@
+"""The register step: test the candidates with ``finetune.select``, register the winner as an AML model.
+
+It runs on AML (``python -m finetune.launch.azureml.steps register``, see :mod:`.steps`) with the
+compute's managed identity, and finds its workspace in the variables AML sets in every job: no
+subscription or resource group travels as a job input. Never served from AML's pipeline cache
+(``is_deterministic=False``): a rerun must look at the registry as it is now.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finetune.plan import RunPlan
+
+OUTPUT = "model_ref"
+
+
+def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
+    """The command node; with ``automl`` it also takes AutoML's tested best model."""
+    from azure.ai.ml import Input, Output, command
+    from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+    inputs = {"transformer": Input(type="custom_model"), "test": Input(type="uri_file"),
+              "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
+    line = ("python -m finetune.launch.azureml.steps register --transformer ${{inputs.transformer}} "
+            "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} --settings ${{inputs.settings}} "
+            "--output-dir ${{outputs.%s}}" % OUTPUT)
+    if automl:
+        inputs.update(automl_model=Input(type="mlflow_model"), automl_result=Input(type="uri_folder"))
+        line += " --automl-model ${{inputs.automl_model}} --automl-result ${{inputs.automl_result}}"
+    return command(
+        name="register",
+        display_name=f"select and register {plan.select.registered_model_name}",
+        description=f"test the candidates on the test split, register the best by {plan.select.metric}",
+        command=line,
+        code=code,
+        environment=environment,
+        compute=plan.compute.cluster_name,
+        inputs=inputs,
+        outputs={OUTPUT: Output(type="uri_folder")},
+        identity=ManagedIdentityConfiguration(),
+        is_deterministic=False,
+    )

@@ -1,0 +1,347 @@
+"""Submission and the pipeline's own steps through the REAL MLClient, against the local HTTPS recorder.
+
+Nothing leaves the machine (:func:`aml_recorder.guard_network`); the recorder answers like Azure ML
+and keeps every request, so the tests assert what a real workspace would have been asked to do.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import aml_recorder
+from aml_recorder import RecorderServer, build, guard_network
+from finetune.cli import main
+
+WORKSPACE = [f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
+             f"workspace.resource_group={aml_recorder.RESOURCE_GROUP}", f"workspace.workspace_name={aml_recorder.WORKSPACE}"]
+REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]
+ENDPOINT = "onlineEndpoints/finetune-sentiment"
+ASSETS = ["train", "val", "test", "labels", "train-mltable", "val-mltable"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = RecorderServer(tmp_path_factory.mktemp("recorder"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def recorder(server, monkeypatch):
+    guard_network(monkeypatch, server.recorder.port)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.cert))
+    server.recorder.clear()
+    server.recorder.resources.clear()
+    server.recorder.scoring_status.clear()
+    return server.recorder
+
+
+def submit(server, monkeypatch, tmp_path, capsys, extra=()):
+    from finetune.launch import azureml
+
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref", *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
+    out = submit(server, monkeypatch, tmp_path, capsys)
+    sequence = recorder.sequence()
+    # The cluster is created when missing, each data asset is looked up by hash before it is created,
+    # then the environment, the steps' components (with their code) and the pipeline job itself.
+    assert sequence[:3] == ["GET computes/gpu-a100", "GET " + aml_recorder.WORKSPACE_PATH, "PUT computes/gpu-a100"]
+    data = [s for s in sequence if s.startswith(("GET data/", "PUT data/"))]
+    assert data == [line for name in ASSETS for line in (
+        f"GET data/finetune-amazon_automotive-{name}/versions", f"GET data/finetune-amazon_automotive-{name}",
+        f"PUT data/finetune-amazon_automotive-{name}/versions/1")]
+    assert sequence[-1].startswith("PUT jobs/")
+    components = recorder.find("PUT", r"components/azureml_anonymous/versions/.+")
+    assert len(components) == 4  # train trial, test AutoML, register, deploy
+    assert recorder.find("PUT", r"environments/CliV2AnonymousEnvironment/versions/[0-9a-f]{64}")
+    assert len(recorder.find("POST", r"codes/.+/startPendingUpload")) == 4
+
+    cluster = recorder.find("PUT", "computes/gpu-a100")[0].body
+    assert cluster["identity"]["type"] == "SystemAssigned"
+    assert cluster["properties"]["properties"]["vmSize"] == "Standard_NC24ads_A100_v4"
+    assert cluster["properties"]["properties"]["scaleSettings"] == {
+        "maxNodeCount": 4, "minNodeCount": 0, "nodeIdleTimeBeforeScaleDown": "PT2M"}
+    train = recorder.find("PUT", "data/finetune-amazon_automotive-train/versions/1")[0].body
+    assert train["properties"]["tags"]["sha256"] == json.loads(
+        (tmp_path / "ref" / "data" / "data.json").read_text())["splits"]["train"]["sha256"]
+
+    job = recorder.find("PUT", r"jobs/.+")[0].body["properties"]
+    assert job["jobType"] == "Pipeline" and job["experimentName"] == "finetune" and job["displayName"] == "ref"
+    assert job["inputs"]["train"]["uri"].endswith("/data/finetune-amazon_automotive-train/versions/1")
+    assert job["inputs"]["train_table"]["jobInputType"] == "mltable"
+    nodes = job["jobs"]
+    assert list(nodes) == ["sweep", "automl", "test_automl", "register", "deploy"]
+    sweep = nodes["sweep"]
+    assert sweep["search_space"]["learning_rate"] == {"type": "loguniform", "min_value": pytest.approx(-11.512925464970229),
+                                                      "max_value": pytest.approx(-9.210340371976182)}
+    assert sweep["search_space"]["batch_size"] == {"values": [16, 32], "type": "choice"}
+    assert sweep["sampling_algorithm"] == {"type": "random", "seed": 0}
+    assert sweep["early_termination"] == {"delay_evaluation": 0, "evaluation_interval": 1, "slack_factor": 0.1,
+                                          "policy_type": "Bandit"}
+    assert sweep["objective"] == {"goal": "maximize", "primary_metric": "val_auc_weighted"}
+    assert sweep["limits"] == {"max_concurrent_trials": 1, "max_total_trials": 6}
+    automl = nodes["automl"]
+    assert (automl["task"], automl["primary_metric"], automl["target_column_name"]) == (
+        "text_classification", "auc_weighted", "label")
+    assert automl["limits"] == {"max_concurrent_trials": 1, "max_trials": 1, "max_nodes": 1, "timeout_minutes": 120,
+                                "trial_timeout_minutes": 60}
+    assert automl["featurization"] == {"dataset_language": "eng"}
+    assert automl["training_data"] == "${{parent.inputs.train_table}}"
+    assert automl["outputs"] == {"best_model": {"job_output_type": "mlflow_model"}}
+    for step in ("register", "deploy"):
+        assert nodes[step]["identity"] == {"identity_type": "Managed"}
+    # No workspace coordinates travel as step inputs: the steps read them from the job's environment.
+    step_inputs = json.dumps({n: v.get("inputs") for n, v in nodes.items()})
+    assert aml_recorder.RESOURCE_GROUP not in step_inputs and aml_recorder.SUBSCRIPTION not in step_inputs
+    for component in components:
+        command = component.body["properties"]["componentSpec"]["command"]
+        assert "subscription" not in command and "resource" not in command
+    trial = next(c.body["properties"]["componentSpec"] for c in components
+                 if "finetune.train" in c.body["properties"]["componentSpec"]["command"])
+    assert trial["command"].startswith("python -m finetune.train --train-file ${{inputs.train}}")
+    assert "--tracking-uri" not in trial["command"]
+
+    assert "submitted pipeline job" in out and "studio: https://ml.azure.com/runs/" in out
+    record = json.loads((tmp_path / "ref" / "aml" / "submitted.json").read_text())
+    assert record["data"]["files"]["train"] == "azureml:finetune-amazon_automotive-train:1"
+
+
+def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, monkeypatch, tmp_path, capsys):
+    submit(server, monkeypatch, tmp_path, capsys, ["automl=none", "endpoint=none"])
+    recorder.clear()
+    out = submit(server, monkeypatch, tmp_path / "again", capsys, ["automl=none", "endpoint=none"])
+    assert not recorder.find("PUT", r"data/.+")
+    assert not recorder.find("PUT", r"computes/.+")  # the cluster exists now
+    assert "data finetune-amazon_automotive-train:1 reused" in out
+    job = recorder.find("PUT", r"jobs/.+")[0].body["properties"]
+    assert list(job["jobs"]) == ["sweep", "register"]
+    assert job["inputs"]["train"]["uri"].endswith("/versions/1")
+
+
+def test_service_errors_are_one_line(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    monkeypatch.setattr(aml_recorder.Recorder, "_put", lambda self, request, path: (
+        409, {}, {"error": {"code": "Conflict", "message": "quota exceeded for Standard_NC24ads_A100_v4"}}))
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "automl=none", "endpoint=none"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: compute cluster gpu-a100: Azure ML answered HTTP 409: ") and err.count("\n") == 1
+    assert "quota exceeded for Standard_NC24ads_A100_v4" in err
+
+
+# ------------------------------------------------------------------------------------------- deploy step
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from finetune.data import prepare
+    from finetune.launch.azureml import export
+
+    plan = build(REFERENCE + ["dry_run=true"], tmp_path, "deploy")
+    return export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data")).settings_path
+
+
+def model_ref(folder: Path, version: str = "3", model_type: str = "custom_model") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_ref.json").write_text(json.dumps(
+        {"name": "automotive-sentiment", "version": version, "model_type": model_type, "candidate": "transformer"}))
+    return str(folder)
+
+
+def seed_endpoint(recorder, traffic=None) -> None:
+    recorder.put(ENDPOINT, {"location": "eastus", "identity": {"type": "SystemAssigned"},
+                            "properties": {"authMode": "Key", "traffic": traffic or {"blue": 100},
+                                           "scoringUri": f"{recorder.base_url}/score", "provisioningState": "Succeeded"}})
+    recorder.put(f"{ENDPOINT}/deployments/blue", {
+        "location": "eastus", "sku": {"name": "Default", "capacity": 1},
+        "properties": {"endpointComputeType": "Managed", "model": "azureml:automotive-sentiment:2",
+                       "instanceType": "Standard_DS3_v2", "scaleSettings": {"scaleType": "Default"},
+                       "provisioningState": "Succeeded"}})
+
+
+def deploy(server, tmp_path, settings, monkeypatch):
+    from finetune.launch.azureml import deploy as deploy_module
+    from finetune.launch.azureml import steps
+
+    monkeypatch.setattr(deploy_module, "deployment_name", lambda version, now=None: f"v{version}-test")
+    return steps.deploy(model_ref(tmp_path / "ref"), str(settings), str(tmp_path / "rollout"),
+                        ml_client=server.ml_client())
+
+
+def rollout_calls(recorder):
+    """The rollout's writes and scoring calls, in order (reads are the SDK's bookkeeping)."""
+    calls = []
+    for r in recorder.requests:
+        if r.host.startswith(aml_recorder.BLOB_ACCOUNT) or r.method == "GET":
+            continue
+        if r.path == "/score":
+            calls.append(f"POST /score deployment={r.headers.get('azureml-model-deployment')}")
+        elif r.relative.startswith(ENDPOINT) and not r.relative.endswith("listKeys"):
+            calls.append(str(r))
+    return calls
+
+
+def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, settings):
+    seed_endpoint(recorder)
+    result = deploy(server, tmp_path, settings, monkeypatch)
+    assert rollout_calls(recorder) == [
+        f"PUT {ENDPOINT}/deployments/v3-test",
+        "POST /score deployment=v3-test",  # the smoke test goes to the new deployment directly
+        f"PUT {ENDPOINT}",  # traffic 100% to it
+        *["POST /score deployment=None"] * 5,  # then through the endpoint's traffic split
+        f"DELETE {ENDPOINT}/deployments/blue",
+    ]
+    body = recorder.find("PUT", f"{ENDPOINT}/deployments/v3-test")[0].body
+    properties = body["properties"]
+    assert properties["model"].endswith("/models/automotive-sentiment/versions/3")
+    assert properties["codeConfiguration"]["scoringScript"] == "score.py"
+    assert properties["instanceType"] == "Standard_DS3_v2" and body["sku"]["capacity"] == 1
+    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 1, "requestTimeout": "PT10S"}
+    assert properties["livenessProbe"]["initialDelay"] == "PT2M"
+    assert properties["readinessProbe"]["initialDelay"] == "PT1M"
+    assert properties["readinessProbe"]["failureThreshold"] == 30
+    assert properties["environmentVariables"]["FINETUNE_MODEL_VERSION"] == "3"
+    traffic = recorder.find("PUT", ENDPOINT)[0].body["properties"]["traffic"]
+    assert traffic == {"v3-test": 100}  # the old deployment's 0% entry is dropped by the SDK
+    smoke = next(r for r in recorder.requests if r.path == "/score")
+    assert smoke.headers["authorization"] == "Bearer recorder-primary-key"
+    assert smoke.body == json.loads(settings.read_text())["sample_request"]
+    assert result["deployment"] == "v3-test" and result["deleted"] == ["blue"]
+    assert json.loads((tmp_path / "rollout" / "rollout.json").read_text())["traffic"] == {"v3-test": 100}
+
+
+def test_deploy_step_failed_smoke_test_keeps_traffic(server, recorder, monkeypatch, tmp_path, settings):
+    from finetune.serve.rollout import RolloutError
+
+    seed_endpoint(recorder)
+    recorder.scoring_status["v3-test"] = 500
+    with pytest.raises(RolloutError, match="smoke test failed.*traffic kept at blue 100%"):
+        deploy(server, tmp_path, settings, monkeypatch)
+    calls = rollout_calls(recorder)
+    assert calls[:2] == [f"PUT {ENDPOINT}/deployments/v3-test", "POST /score deployment=v3-test"]
+    assert calls[-1] == f"DELETE {ENDPOINT}/deployments/v3-test"
+    assert f"DELETE {ENDPOINT}/deployments/blue" not in calls
+    assert recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/{ENDPOINT}"]["properties"]["traffic"] == {"blue": 100}
+    assert json.loads((tmp_path / "rollout" / "rollout.json").read_text())["status"] == "failed"
+
+
+def test_deploy_step_creates_a_missing_endpoint(server, recorder, monkeypatch, tmp_path, settings):
+    deploy(server, tmp_path, settings, monkeypatch)
+    calls = rollout_calls(recorder)
+    assert calls[:3] == [f"PUT {ENDPOINT}", f"PUT {ENDPOINT}/deployments/v3-test", "POST /score deployment=v3-test"]
+    endpoint = recorder.find("PUT", ENDPOINT)[0].body
+    assert endpoint["properties"]["authMode"] == "Key" and endpoint["location"] == "eastus"
+
+
+def test_deploy_step_leaves_an_automl_winner_unserved(server, recorder, tmp_path, settings):
+    from finetune.launch.azureml import steps
+
+    result = steps.deploy(model_ref(tmp_path / "ref", model_type="mlflow_model"), str(settings),
+                          str(tmp_path / "rollout"), ml_client=server.ml_client())
+    assert result["status"] == "skipped" and recorder.requests == []
+
+
+# ------------------------------------------------------------------------------------------- register / test steps
+
+
+def transformer_output(folder: Path, tiny_model_dir: Path, labels) -> Path:
+    """What the training job writes: <output>/model/ with candidate.json."""
+    shutil.copytree(tiny_model_dir, folder / "model")
+    (folder / "model" / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}))
+    return folder
+
+
+@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "custom_model"),
+                                                            (1.0, "automl", "mlflow_model")])
+def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type):
+    from finetune.launch.azureml import steps
+
+    data = json.loads(settings.read_text())["data"]
+    labels = data["labels"]
+    transformer = transformer_output(tmp_path / "sweep", tiny_model_dir, labels)
+    automl_model = tmp_path / "automl_model"
+    automl_model.mkdir()
+    (automl_model / "MLmodel").write_text("flavors: {}\n")
+    automl_result = tmp_path / "automl_result"
+    automl_result.mkdir()
+    metrics = {name: automl_auc for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                             "precision_weighted", "recall_weighted", "f1_weighted", "auc_weighted")}
+    (automl_result / "result.json").write_text(json.dumps({"kind": "automl", "test": metrics}))
+
+    ref = steps.register(str(transformer), data["splits"]["test"]["path"], str(Path(data["splits"]["test"]["path"]).parent
+                                                                            / "labels.json"),
+                         str(settings), str(tmp_path / "out"), str(automl_model), str(automl_result),
+                         ml_client=server.ml_client())
+    assert (ref["candidate"], ref["model_type"], ref["version"], ref["existing"]) == (winner, model_type, "1", False)
+    created = recorder.find("PUT", "models/automotive-sentiment/versions/1")[0].body["properties"]
+    assert created["modelType"] == model_type
+    tags = created["tags"]
+    assert tags["selection.metric"] == "auc_weighted" and tags["candidate"] == winner
+    assert tags["data.test_sha256"] == data["splits"]["test"]["sha256"] and "config_sha256" in tags
+    assert tags["content_sha256"] == ref["content_sha256"]
+    assert tags["test_auc_weighted.automl"] == f"{automl_auc:.6f}"
+    if winner == "transformer":
+        uploaded = [r.path for r in recorder.requests if r.host.startswith(aml_recorder.BLOB_ACCOUNT) and r.method == "PUT"]
+        assert any(p.endswith("/score.py") for p in uploaded) and any(p.endswith("/registered.json") for p in uploaded)
+    assert json.loads((tmp_path / "out" / "model_ref.json").read_text())["version"] == "1"
+
+    recorder.clear()  # the same content again: the existing version is reused
+    again = steps.register(str(transformer), data["splits"]["test"]["path"],
+                           str(Path(data["splits"]["test"]["path"]).parent / "labels.json"), str(settings),
+                           str(tmp_path / "out2"), str(automl_model), str(automl_result), ml_client=server.ml_client())
+    assert again["existing"] is True and again["version"] == "1"
+    assert not recorder.find("PUT", r"models/.+")
+
+
+def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
+    """AutoML's MLflow model scored on the test split with the project's metric function."""
+    import operator
+
+    import mlflow.sklearn
+    import pandas as pd
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from finetune.launch.azureml import steps
+
+    data = json.loads(settings.read_text())["data"]
+    frame = pd.read_csv(data["splits"]["train"]["path"], dtype=str, keep_default_na=False)
+    # AutoML NLP models take a DataFrame with the text column and know their classes by name.
+    model = Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
+                      ("clf", LogisticRegression(max_iter=200))]).fit(frame[["text"]], frame["label"])
+    mlflow.sklearn.save_model(model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"],
+                             serialization_format="cloudpickle")
+    labels_file = Path(data["splits"]["test"]["path"]).parent / "labels.json"
+    result = steps.test_automl(str(tmp_path / "mlflow_model"), data["splits"]["test"]["path"], str(labels_file),
+                               str(tmp_path / "out"), python=sys.executable)
+    assert result["rows"] == data["splits"]["test"]["rows"]
+    assert 0.5 < result["test"]["auc_weighted"] <= 1.0
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["kind"] == "automl"
+
+
+def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch):
+    from finetune.launch.azureml import steps
+
+    for name in ("AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    ref = model_ref(tmp_path / "ref")
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"endpoint": {"name": "finetune-sentiment"}, "environment": {},
+                                    "sample_request": {"data": []}}))
+    assert steps.main(["deploy", "--model-ref", ref, "--settings", str(settings), "--output-dir", str(tmp_path)]) == 2
+    assert re.match(r"error: not inside an Azure ML job: AZUREML_ARM_SUBSCRIPTION", capsys.readouterr().err)
