@@ -3,6 +3,7 @@ blue -> green switch under concurrent load with no failed request, and deploy_lo
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -23,7 +24,6 @@ def models(tiny_model_dir, tmp_path_factory):
     return {
         "hf": ModelRef("sentiment", "1", str(make_hf_candidate(tiny_model_dir, root / "hf"))),
         "automl": ModelRef("sentiment", "2", str(make_automl_candidate(root / "automl"))),
-        "automl-3": ModelRef("sentiment", "3", str(make_automl_candidate(root / "automl-3"))),
         "failing": ModelRef("sentiment", "4", str(make_automl_candidate(root / "failing", unfitted_vectorizer=True))),
         "unloadable": ModelRef("sentiment", "5", str(broken)),
     }
@@ -133,17 +133,20 @@ def test_split_traffic_keeps_old_proportions_and_sums_to_100():
 
 def test_deploy_local_stops_what_it_started_and_the_state_brings_it_back(models, tmp_path):
     config = EndpointConfig(kind="local", name="pipeline-endpoint", ramp=[100], start_timeout_s=120)
-    first = deploy_local(config, tmp_path, models["automl"], request(2), keep_running=False)
+    first = deploy_local(config, tmp_path / "endpoints", models["automl"], request(2), keep_running=False)
     assert first["status"] == "succeeded" and first["deployment"] == "blue" and first["running"] is False
     assert "key" not in json.dumps(first).lower().replace("keep", "")
-    endpoint = LocalEndpoint("pipeline-endpoint", tmp_path)
+    endpoint = LocalEndpoint("pipeline-endpoint", tmp_path / "endpoints")
     assert not endpoint.running() and endpoint.scoring_uri is None
     assert endpoint.traffic() == {"blue": 100}
 
-    second = deploy_local(config, tmp_path, models["automl-3"], request(2), keep_running=False)
+    version_3 = ModelRef("sentiment", "3", str(make_automl_candidate(tmp_path / "run-3" / "model")))
+    second = deploy_local(config, tmp_path / "endpoints", version_3, request(2), keep_running=False)
     assert second["deployment"] == "green" and second["deleted"] == ["blue"]
     assert endpoint.traffic() == {"green": 100} and not endpoint.running()
 
+    # The endpoint serves its own copy of the model: deleting the run folder it came from changes nothing.
+    shutil.rmtree(tmp_path / "run-3")
     try:
         endpoint.start()
         assert endpoint.invoke(request(1))["model"] == {"name": "sentiment", "version": "3"}

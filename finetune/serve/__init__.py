@@ -7,12 +7,10 @@
 - :mod:`finetune.serve.rollout`: :func:`rollout` over the ``Endpoint`` protocol, :class:`ModelRef`.
 - ``python -m finetune.serve``: serve the production model (or a folder) in the foreground.
 
-Importing this package loads the standard library only.
+Importing this package loads the standard library only (torch and friends load in score.py's init()).
 """
-from pathlib import Path
-
+from finetune.serve.endpoint import SCORE_SCRIPT, LocalEndpoint, deploy_local
 from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, RolloutResult, rollout
 
-SCORE_SCRIPT = Path(__file__).with_name("score.py")
-
-__all__ = ["SCORE_SCRIPT", "InvokeError", "ModelRef", "RolloutError", "RolloutResult", "rollout"]
+__all__ = ["SCORE_SCRIPT", "InvokeError", "LocalEndpoint", "ModelRef", "RolloutError", "RolloutResult",
+           "deploy_local", "rollout"]

@@ -98,7 +98,7 @@ def bring_up(args: argparse.Namespace):
         with _stopped_on_failure(endpoint):
             endpoint.start()
         serving = [name for name, percent in endpoint.traffic().items() if percent > 0]
-        model_dir = endpoint.deployments()[serving[0]]["model"]["path"] if serving else None
+        model_dir = endpoint.deployments()[serving[0]]["model_dir"] if serving else None
         return endpoint, _sample_request(model_dir)
 
     previous = LocalEndpoint(SERVE_ENDPOINT, args.endpoints_dir)

@@ -1,8 +1,9 @@
 """A local stand-in for an AML managed online endpoint: real azmlinfsrv deployments behind a keyed router.
 
 Each deployment is an ``azmlinfsrv`` process (through :mod:`finetune.serve.inference_server`, so it
-binds 127.0.0.1) running this package's ``score.py`` over the deployment's model folder, exactly the
-entry-script contract AML runs. In front, :mod:`finetune.serve.router` does key auth and the traffic
+binds 127.0.0.1) running this package's ``score.py`` over a copy of the model folder, exactly the
+entry-script contract AML runs; like AML's copy of a registered model, it stays servable when the run
+folder it came from is deleted. In front, :mod:`finetune.serve.router` does key auth and the traffic
 split. Everything is recorded in ``<root>/<name>/state.json`` (deployments with port, pid and model,
 traffic, key, router port), so another command, or another :class:`LocalEndpoint` object, sees and
 drives the same endpoint; processes run in their own sessions and outlive the command that started them
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
-from finetune.serve import SCORE_SCRIPT
 from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, rollout
+
+SCORE_SCRIPT = Path(__file__).with_name("score.py")
 
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}
@@ -142,7 +144,7 @@ class LocalEndpoint:
             if not _alive(state["router"], ROUTER_MODULE):
                 state["router"] = self._start_router(state)
                 self._write(state)
-            pending = {name: self._launch(name, ModelRef(**record["model"]), state)
+            pending = {name: self._launch(name, ModelRef(**record["model"]), Path(record["model_dir"]), state)
                        for name, record in state["deployments"].items() if not _alive(record, SERVER_MODULE)}
             try:
                 for name, record in pending.items():
@@ -186,11 +188,16 @@ class LocalEndpoint:
             if not _alive(state["router"], ROUTER_MODULE):
                 state["router"] = self._start_router(state)
                 self._write(state)
-            record = self._launch(deployment, model, state)
+            model_dir = self.dir / "deployments" / deployment / "model"
+            shutil.rmtree(model_dir, ignore_errors=True)
+            shutil.copytree(folder, model_dir)
+            record = self._launch(deployment, model, model_dir, state)
             try:
                 self._wait_healthy(deployment, record, state)
             except BaseException:  # Ctrl-C included: a process not yet in the state would be an orphan
                 _terminate(record, SERVER_MODULE)
+                # The log stays for the error message to point at; the model copy is only weight.
+                shutil.rmtree(model_dir, ignore_errors=True)
                 raise
             state["deployments"][deployment] = record
             self._write(state)
@@ -267,7 +274,7 @@ class LocalEndpoint:
             time.sleep(0.05)
         return {**_record(process), "port": int(port_file.read_text()), "log": str(log)}
 
-    def _launch(self, deployment: str, model: ModelRef, state: dict) -> dict:
+    def _launch(self, deployment: str, model: ModelRef, model_dir: Path, state: dict) -> dict:
         folder = self.dir / "deployments" / deployment
         folder.mkdir(parents=True, exist_ok=True)
         # A copy, so that a running deployment keeps the scoring code it was created with.
@@ -289,10 +296,11 @@ class LocalEndpoint:
         }
         log = folder / "server.log"
         command = [sys.executable, "-m", SERVER_MODULE, "--entry_script", str(script), "--model_dir",
-                   str(Path(model.path).resolve()), "--port", str(port)]
+                   str(model_dir.resolve()), "--port", str(port)]
         process = _spawn(command, log, folder, env)
         self._procs[deployment] = process
-        return {**_record(process), "port": port, "model": model.to_dict(), "log": str(log)}
+        return {**_record(process), "port": port, "model": model.to_dict(), "model_dir": str(model_dir),
+                "log": str(log)}
 
     def _wait_healthy(self, deployment: str, record: dict, state: dict) -> None:
         process = self._procs[deployment]
