@@ -118,9 +118,23 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
 
 
 def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
     submit(server, monkeypatch, tmp_path, capsys, ["automl=none", "endpoint=none"])
     recorder.clear()
-    out = submit(server, monkeypatch, tmp_path / "again", capsys, ["automl=none", "endpoint=none"])
+    streamed = []
+
+    def connect(plan):
+        client = server.ml_client()
+        monkeypatch.setattr(client.jobs, "stream", streamed.append)
+        return client
+
+    monkeypatch.setattr(azureml, "connect", connect)
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path / 'again'}", "run_name=ref", "automl=none",
+                                         "endpoint=none", "launcher.wait=true"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert streamed == [recorder.find("PUT", r"jobs/.+")[0].relative.split("/")[1]]  # launcher.wait follows the job
     assert not recorder.find("PUT", r"data/.+")
     assert not recorder.find("PUT", r"computes/.+")  # the cluster exists now
     assert "data finetune-amazon_automotive-train:1 reused" in out
