@@ -163,7 +163,10 @@ def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     extra = []
     for group, (local_choice, aml_choice) in AUTO_CHOICES.items():
         if cfg[group].kind == "auto":
-            extra.append(f"{group}={aml_choice if on_aml else local_choice}")
+            choice = aml_choice if on_aml else local_choice
+            if group == "automl" and on_aml and cfg.compute.gpus_per_node == 0:
+                choice = "none"  # AML AutoML NLP runs only on GPU nodes
+            extra.append(f"{group}={choice}")
     return extra
 
 

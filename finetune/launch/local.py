@@ -150,6 +150,9 @@ def run(plan: RunPlan) -> dict | None:
             rollout = deploy_local(plan.endpoint, Path(plan.run_dir).parent / "endpoints", registered["model_ref"],
                                    registered["sample_request"], keep_running=False)
             summary["rollout"] = rollout
+            print(f"deployed {registered['name']} version {registered['version']} as '{rollout['deployment']}' "
+                  f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
+                  + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
             registry.promote(registered["name"], registered["version"], plan.tracking.uri)
     elif registered is not None:
         registry.promote(registered["name"], registered["version"], plan.tracking.uri)
