@@ -31,6 +31,7 @@ from finetune.config import (
 from finetune.data import check_source
 from finetune.errors import ConfigProblems
 from finetune.metrics import METRIC_NAMES
+from finetune.search.validation import check_search
 
 
 
@@ -221,7 +222,8 @@ def check_select(plan: RunPlan) -> List[str]:
     return []
 
 
-CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select, check_source]
+CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select, check_source,
+                                                 check_search]
 
 
 def check_azureml(plan: RunPlan) -> List[str]:

@@ -1,0 +1,464 @@
+"""The local sweep: optuna samples, each trial is ``python -m finetune.train`` in its own process.
+
+Optuna provides the samplers (random, grid, TPE for bayesian; seeded by ``search.seed``) and the
+storage: a sqlite file in the sweep folder that every trial process reports into, so AML's policies
+(as :class:`~finetune.search.pruners.AmlPolicyPruner`) see all trials, and a sweep killed at any moment
+resumes where it stopped:
+
+- finished trials are kept and not rerun; limits count them;
+- a trial left RUNNING by the dead sweep is marked failed and its parameters are enqueued again (the
+  retry carries ``retry_of`` and replaces it: it counts neither in limits, nor in the policies, nor in the
+  trial table);
+- the sampler is reseeded with ``seed + trials so far``, or it would replay the first samples.
+
+Trials run up to ``max_concurrent_trials`` at once, each with an even share of the CPU threads, or one
+GPU each when there are GPUs. A crash, a NaN loss, an out-of-memory kill or ``trial_timeout`` marks the
+trial failed and the sweep goes on; ``timeout`` (the whole sweep's seconds, counted across resumes)
+stops launching new trials. A trial stopped by the policy is optuna PRUNED with the interval it reached
+(user attributes), reported as ``early_terminated``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from finetune.config import ModelConfig
+from finetune.errors import UserError
+from finetune.plan import RunPlan, package_model_dir, train_command_args
+from finetune.search.pruners import RETRY_OF, build_pruner, curve, replaced
+from finetune.search.reporting import open_storage
+from finetune.search.space import grid_size, latent_distribution, value_from_latent
+
+STUDY_FILE = "study.db"
+POLL_S = 0.5
+STATUS = {"COMPLETE": "completed", "PRUNED": "early_terminated", "FAIL": "failed"}
+
+
+@dataclass
+class _Slot:
+    threads: int
+    gpu: Optional[str]
+
+
+@dataclass
+class _Job:
+    trial: optuna.trial.Trial
+    slot: _Slot
+    process: subprocess.Popen
+    directory: Path
+    log: Path
+    started: float
+    timed_out: bool = False
+
+
+def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
+    """Run (or resume) the plan's sweep in `sweep_dir`; returns the ``sweep`` section of summary.json.
+
+    `data` is a ``finetune.data.PreparedData``. The best trial's model stays in its trial folder; the
+    other trials' models are removed unless ``search.keep_all``.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search, limits = plan.search, plan.search.limits
+    sweep_dir = Path(sweep_dir).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage_url = f"sqlite:///{sweep_dir / STUDY_FILE}"
+    study = _open_study(plan, storage_url, sweep_dir)
+    retried = _retry_interrupted(study, sweep_dir)
+    wall_before = study.user_attrs.get("wall_seconds", 0.0)
+    total = limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials,
+                                                                          grid_size(search.space))
+    budget = total - len(_counted(study))
+    if wall_before or retried:
+        print(f"resuming the sweep in {sweep_dir}: {total - budget} trial(s) done"
+              + (f", retrying interrupted trial(s) {', '.join(map(str, retried))}" if retried else ""), flush=True)
+
+    if budget > 0:
+        _create_experiment(plan)
+    free = _slots(plan)
+    started = time.time()
+    deadline = started + limits.timeout - wall_before if limits.timeout else math.inf
+    running: Dict[int, _Job] = {}
+    launched = 0
+    data_dir = str(Path(data.train_path).parent)
+    try:
+        while True:
+            while free and launched < budget and time.time() < deadline:
+                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0))
+                running[job.trial.number] = job
+                launched += 1
+            if not running:
+                break
+            time.sleep(POLL_S)
+            for number, job in list(running.items()):
+                if _poll(job, limits.trial_timeout):
+                    frozen = _finish(study, job, plan)
+                    del running[number]
+                    free.append(job.slot)
+                    study.set_user_attr("wall_seconds", wall_before + time.time() - started)
+                    print(_progress_line(frozen, total - budget + launched - len(running), total,
+                                         search.primary_metric, search.goal), flush=True)
+    finally:  # Ctrl-C or an error here: no trial outlives the sweep (they are resumed as interrupted)
+        for job in running.values():
+            if job.process.poll() is None:
+                os.killpg(job.process.pid, signal.SIGKILL)
+    if launched < budget:
+        print(f"sweep timeout ({limits.timeout} s) reached: {budget - launched} trial(s) not started", flush=True)
+    wall = wall_before + time.time() - started
+    study.set_user_attr("wall_seconds", wall)
+    return _summarise(study, plan, sweep_dir, wall)
+
+
+# ------------------------------------------------------------------------------------------------ study
+
+
+def _fingerprint(plan: RunPlan) -> dict:
+    """What makes two sweeps the same sweep (limits may change between resumes; these may not)."""
+    search = plan.search
+    return json.loads(json.dumps({
+        "sampling": search.sampling, "seed": search.seed, "space": search.space,
+        "policy": dataclasses.asdict(search.policy), "primary_metric": search.primary_metric, "goal": search.goal,
+        "model": plan.model.path or plan.model.hub_id,
+    }, sort_keys=True))
+
+
+def _open_study(plan: RunPlan, storage_url: str, sweep_dir: Path):
+    search = plan.search
+    storage = open_storage(storage_url)
+    try:
+        study_id = storage.get_study_id_from_name(plan.name)
+        earlier = len(storage.get_all_trials(study_id, deepcopy=False))
+        recorded = storage.get_study_user_attrs(study_id).get("fingerprint")
+    except KeyError:
+        earlier, recorded = 0, None
+    fingerprint = _fingerprint(plan)
+    if recorded is not None and recorded != fingerprint:
+        changed = sorted(k for k in fingerprint if fingerprint[k] != recorded.get(k))
+        raise UserError(f"{sweep_dir}: holds a sweep with another {', '.join(changed)}; resume it with the same "
+                        "search config, or use another run_name (or delete that folder) for a new sweep")
+    study = optuna.create_study(storage=storage, study_name=plan.name, direction=search.goal,
+                                sampler=_sampler(plan, search.seed + earlier),
+                                pruner=build_pruner(search.policy, search.goal), load_if_exists=True)
+    if recorded is None:
+        study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("policy", dataclasses.asdict(search.policy))
+        study.set_user_attr("primary_metric", search.primary_metric)
+        study.set_user_attr("goal", search.goal)
+    return study
+
+
+def _sampler(plan: RunPlan, seed: int):
+    search = plan.search
+    if search.sampling == "grid":
+        return _AskTellGridSampler({name: list(dist["values"]) for name, dist in search.space.items()}, seed=seed)
+    if search.sampling == "bayesian":
+        # TPE samples at random until n_startup_trials finished; optuna's 10 would make a small sweep random.
+        startup = max(2, min(10, search.limits.max_total_trials // 2))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """optuna's GridSampler calls ``study.stop()`` after the last grid point, which raises outside
+    ``study.optimize``; the runner caps a grid sweep at the grid's size itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+def _counted(study) -> list:
+    """Finished trials that count against max_total_trials (an interrupted trial's retry counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    skip = replaced(trials)
+    return [t for t in trials if t.state.is_finished() and t.number not in skip]
+
+
+def _retry_interrupted(study, sweep_dir: Path) -> List[int]:
+    """Trials RUNNING in storage belonged to a sweep process that died: fail them, enqueue their params.
+
+    The retry trains from scratch in its own folder (its reports must start at interval 1), so the
+    interrupted trial's checkpoints and model are only disk to free; its log stays.
+    """
+    interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in interrupted:
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+        for folder in ("checkpoints", "model"):
+            shutil.rmtree(_trial_dir(sweep_dir, trial.number) / folder, ignore_errors=True)
+    return [t.number for t in interrupted]
+
+
+def _trial_dir(sweep_dir: Path, number: int) -> Path:
+    return sweep_dir / f"trial-{number:03d}"
+
+
+# ------------------------------------------------------------------------------------------------ trials
+
+
+def _create_experiment(plan: RunPlan) -> None:
+    """Create the tracking store and experiment before trials start: concurrent trials would otherwise race
+    to run the schema migrations of a fresh MLflow sqlite store and to create the experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking.uri)
+    if client.get_experiment_by_name(plan.tracking.experiment) is None:
+        client.create_experiment(plan.tracking.experiment)
+
+
+def _slots(plan: RunPlan) -> List[_Slot]:
+    """One slot per concurrent trial: a GPU each when there are GPUs, else an even share of the cores."""
+    concurrency = plan.search.limits.max_concurrent_trials
+    gpus = _gpu_ids(plan.compute.device)
+    if gpus and concurrency > len(gpus):
+        print(f"{len(gpus)} GPU(s): running {len(gpus)} trial(s) at a time instead of {concurrency}", flush=True)
+        concurrency = len(gpus)
+    cores = plan.compute.num_threads or len(os.sched_getaffinity(0))
+    threads = max(1, cores // concurrency)
+    return [_Slot(threads, gpus[i] if gpus else None) for i in range(concurrency)]
+
+
+def _gpu_ids(device: str) -> List[str]:
+    if device == "cpu":
+        return []
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return (visible or [str(i) for i in range(count)])[:count]
+
+
+def _model_path(name: str) -> str:
+    """Where the model config conf/model/<name>.yaml points (path, packaged folder or hub id), without Hydra."""
+    import yaml
+
+    text = resources.files("finetune.conf").joinpath("model", f"{name}.yaml").read_text()
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = ModelConfig(**{k: v for k, v in yaml.safe_load(text).items() if k in fields})
+    if model.path:
+        return str(Path(model.path).expanduser())
+    folder = package_model_dir(model) if model.source == "package" else None
+    return str(folder) if folder else model.hub_id
+
+
+def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot) -> _Job:
+    space = plan.search.space
+    trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
+    params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
+    trial.set_user_attr("params", params)
+    directory = _trial_dir(sweep_dir, trial.number)
+    # A folder left by an earlier study in this place would make training resume its checkpoint.
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    trial_plan = dataclasses.replace(plan, compute=dataclasses.replace(plan.compute, num_threads=slot.threads))
+    hyperparameters = {k: v for k, v in params.items() if k != "model"}
+    args = train_command_args(trial_plan, data_dir, str(directory), hyperparameters,
+                              _model_path(params["model"]) if "model" in params else None)
+    args += ["--run-name", f"{plan.name}-trial-{trial.number}", "--trial-storage", storage_url,
+             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads)}
+    if slot.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    log = directory / "train.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "finetune.train", *args], stdout=handle,
+                                   stderr=subprocess.STDOUT, env=env, preexec_fn=_trial_process_setup(os.getpid()))
+    return _Job(trial, slot, process, directory, log, time.time())
+
+
+def _trial_process_setup(sweep_pid: int):
+    """Runs in the trial process before training: its own process group (so a timeout kills all of it),
+    and on Linux death with the sweep process (so a killed sweep leaves no orphan reporting into storage)."""
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if os.getppid() != sweep_pid:  # the sweep died before prctl took effect
+                os._exit(1)
+
+    return setup
+
+
+def _poll(job: _Job, trial_timeout: Optional[int]) -> bool:
+    """True once the trial's process has ended; kills it past `trial_timeout`."""
+    if job.process.poll() is not None:
+        return True
+    if trial_timeout and time.time() - job.started > trial_timeout:
+        os.killpg(job.process.pid, signal.SIGKILL)
+        job.process.wait()
+        job.timed_out = True
+        return True
+    return False
+
+
+def _finish(study, job: _Job, plan: RunPlan):
+    """Record a trial's outcome in the study: COMPLETE with its best value, PRUNED, or FAIL with a reason."""
+    trial, limits = job.trial, plan.search.limits
+    result = _read_json(job.directory / "result.json")
+    # Training deletes its checkpoints when it ends normally; a killed or failed trial leaves them behind.
+    shutil.rmtree(job.directory / "checkpoints", ignore_errors=True)
+    trial.set_user_attr("duration_s", round(time.time() - job.started, 2))
+    if result is not None:
+        trial.set_user_attr("result_file", str(job.directory / "result.json"))
+        trial.set_user_attr("epochs_run", result.get("epochs_run"))
+        trial.set_user_attr("steps", result.get("steps"))
+        if result.get("model_dir"):
+            trial.set_user_attr("model_dir", result["model_dir"])
+    metric = plan.search.primary_metric[len("val_"):]
+    value = (result or {}).get("val", {}).get(metric)
+    code = job.process.returncode
+    if job.timed_out:
+        reason = f"timeout: killed after trial_timeout={limits.trial_timeout} s"
+    elif result is not None and code == 0 and result.get("status") == "pruned":
+        return study.tell(trial, state=TrialState.PRUNED)
+    elif result is not None and code == 0 and result.get("status") == "completed":
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return study.tell(trial, float(value))
+        reason = f"{plan.search.primary_metric} is {value}: the trial produced no usable value"
+    else:
+        reason = (result or {}).get("reason") or _failure_reason(code, job.log)
+    trial.set_user_attr("reason", reason)
+    return study.tell(trial, state=TrialState.FAIL)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _failure_reason(code: int, log: Path) -> str:
+    """One line saying why a trial process died, from its exit code and the end of its log."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-60:]
+    except OSError:
+        tail = []
+    text = "\n".join(tail).lower()
+    if "out of memory" in text or "memoryerror" in text:
+        return "out of memory" + (" (CUDA)" if "cuda" in text else "")
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL (often the kernel's out-of-memory killer)"
+    last = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
+    return f"exit code {code}: {last[:200]}"
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+def _record(trial, goal: str) -> dict:
+    status = STATUS[trial.state.name]
+    values = [v if math.isfinite(v) else None for v in curve(trial)]
+    finite = [v for v in values if v is not None]
+    if trial.value is not None:
+        best = trial.value
+    else:
+        best = (max if goal == "maximize" else min)(finite) if finite else None
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number,
+        "params": attrs.get("params", {}),
+        "status": status,
+        "best_value": best,
+        "values": values,
+        "epochs_run": attrs.get("epochs_run"),
+        "steps": attrs.get("steps"),
+        "duration_s": attrs.get("duration_s"),
+        "stopped_at_interval": attrs.get("stopped_at_interval", len(values)) if status == "early_terminated" else None,
+        "reason": attrs.get("reason"),
+        "model_dir": attrs.get("model_dir"),
+        "result_file": attrs.get("result_file"),
+    }
+
+
+def _best(records: List[dict], goal: str) -> Optional[dict]:
+    """The completed trial with the best value; early-terminated trials only when none completed."""
+    for status in ("completed", "early_terminated"):
+        candidates = [r for r in records if r["status"] == status and r["best_value"] is not None and r["model_dir"]]
+        if candidates:
+            pick = max if goal == "maximize" else min
+            return pick(candidates, key=lambda r: r["best_value"])
+    return None
+
+
+def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
+    search = plan.search
+    trials = study.get_trials(deepcopy=False)
+    skip = replaced(trials)
+    records = [_record(t, search.goal) for t in trials if t.state.is_finished() and t.number not in skip]
+    best = _best(records, search.goal)
+    if not search.keep_all:
+        for record in records:
+            if record is not best and record["model_dir"]:
+                shutil.rmtree(record["model_dir"], ignore_errors=True)
+    print(trials_table(records, search.primary_metric), flush=True)
+    best_section = None
+    if best is not None:
+        result = _read_json(Path(best["result_file"])) or {}
+        best_section = {"trial": best["number"], "params": best["params"], "value": best["best_value"],
+                        "model_dir": best["model_dir"], "val": result.get("val", {}), "result_file": best["result_file"]}
+        print(f"best: trial {best['number']} {search.primary_metric}={best['best_value']:.4f} -> {best['model_dir']}",
+              flush=True)
+    sweep = {
+        "sampling": search.sampling,
+        "policy": dataclasses.asdict(search.policy),
+        "primary_metric": search.primary_metric,
+        "goal": search.goal,
+        "trials": [{k: v for k, v in r.items() if k not in ("model_dir", "result_file")} for r in records],
+        "best": best_section,
+        "compute": {
+            "trial_epochs": round(sum(r["epochs_run"] or 0.0 for r in records), 4),
+            "trial_seconds": round(sum(r["duration_s"] or 0.0 for r in records), 2),
+            "wall_seconds": round(wall, 2),
+        },
+    }
+    (sweep_dir / "sweep.json").write_text(json.dumps(sweep, indent=2))
+    return sweep
+
+
+def _format_params(params: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _progress_line(trial, done: int, total: int, metric: str, goal: str) -> str:
+    record = _record(trial, goal)
+    status = record["status"]
+    if status == "early_terminated":
+        status += f" at interval {record['stopped_at_interval']}"
+    elif status == "failed":
+        status += f" ({record['reason']})"
+    value = f"{metric} {record['best_value']:.4f}, " if record["best_value"] is not None and record["status"] != "failed" else ""
+    return (f"[sweep {done}/{total}] trial {trial.number} {status}: {value}"
+            f"{_format_params(record['params'])}, {record['duration_s'] or 0:.0f} s")
+
+
+def trials_table(records: List[dict], metric: str) -> str:
+    """The sweep's trials as a text table: params, best value, status, epochs/steps run, duration."""
+    header = ("trial", "params", f"best {metric}", "status", "epochs", "steps", "seconds")
+    rows = []
+    for r in records:
+        status = r["status"] + (f" @{r['stopped_at_interval']}" if r["status"] == "early_terminated" else "")
+        rows.append((str(r["number"]), _format_params(r["params"]),
+                     "-" if r["best_value"] is None else f"{r['best_value']:.4f}", status,
+                     "-" if r["epochs_run"] is None else f"{r['epochs_run']:.2f}",
+                     "-" if r["steps"] is None else str(r["steps"]),
+                     "-" if r["duration_s"] is None else f"{r['duration_s']:.0f}"))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
