@@ -1,0 +1,49 @@
+"""End to end: `python -m finetune` in a subprocess on a slice of the bundled data with the tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_finetune(tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "finetune", "search=none", f"model.path={model_dir}", "dataset.sample=300",
+               "automl.time_budget_s=3", "compute.num_threads=1", "model.epochs=1", f"output_root={tmp_path}",
+               *overrides]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+
+
+def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny_model_dir):
+    first = run_finetune(tmp_path, tiny_model_dir, "run_name=first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "first" / "summary.json").read_text())
+
+    assert set(summary["candidates"]) == {"finetuned", "automl"}
+    for candidate in summary["candidates"].values():
+        assert {"accuracy", "f1_weighted", "auc_weighted"} <= set(candidate["test"])
+    assert summary["data"]["splits"]["test"]["rows"] == 30
+    assert len(summary["data"]["raw_sha256"]) == 64
+    selection = summary["selection"]
+    assert selection["decision"] == "register" and selection["winner"] in summary["candidates"]
+    assert summary["registry"]["version"] == "1"
+    rollout = summary["rollout"]
+    assert rollout["status"] == "succeeded" and rollout["traffic"] == {rollout["deployment"]: 100}
+    assert len(rollout["smoke_test"]["response"]["predictions"]) == len(summary["registry"]["sample_request"]["data"])
+    assert rollout["running"] is False, "python -m finetune stops the endpoint processes it started"
+    assert (tmp_path / "first" / "report.md").exists()
+    assert (tmp_path / "first" / "plan.yaml").exists()
+    assert "test every candidate" in first.stdout
+
+    second = run_finetune(tmp_path, tiny_model_dir, "run_name=second", "automl=none", "endpoint=none")
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert "production" in summary["candidates"], "the model in production is re-scored on this run's test split"
+    table = {row["candidate"]: row for row in summary["selection"]["table"]}
+    if table["finetuned"]["auc_weighted"] > table["production"]["auc_weighted"] + summary["selection"]["margin"]:
+        assert summary["selection"]["decision"] == "register"
+    else:
+        assert summary["selection"]["decision"] == "keep_production"
+        assert "rollout" not in summary
