@@ -102,10 +102,18 @@ class ComputeConfig:
     gpus: int = 0  # GPUs per training process group on one machine (accelerate); 0 = none/auto
     num_threads: int = 0  # CPU threads for training; 0 = the cores actually free
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    torch_compile: str = "auto"  # auto | on | off
+    torch_compile: str = "auto"  # auto | on | off (auto: a per-card table in finetune.speed)
     group_by_length: bool = True
     pad_to_multiple_of: int = 0  # 0 = auto (64 with torch.compile on GPU, 8 on GPU, none on CPU)
-    dataloader_workers: int = 0
+    dataloader_workers: int = -1  # -1 = auto (2 per process on GPU, 0 on CPU)
+    tf32: bool = True  # TF32 matmuls on sm80+ GPUs
+    optim: str = "auto"  # a Trainer optimizer name; auto = adamw_torch_fused
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | auto (the model's default)
+    # GPU: the largest batch that fits (power of two, <= max_batch_size, >= 50 steps per epoch), the learning
+    # rate scaled from model.batch_size by lr_scaling; CPU: model.batch_size. See finetune.speed.
+    auto_batch_size: bool = True
+    max_batch_size: int = 128
+    lr_scaling: str = "sqrt"  # sqrt | linear | none
     # AML cluster; unused locally.
     cluster_name: Optional[str] = None
     vm_size: Optional[str] = None
@@ -178,7 +186,7 @@ class WorkspaceConfig:
 @dataclass
 class TrainConfig:
     evals_per_epoch: int = 1
-    checkpoint_every_steps: int = 0  # 0 = once per evaluation
+    checkpoint_every_steps: int = 0  # 0 = at every evaluation; N = also every N optimizer steps between them
     telemetry_interval_s: float = 5.0
     logging_steps: int = 10
 

@@ -8,9 +8,15 @@ It takes split files and hyperparameters (never Hydra config), fine-tunes with t
 - ``<output-dir>/result.json``: status, every evaluation, best val metrics, test metrics, throughput.
 
 The model kept is the best evaluation by the primary metric, so a sweep's "best value" of a trial and the
-model it hands on agree. Checkpoints are written at every evaluation and marked complete only after the
-Trainer finished writing them; a restarted run with the same output dir resumes from the newest complete
-one (AML low-priority nodes get evicted), and a half-written checkpoint is deleted, never loaded.
+model it hands on agree. Checkpoints are written at every evaluation (the best one must be recoverable, and
+the Trainer's best-model keep needs save steps to be a multiple of eval steps) and, with
+``--checkpoint-every-steps N``, also every N optimizer steps in between, bounding the work a preemption loses.
+Each is marked complete only after every process finished writing it; a restarted run with the same output dir
+resumes from the newest complete one (AML low-priority nodes get evicted) with the batch size, learning rate
+and MLflow run it started with, and a half-written checkpoint is deleted, never loaded.
+Speed switches (precision, batching, compile, batch size) come from :mod:`finetune.speed`, resource telemetry
+from :mod:`finetune.telemetry`. Under ``accelerate launch`` (several GPUs) every process trains; only the
+first one tracks, writes files and reports to a sweep.
 Metrics go to MLflow as ``val_<metric>`` (per evaluation) and ``test_<metric>``; with no tracking URI
 MLflow uses its environment, which on AML is the workspace.
 """
@@ -20,14 +26,17 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 COMPLETE_MARKER = "checkpoint.complete"
+# Written next to the checkpoints at the start: what a restarted run must reuse.
+RESUME_FILE = "resume.json"
 
 
 @dataclass
@@ -64,8 +73,15 @@ class TrainArgs:
     precision: str = "auto"
     group_by_length: bool = True
     pad_to_multiple_of: int = 0
-    dataloader_workers: int = 0
+    dataloader_workers: int = -1  # -1 = auto (finetune.speed)
     torch_compile: str = "auto"
+    tf32: bool = True
+    optim: str = "auto"
+    attn_implementation: str = "sdpa"
+    auto_batch_size: bool = False
+    max_batch_size: int = 128
+    lr_scaling: str = "sqrt"
+    checkpoint_every_steps: int = 0
     telemetry_interval_s: float = 5.0
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -110,36 +126,36 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainArgs:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def free_cores() -> int:
-    """Cores this process may use, minus the ones busy right now (a loaded core makes 2 threads collapse)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except OSError:
-        busy = 0
-    return max(1, cores - busy)
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))
     os.replace(tmp, path)
 
 
-def newest_complete_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
-    """The newest checkpoint the Trainer finished writing; incomplete ones are removed."""
+def newest_complete_checkpoint(checkpoint_dir: Path, delete_incomplete: bool = True) -> Optional[Path]:
+    """The newest checkpoint every process finished writing; incomplete ones are removed.
+
+    Complete means marked (the marker is written last, atomically) and holding the Trainer's state; a folder
+    killed mid-write lacks the marker whatever its step number, so it can never be the one resumed.
+    """
     if not checkpoint_dir.is_dir():
         return None
     complete = []
-    for folder in checkpoint_dir.glob("checkpoint-*"):
-        if (folder / COMPLETE_MARKER).exists():
-            complete.append(folder)
-        else:
+    for folder in checkpoint_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        if not match or not folder.is_dir():
+            continue
+        if (folder / COMPLETE_MARKER).is_file() and (folder / "trainer_state.json").is_file():
+            complete.append((int(match.group(1)), folder))
+        elif delete_incomplete:
             shutil.rmtree(folder, ignore_errors=True)
-    return max(complete, key=lambda f: int(f.name.split("-")[-1]), default=None)
+    return max(complete, default=(0, None))[1]
+
+
+def mark_complete(folder: Path, step: int) -> None:
+    tmp = folder / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "time": time.time()}))
+    os.replace(tmp, folder / COMPLETE_MARKER)
 
 
 def read_split(path: str, label2id: dict):
@@ -155,26 +171,22 @@ def read_split(path: str, label2id: dict):
 # --------------------------------------------------------------------------------------------- training
 
 
-def train(args: TrainArgs) -> dict:
+def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
+    """Fine-tune and write the model and result.json; ``callbacks`` are extra Trainer callbacks (benchmarks)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import numpy as np
     import torch
     import transformers
     from datasets import Dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
     from finetune.metrics import classification_metrics
+    from finetune.speed import BatchPlan, choose_runtime, is_main_process, load_model, plan_batch, throughput_meter
 
     transformers.logging.set_verbosity_error()
     started = time.time()
+    first_process = is_main_process()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = output_dir / "checkpoints"
@@ -182,13 +194,12 @@ def train(args: TrainArgs) -> dict:
     label2id = {name: i for i, name in enumerate(labels)}
     id2label = {i: name for i, name in enumerate(labels)}
 
-    settings = runtime_settings(args)
-    torch.set_num_threads(settings["threads"])
+    runtime = choose_runtime(args)
+    torch.set_num_threads(runtime.threads)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
-    )
+    model = load_model(args.model, runtime, num_labels=len(labels), id2label=id2label, label2id=label2id,
+                       ignore_mismatched_sizes=True)
 
     def encode(path: str):
         texts, ids = read_split(path, label2id)
@@ -200,15 +211,23 @@ def train(args: TrainArgs) -> dict:
         )
 
     train_set, val_set = encode(args.train_file), encode(args.val_file)
-    steps_per_epoch = max(1, math.ceil(len(train_set) / (args.batch_size * args.gradient_accumulation_steps)))
+    mean_tokens = float(np.mean([len(ids) for ids in train_set["input_ids"]]))
+
+    # A restarted run keeps the batch size its steps are counted in, its learning rate and its MLflow run.
+    resume_file = checkpoint_dir / RESUME_FILE
+    previous = json.loads(resume_file.read_text()) if resume_file.is_file() else {}
+    resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
+    batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
+    world = runtime.world_size
+    steps_per_epoch = max(1, math.ceil(len(train_set) / (batch.batch_size * args.gradient_accumulation_steps * world)))
     eval_steps = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
     primary = args.primary_metric[len("val_"):] if args.primary_metric.startswith("val_") else args.primary_metric
 
     training_args = TrainingArguments(
         output_dir=str(checkpoint_dir),
-        learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size * 2,
+        learning_rate=batch.learning_rate,
+        per_device_train_batch_size=batch.batch_size,
+        per_device_eval_batch_size=batch.batch_size * 2,
         num_train_epochs=args.epochs,
         # A float below 1 is a fraction of the total steps (transformers 5 folded warmup_ratio into this).
         warmup_steps=args.warmup_ratio,
@@ -221,6 +240,7 @@ def train(args: TrainArgs) -> dict:
         eval_strategy="steps",
         eval_steps=eval_steps,
         save_strategy="steps",
+        # Every evaluation is saved; --checkpoint-every-steps adds saves in between (Observer.on_step_end).
         save_steps=eval_steps,
         save_total_limit=2,
         load_best_model_at_end=True,
@@ -229,26 +249,42 @@ def train(args: TrainArgs) -> dict:
         logging_steps=args.logging_steps,
         report_to=[],
         disable_tqdm=not args.progress,
-        **settings["trainer_kwargs"],
+        **runtime.trainer_kwargs(),
     )
 
     evaluations: List[dict] = []
     state = {"status": "completed", "reason": None}
     reporter = None
-    if args.trial_storage:
+    if args.trial_storage and first_process:
         from finetune.search.reporting import TrialReporter
 
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
 
-    tracking = _start_tracking(args)
+    tracking = _start_tracking(args, previous.get("mlflow_run_id")) if first_process else _NullTracking()
+    if first_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": tracking.run_id})
+        tracking.tags({f"runtime.{k}": v for k, v in {**runtime.to_dict(), **batch.to_dict()}.items()
+                       if k not in ("notes", "how")})
+        for note in runtime.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"batch size {batch.batch_size} per device: {batch.how}", file=sys.stderr)
 
     class Observer(TrainerCallback):
-        """Renames eval_* to val_*, logs to MLflow, reports to the sweep, stops on NaN or a prune decision."""
+        """Renames eval_* to val_*, logs to MLflow, reports to the sweep, stops on NaN or a prune decision,
+        adds step-based checkpoints and marks each checkpoint complete."""
+
+        def on_step_end(self, _args, control_state, control, **kwargs):
+            every = args.checkpoint_every_steps
+            if every > 0 and control_state.global_step % every == 0:
+                control.should_save = True
 
         def on_save(self, _args, control_state, control, **kwargs):
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()  # every process has written its part (its RNG state) by now
             folder = checkpoint_dir / f"checkpoint-{control_state.global_step}"
-            if folder.is_dir():
-                (folder / COMPLETE_MARKER).write_text(str(time.time()))
+            if first_process and folder.is_dir():
+                mark_complete(folder, control_state.global_step)
 
         def on_log(self, _args, control_state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
@@ -265,7 +301,8 @@ def train(args: TrainArgs) -> dict:
             evaluations.append(record)
             tracking.log(values, control_state.global_step)
             value = values.get(args.primary_metric)
-            if reporter is not None and value is not None and reporter.report(value, len(evaluations)):
+            prune = reporter is not None and value is not None and reporter.report(value, len(evaluations))
+            if _decided_by_main(prune):
                 state.update(status="pruned", reason=f"early-terminated by the sweep policy at evaluation {len(evaluations)}")
                 control.should_training_stop = True
                 control.should_save = False
@@ -275,22 +312,22 @@ def train(args: TrainArgs) -> dict:
         proba = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
         return classification_metrics(prediction.label_ids, proba)
 
+    meter = throughput_meter(batch.batch_size * args.gradient_accumulation_steps * world, mean_tokens)
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=val_set,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=settings["pad_to_multiple_of"]),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=runtime.pad_to_multiple_of),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[Observer()],
+        callbacks=[Observer(), meter, *callbacks],
     )
-    resume = newest_complete_checkpoint(checkpoint_dir)
-    if resume is not None:
+    if resume is not None and first_process:
         print(f"resuming from {resume}", file=sys.stderr)
-    monitor = _resource_monitor(args, tracking)
+    monitor = _resource_monitor(args, tracking, lambda: trainer.state.global_step) if first_process else None
     try:
-        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         figures = monitor.stop() if monitor else {}
 
@@ -301,38 +338,38 @@ def train(args: TrainArgs) -> dict:
         "epochs_run": float(trainer.state.epoch or 0.0),
         "steps": int(trainer.state.global_step),
         "hyperparameters": _hyperparameters(args),
-        "device": settings["device"],
-        "precision": settings["precision"],
-        "threads": settings["threads"],
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "threads": runtime.threads,
+        "runtime": {**runtime.to_dict(), "batch": batch.to_dict(), "resumed_from": str(resume) if resume else None},
     }
     if state["status"] != "failed":
         best = _best_evaluation(evaluations, args.primary_metric, args.goal)
         result["val"] = {k[len("val_"):]: v for k, v in best.items() if k.startswith("val_")} if best else {}
         model_dir = output_dir / "model"
         trainer.save_model(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-        # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
-        (model_dir / "training_args.bin").unlink(missing_ok=True)
-        (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}, indent=2))
+        if first_process:
+            tokenizer.save_pretrained(str(model_dir))
+            # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
+            (model_dir / "training_args.bin").unlink(missing_ok=True)
+            (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}, indent=2))
         result["model_dir"] = str(model_dir)
         if args.test_file and state["status"] == "completed":
             test_set = encode(args.test_file)
             prediction = trainer.predict(test_set)
             result["test"] = compute_metrics(prediction)
             tracking.log({f"test_{k}": v for k, v in result["test"].items()}, trainer.state.global_step)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    runtime = train_output.metrics.get("train_runtime") or (time.time() - started)
-    samples = len(train_set) * float(result["epochs_run"])
-    mean_tokens = float(np.mean([len(ids) for ids in train_set["input_ids"]]))
-    result["throughput"] = {
-        "train_samples_per_s": samples / runtime if runtime else None,
-        "train_tokens_per_s": samples * mean_tokens / runtime if runtime else None,
-        **figures,
-    }
+    result["throughput"] = {**meter.figures(), **figures}
+    if runtime.device == "cuda":
+        result["throughput"]["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
     result["duration_s"] = time.time() - started
     result["mlflow_run_id"] = tracking.run_id
-    tracking.finish(result)
-    _write_json_atomic(output_dir / "result.json", result)
+    if first_process:
+        tracking.finish(result)
+        _write_json_atomic(output_dir / "result.json", result)
+        # Checkpoints go only once result.json is on disk: a kill before this point resumes instead of retraining.
+        if state["status"] != "failed":
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return result
 
 
@@ -350,25 +387,29 @@ def _hyperparameters(args: TrainArgs) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
-def runtime_settings(args: TrainArgs) -> dict:
-    """Device, precision, threads and Trainer switches for this hardware (see finetune.speed for GPU defaults)."""
-    from finetune.speed import choose_runtime
-
-    return choose_runtime(args)
-
-
-def _resource_monitor(args: TrainArgs, tracking):
+def _resource_monitor(args: TrainArgs, tracking, step):
     from finetune.telemetry import ResourceMonitor
 
-    monitor = ResourceMonitor(interval_s=args.telemetry_interval_s, log=tracking.log)
+    monitor = ResourceMonitor(interval_s=args.telemetry_interval_s, log=tracking.log, step=step)
     monitor.start()
     return monitor
+
+
+def _decided_by_main(flag: bool) -> bool:
+    """The first process's decision, on every process: they must stop at the same step or DDP hangs."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    decision = [flag]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
 
 
 class _Tracking:
     """MLflow logging that never breaks training: a tracking outage is reported once, then training goes on."""
 
-    def __init__(self, args: TrainArgs):
+    def __init__(self, args: TrainArgs, run_id: Optional[str] = None):
         import mlflow
 
         self.mlflow = mlflow
@@ -376,15 +417,28 @@ class _Tracking:
             mlflow.set_tracking_uri(args.tracking_uri)
         mlflow.set_experiment(args.experiment)
         active = mlflow.active_run()
-        self.run = active or mlflow.start_run(run_name=args.run_name)
+        self.run = active or self._start(args, run_id)
         self.owns_run = active is None
         self.run_id = self.run.info.run_id
         mlflow.log_params({**_hyperparameters(args), "model": args.model, "primary_metric": args.primary_metric})
 
+    def _start(self, args: TrainArgs, run_id: Optional[str]):
+        """A resumed training continues the MLflow run it started (when the store still has it)."""
+        if run_id:
+            try:
+                return self.mlflow.start_run(run_id=run_id)
+            except self.mlflow.exceptions.MlflowException:
+                pass
+        return self.mlflow.start_run(run_name=args.run_name)
+
     def log(self, metrics: dict, step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if clean:
-            self.mlflow.log_metrics(clean, step=step)
+            # run_id explicitly: the telemetry thread has no active run (MLflow keeps the active run per thread).
+            self.mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+
+    def tags(self, tags: dict) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def finish(self, result: dict) -> None:
         self.mlflow.set_tags({"status": result["status"], "epochs_run": result["epochs_run"]})
@@ -392,8 +446,23 @@ class _Tracking:
             self.mlflow.end_run(status="FAILED" if result["status"] == "failed" else "FINISHED")
 
 
-def _start_tracking(args: TrainArgs) -> _Tracking:
-    return _Tracking(args)
+class _NullTracking:
+    """Tracking for the processes after the first under DDP: one MLflow run per training, not one per GPU."""
+
+    run_id = None
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def tags(self, tags: dict) -> None:
+        pass
+
+    def finish(self, result: dict) -> None:
+        pass
+
+
+def _start_tracking(args: TrainArgs, run_id: Optional[str] = None) -> _Tracking:
+    return _Tracking(args, run_id)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
