@@ -107,6 +107,10 @@ def expand(args: Sequence[str], multirun: bool) -> List[tuple[list[str], dict]]:
             from finetune.search.space import distribution_from_override
 
             space[key[len(SPACE_PREFIX):]] = distribution_from_override(override)
+        elif key.startswith(SPACE_PREFIX) and isinstance(override.value(), dict):
+            # A dimension written out as a dict replaces the shipped one instead of merging into it,
+            # so changing its distribution type does not leave stale keys behind.
+            space[key[len(SPACE_PREFIX):]] = dict(override.value())
         else:
             plain.append(override)
     sweeps = [o for o in plain if o.is_sweep_override()]
@@ -128,7 +132,7 @@ def compose(overrides: list[str], space: dict):
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from finetune import config
@@ -141,8 +145,9 @@ def compose(overrides: list[str], space: dict):
             resolved = _resolve_auto_choices(cfg, overrides)
             if resolved:
                 cfg = hydra_compose("config", overrides=overrides + resolved)
-        for name, distribution in space.items():
-            OmegaConf.update(cfg, f"search.space.{name}", distribution, merge=False)
+        with open_dict(cfg):  # new dimensions are new keys in a struct config
+            for name, distribution in space.items():
+                OmegaConf.update(cfg, f"search.space.{name}", distribution, merge=False)
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None

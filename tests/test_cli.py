@@ -98,3 +98,13 @@ def test_python_dash_m_exit_code_and_stderr(tmp_path):
     assert completed.returncode == 2
     assert completed.stderr.strip() == "error: invalid config (1 problem): model.epochs=-2.0: must be > 0"
     assert "Traceback" not in completed.stderr
+
+
+def test_sweep_grammar_adds_a_new_search_dimension_and_a_dict_replaces_one(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "search=bandit", "search.space.epochs=choice(1,2)",
+                           "search.space.learning_rate={type:uniform,min:1e-5,max:1e-4}",
+                           "dry_run=true", f"output_root={tmp_path}", "run_name=space")
+    assert code == 0, err
+    space = json.loads((tmp_path / "space" / "plan.json").read_text())["search"]["space"]
+    assert space["epochs"] == {"type": "choice", "values": [1, 2]}
+    assert space["learning_rate"] == {"type": "uniform", "min": 1e-5, "max": 1e-4}
