@@ -31,6 +31,7 @@ from finetune.config import (
 from finetune.data import check_source
 from finetune.errors import ConfigProblems
 from finetune.metrics import METRIC_NAMES
+from finetune.speed import check_compute, train_flags
 from finetune.search.validation import check_search
 
 
@@ -217,23 +218,37 @@ def check_dataset(plan: RunPlan) -> List[str]:
 
 
 def check_select(plan: RunPlan) -> List[str]:
+    from finetune.select import check_config
+
+    problems = check_config(plan.select)
     if plan.select.metric not in METRIC_NAMES:
-        return [f"select.metric={plan.select.metric}: unknown; use one of {', '.join(METRIC_NAMES)}"]
-    return []
+        problems.append(f"select.metric={plan.select.metric}: unknown; use one of {', '.join(METRIC_NAMES)}")
+    return problems
 
 
-CHECKS: List[Callable[[RunPlan], List[str]]] = [check_dataset, check_model, check_select, check_source,
-                                                 check_search]
+def check_automl(plan: RunPlan) -> List[str]:
+    from finetune.automl import check_config
+
+    return check_config(plan.automl) if plan.automl.kind == "local" else []
 
 
 def check_azureml(plan: RunPlan) -> List[str]:
-    """The AML launcher's rules (finetune.launch.azureml.checks), loaded only when a plan is checked."""
+    """The AML launcher's rules, loaded only when a plan is checked."""
     from finetune.launch.azureml.checks import check_azureml as aml_problems
 
     return aml_problems(plan)
 
 
-CHECKS.append(check_azureml)
+CHECKS: List[Callable[[RunPlan], List[str]]] = [
+    check_dataset,
+    check_source,
+    check_model,
+    check_search,
+    check_compute,
+    check_automl,
+    check_select,
+    check_azureml,
+]
 
 
 # ------------------------------------------------------------------------------------- training command
@@ -272,18 +287,13 @@ def train_command_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparam
         "--seed", str(plan.seed),
         "--evals-per-epoch", str(plan.train.evals_per_epoch),
         "--logging-steps", str(plan.train.logging_steps),
-        "--telemetry-interval-s", str(plan.train.telemetry_interval_s),
         "--primary-metric", plan.search.primary_metric,
         "--goal", plan.search.goal,
         "--tracking-uri", plan.tracking.uri,
         "--experiment", plan.tracking.experiment,
-        "--device", plan.compute.device,
-        "--precision", plan.compute.precision,
-        "--num-threads", str(plan.compute.num_threads),
-        "--group-by-length", str(plan.compute.group_by_length).lower(),
-        "--pad-to-multiple-of", str(plan.compute.pad_to_multiple_of),
-        "--dataloader-workers", str(plan.compute.dataloader_workers),
-        "--torch-compile", plan.compute.torch_compile,
+        # A searched batch size is the trial's hyperparameter: the hardware must not re-size it.
+        *train_flags(plan.compute, plan.train,
+                     auto_batch_size=False if "batch_size" in (hyperparameters or {}) else None),
     ]
     for name, value in values.items():
         args += ["--" + name.replace("_", "-"), str(value)]

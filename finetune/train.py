@@ -198,6 +198,9 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
     torch.set_num_threads(runtime.threads)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
+    # The classification head is initialised randomly: seed before creating it, or equal seeds give
+    # different trials (the Trainer seeds only after the model exists).
+    transformers.set_seed(args.seed)
     model = load_model(args.model, runtime, num_labels=len(labels), id2label=id2label, label2id=label2id,
                        ignore_mismatched_sizes=True)
 
@@ -352,7 +355,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
             tokenizer.save_pretrained(str(model_dir))
             # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
             (model_dir / "training_args.bin").unlink(missing_ok=True)
-            (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}, indent=2))
+            (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels, "max_length": args.max_length}, indent=2))
         result["model_dir"] = str(model_dir)
         if args.test_file and state["status"] == "completed":
             test_set = encode(args.test_file)

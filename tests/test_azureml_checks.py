@@ -6,7 +6,9 @@ import json
 import pytest
 
 from aml_recorder import build, guard_network
+from finetune.cli import compose
 from finetune.errors import ConfigProblems
+from finetune.plan import build_plan
 
 AML = ["model=bert-base-cased", "search=bandit", "compute=a100", "dry_run=true"]
 
@@ -98,8 +100,15 @@ def test_automl_settings(tmp_path, override, expected):
 
 
 def test_automl_needs_a_gpu_cluster(tmp_path):
-    one_problem(tmp_path, ["model=minilm-l6", "search=bandit", "compute=cpu", "dry_run=true"],
+    one_problem(tmp_path, ["model=minilm-l6", "search=bandit", "compute=cpu", "automl=text_classification",
+                           "dry_run=true"],
                 "AutoML NLP trains on GPU nodes only and compute=cpu has none")
+
+
+def test_automl_auto_on_a_cpu_cluster_drops_the_automl_stage(tmp_path):
+    overrides = ["model=minilm-l6", "search=bandit", "compute=cpu", "dry_run=true", f"output_root={tmp_path}"]
+    plan = build_plan(compose(overrides, {}), overrides, "cpu")
+    assert plan.automl.kind == "none" and "automl" not in plan.stages
 
 
 def test_automl_sweep_is_checked(tmp_path):

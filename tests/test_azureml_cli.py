@@ -49,7 +49,9 @@ def test_multirun_writes_one_tree_per_plan(capsys, tmp_path):
     assert code == 0, capsys.readouterr().err
     trees = sorted(tmp_path.glob("*/aml/pipeline.yml"))
     assert len(trees) == 2 and trees[0].parent.parent != trees[1].parent.parent
-    models = sorted(yaml.safe_load(p.read_text())["jobs"]["train"]["inputs"]["model"] for p in trees)
+    # The training node is `sweep` under search=bandit (the default) and `train` under search=none.
+    jobs = [yaml.safe_load(p.read_text())["jobs"] for p in trees]
+    models = sorted((j.get("sweep") or j["train"])["inputs"]["model"] for j in jobs)
     assert models == ["bert-base-cased", "distilbert-base-cased"]
 
 

@@ -108,3 +108,22 @@ def test_sweep_grammar_adds_a_new_search_dimension_and_a_dict_replaces_one(capsy
     space = json.loads((tmp_path / "space" / "plan.json").read_text())["search"]["space"]
     assert space["epochs"] == {"type": "choice", "values": [1, 2]}
     assert space["learning_rate"] == {"type": "uniform", "min": 1e-5, "max": 1e-4}
+
+
+def test_unknown_column_of_your_own_file_lists_the_real_columns(capsys, tmp_path):
+    data = tmp_path / "tickets.csv"
+    data.write_text("body,queue\nprinter jammed,it\nrefund please,billing\n")
+    code, _, err = run_cli(capsys, "dataset=file", f"dataset.path={data}", "dataset.text_column=text",
+                           f"output_root={tmp_path / 'out'}", "dry_run=true")
+    assert code == 2
+    assert "dataset.text_column=text" in err and "body" in err and "queue" in err
+
+
+def test_a_label_column_with_one_class_fails_before_training(capsys, tmp_path):
+    data = tmp_path / "one.csv"
+    data.write_text("text,label\n" + "".join(f"review {i},good\n" for i in range(20)))
+    code, _, err = run_cli(capsys, "dataset=file", f"dataset.path={data}", "search=none",
+                           f"output_root={tmp_path / 'out'}", "run_name=one")
+    assert code == 2
+    assert "one class" in err or "1 class" in err, err
+    assert not (tmp_path / "out" / "one" / "data").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,7 +104,7 @@ def run(plan: RunPlan) -> dict | None:
         result = train_once(plan, data.directory, run_dir / "train")
         candidates["finetuned"] = {"kind": "hf", "path": result["model_dir"], "val": result.get("val", {}),
                                    "source": "single run", "result_file": str(run_dir / "train" / "result.json"),
-                                   "throughput": result.get("throughput", {})}
+                                   "throughput": result.get("throughput", {}), "runtime": result.get("runtime", {})}
     summary.save()
 
     if "automl" in plan.stages:
@@ -168,13 +167,15 @@ def run(plan: RunPlan) -> dict | None:
 
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
     """One training run through the training entry point, in a subprocess as on AML."""
-    command = [sys.executable, "-m", "finetune.train", *train_command_args(plan, str(data_dir), str(output_dir)),
-               "--run-name", f"{plan.name}-train"]
+    from finetune.speed import launch_command
+
+    command = launch_command([*train_command_args(plan, str(data_dir), str(output_dir)),
+                              "--run-name", f"{plan.name}-train"], plan.compute.gpus)
     completed = subprocess.run(command)
     result_file = output_dir / "result.json"
     if completed.returncode != 0 or not result_file.exists():
         raise UserError(f"training failed (exit code {completed.returncode}); its output is above, "
-                        f"command: python -m finetune.train {' '.join(command[3:])}")
+                        f"command: {' '.join(command)}")
     result = json.loads(result_file.read_text())
     test = result.get("test", {})
     print(f"trained in {result['duration_s']:.0f} s: val {plan.search.primary_metric} "
