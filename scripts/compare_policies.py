@@ -28,6 +28,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="sampler seed, the same for both sweeps")
     parser.add_argument("--model-path", help="a local model folder instead of the packaged MiniLM (smoke runs)")
     parser.add_argument("--output-root", default="outputs/compare_policies", help="where both runs are written")
+    parser.add_argument("--replay-delays", default="0,4", metavar="N,N",
+                        help="after the runs, replay the Bandit rule with these delay_evaluation values on the "
+                             "no-policy sweep's recorded curves (training is seeded, so a stopped trial's curve "
+                             "is the prefix of its no-policy curve); default 0,4")
+    parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for the policy sweep only, e.g. search.policy.delay_evaluation=4 "
+                             "(repeatable); the no-policy sweep is unchanged, so a rerun in the same "
+                             "--output-root resumes it instead of training it again")
     return parser.parse_args(argv)
 
 
@@ -44,6 +52,10 @@ def plan_for(args: argparse.Namespace, policy: str):
     ]
     if args.model_path:
         overrides.append(f"model.path={Path(args.model_path).resolve()}")
+    if policy != "none" and args.policy_set:
+        overrides += args.policy_set
+        overrides[overrides.index(f"run_name=policy-{policy}")] = f"run_name=policy-{policy}-" + "-".join(
+            item.split(".")[-1].replace("=", "") for item in args.policy_set)
     return build_plan(compose(overrides, {}), overrides, f"policy-{policy}")
 
 
@@ -63,10 +75,11 @@ def main(argv=None) -> int:
     plans = {"bandit": plan_for(args, "bandit"), "none": plan_for(args, "none")}
     metric = plans["bandit"].search.primary_metric
     data = prepare(plans["bandit"].dataset, Path(args.output_root) / "data")
-    rows = {}
+    rows, sweeps = {}, {}
     for name, plan in plans.items():
         print(f"\n=== sweep with policy {name}: {args.trials} trials of {args.epochs:g} epoch(s) ===", flush=True)
-        rows[name] = summary_row(name, run_sweep(plan, data, Path(plan.run_dir) / "sweep"))
+        sweeps[name] = run_sweep(plan, data, Path(plan.run_dir) / "sweep")
+        rows[name] = summary_row(name, sweeps[name])
 
     print(f"\n{'policy':<8} {'trials':>6} {'stopped':>7} {'trial-epochs':>12} {'trial s':>8} {'wall s':>8}  best {metric}")
     for row in rows.values():
@@ -81,10 +94,41 @@ def main(argv=None) -> int:
     if bandit["best_value"] is not None and none["best_value"] is not None:
         print(f"best {metric}: bandit {bandit['best_value']:.4f} vs none {none['best_value']:.4f} "
               f"(difference {bandit['best_value'] - none['best_value']:+.4f})")
+    replays = replay_delays(plans["bandit"], sweeps["none"], args)
     report = Path(args.output_root) / "compare_policies.json"
-    report.write_text(json.dumps({"args": vars(args), "runs": rows, "savings": savings}, indent=2))
+    report.write_text(json.dumps({"args": vars(args), "runs": rows, "savings": savings, "replays": replays},
+                                 indent=2))
     print(f"written to {report}")
     return 0
+
+
+def replay_delays(bandit_plan, none_sweep: dict, args: argparse.Namespace) -> list:
+    """The Bandit rule (the one implementation the pruner uses) replayed over the recorded no-policy curves."""
+    import dataclasses
+
+    from finetune.search.policies import should_stop
+
+    full_epochs = args.epochs * len(none_sweep["trials"])
+    results = []
+    print("\nreplay of the Bandit rule on the no-policy sweep's recorded curves:")
+    for delay in (int(d) for d in args.replay_delays.split(",") if d.strip()):
+        policy = dataclasses.replace(bandit_plan.search.policy, delay_evaluation=delay)
+        seen, epochs, best, stopped = {}, 0.0, None, {}
+        for trial in sorted(none_sweep["trials"], key=lambda t: t["number"]):
+            number, values = trial["number"], trial["values"]
+            seen[number] = []
+            for value in values:
+                seen[number].append(value)
+                if should_stop(policy, bandit_plan.search.goal, seen, number):
+                    stopped[number] = len(seen[number])
+                    break
+            epochs += min(args.epochs, len(seen[number]) / args.evals_per_epoch) if number in stopped else args.epochs
+            best = max(best or -1.0, max(seen[number]))
+        results.append({"delay_evaluation": delay, "trial_epochs": epochs, "savings": 1 - epochs / full_epochs,
+                        "best_value": best, "stopped_at": stopped})
+        print(f"  delay_evaluation={delay}: trial-epochs {epochs:.2f} (saves {1 - epochs / full_epochs:.1%}), "
+              f"best {best:.4f}, stopped {stopped or 'none'}")
+    return results
 
 
 if __name__ == "__main__":
