@@ -221,6 +221,31 @@ def _learning_section(summary: dict, figures: _Figures) -> list[str]:
             figures.save(figure, "learning_curves", "learning curves"), ""]
 
 
+TRAINING_FIGURES = (
+    ("train_samples_per_s", "training samples/s", "{:.1f}"),
+    ("train_tokens_per_s", "training tokens/s", "{:,.0f}"),
+    ("gpu_utilization_mean_pct", "mean GPU utilisation", "{:.0f} %"),
+    ("gpu_memory_peak_mib", "peak GPU memory", "{:,.0f} MiB"),
+    ("gpu_power_mean_w", "mean GPU power", "{:.0f} W"),
+    ("host_cpu_mean_pct", "mean host CPU", "{:.0f} %"),
+    ("host_memory_peak_gib", "peak host memory", "{:.2f} GiB"),
+)
+
+
+def _training_section(summary: dict) -> list[str]:
+    """Throughput and resources of the run that produced the fine-tuned candidate (nvitop telemetry)."""
+    training = summary.get("training")
+    if not training:
+        return []
+    throughput, runtime = training.get("throughput") or {}, training.get("runtime") or {}
+    facts = [(label, fmt.format(throughput[key])) for key, label, fmt in TRAINING_FIGURES
+             if isinstance(throughput.get(key), (int, float))]
+    if runtime:
+        facts.insert(0, ("device", f"{runtime.get('device_name') or runtime.get('device')} ({runtime.get('precision')}, "
+                                   f"batch {runtime.get('batch', {}).get('batch_size')})"))
+    return ["## Training throughput and resources", ""] + [f"- **{k}**: {v}" for k, v in facts] + [""]
+
+
 def _selection_section(summary: dict, figures: _Figures) -> list[str]:
     selection = summary.get("selection")
     candidates = summary.get("candidates", {})
@@ -415,7 +440,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
     run_dir = Path(run_dir)
     figures = _Figures(run_dir)
     lines = [*_run_section(summary), "", *_data_section(summary, figures), *_sweep_section(summary, figures),
-             *_learning_section(summary, figures), *_selection_section(summary, figures),
+             *_learning_section(summary, figures), *_training_section(summary), *_selection_section(summary, figures),
              *_registry_section(summary), *_rollout_section(summary, figures)]
     path = run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)

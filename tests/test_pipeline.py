@@ -33,7 +33,11 @@ def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny
     assert rollout["status"] == "succeeded" and rollout["traffic"] == {rollout["deployment"]: 100}
     assert len(rollout["smoke_test"]["response"]["predictions"]) == len(summary["registry"]["sample_request"]["data"])
     assert rollout["running"] is False, "python -m finetune stops the endpoint processes it started"
-    assert (tmp_path / "first" / "report.md").exists()
+    assert summary["training"]["throughput"]["train_samples_per_s"] > 0
+    assert summary["training"]["runtime"]["device"] == "cpu"
+    report = (tmp_path / "first" / "report.md").read_text()
+    assert "## Training throughput and resources" in report and "## Candidates on the test split" in report
+    assert all(Path(figure).exists() for figure in summary["figures"])
     assert (tmp_path / "first" / "plan.yaml").exists()
     assert "test every candidate" in first.stdout
 

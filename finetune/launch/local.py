@@ -103,9 +103,9 @@ def run(plan: RunPlan) -> dict | None:
         next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
         result = train_once(plan, data.directory, run_dir / "train")
         candidates["finetuned"] = {"kind": "hf", "path": result["model_dir"], "val": result.get("val", {}),
-                                   "source": "single run", "result_file": str(run_dir / "train" / "result.json"),
-                                   "throughput": result.get("throughput", {}), "runtime": result.get("runtime", {})}
-    summary.save()
+                                   "source": "single run", "result_file": str(run_dir / "train" / "result.json")}
+    kept = json.loads(Path(candidates["finetuned"]["result_file"]).read_text())
+    summary["training"] = {"throughput": kept.get("throughput", {}), "runtime": kept.get("runtime", {})}
 
     if "automl" in plan.stages:
         from finetune.automl import run_automl
