@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from finetune.config import ModelConfig
+
 COMPLETE_MARKER = "checkpoint.complete"
 # Written next to the checkpoints at the start: what a restarted run must reuse.
 RESUME_FILE = "resume.json"
@@ -47,16 +49,17 @@ class TrainArgs:
     model: str
     output_dir: str
     test_file: Optional[str] = None
-    learning_rate: float = 5e-5
-    batch_size: int = 16
-    epochs: float = 2.0
-    max_length: int = 128
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    gradient_accumulation_steps: int = 1
+    # Hyperparameter defaults are the model config's, so the CLI and `model=` agree without a second list.
+    learning_rate: float = ModelConfig.learning_rate
+    batch_size: int = ModelConfig.batch_size
+    epochs: float = ModelConfig.epochs
+    max_length: int = ModelConfig.max_length
+    warmup_ratio: float = ModelConfig.warmup_ratio
+    weight_decay: float = ModelConfig.weight_decay
+    adam_beta1: float = ModelConfig.adam_beta1
+    adam_beta2: float = ModelConfig.adam_beta2
+    adam_epsilon: float = ModelConfig.adam_epsilon
+    gradient_accumulation_steps: int = ModelConfig.gradient_accumulation_steps
     seed: int = 0
     evals_per_epoch: int = 1
     logging_steps: int = 10
