@@ -175,11 +175,6 @@ def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     return extra
 
 
-def run_name(base: Optional[str], index: Optional[int]) -> str:
-    name = base or _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return name if index is None else f"{name}-{index}"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
@@ -194,9 +189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from finetune.plan import build_plan
 
         jobs = expand(args, multirun)
+        started = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         # Build and validate every plan before running any, so a typo in job 3 costs nothing.
         plans = [
-            build_plan(compose(overrides, space), overrides, run_name(None, i if multirun else None))
+            build_plan(compose(overrides, space), overrides, started, index=i if multirun else None)
             for i, (overrides, space) in enumerate(jobs)
         ]
         from finetune.launch import run_plan

@@ -93,7 +93,9 @@ def _flatten(data: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-def build_plan(cfg: Config, overrides: List[str], name: str) -> RunPlan:
+def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int] = None) -> RunPlan:
+    """The validated plan of one composed config; `name` is the run name unless `run_name=` is set, and
+    `index` (a multirun job's number) is appended either way so the jobs of one multirun never share a dir."""
     launcher = "azureml" if cfg.compute.target == "azureml" else "local"
     stages = ["data", "train" if cfg.search.sampling == "none" else "search"]
     if cfg.automl.kind != "none":
@@ -102,6 +104,8 @@ def build_plan(cfg: Config, overrides: List[str], name: str) -> RunPlan:
     if cfg.endpoint.kind != "none":
         stages.append("deploy")
     run_name = cfg.run_name or name
+    if index is not None:
+        run_name = f"{run_name}-{index}"
     model = dataclasses.replace(cfg.model)
     plan = RunPlan(
         name=run_name,

@@ -266,7 +266,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
 
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
 
-    tracking = _start_tracking(args, previous.get("mlflow_run_id")) if first_process else _NullTracking()
+    tracking = _Tracking(args, previous.get("mlflow_run_id")) if first_process else _NullTracking()
     if first_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": tracking.run_id})
@@ -465,10 +465,6 @@ class _NullTracking:
 
     def finish(self, result: dict) -> None:
         pass
-
-
-def _start_tracking(args: TrainArgs, run_id: Optional[str] = None) -> _Tracking:
-    return _Tracking(args, run_id)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

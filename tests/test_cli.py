@@ -127,3 +127,17 @@ def test_a_label_column_with_one_class_fails_before_training(capsys, tmp_path):
     assert code == 2
     assert "one class" in err or "1 class" in err, err
     assert not (tmp_path / "out" / "one" / "data").exists()
+
+
+def test_multirun_with_a_run_name_gives_each_plan_its_own_directory(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "-m", "seed=1,2", "run_name=pair", "dry_run=true", f"output_root={tmp_path}")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair-0", "pair-1"]
+    assert json.loads((tmp_path / "pair-1" / "plan.json").read_text())["seed"] == 2
+
+
+def test_a_missing_data_file_is_one_line_naming_the_path(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "dataset=file", f"dataset.path={tmp_path / 'nope.csv'}",
+                           f"output_root={tmp_path / 'out'}", "dry_run=true")
+    assert code == 2 and err.count("\n") == 1
+    assert f"dataset.path={tmp_path / 'nope.csv'}" in err and "no such file" in err

@@ -81,8 +81,8 @@ def run(plan: RunPlan) -> dict | None:
     next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
     data = prepare(plan.dataset, run_dir / "data")
     summary["data"] = data.to_dict()
-    print(f"{data.to_dict()['rows_labelled']} labelled rows -> "
-          + ", ".join(f"{k} {v['rows']}" for k, v in data.to_dict()["splits"].items()))
+    print(f"{data.rows_labelled} labelled rows -> "
+          + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
 
     candidates = summary["candidates"]
     if "search" in plan.stages:
@@ -178,7 +178,8 @@ def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
                         f"command: {' '.join(command)}")
     result = json.loads(result_file.read_text())
     test = result.get("test", {})
-    print(f"trained in {result['duration_s']:.0f} s: val {plan.search.primary_metric} "
-          f"{result.get('val', {}).get(plan.search.primary_metric[len('val_'):], float('nan')):.4f}, "
+    metric = plan.search.primary_metric
+    print(f"trained in {result['duration_s']:.0f} s: {metric} "
+          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}, "
           f"test auc_weighted {test.get('auc_weighted', float('nan')):.4f}")
     return result
