@@ -41,6 +41,11 @@ SAMPLING_ALGORITHMS = ("random", "grid", "bayesian")
 # AML's Bayesian sampler takes these distributions only (the local TPE sampler takes every one).
 BAYESIAN_DISTRIBUTIONS = ("choice", "uniform", "quniform")
 AUTH_MODES = ("key", "aml_token")
+# CUDA builds of torch the AML environments install -> the GPU compute capabilities they run on. PyTorch's
+# cu126/cu128 wheels are built for sm_50..sm_90 (cu128 adds Blackwell, sm_100/sm_120); CUDA 13 (the PyPI
+# default wheel) dropped sm_50..sm_70, which is why AML jobs never take the PyPI wheel
+# (https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/ "CUDA 13.0: Maxwell, Pascal and Volta removed").
+CUDA_BUILDS = {"12.6": ((5, 0), (9, 0)), "12.8": ((7, 5), (12, 0))}
 # Managed online deployments cap the scoring timeout at 3 minutes.
 MAX_REQUEST_TIMEOUT_MS = 180_000
 
@@ -83,12 +88,45 @@ def compute_problems(plan: "RunPlan") -> List[str]:
                         f"GPUs (gpus_per_node={compute.gpus_per_node}); use one process per GPU")
     if compute.device == "cuda" and compute.gpus_per_node == 0:
         problems.append(f"{key}.device=cuda: {compute.vm_size} has gpus_per_node=0; use a GPU compute "
-                        "(compute=v100, a100, h100) or compute.device=cpu")
+                        "(compute=t4, a100, a100x4, h100) or compute.device=cpu")
     if compute.idle_seconds_before_scaledown < 0:
         problems.append(f"{key}.idle_seconds_before_scaledown={compute.idle_seconds_before_scaledown}: must be >= 0")
     if compute.hourly_price_usd is not None and compute.hourly_price_usd < 0:
         problems.append(f"{key}.hourly_price_usd={compute.hourly_price_usd}: must be >= 0 (or null: unknown)")
-    return problems
+    if compute.steps_cluster_name is not None:
+        if not CLUSTER_NAME.match(compute.steps_cluster_name):
+            problems.append(f"{key}.steps_cluster_name={compute.steps_cluster_name}: AML cluster names are 2-16 "
+                            "letters, digits or '-', starting with a letter")
+        if not compute.steps_vm_size:
+            problems.append(f"{key}.steps_vm_size=None: set the steps cluster's VM size, e.g. Standard_DS3_v2")
+    return problems + gpu_stack_problems(plan)
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in str(text).split("."))
+
+
+def gpu_stack_problems(plan: "RunPlan") -> List[str]:
+    """The torch CUDA build of the training environment must run on the cluster's GPU."""
+    compute, key = plan.compute, "compute"
+    if compute.device != "cuda":
+        return []
+    if compute.cuda not in CUDA_BUILDS:
+        return [f"{key}.cuda={compute.cuda}: the CUDA build of torch for AML GPU jobs; use one of "
+                f"{', '.join(CUDA_BUILDS)} (PyTorch wheel index builds this launcher installs)"]
+    if not compute.gpu_arch:
+        return [f"{key}.gpu_arch=None: set the GPU's compute capability of {compute.vm_size} (e.g. 8.0 for A100), "
+                "so the CUDA build can be checked against it"]
+    try:
+        arch = _version(compute.gpu_arch)
+    except ValueError:
+        return [f"{key}.gpu_arch={compute.gpu_arch}: a compute capability such as 7.5, 8.0 or 9.0"]
+    low, high = CUDA_BUILDS[compute.cuda]
+    if not low <= arch <= high:
+        return [f"{key}.cuda={compute.cuda}: torch's CUDA {compute.cuda} wheels run on compute capability "
+                f"{'.'.join(map(str, low))}-{'.'.join(map(str, high))}, and {compute.vm_size} has "
+                f"{compute.gpu_arch}; pick another compute.cuda or compute"]
+    return []
 
 
 def search_problems(plan: "RunPlan") -> List[str]:
@@ -128,7 +166,7 @@ def automl_problems(plan: "RunPlan") -> List[str]:
                         "(mul for multilingual)")
     if plan.compute.gpus_per_node < 1:
         problems.append(f"automl.kind=text_classification: AutoML NLP trains on GPU nodes only and "
-                        f"compute={plan.compute.name} has none; use compute=v100/a100/h100 or automl=none")
+                        f"compute={plan.compute.name} has none; use compute=t4/a100/a100x4/h100 or automl=none")
     for name in ("timeout_minutes", "max_trials", "max_concurrent_trials", "max_nodes"):
         if getattr(automl, name) < 1:
             problems.append(f"automl.{name}={getattr(automl, name)}: must be >= 1")
