@@ -50,6 +50,67 @@ CUDA_BUILDS = {"12.6": ((5, 0), (9, 0)), "12.8": ((7, 5), (12, 0))}
 MAX_REQUEST_TIMEOUT_MS = 180_000
 
 
+# A trial (or the single run) without a time limit could hold a GPU node for ever; on AML it gets this one.
+DEFAULT_TRIAL_TIMEOUT_S = 2 * 3600
+
+
+def resolve_limits(plan: "RunPlan") -> "RunPlan":
+    """The plan with AML's time limits filled in where the config leaves them open (printed with the plan):
+    ``trial_timeout`` 2 h, and the sweep's ``timeout`` the time its trials need at that limit in
+    ``max_concurrent_trials`` lanes."""
+    import dataclasses
+    import math
+
+    limits = plan.search.limits
+    trial_timeout = limits.trial_timeout or DEFAULT_TRIAL_TIMEOUT_S
+    trials = 1 if plan.search.sampling == "none" else limits.max_total_trials
+    timeout = limits.timeout or math.ceil(trials / max(1, limits.max_concurrent_trials)) * trial_timeout
+    limits = dataclasses.replace(limits, trial_timeout=trial_timeout, timeout=timeout)
+    return dataclasses.replace(plan, search=dataclasses.replace(plan.search, limits=limits))
+
+
+def distinct_targets(plans: list) -> list:
+    """AML plans of one multirun that would share a registered model or an endpoint get their own.
+
+    Two plans registering the same model name race for its next version, and their rollouts delete each
+    other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values, or a short
+    hash of them when an endpoint name would pass AML's 32 characters) and keeps its own production line.
+    """
+    import dataclasses
+    import hashlib
+    import re
+
+    aml = [plan for plan in plans if plan.launcher == "azureml"]
+    shared_models = len({p.select.registered_model_name for p in aml}) < len(aml)
+    shared_endpoints = len({p.endpoint.name for p in aml if p.endpoint.kind == "managed"}) < len(
+        [p for p in aml if p.endpoint.kind == "managed"])
+    if not (shared_models or shared_endpoints):
+        return plans
+    common = set.intersection(*(set(p.overrides) for p in aml))
+    result = []
+    for plan in plans:
+        if plan.launcher != "azureml":
+            result.append(plan)
+            continue
+        own = [o.split("=", 1)[-1] for o in plan.overrides if o not in common and not o.startswith("output_root=")]
+        slug = re.sub(r"[^a-z0-9]+", "-", "-".join(own).lower()).strip("-") or plan.name.rsplit("-", 1)[-1]
+        digest = hashlib.sha256(slug.encode()).hexdigest()[:6]
+        model_name = f"{plan.select.registered_model_name}-{slug}"[:255]
+        endpoint_name = f"{plan.endpoint.name}-{slug}"
+        if len(endpoint_name) > ENDPOINT_NAME_LENGTH[1]:
+            endpoint_name = f"{plan.endpoint.name[:ENDPOINT_NAME_LENGTH[1] - 7]}-{digest}"
+        result.append(dataclasses.replace(
+            plan, select=dataclasses.replace(plan.select, registered_model_name=model_name),
+            endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name)))
+    names = [(p.select.registered_model_name, p.endpoint.name) for p in result if p.launcher == "azureml"]
+    if len(set(names)) < len(names):
+        from finetune.errors import UserError
+
+        raise UserError("the AML plans of this multirun would share a registered model name or endpoint; set "
+                        "select.registered_model_name and endpoint.name per plan")
+    return result
+
+
 def check_azureml(plan: "RunPlan") -> List[str]:
     """Every AML-specific problem of ``plan`` (none for the local launcher)."""
     if plan.launcher != "azureml":

@@ -75,6 +75,8 @@ def deploy_step(plan: "RunPlan", code: str, environment):
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
 
+    from finetune.launch.azureml.compute import steps_compute
+
     return command(
         name="deploy",
         display_name=f"roll out to endpoint {plan.endpoint.name}",
@@ -83,7 +85,7 @@ def deploy_step(plan: "RunPlan", code: str, environment):
                  "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT),
         code=code,
         environment=environment,
-        compute=plan.compute.cluster_name,
+        compute=steps_compute(plan),
         inputs={"model_ref": Input(type="uri_folder"), "settings": Input(type="uri_file")},
         outputs={OUTPUT: Output(type="uri_folder")},
         identity=ManagedIdentityConfiguration(),
