@@ -170,8 +170,8 @@ def _version(text: str) -> tuple:
 def gpu_stack_problems(plan: "RunPlan") -> List[str]:
     """The torch CUDA build of the training environment must run on the cluster's GPU."""
     compute, key = plan.compute, "compute"
-    if compute.device != "cuda":
-        return []
+    if compute.device != "cuda" or compute.gpus_per_node < 1:
+        return []  # a CPU cluster asked for CUDA is reported once, by compute_problems
     if compute.cuda not in CUDA_BUILDS:
         return [f"{key}.cuda={compute.cuda}: the CUDA build of torch for AML GPU jobs; use one of "
                 f"{', '.join(CUDA_BUILDS)} (PyTorch wheel index builds this launcher installs)"]
