@@ -39,11 +39,13 @@ def azure_errors(action: str):
 
 def submit(plan: "RunPlan", exported: "Exported", ml_client, log=print):
     """Create what is missing, submit the pipeline, print where to follow it; returns the created job."""
-    from finetune.launch.azureml import compute, data, environment, pipeline
+    from finetune.launch.azureml import compute, data, environment, pipeline, preflight
     from finetune.launch.azureml.export import with_base_model
 
     with azure_errors(f"compute cluster {plan.compute.cluster_name}"):
         compute.ensure(ml_client, plan, log)
+    with azure_errors("pre-flight"):
+        preflight.run(ml_client, plan, log)
     with azure_errors("data assets"):
         refs = data.register(ml_client, exported.specs, log)
     plan = with_base_model(plan, exported.folder, relative_to=None)
