@@ -134,8 +134,91 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert "--tracking-uri" not in trial["command"]
 
     assert "submitted pipeline job" in out and "studio: https://ml.azure.com/runs/" in out
-    record = json.loads((tmp_path / "ref" / "aml" / "submitted.json").read_text())
+    record = json.loads((tmp_path / "ref" / "submitted.json").read_text())
     assert record["data"]["files"]["train"] == "azureml:finetune-amazon_automotive-train:1"
+
+
+def test_exported_tree_holds_no_machine_path_workspace_or_key(server, recorder, monkeypatch, tmp_path, capsys):
+    """aml/ is portable: no YAML or JSON in it names this machine, the workspace or a key; and what was
+    uploaded for the steps (settings.json) is that file, byte for byte."""
+    import os
+
+    import finetune
+
+    recorder.grant(steps_principal("cpu-ds3"))  # compute=cpu: the steps share the training cluster
+    submit(server, monkeypatch, tmp_path, capsys, extra=["model=minilm-l6", "compute=cpu"])
+    folder = tmp_path / "ref" / "aml"
+    forbidden = {str(tmp_path), str(Path.home()), sys.prefix, str(Path(finetune.__file__).resolve().parent.parent),
+                 aml_recorder.SUBSCRIPTION, aml_recorder.RESOURCE_GROUP, aml_recorder.WORKSPACE,
+                 "recorder-primary-key", "recorder-key"}
+    files = [p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml", ".json") and "code" not in p.parts
+             and "base_model" not in p.parts]
+    assert any(p.name == "pipeline.yml" for p in files) and any(p.name == "settings.json" for p in files)
+    for path in files:
+        text = path.read_text()
+        found = [item for item in forbidden if item and item in text]
+        assert not found, f"{path.relative_to(folder)} holds {found}"
+    # The packaged base model travels inside the tree.
+    assert (folder / "base_model" / "config.json").is_file()
+    assert recorder.blob("/settings.json") == (folder / "settings.json").read_bytes()
+    assert os.path.isfile(tmp_path / "ref" / "submitted.json")
+
+
+def test_preflight_refuses_a_steps_identity_without_a_role(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.role_assignments.clear()
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: pre-flight: the managed identity of cluster cpu-steps") and "AzureML Data Scientist" in err[0]
+    # Nothing was spent: no data uploaded, no job submitted.
+    assert not recorder.find("PUT", r"data/.+") and not recorder.find("PUT", r"jobs/.+")
+
+
+def test_preflight_refuses_unreadable_role_assignments(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.role_status = 403
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot read role assignments" in err[0]
+    assert not recorder.find("PUT", r"jobs/.+")
+
+
+def test_preflight_refuses_an_endpoint_that_is_not_ours(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.put(ENDPOINT, {"location": "eastus", "tags": {"team": "someone-else"},
+                            "properties": {"authMode": "Key", "traffic": {}, "provisioningState": "Succeeded"}})
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "endpoint finetune-sentiment exists" in err[0]
+    assert not recorder.find("PUT", r"jobs/.+")
+
+
+def test_recorder_refuses_what_the_service_refuses(server, recorder):
+    """The recorder is only a fair stand-in if it says no where Azure ML does (see aml_recorder's docstring)."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+    from azure.core.exceptions import HttpResponseError
+
+    client = server.ml_client()
+    seed_endpoint(recorder)
+    endpoint = client.online_endpoints.get("finetune-sentiment")
+    endpoint.traffic = {"blue": 50, "green": 50}
+    with pytest.raises(HttpResponseError, match="do not exist: green"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
+    endpoint.traffic = {"blue": 60}
+    with pytest.raises(HttpResponseError, match="must be 100"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
+    with pytest.raises(HttpResponseError, match="takes traffic"):
+        client.online_deployments.begin_delete(name="blue", endpoint_name="finetune-sentiment").result()
+    endpoint = ManagedOnlineEndpoint(name="ab", auth_mode="key")
+    with pytest.raises(Exception, match="(?i)name"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
 
 
 def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, monkeypatch, tmp_path, capsys):
@@ -329,9 +412,16 @@ def automl_output(tmp_path: Path, auc: float) -> tuple:
 
 @pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "custom_model"),
                                                             (1.0, "automl", "mlflow_model")])
-def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type):
+def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type,
+                       monkeypatch):
+    from finetune import environment
     from finetune.launch.azureml import steps
     from finetune.serve import SCORE_SCRIPT
+
+    def no_dependency_list():  # inside an AML job: no finetune dist-info, no pyproject.toml
+        raise AssertionError("a job step read the package's dependency list")
+
+    monkeypatch.setattr(environment, "declared_requirements", no_dependency_list)
 
     saved = json.loads(settings.read_text())
     data, labels = saved["data"], saved["data"]["labels"]

@@ -57,7 +57,8 @@ def submit(plan: "RunPlan", exported: "Exported", ml_client, log=print):
     log(f"studio: {created.studio_url}")
     record = {"job": created.name, "studio_url": created.studio_url, "experiment": plan.tracking.experiment,
               "data": {"files": refs.files, "tables": refs.tables}}
-    Path(exported.folder, SUBMITTED).write_text(json.dumps(record, indent=2))
+    # Beside aml/, not in it: the studio URL names the workspace, and aml/ is the portable tree.
+    Path(exported.folder).parent.joinpath(SUBMITTED).write_text(json.dumps(record, indent=2))
     if plan.launcher_options.wait:
         with azure_errors(f"streaming job {created.name}"):
             ml_client.jobs.stream(created.name)
