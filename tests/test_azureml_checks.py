@@ -161,6 +161,22 @@ def test_gpu_stack_is_checked_against_the_gpu(tmp_path, overrides, expected):
     one_problem(tmp_path, ["model=bert-base-cased", "search=bandit", "dry_run=true", *overrides], expected)
 
 
+@pytest.mark.parametrize("model, items, instance, timeout_ms", [
+    ("minilm-l6", 64, "Standard_F4s_v2", 10_000),
+    ("bert-base-cased", 64, "Standard_F8s_v2", 30_720),
+    ("bert-base-cased", 128, "Standard_F16s_v2", 30_720),
+    ("distilbert-base-cased", 64, "Standard_F4s_v2", 30_720),
+])
+def test_deployment_is_sized_for_the_model_and_request_size(tmp_path, model, items, instance, timeout_ms):
+    plan = build([f"model={model}", "search=none", "compute=a100", "dry_run=true",
+                  f"endpoint.max_batch_items={items}"], tmp_path)
+    assert (plan.endpoint.instance_type, plan.endpoint.request_timeout_ms) == (instance, timeout_ms)
+    # Set explicitly, they are kept.
+    kept = build(["model=bert-base-cased", "compute=a100", "dry_run=true", "endpoint.instance_type=Standard_DS3_v2",
+                  "endpoint.request_timeout_ms=90000"], tmp_path)
+    assert (kept.endpoint.instance_type, kept.endpoint.request_timeout_ms) == ("Standard_DS3_v2", 90000)
+
+
 def test_automl_metrics_are_exactly_the_sdks_text_classification_list():
     from azure.ai.ml.automl import ClassificationPrimaryMetrics
 

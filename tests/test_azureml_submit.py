@@ -333,8 +333,9 @@ def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, setti
     properties = body["properties"]
     assert properties["model"].endswith("/models/automotive-sentiment/versions/3")
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
-    assert properties["instanceType"] == "Standard_DS3_v2" and body["sku"]["capacity"] == 1
-    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 1, "requestTimeout": "PT10S"}
+    # Sized for bert-base and 64-item requests (endpoint.instance_type=auto, request_timeout_ms=0).
+    assert properties["instanceType"] == "Standard_F8s_v2" and body["sku"]["capacity"] == 1
+    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 1, "requestTimeout": "PT30.72S"}
     assert properties["livenessProbe"]["initialDelay"] == "PT2M"
     assert properties["readinessProbe"]["initialDelay"] == "PT1M"
     assert properties["readinessProbe"]["failureThreshold"] == 30

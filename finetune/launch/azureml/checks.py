@@ -57,7 +57,8 @@ DEFAULT_TRIAL_TIMEOUT_S = 2 * 3600
 def resolve_limits(plan: "RunPlan") -> "RunPlan":
     """The plan with AML's time limits filled in where the config leaves them open (printed with the plan):
     ``trial_timeout`` 2 h, and the sweep's ``timeout`` the time its trials need at that limit in
-    ``max_concurrent_trials`` lanes."""
+    ``max_concurrent_trials`` lanes; the deployment's instance type and request timeout sized for the model
+    (:func:`finetune.launch.azureml.deploy.sized`)."""
     import dataclasses
     import math
 
@@ -66,7 +67,12 @@ def resolve_limits(plan: "RunPlan") -> "RunPlan":
     trials = 1 if plan.search.sampling == "none" else limits.max_total_trials
     timeout = limits.timeout or math.ceil(trials / max(1, limits.max_concurrent_trials)) * trial_timeout
     limits = dataclasses.replace(limits, trial_timeout=trial_timeout, timeout=timeout)
-    return dataclasses.replace(plan, search=dataclasses.replace(plan.search, limits=limits))
+    endpoint = plan.endpoint
+    if endpoint.kind == "managed":
+        from finetune.launch.azureml.deploy import sized
+
+        endpoint = sized(endpoint, plan.model.name)
+    return dataclasses.replace(plan, search=dataclasses.replace(plan.search, limits=limits), endpoint=endpoint)
 
 
 def distinct_targets(plans: list) -> list:
@@ -309,8 +315,9 @@ def endpoint_problems(plan: "RunPlan") -> List[str]:
         problems.append("endpoint.instance_type=None: set a VM size, e.g. Standard_DS3_v2")
     if endpoint.instance_count < 1:
         problems.append(f"endpoint.instance_count={endpoint.instance_count}: a deployment needs at least one instance")
-    if not 1 <= endpoint.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
-        problems.append(f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS}")
+    if not 0 <= endpoint.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
+        problems.append(f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS} "
+                        "(or 0: sized from the model and max_batch_items)")
     if endpoint.max_concurrent_requests_per_instance < 1:
         problems.append(f"endpoint.max_concurrent_requests_per_instance={endpoint.max_concurrent_requests_per_instance}: "
                         "must be >= 1")
