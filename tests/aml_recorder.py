@@ -55,6 +55,8 @@ MLFLOW_PREFIX = f"/mlflow/v2.0{WORKSPACE_PATH}"
 ENDPOINT_NAME = r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?"
 ASSET_NAME = r"[a-zA-Z0-9][a-zA-Z0-9\-_.]{0,254}"
 DATA_SCIENTIST_ROLE = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
+MSI_PATH = "/msi/token"
+MSI_SECRET = "recorder-msi-secret"
 
 
 # ------------------------------------------------------------------------------------------- network guard
@@ -93,8 +95,8 @@ def guard_network(monkeypatch, blob_port: Optional[int] = None) -> None:
 # ------------------------------------------------------------------------------------------- TLS + credential
 
 
-def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and the fake blob host: (cert.pem, key.pem)."""
+def make_certificate(folder: Path, hosts: tuple = ()) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, the fake blob host and ``hosts``: (cert.pem, key.pem)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -107,7 +109,8 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
             .serial_number(x509.random_serial_number()).not_valid_before(now - _dt.timedelta(days=1))
             .not_valid_after(now + _dt.timedelta(days=2))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName(BLOB_HOST), x509.DNSName("localhost")]),
+                                                        x509.DNSName(BLOB_HOST), x509.DNSName("localhost"),
+                                                        *[x509.DNSName(host) for host in hosts]]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
@@ -170,6 +173,8 @@ class Recorder:
     blocks: Dict[tuple, bytes] = field(default_factory=dict)
     # Optional: (deployment name, request body) -> (status, answer); set by the emulation to run score.py.
     scorer: Any = None
+    # Optional: called with (relative path, stored body) after a resource is created or replaced.
+    on_put: Any = None
     # Optional: the WSGI app answering the workspace's MLflow API (see mlflow_app()).
     mlflow: Any = None
     # Azure RBAC at the workspace scope: role assignments (properties.principalId / roleDefinitionId), and
@@ -212,6 +217,10 @@ class Recorder:
             return self._score(request)
         if request.path.startswith(MLFLOW_PREFIX):
             return self._mlflow(request)
+        if request.path == MSI_PATH:
+            return self._msi_token(request)
+        if request.path == "/metadata/endpoints":
+            return 200, {}, self._cloud_metadata()
         refusal = self.refusal(request)
         if refusal is not None:
             return 400, {}, {"error": {"code": "UserError", "message": refusal}}
@@ -283,6 +292,33 @@ class Recorder:
         wanted = re.search(r"principalId eq '([^']+)'", (request.query.get("$filter") or [""])[0])
         return 200, {}, {"value": [a for a in self.role_assignments
                                    if not wanted or a["properties"]["principalId"] == wanted.group(1)]}
+
+    def _cloud_metadata(self) -> list:
+        """ARM's cloud list (``GET https://management.azure.com/metadata/endpoints?api-version=2019-05-01``), which
+        azureml-mlflow and azure-ai-ml read at start; the public cloud's entry."""
+        return [{"name": "AzureCloud", "portal": "https://portal.azure.com",
+                 "resourceManager": "https://management.azure.com/",
+                 "authentication": {"loginEndpoint": "https://login.microsoftonline.com/",
+                                    "audiences": ["https://management.core.windows.net/", "https://management.azure.com/"],
+                                    "tenant": "common", "identityProvider": "AAD"},
+                 "media": "https://rest.media.azure.net", "graphAudience": "https://graph.windows.net/",
+                 "graph": "https://graph.windows.net/", "name_": "AzureCloud",
+                 "suffixes": {"azureDataLakeStoreFileSystem": "azuredatalakestore.net", "acrLoginServer": "azurecr.io",
+                              "sqlServerHostname": "database.windows.net", "keyVaultDns": "vault.azure.net",
+                              "storage": "core.windows.net", "azureFrontDoorEndpointSuffix": "azurefd.net"},
+                 "batch": "https://batch.core.windows.net/", "sqlManagement": "https://management.core.windows.net:8443/",
+                 "vmImageAliasDoc": "", "activeDirectoryDataLake": "https://datalake.azure.net/",
+                 "gallery": "https://gallery.azure.com/"}]
+
+    def _msi_token(self, request):
+        """AML compute's managed identity endpoint (azure-identity's AzureMLCredential: MSI_ENDPOINT/MSI_SECRET,
+        api-version 2017-09-01, ``expires_on`` in epoch seconds)."""
+        if request.headers.get("secret") != MSI_SECRET:
+            return 401, {}, {"error": "invalid secret"}
+        resource = (request.query.get("resource") or ["https://management.azure.com"])[0]
+        token = FakeCredential().get_token(resource)
+        return 200, {}, {"access_token": token.token, "expires_on": token.expires_on, "resource": resource,
+                         "token_type": "Bearer", "client_id": (request.query.get("clientid") or [""])[0]}
 
     def _keys(self, request):
         return 200, {}, {"primaryKey": "recorder-primary-key", "secondaryKey": "recorder-secondary-key",
@@ -403,6 +439,8 @@ class Recorder:
                 identity.setdefault("tenantId", "22222222-2222-2222-2222-222222222222")
         existed = path in self.resources
         self.resources[path] = stored
+        if self.on_put is not None:
+            self.on_put(relative, stored)
         return (200 if existed else 201), {}, stored
 
     def _get(self, request, path: str):
@@ -502,8 +540,8 @@ def _handler(recorder: Recorder):
 class RecorderServer:
     """The recorder on a free loopback port, serving TLS in a thread."""
 
-    def __init__(self, folder: Path):
-        self.cert, key = make_certificate(folder)
+    def __init__(self, folder: Path, hosts: tuple = ()):
+        self.cert, key = make_certificate(folder, hosts)
         self.recorder = Recorder()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.recorder))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
