@@ -151,6 +151,9 @@ def compose(overrides: list[str], space: dict):
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
+    except ValueError as error:
+        # Hydra reports some malformed overrides (`=3`: a group override without a group) as a bare ValueError.
+        raise UserError(f"cannot apply the overrides {' '.join(overrides)}: {_one_line(error)}") from None
     finally:
         GlobalHydra.instance().clear()
 

@@ -51,6 +51,24 @@ class Summary:
         self.save()
 
 
+def check_local(plan: RunPlan) -> list[str]:
+    """What this launcher cannot run: the AML-only AutoML and endpoint kinds, a bad local endpoint."""
+    if plan.launcher != "local":
+        return []
+    problems = []
+    if plan.automl.kind == "text_classification":
+        problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
+                        "use automl=local or automl=none")
+    if plan.endpoint.kind == "managed":
+        problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
+                        "use endpoint=local or endpoint=none")
+    elif plan.endpoint.kind in ("local", "auto"):
+        from finetune.serve.endpoint import check_config
+
+        problems += check_config(plan.endpoint)
+    return problems
+
+
 def stage(number: int, total: int, name: str, detail: str = "") -> None:
     print(f"\n[{number}/{total}] {name}{': ' + detail if detail else ''}", flush=True)
 

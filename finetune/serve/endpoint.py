@@ -35,6 +35,10 @@ SCORE_SCRIPT = Path(__file__).with_name("score.py")
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
+# Endpoint names become folders under the endpoints dir: AML's rule (3-32, a letter first, letters, digits,
+# '-') keeps them one plain path component.
+ENDPOINT_NAME = DEPLOYMENT_NAME
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 ROUTER_MODULE = "finetune.serve.router"
 SERVER_MODULE = "finetune.serve.inference_server"
@@ -51,6 +55,8 @@ class LocalEndpoint:
                  key: Optional[str] = None, max_items: Optional[int] = None, max_body_bytes: Optional[int] = None,
                  max_forward_batch: Optional[int] = None, log_request_texts: Optional[bool] = None,
                  start_timeout_s: Optional[float] = None, request_timeout_s: Optional[float] = None):
+        if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
+            raise UserError(f"endpoint name {name!r} must be 3-32 letters, digits or '-', starting with a letter")
         self.name = name
         self.dir = Path(root) / name
         self.state_file = self.dir / "state.json"
@@ -322,6 +328,29 @@ class LocalEndpoint:
             time.sleep(0.25)
 
 
+def check_config(endpoint_cfg) -> list[str]:
+    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
+    from finetune.serve.rollout import check_ramp
+
+    problems = []
+    if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
+        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits or '-', starting with a letter "
+                        "(it becomes a folder under <output_root>/endpoints)")
+    if endpoint_cfg.auth_mode != "key":
+        problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
+                        "use endpoint.auth_mode=key")
+    if not endpoint_cfg.host:
+        problems.append("endpoint.host='': set the router's address, e.g. endpoint.host=127.0.0.1")
+    elif endpoint_cfg.host not in LOOPBACK_HOSTS and not endpoint_cfg.allow_remote:
+        problems.append(f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
+                        "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1")
+    try:
+        check_ramp(endpoint_cfg.ramp)
+    except (RolloutError, TypeError, ValueError) as error:
+        problems.append(f"endpoint.ramp={list(endpoint_cfg.ramp)}: {error}")
+    return problems
+
+
 def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_request: dict,
                  keep_running: bool) -> dict:
     """The local launcher's deploy step: roll ``model`` out to the endpoint ``endpoint_cfg.name``.
@@ -333,6 +362,9 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     was already running stays up) and the state keeps the record, so ``python -m finetune.serve
     --endpoint <name>`` serves it again. Returns the ``rollout`` section of summary.json (no key in it).
     """
+    if endpoint_cfg.host not in LOOPBACK_HOSTS:
+        print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
+              "its key travels over plain HTTP to anyone who can reach this machine", flush=True)
     endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
     was_running = endpoint.running()
     try:
