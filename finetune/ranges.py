@@ -302,5 +302,6 @@ def _highest(dimension: dict) -> Optional[float]:
 
 
 def problem_key(problem: str) -> str:
-    """The setting a problem line names: the text before its first '=' (``model.epochs=inf: ...``)."""
-    return problem.split("=", 1)[0].split(":", 1)[0].strip()
+    """The setting a problem line names: the text before its first '=' (``model.epochs=inf: ...``), list
+    indexes dropped (``endpoint.ramp[0]`` is about ``endpoint.ramp``)."""
+    return re.sub(r"\[\d+\]", "", problem.split("=", 1)[0].split(":", 1)[0].strip())

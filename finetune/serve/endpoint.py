@@ -35,9 +35,8 @@ SCORE_SCRIPT = Path(__file__).with_name("score.py")
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
-# Endpoint names become folders under the endpoints dir: AML's rule (3-32, a letter first, letters, digits,
-# '-') keeps them one plain path component.
-ENDPOINT_NAME = DEPLOYMENT_NAME
+# Endpoint names become folders under the endpoints dir: one plain path component, nothing to climb with.
+ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,31}$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 ROUTER_MODULE = "finetune.serve.router"
@@ -56,7 +55,7 @@ class LocalEndpoint:
                  max_forward_batch: Optional[int] = None, log_request_texts: Optional[bool] = None,
                  start_timeout_s: Optional[float] = None, request_timeout_s: Optional[float] = None):
         if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
-            raise UserError(f"endpoint name {name!r} must be 3-32 letters, digits or '-', starting with a letter")
+            raise UserError(f"endpoint name {name!r} must be 3-32 letters, digits, '_' or '-', starting with a letter")
         self.name = name
         self.dir = Path(root) / name
         self.state_file = self.dir / "state.json"
@@ -334,8 +333,8 @@ def check_config(endpoint_cfg) -> list[str]:
 
     problems = []
     if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
-        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits or '-', starting with a letter "
-                        "(it becomes a folder under <output_root>/endpoints)")
+        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
+                        "letter (it becomes a folder under <output_root>/endpoints)")
     if endpoint_cfg.auth_mode != "key":
         problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
                         "use endpoint.auth_mode=key")
