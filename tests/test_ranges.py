@@ -130,3 +130,15 @@ def test_every_numeric_setting_has_a_range():
     keys = [key for key in _numeric_fields(schema.Config) if not key.startswith("launcher.")]
     missing = [key for key in keys if key not in RANGES]
     assert not missing, f"add a Range for {missing} to finetune/ranges.py RANGES"
+
+
+def test_a_run_name_naming_someone_elses_folder_is_refused(capsys, tmp_path):
+    (tmp_path / "Documents").mkdir()
+    (tmp_path / "Documents" / "data").mkdir()
+    (tmp_path / "Documents" / "data" / "taxes.csv").write_text("1,2\n")
+    code, _, err = run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=Documents")
+    assert code == 2 and "not a finetune run's" in err
+    assert sorted(p.name for p in (tmp_path / "Documents").rglob("*")) == ["data", "taxes.csv"]
+    # A run folder (it has plan.json) may be reused: that is how a run is resumed.
+    assert run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=again")[0] == 0
+    assert run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=again")[0] == 0
