@@ -7,6 +7,7 @@ an interrupted run still shows what it finished.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from finetune import locks
 from finetune.errors import UserError
 from finetune.plan import RunPlan, train_command_args
 
@@ -74,6 +76,12 @@ def stage(number: int, total: int, name: str, detail: str = "") -> None:
 
 
 def run(plan: RunPlan) -> dict | None:
+    # Locks taken by stages (the production alias from selection to promotion) are released on any exit.
+    with contextlib.ExitStack() as held:
+        return _run(plan, held)
+
+
+def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     run_dir = Path(plan.run_dir)
     plan.write()
     print(plan.table())
@@ -135,6 +143,9 @@ def run(plan: RunPlan) -> dict | None:
     from finetune import select
 
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
+    # From comparing with production to moving its alias, one run at a time: concurrent runs on one store
+    # each see the production the previous one left, so the best model by the selection rule ends there.
+    held.enter_context(locks.promotion(plan.tracking.uri, plan.select.registered_model_name, plan.name))
     production = registry.production(plan.select.registered_model_name, plan.tracking.uri,
                                      run_dir / "select" / "production")
     if production is not None:
@@ -157,6 +168,9 @@ def run(plan: RunPlan) -> dict | None:
         summary["registry"] = {"decision": "keep_production", "reason": selection["reason"]}
         print(f"kept the current production model: {selection['reason']}")
 
+    if registered is not None and not _still_wins(plan, data, selection, registered, run_dir / "select" / "recheck"):
+        summary["registry"] = {**summary["registry"], "promoted": False, "reason": selection["reason"]}
+        registered = None
     if "deploy" in plan.stages:
         next_stage("deploy", f"local endpoint '{plan.endpoint.name}' (blue/green rollout)")
         if registered is None:
@@ -173,6 +187,7 @@ def run(plan: RunPlan) -> dict | None:
             registry.promote(registered["name"], registered["version"], plan.tracking.uri)
     elif registered is not None:
         registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+    held.close()
 
     next_stage("report")
     from finetune.report import write_report
@@ -181,6 +196,34 @@ def run(plan: RunPlan) -> dict | None:
     summary.finish()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\nreport:        {report}")
     return summary.data
+
+
+def _still_wins(plan: RunPlan, data, selection: dict, registered: dict, out_dir: Path) -> bool:
+    """Re-apply the selection rule if production moved since selection compared with it.
+
+    The promotion lock keeps finetune runs on this machine from moving it; anything else that can reach the
+    store (a run on another machine, a hand-set alias) can, and must not be overwritten by a worse model.
+    """
+    from finetune import registry, select
+
+    name, uri = plan.select.registered_model_name, plan.tracking.uri
+    current = registry.production_version(registry._client(uri), name)
+    compared = (selection.get("production_version") or {}).get("version")
+    if current is None or current in (compared, registered["version"]):
+        return True
+    production = registry.resolve(name, current, uri, out_dir)
+    print(f"production moved to version {current} since selection; comparing again", flush=True)
+    results = select.evaluate({"production": production.path}, data.test_path, list(data.labels))
+    winner = selection["winner"]
+    kind = next(row["kind"] for row in selection["table"] if row["candidate"] == winner)
+    results[winner] = {"kind": kind, "test": selection["test"][winner]}
+    verdict = select.choose(results, plan.select.metric, plan.select.margin, "production")
+    selection["recheck"] = {"production_version": current, "decision": verdict["decision"], "reason": verdict["reason"]}
+    if verdict["decision"] != "register":
+        selection["reason"] = f"production moved to version {current} before promotion: {verdict['reason']}"
+        print(f"not promoted: {selection['reason']}", flush=True)
+        return False
+    return True
 
 
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:

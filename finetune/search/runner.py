@@ -211,11 +211,9 @@ def _trial_dir(sweep_dir: Path, number: int) -> Path:
 def _create_experiment(plan: RunPlan) -> None:
     """Create the tracking store and experiment before trials start: concurrent trials would otherwise race
     to run the schema migrations of a fresh MLflow sqlite store and to create the experiment."""
-    from mlflow.tracking import MlflowClient
+    from finetune.registry import experiment_id
 
-    client = MlflowClient(plan.tracking.uri)
-    if client.get_experiment_by_name(plan.tracking.experiment) is None:
-        client.create_experiment(plan.tracking.experiment)
+    experiment_id(plan.tracking.uri, plan.tracking.experiment)
 
 
 def _slots(plan: RunPlan) -> List[_Slot]:

@@ -364,15 +364,21 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     if endpoint_cfg.host not in LOOPBACK_HOSTS:
         print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
               "its key travels over plain HTTP to anyone who can reach this machine", flush=True)
+    from finetune.locks import hold
+
     endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
-    was_running = endpoint.running()
-    try:
-        endpoint.start()
-        result = rollout(endpoint, _free_colour(endpoint), model, sample_request, ramp=list(endpoint_cfg.ramp),
-                         max_error_rate=endpoint_cfg.max_error_rate, step_requests=endpoint_cfg.step_requests)
-    finally:
-        if not (keep_running or was_running):
-            endpoint.stop()
+    # One rollout at a time per endpoint: two would both pick the free colour.
+    with hold(endpoint.dir / ".rollout.lock", owner="rollout",
+              on_wait=lambda holder: print(f"waiting for {holder} to finish its rollout to {endpoint.name}",
+                                           flush=True)):
+        was_running = endpoint.running()
+        try:
+            endpoint.start()
+            result = rollout(endpoint, _free_colour(endpoint), model, sample_request, ramp=list(endpoint_cfg.ramp),
+                             max_error_rate=endpoint_cfg.max_error_rate, step_requests=endpoint_cfg.step_requests)
+        finally:
+            if not (keep_running or was_running):
+                endpoint.stop()
     return {**result.to_dict(), "kind": "local", "state_file": str(endpoint.state_file),
             "running": bool(keep_running or was_running),
             "serve_command": f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"}
