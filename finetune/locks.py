@@ -31,10 +31,11 @@ class Busy(UserError):
 
 @contextlib.contextmanager
 def hold(path: Path | str, *, wait: bool = True, on_wait: Optional[Callable[[str], None]] = None,
-         owner: str = "") -> Iterator[None]:
+         owner: str = "", busy: Optional[Callable[[str], str]] = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing).
 
-    ``wait=False`` raises :class:`Busy` naming the holder's pid instead of blocking. ``on_wait`` is called
+    ``wait=False`` raises :class:`Busy` instead of blocking: ``busy(holder)`` is its message (default: the
+    holder, e.g. ``pid 123 (training)``). ``on_wait`` is called
     once with the holder's description when the lock is taken, before blocking. ``owner`` (e.g. what holds
     it) is written into the file with the pid, for those messages.
     """
@@ -47,7 +48,7 @@ def hold(path: Path | str, *, wait: bool = True, on_wait: Optional[Callable[[str
         except BlockingIOError:
             holder = _holder(path)
             if not wait:
-                raise Busy(holder) from None
+                raise Busy(busy(holder) if busy else holder) from None
             if on_wait:
                 on_wait(holder)
             fcntl.flock(descriptor, fcntl.LOCK_EX)

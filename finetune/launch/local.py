@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from finetune import locks
+from finetune import locks, processes
 from finetune.errors import UserError
 from finetune.plan import RunPlan, train_command_args
 
@@ -232,10 +231,10 @@ def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
 
     command = launch_command([*train_command_args(plan, str(data_dir), str(output_dir)),
                               "--run-name", f"{plan.name}-train"], plan.compute.gpus)
-    completed = subprocess.run(command)
+    returncode = processes.run(command)
     result_file = output_dir / "result.json"
-    if completed.returncode != 0 or not result_file.exists():
-        raise UserError(f"training failed (exit code {completed.returncode}); its output is above, "
+    if returncode != 0 or not result_file.exists():
+        raise UserError(f"training failed (exit code {returncode}); its output is above, "
                         f"command: {' '.join(command)}")
     result = json.loads(result_file.read_text())
     test = result.get("test", {})
