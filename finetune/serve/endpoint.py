@@ -151,7 +151,8 @@ class LocalEndpoint:
         """What runs: the router and each deployment with pid, liveness, traffic and model; stale records
         (processes that died, starts whose starter died) are cleaned up first and listed under ``recovered``."""
         with self._locked() as state:
-            recovered = _recover(state)
+            # What opening this endpoint already cleaned up counts too.
+            recovered, self.recovered = self.recovered + _recover(state), []
             self._write(state)
         router = state["router"]
         return {
