@@ -8,32 +8,49 @@ sits in a folder only this user can enter (0700), so the router, running as this
 in. azmlinfsrv's ``amlserver_linux.run`` builds gunicorn's ``-b host:port`` and then looks
 ``gunicorn.app.wsgiapp.WSGIApplication`` up when it starts, so a subclass that replaces the bind after
 gunicorn parsed its arguments takes effect. Without the variable it binds 127.0.0.1 (``amlserver.DEFAULT_HOST``).
+Its workers die with the server process (``post_fork`` sets PR_SET_PDEATHSIG), as the server dies with the
+command that started it (:mod:`finetune.processes`).
 Arguments are azmlinfsrv's own (``--entry_script``, ``--model_dir``, ``--port``, ``--worker_count``).
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 BIND_SOCKET_ENV = "FINETUNE_BIND_SOCKET"
 
 
+def _worker_dies_with_master(_server, _worker) -> None:
+    """gunicorn's post_fork hook: a sync worker notices a dead master only between requests, after up to
+    half its (AML default 300 s) timeout, or never while init() loads the model; the kernel is faster."""
+    from finetune.processes import PR_SET_PDEATHSIG
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main() -> None:
+    import gunicorn.app.wsgiapp as wsgiapp
     from azureml_inference_server_http import amlserver
 
     socket_path = os.environ.get(BIND_SOCKET_ENV)
-    if socket_path:
-        import gunicorn.app.wsgiapp as wsgiapp
+    if not socket_path:
+        if not hasattr(amlserver, "DEFAULT_HOST"):
+            raise SystemExit("this azureml-inference-server-http has no amlserver.DEFAULT_HOST; cannot bind to "
+                             "loopback")
+        amlserver.DEFAULT_HOST = "127.0.0.1"
 
-        class UnixSocketOnly(wsgiapp.WSGIApplication):
-            def load_config(self):
-                super().load_config()
+    class Server(wsgiapp.WSGIApplication):
+        def load_config(self):
+            super().load_config()
+            self.cfg.set("post_fork", _worker_dies_with_master)
+            if socket_path:
                 self.cfg.set("bind", [f"unix:{socket_path}"])
 
-        wsgiapp.WSGIApplication = UnixSocketOnly
-    elif hasattr(amlserver, "DEFAULT_HOST"):
-        amlserver.DEFAULT_HOST = "127.0.0.1"
-    else:
-        raise SystemExit("this azureml-inference-server-http has no amlserver.DEFAULT_HOST; cannot bind to loopback")
+    wsgiapp.WSGIApplication = Server
     amlserver.run()
 
 
