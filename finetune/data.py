@@ -241,7 +241,7 @@ def _local_source(dataset: DatasetConfig) -> Iterator[Tuple[Path, str, str]]:
         path = Path(dataset.path).expanduser().resolve()
         key, description = f"dataset.path={dataset.path}", str(path)
         if not path.is_file():
-            raise UserError(f"{key}: no such file" + ("" if not path.exists() else " (it is a folder)"))
+            raise UserError(f"{key}: no such file" + _not_a_file(path))
     else:
         needs = "dataset.path=FILE or dataset.url=URL" + (" or dataset.category=NAME" if dataset.source == "amazon_5core" else "")
         raise UserError(f"dataset.path=None: dataset.source={dataset.source} needs {needs}")
@@ -600,7 +600,7 @@ def check_source(plan: "RunPlan") -> List[str]:
                 "or dataset.path=FILE"]
     path = Path(dataset.path).expanduser()
     if not path.is_file():
-        return [f"dataset.path={dataset.path}: no such file" + (" (it is a folder)" if path.exists() else "")]
+        return [f"dataset.path={dataset.path}: no such file" + _not_a_file(path)]
     fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
     if fmt is None:
         return [f"dataset.path={dataset.path}: unsupported file type; use {SUPPORTED}"]
@@ -609,6 +609,12 @@ def check_source(plan: "RunPlan") -> List[str]:
     except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
         return [f"dataset.path={dataset.path}: cannot read it as {fmt} ({' '.join(str(error).split())})"]
     return [] if columns is None else _missing_columns(dataset, columns, str(path))
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_dir():
+        return " (it is a folder)"
+    return " (it is a device or pipe, not a regular file)" if path.exists() else ""
 
 
 def _header(path: Path, fmt: str) -> Optional[List[str]]:

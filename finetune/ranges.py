@@ -177,6 +177,11 @@ def check_values(plan: "RunPlan") -> List[str]:
                         f"use one of {', '.join(PRIMARY_METRICS)}")
     problems += name_problems(plan)
     problems += output_root_problems(plan)
+    for key in ("dataset.text_column", "dataset.label_column", "dataset.rating_column"):
+        value = _get(plan, key)
+        if value is not None and not str(value).strip():
+            problems.append(f"{key}='': name a column of the data (or null where the setting is optional)")
+    problems += tracking_problems(plan)
     if not plan.tracking.experiment or not plan.tracking.experiment.strip():
         problems.append(f"tracking.experiment={plan.tracking.experiment!r}: name the MLflow experiment, "
                         "e.g. tracking.experiment=finetune")
@@ -193,6 +198,25 @@ def name_problems(plan: "RunPlan") -> List[str]:
         problems.append(f"select.registered_model_name={name!r}: use letters, digits, '-', '_' and '.', starting "
                         "with a letter or digit (255 at most), e.g. automotive-sentiment")
     return problems
+
+
+# Store URIs MLflow opens (mlflow.tracking._tracking_service.utils: file, databases through SQLAlchemy,
+# tracking servers, Databricks, and AML's azureml:// from azureml-mlflow); anything else fails at the first
+# log call, after data preparation.
+TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "azureml")
+
+
+def tracking_problems(plan: "RunPlan") -> List[str]:
+    uri = plan.tracking.uri
+    if not uri:
+        return []
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES and not re.fullmatch(r"[a-z]", scheme):  # C:\ is a path
+        return [f"tracking.uri={uri}: MLflow cannot open a {scheme}:// store; use sqlite:///PATH, a folder, "
+                "http(s)://SERVER or null (a sqlite file under output_root)"]
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        return [f"tracking.uri={uri}: a sqlite store is sqlite:///PATH (three slashes, then the path)"]
+    return []
 
 
 def output_root_problems(plan: "RunPlan") -> List[str]:

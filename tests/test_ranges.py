@@ -64,6 +64,13 @@ HOSTILE = [
     ("model.max_length=1", "model.max_length=1"),
     ("model.max_length=100000", "model.max_length=100000"),
     ("compute.num_threads=-2", "compute.num_threads=-2"),
+    ("tracking.uri=foo://bar", "tracking.uri=foo://bar"),
+    ("tracking.uri=sqlite://x.db", "tracking.uri=sqlite://x.db"),
+    ("dataset.text_column=", "dataset.text_column=''"),
+    ("+model.learnng_rate=1", "model.learnng_rate: unknown setting; did you mean model.learning_rate?"),
+    ("+endpoint.allow_remote_host=true", "endpoint.allow_remote_host: unknown setting; did you mean "
+                                         "endpoint.allow_remote?"),
+    ("train.telemetry_interval_s=0", "train.telemetry_interval_s=0"),
 ]
 
 
@@ -142,3 +149,13 @@ def test_a_run_name_naming_someone_elses_folder_is_refused(capsys, tmp_path):
     # A run folder (it has plan.json) may be reused: that is how a run is resumed.
     assert run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=again")[0] == 0
     assert run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=again")[0] == 0
+
+
+def test_more_concurrent_trials_than_cores_is_refused_locally(capsys, tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    code, _, err = run_cli(capsys, "search=random", "dry_run=true", f"output_root={tmp_path}", "run_name=r",
+                           f"search.limits.max_total_trials={cores * 4}",
+                           f"search.limits.max_concurrent_trials={cores * 4}")
+    assert code == 2 and f"this machine's {cores} CPU cores" in err

@@ -60,6 +60,12 @@ def check_local(plan: RunPlan) -> list[str]:
     if plan.automl.kind == "text_classification":
         problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
                         "use automl=local or automl=none")
+    cores = len(os.sched_getaffinity(0))
+    concurrent = plan.search.limits.max_concurrent_trials
+    if plan.search.sampling != "none" and plan.compute.device != "cuda" and concurrent > cores:
+        # Each trial is a training process with at least one thread: more than the cores only thrash.
+        problems.append(f"search.limits.max_concurrent_trials={concurrent}: more trials at once than this machine's "
+                        f"{cores} CPU cores; use {cores} or fewer")
     if plan.endpoint.kind == "managed":
         problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
                         "use endpoint=local or endpoint=none")
