@@ -179,3 +179,19 @@ def test_status_and_stale_records(endpoint, tmp_path):
     status = endpoint.status()
     assert status["router"]["running"] and all(d["running"] for d in status["deployments"].values())
     assert status["starting"] == {} and status["recovered"] == []
+
+
+def test_protocol_errors_are_json_too(endpoint):
+    import http.client
+    import socket
+
+    connection = http.client.HTTPConnection("127.0.0.1", router_port(endpoint), timeout=30)
+    connection.request("PUT", "/score", body=b"{}")
+    response = connection.getresponse()
+    assert response.status == 405 and "POST /score" in json.loads(response.read())["error"]
+    connection.close()
+    with socket.create_connection(("127.0.0.1", router_port(endpoint)), timeout=30) as raw:
+        raw.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        answer = raw.recv(4096).decode("latin-1")
+    # Not even a request line: http.server answers as HTTP/0.9 does, a body and no status line.
+    assert "Bad request" in json.loads(answer.split("\r\n\r\n", 1)[-1])["error"]

@@ -89,6 +89,21 @@ class Handler(BaseHTTPRequestHandler):
     state: StateView
     timeout = READ_TIMEOUT_S  # socketserver applies it to every read of the client's socket
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors http.server raises itself (a malformed request line, an unknown method, headers too long)
+        in the endpoint's documented shape, {"error": ...}, instead of an HTML page."""
+        self.close_connection = True
+        _, headers, payload = self._json(code, message or self.responses.get(code, ("error",))[0])
+        try:
+            self._send(code, payload, headers)
+        except OSError:
+            pass
+
+    def _method_not_allowed(self) -> None:
+        self._error(405, f"{self.command} is not served; POST /score (GET / is the liveness probe)", close=True)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+
     def do_GET(self) -> None:
         if self.path == "/":
             self._send(200, b"Healthy", {"Content-Type": "text/plain"})
