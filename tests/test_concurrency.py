@@ -62,3 +62,46 @@ def test_lock_files_sit_beside_the_store(tmp_path):
     assert locks.store_lock_path(f"sqlite:///{tmp_path}/mlflow.db", "store") == tmp_path / ".mlflow.db.store.lock"
     assert locks.store_lock_path(str(tmp_path / "mlruns"), "store") == tmp_path / "mlruns" / ".store.lock"
     assert locks.store_lock_path("http://tracking:5000", "store").parent.name == "locks"
+
+
+def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
+    """Something outside this run's lock (another machine on the same store, a hand-set alias) moved production
+    between selection and promotion: the selection rule is applied again against the new production."""
+    import csv
+    from types import SimpleNamespace
+
+    from finetune import registry, select
+    from finetune.launch.local import _still_wins
+    from test_serve_support import LABELS, TEXTS, make_automl_candidate
+
+    test_csv = tmp_path / "test.csv"
+    with open(test_csv, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows((text, LABELS[1 - i % 2]) for i, text in enumerate(TEXTS))
+    good = make_automl_candidate(tmp_path / "good")
+    uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "recheck-model"
+    version = registry.register(good, name, uri, {}, {"data": [{"text": "x"}]})["version"]
+    registry.promote(name, version, uri)
+
+    def scores(candidate):
+        return select.evaluate({"c": candidate}, test_csv, LABELS)["c"]["test"]
+
+    plan = SimpleNamespace(select=SimpleNamespace(registered_model_name=name, metric="auc_weighted", margin=0.0),
+                           tracking=SimpleNamespace(uri=uri))
+    data = SimpleNamespace(test_path=test_csv, labels=LABELS)
+    worse = {**scores(good), "auc_weighted": 0.25}
+    selection = {"winner": "automl", "test": {"automl": worse}, "production_version": None,
+                 "table": [{"candidate": "automl", "kind": "automl"}], "reason": "no production yet"}
+    assert not _still_wins(plan, data, selection, {"version": "99"}, tmp_path / "recheck")
+    assert selection["recheck"] == {"production_version": version, "decision": "keep_production",
+                                    "reason": selection["recheck"]["reason"]}
+    assert "production moved" in selection["reason"]
+
+    better = {**scores(good), "auc_weighted": 1.5}  # beats any real score
+    selection = {**selection, "test": {"automl": better}}
+    assert _still_wins(plan, data, selection, {"version": "99"}, tmp_path / "recheck2")
+    # Production where selection saw it: no second look.
+    assert _still_wins(plan, data, {**selection, "production_version": {"version": version}}, {"version": "99"},
+                       tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
