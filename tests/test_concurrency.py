@@ -16,7 +16,7 @@ RUNS = 4
 def pipeline(tmp_path: Path, model_dir: Path, index: int) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "finetune", "search=none", "automl=none", "endpoint=none",
-               f"model.path={model_dir}", "dataset.sample=200", "model.max_length=32", "model.epochs=1",
+               f"model.path={model_dir}", "dataset.sample=100", "model.max_length=16", "model.epochs=1",
                "compute.num_threads=1", f"seed={index}", f"run_name=c{index}", f"output_root={tmp_path / 'root'}"]
     log = open(tmp_path / f"c{index}.log", "wb")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)

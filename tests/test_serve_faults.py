@@ -78,3 +78,15 @@ def test_stop_and_status_of_an_unknown_or_unsafe_endpoint_are_one_line(tmp_path)
     for name in ("nothing-here", "../escape"):
         done = serve("status", "--endpoint", name, "--endpoints-dir", str(tmp_path))
         assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+
+
+def test_a_folder_that_is_not_an_endpoint_is_never_taken_over(tmp_path):
+    import pytest
+
+    from finetune.errors import UserError
+
+    (tmp_path / "finetune-serve").mkdir()
+    (tmp_path / "finetune-serve" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a local endpoint's folder"):
+        LocalEndpoint("finetune-serve", tmp_path)
+    assert (tmp_path / "finetune-serve" / "notes.txt").read_text() == "mine"

@@ -63,6 +63,10 @@ class LocalEndpoint:
         self.name = name
         self.dir = Path(root) / name
         self.state_file = self.dir / "state.json"
+        if self.dir.is_dir() and not self.state_file.exists() and any(self.dir.iterdir()):
+            # delete() removes the endpoint's folder: never one that some other program owns.
+            raise UserError(f"{self.dir} exists and is not a local endpoint's folder (no state.json); choose "
+                            "another endpoint name or endpoints dir")
         self._procs: Dict[str, subprocess.Popen] = {}
         self._state = {
             "name": name, "key": secrets.token_urlsafe(32), "host": "127.0.0.1", "port": 0,
