@@ -90,3 +90,11 @@ def test_a_folder_that_is_not_an_endpoint_is_never_taken_over(tmp_path):
     with pytest.raises(UserError, match="not a local endpoint's folder"):
         LocalEndpoint("finetune-serve", tmp_path)
     assert (tmp_path / "finetune-serve" / "notes.txt").read_text() == "mine"
+
+
+def test_a_mangled_state_file_is_one_line(tmp_path):
+    LocalEndpoint("mangled", tmp_path)
+    for content in ("{not json", "[]", '{"key": 1}'):
+        (tmp_path / "mangled" / "state.json").write_text(content)
+        done = serve("status", "--endpoint", "mangled", "--endpoints-dir", str(tmp_path))
+        assert done.returncode == 2 and "is not a state file" in done.stderr and done.stderr.count("\n") == 1

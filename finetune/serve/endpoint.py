@@ -105,9 +105,16 @@ class LocalEndpoint:
 
     def _read(self) -> Optional[dict]:
         try:
-            return json.loads(self.state_file.read_text(encoding="utf-8"))
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        except ValueError as error:  # UnicodeDecodeError included
+            raise UserError(f"{self.state_file} is not a state file this package wrote ({error}); stop the "
+                            f"processes its logs name, then delete {self.dir}") from None
+        if not isinstance(state, dict) or not {"key", "deployments", "traffic"} <= set(state):
+            raise UserError(f"{self.state_file} is not a state file this package wrote (keys missing); stop the "
+                            f"processes its logs name, then delete {self.dir}")
+        return state
 
     def _write(self, state: dict) -> None:
         partial = self.state_file.with_suffix(".tmp")
