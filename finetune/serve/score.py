@@ -218,6 +218,10 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
     for index, item in enumerate(data):
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
             raise BadRequest(f'data[{index}] must be an object with a string "text"')
+        try:
+            item["text"].encode("utf-8")
+        except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to text no tokenizer can encode
+            raise BadRequest(f'data[{index}].text holds an unpaired surrogate (\\ud800-\\udfff); send real text') from None
     return [item["text"] for item in data]
 
 
