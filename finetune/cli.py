@@ -221,8 +221,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for i, (overrides, space) in enumerate(jobs)
         ]
         from finetune.launch import run_plan
+        from finetune.launch.azureml.checks import distinct_targets
         from finetune.processes import raise_on_sigterm
 
+        plans = distinct_targets(plans)
         raise_on_sigterm()  # a terminated run stops what it started, as after Ctrl-C
         for plan in plans:
             run_plan(plan)
