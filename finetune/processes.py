@@ -18,14 +18,21 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child leads its own process group and is killed when ``parent_pid`` dies."""
+    """A ``preexec_fn``: the child leads its own process group and is killed when ``parent_pid`` dies.
+
+    libc is loaded here, in the parent: between fork and exec the child may only make plain calls (another
+    thread of the parent could hold the import lock the fork copied).
+    """
+    libc = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
 
     def setup() -> None:
         os.setpgid(0, 0)
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if libc is not None:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent_pid:  # the parent died before prctl took effect
                 os._exit(1)
 

@@ -24,10 +24,10 @@ BIND_SOCKET_ENV = "FINETUNE_BIND_SOCKET"
 def _worker_dies_with_master(_server, _worker) -> None:
     """gunicorn's post_fork hook: a sync worker notices a dead master only between requests, after up to
     half its (AML default 300 s) timeout, or never while init() loads the model; the kernel is faster."""
-    from finetune.processes import PR_SET_PDEATHSIG
-
     if sys.platform.startswith("linux"):
         import ctypes
+
+        from finetune.processes import PR_SET_PDEATHSIG
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
