@@ -148,11 +148,36 @@ def compose(overrides: list[str], space: dict):
         with open_dict(cfg):  # new dimensions are new keys in a struct config
             for name, distribution in space.items():
                 OmegaConf.update(cfg, f"search.space.{name}", distribution, merge=False)
+        unknown = list(_unknown_keys(cfg, config.Config))
+        if unknown:
+            # `+key=value` adds a key the schema does not have; converting to the schema would drop it silently.
+            raise UserError("; ".join(unknown))
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
+    except ValueError as error:
+        # Hydra reports some malformed overrides (`=3`: a group override without a group) as a bare ValueError.
+        raise UserError(f"cannot apply the overrides {' '.join(overrides)}: {_one_line(error)}") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _unknown_keys(cfg, schema, prefix: str = ""):
+    """`key: unknown setting (did you mean ...)` for every key of ``cfg`` that ``schema`` (a dataclass) lacks."""
+    import dataclasses
+    import difflib
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    fields = {field.name: hints[field.name] for field in dataclasses.fields(schema)}
+    for key in cfg.keys():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            yield (f"{prefix}{key}: unknown setting" + (f"; did you mean {prefix}{close[0]}?" if close else
+                                                        f"; {prefix.rstrip('.') or 'the config'} has "
+                                                        f"{', '.join(fields)}"))
+        elif dataclasses.is_dataclass(fields[key]) and cfg[key] is not None:
+            yield from _unknown_keys(cfg[key], fields[key], f"{prefix}{key}.")
 
 
 AUTO_CHOICES = {
@@ -197,8 +222,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ]
         from finetune.launch import run_plan
         from finetune.launch.azureml.checks import distinct_targets
+        from finetune.processes import raise_on_sigterm
 
         plans = distinct_targets(plans)
+        raise_on_sigterm()  # a terminated run stops what it started, as after Ctrl-C
         for plan in plans:
             run_plan(plan)
     except UserError as error:

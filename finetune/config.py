@@ -164,6 +164,8 @@ class EndpointConfig:
     name: str = "finetune-sentiment"
     auth_mode: str = "key"
     host: str = "127.0.0.1"
+    # A host other than loopback exposes the router (key auth over plain HTTP) to the network: only when set.
+    allow_remote: bool = False
     port: int = 0  # 0 = a free port
     max_batch_items: int = 64  # most texts in one scoring request (HTTP 400 beyond)
     max_body_bytes: int = 1_000_000

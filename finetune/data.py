@@ -34,6 +34,8 @@ import os
 import re
 import secrets
 import shutil
+import sys
+import zlib
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +60,10 @@ FORMATS = {"csv": "csv", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "
 SUPPORTED = ".csv, .jsonl/.json (one JSON object a line) or .parquet; .gz is allowed for csv and jsonl"
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _CHUNK = 1 << 20
+# What R's write.csv, pandas and spreadsheets write for a missing value. CSV has no null, so a label cell
+# holding one of these is a missing label (the row is dropped and counted), never a class named "NA".
+CSV_MISSING = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A",
+                         "#NA"})
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -235,7 +241,7 @@ def _local_source(dataset: DatasetConfig) -> Iterator[Tuple[Path, str, str]]:
         path = Path(dataset.path).expanduser().resolve()
         key, description = f"dataset.path={dataset.path}", str(path)
         if not path.is_file():
-            raise UserError(f"{key}: no such file" + ("" if not path.exists() else " (it is a folder)"))
+            raise UserError(f"{key}: no such file" + _not_a_file(path))
     else:
         needs = "dataset.path=FILE or dataset.url=URL" + (" or dataset.category=NAME" if dataset.source == "amazon_5core" else "")
         raise UserError(f"dataset.path=None: dataset.source={dataset.source} needs {needs}")
@@ -337,12 +343,14 @@ def _read(path: Path, fmt: str, dataset: DatasetConfig, source: str) -> Tuple[li
         return readers[fmt](path, dataset, source)
     except UnicodeDecodeError as error:
         raise UserError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
-    except (OSError, EOFError, csv.Error) as error:
-        raise UserError(f"{source}: cannot read it as {fmt} ({error})") from None
+    except (OSError, EOFError, csv.Error, zlib.error) as error:
+        # zlib.error: a gzip file corrupted mid-stream (a bad header is gzip.BadGzipFile, an OSError).
+        raise UserError(f"{source}: cannot read it as {fmt} ({type(error).__name__}: {error})") from None
 
 
 def _read_csv(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
     _, value_column = _value_column(dataset)
+    _allow_large_csv_fields()
     with _open_text(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
@@ -355,9 +363,20 @@ def _read_csv(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, li
             if not row:
                 continue
             texts.append(row[text_index] if text_index < len(row) else None)
-            # An empty CSV field is the only way CSV says "missing".
-            values.append(row[value_index] if value_index < len(row) and row[value_index] != "" else None)
+            value = row[value_index] if value_index < len(row) else ""
+            values.append(None if value.strip() in CSV_MISSING or not value.strip() else value)
     return texts, values, len(texts)
+
+
+def _allow_large_csv_fields() -> None:
+    """The csv module refuses fields over 128 KiB; a long review is text like any other (JSONL takes it)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long narrower than Py_ssize_t (Windows)
+            limit //= 2
 
 
 def _read_jsonl(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
@@ -406,6 +425,8 @@ def _class_name(value: Any) -> Tuple[Optional[str], str]:
     """(class name, "") or (None, why the row is dropped)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None, "no label"
+    if isinstance(value, (dict, list)):
+        return None, f"label is a JSON {'object' if isinstance(value, dict) else 'list'}"
     name = value.strip() if isinstance(value, str) else str(value)
     return (name, "") if name else (None, "no label")
 
@@ -422,7 +443,7 @@ def _label(texts: list, values: list, dataset: DatasetConfig, source: str) -> Tu
     dropped: Counter = Counter()
     kept_texts, names = [], []
     for raw_text, value in zip(texts, values):
-        text = clean_text(raw_text)
+        text = clean_text(raw_text) if not isinstance(raw_text, (dict, list)) else ""
         name, reason = _sentiment(value, dataset) if dataset.rating_column else _class_name(value)
         if not text or name is None:
             dropped["empty text" if not text else reason] += 1
@@ -447,6 +468,9 @@ def _label(texts: list, values: list, dataset: DatasetConfig, source: str) -> Tu
     else:
         # Integer classes in numeric order so that label 2 sorts before 10 and CSV "1" matches JSON 1.
         labels = sorted(present, key=int) if all(_is_int(n) for n in present) else sorted(present)
+    if dropped:
+        print(f"dropped {sum(dropped.values())} of {len(texts)} rows: "
+              + ", ".join(f"{count} {why}" for why, count in dropped.most_common()), flush=True)
     ids = {name: index for index, name in enumerate(labels)}
     return labels, [ids[name] for name in names], kept_texts
 
@@ -459,8 +483,8 @@ def _sentiment(value: Any, dataset: DatasetConfig) -> Tuple[Optional[str], str]:
         rating = float(value)
     except (TypeError, ValueError):
         return None, "non-numeric rating"
-    if math.isnan(rating):
-        return None, "no rating"
+    if not math.isfinite(rating):
+        return None, "no rating" if math.isnan(rating) else "infinite rating"
     if rating >= dataset.positive_min_rating:
         return "positive", ""
     if rating <= dataset.negative_max_rating:
@@ -527,6 +551,10 @@ def _csv_bytes(rows: List[Tuple[str, str]]) -> bytes:
 
 def _write_folder(out_dir: Path, files: Dict[str, bytes]) -> None:
     """Write ``files`` into a staging folder beside ``out_dir`` and swap it in whole."""
+    if out_dir.exists() and not (out_dir / "data.json").is_file():
+        # Only a folder this stage prepared (it holds data.json) is replaced; anything else is the user's.
+        raise UserError(f"{out_dir} exists and was not prepared by finetune (no data.json); move it away or "
+                        "choose another run_name / output_root")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{token}")
@@ -572,7 +600,7 @@ def check_source(plan: "RunPlan") -> List[str]:
                 "or dataset.path=FILE"]
     path = Path(dataset.path).expanduser()
     if not path.is_file():
-        return [f"dataset.path={dataset.path}: no such file" + (" (it is a folder)" if path.exists() else "")]
+        return [f"dataset.path={dataset.path}: no such file" + _not_a_file(path)]
     fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
     if fmt is None:
         return [f"dataset.path={dataset.path}: unsupported file type; use {SUPPORTED}"]
@@ -581,6 +609,12 @@ def check_source(plan: "RunPlan") -> List[str]:
     except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
         return [f"dataset.path={dataset.path}: cannot read it as {fmt} ({' '.join(str(error).split())})"]
     return [] if columns is None else _missing_columns(dataset, columns, str(path))
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_dir():
+        return " (it is a folder)"
+    return " (it is a device or pipe, not a regular file)" if path.exists() else ""
 
 
 def _header(path: Path, fmt: str) -> Optional[List[str]]:

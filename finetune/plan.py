@@ -31,6 +31,7 @@ from finetune.config import (
 from finetune.data import check_source
 from finetune.errors import ConfigProblems
 from finetune.metrics import METRIC_NAMES
+from finetune.ranges import check_max_length, check_values, problem_key
 from finetune.speed import check_compute, train_flags
 from finetune.search.validation import check_search
 
@@ -135,6 +136,9 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         overrides=list(overrides),
     )
     problems = [problem for check in CHECKS for problem in check(plan)]
+    # The generic ranges are the floor: a stage check that already named a key says more about it.
+    named = {problem_key(problem) for problem in problems}
+    problems += [problem for problem in check_values(plan) if problem_key(problem) not in named]
     if problems:
         raise ConfigProblems(problems)
     if launcher == "azureml":
@@ -173,9 +177,14 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 
 
 def hub_cached(hub_id: str) -> bool:
+    return hub_cached_dir(hub_id) is not None
+
+
+def hub_cached_dir(hub_id: str) -> Optional[Path]:
+    """A downloaded snapshot of hub model ``hub_id`` in the Hugging Face cache, or None."""
     cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
     snapshots = cache.expanduser() / f"models--{hub_id.replace('/', '--')}" / "snapshots"
-    return any(snapshots.glob("*/config.json"))
+    return next((found.parent for found in snapshots.glob("*/config.json")), None)
 
 
 def check_model(plan: RunPlan) -> List[str]:
@@ -244,6 +253,13 @@ def check_automl(plan: RunPlan) -> List[str]:
     return check_config(plan.automl) if plan.automl.kind == "local" else []
 
 
+def check_local(plan: RunPlan) -> List[str]:
+    """The local launcher's rules, loaded only when a plan is checked."""
+    from finetune.launch.local import check_local as local_problems
+
+    return local_problems(plan)
+
+
 def check_azureml(plan: RunPlan) -> List[str]:
     """The AML launcher's rules, loaded only when a plan is checked."""
     from finetune.launch.azureml.checks import check_azureml as aml_problems
@@ -259,6 +275,8 @@ CHECKS: List[Callable[[RunPlan], List[str]]] = [
     check_compute,
     check_automl,
     check_select,
+    check_max_length,
+    check_local,
     check_azureml,
 ]
 

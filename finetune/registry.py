@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Protocol
 
+from finetune import locks
 from finetune.errors import UserError
 from finetune.serve import SCORE_SCRIPT, ModelRef
 
@@ -31,12 +32,22 @@ GENERATED = ("score.py", "conda.yaml", "sample_request.json", "registered.json")
 SAMPLE_SIZE = 3
 
 
+# Stores this process has opened: creating the client creates (or migrates) the store, under the store lock
+# the first time.
+_OPENED: set = set()
+
+
 def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if tracking_uri in _OPENED:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with locks.store(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    _OPENED.add(tracking_uri)
+    return client
 
 
 def _not_found(error) -> bool:
@@ -53,13 +64,14 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     beside the database, the store and its artifacts move (and get deleted) together.
     """
     client = _client(tracking_uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    with locks.store(tracking_uri):  # get-or-create: two runs must not both create it
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if tracking_uri.startswith("sqlite:///"):
+            location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
 
 
 def git_commit() -> Optional[str]:

@@ -23,6 +23,7 @@ MLflow uses its environment, which on AML is the workspace.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -413,6 +414,22 @@ def _decided_by_main(flag: bool) -> bool:
     return bool(decision[0])
 
 
+@contextlib.contextmanager
+def _owned(output_dir: str):
+    """One process trains into an output dir at a time: a second one would resume from checkpoints the first
+    is still writing, and the first deletes them when it ends. Under DDP the first process holds it for all."""
+    from finetune import locks
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with locks.hold(Path(output_dir) / ".train.lock", wait=False, owner="python -m finetune.train",
+                    busy=lambda holder: f"--output-dir {output_dir} is in use by {holder}, another training run; "
+                                        "wait for it to finish or choose another output dir"):
+        yield
+
+
 # AML sets these in every job (azureml-mlflow reads the same: azureml/mlflow/_common/constants.py RunEnvVars).
 AML_RUN_VARIABLE = "AZUREML_RUN_ID"
 
@@ -516,7 +533,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = parse_args(argv)
     try:
-        result = train(args)
+        with _owned(args.output_dir):
+            result = train(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

@@ -35,6 +35,9 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     if group == "model" and option != "minilm-l6":
         # Hub models need the network or a local copy on local compute; AML compute downloads them.
         overrides.append("compute=cpu")
+    if (group, option) in (("automl", "text_classification"), ("endpoint", "managed")):
+        # AML-only kinds: the local launcher refuses them (finetune.launch.local.check_local).
+        overrides.append("compute=a100")
     plan = build_plan(compose(overrides, {}), overrides, "test")
     assert plan.run_dir == str(tmp_path / "test")
     assert plan.stages[0] == "data"

@@ -437,3 +437,62 @@ def test_import_stays_cheap():
             "print(sorted(m for m in ('pandas', 'sklearn', 'numpy', 'pyarrow', 'tqdm') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------- hostile files
+
+
+def test_corrupt_gzip_mid_stream_is_one_line(tmp_path):
+    path = write_rows(tmp_path / "r.csv.gz", labelled_rows(per_class=400))
+    blob = bytearray(path.read_bytes())
+    # The header stays readable (the plan check passes); the deflate stream breaks further on.
+    for offset in range(len(blob) // 2, len(blob) // 2 + 64):
+        blob[offset] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="cannot read it as csv") as raised:
+        prepare(file_dataset(path), tmp_path / "data")
+    assert "\n" not in str(raised.value)
+    truncated = tmp_path / "t.jsonl.gz"
+    truncated.write_bytes(write_rows(tmp_path / "full.jsonl.gz", labelled_rows()).read_bytes()[:-40])
+    with pytest.raises(UserError, match="cannot read it as jsonl"):
+        prepare(file_dataset(truncated), tmp_path / "data")
+
+
+def test_csv_missing_markers_are_missing_labels_not_classes(tmp_path, capsys):
+    rows = labelled_rows() + [{"text": f"r's write.csv row {i}", "label": marker}
+                              for i, marker in enumerate(["NA", "NaN", "N/A", "NULL", " NA "])]
+    prepared = prepare(file_dataset(write_rows(tmp_path / "r.csv", rows)), tmp_path / "data")
+    assert prepared.labels == CLASSES and prepared.rows_raw == 65 and prepared.rows_labelled == 60
+    assert "dropped 5 of 65 rows: 5 no label" in capsys.readouterr().out
+
+
+def test_csv_cells_over_128_kib_are_read_like_jsonl(tmp_path):
+    long_text = "solid bracket " * 20_000  # 280 KB
+    rows = labelled_rows() + [{"text": long_text, "label": "good"}]
+    from_csv = prepare(file_dataset(write_rows(tmp_path / "r.csv", rows)), tmp_path / "csv")
+    from_jsonl = prepare(file_dataset(write_rows(tmp_path / "r.jsonl", rows)), tmp_path / "jsonl")
+    assert from_csv.rows_labelled == from_jsonl.rows_labelled == 61
+    assert from_csv.splits == from_jsonl.splits
+
+
+def test_json_objects_are_neither_labels_nor_texts(tmp_path):
+    rows = labelled_rows() + [{"text": "nested label", "label": {"a": 1}}, {"text": ["a", "list"], "label": "good"}]
+    prepared = prepare(file_dataset(write_rows(tmp_path / "r.jsonl", rows)), tmp_path / "data")
+    assert prepared.labels == CLASSES and prepared.rows_labelled == 60
+
+
+def test_infinite_ratings_are_dropped(tmp_path):
+    rows = [{"body": f"text {i}", "stars": stars} for i, stars in enumerate(["1", "5", "inf", "-inf"] * 10)]
+    path = write_rows(tmp_path / "r.csv", rows)
+    prepared = prepare(DatasetConfig(source="file", path=str(path), text_column="body", rating_column="stars"),
+                       tmp_path / "data")
+    assert prepared.rows_labelled == 20
+
+
+def test_a_folder_it_did_not_prepare_is_never_replaced(tmp_path):
+    mine = tmp_path / "data"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match="not prepared by finetune"):
+        prepare(bundled(sample=100), mine)
+    assert (mine / "thesis.tex").read_text() == "years of work"

@@ -19,7 +19,7 @@ def endpoint(tiny_model_dir, tmp_path_factory):
     hf = make_hf_candidate(tiny_model_dir, models / "hf")
     automl = make_automl_candidate(models / "automl")
     endpoint = LocalEndpoint("test-endpoint", tmp_path_factory.mktemp("endpoints"), max_items=8,
-                             max_body_bytes=4000, start_timeout_s=120)
+                             max_body_bytes=4000, start_timeout_s=120, read_timeout_s=2)
     try:
         endpoint.create_deployment("blue", ModelRef("sentiment", "1", str(hf)))
         endpoint.create_deployment("green", ModelRef("sentiment-automl", "2", str(automl)))
@@ -45,14 +45,25 @@ def served_by(endpoint: LocalEndpoint, calls: int, **headers) -> list[str]:
     return names
 
 
-def test_every_server_listens_on_loopback_only(endpoint):
+def test_only_the_router_listens_on_tcp(endpoint):
+    """A deployment's server listens on no TCP port, only on a Unix socket in a folder no other user can
+    enter: the router, with its key check, is the one way to /score."""
+    import os
+    import stat
+
     state = json.loads(endpoint.state_file.read_text())
-    pids = [state["router"]["pid"]] + [record["pid"] for record in state["deployments"].values()]
-    for pid in pids:
+
+    def listening(pid):
         process = psutil.Process(pid)
-        addresses = {c.laddr.ip for p in [process] + process.children(recursive=True)
-                     for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-        assert addresses == {"127.0.0.1"}, (process.cmdline(), addresses)
+        return {c.laddr.ip for p in [process] + process.children(recursive=True)
+                for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    assert listening(state["router"]["pid"]) == {"127.0.0.1"}
+    for record in state["deployments"].values():
+        assert listening(record["pid"]) == set()
+        folder = os.stat(os.path.dirname(record["socket"]))
+        assert stat.S_ISSOCK(os.stat(record["socket"]).st_mode)
+        assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.getuid()
 
 
 def test_scoring_needs_the_key(endpoint):
@@ -137,3 +148,50 @@ def test_a_deployment_that_cannot_start_is_reported_and_forgotten(endpoint, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no candidate.json"):
         endpoint.create_deployment("empty", ModelRef("bad", "9", str(tmp_path / "empty")))
+
+
+def test_hostile_bodies_get_the_documented_400(endpoint):
+    endpoint.set_traffic({"blue": 100})
+    status, _, body = post(router_port(endpoint), b'{"data": [{"text": "caf\xe9"}]}', auth(endpoint))
+    assert status == 400 and "not UTF-8" in body["error"]
+    status, _, body = post(router_port(endpoint), b"[" * 1800 + b"]" * 1800, auth(endpoint))
+    assert status == 400 and "too deeply" in body["error"]
+
+
+def test_a_client_that_sends_less_than_it_announced_is_cut_off(endpoint):
+    import socket
+    import time
+
+    endpoint.set_traffic({"blue": 100})
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", router_port(endpoint)), timeout=30) as client:
+        client.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {endpoint.key}\r\n"
+                       "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\"".encode())
+        # Meanwhile other clients are served.
+        assert post(router_port(endpoint), request(1), auth(endpoint))[0] == 200
+        answer = client.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and time.monotonic() - started < 20
+    with socket.create_connection(("127.0.0.1", router_port(endpoint)), timeout=30) as idle:
+        assert idle.recv(10) == b"", "a connection that sends nothing is closed after the read timeout"
+
+
+def test_status_and_stale_records(endpoint, tmp_path):
+    status = endpoint.status()
+    assert status["router"]["running"] and all(d["running"] for d in status["deployments"].values())
+    assert status["starting"] == {} and status["recovered"] == []
+
+
+def test_protocol_errors_are_json_too(endpoint):
+    import http.client
+    import socket
+
+    connection = http.client.HTTPConnection("127.0.0.1", router_port(endpoint), timeout=30)
+    connection.request("PUT", "/score", body=b"{}")
+    response = connection.getresponse()
+    assert response.status == 405 and "POST /score" in json.loads(response.read())["error"]
+    connection.close()
+    with socket.create_connection(("127.0.0.1", router_port(endpoint)), timeout=30) as raw:
+        raw.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        answer = raw.recv(4096).decode("latin-1")
+    # Not even a request line: http.server answers as HTTP/0.9 does, a body and no status line.
+    assert "Bad request" in json.loads(answer.split("\r\n\r\n", 1)[-1])["error"]

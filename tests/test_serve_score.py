@@ -185,3 +185,13 @@ print(json.dumps(score.run(json.dumps({{"data": [{{"text": "works"}}]}}))))
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["predictions"][0]["label"] in LABELS
+
+
+def test_hostile_bodies_are_bad_requests_not_crashes(server_app, automl_model):
+    client = server_app(automl_model).test_client()
+    for body, message in [(b"[" * 5000 + b"]" * 5000, "nests JSON too deeply"),
+                          (b'{"data": ' + b"[" * 5000, "nests JSON too deeply"),
+                          (b'{"data": [{"text": "a\\ud800b"}]}', "unpaired surrogate")]:
+        response = client.post("/score", data=body, content_type="application/json")
+        assert response.status_code == 400 and message in response.get_json()["error"], body[:40]
+    assert client.post("/score", json=request(2)).status_code == 200

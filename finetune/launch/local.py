@@ -7,13 +7,14 @@ an interrupted run still shows what it finished.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from finetune import locks, processes
 from finetune.errors import UserError
 from finetune.plan import RunPlan, train_command_args
 
@@ -51,11 +52,41 @@ class Summary:
         self.save()
 
 
+def check_local(plan: RunPlan) -> list[str]:
+    """What this launcher cannot run: the AML-only AutoML and endpoint kinds, a bad local endpoint."""
+    if plan.launcher != "local":
+        return []
+    problems = []
+    if plan.automl.kind == "text_classification":
+        problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
+                        "use automl=local or automl=none")
+    cores = len(os.sched_getaffinity(0))
+    concurrent = plan.search.limits.max_concurrent_trials
+    if plan.search.sampling != "none" and plan.compute.device != "cuda" and concurrent > cores:
+        # Each trial is a training process with at least one thread: more than the cores only thrash.
+        problems.append(f"search.limits.max_concurrent_trials={concurrent}: more trials at once than this machine's "
+                        f"{cores} CPU cores; use {cores} or fewer")
+    if plan.endpoint.kind == "managed":
+        problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
+                        "use endpoint=local or endpoint=none")
+    elif plan.endpoint.kind in ("local", "auto"):
+        from finetune.serve.endpoint import check_config
+
+        problems += check_config(plan.endpoint)
+    return problems
+
+
 def stage(number: int, total: int, name: str, detail: str = "") -> None:
     print(f"\n[{number}/{total}] {name}{': ' + detail if detail else ''}", flush=True)
 
 
 def run(plan: RunPlan) -> dict | None:
+    # Locks taken by stages (the production alias from selection to promotion) are released on any exit.
+    with contextlib.ExitStack() as held:
+        return _run(plan, held)
+
+
+def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     run_dir = Path(plan.run_dir)
     plan.write()
     print(plan.table())
@@ -115,6 +146,9 @@ def run(plan: RunPlan) -> dict | None:
         summary.save()
 
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
+    # From comparing with production to moving its alias, one run at a time: concurrent runs on one store
+    # each see the production the previous one left, so the best model by the selection rule ends there.
+    held.enter_context(locks.promotion(plan.tracking.uri, plan.select.registered_model_name, plan.name))
     model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
                                              plan.tracking.experiment)
     outcome = registry.select_and_register(
@@ -143,6 +177,9 @@ def run(plan: RunPlan) -> dict | None:
         summary["registry"] = outcome["registry"]
         print(f"kept the current production model: {selection['reason']}")
 
+    if registered is not None and not _still_wins(plan, data, selection, registered, run_dir / "select" / "recheck"):
+        summary["registry"] = {**summary["registry"], "promoted": False, "reason": selection["reason"]}
+        registered = None
     if "deploy" in plan.stages:
         next_stage("deploy", f"local endpoint '{plan.endpoint.name}' (blue/green rollout)")
         if registered is None:
@@ -159,6 +196,7 @@ def run(plan: RunPlan) -> dict | None:
             model_registry.promote(registered["version"])
     elif registered is not None:
         model_registry.promote(registered["version"])
+    held.close()
 
     next_stage("report")
     from finetune.report import write_report
@@ -169,16 +207,44 @@ def run(plan: RunPlan) -> dict | None:
     return summary.data
 
 
+def _still_wins(plan: RunPlan, data, selection: dict, registered: dict, out_dir: Path) -> bool:
+    """Re-apply the selection rule if production moved since selection compared with it.
+
+    The promotion lock keeps finetune runs on this machine from moving it; anything else that can reach the
+    store (a run on another machine, a hand-set alias) can, and must not be overwritten by a worse model.
+    """
+    from finetune import registry, select
+
+    name, uri = plan.select.registered_model_name, plan.tracking.uri
+    current = registry.production_version(registry._client(uri), name)
+    compared = (selection.get("production_version") or {}).get("version")
+    if current is None or current in (compared, registered["version"]):
+        return True
+    production = registry.resolve(name, current, uri, out_dir)
+    print(f"production moved to version {current} since selection; comparing again", flush=True)
+    results = select.evaluate({"production": production.path}, data.test_path, list(data.labels))
+    winner = selection["winner"]
+    kind = next(row["kind"] for row in selection["table"] if row["candidate"] == winner)
+    results[winner] = {"kind": kind, "test": selection["test"][winner]}
+    verdict = select.choose(results, plan.select.metric, plan.select.margin, "production")
+    selection["recheck"] = {"production_version": current, "decision": verdict["decision"], "reason": verdict["reason"]}
+    if verdict["decision"] != "register":
+        selection["reason"] = f"production moved to version {current} before promotion: {verdict['reason']}"
+        print(f"not promoted: {selection['reason']}", flush=True)
+        return False
+    return True
+
+
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
     """One training run through the training entry point, in a subprocess as on AML."""
     from finetune.speed import launch_command
 
     command = launch_command([*train_command_args(plan, str(data_dir), str(output_dir)),
                               "--run-name", f"{plan.name}-train"], plan.compute.gpus)
-    completed = subprocess.run(command)
+    returncode = processes.run(command)
     result_file = output_dir / "result.json"
-    if completed.returncode != 0 or not result_file.exists():
-        raise UserError(f"training failed (exit code {completed.returncode}); its output is above, "
+    if returncode != 0 or not result_file.exists():
+        raise UserError(f"training failed (exit code {returncode}); its output is above, "
                         f"command: {' '.join(command)}")
     result = json.loads(result_file.read_text())
     test = result.get("test", {})

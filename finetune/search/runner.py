@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 from finetune.config import ModelConfig
 from finetune.errors import UserError
 from finetune.plan import RunPlan, package_model_dir, train_command_args
+from finetune.processes import die_with_parent
 from finetune.search.pruners import RETRY_OF, build_pruner, curve, replaced
 from finetune.search.reporting import open_storage
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
@@ -211,11 +212,9 @@ def _trial_dir(sweep_dir: Path, number: int) -> Path:
 def _create_experiment(plan: RunPlan) -> None:
     """Create the tracking store and experiment before trials start: concurrent trials would otherwise race
     to run the schema migrations of a fresh MLflow sqlite store and to create the experiment."""
-    from mlflow.tracking import MlflowClient
+    from finetune.registry import experiment_id
 
-    client = MlflowClient(plan.tracking.uri)
-    if client.get_experiment_by_name(plan.tracking.experiment) is None:
-        client.create_experiment(plan.tracking.experiment)
+    experiment_id(plan.tracking.uri, plan.tracking.experiment)
 
 
 def _slots(plan: RunPlan) -> List[_Slot]:
@@ -274,24 +273,8 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     log = directory / "train.log"
     with open(log, "wb") as handle:
         process = subprocess.Popen([sys.executable, "-m", "finetune.train", *args], stdout=handle,
-                                   stderr=subprocess.STDOUT, env=env, preexec_fn=_trial_process_setup(os.getpid()))
+                                   stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(os.getpid()))
     return _Job(trial, slot, process, directory, log, time.time())
-
-
-def _trial_process_setup(sweep_pid: int):
-    """Runs in the trial process before training: its own process group (so a timeout kills all of it),
-    and on Linux death with the sweep process (so a killed sweep leaves no orphan reporting into storage)."""
-
-    def setup() -> None:
-        os.setpgid(0, 0)
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-            if os.getppid() != sweep_pid:  # the sweep died before prctl took effect
-                os._exit(1)
-
-    return setup
 
 
 def _poll(job: _Job, trial_timeout: Optional[int]) -> bool:

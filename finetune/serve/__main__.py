@@ -25,6 +25,8 @@ DEFAULT_MODEL = "automotive-sentiment"
 EXAMPLES = """\
 examples:
   python -m finetune.serve                                   # the registry's production model on :8080
+  python -m finetune.serve status --endpoint finetune-sentiment   # what runs (stale records cleaned up)
+  python -m finetune.serve stop --endpoint finetune-sentiment     # stop every process of that endpoint
   python -m finetune.serve --model-version 3 --port 9000     # a given registered version
   python -m finetune.serve --model-dir outputs/run/model     # a candidate folder, no registry
   python -m finetune.serve --endpoint finetune-sentiment     # the endpoint `python -m finetune` deployed
@@ -43,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                     "key-authenticated router on 127.0.0.1, in the foreground; Ctrl-C stops every process. "
                     "Prints the scoring URI, the key and an example curl.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", nargs="?", choices=("start", "stop", "status"), default="start",
+                        help="start (default): serve in the foreground; stop: stop every process of --endpoint "
+                             f"(default {SERVE_ENDPOINT}, this command's own); status: what runs there")
     source = parser.add_argument_group("what to serve (default: the registry's production model)")
     source.add_argument("--model-name", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
     source.add_argument("--model-version", help="registered version (default: the one aliased 'production')")
@@ -134,8 +139,42 @@ def _stop_on_sigterm(*_) -> None:
     raise KeyboardInterrupt
 
 
+def existing_endpoint(args: argparse.Namespace):
+    from finetune.serve.endpoint import LocalEndpoint
+
+    name = args.endpoint or SERVE_ENDPOINT
+    if not (args.endpoints_dir / name / "state.json").is_file():
+        raise UserError(f"no local endpoint {name!r} under {args.endpoints_dir}")
+    return LocalEndpoint(name, args.endpoints_dir)
+
+
+def status_lines(status: dict) -> list[str]:
+    router = status["router"]
+    lines = [f"endpoint {status['name']} ({status['state_file']})",
+             f"router: running, pid {router['pid']}, {router['scoring_uri']}" if router["running"] else "router: stopped"]
+    for name, deployment in status["deployments"].items():
+        model = deployment["model"] or {}
+        state = f"running, pid {deployment['pid']}" if deployment["running"] else "stopped"
+        lines.append(f"deployment {name}: {state}, {deployment['traffic']}% traffic, "
+                     f"{model.get('name')} version {model.get('version')}")
+    for name, starting in status["starting"].items():
+        lines.append(f"deployment {name}: starting, pid {starting['pid']} (started by pid {starting['by']})")
+    lines += [f"recovered: {note}" for note in status["recovered"]]
+    return lines
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.action != "start":
+        try:
+            endpoint = existing_endpoint(args)
+            if args.action == "stop":
+                endpoint.stop()
+            print("\n".join(status_lines(endpoint.status())))
+            return 0
+        except UserError as error:
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            return error.exit_code
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     endpoint = None
     try:

@@ -23,18 +23,24 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
+from finetune.serve.inference_server import BIND_SOCKET_ENV
 from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, rollout
+from finetune.serve.router import deployment_connection
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
 
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
+# Endpoint names become folders under the endpoints dir: one plain path component, nothing to climb with.
+ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,31}$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 ROUTER_MODULE = "finetune.serve.router"
 SERVER_MODULE = "finetune.serve.inference_server"
@@ -50,27 +56,42 @@ class LocalEndpoint:
     def __init__(self, name: str, root: Path | str, *, host: Optional[str] = None, port: Optional[int] = None,
                  key: Optional[str] = None, max_items: Optional[int] = None, max_body_bytes: Optional[int] = None,
                  max_forward_batch: Optional[int] = None, log_request_texts: Optional[bool] = None,
-                 start_timeout_s: Optional[float] = None, request_timeout_s: Optional[float] = None):
+                 start_timeout_s: Optional[float] = None, request_timeout_s: Optional[float] = None,
+                 read_timeout_s: Optional[float] = None):
+        if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
+            raise UserError(f"endpoint name {name!r} must be 3-32 letters, digits, '_' or '-', starting with a letter")
         self.name = name
         self.dir = Path(root) / name
         self.state_file = self.dir / "state.json"
+        if self.dir.is_dir() and not self.state_file.exists() and any(self.dir.iterdir()):
+            # delete() removes the endpoint's folder: never one that some other program owns.
+            raise UserError(f"{self.dir} exists and is not a local endpoint's folder (no state.json); choose "
+                            "another endpoint name or endpoints dir")
         self._procs: Dict[str, subprocess.Popen] = {}
         self._state = {
             "name": name, "key": secrets.token_urlsafe(32), "host": "127.0.0.1", "port": 0,
             "limits": {"max_items": 64, "max_body_bytes": 1_000_000, "max_forward_batch": 32,
                        "log_request_texts": False},
-            "start_timeout_s": 180.0, "request_timeout_s": 120.0,
+            "start_timeout_s": 180.0, "request_timeout_s": 120.0, "read_timeout_s": 30.0,
             "router": None, "deployments": {}, "traffic": {},
+            # Deployments whose server is up but not yet healthy, with the process that is starting them: a
+            # process is recorded before it serves, so a start killed halfway leaves nothing unrecorded.
+            "starting": {},
         }
+        # Processes started by this object die with the calling process (python -m finetune stopping what it
+        # started, python -m finetune.serve in the foreground); deploy_local clears it when the endpoint is
+        # meant to outlive the command (keep_running, or an endpoint that was already running).
+        self.tied = True
         with self._locked() as state:
             if state["name"] != name:
                 raise UserError(f"{self.state_file} records endpoint {state['name']!r}, not {name!r}")
             overrides = {"host": host, "port": port, "key": key, "start_timeout_s": start_timeout_s,
-                         "request_timeout_s": request_timeout_s}
+                         "request_timeout_s": request_timeout_s, "read_timeout_s": read_timeout_s}
             state.update({k: v for k, v in overrides.items() if v is not None})
             limits = {"max_items": max_items, "max_body_bytes": max_body_bytes,
                       "max_forward_batch": max_forward_batch, "log_request_texts": log_request_texts}
             state["limits"].update({k: v for k, v in limits.items() if v is not None})
+            self.recovered = _recover(state)
             self._write(state)
 
     @classmethod
@@ -84,9 +105,16 @@ class LocalEndpoint:
 
     def _read(self) -> Optional[dict]:
         try:
-            return json.loads(self.state_file.read_text(encoding="utf-8"))
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        except ValueError as error:  # UnicodeDecodeError included
+            raise UserError(f"{self.state_file} is not a state file this package wrote ({error}); stop the "
+                            f"processes its logs name, then delete {self.dir}") from None
+        if not isinstance(state, dict) or not {"key", "deployments", "traffic"} <= set(state):
+            raise UserError(f"{self.state_file} is not a state file this package wrote (keys missing); stop the "
+                            f"processes its logs name, then delete {self.dir}")
+        return state
 
     def _write(self, state: dict) -> None:
         partial = self.state_file.with_suffix(".tmp")
@@ -130,6 +158,25 @@ class LocalEndpoint:
     def deployments(self) -> Dict[str, dict]:
         return dict(self._refresh()["deployments"])
 
+    def status(self) -> dict:
+        """What runs: the router and each deployment with pid, liveness, traffic and model; stale records
+        (processes that died, starts whose starter died) are cleaned up first and listed under ``recovered``."""
+        with self._locked() as state:
+            # What opening this endpoint already cleaned up counts too.
+            recovered, self.recovered = self.recovered + _recover(state), []
+            self._write(state)
+        router = state["router"]
+        return {
+            "name": self.name, "state_file": str(self.state_file), "recovered": recovered,
+            "router": {"pid": router and router.get("pid"), "running": _alive(router, ROUTER_MODULE),
+                       "scoring_uri": self.scoring_uri},
+            "deployments": {name: {"pid": record.get("pid"), "running": _alive(record, SERVER_MODULE),
+                                   "traffic": int(state["traffic"].get(name, 0)), "model": record.get("model")}
+                            for name, record in state["deployments"].items()},
+            "starting": {name: {"pid": record.get("pid"), "by": record.get("owner", {}).get("pid")}
+                         for name, record in state["starting"].items()},
+        }
+
     def running(self) -> bool:
         """Whether the router and every deployment are up."""
         state = self._refresh()
@@ -142,17 +189,23 @@ class LocalEndpoint:
         """Bring up the router and every recorded deployment that is not running (deployments in parallel)."""
         with self._locked() as state:
             if not _alive(state["router"], ROUTER_MODULE):
-                state["router"] = self._start_router(state)
-                self._write(state)
-            pending = {name: self._launch(name, ModelRef(**record["model"]), Path(record["model_dir"]), state)
-                       for name, record in state["deployments"].items() if not _alive(record, SERVER_MODULE)}
+                self._start_router(state)
+            pending = {}
+            for name, record in state["deployments"].items():
+                if not _alive(record, SERVER_MODULE):
+                    pending[name] = self._launch(name, ModelRef(**record["model"]), Path(record["model_dir"]), state)
             try:
                 for name, record in pending.items():
                     self._wait_healthy(name, record, state)
-            except BaseException:  # Ctrl-C included: processes not yet in the state would be orphans
+            except BaseException:  # Ctrl-C included
                 _terminate_all([(record, SERVER_MODULE) for record in pending.values()])
+                for name in pending:
+                    state["starting"].pop(name, None)
+                self._write(state)
                 raise
-            state["deployments"].update(pending)
+            for name, record in pending.items():
+                state["starting"].pop(name, None)
+                state["deployments"][name] = _served(record)
             self._write(state)
         return self
 
@@ -160,9 +213,13 @@ class LocalEndpoint:
         """Stop every process of this endpoint; the state keeps the deployments, traffic and key."""
         with self._locked() as state:
             _terminate_all([(record, SERVER_MODULE) for record in state["deployments"].values()]
+                           + [(record, SERVER_MODULE) for record in state["starting"].values()]
                            + [(state["router"], ROUTER_MODULE)])
             for record in state["deployments"].values():
                 record["pid"] = None
+            for record in state["starting"].values():
+                shutil.rmtree(record["model_dir"], ignore_errors=True)
+            state["starting"] = {}
             state["router"] = None
             self._write(state)
         self._procs.clear()
@@ -186,20 +243,22 @@ class LocalEndpoint:
             if deployment in state["deployments"]:
                 raise UserError(f"endpoint {self.name} already has a deployment {deployment!r}")
             if not _alive(state["router"], ROUTER_MODULE):
-                state["router"] = self._start_router(state)
-                self._write(state)
+                self._start_router(state)
             model_dir = self.dir / "deployments" / deployment / "model"
             shutil.rmtree(model_dir, ignore_errors=True)
             shutil.copytree(folder, model_dir)
             record = self._launch(deployment, model, model_dir, state)
             try:
                 self._wait_healthy(deployment, record, state)
-            except BaseException:  # Ctrl-C included: a process not yet in the state would be an orphan
+            except BaseException:  # Ctrl-C included
                 _terminate(record, SERVER_MODULE)
+                state["starting"].pop(deployment, None)
+                self._write(state)
                 # The log stays for the error message to point at; the model copy is only weight.
                 shutil.rmtree(model_dir, ignore_errors=True)
                 raise
-            state["deployments"][deployment] = record
+            state["starting"].pop(deployment, None)
+            state["deployments"][deployment] = _served(record)
             self._write(state)
 
     def invoke(self, body: dict, deployment: Optional[str] = None) -> dict:
@@ -262,17 +321,27 @@ class LocalEndpoint:
         port_file.unlink(missing_ok=True)
         log = self.dir / "router.log"
         command = [sys.executable, "-m", ROUTER_MODULE, "--state-file", str(self.state_file),
-                   "--host", state["host"], "--port", str(state["port"]), "--port-file", str(port_file)]
-        process = _spawn(command, log, self.dir, os.environ.copy())
+                   "--host", state["host"], "--port", str(state["port"]), "--port-file", str(port_file),
+                   "--read-timeout-s", str(state.get("read_timeout_s", 30.0))]
+        process = _spawn(command, log, self.dir, os.environ.copy(), self.tied)
+        # Recorded before it listens: `stop` finds it however this command ends.
+        state["router"] = {**_record(process), "port": None, "log": str(log)}
+        self._write(state)
         deadline = time.monotonic() + 30
         while not port_file.exists():
             if process.poll() is not None:
+                state["router"] = None
+                self._write(state)
                 raise UserError(f"the router of endpoint {self.name} could not start: {_tail(log, 1)}")
             if time.monotonic() > deadline:
-                _terminate(_record(process), ROUTER_MODULE)
+                _terminate(state["router"], ROUTER_MODULE)
+                state["router"] = None
+                self._write(state)
                 raise UserError(f"the router of endpoint {self.name} did not start within 30 s: {_tail(log)}")
             time.sleep(0.05)
-        return {**_record(process), "port": int(port_file.read_text()), "log": str(log)}
+        state["router"]["port"] = int(port_file.read_text())
+        self._write(state)
+        return state["router"]
 
     def _launch(self, deployment: str, model: ModelRef, model_dir: Path, state: dict) -> dict:
         folder = self.dir / "deployments" / deployment
@@ -280,10 +349,14 @@ class LocalEndpoint:
         # A copy, so that a running deployment keeps the scoring code it was created with.
         script = folder / "score.py"
         shutil.copyfile(SCORE_SCRIPT, script)
-        port = _free_port()
+        # Only this user can enter the socket's folder, so only the router (same user) reaches the server;
+        # /tmp keeps the path under the 108 bytes a Unix socket path may have.
+        socket_dir = tempfile.mkdtemp(prefix="finetune-")
+        socket_path = os.path.join(socket_dir, "server.sock")
         limits = state["limits"]
         env = {
             **os.environ,
+            BIND_SOCKET_ENV: socket_path,
             "AML_APP_ROOT": str(folder),
             "GUNICORN_CMD_ARGS": "--no-control-socket",
             "PYTHONUNBUFFERED": "1",
@@ -295,12 +368,16 @@ class LocalEndpoint:
             "FINETUNE_MODEL_VERSION": "" if model.version is None else str(model.version),
         }
         log = folder / "server.log"
+        # --port is azmlinfsrv's own (it prints it); the server binds only the socket.
         command = [sys.executable, "-m", SERVER_MODULE, "--entry_script", str(script), "--model_dir",
-                   str(model_dir.resolve()), "--port", str(port)]
-        process = _spawn(command, log, folder, env)
+                   str(model_dir.resolve()), "--port", str(_free_port())]
+        process = _spawn(command, log, folder, env, self.tied)
         self._procs[deployment] = process
-        return {**_record(process), "port": port, "model": model.to_dict(), "model_dir": str(model_dir),
-                "log": str(log)}
+        record = {**_record(process), "socket": socket_path, "model": model.to_dict(), "model_dir": str(model_dir),
+                  "log": str(log), "owner": _record_of(os.getpid())}
+        state["starting"][deployment] = record
+        self._write(state)
+        return record
 
     def _wait_healthy(self, deployment: str, record: dict, state: dict) -> None:
         process = self._procs[deployment]
@@ -312,7 +389,7 @@ class LocalEndpoint:
                 raise UserError(f"deployment {deployment} of {self.name} exited with code {code} while starting: "
                                 f"{_problems(Path(record['log']))} (log: {record['log']})")
             try:
-                if _http("GET", "127.0.0.1", record["port"], "/", None, {}, 2)[0] == 200:
+                if _exchange(deployment_connection(record, 2), "GET", "/", None, {})[0] == 200:
                     return
             except (OSError, http.client.HTTPException):
                 pass
@@ -320,6 +397,29 @@ class LocalEndpoint:
                 raise UserError(f"deployment {deployment} of {self.name} was not healthy within {timeout:.0f} s: "
                                 f"{_problems(Path(record['log']))} (log: {record['log']})")
             time.sleep(0.25)
+
+
+def check_config(endpoint_cfg) -> list[str]:
+    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
+    from finetune.serve.rollout import check_ramp
+
+    problems = []
+    if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
+        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
+                        "letter (it becomes a folder under <output_root>/endpoints)")
+    if endpoint_cfg.auth_mode != "key":
+        problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
+                        "use endpoint.auth_mode=key")
+    if not endpoint_cfg.host:
+        problems.append("endpoint.host='': set the router's address, e.g. endpoint.host=127.0.0.1")
+    elif endpoint_cfg.host not in LOOPBACK_HOSTS and not endpoint_cfg.allow_remote:
+        problems.append(f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
+                        "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1")
+    try:
+        check_ramp(endpoint_cfg.ramp)
+    except (RolloutError, TypeError, ValueError) as error:
+        problems.append(f"endpoint.ramp={list(endpoint_cfg.ramp)}: {error}")
+    return problems
 
 
 def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_request: dict,
@@ -333,15 +433,26 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     was already running stays up) and the state keeps the record, so ``python -m finetune.serve
     --endpoint <name>`` serves it again. Returns the ``rollout`` section of summary.json (no key in it).
     """
+    if endpoint_cfg.host not in LOOPBACK_HOSTS:
+        print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
+              "its key travels over plain HTTP to anyone who can reach this machine", flush=True)
+    from finetune.locks import hold
+
     endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
-    was_running = endpoint.running()
-    try:
-        endpoint.start()
-        result = rollout(endpoint, _free_colour(endpoint), model, sample_request, ramp=list(endpoint_cfg.ramp),
-                         max_error_rate=endpoint_cfg.max_error_rate, step_requests=endpoint_cfg.step_requests)
-    finally:
-        if not (keep_running or was_running):
-            endpoint.stop()
+    # One rollout at a time per endpoint: two would both pick the free colour.
+    with hold(endpoint.dir / ".rollout.lock", owner="rollout",
+              on_wait=lambda holder: print(f"waiting for {holder} to finish its rollout to {endpoint.name}",
+                                           flush=True)):
+        was_running = endpoint.running()
+        # What this rollout starts dies with this command unless the endpoint is meant to keep serving.
+        endpoint.tied = not (keep_running or was_running)
+        try:
+            endpoint.start()
+            result = rollout(endpoint, _free_colour(endpoint), model, sample_request, ramp=list(endpoint_cfg.ramp),
+                             max_error_rate=endpoint_cfg.max_error_rate, step_requests=endpoint_cfg.step_requests)
+        finally:
+            if not (keep_running or was_running):
+                endpoint.stop()
     return {**result.to_dict(), "kind": "local", "state_file": str(endpoint.state_file),
             "running": bool(keep_running or was_running),
             "serve_command": f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"}
@@ -360,17 +471,75 @@ def _free_colour(endpoint: LocalEndpoint) -> str:
     return idle[0]
 
 
-def _spawn(command: list[str], log: Path, cwd: Path, env: dict) -> subprocess.Popen:
+def _spawn(command: list[str], log: Path, cwd: Path, env: dict, tied: bool) -> subprocess.Popen:
+    """A server process leading its own process group (so it can be signalled whole); ``tied``: killed by
+    the kernel when this process dies, else in its own session, outliving this command."""
+    from finetune.processes import die_with_parent
+
     with open(log, "ab") as handle:
-        # Its own session: the server outlives this command and its process group can be signalled whole.
+        if tied:
+            return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=cwd, env=env, preexec_fn=die_with_parent(os.getpid()))
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=cwd, env=env, start_new_session=True)
 
 
 def _record(process: subprocess.Popen) -> dict:
+    return _record_of(process.pid)
+
+
+def _record_of(pid: int) -> dict:
     import psutil
 
-    return {"pid": process.pid, "started": psutil.Process(process.pid).create_time()}
+    return {"pid": pid, "started": psutil.Process(pid).create_time()}
+
+
+def _served(record: dict) -> dict:
+    """A deployment's record once healthy: who started it no longer matters."""
+    return {key: value for key, value in record.items() if key != "owner"}
+
+
+def _recover(state: dict) -> list[str]:
+    """Clean what dead processes left in ``state`` (which the caller writes back); one line per fix.
+
+    A start whose starter died (a killed ``python -m finetune`` mid-rollout) is stopped and forgotten: it
+    never took traffic. A deployment or router whose process died keeps its record with no pid, so
+    ``start`` brings it back as it was.
+    """
+    notes = []
+    for name, record in list(state.setdefault("starting", {}).items()):
+        if _owner_alive(record.get("owner")):
+            continue
+        _terminate(record, SERVER_MODULE)
+        shutil.rmtree(record["model_dir"], ignore_errors=True)
+        del state["starting"][name]
+        notes.append(f"stopped deployment {name} (pid {record.get('pid')}), left starting by a process that died")
+    for name, record in state["deployments"].items():
+        if record.get("pid") and not _alive(record, SERVER_MODULE):
+            _remove_socket(record)
+            notes.append(f"deployment {name}: process {record['pid']} is gone; it is stopped")
+            record["pid"] = None
+    router = state.get("router")
+    if router and not _alive(router, ROUTER_MODULE):
+        notes.append(f"router: process {router.get('pid')} is gone; it is stopped")
+        state["router"] = None
+    return notes
+
+
+def _owner_alive(owner: Optional[dict]) -> bool:
+    import psutil
+
+    if not owner:
+        return False
+    try:
+        return abs(psutil.Process(owner["pid"]).create_time() - owner["started"]) <= 0.01
+    except psutil.Error:
+        return False
+
+
+def _remove_socket(record: Optional[dict]) -> None:
+    if record and record.get("socket"):
+        shutil.rmtree(os.path.dirname(record["socket"]), ignore_errors=True)
 
 
 def _process(record: Optional[dict], module: str):
@@ -416,12 +585,18 @@ def _terminate_all(records: list, grace_s: float = 15.0) -> None:
         with contextlib.suppress(psutil.Error):
             straggler.kill()
     psutil.wait_procs(left, timeout=5)
+    for record, _ in records:
+        _remove_socket(record)
 
 
 def _http(method: str, host: str, port: int, path: str, body: Optional[bytes], headers: dict,
           timeout: float) -> tuple[int, bytes]:
     """One loopback HTTP exchange; http.client rather than urllib, which would honour proxy variables."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    return _exchange(http.client.HTTPConnection(host, port, timeout=timeout), method, path, body, headers)
+
+
+def _exchange(connection: http.client.HTTPConnection, method: str, path: str, body: Optional[bytes],
+              headers: dict) -> tuple[int, bytes]:
     try:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,6 +30,34 @@ FORWARDED_REQUEST_HEADERS = ("Content-Type", "x-request-id", "x-ms-client-reques
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "x-ms-run-function-failed", "x-ms-run-fn-exec-ms", "x-request-id",
                               "x-ms-request-id", "x-ms-client-request-id")
 ATTEMPTS = 3
+# Seconds a client may take for each read of its request line and headers, and for its whole body: a client
+# that announces a longer body than it sends must not hold a router thread forever (--read-timeout-s).
+READ_TIMEOUT_S = 30.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: how the router reaches its deployments (finetune.serve.inference_server)."""
+
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(self.timeout)
+        try:
+            connection.connect(self.socket_path)
+        except BaseException:
+            connection.close()
+            raise
+        self.sock = connection
+
+
+def deployment_connection(record: dict, timeout: float) -> http.client.HTTPConnection:
+    """A connection to a deployment: its Unix socket, or (state written before sockets) its loopback port."""
+    if record.get("socket"):
+        return UnixHTTPConnection(record["socket"], timeout)
+    return http.client.HTTPConnection("127.0.0.1", record.get("port"), timeout=timeout)
 
 
 class StateView:
@@ -58,6 +87,22 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "finetune-router"
     state: StateView
+    timeout = READ_TIMEOUT_S  # socketserver applies it to every read of the client's socket
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors http.server raises itself (a malformed request line, an unknown method, headers too long)
+        in the endpoint's documented shape, {"error": ...}, instead of an HTML page."""
+        self.close_connection = True
+        _, headers, payload = self._json(code, message or self.responses.get(code, ("error",))[0])
+        try:
+            self._send(code, payload, headers)
+        except OSError:
+            pass
+
+    def _method_not_allowed(self) -> None:
+        self._error(405, f"{self.command} is not served; POST /score (GET / is the liveness probe)", close=True)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
 
     def do_GET(self) -> None:
         if self.path == "/":
@@ -83,10 +128,41 @@ class Handler(BaseHTTPRequestHandler):
         if int(length) > limit:
             self._error(400, f"request body is {length} bytes; the limit is {limit}", close=True)
             return
-        body = self.rfile.read(int(length))
+        body = self._read_body(int(length))
+        if body is None:
+            self._error(408, f"the request body did not arrive within {self.timeout:g} s "
+                             f"(Content-Length {length})", close=True)
+            return
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as problem:
+            # Checked here: azmlinfsrv would answer a non-UTF-8 body in its own format, not {"error": ...}.
+            self._error(400, f"request body is not UTF-8 ({problem.reason} at byte {problem.start})")
+            return
         headers = {name: self.headers[name] for name in FORWARDED_REQUEST_HEADERS if self.headers.get(name)}
         status, response_headers, payload = self._forward(body, headers, self.headers.get(DEPLOYMENT_HEADER))
         self._send(status, payload, response_headers)
+
+    def _read_body(self, length: int) -> bytes | None:
+        """The body, or None when it does not arrive in full within the read timeout altogether."""
+        deadline = time.monotonic() + self.timeout
+        chunks, received = [], 0
+        try:
+            while received < length:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(min(length - received, 1 << 16))
+                if not chunk:
+                    return None  # the client closed before sending all it announced
+                chunks.append(chunk)
+                received += len(chunk)
+        except (TimeoutError, OSError):
+            return None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
 
     def _forward(self, body: bytes, headers: dict, target: str | None) -> tuple[int, dict, bytes]:
         failed: set[str] = set()
@@ -106,8 +182,7 @@ class Handler(BaseHTTPRequestHandler):
                         break
                     return self._json(503, f"endpoint {state.get('name')} has no deployment taking traffic")
                 name = random.choices(list(weights), weights=list(weights.values()))[0]
-            port = deployments[name].get("port")
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=state.get("request_timeout_s", 120))
+            connection = deployment_connection(deployments[name], state.get("request_timeout_s", 120))
             try:
                 connection.request("POST", "/score", body=body, headers=headers)
                 response = connection.getresponse()
@@ -157,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--port-file", required=True, type=Path, help="where the bound port is written")
+    parser.add_argument("--read-timeout-s", type=float, default=READ_TIMEOUT_S,
+                        help="seconds for each header read and for the whole body of a request")
     args = parser.parse_args(argv)
 
     Handler.state = StateView(args.state_file)
+    Handler.timeout = args.read_timeout_s
     try:
         server = ThreadingHTTPServer((args.host, args.port), Handler)
     except OSError as error:

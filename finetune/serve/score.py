@@ -199,8 +199,13 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
             raise BadRequest(f"request body is {size} bytes; the limit is {max_body_bytes}")
         try:
             raw = json.loads(raw)
+        except UnicodeDecodeError as problem:  # a subclass of ValueError: bytes that are not UTF-8
+            raise BadRequest(f"request body is not UTF-8 ({problem.reason} at byte {problem.start})") from None
         except ValueError as problem:
             raise BadRequest(f"request body is not JSON ({problem})") from None
+        except RecursionError:
+            # json's decoder recurses once per nesting level: absurd nesting is a bad request, not a crash.
+            raise BadRequest("request body nests JSON too deeply; send {\"data\": [{\"text\": \"...\"}]}") from None
     if not isinstance(raw, dict) or "data" not in raw:
         raise BadRequest('request must be a JSON object with a "data" list, e.g. {"data": [{"text": "..."}]}')
     data = raw["data"]
@@ -213,6 +218,10 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
     for index, item in enumerate(data):
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
             raise BadRequest(f'data[{index}] must be an object with a string "text"')
+        try:
+            item["text"].encode("utf-8")
+        except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to text no tokenizer can encode
+            raise BadRequest(f'data[{index}].text holds an unpaired surrogate (\\ud800-\\udfff); send real text') from None
     return [item["text"] for item in data]
 
 

@@ -1,0 +1,70 @@
+"""Child processes that die with the process that started them.
+
+A pipeline killed at any moment, SIGKILL included, must leave no training or serving process behind: an
+orphaned ``python -m finetune.train`` kept writing checkpoints that the next run resumed from, then deleted
+them under it. Each child gets its own process group (so the whole tree can be signalled) and, on Linux,
+``PR_SET_PDEATHSIG`` (prctl(2)): the kernel sends it SIGKILL when its parent dies, however the parent died.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from typing import Callable, Sequence
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child leads its own process group and is killed when ``parent_pid`` dies.
+
+    libc is loaded here, in the parent: between fork and exec the child may only make plain calls (another
+    thread of the parent could hold the import lock the fork copied).
+    """
+    libc = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if libc is not None:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+
+    return setup
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the child's process group (the child and whatever it started) and reap the child."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run(command: Sequence[str], **popen_kwargs) -> int:
+    """Run ``command`` to completion as a child that dies with this process; its exit code.
+
+    Ctrl-C, SIGTERM (turned into KeyboardInterrupt by the CLI) or any error while waiting kills its process
+    group before the exception goes on, so the child never outlives a failed wait either.
+    """
+    process = subprocess.Popen(list(command), preexec_fn=die_with_parent(os.getpid()), **popen_kwargs)
+    try:
+        return process.wait()
+    except BaseException:
+        kill_group(process)
+        raise
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: ``finally`` blocks and context managers clean up (stop servers, kill children)."""
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
