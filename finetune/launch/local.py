@@ -57,11 +57,10 @@ def stage(number: int, total: int, name: str, detail: str = "") -> None:
 
 def run(plan: RunPlan) -> dict | None:
     run_dir = Path(plan.run_dir)
-    plan.write()
-    print(plan.table())
     if plan.dry_run:
-        print(f"\ndry run: plan written to {run_dir / 'plan.yaml'}; nothing was trained")
+        print("\ndry run: plan checked; nothing was written or trained (run without dry_run=true to start it)")
         return None
+    plan.write()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from finetune import registry
 
