@@ -178,7 +178,7 @@ def check_added_keys(overrides: Sequence[str], groups: Sequence[str]) -> None:
         if not (override.is_add() or override.is_force_add()):
             continue
         key = override.key_or_group
-        if key in known or key.split(".")[0] in groups or key.split("@")[0] in groups:
+        if key in known or key.split("@")[0] in groups:
             continue
         if any(key.startswith(prefix + ".") for prefix in open_maps):
             continue
@@ -217,8 +217,11 @@ def print_cfg(cfg, part: str) -> str:
     """The composed config as YAML: the run's keys (job), Hydra's node (hydra), or both (all)."""
     from omegaconf import OmegaConf
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    hydra_node = container.pop("hydra", {})
+    # Hydra's node refers to runtime values (hydra.job.num) that only exist inside @hydra.main: unresolved.
+    hydra_node = OmegaConf.to_container(cfg.hydra, resolve=False) if "hydra" in cfg else {}
+    container = OmegaConf.to_container(cfg, resolve=True, exclude_structured_configs=False) if not hydra_node else {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg if key != "hydra"}
     if part == "hydra":
         container = {"hydra": hydra_node}
     elif part == "all":

