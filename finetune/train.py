@@ -87,6 +87,7 @@ class TrainArgs:
     checkpoint_every_steps: int = 0
     telemetry_interval_s: float = 5.0
     progress: bool = True
+    progress_file: Optional[str] = None  # a sweep trial's progress (step, total, latest metrics) as JSON
     extra: dict = field(default_factory=dict)
 
 
@@ -188,6 +189,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
     from finetune.speed import BatchPlan, choose_runtime, is_main_process, load_model, plan_batch, throughput_meter
 
     transformers.logging.set_verbosity_error()
+    _quiet_library_progress_bars()
     started = time.time()
     first_process = is_main_process()
     output_dir = Path(args.output_dir)
@@ -254,7 +256,8 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         greater_is_better=args.goal == "maximize",
         logging_steps=args.logging_steps,
         report_to=[],
-        disable_tqdm=not args.progress,
+        # finetune.progress draws the one bar; HF's own would add an evaluation bar and print every log dict.
+        disable_tqdm=True,
         **runtime.trainer_kwargs(),
     )
 
@@ -329,6 +332,14 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         compute_metrics=compute_metrics,
         callbacks=[Observer(), meter, *callbacks],
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from finetune.progress import training_callback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
+                                           args.primary_metric))
     if resume is not None and first_process:
         print(f"resuming from {resume}", file=sys.stderr)
     monitor = _resource_monitor(args, tracking, lambda: trainer.state.global_step) if first_process else None
@@ -377,6 +388,17 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         if state["status"] != "failed":
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return result
+
+
+def _quiet_library_progress_bars() -> None:
+    """Tokenising ("Map"), loading and saving ("Writing model shards") draw bars that say nothing useful."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _best_evaluation(evaluations: List[dict], metric: str, goal: str) -> Optional[dict]:
@@ -470,8 +492,8 @@ class _NullTracking:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     result = train(args)
-    summary = {k: result.get(k) for k in ("status", "epochs_run", "steps")}
-    print(json.dumps({**summary, "val": result.get("val"), "test": result.get("test")}, default=float))
+    print(f"{result['status']} after {result['steps']} steps in {result['duration_s']:.0f} s; "
+          f"metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
     return 1 if result["status"] == "failed" else 0
 
 

@@ -44,6 +44,7 @@ from finetune.search.reporting import open_storage
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
 
 STUDY_FILE = "study.db"
+PROGRESS_FILE = "progress.json"
 POLL_S = 0.5
 STATUS = {"COMPLETE": "completed", "PRUNED": "early_terminated", "FAIL": "failed"}
 
@@ -94,6 +95,9 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
     running: Dict[int, _Job] = {}
     launched = 0
     data_dir = str(Path(data.train_path).parent)
+    from finetune.progress import SweepProgress
+
+    progress = SweepProgress(total, total - budget, len(free), search.primary_metric)
     try:
         while True:
             while free and launched < budget and time.time() < deadline:
@@ -109,9 +113,14 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
                     del running[number]
                     free.append(job.slot)
                     study.set_user_attr("wall_seconds", wall_before + time.time() - started)
-                    print(_progress_line(frozen, total - budget + launched - len(running), total,
-                                         search.primary_metric, search.goal), flush=True)
+                    record = _record(frozen, search.goal)
+                    progress.finished(number, record["status"], record["best_value"], record["duration_s"] or 0.0,
+                                      search.goal)
+                    progress.write(_progress_line(frozen, total - budget + launched - len(running), total,
+                                                  search.primary_metric, search.goal))
+            progress.update({number: (job.directory / PROGRESS_FILE, job.started) for number, job in running.items()})
     finally:  # Ctrl-C or an error here: no trial outlives the sweep (they are resumed as interrupted)
+        progress.close()
         for job in running.values():
             if job.process.poll() is None:
                 os.killpg(job.process.pid, signal.SIGKILL)
@@ -267,7 +276,8 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     args = train_command_args(trial_plan, data_dir, str(directory), hyperparameters,
                               _model_path(params["model"]) if "model" in params else None)
     args += ["--run-name", f"{plan.name}-trial-{trial.number}", "--trial-storage", storage_url,
-             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false"]
+             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false",
+             "--progress-file", str(directory / PROGRESS_FILE)]
     env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads)}
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
