@@ -112,12 +112,13 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path) -> P
 
 
 def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_request: dict, *,
-             experiment: str = "finetune") -> dict:
+             experiment: str = "finetune", run_id: Optional[str] = None) -> dict:
     """Register ``candidate_dir`` as a new version of model ``name`` (or find the identical one).
 
     ``tags`` (selection metrics, data and config hashes, source; see :func:`selection_tags`) go on the
     version with ``content_sha256`` and ``git_commit`` added. The artifact is logged by a run named
-    ``register-<name>`` in ``experiment``. Returns ``{"name", "version", "existing", "content_sha256",
+    ``register-<name>`` in ``experiment``, or by run ``run_id`` when given (the pipeline run that holds the
+    selection's metrics, so the version links to them). Returns ``{"name", "version", "existing", "content_sha256",
     "git_commit", "source", "tags"}``; ``existing`` is True when the same content was registered before.
     """
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
@@ -136,8 +137,9 @@ def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_req
         all_tags["content_sha256"] = digest
         if commit:
             all_tags["git_commit"] = commit
-        run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register-{name}",
-                                tags=all_tags)
+        own_run = run_id is None
+        run = (client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register-{name}", tags=all_tags)
+               if own_run else client.get_run(run_id))
         try:
             client.log_artifacts(run.info.run_id, str(folder), "model")
             if not client.search_registered_models(f"name='{name}'"):
@@ -149,9 +151,11 @@ def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_req
             (folder / "registered.json").write_text(json.dumps({"name": name, "version": str(version.version)}))
             client.log_artifact(run.info.run_id, str(folder / "registered.json"), "model")
         except BaseException:
-            client.set_terminated(run.info.run_id, status="FAILED")
+            if own_run:
+                client.set_terminated(run.info.run_id, status="FAILED")
             raise
-        client.set_terminated(run.info.run_id)
+        if own_run:
+            client.set_terminated(run.info.run_id)
     return {"name": name, "version": str(version.version), "existing": False, "content_sha256": digest,
             "git_commit": commit, "source": version.source, "tags": all_tags}
 
@@ -250,7 +254,7 @@ def register_selection(plan, summary: dict, out_dir: Path) -> dict:
     request = sample_request(summary["data"]["splits"]["test"]["path"])
     registered = register(candidate["path"], plan.select.registered_model_name, plan.tracking.uri,
                           selection_tags(selection, summary["data"], plan.to_dict(), candidate.get("source")),
-                          request, experiment=plan.tracking.experiment)
+                          request, experiment=plan.tracking.experiment, run_id=summary["run"].get("mlflow_run_id"))
     out_dir = Path(out_dir)
     if (out_dir / "model").exists():
         shutil.rmtree(out_dir / "model")

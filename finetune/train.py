@@ -66,6 +66,9 @@ class TrainArgs:
     tracking_uri: Optional[str] = None
     experiment: str = "finetune"
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # nest the MLflow run under this one (the pipeline run)
+    tags: Optional[str] = None  # a JSON object of MLflow tags for the run
+    model_id: Optional[str] = None  # the base model as logged (hub id or name); default --model
     trial_storage: Optional[str] = None
     study_name: Optional[str] = None
     trial_number: Optional[int] = None
@@ -262,6 +265,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
     )
 
     evaluations: List[dict] = []
+    train_losses: List[dict] = []
     state = {"status": "completed", "reason": None}
     reporter = None
     if args.trial_storage and first_process:
@@ -302,6 +306,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
                     state.update(status="failed", reason=f"training loss became {loss} at step {control_state.global_step}")
                     control.should_training_stop = True
                 tracking.log({"train_loss": loss}, control_state.global_step)
+                train_losses.append({"step": control_state.global_step, "epoch": control_state.epoch, "loss": loss})
 
         def on_evaluate(self, _args, control_state, control, metrics=None, **kwargs):
             values = {f"val_{k[len('eval_'):]}": v for k, v in (metrics or {}).items() if k.startswith("eval_")
@@ -352,6 +357,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         "status": state["status"],
         "reason": state["reason"],
         "evaluations": evaluations,
+        "train_loss": train_losses,
         "epochs_run": float(trainer.state.epoch or 0.0),
         "steps": int(trainer.state.global_step),
         "hyperparameters": _hyperparameters(args),
@@ -448,7 +454,8 @@ class _Tracking:
         self.run = active or self._start(args, run_id)
         self.owns_run = active is None
         self.run_id = self.run.info.run_id
-        mlflow.log_params({**_hyperparameters(args), "model": args.model, "primary_metric": args.primary_metric})
+        mlflow.log_params({**_hyperparameters(args), "model": args.model_id or args.model,
+                           "primary_metric": args.primary_metric})
 
     def _start(self, args: TrainArgs, run_id: Optional[str]):
         """A resumed training continues the MLflow run it started (when the store still has it)."""
@@ -457,7 +464,9 @@ class _Tracking:
                 return self.mlflow.start_run(run_id=run_id)
             except self.mlflow.exceptions.MlflowException:
                 pass
-        return self.mlflow.start_run(run_name=args.run_name)
+        tags = {**json.loads(args.tags or "{}"), "base_model": args.model_id or args.model}
+        return self.mlflow.start_run(run_name=args.run_name, tags=tags, parent_run_id=args.parent_run_id,
+                                     nested=args.parent_run_id is not None)
 
     def log(self, metrics: dict, step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -66,11 +66,12 @@ class _Job:
     timed_out: bool = False
 
 
-def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
+def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple] = None) -> dict:
     """Run (or resume) the plan's sweep in `sweep_dir`; returns the ``sweep`` section of summary.json.
 
     `data` is a ``finetune.data.PreparedData``. The best trial's model stays in its trial folder; the
-    other trials' models are removed unless ``search.keep_all``.
+    other trials' models are removed unless ``search.keep_all``. ``pipeline_run`` (run id, tags) nests
+    every trial's MLflow run under the invocation's pipeline run.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search, limits = plan.search, plan.search.limits
@@ -101,7 +102,7 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
     try:
         while True:
             while free and launched < budget and time.time() < deadline:
-                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0))
+                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0), pipeline_run)
                 running[job.trial.number] = job
                 launched += 1
             if not running:
@@ -262,7 +263,8 @@ def _model_path(name: str) -> str:
     return str(folder) if folder else model.hub_id
 
 
-def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot) -> _Job:
+def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
+            pipeline_run: Optional[tuple] = None) -> _Job:
     space = plan.search.space
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
     params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
@@ -278,6 +280,10 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     args += ["--run-name", f"{plan.name}-trial-{trial.number}", "--trial-storage", storage_url,
              "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false",
              "--progress-file", str(directory / PROGRESS_FILE)]
+    if pipeline_run:
+        from finetune.tracking import child_args, model_id
+
+        args += child_args(*pipeline_run, params.get("model") or model_id(plan.model))
     env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads)}
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
