@@ -283,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation.cfg or invocation.info:
             for job_overrides, space in jobs:
                 cfg = compose_config(job_overrides, space, source, with_hydra=True)
-                print(hydra_cli.print_cfg(cfg, invocation.cfg) if invocation.cfg else hydra_cli.info(cfg, invocation.info))
+                print(hydra_cli.cfg_text(cfg, invocation.cfg) if invocation.cfg else hydra_cli.info(cfg, invocation.info))
             return 0
         # Build and validate every plan before running any, so a typo in job 3 costs nothing.
         space_lines = [o for o in overrides if o.lstrip("+").startswith(SPACE_PREFIX) and o not in jobs[0][0]]

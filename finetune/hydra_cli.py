@@ -213,19 +213,15 @@ def schema_keys() -> tuple[list[str], list[str]]:
 # ------------------------------------------------------------------------------------ --cfg and --info
 
 
-def print_cfg(cfg, part: str) -> str:
+def cfg_text(cfg, part: str) -> str:
     """The composed config as YAML: the run's keys (job), Hydra's node (hydra), or both (all)."""
     from omegaconf import OmegaConf
 
+    job = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+           for key in cfg if key != "hydra"}
     # Hydra's node refers to runtime values (hydra.job.num) that only exist inside @hydra.main: unresolved.
-    hydra_node = OmegaConf.to_container(cfg.hydra, resolve=False) if "hydra" in cfg else {}
-    container = OmegaConf.to_container(cfg, resolve=True, exclude_structured_configs=False) if not hydra_node else {
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-        for key in cfg if key != "hydra"}
-    if part == "hydra":
-        container = {"hydra": hydra_node}
-    elif part == "all":
-        container["hydra"] = hydra_node
+    hydra_node = {"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)} if "hydra" in cfg else {}
+    container = {"job": job, "hydra": hydra_node, "all": {**job, **hydra_node}}[part]
     return OmegaConf.to_yaml(container)
 
 

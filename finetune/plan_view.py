@@ -68,7 +68,8 @@ def short(plan, changed: Iterable[str] = ()) -> str:
     """The grouped view: what matters for ``plan.launcher`` and everything the user changed."""
     changed = set(changed)
     local = plan.launcher == "local"
-    lines = [f"run      {plan.name} -> {plan.run_dir}", f"launcher {plan.launcher}",
+    run_mark = MARK if changed & {"run_name", "output_root"} else " "
+    lines = [f"run    {run_mark} {plan.name} -> {plan.run_dir}", f"launcher {plan.launcher}",
              f"stages   {' -> '.join(plan.stages)}"]
     for title, (section, common, local_keys, aml_keys) in SHORT_VIEW.items():
         if title == "search" and "search" not in plan.stages:
@@ -80,10 +81,8 @@ def short(plan, changed: Iterable[str] = ()) -> str:
             width = max(len(key) for key, _, _ in rows)
             lines.append(f"{title}:")
             lines += [f" {MARK if mark else ' '} {key:<{width}}  {value}" for key, value, mark in rows]
-    extra = sorted(k for k in changed if "." not in k and k not in ("dry_run", "plan_view"))
-    if extra:
-        lines.append("other:")
-        lines += [f" {MARK} {key}  {_text(getattr(plan, key, None))}" for key in extra if hasattr(plan, key)]
+    if "seed" in changed:
+        lines.append(f"other:\n {MARK} seed  {plan.seed}")
     lines.append(f"({MARK} differs from the shipped defaults; plan_view=full lists every key)")
     return "\n".join(lines)
 

@@ -140,16 +140,18 @@ def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_req
         own_run = run_id is None
         run = (client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register-{name}", tags=all_tags)
                if own_run else client.get_run(run_id))
+        # A pipeline run resumed after a retrain may register twice: each content gets its own folder.
+        artifact_path = "model" if own_run else f"registered-model/{digest[:12]}"
         try:
-            client.log_artifacts(run.info.run_id, str(folder), "model")
+            client.log_artifacts(run.info.run_id, str(folder), artifact_path)
             if not client.search_registered_models(f"name='{name}'"):
                 client.create_registered_model(name, description="text classifier registered by finetune")
-            version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
+            version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{artifact_path}",
                                                   run_id=run.info.run_id, tags=all_tags)
             # The version number exists only now; the run is still open, so the file joins the same
             # artifact folder the version points at.
             (folder / "registered.json").write_text(json.dumps({"name": name, "version": str(version.version)}))
-            client.log_artifact(run.info.run_id, str(folder / "registered.json"), "model")
+            client.log_artifact(run.info.run_id, str(folder / "registered.json"), artifact_path)
         except BaseException:
             if own_run:
                 client.set_terminated(run.info.run_id, status="FAILED")

@@ -158,7 +158,7 @@ def test_a_label_column_with_one_class_fails_before_training(capsys, tmp_path):
 def test_multirun_with_a_run_name_gives_each_plan_its_own_directory(capsys, tmp_path):
     code, out, err = run_cli(capsys, "-m", "seed=1,2", "run_name=pair", "dry_run=true", f"output_root={tmp_path}")
     assert code == 0, err
-    assert f"run      pair-0 -> {tmp_path / 'pair-0'}" in out and f"run      pair-1 -> {tmp_path / 'pair-1'}" in out
+    assert f"run    * pair-0 -> {tmp_path / 'pair-0'}" in out and f"run    * pair-1 -> {tmp_path / 'pair-1'}" in out
 
 
 def test_a_missing_data_file_is_one_line_naming_the_path(capsys, tmp_path):
@@ -235,7 +235,7 @@ def test_hydra_run_dir_is_the_run_directory(capsys, tmp_path):
     code, out, err = run_cli(capsys, f"hydra.run.dir={tmp_path / 'runs' / 'mine'}", "hydra.job.chdir=false",
                              "dry_run=true")
     assert code == 0, err
-    assert f"run      mine -> {tmp_path / 'runs' / 'mine'}" in out
+    assert f"run    * mine -> {tmp_path / 'runs' / 'mine'}" in out
     code, out, err = run_cli(capsys, "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2", "dry_run=true")
     assert code == 0, err
     assert out.count(f"-> {tmp_path / 'sweep'}/") == 2

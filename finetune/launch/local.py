@@ -184,7 +184,7 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
     summary.finish()  # before the report, so the report shows the finish time and duration
     report = write_report(run_dir, summary.data)
     summary.save()
-    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\nreport:        {report}")
+    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\nreport:        {report} (one page: {report.with_suffix('.html').name})")
     return summary.data
 
 
