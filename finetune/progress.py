@@ -3,8 +3,8 @@
 A training shows its own bar when it runs in the foreground; a sweep trial runs in a subprocess whose output
 goes to its log, so it writes its progress to a small JSON file instead (``--progress-file``) and the sweep
 draws one bar per running trial from those files, under a sweep line with trials done / running / stopped
-and an ETA. Bars redraw at most once a second on a terminal and once every 30 s into a log file, so logs
-keep a trace of progress without being flooded.
+and an ETA. Bars redraw at most once a second on a terminal and once every 30 s into a log file (where the
+trials' steps join the sweep line instead of bars of their own), so logs keep a trace without a flood.
 """
 from __future__ import annotations
 
@@ -112,11 +112,13 @@ class SweepProgress:
 
     def update(self, running: dict) -> None:
         """`running`: trial number -> (progress file, started time). Redraws trial bars and the ETA."""
-        estimates = []
+        estimates, totals, steps = [], [], []
         for position, (number, (path, started)) in enumerate(sorted(running.items()), start=1):
             record = read_progress(path)
+            if record.get("total"):
+                steps.append(f"t{number} {record.get('step', 0)}/{record['total']}")
             trial_bar = self.trial_bars.get(number)
-            if trial_bar is None and record.get("total"):
+            if trial_bar is None and record.get("total") and sys.stderr.isatty():
                 trial_bar = self.trial_bars[number] = bar(record["total"], f"trial {number}", position=position)
             if trial_bar is not None:
                 trial_bar.update(record.get("step", 0) - trial_bar.n)
@@ -126,7 +128,11 @@ class SweepProgress:
             elapsed = time.time() - started
             fraction = record.get("step", 0) / record["total"] if record.get("total") else 0.0
             estimates.append(elapsed / fraction - elapsed if fraction > 0.02 else None)
-        typical = (sum(self.durations) / len(self.durations)) if self.durations else None
+            if fraction > 0.02:
+                totals.append(elapsed / fraction)
+        # Until a trial completes, the running trials' projected durations stand in for a typical one.
+        known = self.durations or totals
+        typical = sum(known) / len(known) if known else None
         waiting = self.total - self.line.n - len(running)
         left = [e if e is not None else typical for e in estimates]
         eta = None
@@ -136,8 +142,10 @@ class SweepProgress:
         best = f", best {self.best:.4f}" if self.best is not None else ""
         refresh = time.time() - self.refreshed >= _min_interval()
         self.refreshed = time.time() if refresh else self.refreshed
-        self.line.set_postfix_str(f"running {len(running)}, stopped early {stopped}, failed {self.counts['failed']}"
-                                  f"{best}, ETA {format_seconds(eta)}", refresh=refresh)
+        # Into a log there are no per-trial bars (their cursor moves would be noise): steps go on this line.
+        running_text = f" ({', '.join(steps)})" if steps and not sys.stderr.isatty() else ""
+        self.line.set_postfix_str(f"running {len(running)}{running_text}, stopped early {stopped}, "
+                                  f"failed {self.counts['failed']}{best}, ETA {format_seconds(eta)}", refresh=refresh)
 
     def finished(self, number: int, status: str, value: Optional[float], duration_s: float, goal: str) -> None:
         trial_bar = self.trial_bars.pop(number, None)

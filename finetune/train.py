@@ -444,8 +444,12 @@ class _Tracking:
     """MLflow logging that never breaks training: a tracking outage is reported once, then training goes on."""
 
     def __init__(self, args: TrainArgs, run_id: Optional[str] = None):
+        import logging
+
         import mlflow
 
+        # Its INFO lines (creating a sqlite store's tables) would land between the progress bar's redraws.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.mlflow = mlflow
         if args.tracking_uri:
             mlflow.set_tracking_uri(args.tracking_uri)

@@ -8,6 +8,7 @@ an interrupted run still shows what it finished.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -62,6 +63,8 @@ def run(plan: RunPlan) -> dict | None:
         return None
     plan.write()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow announces creating and migrating its sqlite tables at INFO; the console is for the run.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from finetune import registry
 
     # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
