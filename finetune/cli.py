@@ -247,7 +247,10 @@ def plans(invocation, source, jobs) -> list:
             raise UserError(f"plan_view={cfg.plan_view}: use short or full")
         plan = build_plan(cfg, overrides, started, index=i if invocation.multirun else None)
         built.append((plan, changed_keys(cfg, defaults), cfg.plan_view))
-    return built
+    from finetune.launch.azureml.checks import distinct_targets
+
+    targeted = distinct_targets([plan for plan, _, _ in built])
+    return [(plan, changed, view) for plan, (_, changed, view) in zip(targeted, built)]
 
 
 def resume_command(invocation, overrides: list[str], space_lines: list[str], run_name: str) -> str:
