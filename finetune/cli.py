@@ -20,7 +20,7 @@ SPACE_PREFIX = "search.space."
 
 EXAMPLES = """\
 examples:
-  python -m finetune                                   # full local pipeline with the defaults below
+  python -m finetune                                   # full local pipeline with the defaults (marked *)
   python -m finetune search=none dataset.sample=600    # one quick fine-tuning run
   python -m finetune dry_run=true                      # validate and print the plan, run nothing
   python -m finetune experiment=quick                  # a few minutes on a CPU (conf/experiment/quick.yaml)
