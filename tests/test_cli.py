@@ -224,6 +224,8 @@ def test_a_config_dir_of_your_own_adds_options_and_a_primary_config(capsys, tmp_
     assert code == 0, err
     job = yaml.safe_load(out)
     assert job["model"]["path"] == "/models/tiny" and job["seed"] == 11
+    code, out, err = run_cli(capsys, "--cfg", "job", f"hydra.searchpath=[file://{conf}]", "model=tiny")
+    assert code == 0 and yaml.safe_load(out)["model"]["epochs"] == 5, err
     code, out, err = run_cli(capsys, "--cfg", "job", f"--config-dir={conf}", "-cn", "team", "experiment=mine")
     assert code == 0, err
     job = yaml.safe_load(out)
