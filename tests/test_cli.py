@@ -1,10 +1,8 @@
 """The command line: help, dry runs, multirun expansion and one-line user errors with exit code 2."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
