@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 from finetune.errors import UserError
@@ -19,9 +20,11 @@ SPACE_PREFIX = "search.space."
 
 EXAMPLES = """\
 examples:
-  python -m finetune                                   # full local pipeline with the defaults below
+  python -m finetune                                   # full local pipeline with the defaults (marked *)
   python -m finetune search=none dataset.sample=600    # one quick fine-tuning run
   python -m finetune dry_run=true                      # validate and print the plan, run nothing
+  python -m finetune experiment=quick                  # a few minutes on a CPU (conf/experiment/quick.yaml)
+  python -m finetune --cfg job model=bert-base-cased   # the composed config, as YAML
   python -m finetune dataset=file dataset.path=my.csv dataset.text_column=text dataset.label_column=label
   python -m finetune search=bandit search.space.learning_rate='tag(log,interval(1e-5,1e-4))'
   python -m finetune model=bert-base-cased search=bandit compute=a100   # submit to Azure ML
@@ -49,9 +52,11 @@ def default_choices() -> dict[str, str]:
 
 
 def help_text() -> str:
+    from finetune.hydra_cli import FLAGS_HELP
+
     defaults = default_choices()
     lines = [
-        "usage: python -m finetune [-m|--multirun] [KEY=VALUE ...]",
+        "usage: python -m finetune [-m] [--cfg job|all] [--info] [-cd DIR] [-cn NAME] [--version] [KEY=VALUE ...]",
         "",
         "Fine-tune a transformer text classifier from composed configs: data -> sweep -> AutoML ->",
         "test -> register -> deploy. Local compute runs every stage here; AML compute submits a pipeline.",
@@ -59,17 +64,35 @@ def help_text() -> str:
         "config groups (GROUP=OPTION; default marked *):",
     ]
     for group, options in group_options().items():
+        if group == "experiment":
+            continue
         shown = ", ".join(f"{o}*" if defaults.get(group) == o else o for o in options)
         lines.append(f"  {group:<10} {shown}")
+    lines += ["", "experiments (experiment=NAME: an overlay of several groups and keys, from conf/experiment/):"]
+    lines += [f"  {name:<14} {about}" for name, about in experiments().items()]
     lines += [
         "",
         "any key can be set: model.learning_rate=3e-5 dataset.sample=500 search.limits.max_total_trials=8",
+        "plan_view=full prints every resolved key of the plan instead of the short view.",
         "-m/--multirun: comma lists become one plan each (-m model=a,b); search.space.* sweeps stay dimensions.",
         "outputs: <output_root>/<run_name>/ holds plan.yaml, summary.json, report.md, the model and the splits.",
+        "",
+        FLAGS_HELP,
         "",
         EXAMPLES,
     ]
     return "\n".join(lines)
+
+
+def experiments() -> dict[str, str]:
+    """Shipped experiment overlays and the first line of their opening comment (what each is for)."""
+    folder = resources.files("finetune.conf").joinpath("experiment")
+    found = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            comments = [line[2:] for line in entry.read_text().splitlines() if line.startswith("# ")]
+            found[entry.name[:-5]] = next((c for c in comments if not c.startswith("@package")), "")
+    return found
 
 
 def _one_line(error: BaseException) -> str:
@@ -126,33 +149,59 @@ def expand(args: Sequence[str], multirun: bool) -> List[tuple[list[str], dict]]:
     return [(list(job), space) for batch in batches for job in batch]
 
 
-def compose(overrides: list[str], space: dict):
-    """Compose the primary config with Hydra; `auto` group choices are resolved against the compute."""
+def compose(overrides: list[str], space: dict, source=None):
+    """Compose the primary config with Hydra into the typed Config; `auto` choices follow the compute."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(compose_config(overrides, space, source))
+
+
+def compose_config(overrides: list[str], space: dict, source=None, with_hydra: bool = False):
+    """The composed DictConfig (with Hydra's own node when `with_hydra`, for --cfg all and --info).
+
+    `source` (a :class:`finetune.hydra_cli.ConfigSource`) adds the user's config folders: with -cd holding
+    the primary config it is the main folder and the package is searched after it, otherwise the package
+    stays main and the folders are appended to its search path.
+    """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from hydra import initialize_config_dir, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from finetune import config
+    from finetune.hydra_cli import ConfigSource
 
+    source = source or ConfigSource()
     config.register()
     GlobalHydra.instance().clear()
+    searchpath = [f"file://{path}" if "://" not in path else path for path in source.searchpath]
+    primary_in_dir = source.config_dir and (Path(source.config_dir) / f"{source.config_name}.yaml").is_file()
+    if primary_in_dir:
+        searchpath.append("pkg://finetune.conf")
+        initialize = initialize_config_dir(source.config_dir, version_base="1.3")
+    else:
+        if source.config_dir:
+            searchpath.insert(0, f"file://{source.config_dir}")
+        initialize = initialize_config_module("finetune.conf", version_base="1.3")
+    extra = [f"hydra.searchpath=[{','.join(searchpath)}]"] if searchpath else []
     try:
-        with initialize_config_module("finetune.conf", version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides)
+        with initialize:
+            cfg = hydra_compose(source.config_name, overrides=overrides + extra, return_hydra_config=with_hydra)
             resolved = _resolve_auto_choices(cfg, overrides)
             if resolved:
-                cfg = hydra_compose("config", overrides=overrides + resolved)
+                cfg = hydra_compose(source.config_name, overrides=overrides + resolved + extra,
+                                    return_hydra_config=with_hydra)
         with open_dict(cfg):  # new dimensions are new keys in a struct config
             for name, distribution in space.items():
                 OmegaConf.update(cfg, f"search.space.{name}", distribution, merge=False)
-        unknown = list(_unknown_keys(cfg, config.Config))
+        # A key the schema lacks (from `+key=value` or a user's config file) would be dropped silently by the
+        # typed plan; Hydra's own node is the only extra one, and only for --cfg all / --info.
+        unknown = list(_unknown_keys(cfg, config.Config, skip=("hydra",) if with_hydra else ()))
         if unknown:
-            # `+key=value` adds a key the schema does not have; converting to the schema would drop it silently.
             raise UserError("; ".join(unknown))
-        return OmegaConf.to_object(cfg)
+        return cfg
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(_one_line(error)) from None
     except ValueError as error:
@@ -162,7 +211,7 @@ def compose(overrides: list[str], space: dict):
         GlobalHydra.instance().clear()
 
 
-def _unknown_keys(cfg, schema, prefix: str = ""):
+def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
     """`key: unknown setting (did you mean ...)` for every key of ``cfg`` that ``schema`` (a dataclass) lacks."""
     import dataclasses
     import difflib
@@ -171,6 +220,8 @@ def _unknown_keys(cfg, schema, prefix: str = ""):
     hints = typing.get_type_hints(schema)
     fields = {field.name: hints[field.name] for field in dataclasses.fields(schema)}
     for key in cfg.keys():
+        if key in skip:
+            continue
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             yield (f"{prefix}{key}: unknown setting" + (f"; did you mean {prefix}{close[0]}?" if close else
@@ -200,38 +251,92 @@ def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     return extra
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(help_text())
-        return 0
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    args = [a for a in args if a not in ("-m", "--multirun")]
-    unknown = [a for a in args if a.startswith("-")]
-    try:
-        if unknown:
-            raise UserError(f"unknown option {unknown[0]}: use KEY=VALUE overrides (see --help)")
-        from finetune.plan import build_plan
+def config_groups(source) -> list[str]:
+    """Group names in the packaged config and in the user's folders (what `+group=option` may add)."""
+    groups = set(group_options())
+    for folder in [source.config_dir, *source.searchpath]:
+        path = Path(str(folder).replace("file://", "")) if folder and "pkg://" not in str(folder) else None
+        if path and path.is_dir():
+            groups.update(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("_"))
+    return sorted(groups)
 
-        jobs = expand(args, multirun)
-        started = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+def plans(invocation, source, jobs) -> list:
+    """Every job's validated plan with the keys that differ from the shipped defaults, before any runs."""
+    from finetune.plan import build_plan
+    from finetune.plan_view import changed_keys
+
+    started = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    defaults = compose([], {})
+    built = []
+    for i, (overrides, space) in enumerate(jobs):
+        cfg = compose(overrides, space, source)
+        if cfg.plan_view not in ("short", "full"):
+            raise UserError(f"plan_view={cfg.plan_view}: use short or full")
+        plan = build_plan(cfg, overrides, started, index=i if invocation.multirun else None)
+        built.append((plan, changed_keys(cfg, defaults), cfg.plan_view))
+    from finetune.launch.azureml.checks import distinct_targets
+
+    targeted = distinct_targets([plan for plan, _, _ in built])
+    return [(plan, changed, view) for plan, (_, changed, view) in zip(targeted, built)]
+
+
+def resume_command(invocation, overrides: list[str], space_lines: list[str], run_name: str) -> str:
+    """The command that continues an interrupted run: the same settings, pinned to that run's name."""
+    import shlex
+
+    flags = []
+    if invocation.config_dir:
+        flags += ["-cd", invocation.config_dir]
+    if invocation.config_name != "config":
+        flags += ["-cn", invocation.config_name]
+    kept = [o for o in [*overrides, *space_lines] if not o.startswith("run_name=")]
+    return shlex.join(["python", "-m", "finetune", *flags, *kept, f"run_name={run_name}"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from finetune import hydra_cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    running, resume = None, None
+    try:
+        invocation = hydra_cli.parse_argv(args)
+        if invocation.help:
+            print(help_text())
+            return 0
+        if invocation.version:
+            print(hydra_cli.version_line())
+            return 0
+        source = hydra_cli.config_source(invocation)
+        overrides = hydra_cli.apply_hydra_overrides(invocation.overrides, invocation.multirun, source)
+        hydra_cli.check_added_keys(overrides, config_groups(source))
+        jobs = expand(overrides, invocation.multirun)
+        if invocation.cfg or invocation.info:
+            for job_overrides, space in jobs:
+                cfg = compose_config(job_overrides, space, source, with_hydra=True)
+                print(hydra_cli.cfg_text(cfg, invocation.cfg) if invocation.cfg else hydra_cli.info(cfg, invocation.info))
+            return 0
         # Build and validate every plan before running any, so a typo in job 3 costs nothing.
-        plans = [
-            build_plan(compose(overrides, space), overrides, started, index=i if multirun else None)
-            for i, (overrides, space) in enumerate(jobs)
-        ]
+        space_lines = [o for o in overrides if o.lstrip("+").startswith(SPACE_PREFIX) and o not in jobs[0][0]]
         from finetune.launch import run_plan
-        from finetune.launch.azureml.checks import distinct_targets
+        from finetune.plan_view import render
         from finetune.processes import raise_on_sigterm
 
-        plans = distinct_targets(plans)
+        built = plans(invocation, source, jobs)
         raise_on_sigterm()  # a terminated run stops what it started, as after Ctrl-C
-        for plan in plans:
+        for (plan, changed, view), (job_overrides, _) in zip(built, jobs):
+            print(render(plan, changed, view), flush=True)
+            running = plan
+            resume = resume_command(invocation, job_overrides, space_lines, plan.name)
             run_plan(plan)
+            running = None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        if running is not None and not running.dry_run:
+            print(f"\ninterrupted; {running.run_dir} keeps what finished. Resume with:\n  {resume}", file=sys.stderr)
+        else:
+            print("error: interrupted", file=sys.stderr)
         return 130
     return 0

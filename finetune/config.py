@@ -237,6 +237,7 @@ class Config:
     run_name: Optional[str] = None
     dry_run: bool = False
     seed: int = 0
+    plan_view: str = "short"  # short | full: how much of the plan the CLI prints before running it
 
 
 def register() -> None:

@@ -66,32 +66,12 @@ class RunPlan:
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def table(self) -> str:
-        """The plan as a two-column table: one row per resolved setting, grouped by stage."""
-        rows = [("run", f"{self.name} -> {self.run_dir}"), ("launcher", self.launcher),
-                ("stages", " -> ".join(self.stages))]
-        for section in ("dataset", "model", "search", "compute", "automl", "endpoint", "train", "select",
-                        "tracking"):
-            for key, value in _flatten(dataclasses.asdict(getattr(self, section))):
-                if value not in (None, {}, []):
-                    rows.append((f"{section}.{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
     def write(self) -> None:
         """Write plan.yaml and plan.json into the run directory."""
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.yaml").write_text(self.to_yaml())
         (run_dir / "plan.json").write_text(json.dumps(self.to_dict(), indent=2))
-
-
-def _flatten(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "space":
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int] = None) -> RunPlan:

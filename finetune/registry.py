@@ -181,8 +181,10 @@ class ModelRegistry(Protocol):
 class MlflowRegistry:
     """:class:`ModelRegistry` over MLflow's model registry (the tracking store's own)."""
 
-    def __init__(self, name: str, tracking_uri: str, experiment: str = "finetune"):
-        self.name, self.tracking_uri, self.experiment = name, tracking_uri, experiment
+    def __init__(self, name: str, tracking_uri: str, experiment: str = "finetune", run_id: Optional[str] = None):
+        """``run_id``: log new versions from this run (the pipeline run that holds the selection's metrics,
+        so a version links to them) instead of a ``register-<name>`` run of their own."""
+        self.name, self.tracking_uri, self.experiment, self.run_id = name, tracking_uri, experiment, run_id
 
     def production(self, dst_dir: Path) -> Optional[ModelRef]:
         return production(self.name, self.tracking_uri, dst_dir)
@@ -197,23 +199,28 @@ class MlflowRegistry:
 
     def create(self, folder: Path, tags: dict, description: str) -> dict:
         client = _client(self.tracking_uri)
-        run = client.create_run(experiment_id(self.tracking_uri, self.experiment), run_name=f"register-{self.name}",
-                                tags=tags)
+        own_run = self.run_id is None
+        run = (client.create_run(experiment_id(self.tracking_uri, self.experiment), run_name=f"register-{self.name}",
+                                 tags=tags) if own_run else client.get_run(self.run_id))
+        # A pipeline run resumed after a retrain may register twice: each content gets its own folder there.
+        artifact_path = "model" if own_run else f"registered-model/{tags['content_sha256'][:12]}"
         try:
-            client.log_artifacts(run.info.run_id, str(folder), "model")
+            client.log_artifacts(run.info.run_id, str(folder), artifact_path)
             if not client.search_registered_models(f"name='{self.name}'"):
                 client.create_registered_model(self.name, description=description)
-            version = client.create_model_version(self.name, source=f"{run.info.artifact_uri}/model",
+            version = client.create_model_version(self.name, source=f"{run.info.artifact_uri}/{artifact_path}",
                                                   run_id=run.info.run_id, tags=tags)
             # The version number exists only now; the run is still open, so the file joins the same
             # artifact folder the version points at.
             (Path(folder) / "registered.json").write_text(json.dumps({"name": self.name,
                                                                       "version": str(version.version)}))
-            client.log_artifact(run.info.run_id, str(Path(folder) / "registered.json"), "model")
+            client.log_artifact(run.info.run_id, str(Path(folder) / "registered.json"), artifact_path)
         except BaseException:
-            client.set_terminated(run.info.run_id, status="FAILED")
+            if own_run:
+                client.set_terminated(run.info.run_id, status="FAILED")
             raise
-        client.set_terminated(run.info.run_id)
+        if own_run:
+            client.set_terminated(run.info.run_id)
         return {"version": str(version.version), "source": version.source}
 
     def download(self, version: str, dst_dir: Path) -> ModelRef:

@@ -69,6 +69,13 @@ def _run_section(summary: dict) -> list[str]:
     facts = [("launcher", run.get("launcher")), ("started", run.get("started")), ("finished", run.get("finished")),
              ("duration", f"{run['duration_s']:.0f} s" if run.get("duration_s") is not None else None),
              ("stages", " → ".join(run.get("stages", [])) or None), ("run directory", run.get("run_dir"))]
+    training = summary.get("training") or {}
+    splits = (summary.get("data") or {}).get("splits") or {}
+    hyperparameters = training.get("hyperparameters") or {}
+    facts += [("base model", f"`{training['base_model']}`" if training.get("base_model") else None),
+              ("hyperparameters of the kept model", ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in hyperparameters.items()) or None),
+              ("data", ", ".join(f"{name} {split.get('rows')} rows" for name, split in splits.items()) or None)]
     lines += [f"- **{key}**: {value}" for key, value in facts if value]
     return lines
 
@@ -160,36 +167,68 @@ def _sweep_section(summary: dict, figures: _Figures) -> list[str]:
 
     curves = [t for t in trials if any(v is not None for v in t.get("values") or [])]
     if curves:
-        from matplotlib.ticker import MaxNLocator
-
-        figure, (left, right) = figures.new(11, 4.2, ncols=2)
-        for trial in curves:
-            points = [(i + 1, v) for i, v in enumerate(trial["values"]) if v is not None]
-            color, marker = STATUS_STYLE.get(trial.get("status"), ("black", "o"))
-            steps, values = zip(*points)
-            left.plot(steps, values, color=color, alpha=1.0 if trial["number"] == best else 0.45,
-                      linewidth=2.5 if trial["number"] == best else 1)
-            left.plot(steps[-1], values[-1], marker=marker, color=color, markersize=8, linestyle="none")
-        for status in dict.fromkeys(t.get("status") for t in curves):
-            color, marker = STATUS_STYLE.get(status, ("black", "o"))
-            left.plot([], [], color=color, marker=marker, label=str(status).replace("_", " "))
-        left.xaxis.set_major_locator(MaxNLocator(integer=True))
-        left.set_xlabel("evaluation interval")
-        left.set_ylabel(metric)
-        left.set_title("Metric per trial over training (last point marked)")
-        left.legend(title="trial status")
-        for status, (color, marker) in STATUS_STYLE.items():
-            chosen = [t for t in trials if t.get("status") == status and t.get("best_value") is not None]
-            if chosen:
-                right.scatter([t["number"] for t in chosen], [t["best_value"] for t in chosen], color=color,
-                              marker=marker, s=50, label=status.replace("_", " "))
-        right.xaxis.set_major_locator(MaxNLocator(integer=True))
-        right.set_xlabel("trial number (order started)")
-        right.set_ylabel(f"best {metric}")
-        right.set_title("Best value per trial")
-        right.legend(title="trial status")
-        lines += [figures.save(figure, "sweep_trials", "sweep trials"), ""]
+        lines += [_sweep_figure(trials, curves, metric, best, figures), ""]
     return lines
+
+
+def _zoom(trials: list) -> tuple[float, float]:
+    """A metric range around the trials that finished: a trial stopped far behind would flatten the rest."""
+    every = [v for t in trials for v in [*(t.get("values") or []), t.get("best_value")] if v is not None]
+    finished = [v for t in trials if t.get("status") == "completed"
+                for v in [*(t.get("values") or []), t.get("best_value")] if v is not None]
+    low, high = min(finished or every), max(every)
+    pad = max((high - low) * 0.25, 0.002)
+    return low - pad, high + pad
+
+
+def _sweep_figure(trials: list, curves: list, metric: str, best, figures: _Figures) -> str:
+    """Metric per trial over training and each searched hyperparameter against the metric, on one zoomed axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    params = [name for name in dict.fromkeys(k for t in trials for k in (t.get("params") or {}))][:3]
+    low, high = _zoom(trials)
+    figure, axes = figures.new(5.5 + 4 * len(params), 4.4, ncols=1 + len(params))
+    left = axes[0]
+    for trial in curves:
+        points = [(i + 1, v) for i, v in enumerate(trial["values"]) if v is not None]
+        color, marker = STATUS_STYLE.get(trial.get("status"), ("black", "o"))
+        steps, values = zip(*points)
+        chosen = trial["number"] == best
+        left.plot(steps, values, color=color, alpha=1.0 if chosen else 0.5, linewidth=2.5 if chosen else 1)
+        shown = min(max(values[-1], low), high)  # a trial that ended below the zoomed range is labelled at its edge
+        left.plot(steps[-1], shown, marker=marker if shown == values[-1] else "v", color=color, markersize=8,
+                  linestyle="none")
+        left.annotate(f"t{trial['number']}{' (best)' if chosen else ''}", (steps[-1], shown), xytext=(5, 0),
+                      textcoords="offset points", fontsize=8, va="center", color=color)
+    for status in dict.fromkeys(t.get("status") for t in curves):
+        color, marker = STATUS_STYLE.get(status, ("black", "o"))
+        left.plot([], [], color=color, marker=marker, label=str(status).replace("_", " "))
+    left.plot([], [], color="black", marker="v", linestyle="none", label="ended below this range")
+    left.set_ylim(low, high)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.margins(x=0.15)
+    left.set_xlabel("evaluation interval")
+    left.set_ylabel(metric)
+    left.set_title("Metric per trial over training")
+    left.legend(title="trial status", fontsize=8)
+    for axis, name in zip(axes[1:], params):
+        for trial in trials:
+            value, x = trial.get("best_value"), (trial.get("params") or {}).get(name)
+            if value is None or not isinstance(x, (int, float)):
+                continue
+            color, marker = STATUS_STYLE.get(trial.get("status"), ("black", "o"))
+            shown = min(max(value, low), high)
+            axis.scatter([x], [shown], color=color, marker=marker if shown == value else "v",
+                         s=90 if trial["number"] == best else 45)
+            axis.annotate(f"t{trial['number']}", (x, shown), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        numbers = [t["params"][name] for t in trials if isinstance((t.get("params") or {}).get(name), (int, float))]
+        if numbers and min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+            axis.set_xscale("log")
+        axis.set_ylim(low, high)
+        axis.set_xlabel(name)
+        axis.set_ylabel(f"best {metric}")
+        axis.set_title(f"{name} against the metric")
+    return figures.save(figure, "sweep_trials", "sweep trials: metric over training and per hyperparameter")
 
 
 def _learning_section(summary: dict, figures: _Figures) -> list[str]:
@@ -198,17 +237,22 @@ def _learning_section(summary: dict, figures: _Figures) -> list[str]:
     result_file = result_file or ((summary.get("sweep") or {}).get("best") or {}).get("result_file")
     if not result_file or not Path(result_file).is_file():
         return []
-    evaluations = json.loads(Path(result_file).read_text()).get("evaluations") or []
+    result = json.loads(Path(result_file).read_text())
+    evaluations = result.get("evaluations") or []
     if not evaluations:
         return []
     metric = (summary.get("selection") or {}).get("metric", "auc_weighted")
     x_key = "epoch" if all(e.get("epoch") is not None for e in evaluations) else "step"
     figure, (left, right) = figures.new(11, 4.2, ncols=2)
     xs = [e[x_key] for e in evaluations]
+    train_loss = [point for point in result.get("train_loss") or [] if point.get(x_key) is not None]
+    if train_loss:
+        left.plot([p[x_key] for p in train_loss], [p["loss"] for p in train_loss], color="tab:grey", alpha=0.8,
+                  label="training loss (per logging step)")
     left.plot(xs, [e.get("val_loss") for e in evaluations], marker="o", label="validation loss")
     left.set_xlabel(x_key if x_key == "step" else "epoch")
     left.set_ylabel("cross-entropy loss (nats)")
-    left.set_title("Validation loss")
+    left.set_title("Training and validation loss" if train_loss else "Validation loss")
     left.legend()
     for name in dict.fromkeys([metric, "accuracy", "f1_macro"]):
         if any(f"val_{name}" in e for e in evaluations):
@@ -376,7 +420,7 @@ def _registry_section(summary: dict) -> list[str]:
     return ["## Registry", ""] + [f"- **{key}**: `{value}`" for key, value in facts if value] + [""]
 
 
-def _rollout_section(summary: dict, figures: _Figures) -> list[str]:
+def _rollout_section(summary: dict) -> list[str]:
     rollout = summary.get("rollout")
     if not rollout:
         return []
@@ -405,31 +449,11 @@ def _rollout_section(summary: dict, figures: _Figures) -> list[str]:
                          [[s.get("percent"), s.get("requests"), s.get("errors"), s.get("seconds")] for s in steps])]
     lines.append("")
 
-    timings = {k[:-2]: v for k, v in (rollout.get("timings") or {}).items() if k.endswith("_s") and k != "total_s"}
-    latencies = {"smoke test": smoke.get("latency_ms")} if smoke.get("latency_ms") is not None else {}
-    latencies.update({f"ramp {s['percent']}%": 1000 * s["seconds"] / s["requests"] for s in steps
-                      if s.get("requests") and s.get("seconds") is not None})
-    if timings or latencies:
-        figure, (left, right) = figures.new(11, 3.6, ncols=2)
-        _bars(left, timings, "seconds", "Rollout phases", "%.1f s")
-        _bars(right, latencies, "milliseconds per request", "Request latency (mean per step)", "%.0f ms")
-        total = (rollout.get("timings") or {}).get("total_s")
-        if total is not None:
-            left.set_title(f"Rollout phases (total {total:.1f} s)")
-        lines += [figures.save(figure, "endpoint", "endpoint rollout and latency"), ""]
+    timings = rollout.get("timings") or {}
+    if timings.get("total_s") is not None:
+        phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items() if k.endswith("_s") and k != "total_s")
+        lines[-1:-1] = [f"Rollout took {timings['total_s']:.1f} s ({phases}).", ""]
     return lines
-
-
-def _bars(axis, values: dict, unit: str, title: str, fmt: str) -> None:
-    if not values:
-        axis.set_axis_off()
-        return
-    bars = axis.barh(list(values), list(values.values()), color="tab:blue")
-    axis.bar_label(bars, fmt=fmt, fontsize=8, padding=2)
-    axis.invert_yaxis()
-    axis.set_xlabel(unit)
-    axis.set_title(title)
-    axis.margins(x=0.2)
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:
@@ -441,9 +465,49 @@ def write_report(run_dir: Path, summary: dict) -> Path:
     figures = _Figures(run_dir)
     lines = [*_run_section(summary), "", *_data_section(summary, figures), *_sweep_section(summary, figures),
              *_learning_section(summary, figures), *_training_section(summary), *_selection_section(summary, figures),
-             *_registry_section(summary), *_rollout_section(summary, figures)]
+             *_registry_section(summary), *_rollout_section(summary)]
     path = run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    text = "\n".join(lines).rstrip() + "\n"
+    path.write_text(text, encoding="utf-8")
+    write_html(text, run_dir, run_dir / "report.html")
     summary["figures"] = [str(p) for p in figures.paths]
+    return path
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+code {{ background: #f3f3f3; padding: 0 0.2rem; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def write_html(markdown_text: str, run_dir: Path, path: Path) -> Path:
+    """The report as one self-contained HTML page: the Markdown rendered, every figure inlined as base64."""
+    import base64
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+
+    def inline(match):
+        image = run_dir / html.unescape(match.group(1))
+        if not image.is_file():
+            return match.group(0)
+        encoded = base64.b64encode(image.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{encoded}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    title = next((line[2:] for line in markdown_text.splitlines() if line.startswith("# ")), "report")
+    path.write_text(HTML_PAGE.format(title=html.escape(title), body=body), encoding="utf-8")
     return path

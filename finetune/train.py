@@ -67,6 +67,9 @@ class TrainArgs:
     tracking_uri: Optional[str] = None
     experiment: str = "finetune"
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # nest the MLflow run under this one (the pipeline run)
+    tags: Optional[str] = None  # a JSON object of MLflow tags for the run
+    model_id: Optional[str] = None  # the base model as logged (hub id or name); default --model
     trial_storage: Optional[str] = None
     study_name: Optional[str] = None
     trial_number: Optional[int] = None
@@ -88,6 +91,7 @@ class TrainArgs:
     checkpoint_every_steps: int = 0
     telemetry_interval_s: float = 5.0
     progress: bool = True
+    progress_file: Optional[str] = None  # a sweep trial's progress (step, total, latest metrics) as JSON
     extra: dict = field(default_factory=dict)
 
 
@@ -189,6 +193,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
     from finetune.speed import BatchPlan, choose_runtime, is_main_process, load_model, plan_batch, throughput_meter
 
     transformers.logging.set_verbosity_error()
+    _quiet_library_progress_bars()
     started = time.time()
     first_process = is_main_process()
     output_dir = Path(args.output_dir)
@@ -257,11 +262,13 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         greater_is_better=args.goal == "maximize",
         logging_steps=args.logging_steps,
         report_to=[],
-        disable_tqdm=not args.progress,
+        # finetune.progress draws the one bar; HF's own would add an evaluation bar and print every log dict.
+        disable_tqdm=True,
         **runtime.trainer_kwargs(),
     )
 
     evaluations: List[dict] = []
+    train_losses: List[dict] = []
     state = {"status": "completed", "reason": None}
     reporter = None
     if args.trial_storage and first_process:
@@ -301,6 +308,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
                     state.update(status="failed", reason=f"training loss became {loss} at step {control_state.global_step}")
                     control.should_training_stop = True
                 tracking.log({"train_loss": loss}, control_state.global_step)
+                train_losses.append({"step": control_state.global_step, "epoch": control_state.epoch, "loss": loss})
 
         def on_evaluate(self, _args, control_state, control, metrics=None, **kwargs):
             values = {f"val_{k[len('eval_'):]}": v for k, v in (metrics or {}).items() if k.startswith("eval_")
@@ -331,6 +339,14 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         compute_metrics=compute_metrics,
         callbacks=[Observer(), meter, *callbacks],
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from finetune.progress import training_callback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
+                                           args.primary_metric))
     if resume is not None and first_process:
         print(f"resuming from {resume}", file=sys.stderr)
     monitor = _resource_monitor(args, tracking, lambda: trainer.state.global_step) if first_process else None
@@ -343,6 +359,7 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         "status": state["status"],
         "reason": state["reason"],
         "evaluations": evaluations,
+        "train_loss": train_losses,
         "epochs_run": float(trainer.state.epoch or 0.0),
         "steps": int(trainer.state.global_step),
         "hyperparameters": _hyperparameters(args),
@@ -379,6 +396,17 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         if state["status"] != "failed":
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return result
+
+
+def _quiet_library_progress_bars() -> None:
+    """Tokenising ("Map"), loading and saving ("Writing model shards") draw bars that say nothing useful."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _best_evaluation(evaluations: List[dict], metric: str, goal: str) -> Optional[dict]:
@@ -466,8 +494,12 @@ class _Tracking:
     """MLflow logging that never breaks a started training: a failure is reported once, then logging stops."""
 
     def __init__(self, args: TrainArgs, run_id: Optional[str] = None):
+        import logging
+
         import mlflow
 
+        # Its INFO lines (creating a sqlite store's tables) would land between the progress bar's redraws.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.mlflow = mlflow
         self.broken = False
         if args.tracking_uri:
@@ -477,7 +509,8 @@ class _Tracking:
         self.run = active or self._start(args, run_id)
         self.owns_run = active is None
         self.run_id = self.run.info.run_id
-        mlflow.log_params({**_hyperparameters(args), "model": args.model, "primary_metric": args.primary_metric})
+        mlflow.log_params({**_hyperparameters(args), "model": args.model_id or args.model,
+                           "primary_metric": args.primary_metric})
 
     def _start(self, args: TrainArgs, run_id: Optional[str]):
         """A resumed training continues the MLflow run it started (when the store still has it)."""
@@ -486,7 +519,9 @@ class _Tracking:
                 return self.mlflow.start_run(run_id=run_id)
             except self.mlflow.exceptions.MlflowException:
                 pass
-        return self.mlflow.start_run(run_name=args.run_name)
+        tags = {**json.loads(args.tags or "{}"), "base_model": args.model_id or args.model}
+        return self.mlflow.start_run(run_name=args.run_name, tags=tags, parent_run_id=args.parent_run_id,
+                                     nested=args.parent_run_id is not None)
 
     def _guarded(self, action, *args, **kwargs) -> None:
         if self.broken:
@@ -538,8 +573,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    summary = {k: result.get(k) for k in ("status", "epochs_run", "steps")}
-    print(json.dumps({**summary, "val": result.get("val"), "test": result.get("test")}, default=float))
+    print(f"{result['status']} after {result['steps']} steps in {result['duration_s']:.0f} s; "
+          f"metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
     return 1 if result["status"] == "failed" else 0
 
 

@@ -36,8 +36,8 @@ def test_dry_run_writes_the_yaml_tree_and_prints_plan_and_cost(capsys, tmp_path)
     assert [f for f in TREE if f not in files] == []
     assert not any("__pycache__" in f or f.startswith("code/finetune/data_files") for f in files)
     assert (tmp_path / "ref" / "plan.yaml").is_file() and (tmp_path / "ref" / "data" / "train.csv").is_file()
-    assert "launcher                                       azureml" in out
-    assert "stages                                         data -> search -> automl -> select -> register -> deploy" in out
+    assert "launcher azureml" in out
+    assert "stages   data -> search -> automl -> select -> register -> deploy" in out
     assert "sweep: 6 x 2 h (assumed: search.limits.trial_timeout unset) x 1 node(s) = 12 node-hours = 12 GPU-hours " \
            "x $3.67/h (Standard_NC24ads_A100_v4) = $44.08" in out
     assert "dry run: nothing submitted" in out

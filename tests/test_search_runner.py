@@ -215,3 +215,10 @@ def test_reporter_applies_the_studys_policy_and_records_where_it_stopped(tmp_pat
     assert (attrs["stopped_at_interval"], attrs["stopped_at_step"]) == (2, 20)
     with pytest.raises(ValueError, match="optimises val_auc_weighted"):
         TrialReporter(storage_url, "s", trial.number, "val_loss", "minimize")
+
+
+def test_every_trial_reports_its_progress_for_the_sweep_line(sweep_run):
+    for trial in sweep_run.sweep["trials"]:
+        if trial["status"] == "completed":
+            record = json.loads((sweep_run.dir / f"trial-{trial['number']:03d}" / "progress.json").read_text())
+            assert record["step"] == record["total"] > 0 and "val_auc_weighted" in record

@@ -28,8 +28,8 @@ def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
                 break
             lines.append(line)
         output = "".join(lines)
-        uri = re.search(r"scoring URI: (http://127\.0\.0\.1:(\d+)/score)\nkey: (\S+)", output)
-        assert uri and "curl -X POST" in output, (output, process.stderr.read())
+        uri = re.search(r"scoring URI: (http://127\.0\.0\.1:(\d+)/score)\nexport KEY=(\S+)", output)
+        assert uri and 'curl -X POST' in output and output.count(uri.group(3)) == 1, (output, process.stderr.read())
         status, _, body = post(int(uri.group(2)), request(2), {"Authorization": f"Bearer {uri.group(3)}"})
         assert status == 200 and body["model"]["name"] == "model", body
         state = json.loads((cwd / "endpoints" / "finetune-serve" / "state.json").read_text())
@@ -51,12 +51,12 @@ def test_serves_a_model_dir_until_ctrl_c_and_brings_the_endpoint_back(tmp_path):
     model = make_automl_candidate(tmp_path / "model")
     output, pids = serve_until_ctrl_c("--model-dir", str(model), "--port", "0", "--key", "k3y", "--endpoints-dir",
                                       str(tmp_path / "endpoints"), cwd=tmp_path)
-    assert "key: k3y" in output and "deployment blue (100%): model from" in output
+    assert "export KEY=k3y" in output and 'Authorization: Bearer $KEY' in output and "deployment blue (100%): model from" in output
     assert all(gone(pid) for pid in pids)
     # The state outlives the processes: --endpoint serves the same deployments with the same key.
     output, pids = serve_until_ctrl_c("--endpoint", "finetune-serve", "--port", "0", "--endpoints-dir",
                                       str(tmp_path / "endpoints"), cwd=tmp_path)
-    assert "key: k3y" in output
+    assert "export KEY=k3y" in output
     assert all(gone(pid) for pid in pids)
 
 

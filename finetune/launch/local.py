@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from datetime import datetime, timezone
@@ -88,12 +89,13 @@ def run(plan: RunPlan) -> dict | None:
 
 def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     run_dir = Path(plan.run_dir)
-    plan.write()
-    print(plan.table())
     if plan.dry_run:
-        print(f"\ndry run: plan written to {run_dir / 'plan.yaml'}; nothing was trained")
+        print("\ndry run: plan checked; nothing was written or trained (run without dry_run=true to start it)")
         return None
+    plan.write()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow announces creating and migrating its sqlite tables at INFO; the console is for the run.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from finetune import registry
 
     # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
@@ -115,13 +117,34 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     print(f"{data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
 
+    from finetune import tracking
+
+    tags = tracking.run_tags(plan, data)
+    parent = tracking.start_pipeline_run(plan, tags)
+    summary["run"]["mlflow_run_id"] = parent
+    try:
+        result = _stages(plan, summary, data, next_stage, (parent, tags))
+    except BaseException as error:
+        tracking.end_pipeline_run(plan.tracking.uri, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.end_pipeline_run(plan.tracking.uri, parent, "FINISHED")
+    print(f"browse runs:   {tracking.ui_command(plan.tracking.uri)}   (pip install 'finetune[ui]')")
+    return result
+
+
+def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tuple[str, dict]) -> dict:
+    """Every stage after the data: the pipeline run is open while these run."""
+    from finetune import registry, tracking
+
+    tags = pipeline_run[1]
+    run_dir = Path(plan.run_dir)
     candidates = summary["candidates"]
     if "search" in plan.stages:
         from finetune.search import run_sweep
 
         next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
                              f"up to {plan.search.limits.max_total_trials} trials")
-        sweep = run_sweep(plan, data, run_dir / "sweep")
+        sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
         summary["sweep"] = sweep
         best = sweep.get("best")
         if not best:
@@ -132,11 +155,12 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
                                    "result_file": best.get("result_file")}
     else:
         next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
-        result = train_once(plan, data.directory, run_dir / "train")
+        result = train_once(plan, data.directory, run_dir / "train", pipeline_run)
         candidates["finetuned"] = {"kind": "hf", "path": result["model_dir"], "val": result.get("val", {}),
                                    "source": "single run", "result_file": str(run_dir / "train" / "result.json")}
     kept = json.loads(Path(candidates["finetuned"]["result_file"]).read_text())
-    summary["training"] = {"throughput": kept.get("throughput", {}), "runtime": kept.get("runtime", {})}
+    summary["training"] = {"throughput": kept.get("throughput", {}), "runtime": kept.get("runtime", {}),
+                           "hyperparameters": kept.get("hyperparameters", {}), "base_model": tags["base_model"]}
 
     if "automl" in plan.stages:
         from finetune.automl import run_automl
@@ -150,7 +174,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     # each see the production the previous one left, so the best model by the selection rule ends there.
     held.enter_context(locks.promotion(plan.tracking.uri, plan.select.registered_model_name, plan.name))
     model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
-                                             plan.tracking.experiment)
+                                             plan.tracking.experiment, run_id=pipeline_run[0])
     outcome = registry.select_and_register(
         model_registry, {name: candidate["path"] for name, candidate in candidates.items()}, data.test_path,
         list(data.labels), plan.select, summary["data"], plan.to_dict(),
@@ -163,6 +187,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
                                     "source": f"{production.name} version {production.version} (in production)"}
     selection = outcome["selection"]
     summary["selection"] = selection
+    tracking.log_selection(plan.tracking.uri, pipeline_run[0], selection)
     for name, metrics in selection["test"].items():
         candidates[name]["test"] = metrics
     summary.save()
@@ -201,9 +226,11 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     next_stage("report")
     from finetune.report import write_report
 
+    summary.finish()  # before the report, so the report shows the finish time and duration
     report = write_report(run_dir, summary.data)
-    summary.finish()
-    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\nreport:        {report}")
+    summary.save()
+    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
+          f"report:        {report} (one page: {report.with_suffix('.html').name})")
     return summary.data
 
 
@@ -235,12 +262,14 @@ def _still_wins(plan: RunPlan, data, selection: dict, registered: dict, out_dir:
     return True
 
 
-def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
+def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tuple[str, dict]) -> dict:
     """One training run through the training entry point, in a subprocess as on AML."""
     from finetune.speed import launch_command
+    from finetune.tracking import child_args, model_id
 
     command = launch_command([*train_command_args(plan, str(data_dir), str(output_dir)),
-                              "--run-name", f"{plan.name}-train"], plan.compute.gpus)
+                              "--run-name", f"{plan.name}-train",
+                              *child_args(*pipeline_run, model_id(plan.model))], plan.compute.gpus)
     returncode = processes.run(command)
     result_file = output_dir / "result.json"
     if returncode != 0 or not result_file.exists():

@@ -45,6 +45,7 @@ from finetune.search.reporting import open_storage
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
 
 STUDY_FILE = "study.db"
+PROGRESS_FILE = "progress.json"
 POLL_S = 0.5
 STATUS = {"COMPLETE": "completed", "PRUNED": "early_terminated", "FAIL": "failed"}
 
@@ -66,11 +67,12 @@ class _Job:
     timed_out: bool = False
 
 
-def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
+def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple] = None) -> dict:
     """Run (or resume) the plan's sweep in `sweep_dir`; returns the ``sweep`` section of summary.json.
 
     `data` is a ``finetune.data.PreparedData``. The best trial's model stays in its trial folder; the
-    other trials' models are removed unless ``search.keep_all``.
+    other trials' models are removed unless ``search.keep_all``. ``pipeline_run`` (run id, tags) nests
+    every trial's MLflow run under the invocation's pipeline run.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search, limits = plan.search, plan.search.limits
@@ -95,10 +97,13 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
     running: Dict[int, _Job] = {}
     launched = 0
     data_dir = str(Path(data.train_path).parent)
+    from finetune.progress import SweepProgress
+
+    progress = SweepProgress(total, total - budget, len(free), search.primary_metric)
     try:
         while True:
             while free and launched < budget and time.time() < deadline:
-                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0))
+                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0), pipeline_run)
                 running[job.trial.number] = job
                 launched += 1
             if not running:
@@ -110,9 +115,14 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path) -> dict:
                     del running[number]
                     free.append(job.slot)
                     study.set_user_attr("wall_seconds", wall_before + time.time() - started)
-                    print(_progress_line(frozen, total - budget + launched - len(running), total,
-                                         search.primary_metric, search.goal), flush=True)
+                    record = _record(frozen, search.goal)
+                    progress.finished(number, record["status"], record["best_value"], record["duration_s"] or 0.0,
+                                      search.goal)
+                    progress.write(_progress_line(frozen, total - budget + launched - len(running), total,
+                                                  search.primary_metric, search.goal))
+            progress.update({number: (job.directory / PROGRESS_FILE, job.started) for number, job in running.items()})
     finally:  # Ctrl-C or an error here: no trial outlives the sweep (they are resumed as interrupted)
+        progress.close()
         for job in running.values():
             if job.process.poll() is None:
                 os.killpg(job.process.pid, signal.SIGKILL)
@@ -252,7 +262,8 @@ def _model_path(name: str) -> str:
     return str(folder) if folder else model.hub_id
 
 
-def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot) -> _Job:
+def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
+            pipeline_run: Optional[tuple] = None) -> _Job:
     space = plan.search.space
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
     params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
@@ -266,7 +277,12 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     args = train_command_args(trial_plan, data_dir, str(directory), hyperparameters,
                               _model_path(params["model"]) if "model" in params else None)
     args += ["--run-name", f"{plan.name}-trial-{trial.number}", "--trial-storage", storage_url,
-             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false"]
+             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false",
+             "--progress-file", str(directory / PROGRESS_FILE)]
+    if pipeline_run:
+        from finetune.tracking import child_args, model_id
+
+        args += child_args(*pipeline_run, params.get("model") or model_id(plan.model))
     env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads)}
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu

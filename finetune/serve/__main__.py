@@ -21,6 +21,7 @@ from finetune.serve.rollout import ModelRef
 
 SERVE_ENDPOINT = "finetune-serve"
 DEFAULT_MODEL = "automotive-sentiment"
+DEFAULT_PORT = 8080
 
 EXAMPLES = """\
 examples:
@@ -61,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoints-dir", type=Path, default=Path("outputs/endpoints"),
                         help="where local endpoints keep their state (default outputs/endpoints)")
     parser.add_argument("--port", type=int,
-                        help="router port (default 8080; with --endpoint, the endpoint's own; 0 = a free port)")
+                        help=f"router port (default {DEFAULT_PORT}, also with --endpoint, so clients keep one URI; "
+                             "0 = a free port)")
     parser.add_argument("--key", help="the key clients send as 'Authorization: Bearer <key>' "
                                       "(default: generated; with --endpoint, the endpoint's own)")
     return parser
@@ -97,7 +99,8 @@ def bring_up(args: argparse.Namespace):
             raise UserError("--endpoint serves what that endpoint recorded; drop --model-dir/--model-version")
         if not (args.endpoints_dir / args.endpoint / "state.json").is_file():
             raise UserError(f"no local endpoint {args.endpoint!r} under {args.endpoints_dir}")
-        endpoint = LocalEndpoint(args.endpoint, args.endpoints_dir, port=args.port, key=args.key)
+        port = DEFAULT_PORT if args.port is None else args.port
+        endpoint = LocalEndpoint(args.endpoint, args.endpoints_dir, port=port, key=args.key)
         if endpoint.running():
             raise UserError(f"endpoint {args.endpoint} is already running at {endpoint.scoring_uri}")
         with _stopped_on_failure(endpoint):
@@ -110,7 +113,7 @@ def bring_up(args: argparse.Namespace):
     if previous.running():
         raise UserError(f"another `python -m finetune.serve` is serving at {previous.scoring_uri}; stop it first")
     previous.delete()
-    endpoint = LocalEndpoint(SERVE_ENDPOINT, args.endpoints_dir, port=8080 if args.port is None else args.port,
+    endpoint = LocalEndpoint(SERVE_ENDPOINT, args.endpoints_dir, port=DEFAULT_PORT if args.port is None else args.port,
                              key=args.key)
     if args.model_dir:
         model = _local_model(args.model_dir)
@@ -183,9 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, record in endpoint.deployments().items():
             model = ModelRef(**record["model"])
             print(f"deployment {name} ({endpoint.traffic()[name]}%): {model} from {model.path}")
-        print(f"scoring URI: {uri}\nkey: {key}\nexample:\n  curl -X POST {uri} -H 'Authorization: Bearer {key}' "
-              f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(sample))}\nCtrl-C stops it.",
-              flush=True)
+        # The key appears once, as a shell variable the example (and the README's curl) uses.
+        print(f"scoring URI: {uri}\nexport KEY={shlex.quote(key)}\n"
+              f"curl -X POST {uri} -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
+              f"-d {shlex.quote(json.dumps(sample))}\nCtrl-C stops it.", flush=True)
         while endpoint.running():
             time.sleep(1)
         raise UserError(f"endpoint {endpoint.name} stopped unexpectedly; see the logs under {endpoint.dir}")

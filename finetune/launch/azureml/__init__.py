@@ -32,7 +32,6 @@ def run(plan: RunPlan) -> None:
     plan.write()
     prepared = prepare(plan.dataset, Path(plan.run_dir) / "data")
     exported = export.write(plan, prepared)
-    print(plan.table())
     print(environment.describe(plan))
     print(pricing.summary(plan))
     print(exported.listing())
