@@ -251,16 +251,6 @@ def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     return extra
 
 
-def config_groups(source) -> list[str]:
-    """Group names in the packaged config and in the user's folders (what `+group=option` may add)."""
-    groups = set(group_options())
-    for folder in [source.config_dir, *source.searchpath]:
-        path = Path(str(folder).replace("file://", "")) if folder and "pkg://" not in str(folder) else None
-        if path and path.is_dir():
-            groups.update(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("_"))
-    return sorted(groups)
-
-
 def plans(invocation, source, jobs) -> list:
     """Every job's validated plan with the keys that differ from the shipped defaults, before any runs."""
     from finetune.plan import build_plan
@@ -309,7 +299,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         source = hydra_cli.config_source(invocation)
         overrides = hydra_cli.apply_hydra_overrides(invocation.overrides, invocation.multirun, source)
-        hydra_cli.check_added_keys(overrides, config_groups(source))
         jobs = expand(overrides, invocation.multirun)
         if invocation.cfg or invocation.info:
             for job_overrides, space in jobs:

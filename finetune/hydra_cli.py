@@ -162,54 +162,6 @@ def _path_value(key: str, value) -> str:
     return text
 
 
-# ------------------------------------------------------------------------------------------ +key checks
-
-
-def check_added_keys(overrides: Sequence[str], groups: Sequence[str]) -> None:
-    """Refuse ``+key=value`` / ``++key=value`` that add a key the schema does not have.
-
-    Hydra adds such a key to the composed config, and the typed plan then drops it without a word; only
-    config groups (``+experiment=x``) and entries of free-form maps (``+search.space.epochs=...``) may be added.
-    """
-    from finetune.cli import parse_overrides
-
-    known, open_maps = schema_keys()
-    for override in parse_overrides(overrides):
-        if not (override.is_add() or override.is_force_add()):
-            continue
-        key = override.key_or_group
-        if key in known or key.split("@")[0] in groups:
-            continue
-        if any(key.startswith(prefix + ".") for prefix in open_maps):
-            continue
-        close = difflib.get_close_matches(key, [*known, *groups], n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "see --cfg job for the keys there are"
-        raise UserError(f"{override.input_line}: no key or config group '{key}' ({hint})")
-
-
-def schema_keys() -> tuple[list[str], list[str]]:
-    """Every dotted key of the config schema, and the keys that hold free-form maps (which take new keys)."""
-    import dataclasses
-    import typing
-
-    from finetune.config import Config
-
-    keys, open_maps = [], []
-
-    def walk(cls, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for item in dataclasses.fields(cls):
-            name, kind = f"{prefix}{item.name}", hints[item.name]
-            keys.append(name)
-            if dataclasses.is_dataclass(kind):
-                walk(kind, name + ".")
-            elif typing.get_origin(kind) is dict:
-                open_maps.append(name)
-
-    walk(Config, "")
-    return keys, open_maps
-
-
 # ------------------------------------------------------------------------------------ --cfg and --info
 
 

@@ -85,7 +85,7 @@ def test_multirun_dry_run_prints_one_plan_each(capsys, tmp_path):
         (["select.metric=f2"], "select.metric=f2: unknown"),
         (["seed=1,2"], "-m/--multirun"),
         (["--verbose"], "unknown option --verbose: did you mean --version?"),
-        (["+modle=bert"], "+modle=bert: no key or config group 'modle' (did you mean model?)"),
+        (["+modle=bert"], "modle: unknown setting; did you mean model?"),
         (["+model.learning_rat=1"], "did you mean model.learning_rate?"),
         (["hydra.job.chdir=true"], "finetune never changes the working directory"),
         (["hydra.run.dri=x"], "did you mean hydra.run.dir?"),
