@@ -65,7 +65,7 @@ def test_killing_the_pipeline_while_training_kills_the_training(tmp_path, tiny_m
     assert_all_gone(children)
     if signum == signal.SIGTERM:
         # Terminated like Ctrl-C: one line, exit code 130, the training stopped with it.
-        assert code == 130 and "error: interrupted" in (tmp_path / "pipeline.log").read_text()
+        assert code == 130 and "Resume with" in (tmp_path / "pipeline.log").read_text()
     # The next run owns the training dir again (the lock died with its holder).
     with locks.hold(tmp_path / "k" / "train" / ".train.lock", wait=False):
         pass

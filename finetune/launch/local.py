@@ -123,7 +123,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     parent = tracking.start_pipeline_run(plan, tags)
     summary["run"]["mlflow_run_id"] = parent
     try:
-        result = _stages(plan, summary, data, next_stage, (parent, tags))
+        result = _stages(plan, summary, data, next_stage, (parent, tags), held)
     except BaseException as error:
         tracking.end_pipeline_run(plan.tracking.uri, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
@@ -132,7 +132,8 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     return result
 
 
-def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tuple[str, dict]) -> dict:
+def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tuple[str, dict],
+            held: contextlib.ExitStack) -> dict:
     """Every stage after the data: the pipeline run is open while these run."""
     from finetune import registry, tracking
 
