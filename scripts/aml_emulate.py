@@ -466,10 +466,16 @@ class Emulation:
         limits = node.get("limits") or {}
         total = int(limits.get("max_total_trials", 1))
         trial_timeout = _seconds(limits.get("trial_timeout"))
+        sweep_timeout = _seconds(limits.get("timeout"))
+        sweep_started = time.time()
         sweep_run = self.create_run(name)
         curves: Dict[int, List[float]] = {}
         best = None
+        # Trials run one at a time here (max_concurrent_trials only changes wall time on AML).
         for number in range(total):
+            if sweep_timeout and time.time() - sweep_started > sweep_timeout:
+                self.log(f"  sweep timeout {sweep_timeout:g} s reached: no more trials")
+                break
             asked = study.ask({key: latent_distribution(dist) for key, dist in space.items()})
             sample = {key: value_from_latent(key, space[key], asked.params[key]) for key in space}
             process, run_id, outputs, job_dir = self.start_job(f"{name}_trial{number}", trial_spec,
