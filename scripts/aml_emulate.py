@@ -10,9 +10,11 @@ emulated here:
   command line with ``${{inputs.*}}``, ``${{outputs.*}}`` and ``${{search_space.*}}`` substituted, in
   ``bash -c``, with cwd = a fresh copy of the uploaded code snapshot. Inputs are copied in (AML mounts
   them), outputs are empty folders.
-- The Python is this one, which holds the job environment's dependencies (checked against the node's
-  conda file) but not the ``finetune`` package: PYTHONPATH holds neither the repository nor a finetune
-  dist-info, and a probe asserts that ``finetune`` resolves only to the snapshot.
+- The job Python is this interpreter, which holds the job environment's dependencies (checked against the
+  node's conda file). AML's image has no ``finetune`` installed; where this interpreter has one (tests run
+  after ``pip install .`` or ``-e .``), the job's ``sitecustomize`` hides its dist-info, editable finder and
+  repository path. PYTHONPATH holds neither the repository nor a finetune dist-info, and a probe asserts that
+  ``finetune`` resolves only to the snapshot and has no installed metadata.
 - AML's job variables are set: ``AZUREML_RUN_ID``/``MLFLOW_RUN_ID`` (the run AML creates before the job),
   ``MLFLOW_TRACKING_URI=azureml://eastus.api.azureml.ms/mlflow/v1.0/<workspace>``, ``MLFLOW_TRACKING_TOKEN``,
   ``MLFLOW_EXPERIMENT_*``, ``AZUREML_ARM_*``, and for jobs with a managed identity ``DEFAULT_IDENTITY_CLIENT_ID``
@@ -98,6 +100,23 @@ def _emulated(host, port, *args, **kwargs):
 
 
 socket.getaddrinfo = _emulated
+
+# AML's image has no finetune installed: hide one that this interpreter may have (dist-info, editable
+# finder, the repository on sys.path), so a job that reads installed metadata fails here as it would there.
+import importlib.metadata as _metadata
+import sys as _sys
+
+_repo = os.environ.get("AML_EMULATION_REPO", "")
+_sys.path[:] = [p for p in _sys.path if not (_repo and p and os.path.realpath(p) == _repo)]
+_sys.meta_path[:] = [f for f in _sys.meta_path if "finetune" not in repr(f).lower()]
+_find = _metadata.MetadataPathFinder.find_distributions
+
+
+def _without_finetune(*args, **kwargs):
+    return (d for d in _find(*args, **kwargs) if (d.metadata["Name"] or "").lower() != "finetune")
+
+
+_metadata.MetadataPathFinder.find_distributions = _without_finetune
 '''
 
 PROBE = '''\
@@ -177,6 +196,8 @@ class Emulation:
         self.servers: Dict[str, tuple] = {}
         self.netmap = self.work / "netmap"
         self.sequence = 0
+        self.python = sys.executable
+
 
     # ------------------------------------------------------------------ the service side
 
@@ -234,12 +255,16 @@ class Emulation:
 
     def job_environment(self, run_id: str, identity: bool) -> dict:
         env = {key: value for key, value in os.environ.items()
-               if key not in ("PYTHONPATH", "MLFLOW_TRACKING_URI") and not key.startswith(("_MLFLOW_", "AZUREML_"))}
+               if key not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")
+               and not key.startswith(("_MLFLOW_", "AZUREML_"))}
         token = aml_recorder.FakeCredential().get_token("https://ml.azure.com").token
         env.update({
+            # `python` in a command line is the job environment's, as in AML's image.
+            "PATH": f"{Path(self.python).parent}{os.pathsep}{env.get('PATH', '')}",
             "PYTHONPATH": str(self.netmap),
             "AML_EMULATION_PORT": str(self.recorder.port),
             "AML_EMULATION_HOSTS": ",".join(EMULATED_HOSTS),
+            "AML_EMULATION_REPO": str(REPO),
             "REQUESTS_CA_BUNDLE": str(self.service.cert),
             "SSL_CERT_FILE": str(self.service.cert),
             "AZUREML_RUN_ID": run_id,
@@ -273,7 +298,7 @@ class Emulation:
         """Where ``finetune`` comes from inside a job: the snapshot only, never an installed distribution."""
         job_dir = self.work / "probe"
         cwd = self.snapshot(job_dir, code)
-        completed = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=self.job_environment("probe", False),
+        completed = subprocess.run([self.python, "-c", PROBE], cwd=cwd, env=self.job_environment("probe", False),
                                    capture_output=True, text=True, timeout=120)
         if completed.returncode != 0:
             raise EmulationError(f"probe failed: {completed.stderr[-500:]}")
@@ -466,10 +491,16 @@ class Emulation:
         limits = node.get("limits") or {}
         total = int(limits.get("max_total_trials", 1))
         trial_timeout = _seconds(limits.get("trial_timeout"))
+        sweep_timeout = _seconds(limits.get("timeout"))
+        sweep_started = time.time()
         sweep_run = self.create_run(name)
         curves: Dict[int, List[float]] = {}
         best = None
+        # Trials run one at a time here (max_concurrent_trials only changes wall time on AML).
         for number in range(total):
+            if sweep_timeout and time.time() - sweep_started > sweep_timeout:
+                self.log(f"  sweep timeout {sweep_timeout:g} s reached: no more trials")
+                break
             asked = study.ask({key: latent_distribution(dist) for key, dist in space.items()})
             sample = {key: value_from_latent(key, space[key], asked.params[key]) for key in space}
             process, run_id, outputs, job_dir = self.start_job(f"{name}_trial{number}", trial_spec,
@@ -587,7 +618,7 @@ class Emulation:
         env.update({"AZUREML_MODEL_DIR": str(model_dir), "GUNICORN_CMD_ARGS": "--no-control-socket",
                     "OMP_NUM_THREADS": "1", "FINETUNE_NUM_THREADS": "1"})
         log = open(folder / "server.log", "w", encoding="utf-8")
-        process = subprocess.Popen([sys.executable, str(folder / "server.py"), "--entry_script", str(script),
+        process = subprocess.Popen([self.python, str(folder / "server.py"), "--entry_script", str(script),
                                     "--model_dir", str(model_dir), "--port", str(port)], cwd=script.parent, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180

@@ -14,12 +14,13 @@ from aml_recorder import guard_network
 from finetune.cli import main
 
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]
-TREE = ["automl.yml", "code/finetune/train.py", "compute.yml", "conda.yml", "data/finetune-amazon_automotive-labels.yml",
+TREE = ["automl.yml", "code/finetune/train.py", "compute.yml", "conda-serving.yml", "conda-steps.yml",
+        "conda-training.yml", "data/finetune-amazon_automotive-labels.yml",
         "data/finetune-amazon_automotive-test.yml", "data/finetune-amazon_automotive-train-mltable.yml",
         "data/finetune-amazon_automotive-train.yml", "data/finetune-amazon_automotive-val-mltable.yml",
         "data/finetune-amazon_automotive-val.yml", "deployment.yml", "endpoint.yml", "environment.yml",
         "mltable/train/MLTable", "mltable/train/train.csv", "mltable/val/MLTable", "mltable/val/val.csv",
-        "pipeline.yml", "score/score.py", "settings.json", "sweep.yml"]
+        "pipeline.yml", "score/score.py", "settings.json", "steps-compute.yml", "sweep.yml"]
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +39,10 @@ def test_dry_run_writes_the_yaml_tree_and_prints_plan_and_cost(capsys, tmp_path)
     assert (tmp_path / "ref" / "plan.yaml").is_file() and (tmp_path / "ref" / "data" / "train.csv").is_file()
     assert "launcher azureml" in out
     assert "stages   data -> search -> automl -> select -> register -> deploy" in out
-    assert "sweep: 6 x 2 h (assumed: search.limits.trial_timeout unset) x 1 node(s) = 12 node-hours = 12 GPU-hours " \
+    assert "sweep: 6 x 2 h (search.limits.trial_timeout) x 1 node(s) = 12 node-hours = 12 GPU-hours " \
            "x $3.67/h (Standard_NC24ads_A100_v4) = $44.08" in out
+    assert "steps (register, test_automl, deploy on Standard_DS3_v2)" in out
+    assert "training environment: mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:latest + torch cu126" in out
     assert "dry run: nothing submitted" in out
 
 

@@ -160,6 +160,17 @@ def test_every_exported_yaml_loads_back(reference):
         assert Path(asset.path).exists(), path
 
 
+def test_job_environments_refuse_a_dependency_list_without_the_tracking_plugin(monkeypatch):
+    from finetune import environment
+    from finetune.errors import UserError
+    from finetune.launch.azureml.environment import job_spec
+
+    monkeypatch.setattr(environment, "pinned_requirements",
+                        lambda only=None: ["torch==2.13.0", "mlflow-skinny==3.15.0"])
+    with pytest.raises(UserError, match="lack azureml-mlflow"):
+        job_spec("cu126")
+
+
 def test_environment_yaml_and_conda_files(reference):
     """The GPU stack is chosen, not inherited: CUDA 12.6 image, torch's cu126 wheel from PyTorch's index, the
     azureml-mlflow plugin in every job environment; the serving environment holds only what score.py needs."""

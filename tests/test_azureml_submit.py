@@ -177,6 +177,19 @@ def test_preflight_refuses_a_steps_identity_without_a_role(server, recorder, mon
     assert not recorder.find("PUT", r"data/.+") and not recorder.find("PUT", r"jobs/.+")
 
 
+def test_preflight_refuses_a_steps_cluster_without_identity(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.put("computes/cpu-steps", {"location": "eastus", "properties": {
+        "computeType": "AmlCompute", "provisioningState": "Succeeded",
+        "properties": {"vmSize": "Standard_DS3_v2", "scaleSettings": {"maxNodeCount": 2, "minNodeCount": 0}}}})
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cluster cpu-steps has no managed identity" in err[0]
+    assert not recorder.find("PUT", r"jobs/.+")
+
+
 def test_preflight_refuses_unreadable_role_assignments(server, recorder, monkeypatch, tmp_path, capsys):
     from finetune.launch import azureml
 
