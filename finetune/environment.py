@@ -50,6 +50,38 @@ def pinned_requirements() -> list[str]:
     return pinned
 
 
+# What score.py imports to serve a model, per runtime (``hf`` candidates) or for an AutoML pipeline; MLflow
+# and pandas make the registered version loadable as an MLflow pyfunc model in the same environment.
+SERVING_COMMON = ["numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"]
+SERVING_PACKAGES = {
+    "torch": ["torch", "transformers", "tokenizers"],
+    "onnx": ["onnxruntime", "transformers", "tokenizers"],
+    "onnx-int8": ["onnxruntime", "transformers", "tokenizers"],
+    "automl": ["scikit-learn", "joblib", "scipy", "lightgbm", "xgboost-cpu"],
+}
+
+
+def serving_requirements(runtime: str) -> list[str]:
+    """``name==version`` of what serving a model with ``runtime`` (``automl`` for a pipeline) needs, and
+    nothing else: an ONNX deployment carries no PyTorch, a PyTorch one no ONNX Runtime."""
+    from importlib import metadata
+
+    pinned = []
+    for name in SERVING_PACKAGES[runtime] + SERVING_COMMON:
+        try:
+            pinned.append(f"{name}=={_public_version(metadata.version(name))}")
+        except metadata.PackageNotFoundError:
+            pinned.append(name)
+    return pinned
+
+
+def serving_conda_spec(runtime: str) -> dict:
+    """The conda environment a registered version is served in (its ``conda.yaml``)."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return {"name": f"{ENVIRONMENT_NAME}-{runtime}", "channels": ["conda-forge"],
+            "dependencies": [f"python={python}", "pip", {"pip": serving_requirements(runtime)}]}
+
+
 def conda_spec() -> dict:
     """A conda environment spec: this Python (major.minor) plus the pinned pip dependencies.
 

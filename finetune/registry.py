@@ -25,9 +25,6 @@ from finetune.errors import UserError
 from finetune.serve import SCORE_SCRIPT, ModelRef
 
 PRODUCTION_ALIAS = "production"
-# Files register() writes itself; copied from a candidate (e.g. a downloaded registered version) they
-# would be stale, so they are regenerated instead.
-GENERATED = ("score.py", "conda.yaml", "sample_request.json", "registered.json")
 SAMPLE_SIZE = 3
 
 
@@ -92,9 +89,10 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path) -> Path:
-    """Assemble the artifact in ``folder``: model files, score.py, conda.yaml, sample_request.json."""
-    from finetune.environment import write_conda_yaml
+def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, card: Optional[dict] = None) -> Path:
+    """Assemble the artifact in ``folder``: the candidate's files plus what :mod:`finetune.packaging`
+    adds (score.py, the MLflow pyfunc model and its serving environment, sample request, model card)."""
+    from finetune.packaging import GENERATED, write_serving_files
 
     if not SCORE_SCRIPT.is_file():
         raise UserError(f"{SCORE_SCRIPT} is missing, so a model cannot be packaged for serving; "
@@ -105,14 +103,12 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path) -> P
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(candidate_dir, folder, ignore=lambda _dir, names: [n for n in names if n in GENERATED])
-    shutil.copy2(SCORE_SCRIPT, folder / "score.py")
-    write_conda_yaml(folder / "conda.yaml")
-    (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
+    write_serving_files(folder, sample_request, card)
     return folder
 
 
 def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_request: dict, *,
-             experiment: str = "finetune") -> dict:
+             experiment: str = "finetune", card: Optional[dict] = None) -> dict:
     """Register ``candidate_dir`` as a new version of model ``name`` (or find the identical one).
 
     ``tags`` (selection metrics, data and config hashes, source; see :func:`selection_tags`) go on the
@@ -121,7 +117,7 @@ def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_req
     "git_commit", "source", "tags"}``; ``existing`` is True when the same content was registered before.
     """
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
-        folder = stage_artifact(Path(candidate_dir), sample_request, Path(scratch) / "model")
+        folder = stage_artifact(Path(candidate_dir), sample_request, Path(scratch) / "model", card)
         digest = content_hash(folder)
         commit = git_commit()
         client = _client(tracking_uri)
@@ -179,11 +175,15 @@ def production_version(client, name: str) -> Optional[str]:
 
 
 def resolve(name: str, version: Optional[str], tracking_uri: str, dst_dir: Optional[Path] = None) -> ModelRef:
-    """A local copy of version ``version`` of ``name`` (None: the production alias), as a ModelRef.
+    """Version ``version`` of ``name`` (None: the production alias) as a ModelRef to a local folder.
 
-    The artifact is downloaded into ``dst_dir`` (default: a new temporary folder), so the caller owns a
-    folder it may serve from while the registry moves on.
+    A registry whose artifacts are local files (the default sqlite store with ``mlartifacts/`` beside
+    it) is referenced in place: the registry holds the one registered copy of the weights, and
+    registered artifacts are never rewritten. Any other store is downloaded into ``dst_dir`` (default: a
+    new temporary folder).
     """
+    from urllib.parse import unquote, urlparse
+
     from mlflow.artifacts import download_artifacts
 
     client = _client(tracking_uri)
@@ -198,6 +198,9 @@ def resolve(name: str, version: Optional[str], tracking_uri: str, dst_dir: Optio
         if _not_found(error):
             raise UserError(f"model '{name}' version {version} is not registered at {tracking_uri}") from None
         raise
+    parsed = urlparse(uri)
+    if parsed.scheme in ("file", "") and Path(unquote(parsed.path)).is_dir():
+        return ModelRef(name=name, version=str(version), path=str(Path(unquote(parsed.path)).resolve()))
     target = Path(dst_dir) if dst_dir else Path(tempfile.mkdtemp(prefix=f"finetune-{name}-v{version}-"))
     target.mkdir(parents=True, exist_ok=True)
     path = download_artifacts(artifact_uri=uri, dst_path=str(target), tracking_uri=tracking_uri)
@@ -230,6 +233,17 @@ def selection_tags(selection: dict, data: dict, config: dict, source: Optional[s
     return tags
 
 
+def card_facts(config: dict, data: dict, selection: dict) -> dict:
+    """What the model card says about where the winner came from (see :func:`finetune.packaging.model_card`)."""
+    model, dataset = config.get("model") or {}, config.get("dataset") or {}
+    winner = selection["winner"]
+    return {"name": (config.get("select") or {}).get("registered_model_name"),
+            "base_model": (model.get("hub_id") or model.get("name")) if winner != "automl" else None,
+            "dataset": dataset.get("name"), "dataset_sha256": data.get("raw_sha256"),
+            "split_sha256": {split: info.get("sha256") for split, info in (data.get("splits") or {}).items()},
+            "metrics": (selection.get("test") or {}).get(winner, {})}
+
+
 def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
     """A scoring request of the first ``size`` test texts: the rollout's smoke test sends it."""
     import pandas as pd
@@ -241,8 +255,8 @@ def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
 def register_selection(plan, summary: dict, out_dir: Path) -> dict:
     """The register stage of a run: register the selected candidate and return the ``registry`` section.
 
-    The section carries ``model_ref`` (the registered version downloaded to ``out_dir/model``, what a
-    rollout deploys: the registry's copy, not the run's) and ``sample_request``.
+    The section carries ``model_ref`` (the registered version, what a rollout deploys: the registry's
+    copy, not the run's; downloaded to ``out_dir/model`` only from a remote store) and ``sample_request``.
     """
     selection = summary["selection"]
     winner = selection["winner"]
@@ -250,7 +264,8 @@ def register_selection(plan, summary: dict, out_dir: Path) -> dict:
     request = sample_request(summary["data"]["splits"]["test"]["path"])
     registered = register(candidate["path"], plan.select.registered_model_name, plan.tracking.uri,
                           selection_tags(selection, summary["data"], plan.to_dict(), candidate.get("source")),
-                          request, experiment=plan.tracking.experiment)
+                          request, experiment=plan.tracking.experiment,
+                          card=card_facts(plan.to_dict(), summary["data"], selection))
     out_dir = Path(out_dir)
     if (out_dir / "model").exists():
         shutil.rmtree(out_dir / "model")
