@@ -207,6 +207,16 @@ def resolve(name: str, version: Optional[str], tracking_uri: str, dst_dir: Optio
     return ModelRef(name=name, version=str(version), path=str(Path(path).resolve()))
 
 
+def alias_version(name: str, alias: str, tracking_uri: str) -> str:
+    """The version of ``name`` that ``alias`` points at; a UserError when there is none."""
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except Exception as error:
+        if _not_found(error):
+            raise UserError(f"model '{name}' has no version aliased '{alias}' at {tracking_uri}") from None
+        raise
+
+
 def production(name: str, tracking_uri: str, dst_dir: Optional[Path] = None) -> Optional[ModelRef]:
     """The version under the ``production`` alias, downloaded; None when nothing is in production yet."""
     version = production_version(_client(tracking_uri), name)
