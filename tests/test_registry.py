@@ -59,9 +59,11 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
         registry.resolve("reviews", None, store)
 
     ref = registry.resolve("reviews", "1", store, tmp_path / "v1")
-    files = {path.name for path in (tmp_path / "v1").rglob("*") if path.is_file()}
+    # A local store is referenced in place: the registry's copy is the only one.
+    assert not (tmp_path / "v1").exists() and "mlartifacts" in ref.path
+    files = {path.name for path in registry.Path(ref.path).rglob("*") if path.is_file()}
     assert {"model.joblib", "candidate.json", "score.py", "conda.yaml", "sample_request.json",
-            "registered.json"} <= files
+            "registered.json", "MLmodel", "README.md"} <= files
     assert (ref.name, ref.version) == ("reviews", "1")
     folder = registry.Path(ref.path)
     assert json.loads((folder / "registered.json").read_text()) == {"name": "reviews", "version": "1"}
