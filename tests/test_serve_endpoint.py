@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psutil
 import pytest
@@ -137,3 +138,9 @@ def test_a_deployment_that_cannot_start_is_reported_and_forgotten(endpoint, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no candidate.json"):
         endpoint.create_deployment("empty", ModelRef("bad", "9", str(tmp_path / "empty")))
+
+
+def test_deployments_hard_link_the_model_instead_of_copying_it(endpoint):
+    """One copy of the weights on disk: a deployment's files share the registered version's inodes."""
+    weights = next(Path(endpoint.deployments()["blue"]["model_dir"]).glob("*.safetensors"))
+    assert weights.stat().st_nlink == 2

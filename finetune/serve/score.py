@@ -290,7 +290,8 @@ def run(raw_data):
     except BadRequest as problem:
         logger.info("rejected request: %s", problem)
         # Imported here: the MLflow pyfunc loader and batch prediction use this file without the server.
-        
+        from azureml_inference_server_http.api.aml_response import AMLResponse
+
         return AMLResponse({"error": str(problem)}, 400, json_str=True)
     proba = _scorer.predict_proba(texts)
     labels = _scorer.labels
