@@ -38,10 +38,11 @@ def reference(tmp_path_factory):
 
 
 def _replacements(plan) -> dict:
-    from finetune.environment import conda_spec
+    from finetune.environment import SERVING_PACKAGES, conda_spec, serving_requirements
 
     replacements = {plan.run_dir: "<run_dir>"}
-    for requirement in conda_spec()["dependencies"][-1]["pip"]:
+    serving = [line for runtime in SERVING_PACKAGES for line in serving_requirements(runtime)]
+    for requirement in conda_spec()["dependencies"][-1]["pip"] + serving:
         replacements[requirement] = requirement.split("==")[0] + "==<pinned>"
     return replacements
 

@@ -25,6 +25,18 @@ def definition() -> dict:
     return {"image": BASE_IMAGE, "conda_file": conda_spec()}
 
 
+# AML's CPU base image for a conda file: online deployments of the CPU runtimes need no CUDA layers.
+SERVING_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+
+
+def serving_definition(runtime: str) -> dict:
+    """The deployment's environment: only what serving with ``runtime`` needs
+    (:func:`finetune.environment.serving_conda_spec`, the registered version's own conda.yaml)."""
+    from finetune.environment import serving_conda_spec
+
+    return {"image": SERVING_IMAGE, "conda_file": serving_conda_spec(runtime)}
+
+
 def environment(spec: dict | None = None):
     """The Environment entity (anonymous) of ``spec`` (default: :func:`definition`)."""
     from azure.ai.ml.entities import Environment

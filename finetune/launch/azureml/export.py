@@ -14,6 +14,7 @@ Written on every AML run (dry or not), so a run directory always shows what was 
       code/finetune/          the package, uploaded as the jobs' code
       mltable/{train,val}/    MLTable folders for AutoML
       score/score.py          the deployment's scoring code
+      predict.yml             batch prediction with the registered model (python -m finetune.predict)
 
 Paths inside the YAML are relative to ``aml/``. azure-ai-ml 1.35.2 writes a local path of an input or
 of ``code`` as ``azureml:<path>`` (which reads back as an asset name); the prefix is removed from the
@@ -60,7 +61,7 @@ class Exported:
 
 def settings(plan: "RunPlan", prepared: "PreparedData") -> dict:
     """What the register and deploy steps need besides their data inputs (no workspace, no secrets)."""
-    from finetune.launch.azureml.environment import definition
+    from finetune.launch.azureml.environment import definition, serving_definition
     from finetune.registry import git_commit, sample_request
 
     config = plan.to_dict()
@@ -76,6 +77,7 @@ def settings(plan: "RunPlan", prepared: "PreparedData") -> dict:
         "sample_request": sample_request(prepared.test_path),
         "endpoint": dataclasses.asdict(plan.endpoint),
         "environment": definition(),
+        "serving_environment": serving_definition(plan.endpoint.runtime),
     }
 
 
@@ -94,7 +96,7 @@ def stage_code(target: Path) -> Path:
 def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     """Write ``<run dir>/aml/`` for ``plan`` (replacing an earlier export of the same run)."""
     from finetune.environment import ENVIRONMENT_NAME
-    from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, sweep
+    from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, predict, sweep
     from finetune.serve import score
 
     folder = Path(plan.run_dir) / AML_DIR
@@ -131,6 +133,10 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     if plan.automl.kind == "text_classification":
         dump("automl.yml", automl_dict(plan, refs), "AutoML NLP alone: az ml job create -f automl.yml")
     dump("compute.yml", compute.cluster(plan)._to_dict(), "the cluster: az ml compute create -f compute.yml")
+    model_ref = f"azureml:{plan.select.registered_model_name}{LATEST_MODEL}"
+    dump("predict.yml", predict.predict_job(plan, refs.files["test"], CODE_DIR, env, model_ref)._to_job()._to_dict(),
+         "batch prediction with the latest registered model (here over the test split): "
+         "az ml job create -f predict.yml --set inputs.data.path=azureml:<data asset>:<version>")
 
     conda = folder / "conda.yml"
     conda.write_text(_yaml(environment.definition()["conda_file"], "the jobs' conda environment"), encoding="utf-8")
@@ -149,9 +155,11 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         model_name = plan.select.registered_model_name
         dump("endpoint.yml", deploy.endpoint_entity(plan.endpoint)._to_dict(),
              "the endpoint (the deploy step creates it when missing): az ml online-endpoint create -f endpoint.yml")
+        # The deployment runs in the serving environment of its runtime: no training stack in the image.
         deployment = deploy.deployment_entity(plan.endpoint, deploy.deployment_name("latest"),
-                                              f"azureml:{model_name}{LATEST_MODEL}", env, SCORE_DIR, model_name,
-                                              "latest")
+                                              f"azureml:{model_name}{LATEST_MODEL}",
+                                              environment.environment(environment.serving_definition(plan.endpoint.runtime)),
+                                              SCORE_DIR, model_name, "latest")
         dump("deployment.yml", deployment._to_dict(),
              "a deployment of the latest registered model, as the deploy step creates it "
              "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")

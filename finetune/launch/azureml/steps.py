@@ -139,13 +139,17 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
     """Select among the candidates and register the winner; returns (and writes) the model reference."""
     from azure.ai.ml.entities import Model
 
-    from finetune.registry import content_hash, selection_tags, stage_artifact
+    from finetune.export import export_candidate
+    from finetune.registry import card_facts, content_hash, selection_tags, stage_artifact
     from finetune.select import choose, evaluate
 
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     select = settings["select"]
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
-    candidates = {"transformer": str(Path(transformer_dir) / CANDIDATE_DIR)}
+    # Tested as it will serve: exported for the endpoint's runtime first (the local launcher's export stage).
+    exported = export_candidate(Path(transformer_dir) / CANDIDATE_DIR, settings["endpoint"].get("runtime", "torch"),
+                                Path(tempfile.mkdtemp(prefix="finetune-export-")) / "model")
+    candidates = {"transformer": str(exported)}
     results = evaluate(candidates, test_file, labels)
     if automl_result:
         # AutoML NLP models run only in AutoML's runtime; the test step scored it there with the same metrics.
@@ -158,8 +162,11 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
 
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
         if winner == "transformer":
-            folder = stage_artifact(Path(candidates[winner]), settings["sample_request"], Path(scratch) / "model")
-            model_type = "custom_model"
+            folder = stage_artifact(Path(candidates[winner]), settings["sample_request"], Path(scratch) / "model",
+                                    card_facts(settings["config"], settings["data"], selection))
+            # An MLflow model (MLmodel at the root): AML's batch and no-code deployments accept it, and the
+            # online deployment still runs the project's score.py over the same folder.
+            model_type = "mlflow_model"
         else:
             folder, model_type = Path(automl_model), "mlflow_model"
         digest = content_hash(folder)
@@ -170,7 +177,7 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
             existing = True
         else:
             version = str(max([int(m.version) for m in versions if str(m.version).isdigit()], default=0) + 1)
-            if model_type == "custom_model":
+            if winner == "transformer":
                 # The scoring script reports this in every response, as with the local registry.
                 (folder / "registered.json").write_text(json.dumps({"name": name, "version": version}))
             all_tags = {key: str(value) for key, value in tags.items() if value is not None}
@@ -202,7 +209,7 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
 
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     ref = json.loads((Path(model_ref_dir) / MODEL_REF).read_text(encoding="utf-8"))
-    if ref["model_type"] != "custom_model":
+    if ref["candidate"] != "transformer":
         result = {"status": "skipped", "model": ref,
                   "reason": "the winner is an AML AutoML NLP model, which needs AutoML's runtime; the project's "
                             "score.py serves fine-tuned transformers, so the endpoint is left as it was"}
@@ -212,7 +219,8 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
         # The deployment's code is the scoring script alone: it is self-contained by contract.
         shutil.copy2(score.__file__, Path(code_dir) / SCORING_SCRIPT)
-        endpoint = AmlEndpoint(ml_client or job_client(), config, environment(settings["environment"]), code_dir)
+        serving = settings.get("serving_environment") or settings["environment"]
+        endpoint = AmlEndpoint(ml_client or job_client(), config, environment(serving), code_dir)
         endpoint.ensure()
         model = ModelRef(name=ref["name"], version=ref["version"], path=f"azureml:{ref['name']}:{ref['version']}")
         try:
