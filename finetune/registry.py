@@ -25,6 +25,7 @@ from finetune.errors import UserError
 from finetune.serve import SCORE_SCRIPT, ModelRef
 
 PRODUCTION_ALIAS = "production"
+CARD = "README.md"
 SAMPLE_SIZE = 3
 
 
@@ -78,9 +79,13 @@ def git_commit() -> Optional[str]:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes, in path order: equal folders, equal hash."""
+    """sha256 over every file's relative path and bytes, in path order: equal folders, equal hash.
+
+    The model card (README.md) is left out: it reports the metrics of the run that registered the model,
+    and the same model tested on another run's split is still the same model.
+    """
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.relative_to(folder) != Path(CARD)):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -77,9 +77,11 @@ def test_each_version_carries_its_runtime_environment_and_a_model_card(registere
 
 
 def test_registering_the_same_export_again_finds_the_same_version(registered, tmp_path):
+    """Even when another run's test split gives other metrics: the card describes the model, it is not the model."""
     store, versions = registered
     folder = Path(registry.resolve("reviews-hf", versions["torch"]["version"], store).path)
-    again = registry.register(folder, "reviews-hf", store, {"source": "again"}, REQUEST, card=CARD)
+    other_run = {**CARD, "metrics": {"auc_weighted": 0.5}}
+    again = registry.register(folder, "reviews-hf", store, {"source": "again"}, REQUEST, card=other_run)
     assert again["existing"] and again["version"] == versions["torch"]["version"]
 
 
