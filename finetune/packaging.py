@@ -35,8 +35,11 @@ def runtime_of(candidate: dict) -> str:
     return candidate.get("runtime", "torch") if candidate.get("kind") == "hf" else "automl"
 
 
-def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict] = None) -> None:
-    """Add score.py, the MLflow model files, sample_request.json and the model card to ``folder``."""
+def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict] = None,
+                        conda: Optional[dict] = None) -> None:
+    """Add score.py, the MLflow model files, sample_request.json and the model card to ``folder``.
+
+    ``conda``: the serving environment (default: the one of the candidate's runtime, built here)."""
     from finetune.environment import serving_conda_spec
 
     candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
@@ -44,7 +47,7 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     texts = [item["text"] for item in sample_request.get("data", [])][:3] or ["an example review"]
     write_mlflow_model(folder, [str(label) for label in candidate["labels"]],
-                       serving_conda_spec(runtime_of(candidate)), texts)
+                       conda or serving_conda_spec(runtime_of(candidate)), texts)
     (folder / "README.md").write_text(model_card(candidate, card or {}), encoding="utf-8")
 
 

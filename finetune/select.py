@@ -185,22 +185,3 @@ def format_table(selection: dict) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
              for row in [header, *rows]]
     return "\n".join(lines + [f"decision: {selection['decision']} ({selection['reason']})"])
-
-
-def run_selection(plan, data, candidates: dict, production, out_dir: Path) -> dict:
-    """The select stage of a run: score this run's candidates and the production model, then choose.
-
-    ``candidates`` is the summary's candidate section (``{name: {"path", ...}}``); ``production`` the
-    :func:`finetune.registry.production` reference or None. Probabilities go to ``out_dir``.
-    """
-    paths = {name: candidate["path"] for name, candidate in candidates.items()}
-    production_name = None
-    if production is not None:
-        production_name = PRODUCTION
-        paths[production_name] = production.path
-        print(f"re-scoring production model {production.name} version {production.version}", flush=True)
-    results = evaluate(paths, data.test_path, list(data.labels), proba_dir=out_dir)
-    selection = choose(results, plan.select.metric, plan.select.margin, production_name)
-    if production is not None:
-        selection["production_version"] = {"name": production.name, "version": str(production.version)}
-    return selection

@@ -55,11 +55,13 @@ def test_the_deployment_environment_holds_only_the_runtime(exported):
     assert not {"torch", "flaml", "azure-ai-ml", "hydra-core"} & set(packages)
     settings = json.loads(result.settings_path.read_text())
     assert settings["endpoint"]["runtime"] == "onnx-int8"
-    assert settings["serving_environment"]["conda_file"] == deployment["environment"]["conda_file"]
+    # The register step writes this spec into the registered version's conda.yaml / MLmodel environment.
+    assert settings["environment"]["conda_file"] == deployment["environment"]["conda_file"]
 
 
 def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tiny_model_dir, tmp_path, monkeypatch):
     """The AML register step, against a stub MLClient: the winner is the exported model, as an mlflow_model."""
+    from finetune.environment import serving_conda_spec
     from finetune.launch.azureml import steps
     from test_select import write_splits
     from test_serve_support import LABELS, make_hf_candidate
@@ -69,13 +71,17 @@ def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tin
     (tmp_path / "labels.json").write_text(json.dumps(LABELS))
     settings = {"run": "r", "select": {"metric": "auc_weighted", "margin": 0.0, "registered_model_name": "reviews"},
                 "data": {"raw_sha256": "r" * 64, "splits": {}}, "config": {"model": {"name": "tiny"}},
-                "sample_request": {"data": [{"text": "fine"}]}, "endpoint": {"runtime": "onnx-int8"}}
+                "sample_request": {"data": [{"text": "fine"}]}, "endpoint": {"runtime": "onnx-int8"},
+                "environment": {"conda_file": serving_conda_spec("onnx-int8")}, "deploy": True}
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     created = []
 
     class Models:
-        def list(self, name):
+        def list(self, name, stage=None):
             return []
+
+        def download(self, name, version, download_path):
+            pass
 
         def create_or_update(self, model):
             created.append((model, {p.name for p in Path(model.path).iterdir()},

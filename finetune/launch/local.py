@@ -125,29 +125,33 @@ def run(plan: RunPlan) -> dict | None:
         candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed)
         summary.save()
 
-    from finetune import select
-
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
-    production = registry.production(plan.select.registered_model_name, plan.tracking.uri,
-                                     run_dir / "select" / "production")
+    model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
+                                             plan.tracking.experiment)
+    outcome = registry.select_and_register(
+        model_registry, {name: candidate["path"] for name, candidate in candidates.items()}, data.test_path,
+        list(data.labels), plan.select, summary["data"], plan.to_dict(),
+        registry.sample_request(data.test_path), run_dir / "select",
+        sources={name: candidate.get("source") for name, candidate in candidates.items()},
+        commit=registry.git_commit())
+    production = outcome["production"]
     if production is not None:
         candidates["production"] = {"kind": "production", "path": str(production.path),
                                     "source": f"{production.name} version {production.version} (in production)"}
-    selection = select.run_selection(plan, data, candidates, production, run_dir / "select")
+    selection = outcome["selection"]
     summary["selection"] = selection
     for name, metrics in selection["test"].items():
         candidates[name]["test"] = metrics
     summary.save()
 
     next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
-    registered = None
-    if selection["decision"] == "register":
-        registered = registry.register_selection(plan, summary.data, run_dir / "register")
+    registered = outcome["registry"] if selection["decision"] == "register" else None
+    if registered is not None:
         summary["registry"] = {**registered, "model_ref": registered["model_ref"].to_dict()}
         print(f"registered {registered['name']} version {registered['version']}"
               + (" (already registered: same artifacts)" if registered.get("existing") else ""))
     else:
-        summary["registry"] = {"decision": "keep_production", "reason": selection["reason"]}
+        summary["registry"] = outcome["registry"]
         print(f"kept the current production model: {selection['reason']}")
 
     if "deploy" in plan.stages:
@@ -163,9 +167,9 @@ def run(plan: RunPlan) -> dict | None:
             print(f"deployed {registered['name']} version {registered['version']} as '{rollout['deployment']}' "
                   f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
                   + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
-            registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+            model_registry.promote(registered["version"])
     elif registered is not None:
-        registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+        model_registry.promote(registered["version"])
 
     next_stage("report")
     from finetune.report import write_report

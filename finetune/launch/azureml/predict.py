@@ -26,7 +26,8 @@ OUTPUT_FILE = "predictions.csv"
 
 def predict_job(plan: "RunPlan", data: str, code: str, environment, model: str):
     """The command job: ``data`` a ``uri_file`` path or ``azureml:<asset>:<version>``, ``model`` an
-    ``azureml:<name>@latest`` or ``azureml:<name>:<version>`` reference to the registered MLflow model."""
+    ``azureml:<name>@latest`` or ``azureml:<name>:<version>`` reference to the registered MLflow model;
+    ``environment`` the pipeline steps' one (the whole package, CPU torch)."""
     from azure.ai.ml import Input, Output, command
 
     line = ("python -m finetune.predict --model ${{inputs.model}} --input ${{inputs.data}} "
@@ -39,7 +40,8 @@ def predict_job(plan: "RunPlan", data: str, code: str, environment, model: str):
         command=line,
         code=code,
         environment=environment,
-        compute=plan.compute.cluster_name,
+        # Scoring runs on CPU (score.py's runtimes): the steps' CPU cluster when the plan has one.
+        compute=plan.compute.steps_cluster_name or plan.compute.cluster_name,
         inputs={"model": Input(type="mlflow_model", path=model), "data": Input(type="uri_file", path=data)},
         outputs={OUTPUT: Output(type="uri_folder")},
         tags={"run": plan.name, "model": plan.select.registered_model_name},
