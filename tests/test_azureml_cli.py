@@ -14,12 +14,12 @@ from aml_recorder import guard_network
 from finetune.cli import main
 
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]
-TREE = ["automl.yml", "code/finetune/train.py", "compute.yml", "conda.yml", "data/finetune-amazon_automotive-labels.yml",
+TREE = ["automl.yml", "code/finetune/train.py", "compute.yml", "conda-training.yml", "data/finetune-amazon_automotive-labels.yml",
         "data/finetune-amazon_automotive-test.yml", "data/finetune-amazon_automotive-train-mltable.yml",
         "data/finetune-amazon_automotive-train.yml", "data/finetune-amazon_automotive-val-mltable.yml",
         "data/finetune-amazon_automotive-val.yml", "deployment.yml", "endpoint.yml", "environment.yml",
         "mltable/train/MLTable", "mltable/train/train.csv", "mltable/val/MLTable", "mltable/val/val.csv",
-        "pipeline.yml", "score/score.py", "settings.json", "sweep.yml"]
+        "pipeline.yml", "predict.yml", "score/score.py", "settings.json", "sweep.yml"]
 
 
 @pytest.fixture(autouse=True)
