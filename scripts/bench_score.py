@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.predict_rows:
             score = scores.get(args.predict_runtime) or load_score(
                 export_candidate(candidate, args.predict_runtime, scratch / args.predict_runtime), args.predict_runtime)
-            ceiling = bare_forward_rate(score._scorer, texts[:2048], tokenizer)
+            ceiling = bare_forward_rate(score._scorer, texts[:512], tokenizer)
             for rows in args.predict_rows:
                 predicted[rows] = run_predict(folders.get(args.predict_runtime) or scratch / args.predict_runtime,
                                               texts, rows, scratch, args.threads)
@@ -291,7 +291,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
 def weight_copies(root: Path) -> str:
     """Bytes of weight files under ``root`` (a hard-linked file counts once), in units of one fp32 copy."""
     seen, by_folder = set(), {}
-    for path in sorted(Path(root).rglob("*")):
+    # The registry first: a deployment's hard links to it are then reported as the registry's copy.
+    for path in sorted(Path(root).rglob("*"), key=lambda p: ("mlartifacts" not in p.parts, p)):
         if not path.is_file() or path.suffix not in WEIGHT_SUFFIXES:
             continue
         stat = path.stat()
