@@ -26,6 +26,7 @@ from pathlib import Path
 
 from finetune.errors import UserError
 
+# score.py holds the same tuple: it must stay self-contained (a test keeps the two equal).
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 OPSET = 17

@@ -108,6 +108,11 @@ def test_a_candidate_missing_its_onnx_file_fails_at_init(monkeypatch, exported, 
 
 
 def test_the_runtime_is_chosen_per_deployment_in_the_plan(tmp_path):
+    from finetune import export
+    from finetune.serve import score
+
+    assert export.RUNTIMES == score.RUNTIMES
+
     def plan(*overrides):
         overrides = [*overrides, f"output_root={tmp_path}", "dry_run=true"]
         return build_plan(compose(overrides, {}), overrides, "runtime")
