@@ -90,7 +90,7 @@ class SearchConfig:
     primary_metric: str = "val_auc_weighted"
     goal: str = "maximize"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    keep_all: bool = False
+    keep_trial_models: bool = False  # models of trials other than the best are deleted unless set
 
 
 @dataclass
@@ -162,6 +162,9 @@ class EndpointConfig:
     # auto: `local` on local compute, `managed` on AML; none: register only, deploy nothing.
     kind: str = "auto"
     name: str = "finetune-sentiment"
+    # How a fine-tuned transformer is served: torch (PyTorch fp32), onnx (ONNX Runtime fp32) or onnx-int8
+    # (ONNX Runtime, dynamically quantised int8). The registered version carries that runtime's files only.
+    runtime: str = "torch"
     auth_mode: str = "key"
     host: str = "127.0.0.1"
     # A host other than loopback exposes the router (key auth over plain HTTP) to the network: only when set.

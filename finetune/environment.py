@@ -5,8 +5,8 @@ Two specs come from here:
 - :func:`conda_spec`: every runtime dependency of the project, each pinned to the version installed on the
   machine that builds the spec (a range like ``torch>=2.4`` would let a rebuilt image pick a newer release).
   The AML launcher turns it into its job environments (:mod:`finetune.launch.azureml.environment`).
-- :func:`serving_conda_spec`: only what ``score.py`` imports, pinned the same way: the registered model's
-  ``conda.yaml`` and the AML deployment's slim inference environment.
+- :func:`serving_conda_spec`: only what ``score.py`` imports for one runtime, pinned the same way: the
+  registered model's ``conda.yaml`` (and MLflow pyfunc environment) and the AML deployment's slim image.
 
 The dependency list is the project's own (``pyproject.toml``): read from the installed distribution, or,
 in a source checkout where the package is not installed, from ``pyproject.toml`` next to the package.
@@ -24,9 +24,17 @@ from finetune.errors import UserError
 DISTRIBUTION = "finetune"
 ENVIRONMENT_NAME = "finetune-runtime"
 SERVING_ENVIRONMENT_NAME = "finetune-serving"
-# What finetune/serve/score.py imports (torch and transformers for hf candidates, scikit-learn/joblib for
-# automl ones) and the AML inference server that runs it. Nothing else goes into a serving image.
-SERVING_PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "azureml-inference-server-http")
+# What finetune/serve/score.py imports per runtime (``hf`` candidates: torch, or ONNX Runtime and no torch;
+# ``automl`` candidates: scikit-learn and the learners FLAML may have picked), plus what every registered
+# version needs: numpy, the AML inference server, and MLflow with pandas for the pyfunc flavour.
+# Nothing else goes into a serving image.
+RUNTIME_PACKAGES = {
+    "torch": ("torch", "transformers"),
+    "onnx": ("onnxruntime", "transformers"),
+    "onnx-int8": ("onnxruntime", "transformers"),
+    "automl": ("scikit-learn", "lightgbm", "xgboost-cpu"),
+}
+SERVING_COMMON = ("numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http")
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
@@ -100,9 +108,13 @@ def conda_spec(pip: Optional[List[str]] = None, name: str = ENVIRONMENT_NAME) ->
     }
 
 
-def serving_conda_spec() -> dict:
-    """The scoring script's environment: :data:`SERVING_PACKAGES`, pinned like everything else."""
-    return conda_spec(pinned_requirements(SERVING_PACKAGES), SERVING_ENVIRONMENT_NAME)
+def serving_packages(runtime: str = "torch") -> tuple:
+    return RUNTIME_PACKAGES[runtime] + SERVING_COMMON
+
+
+def serving_conda_spec(runtime: str = "torch") -> dict:
+    """The scoring script's environment for ``runtime`` (``automl`` for a pipeline), pinned like everything else."""
+    return conda_spec(pinned_requirements(serving_packages(runtime)), f"{SERVING_ENVIRONMENT_NAME}-{runtime}")
 
 
 def write_conda_yaml(path: Path, spec: Optional[dict] = None) -> Path:

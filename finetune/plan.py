@@ -79,6 +79,8 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     `index` (a multirun job's number) is appended either way so the jobs of one multirun never share a dir."""
     launcher = "azureml" if cfg.compute.target == "azureml" else "local"
     stages = ["data", "train" if cfg.search.sampling == "none" else "search"]
+    if cfg.endpoint.runtime != "torch":
+        stages.append("export")
     if cfg.automl.kind != "none":
         stages.append("automl")
     stages += ["select", "register"]
@@ -240,6 +242,12 @@ def check_local(plan: RunPlan) -> List[str]:
     return local_problems(plan)
 
 
+def check_runtime(plan: RunPlan) -> List[str]:
+    from finetune.export import check_runtime as runtime_problems
+
+    return runtime_problems(plan.endpoint.runtime)
+
+
 def check_azureml(plan: RunPlan) -> List[str]:
     """The AML launcher's rules, loaded only when a plan is checked."""
     from finetune.launch.azureml.checks import check_azureml as aml_problems
@@ -257,6 +265,7 @@ CHECKS: List[Callable[[RunPlan], List[str]]] = [
     check_select,
     check_max_length,
     check_local,
+    check_runtime,
     check_azureml,
 ]
 

@@ -1,9 +1,11 @@
 """The local model registry: MLflow's, on the same store as tracking (``sqlite:///.../mlflow.db``).
 
 A registered version is a self-contained folder that any machine can serve with no ``finetune`` code:
-the candidate's model files, ``score.py`` (the AML entry script), ``conda.yaml`` (pinned runtime),
-``sample_request.json`` (what the smoke test sends) and ``registered.json`` (``{name, version}``,
-which the scoring script reports in every response).
+the candidate's model files (for its serving runtime), ``score.py`` (the AML entry script), an MLflow
+pyfunc model over the same scorer (``MLmodel``, ``conda.yaml`` of the runtime's serving environment), a
+model card (``README.md``), ``sample_request.json`` (what the smoke test sends) and ``registered.json``
+(``{name, version}``, which the scoring script reports in every response); see :mod:`finetune.packaging`.
+A local store's versions are used in place (:func:`resolve`): the registry holds the one registered copy.
 
 Registering is idempotent: the artifact's content hash is a tag, and a second registration of the same
 content returns the existing version instead of adding an identical one. The ``production`` alias is
@@ -26,9 +28,7 @@ from finetune.errors import UserError
 from finetune.serve import SCORE_SCRIPT, ModelRef
 
 PRODUCTION_ALIAS = "production"
-# Files register() writes itself; copied from a candidate (e.g. a downloaded registered version) they
-# would be stale, so they are regenerated instead.
-GENERATED = ("score.py", "conda.yaml", "sample_request.json", "registered.json")
+CARD = "README.md"
 SAMPLE_SIZE = 3
 
 
@@ -93,9 +93,13 @@ def git_commit() -> Optional[str]:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over every file's relative path and bytes, in path order: equal folders, equal hash."""
+    """sha256 over every file's relative path and bytes, in path order: equal folders, equal hash.
+
+    The model card (README.md) is left out: it reports the metrics of the run that registered the model,
+    and the same model tested on another run's split is still the same model.
+    """
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.relative_to(folder) != Path(CARD)):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -104,13 +108,15 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, conda: Optional[dict] = None) -> Path:
-    """Assemble the artifact in ``folder``: model files, score.py, conda.yaml, sample_request.json.
+def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, conda: Optional[dict] = None,
+                   card: Optional[dict] = None) -> Path:
+    """Assemble the artifact in ``folder``: the candidate's files plus what :mod:`finetune.packaging` adds
+    (score.py, the MLflow pyfunc model, sample_request.json, the model card from ``card``).
 
     ``conda`` is the serving environment spec; by default it is built here (from the project's dependency
     list), which a job cannot do: AML's register step passes the spec the submitting machine built.
     """
-    from finetune.environment import write_conda_yaml
+    from finetune.packaging import GENERATED, write_serving_files
 
     if not SCORE_SCRIPT.is_file():
         raise UserError(f"{SCORE_SCRIPT} is missing, so a model cannot be packaged for serving; "
@@ -121,14 +127,12 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, cond
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(candidate_dir, folder, ignore=lambda _dir, names: [n for n in names if n in GENERATED])
-    shutil.copy2(SCORE_SCRIPT, folder / "score.py")
-    write_conda_yaml(folder / "conda.yaml", conda)
-    (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
+    write_serving_files(folder, sample_request, card, conda)
     return folder
 
 
 def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_request: dict, *,
-             experiment: str = "finetune") -> dict:
+             experiment: str = "finetune", card: Optional[dict] = None) -> dict:
     """Register ``candidate_dir`` as a new version of model ``name`` (or find the identical one).
 
     ``tags`` (selection metrics, data and config hashes, source; see :func:`selection_tags`) go on the
@@ -137,7 +141,7 @@ def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_req
     "git_commit", "source", "tags"}``; ``existing`` is True when the same content was registered before.
     """
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
-        folder = stage_artifact(Path(candidate_dir), sample_request, Path(scratch) / "model")
+        folder = stage_artifact(Path(candidate_dir), sample_request, Path(scratch) / "model", card=card)
         return register_folder(MlflowRegistry(name, tracking_uri, experiment), folder, tags, git_commit())
 
 
@@ -253,11 +257,15 @@ def production_version(client, name: str) -> Optional[str]:
 
 
 def resolve(name: str, version: Optional[str], tracking_uri: str, dst_dir: Optional[Path] = None) -> ModelRef:
-    """A local copy of version ``version`` of ``name`` (None: the production alias), as a ModelRef.
+    """Version ``version`` of ``name`` (None: the production alias) as a ModelRef to a local folder.
 
-    The artifact is downloaded into ``dst_dir`` (default: a new temporary folder), so the caller owns a
-    folder it may serve from while the registry moves on.
+    A registry whose artifacts are local files (the default sqlite store with ``mlartifacts/`` beside
+    it) is referenced in place: the registry holds the one registered copy of the weights, and
+    registered artifacts are never rewritten. Any other store is downloaded into ``dst_dir`` (default: a
+    new temporary folder).
     """
+    from urllib.parse import unquote, urlparse
+
     from mlflow.artifacts import download_artifacts
 
     client = _client(tracking_uri)
@@ -272,10 +280,23 @@ def resolve(name: str, version: Optional[str], tracking_uri: str, dst_dir: Optio
         if _not_found(error):
             raise UserError(f"model '{name}' version {version} is not registered at {tracking_uri}") from None
         raise
+    parsed = urlparse(uri)
+    if parsed.scheme in ("file", "") and Path(unquote(parsed.path)).is_dir():
+        return ModelRef(name=name, version=str(version), path=str(Path(unquote(parsed.path)).resolve()))
     target = Path(dst_dir) if dst_dir else Path(tempfile.mkdtemp(prefix=f"finetune-{name}-v{version}-"))
     target.mkdir(parents=True, exist_ok=True)
     path = download_artifacts(artifact_uri=uri, dst_path=str(target), tracking_uri=tracking_uri)
     return ModelRef(name=name, version=str(version), path=str(Path(path).resolve()))
+
+
+def alias_version(name: str, alias: str, tracking_uri: str) -> str:
+    """The version of ``name`` that ``alias`` points at; a UserError when there is none."""
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except Exception as error:
+        if _not_found(error):
+            raise UserError(f"model '{name}' has no version aliased '{alias}' at {tracking_uri}") from None
+        raise
 
 
 def production(name: str, tracking_uri: str, dst_dir: Optional[Path] = None) -> Optional[ModelRef]:
@@ -322,6 +343,17 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(job_config(config), sort_keys=True, default=str).encode()).hexdigest()
 
 
+def card_facts(config: dict, data: dict, selection: dict) -> dict:
+    """What the model card says about where the winner came from (see :func:`finetune.packaging.model_card`)."""
+    model, dataset = config.get("model") or {}, config.get("dataset") or {}
+    winner = selection["winner"]
+    return {"name": (config.get("select") or {}).get("registered_model_name"),
+            "base_model": (model.get("hub_id") or model.get("name")) if winner != "automl" else None,
+            "dataset": dataset.get("name"), "dataset_sha256": data.get("raw_sha256"),
+            "split_sha256": {split: info.get("sha256") for split, info in (data.get("splits") or {}).items()},
+            "metrics": (selection.get("test") or {}).get(winner, {})}
+
+
 def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
     """A scoring request of the first ``size`` test texts: the rollout's smoke test sends it."""
     import pandas as pd
@@ -342,7 +374,8 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     which only AutoML's runtime can load). :func:`finetune.select.choose` decides with ``select_cfg.metric``
     and ``select_cfg.margin``; a winner is registered once per content with :func:`selection_tags`.
     Returns ``{"selection", "registry", "production"}``; ``registry`` holds ``model_ref`` (the registered
-    copy, downloaded to ``out_dir/model``: what a rollout deploys) when a version was registered.
+    copy, referenced in place or downloaded to ``out_dir/model``: what a rollout deploys) when a version was
+    registered.
     """
     from finetune.select import PRODUCTION, choose, evaluate
 
@@ -369,7 +402,8 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
             folder = Path(scratch) / "model"
             shutil.copytree(prescored[winner]["path"], folder)
         else:
-            folder = stage_artifact(Path(paths[winner]), sample_request, Path(scratch) / "model", conda)
+            folder = stage_artifact(Path(paths[winner]), sample_request, Path(scratch) / "model", conda,
+                                    card_facts(config, data_info, selection))
         registered = register_folder(model_registry, folder, tags, commit,
                                      description=f"{winner}: best test {select_cfg.metric}")
     model_dir = out_dir / "model"

@@ -47,7 +47,8 @@ def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
     """Class probabilities (n_texts x n_labels, columns in the candidate's label order) for raw texts.
 
     The model is loaded and run by the scoring script's own classes (``finetune/serve/score.py``):
-    the test metrics are those of the code that will serve the model, same truncation length included.
+    the test metrics are those of the code that will serve the model, same truncation length and
+    runtime (torch or ONNX Runtime, as the candidate's candidate.json says) included.
     """
     import numpy as np
 
@@ -55,18 +56,13 @@ def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
 
     folder = Path(candidate_dir)
     info = candidate_info(folder)
-    labels = [str(label) for label in info["labels"]]
-    if info["kind"] == "hf":
-        max_length = int(info.get("max_length") or score.DEFAULT_MAX_LENGTH)
-        scorer = score.HFScorer(folder, labels, max_length, max_batch=BATCH_SIZE)
-    elif info["kind"] == "automl":
-        scorer = score.AutomlScorer(folder, labels)
-    else:
+    if info["kind"] not in ("hf", "automl"):
         raise UserError(f"{candidate_dir}: unknown candidate kind '{info['kind']}' (expected hf or automl)")
+    scorer = score.load_scorer(folder, max_batch=BATCH_SIZE)
     texts = list(texts)
     # The scorer tokenizes a request at once; chunks keep a large test split's padded tensors small.
     chunks = [scorer.predict_proba(texts[start:start + CHUNK]) for start in range(0, len(texts), CHUNK)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(labels)))
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(scorer.labels)))
 
 
 def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None) -> dict:

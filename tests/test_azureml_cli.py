@@ -20,7 +20,7 @@ TREE = ["automl.yml", "code/finetune/train.py", "compute.yml", "conda-serving.ym
         "data/finetune-amazon_automotive-train.yml", "data/finetune-amazon_automotive-val-mltable.yml",
         "data/finetune-amazon_automotive-val.yml", "deployment.yml", "endpoint.yml", "environment.yml",
         "mltable/train/MLTable", "mltable/train/train.csv", "mltable/val/MLTable", "mltable/val/val.csv",
-        "pipeline.yml", "score/score.py", "settings.json", "steps-compute.yml", "sweep.yml"]
+        "pipeline.yml", "predict.yml", "score/score.py", "settings.json", "steps-compute.yml", "sweep.yml"]
 
 
 @pytest.fixture(autouse=True)

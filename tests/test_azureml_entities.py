@@ -190,8 +190,9 @@ def test_environment_yaml_and_conda_files(reference):
         assert f"torch=={torch}+{build}" in pip
         assert f"azureml-mlflow=={version('azureml-mlflow')}" in pip
     serving = yaml.safe_load((exported.folder / "conda-serving.yml").read_text())["dependencies"][-1]["pip"]
+    # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model.
     assert {line.split("==")[0] for line in serving[1:]} == {
-        "torch", "transformers", "numpy", "scikit-learn", "azureml-inference-server-http"}
+        "torch", "transformers", "numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"}
     assert json.loads(exported.settings_path.read_text())["environment"]["image"] == SERVING_IMAGE
     assert f"CUDA {plan.compute.cuda}" in __import__("finetune.launch.azureml.environment",
                                                       fromlist=["describe"]).describe(plan)

@@ -285,10 +285,10 @@ def settings(tmp_path):
     return export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data")).settings_path
 
 
-def model_ref(folder: Path, version: str = "3", model_type: str = "custom_model") -> str:
+def model_ref(folder: Path, version: str = "3", candidate: str = "transformer") -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_ref.json").write_text(json.dumps(
-        {"name": "automotive-sentiment", "version": version, "model_type": model_type, "candidate": "transformer",
+        {"name": "automotive-sentiment", "version": version, "model_type": "mlflow_model", "candidate": candidate,
          "decision": "register", "reason": "test"}))
     return str(folder)
 
@@ -391,7 +391,7 @@ def test_deploy_step_creates_a_missing_endpoint(server, recorder, monkeypatch, t
 def test_deploy_step_leaves_an_automl_winner_unserved(server, recorder, tmp_path, settings):
     from finetune.launch.azureml import steps
 
-    result = steps.deploy(model_ref(tmp_path / "ref", model_type="mlflow_model"), str(settings),
+    result = steps.deploy(model_ref(tmp_path / "ref", candidate="automl"), str(settings),
                           str(tmp_path / "rollout"), ml_client=server.ml_client())
     assert result["status"] == "skipped" and recorder.requests == []
 
@@ -424,7 +424,7 @@ def automl_output(tmp_path: Path, auc: float) -> tuple:
     return str(automl_model), str(automl_result)
 
 
-@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "custom_model"),
+@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "mlflow_model"),
                                                             (1.0, "automl", "mlflow_model")])
 def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type,
                        monkeypatch):

@@ -59,9 +59,11 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
         registry.resolve("reviews", None, store)
 
     ref = registry.resolve("reviews", "1", store, tmp_path / "v1")
-    files = {path.name for path in (tmp_path / "v1").rglob("*") if path.is_file()}
+    # A local store is referenced in place: the registry's copy is the only one.
+    assert not (tmp_path / "v1").exists() and "mlartifacts" in ref.path
+    files = {path.name for path in registry.Path(ref.path).rglob("*") if path.is_file()}
     assert {"model.joblib", "candidate.json", "score.py", "conda.yaml", "sample_request.json",
-            "registered.json"} <= files
+            "registered.json", "MLmodel", "README.md"} <= files
     assert (ref.name, ref.version) == ("reviews", "1")
     folder = registry.Path(ref.path)
     assert json.loads((folder / "registered.json").read_text()) == {"name": "reviews", "version": "1"}
@@ -99,7 +101,7 @@ def test_environment_pins_the_installed_project_dependencies(tmp_path):
 
     import yaml
 
-    from finetune.environment import SERVING_PACKAGES, conda_spec, serving_conda_spec, write_conda_yaml
+    from finetune.environment import conda_spec, serving_conda_spec, serving_packages, write_conda_yaml
 
     spec = conda_spec()
     python, pip_marker, pip = spec["dependencies"]
@@ -111,7 +113,7 @@ def test_environment_pins_the_installed_project_dependencies(tmp_path):
     # A registered model's conda.yaml is the serving environment: what score.py imports, nothing more.
     serving = serving_conda_spec()
     assert [line.split("==")[0] for line in serving["dependencies"][-1]["pip"]] == [
-        name for name in [line.split("==")[0] for line in packages] if name in SERVING_PACKAGES]
+        name for name in [line.split("==")[0] for line in packages] if name in serving_packages()]
     assert yaml.safe_load(write_conda_yaml(tmp_path / "env" / "conda.yaml").read_text()) == serving
 
 

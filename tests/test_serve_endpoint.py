@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psutil
 import pytest
@@ -195,3 +196,8 @@ def test_protocol_errors_are_json_too(endpoint):
         answer = raw.recv(4096).decode("latin-1")
     # Not even a request line: http.server answers as HTTP/0.9 does, a body and no status line.
     assert "Bad request" in json.loads(answer.split("\r\n\r\n", 1)[-1])["error"]
+
+def test_deployments_hard_link_the_model_instead_of_copying_it(endpoint):
+    """One copy of the weights on disk: a deployment's files share the registered version's inodes."""
+    weights = next(Path(endpoint.deployments()["blue"]["model_dir"]).glob("*.safetensors"))
+    assert weights.stat().st_nlink == 2

@@ -163,6 +163,17 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
     summary["training"] = {"throughput": kept.get("throughput", {}), "runtime": kept.get("runtime", {}),
                            "hyperparameters": kept.get("hyperparameters", {}), "base_model": tags["base_model"]}
 
+    if "export" in plan.stages:
+        from finetune.export import export_candidate
+
+        next_stage("export", f"the fine-tuned model for the {plan.endpoint.runtime} runtime")
+        trained = candidates["finetuned"]["path"]
+        # Selection tests (and the registry keeps) the exported model: the metrics are those of what serves.
+        candidates["finetuned"].update(trained_path=trained, runtime=plan.endpoint.runtime,
+                                       path=str(export_candidate(trained, plan.endpoint.runtime, run_dir / "export")))
+        summary.save()
+        print(f"exported to {candidates['finetuned']['path']}")
+
     if "automl" in plan.stages:
         from finetune.automl import run_automl
 

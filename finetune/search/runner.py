@@ -71,8 +71,8 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     """Run (or resume) the plan's sweep in `sweep_dir`; returns the ``sweep`` section of summary.json.
 
     `data` is a ``finetune.data.PreparedData``. The best trial's model stays in its trial folder; the
-    other trials' models are removed unless ``search.keep_all``. ``pipeline_run`` (run id, tags) nests
-    every trial's MLflow run under the invocation's pipeline run.
+    other trials' models are removed unless ``search.keep_trial_models``. ``pipeline_run`` (run id, tags)
+    nests every trial's MLflow run under the invocation's pipeline run.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search, limits = plan.search, plan.search.limits
@@ -401,7 +401,7 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
     skip = replaced(trials)
     records = [_record(t, search.goal) for t in trials if t.state.is_finished() and t.number not in skip]
     best = _best(records, search.goal)
-    if not search.keep_all:
+    if not search.keep_trial_models:
         for record in records:
             if record is not best and record["model_dir"]:
                 shutil.rmtree(record["model_dir"], ignore_errors=True)

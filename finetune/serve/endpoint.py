@@ -1,7 +1,7 @@
 """A local stand-in for an AML managed online endpoint: real azmlinfsrv deployments behind a keyed router.
 
 Each deployment is an ``azmlinfsrv`` process (through :mod:`finetune.serve.inference_server`, so it
-binds 127.0.0.1) running this package's ``score.py`` over a copy of the model folder, exactly the
+binds 127.0.0.1) running this package's ``score.py`` over a hard-linked copy of the model folder, exactly the
 entry-script contract AML runs; like AML's copy of a registered model, it stays servable when the run
 folder it came from is deleted. In front, :mod:`finetune.serve.router` does key auth and the traffic
 split. Everything is recorded in ``<root>/<name>/state.json`` (deployments with port, pid and model,
@@ -246,7 +246,7 @@ class LocalEndpoint:
                 self._start_router(state)
             model_dir = self.dir / "deployments" / deployment / "model"
             shutil.rmtree(model_dir, ignore_errors=True)
-            shutil.copytree(folder, model_dir)
+            shutil.copytree(folder, model_dir, copy_function=link_or_copy)
             record = self._launch(deployment, model, model_dir, state)
             try:
                 self._wait_healthy(deployment, record, state)
@@ -456,6 +456,17 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     return {**result.to_dict(), "kind": "local", "state_file": str(endpoint.state_file),
             "running": bool(keep_running or was_running),
             "serve_command": f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"}
+
+
+def link_or_copy(source: str, target: str) -> str:
+    """A hard link (no second copy of the weights on disk; the deployment keeps its files when the
+    registry's are deleted), a copy across file systems. Registered artifacts are never rewritten in
+    place, so sharing their inodes is safe."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
 
 
 def _free_colour(endpoint: LocalEndpoint) -> str:

@@ -2,8 +2,13 @@
 
 The same file serves a model locally (``azmlinfsrv`` behind :class:`finetune.serve.endpoint.LocalEndpoint`)
 and on Azure ML, where it is copied next to the registered model and the ``finetune`` package is not
-installed: it imports only the standard library, numpy, torch/transformers (``hf`` candidates), joblib
-(``automl`` candidates) and the inference server's ``AMLResponse``.
+installed: it imports only the standard library, numpy, the tokenizer (transformers) and the runtime of
+``hf`` candidates (torch, or onnxruntime for ``onnx``/``onnx-int8``, as ``runtime`` in candidate.json says),
+joblib (``automl`` candidates) and the inference server's ``AMLResponse`` (only to answer a bad request).
+Every caller goes the same two steps: the runtime turns texts into probabilities
+(``load_scorer(folder).predict_proba``), then :func:`decide` turns probabilities into labels. The online
+``run()``, ``python -m finetune.predict``, the test scoring of ``finetune.select`` and the MLflow pyfunc
+flavour (``_load_pyfunc``, the ``loader_module`` of a registered version's MLmodel) all use both.
 
 Request ``{"data": [{"text": "..."}, ...]}``; response
 ``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``;
@@ -18,8 +23,8 @@ Environment (all optional):
 - ``FINETUNE_MAX_BODY_BYTES`` (1000000): largest request body.
 - ``FINETUNE_MAX_LENGTH``: tokens kept per text (else ``max_length`` of candidate.json, else 128, the
   training default: the model never saw longer inputs).
-- ``FINETUNE_NUM_THREADS``: torch threads (else ``OMP_NUM_THREADS`` if set, else torch's default capped
-  by the CPUs this process may use: affinity and cgroup quota). On a machine shared with other busy
+- ``FINETUNE_NUM_THREADS``: torch / onnxruntime threads (else ``OMP_NUM_THREADS`` if set, else the
+  runtime's default capped by the CPUs this process may use: affinity and cgroup quota). On a machine shared with other busy
   processes, 1 is often fastest.
 - ``FINETUNE_LOG_REQUESTS`` (off): ``1`` logs request texts; off by default because reviews can hold
   personal data.
@@ -35,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from azureml_inference_server_http.api.aml_response import AMLResponse
 
 # A child of the inference server's own logger: azmlinfsrv configures that one (the root logger has no
 # handler there), so these lines reach the deployment log in the server's format.
@@ -99,48 +103,100 @@ def _cpu_budget(default: int) -> int:
     return max(1, budget)
 
 
-class HFScorer:
-    """A Hugging Face sequence classifier: one tokenizer call per request, length-sorted forward chunks."""
+RUNTIMES = ("torch", "onnx", "onnx-int8")
 
-    def __init__(self, folder: Path, labels: list[str], max_length: int, max_batch: int):
+
+class TorchForward:
+    """PyTorch fp32 forward of the saved Hugging Face weights."""
+
+    def __init__(self, folder: Path, num_labels: int):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        torch.set_num_threads(_threads(torch.get_num_threads()))
+        self.torch = torch
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        if self.model.config.num_labels != num_labels:
+            raise ValueError(f"the model has {self.model.config.num_labels} outputs but candidate.json lists "
+                             f"{num_labels} labels")
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        with self.torch.inference_mode():
+            logits = self.model(**{name: self.torch.from_numpy(array) for name, array in batch.items()}).logits
+        return logits.float().numpy()
+
+
+class OnnxForward:
+    """ONNX Runtime forward of the exported graph (fp32 or dynamically quantised int8), CPU provider."""
+
+    def __init__(self, path: Path, num_labels: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        # One request at a time per worker: every thread goes to the operators, none to parallel branches.
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = _threads(os.cpu_count() or 1)
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [node.name for node in self.session.get_inputs()]
+        outputs = self.session.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != num_labels:
+            raise ValueError(f"{path.name} has {outputs} outputs but candidate.json lists {num_labels} labels")
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        return self.session.run(None, {name: batch[name].astype(np.int64) for name in self.inputs})[0]
+
+
+def _threads(default: int) -> int:
+    """FINETUNE_NUM_THREADS, else OMP_NUM_THREADS (onnxruntime does not read it itself), else ``default``
+    capped by the CPU budget."""
+    return _env_int("FINETUNE_NUM_THREADS", 0) or _env_int("OMP_NUM_THREADS", 0) or _cpu_budget(default)
+
+
+class HFScorer:
+    """A fine-tuned sequence classifier: one tokenizer call per request, length-sorted forward chunks.
+
+    The runtime (``runtime`` in candidate.json: ``torch``, ``onnx`` or ``onnx-int8``) only turns token ids
+    into logits; tokenisation, truncation and batching are the same under every runtime.
+    """
+
+    def __init__(self, folder: Path, labels: list[str], max_length: int, max_batch: int,
+                 runtime: str = "torch", onnx_file: str | None = None):
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         # Progress bars are carriage-return noise in a deployment log.
         hf_logging.disable_progress_bar()
-        threads = _env_int("FINETUNE_NUM_THREADS", 0)
-        if not threads and not os.environ.get("OMP_NUM_THREADS"):
-            threads = _cpu_budget(torch.get_num_threads())
-        if threads:
-            torch.set_num_threads(threads)
-        self.torch = torch
+        if runtime not in RUNTIMES:
+            raise ValueError(f"candidate.json names runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        if self.model.config.num_labels != len(labels):
-            raise ValueError(f"the model has {self.model.config.num_labels} outputs but candidate.json lists "
-                             f"{len(labels)} labels")
+        if runtime == "torch":
+            self.forward = TorchForward(folder, len(labels))
+        else:
+            if not onnx_file or not (folder / onnx_file).is_file():
+                raise FileNotFoundError(f"candidate.json names runtime {runtime} but its ONNX file "
+                                        f"{onnx_file!r} is not in {folder}")
+            self.forward = OnnxForward(folder / onnx_file, len(labels))
+        self.runtime = runtime
         self.labels = labels
         self.max_length = max_length
         self.max_batch = max_batch
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        torch = self.torch
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
-        lengths = encoded["attention_mask"].sum(dim=1)
+                                 return_tensors="np")
+        lengths = encoded["attention_mask"].sum(axis=1)
         # Chunks of similar length waste little compute on padding; each chunk is trimmed to its longest text.
-        order = torch.argsort(lengths, stable=True)
+        order = np.argsort(lengths, kind="stable")
         left_padded = self.tokenizer.padding_side == "left"
-        proba = np.empty((len(texts), self.model.config.num_labels), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.max_batch):
-                rows = order[start:start + self.max_batch]
-                width = int(lengths[rows].max())
-                columns = slice(-width, None) if left_padded else slice(0, width)
-                batch = {name: tensor[rows][:, columns] for name, tensor in encoded.items()}
-                logits = self.model(**batch).logits
-                proba[rows.numpy()] = torch.softmax(logits.float(), dim=-1).numpy()
+        proba = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), self.max_batch):
+            rows = order[start:start + self.max_batch]
+            width = int(lengths[rows].max())
+            columns = slice(-width, None) if left_padded else slice(0, width)
+            logits = self.forward({name: np.ascontiguousarray(array[rows][:, columns])
+                                   for name, array in encoded.items()}).astype(np.float32)
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            proba[rows] = shifted / shifted.sum(axis=1, keepdims=True)
         return proba
 
 
@@ -168,27 +224,37 @@ class AutomlScorer:
         return proba
 
 
+def load_scorer(folder: Path, max_batch: int | None = None):
+    """The scorer of the candidate in ``folder`` (its candidate.json says which kind and runtime)."""
+    candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+    labels = [str(label) for label in candidate["labels"]]
+    kind = candidate.get("kind")
+    if kind == "hf":
+        max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
+        return HFScorer(folder, labels, max_length, max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
+                        runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"))
+    if kind == "automl":
+        return AutomlScorer(folder, labels)
+    raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
+
+
+def decide(proba: np.ndarray, labels: list[str]) -> list[str]:
+    """Probabilities -> labels: the one decision rule, the same under every runtime and in every caller."""
+    return [labels[int(index)] for index in proba.argmax(axis=1)]
+
+
 def init() -> None:
     """Load the candidate under AZUREML_MODEL_DIR once per worker; any problem stops the server."""
     global _scorer, _model, _limits
     folder = find_candidate(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))
-    candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
-    labels = [str(label) for label in candidate["labels"]]
-    kind = candidate.get("kind")
     _limits = {
         "max_items": _env_int("FINETUNE_MAX_ITEMS", 64),
         "max_body_bytes": _env_int("FINETUNE_MAX_BODY_BYTES", 1_000_000),
         "log_requests": os.environ.get("FINETUNE_LOG_REQUESTS", "").lower() in ("1", "true", "yes"),
     }
-    if kind == "hf":
-        max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
-        scorer = HFScorer(folder, labels, max_length, _env_int("FINETUNE_MAX_BATCH", 32))
-    elif kind == "automl":
-        scorer = AutomlScorer(folder, labels)
-    else:
-        raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
-    _scorer, _model = scorer, _model_info(folder)
-    logger.info("loaded %s candidate from %s (labels %s, model %s)", kind, folder, labels, _model)
+    _scorer, _model = load_scorer(folder), _model_info(folder)
+    logger.info("loaded %s candidate from %s (labels %s, runtime %s, model %s)", type(_scorer).__name__, folder,
+                _scorer.labels, getattr(_scorer, "runtime", "sklearn"), _model)
 
 
 def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
@@ -232,15 +298,44 @@ def run(raw_data):
         texts = parse_request(raw_data, _limits["max_items"], _limits["max_body_bytes"])
     except BadRequest as problem:
         logger.info("rejected request: %s", problem)
+        # Imported here: the MLflow pyfunc loader and batch prediction use this file without the server.
+        from azureml_inference_server_http.api.aml_response import AMLResponse
+
         return AMLResponse({"error": str(problem)}, 400, json_str=True)
     proba = _scorer.predict_proba(texts)
     labels = _scorer.labels
     predictions = [
-        {"label": labels[int(row.argmax())],
-         "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)}}
-        for row in proba
+        {"label": label, "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
+        for label, row in zip(decide(proba, labels), proba)
     ]
     logger.info("scored %d texts in %.1f ms", len(texts), (time.perf_counter() - started) * 1e3)
     if _limits["log_requests"]:
         logger.info("request texts: %s", json.dumps(texts))
     return {"predictions": predictions, "model": dict(_model)}
+
+
+class PyfuncModel:
+    """What ``mlflow.pyfunc.load_model`` returns for a registered version: the same scorer and decision.
+
+    ``predict(DataFrame with a "text" column)`` -> DataFrame ``label``, ``probability_<label>`` per class.
+    """
+
+    def __init__(self, folder: Path):
+        self.scorer = load_scorer(folder)
+
+    def predict(self, model_input, params=None):
+        import pandas as pd
+
+        texts = model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input
+        texts = [str(text) for text in texts]
+        labels = self.scorer.labels
+        proba = self.scorer.predict_proba(texts) if texts else np.zeros((0, len(labels)))
+        table = pd.DataFrame({"label": decide(proba, labels)})
+        for column, label in enumerate(labels):
+            table[f"probability_{label}"] = proba[:, column].astype(np.float64)
+        return table
+
+
+def _load_pyfunc(path: str) -> PyfuncModel:
+    """MLflow's ``loader_module`` hook (see the registered version's MLmodel)."""
+    return PyfuncModel(find_candidate(Path(path)))

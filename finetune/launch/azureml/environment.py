@@ -17,7 +17,8 @@ that the cluster's GPU cannot run.
 - steps (register, deploy): the same list with the CPU torch build on AML's CPU image; they run on the
   small CPU cluster (``compute.steps_*``), never on a GPU node.
 - serving: AML's minimal inference image (``mcr.microsoft.com/azureml/minimal-py311-inference``) plus only
-  what ``score.py`` imports (``finetune.environment.serving_conda_spec``), CPU torch.
+  what ``score.py`` imports for ``endpoint.runtime`` (``finetune.environment.serving_conda_spec``): CPU torch,
+  or ONNX Runtime and no torch.
 - AutoML test: AutoML NLP's own runtime image, in which its MLflow model loads; nothing is created at job time.
 
 Every spec is built here, where the plan is submitted; a job receives it as data (the YAML, ``settings.json``),
@@ -71,11 +72,13 @@ def job_spec(build: str) -> dict:
     return conda_spec(with_torch_build(requirements, build), name=f"finetune-{build}")
 
 
-def serving_spec() -> dict:
+def serving_spec(runtime: str = "torch") -> dict:
+    """The deployment's conda spec: only what serving with ``runtime`` needs (no torch for ONNX Runtime)."""
     from finetune.environment import serving_conda_spec
 
-    spec = serving_conda_spec()
-    spec["dependencies"][-1]["pip"] = with_torch_build(spec["dependencies"][-1]["pip"], "cpu")
+    spec = serving_conda_spec(runtime)
+    if runtime == "torch":
+        spec["dependencies"][-1]["pip"] = with_torch_build(spec["dependencies"][-1]["pip"], "cpu")
     return spec
 
 
@@ -88,8 +91,9 @@ def definitions(plan: "RunPlan") -> dict:
                      "description": DESCRIPTION.format(role="training", detail=f"torch {training_build}")},
         "steps": {"image": CPU_IMAGE, "conda_file": job_spec("cpu"),
                   "description": DESCRIPTION.format(role="pipeline steps", detail="torch cpu")},
-        "serving": {"image": SERVING_IMAGE, "conda_file": serving_spec(),
-                    "description": DESCRIPTION.format(role="serving", detail="score.py only, torch cpu")},
+        "serving": {"image": SERVING_IMAGE, "conda_file": serving_spec(plan.endpoint.runtime),
+                    "description": DESCRIPTION.format(role="serving",
+                                                      detail=f"score.py only, runtime {plan.endpoint.runtime}")},
     }
     if plan.automl.kind == "text_classification":
         result["automl_test"] = {"image": AUTOML_IMAGE, "conda_file": None,

@@ -15,6 +15,7 @@ Written on every AML run (dry or not), so a run directory always shows what was 
       base_model/             a local base model (e.g. the packaged MiniLM), uploaded as the trials' input
       mltable/{train,val}/    MLTable folders for AutoML
       score/score.py          the deployment's scoring code
+      predict.yml             batch prediction with the registered model (python -m finetune.predict)
 
 Paths inside the YAML are relative to ``aml/``. azure-ai-ml 1.35.2 writes a local path of an input or
 of ``code`` as ``azureml:<path>`` (which reads back as an asset name); the prefix is removed from the
@@ -113,7 +114,7 @@ def stage_code(target: Path) -> Path:
 def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     """Write ``<run dir>/aml/`` for ``plan`` (replacing an earlier export of the same run)."""
     from finetune.environment import ENVIRONMENT_NAME
-    from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, sweep
+    from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, predict, sweep
     from finetune.serve import score
 
     folder = Path(plan.run_dir) / AML_DIR
@@ -158,6 +159,10 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     if plan.automl.kind == "text_classification":
         dump("automl.yml", automl_dict(plan, refs), "AutoML NLP alone: az ml job create -f automl.yml")
     dump("compute.yml", compute.cluster(plan)._to_dict(), "the cluster: az ml compute create -f compute.yml")
+    model_ref = f"azureml:{plan.select.registered_model_name}{LATEST_MODEL}"
+    dump("predict.yml", predict.predict_job(plan, refs.files["test"], CODE_DIR, envs["steps"], model_ref)._to_job()._to_dict(),
+         "batch prediction with the latest registered model (here over the test split): "
+         "az ml job create -f predict.yml --set inputs.data.path=azureml:<data asset>:<version>")
     if plan.compute.steps_cluster_name:
         dump("steps-compute.yml", compute.steps_cluster(plan)._to_dict(),
              "the test/register/deploy steps' CPU cluster: az ml compute create -f steps-compute.yml")

@@ -57,7 +57,9 @@ class AmlRegistry:
         if (Path(folder) / "candidate.json").is_file():
             # The scoring script reports this in every response, as with the local registry.
             (Path(folder) / "registered.json").write_text(json.dumps({"name": self.name, "version": version}))
-        model_type = "custom_model" if (Path(folder) / "candidate.json").is_file() else "mlflow_model"
+        # A staged version is an MLflow model too (MLmodel at its root, finetune.packaging): AML's batch and
+        # no-code deployments take it, and online deployments still run the project's score.py over it.
+        model_type = "mlflow_model" if (Path(folder) / "MLmodel").is_file() else "custom_model"
         model = self.ml_client.models.create_or_update(Model(
             name=self.name, version=version, path=str(folder), type=model_type, tags=tags, description=description))
         return {"version": str(model.version), "source": model.path}

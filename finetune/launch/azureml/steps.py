@@ -119,6 +119,7 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
     """Select among the candidates and production, register the winner; returns (and writes) the model reference."""
     from types import SimpleNamespace
 
+    from finetune.export import export_candidate
     from finetune.launch.azureml.registry import AmlRegistry
     from finetune.registry import select_and_register
 
@@ -132,8 +133,11 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
                                "path": automl_model}
     model_registry = AmlRegistry(ml_client or job_client(), select["registered_model_name"])
     with tempfile.TemporaryDirectory(prefix="finetune-select-") as scratch:
+        # Tested as it will serve: exported for the endpoint's runtime (the local launcher's export stage).
+        transformer = export_candidate(Path(transformer_dir) / CANDIDATE_DIR, settings["endpoint"].get("runtime", "torch"),
+                                       Path(scratch) / "export")
         outcome = select_and_register(
-            model_registry, {"transformer": str(Path(transformer_dir) / CANDIDATE_DIR)}, test_file, labels,
+            model_registry, {"transformer": str(transformer)}, test_file, labels,
             SimpleNamespace(metric=select["metric"], margin=select["margin"]), settings["data"], settings["config"],
             settings["sample_request"], Path(scratch), prescored=prescored,
             sources={"transformer": f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
@@ -145,7 +149,7 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
     if selection["decision"] == "register":
         winner = selection["winner"]
         ref.update(name=registered["name"], version=registered["version"], candidate=winner,
-                   model_type="mlflow_model" if winner in prescored else "custom_model",
+                   model_type="mlflow_model",
                    existing=registered["existing"], content_sha256=registered["content_sha256"])
         if not settings.get("deploy"):
             # No rollout follows: the registered version is production now, as the local launcher does.
@@ -172,7 +176,7 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         result = {"status": "skipped", "model": ref, "reason": f"nothing new to deploy: {ref['reason']}"}
         _write(output_dir, ROLLOUT, result)
         return result
-    if ref["model_type"] != "custom_model":
+    if ref["candidate"] != "transformer":
         result = {"status": "skipped", "model": ref,
                   "reason": "the winner is an AML AutoML NLP model, which needs AutoML's runtime; the project's "
                             "score.py serves fine-tuned transformers, so the endpoint is left as it was"}

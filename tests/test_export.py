@@ -1,0 +1,124 @@
+"""The serving runtimes: the export stage (ONNX, ONNX int8), score.py under each runtime, the plan's choice."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from finetune.cli import compose
+from finetune.errors import ConfigProblems
+from finetune.export import export_candidate
+from finetune.plan import build_plan
+from finetune.serve import SCORE_SCRIPT
+from test_serve_score import load_score
+from test_serve_support import LABELS, TEXTS, make_hf_candidate
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """The tiny classifier fitted to TEXTS: confident, varied predictions a broken runtime cannot match by chance."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = make_hf_candidate(tiny_model_dir, tmp_path_factory.mktemp("trained") / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    batch = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(**batch, labels=torch.tensor([1, 0, 1, 0, 1, 0])).loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(folder)
+    info = json.loads((folder / "candidate.json").read_text())
+    (folder / "candidate.json").write_text(json.dumps({**info, "max_length": 64}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    return {runtime: export_candidate(trained, runtime, root / runtime) for runtime in ("onnx", "onnx-int8")}
+
+
+def test_export_carries_only_what_the_runtime_needs(trained, exported):
+    assert export_candidate(trained, "torch", trained.parent / "unused") == trained
+    for runtime, folder in exported.items():
+        info = json.loads((folder / "candidate.json").read_text())
+        assert info["runtime"] == runtime and info["labels"] == LABELS and info["max_length"] == 64
+        assert (folder / info["onnx_file"]).is_file()
+        names = {path.name for path in folder.iterdir()}
+        # No PyTorch weights, and the fp32 graph does not linger beside the int8 one.
+        assert not any(name.endswith((".safetensors", ".bin")) for name in names), names
+        assert {"config.json", "tokenizer_config.json"} <= names
+        assert [name for name in names if name.endswith(".onnx")] == [info["onnx_file"]]
+        assert not any(name.endswith(".partial") for name in names)
+    size = {runtime: (folder / json.loads((folder / "candidate.json").read_text())["onnx_file"]).stat().st_size
+            for runtime, folder in exported.items()}
+    assert size["onnx-int8"] < size["onnx"] / 2
+
+
+def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, trained, exported):
+    texts = TEXTS * 6  # several forward chunks of different lengths
+    request = json.dumps({"data": [{"text": text} for text in texts]})
+    reference = load_score(monkeypatch, trained, FINETUNE_MAX_BATCH="4")
+    torch_proba = reference._scorer.predict_proba(texts)
+    assert reference._scorer.runtime == "torch"
+    # The head makes confident, varied predictions: a broken runtime could not match them by chance.
+    assert torch_proba.max() > 0.9 and len(set(reference.decide(torch_proba, LABELS))) == 2
+    for runtime, tolerance in (("onnx", 1e-4), ("onnx-int8", 0.05)):
+        score = load_score(monkeypatch, exported[runtime], FINETUNE_MAX_BATCH="4")
+        assert score._scorer.runtime == runtime
+        proba = score._scorer.predict_proba(texts)
+        assert np.abs(proba - torch_proba).max() < tolerance, runtime
+        body = score.run(request)
+        # run() applies the one decision rule to this runtime's probabilities.
+        assert [p["label"] for p in body["predictions"]] == score.decide(proba, LABELS)
+        if runtime == "onnx":
+            assert score.decide(proba, LABELS) == reference.decide(torch_proba, LABELS)
+
+
+def test_onnx_runtime_serves_without_torch(exported):
+    """The ONNX deployment's environment has no PyTorch: score.py must not need it."""
+    program = f"""
+import importlib.util, json, os, sys
+sys.modules["torch"] = None  # any `import torch` now fails
+os.environ["AZUREML_MODEL_DIR"] = {str(exported["onnx-int8"])!r}
+spec = importlib.util.spec_from_file_location("score", {str(SCORE_SCRIPT)!r})
+score = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(score)
+score.init()
+print(json.dumps(score.run(json.dumps({{"data": [{{"text": "works"}}]}}))))
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["predictions"][0]["label"] in LABELS
+
+
+def test_a_candidate_missing_its_onnx_file_fails_at_init(monkeypatch, exported, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported["onnx"], broken)
+    (broken / "model.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="runtime onnx but its ONNX file 'model.onnx'"):
+        load_score(monkeypatch, broken)
+
+
+def test_the_runtime_is_chosen_per_deployment_in_the_plan(tmp_path):
+    from finetune import export
+    from finetune.serve import score
+
+    assert export.RUNTIMES == score.RUNTIMES
+
+    def plan(*overrides):
+        overrides = [*overrides, f"output_root={tmp_path}", "dry_run=true"]
+        return build_plan(compose(overrides, {}), overrides, "runtime")
+
+    assert "export" not in plan().stages and plan().endpoint.runtime == "torch"
+    stages = plan("endpoint.runtime=onnx-int8", "search=none").stages
+    assert stages[:3] == ["data", "train", "export"]
+    with pytest.raises(ConfigProblems, match="endpoint.runtime=tensorrt: unknown; use one of torch, onnx, onnx-int8"):
+        plan("endpoint.runtime=tensorrt")
