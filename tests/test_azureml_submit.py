@@ -300,7 +300,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
                          str(settings), str(tmp_path / "out"), str(automl_model), str(automl_result),
                          ml_client=server.ml_client())
     assert (ref["candidate"], ref["model_type"], ref["version"], ref["existing"]) == (winner, model_type, "1", False)
-    created = recorder.find("PUT", "models/automotive-sentiment/versions/1")[0].body["properties"]
+    created = recorder.find("PUT", "models/amazon_automotive-sentiment/versions/1")[0].body["properties"]
     assert created["modelType"] == model_type
     tags = created["tags"]
     assert tags["selection.metric"] == "auc_weighted" and tags["candidate"] == winner

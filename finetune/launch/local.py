@@ -119,13 +119,16 @@ def run(plan: RunPlan) -> dict | None:
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
     production = registry.production(plan.select.registered_model_name, plan.tracking.uri,
                                      run_dir / "select" / "production")
-    if production is not None:
-        candidates["production"] = {"kind": "production", "path": str(production.path),
-                                    "source": f"{production.name} version {production.version} (in production)"}
     selection = select.run_selection(plan, data, candidates, production, run_dir / "select")
     summary["selection"] = selection
+    if selection["production"] is not None:
+        candidates["production"] = {"kind": "production", "path": str(production.path),
+                                    "source": f"{production.name} version {production.version} (in production)"}
+    decisions = {row["candidate"]: row.get("decision") for row in selection["table"]}
     for name, metrics in selection["test"].items():
-        candidates[name]["test"] = metrics
+        candidates[name].update(test=metrics, decision=decisions[name])
+    # The training run's MLflow test figures are the selection's: one test evaluation, recorded everywhere.
+    log_test_metrics(plan, candidates["finetuned"], selection["test"].get("finetuned"))
     summary.save()
 
     next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
@@ -165,6 +168,23 @@ def run(plan: RunPlan) -> dict | None:
     return summary.data
 
 
+def log_test_metrics(plan: RunPlan, candidate: dict, test: dict | None) -> None:
+    """Log ``test_<metric>`` (selection's figures) to the MLflow run that trained ``candidate``."""
+    result_file = candidate.get("result_file")
+    run_id = json.loads(Path(result_file).read_text()).get("mlflow_run_id") if result_file else None
+    if not run_id or not test:
+        return
+    import math
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(f"test_{name}", float(value), timestamp, 0) for name, value in test.items()
+               if isinstance(value, (int, float)) and math.isfinite(value)]
+    MlflowClient(tracking_uri=plan.tracking.uri).log_batch(run_id, metrics=metrics)
+
+
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
     """One training run through the training entry point, in a subprocess as on AML."""
     from finetune.speed import launch_command
@@ -177,9 +197,7 @@ def train_once(plan: RunPlan, data_dir: Path, output_dir: Path) -> dict:
         raise UserError(f"training failed (exit code {completed.returncode}); its output is above, "
                         f"command: {' '.join(command)}")
     result = json.loads(result_file.read_text())
-    test = result.get("test", {})
     metric = plan.search.primary_metric
     print(f"trained in {result['duration_s']:.0f} s: {metric} "
-          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}, "
-          f"test auc_weighted {test.get('auc_weighted', float('nan')):.4f}")
+          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}")
     return result

@@ -7,7 +7,9 @@ installed: it imports only the standard library, numpy, torch/transformers (``hf
 
 Request ``{"data": [{"text": "..."}, ...]}``; response
 ``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``;
-a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving.
+a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving. The label is the
+candidate's decision rule (``decision`` in candidate.json, chosen on val by the select stage) applied to
+the probabilities by :func:`decide`; selection scores candidates with the same function.
 
 Environment (all optional):
 
@@ -44,6 +46,7 @@ logger = logging.getLogger("azmlinfsrv.finetune_score")
 DEFAULT_MAX_LENGTH = 128
 
 _scorer = None
+_decision: dict | None = None
 _model: dict = {}
 _limits: dict = {}
 
@@ -168,9 +171,32 @@ class AutomlScorer:
         return proba
 
 
+def decide(proba, labels: list[str], decision: dict | None) -> np.ndarray:
+    """Label ids (columns of ``proba``, in ``labels`` order) under a candidate's decision rule.
+
+    ``{"rule": "argmax"}`` (also when ``decision`` is None: candidates from before rules existed),
+    ``{"rule": "threshold", "positive_label": L, "threshold": t}`` (binary: L when P(L) >= t, else the
+    other class) or ``{"rule": "class_weights", "weights": {label: w}}`` (argmax of P(label) * w: a
+    class-prior correction for multiclass). Only the label depends on the rule, never the probabilities.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    rule = (decision or {}).get("rule", "argmax")
+    if rule == "argmax":
+        return proba.argmax(axis=1)
+    if rule == "threshold":
+        if len(labels) != 2:
+            raise ValueError(f"decision rule 'threshold' needs two labels, the candidate has {labels}")
+        positive = labels.index(decision["positive_label"])
+        return np.where(proba[:, positive] >= float(decision["threshold"]), positive, 1 - positive)
+    if rule == "class_weights":
+        weights = np.array([float(decision["weights"][label]) for label in labels])
+        return (proba * weights).argmax(axis=1)
+    raise ValueError(f"unknown decision rule {rule!r}; expected argmax, threshold or class_weights")
+
+
 def init() -> None:
     """Load the candidate under AZUREML_MODEL_DIR once per worker; any problem stops the server."""
-    global _scorer, _model, _limits
+    global _scorer, _decision, _model, _limits
     folder = find_candidate(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))
     candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
     labels = [str(label) for label in candidate["labels"]]
@@ -187,8 +213,11 @@ def init() -> None:
         scorer = AutomlScorer(folder, labels)
     else:
         raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
-    _scorer, _model = scorer, _model_info(folder)
-    logger.info("loaded %s candidate from %s (labels %s, model %s)", kind, folder, labels, _model)
+    # Checked now, not at the first request: a rule that cannot be applied must stop the deployment.
+    decide(np.full((1, len(labels)), 1.0 / len(labels)), labels, candidate.get("decision"))
+    _scorer, _decision, _model = scorer, candidate.get("decision"), _model_info(folder)
+    logger.info("loaded %s candidate from %s (labels %s, decision %s, model %s)", kind, folder, labels,
+                _decision or {"rule": "argmax"}, _model)
 
 
 def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
@@ -226,10 +255,11 @@ def run(raw_data):
         return AMLResponse({"error": str(problem)}, 400, json_str=True)
     proba = _scorer.predict_proba(texts)
     labels = _scorer.labels
+    chosen = decide(proba, labels, _decision)
     predictions = [
-        {"label": labels[int(row.argmax())],
+        {"label": labels[int(label_id)],
          "probabilities": {label: round(float(p), 6) for label, p in zip(labels, row)}}
-        for row in proba
+        for label_id, row in zip(chosen, proba)
     ]
     logger.info("scored %d texts in %.1f ms", len(texts), (time.perf_counter() - started) * 1e3)
     if _limits["log_requests"]:
