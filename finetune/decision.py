@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
-from finetune.metrics import METRIC_NAMES, RANKING_METRICS, classification_metrics
+from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics
 
 DECISION_METRICS = tuple(name for name in METRIC_NAMES if name not in RANKING_METRICS)
 MULTICLASS_RULES = ("auto", "argmax", "prior_correction")
@@ -50,7 +50,7 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
     labels = [str(label) for label in labels]
 
     def score(decision: dict) -> float:
-        return classification_metrics(y_val, proba_val, decide(proba_val, labels, decision))[metric]
+        return decision_metrics(y_val, decide(proba_val, labels, decision), len(labels))[metric]
 
     argmax = {"rule": "argmax"}
     at_argmax = score(argmax)
@@ -87,21 +87,19 @@ def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax:
         scores = np.unique(np.quantile(scores, np.linspace(0, 1, MAX_THRESHOLDS)))
     # Candidate thresholds: midway between neighbouring scores, plus just above the largest (all negative).
     cuts = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
-    values = np.array([
-        classification_metrics(y_val, proba_val, decide(proba_val, labels, {"rule": "threshold",
-                                                                             "positive_label": positive,
-                                                                             "threshold": cut}))[metric]
-        for cut in cuts])
+    rule = {"rule": "threshold", "positive_label": positive}
+    values = np.array([decision_metrics(y_val, decide(proba_val, labels, {**rule, "threshold": cut}), 2)[metric]
+                       for cut in cuts])
     top = values.max()
     if top <= at_argmax:
         # No threshold beats argmax on val: 0.5 is argmax for two classes.
-        return {"rule": "threshold", "positive_label": positive, "threshold": 0.5}, at_argmax
+        return {**rule, "threshold": 0.5}, at_argmax
     best = np.flatnonzero(values == top)
     # The longest run of consecutive best thresholds, and its middle.
     runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
     run = max(runs, key=len)
     threshold = float((cuts[run[0]] + cuts[run[-1]]) / 2)
-    return {"rule": "threshold", "positive_label": positive, "threshold": threshold}, float(top)
+    return {**rule, "threshold": threshold}, float(top)
 
 
 def describe(decision: dict | None) -> str:

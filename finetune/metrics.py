@@ -32,28 +32,41 @@ def per_class_key(metric: str, label: str) -> str:
     return metric + "." + _MLFLOW_UNSAFE.sub("_", str(label))
 
 
+def decision_metrics(y_true, y_pred, n_classes: int) -> Dict[str, float]:
+    """The label-based part of :func:`classification_metrics`: accuracy, macro and support-weighted
+    precision/recall/F1 (scikit-learn's definitions, 0 where undefined). From the confusion matrix in numpy:
+    choosing a threshold evaluates this hundreds of times."""
+    import numpy as np
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    confusion = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, -1)
+    hits, support, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        recall = np.where(support > 0, hits / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    weights = support / max(1, support.sum())
+    result = {"accuracy": float(hits.sum() / max(1, len(y_true)))}
+    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        result[f"{name}_macro"] = float(values.mean())
+        result[f"{name}_weighted"] = float((values * weights).sum())
+    return result
+
+
 def classification_metrics(y_true: Sequence[int], proba, y_pred: Optional[Sequence[int]] = None,
                            labels: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Metrics of class probabilities `proba` (n_samples x n_classes) and decided label ids `y_pred`
     (default: argmax) against label ids `y_true`; with the class names `labels`, also per-class precision,
     recall and F1 (``recall.<label>``...)."""
     import numpy as np
-    from sklearn.metrics import (accuracy_score, average_precision_score, precision_recall_fscore_support,
-                                 roc_auc_score)
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
     y_pred = proba.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     n_classes = proba.shape[1]
     ids = list(range(n_classes))
-    result = {"accuracy": float(accuracy_score(y_true, y_pred))}
-    for average in ("macro", "weighted"):
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=ids, average=average, zero_division=0
-        )
-        result[f"precision_{average}"] = float(precision)
-        result[f"recall_{average}"] = float(recall)
-        result[f"f1_{average}"] = float(f1)
+    result = decision_metrics(y_true, y_pred, n_classes)
     present = np.unique(y_true)
     if len(present) < 2:
         # Undefined with one class present.
