@@ -133,8 +133,10 @@ class AutomlConfig:
     # auto: `local` on local compute, `text_classification` on AML; none: no AutoML candidate.
     kind: str = "auto"
     time_budget_s: int = 60
-    estimators: List[str] = field(default_factory=lambda: ["lgbm", "xgboost", "rf", "extra_tree", "lrl1"])
-    max_features: int = 20000
+    # lrl2 first: its first trial is the TF-IDF + logistic regression one-liner the search must beat.
+    estimators: List[str] = field(default_factory=lambda: ["lrl2", "sgd", "lgbm", "lrl1"])
+    max_features: int = 50000  # per feature kind (word 1-2 grams, char 3-5 grams)
+    cv_folds: int = 3  # trials are scored by cross-validation on train
     # AML AutoML NLP settings.
     primary_metric: str = "AUC_weighted"
     language: str = "eng"

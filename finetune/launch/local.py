@@ -111,7 +111,7 @@ def run(plan: RunPlan) -> dict | None:
         from finetune.automl import run_automl
 
         next_stage("automl", f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)")
-        candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed)
+        candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights)
         summary.save()
 
     from finetune import select
