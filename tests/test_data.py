@@ -437,3 +437,14 @@ def test_import_stays_cheap():
             "print(sorted(m for m in ('pandas', 'sklearn', 'numpy', 'pyarrow', 'tqdm') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["tickets.jsonl", "tickets.parquet"])
+def test_list_valued_labels_get_one_clear_line(tmp_path, name):
+    rows = [{"text": f"ticket {i}", "label": ["billing", "sales"] if i == 3 else ["billing"]} for i in range(10)]
+    with pytest.raises(UserError) as error:
+        prepare(file_dataset(write_rows(tmp_path / name, rows)), tmp_path / "out")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("dataset.label_column=label: row 1 of")
+    assert "list of labels" in message and "multi-label data is not supported yet" in message
+    assert not (tmp_path / "out").exists()
