@@ -83,6 +83,12 @@ def run(plan: RunPlan) -> dict | None:
     summary["data"] = data.to_dict()
     print(f"{data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
+    from finetune import select
+
+    # Before any training: a production model for other labels is refused now, not after an hour of it.
+    production = select.check_production_labels(
+        registry.production(plan.select.registered_model_name, plan.tracking.uri, run_dir / "select" / "production"),
+        list(data.labels), plan.select.replace_incompatible)
 
     candidates = summary["candidates"]
     if "search" in plan.stages:
@@ -114,11 +120,7 @@ def run(plan: RunPlan) -> dict | None:
         candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights)
         summary.save()
 
-    from finetune import select
-
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
-    production = registry.production(plan.select.registered_model_name, plan.tracking.uri,
-                                     run_dir / "select" / "production")
     selection = select.run_selection(plan, data, candidates, production, run_dir / "select")
     summary["selection"] = selection
     if selection["production"] is not None:
