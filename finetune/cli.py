@@ -196,7 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for i, (overrides, space) in enumerate(jobs)
         ]
         from finetune.launch import run_plan
+        from finetune.launch.azureml.checks import distinct_targets
 
+        plans = distinct_targets(plans)
         for plan in plans:
             run_plan(plan)
     except UserError as error:

@@ -126,6 +126,14 @@ class ComputeConfig:
     idle_seconds_before_scaledown: int = 120
     hourly_price_usd: Optional[float] = None
     gpus_per_node: int = 0
+    # The GPU's compute capability (e.g. "8.0" for A100) and the CUDA build of torch AML jobs install
+    # (finetune.launch.azureml.environment); a check refuses a build the GPU cannot run.
+    gpu_arch: Optional[str] = None
+    cuda: Optional[str] = None
+    # The small CPU cluster that runs the test/register/deploy steps (None: the training cluster).
+    steps_cluster_name: Optional[str] = None
+    steps_vm_size: Optional[str] = None
+    steps_hourly_price_usd: Optional[float] = None
 
 
 @dataclass

@@ -107,6 +107,10 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     if index is not None:
         run_name = f"{run_name}-{index}"
     model = dataclasses.replace(cfg.model)
+    # A searched batch size is each trial's hyperparameter: the hardware must not re-size it. Resolved
+    # here, so the printed plan says what every training command gets, on either launcher.
+    compute = dataclasses.replace(cfg.compute,
+                                  auto_batch_size=cfg.compute.auto_batch_size and "batch_size" not in cfg.search.space)
     plan = RunPlan(
         name=run_name,
         run_dir=str(Path(cfg.output_root).expanduser().resolve() / run_name),
@@ -115,7 +119,7 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         dataset=cfg.dataset,
         model=model,
         search=cfg.search,
-        compute=cfg.compute,
+        compute=compute,
         automl=cfg.automl,
         endpoint=cfg.endpoint,
         workspace=cfg.workspace,
@@ -134,6 +138,10 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     problems = [problem for check in CHECKS for problem in check(plan)]
     if problems:
         raise ConfigProblems(problems)
+    if launcher == "azureml":
+        from finetune.launch.azureml.checks import resolve_limits
+
+        plan = resolve_limits(plan)
     if plan.model.source == "package" and not plan.model.path:
         plan.model.path = str(package_model_dir(plan.model))
     return plan
@@ -337,9 +345,8 @@ def train_command_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparam
         "--goal", plan.search.goal,
         "--tracking-uri", plan.tracking.uri,
         "--experiment", plan.tracking.experiment,
-        # A searched batch size is the trial's hyperparameter: the hardware must not re-size it.
-        *train_flags(plan.compute, plan.train,
-                     auto_batch_size=False if "batch_size" in (hyperparameters or {}) else None),
+        # compute.auto_batch_size is resolved by build_plan (off when the batch size is searched).
+        *train_flags(plan.compute, plan.train),
     ]
     for name, value in values.items():
         args += ["--" + name.replace("_", "-"), str(value)]

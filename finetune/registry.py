@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 from finetune.errors import UserError
 from finetune.serve import SCORE_SCRIPT, ModelRef
@@ -92,8 +92,12 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path) -> Path:
-    """Assemble the artifact in ``folder``: model files, score.py, conda.yaml, sample_request.json."""
+def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, conda: Optional[dict] = None) -> Path:
+    """Assemble the artifact in ``folder``: model files, score.py, conda.yaml, sample_request.json.
+
+    ``conda`` is the serving environment spec; by default it is built here (from the project's dependency
+    list), which a job cannot do: AML's register step passes the spec the submitting machine built.
+    """
     from finetune.environment import write_conda_yaml
 
     if not SCORE_SCRIPT.is_file():
@@ -106,7 +110,7 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path) -> P
         shutil.rmtree(folder)
     shutil.copytree(candidate_dir, folder, ignore=lambda _dir, names: [n for n in names if n in GENERATED])
     shutil.copy2(SCORE_SCRIPT, folder / "score.py")
-    write_conda_yaml(folder / "conda.yaml")
+    write_conda_yaml(folder / "conda.yaml", conda)
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     return folder
 
@@ -122,38 +126,89 @@ def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_req
     """
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
         folder = stage_artifact(Path(candidate_dir), sample_request, Path(scratch) / "model")
-        digest = content_hash(folder)
-        commit = git_commit()
-        client = _client(tracking_uri)
-        found = client.search_model_versions(f"name='{name}' and tags.content_sha256='{digest}'")
-        if found:
-            version = min(found, key=lambda v: int(v.version))
-            return {"name": name, "version": str(version.version), "existing": True, "content_sha256": digest,
-                    "git_commit": version.tags.get("git_commit"), "source": version.source,
-                    "tags": dict(version.tags)}
+        return register_folder(MlflowRegistry(name, tracking_uri, experiment), folder, tags, git_commit())
 
-        all_tags = {key: str(value) for key, value in tags.items() if value is not None}
-        all_tags["content_sha256"] = digest
-        if commit:
-            all_tags["git_commit"] = commit
-        run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register-{name}",
-                                tags=all_tags)
+
+def registration_tags(tags: dict, digest: str, commit: Optional[str]) -> dict:
+    """The tags of a new version, written by this one function for every registry."""
+    all_tags = {key: str(value) for key, value in tags.items() if value is not None}
+    all_tags["content_sha256"] = digest
+    if commit:
+        all_tags["git_commit"] = commit
+    return all_tags
+
+
+def register_folder(model_registry: "ModelRegistry", folder: Path, tags: dict, commit: Optional[str],
+                    description: str = "text classifier registered by finetune") -> dict:
+    """Register a staged artifact folder in ``model_registry``, or find the version with the same content."""
+    digest = content_hash(folder)
+    found = model_registry.find(digest)
+    if found is not None:
+        return {"name": model_registry.name, "version": str(found["version"]), "existing": True,
+                "content_sha256": digest, "git_commit": found["tags"].get("git_commit"), "source": found.get("source"),
+                "tags": dict(found["tags"])}
+    all_tags = registration_tags(tags, digest, commit)
+    created = model_registry.create(folder, all_tags, description)
+    return {"name": model_registry.name, "version": str(created["version"]), "existing": False,
+            "content_sha256": digest, "git_commit": commit, "source": created.get("source"), "tags": all_tags}
+
+
+class ModelRegistry(Protocol):
+    """A model registry as selection and rollout need it: MLflow's locally, AML's on AML
+    (:class:`finetune.launch.azureml.registry.AmlRegistry`). ``name`` is the registered model name."""
+
+    name: str
+
+    def production(self, dst_dir: Path) -> Optional[ModelRef]: ...
+    def find(self, content_sha256: str) -> Optional[dict]: ...  # {"version", "tags", "source"}
+    def create(self, folder: Path, tags: dict, description: str) -> dict: ...  # {"version", "source"}
+    def download(self, version: str, dst_dir: Path) -> ModelRef: ...
+    def promote(self, version: str) -> dict: ...
+
+
+class MlflowRegistry:
+    """:class:`ModelRegistry` over MLflow's model registry (the tracking store's own)."""
+
+    def __init__(self, name: str, tracking_uri: str, experiment: str = "finetune"):
+        self.name, self.tracking_uri, self.experiment = name, tracking_uri, experiment
+
+    def production(self, dst_dir: Path) -> Optional[ModelRef]:
+        return production(self.name, self.tracking_uri, dst_dir)
+
+    def find(self, content_sha256: str) -> Optional[dict]:
+        found = _client(self.tracking_uri).search_model_versions(
+            f"name='{self.name}' and tags.content_sha256='{content_sha256}'")
+        if not found:
+            return None
+        version = min(found, key=lambda v: int(v.version))
+        return {"version": str(version.version), "tags": dict(version.tags), "source": version.source}
+
+    def create(self, folder: Path, tags: dict, description: str) -> dict:
+        client = _client(self.tracking_uri)
+        run = client.create_run(experiment_id(self.tracking_uri, self.experiment), run_name=f"register-{self.name}",
+                                tags=tags)
         try:
             client.log_artifacts(run.info.run_id, str(folder), "model")
-            if not client.search_registered_models(f"name='{name}'"):
-                client.create_registered_model(name, description="text classifier registered by finetune")
-            version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
-                                                  run_id=run.info.run_id, tags=all_tags)
+            if not client.search_registered_models(f"name='{self.name}'"):
+                client.create_registered_model(self.name, description=description)
+            version = client.create_model_version(self.name, source=f"{run.info.artifact_uri}/model",
+                                                  run_id=run.info.run_id, tags=tags)
             # The version number exists only now; the run is still open, so the file joins the same
             # artifact folder the version points at.
-            (folder / "registered.json").write_text(json.dumps({"name": name, "version": str(version.version)}))
-            client.log_artifact(run.info.run_id, str(folder / "registered.json"), "model")
+            (Path(folder) / "registered.json").write_text(json.dumps({"name": self.name,
+                                                                      "version": str(version.version)}))
+            client.log_artifact(run.info.run_id, str(Path(folder) / "registered.json"), "model")
         except BaseException:
             client.set_terminated(run.info.run_id, status="FAILED")
             raise
         client.set_terminated(run.info.run_id)
-    return {"name": name, "version": str(version.version), "existing": False, "content_sha256": digest,
-            "git_commit": commit, "source": version.source, "tags": all_tags}
+        return {"version": str(version.version), "source": version.source}
+
+    def download(self, version: str, dst_dir: Path) -> ModelRef:
+        return resolve(self.name, version, self.tracking_uri, dst_dir)
+
+    def promote(self, version: str) -> dict:
+        return promote(self.name, version, self.tracking_uri)
 
 
 def promote(name: str, version, tracking_uri: str) -> dict:
@@ -225,9 +280,27 @@ def selection_tags(selection: dict, data: dict, config: dict, source: Optional[s
             tags[f"test_{metric}.{row['candidate']}"] = f"{row[metric]:.6f}"
     for split, info in data.get("splits", {}).items():
         tags[f"data.{split}_sha256"] = info.get("sha256")
-    settings = {key: value for key, value in config.items() if key not in ("name", "run_dir", "dry_run")}
-    tags["config_sha256"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    tags["config_sha256"] = config_hash(config)
     return tags
+
+
+# Plan keys that name the run or this machine rather than the settings that produced a model.
+IDENTITY_KEYS = ("name", "run_dir", "dry_run", "overrides", "workspace", "launcher_options")
+MACHINE_KEYS = {"dataset": ("path", "cache_dir"), "model": ("path",), "tracking": ("uri",)}
+
+
+def job_config(config: dict) -> dict:
+    """A plan's settings without its identity, workspace or machine paths: what may travel to a job."""
+    result = {key: value for key, value in config.items() if key not in IDENTITY_KEYS}
+    for section, keys in MACHINE_KEYS.items():
+        if isinstance(result.get(section), dict):
+            result[section] = {key: value for key, value in result[section].items() if key not in keys}
+    return result
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of :func:`job_config`: equal settings, equal hash, on either launcher."""
+    return hashlib.sha256(json.dumps(job_config(config), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
@@ -238,21 +311,59 @@ def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
     return {"data": [{"text": text} for text in texts]}
 
 
-def register_selection(plan, summary: dict, out_dir: Path) -> dict:
-    """The register stage of a run: register the selected candidate and return the ``registry`` section.
+def select_and_register(model_registry: ModelRegistry, candidates: dict, test_csv, labels: list, select_cfg,
+                        data_info: dict, config: dict, sample_request: dict, out_dir: Path, *,
+                        prescored: Optional[dict] = None, sources: Optional[dict] = None,
+                        conda: Optional[dict] = None, commit: Optional[str] = None, val_csv=None) -> dict:
+    """The one select-and-register rule of both launchers.
 
-    The section carries ``model_ref`` (the registered version downloaded to ``out_dir/model``, what a
-    rollout deploys: the registry's copy, not the run's) and ``sample_request``.
+    The production model of ``model_registry`` is downloaded and re-scored on this run's test split next to
+    ``candidates`` (``{name: candidate folder}``); ``prescored`` adds candidates scored elsewhere
+    (``{name: {"result": evaluate-style entry, "path": folder to register as is}}``: AML AutoML's MLflow model,
+    which only AutoML's runtime can load). With ``val_csv``, each of ``candidates`` first gets its decision
+    rule chosen on val (``select_cfg.decision_metric``, ``multiclass_rule``; written into its candidate.json,
+    so the registered copy ships it); production keeps its own, and one whose labels differ from ``labels``
+    is refused unless ``select_cfg.replace_incompatible``. :func:`finetune.select.choose` decides with
+    ``select_cfg.metric`` and ``select_cfg.margin``; a winner is registered once per content with
+    :func:`selection_tags`.
+    Returns ``{"selection", "registry", "production"}``; ``registry`` holds ``model_ref`` (the registered
+    copy, downloaded to ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
-    selection = summary["selection"]
-    winner = selection["winner"]
-    candidate = summary["candidates"][winner]
-    request = sample_request(summary["data"]["splits"]["test"]["path"])
-    registered = register(candidate["path"], plan.select.registered_model_name, plan.tracking.uri,
-                          selection_tags(selection, summary["data"], plan.to_dict(), candidate.get("source")),
-                          request, experiment=plan.tracking.experiment)
+    from finetune.select import PRODUCTION, check_production_labels, choose, evaluate
+
     out_dir = Path(out_dir)
-    if (out_dir / "model").exists():
-        shutil.rmtree(out_dir / "model")
-    ref = resolve(registered["name"], registered["version"], plan.tracking.uri, out_dir)
-    return {**registered, "model_ref": ref, "sample_request": request}
+    current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
+                                      select_cfg.replace_incompatible)
+    paths = dict(candidates)
+    production_name = None
+    if current is not None:
+        production_name = PRODUCTION
+        paths[PRODUCTION] = current.path
+        print(f"re-scoring production model {current.name} version {current.version}", flush=True)
+    decision = {"metric": select_cfg.decision_metric, "multiclass_rule": select_cfg.multiclass_rule,
+                "train_counts": data_info.get("splits", {}).get("train", {}).get("class_counts")}
+    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv, decision=decision,
+                       keep_decision={PRODUCTION})
+    results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
+    selection = choose(results, select_cfg.metric, select_cfg.margin, production_name)
+    if current is not None:
+        selection["production_version"] = {"name": current.name, "version": str(current.version)}
+    if selection["decision"] != "register":
+        return {"selection": selection, "production": current,
+                "registry": {"decision": "keep_production", "reason": selection["reason"]}}
+    winner = selection["winner"]
+    tags = selection_tags(selection, data_info, config, (sources or {}).get(winner))
+    with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
+        if winner in (prescored or {}):
+            folder = Path(scratch) / "model"
+            shutil.copytree(prescored[winner]["path"], folder)
+        else:
+            folder = stage_artifact(Path(paths[winner]), sample_request, Path(scratch) / "model", conda)
+        registered = register_folder(model_registry, folder, tags, commit,
+                                     description=f"{winner}: best test {select_cfg.metric}")
+    model_dir = out_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    ref = model_registry.download(registered["version"], model_dir)
+    return {"selection": selection, "production": current,
+            "registry": {**registered, "model_ref": ref, "sample_request": sample_request}}

@@ -240,26 +240,3 @@ def check_production_labels(production, labels: list[str], replace_incompatible:
     raise UserError(f"production model '{production.name}' (version {production.version}) has labels {theirs}, "
                     f"this run's data has {labels}; register under another name (select.registered_model_name=...) "
                     "or replace it on purpose with select.replace_incompatible=true")
-
-
-def run_selection(plan, data, candidates: dict, production, out_dir: Path) -> dict:
-    """The select stage of a run: score this run's candidates and the production model, then choose.
-
-    ``candidates`` is the summary's candidate section (``{name: {"path", ...}}``); ``production`` the
-    :func:`finetune.registry.production` reference or None. Probabilities go to ``out_dir``.
-    """
-    paths = {name: candidate["path"] for name, candidate in candidates.items() if name != PRODUCTION}
-    production_name = None
-    production = check_production_labels(production, list(data.labels), plan.select.replace_incompatible)
-    if production is not None:
-        production_name = PRODUCTION
-        paths[production_name] = production.path
-        print(f"re-scoring production model {production.name} version {production.version}", flush=True)
-    decision = {"metric": plan.select.decision_metric, "multiclass_rule": plan.select.multiclass_rule,
-                "train_counts": data.splits["train"]["class_counts"]}
-    results = evaluate(paths, data.test_path, list(data.labels), proba_dir=out_dir, val_csv=data.val_path,
-                       decision=decision, keep_decision={production_name})
-    selection = choose(results, plan.select.metric, plan.select.margin, production_name)
-    if production is not None:
-        selection["production_version"] = {"name": production.name, "version": str(production.version)}
-    return selection

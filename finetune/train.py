@@ -250,6 +250,11 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
 
     runtime = choose_runtime(args)
     torch.set_num_threads(runtime.threads)
+    # A restarted run keeps the batch size its steps are counted in, its learning rate and its MLflow run.
+    resume_file = checkpoint_dir / RESUME_FILE
+    previous = json.loads(resume_file.read_text()) if resume_file.is_file() else {}
+    # Before the model loads: a job that cannot track fails before it spends anything (see start_tracking).
+    tracking = start_tracking(args, previous.get("mlflow_run_id")) if first_process else _NullTracking()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     # The classification head is initialised randomly: seed before creating it, or equal seeds give
@@ -270,9 +275,6 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
     train_set, val_set = encode(args.train_file), encode(args.val_file)
     mean_tokens = float(np.mean([len(ids) for ids in train_set["input_ids"]]))
 
-    # A restarted run keeps the batch size its steps are counted in, its learning rate and its MLflow run.
-    resume_file = checkpoint_dir / RESUME_FILE
-    previous = json.loads(resume_file.read_text()) if resume_file.is_file() else {}
     resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
     batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
     world = runtime.world_size
@@ -317,7 +319,6 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
 
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
 
-    tracking = _Tracking(args, previous.get("mlflow_run_id")) if first_process else _NullTracking()
     if first_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": tracking.run_id})
@@ -470,13 +471,46 @@ def _decided_by_main(flag: bool) -> bool:
     return bool(decision[0])
 
 
+# AML sets these in every job (azureml-mlflow reads the same: azureml/mlflow/_common/constants.py RunEnvVars).
+AML_RUN_VARIABLE = "AZUREML_RUN_ID"
+
+
+def on_azureml(environ=None) -> bool:
+    """Whether this process is an AML job (its MLflow store is then the workspace, reached via azureml://)."""
+    environ = os.environ if environ is None else environ
+    return AML_RUN_VARIABLE in environ or environ.get("MLFLOW_TRACKING_URI", "").startswith("azureml:")
+
+
+def start_tracking(args: TrainArgs, run_id: Optional[str] = None):
+    """MLflow tracking for this training, or a clear decision when the store cannot be opened.
+
+    On AML the sweep reads its objective from what training logs, so a job that cannot track is useless:
+    it fails here, before any GPU time, with one line (``UserError``). Locally the metrics also land in
+    result.json, so training goes on untracked after a warning.
+    """
+    try:
+        return _Tracking(args, run_id)
+    except Exception as error:  # noqa: BLE001 - any store failure is judged the same way
+        from finetune.errors import UserError
+
+        where = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "MLflow's default store"
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        if on_azureml():
+            raise UserError(f"MLflow tracking at {where} cannot be used ({reason}); an AML job needs the "
+                            "azureml-mlflow plugin in its environment (finetune's job environments carry it)") from None
+        print(f"warning: MLflow tracking at {where} is unavailable ({reason}); training goes on untracked, "
+              "metrics are in result.json", file=sys.stderr)
+        return _NullTracking()
+
+
 class _Tracking:
-    """MLflow logging that never breaks training: a tracking outage is reported once, then training goes on."""
+    """MLflow logging that never breaks a started training: a failure is reported once, then logging stops."""
 
     def __init__(self, args: TrainArgs, run_id: Optional[str] = None):
         import mlflow
 
         self.mlflow = mlflow
+        self.broken = False
         if args.tracking_uri:
             mlflow.set_tracking_uri(args.tracking_uri)
         mlflow.set_experiment(args.experiment)
@@ -495,19 +529,29 @@ class _Tracking:
                 pass
         return self.mlflow.start_run(run_name=args.run_name)
 
+    def _guarded(self, action, *args, **kwargs) -> None:
+        if self.broken:
+            return
+        try:
+            action(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - a tracking outage must not cost the training
+            self.broken = True
+            print(f"warning: MLflow logging failed ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+                  "no more metrics are logged for this run, training goes on", file=sys.stderr)
+
     def log(self, metrics: dict, step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if clean:
             # run_id explicitly: the telemetry thread has no active run (MLflow keeps the active run per thread).
-            self.mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+            self._guarded(self.mlflow.log_metrics, clean, step=step, run_id=self.run_id)
 
     def tags(self, tags: dict) -> None:
-        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._guarded(self.mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
     def finish(self, result: dict) -> None:
-        self.mlflow.set_tags({"status": result["status"], "epochs_run": result["epochs_run"]})
+        self._guarded(self.mlflow.set_tags, {"status": result["status"], "epochs_run": result["epochs_run"]})
         if self.owns_run:
-            self.mlflow.end_run(status="FAILED" if result["status"] == "failed" else "FINISHED")
+            self._guarded(self.mlflow.end_run, status="FAILED" if result["status"] == "failed" else "FINISHED")
 
 
 class _NullTracking:
@@ -526,8 +570,14 @@ class _NullTracking:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from finetune.errors import UserError
+
     args = parse_args(argv)
-    result = train(args)
+    try:
+        result = train(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     summary = {k: result.get(k) for k in ("status", "epochs_run", "steps")}
     print(json.dumps({**summary, "val": result.get("val")}, default=float))
     return 1 if result["status"] == "failed" else 0

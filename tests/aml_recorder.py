@@ -9,7 +9,20 @@ machine. The credential hands out an unsigned JWT (pipeline submission decodes i
 
 The server keeps just enough state to answer like the service: resources PUT are returned by GET and
 list, asset containers report their next version, long-running operations finish at once, an online
-endpoint has a scoring URI here whose answers follow the project's scoring contract.
+endpoint has a scoring URI here whose answers follow the project's scoring contract (or, with
+``scorer`` set, the real score.py's), uploaded blobs are kept and served back (tests read their bytes,
+``models.download`` works), and the workspace's MLflow surface
+(``/mlflow/v2.0/<workspace path>/api/2.0/mlflow/...``, what azureml-mlflow calls: see
+``azureml/mlflow/_store/azureml_reststore.py``) is answered by a real MLflow tracking server in-process.
+
+It refuses what the service refuses, where that is documented (:meth:`Recorder.refusal`): online endpoint
+and deployment names (3-32 characters, a letter first, letters/digits/'-', not ending in '-';
+azure-ai-ml ``EndpointConfigurations`` and
+https://learn.microsoft.com/azure/machine-learning/how-to-deploy-online-endpoints), a deployment without
+``endpointComputeType`` or ``instanceType`` (required by the managed online deployment REST schema), traffic
+that names a deployment the endpoint does not have or does not sum to 100 (or 0), deleting a deployment
+that still takes traffic, asset names outside letters/digits/'-'/'_'/'.' (max 255), and a job without
+compute.
 """
 from __future__ import annotations
 
@@ -37,6 +50,11 @@ BLOB_HOST = f"{BLOB_ACCOUNT}.blob.core.windows.net"
 WORKSPACE_PATH = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
                   f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# Where azureml-mlflow sends a workspace's MLflow calls: https://<region host>/mlflow/v2.0<workspace path>.
+MLFLOW_PREFIX = f"/mlflow/v2.0{WORKSPACE_PATH}"
+ENDPOINT_NAME = r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?"
+ASSET_NAME = r"[a-zA-Z0-9][a-zA-Z0-9\-_.]{0,254}"
+DATA_SCIENTIST_ROLE = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 
 
 # ------------------------------------------------------------------------------------------- network guard
@@ -128,6 +146,7 @@ class Request:
     query: Dict[str, List[str]]
     headers: Dict[str, str]
     body: Any
+    raw: bytes = b""
 
     @property
     def relative(self) -> str:
@@ -146,6 +165,17 @@ class Recorder:
     resources: Dict[str, dict] = field(default_factory=dict)
     # deployment name -> HTTP status its scoring answers with (default 200).
     scoring_status: Dict[str, int] = field(default_factory=dict)
+    # "/container/path" -> bytes of every blob uploaded (and block-list pieces while a blob is assembled).
+    blobs: Dict[str, bytes] = field(default_factory=dict)
+    blocks: Dict[tuple, bytes] = field(default_factory=dict)
+    # Optional: (deployment name, request body) -> (status, answer); set by the emulation to run score.py.
+    scorer: Any = None
+    # Optional: the WSGI app answering the workspace's MLflow API (see mlflow_app()).
+    mlflow: Any = None
+    # Azure RBAC at the workspace scope: role assignments (properties.principalId / roleDefinitionId), and
+    # the status the role-assignment list answers with (403: the caller may not read them).
+    role_assignments: List[dict] = field(default_factory=list)
+    role_status: int = 200
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -169,11 +199,22 @@ class Recorder:
 
     # ------------------------------------------------------------------ answers
 
+    def blob(self, suffix: str) -> bytes:
+        """The bytes of the one uploaded blob whose path ends with ``suffix``."""
+        found = [path for path in self.blobs if path.endswith(suffix)]
+        assert len(found) == 1, (suffix, found)
+        return self.blobs[found[0]]
+
     def answer(self, request: Request) -> tuple[int, dict, Any]:
         if request.host.startswith(BLOB_ACCOUNT):
             return self._blob(request)
         if request.path == "/score":
             return self._score(request)
+        if request.path.startswith(MLFLOW_PREFIX):
+            return self._mlflow(request)
+        refusal = self.refusal(request)
+        if refusal is not None:
+            return 400, {}, {"error": {"code": "UserError", "message": refusal}}
         path = request.path.rstrip("/")
         if path == WORKSPACE_PATH:
             return 200, {}, self._workspace()
@@ -185,6 +226,7 @@ class Recorder:
             (r"(codes|data|models|environments|components)/[^/]+/versions/[^/]+/startPendingUpload", self._pending_upload),
             (r"onlineEndpoints/[^/]+/listKeys", self._keys),
             (r"onlineEndpoints/[^/]+/token", self._keys),
+            (r"providers/Microsoft.Authorization/roleAssignments", self._role_assignments),
         ]
         for pattern, function in handler:
             if re.fullmatch(pattern, relative):
@@ -230,20 +272,109 @@ class Recorder:
             "credential": {"credentialType": "SAS", "sasUri": f"{blob}?sv=2021-08-06&sig=recorder"}},
             "pendingUploadId": uuid.uuid4().hex, "pendingUploadType": "TemporaryBlobReference"}
 
+    def grant(self, principal_id: str, role_definition_id: str = DATA_SCIENTIST_ROLE) -> None:
+        self.role_assignments.append({"properties": {"principalId": principal_id, "scope": WORKSPACE_PATH,
+                                                     "roleDefinitionId": f"/providers/Microsoft.Authorization/"
+                                                                         f"roleDefinitions/{role_definition_id}"}})
+
+    def _role_assignments(self, request):
+        if self.role_status != 200:
+            return self.role_status, {}, {"error": {"code": "AuthorizationFailed", "message": "not allowed to read"}}
+        wanted = re.search(r"principalId eq '([^']+)'", (request.query.get("$filter") or [""])[0])
+        return 200, {}, {"value": [a for a in self.role_assignments
+                                   if not wanted or a["properties"]["principalId"] == wanted.group(1)]}
+
     def _keys(self, request):
         return 200, {}, {"primaryKey": "recorder-primary-key", "secondaryKey": "recorder-secondary-key",
                          "accessToken": "recorder-token", "expiryTimeUtc": 0}
 
     def _blob(self, request):
+        stamp = {"ETag": '"0x1"', "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT"}
+        comp = (request.query.get("comp") or [None])[0]
         if request.method == "PUT":
+            if comp == "block":
+                self.blocks[(request.path, request.query["blockid"][0])] = request.raw
+            elif comp == "blocklist":
+                ids = re.findall(r"<(?:Latest|Uncommitted|Committed)>([^<]+)<", request.raw.decode())
+                self.blobs[request.path] = b"".join(self.blocks.pop((request.path, i), b"") for i in ids)
+            elif comp is None:
+                self.blobs[request.path] = request.raw
             # Setting metadata (?comp=metadata) answers 200; creating a blob 201.
-            return (200 if "comp" in request.query else 201), {"ETag": '"0x1"', "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT",
-                         "x-ms-request-server-encrypted": "true"}, None
-        if request.method == "GET" and "comp" in request.query:
+            return (200 if comp == "metadata" else 201), {**stamp, "x-ms-request-server-encrypted": "true"}, None
+        if request.method == "GET" and comp == "list":
+            container = "/" + request.path.strip("/").split("/")[0]
+            prefix = (request.query.get("prefix") or [""])[0]
+            names = sorted(path[len(container) + 1:] for path in self.blobs
+                           if path.startswith(container + "/") and path[len(container) + 1:].startswith(prefix))
+            entries = "".join(
+                f"<Blob><Name>{name}</Name><Properties><Last-Modified>{stamp['Last-Modified']}</Last-Modified>"
+                f"<Etag>0x1</Etag><Content-Length>{len(self.blobs[container + '/' + name])}</Content-Length>"
+                "<BlobType>BlockBlob</BlobType></Properties></Blob>" for name in names)
             return 200, {"Content-Type": "application/xml"}, (
-                '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs></Blobs><NextMarker/>'
-                "</EnumerationResults>")
-        return 404, {"x-ms-error-code": "BlobNotFound"}, None
+                '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>' + entries
+                + "</Blobs><NextMarker/></EnumerationResults>")
+        data = self.blobs.get(request.path)
+        if data is None:
+            return 404, {"x-ms-error-code": "BlobNotFound"}, None
+        headers = {**stamp, "x-ms-blob-type": "BlockBlob", "Accept-Ranges": "bytes",
+                   "Content-Type": "application/octet-stream"}
+        wanted = request.headers.get("x-ms-range") or request.headers.get("range")
+        if request.method == "HEAD":
+            return 200, {**headers, "x-content-length": str(len(data))}, None
+        if wanted and data:
+            start, _, end = wanted.split("=", 1)[1].partition("-")
+            end = min(int(end) if end else len(data) - 1, len(data) - 1)
+            headers["Content-Range"] = f"bytes {int(start)}-{end}/{len(data)}"
+            return 206, headers, data[int(start):end + 1]
+        return 200, headers, data
+
+    def _mlflow(self, request):
+        """The workspace's MLflow REST API: the path below the prefix, answered by a real tracking server."""
+        if self.mlflow is None:
+            return 404, {}, {"error_code": "ENDPOINT_NOT_FOUND", "message": "no MLflow server behind this recorder"}
+        url = request.path[len(MLFLOW_PREFIX):]
+        query = {key: values for key, values in request.query.items()}
+        response = self.mlflow.open(url, method=request.method, query_string=query, data=request.raw,
+                                    headers={"Content-Type": request.headers.get("content-type", "application/json")})
+        return response.status_code, {"Content-Type": response.headers.get("Content-Type", "application/json")}, \
+            response.get_data()
+
+    # ------------------------------------------------------------------ refusals
+
+    def refusal(self, request: Request) -> Optional[str]:
+        """Why the service would refuse ``request`` (None: it would not); see the module docstring."""
+        relative, body = request.relative, request.body if isinstance(request.body, dict) else {}
+        properties = body.get("properties") or {}
+        endpoint = re.fullmatch(r"onlineEndpoints/([^/]+)(?:/deployments/([^/]+))?", relative)
+        if endpoint and request.method == "PUT":
+            for kind, name in (("endpoint", endpoint.group(1)), ("deployment", endpoint.group(2))):
+                if name is not None and not (3 <= len(name) <= 32 and re.fullmatch(ENDPOINT_NAME, name)):
+                    return (f"Invalid {kind} name '{name}': 3-32 characters, starting with a letter, letters, "
+                            "digits and '-' only, not ending with '-'")
+            if endpoint.group(2) is not None:
+                missing = [key for key in ("endpointComputeType", "instanceType") if not properties.get(key)]
+                if missing:
+                    return f"Deployment {endpoint.group(2)}: required field(s) missing: {', '.join(missing)}"
+            else:
+                traffic = properties.get("traffic") or {}
+                deployments = {key.rsplit("/", 1)[-1] for key in self.resources
+                               if key.startswith(f"{WORKSPACE_PATH}/{relative}/deployments/")}
+                unknown = sorted(set(traffic) - deployments)
+                if unknown:
+                    return f"Traffic set for deployment(s) that do not exist: {', '.join(unknown)}"
+                if traffic and sum(int(v) for v in traffic.values()) not in (0, 100):
+                    return f"The sum of traffic values must be 100 (or 0), got {sum(int(v) for v in traffic.values())}"
+        if endpoint and endpoint.group(2) and request.method == "DELETE":
+            owner = self.resources.get(f"{WORKSPACE_PATH}/onlineEndpoints/{endpoint.group(1)}", {})
+            if int((owner.get("properties", {}).get("traffic") or {}).get(endpoint.group(2), 0)) > 0:
+                return f"Deployment {endpoint.group(2)} takes traffic; set its traffic to 0 before deleting it"
+        asset = re.fullmatch(r"(models|data|environments|codes|components)/([^/]+)/versions/[^/]+", relative)
+        if asset and request.method == "PUT" and not re.fullmatch(ASSET_NAME, asset.group(2)):
+            return f"Invalid asset name '{asset.group(2)}': letters, digits, '-', '_' and '.', at most 255"
+        if re.fullmatch(r"jobs/[^/]+", relative) and request.method == "PUT":
+            if properties.get("jobType") == "Command" and not properties.get("computeId"):
+                return "A command job needs a compute (computeId is required)"
+        return None
 
     def _put(self, request, path: str):
         body = request.body if isinstance(request.body, dict) else {}
@@ -265,6 +396,11 @@ class Recorder:
             properties.setdefault("flavors", {})
         if relative.startswith("computes/"):
             stored.setdefault("location", LOCATION)
+            identity = stored.get("identity") or {}
+            if identity.get("type", "").lower() == "systemassigned":
+                # The service creates the identity and answers with its principal.
+                identity.setdefault("principalId", str(uuid.uuid5(uuid.NAMESPACE_URL, path)))
+                identity.setdefault("tenantId", "22222222-2222-2222-2222-222222222222")
         existed = path in self.resources
         self.resources[path] = stored
         return (200 if existed else 201), {}, stored
@@ -276,6 +412,10 @@ class Recorder:
         children = [body for key, body in self.resources.items()
                     if key.startswith(prefix) and "/" not in key[len(prefix):]]
         relative = request.relative
+        if re.fullmatch(r"models/[^/]+/versions", relative) and "stage" in request.query:
+            stage = request.query["stage"][0].lower()
+            return 200, {}, {"value": [body for body in children
+                                       if str(body.get("properties", {}).get("stage", "")).lower() == stage]}
         if re.fullmatch(r"(codes|data|models|environments|components)/[^/]+", relative):
             versions = [body for key, body in self.resources.items() if key.startswith(path + "/versions/")]
             if not versions:
@@ -295,6 +435,9 @@ class Recorder:
                              if re.search(r"/onlineEndpoints/[^/]+$", key)), {})
             traffic = endpoint.get("properties", {}).get("traffic", {})
             deployment = max(traffic, key=traffic.get) if traffic else None
+        if self.scorer is not None:
+            status, answer = self.scorer(deployment, request.body)
+            return status, {}, answer
         status = self.scoring_status.get(deployment, 200)
         if status != 200:
             return status, {}, {"error": f"deployment {deployment} is failing"}
@@ -322,19 +465,21 @@ def _handler(recorder: Recorder):
                 body = {"bytes": len(raw)}
             url = urlsplit(self.path)
             request = Request(self.command, self.headers.get("Host", ""), url.path, parse_qs(url.query),
-                              {k.lower(): v for k, v in self.headers.items()}, body)
+                              {k.lower(): v for k, v in self.headers.items()}, body, raw)
             with recorder.lock:
                 recorder.requests.append(request)
                 status, headers, payload = recorder.answer(request)
             data = payload if isinstance(payload, (bytes, type(None))) else (
                 payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
             self.send_response(status)
-            if payload is not None and not isinstance(payload, str) and "Content-Type" not in headers:
+            if payload is not None and not isinstance(payload, (str, bytes)) and "Content-Type" not in headers:
                 self.send_header("Content-Type", "application/json")
+            # A HEAD answer announces the size of the body it does not send.
+            length = headers.pop("x-content-length", None) or str(len(data or b""))
             for key, value in headers.items():
                 self.send_header(key, value)
             self.send_header("x-ms-request-id", uuid.uuid4().hex)
-            self.send_header("Content-Length", str(len(data or b"")))
+            self.send_header("Content-Length", length)
             self.end_headers()
             if data and self.command != "HEAD":
                 self.wfile.write(data)

@@ -35,7 +35,7 @@ def one_problem(tmp_path, overrides, expected: str, space=None) -> str:
 
 
 def test_shipped_aml_configs_are_valid(tmp_path):
-    for compute in ("v100", "a100", "h100"):
+    for compute in ("t4", "a100", "a100x4", "h100"):
         build(["model=bert-base-cased", "search=bandit", f"compute={compute}", "dry_run=true"], tmp_path)
     build(["model=minilm-l6", "search=bandit", "compute=cpu", "automl=none", "dry_run=true"], tmp_path)
 
@@ -142,10 +142,79 @@ def test_cuda_device_needs_gpus(tmp_path):
 
 
 def test_bayesian_sampling_takes_only_what_aml_samples(tmp_path):
+    # The shipped bayesian search runs on AML as it is.
+    build(["model=bert-base-cased", "search=bayesian", "compute=a100", "dry_run=true"], tmp_path)
+    space = {"learning_rate": {"type": "loguniform", "min": 1e-5, "max": 1e-4}}
     one_problem(tmp_path, ["model=bert-base-cased", "search=bayesian", "compute=a100", "dry_run=true"],
-                "search.space.learning_rate.type=loguniform: AML's bayesian sampling takes only choice, uniform, quniform")
+                "search.space.learning_rate.type=loguniform: AML's bayesian sampling takes only choice, uniform, quniform",
+                space=space)
     # The local sampler has no such limit.
-    build(["model=minilm-l6", "search=bayesian", "dry_run=true"], tmp_path)
+    build(["model=minilm-l6", "search=bayesian", "dry_run=true"], tmp_path, space=space)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["compute=t4", "compute.gpu_arch=7.0", "compute.cuda=12.8"], "torch's CUDA 12.8 wheels run on compute capability 7.5-12.0"),
+    (["compute=a100", "compute.cuda=13.0"], "compute.cuda=13.0: the CUDA build of torch for AML GPU jobs"),
+    (["compute=h100", "compute.gpu_arch=null"], "compute.gpu_arch=None"),
+])
+def test_gpu_stack_is_checked_against_the_gpu(tmp_path, overrides, expected):
+    one_problem(tmp_path, ["model=bert-base-cased", "search=bandit", "dry_run=true", *overrides], expected)
+
+
+@pytest.mark.parametrize("model, items, instance, timeout_ms", [
+    ("minilm-l6", 64, "Standard_F4s_v2", 10_000),
+    ("bert-base-cased", 64, "Standard_F8s_v2", 30_720),
+    ("bert-base-cased", 128, "Standard_F16s_v2", 30_720),
+    ("distilbert-base-cased", 64, "Standard_F4s_v2", 30_720),
+])
+def test_deployment_is_sized_for_the_model_and_request_size(tmp_path, model, items, instance, timeout_ms):
+    plan = build([f"model={model}", "search=none", "compute=a100", "dry_run=true",
+                  f"endpoint.max_batch_items={items}"], tmp_path)
+    assert (plan.endpoint.instance_type, plan.endpoint.request_timeout_ms) == (instance, timeout_ms)
+    # Set explicitly, they are kept.
+    kept = build(["model=bert-base-cased", "compute=a100", "dry_run=true", "endpoint.instance_type=Standard_DS3_v2",
+                  "endpoint.request_timeout_ms=90000"], tmp_path)
+    assert (kept.endpoint.instance_type, kept.endpoint.request_timeout_ms) == ("Standard_DS3_v2", 90000)
+
+
+def test_automl_metrics_are_exactly_the_sdks_text_classification_list():
+    from azure.ai.ml.automl import ClassificationPrimaryMetrics
+
+    from finetune.launch.azureml.checks import AUTOML_METRICS
+
+    assert sorted(m.lower() for m in AUTOML_METRICS) == sorted(m.name.lower() for m in ClassificationPrimaryMetrics)
+
+
+def test_auto_batch_size_in_the_plan_is_what_the_aml_command_gets(tmp_path):
+    from finetune.launch.azureml.command import arguments
+
+    swept = build(AML, tmp_path)  # bandit searches batch_size: each trial's batch size is its hyperparameter
+    assert swept.compute.auto_batch_size is False
+    assert arguments(swept)[arguments(swept).index("--auto-batch-size") + 1] == "false"
+    fixed = build(["model=bert-base-cased", "search=none", "compute=a100", "dry_run=true"], tmp_path)
+    assert fixed.compute.auto_batch_size is True
+    assert arguments(fixed)[arguments(fixed).index("--auto-batch-size") + 1] == "true"
+
+
+def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, monkeypatch):
+    from finetune import cli
+    from finetune.launch import azureml
+
+    planned = []
+    monkeypatch.setattr("finetune.launch.run_plan", lambda plan: planned.append(plan))
+    code = cli.main(["-m", "model=bert-base-cased,distilbert-base-cased", "compute=a100", "dry_run=true",
+                     f"output_root={tmp_path}"])
+    assert code == 0, capsys.readouterr().err
+    models = [p.select.registered_model_name for p in planned]
+    endpoints = [p.endpoint.name for p in planned]
+    assert models == ["automotive-sentiment-bert-base-cased", "automotive-sentiment-distilbert-base-cased"]
+    assert len(set(endpoints)) == 2 and all(3 <= len(e) <= 32 and e.startswith("finetune-sentiment-")
+                                            for e in endpoints)
+    # A single plan keeps the configured names.
+    planned.clear()
+    assert cli.main(["model=bert-base-cased", "compute=a100", "dry_run=true", f"output_root={tmp_path}"]) == 0
+    assert planned[0].select.registered_model_name == "automotive-sentiment"
+    assert planned[0].endpoint.name == "finetune-sentiment"
 
 
 def test_truncation_exclude_finished_jobs_does_not_exist_on_aml(tmp_path):

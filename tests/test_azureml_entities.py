@@ -69,7 +69,8 @@ def test_reference_sweep_job_golden(reference):
 
     plan, prepared, exported = reference
     refs = local_refs(exported.specs, relative_to=exported.folder)
-    node = sweep.sweep_node(plan, command.train_command(plan, refs, "code", environment.environment()))
+    node = sweep.sweep_node(plan, command.train_command(plan, refs, "code",
+                                                         environment.environment(environment.definitions(plan)["training"])))
     check_golden("sweep_job", node._to_job()._to_dict(), plan)
 
 
@@ -90,7 +91,7 @@ def test_reference_data_assets_golden(reference):
     check_golden("data_assets", assets, plan)
 
 
-@pytest.mark.parametrize("compute", ["cpu", "v100", "a100", "h100"])
+@pytest.mark.parametrize("compute", ["cpu", "t4", "a100", "a100x4", "h100"])
 def test_compute_clusters_golden(tmp_path, compute):
     from finetune.launch.azureml.compute import cluster
 
@@ -106,7 +107,8 @@ def test_cpu_single_training_job_golden(tmp_path):
     plan = build(["model=minilm-l6", "search=none", "compute=cpu", "automl=none", "endpoint=none",
                   "dry_run=true"], tmp_path)
     refs = DataRefs(files={k: f"azureml:finetune-amazon_automotive-{k}:1" for k in ("train", "val", "test", "labels")})
-    job = command.train_command(plan, refs, "code", environment.environment())._to_job()._to_dict()
+    job = command.train_command(plan, refs, "code", environment.environment(environment.definitions(plan)["training"]))
+    job = job._to_job()._to_dict()
     check_golden("train_job_cpu", normalise(job, {plan.model.path: "<package model>"}), plan)
 
 
@@ -158,16 +160,30 @@ def test_every_exported_yaml_loads_back(reference):
         assert Path(asset.path).exists(), path
 
 
-def test_environment_yaml_and_conda_file(reference):
+def test_environment_yaml_and_conda_files(reference):
+    """The GPU stack is chosen, not inherited: CUDA 12.6 image, torch's cu126 wheel from PyTorch's index, the
+    azureml-mlflow plugin in every job environment; the serving environment holds only what score.py needs."""
+    from importlib.metadata import version
+
     from azure.ai.ml import load_environment
 
-    from finetune.environment import conda_spec
-    from finetune.launch.azureml.environment import BASE_IMAGE
+    from finetune.launch.azureml.environment import GPU_IMAGE, SERVING_IMAGE
 
-    _, _, exported = reference
+    plan, _, exported = reference
     environment = load_environment(exported.folder / "environment.yml")
-    assert environment.image == BASE_IMAGE
-    assert yaml.safe_load((exported.folder / "conda.yml").read_text()) == conda_spec()
+    assert environment.image == GPU_IMAGE and "cuda12.6" in GPU_IMAGE
+    torch = version("torch").split("+")[0]
+    for role, build in (("training", "cu126"), ("steps", "cpu")):
+        pip = yaml.safe_load((exported.folder / f"conda-{role}.yml").read_text())["dependencies"][-1]["pip"]
+        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{build}"
+        assert f"torch=={torch}+{build}" in pip
+        assert f"azureml-mlflow=={version('azureml-mlflow')}" in pip
+    serving = yaml.safe_load((exported.folder / "conda-serving.yml").read_text())["dependencies"][-1]["pip"]
+    assert {line.split("==")[0] for line in serving[1:]} == {
+        "torch", "transformers", "numpy", "scikit-learn", "azureml-inference-server-http"}
+    assert json.loads(exported.settings_path.read_text())["environment"]["image"] == SERVING_IMAGE
+    assert f"CUDA {plan.compute.cuda}" in __import__("finetune.launch.azureml.environment",
+                                                      fromlist=["describe"]).describe(plan)
 
 
 @pytest.mark.parametrize("overrides, jobs, standalone", [
@@ -319,11 +335,21 @@ def test_settings_carry_no_workspace(tmp_path, reference):
 def test_cost_estimate_reference(reference):
     from finetune.launch.azureml.pricing import ASSUMED_TRIAL_HOURS, automl_estimate, summary, sweep_estimate
 
+    from finetune.launch.azureml.checks import DEFAULT_TRIAL_TIMEOUT_S
+    from finetune.launch.azureml.pricing import steps_estimate
+
     plan, _, _ = reference
+    # AML plans always carry time limits: a trial cannot hold a GPU for ever.
+    assert plan.search.limits.trial_timeout == DEFAULT_TRIAL_TIMEOUT_S
+    assert plan.search.limits.timeout == plan.search.limits.max_total_trials * DEFAULT_TRIAL_TIMEOUT_S
     sweep = sweep_estimate(plan)
     assert sweep.runs == plan.search.limits.max_total_trials
-    assert sweep.hours_per_run == ASSUMED_TRIAL_HOURS and "assumed" in sweep.basis
+    assert sweep.hours_per_run == DEFAULT_TRIAL_TIMEOUT_S / 3600 == ASSUMED_TRIAL_HOURS
     assert sweep.gpu_hours == sweep.runs * ASSUMED_TRIAL_HOURS
+    # The steps run on the small CPU cluster, at its price, and count in the total.
+    steps = steps_estimate(plan)
+    assert steps.gpu_hours == 0 and steps.price == plan.compute.steps_hourly_price_usd
+    assert "Standard_DS3_v2" in summary(plan)
     assert sweep.cost_usd == pytest.approx(sweep.node_hours * plan.compute.hourly_price_usd)
     automl = automl_estimate(plan)
     assert automl.node_hours == plan.automl.timeout_minutes / 60

@@ -38,7 +38,18 @@ def recorder(server, monkeypatch):
     server.recorder.clear()
     server.recorder.resources.clear()
     server.recorder.scoring_status.clear()
+    server.recorder.blobs.clear()
+    server.recorder.role_assignments.clear()
+    server.recorder.role_status = 200
+    # The steps' cluster identity (the recorder derives principal ids from the resource path) may act.
+    server.recorder.grant(steps_principal())
     return server.recorder
+
+
+def steps_principal(cluster: str = "cpu-steps") -> str:
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{aml_recorder.WORKSPACE_PATH}/computes/{cluster}"))
 
 
 def submit(server, monkeypatch, tmp_path, capsys, extra=()):
@@ -54,9 +65,15 @@ def submit(server, monkeypatch, tmp_path, capsys, extra=()):
 def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     out = submit(server, monkeypatch, tmp_path, capsys)
     sequence = recorder.sequence()
-    # The cluster is created when missing, each data asset is looked up by hash before it is created,
-    # then the environment, the steps' components (with their code) and the pipeline job itself.
+    # The clusters are created when missing, the pre-flight checks the steps' identity and claims the
+    # endpoint name, each data asset is looked up by hash before it is created, then the environments,
+    # the steps' components (with their code) and the pipeline job itself.
     assert sequence[:3] == ["GET computes/gpu-a100", "GET " + aml_recorder.WORKSPACE_PATH, "PUT computes/gpu-a100"]
+    assert "PUT computes/cpu-steps" in sequence
+    first_data = sequence.index("GET data/finetune-amazon_automotive-train/versions")
+    assert sequence.index("GET providers/Microsoft.Authorization/roleAssignments") < first_data
+    assert sequence.index(f"PUT {ENDPOINT}") < first_data
+    assert recorder.find("PUT", "computes/cpu-steps")[0].body["properties"]["properties"]["vmSize"] == "Standard_DS3_v2"
     data = [s for s in sequence if s.startswith(("GET data/", "PUT data/"))]
     assert data == [line for name in ASSETS for line in (
         f"GET data/finetune-amazon_automotive-{name}/versions", f"GET data/finetune-amazon_automotive-{name}",
@@ -90,7 +107,8 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert sweep["early_termination"] == {"delay_evaluation": 0, "evaluation_interval": 1, "slack_factor": 0.1,
                                           "policy_type": "Bandit"}
     assert sweep["objective"] == {"goal": "maximize", "primary_metric": "val_auc_weighted"}
-    assert sweep["limits"] == {"max_concurrent_trials": 1, "max_total_trials": 6}
+    assert sweep["limits"] == {"max_concurrent_trials": 1, "max_total_trials": 6, "timeout": 43200,
+                               "trial_timeout": 7200}
     automl = nodes["automl"]
     assert (automl["task"], automl["primary_metric"], automl["target_column_name"]) == (
         "text_classification", "auc_weighted", "label")
@@ -101,6 +119,9 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert automl["outputs"] == {"best_model": {"job_output_type": "mlflow_model"}}
     for step in ("register", "deploy"):
         assert nodes[step]["identity"] == {"identity_type": "Managed"}
+    for step in ("test_automl", "register", "deploy"):
+        assert nodes[step]["computeId"].endswith("/computes/cpu-steps"), step
+    assert nodes["sweep"]["computeId"].endswith("/computes/gpu-a100")
     # No workspace coordinates travel as step inputs: the steps read them from the job's environment.
     step_inputs = json.dumps({n: v.get("inputs") for n, v in nodes.items()})
     assert aml_recorder.RESOURCE_GROUP not in step_inputs and aml_recorder.SUBSCRIPTION not in step_inputs
@@ -113,8 +134,91 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert "--tracking-uri" not in trial["command"]
 
     assert "submitted pipeline job" in out and "studio: https://ml.azure.com/runs/" in out
-    record = json.loads((tmp_path / "ref" / "aml" / "submitted.json").read_text())
+    record = json.loads((tmp_path / "ref" / "submitted.json").read_text())
     assert record["data"]["files"]["train"] == "azureml:finetune-amazon_automotive-train:1"
+
+
+def test_exported_tree_holds_no_machine_path_workspace_or_key(server, recorder, monkeypatch, tmp_path, capsys):
+    """aml/ is portable: no YAML or JSON in it names this machine, the workspace or a key; and what was
+    uploaded for the steps (settings.json) is that file, byte for byte."""
+    import os
+
+    import finetune
+
+    recorder.grant(steps_principal("cpu-ds3"))  # compute=cpu: the steps share the training cluster
+    submit(server, monkeypatch, tmp_path, capsys, extra=["model=minilm-l6", "compute=cpu"])
+    folder = tmp_path / "ref" / "aml"
+    forbidden = {str(tmp_path), str(Path.home()), sys.prefix, str(Path(finetune.__file__).resolve().parent.parent),
+                 aml_recorder.SUBSCRIPTION, aml_recorder.RESOURCE_GROUP, aml_recorder.WORKSPACE,
+                 "recorder-primary-key", "recorder-key"}
+    files = [p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml", ".json") and "code" not in p.parts
+             and "base_model" not in p.parts]
+    assert any(p.name == "pipeline.yml" for p in files) and any(p.name == "settings.json" for p in files)
+    for path in files:
+        text = path.read_text()
+        found = [item for item in forbidden if item and item in text]
+        assert not found, f"{path.relative_to(folder)} holds {found}"
+    # The packaged base model travels inside the tree.
+    assert (folder / "base_model" / "config.json").is_file()
+    assert recorder.blob("/settings.json") == (folder / "settings.json").read_bytes()
+    assert os.path.isfile(tmp_path / "ref" / "submitted.json")
+
+
+def test_preflight_refuses_a_steps_identity_without_a_role(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.role_assignments.clear()
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: pre-flight: the managed identity of cluster cpu-steps") and "AzureML Data Scientist" in err[0]
+    # Nothing was spent: no data uploaded, no job submitted.
+    assert not recorder.find("PUT", r"data/.+") and not recorder.find("PUT", r"jobs/.+")
+
+
+def test_preflight_refuses_unreadable_role_assignments(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.role_status = 403
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot read role assignments" in err[0]
+    assert not recorder.find("PUT", r"jobs/.+")
+
+
+def test_preflight_refuses_an_endpoint_that_is_not_ours(server, recorder, monkeypatch, tmp_path, capsys):
+    from finetune.launch import azureml
+
+    recorder.put(ENDPOINT, {"location": "eastus", "tags": {"team": "someone-else"},
+                            "properties": {"authMode": "Key", "traffic": {}, "provisioningState": "Succeeded"}})
+    monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
+    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "endpoint finetune-sentiment exists" in err[0]
+    assert not recorder.find("PUT", r"jobs/.+")
+
+
+def test_recorder_refuses_what_the_service_refuses(server, recorder):
+    """The recorder is only a fair stand-in if it says no where Azure ML does (see aml_recorder's docstring)."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+    from azure.core.exceptions import HttpResponseError
+
+    client = server.ml_client()
+    seed_endpoint(recorder)
+    endpoint = client.online_endpoints.get("finetune-sentiment")
+    endpoint.traffic = {"blue": 50, "green": 50}
+    with pytest.raises(HttpResponseError, match="do not exist: green"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
+    endpoint.traffic = {"blue": 60}
+    with pytest.raises(HttpResponseError, match="must be 100"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
+    with pytest.raises(HttpResponseError, match="takes traffic"):
+        client.online_deployments.begin_delete(name="blue", endpoint_name="finetune-sentiment").result()
+    endpoint = ManagedOnlineEndpoint(name="ab", auth_mode="key")
+    with pytest.raises(Exception, match="(?i)name"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
 
 
 def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, monkeypatch, tmp_path, capsys):
@@ -171,8 +275,14 @@ def settings(tmp_path):
 def model_ref(folder: Path, version: str = "3", model_type: str = "custom_model") -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_ref.json").write_text(json.dumps(
-        {"name": "automotive-sentiment", "version": version, "model_type": model_type, "candidate": "transformer"}))
+        {"name": "automotive-sentiment", "version": version, "model_type": model_type, "candidate": "transformer",
+         "decision": "register", "reason": "test"}))
     return str(folder)
+
+
+def seed_model(recorder, version: str = "3") -> None:
+    recorder.put(f"models/automotive-sentiment/versions/{version}",
+                 {"properties": {"modelType": "custom_model", "modelUri": "azureml://x", "tags": {}, "flavors": {}}})
 
 
 def seed_endpoint(recorder, traffic=None) -> None:
@@ -191,6 +301,7 @@ def deploy(server, tmp_path, settings, monkeypatch):
     from finetune.launch.azureml import steps
 
     monkeypatch.setattr(deploy_module, "deployment_name", lambda version, now=None: f"v{version}-test")
+    seed_model(server.recorder)
     return steps.deploy(model_ref(tmp_path / "ref"), str(settings), str(tmp_path / "rollout"),
                         ml_client=server.ml_client())
 
@@ -222,8 +333,9 @@ def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, setti
     properties = body["properties"]
     assert properties["model"].endswith("/models/automotive-sentiment/versions/3")
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
-    assert properties["instanceType"] == "Standard_DS3_v2" and body["sku"]["capacity"] == 1
-    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 1, "requestTimeout": "PT10S"}
+    # Sized for bert-base and 64-item requests (endpoint.instance_type=auto, request_timeout_ms=0).
+    assert properties["instanceType"] == "Standard_F8s_v2" and body["sku"]["capacity"] == 1
+    assert properties["requestSettings"] == {"maxConcurrentRequestsPerInstance": 1, "requestTimeout": "PT30.72S"}
     assert properties["livenessProbe"]["initialDelay"] == "PT2M"
     assert properties["readinessProbe"]["initialDelay"] == "PT1M"
     assert properties["readinessProbe"]["failureThreshold"] == 30
@@ -234,6 +346,9 @@ def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, setti
     assert smoke.headers["authorization"] == "Bearer recorder-primary-key"
     assert smoke.body == json.loads(settings.read_text())["sample_request"]
     assert result["deployment"] == "v3-test" and result["deleted"] == ["blue"]
+    # Only a version that serves is Production (AML's counterpart of the local registry's alias).
+    model = recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/automotive-sentiment/versions/3"]
+    assert model["properties"]["stage"] == "Production" and result["promoted"]["version"] == "3"
     assert json.loads((tmp_path / "rollout" / "rollout.json").read_text())["traffic"] == {"v3-test": 100}
 
 
@@ -278,27 +393,45 @@ def transformer_output(folder: Path, tiny_model_dir: Path, labels) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "custom_model"),
-                                                            (1.0, "automl", "mlflow_model")])
-def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type):
-    from finetune.launch.azureml import steps
+def split_files(settings: Path) -> tuple:
+    """test.csv and labels.json of the prepared data next to the exported tree (settings.json names no path)."""
+    data_dir = settings.parent.parent / "data"
+    return str(data_dir / "test.csv"), str(data_dir / "labels.json")
 
-    data = json.loads(settings.read_text())["data"]
-    labels = data["labels"]
-    transformer = transformer_output(tmp_path / "sweep", tiny_model_dir, labels)
+
+def automl_output(tmp_path: Path, auc: float) -> tuple:
     automl_model = tmp_path / "automl_model"
-    automl_model.mkdir()
+    automl_model.mkdir(exist_ok=True)
     (automl_model / "MLmodel").write_text("flavors: {}\n")
     automl_result = tmp_path / "automl_result"
-    automl_result.mkdir()
-    metrics = {name: automl_auc for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                             "precision_weighted", "recall_weighted", "f1_weighted", "auc_weighted")}
+    automl_result.mkdir(exist_ok=True)
+    metrics = {name: auc for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                      "precision_weighted", "recall_weighted", "f1_weighted", "auc_weighted")}
     (automl_result / "result.json").write_text(json.dumps({"kind": "automl", "test": metrics}))
+    return str(automl_model), str(automl_result)
 
-    ref = steps.register(str(transformer), data["splits"]["test"]["path"], str(Path(data["splits"]["test"]["path"]).parent
-                                                                            / "labels.json"),
-                         str(settings), str(tmp_path / "out"), str(automl_model), str(automl_result),
-                         ml_client=server.ml_client())
+
+@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "custom_model"),
+                                                            (1.0, "automl", "mlflow_model")])
+def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type,
+                       monkeypatch):
+    from finetune import environment
+    from finetune.launch.azureml import steps
+    from finetune.serve import SCORE_SCRIPT
+
+    def no_dependency_list():  # inside an AML job: no finetune dist-info, no pyproject.toml
+        raise AssertionError("a job step read the package's dependency list")
+
+    monkeypatch.setattr(environment, "declared_requirements", no_dependency_list)
+
+    saved = json.loads(settings.read_text())
+    data, labels = saved["data"], saved["data"]["labels"]
+    test_file, labels_file = split_files(settings)
+    transformer = transformer_output(tmp_path / "sweep", tiny_model_dir, labels)
+    automl_model, automl_result = automl_output(tmp_path, automl_auc)
+
+    ref = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out"),
+                         automl_model, automl_result, ml_client=server.ml_client())
     assert (ref["candidate"], ref["model_type"], ref["version"], ref["existing"]) == (winner, model_type, "1", False)
     created = recorder.find("PUT", "models/amazon_automotive-sentiment/versions/1")[0].body["properties"]
     assert created["modelType"] == model_type
@@ -308,16 +441,58 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
     assert tags["content_sha256"] == ref["content_sha256"]
     assert tags["test_auc_weighted.automl"] == f"{automl_auc:.6f}"
     if winner == "transformer":
-        uploaded = [r.path for r in recorder.requests if r.host.startswith(aml_recorder.BLOB_ACCOUNT) and r.method == "PUT"]
-        assert any(p.endswith("/score.py") for p in uploaded) and any(p.endswith("/registered.json") for p in uploaded)
+        # What was uploaded is what serves: the scoring script, the version it reports, the slim conda file
+        # the submitting machine built (the job read no package metadata to write it).
+        assert recorder.blob("/model/score.py") == SCORE_SCRIPT.read_bytes()
+        assert json.loads(recorder.blob("/model/registered.json")) == {"name": "automotive-sentiment", "version": "1"}
+        import yaml
+
+        conda = yaml.safe_load(recorder.blob("/model/conda.yaml"))
+        assert conda == saved["environment"]["conda_file"]
+        assert any(line.startswith("torch==") and line.endswith("+cpu") for line in conda["dependencies"][-1]["pip"])
     assert json.loads((tmp_path / "out" / "model_ref.json").read_text())["version"] == "1"
+    # A rollout follows in this pipeline: the version is not Production until it serves.
+    assert "stage" not in recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/automotive-sentiment/versions/1"][
+        "properties"]
 
     recorder.clear()  # the same content again: the existing version is reused
-    again = steps.register(str(transformer), data["splits"]["test"]["path"],
-                           str(Path(data["splits"]["test"]["path"]).parent / "labels.json"), str(settings),
-                           str(tmp_path / "out2"), str(automl_model), str(automl_result), ml_client=server.ml_client())
+    again = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out2"),
+                           automl_model, automl_result, ml_client=server.ml_client())
     assert again["existing"] is True and again["version"] == "1"
     assert not recorder.find("PUT", r"models/.+")
+
+
+def test_register_step_rescores_production_and_honours_the_margin(server, recorder, tmp_path, tiny_model_dir,
+                                                                   settings, monkeypatch):
+    """The AML register step runs the local rule: production is downloaded from the workspace and re-scored,
+    and a new model must beat it by more than select.margin."""
+    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.registry import AmlRegistry
+
+    saved = json.loads(settings.read_text())
+    test_file, labels_file = split_files(settings)
+    first = transformer_output(tmp_path / "first", tiny_model_dir, saved["data"]["labels"])
+    ref = steps.register(str(first), test_file, labels_file, str(settings), str(tmp_path / "out1"),
+                         ml_client=server.ml_client())
+    AmlRegistry(server.ml_client(), "automotive-sentiment").promote(ref["version"])
+
+    # Another training (other bytes, same quality) with a margin no model can pass.
+    second = transformer_output(tmp_path / "second", tiny_model_dir, saved["data"]["labels"])
+    (second / "model" / "note.txt").write_text("a second training")
+    saved["select"]["margin"] = 1.0
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps(saved))
+    recorder.clear()
+    kept = steps.register(str(second), test_file, labels_file, str(strict), str(tmp_path / "out2"),
+                          ml_client=server.ml_client())
+    assert kept["decision"] == "keep_production" and "margin 1" in kept["reason"]
+    assert kept["selection"]["production_version"] == {"name": "automotive-sentiment", "version": "1"}
+    assert set(kept["selection"]["test"]) == {"transformer", "production"}
+    # The production version's files were downloaded from the blob store to be re-scored.
+    assert any(r.host.startswith(aml_recorder.BLOB_ACCOUNT) and r.method == "GET" for r in recorder.requests)
+    assert not recorder.find("PUT", r"models/.+")
+    skipped = steps.deploy(str(tmp_path / "out2"), str(strict), str(tmp_path / "rollout"), ml_client=server.ml_client())
+    assert skipped["status"] == "skipped"
 
 
 def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
@@ -334,15 +509,15 @@ def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
     from finetune.launch.azureml import steps
 
     data = json.loads(settings.read_text())["data"]
-    frame = pd.read_csv(data["splits"]["train"]["path"], dtype=str, keep_default_na=False)
+    test_file, labels_file = split_files(settings)
+    frame = pd.read_csv(Path(test_file).parent / "train.csv", dtype=str, keep_default_na=False)
     # AutoML NLP models take a DataFrame with the text column and know their classes by name.
     model = Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
                       ("clf", LogisticRegression(max_iter=200))]).fit(frame[["text"]], frame["label"])
     mlflow.sklearn.save_model(model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"],
                              serialization_format="cloudpickle")
-    labels_file = Path(data["splits"]["test"]["path"]).parent / "labels.json"
-    result = steps.test_automl(str(tmp_path / "mlflow_model"), data["splits"]["test"]["path"], str(labels_file),
-                               str(tmp_path / "out"), python=sys.executable)
+    # No --python: the step loads the model with the interpreter it runs in (AutoML's runtime image on AML).
+    result = steps.test_automl(str(tmp_path / "mlflow_model"), test_file, labels_file, str(tmp_path / "out"))
     assert result["rows"] == data["splits"]["test"]["rows"]
     assert 0.5 < result["test"]["auc_weighted"] <= 1.0
     assert json.loads((tmp_path / "out" / "result.json").read_text())["kind"] == "automl"

@@ -99,7 +99,7 @@ def test_environment_pins_the_installed_project_dependencies(tmp_path):
 
     import yaml
 
-    from finetune.environment import conda_spec, write_conda_yaml
+    from finetune.environment import SERVING_PACKAGES, conda_spec, serving_conda_spec, write_conda_yaml
 
     spec = conda_spec()
     python, pip_marker, pip = spec["dependencies"]
@@ -108,4 +108,29 @@ def test_environment_pins_the_installed_project_dependencies(tmp_path):
     assert f"torch=={version('torch').split('+')[0]}" in packages  # no local tag such as +cpu
     assert f"transformers=={version('transformers')}" in packages
     assert all("==" in line for line in packages) and not any(line.startswith("pytest") for line in packages)
-    assert yaml.safe_load(write_conda_yaml(tmp_path / "env" / "conda.yaml").read_text()) == spec
+    # A registered model's conda.yaml is the serving environment: what score.py imports, nothing more.
+    serving = serving_conda_spec()
+    assert [line.split("==")[0] for line in serving["dependencies"][-1]["pip"]] == [
+        name for name in [line.split("==")[0] for line in packages] if name in SERVING_PACKAGES]
+    assert yaml.safe_load(write_conda_yaml(tmp_path / "env" / "conda.yaml").read_text()) == serving
+
+
+def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(monkeypatch):
+    """This checkout is not pip-installed: the list is read from pyproject.toml, never from a missing dist."""
+    from importlib import metadata
+
+    import tomllib
+
+    from finetune import environment
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "requires", not_installed)
+    declared = tomllib.loads(environment.PYPROJECT.read_text())["project"]["dependencies"]
+    assert environment.declared_requirements() == declared
+    monkeypatch.setattr(environment, "PYPROJECT", environment.PYPROJECT.parent / "missing.toml")
+    from finetune.errors import UserError
+
+    with pytest.raises(UserError, match="dependency list is unavailable"):
+        environment.declared_requirements()

@@ -83,12 +83,14 @@ def run(plan: RunPlan) -> dict | None:
     summary["data"] = data.to_dict()
     print(f"{data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
-    from finetune import select
+    from finetune.select import check_production_labels
 
-    # Before any training: a production model for other labels is refused now, not after an hour of it.
-    production = select.check_production_labels(
-        registry.production(plan.select.registered_model_name, plan.tracking.uri, run_dir / "select" / "production"),
-        list(data.labels), plan.select.replace_incompatible)
+    model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
+                                             plan.tracking.experiment)
+    # Before any training: a production model for other labels is refused now, not after an hour of it
+    # (select_and_register applies the same rule to the production model it re-scores).
+    check_production_labels(model_registry.production(run_dir / "select" / "production"), list(data.labels),
+                            plan.select.replace_incompatible)
 
     candidates = summary["candidates"]
     if "search" in plan.stages:
@@ -121,11 +123,18 @@ def run(plan: RunPlan) -> dict | None:
         summary.save()
 
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
-    selection = select.run_selection(plan, data, candidates, production, run_dir / "select")
-    summary["selection"] = selection
-    if selection["production"] is not None:
+    outcome = registry.select_and_register(
+        model_registry, {name: candidate["path"] for name, candidate in candidates.items()}, data.test_path,
+        list(data.labels), plan.select, summary["data"], plan.to_dict(),
+        registry.sample_request(data.test_path), run_dir / "select",
+        sources={name: candidate.get("source") for name, candidate in candidates.items()},
+        commit=registry.git_commit(), val_csv=data.val_path)
+    production = outcome["production"]
+    if production is not None:
         candidates["production"] = {"kind": "production", "path": str(production.path),
                                     "source": f"{production.name} version {production.version} (in production)"}
+    selection = outcome["selection"]
+    summary["selection"] = selection
     decisions = {row["candidate"]: row.get("decision") for row in selection["table"]}
     for name, metrics in selection["test"].items():
         candidates[name].update(test=metrics, decision=decisions[name])
@@ -134,14 +143,13 @@ def run(plan: RunPlan) -> dict | None:
     summary.save()
 
     next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
-    registered = None
-    if selection["decision"] == "register":
-        registered = registry.register_selection(plan, summary.data, run_dir / "register")
+    registered = outcome["registry"] if selection["decision"] == "register" else None
+    if registered is not None:
         summary["registry"] = {**registered, "model_ref": registered["model_ref"].to_dict()}
         print(f"registered {registered['name']} version {registered['version']}"
               + (" (already registered: same artifacts)" if registered.get("existing") else ""))
     else:
-        summary["registry"] = {"decision": "keep_production", "reason": selection["reason"]}
+        summary["registry"] = outcome["registry"]
         print(f"kept the current production model: {selection['reason']}")
 
     if "deploy" in plan.stages:
@@ -157,9 +165,9 @@ def run(plan: RunPlan) -> dict | None:
             print(f"deployed {registered['name']} version {registered['version']} as '{rollout['deployment']}' "
                   f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
                   + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
-            registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+            model_registry.promote(registered["version"])
     elif registered is not None:
-        registry.promote(registered["name"], registered["version"], plan.tracking.uri)
+        model_registry.promote(registered["version"])
 
     next_stage("report")
     from finetune.report import write_report

@@ -24,7 +24,7 @@ def run(plan: RunPlan) -> None:
     import logging
 
     from finetune.data import prepare
-    from finetune.launch.azureml import export, pricing
+    from finetune.launch.azureml import environment, export, pricing
 
     # azure-ai-ml announces its own experimental internals on every dump; nothing a user chose or can act on.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
@@ -33,6 +33,7 @@ def run(plan: RunPlan) -> None:
     prepared = prepare(plan.dataset, Path(plan.run_dir) / "data")
     exported = export.write(plan, prepared)
     print(plan.table())
+    print(environment.describe(plan))
     print(pricing.summary(plan))
     print(exported.listing())
     if plan.dry_run:

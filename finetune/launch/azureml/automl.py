@@ -79,6 +79,8 @@ def test_step(plan: "RunPlan", code: str, environment):
     """The command that scores AutoML's best model on the test split (``finetune.launch.azureml.steps``)."""
     from azure.ai.ml import Input, Output, command
 
+    from finetune.launch.azureml.compute import steps_compute
+
     return command(
         name="test_automl",
         display_name="test AutoML's best model",
@@ -88,7 +90,7 @@ def test_step(plan: "RunPlan", code: str, environment):
                  "--output-dir ${{outputs.%s}}" % TEST_OUTPUT),
         code=code,
         environment=environment,
-        compute=plan.compute.cluster_name,
+        compute=steps_compute(plan),
         inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"),
                 "labels": Input(type="uri_file")},
         outputs={TEST_OUTPUT: Output(type="uri_folder")},

@@ -41,8 +41,80 @@ SAMPLING_ALGORITHMS = ("random", "grid", "bayesian")
 # AML's Bayesian sampler takes these distributions only (the local TPE sampler takes every one).
 BAYESIAN_DISTRIBUTIONS = ("choice", "uniform", "quniform")
 AUTH_MODES = ("key", "aml_token")
+# CUDA builds of torch the AML environments install -> the GPU compute capabilities they run on. PyTorch's
+# cu126/cu128 wheels are built for sm_50..sm_90 (cu128 adds Blackwell, sm_100/sm_120); CUDA 13 (the PyPI
+# default wheel) dropped sm_50..sm_70, which is why AML jobs never take the PyPI wheel
+# (https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/ "CUDA 13.0: Maxwell, Pascal and Volta removed").
+CUDA_BUILDS = {"12.6": ((5, 0), (9, 0)), "12.8": ((7, 5), (12, 0))}
 # Managed online deployments cap the scoring timeout at 3 minutes.
 MAX_REQUEST_TIMEOUT_MS = 180_000
+
+
+# A trial (or the single run) without a time limit could hold a GPU node for ever; on AML it gets this one.
+DEFAULT_TRIAL_TIMEOUT_S = 2 * 3600
+
+
+def resolve_limits(plan: "RunPlan") -> "RunPlan":
+    """The plan with AML's time limits filled in where the config leaves them open (printed with the plan):
+    ``trial_timeout`` 2 h, and the sweep's ``timeout`` the time its trials need at that limit in
+    ``max_concurrent_trials`` lanes; the deployment's instance type and request timeout sized for the model
+    (:func:`finetune.launch.azureml.deploy.sized`)."""
+    import dataclasses
+    import math
+
+    limits = plan.search.limits
+    trial_timeout = limits.trial_timeout or DEFAULT_TRIAL_TIMEOUT_S
+    trials = 1 if plan.search.sampling == "none" else limits.max_total_trials
+    timeout = limits.timeout or math.ceil(trials / max(1, limits.max_concurrent_trials)) * trial_timeout
+    limits = dataclasses.replace(limits, trial_timeout=trial_timeout, timeout=timeout)
+    endpoint = plan.endpoint
+    if endpoint.kind == "managed":
+        from finetune.launch.azureml.deploy import sized
+
+        endpoint = sized(endpoint, plan.model.name)
+    return dataclasses.replace(plan, search=dataclasses.replace(plan.search, limits=limits), endpoint=endpoint)
+
+
+def distinct_targets(plans: list) -> list:
+    """AML plans of one multirun that would share a registered model or an endpoint get their own.
+
+    Two plans registering the same model name race for its next version, and their rollouts delete each
+    other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values, or a short
+    hash of them when an endpoint name would pass AML's 32 characters) and keeps its own production line.
+    """
+    import dataclasses
+    import hashlib
+    import re
+
+    aml = [plan for plan in plans if plan.launcher == "azureml"]
+    shared_models = len({p.select.registered_model_name for p in aml}) < len(aml)
+    shared_endpoints = len({p.endpoint.name for p in aml if p.endpoint.kind == "managed"}) < len(
+        [p for p in aml if p.endpoint.kind == "managed"])
+    if not (shared_models or shared_endpoints):
+        return plans
+    common = set.intersection(*(set(p.overrides) for p in aml))
+    result = []
+    for plan in plans:
+        if plan.launcher != "azureml":
+            result.append(plan)
+            continue
+        own = [o.split("=", 1)[-1] for o in plan.overrides if o not in common and not o.startswith("output_root=")]
+        slug = re.sub(r"[^a-z0-9]+", "-", "-".join(own).lower()).strip("-") or plan.name.rsplit("-", 1)[-1]
+        digest = hashlib.sha256(slug.encode()).hexdigest()[:6]
+        model_name = f"{plan.select.registered_model_name}-{slug}"[:255]
+        endpoint_name = f"{plan.endpoint.name}-{slug}"
+        if len(endpoint_name) > ENDPOINT_NAME_LENGTH[1]:
+            endpoint_name = f"{plan.endpoint.name[:ENDPOINT_NAME_LENGTH[1] - 7]}-{digest}"
+        result.append(dataclasses.replace(
+            plan, select=dataclasses.replace(plan.select, registered_model_name=model_name),
+            endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name)))
+    names = [(p.select.registered_model_name, p.endpoint.name) for p in result if p.launcher == "azureml"]
+    if len(set(names)) < len(names):
+        from finetune.errors import UserError
+
+        raise UserError("the AML plans of this multirun would share a registered model name or endpoint; set "
+                        "select.registered_model_name and endpoint.name per plan")
+    return result
 
 
 def check_azureml(plan: "RunPlan") -> List[str]:
@@ -83,12 +155,45 @@ def compute_problems(plan: "RunPlan") -> List[str]:
                         f"GPUs (gpus_per_node={compute.gpus_per_node}); use one process per GPU")
     if compute.device == "cuda" and compute.gpus_per_node == 0:
         problems.append(f"{key}.device=cuda: {compute.vm_size} has gpus_per_node=0; use a GPU compute "
-                        "(compute=v100, a100, h100) or compute.device=cpu")
+                        "(compute=t4, a100, a100x4, h100) or compute.device=cpu")
     if compute.idle_seconds_before_scaledown < 0:
         problems.append(f"{key}.idle_seconds_before_scaledown={compute.idle_seconds_before_scaledown}: must be >= 0")
     if compute.hourly_price_usd is not None and compute.hourly_price_usd < 0:
         problems.append(f"{key}.hourly_price_usd={compute.hourly_price_usd}: must be >= 0 (or null: unknown)")
-    return problems
+    if compute.steps_cluster_name is not None:
+        if not CLUSTER_NAME.match(compute.steps_cluster_name):
+            problems.append(f"{key}.steps_cluster_name={compute.steps_cluster_name}: AML cluster names are 2-16 "
+                            "letters, digits or '-', starting with a letter")
+        if not compute.steps_vm_size:
+            problems.append(f"{key}.steps_vm_size=None: set the steps cluster's VM size, e.g. Standard_DS3_v2")
+    return problems + gpu_stack_problems(plan)
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in str(text).split("."))
+
+
+def gpu_stack_problems(plan: "RunPlan") -> List[str]:
+    """The torch CUDA build of the training environment must run on the cluster's GPU."""
+    compute, key = plan.compute, "compute"
+    if compute.device != "cuda" or compute.gpus_per_node < 1:
+        return []  # a CPU cluster asked for CUDA is reported once, by compute_problems
+    if compute.cuda not in CUDA_BUILDS:
+        return [f"{key}.cuda={compute.cuda}: the CUDA build of torch for AML GPU jobs; use one of "
+                f"{', '.join(CUDA_BUILDS)} (PyTorch wheel index builds this launcher installs)"]
+    if not compute.gpu_arch:
+        return [f"{key}.gpu_arch=None: set the GPU's compute capability of {compute.vm_size} (e.g. 8.0 for A100), "
+                "so the CUDA build can be checked against it"]
+    try:
+        arch = _version(compute.gpu_arch)
+    except ValueError:
+        return [f"{key}.gpu_arch={compute.gpu_arch}: a compute capability such as 7.5, 8.0 or 9.0"]
+    low, high = CUDA_BUILDS[compute.cuda]
+    if not low <= arch <= high:
+        return [f"{key}.cuda={compute.cuda}: torch's CUDA {compute.cuda} wheels run on compute capability "
+                f"{'.'.join(map(str, low))}-{'.'.join(map(str, high))}, and {compute.vm_size} has "
+                f"{compute.gpu_arch}; pick another compute.cuda or compute"]
+    return []
 
 
 def search_problems(plan: "RunPlan") -> List[str]:
@@ -128,7 +233,7 @@ def automl_problems(plan: "RunPlan") -> List[str]:
                         "(mul for multilingual)")
     if plan.compute.gpus_per_node < 1:
         problems.append(f"automl.kind=text_classification: AutoML NLP trains on GPU nodes only and "
-                        f"compute={plan.compute.name} has none; use compute=v100/a100/h100 or automl=none")
+                        f"compute={plan.compute.name} has none; use compute=t4/a100/a100x4/h100 or automl=none")
     for name in ("timeout_minutes", "max_trials", "max_concurrent_trials", "max_nodes"):
         if getattr(automl, name) < 1:
             problems.append(f"automl.{name}={getattr(automl, name)}: must be >= 1")
@@ -210,8 +315,9 @@ def endpoint_problems(plan: "RunPlan") -> List[str]:
         problems.append("endpoint.instance_type=None: set a VM size, e.g. Standard_DS3_v2")
     if endpoint.instance_count < 1:
         problems.append(f"endpoint.instance_count={endpoint.instance_count}: a deployment needs at least one instance")
-    if not 1 <= endpoint.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
-        problems.append(f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS}")
+    if not 0 <= endpoint.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
+        problems.append(f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS} "
+                        "(or 0: sized from the model and max_batch_items)")
     if endpoint.max_concurrent_requests_per_instance < 1:
         problems.append(f"endpoint.max_concurrent_requests_per_instance={endpoint.max_concurrent_requests_per_instance}: "
                         "must be >= 1")

@@ -21,6 +21,42 @@ if TYPE_CHECKING:
 OUTPUT = "rollout"
 SCORING_SCRIPT = "score.py"
 
+# Sizing a CPU deployment for a model (endpoint.instance_type=auto, endpoint.request_timeout_ms=0).
+# Measured: score.py with the packaged MiniLM-L6, 64 reviews of <=128 tokens, 2 threads on a shared 2-core
+# machine: 5.0 s, i.e. ~160 ms x vCPU per item (pessimistic: the machine was shared). Other encoders scale
+# with their layers x width^2 relative to MiniLM-L6 (6 x 384).
+MS_PER_ITEM_VCPU = 160
+RELATIVE_COST = (("large", 28.0), ("distil", 4.0), ("minilm", 1.0), ("", 8.0))  # first substring match; base = 8
+# CPU instance types a deployment is sized among (vCPUs), smallest first; F-series: compute-optimised.
+INSTANCE_VCPUS = (("Standard_F4s_v2", 4), ("Standard_F8s_v2", 8), ("Standard_F16s_v2", 16))
+TARGET_LATENCY_MS = 15_000  # the largest request should answer within this on the chosen instance
+MIN_TIMEOUT_MS = 10_000
+
+
+def request_cost_ms(model_name: str, items: int) -> float:
+    """Estimated vCPU-milliseconds of one request of ``items`` texts for a model config name."""
+    factor = next(cost for key, cost in RELATIVE_COST if key in model_name.lower())
+    return items * MS_PER_ITEM_VCPU * factor
+
+
+def sized(config: "EndpointConfig", model_name: str) -> "EndpointConfig":
+    """``config`` with ``instance_type: auto`` and ``request_timeout_ms: 0`` resolved for ``model_name``:
+    the smallest instance on which the largest request (``max_batch_items``) takes at most
+    TARGET_LATENCY_MS, and a timeout of three times that estimate (AML caps it at 180 s)."""
+    import dataclasses
+
+    cost = request_cost_ms(model_name, config.max_batch_items)
+    instance = config.instance_type
+    if instance == "auto":
+        instance = next((name for name, vcpus in INSTANCE_VCPUS if cost / vcpus <= TARGET_LATENCY_MS),
+                        INSTANCE_VCPUS[-1][0])
+    vcpus = dict(INSTANCE_VCPUS).get(instance)
+    timeout = config.request_timeout_ms
+    if timeout == 0:
+        estimate = cost / vcpus if vcpus else TARGET_LATENCY_MS
+        timeout = int(min(180_000, max(MIN_TIMEOUT_MS, 3 * estimate)))
+    return dataclasses.replace(config, instance_type=instance, request_timeout_ms=timeout)
+
 
 def endpoint_entity(config: "EndpointConfig"):
     from azure.ai.ml.entities import ManagedOnlineEndpoint
@@ -75,6 +111,8 @@ def deploy_step(plan: "RunPlan", code: str, environment):
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
 
+    from finetune.launch.azureml.compute import steps_compute
+
     return command(
         name="deploy",
         display_name=f"roll out to endpoint {plan.endpoint.name}",
@@ -83,7 +121,7 @@ def deploy_step(plan: "RunPlan", code: str, environment):
                  "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT),
         code=code,
         environment=environment,
-        compute=plan.compute.cluster_name,
+        compute=steps_compute(plan),
         inputs={"model_ref": Input(type="uri_folder"), "settings": Input(type="uri_file")},
         outputs={OUTPUT: Output(type="uri_folder")},
         identity=ManagedIdentityConfiguration(),

@@ -6,12 +6,13 @@ Written on every AML run (dry or not), so a run directory always shows what was 
       pipeline.yml            the whole pipeline      az ml job create -f pipeline.yml
       sweep.yml | train.yml   the training stage alone
       automl.yml              AutoML alone (when automl is on)
-      compute.yml             az ml compute create -f compute.yml
-      environment.yml, conda.yml
+      compute.yml, steps-compute.yml   az ml compute create -f compute.yml (the steps' CPU cluster too)
+      environment.yml, conda.yml       the training environment (conda-<role>.yml: every role's spec)
       data/<asset>.yml        the data assets (tagged with their sha256)
       endpoint.yml, deployment.yml   (when endpoint is on; the deploy step creates both)
-      settings.json           what the register and deploy steps read
+      settings.json           what the register and deploy steps read (no workspace, no machine path)
       code/finetune/          the package, uploaded as the jobs' code
+      base_model/             a local base model (e.g. the packaged MiniLM), uploaded as the trials' input
       mltable/{train,val}/    MLTable folders for AutoML
       score/score.py          the deployment's scoring code
 
@@ -31,7 +32,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 if TYPE_CHECKING:
     from finetune.data import PreparedData
@@ -43,6 +44,7 @@ CODE_DIR = "code"
 SCORE_DIR = "score"
 SETTINGS = "settings.json"
 LATEST_MODEL = "@latest"
+BASE_MODEL_DIR = "base_model"
 
 
 @dataclass
@@ -52,31 +54,48 @@ class Exported:
     settings_path: Path
     specs: List["AssetSpec"]
     files: List[Path] = field(default_factory=list)
+    base_model: Optional[Path] = None  # the copied local base model, when the plan has one
 
     def listing(self) -> str:
         shown = "\n".join(f"  {path.relative_to(self.folder)}" for path in self.files)
         return f"AML YAML in {self.folder}:\n{shown}"
 
 
-def settings(plan: "RunPlan", prepared: "PreparedData") -> dict:
-    """What the register and deploy steps need besides their data inputs (no workspace, no secrets)."""
-    from finetune.launch.azureml.environment import definition
-    from finetune.registry import git_commit, sample_request
+def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dict) -> dict:
+    """What the register and deploy steps need besides their data inputs.
 
-    config = plan.to_dict()
-    # Which workspace a job runs in is AML's business (it tells the job); it is not a job input.
-    config.pop("workspace", None)
+    It is uploaded to the workspace's blob store, so it holds no workspace coordinates (AML tells a job
+    its workspace), no secrets and no path of this machine: the data section without split paths, the
+    config as :func:`finetune.registry.job_config` (identity, workspace, local paths removed).
+    """
+    from finetune.registry import git_commit, job_config, sample_request
+
+    data = prepared.to_dict()
+    data["splits"] = {split: {key: value for key, value in info.items() if key != "path"}
+                      for split, info in data.get("splits", {}).items()}
+    data.pop("source", None)
     return {
         "run": plan.name,
         "select": {"metric": plan.select.metric, "margin": plan.select.margin,
                    "registered_model_name": plan.select.registered_model_name},
-        "data": prepared.to_dict(),
-        "config": config,
+        "data": data,
+        "config": job_config(plan.to_dict()),
         "git_commit": git_commit(),
         "sample_request": sample_request(prepared.test_path),
-        "endpoint": dataclasses.asdict(plan.endpoint),
-        "environment": definition(),
+        "endpoint": {key: value for key, value in dataclasses.asdict(plan.endpoint).items()
+                     if key not in ("host", "port")},
+        "environment": serving_environment,
+        "deploy": plan.endpoint.kind == "managed",
     }
+
+
+def with_base_model(plan: "RunPlan", folder: Path, relative_to: Optional[Path]) -> "RunPlan":
+    """``plan`` whose local base model is the copy under ``folder`` (relative to ``relative_to`` when given)."""
+    if not plan.model.path or "model" in plan.search.space:
+        return plan
+    path = folder / BASE_MODEL_DIR
+    shown = os.path.relpath(path, relative_to) if relative_to is not None else str(path)
+    return dataclasses.replace(plan, model=dataclasses.replace(plan.model, path=shown))
 
 
 def stage_code(target: Path) -> Path:
@@ -104,12 +123,20 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     code_dir = stage_code(folder / CODE_DIR)
     tables = data.write_mltables(prepared, folder / "mltable")
     specs = data.asset_specs(plan, prepared, tables)
+    definitions = environment.definitions(plan)
     settings_path = folder / SETTINGS
-    settings_path.write_text(json.dumps(settings(plan, prepared), indent=2, default=str), encoding="utf-8")
+    settings_path.write_text(json.dumps(settings(plan, prepared, definitions["serving"]), indent=2, default=str),
+                             encoding="utf-8")
     exported = Exported(folder, code_dir, settings_path, specs)
+    if plan.model.path and "model" not in plan.search.space:
+        # A local base model (the packaged MiniLM lives in this machine's site-packages) travels as a
+        # folder of the tree, so no YAML names a path of this machine.
+        exported.base_model = folder / BASE_MODEL_DIR
+        shutil.copytree(plan.model.path, exported.base_model)
+    plan = with_base_model(plan, folder, relative_to=folder)
 
     refs = data.local_refs(specs, relative_to=folder)
-    env = environment.environment()
+    envs = {role: environment.environment(spec) for role, spec in definitions.items()}
     local = {CODE_DIR, SETTINGS, SCORE_DIR, *refs.files.values(), *refs.tables.values()}
     if plan.model.path:
         local.add(plan.model.path)
@@ -120,9 +147,9 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         path.write_text(_yaml(_local_paths(entity_dict, local), comment), encoding="utf-8")
         exported.files.append(path)
 
-    job = pipeline.build(plan, refs, CODE_DIR, env, SETTINGS)
+    job = pipeline.build(plan, refs, CODE_DIR, envs, SETTINGS)
     dump("pipeline.yml", _automl_outputs(job._to_dict()), f"the whole pipeline of run {plan.name}: az ml job create -f pipeline.yml")
-    trial = command.train_command(plan, refs, CODE_DIR, env)
+    trial = command.train_command(plan, refs, CODE_DIR, envs["training"])
     if plan.search.sampling == "none":
         dump("train.yml", trial._to_job()._to_dict(), "the training job alone: az ml job create -f train.yml")
     else:
@@ -131,13 +158,19 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     if plan.automl.kind == "text_classification":
         dump("automl.yml", automl_dict(plan, refs), "AutoML NLP alone: az ml job create -f automl.yml")
     dump("compute.yml", compute.cluster(plan)._to_dict(), "the cluster: az ml compute create -f compute.yml")
+    if plan.compute.steps_cluster_name:
+        dump("steps-compute.yml", compute.steps_cluster(plan)._to_dict(),
+             "the test/register/deploy steps' CPU cluster: az ml compute create -f steps-compute.yml")
 
-    conda = folder / "conda.yml"
-    conda.write_text(_yaml(environment.definition()["conda_file"], "the jobs' conda environment"), encoding="utf-8")
-    exported.files.append(conda)
-    dump("environment.yml", {"name": ENVIRONMENT_NAME, "image": environment.BASE_IMAGE, "conda_file": conda.name,
-                             "description": environment.DESCRIPTION},
-         "the environment as a named asset: az ml environment create -f environment.yml")
+    for role, spec in definitions.items():
+        if spec.get("conda_file") is None:
+            continue
+        conda = folder / f"conda-{role}.yml"
+        conda.write_text(_yaml(spec["conda_file"], f"the {role} environment's conda file"), encoding="utf-8")
+        exported.files.append(conda)
+    dump("environment.yml", {"name": ENVIRONMENT_NAME, "image": definitions["training"]["image"],
+                             "conda_file": "conda-training.yml", "description": definitions["training"]["description"]},
+         "the training environment as a named asset: az ml environment create -f environment.yml")
     for spec in specs:
         entity = data.data_entity(spec)._to_dict()
         entity["path"] = os.path.relpath(spec.path, folder / "data")
@@ -150,8 +183,8 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         dump("endpoint.yml", deploy.endpoint_entity(plan.endpoint)._to_dict(),
              "the endpoint (the deploy step creates it when missing): az ml online-endpoint create -f endpoint.yml")
         deployment = deploy.deployment_entity(plan.endpoint, deploy.deployment_name("latest"),
-                                              f"azureml:{model_name}{LATEST_MODEL}", env, SCORE_DIR, model_name,
-                                              "latest")
+                                              f"azureml:{model_name}{LATEST_MODEL}", envs["serving"], SCORE_DIR,
+                                              model_name, "latest")
         dump("deployment.yml", deployment._to_dict(),
              "a deployment of the latest registered model, as the deploy step creates it "
              "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")

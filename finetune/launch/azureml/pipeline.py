@@ -19,8 +19,12 @@ def parent(name: str) -> str:
     return "${{parent.inputs.%s}}" % name
 
 
-def build(plan: "RunPlan", data: "DataRefs", code: str, environment, settings: str):
-    """The PipelineJob; ``code``, the data references and ``settings`` are paths or asset references."""
+def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, settings: str):
+    """The PipelineJob; ``code``, the data references and ``settings`` are paths or asset references.
+
+    ``environments``: role -> Environment (:func:`finetune.launch.azureml.environment.definitions`): training
+    for the sweep's trials, steps for register/deploy, automl_test for AutoML's test step.
+    """
     from azure.ai.ml import Input
     from azure.ai.ml.entities import PipelineJob
 
@@ -35,7 +39,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environment, settings: s
     inputs["settings"] = Input(type="uri_file", path=settings)
     # Training reads train, val and labels; the test split is for the register step's one test evaluation.
     splits = {key: parent(key) for key in DATA_FLAGS.values()}
-    trial = train_command(plan, data, code, environment)
+    trial = train_command(plan, data, code, environments["training"])
     jobs = {}
     if plan.search.sampling == "none":
         train = trial(**splits)
@@ -52,17 +56,17 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environment, settings: s
             inputs[f"{split}_table"] = Input(type="mltable", path=data.tables[split])
         automl = automl_.text_classification(
             plan, data, node=True, training_data=parent("train_table"), validation_data=parent("val_table"))
-        tested = automl_.test_step(plan, code, environment)(
+        tested = automl_.test_step(plan, code, environments["automl_test"])(
             model=automl.outputs[automl_.BEST_MODEL], test=parent("test"), labels=parent("labels"))
         tested.name = "test_automl"
         jobs.update(automl=automl, test_automl=tested)
         register_inputs.update(automl_model=automl.outputs[automl_.BEST_MODEL],
                                automl_result=tested.outputs[automl_.TEST_OUTPUT])
-    registered = register_step(plan, code, environment, automl=with_automl)(**register_inputs)
+    registered = register_step(plan, code, environments["steps"], automl=with_automl)(**register_inputs)
     registered.name = "register"
     jobs["register"] = registered
     if plan.endpoint.kind == "managed":
-        deployed = deploy_step(plan, code, environment)(model_ref=registered.outputs["model_ref"],
+        deployed = deploy_step(plan, code, environments["steps"])(model_ref=registered.outputs["model_ref"],
                                                         settings=parent("settings"))
         deployed.name = "deploy"
         jobs["deploy"] = deployed

@@ -14,8 +14,11 @@ if TYPE_CHECKING:
 
 # A trial with no trial_timeout has no upper bound at all; the estimate then assumes this many hours per
 # trial (a base-size transformer's few epochs over a few thousand reviews take well under that on one
-# GPU) and says so. Set search.limits.trial_timeout to make the bound a real one.
+# GPU) and says so. AML plans always get a trial_timeout (finetune.launch.azureml.checks.resolve_limits).
 ASSUMED_TRIAL_HOURS = 2.0
+# The test/register/deploy steps: node start, image pull, scoring the test split, and for deploy the
+# managed deployment's creation and smoke test, which the deploy step waits for.
+STEP_HOURS = {"test_automl": 0.5, "register": 0.5, "deploy": 1.0}
 
 
 @dataclass
@@ -69,11 +72,26 @@ def automl_estimate(plan: "RunPlan") -> Optional[Estimate]:
                     round(node_hours, 4), round(node_hours * compute.gpus_per_node, 4), compute.hourly_price_usd)
 
 
+def steps_estimate(plan: "RunPlan") -> Estimate:
+    """The pipeline's own steps, on the steps cluster (or the training cluster when there is none)."""
+    compute = plan.compute
+    steps = ["register"] + (["test_automl"] if plan.automl.kind == "text_classification" else []) + (
+        ["deploy"] if plan.endpoint.kind == "managed" else [])
+    hours = sum(STEP_HOURS[step] for step in steps)
+    on_steps_cluster = bool(compute.steps_cluster_name)
+    price = compute.steps_hourly_price_usd if on_steps_cluster else compute.hourly_price_usd
+    gpus = 0 if on_steps_cluster else compute.gpus_per_node
+    where = compute.steps_vm_size if on_steps_cluster else compute.vm_size
+    return Estimate(f"steps ({', '.join(steps)} on {where})", len(steps), round(hours / len(steps), 4),
+                    "assumed per step", 1, round(hours, 4), round(hours * gpus, 4), price)
+
+
 def summary(plan: "RunPlan") -> str:
     """The estimate as printed with the plan."""
     lines: List[str] = ["estimate (upper bound of the limits, dedicated-VM list prices):"]
-    estimates = [e for e in (sweep_estimate(plan), automl_estimate(plan)) if e is not None]
-    lines += [f"  {e.line(plan.compute.vm_size)}" for e in estimates]
+    estimates = [e for e in (sweep_estimate(plan), automl_estimate(plan), steps_estimate(plan)) if e is not None]
+    lines += [f"  {e.line(plan.compute.steps_vm_size if e.what.startswith('steps') and plan.compute.steps_cluster_name else plan.compute.vm_size)}"
+              for e in estimates]
     if all(e.cost_usd is not None for e in estimates):
         lines.append(f"  total: {sum(e.gpu_hours for e in estimates):g} GPU-hours, "
                      f"${sum(e.cost_usd for e in estimates):,.2f}")

@@ -20,6 +20,8 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
 
+    from finetune.launch.azureml.compute import steps_compute
+
     inputs = {"transformer": Input(type="custom_model"), "test": Input(type="uri_file"),
               "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
     line = ("python -m finetune.launch.azureml.steps register --transformer ${{inputs.transformer}} "
@@ -35,7 +37,7 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
         command=line,
         code=code,
         environment=environment,
-        compute=plan.compute.cluster_name,
+        compute=steps_compute(plan),
         inputs=inputs,
         outputs={OUTPUT: Output(type="uri_folder")},
         identity=ManagedIdentityConfiguration(),

@@ -1,14 +1,14 @@
 """What the pipeline's own steps run on AML: ``python -m finetune.launch.azureml.steps <step> ...``.
 
 - ``test-automl``: score AutoML's best model (its MLflow output) on the test split with
-  ``finetune.metrics``. AutoML NLP models need AutoML's runtime (``azureml-automl-dnn-nlp``), which the
-  project environment does not carry, so the model is loaded by a small script in the model's own conda
-  environment (its ``conda.yaml``, created in the job) and only the probabilities come back.
-- ``register``: re-score the sweep's best model with :func:`finetune.select.evaluate` (the scoring code
-  that will serve it), add AutoML's test metrics, decide with :func:`finetune.select.choose`, and register
-  the winner as an AML model with the tags the local registry writes (:func:`finetune.registry.selection_tags`,
-  ``content_sha256``, ``git_commit``); a version with the same content is reused.
-- ``deploy``: :func:`finetune.serve.rollout.rollout` of the registered model with an :class:`.AmlEndpoint`.
+  ``finetune.metrics``. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``); the step
+  runs in that runtime's image (:data:`.environment.AUTOML_IMAGE`), so the model loads in a small script run
+  by this very interpreter: nothing is created at job time.
+- ``register``: :func:`finetune.registry.select_and_register`, the local launcher's rule, over an
+  :class:`.AmlRegistry`: the Production version is downloaded and re-scored, ``select.margin`` holds, the
+  winner is registered once per content with the same tags.
+- ``deploy``: :func:`finetune.serve.rollout.rollout` of the registered model with an :class:`.AmlEndpoint`,
+  then the version becomes Production.
 
 The workspace comes from the variables AML sets in every job and the credential is the compute's
 managed identity: nothing secret, and no workspace coordinates, travel as job inputs.
@@ -80,17 +80,6 @@ def _write(folder: str, name: str, data: dict) -> Path:
 # ---------------------------------------------------------------------------------------------- test-automl
 
 
-def model_python(model_dir: Path) -> str:
-    """A Python with the MLflow model's own dependencies: its conda.yaml created as an environment."""
-    spec = Path(model_dir) / "conda.yaml"
-    if not spec.is_file():
-        raise UserError(f"{model_dir}: no conda.yaml, so the AutoML model's runtime is unknown")
-    prefix = Path(tempfile.mkdtemp(prefix="automl-env-"))
-    shutil.rmtree(prefix)
-    subprocess.run(["conda", "env", "create", "--quiet", "--prefix", str(prefix), "--file", str(spec)], check=True)
-    return str(prefix / "bin" / "python")
-
-
 def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: str):
     """Test-split probabilities of an AutoML MLflow model, columns in ``labels`` (label id) order."""
     import numpy as np
@@ -115,7 +104,7 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     texts, y_true = read_split(test_file, labels)
-    proba = automl_proba(Path(model_dir), texts, labels, python or model_python(Path(model_dir)))
+    proba = automl_proba(Path(model_dir), texts, labels, python or sys.executable)
     result = {"kind": "automl", "model_format": "mlflow", "test": classification_metrics(y_true, proba),
               "rows": len(texts)}
     _write(output_dir, RESULT, result)
@@ -125,65 +114,42 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 # ---------------------------------------------------------------------------------------------- register
 
 
-def registered_versions(ml_client, name: str) -> list:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        return list(ml_client.models.list(name=name))
-    except ResourceNotFoundError:
-        return []
-
-
 def register(transformer_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
              automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None) -> dict:
-    """Select among the candidates and register the winner; returns (and writes) the model reference."""
-    from azure.ai.ml.entities import Model
+    """Select among the candidates and production, register the winner; returns (and writes) the model reference."""
+    from types import SimpleNamespace
 
-    from finetune.registry import content_hash, selection_tags, stage_artifact
-    from finetune.select import choose, evaluate
+    from finetune.launch.azureml.registry import AmlRegistry
+    from finetune.registry import select_and_register
 
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     select = settings["select"]
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
-    candidates = {"transformer": str(Path(transformer_dir) / CANDIDATE_DIR)}
-    results = evaluate(candidates, test_file, labels)
+    prescored = {}
     if automl_result:
         # AutoML NLP models run only in AutoML's runtime; the test step scored it there with the same metrics.
-        results["automl"] = json.loads((Path(automl_result) / RESULT).read_text(encoding="utf-8"))
-    selection = choose(results, select["metric"], select["margin"])
-    winner = selection["winner"]
-    ml_client = ml_client or job_client()
-    name = select["registered_model_name"]
-    tags = selection_tags(selection, settings["data"], settings["config"], source=winner)
-
-    with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
-        if winner == "transformer":
-            folder = stage_artifact(Path(candidates[winner]), settings["sample_request"], Path(scratch) / "model")
-            model_type = "custom_model"
-        else:
-            folder, model_type = Path(automl_model), "mlflow_model"
-        digest = content_hash(folder)
-        versions = registered_versions(ml_client, name)
-        same = [m for m in versions if (m.tags or {}).get("content_sha256") == digest]
-        if same:
-            model = min(same, key=lambda m: int(m.version))
-            existing = True
-        else:
-            version = str(max([int(m.version) for m in versions if str(m.version).isdigit()], default=0) + 1)
-            if model_type == "custom_model":
-                # The scoring script reports this in every response, as with the local registry.
-                (folder / "registered.json").write_text(json.dumps({"name": name, "version": version}))
-            all_tags = {key: str(value) for key, value in tags.items() if value is not None}
-            all_tags["content_sha256"] = digest
-            if settings.get("git_commit"):
-                all_tags["git_commit"] = settings["git_commit"]
-            model = ml_client.models.create_or_update(Model(
-                name=name, version=version, path=str(folder), type=model_type, tags=all_tags,
-                description=f"{winner} of run {settings['run']}: best test {select['metric']}"))
-            existing = False
-    ref = {"name": name, "version": str(model.version), "candidate": winner, "model_type": model_type,
-           "kind": results[winner].get("kind"), "existing": existing, "content_sha256": digest,
-           "selection": {key: selection[key] for key in ("metric", "winner", "decision", "reason", "test")}}
+        prescored["automl"] = {"result": json.loads((Path(automl_result) / RESULT).read_text(encoding="utf-8")),
+                               "path": automl_model}
+    model_registry = AmlRegistry(ml_client or job_client(), select["registered_model_name"])
+    with tempfile.TemporaryDirectory(prefix="finetune-select-") as scratch:
+        outcome = select_and_register(
+            model_registry, {"transformer": str(Path(transformer_dir) / CANDIDATE_DIR)}, test_file, labels,
+            SimpleNamespace(metric=select["metric"], margin=select["margin"]), settings["data"], settings["config"],
+            settings["sample_request"], Path(scratch), prescored=prescored,
+            sources={"transformer": f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
+            conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"))
+    selection, registered = outcome["selection"], outcome["registry"]
+    ref = {"decision": selection["decision"], "reason": selection["reason"],
+           "selection": {key: selection.get(key) for key in ("metric", "margin", "winner", "decision", "reason", "test",
+                                                             "production_version")}}
+    if selection["decision"] == "register":
+        winner = selection["winner"]
+        ref.update(name=registered["name"], version=registered["version"], candidate=winner,
+                   model_type="mlflow_model" if winner in prescored else "custom_model",
+                   existing=registered["existing"], content_sha256=registered["content_sha256"])
+        if not settings.get("deploy"):
+            # No rollout follows: the registered version is production now, as the local launcher does.
+            ref["promoted"] = model_registry.promote(registered["version"])
     _write(output_dir, MODEL_REF, ref)
     return ref
 
@@ -202,6 +168,10 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
 
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     ref = json.loads((Path(model_ref_dir) / MODEL_REF).read_text(encoding="utf-8"))
+    if ref["decision"] != "register":
+        result = {"status": "skipped", "model": ref, "reason": f"nothing new to deploy: {ref['reason']}"}
+        _write(output_dir, ROLLOUT, result)
+        return result
     if ref["model_type"] != "custom_model":
         result = {"status": "skipped", "model": ref,
                   "reason": "the winner is an AML AutoML NLP model, which needs AutoML's runtime; the project's "
@@ -212,7 +182,8 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
         # The deployment's code is the scoring script alone: it is self-contained by contract.
         shutil.copy2(score.__file__, Path(code_dir) / SCORING_SCRIPT)
-        endpoint = AmlEndpoint(ml_client or job_client(), config, environment(settings["environment"]), code_dir)
+        ml_client = ml_client or job_client()
+        endpoint = AmlEndpoint(ml_client, config, environment(settings["environment"]), code_dir)
         endpoint.ensure()
         model = ModelRef(name=ref["name"], version=ref["version"], path=f"azureml:{ref['name']}:{ref['version']}")
         try:
@@ -222,6 +193,9 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
             _write(output_dir, ROLLOUT, {"status": "failed", "error": str(error), "model": ref})
             raise
     result = outcome.to_dict()
+    from finetune.launch.azureml.registry import AmlRegistry
+
+    result["promoted"] = AmlRegistry(ml_client, ref["name"]).promote(ref["version"])
     _write(output_dir, ROLLOUT, result)
     return result
 
@@ -238,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--test-file", required=True)
     test.add_argument("--labels-file", required=True)
     test.add_argument("--output-dir", required=True)
-    test.add_argument("--python", help="a Python with the model's dependencies (default: create its conda env)")
+    test.add_argument("--python", help="a Python with the model's dependencies (default: this one)")
     reg = steps.add_parser("register", help="select the best candidate and register it")
     reg.add_argument("--transformer", required=True)
     reg.add_argument("--automl-model")

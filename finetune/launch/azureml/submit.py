@@ -39,20 +39,26 @@ def azure_errors(action: str):
 
 def submit(plan: "RunPlan", exported: "Exported", ml_client, log=print):
     """Create what is missing, submit the pipeline, print where to follow it; returns the created job."""
-    from finetune.launch.azureml import compute, data, environment, pipeline
+    from finetune.launch.azureml import compute, data, environment, pipeline, preflight
+    from finetune.launch.azureml.export import with_base_model
 
     with azure_errors(f"compute cluster {plan.compute.cluster_name}"):
         compute.ensure(ml_client, plan, log)
+    with azure_errors("pre-flight"):
+        preflight.run(ml_client, plan, log)
     with azure_errors("data assets"):
         refs = data.register(ml_client, exported.specs, log)
-    job = pipeline.build(plan, refs, str(exported.code_dir), environment.environment(), str(exported.settings_path))
+    plan = with_base_model(plan, exported.folder, relative_to=None)
+    envs = {role: environment.environment(spec) for role, spec in environment.definitions(plan).items()}
+    job = pipeline.build(plan, refs, str(exported.code_dir), envs, str(exported.settings_path))
     with azure_errors("pipeline submission"):
         created = ml_client.jobs.create_or_update(job, experiment_name=plan.tracking.experiment)
     log(f"submitted pipeline job {created.name} (experiment {plan.tracking.experiment})")
     log(f"studio: {created.studio_url}")
     record = {"job": created.name, "studio_url": created.studio_url, "experiment": plan.tracking.experiment,
               "data": {"files": refs.files, "tables": refs.tables}}
-    Path(exported.folder, SUBMITTED).write_text(json.dumps(record, indent=2))
+    # Beside aml/, not in it: the studio URL names the workspace, and aml/ is the portable tree.
+    Path(exported.folder).parent.joinpath(SUBMITTED).write_text(json.dumps(record, indent=2))
     if plan.launcher_options.wait:
         with azure_errors(f"streaming job {created.name}"):
             ml_client.jobs.stream(created.name)

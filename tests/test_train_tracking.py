@@ -1,0 +1,88 @@
+"""Training and its MLflow store: on AML a store that cannot be opened fails the job at start, in one line;
+locally a tracking outage never costs a finished training."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune.config import DatasetConfig
+from finetune.data import prepare
+from finetune.train import main as train_main
+
+BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")
+# What AML sets for a job's run (the workspace's MLflow URI; see azureml-mlflow's service_context_loader).
+AML_URI = ("azureml://eastus.api.azureml.ms/mlflow/v2.0/subscriptions/0/resourceGroups/rg/providers/"
+           "Microsoft.MachineLearningServices/workspaces/ws")
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "data"
+    prepare(dataclasses.replace(BUNDLED, sample=120), out)
+    return out
+
+
+def arguments(data: Path, model: Path, out: Path, *extra: str) -> list:
+    return ["--train-file", str(data / "train.csv"), "--val-file", str(data / "val.csv"),
+            "--labels-file", str(data / "labels.json"), "--model", str(model), "--output-dir", str(out),
+            "--num-threads", "1", "--progress", "false", "--epochs", "1", *extra]
+
+
+def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(small_data, tiny_model_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", AML_URI)
+    monkeypatch.setenv("AZUREML_RUN_ID", "trial_1")
+
+    # What mlflow-skinny without azureml-mlflow raises on an azureml:// URI (its store registry has no such scheme).
+    def unsupported(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException("Could not find a registered tracking store for scheme 'azureml'")
+
+    monkeypatch.setattr(mlflow, "set_experiment", unsupported)
+    code = train_main(arguments(small_data, tiny_model_dir, tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: MLflow tracking at azureml://") and "azureml-mlflow" in err[0]
+    # Nothing was trained: the failure came before the model was loaded.
+    assert not (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_locally_a_tracking_outage_keeps_the_finished_training(small_data, tiny_model_dir, tmp_path, monkeypatch,
+                                                               capsys):
+    import mlflow
+
+    calls = {"n": 0}
+    real = mlflow.log_metrics
+
+    def fails_after_the_first(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ConnectionError("tracking server went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_metrics", fails_after_the_first)
+    monkeypatch.setattr(mlflow, "end_run", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("still away")))
+    out = tmp_path / "out"
+    code = train_main(arguments(small_data, tiny_model_dir, out, "--tracking-uri",
+                                f"sqlite:///{tmp_path / 'mlflow.db'}", "--logging-steps", "1"))
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "completed" and (out / "model" / "candidate.json").is_file()
+    assert capsys.readouterr().err.count("MLflow logging failed") == 1
+
+
+def test_locally_an_unopenable_store_trains_untracked(small_data, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    # A sqlite file in a folder that is a file: the store cannot be created.
+    (tmp_path / "blocker").write_text("")
+    code = train_main(arguments(small_data, tiny_model_dir, out, "--tracking-uri",
+                                f"sqlite:///{tmp_path / 'blocker' / 'mlflow.db'}"))
+    assert code == 0
+    assert json.loads((out / "result.json").read_text())["status"] == "completed"
+    assert "training goes on untracked" in capsys.readouterr().err
