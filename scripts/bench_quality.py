@@ -12,7 +12,8 @@ binary data, class-balanced for multiclass. Prints test AUC_weighted, F1 macro a
     python scripts/bench_quality.py                        # all three, the shipped class-weight default
     python scripts/bench_quality.py --datasets imbalanced --class-weights none,balanced,auto --no-automl
 
-Slow on a CPU (each fine-tuning run is minutes); results also go to <work>/bench_quality.json.
+Slow on a CPU (each fine-tuning run is minutes); results also go to <work>/bench_quality.json. Needs the
+package installed (`pip install .`): the register stage pins its dependencies from the package metadata.
 """
 from __future__ import annotations
 
