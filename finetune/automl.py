@@ -1,10 +1,13 @@
 """The local AutoML candidate: a FLAML search over classical learners on TF-IDF features.
 
 This is a *baseline*, named as such wherever it is shown: it tells whether fine-tuning a transformer
-beats a cheap bag-of-words model on the same splits. FLAML fits on the train split and scores every
-trial on val (the same holdout the fine-tuned model is chosen on), and the best model is kept as fitted
-on train: ``retrain_full=False``, so the val metrics reported are those of the saved model and val
-never leaks into it. The test split is not touched here; selection scores every candidate on it.
+beats a cheap bag-of-words model on the same splits, so it must not be a strawman. Features are TF-IDF of
+word 1-2 grams and character 3-5 grams (within word boundaries); FLAML scores every trial by
+cross-validation on the train split (``automl.cv_folds``; a few hundred val texts are too few to rank
+dozens of trials without over-fitting them), with per-class sample weights (``train.class_weights``),
+and starts with L2 logistic regression at C=1, the TF-IDF + LR one-liner, so the search can only move
+from there. The best configuration is refitted on all of train. Val is used for nothing but the reported
+val metrics (and, in the select stage, the decision rule); the test split is not touched here.
 
 The candidate is a scikit-learn Pipeline (TF-IDF -> estimator) pickled with joblib, so scoring needs
 scikit-learn and the estimator's library (LightGBM/XGBoost), not FLAML. The AML AutoML job is built in
@@ -26,6 +29,8 @@ DESCRIPTION = "local AutoML baseline (FLAML on TF-IDF)"
 # FLAML learners that accept sparse TF-IDF input and give probabilities (svc has no predict_proba,
 # histgb needs dense input, catboost is not a dependency).
 ESTIMATORS = ("lgbm", "xgboost", "xgb_limitdepth", "rf", "extra_tree", "lrl1", "lrl2", "kneighbor", "sgd")
+# Character n-grams: the second half of the feature space (the first is word 1-2 grams).
+CHAR_NGRAMS = (3, 5)
 
 
 def check_config(automl: AutomlConfig) -> list[str]:
@@ -43,6 +48,8 @@ def check_config(automl: AutomlConfig) -> list[str]:
         problems.append(f"automl.time_budget_s={automl.time_budget_s}: must be > 0 seconds")
     if automl.max_features <= 0:
         problems.append(f"automl.max_features={automl.max_features}: must be > 0")
+    if automl.cv_folds < 2:
+        problems.append(f"automl.cv_folds={automl.cv_folds}: must be >= 2 (folds of the train split)")
     return problems
 
 
@@ -99,13 +106,25 @@ class _QuietFlaml:
         return False
 
 
-def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int) -> dict:
+def features(max_features: int):
+    """TF-IDF of word 1-2 grams and char 3-5 grams, each capped at ``max_features`` terms."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion([
+        ("words", TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, sublinear_tf=True)),
+        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, max_features=max_features,
+                                  sublinear_tf=True)),
+    ])
+
+
+def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_weights: str = "auto") -> dict:
     """Search for the best classical text classifier in ``time_budget_s`` and save it as a candidate.
 
     ``data`` is the prepared data (anything with ``train_path``, ``val_path`` and ``labels``). Writes
     ``out_dir/model/`` (``model.joblib``, ``candidate.json``), ``out_dir/result.json`` (the returned
     candidate), ``out_dir/flaml.log`` (FLAML's messages) and ``out_dir/flaml_trials.jsonl`` (one record
-    per trial). The search is seeded, but a time-bounded search runs as many trials as the machine
+    per trial). ``class_weights`` is a :func:`finetune.train.class_weights` mode. The search is seeded, but a time-bounded search runs as many trials as the machine
     allows, so the chosen model can differ between machines.
     """
     problems = check_config(automl_cfg)
@@ -114,10 +133,10 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int) -> dict
     import joblib
     import numpy as np
     from flaml import AutoML
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import Pipeline
 
     from finetune.metrics import classification_metrics
+    from finetune.train import class_weights as class_weights_for
 
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
@@ -130,22 +149,27 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int) -> dict
         raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
                         "class in the train split")
 
-    print(f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s on "
-          f"{len(train_texts)} train / {len(val_texts)} val texts ...", flush=True)
+    print(f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s, "
+          f"{automl_cfg.cv_folds}-fold CV on {len(train_texts)} train texts ...", flush=True)
     started = time.time()
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), max_features=automl_cfg.max_features, sublinear_tf=True)
+    vectorizer = features(automl_cfg.max_features)
     x_train = vectorizer.fit_transform(train_texts)
-    x_val = vectorizer.transform(val_texts)
+    y_train = np.asarray(train_y)
+    weights = class_weights_for(train_y, len(labels), class_weights)
     automl = AutoML()
     with _QuietFlaml(out_dir / "flaml.log"):
         automl.fit(
-            X_train=x_train, y_train=np.asarray(train_y), X_val=x_val, y_val=np.asarray(val_y),
+            X_train=x_train, y_train=y_train,
+            sample_weight=None if weights is None else np.asarray(weights)[y_train],
             task="classification",
             metric="roc_auc" if len(labels) == 2 else "roc_auc_ovr_weighted",
             estimator_list=list(automl_cfg.estimators),
             time_budget=automl_cfg.time_budget_s,
+            eval_method="cv",
+            n_splits=automl_cfg.cv_folds,
             seed=seed,
-            retrain_full=False,
+            # The chosen configuration is refitted on all of train (never on val).
+            retrain_full=True,
             log_file_name=str(out_dir / "flaml_trials.jsonl"),
             verbose=3,  # INFO: one line per trial, into flaml.log
             # A FLAML-made MLflow run per trial would flood the run's experiment; the launcher records

@@ -141,8 +141,10 @@ class AutomlConfig:
     # auto: `local` on local compute, `text_classification` on AML; none: no AutoML candidate.
     kind: str = "auto"
     time_budget_s: int = 60
-    estimators: List[str] = field(default_factory=lambda: ["lgbm", "xgboost", "rf", "extra_tree", "lrl1"])
-    max_features: int = 20000
+    # lrl2 first: its first trial is the TF-IDF + logistic regression one-liner the search must beat.
+    estimators: List[str] = field(default_factory=lambda: ["lrl2", "sgd", "lgbm", "lrl1"])
+    max_features: int = 50000  # per feature kind (word 1-2 grams, char 3-5 grams)
+    cv_folds: int = 3  # trials are scored by cross-validation on train
     # AML AutoML NLP settings.
     primary_metric: str = "AUC_weighted"
     language: str = "eng"
@@ -199,6 +201,11 @@ class WorkspaceConfig:
 @dataclass
 class TrainConfig:
     evals_per_epoch: int = 1
+    # Per-class loss weights: auto (sqrt of balanced) | balanced | none. See finetune.train.class_weights.
+    class_weights: str = "auto"
+    # Evaluations without a better primary val metric before a run stops; None = 2 for a single run and
+    # off in sweeps (the sweep's policy stops trials there); 0 = never.
+    early_stopping_patience: Optional[int] = None
     checkpoint_every_steps: int = 0  # 0 = at every evaluation; N = also every N optimizer steps between them
     telemetry_interval_s: float = 5.0
     logging_steps: int = 10
@@ -209,7 +216,13 @@ class SelectConfig:
     metric: str = "auc_weighted"
     # A new model replaces production only when it beats it by more than this on the test split.
     margin: float = 0.0
-    registered_model_name: str = "automotive-sentiment"
+    # None: <dataset>-<task> (the file's stem for dataset=file), so two datasets never share a model.
+    registered_model_name: Optional[str] = None
+    # A production model with other labels is kept (the run stops) unless this is set.
+    replace_incompatible: bool = False
+    # The decision rule each candidate ships is chosen on val by this metric (finetune.decision).
+    decision_metric: str = "f1_macro"
+    multiclass_rule: str = "auto"  # auto | argmax | prior_correction
 
 
 @dataclass

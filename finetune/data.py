@@ -442,7 +442,13 @@ def _label(texts: list, values: list, dataset: DatasetConfig, source: str) -> Tu
     """(class names in id order, label id per kept row, text per kept row); dropped rows are counted."""
     dropped: Counter = Counter()
     kept_texts, names = [], []
-    for raw_text, value in zip(texts, values):
+    for row, (raw_text, value) in enumerate(zip(texts, values), 1):
+        if isinstance(value, (list, tuple, dict)):
+            # Stringified, ['billing', 'sales'] would silently become a class of its own.
+            key, column = _value_column(dataset)
+            raise UserError(f"dataset.{key}={column}: row {row} of {source} holds a {type(value).__name__} of labels "
+                            f"({json.dumps(value, default=str)[:60]}); multi-label data is not supported yet, give "
+                            "each text a single label")
         text = clean_text(raw_text) if not isinstance(raw_text, (dict, list)) else ""
         name, reason = _sentiment(value, dataset) if dataset.rating_column else _class_name(value)
         if not text or name is None:

@@ -1,11 +1,14 @@
 """The one metric function: training, the AutoML candidate, selection and the report all call it.
 
-AUC is computed from predicted probabilities (one-vs-rest, support-weighted for 3+ classes), never from
-argmax labels: a label-based AUC only measures one threshold.
+Ranking metrics (``auc_weighted``, ``average_precision_weighted``) come from the predicted probabilities,
+never from labels: a label-based AUC only measures one threshold. Every other metric is measured at a
+decision: the predicted labels ``y_pred`` (selection passes the labels of the candidate's shipped decision
+rule, :func:`finetune.serve.score.decide`; training's per-evaluation figures use argmax).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import re
+from typing import Dict, Optional, Sequence
 
 METRIC_NAMES = (
     "accuracy",
@@ -16,34 +19,73 @@ METRIC_NAMES = (
     "recall_weighted",
     "f1_weighted",
     "auc_weighted",
+    "average_precision_weighted",
 )
+# Metrics that a decision rule does not change (they rank by probability).
+RANKING_METRICS = ("auc_weighted", "average_precision_weighted")
+PER_CLASS = ("precision", "recall", "f1")
+_MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-/ ]")
 
 
-def classification_metrics(y_true: Sequence[int], proba) -> Dict[str, float]:
-    """Metrics of class-probability predictions `proba` (n_samples x n_classes) against label ids."""
+def per_class_key(metric: str, label: str) -> str:
+    """``recall.<label>``: the per-class metric's name, with characters MLflow refuses in names replaced."""
+    return metric + "." + _MLFLOW_UNSAFE.sub("_", str(label))
+
+
+def decision_metrics(y_true, y_pred, n_classes: int) -> Dict[str, float]:
+    """The label-based part of :func:`classification_metrics`: accuracy, macro and support-weighted
+    precision/recall/F1 (scikit-learn's definitions, 0 where undefined). From the confusion matrix in numpy:
+    choosing a threshold evaluates this hundreds of times."""
     import numpy as np
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    confusion = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, -1)
+    hits, support, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        recall = np.where(support > 0, hits / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    weights = support / max(1, support.sum())
+    result = {"accuracy": float(hits.sum() / max(1, len(y_true)))}
+    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        result[f"{name}_macro"] = float(values.mean())
+        result[f"{name}_weighted"] = float((values * weights).sum())
+    return result
+
+
+def classification_metrics(y_true: Sequence[int], proba, y_pred: Optional[Sequence[int]] = None,
+                           labels: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Metrics of class probabilities `proba` (n_samples x n_classes) and decided label ids `y_pred`
+    (default: argmax) against label ids `y_true`; with the class names `labels`, also per-class precision,
+    recall and F1 (``recall.<label>``...)."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
-    y_pred = proba.argmax(axis=1)
+    y_pred = proba.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
     n_classes = proba.shape[1]
-    labels = list(range(n_classes))
-    result = {"accuracy": float(accuracy_score(y_true, y_pred))}
-    for average in ("macro", "weighted"):
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
-        )
-        result[f"precision_{average}"] = float(precision)
-        result[f"recall_{average}"] = float(recall)
-        result[f"f1_{average}"] = float(f1)
+    ids = list(range(n_classes))
+    result = decision_metrics(y_true, y_pred, n_classes)
     present = np.unique(y_true)
     if len(present) < 2:
-        result["auc_weighted"] = float("nan")  # undefined with one class present
-    elif n_classes == 2:
-        result["auc_weighted"] = float(roc_auc_score(y_true, proba[:, 1]))
+        # Undefined with one class present.
+        result["auc_weighted"] = result["average_precision_weighted"] = float("nan")
     else:
-        result["auc_weighted"] = float(
-            roc_auc_score(y_true, proba, multi_class="ovr", average="weighted", labels=labels)
-        )
+        if n_classes == 2:
+            result["auc_weighted"] = float(roc_auc_score(y_true, proba[:, 1]))
+        else:
+            result["auc_weighted"] = float(
+                roc_auc_score(y_true, proba, multi_class="ovr", average="weighted", labels=ids)
+            )
+        # One-vs-rest for every class, weighted by support (AML's average_precision_score_weighted): for
+        # binary data the minority class counts too, where the positive class's AP alone is near 1 when
+        # positives dominate.
+        onehot = np.eye(n_classes)[y_true]
+        result["average_precision_weighted"] = float(average_precision_score(onehot, proba, average="weighted"))
+    if labels is not None:
+        values = precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)[:3]
+        for metric, per_label in zip(PER_CLASS, values):
+            for label, value in zip(labels, per_label):
+                result[per_class_key(metric, label)] = float(value)
     return result

@@ -107,7 +107,8 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         endpoint=cfg.endpoint,
         workspace=cfg.workspace,
         train=cfg.train,
-        select=cfg.select,
+        select=dataclasses.replace(cfg.select, registered_model_name=cfg.select.registered_model_name
+                                   or registered_model_name(cfg.dataset)),
         tracking=dataclasses.replace(
             cfg.tracking,
             uri=cfg.tracking.uri or f"sqlite:///{Path(cfg.output_root).expanduser().resolve() / 'mlflow.db'}",
@@ -130,6 +131,22 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     if plan.model.source == "package" and not plan.model.path:
         plan.model.path = str(package_model_dir(plan.model))
     return plan
+
+
+def registered_model_name(dataset: DatasetConfig) -> str:
+    """``<dataset>-<task>``: the file's stem (or the 5-core category) names the data, ``sentiment`` or the
+    label column the task, so runs on different data never register (and promote) under one name."""
+    import re
+
+    if dataset.source in ("file", "amazon_5core") and (dataset.path or dataset.url):
+        source = re.sub(r"(\.(csv|jsonl?|parquet|gz))+$", "", Path(dataset.path or dataset.url).name, flags=re.I)
+    elif dataset.source == "amazon_5core" and dataset.category:
+        source = f"{dataset.name}-{dataset.category}"
+    else:
+        source = dataset.name
+    task = "sentiment" if dataset.rating_column else dataset.label_column or "label"
+    # AML model names allow letters, digits, '-', '_' and '.', and start with a letter or digit.
+    return re.sub(r"[^a-z0-9_.-]+", "-", f"{source}-{task}".lower()).strip("-._")[:255]
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -220,6 +237,18 @@ def check_dataset(plan: RunPlan) -> List[str]:
     return problems
 
 
+def check_train(plan: RunPlan) -> List[str]:
+    from finetune.train import CLASS_WEIGHTS
+
+    train, problems = plan.train, []
+    if train.class_weights not in CLASS_WEIGHTS:
+        problems.append(f"train.class_weights={train.class_weights}: use one of {', '.join(CLASS_WEIGHTS)}")
+    if train.early_stopping_patience is not None and train.early_stopping_patience < 0:
+        problems.append(f"train.early_stopping_patience={train.early_stopping_patience}: must be >= 0 "
+                        "(0 = never stop early, null = the default)")
+    return problems
+
+
 def check_select(plan: RunPlan) -> List[str]:
     from finetune.select import check_config
 
@@ -261,6 +290,7 @@ CHECKS: List[Callable[[RunPlan], List[str]]] = [
     check_model,
     check_search,
     check_compute,
+    check_train,
     check_automl,
     check_select,
     check_max_length,
@@ -286,6 +316,17 @@ HYPERPARAMETERS = (
 )
 
 
+SINGLE_RUN_PATIENCE = 2
+
+
+def early_stopping_patience(plan: RunPlan) -> int:
+    """The configured patience; unset, 2 evaluations for a single run and off in a sweep, whose early
+    termination policy already stops trials (two stopping rules on one trial would blur what each does)."""
+    if plan.train.early_stopping_patience is not None:
+        return plan.train.early_stopping_patience
+    return SINGLE_RUN_PATIENCE if plan.search.sampling == "none" else 0
+
+
 def train_command_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: Optional[dict] = None,
                        model_path: Optional[str] = None) -> List[str]:
     """Arguments of `python -m finetune.train` for this plan: the single run, every sweep trial.
@@ -299,12 +340,13 @@ def train_command_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparam
     args = [
         "--train-file", str(data / "train.csv"),
         "--val-file", str(data / "val.csv"),
-        "--test-file", str(data / "test.csv"),
         "--labels-file", str(data / "labels.json"),
         "--model", model_path or plan.model.path or plan.model.hub_id,
         "--output-dir", str(output_dir),
         "--seed", str(plan.seed),
         "--evals-per-epoch", str(plan.train.evals_per_epoch),
+        "--class-weights", plan.train.class_weights,
+        "--early-stopping-patience", str(early_stopping_patience(plan)),
         "--logging-steps", str(plan.train.logging_steps),
         "--primary-metric", plan.search.primary_metric,
         "--goal", plan.search.goal,

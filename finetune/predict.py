@@ -1,6 +1,6 @@
 """``python -m finetune.predict``: score a file of texts with a registered model or a model folder.
 
-    python -m finetune.predict --model automotive-sentiment@production --input reviews.csv.gz --output scored.parquet
+    python -m finetune.predict --model amazon_automotive-sentiment@production --input reviews.csv.gz --output scored.parquet
 
 CSV, JSONL and parquet in and out, chosen by extension (``.gz`` works for CSV and JSONL). The output has
 the input's id column (``--id-column``, default ``id`` when the input has one), ``label`` and
@@ -170,7 +170,7 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
     import numpy as np
     from tqdm import tqdm
 
-    from finetune.serve.score import decide, load_scorer
+    from finetune.serve.score import decided_labels, load_scorer
 
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
@@ -213,7 +213,7 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
             import pandas as pd
 
             table = pd.DataFrame({id_column: chunk[id_column].to_numpy()} if id_column else {})
-            table["label"] = decide(proba, labels)
+            table["label"] = decided_labels(proba, labels, scorer.decision)
             for column, label in enumerate(labels):
                 table[f"probability_{label}"] = proba[:, column].astype(np.float64)
             writer.write(table)
@@ -235,8 +235,8 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.predict", description=__doc__.split("\n\n")[0],
-        epilog="examples:\n  python -m finetune.predict --model automotive-sentiment@production --input r.csv "
-               "--output scored.csv\n  python -m finetune.predict --model automotive-sentiment/3 --input r.jsonl.gz "
+        epilog="examples:\n  python -m finetune.predict --model amazon_automotive-sentiment@production --input r.csv "
+               "--output scored.csv\n  python -m finetune.predict --model amazon_automotive-sentiment/3 --input r.jsonl.gz "
                "--output s.parquet\n  python -m finetune.predict --model outputs/run/train/model --input r.parquet "
                "--output s.jsonl --id-column review_id",
         formatter_class=argparse.RawDescriptionHelpFormatter)

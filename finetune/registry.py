@@ -365,29 +365,37 @@ def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
 def select_and_register(model_registry: ModelRegistry, candidates: dict, test_csv, labels: list, select_cfg,
                         data_info: dict, config: dict, sample_request: dict, out_dir: Path, *,
                         prescored: Optional[dict] = None, sources: Optional[dict] = None,
-                        conda: Optional[dict] = None, commit: Optional[str] = None) -> dict:
+                        conda: Optional[dict] = None, commit: Optional[str] = None, val_csv=None) -> dict:
     """The one select-and-register rule of both launchers.
 
     The production model of ``model_registry`` is downloaded and re-scored on this run's test split next to
     ``candidates`` (``{name: candidate folder}``); ``prescored`` adds candidates scored elsewhere
     (``{name: {"result": evaluate-style entry, "path": folder to register as is}}``: AML AutoML's MLflow model,
-    which only AutoML's runtime can load). :func:`finetune.select.choose` decides with ``select_cfg.metric``
-    and ``select_cfg.margin``; a winner is registered once per content with :func:`selection_tags`.
+    which only AutoML's runtime can load). With ``val_csv``, each of ``candidates`` first gets its decision
+    rule chosen on val (``select_cfg.decision_metric``, ``multiclass_rule``; written into its candidate.json,
+    so the registered copy ships it); production keeps its own, and one whose labels differ from ``labels``
+    is refused unless ``select_cfg.replace_incompatible``. :func:`finetune.select.choose` decides with
+    ``select_cfg.metric`` and ``select_cfg.margin``; a winner is registered once per content with
+    :func:`selection_tags`.
     Returns ``{"selection", "registry", "production"}``; ``registry`` holds ``model_ref`` (the registered
     copy, referenced in place or downloaded to ``out_dir/model``: what a rollout deploys) when a version was
     registered.
     """
-    from finetune.select import PRODUCTION, choose, evaluate
+    from finetune.select import PRODUCTION, check_production_labels, choose, evaluate
 
     out_dir = Path(out_dir)
-    current = model_registry.production(out_dir / "production")
+    current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
+                                      select_cfg.replace_incompatible)
     paths = dict(candidates)
     production_name = None
     if current is not None:
         production_name = PRODUCTION
         paths[PRODUCTION] = current.path
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
-    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir)
+    decision = {"metric": select_cfg.decision_metric, "multiclass_rule": select_cfg.multiclass_rule,
+                "train_counts": data_info.get("splits", {}).get("train", {}).get("class_counts")}
+    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv, decision=decision,
+                       keep_decision={PRODUCTION})
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name)
     if current is not None:

@@ -13,6 +13,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from finetune.decision import describe
+from finetune.metrics import per_class_key
+
 KIND_DESCRIPTIONS = {
     "hf": "fine-tuned transformer",
     "automl": "local AutoML baseline (FLAML on TF-IDF)",
@@ -299,7 +302,9 @@ def _selection_section(summary: dict, figures: _Figures) -> list[str]:
         rows = [[name, _describe(c.get("kind"), c), c.get("val", {}).get("auc_weighted")] for name, c in candidates.items()]
         return ["## Candidates", "", _table(["candidate", "what", "val auc_weighted"], rows), ""]
     metric, winner = selection["metric"], selection["winner"]
-    columns = list(dict.fromkeys([metric, "accuracy", "f1_macro", "precision_macro", "recall_macro", "auc_weighted"]))
+    columns = list(dict.fromkeys([metric, "accuracy", "f1_macro", "recall_macro", "auc_weighted",
+                                  "average_precision_weighted"]))
+    labels = summary.get("data", {}).get("labels") or []
     rows = []
     for row in selection["table"]:
         name = row["candidate"]
@@ -307,13 +312,19 @@ def _selection_section(summary: dict, figures: _Figures) -> list[str]:
         description = _describe(row.get("kind"), candidates.get(name, {}))
         val = candidates.get(name, {}).get("val", {}).get(metric)
         if "error" in row:
-            rows.append([label, description, val, f"failed: {row['error']}", *[""] * (len(columns) - 1)])
+            rows.append([label, description, val, f"failed: {row['error']}", *[""] * (len(columns) + 2)])
         else:
-            rows.append([label, description, val, *(row.get(c) for c in columns)])
+            recall = " / ".join(f"{row.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels)
+            at_argmax = (row.get("test_argmax") or {}).get("f1_macro")
+            rows.append([label, description, val, *(row.get(c) for c in columns), describe(row.get("decision")),
+                         recall, at_argmax])
     lines = ["## Candidates on the test split", "",
              f"Every candidate scored on the same test split by one metric function; chosen by test `{metric}` "
-             f"(margin over production: {selection.get('margin', 0):g}).", "",
-             _table(["candidate", "what", f"val {metric}", *(f"test {c}" for c in columns)], rows), "",
+             f"(margin over production: {selection.get('margin', 0):g}). Label metrics are at the decision rule "
+             "each candidate ships (chosen on val; the endpoint answers with it); AUC and average precision rank "
+             "probabilities and do not depend on it.", "",
+             _table(["candidate", "what", f"val {metric}", *(f"test {c}" for c in columns), "decision rule",
+                     f"test recall ({' / '.join(labels)})", "test f1_macro at argmax"], rows), "",
              f"**Decision: {selection['decision']}** — {selection['reason']}", ""]
 
     scored = [row for row in selection["table"] if "error" not in row]
@@ -354,6 +365,8 @@ def _winner_plots(selection: dict, labels: Optional[list], figures: _Figures) ->
     import numpy as np
     from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+    from finetune.serve.score import decide
+
     rows = {row["candidate"]: row for row in selection["table"] if "error" not in row}
     winner = selection["winner"]
     loaded = _load_predictions(rows.get(winner, {}))
@@ -363,7 +376,9 @@ def _winner_plots(selection: dict, labels: Optional[list], figures: _Figures) ->
     labels = labels or [str(i) for i in range(proba.shape[1])]
     lines = [f"### Chosen model on test: {winner}", ""]
 
-    matrix = confusion_matrix(y_true, proba.argmax(axis=1), labels=list(range(len(labels))))
+    # The labels the endpoint answers: the shipped rule, not argmax.
+    predicted = decide(proba, labels, rows[winner].get("decision"))
+    matrix = confusion_matrix(y_true, predicted, labels=list(range(len(labels))))
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     figure, (axis,) = figures.new(4.8 + 0.3 * len(labels), 4.2 + 0.3 * len(labels))
     image = axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -374,7 +389,7 @@ def _winner_plots(selection: dict, labels: Optional[list], figures: _Figures) ->
     axis.set_yticks(range(len(labels)), labels)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    axis.set_title(f"Confusion matrix: {winner} (n={len(y_true)})")
+    axis.set_title(f"Confusion matrix: {winner} at {describe(rows[winner].get('decision'))} (n={len(y_true)})")
     figure.colorbar(image, ax=axis, label="share of true class")
     lines += [figures.save(figure, "confusion_matrix", "confusion matrix"), ""]
 

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from finetune.decision import describe
 from finetune.errors import UserError
 from finetune.metrics import METRIC_NAMES
 
@@ -29,10 +30,13 @@ CHUNK = 512  # texts per tokenizer call
 
 def check_config(select_cfg) -> list[str]:
     """Problems with the select settings that the plan's metric-name check does not cover."""
+    from finetune.decision import check_config as check_decision
+
+    problems = check_decision(select_cfg.decision_metric, select_cfg.multiclass_rule)
     if select_cfg.margin < 0:
-        return [f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
-                "production with a worse model)"]
-    return []
+        problems.append(f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
+                        "production with a worse model)")
+    return problems
 
 
 def candidate_info(candidate_dir) -> dict:
@@ -43,31 +47,43 @@ def candidate_info(candidate_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
-    """Class probabilities (n_texts x n_labels, columns in the candidate's label order) for raw texts.
-
-    The model is loaded and run by the scoring script's own classes (``finetune/serve/score.py``):
-    the test metrics are those of the code that will serve the model, same truncation length and
-    runtime (torch or ONNX Runtime, as the candidate's candidate.json says) included.
-    """
-    import numpy as np
-
+def load_scorer(candidate_dir):
+    """The scoring script's own model class for a candidate folder, so test metrics are those of the code
+    that will serve the model: same truncation length, runtime (torch or ONNX Runtime) and decision rule."""
     from finetune.serve import score
 
     folder = Path(candidate_dir)
     info = candidate_info(folder)
     if info["kind"] not in ("hf", "automl"):
         raise UserError(f"{candidate_dir}: unknown candidate kind '{info['kind']}' (expected hf or automl)")
-    scorer = score.load_scorer(folder, max_batch=BATCH_SIZE)
+    return score.load_scorer(folder, max_batch=BATCH_SIZE)
+
+
+def scorer_proba(scorer, texts) -> "numpy.ndarray":
+    """Class probabilities (n_texts x n_labels, columns in the candidate's label order) for raw texts."""
+    import numpy as np
+
     texts = list(texts)
-    # The scorer tokenizes a request at once; chunks keep a large test split's padded tensors small.
+    # The scorer tokenizes a request at once; chunks keep a large split's padded tensors small.
     chunks = [scorer.predict_proba(texts[start:start + CHUNK]) for start in range(0, len(texts), CHUNK)]
     return np.concatenate(chunks) if chunks else np.zeros((0, len(scorer.labels)))
 
 
-def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None) -> dict:
-    """Score each candidate folder on the test split: ``{name: {"kind", "test": metrics}}``.
+def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
+    """Class probabilities of a candidate folder for raw texts (see :func:`load_scorer`)."""
+    return scorer_proba(load_scorer(candidate_dir), texts)
 
+
+def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None, *,
+             val_csv=None, decision: Optional[dict] = None, keep_decision=()) -> dict:
+    """Score each candidate folder on the test split at its decision rule: ``{name: {"kind", "decision",
+    "test", "test_argmax"}}``.
+
+    With ``val_csv`` and ``decision`` (:func:`finetune.decision.choose_decision`'s settings: ``metric``,
+    ``multiclass_rule``, ``train_counts``), each candidate not named in ``keep_decision`` first gets its
+    rule chosen on val and written into its ``candidate.json`` (what registration then ships); the others
+    (the production model) keep the rule they were shipped with. ``test`` holds the metrics at the rule,
+    ``test_argmax`` those at argmax, to show what the rule changed.
     A candidate that cannot be scored (folder missing, load error, labels that are not this run's)
     gets ``{"kind", "error"}`` instead, so one broken candidate does not stop the others. With
     ``proba_dir``, the true label ids go to ``test_labels.npy`` and each candidate's probabilities to
@@ -76,10 +92,13 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     import numpy as np
 
     from finetune.automl import read_split
+    from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics
+    from finetune.serve.score import decide
 
     texts, y_true = read_split(test_csv, labels)
     y_true = np.asarray(y_true)
+    val_texts, y_val = read_split(val_csv, labels) if val_csv is not None and decision else (None, None)
     if proba_dir is not None:
         proba_dir = Path(proba_dir)
         proba_dir.mkdir(parents=True, exist_ok=True)
@@ -92,10 +111,19 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
             kind = info["kind"]
             if sorted(info["labels"]) != sorted(labels):
                 raise UserError(f"its labels {info['labels']} are not this run's {labels}")
-            proba = predict_proba(path, texts)
-            # Columns follow the candidate's label order; metrics need this run's id order.
-            proba = proba[:, [info["labels"].index(label) for label in labels]]
-            results[name] = {"kind": kind, "test": classification_metrics(y_true, proba)}
+            scorer = load_scorer(path)
+            # Columns follow the candidate's label order; metrics and rules here use this run's id order.
+            columns = [info["labels"].index(label) for label in labels]
+            rule = info.get("decision")
+            if val_texts is not None and name not in keep_decision:
+                rule = choose_decision(y_val, scorer_proba(scorer, val_texts)[:, columns], labels, **decision)
+                info["decision"] = rule
+                (Path(path) / "candidate.json").write_text(json.dumps(info, indent=2))
+            proba = scorer_proba(scorer, texts)[:, columns]
+            y_pred = decide(proba, labels, rule)
+            results[name] = {"kind": kind, "decision": rule or {"rule": "argmax"},
+                             "test": classification_metrics(y_true, proba, y_pred, labels=labels),
+                             "test_argmax": classification_metrics(y_true, proba, labels=labels)}
             if proba_dir is not None:
                 proba_path = proba_dir / f"{name}_test_proba.npy"
                 np.save(proba_path, proba)
@@ -157,7 +185,8 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
                       f"by more than the margin {margin:g} on test {metric}; nothing is deployed")
 
     table = [{"candidate": name, "kind": kind(name), **scored[name]["test"],
-              **{key: scored[name][key] for key in ("test_proba", "test_labels") if key in scored[name]}}
+              **{key: scored[name][key] for key in ("decision", "test_argmax", "test_proba", "test_labels")
+                 if key in scored[name]}}
              for name in ranked]
     table += [{"candidate": name, "kind": kind(name), "error": error} for name, error in failed.items()]
     selection = {"metric": metric, "margin": margin, "production": production_name, "table": table,
@@ -171,11 +200,12 @@ def format_table(selection: dict) -> str:
     """The comparison as fixed-width text: one row per candidate, the selection metric first."""
     metric = selection["metric"]
     columns = [metric] + [name for name in ("accuracy", "f1_macro", "auc_weighted") if name != metric]
-    header = ["candidate", "kind", *columns]
+    header = ["candidate", "kind", *columns, "decision"]
     rows = []
     for row in selection["table"]:
         name = row["candidate"] + (" *" if row["candidate"] == selection["winner"] else "")
-        cells = [f"failed: {row['error']}"] if "error" in row else [f"{row[c]:.4f}" for c in columns]
+        cells = ([f"failed: {row['error']}"] if "error" in row
+                 else [f"{row[c]:.4f}" for c in columns] + [describe(row.get("decision"))])
         rows.append([name, str(row["kind"] or "?"), *cells])
     # The last cell of a row is not padded, so an error message does not widen the metric columns.
     widths = [len(cell) for cell in header]
@@ -185,3 +215,24 @@ def format_table(selection: dict) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
              for row in [header, *rows]]
     return "\n".join(lines + [f"decision: {selection['decision']} ({selection['reason']})"])
+
+
+def check_production_labels(production, labels: list[str], replace_incompatible: bool):
+    """``production``, or None when its label set differs from ``labels`` and replacing it was asked for.
+
+    A model for other labels answers a different question; it must not be replaced silently (a second
+    dataset registered under the same name would win because production "could not be scored"), so
+    without ``select.replace_incompatible=true`` this is a :class:`UserError`.
+    """
+    if production is None:
+        return None
+    theirs = [str(label) for label in candidate_info(production.path)["labels"]]
+    if sorted(theirs) == sorted(labels):
+        return production
+    if replace_incompatible:
+        print(f"production model {production.name} version {production.version} has labels {theirs}, this "
+              f"run's are {labels}; select.replace_incompatible=true: it will be replaced", flush=True)
+        return None
+    raise UserError(f"production model '{production.name}' (version {production.version}) has labels {theirs}, "
+                    f"this run's data has {labels}; register under another name (select.registered_model_name=...) "
+                    "or replace it on purpose with select.replace_incompatible=true")

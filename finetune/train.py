@@ -5,7 +5,12 @@ It takes split files and hyperparameters (never Hydra config), fine-tunes with t
 
 - ``<output-dir>/model/``: loads as-is with ``AutoModelForSequenceClassification`` / ``AutoTokenizer`` /
   ``pipeline("text-classification")``; ``id2label`` holds the class names; plus ``candidate.json``.
-- ``<output-dir>/result.json``: status, every evaluation, best val metrics, test metrics, throughput.
+- ``<output-dir>/result.json``: status, every evaluation, best val metrics, throughput.
+
+The test split is not read here: the select stage tests every candidate once, with the code that serves
+it, and the launcher logs those figures (``test_<metric>``) to this training's MLflow run.
+Imbalanced classes: ``--class-weights`` weights the cross-entropy per class (see :func:`class_weights`).
+``--early-stopping-patience N`` stops after N evaluations without a better primary metric.
 
 The model kept is the best evaluation by the primary metric, so a sweep's "best value" of a trial and the
 model it hands on agree. Checkpoints are written at every evaluation (the best one must be recoverable, and
@@ -17,8 +22,8 @@ and MLflow run it started with, and a half-written checkpoint is deleted, never 
 Speed switches (precision, batching, compile, batch size) come from :mod:`finetune.speed`, resource telemetry
 from :mod:`finetune.telemetry`. Under ``accelerate launch`` (several GPUs) every process trains; only the
 first one tracks, writes files and reports to a sweep.
-Metrics go to MLflow as ``val_<metric>`` (per evaluation) and ``test_<metric>``; with no tracking URI
-MLflow uses its environment, which on AML is the workspace.
+Metrics go to MLflow as ``val_<metric>`` (per evaluation); with no tracking URI MLflow uses its
+environment, which on AML is the workspace.
 """
 from __future__ import annotations
 
@@ -49,7 +54,6 @@ class TrainArgs:
     labels_file: str
     model: str
     output_dir: str
-    test_file: Optional[str] = None
     # Hyperparameter defaults are the model config's, so the CLI and `model=` agree without a second list.
     learning_rate: float = ModelConfig.learning_rate
     batch_size: int = ModelConfig.batch_size
@@ -63,6 +67,10 @@ class TrainArgs:
     gradient_accumulation_steps: int = ModelConfig.gradient_accumulation_steps
     seed: int = 0
     evals_per_epoch: int = 1
+    # auto | balanced | none: see class_weights().
+    class_weights: str = "auto"
+    # Stop after this many evaluations without a better primary metric; 0 = never.
+    early_stopping_patience: int = 0
     logging_steps: int = 10
     tracking_uri: Optional[str] = None
     experiment: str = "finetune"
@@ -174,6 +182,49 @@ def read_split(path: str, label2id: dict):
     if unknown:
         raise ValueError(f"{path}: labels {unknown} are not in the labels file {sorted(label2id)}")
     return frame["text"].tolist(), [label2id[x] for x in frame["label"]]
+
+
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+
+
+def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Optional[List[float]]:
+    """Per-class loss weights from the train split's class counts, or None (plain cross-entropy).
+
+    ``balanced``: n / (k * n_c), every class weighs as much in total (scikit-learn's "balanced").
+    ``auto``: the square root of that: a rare class gains weight without the noisy over-correction of full
+    balancing (measured in scripts/bench_quality.py). Weights are scaled so that the average weight per
+    training example is 1, so the loss and the learning rate keep their usual scale.
+    """
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights={mode!r}: use one of {', '.join(CLASS_WEIGHTS)}")
+    if mode == "none":
+        return None
+    counts = [max(1, sum(1 for y in label_ids if y == c)) for c in range(n_classes)]
+    total = sum(counts)
+    weights = [total / (n_classes * n) for n in counts]
+    if mode == "auto":
+        weights = [w ** 0.5 for w in weights]
+    scale = total / sum(w * n for w, n in zip(weights, counts))
+    return [w * scale for w in weights]
+
+
+def weighted_cross_entropy(weights: List[float]):
+    """A Trainer ``compute_loss_func``: cross-entropy with per-class weights.
+
+    The Trainer passes ``num_items_in_batch`` (labels over all gradient-accumulation micro-batches) and then
+    expects a sum divided by it, not a per-micro-batch mean.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        per_item = F.cross_entropy(logits.float(), labels, reduction="none") * weight.to(logits.device)[labels]
+        return per_item.sum() / num_items_in_batch if num_items_in_batch is not None else per_item.mean()
+
+    return loss
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -329,6 +380,13 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         return classification_metrics(prediction.label_ids, proba)
 
     meter = throughput_meter(batch.batch_size * args.gradient_accumulation_steps * world, mean_tokens)
+    weights = class_weights(train_set["label"], len(labels), args.class_weights)
+    extra_callbacks = []
+    if args.early_stopping_patience > 0:
+        from transformers import EarlyStoppingCallback
+
+        # Watches metric_for_best_model (the primary val metric) at every evaluation.
+        extra_callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -337,7 +395,8 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=runtime.pad_to_multiple_of),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[Observer(), meter, *callbacks],
+        compute_loss_func=weighted_cross_entropy(weights) if weights else None,
+        callbacks=[Observer(), meter, *extra_callbacks, *callbacks],
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -363,6 +422,9 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
         "epochs_run": float(trainer.state.epoch or 0.0),
         "steps": int(trainer.state.global_step),
         "hyperparameters": _hyperparameters(args),
+        "class_weights": dict(zip(labels, weights)) if weights else None,
+        "early_stopped": bool(extra_callbacks) and extra_callbacks[0].early_stopping_patience_counter
+                         >= args.early_stopping_patience,
         "device": runtime.device,
         "precision": runtime.precision,
         "threads": runtime.threads,
@@ -379,11 +441,6 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
             (model_dir / "training_args.bin").unlink(missing_ok=True)
             (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels, "max_length": args.max_length}, indent=2))
         result["model_dir"] = str(model_dir)
-        if args.test_file and state["status"] == "completed":
-            test_set = encode(args.test_file)
-            prediction = trainer.predict(test_set)
-            result["test"] = compute_metrics(prediction)
-            tracking.log({f"test_{k}": v for k, v in result["test"].items()}, trainer.state.global_step)
     result["throughput"] = {**meter.figures(), **figures}
     if runtime.device == "cuda":
         result["throughput"]["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
@@ -419,7 +476,8 @@ def _best_evaluation(evaluations: List[dict], metric: str, goal: str) -> Optiona
 
 def _hyperparameters(args: TrainArgs) -> dict:
     keys = ("learning_rate", "batch_size", "epochs", "max_length", "warmup_ratio", "weight_decay", "adam_beta1",
-            "adam_beta2", "adam_epsilon", "gradient_accumulation_steps", "seed")
+            "adam_beta2", "adam_epsilon", "gradient_accumulation_steps", "seed", "class_weights",
+            "early_stopping_patience")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -573,8 +631,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    print(f"{result['status']} after {result['steps']} steps in {result['duration_s']:.0f} s; "
-          f"metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
+    print(f"{result['status']} after {result['steps']} steps ({result.get('epochs_run')} epochs) in "
+          f"{result['duration_s']:.0f} s; metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
     return 1 if result["status"] == "failed" else 0
 
 

@@ -45,13 +45,18 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and all(line.startswith("local AutoML baseline") for line in out)
     assert "iteration 0" in (tmp_path / "automl" / "flaml.log").read_text()
-    assert (tmp_path / "automl" / "flaml_trials.jsonl").stat().st_size > 0
+    trials = [json.loads(line) for line in (tmp_path / "automl" / "flaml_trials.jsonl").read_text().splitlines()]
+    # The search starts at the TF-IDF + logistic regression one-liner (L2, C=1) and ranks by CV on train.
+    assert (trials[0]["learner"], trials[0]["config"]) == ("lrl2", {"C": 1.0})
+    assert "Evaluation method: cv" in (tmp_path / "automl" / "flaml.log").read_text()
+    words, chars = pipeline.named_steps["tfidf"].transformer_list
+    assert words[1].ngram_range == (1, 2) and chars[1].ngram_range == (3, 5)
 
 
 def test_automl_settings_are_checked():
-    bad = AutomlConfig(kind="local", estimators=["lgbm", "svc"], time_budget_s=0, max_features=0)
+    bad = AutomlConfig(kind="local", estimators=["lgbm", "svc"], time_budget_s=0, max_features=0, cv_folds=1)
     problems = check_config(bad)
-    assert len(problems) == 3 and "svc" in problems[0]
+    assert len(problems) == 4 and "svc" in problems[0] and "automl.cv_folds=1" in problems[3]
     assert check_config(AutomlConfig(kind="none", estimators=[])) == []
     with pytest.raises(ConfigProblems, match="automl.time_budget_s=0"):
         run_automl(None, bad, None, 0)

@@ -152,7 +152,7 @@ def test_every_exported_yaml_loads_back(reference):
     assert load_compute(folder / "compute.yml").size == "Standard_NC24ads_A100_v4"
     assert load_online_endpoint(folder / "endpoint.yml").auth_mode == "key"
     deployment = load_online_deployment(folder / "deployment.yml")
-    assert deployment.model == "automotive-sentiment@latest"
+    assert deployment.model == "amazon_automotive-sentiment@latest"
     assert deployment.code_configuration.scoring_script == "score.py"
     assert (folder / "score" / "score.py").is_file()
     for path in (folder / "data").glob("*.yml"):

@@ -446,7 +446,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
     ref = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out"),
                          automl_model, automl_result, ml_client=server.ml_client())
     assert (ref["candidate"], ref["model_type"], ref["version"], ref["existing"]) == (winner, model_type, "1", False)
-    created = recorder.find("PUT", "models/automotive-sentiment/versions/1")[0].body["properties"]
+    created = recorder.find("PUT", "models/amazon_automotive-sentiment/versions/1")[0].body["properties"]
     assert created["modelType"] == model_type
     tags = created["tags"]
     assert tags["selection.metric"] == "auc_weighted" and tags["candidate"] == winner
@@ -457,7 +457,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
         # What was uploaded is what serves: the scoring script, the version it reports, the slim conda file
         # the submitting machine built (the job read no package metadata to write it).
         assert recorder.blob("/model/score.py") == SCORE_SCRIPT.read_bytes()
-        assert json.loads(recorder.blob("/model/registered.json")) == {"name": "automotive-sentiment", "version": "1"}
+        assert json.loads(recorder.blob("/model/registered.json")) == {"name": "amazon_automotive-sentiment", "version": "1"}
         import yaml
 
         conda = yaml.safe_load(recorder.blob("/model/conda.yaml"))
@@ -465,7 +465,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
         assert any(line.startswith("torch==") and line.endswith("+cpu") for line in conda["dependencies"][-1]["pip"])
     assert json.loads((tmp_path / "out" / "model_ref.json").read_text())["version"] == "1"
     # A rollout follows in this pipeline: the version is not Production until it serves.
-    assert "stage" not in recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/automotive-sentiment/versions/1"][
+    assert "stage" not in recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/amazon_automotive-sentiment/versions/1"][
         "properties"]
 
     recorder.clear()  # the same content again: the existing version is reused
@@ -487,7 +487,7 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     first = transformer_output(tmp_path / "first", tiny_model_dir, saved["data"]["labels"])
     ref = steps.register(str(first), test_file, labels_file, str(settings), str(tmp_path / "out1"),
                          ml_client=server.ml_client())
-    AmlRegistry(server.ml_client(), "automotive-sentiment").promote(ref["version"])
+    AmlRegistry(server.ml_client(), "amazon_automotive-sentiment").promote(ref["version"])
 
     # Another training (other bytes, same quality) with a margin no model can pass.
     second = transformer_output(tmp_path / "second", tiny_model_dir, saved["data"]["labels"])
@@ -499,7 +499,7 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     kept = steps.register(str(second), test_file, labels_file, str(strict), str(tmp_path / "out2"),
                           ml_client=server.ml_client())
     assert kept["decision"] == "keep_production" and "margin 1" in kept["reason"]
-    assert kept["selection"]["production_version"] == {"name": "automotive-sentiment", "version": "1"}
+    assert kept["selection"]["production_version"] == {"name": "amazon_automotive-sentiment", "version": "1"}
     assert set(kept["selection"]["test"]) == {"transformer", "production"}
     # The production version's files were downloaded from the blob store to be re-scored.
     assert any(r.host.startswith(aml_recorder.BLOB_ACCOUNT) and r.method == "GET" for r in recorder.requests)

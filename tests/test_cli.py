@@ -97,6 +97,9 @@ def test_multirun_dry_run_prints_one_plan_each(capsys, tmp_path):
         (["model=bert-base-cased"], "set model.path=DIR to a local copy or use model=minilm-l6"),
         (["model.path=/nonexistent/model"], "model.path=/nonexistent/model: no model folder there"),
         (["dataset.label_column=stars"], "set exactly one"),
+        (["train.class_weights=inverse"], "train.class_weights=inverse: use one of auto, balanced, none"),
+        (["train.early_stopping_patience=-1"], "train.early_stopping_patience=-1: must be >= 0"),
+        (["select.decision_metric=auc_weighted"], "select.decision_metric=auc_weighted: unknown or not a metric"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch, args, message):

@@ -35,11 +35,11 @@ def test_four_pipelines_at_once_on_a_new_output_root(tmp_path, tiny_model_dir):
     assert len(client.search_experiments(filter_string="name = 'finetune'")) == 1
     summaries = [json.loads((tmp_path / "root" / f"c{i}" / "summary.json").read_text()) for i in range(RUNS)]
     test_auc = {s["run"]["name"]: s["selection"]["test"]["finetuned"]["auc_weighted"] for s in summaries}
-    versions = client.search_model_versions("name='automotive-sentiment'")
+    versions = client.search_model_versions("name='amazon_automotive-sentiment'")
     registered = {s["run"]["name"]: s["registry"]["version"] for s in summaries if s["registry"].get("version")}
     # Every registration is a version of its own (or the same content found again), none lost or doubled.
     assert {str(v.version) for v in versions} == set(registered.values())
-    production = client.get_model_version_by_alias("automotive-sentiment", "production")
+    production = client.get_model_version_by_alias("amazon_automotive-sentiment", "production")
     best = max(test_auc.values())
     winners = [name for name, version in registered.items() if version == str(production.version)]
     assert winners and all(test_auc[name] == best for name in winners), (test_auc, registered, production.version)

@@ -48,3 +48,30 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     plan = build_plan(compose(overrides, {}), overrides, "test")
     assert plan.run_dir == str(tmp_path / "test")
     assert plan.stages[0] == "data"
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ([], "amazon_automotive-sentiment"),
+    (["dataset.rating_column=null", "dataset.label_column=star_rating"], "amazon_automotive-star_rating"),
+    (["dataset=amazon_5core", "dataset.category=Musical_Instruments"], "amazon_5core-musical_instruments-sentiment"),
+    (["dataset=amazon_5core", "dataset.path=DIR/reviews_Musical_Instruments_5.json.gz"],
+     "reviews_musical_instruments_5-sentiment"),
+    (["dataset=file", "dataset.path=DIR/Support Tickets.csv.gz", "dataset.label_column=queue"],
+     "support-tickets-queue"),
+    (["dataset=file", "dataset.path=DIR/tickets.csv", "select.registered_model_name=helpdesk"], "helpdesk"),
+])
+def test_registered_model_name_derives_from_the_dataset(overrides, name, tmp_path, monkeypatch):
+    """Two datasets in one output root must never register (and promote) under one name."""
+    import gzip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    overrides = [o.replace("DIR", str(tmp_path)) for o in overrides]
+    for override in overrides:
+        if override.startswith("dataset.path="):
+            path = Path(override.split("=", 1)[1])
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(path, "wt") as handle:
+                handle.write('{"reviewText": "good", "overall": 5}\n' if "5.json" in path.name
+                             else "text,label,queue\ngood,pos,a\nbad,neg,b\n")
+    overrides += [f"output_root={tmp_path}", "dry_run=true"]
+    assert build_plan(compose(overrides, {}), overrides, "test").select.registered_model_name == name

@@ -496,3 +496,14 @@ def test_a_folder_it_did_not_prepare_is_never_replaced(tmp_path):
     with pytest.raises(UserError, match="not prepared by finetune"):
         prepare(bundled(sample=100), mine)
     assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("name", ["tickets.jsonl", "tickets.parquet"])
+def test_list_valued_labels_get_one_clear_line(tmp_path, name):
+    rows = [{"text": f"ticket {i}", "label": ["billing", "sales"] if i == 3 else ["billing"]} for i in range(10)]
+    with pytest.raises(UserError) as error:
+        prepare(file_dataset(write_rows(tmp_path / name, rows)), tmp_path / "out")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("dataset.label_column=label: row 1 of")
+    assert "list of labels" in message and "multi-label data is not supported yet" in message
+    assert not (tmp_path / "out").exists()

@@ -67,7 +67,7 @@ def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, t
     torch_proba = reference._scorer.predict_proba(texts)
     assert reference._scorer.runtime == "torch"
     # The head makes confident, varied predictions: a broken runtime could not match them by chance.
-    assert torch_proba.max() > 0.9 and len(set(reference.decide(torch_proba, LABELS))) == 2
+    assert torch_proba.max() > 0.9 and len(set(reference.decided_labels(torch_proba, LABELS, None))) == 2
     for runtime, tolerance in (("onnx", 1e-4), ("onnx-int8", 0.05)):
         score = load_score(monkeypatch, exported[runtime], FINETUNE_MAX_BATCH="4")
         assert score._scorer.runtime == runtime
@@ -75,9 +75,9 @@ def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, t
         assert np.abs(proba - torch_proba).max() < tolerance, runtime
         body = score.run(request)
         # run() applies the one decision rule to this runtime's probabilities.
-        assert [p["label"] for p in body["predictions"]] == score.decide(proba, LABELS)
+        assert [p["label"] for p in body["predictions"]] == score.decided_labels(proba, LABELS, None)
         if runtime == "onnx":
-            assert score.decide(proba, LABELS) == reference.decide(torch_proba, LABELS)
+            assert score.decided_labels(proba, LABELS, None) == reference.decided_labels(torch_proba, LABELS, None)
 
 
 def test_onnx_runtime_serves_without_torch(exported):

@@ -48,7 +48,7 @@ def test_pyfunc_load_of_the_production_alias_predicts_like_score_py(registered, 
     assert scorer.runtime == "onnx-int8"
     expected = scorer.predict_proba(TEXTS)
     assert np.allclose(out[columns].to_numpy(), expected, atol=1e-6)
-    assert out.label.tolist() == score.decide(expected, LABELS)
+    assert out.label.tolist() == score.decided_labels(expected, LABELS, scorer.decision)
     signature = model.metadata.get_input_schema().to_dict()
     assert signature == [{"type": "string", "name": "text", "required": True}]
     assert [c["name"] for c in model.metadata.get_output_schema().to_dict()] == ["label", *columns]

@@ -1,11 +1,16 @@
 """End to end: `python -m finetune` in a subprocess on a slice of the bundled data with the tiny model."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_finetune(tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -58,6 +63,47 @@ def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny
         assert summary["selection"]["decision"] == "keep_production"
         assert "rollout" not in summary
 
+    # One test evaluation: the training run's MLflow test figures are the selection's numbers.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trained = json.loads(Path(summary["candidates"]["finetuned"]["result_file"]).read_text())
+    logged = client.get_run(trained["mlflow_run_id"]).data.metrics
+    assert "test" not in trained
+    for metric in ("auc_weighted", "f1_macro", "recall.negative"):
+        assert logged[f"test_{metric}"] == pytest.approx(summary["selection"]["test"]["finetuned"][metric])
+    assert summary["candidates"]["finetuned"]["decision"]["rule"] == "threshold"
+
+    # A second dataset in the same output root registers under its own name; the first one's production
+    # model is never touched, and naming it explicitly is refused in one line before any training.
+    name = "amazon_automotive-sentiment"
+    production = client.get_model_version_by_alias(name, "production").version
+    tickets = three_class_file(tmp_path / "tickets.csv")
+    other = ["dataset=file", f"dataset.path={tickets}", "automl=none", "endpoint=none"]
+    third = run_finetune(tmp_path, tiny_model_dir, "run_name=third", *other)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads((tmp_path / "third" / "summary.json").read_text())["registry"]["name"] == "tickets-label"
+    assert str(client.get_model_version_by_alias("tickets-label", "production").version) == "1"
+    fourth = run_finetune(tmp_path, tiny_model_dir, "run_name=fourth", *other,
+                          f"select.registered_model_name={name}")
+    assert fourth.returncode == 2
+    error = fourth.stderr.strip().splitlines()
+    assert len(error) == 1 and "select.replace_incompatible=true" in error[0], fourth.stderr[-3000:]
+    assert "[2/" not in fourth.stdout, "refused before training"
+    assert client.get_model_version_by_alias(name, "production").version == production
+
+
+def three_class_file(path: Path) -> Path:
+    """The bundled reviews with three labels of their own (low / mid / high stars)."""
+    with open(REPO / "finetune" / "data_files" / "automotive_reviews.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("text", "label"))
+        for row in rows:
+            stars = int(row["star_rating"])
+            writer.writerow((row["review_body"], "low" if stars <= 2 else "mid" if stars == 3 else "high"))
+    return path
 
 def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path, summary: dict) -> None:
     from mlflow import MlflowClient

@@ -65,9 +65,10 @@ def test_every_format_in_and_out_with_ids_in_input_order(model, tmp_path, monkey
     # Streaming: the scorer never saw more than one chunk of rows at a time.
     assert seen == [5, 5, 5, 5, 3]
     monkeypatch.setattr(score.HFScorer, "predict_proba", original)
-    expected = score.load_scorer(model).predict_proba(table.text.tolist())
+    scorer = score.load_scorer(model)
+    expected = scorer.predict_proba(table.text.tolist())
     assert np.allclose(out[[f"probability_{label}" for label in LABELS]].to_numpy(), expected, atol=1e-6)
-    assert out.label.tolist() == score.decide(expected, LABELS)
+    assert out.label.tolist() == score.decided_labels(expected, LABELS, scorer.decision)
     assert not list(tmp_path.glob("*.partial"))
 
 

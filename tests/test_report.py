@@ -10,6 +10,7 @@ import pytest
 
 from finetune import select
 from finetune.metrics import classification_metrics
+from finetune.serve.score import decide
 from finetune.report import write_report
 from test_select import LABELS, make_automl_candidate, write_splits
 
@@ -41,7 +42,9 @@ def full_summary(run_dir: Path, splits) -> dict:
     noisy = np.clip(np.eye(2)[y] * 0.4 + np.random.default_rng(0).random((len(y), 2)) * 0.8, 1e-3, None)
     proba = noisy / noisy.sum(axis=1, keepdims=True)
     np.save(run_dir / "select" / "finetuned_test_proba.npy", proba)
-    results["finetuned"] = {"kind": "hf", "test": classification_metrics(y, proba),
+    rule = {"rule": "threshold", "positive_label": "positive", "threshold": 0.7}
+    results["finetuned"] = {"kind": "hf", "decision": rule, "test_argmax": classification_metrics(y, proba, labels=LABELS),
+                            "test": classification_metrics(y, proba, decide(proba, LABELS, rule), labels=LABELS),
                             "test_proba": str(run_dir / "select" / "finetuned_test_proba.npy"),
                             "test_labels": results["automl"]["test_labels"]}
     results["broken"] = {"kind": "hf", "error": "OSError: no model weights"}
@@ -109,6 +112,10 @@ def test_full_summary_renders_every_section(tmp_path, splits):
         assert heading in text
     assert "local AutoML baseline (FLAML on TF-IDF)" in text and "failed: OSError: no model weights" in text
     assert f"**Decision: {summary['selection']['decision']}**" in text
+    # Each candidate's shipped rule and its per-class recall at that rule.
+    finetuned = next(row for row in summary["selection"]["table"] if row["candidate"] == "finetuned")
+    assert "P(positive) >= 0.700" in text and "test recall (negative / positive)" in text
+    assert f"{finetuned['recall.negative']:.2f} / {finetuned['recall.positive']:.2f}" in text
     names = {Path(p).name for p in summary["figures"]}
     assert names == {"data_class_balance.png", "data_text_length.png", "sweep_trials.png", "learning_curves.png",
                      "candidates.png", "confusion_matrix.png", "roc.png"}

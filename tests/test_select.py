@@ -18,12 +18,12 @@ REPO = Path(__file__).resolve().parent.parent
 LABELS = ["negative", "positive"]
 
 
-def write_splits(folder: Path, sizes=(240, 80, 80), seed: int = 0) -> SimpleNamespace:
+def write_splits(folder: Path, sizes=(240, 80, 80), seed: int = 0, negatives: int = 150) -> SimpleNamespace:
     """Prepared-data-shaped splits (``text,label`` CSVs) from the bundled reviews: >=4 positive, <=2 negative."""
     import pandas as pd
 
     reviews = pd.read_csv(REPO / "finetune" / "data_files" / "automotive_reviews.csv", keep_default_na=False)
-    negative = reviews[reviews.star_rating <= 2].head(150)
+    negative = reviews[reviews.star_rating <= 2].head(negatives)
     positive = reviews[reviews.star_rating >= 4].head(sum(sizes) - len(negative))
     rows = [(t, "negative") for t in negative.review_body] + [(t, "positive") for t in positive.review_body]
     random.Random(seed).shuffle(rows)
@@ -90,8 +90,10 @@ def test_evaluate_scores_both_kinds_and_reports_failures(tmp_path, splits, tiny_
     test = pd.read_csv(splits.test_path, keep_default_na=False)
     y = [LABELS.index(label) for label in test.label]
     assert results["automl"]["kind"] == "automl" and results["finetuned"]["kind"] == "hf"
-    expected = classification_metrics(y, select.predict_proba(automl, test.text))
-    assert results["automl"]["test"] == expected
+    expected = classification_metrics(y, select.predict_proba(automl, test.text), labels=LABELS)
+    # No val split given: every candidate keeps the rule it has (none: argmax).
+    assert results["automl"]["test"] == expected == results["automl"]["test_argmax"]
+    assert results["automl"]["decision"] == {"rule": "argmax"}
     proba = np.load(results["finetuned"]["test_proba"])
     assert proba.shape == (len(test), 2) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
     assert np.array_equal(np.load(results["finetuned"]["test_labels"]), y)
@@ -160,8 +162,61 @@ def test_choose_ranks_undefined_metric_last():
     assert chosen["winner"] == "automl"
 
 
-def test_negative_margin_is_a_config_problem():
+def test_negative_margin_and_unknown_decision_settings_are_config_problems():
     from finetune.config import SelectConfig
 
     assert select.check_config(SelectConfig(margin=0.01)) == []
     assert "select.margin=-0.1" in select.check_config(SelectConfig(margin=-0.1))[0]
+    problems = select.check_config(SelectConfig(decision_metric="auc_weighted", multiclass_rule="vote"))
+    assert "select.decision_metric=auc_weighted" in problems[0] and "f1_macro" in problems[0]
+    assert "select.multiclass_rule=vote" in problems[1]
+
+
+def imbalanced_splits(folder: Path) -> SimpleNamespace:
+    """Bundled reviews with few negatives (30 of 300): a plain TF-IDF + LR rarely says 'negative' at argmax."""
+    return write_splits(folder, sizes=(180, 60, 60), negatives=30)
+
+
+def test_evaluate_chooses_the_rule_on_val_ships_it_and_tests_at_it(tmp_path):
+    import pandas as pd
+
+    from finetune.serve.score import decide
+
+    data = imbalanced_splits(tmp_path / "data")
+    new = make_automl_candidate(tmp_path / "new", data)
+    shipped_rule = {"rule": "threshold", "positive_label": "positive", "threshold": 0.999}
+    production = make_automl_candidate(tmp_path / "production", data)
+    info = json.loads((production / "candidate.json").read_text())
+    (production / "candidate.json").write_text(json.dumps({**info, "decision": shipped_rule}))
+    settings = {"metric": "f1_macro", "multiclass_rule": "auto", "train_counts": None}
+
+    results = select.evaluate({"new": new, "production": production}, data.test_path, LABELS, val_csv=data.val_path,
+                              decision=settings, keep_decision={"production"})
+
+    rule = json.loads((new / "candidate.json").read_text())["decision"]
+    assert rule == results["new"]["decision"] and rule["rule"] == "threshold" and rule["threshold"] > 0.5
+    assert rule["val"] > rule["val_argmax"], "the rule is chosen because it beats argmax on val"
+    test = pd.read_csv(data.test_path, keep_default_na=False)
+    y = [LABELS.index(label) for label in test.label]
+    proba = select.predict_proba(new, test.text)
+    assert results["new"]["test"] == classification_metrics(y, proba, decide(proba, LABELS, rule), labels=LABELS)
+    assert results["new"]["test_argmax"] == classification_metrics(y, proba, labels=LABELS)
+    assert results["new"]["test"]["recall.negative"] > results["new"]["test_argmax"]["recall.negative"]
+    # Production answers with the rule it shipped with, never one fitted on this run's val split.
+    assert results["production"]["decision"] == shipped_rule
+    assert json.loads((production / "candidate.json").read_text())["decision"] == shipped_rule
+
+
+def test_production_with_other_labels_is_refused_or_replaced_on_request(tmp_path, splits):
+    from finetune.serve import ModelRef
+
+    other = make_automl_candidate(tmp_path / "other", splits, labels=["bad", "good"])
+    production = ModelRef(name="reviews-sentiment", version="4", path=str(other))
+    with pytest.raises(UserError) as refused:
+        select.check_production_labels(production, LABELS, replace_incompatible=False)
+    message = str(refused.value)
+    assert "\n" not in message and "'reviews-sentiment' (version 4)" in message
+    assert "select.registered_model_name=" in message and "select.replace_incompatible=true" in message
+    assert select.check_production_labels(production, LABELS, replace_incompatible=True) is None
+    same = ModelRef(name="x", version="1", path=str(make_automl_candidate(tmp_path / "same", splits)))
+    assert select.check_production_labels(same, LABELS, replace_incompatible=False) is same

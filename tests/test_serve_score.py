@@ -195,3 +195,54 @@ def test_hostile_bodies_are_bad_requests_not_crashes(server_app, automl_model):
         response = client.post("/score", data=body, content_type="application/json")
         assert response.status_code == 400 and message in response.get_json()["error"], body[:40]
     assert client.post("/score", json=request(2)).status_code == 200
+
+
+def with_decision(folder, decision: dict):
+    """The candidate folder's candidate.json with ``decision`` added (as the select stage writes it)."""
+    path = folder / "candidate.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "decision": decision}))
+
+
+@pytest.mark.parametrize("kind", ["hf", "automl"])
+def test_run_applies_the_shipped_threshold_and_keeps_the_probabilities(monkeypatch, tmp_path, tiny_model_dir, kind):
+    folder = (make_hf_candidate(tiny_model_dir, tmp_path / "hf") if kind == "hf"
+              else make_automl_candidate(tmp_path / "automl"))
+    body = {"data": [{"text": text} for text in TEXTS]}
+    plain = [p["probabilities"]["positive"] for p in load_score(monkeypatch, folder).run(body)["predictions"]]
+    # A threshold between the texts' positive probabilities, far from 0.5: argmax and the rule disagree.
+    ordered = sorted(plain)
+    threshold = (ordered[1] + ordered[2]) / 2
+    with_decision(folder, {"rule": "threshold", "positive_label": "positive", "threshold": threshold})
+    decided = load_score(monkeypatch, folder).run(json.dumps(body))["predictions"]
+    assert [p["label"] for p in decided] == ["positive" if p >= threshold else "negative" for p in plain]
+    assert sum(p >= threshold for p in plain) == len(TEXTS) - 2
+    assert any((p >= threshold) != (p > 0.5) for p in plain), "the threshold must change some label"
+    assert [p["probabilities"]["positive"] for p in decided] == plain, "the rule changes labels, never probabilities"
+
+
+def test_decide_rules():
+    import numpy as np
+
+    from finetune.serve.score import decide
+
+    proba = np.array([[0.7, 0.2, 0.1], [0.5, 0.1, 0.4], [0.2, 0.3, 0.5]])
+    labels = ["a", "b", "c"]
+    assert decide(proba, labels, None).tolist() == [0, 0, 2]
+    weights = {"rule": "class_weights", "weights": {"a": 0.2, "b": 1.0, "c": 1.0}}
+    assert decide(proba, labels, weights).tolist() == [1, 2, 2]
+    binary = np.array([[0.8, 0.2], [0.3, 0.7]])
+    # The positive label is named, so a candidate listing it first is decided the same way.
+    rule = {"rule": "threshold", "positive_label": "yes", "threshold": 0.25}
+    assert decide(binary, ["no", "yes"], rule).tolist() == [0, 1]
+    assert decide(binary[:, ::-1], ["yes", "no"], rule).tolist() == [1, 0]
+    assert decide(np.array([[0.78, 0.22]]), ["no", "yes"], rule).tolist() == [0]
+    assert decide(np.array([[0.74, 0.26]]), ["no", "yes"], rule).tolist() == [1]
+    with pytest.raises(ValueError, match="unknown decision rule"):
+        decide(binary, ["no", "yes"], {"rule": "vote"})
+
+
+def test_init_refuses_a_rule_it_cannot_apply(monkeypatch, tmp_path):
+    folder = make_automl_candidate(tmp_path / "automl")
+    with_decision(folder, {"rule": "threshold", "positive_label": "maybe", "threshold": 0.3})
+    with pytest.raises(ValueError, match="maybe"):
+        load_score(monkeypatch, folder)

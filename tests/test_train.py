@@ -25,7 +25,7 @@ def small_data(tmp_path_factory) -> Path:
 def train(data: Path, model: str, out: Path, *extra: str) -> dict:
     code = train_main([
         "--train-file", str(data / "train.csv"), "--val-file", str(data / "val.csv"),
-        "--test-file", str(data / "test.csv"), "--labels-file", str(data / "labels.json"),
+        "--labels-file", str(data / "labels.json"),
         "--model", model, "--output-dir", str(out), "--num-threads", "1", "--progress", "false",
         "--tracking-uri", f"sqlite:///{out.parent / 'mlflow.db'}", "--run-name", out.name, *extra,
     ])
@@ -40,9 +40,9 @@ def test_training_writes_a_loadable_model_and_probability_metrics(small_data, ti
     # Two evaluations per epoch, plus the Trainer's own at the last step when it falls between them.
     assert len(result["evaluations"]) in (4, 5)
     assert [e["epoch"] for e in result["evaluations"]] == sorted(e["epoch"] for e in result["evaluations"])
-    for split in ("val", "test"):
-        assert set(result[split]) >= {"accuracy", "f1_macro", "f1_weighted", "auc_weighted"}
-        assert 0 <= result[split]["auc_weighted"] <= 1
+    assert set(result["val"]) >= {"accuracy", "f1_macro", "f1_weighted", "auc_weighted", "average_precision_weighted"}
+    assert 0 <= result["val"]["auc_weighted"] <= 1
+    assert "test" not in result, "the select stage tests every candidate once; training never reads test"
     model_dir = Path(result["model_dir"])
     assert not list(model_dir.glob("*.bin")), "no pickles in the model folder"
     assert not (tmp_path / "run" / "checkpoints").exists(), "checkpoints are removed after a finished run"
@@ -56,14 +56,16 @@ def test_training_writes_a_loadable_model_and_probability_metrics(small_data, ti
     assert json.loads((model_dir / "candidate.json").read_text())["kind"] == "hf"
 
 
-def test_metrics_are_logged_to_mlflow_with_val_and_test_names(small_data, tiny_model_dir, tmp_path):
+def test_metrics_are_logged_to_mlflow_with_val_names(small_data, tiny_model_dir, tmp_path):
     result = train(small_data, str(tiny_model_dir), tmp_path / "logged", "--epochs", "1")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(result["mlflow_run_id"])
-    assert {"val_auc_weighted", "val_loss", "test_auc_weighted", "test_f1_weighted"} <= set(run.data.metrics)
+    assert {"val_auc_weighted", "val_loss", "val_f1_weighted"} <= set(run.data.metrics)
+    assert not [name for name in run.data.metrics if name.startswith("test_")]
     assert run.data.params["learning_rate"] == "5e-05"
+    assert run.data.params["class_weights"] == "auto"
 
 
 def test_best_evaluation_is_the_one_kept(small_data, tiny_model_dir, tmp_path):
@@ -80,10 +82,62 @@ def test_packaged_minilm_fine_tunes_and_reloads(small_data, tmp_path):
     result = train(small_data, str(minilm), tmp_path / "minilm", "--epochs", "0.5", "--batch-size", "16",
                    "--max-length", "64")
     assert result["status"] == "completed" and result["steps"] > 0
-    assert 0 <= result["test"]["auc_weighted"] <= 1
+    assert 0 <= result["val"]["auc_weighted"] <= 1
 
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=result["model_dir"])
     predictions = classify(["Terrible, broke after a week", "Perfect fit for my truck"])
     assert all(p["label"] in ("negative", "positive") for p in predictions)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    # 1 negative, 3 positives: balanced weights are n/(k n_c) = 2 and 2/3; auto is their square root;
+    # both rescaled so that the mean weight over the examples is 1.
+    ("balanced", [2, 2 / 3]),
+    ("auto", [2 ** 0.5 / ((2 ** 0.5 + 3 * (2 / 3) ** 0.5) / 4), (2 / 3) ** 0.5 / ((2 ** 0.5 + 3 * (2 / 3) ** 0.5) / 4)]),
+    ("none", None),
+])
+def test_class_weights_from_train_counts(mode, expected):
+    from finetune.train import class_weights
+
+    weights = class_weights([0, 1, 1, 1], 2, mode)
+    assert weights == (None if expected is None else pytest.approx(expected))
+    if weights:
+        assert (weights[0] + 3 * weights[1]) / 4 == pytest.approx(1.0)
+
+
+def test_weighted_loss_matches_torch_and_respects_accumulation():
+    import torch
+
+    from finetune.train import weighted_cross_entropy
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5]])
+    labels = torch.tensor([0, 1, 1])
+    weights = [3.0, 0.5]
+    loss = weighted_cross_entropy(weights)
+    per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none") * torch.tensor([3.0, 0.5, 0.5])
+    assert loss({"logits": logits}, labels).item() == pytest.approx(per_item.mean().item())
+    # Under gradient accumulation the Trainer passes the labels of all micro-batches and sums the parts.
+    assert loss({"logits": logits}, labels, num_items_in_batch=6).item() == pytest.approx(per_item.sum().item() / 6)
+
+
+def test_balanced_weights_move_a_rare_class_up(small_data, tiny_model_dir, tmp_path):
+    """Same seed, same data: only the loss weights differ, so the rare class's val recall can only come from them."""
+    plain = train(small_data, str(tiny_model_dir), tmp_path / "plain", "--epochs", "1", "--class-weights", "none")
+    weighted = train(small_data, str(tiny_model_dir), tmp_path / "weighted", "--epochs", "1",
+                     "--class-weights", "balanced")
+    assert plain["class_weights"] is None
+    assert weighted["class_weights"]["negative"] > 1 > weighted["class_weights"]["positive"]
+    assert weighted["val"]["recall_macro"] >= plain["val"]["recall_macro"]
+    assert weighted["evaluations"][-1]["val_loss"] != plain["evaluations"][-1]["val_loss"]
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(small_data, tiny_model_dir, tmp_path):
+    # A learning rate of 0 never improves the primary metric: patience 1 stops after the second evaluation.
+    result = train(small_data, str(tiny_model_dir), tmp_path / "stopped", "--epochs", "5", "--learning-rate", "0",
+                   "--early-stopping-patience", "1")
+    assert result["early_stopped"] is True
+    assert len(result["evaluations"]) == 2 and result["epochs_run"] == pytest.approx(2.0)
+    unlimited = train(small_data, str(tiny_model_dir), tmp_path / "unlimited", "--epochs", "3", "--learning-rate", "0")
+    assert unlimited["early_stopped"] is False and len(unlimited["evaluations"]) == 3

@@ -116,6 +116,14 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     summary["data"] = data.to_dict()
     print(f"{data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
+    from finetune.select import check_production_labels
+
+    model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
+                                             plan.tracking.experiment)
+    # Before any training: a production model for other labels is refused now, not after an hour of it
+    # (select_and_register applies the same rule to the production model it re-scores).
+    check_production_labels(model_registry.production(run_dir / "select" / "production"), list(data.labels),
+                            plan.select.replace_incompatible)
 
     from finetune import tracking
 
@@ -178,7 +186,7 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
         from finetune.automl import run_automl
 
         next_stage("automl", f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)")
-        candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed)
+        candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights)
         summary.save()
 
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
@@ -192,7 +200,7 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
         list(data.labels), plan.select, summary["data"], plan.to_dict(),
         registry.sample_request(data.test_path), run_dir / "select",
         sources={name: candidate.get("source") for name, candidate in candidates.items()},
-        commit=registry.git_commit())
+        commit=registry.git_commit(), val_csv=data.val_path)
     production = outcome["production"]
     if production is not None:
         candidates["production"] = {"kind": "production", "path": str(production.path),
@@ -200,8 +208,11 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
     selection = outcome["selection"]
     summary["selection"] = selection
     tracking.log_selection(plan.tracking.uri, pipeline_run[0], selection)
+    decisions = {row["candidate"]: row.get("decision") for row in selection["table"]}
     for name, metrics in selection["test"].items():
-        candidates[name]["test"] = metrics
+        candidates[name].update(test=metrics, decision=decisions[name])
+    # The training run's MLflow test figures are the selection's: one test evaluation, recorded everywhere.
+    log_test_metrics(plan, candidates["finetuned"], selection["test"].get("finetuned"))
     summary.save()
 
     next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
@@ -274,6 +285,23 @@ def _still_wins(plan: RunPlan, data, selection: dict, registered: dict, out_dir:
     return True
 
 
+def log_test_metrics(plan: RunPlan, candidate: dict, test: dict | None) -> None:
+    """Log ``test_<metric>`` (selection's figures) to the MLflow run that trained ``candidate``."""
+    result_file = candidate.get("result_file")
+    run_id = json.loads(Path(result_file).read_text()).get("mlflow_run_id") if result_file else None
+    if not run_id or not test:
+        return
+    import math
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(f"test_{name}", float(value), timestamp, 0) for name, value in test.items()
+               if isinstance(value, (int, float)) and math.isfinite(value)]
+    MlflowClient(tracking_uri=plan.tracking.uri).log_batch(run_id, metrics=metrics)
+
+
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tuple[str, dict]) -> dict:
     """One training run through the training entry point, in a subprocess as on AML."""
     from finetune.speed import launch_command
@@ -288,9 +316,7 @@ def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tu
         raise UserError(f"training failed (exit code {returncode}); its output is above, "
                         f"command: {' '.join(command)}")
     result = json.loads(result_file.read_text())
-    test = result.get("test", {})
     metric = plan.search.primary_metric
     print(f"trained in {result['duration_s']:.0f} s: {metric} "
-          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}, "
-          f"test auc_weighted {test.get('auc_weighted', float('nan')):.4f}")
+          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}")
     return result

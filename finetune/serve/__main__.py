@@ -20,7 +20,8 @@ from finetune.errors import UserError
 from finetune.serve.rollout import ModelRef
 
 SERVE_ENDPOINT = "finetune-serve"
-DEFAULT_MODEL = "automotive-sentiment"
+# What `python -m finetune` registers for the bundled data (finetune.plan.registered_model_name).
+DEFAULT_MODEL = "amazon_automotive-sentiment"
 DEFAULT_PORT = 8080
 
 EXAMPLES = """\

@@ -12,7 +12,9 @@ flavour (``_load_pyfunc``, the ``loader_module`` of a registered version's MLmod
 
 Request ``{"data": [{"text": "..."}, ...]}``; response
 ``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``;
-a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving.
+a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving. The label is the
+candidate's decision rule (``decision`` in candidate.json, chosen on val by the select stage) applied to
+the probabilities by :func:`decide`; selection scores candidates with the same function.
 
 Environment (all optional):
 
@@ -48,6 +50,7 @@ logger = logging.getLogger("azmlinfsrv.finetune_score")
 DEFAULT_MAX_LENGTH = 128
 
 _scorer = None
+_decision: dict | None = None
 _model: dict = {}
 _limits: dict = {}
 
@@ -225,27 +228,55 @@ class AutomlScorer:
 
 
 def load_scorer(folder: Path, max_batch: int | None = None):
-    """The scorer of the candidate in ``folder`` (its candidate.json says which kind and runtime)."""
+    """The scorer of the candidate in ``folder`` (its candidate.json says which kind, runtime and decision rule)."""
     candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
     labels = [str(label) for label in candidate["labels"]]
     kind = candidate.get("kind")
     if kind == "hf":
         max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
-        return HFScorer(folder, labels, max_length, max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
-                        runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"))
-    if kind == "automl":
-        return AutomlScorer(folder, labels)
-    raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
+        scorer = HFScorer(folder, labels, max_length, max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
+                          runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"))
+    elif kind == "automl":
+        scorer = AutomlScorer(folder, labels)
+    else:
+        raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
+    # Checked now, not at the first request: a rule that cannot be applied must stop the deployment.
+    decide(np.full((1, len(labels)), 1.0 / len(labels)), labels, candidate.get("decision"))
+    scorer.decision = candidate.get("decision")
+    return scorer
 
 
-def decide(proba: np.ndarray, labels: list[str]) -> list[str]:
-    """Probabilities -> labels: the one decision rule, the same under every runtime and in every caller."""
-    return [labels[int(index)] for index in proba.argmax(axis=1)]
+def decide(proba, labels: list[str], decision: dict | None) -> np.ndarray:
+    """Label ids (columns of ``proba``, in ``labels`` order) under a candidate's decision rule.
+
+    ``{"rule": "argmax"}`` (also when ``decision`` is None: candidates from before rules existed),
+    ``{"rule": "threshold", "positive_label": L, "threshold": t}`` (binary: L when P(L) >= t, else the
+    other class) or ``{"rule": "class_weights", "weights": {label: w}}`` (argmax of P(label) * w: a
+    class-prior correction for multiclass). Only the label depends on the rule, never the probabilities.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    rule = (decision or {}).get("rule", "argmax")
+    if rule == "argmax":
+        return proba.argmax(axis=1)
+    if rule == "threshold":
+        if len(labels) != 2:
+            raise ValueError(f"decision rule 'threshold' needs two labels, the candidate has {labels}")
+        positive = labels.index(decision["positive_label"])
+        return np.where(proba[:, positive] >= float(decision["threshold"]), positive, 1 - positive)
+    if rule == "class_weights":
+        weights = np.array([float(decision["weights"][label]) for label in labels])
+        return (proba * weights).argmax(axis=1)
+    raise ValueError(f"unknown decision rule {rule!r}; expected argmax, threshold or class_weights")
+
+
+def decided_labels(proba, labels: list[str], decision: dict | None) -> list[str]:
+    """The label names :func:`decide` picks: what the endpoint, the pyfunc model and batch prediction answer."""
+    return [labels[int(index)] for index in decide(proba, labels, decision)]
 
 
 def init() -> None:
     """Load the candidate under AZUREML_MODEL_DIR once per worker; any problem stops the server."""
-    global _scorer, _model, _limits
+    global _scorer, _decision, _model, _limits
     folder = find_candidate(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))
     _limits = {
         "max_items": _env_int("FINETUNE_MAX_ITEMS", 64),
@@ -253,8 +284,9 @@ def init() -> None:
         "log_requests": os.environ.get("FINETUNE_LOG_REQUESTS", "").lower() in ("1", "true", "yes"),
     }
     _scorer, _model = load_scorer(folder), _model_info(folder)
-    logger.info("loaded %s candidate from %s (labels %s, runtime %s, model %s)", type(_scorer).__name__, folder,
-                _scorer.labels, getattr(_scorer, "runtime", "sklearn"), _model)
+    _decision = _scorer.decision
+    logger.info("loaded %s candidate from %s (labels %s, runtime %s, decision %s, model %s)", type(_scorer).__name__,
+                folder, _scorer.labels, getattr(_scorer, "runtime", "sklearn"), _decision or {"rule": "argmax"}, _model)
 
 
 def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
@@ -306,7 +338,7 @@ def run(raw_data):
     labels = _scorer.labels
     predictions = [
         {"label": label, "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
-        for label, row in zip(decide(proba, labels), proba)
+        for label, row in zip(decided_labels(proba, labels, _decision), proba)
     ]
     logger.info("scored %d texts in %.1f ms", len(texts), (time.perf_counter() - started) * 1e3)
     if _limits["log_requests"]:
@@ -330,7 +362,7 @@ class PyfuncModel:
         texts = [str(text) for text in texts]
         labels = self.scorer.labels
         proba = self.scorer.predict_proba(texts) if texts else np.zeros((0, len(labels)))
-        table = pd.DataFrame({"label": decide(proba, labels)})
+        table = pd.DataFrame({"label": decided_labels(proba, labels, self.scorer.decision)})
         for column, label in enumerate(labels):
             table[f"probability_{label}"] = proba[:, column].astype(np.float64)
         return table

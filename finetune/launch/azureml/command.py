@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 OUTPUT = "custom_model"
 # Inputs of the split files, by the train entry point's flag.
-DATA_FLAGS = {"--train-file": "train", "--val-file": "val", "--test-file": "test", "--labels-file": "labels"}
+DATA_FLAGS = {"--train-file": "train", "--val-file": "val", "--labels-file": "labels"}
 # Flags whose local value means nothing on AML.
 DROPPED_FLAGS = ("--tracking-uri",)
 _PLAIN = re.compile(r"[\w./:@%+=,{}$-]+")

@@ -77,8 +77,8 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
     data.pop("source", None)
     return {
         "run": plan.name,
-        "select": {"metric": plan.select.metric, "margin": plan.select.margin,
-                   "registered_model_name": plan.select.registered_model_name},
+        # Every select setting: the register step runs the same select_and_register as the local launcher.
+        "select": dataclasses.asdict(plan.select),
         "data": data,
         "config": job_config(plan.to_dict()),
         "git_commit": git_commit(),

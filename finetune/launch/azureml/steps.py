@@ -117,8 +117,7 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 def register(transformer_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
              automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None) -> dict:
     """Select among the candidates and production, register the winner; returns (and writes) the model reference."""
-    from types import SimpleNamespace
-
+    from finetune.config import SelectConfig
     from finetune.export import export_candidate
     from finetune.launch.azureml.registry import AmlRegistry
     from finetune.registry import select_and_register
@@ -138,7 +137,7 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
                                        Path(scratch) / "export")
         outcome = select_and_register(
             model_registry, {"transformer": str(transformer)}, test_file, labels,
-            SimpleNamespace(metric=select["metric"], margin=select["margin"]), settings["data"], settings["config"],
+            SelectConfig(**select), settings["data"], settings["config"],
             settings["sample_request"], Path(scratch), prescored=prescored,
             sources={"transformer": f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"))

@@ -1,0 +1,112 @@
+"""Choose a candidate's decision rule on the val split: what turns its probabilities into the label it answers.
+
+Argmax answers the majority class for every text when the model's probabilities never cross 0.5 for a rare
+class (a model with a good AUC can do that on imbalanced data), so each candidate ships a rule chosen on val:
+
+- binary: a threshold on the positive class's probability, the one that maximises ``metric`` on val
+  (default ``f1_macro``). Every threshold between two neighbouring val probabilities gives the same val
+  labels; the middle of the best run of thresholds is kept, the choice least tied to single val texts.
+- multiclass: argmax, or (``multiclass_rule=prior_correction``) argmax of probability / train prior^a, the
+  strength ``a`` in (0.5, 1) picked on val; ``auto`` keeps the correction only when it beats argmax on val.
+
+The rule is applied by :func:`finetune.serve.score.decide`, the function the endpoint runs.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics
+
+DECISION_METRICS = tuple(name for name in METRIC_NAMES if name not in RANKING_METRICS)
+MULTICLASS_RULES = ("auto", "argmax", "prior_correction")
+PRIOR_STRENGTHS = (0.5, 1.0)
+# More distinct thresholds than this are thinned to quantiles: the choice is as good and stays fast.
+MAX_THRESHOLDS = 400
+
+
+def check_config(metric: str, multiclass_rule: str) -> List[str]:
+    problems = []
+    if metric not in DECISION_METRICS:
+        problems.append(f"select.decision_metric={metric}: unknown or not a metric of decided labels; "
+                        f"use one of {', '.join(DECISION_METRICS)}")
+    if multiclass_rule not in MULTICLASS_RULES:
+        problems.append(f"select.multiclass_rule={multiclass_rule}: use one of {', '.join(MULTICLASS_RULES)}")
+    return problems
+
+
+def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metric: str = "f1_macro",
+                    multiclass_rule: str = "auto", train_counts: Dict[str, int] | None = None) -> dict:
+    """The decision rule (``candidate.json``'s ``decision``) that maximises ``metric`` on val.
+
+    The returned dict also records ``metric`` and its val value at the rule (``val``) and at argmax
+    (``val_argmax``), so a reader sees what the rule bought.
+    """
+    import numpy as np
+
+    from finetune.serve.score import decide
+
+    y_val = np.asarray(y_val)
+    proba_val = np.asarray(proba_val, dtype=np.float64)
+    labels = [str(label) for label in labels]
+
+    def score(decision: dict) -> float:
+        return decision_metrics(y_val, decide(proba_val, labels, decision), len(labels))[metric]
+
+    argmax = {"rule": "argmax"}
+    at_argmax = score(argmax)
+    best, best_value = argmax, at_argmax
+    if len(np.unique(y_val)) < 2:
+        pass  # nothing to tune on a val split with one class: argmax
+    elif len(labels) == 2:
+        best, best_value = _best_threshold(y_val, proba_val, labels, metric, at_argmax)
+    elif multiclass_rule != "argmax":
+        counts = np.array([max(1, (train_counts or {}).get(label, 0)) for label in labels], dtype=np.float64)
+        if train_counts is None:
+            counts = np.bincount(y_val, minlength=len(labels)).astype(np.float64).clip(min=1)
+        priors = counts / counts.sum()
+        tried = []
+        for strength in PRIOR_STRENGTHS:
+            weights = priors ** -strength
+            decision = {"rule": "class_weights", "prior_strength": strength,
+                        "weights": {label: round(float(w / weights.max()), 6) for label, w in zip(labels, weights)}}
+            tried.append((score(decision), strength, decision))
+        value, _, decision = max(tried, key=lambda item: (item[0], -item[1]))
+        if multiclass_rule == "prior_correction" or value > best_value:
+            best, best_value = decision, value
+    return {**best, "metric": metric, "val": best_value, "val_argmax": at_argmax}
+
+
+def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax: float):
+    import numpy as np
+
+    from finetune.serve.score import decide
+
+    positive = labels[1]
+    scores = np.unique(proba_val[:, 1])
+    if len(scores) > MAX_THRESHOLDS:
+        scores = np.unique(np.quantile(scores, np.linspace(0, 1, MAX_THRESHOLDS)))
+    # Candidate thresholds: midway between neighbouring scores, plus just above the largest (all negative).
+    cuts = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
+    rule = {"rule": "threshold", "positive_label": positive}
+    values = np.array([decision_metrics(y_val, decide(proba_val, labels, {**rule, "threshold": cut}), 2)[metric]
+                       for cut in cuts])
+    top = values.max()
+    if top <= at_argmax:
+        # No threshold beats argmax on val: 0.5 is argmax for two classes.
+        return {**rule, "threshold": 0.5}, at_argmax
+    best = np.flatnonzero(values == top)
+    # The longest run of consecutive best thresholds, and its middle.
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    run = max(runs, key=len)
+    threshold = float((cuts[run[0]] + cuts[run[-1]]) / 2)
+    return {**rule, "threshold": threshold}, float(top)
+
+
+def describe(decision: dict | None) -> str:
+    """The rule in a few words, for tables: ``P(positive) >= 0.83``, ``argmax``, ``argmax of P / prior^1``."""
+    rule = (decision or {}).get("rule", "argmax")
+    if rule == "threshold":
+        return f"P({decision['positive_label']}) >= {decision['threshold']:.3f}"
+    if rule == "class_weights":
+        return f"argmax of P / prior^{decision.get('prior_strength', '?')}"
+    return "argmax"

@@ -1,0 +1,173 @@
+"""Are the labels useful? The fine-tuned model and the local AutoML candidate against TF-IDF + logistic regression.
+
+For three datasets, on the splits the pipeline prepared:
+  automotive  the bundled Automotive reviews (>= 4 stars positive, <= 2 negative; about 13 % negative)
+  imbalanced  the same reviews with negatives sampled down to 4.5 % (dataset=file)
+  stars       the bundled star ratings as five classes (dataset.label_column=star_rating)
+each through `python -m finetune search=none endpoint=none` (the packaged MiniLM, the local AutoML
+baseline, selection with the decision rule chosen on val), then the one-liner baseline on the same splits:
+TF-IDF (word 1-2 + char 3-5 grams) + LogisticRegression, at argmax and at a threshold tuned on val for
+binary data, class-balanced for multiclass. Prints test AUC_weighted, F1 macro and per-class recall.
+
+    python scripts/bench_quality.py                        # all three, the shipped class-weight default
+    python scripts/bench_quality.py --datasets imbalanced --class-weights none,balanced,auto --no-automl
+
+Slow on a CPU (each fine-tuning run is minutes); results also go to <work>/bench_quality.json. Needs the
+package installed (`pip install .`): the register stage pins its dependencies from the package metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "finetune" / "data_files" / "automotive_reviews.csv"
+NEGATIVE_SHARE = 0.045
+
+
+def imbalanced_csv(path: Path, seed: int = 0) -> Path:
+    """The bundled reviews as text,label with negatives sampled down to NEGATIVE_SHARE of the rows."""
+    with open(BUNDLED, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    positive = [(r["review_body"], "positive") for r in rows if float(r["star_rating"]) >= 4]
+    negative = [(r["review_body"], "negative") for r in rows if float(r["star_rating"]) <= 2]
+    keep = round(NEGATIVE_SHARE / (1 - NEGATIVE_SHARE) * len(positive))
+    chosen = positive + random.Random(seed).sample(negative, keep)
+    random.Random(seed).shuffle(chosen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("text", "label"))
+        writer.writerows(chosen)
+    return path
+
+
+def dataset_overrides(name: str, work: Path) -> list[str]:
+    if name == "automotive":
+        return []
+    if name == "imbalanced":
+        path = imbalanced_csv(work / "imbalanced.csv")
+        return ["dataset=file", f"dataset.path={path}", "dataset.text_column=text", "dataset.label_column=label"]
+    if name == "stars":
+        return ["dataset.rating_column=null", "dataset.label_column=star_rating"]
+    raise SystemExit(f"unknown dataset {name}; use automotive, imbalanced, stars")
+
+
+def run_pipeline(run_dir: Path, overrides: list[str], log) -> dict:
+    command = [sys.executable, "-m", "finetune", "search=none", "endpoint=none", f"output_root={run_dir.parent}",
+               f"run_name={run_dir.name}", *overrides]
+    print("$ " + " ".join(command), file=log, flush=True)
+    started = time.time()
+    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0:
+        raise SystemExit(f"pipeline failed (exit {done.returncode}); see the log")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["bench_duration_s"] = round(time.time() - started)
+    return summary
+
+
+def one_liner(data_dir: Path, labels: list[str]) -> dict:
+    """TF-IDF (word 1-2 + char 3-5) + LogisticRegression: argmax, plus val-tuned threshold (binary) or
+    class-balanced weights (multiclass). Test metrics of each."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    from finetune.automl import read_split
+    from finetune.decision import choose_decision
+    from finetune.metrics import classification_metrics
+    from finetune.serve.score import decide
+
+    train, val, test = (read_split(data_dir / f"{split}.csv", labels) for split in ("train", "val", "test"))
+
+    def fit(class_weight=None):
+        model = make_pipeline(
+            make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                       TfidfVectorizer(analyzer="char", ngram_range=(3, 5), sublinear_tf=True)),
+            LogisticRegression(max_iter=2000, class_weight=class_weight))
+        return model.fit(train[0], train[1])
+
+    plain = fit()
+    proba = plain.predict_proba(test[0])
+    rows = {"TF-IDF+LR argmax": classification_metrics(test[1], proba, labels=labels)}
+    if len(labels) == 2:
+        rule = choose_decision(val[1], plain.predict_proba(val[0]), labels)
+        rows[f"TF-IDF+LR val threshold ({rule['threshold']:.2f})"] = classification_metrics(
+            test[1], proba, decide(proba, labels, rule), labels=labels)
+    else:
+        balanced = fit("balanced")
+        rows["TF-IDF+LR class-balanced"] = classification_metrics(test[1], balanced.predict_proba(test[0]),
+                                                                  labels=labels)
+    return rows
+
+
+def rows_of(summary: dict, tag: str) -> dict:
+    rows = {}
+    finetuned = summary["selection"]["test"].get("finetuned")
+    table = {row["candidate"]: row for row in summary["selection"]["table"]}
+    if finetuned:
+        from finetune.decision import describe
+
+        rows[f"fine-tuned{tag} argmax"] = table["finetuned"]["test_argmax"]
+        rows[f"fine-tuned{tag} shipped rule ({describe(table['finetuned']['decision'])})"] = finetuned
+    automl = summary["selection"]["test"].get("automl")
+    if automl:
+        best = summary["candidates"]["automl"].get("best_estimator")
+        rows[f"AutoML ({best}) shipped rule"] = automl
+    return rows
+
+
+def format_table(name: str, labels: list[str], rows: dict) -> str:
+    header = f"| {name} | AUC_weighted | F1 macro | recall " + "/".join(labels) + " |"
+    lines = [header, "| --- | --- | --- | --- |"]
+    for model, metrics in rows.items():
+        recall = "/".join(f"{metrics.get('recall.' + label, float('nan')):.2f}" for label in labels)
+        lines.append(f"| {model} | {metrics['auc_weighted']:.4f} | {metrics['f1_macro']:.4f} | {recall} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="automotive,imbalanced,stars")
+    parser.add_argument("--class-weights", default="auto", help="comma-separated train.class_weights to compare")
+    parser.add_argument("--no-automl", action="store_true", help="skip the AutoML candidate")
+    parser.add_argument("--work", default=str(REPO / "outputs" / "bench_quality"))
+    parser.add_argument("overrides", nargs="*", help="extra `python -m finetune` overrides, e.g. model.epochs=3")
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = work / "bench_quality.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    tables = []
+    with open(work / "bench_quality.log", "a", encoding="utf-8") as log:
+        for name in args.datasets.split(","):
+            rows, labels = {}, None
+            for index, mode in enumerate(args.class_weights.split(",")):
+                automl = "automl=none" if args.no_automl or index > 0 else "automl=local"
+                key = f"{name}-{mode}" + ("" if automl == "automl=local" else "-noautoml")
+                summary = run_pipeline(work / key, [*dataset_overrides(name, work), f"train.class_weights={mode}",
+                                                    automl, *args.overrides], log)
+                labels = summary["data"]["labels"]
+                tag = "" if len(args.class_weights.split(",")) == 1 else f" [class_weights={mode}]"
+                rows.update(rows_of(summary, tag))
+                results[key] = {"selection": summary["selection"]["test"], "duration_s": summary["bench_duration_s"],
+                                "decisions": {r["candidate"]: r.get("decision") for r in summary["selection"]["table"]}}
+            rows.update(one_liner(work / key / "data", labels))
+            results[f"{name}-one-liner"] = rows
+            tables.append(format_table(name, labels, rows))
+            print(tables[-1] + "\n", flush=True)
+            results_path.write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The decision rule chosen on val: a threshold for binary tasks, a prior correction for multiclass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from finetune.decision import choose_decision, describe
+from finetune.metrics import classification_metrics
+from finetune.serve.score import decide
+
+
+def imbalanced_scores(seed: int, n: int = 400, negatives: float = 0.05):
+    """A model that ranks well but never gives the rare class 50 %: argmax answers 'positive' every time."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) >= negatives).astype(int)
+    p_positive = np.where(y == 1, rng.uniform(0.75, 0.99, n), rng.uniform(0.55, 0.85, n))
+    return y, np.column_stack([1 - p_positive, p_positive])
+
+
+def test_binary_threshold_beats_argmax_on_val_and_carries_to_test():
+    labels = ["negative", "positive"]
+    y_val, proba_val = imbalanced_scores(0)
+    decision = choose_decision(y_val, proba_val, labels)
+    assert decision["rule"] == "threshold" and decision["positive_label"] == "positive"
+    assert 0.5 < decision["threshold"] < 0.99
+    assert decision["metric"] == "f1_macro" and decision["val"] > decision["val_argmax"]
+    y_test, proba_test = imbalanced_scores(1)
+    at_argmax = classification_metrics(y_test, proba_test, labels=labels)
+    at_rule = classification_metrics(y_test, proba_test, decide(proba_test, labels, decision), labels=labels)
+    assert at_argmax["recall.negative"] == 0.0
+    assert at_rule["f1_macro"] > at_argmax["f1_macro"] + 0.2 and at_rule["recall.negative"] > 0.5
+    assert at_rule["auc_weighted"] == at_argmax["auc_weighted"], "ranking metrics do not depend on the rule"
+
+
+def test_threshold_is_the_middle_of_the_best_run():
+    labels = ["no", "yes"]
+    y = np.array([0, 0, 1, 1])
+    p_yes = np.array([0.1, 0.2, 0.6, 0.9])
+    decision = choose_decision(y, np.column_stack([1 - p_yes, p_yes]), labels, metric="accuracy")
+    # Any threshold in (0.2, 0.6] separates the classes; argmax (0.5) already does, so it stays.
+    assert decision["threshold"] == 0.5 and decision["val"] == decision["val_argmax"] == 1.0
+    p_yes = np.array([0.6, 0.7, 0.8, 0.95])
+    decision = choose_decision(y, np.column_stack([1 - p_yes, p_yes]), labels, metric="accuracy")
+    # Perfect between 0.7 and 0.8: the middle of the thresholds that achieve it.
+    assert decision["threshold"] == pytest.approx(0.75) and decision["val"] == 1.0
+
+
+def test_multiclass_prior_correction_only_when_it_helps_on_val():
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c"]
+    y = rng.choice(3, size=600, p=[0.8, 0.15, 0.05])
+    # Scores biased to the majority class: the right class gets a bump that rarely beats the prior.
+    logits = np.log([0.8, 0.15, 0.05]) + 1.5 * np.eye(3)[y] + rng.normal(0, 0.5, (600, 3))
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    counts = {"a": 800, "b": 150, "c": 50}
+    decision = choose_decision(y, proba, labels, train_counts=counts)
+    assert decision["rule"] == "class_weights" and decision["val"] > decision["val_argmax"]
+    assert decision["weights"]["c"] > decision["weights"]["b"] > decision["weights"]["a"]
+    assert choose_decision(y, proba, labels, multiclass_rule="argmax", train_counts=counts)["rule"] == "argmax"
+    # Well-calibrated balanced scores: correcting for priors cannot help, so auto keeps argmax.
+    balanced = np.eye(3)[y] * 0.6 + 0.2 / 1.5
+    assert choose_decision(y, balanced, labels, train_counts=counts)["rule"] == "argmax"
+    assert "prior" in describe(decision) and describe(None) == "argmax"
+
+
+def test_decision_metrics_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    from finetune.metrics import decision_metrics
+
+    rng = np.random.default_rng(0)
+    for n_classes in (2, 3, 5):
+        for trial in range(50):
+            y = rng.integers(0, n_classes, int(rng.integers(1, 40)))
+            # Every third case predicts one class only: undefined precision must count as 0, as in sklearn.
+            pred = np.zeros_like(y) if trial % 3 == 0 else rng.integers(0, n_classes, len(y))
+            ours = decision_metrics(y, pred, n_classes)
+            assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred))
+            for average in ("macro", "weighted"):
+                expected = precision_recall_fscore_support(y, pred, labels=list(range(n_classes)), average=average,
+                                                           zero_division=0)[:3]
+                assert [ours[f"{m}_{average}"] for m in ("precision", "recall", "f1")] == pytest.approx(expected)
