@@ -107,8 +107,9 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         endpoint=cfg.endpoint,
         workspace=cfg.workspace,
         train=cfg.train,
-        select=dataclasses.replace(cfg.select, registered_model_name=cfg.select.registered_model_name
-                                   or registered_model_name(cfg.dataset)),
+        # Only an unset name is derived: an empty one is a mistake the name check reports.
+        select=dataclasses.replace(cfg.select, registered_model_name=registered_model_name(cfg.dataset)
+                                   if cfg.select.registered_model_name is None else cfg.select.registered_model_name),
         tracking=dataclasses.replace(
             cfg.tracking,
             uri=cfg.tracking.uri or f"sqlite:///{Path(cfg.output_root).expanduser().resolve() / 'mlflow.db'}",

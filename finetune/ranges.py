@@ -116,6 +116,7 @@ RANGES = {
     "automl.max_trials": AT_LEAST_1,
     "automl.max_concurrent_trials": AT_LEAST_1,
     "automl.max_nodes": AT_LEAST_1,
+    "automl.cv_folds": Range(2),
     "endpoint.port": PORT,
     "endpoint.max_batch_items": AT_LEAST_1,
     "endpoint.max_body_bytes": Range(16, unit=" bytes"),  # the smallest request, {"data":[{"text":""}]}, is 24
@@ -135,6 +136,7 @@ RANGES = {
     "train.checkpoint_every_steps": NON_NEGATIVE,
     "train.telemetry_interval_s": POSITIVE,
     "train.logging_steps": AT_LEAST_1,
+    "train.early_stopping_patience": NON_NEGATIVE,
     "select.margin": Range(0, 1),  # every selection metric is in [0, 1]
 }
 
