@@ -443,8 +443,9 @@ def _label(texts: list, values: list, dataset: DatasetConfig, source: str) -> Tu
     dropped: Counter = Counter()
     kept_texts, names = [], []
     for row, (raw_text, value) in enumerate(zip(texts, values), 1):
-        if isinstance(value, (list, tuple, dict)):
-            # Stringified, ['billing', 'sales'] would silently become a class of its own.
+        if isinstance(value, (list, tuple)):
+            # Stringified, ['billing', 'sales'] would silently become a class of its own. (A JSON object is
+            # no label at all: that row is dropped and counted like an empty cell.)
             key, column = _value_column(dataset)
             raise UserError(f"dataset.{key}={column}: row {row} of {source} holds a {type(value).__name__} of labels "
                             f"({json.dumps(value, default=str)[:60]}); multi-label data is not supported yet, give "
@@ -557,8 +558,9 @@ def _csv_bytes(rows: List[Tuple[str, str]]) -> bytes:
 
 def _write_folder(out_dir: Path, files: Dict[str, bytes]) -> None:
     """Write ``files`` into a staging folder beside ``out_dir`` and swap it in whole."""
-    if out_dir.exists() and not (out_dir / "data.json").is_file():
-        # Only a folder this stage prepared (it holds data.json) is replaced; anything else is the user's.
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "data.json").is_file():
+        # Only a folder this stage prepared (it holds data.json) or an empty one is replaced; anything else
+        # is the user's.
         raise UserError(f"{out_dir} exists and was not prepared by finetune (no data.json); move it away or "
                         "choose another run_name / output_root")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
