@@ -59,13 +59,13 @@ def test_exported_tree_runs_end_to_end_as_aml_would(tree, tmp_path):
         assert 1e-5 <= trial["params"]["learning_rate"] <= 1e-4 and trial["params"]["batch_size"] in (16, 32)
 
     register = nodes["register"]
-    assert register["status"] == "completed" and register["detail"].startswith("registered automotive-sentiment:1")
+    assert register["status"] == "completed" and register["detail"].startswith("registered amazon_automotive-sentiment:1")
     assert register["service_calls"]["managed identity token"] >= 1 and register["service_calls"]["blob"] > 0
     deploy = nodes["deploy"]
     assert deploy["status"] == "completed" and deploy["detail"].startswith("succeeded")
     rollout = json.loads(next((tmp_path / "work" / "jobs").glob("*-deploy/outputs/rollout/rollout.json")).read_text())
     predictions = rollout["smoke_test"]["response"]["predictions"]
     assert predictions and all(p["label"] in ("negative", "positive") for p in predictions)
-    assert rollout["smoke_test"]["response"]["model"] == {"name": "automotive-sentiment", "version": "1"}
+    assert rollout["smoke_test"]["response"]["model"] == {"name": "amazon_automotive-sentiment", "version": "1"}
     assert rollout["promoted"]["version"] == "1"
     assert "node" in completed.stdout and "sweep" in completed.stdout  # the node table
