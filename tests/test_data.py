@@ -154,7 +154,7 @@ def test_sample_is_stratified_and_seeded(tmp_path):
 def test_five_core_from_local_path(tmp_path):
     prepared = prepare(five_core(path=str(FIVE_CORE_SAMPLE)), tmp_path / "data")
     summary = prepared.to_dict()
-    assert summary["source"] == str(FIVE_CORE_SAMPLE)
+    assert summary["source"] == str(FIVE_CORE_SAMPLE.resolve())  # the data stage records resolved paths
     assert summary["raw_sha256"] == sha256(FIVE_CORE_SAMPLE)
     # 300 reviews: 279 rated 4-5, 9 rated 1-2, 12 rated 3 (dropped).
     assert summary["rows_raw"] == 300 and summary["rows_labelled"] == 288
