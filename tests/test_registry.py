@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,9 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(metadata, "requires", not_installed)
+    # As in a source checkout or a job's code snapshot: pyproject.toml beside the package (CI imports an
+    # installed copy, whose folder has none).
+    monkeypatch.setattr(environment, "PYPROJECT", Path(__file__).resolve().parent.parent / "pyproject.toml")
     declared = tomllib.loads(environment.PYPROJECT.read_text())["project"]["dependencies"]
     assert environment.declared_requirements() == declared
     monkeypatch.setattr(environment, "PYPROJECT", environment.PYPROJECT.parent / "missing.toml")

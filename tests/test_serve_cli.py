@@ -17,8 +17,10 @@ from test_serve_support import make_automl_candidate, post, request
 
 def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
     """Run the command until it is serving, score once through it, Ctrl-C it; its output and the pids it ran."""
+    # stderr goes to a file: an unread pipe fills up with the servers' logs and blocks the process at exit.
+    errors = open(cwd / f"serve-{time.monotonic_ns()}.stderr", "w+")
     process = subprocess.Popen([sys.executable, "-m", "finetune.serve", *args], cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         lines = []
         deadline = time.monotonic() + 120
@@ -29,18 +31,19 @@ def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
             lines.append(line)
         output = "".join(lines)
         uri = re.search(r"scoring URI: (http://127\.0\.0\.1:(\d+)/score)\nexport KEY=(\S+)", output)
-        assert uri and 'curl -X POST' in output and output.count(uri.group(3)) == 1, (output, process.stderr.read())
+        assert uri and 'curl -X POST' in output and output.count(uri.group(3)) == 1, (output, errors.seek(0) or errors.read())
         status, _, body = post(int(uri.group(2)), request(2), {"Authorization": f"Bearer {uri.group(3)}"})
         assert status == 200 and body["model"]["name"] == "model", body
         state = json.loads((cwd / "endpoints" / "finetune-serve" / "state.json").read_text())
         pids = [state["router"]["pid"], state["deployments"]["blue"]["pid"]]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        assert process.wait(timeout=60) == 0, errors.seek(0) or errors.read()[-3000:]
         return output, pids
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        errors.close()
 
 
 def gone(pid: int) -> bool:
