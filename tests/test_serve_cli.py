@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -30,6 +31,8 @@ def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
                 break
             lines.append(line)
         output = "".join(lines)
+        # Keep draining stdout: the servers inherit it, and a full, unread pipe would block them at shutdown.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         uri = re.search(r"scoring URI: (http://127\.0\.0\.1:(\d+)/score)\nexport KEY=(\S+)", output)
         assert uri and 'curl -X POST' in output and output.count(uri.group(3)) == 1, (output, errors.seek(0) or errors.read())
         status, _, body = post(int(uri.group(2)), request(2), {"Authorization": f"Bearer {uri.group(3)}"})
