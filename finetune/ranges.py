@@ -225,9 +225,10 @@ def tracking_problems(plan: "RunPlan") -> List[str]:
 def output_root_problems(plan: "RunPlan") -> List[str]:
     """The run folder must be creatable: no file on the way, a writable folder where creation starts."""
     run_dir = Path(plan.run_dir)
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "plan.json").is_file():
-        # A run writes plan.json first: a folder with other things and no plan is not a run's, and stages
-        # replace the folders they own inside it (data/, train/, select/).
+    is_a_run = (run_dir / "plan.json").is_file() or (run_dir / "aml" / "settings.json").is_file()
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not is_a_run:
+        # A run writes plan.json first (an AML dry run only aml/, whose settings.json holds the plan): a folder with other things and no plan is
+        # not a run's, and stages replace the folders they own inside it (data/, train/, select/, aml/).
         return [f"run_name={plan.name}: {run_dir} already holds files that are not a finetune run's; choose "
                 "another run_name or output_root"]
     for parent in [run_dir, *run_dir.parents]:

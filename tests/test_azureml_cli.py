@@ -2,6 +2,7 @@
 no credentials end in one line within seconds, and nothing Azure loads for --help or local plans."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -36,7 +37,13 @@ def test_dry_run_writes_the_yaml_tree_and_prints_plan_and_cost(capsys, tmp_path)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert [f for f in TREE if f not in files] == []
     assert not any("__pycache__" in f or f.startswith("code/finetune/data_files") for f in files)
-    assert (tmp_path / "ref" / "plan.yaml").is_file() and (tmp_path / "ref" / "data" / "train.csv").is_file()
+    # A dry run leaves the export alone, and the export is whole: the plan (in settings.json, without
+    # workspace or machine paths) and the data its assets upload.
+    assert [p.name for p in (tmp_path / "ref").iterdir()] == ["aml"]
+    assert json.loads((folder / "settings.json").read_text())["config"]["model"]["name"] == "bert-base-cased"
+    assert (folder / "prepared" / "train.csv").is_file()
+    data_asset = yaml.safe_load((folder / "data" / "finetune-amazon_automotive-train.yml").read_text())
+    assert (folder / "data" / data_asset["path"]).resolve() == (folder / "prepared" / "train.csv").resolve()
     assert "launcher azureml" in out
     assert "stages   data -> search -> automl -> select -> register -> deploy" in out
     assert "sweep: 6 x 2 h (search.limits.trial_timeout) x 1 node(s) = 12 node-hours = 12 GPU-hours " \

@@ -141,7 +141,7 @@ def test_every_exported_yaml_loads_back(reference):
     folder = exported.folder
     pipeline = load_job(folder / "pipeline.yml")
     assert list(pipeline.jobs) == ["sweep", "automl", "test_automl", "register", "deploy"]
-    assert pipeline.inputs["train"].path == "../data/train.csv"  # a local file again, not an asset name
+    assert pipeline.inputs["train"].path == "prepared/train.csv"  # a local file again, not an asset name
     assert pipeline.jobs["sweep"].trial.code == "code"
     assert pipeline.jobs["automl"].training_data == "${{parent.inputs.train_table}}"
     sweep = load_job(folder / "sweep.yml")

@@ -91,7 +91,7 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
         "maxNodeCount": 4, "minNodeCount": 0, "nodeIdleTimeBeforeScaleDown": "PT2M"}
     train = recorder.find("PUT", "data/finetune-amazon_automotive-train/versions/1")[0].body
     assert train["properties"]["tags"]["sha256"] == json.loads(
-        (tmp_path / "ref" / "data" / "data.json").read_text())["splits"]["train"]["sha256"]
+        (tmp_path / "ref" / "aml" / "prepared" / "data.json").read_text())["splits"]["train"]["sha256"]
 
     job = recorder.find("PUT", r"jobs/.+")[0].body["properties"]
     assert job["jobType"] == "Pipeline" and job["experimentName"] == "finetune" and job["displayName"] == "ref"

@@ -159,3 +159,12 @@ def test_more_concurrent_trials_than_cores_is_refused_locally(capsys, tmp_path):
                            f"search.limits.max_total_trials={cores * 4}",
                            f"search.limits.max_concurrent_trials={cores * 4}")
     assert code == 2 and f"this machine's {cores} CPU cores" in err
+
+
+def test_an_aml_dry_runs_folder_counts_as_a_run(capsys, tmp_path):
+    # An AML dry run leaves only aml/ (no plan.json); running the same plan for real must not be refused.
+    (tmp_path / "ref" / "aml").mkdir(parents=True)
+    (tmp_path / "ref" / "aml" / "settings.json").write_text("{}")
+    assert run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=ref")[0] == 0
+    (tmp_path / "ref" / "aml" / "settings.json").unlink()
+    assert run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=ref")[0] == 2

@@ -19,9 +19,11 @@ from finetune.plan import RunPlan
 def run(plan: RunPlan) -> None:
     """Prepare the data locally, write ``<run dir>/aml/``, print the plan and its cost bound; submit unless dry.
 
-    Credentials are checked first, so a missing login fails in seconds, before any work.
+    Credentials are checked first, so a missing login fails in seconds, before any work. A dry run leaves
+    only the export (which holds its own copy of the prepared data): the export is what it is asked for.
     """
     import logging
+    import tempfile
 
     from finetune.data import prepare
     from finetune.launch.azureml import environment, export, pricing
@@ -29,9 +31,10 @@ def run(plan: RunPlan) -> None:
     # azure-ai-ml announces its own experimental internals on every dump; nothing a user chose or can act on.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     client = None if plan.dry_run else connect(plan)
-    plan.write()
-    prepared = prepare(plan.dataset, Path(plan.run_dir) / "data")
-    exported = export.write(plan, prepared)
+    if not plan.dry_run:
+        plan.write()
+    with tempfile.TemporaryDirectory(prefix="finetune-prepare-") as scratch:
+        exported = export.write(plan, prepare(plan.dataset, Path(scratch) / "data"))
     print(environment.describe(plan))
     print(pricing.summary(plan))
     print(exported.listing())

@@ -15,6 +15,7 @@ Written on every AML run (dry or not), so a run directory always shows what was 
       base_model/             a local base model (e.g. the packaged MiniLM), uploaded as the trials' input
       mltable/{train,val}/    MLTable folders for AutoML
       score/score.py          the deployment's scoring code
+      prepared/               the prepared splits the data assets upload (train/val/test.csv, labels.json)
       predict.yml             batch prediction with the registered model (python -m finetune.predict)
 
 Paths inside the YAML are relative to ``aml/``. azure-ai-ml 1.35.2 writes a local path of an input or
@@ -46,6 +47,7 @@ SCORE_DIR = "score"
 SETTINGS = "settings.json"
 LATEST_MODEL = "@latest"
 BASE_MODEL_DIR = "base_model"
+PREPARED_DIR = "prepared"
 
 
 @dataclass
@@ -112,7 +114,12 @@ def stage_code(target: Path) -> Path:
 
 
 def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
-    """Write ``<run dir>/aml/`` for ``plan`` (replacing an earlier export of the same run)."""
+    """Write ``<run dir>/aml/`` for ``plan`` (replacing an earlier export of the same run).
+
+    ``prepared`` is copied into the tree, so the export is whole on its own (it can be moved, zipped or
+    emulated) and the caller may prepare into a scratch folder.
+    """
+    from finetune.data import PreparedData
     from finetune.environment import ENVIRONMENT_NAME
     from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, predict, sweep
     from finetune.serve import score
@@ -121,6 +128,8 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    shutil.copytree(prepared.directory, folder / PREPARED_DIR)
+    prepared = PreparedData.load(folder / PREPARED_DIR)
     code_dir = stage_code(folder / CODE_DIR)
     tables = data.write_mltables(prepared, folder / "mltable")
     specs = data.asset_specs(plan, prepared, tables)
