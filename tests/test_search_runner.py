@@ -71,10 +71,14 @@ def sweep_run(tmp_path_factory, tiny_model_dir, data, tracking_uri):
                                "search.policy.slack_factor=0", "search.limits.max_total_trials=4",
                                "search.limits.max_concurrent_trials=2", "compute.num_threads=2"))
     plan.search.space["learning_rate"]["values"][-1] = -1.0  # past validation: the optimizer refuses it
+    from finetune.tracking import start_pipeline_run
+
+    tags = {"dataset.name": "fixture", "finetune.plan": plan.name}
+    parent = start_pipeline_run(plan, tags)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        sweep = run_sweep(plan, data, root / "sweep")
-    return SimpleNamespace(sweep=sweep, dir=root / "sweep", plan=plan, printed=printed.getvalue())
+        sweep = run_sweep(plan, data, root / "sweep", pipeline_run=(parent, tags))
+    return SimpleNamespace(sweep=sweep, dir=root / "sweep", plan=plan, printed=printed.getvalue(), parent=parent)
 
 
 def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(sweep_run, tracking_uri):
@@ -114,8 +118,10 @@ def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(sweep_run.plan.tracking.experiment)
-    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
-    assert {f"sweep-test-trial-{n}" for n in range(4)} <= names
+    # Every trial, the crashed one included, is a child of the invocation's pipeline run, with its tags.
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run.parent}'")
+    assert sorted(r.info.run_name for r in children) == [f"sweep-test-trial-{n}" for n in range(4)]
+    assert all(r.data.tags["dataset.name"] == "fixture" for r in children)
 
 
 def test_a_crashing_trial_is_marked_failed_and_the_sweep_goes_on(sweep_run):
