@@ -77,12 +77,7 @@ def run_pipeline(run_dir: Path, overrides: list[str], log) -> dict:
 def one_liner(data_dir: Path, labels: list[str]) -> dict:
     """TF-IDF (word 1-2 + char 3-5) + LogisticRegression: argmax, plus val-tuned threshold (binary) or
     class-balanced weights (multiclass). Test metrics of each."""
-    import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
-
-    from finetune.automl import read_split
+    from finetune.automl import one_liner as make_one_liner, read_split
     from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics
     from finetune.serve.score import decide
@@ -90,10 +85,8 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
     train, val, test = (read_split(data_dir / f"{split}.csv", labels) for split in ("train", "val", "test"))
 
     def fit(class_weight=None):
-        model = make_pipeline(
-            make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                       TfidfVectorizer(analyzer="char", ngram_range=(3, 5), sublinear_tf=True)),
-            LogisticRegression(max_iter=2000, class_weight=class_weight))
+        model = make_one_liner()
+        model.set_params(model__class_weight=class_weight)
         return model.fit(train[0], train[1])
 
     plain = fit()

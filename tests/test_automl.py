@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.automl import check_config, run_automl
+from finetune.automl import ONE_LINER, check_config, one_liner, run_automl
 from finetune.config import AutomlConfig
 from finetune.errors import ConfigProblems
 from finetune.metrics import classification_metrics
@@ -23,7 +23,10 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
 
     model_dir = tmp_path / "automl" / "model"
     assert candidate["kind"] == "automl" and candidate["path"] == str(model_dir)
-    assert candidate["best_estimator"] in cfg.estimators and candidate["time_budget_s"] == 4
+    assert candidate["best_estimator"] in [*cfg.estimators, ONE_LINER] and candidate["time_budget_s"] == 4
+    # The kept model is the better of FLAML's pick and the one-liner by cross-validation on train.
+    cv = candidate["cv_auc"]
+    assert (candidate["best_estimator"] == ONE_LINER) == (cv["flaml"] is None or cv["flaml"] <= cv["one_liner"])
     assert "local AutoML baseline" in candidate["description"]
     info = json.loads((model_dir / "candidate.json").read_text())
     assert info["kind"] == "automl" and info["labels"] == LABELS
@@ -51,6 +54,23 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     assert "Evaluation method: cv" in (tmp_path / "automl" / "flaml.log").read_text()
     words, chars = pipeline.named_steps["tfidf"].transformer_list
     assert words[1].ngram_range == (1, 2) and chars[1].ngram_range == (3, 5)
+
+
+def test_the_one_liner_is_kept_when_flaml_has_nothing_better(tmp_path, monkeypatch, capsys):
+    # A search that finishes no trial (a busy machine, a tiny budget) still leaves the one-liner, exactly.
+    from flaml import AutoML
+
+    monkeypatch.setattr(AutoML, "fit", lambda self, **kwargs: None)
+    monkeypatch.setattr(AutoML, "model", None, raising=False)
+    data = write_splits(tmp_path / "data")
+    candidate = run_automl(data, AutomlConfig(kind="local", time_budget_s=4), tmp_path / "automl", seed=0)
+    assert candidate["best_estimator"] == ONE_LINER and candidate["cv_auc"]["flaml"] is None
+    kept = joblib.load(tmp_path / "automl" / "model" / "model.joblib")
+    train = pd.read_csv(data.train_path, keep_default_na=False)
+    val = pd.read_csv(data.val_path, keep_default_na=False)
+    by_hand = one_liner().fit(train.text.tolist(), [LABELS.index(label) for label in train.label])
+    assert np.allclose(kept.predict_proba(val.text.tolist()), by_hand.predict_proba(val.text.tolist()))
+    assert "best tfidf_lr_one_liner" in capsys.readouterr().out
 
 
 def test_automl_settings_are_checked():

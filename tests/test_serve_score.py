@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from finetune.serve import SCORE_SCRIPT
@@ -140,6 +141,23 @@ def test_chunked_length_sorted_batches_match_single_texts(monkeypatch, hf_model)
         single = score.run({"data": [{"text": text}]})["predictions"][0]
         for label in LABELS:
             assert prediction["probabilities"][label] == pytest.approx(single["probabilities"][label], abs=1e-5)
+
+
+def test_chunks_respect_the_row_and_token_budgets(monkeypatch, hf_model):
+    score = load_score(monkeypatch, hf_model, FINETUNE_MAX_BATCH="4", FINETUNE_CHUNK_TOKENS="100")
+    scorer = score._scorer
+    lengths = np.array([50, 3, 120, 10, 10, 10, 10, 10, 30, 7])
+    chunks = scorer.chunks(lengths)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(len(lengths)))  # every row once
+    for chunk in chunks:
+        assert len(chunk) <= 4 and (len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= 100)
+    assert [lengths[chunk].tolist() for chunk in chunks][-1] == [120]  # too long for company: alone
+    assert scorer.chunks(np.array([], dtype=int)) == []
+    # The same texts give the same probabilities under any budget.
+    texts = [TEXTS[1] * 3, TEXTS[2], TEXTS[0] * 2, TEXTS[4], TEXTS[3]]
+    small = scorer.predict_proba(texts)
+    scorer.chunk_tokens, scorer.max_batch = 10_000, 32
+    assert np.allclose(small, scorer.predict_proba(texts), atol=1e-5)
 
 
 def test_request_texts_are_logged_only_when_asked(monkeypatch, automl_model, caplog):
