@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,9 +10,8 @@ from finetune.cli import compose
 from finetune.errors import ConfigProblems
 from finetune.export import export_candidate
 from finetune.plan import build_plan
-from finetune.serve import SCORE_SCRIPT
 from test_serve_score import load_score
-from test_serve_support import LABELS, TEXTS, make_hf_candidate
+from test_serve_support import LABELS, TEXTS, make_hf_candidate, score_alone
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +79,7 @@ def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, t
 
 def test_onnx_runtime_serves_without_torch(exported):
     """The ONNX deployment's environment has no PyTorch: score.py must not need it."""
-    program = f"""
-import importlib.util, json, os, sys
-sys.modules["torch"] = None  # any `import torch` now fails
-os.environ["AZUREML_MODEL_DIR"] = {str(exported["onnx-int8"])!r}
-spec = importlib.util.spec_from_file_location("score", {str(SCORE_SCRIPT)!r})
-score = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(score)
-score.init()
-print(json.dumps(score.run(json.dumps({{"data": [{{"text": "works"}}]}}))))
-"""
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["predictions"][0]["label"] in LABELS
+    assert score_alone(exported["onnx-int8"], "torch")["predictions"][0]["label"] in LABELS
 
 
 def test_a_candidate_missing_its_onnx_file_fails_at_init(monkeypatch, exported, tmp_path):

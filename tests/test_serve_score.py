@@ -6,14 +6,13 @@ import importlib
 import importlib.util
 import json
 import logging
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from finetune.serve import SCORE_SCRIPT
-from test_serve_support import LABELS, TEXTS, make_automl_candidate, make_hf_candidate, request
+from test_serve_support import LABELS, TEXTS, make_automl_candidate, make_hf_candidate, request, score_alone
 
 
 @pytest.fixture(scope="module")
@@ -190,19 +189,7 @@ def test_init_finds_exactly_one_candidate_and_checks_labels(monkeypatch, tmp_pat
 
 def test_score_runs_without_the_finetune_package(hf_model):
     """On AML only score.py travels: it must not import finetune."""
-    program = f"""
-import importlib.util, json, os, sys
-sys.modules["finetune"] = None  # any `import finetune...` now fails
-os.environ["AZUREML_MODEL_DIR"] = {str(hf_model)!r}
-spec = importlib.util.spec_from_file_location("score", {str(SCORE_SCRIPT)!r})
-score = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(score)
-score.init()
-print(json.dumps(score.run(json.dumps({{"data": [{{"text": "works"}}]}}))))
-"""
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["predictions"][0]["label"] in LABELS
+    assert score_alone(hf_model, "finetune")["predictions"][0]["label"] in LABELS
 
 
 def test_hostile_bodies_are_bad_requests_not_crashes(server_app, automl_model):

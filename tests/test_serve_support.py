@@ -70,3 +70,27 @@ def post(port: int, body: bytes | dict, headers: dict | None = None, path: str =
         return response.status, found, json.loads(raw)
     except ValueError:
         return response.status, found, raw.decode("utf-8", "replace")
+
+
+def score_alone(model_dir: Path, blocked_module: str) -> dict:
+    """score.py's answer to one text, run in a fresh interpreter where importing ``blocked_module`` fails:
+    what a deployment without that package (finetune on AML, torch in an ONNX environment) would do."""
+    import json
+    import subprocess
+    import sys
+
+    from finetune.serve import SCORE_SCRIPT
+
+    program = f"""
+import importlib.util, json, os, sys
+sys.modules[{blocked_module!r}] = None  # any import of it now fails
+os.environ["AZUREML_MODEL_DIR"] = {str(model_dir)!r}
+spec = importlib.util.spec_from_file_location("score", {str(SCORE_SCRIPT)!r})
+score = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(score)
+score.init()
+print(json.dumps(score.run(json.dumps({{"data": [{{"text": "works"}}]}}))))
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
