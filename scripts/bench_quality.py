@@ -82,7 +82,7 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
 
-    from finetune.automl import read_split
+    from finetune.data import read_split
     from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics
     from finetune.serve.score import decide

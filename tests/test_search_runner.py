@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from finetune.cli import compose, expand
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 from finetune.search.reporting import TrialReporter
 from finetune.search.runner import run_sweep
 
@@ -141,7 +141,7 @@ import json, sys
 from pathlib import Path
 from types import SimpleNamespace
 from finetune.cli import compose, expand
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 from finetune.search.runner import run_sweep
 
 args, data, sweep_dir = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])

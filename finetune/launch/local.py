@@ -8,6 +8,7 @@ an interrupted run still shows what it finished.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from finetune import locks, processes
 from finetune.errors import UserError
-from finetune.plan import RunPlan, train_command_args
+from finetune.files import write_json_atomic
+from finetune.metrics import unprefixed
+from finetune.plan import RunPlan
 
 SCHEMA_VERSION = 1
 
@@ -43,9 +46,7 @@ class Summary:
         return self.data[key]
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.data, indent=2, default=str)
 
     def finish(self) -> None:
         self.data["run"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -53,10 +54,12 @@ class Summary:
         self.save()
 
 
-def check_local(plan: RunPlan) -> list[str]:
+def auto_choices(cfg) -> dict:
+    return {"automl": "local", "endpoint": "local"}
+
+
+def check(plan: RunPlan) -> list[str]:
     """What this launcher cannot run: the AML-only AutoML and endpoint kinds, a bad local endpoint."""
-    if plan.launcher != "local":
-        return []
     problems = []
     if plan.automl.kind == "text_classification":
         problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
@@ -75,6 +78,16 @@ def check_local(plan: RunPlan) -> list[str]:
 
         problems += check_config(plan.endpoint)
     return problems
+
+
+def resolve(plan: RunPlan) -> RunPlan:
+    """Nothing is left for this launcher to decide."""
+    return plan
+
+
+def separate(plans: list) -> list:
+    """Local runs of one multirun already differ in run folder; they share the model registry on purpose."""
+    return plans
 
 
 def stage(number: int, total: int, name: str, detail: str = "") -> None:
@@ -304,12 +317,12 @@ def log_test_metrics(plan: RunPlan, candidate: dict, test: dict | None) -> None:
 
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tuple[str, dict]) -> dict:
     """One training run through the training entry point, in a subprocess as on AML."""
-    from finetune.speed import launch_command
+    from finetune.spec import to_argv
     from finetune.tracking import child_args, model_id
+    from finetune.training_process import launch_command, train_args
 
-    command = launch_command([*train_command_args(plan, str(data_dir), str(output_dir)),
-                              "--run-name", f"{plan.name}-train",
-                              *child_args(*pipeline_run, model_id(plan.model))], plan.compute.gpus)
+    args = dataclasses.replace(train_args(plan, str(data_dir), str(output_dir)), run_name=f"{plan.name}-train")
+    command = launch_command([*to_argv(args), *child_args(*pipeline_run, model_id(plan.model))], plan.compute.gpus)
     returncode = processes.run(command)
     result_file = output_dir / "result.json"
     if returncode != 0 or not result_file.exists():
@@ -318,5 +331,5 @@ def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tu
     result = json.loads(result_file.read_text())
     metric = plan.search.primary_metric
     print(f"trained in {result['duration_s']:.0f} s: {metric} "
-          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}")
+          f"{result.get('val', {}).get(unprefixed(metric), float('nan')):.4f}")
     return result

@@ -26,23 +26,24 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import optuna
 from optuna.trial import TrialState
 
-from finetune.config import ModelConfig
+from finetune import processes
 from finetune.errors import UserError
-from finetune.plan import RunPlan, package_model_dir, train_command_args
-from finetune.processes import die_with_parent
+from finetune.metrics import unprefixed
+from finetune.model_files import model_config, model_location
+from finetune.plan import RunPlan
 from finetune.search.pruners import RETRY_OF, build_pruner, curve, replaced
 from finetune.search.reporting import open_storage
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
+from finetune.spec import to_argv
+from finetune.training_process import launch_command, train_args
 
 STUDY_FILE = "study.db"
 PROGRESS_FILE = "progress.json"
@@ -249,19 +250,6 @@ def _gpu_ids(device: str) -> List[str]:
     return (visible or [str(i) for i in range(count)])[:count]
 
 
-def _model_path(name: str) -> str:
-    """Where the model config conf/model/<name>.yaml points (path, packaged folder or hub id), without Hydra."""
-    import yaml
-
-    text = resources.files("finetune.conf").joinpath("model", f"{name}.yaml").read_text()
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = ModelConfig(**{k: v for k, v in yaml.safe_load(text).items() if k in fields})
-    if model.path:
-        return str(Path(model.path).expanduser())
-    folder = package_model_dir(model) if model.source == "package" else None
-    return str(folder) if folder else model.hub_id
-
-
 def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
             pipeline_run: Optional[tuple] = None) -> _Job:
     space = plan.search.space
@@ -274,11 +262,12 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     directory.mkdir(parents=True)
     trial_plan = dataclasses.replace(plan, compute=dataclasses.replace(plan.compute, num_threads=slot.threads))
     hyperparameters = {k: v for k, v in params.items() if k != "model"}
-    args = train_command_args(trial_plan, data_dir, str(directory), hyperparameters,
-                              _model_path(params["model"]) if "model" in params else None)
-    args += ["--run-name", f"{plan.name}-trial-{trial.number}", "--trial-storage", storage_url,
-             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false",
-             "--progress-file", str(directory / PROGRESS_FILE)]
+    trial_args = dataclasses.replace(
+        train_args(trial_plan, data_dir, str(directory), hyperparameters,
+                   model_location(model_config(params["model"])) if "model" in params else None),
+        run_name=f"{plan.name}-trial-{trial.number}", trial_storage=storage_url, study_name=study.study_name,
+        trial_number=trial.number, progress=False, progress_file=str(directory / PROGRESS_FILE))
+    args = to_argv(trial_args)
     if pipeline_run:
         from finetune.tracking import child_args, model_id
 
@@ -288,8 +277,8 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
     log = directory / "train.log"
     with open(log, "wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "finetune.train", *args], stdout=handle,
-                                   stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(os.getpid()))
+        # One GPU (or none) per trial: the plain command, never accelerate.
+        process = processes.start(launch_command(args), stdout=handle, stderr=subprocess.STDOUT, env=env)
     return _Job(trial, slot, process, directory, log, time.time())
 
 
@@ -318,7 +307,7 @@ def _finish(study, job: _Job, plan: RunPlan):
         trial.set_user_attr("steps", result.get("steps"))
         if result.get("model_dir"):
             trial.set_user_attr("model_dir", result["model_dir"])
-    metric = plan.search.primary_metric[len("val_"):]
+    metric = unprefixed(plan.search.primary_metric)
     value = (result or {}).get("val", {}).get(metric)
     code = job.process.returncode
     if job.timed_out:

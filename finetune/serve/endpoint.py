@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
+from finetune.files import write_json_atomic
+from finetune.processes import free_port
 from finetune.serve.inference_server import BIND_SOCKET_ENV
 from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, rollout
 from finetune.serve.router import deployment_connection
@@ -117,12 +118,8 @@ class LocalEndpoint:
         return state
 
     def _write(self, state: dict) -> None:
-        partial = self.state_file.with_suffix(".tmp")
         # The state holds the key: readable by its owner only.
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2)
-        partial.replace(self.state_file)
+        write_json_atomic(self.state_file, state, mode=0o600, indent=2)
         self._state = state
 
     @contextlib.contextmanager
@@ -370,7 +367,7 @@ class LocalEndpoint:
         log = folder / "server.log"
         # --port is azmlinfsrv's own (it prints it); the server binds only the socket.
         command = [sys.executable, "-m", SERVER_MODULE, "--entry_script", str(script), "--model_dir",
-                   str(model_dir.resolve()), "--port", str(_free_port())]
+                   str(model_dir.resolve()), "--port", str(free_port())]
         process = _spawn(command, log, folder, env, self.tied)
         self._procs[deployment] = process
         record = {**_record(process), "socket": socket_path, "model": model.to_dict(), "model_dir": str(model_dir),
@@ -614,12 +611,6 @@ def _exchange(connection: http.client.HTTPConnection, method: str, path: str, bo
         return response.status, response.read()
     finally:
         connection.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _problems(log: Path) -> str:

@@ -29,7 +29,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     from azure.ai.ml.entities import PipelineJob
 
     from finetune.launch.azureml import automl as automl_
-    from finetune.launch.azureml.command import DATA_FLAGS, OUTPUT, train_command
+    from finetune.launch.azureml.command import DATA_INPUTS, OUTPUT, train_command
     from finetune.launch.azureml.data import FILES
     from finetune.launch.azureml.deploy import deploy_step
     from finetune.launch.azureml.register import register_step
@@ -38,7 +38,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     inputs = {key: Input(type="uri_file", path=data.files[key]) for key in FILES}
     inputs["settings"] = Input(type="uri_file", path=settings)
     # Training reads train, val and labels; the test split is for the register step's one test evaluation.
-    splits = {key: parent(key) for key in DATA_FLAGS.values()}
+    splits = {key: parent(key) for key in DATA_INPUTS.values()}
     trial = train_command(plan, data, code, environments["training"])
     jobs = {}
     if plan.search.sampling == "none":

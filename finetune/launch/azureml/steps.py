@@ -99,7 +99,7 @@ def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: s
 
 def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: str,
                 python: Optional[str] = None) -> dict:
-    from finetune.automl import read_split
+    from finetune.data import read_split
     from finetune.metrics import classification_metrics
 
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
