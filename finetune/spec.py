@@ -65,14 +65,15 @@ SECONDS = Range(1, unit=" seconds")
 
 
 def setting(default: Any, legal: Optional[Range] = None, choices: Optional[Sequence[str]] = None,
-            searchable: bool = False) -> Any:
-    """A field of the training contract with its legal values (checked at plan time) and whether it is searched."""
+            searchable: bool = False, trainer: Optional[str] = None) -> Any:
+    """A field of the training contract with its legal values (checked at plan time), whether it is searched,
+    and the ``TrainingArguments`` field it is handed to unchanged (when it is)."""
     return field(default=default, metadata={"range": legal, "choices": tuple(choices) if choices else None,
-                                            "searchable": searchable})
+                                            "searchable": searchable, "trainer": trainer})
 
 
-def hyperparameter(default: Any, legal: Range) -> Any:
-    return setting(default, legal, searchable=True)
+def hyperparameter(default: Any, legal: Range, trainer: Optional[str] = None) -> Any:
+    return setting(default, legal, searchable=True, trainer=trainer)
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -82,16 +83,18 @@ def hyperparameter(default: Any, legal: Range) -> Any:
 class Hyperparameters:
     """What a training learns with: ``model.<name>`` settings, searchable as ``search.space.<name>``."""
 
+    # The model's reference learning rate and batch size: finetune.speed scales both to the hardware.
     learning_rate: float = hyperparameter(5e-5, POSITIVE)
     batch_size: int = hyperparameter(16, AT_LEAST_1)
-    epochs: float = hyperparameter(2.0, POSITIVE)
-    max_length: int = hyperparameter(128, Range(2))  # [CLS] and [SEP] alone take two positions
-    warmup_ratio: float = hyperparameter(0.0, BETA)
-    weight_decay: float = hyperparameter(0.0, NON_NEGATIVE)
-    adam_beta1: float = hyperparameter(0.9, BETA)
-    adam_beta2: float = hyperparameter(0.999, BETA)
-    adam_epsilon: float = hyperparameter(1e-8, POSITIVE)
-    gradient_accumulation_steps: int = hyperparameter(1, AT_LEAST_1)
+    epochs: float = hyperparameter(2.0, POSITIVE, trainer="num_train_epochs")
+    max_length: int = hyperparameter(128, Range(2))  # tokens; [CLS] and [SEP] alone take two positions
+    # A float below 1 is a fraction of the total steps (transformers 5 folded warmup_ratio into warmup_steps).
+    warmup_ratio: float = hyperparameter(0.0, BETA, trainer="warmup_steps")
+    weight_decay: float = hyperparameter(0.0, NON_NEGATIVE, trainer="weight_decay")
+    adam_beta1: float = hyperparameter(0.9, BETA, trainer="adam_beta1")
+    adam_beta2: float = hyperparameter(0.999, BETA, trainer="adam_beta2")
+    adam_epsilon: float = hyperparameter(1e-8, POSITIVE, trainer="adam_epsilon")
+    gradient_accumulation_steps: int = hyperparameter(1, AT_LEAST_1, trainer="gradient_accumulation_steps")
 
 
 # Per-class loss weights: see finetune.train.class_weights.
@@ -205,6 +208,12 @@ def rules(cls: type) -> Iterator[Tuple[str, Optional[Range], Optional[Tuple[str,
             yield item.name, legal, choices
 
 
+def trainer_arguments(args: TrainArgs) -> Dict[str, Any]:
+    """The hyperparameters ``TrainingArguments`` takes as they are, under its names."""
+    return {item.metadata["trainer"]: getattr(args, item.name) for item in dataclasses.fields(Hyperparameters)
+            if item.metadata.get("trainer")}
+
+
 def logged_parameters(args: TrainArgs) -> dict:
     """What result.json and the MLflow run record as a training's hyperparameters: every one of
     :class:`Hyperparameters`, the seed, and the loss and stopping settings."""
@@ -223,6 +232,21 @@ def _inner_type(kind: Any) -> Any:
 def section_of(cls: type, values: Any) -> Any:
     """The ``cls`` section of any object carrying its fields (a config, a TrainArgs)."""
     return cls(**{item.name: getattr(values, item.name) for item in dataclasses.fields(cls)})
+
+
+def reference_table() -> str:
+    """Every training argument as a Markdown table: the block of docs/contracts.md between its ``spec`` markers
+    (``tests/test_spec.py`` holds the two equal; ``FINETUNE_UPDATE_DOCS=1`` rewrites the block)."""
+    rows = ["| flag | section | default | legal values | searchable |", "|---|---|---|---|---|"]
+    for section in SECTIONS:
+        for item in dataclasses.fields(section):
+            legal = item.metadata.get("range")
+            choices = item.metadata.get("choices")
+            allowed = legal.describe() if legal else " \\| ".join(choices) if choices else ""
+            default = "required" if item.default is dataclasses.MISSING else f"`{item.default}`"
+            rows.append(f"| `{flag(item.name)}` | {section.__name__} | {default} | {allowed} | "
+                        f"{'yes' if item.metadata.get('searchable') else ''} |")
+    return "\n".join(rows) + "\n"
 
 
 # ----------------------------------------------------------------------------------------- command line

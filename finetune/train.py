@@ -43,7 +43,7 @@ from typing import Any, List, Optional, Sequence
 from finetune.checkpoints import RESUME_FILE, newest_complete_checkpoint
 from finetune.files import write_json_atomic
 from finetune.metrics import unprefixed
-from finetune.spec import CLASS_WEIGHTS, TrainArgs, logged_parameters, parse_args
+from finetune.spec import CLASS_WEIGHTS, TrainArgs, logged_parameters, parse_args, trainer_arguments
 
 
 def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Optional[List[float]]:
@@ -206,14 +206,7 @@ def _training_arguments(args: TrainArgs, batch, runtime, train_rows: int, checkp
         learning_rate=batch.learning_rate,
         per_device_train_batch_size=batch.batch_size,
         per_device_eval_batch_size=batch.batch_size * 2,
-        num_train_epochs=args.epochs,
-        # A float below 1 is a fraction of the total steps (transformers 5 folded warmup_ratio into this).
-        warmup_steps=args.warmup_ratio,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_epsilon=args.adam_epsilon,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        **trainer_arguments(args),
         seed=args.seed,
         eval_strategy="steps",
         eval_steps=eval_steps,
