@@ -264,9 +264,9 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
 
     summary.finish()  # before the report, so the report shows the finish time and duration
     report = write_report(run_dir, summary.data)
-    summary.save()
+    summary["figures"] = [str(path) for path in report.figures]
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
-          f"report:        {report} (one page: {report.with_suffix('.html').name})")
+          f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")
     return summary.data
 
 

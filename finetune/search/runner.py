@@ -35,12 +35,11 @@ import optuna
 from optuna.trial import TrialState
 
 from finetune import processes
-from finetune.errors import UserError
 from finetune.metrics import unprefixed
 from finetune.model_files import model_config, model_location
 from finetune.plan import RunPlan
-from finetune.search.pruners import RETRY_OF, build_pruner, curve, replaced
-from finetune.search.reporting import open_storage
+from finetune.search.pruners import curve, replaced
+from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
 from finetune.spec import to_argv
 from finetune.training_process import launch_command, train_args
@@ -80,12 +79,12 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     sweep_dir = Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage_url = f"sqlite:///{sweep_dir / STUDY_FILE}"
-    study = _open_study(plan, storage_url, sweep_dir)
-    retried = _retry_interrupted(study, sweep_dir)
+    study = open_study(plan, storage_url, sweep_dir)
+    retried = retry_interrupted(study, sweep_dir)
     wall_before = study.user_attrs.get("wall_seconds", 0.0)
     total = limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials,
                                                                           grid_size(search.space))
-    budget = total - len(_counted(study))
+    budget = total - len(counted(study))
     if wall_before or retried:
         print(f"resuming the sweep in {sweep_dir}: {total - budget} trial(s) done"
               + (f", retrying interrupted trial(s) {', '.join(map(str, retried))}" if retried else ""), flush=True)
@@ -134,89 +133,6 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     return _summarise(study, plan, sweep_dir, wall)
 
 
-# ------------------------------------------------------------------------------------------------ study
-
-
-def _fingerprint(plan: RunPlan) -> dict:
-    """What makes two sweeps the same sweep (limits may change between resumes; these may not)."""
-    search = plan.search
-    return json.loads(json.dumps({
-        "sampling": search.sampling, "seed": search.seed, "space": search.space,
-        "policy": dataclasses.asdict(search.policy), "primary_metric": search.primary_metric, "goal": search.goal,
-        "model": plan.model.path or plan.model.hub_id,
-    }, sort_keys=True))
-
-
-def _open_study(plan: RunPlan, storage_url: str, sweep_dir: Path):
-    search = plan.search
-    storage = open_storage(storage_url)
-    try:
-        study_id = storage.get_study_id_from_name(plan.name)
-        earlier = len(storage.get_all_trials(study_id, deepcopy=False))
-        recorded = storage.get_study_user_attrs(study_id).get("fingerprint")
-    except KeyError:
-        earlier, recorded = 0, None
-    fingerprint = _fingerprint(plan)
-    if recorded is not None and recorded != fingerprint:
-        changed = sorted(k for k in fingerprint if fingerprint[k] != recorded.get(k))
-        raise UserError(f"{sweep_dir}: holds a sweep with another {', '.join(changed)}; resume it with the same "
-                        "search config, or use another run_name (or delete that folder) for a new sweep")
-    study = optuna.create_study(storage=storage, study_name=plan.name, direction=search.goal,
-                                sampler=_sampler(plan, search.seed + earlier),
-                                pruner=build_pruner(search.policy, search.goal), load_if_exists=True)
-    if recorded is None:
-        study.set_user_attr("fingerprint", fingerprint)
-        study.set_user_attr("policy", dataclasses.asdict(search.policy))
-        study.set_user_attr("primary_metric", search.primary_metric)
-        study.set_user_attr("goal", search.goal)
-    return study
-
-
-def _sampler(plan: RunPlan, seed: int):
-    search = plan.search
-    if search.sampling == "grid":
-        return _AskTellGridSampler({name: list(dist["values"]) for name, dist in search.space.items()}, seed=seed)
-    if search.sampling == "bayesian":
-        # TPE samples at random until n_startup_trials finished; optuna's 10 would make a small sweep random.
-        startup = max(2, min(10, search.limits.max_total_trials // 2))
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-class _AskTellGridSampler(optuna.samplers.GridSampler):
-    """optuna's GridSampler calls ``study.stop()`` after the last grid point, which raises outside
-    ``study.optimize``; the runner caps a grid sweep at the grid's size itself."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
-
-
-def _counted(study) -> list:
-    """Finished trials that count against max_total_trials (an interrupted trial's retry counts instead)."""
-    trials = study.get_trials(deepcopy=False)
-    skip = replaced(trials)
-    return [t for t in trials if t.state.is_finished() and t.number not in skip]
-
-
-def _retry_interrupted(study, sweep_dir: Path) -> List[int]:
-    """Trials RUNNING in storage belonged to a sweep process that died: fail them, enqueue their params.
-
-    The retry trains from scratch in its own folder (its reports must start at interval 1), so the
-    interrupted trial's checkpoints and model are only disk to free; its log stays.
-    """
-    interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in interrupted:
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
-        for folder in ("checkpoints", "model"):
-            shutil.rmtree(_trial_dir(sweep_dir, trial.number) / folder, ignore_errors=True)
-    return [t.number for t in interrupted]
-
-
-def _trial_dir(sweep_dir: Path, number: int) -> Path:
-    return sweep_dir / f"trial-{number:03d}"
-
-
 # ------------------------------------------------------------------------------------------------ trials
 
 
@@ -256,7 +172,7 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
     params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
     trial.set_user_attr("params", params)
-    directory = _trial_dir(sweep_dir, trial.number)
+    directory = trial_dir(sweep_dir, trial.number)
     # A folder left by an earlier study in this place would make training resume its checkpoint.
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
