@@ -24,6 +24,8 @@ from finetune.errors import UserError
 from finetune.metrics import METRIC_NAMES
 
 PRODUCTION = "production"
+# The fine-tuned transformer, on either launcher.
+FINETUNED = "finetuned"
 BATCH_SIZE = 32  # texts per forward pass
 CHUNK = 512  # texts per tokenizer call
 

@@ -38,6 +38,7 @@ from finetune import processes
 from finetune.metrics import unprefixed
 from finetune.model_files import model_config, model_location
 from finetune.plan import RunPlan
+from finetune.results import SweepResult, TrainingResult
 from finetune.search.pruners import curve, replaced
 from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
@@ -67,8 +68,8 @@ class _Job:
     timed_out: bool = False
 
 
-def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple] = None) -> dict:
-    """Run (or resume) the plan's sweep in `sweep_dir`; returns the ``sweep`` section of summary.json.
+def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple] = None) -> SweepResult:
+    """Run (or resume) the plan's sweep in `sweep_dir`; its ``to_dict()`` is the ``sweep`` section of summary.json.
 
     `data` is a ``finetune.data.PreparedData``. The best trial's model stays in its trial folder; the
     other trials' models are removed unless ``search.keep_trial_models``. ``pipeline_run`` (run id, tags)
@@ -300,7 +301,7 @@ def _best(records: List[dict], goal: str) -> Optional[dict]:
     return None
 
 
-def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
+def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> SweepResult:
     search = plan.search
     trials = study.get_trials(deepcopy=False)
     skip = replaced(trials)
@@ -311,11 +312,11 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
             if record is not best and record["model_dir"]:
                 shutil.rmtree(record["model_dir"], ignore_errors=True)
     print(trials_table(records, search.primary_metric), flush=True)
-    best_section = None
+    best_section, best_training = None, None
     if best is not None:
-        result = _read_json(Path(best["result_file"])) or {}
+        best_training = TrainingResult.read(best["result_file"])
         best_section = {"trial": best["number"], "params": best["params"], "value": best["best_value"],
-                        "model_dir": best["model_dir"], "val": result.get("val", {}), "result_file": best["result_file"]}
+                        "model_dir": best["model_dir"], "val": best_training.val, "result_file": best["result_file"]}
         print(f"best: trial {best['number']} {search.primary_metric}={best['best_value']:.4f} -> {best['model_dir']}",
               flush=True)
     sweep = {
@@ -332,7 +333,7 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
         },
     }
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep, indent=2))
-    return sweep
+    return SweepResult(sweep, best_training)
 
 
 def _format_params(params: dict) -> str:

@@ -1,7 +1,7 @@
 """The AML pipeline of a plan: sweep -> (AutoML -> test AutoML) -> register -> deploy.
 
 ``search=none`` puts the plain training command where the sweep was; ``automl=none`` drops the AutoML
-node and its test step (the register step then selects among the transformer alone);
+node and its test step (the register step then selects among the fine-tuned model alone);
 ``endpoint=none`` drops the deploy step. Every node reads the same pipeline inputs: the split files,
 the labels, the MLTables for AutoML and ``settings`` (the selection, tags, endpoint and environment
 settings the register and deploy steps need; see :func:`finetune.launch.azureml.export.settings`).
@@ -47,7 +47,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
         jobs["train"] = train
     else:
         jobs["sweep"] = train = sweep_node(plan, trial, **splits)
-    register_inputs = {"transformer": train.outputs[OUTPUT], "test": parent("test"), "labels": parent("labels"),
+    register_inputs = {"finetuned": train.outputs[OUTPUT], "test": parent("test"), "labels": parent("labels"),
                        "settings": parent("settings")}
 
     with_automl = plan.automl.kind == "text_classification"
