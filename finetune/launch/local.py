@@ -42,9 +42,31 @@ def check(plan: RunPlan) -> list[str]:
         problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
                         "use endpoint=local or endpoint=none")
     elif plan.endpoint.kind in ("local", "auto"):
-        from finetune.serve.endpoint import check_config
+        problems += check_endpoint(plan.endpoint)
+    return problems
 
-        problems += check_config(plan.endpoint)
+
+def check_endpoint(endpoint_cfg) -> list[str]:
+    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
+    from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
+    from finetune.serve.rollout import RolloutError, check_ramp
+
+    problems = []
+    if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
+        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
+                        "letter (it becomes a folder under <output_root>/endpoints)")
+    if endpoint_cfg.auth_mode != "key":
+        problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
+                        "use endpoint.auth_mode=key")
+    if not endpoint_cfg.host:
+        problems.append("endpoint.host='': set the router's address, e.g. endpoint.host=127.0.0.1")
+    elif endpoint_cfg.host not in LOOPBACK_HOSTS and not endpoint_cfg.allow_remote:
+        problems.append(f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
+                        "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1")
+    try:
+        check_ramp(endpoint_cfg.ramp)
+    except (RolloutError, TypeError, ValueError) as error:
+        problems.append(f"endpoint.ramp={list(endpoint_cfg.ramp)}: {error}")
     return problems
 
 
