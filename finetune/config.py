@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from finetune.spec import Hyperparameters, SpeedOptions, TrainingOptions
+from finetune.spec import Hyperparameters, Objective, Reporting, SpeedOptions, TrainingOptions
 
 
 @dataclass
@@ -82,8 +82,8 @@ class SearchConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # hyperparameter -> distribution, e.g. {type: loguniform, min: 1e-5, max: 1e-4} (AML vocabulary).
     space: Dict[str, Any] = field(default_factory=dict)
-    primary_metric: str = "val_auc_weighted"
-    goal: str = "maximize"
+    primary_metric: str = Objective.primary_metric
+    goal: str = Objective.goal
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     keep_trial_models: bool = False  # models of trials other than the best are deleted unless set
 
@@ -201,7 +201,7 @@ class SelectConfig:
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # None = sqlite file under output_root
-    experiment: str = "finetune"
+    experiment: str = Reporting.experiment
 
 
 @dataclass

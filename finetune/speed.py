@@ -95,7 +95,7 @@ COMPILE_OFF_REASON = ("no measured gain on {card}: compile time and recompiles a
 class Hardware:
     """What the decisions depend on; :func:`detect` fills it, tests build it by hand."""
 
-    kind: str  # cpu | cuda
+    device: str  # cpu | cuda
     name: str
     capability: Optional[Tuple[int, int]] = None
     native_bf16: bool = False
@@ -167,10 +167,10 @@ def detect(device: str = "auto") -> Hardware:
         index = local_rank() % torch.cuda.device_count()
         torch.cuda.set_device(index)
         props = torch.cuda.get_device_properties(index)
-        return Hardware(kind="cuda", name=props.name, capability=(props.major, props.minor),
+        return Hardware(device="cuda", name=props.name, capability=(props.major, props.minor),
                         native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
                         free_cores=free_cores(), world_size=world_size())
-    return Hardware(kind="cpu", name=cpu_name(), native_bf16=cpu_has_native_bf16(), free_cores=free_cores(),
+    return Hardware(device="cpu", name=cpu_name(), native_bf16=cpu_has_native_bf16(), free_cores=free_cores(),
                     world_size=world_size())
 
 
@@ -230,7 +230,7 @@ def choose_runtime(args, hardware: Optional[Hardware] = None) -> Runtime:
 
 
 def decide(args, hw: Hardware) -> Runtime:
-    gpu = hw.kind == "cuda"
+    gpu = hw.device == "cuda"
     notes: List[str] = []
     card = f"{hw.name} (sm{hw.capability[0]}{hw.capability[1]})" if hw.capability else hw.name
 
@@ -270,7 +270,7 @@ def decide(args, hw: Hardware) -> Runtime:
         workers = min(GPU_DATALOADER_WORKERS, per_process_cores - 1) if gpu else 0
 
     return Runtime(
-        device=hw.kind,
+        device=hw.device,
         device_name=hw.name,
         capability=f"sm{hw.capability[0]}{hw.capability[1]}" if hw.capability else None,
         precision=precision,

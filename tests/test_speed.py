@@ -20,12 +20,12 @@ from finetune.spec import TrainArgs, parse_args, to_argv
 from finetune.training_process import launch_command
 
 REPO = Path(__file__).resolve().parent.parent
-H200 = Hardware(kind="cuda", name="NVIDIA H200", capability=(9, 0), native_bf16=True, free_cores=16)
-A100 = Hardware(kind="cuda", name="NVIDIA A100-SXM4-80GB", capability=(8, 0), native_bf16=True, free_cores=8)
-T4 = Hardware(kind="cuda", name="Tesla T4", capability=(7, 5), native_bf16=False, free_cores=4)
-L4 = Hardware(kind="cuda", name="NVIDIA L4", capability=(8, 9), native_bf16=True, free_cores=4)
-CPU = Hardware(kind="cpu", name="Xeon", native_bf16=False, free_cores=2)
-CPU_AMX = Hardware(kind="cpu", name="Xeon Sapphire Rapids", native_bf16=True, free_cores=8)
+H200 = Hardware(device="cuda", name="NVIDIA H200", capability=(9, 0), native_bf16=True, free_cores=16)
+A100 = Hardware(device="cuda", name="NVIDIA A100-SXM4-80GB", capability=(8, 0), native_bf16=True, free_cores=8)
+T4 = Hardware(device="cuda", name="Tesla T4", capability=(7, 5), native_bf16=False, free_cores=4)
+L4 = Hardware(device="cuda", name="NVIDIA L4", capability=(8, 9), native_bf16=True, free_cores=4)
+CPU = Hardware(device="cpu", name="Xeon", native_bf16=False, free_cores=2)
+CPU_AMX = Hardware(device="cpu", name="Xeon Sapphire Rapids", native_bf16=True, free_cores=8)
 
 
 def args(**overrides) -> TrainArgs:
@@ -157,7 +157,7 @@ def test_check_compute_names_bad_settings(tmp_path):
 
 def test_detect_on_this_machine():
     hardware = speed.detect("cpu")
-    assert hardware.kind == "cpu" and hardware.free_cores >= 1
+    assert hardware.device == "cpu" and hardware.free_cores >= 1
     assert isinstance(speed.cpu_has_native_bf16(), bool)
 
 
