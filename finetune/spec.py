@@ -8,8 +8,10 @@ is :class:`TrainingOptions`, ``ComputeConfig`` starts with :class:`SpeedOptions`
 training command line (:func:`to_argv` / :func:`parse_args`), the AML command's ``${{inputs.<name>}}``
 placeholders and the table in docs/contracts.md (``tests/test_spec.py`` holds it to this module).
 
-Adding a hyperparameter is one field of :class:`Hyperparameters` plus the line of ``finetune.train`` that
-hands it to the Trainer.
+Adding a hyperparameter is one field of :class:`Hyperparameters`: with ``trainer=`` when ``TrainingArguments``
+takes it as it is, otherwise plus the lines of :mod:`finetune.train` that use it (then regenerate the docs
+table and the AML goldens: ``FINETUNE_UPDATE_DOCS=1 FINETUNE_UPDATE_GOLDEN=1 pytest tests/test_spec.py
+tests/test_azureml_entities.py``).
 
 Standard library only: the CLI, the plan check and an AML job's code snapshot all import it.
 """
@@ -19,7 +21,7 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # numpy's RandomState (data split, transformers.set_seed, optuna samplers) takes seeds in 0..2**32-1.
 SEED_MAX = 2**32 - 1
@@ -200,14 +202,6 @@ def legal_range(cls: type, name: str) -> Optional[Range]:
     return next(item.metadata.get("range") for item in dataclasses.fields(cls) if item.name == name)
 
 
-def rules(cls: type) -> Iterator[Tuple[str, Optional[Range], Optional[Tuple[str, ...]]]]:
-    """(field, range, choices) of every field of ``cls`` that declares legal values."""
-    for item in dataclasses.fields(cls):
-        legal, choices = item.metadata.get("range"), item.metadata.get("choices")
-        if legal is not None or choices is not None:
-            yield item.name, legal, choices
-
-
 def trainer_arguments(args: TrainArgs) -> Dict[str, Any]:
     """The hyperparameters ``TrainingArguments`` takes as they are, under its names."""
     return {item.metadata["trainer"]: getattr(args, item.name) for item in dataclasses.fields(Hyperparameters)
@@ -227,11 +221,6 @@ def _inner_type(kind: Any) -> Any:
     if typing.get_origin(kind) is typing.Union:
         return next(arg for arg in typing.get_args(kind) if arg is not type(None))
     return kind
-
-
-def section_of(cls: type, values: Any) -> Any:
-    """The ``cls`` section of any object carrying its fields (a config, a TrainArgs)."""
-    return cls(**{item.name: getattr(values, item.name) for item in dataclasses.fields(cls)})
 
 
 def reference_table() -> str:

@@ -54,12 +54,6 @@ def train_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: O
     )
 
 
-def train_command_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: Optional[dict] = None,
-                       model_path: Optional[str] = None) -> List[str]:
-    """:func:`train_args` as a command line."""
-    return to_argv(train_args(plan, data_dir, output_dir, hyperparameters, model_path))
-
-
 def launch_command(train_argv: Sequence[str], gpus: int = 0, python: Optional[str] = None) -> List[str]:
     """The command that runs ``finetune.train``: plain for one device, ``accelerate launch`` (DDP) for gpus > 1.
 

@@ -305,11 +305,11 @@ def test_sampling_algorithms(tmp_path, search, algorithm):
 
 def test_training_command_is_the_local_entry_point_with_aml_placeholders(reference):
     from finetune.launch.azureml.command import arguments
-    from finetune.spec import searchable
-    from finetune.training_process import train_command_args
+    from finetune.spec import searchable, to_argv
+    from finetune.training_process import train_args
 
     plan, _, _ = reference
-    local = train_command_args(plan, "/data", "/out")
+    local = to_argv(train_args(plan, "/data", "/out"))
     aml = arguments(plan)
     local_flags = [a for a in local if a.startswith("--")]
     assert [a for a in aml if a.startswith("--")] == [f for f in local_flags if f != "--tracking-uri"]
