@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from finetune import processes
 from finetune.plan import RunPlan
-from finetune.spec import Hyperparameters, SpeedOptions, TrainArgs, TrainingOptions, to_argv
+from finetune.spec import Hyperparameters, SpeedOptions, TrainArgs, TrainingOptions
 
 SINGLE_RUN_PATIENCE = 2
 
