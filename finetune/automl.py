@@ -57,19 +57,6 @@ def check_config(automl: AutomlConfig) -> list[str]:
     return problems
 
 
-def read_split(path, labels: list[str]) -> tuple[list[str], list[int]]:
-    """Texts and label ids of a prepared split CSV (``text,label``, label = class name)."""
-    import pandas as pd
-
-    # keep_default_na=False: a review reading "NA" or "null" is text, not a missing value.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    label_ids = {name: index for index, name in enumerate(labels)}
-    unknown = sorted(set(frame["label"]) - set(label_ids))
-    if unknown:
-        raise UserError(f"{path}: labels {unknown[:5]} are not among the prepared labels {labels}")
-    return frame["text"].tolist(), [label_ids[name] for name in frame["label"]]
-
-
 def _plain(value):
     """FLAML reports numpy scalars in its configs; JSON needs Python numbers and strings."""
     return value.item() if hasattr(value, "item") else value
@@ -162,6 +149,7 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     from flaml import AutoML
     from sklearn.pipeline import Pipeline
 
+    from finetune.data import read_split
     from finetune.metrics import classification_metrics
     from finetune.train import class_weights as class_weights_for
 

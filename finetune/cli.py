@@ -231,30 +231,19 @@ def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
             yield from _unknown_keys(cfg[key], fields[key], f"{prefix}{key}.")
 
 
-AUTO_CHOICES = {
-    # group: (choice on local compute, choice on AML compute)
-    "automl": ("local", "text_classification"),
-    "endpoint": ("local", "managed"),
-}
-
-
 def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
-    """`automl=auto`/`endpoint=auto` follow the compute target, so `compute=a100` alone is enough."""
-    on_aml = cfg.compute.target == "azureml"
-    extra = []
-    for group, (local_choice, aml_choice) in AUTO_CHOICES.items():
-        if cfg[group].kind == "auto":
-            choice = aml_choice if on_aml else local_choice
-            if group == "automl" and on_aml and cfg.compute.gpus_per_node == 0:
-                choice = "none"  # AML AutoML NLP runs only on GPU nodes
-            extra.append(f"{group}={choice}")
-    return extra
+    """`automl=auto`/`endpoint=auto` are the launcher's choice, so `compute=a100` alone is enough."""
+    from finetune.launch import launcher, launcher_name
+
+    choices = launcher(launcher_name(cfg.compute.target)).auto_choices(cfg)
+    return [f"{group}={choice}" for group, choice in choices.items() if cfg[group].kind == "auto"]
 
 
 def plans(invocation, source, jobs) -> list:
     """Every job's validated plan with the keys that differ from the shipped defaults, before any runs."""
-    from finetune.plan import build_plan
+    from finetune.launch import separate
     from finetune.plan_view import changed_keys
+    from finetune.planning import build_plan
 
     started = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     defaults = compose([], {})
@@ -265,9 +254,7 @@ def plans(invocation, source, jobs) -> list:
             raise UserError(f"plan_view={cfg.plan_view}: use short or full")
         plan = build_plan(cfg, overrides, started, index=i if invocation.multirun else None)
         built.append((plan, changed_keys(cfg, defaults), cfg.plan_view))
-    from finetune.launch.azureml.checks import distinct_targets
-
-    targeted = distinct_targets([plan for plan, _, _ in built])
+    targeted = separate([plan for plan, _, _ in built])
     return [(plan, changed, view) for plan, (_, changed, view) in zip(targeted, built)]
 
 

@@ -2,7 +2,8 @@
 
 Hydra merges the YAML files under ``conf/`` into these dataclasses (registered in a ConfigStore by
 :func:`register`), so a wrong type in a file or an override fails at composition with the key named.
-Value checks that types cannot express live in :mod:`finetune.plan`.
+Legal values of the training settings are declared with them in :mod:`finetune.spec`; the other value
+checks live in :mod:`finetune.ranges` and next to each stage's code.
 
 The same dataclasses are the stage specs of the run plan: a launcher receives them resolved
 (``auto`` choices made, paths absolute) and never reads Hydra config itself.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from finetune.spec import Hyperparameters, Objective, Reporting, SpeedOptions, TrainingOptions
 
 
 @dataclass
@@ -37,7 +40,9 @@ class DatasetConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Hyperparameters):
+    """Where the base model is, plus its hyperparameters (defined once, in :mod:`finetune.spec`)."""
+
     name: str = "minilm-l6"
     # package: a model folder shipped inside an installed Python package; hub: a Hugging Face hub id;
     # path: a local folder. `path`, when set, always wins (a local copy of a hub model).
@@ -46,16 +51,6 @@ class ModelConfig:
     package_subdir: str = "model"
     hub_id: Optional[str] = None
     path: Optional[str] = None
-    learning_rate: float = 5e-5
-    batch_size: int = 16
-    epochs: float = 2.0
-    max_length: int = 128
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    gradient_accumulation_steps: int = 1
 
 
 @dataclass
@@ -87,33 +82,20 @@ class SearchConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # hyperparameter -> distribution, e.g. {type: loguniform, min: 1e-5, max: 1e-4} (AML vocabulary).
     space: Dict[str, Any] = field(default_factory=dict)
-    primary_metric: str = "val_auc_weighted"
-    goal: str = "maximize"
+    primary_metric: str = Objective.primary_metric
+    goal: str = Objective.goal
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     keep_trial_models: bool = False  # models of trials other than the best are deleted unless set
 
 
 @dataclass
-class ComputeConfig:
+class ComputeConfig(SpeedOptions):
+    """The training process's speed switches (:mod:`finetune.spec`), where it runs and on how many GPUs."""
+
     name: str = "local"
     # local: this machine; azureml: an AML compute cluster (the AML launcher runs the plan).
     target: str = "local"
-    device: str = "auto"  # auto | cpu | cuda
     gpus: int = 0  # GPUs per training process group on one machine (accelerate); 0 = none/auto
-    num_threads: int = 0  # CPU threads for training; 0 = the cores actually free
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    torch_compile: str = "auto"  # auto | on | off (auto: a per-card table in finetune.speed)
-    group_by_length: bool = True
-    pad_to_multiple_of: int = 0  # 0 = auto (64 with torch.compile on GPU, 8 on GPU, none on CPU)
-    dataloader_workers: int = -1  # -1 = auto (2 per process on GPU, 0 on CPU)
-    tf32: bool = True  # TF32 matmuls on sm80+ GPUs
-    optim: str = "auto"  # a Trainer optimizer name; auto = adamw_torch_fused
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | auto (the model's default)
-    # GPU: the largest batch that fits (power of two, <= max_batch_size, >= 50 steps per epoch), the learning
-    # rate scaled from model.batch_size by lr_scaling; CPU: model.batch_size. See finetune.speed.
-    auto_batch_size: bool = True
-    max_batch_size: int = 128
-    lr_scaling: str = "sqrt"  # sqrt | linear | none
     # AML cluster; unused locally.
     cluster_name: Optional[str] = None
     vm_size: Optional[str] = None
@@ -198,17 +180,8 @@ class WorkspaceConfig:
     config_path: Optional[str] = None  # an AML config.json (MLClient.from_config convention)
 
 
-@dataclass
-class TrainConfig:
-    evals_per_epoch: int = 1
-    # Per-class loss weights: auto (sqrt of balanced) | balanced | none. See finetune.train.class_weights.
-    class_weights: str = "auto"
-    # Evaluations without a better primary val metric before a run stops; None = 2 for a single run and
-    # off in sweeps (the sweep's policy stops trials there); 0 = never.
-    early_stopping_patience: Optional[int] = None
-    checkpoint_every_steps: int = 0  # 0 = at every evaluation; N = also every N optimizer steps between them
-    telemetry_interval_s: float = 5.0
-    logging_steps: int = 10
+# The train.* settings are the training contract's own section.
+TrainConfig = TrainingOptions
 
 
 @dataclass
@@ -228,7 +201,7 @@ class SelectConfig:
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # None = sqlite file under output_root
-    experiment: str = "finetune"
+    experiment: str = Reporting.experiment
 
 
 @dataclass

@@ -27,6 +27,11 @@ PER_CLASS = ("precision", "recall", "f1")
 _MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-/ ]")
 
 
+def unprefixed(logged: str) -> str:
+    """A metric's own name from the name training logs it under: ``val_auc_weighted`` -> ``auc_weighted``."""
+    return logged.removeprefix("val_")
+
+
 def per_class_key(metric: str, label: str) -> str:
     """``recall.<label>``: the per-class metric's name, with characters MLflow refuses in names replaced."""
     return metric + "." + _MLFLOW_UNSAFE.sub("_", str(label))

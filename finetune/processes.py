@@ -10,11 +10,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def free_port() -> int:
+    """A port free on loopback now, for a child to listen on: a model server, or the rendezvous of a
+    multi-GPU training (two concurrent sweep trials must not share one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -47,13 +56,18 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def start(command: Sequence[str], **popen_kwargs) -> subprocess.Popen:
+    """Start ``command`` as a child that dies with this process, in its own process group."""
+    return subprocess.Popen(list(command), preexec_fn=die_with_parent(os.getpid()), **popen_kwargs)
+
+
 def run(command: Sequence[str], **popen_kwargs) -> int:
     """Run ``command`` to completion as a child that dies with this process; its exit code.
 
     Ctrl-C, SIGTERM (turned into KeyboardInterrupt by the CLI) or any error while waiting kills its process
     group before the exception goes on, so the child never outlives a failed wait either.
     """
-    process = subprocess.Popen(list(command), preexec_fn=die_with_parent(os.getpid()), **popen_kwargs)
+    process = start(command, **popen_kwargs)
     try:
         return process.wait()
     except BaseException:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
+
+from finetune.files import write_json_atomic
+from finetune.metrics import unprefixed
 
 
 def _min_interval() -> float:
@@ -62,7 +64,7 @@ def training_callback(show_bar: bool, progress_file: Optional[str], primary_metr
                 self._show()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = (metrics or {}).get("eval_" + primary_metric.removeprefix("val_"))
+            value = (metrics or {}).get("eval_" + unprefixed(primary_metric))
             if isinstance(value, (int, float)):
                 self.postfix[primary_metric] = f"{value:.4f}"
                 self._show()
@@ -83,9 +85,7 @@ def training_callback(show_bar: bool, progress_file: Optional[str], primary_metr
             self.written = time.time()
             record = {"step": state.global_step, "total": state.max_steps, "started": self.started,
                       "updated": self.written, **self.postfix}
-            tmp = f"{progress_file}.tmp"
-            Path(tmp).write_text(json.dumps(record))
-            os.replace(tmp, progress_file)
+            write_json_atomic(progress_file, record)
 
     return TrainingProgress()
 

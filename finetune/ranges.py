@@ -1,12 +1,13 @@
 """The allowed values of every setting: a range for each number, a set for each enum-like string, a
-pattern for each name that becomes a path, all checked at plan time (one entry of ``finetune.plan.CHECKS``).
+pattern for each name that becomes a path, all checked at plan time (by :func:`finetune.planning.build_plan`).
+The training settings declare theirs where they are defined (:mod:`finetune.spec`); this table adds the rest.
 
 Without these a bad value passes the plan and fails after data preparation, training or registration
 (``endpoint.port=70000`` after registering, ``model.epochs=inf`` inside the Trainer, ``run_name=..``
 making the parent of ``output_root`` the run folder). Stage checks that say more about a key (a sweep's
-limits, the split fractions) speak first: :func:`finetune.plan.build_plan` drops this module's line for
+limits, the split fractions) speak first: :func:`finetune.planning.build_plan` drops this module's line for
 a key another check already reported. ``tests/test_ranges.py`` fails when a numeric field of the schema
-has no range here, so a new setting cannot skip the rule.
+has no range, so a new setting cannot skip the rule.
 
 Standard library only: this runs while every plan is validated.
 """
@@ -16,54 +17,16 @@ import dataclasses
 import math
 import os
 import re
-from dataclasses import dataclass
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
+
+from finetune.config import Config
+from finetune.spec import AT_LEAST_1, FRACTION_OPEN, NON_NEGATIVE, SECONDS, SEED, Range
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
-# numpy's RandomState (data split, transformers.set_seed, optuna samplers) takes seeds in 0..2**32-1.
-SEED_MAX = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Range:
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False  # low itself is not allowed
-    high_open: bool = False
-    unit: str = ""
-
-    def contains(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return False
-        return True
-
-    def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
-                    f"{')' if self.high_open else ']'}{self.unit}")
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {_number(self.low)}{self.unit}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {_number(self.high)}{self.unit}"
-        return "a finite number"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-POSITIVE = Range(0, low_open=True)
-AT_LEAST_1 = Range(1)
-NON_NEGATIVE = Range(0)
-FRACTION_OPEN = Range(0, 1, low_open=True, high_open=True)
-BETA = Range(0, 1, high_open=True)
-SEED = Range(0, SEED_MAX)
-SECONDS = Range(1, unit=" seconds")
 PORT = Range(0, 65535, unit=" (0 = a free port)")
 
 # Every int/float field of finetune.config, by its key in the plan.
@@ -76,16 +39,6 @@ RANGES = {
     "dataset.test_fraction": FRACTION_OPEN,
     "dataset.sample": Range(10),
     "dataset.seed": SEED,
-    "model.learning_rate": POSITIVE,
-    "model.batch_size": AT_LEAST_1,
-    "model.epochs": POSITIVE,
-    "model.max_length": Range(2),  # [CLS] and [SEP] alone take two positions
-    "model.warmup_ratio": BETA,
-    "model.weight_decay": NON_NEGATIVE,
-    "model.adam_beta1": BETA,
-    "model.adam_beta2": BETA,
-    "model.adam_epsilon": POSITIVE,
-    "model.gradient_accumulation_steps": AT_LEAST_1,
     "search.seed": SEED,
     "search.policy.slack_factor": NON_NEGATIVE,
     "search.policy.slack_amount": NON_NEGATIVE,
@@ -97,10 +50,6 @@ RANGES = {
     "search.limits.timeout": SECONDS,
     "search.limits.trial_timeout": SECONDS,
     "compute.gpus": NON_NEGATIVE,
-    "compute.num_threads": NON_NEGATIVE,
-    "compute.pad_to_multiple_of": NON_NEGATIVE,
-    "compute.dataloader_workers": Range(-1),
-    "compute.max_batch_size": AT_LEAST_1,
     "compute.min_nodes": NON_NEGATIVE,
     "compute.max_nodes": AT_LEAST_1,
     "compute.instance_count": AT_LEAST_1,
@@ -132,14 +81,23 @@ RANGES = {
     "endpoint.probe_period_s": SECONDS,
     "endpoint.probe_failure_threshold": AT_LEAST_1,
     "endpoint.ramp[]": Range(1, 100, unit=" percent"),
-    "train.evals_per_epoch": AT_LEAST_1,
-    "train.checkpoint_every_steps": NON_NEGATIVE,
-    "train.telemetry_interval_s": POSITIVE,
-    "train.logging_steps": AT_LEAST_1,
-    "train.early_stopping_patience": NON_NEGATIVE,
     "select.margin": Range(0, 1),  # every selection metric is in [0, 1]
 }
 
+
+
+def _declared(schema: type, prefix: str = ""):
+    """(key, range, choices) of every setting of ``schema`` that declares its legal values (finetune.spec)."""
+    hints = typing.get_type_hints(schema)
+    for item in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints[item.name]):
+            yield from _declared(hints[item.name], f"{prefix}{item.name}.")
+        elif item.metadata.get("range") is not None or item.metadata.get("choices"):
+            yield f"{prefix}{item.name}", item.metadata.get("range"), item.metadata.get("choices")
+
+
+# The training settings' own declarations join the table.
+RANGES.update({key: legal for key, legal, _ in _declared(Config) if legal is not None})
 # Enum-like strings that no stage check covers on every launcher.
 CHOICES = {
     "compute.target": ("local", "azureml"),
@@ -147,6 +105,7 @@ CHOICES = {
     "endpoint.kind": ("auto", "local", "managed", "none"),
     "search.goal": ("maximize", "minimize"),
 }
+DECLARED_CHOICES = {key: choices for key, _, choices in _declared(Config) if choices}
 
 # Names that become folder names (run_name under output_root, endpoint.name under <output_root>/endpoints)
 # or registry names that become folder names on download: one plain path component, nothing to climb with.
@@ -172,6 +131,10 @@ def check_values(plan: "RunPlan") -> List[str]:
         value = _get(plan, key)
         if value not in allowed:
             problems.append(f"{key}={value}: unknown; use one of {', '.join(allowed)}")
+    for key, allowed in DECLARED_CHOICES.items():
+        value = _get(plan, key)
+        if value not in allowed:
+            problems.append(f"{key}={value}: use one of {', '.join(allowed)}")
     from finetune.search.validation import PRIMARY_METRICS
 
     if plan.search.primary_metric not in PRIMARY_METRICS:
@@ -290,7 +253,7 @@ def encoder_positions(plan: "RunPlan") -> Tuple[Optional[int], str]:
     the model's files are not on this machine (a hub model not downloaded yet)."""
     import json
 
-    from finetune.plan import hub_cached_dir, package_model_dir
+    from finetune.model_files import hub_cached_dir, package_model_dir
 
     model = plan.model
     if model.path:

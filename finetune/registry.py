@@ -365,7 +365,7 @@ def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
 def select_and_register(model_registry: ModelRegistry, candidates: dict, test_csv, labels: list, select_cfg,
                         data_info: dict, config: dict, sample_request: dict, out_dir: Path, *,
                         prescored: Optional[dict] = None, sources: Optional[dict] = None,
-                        conda: Optional[dict] = None, commit: Optional[str] = None, val_csv=None) -> dict:
+                        conda: Optional[dict] = None, commit: Optional[str] = None, val_csv=None):
     """The one select-and-register rule of both launchers.
 
     The production model of ``model_registry`` is downloaded and re-scored on this run's test split next to
@@ -377,10 +377,10 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     is refused unless ``select_cfg.replace_incompatible``. :func:`finetune.select.choose` decides with
     ``select_cfg.metric`` and ``select_cfg.margin``; a winner is registered once per content with
     :func:`selection_tags`.
-    Returns ``{"selection", "registry", "production"}``; ``registry`` holds ``model_ref`` (the registered
-    copy, referenced in place or downloaded to ``out_dir/model``: what a rollout deploys) when a version was
-    registered.
+    The registration holds ``model_ref`` (the registered copy, referenced in place or downloaded to
+    ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
+    from finetune.results import Registration, SelectionOutcome, SelectionResult
     from finetune.select import PRODUCTION, check_production_labels, choose, evaluate
 
     out_dir = Path(out_dir)
@@ -401,8 +401,8 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     if current is not None:
         selection["production_version"] = {"name": current.name, "version": str(current.version)}
     if selection["decision"] != "register":
-        return {"selection": selection, "production": current,
-                "registry": {"decision": "keep_production", "reason": selection["reason"]}}
+        return SelectionOutcome(SelectionResult(selection), current,
+                                Registration(decision="keep_production", reason=selection["reason"]))
     winner = selection["winner"]
     tags = selection_tags(selection, data_info, config, (sources or {}).get(winner))
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
@@ -418,5 +418,5 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     if model_dir.exists():
         shutil.rmtree(model_dir)
     ref = model_registry.download(registered["version"], model_dir)
-    return {"selection": selection, "production": current,
-            "registry": {**registered, "model_ref": ref, "sample_request": sample_request}}
+    return SelectionOutcome(SelectionResult(selection), current,
+                            Registration(decision="register", model_ref=ref, sample_request=sample_request, **registered))

@@ -24,18 +24,22 @@ from finetune.errors import UserError
 from finetune.metrics import METRIC_NAMES
 
 PRODUCTION = "production"
+# The fine-tuned transformer, on either launcher.
+FINETUNED = "finetuned"
 BATCH_SIZE = 32  # texts per forward pass
 CHUNK = 512  # texts per tokenizer call
 
 
 def check_config(select_cfg) -> list[str]:
-    """Problems with the select settings that the plan's metric-name check does not cover."""
+    """Problems with the select settings."""
     from finetune.decision import check_config as check_decision
 
     problems = check_decision(select_cfg.decision_metric, select_cfg.multiclass_rule)
     if select_cfg.margin < 0:
         problems.append(f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
                         "production with a worse model)")
+    if select_cfg.metric not in METRIC_NAMES:
+        problems.append(f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)}")
     return problems
 
 
@@ -91,7 +95,7 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     """
     import numpy as np
 
-    from finetune.automl import read_split
+    from finetune.data import read_split
     from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics
     from finetune.serve.score import decide

@@ -54,7 +54,7 @@ derived for Adam by Malladi et al., 2022, "On the SDEs and Scaling Rules for Ada
 ``linear`` (Goyal et al., 2017, for SGD) and ``none`` are available. Warmup stays a fraction of the steps.
 
 Several GPUs on one machine (``compute.gpus=N``): the same entry point under ``accelerate launch`` (see
-:func:`launch_command`); the Trainer runs DDP, each process takes a per-device batch (so the global batch, and
+:func:`finetune.training_process.launch_command`); the Trainer runs DDP, each process takes a per-device batch (so the global batch, and
 with it the learning rate, grows with N). The Trainer's ``average_tokens_across_devices`` is turned off: it
 multiplies the loss by the process count for models that normalise by a global token count, which sequence
 classifiers do not, so gradients, train loss and val_loss came out N times too large.
@@ -63,11 +63,11 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
+
+from finetune.errors import UserError
 
 PAD_MULTIPLE = 8
 COMPILE_PAD_MULTIPLE = 64
@@ -86,13 +86,6 @@ COMPILE_BY_CAPABILITY: Dict[Tuple[int, int], Tuple[bool, str]] = {
 COMPILE_OFF_REASON = ("no measured gain on {card}: compile time and recompiles are a cost without a known payoff "
                       "(compute.torch_compile=on to try; scripts/bench_train.py to measure)")
 
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "torch_compile": ("auto", "on", "off"),
-    "lr_scaling": ("sqrt", "linear", "none"),
-    "attn_implementation": ("sdpa", "eager", "flash_attention_2", "auto"),
-}
 
 
 # ---------------------------------------------------------------------------------------------- hardware
@@ -102,7 +95,7 @@ CHOICES = {
 class Hardware:
     """What the decisions depend on; :func:`detect` fills it, tests build it by hand."""
 
-    kind: str  # cpu | cuda
+    device: str  # cpu | cuda
     name: str
     capability: Optional[Tuple[int, int]] = None
     native_bf16: bool = False
@@ -169,15 +162,15 @@ def detect(device: str = "auto") -> Hardware:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is visible")
+        raise UserError("--device cuda requested but no CUDA device is visible")
     if device in ("auto", "cuda") and torch.cuda.is_available():
         index = local_rank() % torch.cuda.device_count()
         torch.cuda.set_device(index)
         props = torch.cuda.get_device_properties(index)
-        return Hardware(kind="cuda", name=props.name, capability=(props.major, props.minor),
+        return Hardware(device="cuda", name=props.name, capability=(props.major, props.minor),
                         native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
                         free_cores=free_cores(), world_size=world_size())
-    return Hardware(kind="cpu", name=cpu_name(), native_bf16=cpu_has_native_bf16(), free_cores=free_cores(),
+    return Hardware(device="cpu", name=cpu_name(), native_bf16=cpu_has_native_bf16(), free_cores=free_cores(),
                     world_size=world_size())
 
 
@@ -237,7 +230,7 @@ def choose_runtime(args, hardware: Optional[Hardware] = None) -> Runtime:
 
 
 def decide(args, hw: Hardware) -> Runtime:
-    gpu = hw.kind == "cuda"
+    gpu = hw.device == "cuda"
     notes: List[str] = []
     card = f"{hw.name} (sm{hw.capability[0]}{hw.capability[1]})" if hw.capability else hw.name
 
@@ -245,7 +238,7 @@ def decide(args, hw: Hardware) -> Runtime:
     if precision == "auto":
         precision = "bf16" if hw.native_bf16 else ("fp16" if gpu else "fp32")
     elif precision == "fp16" and not gpu:
-        raise SystemExit("error: --precision fp16 needs a GPU (fp16 autocast with loss scaling); use fp32 or bf16")
+        raise UserError("--precision fp16 needs a GPU (fp16 autocast with loss scaling); use fp32 or bf16")
     elif precision == "bf16" and not hw.native_bf16:
         notes.append(f"bf16 requested on {card} without native bf16: emulated, expect it slower than fp32")
 
@@ -277,7 +270,7 @@ def decide(args, hw: Hardware) -> Runtime:
         workers = min(GPU_DATALOADER_WORKERS, per_process_cores - 1) if gpu else 0
 
     return Runtime(
-        device=hw.kind,
+        device=hw.device,
         device_name=hw.name,
         capability=f"sm{hw.capability[0]}{hw.capability[1]}" if hw.capability else None,
         precision=precision,
@@ -366,7 +359,8 @@ def largest_batch(fits: Callable[[int], bool], cap: int) -> int:
         if fits(batch):
             return batch
         batch //= 2
-    raise SystemExit("error: the model does not fit on the GPU even at batch 1")
+    raise UserError("the model does not fit on the GPU even at batch 1; use a shorter model.max_length or a "
+                    "GPU with more memory")
 
 
 def cuda_fit_probe(model, max_length: int, precision: str) -> Callable[[int], bool]:
@@ -421,123 +415,14 @@ def agree_min(value: int) -> int:
     return int(tensor.item())
 
 
-# ---------------------------------------------------------------------------------------------- throughput
-
-
-def throughput_meter(samples_per_step: int, tokens_per_sample: float):
-    """A Trainer callback timing the training steps of this process, evaluation and checkpoint writing excluded."""
-    import time
-
-    from transformers import TrainerCallback
-
-    class ThroughputMeter(TrainerCallback):
-        def __init__(self):
-            self.start = self.last = None
-            self.first_step = self.steps = 0
-            self.excluded = 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = self.last = time.perf_counter()
-            self.first_step = state.global_step
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.last = time.perf_counter()
-            self.steps = state.global_step - self.first_step
-
-        def _exclude(self):
-            now = time.perf_counter()
-            if self.last is not None:
-                self.excluded += now - self.last
-            self.last = now
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            self._exclude()
-
-        def on_save(self, args, state, control, **kwargs):
-            self._exclude()
-
-        def figures(self) -> dict:
-            seconds = (self.last - self.start - self.excluded) if self.start is not None else 0.0
-            if seconds <= 0 or not self.steps:
-                return {"train_samples_per_s": None, "train_tokens_per_s": None, "train_seconds": seconds}
-            samples = self.steps * samples_per_step
-            return {"train_samples_per_s": samples / seconds, "train_tokens_per_s": samples * tokens_per_sample / seconds,
-                    "train_seconds": seconds}
-
-    return ThroughputMeter()
-
-
-# ---------------------------------------------------------------------------------------------- launching
-
-
-def train_flags(compute, train, auto_batch_size: Optional[bool] = None) -> List[str]:
-    """The speed, telemetry and checkpoint flags of ``python -m finetune.train`` for a ComputeConfig/TrainConfig.
-
-    ``auto_batch_size=False`` overrides the config for runs whose batch size is a hyperparameter being searched.
-    """
-    auto = compute.auto_batch_size if auto_batch_size is None else auto_batch_size
-    return [
-        "--device", compute.device,
-        "--precision", compute.precision,
-        "--num-threads", str(compute.num_threads),
-        "--group-by-length", str(compute.group_by_length).lower(),
-        "--pad-to-multiple-of", str(compute.pad_to_multiple_of),
-        "--dataloader-workers", str(compute.dataloader_workers),
-        "--torch-compile", compute.torch_compile,
-        "--tf32", str(compute.tf32).lower(),
-        "--optim", compute.optim,
-        "--attn-implementation", compute.attn_implementation,
-        "--auto-batch-size", str(auto).lower(),
-        "--max-batch-size", str(compute.max_batch_size),
-        "--lr-scaling", compute.lr_scaling,
-        "--telemetry-interval-s", str(train.telemetry_interval_s),
-        "--checkpoint-every-steps", str(train.checkpoint_every_steps),
-    ]
-
-
-def launch_command(train_argv: Sequence[str], gpus: int = 0, python: Optional[str] = None) -> List[str]:
-    """The command that runs ``finetune.train``: plain for one device, ``accelerate launch`` (DDP) for gpus > 1.
-
-    Mixed precision and compilation stay the Trainer's business (its arguments override accelerate's
-    environment), so the launcher is told ``no`` for both instead of guessing defaults with a warning.
-    """
-    python = python or sys.executable
-    if gpus <= 1:
-        return [python, "-m", "finetune.train", *train_argv]
-    return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-            "--num_processes", str(gpus), "--main_process_port", str(_free_port()),
-            "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "finetune.train", *train_argv]
-
-
-def _free_port() -> int:
-    # Two multi-GPU trainings on one machine (concurrent sweep trials) must not share the rendezvous port.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------------- plan check
 
 
 def check_compute(plan) -> List[str]:
-    """Problems with ``compute.*`` / ``train.*`` speed settings, for the plan's CHECKS."""
-    compute, train, problems = plan.compute, plan.train, []
-    for key, allowed in CHOICES.items():
-        value = getattr(compute, key)
-        if value not in allowed:
-            problems.append(f"compute.{key}={value}: must be one of {', '.join(allowed)}")
-    for key, low in (("max_batch_size", 1), ("gpus", 0), ("pad_to_multiple_of", 0), ("num_threads", 0),
-                     ("dataloader_workers", -1)):
-        if getattr(compute, key) < low:
-            problems.append(f"compute.{key}={getattr(compute, key)}: must be >= {low}")
+    """Speed settings that contradict each other (each alone is checked against its declaration in finetune.spec)."""
+    compute, problems = plan.compute, []
     if compute.device == "cpu" and compute.precision == "fp16":
         problems.append("compute.precision=fp16 with compute.device=cpu: fp16 needs a GPU; use fp32 or bf16")
     if compute.device == "cpu" and compute.gpus > 1:
         problems.append(f"compute.gpus={compute.gpus} with compute.device=cpu: several GPUs need device auto or cuda")
-    if train.checkpoint_every_steps < 0:
-        problems.append(f"train.checkpoint_every_steps={train.checkpoint_every_steps}: must be >= 0 (0 = at every "
-                        "evaluation)")
-    if not train.telemetry_interval_s > 0:
-        problems.append(f"train.telemetry_interval_s={train.telemetry_interval_s}: must be > 0")
     return problems

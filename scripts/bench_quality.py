@@ -77,7 +77,8 @@ def run_pipeline(run_dir: Path, overrides: list[str], log) -> dict:
 def one_liner(data_dir: Path, labels: list[str]) -> dict:
     """TF-IDF (word 1-2 + char 3-5) + LogisticRegression: argmax, plus val-tuned threshold (binary) or
     class-balanced weights (multiclass). Test metrics of each."""
-    from finetune.automl import one_liner as make_one_liner, read_split
+    from finetune.automl import one_liner as make_one_liner
+    from finetune.data import read_split
     from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics
     from finetune.serve.score import decide

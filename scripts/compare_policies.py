@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def plan_for(args: argparse.Namespace, policy: str):
     from finetune.cli import compose
-    from finetune.plan import build_plan
+    from finetune.planning import build_plan
 
     overrides = [
         "search=bandit", f"search.policy.type={policy}", f"search.seed={args.seed}",
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     rows, sweeps = {}, {}
     for name, plan in plans.items():
         print(f"\n=== sweep with policy {name}: {args.trials} trials of {args.epochs:g} epoch(s) ===", flush=True)
-        sweeps[name] = run_sweep(plan, data, Path(plan.run_dir) / "sweep")
+        sweeps[name] = run_sweep(plan, data, Path(plan.run_dir) / "sweep").to_dict()
         rows[name] = summary_row(name, sweeps[name])
 
     print(f"\n{'policy':<8} {'trials':>6} {'stopped':>7} {'trial-epochs':>12} {'trial s':>8} {'wall s':>8}  best {metric}")

@@ -577,7 +577,7 @@ def build(overrides: List[str], output_root: Path, name: str = "run", space: Opt
     ``space`` sets search dimensions as ``search.space.<name>=<sweep>`` arguments do.
     """
     from finetune.cli import compose
-    from finetune.plan import build_plan
+    from finetune.planning import build_plan
 
     overrides = list(overrides) + [f"output_root={output_root}"]
     return build_plan(compose(overrides, space or {}), overrides, name)

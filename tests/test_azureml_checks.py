@@ -8,7 +8,7 @@ import pytest
 from aml_recorder import build, guard_network
 from finetune.cli import compose
 from finetune.errors import ConfigProblems
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 
 AML = ["model=bert-base-cased", "search=bandit", "compute=a100", "dry_run=true"]
 

@@ -102,7 +102,7 @@ def test_help_and_local_plans_import_no_azure(tmp_path):
 
 
 def test_aml_planning_imports_no_azure_until_the_launcher_runs(tmp_path):
-    code = ("import sys; from finetune.cli import compose; from finetune.plan import build_plan; "
+    code = ("import sys; from finetune.cli import compose; from finetune.planning import build_plan; "
             f"o = ['compute=a100', 'model=bert-base-cased', 'dry_run=true', 'output_root={tmp_path}']; "
             "build_plan(compose(o, {}), o, 'x'); import finetune.launch.azureml; "
             "print('AZURE', sorted(m for m in sys.modules if m.startswith('azure')))")

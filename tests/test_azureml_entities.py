@@ -305,15 +305,17 @@ def test_sampling_algorithms(tmp_path, search, algorithm):
 
 def test_training_command_is_the_local_entry_point_with_aml_placeholders(reference):
     from finetune.launch.azureml.command import arguments
-    from finetune.plan import HYPERPARAMETERS, train_command_args
+    from finetune.spec import searchable, to_argv
+    from finetune.training_process import train_args
 
     plan, _, _ = reference
-    local = train_command_args(plan, "/data", "/out")
+    local = to_argv(train_args(plan, "/data", "/out"))
     aml = arguments(plan)
     local_flags = [a for a in local if a.startswith("--")]
-    assert [a for a in aml if a.startswith("--")] == [f for f in local_flags if f != "--tracking-uri"] + ["--progress"]
+    assert [a for a in aml if a.startswith("--")] == [f for f in local_flags if f != "--tracking-uri"]
     assert "--tracking-uri" not in aml  # AML's MLflow comes from the job environment
-    for name in HYPERPARAMETERS:
+    assert aml[aml.index("--progress") + 1] == "false"
+    for name in searchable():
         flag = "--" + name.replace("_", "-")
         assert aml[aml.index(flag) + 1] == "${{inputs.%s}}" % name
     assert aml[aml.index("--train-file") + 1] == "${{inputs.train}}"

@@ -285,7 +285,7 @@ def settings(tmp_path):
     return export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data")).settings_path
 
 
-def model_ref(folder: Path, version: str = "3", candidate: str = "transformer") -> str:
+def model_ref(folder: Path, version: str = "3", candidate: str = "finetuned") -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_ref.json").write_text(json.dumps(
         {"name": "automotive-sentiment", "version": version, "model_type": "mlflow_model", "candidate": candidate,
@@ -424,7 +424,7 @@ def automl_output(tmp_path: Path, auc: float) -> tuple:
     return str(automl_model), str(automl_result)
 
 
-@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "transformer", "mlflow_model"),
+@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "finetuned", "mlflow_model"),
                                                             (1.0, "automl", "mlflow_model")])
 def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type,
                        monkeypatch):
@@ -453,7 +453,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
     assert tags["data.test_sha256"] == data["splits"]["test"]["sha256"] and "config_sha256" in tags
     assert tags["content_sha256"] == ref["content_sha256"]
     assert tags["test_auc_weighted.automl"] == f"{automl_auc:.6f}"
-    if winner == "transformer":
+    if winner == "finetuned":
         # What was uploaded is what serves: the scoring script, the version it reports, the slim conda file
         # the submitting machine built (the job read no package metadata to write it).
         assert recorder.blob("/model/score.py") == SCORE_SCRIPT.read_bytes()
@@ -500,7 +500,7 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
                           ml_client=server.ml_client())
     assert kept["decision"] == "keep_production" and "margin 1" in kept["reason"]
     assert kept["selection"]["production_version"] == {"name": "amazon_automotive-sentiment", "version": "1"}
-    assert set(kept["selection"]["test"]) == {"transformer", "production"}
+    assert set(kept["selection"]["test"]) == {"finetuned", "production"}
     # The production version's files were downloaded from the blob store to be re-scored.
     assert any(r.host.startswith(aml_recorder.BLOB_ACCOUNT) and r.method == "GET" for r in recorder.requests)
     assert not recorder.find("PUT", r"models/.+")

@@ -56,7 +56,7 @@ def test_an_aml_plan_shows_the_cluster_and_not_the_local_threads(capsys, tmp_pat
 
     overrides = ["compute=a100", "model=bert-base-cased", f"output_root={tmp_path}", "dry_run=true"]
     from finetune.cli import compose
-    from finetune.plan import build_plan
+    from finetune.planning import build_plan
 
     plan = build_plan(compose(overrides, {}), overrides, "aml")
     text = plan_view.short(plan, ["compute.name"])
@@ -203,7 +203,7 @@ def test_info_shows_the_search_path_and_chosen_options(capsys, tmp_path):
 @pytest.mark.parametrize("name", ["quick", "aml_reference", "gpu"])
 def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypatch):
     from finetune.cli import compose
-    from finetune.plan import build_plan
+    from finetune.planning import build_plan
 
     overrides = [f"experiment={name}", f"output_root={tmp_path}"]
     cfg = compose(overrides, {})

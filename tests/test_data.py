@@ -1,4 +1,4 @@
-"""The data stage (finetune/data.py) against docs/contracts.md "Prepared data"; offline, seconds."""
+"""The data stage (finetune/data/) against docs/contracts.md "Prepared data"; offline, seconds."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +16,9 @@ import pytest
 
 from finetune import data as data_stage
 from finetune.config import DatasetConfig
-from finetune.data import PreparedData, cached_path, check_source, clean_text, prepare, source_url
+from finetune.data import PreparedData, prepare
+from finetune.data.labels import clean_text
+from finetune.data.sources import cached_path, check_source, source_url
 from finetune.errors import UserError
 
 SAMPLE_NAME = "reviews_Musical_Instruments_5.sample.json.gz"
@@ -61,7 +63,7 @@ def test_bundled_counts_files_and_contract(bundled_prepared):
     assert list(summary) == ["source", "raw_sha256", "labels", "rows_raw", "rows_labelled", "splits"]
     assert summary["labels"] == ["negative", "positive"]
     assert summary["rows_raw"] == 2804 and summary["rows_labelled"] == 2610
-    bundled_csv = Path(data_stage.__file__).parent / "data_files" / "automotive_reviews.csv"
+    bundled_csv = Path(data_stage.__file__).parent.parent / "data_files" / "automotive_reviews.csv"
     assert summary["raw_sha256"] == sha256(bundled_csv)
     totals = {"negative": 0, "positive": 0}
     for name in ("train", "val", "test"):
@@ -390,7 +392,7 @@ def test_user_errors_name_the_key_and_fix_and_write_nothing(tmp_path, case):
 
 
 def test_check_source_is_a_plan_check():
-    from finetune.plan import CHECKS
+    from finetune.planning import CHECKS
 
     assert check_source in CHECKS
 

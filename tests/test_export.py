@@ -9,7 +9,7 @@ import pytest
 from finetune.cli import compose
 from finetune.errors import ConfigProblems
 from finetune.export import export_candidate
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 from test_serve_score import load_score
 from test_serve_support import LABELS, TEXTS, make_hf_candidate, score_alone
 

@@ -106,7 +106,7 @@ def test_full_summary_renders_every_section(tmp_path, splits):
 
     report = write_report(tmp_path, summary)
 
-    text = report.read_text()
+    text = report.path.read_text()
     for heading in ("# Run full", "## Data", "## Hyperparameter sweep", "## Training curves",
                     "## Candidates on the test split", "### Chosen model on test", "## Registry", "## Endpoint"):
         assert heading in text
@@ -116,7 +116,8 @@ def test_full_summary_renders_every_section(tmp_path, splits):
     finetuned = next(row for row in summary["selection"]["table"] if row["candidate"] == "finetuned")
     assert "P(positive) >= 0.700" in text and "test recall (negative / positive)" in text
     assert f"{finetuned['recall.negative']:.2f} / {finetuned['recall.positive']:.2f}" in text
-    names = {Path(p).name for p in summary["figures"]}
+    assert "figures" not in summary  # the report returns what it wrote; summary.json's figures are the launcher's
+    names = {p.name for p in report.figures}
     assert names == {"data_class_balance.png", "data_text_length.png", "sweep_trials.png", "learning_curves.png",
                      "candidates.png", "confusion_matrix.png", "roc.png"}
     # The facts a reader looks for first, and the rollout's timings as text (the plot of them said nothing more).
@@ -124,7 +125,7 @@ def test_full_summary_renders_every_section(tmp_path, splits):
                  "**data**: train ", "**duration**: 1200 s",
                  "**finished**: 2026-01-01T10:20:00+00:00", "Rollout took 4.2 s"):
         assert fact in text, fact
-    for path in summary["figures"]:
+    for path in report.figures:
         assert Path(path).read_bytes()[:8] == PNG_MAGIC
         assert f"(figures/{Path(path).name})" in text
     json.dumps(summary)  # still serialisable for summary.json
@@ -139,29 +140,29 @@ def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
                                             "result_file": str(tmp_path / "missing.json")}},
                "selection": select.choose(results, "auc_weighted", 0.0),
                "registry": {"decision": "keep_production", "reason": "not better than production"}}
-    text = write_report(tmp_path / "minimal", summary).read_text()
+    report = write_report(tmp_path / "minimal", summary)
+    text = report.path.read_text()
     assert "## Candidates on the test split" in text and "Nothing registered: not better" in text
     for absent in ("## Hyperparameter sweep", "## Training curves", "### Chosen model", "## Endpoint"):
         assert absent not in text
-    assert {Path(p).name for p in summary["figures"]} == {"data_class_balance.png", "data_text_length.png",
-                                                           "candidates.png"}
+    assert {p.name for p in report.figures} == {"data_class_balance.png", "data_text_length.png", "candidates.png"}
 
     bare = {"run": {"name": "bare"}}
-    assert write_report(tmp_path / "bare", bare).read_text().startswith("# Run bare")
-    assert bare["figures"] == []
+    bare_report = write_report(tmp_path / "bare", bare)
+    assert bare_report.path.read_text().startswith("# Run bare") and bare_report.figures == []
 
 
 def test_the_html_report_is_one_self_contained_page(tmp_path, splits):
     summary = full_summary(tmp_path, splits)
-    write_report(tmp_path, summary)
+    report = write_report(tmp_path, summary)
     page = (tmp_path / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "<table>" in page and "<h2>Hyperparameter sweep</h2>" in page
-    assert page.count('src="data:image/png;base64,') == len(summary["figures"])
+    assert page.count('src="data:image/png;base64,') == len(report.figures)
     assert 'src="figures/' not in page
 
 
 def test_the_sweep_view_zooms_past_a_trial_stopped_far_behind():
-    from finetune.report import _zoom
+    from finetune.report.training import _zoom
 
     trials = [{"number": 0, "status": "completed", "best_value": 0.951, "values": [0.93, 0.951]},
               {"number": 1, "status": "early_terminated", "best_value": 0.62, "values": [0.62]},

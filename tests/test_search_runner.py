@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from finetune.cli import compose, expand
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 from finetune.search.reporting import TrialReporter
 from finetune.search.runner import run_sweep
 
@@ -77,8 +77,9 @@ def sweep_run(tmp_path_factory, tiny_model_dir, data, tracking_uri):
     parent = start_pipeline_run(plan, tags)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        sweep = run_sweep(plan, data, root / "sweep", pipeline_run=(parent, tags))
-    return SimpleNamespace(sweep=sweep, dir=root / "sweep", plan=plan, printed=printed.getvalue(), parent=parent)
+        result = run_sweep(plan, data, root / "sweep", pipeline_run=(parent, tags))
+    return SimpleNamespace(sweep=result.to_dict(), result=result, dir=root / "sweep", plan=plan,
+                           printed=printed.getvalue(), parent=parent)
 
 
 def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(sweep_run, tracking_uri):
@@ -100,6 +101,8 @@ def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(
             assert trial["params"]["learning_rate"] == -1.0
 
     best = sweep["best"]
+    # The best trial's training result comes with the sweep (read once, by the sweep).
+    assert sweep_run.result.best_training.model_dir == best["model_dir"]
     completed = [t for t in trials if t["status"] == "completed"]
     assert best["trial"] == max(completed, key=lambda t: t["best_value"])["number"]
     assert best["value"] == best["val"]["auc_weighted"] and best["params"] == trials[best["trial"]]["params"]
@@ -135,7 +138,7 @@ def test_trial_timeout_kills_a_trial_and_the_sweep_timeout_stops_launching(
         tmp_path, tiny_model_dir, data, tracking_uri, capsys):
     plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking_uri, "search=random", "search.limits.timeout=1",
                                "search.limits.trial_timeout=2", "search.limits.max_total_trials=3"))
-    sweep = run_sweep(plan, data, tmp_path / "sweep")
+    sweep = run_sweep(plan, data, tmp_path / "sweep").to_dict()
     [trial] = sweep["trials"]  # killed at 2 s, after the sweep's 1 s: nothing else was started
     assert trial["status"] == "failed" and trial["reason"] == "timeout: killed after trial_timeout=2 s"
     assert "sweep timeout (1 s) reached: 2 trial(s) not started" in capsys.readouterr().out
@@ -147,7 +150,7 @@ import json, sys
 from pathlib import Path
 from types import SimpleNamespace
 from finetune.cli import compose, expand
-from finetune.plan import build_plan
+from finetune.planning import build_plan
 from finetune.search.runner import run_sweep
 
 args, data, sweep_dir = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
@@ -187,7 +190,7 @@ def test_a_killed_sweep_resumes_keeping_finished_trials_and_retrying_the_interru
     finished_result = sweep_dir / "trial-000" / "result.json"
     finished_at = finished_result.stat().st_mtime
 
-    sweep = run_sweep(make_plan(args), data, sweep_dir)
+    sweep = run_sweep(make_plan(args), data, sweep_dir).to_dict()
 
     assert [t["number"] for t in sweep["trials"]] == [0, 2, 3]  # trial 1 replaced by its retry, 3 in all
     assert all(t["status"] == "completed" for t in sweep["trials"])
@@ -196,7 +199,7 @@ def test_a_killed_sweep_resumes_keeping_finished_trials_and_retrying_the_interru
     assert sweep["trials"][0]["params"] == before[0].user_attrs["params"]
     assert len({t["params"]["learning_rate"] for t in sweep["trials"]}) == 3  # the resumed sampler does not replay
 
-    again = run_sweep(make_plan(args), data, sweep_dir)  # a finished sweep reruns nothing
+    again = run_sweep(make_plan(args), data, sweep_dir).to_dict()  # a finished sweep reruns nothing
     assert [t["number"] for t in again["trials"]] == [0, 2, 3]
 
 

@@ -2,6 +2,7 @@
 reported by the CLI as one line with exit code 2; sampled values follow AML's definitions."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 
@@ -10,11 +11,11 @@ from omegaconf import OmegaConf
 
 from finetune import cli
 from finetune.errors import UserError
-from finetune.plan import CHECKS, build_plan
+from finetune.model_files import model_config_names
+from finetune.planning import CHECKS, build_plan
 from finetune.search.space import (
     distribution_from_override,
     latent_distribution,
-    model_config_names,
     value_from_latent,
 )
 from finetune.search.validation import check_search
@@ -132,10 +133,10 @@ def test_every_shipped_search_option_validates_and_check_search_is_a_plan_check(
 
 
 def test_every_training_hyperparameter_is_searchable_and_so_are_model_configs():
-    from finetune.plan import HYPERPARAMETERS as TRAINING_ARGUMENTS
     from finetune.search.space import SEARCHABLE
+    from finetune.spec import Hyperparameters
 
-    assert set(SEARCHABLE) == set(TRAINING_ARGUMENTS) | {"model"}
+    assert set(SEARCHABLE) == {item.name for item in dataclasses.fields(Hyperparameters)} | {"model"}
     assert {"minilm-l6", "bert-base-cased"} <= set(model_config_names())
 
 

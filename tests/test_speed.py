@@ -15,15 +15,17 @@ import pytest
 from finetune import speed
 from finetune.config import ComputeConfig, TrainConfig
 from finetune.speed import Hardware, decide
-from finetune.train import TrainArgs, parse_args
+from finetune.errors import UserError
+from finetune.spec import TrainArgs, parse_args, to_argv
+from finetune.training_process import launch_command
 
 REPO = Path(__file__).resolve().parent.parent
-H200 = Hardware(kind="cuda", name="NVIDIA H200", capability=(9, 0), native_bf16=True, free_cores=16)
-A100 = Hardware(kind="cuda", name="NVIDIA A100-SXM4-80GB", capability=(8, 0), native_bf16=True, free_cores=8)
-T4 = Hardware(kind="cuda", name="Tesla T4", capability=(7, 5), native_bf16=False, free_cores=4)
-L4 = Hardware(kind="cuda", name="NVIDIA L4", capability=(8, 9), native_bf16=True, free_cores=4)
-CPU = Hardware(kind="cpu", name="Xeon", native_bf16=False, free_cores=2)
-CPU_AMX = Hardware(kind="cpu", name="Xeon Sapphire Rapids", native_bf16=True, free_cores=8)
+H200 = Hardware(device="cuda", name="NVIDIA H200", capability=(9, 0), native_bf16=True, free_cores=16)
+A100 = Hardware(device="cuda", name="NVIDIA A100-SXM4-80GB", capability=(8, 0), native_bf16=True, free_cores=8)
+T4 = Hardware(device="cuda", name="Tesla T4", capability=(7, 5), native_bf16=False, free_cores=4)
+L4 = Hardware(device="cuda", name="NVIDIA L4", capability=(8, 9), native_bf16=True, free_cores=4)
+CPU = Hardware(device="cpu", name="Xeon", native_bf16=False, free_cores=2)
+CPU_AMX = Hardware(device="cpu", name="Xeon Sapphire Rapids", native_bf16=True, free_cores=8)
 
 
 def args(**overrides) -> TrainArgs:
@@ -68,7 +70,7 @@ def test_cpu_defaults_fp32_without_native_bf16_and_bf16_with_it():
     assert decide(args(), CPU_AMX).precision == "bf16"
     assert decide(args(num_threads=1), CPU).threads == 1
     assert "emulated" in decide(args(precision="bf16"), CPU).notes[0]
-    with pytest.raises(SystemExit, match="fp16 needs a GPU"):
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
         decide(args(precision="fp16"), CPU)
 
 
@@ -115,47 +117,47 @@ def test_auto_batch_on_a_gpu_is_the_largest_that_fits_with_the_learning_rate_sca
     small_data = speed.plan_batch(args(auto_batch_size=True, batch_size=16), decide(args(), H200), model=None,
                                   train_rows=2088)
     assert small_data.batch_size == 32 and probed[-1] == 32  # capped by steps per epoch, probed from the cap
-    with pytest.raises(SystemExit, match="does not fit"):
+    with pytest.raises(UserError, match="does not fit"):
         speed.largest_batch(lambda batch: False, 8)
 
 
 def test_launch_command_uses_accelerate_for_several_gpus():
     argv = ["--train-file", "t.csv", "--output-dir", "out"]
-    assert speed.launch_command(argv, gpus=1, python="py") == ["py", "-m", "finetune.train", *argv]
-    command = speed.launch_command(argv, gpus=4, python="py")
+    assert launch_command(argv, gpus=1, python="py") == ["py", "-m", "finetune.train", *argv]
+    command = launch_command(argv, gpus=4, python="py")
     assert command[:3] == ["py", "-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
     assert command[command.index("-m", 3):] == ["-m", "finetune.train", *argv]
 
 
-def test_config_flags_parse_into_train_args():
-    compute = ComputeConfig(precision="bf16", torch_compile="off", pad_to_multiple_of=16, max_batch_size=64,
-                            lr_scaling="linear", tf32=False)
-    train = TrainConfig(checkpoint_every_steps=25, telemetry_interval_s=2.0)
-    required = ["--train-file", "t", "--val-file", "v", "--labels-file", "l", "--model", "m", "--output-dir", "o"]
-    parsed = parse_args(required + speed.train_flags(compute, train))
-    assert (parsed.precision, parsed.torch_compile, parsed.pad_to_multiple_of) == ("bf16", "off", 16)
-    assert (parsed.max_batch_size, parsed.lr_scaling, parsed.tf32, parsed.auto_batch_size) == (64, "linear", False, True)
-    assert (parsed.checkpoint_every_steps, parsed.telemetry_interval_s, parsed.dataloader_workers) == (25, 2.0, -1)
-    assert parse_args(required + speed.train_flags(compute, train, auto_batch_size=False)).auto_batch_size is False
+def test_train_args_round_trip_through_the_command_line():
+    sent = args(precision="bf16", torch_compile="off", pad_to_multiple_of=16, max_batch_size=64, lr_scaling="linear",
+                tf32=False, checkpoint_every_steps=25, telemetry_interval_s=2.0, auto_batch_size=False,
+                early_stopping_patience=3, trial_number=4, learning_rate=3e-5)
+    parsed = parse_args(to_argv(sent))
+    assert parsed == sent
+    assert (parsed.precision, parsed.tf32, parsed.auto_batch_size, parsed.trial_number) == ("bf16", False, False, 4)
 
 
-def test_check_compute_names_bad_settings():
-    class Plan:
-        compute = ComputeConfig(precision="fp8", device="cpu", gpus=2, max_batch_size=0, lr_scaling="cubic")
-        train = TrainConfig(checkpoint_every_steps=-1, telemetry_interval_s=0)
+def test_check_compute_names_bad_settings(tmp_path):
+    from finetune import cli
+    from finetune.planning import build_plan
 
-    problems = "\n".join(speed.check_compute(Plan))
+    overrides = [f"output_root={tmp_path}", "compute.precision=fp8", "compute.device=cpu", "compute.gpus=2",
+                 "compute.max_batch_size=0", "compute.lr_scaling=cubic", "train.checkpoint_every_steps=-1",
+                 "train.telemetry_interval_s=0"]
+    with pytest.raises(UserError) as raised:
+        build_plan(cli.compose(overrides, {}), overrides, "t")
     for fragment in ("compute.precision=fp8", "compute.lr_scaling=cubic", "compute.max_batch_size=0",
                      "compute.gpus=2 with compute.device=cpu", "train.checkpoint_every_steps=-1",
                      "train.telemetry_interval_s=0"):
-        assert fragment in problems
+        assert fragment in str(raised.value)
     assert speed.check_compute(type("Plan", (), {"compute": ComputeConfig(), "train": TrainConfig()})) == []
 
 
 def test_detect_on_this_machine():
     hardware = speed.detect("cpu")
-    assert hardware.kind == "cpu" and hardware.free_cores >= 1
+    assert hardware.device == "cpu" and hardware.free_cores >= 1
     assert isinstance(speed.cpu_has_native_bf16(), bool)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from finetune.config import DatasetConfig, ModelConfig
 from finetune.data import prepare
-from finetune.plan import package_model_dir
+from finetune.model_files import package_model_dir
 from finetune.train import main as train_main
 
 BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.train import COMPLETE_MARKER, RESUME_FILE, main, mark_complete, newest_complete_checkpoint
+from finetune.checkpoints import COMPLETE_MARKER, RESUME_FILE, mark_complete, newest_complete_checkpoint
+from finetune.train import main
 
 
 def test_newest_complete_checkpoint_skips_and_deletes_incomplete_ones(tmp_path):

@@ -8,55 +8,26 @@ an interrupted run still shows what it finished.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from finetune import locks, processes
 from finetune.errors import UserError
-from finetune.plan import RunPlan, train_command_args
-
-SCHEMA_VERSION = 1
-
-
-class Summary:
-    """summary.json, written atomically after each stage."""
-
-    def __init__(self, plan: RunPlan):
-        self.path = Path(plan.run_dir) / "summary.json"
-        self.data: dict = {
-            "schema_version": SCHEMA_VERSION,
-            "run": {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages},
-            "candidates": {},
-        }
-        self.started = time.time()
-
-    def __setitem__(self, key, value) -> None:
-        self.data[key] = value
-        self.save()
-
-    def __getitem__(self, key):
-        return self.data[key]
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(tmp, self.path)
-
-    def finish(self) -> None:
-        self.data["run"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.data["run"]["duration_s"] = round(time.time() - self.started, 1)
-        self.save()
+from finetune.metrics import unprefixed
+from finetune.plan import RunPlan
+from finetune.results import Candidate, RunSummary, SelectionResult, TrainingResult
+from finetune.select import FINETUNED
 
 
-def check_local(plan: RunPlan) -> list[str]:
+def auto_choices(cfg) -> dict:
+    return {"automl": "local", "endpoint": "local"}
+
+
+def check(plan: RunPlan) -> list[str]:
     """What this launcher cannot run: the AML-only AutoML and endpoint kinds, a bad local endpoint."""
-    if plan.launcher != "local":
-        return []
     problems = []
     if plan.automl.kind == "text_classification":
         problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
@@ -71,10 +42,42 @@ def check_local(plan: RunPlan) -> list[str]:
         problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
                         "use endpoint=local or endpoint=none")
     elif plan.endpoint.kind in ("local", "auto"):
-        from finetune.serve.endpoint import check_config
-
-        problems += check_config(plan.endpoint)
+        problems += check_endpoint(plan.endpoint)
     return problems
+
+
+def check_endpoint(endpoint_cfg) -> list[str]:
+    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
+    from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
+    from finetune.serve.rollout import RolloutError, check_ramp
+
+    problems = []
+    if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
+        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
+                        "letter (it becomes a folder under <output_root>/endpoints)")
+    if endpoint_cfg.auth_mode != "key":
+        problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
+                        "use endpoint.auth_mode=key")
+    if not endpoint_cfg.host:
+        problems.append("endpoint.host='': set the router's address, e.g. endpoint.host=127.0.0.1")
+    elif endpoint_cfg.host not in LOOPBACK_HOSTS and not endpoint_cfg.allow_remote:
+        problems.append(f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
+                        "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1")
+    try:
+        check_ramp(endpoint_cfg.ramp)
+    except (RolloutError, TypeError, ValueError) as error:
+        problems.append(f"endpoint.ramp={list(endpoint_cfg.ramp)}: {error}")
+    return problems
+
+
+def resolve(plan: RunPlan) -> RunPlan:
+    """Nothing is left for this launcher to decide."""
+    return plan
+
+
+def separate(plans: list) -> list:
+    """Local runs of one multirun already differ in run folder; they share the model registry on purpose."""
+    return plans
 
 
 def stage(number: int, total: int, name: str, detail: str = "") -> None:
@@ -101,7 +104,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
     # instead of in ./mlruns of whatever directory the command ran from.
     registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
-    summary = Summary(plan)
+    summary = RunSummary(plan)
     total, step = len(plan.stages) + 1, 0
 
     def next_stage(name: str, detail: str = "") -> None:
@@ -113,7 +116,8 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
 
     next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
     data = prepare(plan.dataset, run_dir / "data")
-    summary["data"] = data.to_dict()
+    summary.data = data
+    summary.save()
     print(f"{data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
     from finetune.select import check_production_labels
@@ -129,7 +133,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
 
     tags = tracking.run_tags(plan, data)
     parent = tracking.start_pipeline_run(plan, tags)
-    summary["run"]["mlflow_run_id"] = parent
+    summary.run["mlflow_run_id"] = parent
     try:
         result = _stages(plan, summary, data, next_stage, (parent, tags), held)
     except BaseException as error:
@@ -140,54 +144,111 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     return result
 
 
-def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tuple[str, dict],
+def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: tuple[str, dict],
             held: contextlib.ExitStack) -> dict:
     """Every stage after the data: the pipeline run is open while these run."""
-    from finetune import registry, tracking
-
-    tags = pipeline_run[1]
     run_dir = Path(plan.run_dir)
-    candidates = summary["candidates"]
-    if "search" in plan.stages:
-        from finetune.search import run_sweep
-
-        next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
-                             f"up to {plan.search.limits.max_total_trials} trials")
-        sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
-        summary["sweep"] = sweep
-        best = sweep.get("best")
-        if not best:
-            raise UserError("the sweep finished without a successful trial; see the trial table above and the "
-                            f"logs under {run_dir / 'sweep'}")
-        candidates["finetuned"] = {"kind": "hf", "path": best["model_dir"], "val": best.get("val", {}),
-                                   "source": f"sweep trial {best['trial']}", "params": best.get("params", {}),
-                                   "result_file": best.get("result_file")}
-    else:
-        next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
-        result = train_once(plan, data.directory, run_dir / "train", pipeline_run)
-        candidates["finetuned"] = {"kind": "hf", "path": result["model_dir"], "val": result.get("val", {}),
-                                   "source": "single run", "result_file": str(run_dir / "train" / "result.json")}
-    kept = json.loads(Path(candidates["finetuned"]["result_file"]).read_text())
-    summary["training"] = {"throughput": kept.get("throughput", {}), "runtime": kept.get("runtime", {}),
-                           "hyperparameters": kept.get("hyperparameters", {}), "base_model": tags["base_model"]}
+    training = _train_or_sweep(plan, summary, data, next_stage, pipeline_run)
+    summary.training = training.section(pipeline_run[1]["base_model"])
+    summary.save()
 
     if "export" in plan.stages:
         from finetune.export import export_candidate
 
         next_stage("export", f"the fine-tuned model for the {plan.endpoint.runtime} runtime")
-        trained = candidates["finetuned"]["path"]
+        trained = summary.candidates[FINETUNED]
         # Selection tests (and the registry keeps) the exported model: the metrics are those of what serves.
-        candidates["finetuned"].update(trained_path=trained, runtime=plan.endpoint.runtime,
-                                       path=str(export_candidate(trained, plan.endpoint.runtime, run_dir / "export")))
+        summary.candidates[FINETUNED] = dataclasses.replace(
+            trained, trained_path=trained.path, runtime=plan.endpoint.runtime,
+            path=str(export_candidate(trained.path, plan.endpoint.runtime, run_dir / "export")))
         summary.save()
-        print(f"exported to {candidates['finetuned']['path']}")
+        print(f"exported to {summary.candidates[FINETUNED].path}")
 
     if "automl" in plan.stages:
         from finetune.automl import run_automl
 
         next_stage("automl", f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)")
-        candidates["automl"] = run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights)
+        summary.candidates["automl"] = Candidate.from_dict(
+            run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights))
         summary.save()
+
+    model_registry, outcome = _select(plan, summary, data, next_stage, pipeline_run, held)
+    # The training run's MLflow test figures are the selection's: one test evaluation, recorded everywhere.
+    log_test_metrics(plan, training, outcome.selection.test(FINETUNED))
+
+    next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
+    registration = outcome.registration
+    if registration.version is not None:
+        print(f"registered {registration.name} version {registration.version}"
+              + (" (already registered: same artifacts)" if registration.existing else ""))
+        summary.selection = _recheck(plan, data, outcome.selection, registration.version,
+                                     run_dir / "select" / "recheck")
+        if not summary.selection.promotable:
+            registration = dataclasses.replace(registration, promoted=False, reason=summary.selection.reason)
+    else:
+        print(f"kept the current production model: {outcome.selection.reason}")
+    summary.registration = registration
+    summary.save()
+    if "deploy" in plan.stages:
+        next_stage("deploy", f"local endpoint '{plan.endpoint.name}' (blue/green rollout)")
+        if not registration.registered:
+            print("nothing new to deploy")
+        else:
+            from finetune.serve import deploy_local
+
+            rollout = deploy_local(plan.endpoint, Path(plan.run_dir).parent / "endpoints", registration.model_ref,
+                                   registration.sample_request, keep_running=False)
+            summary.rollout = rollout
+            summary.save()
+            print(f"deployed {registration.name} version {registration.version} as '{rollout['deployment']}' "
+                  f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
+                  + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
+            model_registry.promote(registration.version)
+    elif registration.registered:
+        model_registry.promote(registration.version)
+    held.close()
+
+    next_stage("report")
+    from finetune.report import write_report
+
+    summary.finish()  # before the report, so the report shows the finish time and duration
+    report = write_report(run_dir, summary.to_dict())
+    summary.figures = [str(path) for path in report.figures]
+    summary.save()
+    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
+          f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")
+    return summary.to_dict()
+
+
+def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run) -> TrainingResult:
+    """The fine-tuned candidate: one training, or a sweep's best trial; returns the kept training's result."""
+    run_dir = Path(plan.run_dir)
+    if "search" not in plan.stages:
+        next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
+        result = train_once(plan, data.directory, run_dir / "train", pipeline_run)
+        summary.candidates[FINETUNED] = Candidate(kind="hf", path=result.model_dir, val=result.val,
+                                                  source="single run", result_file=result.result_file)
+        return result
+    from finetune.search import run_sweep
+
+    next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
+                         f"up to {plan.search.limits.max_total_trials} trials")
+    sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
+    summary.sweep = sweep
+    summary.save()
+    best = sweep.best
+    if not best:
+        raise UserError("the sweep finished without a successful trial; see the trial table above and the "
+                        f"logs under {run_dir / 'sweep'}")
+    summary.candidates[FINETUNED] = Candidate(kind="hf", path=best["model_dir"], val=best.get("val", {}),
+                                              source=f"sweep trial {best['trial']}", params=best.get("params", {}),
+                                              result_file=best.get("result_file"))
+    return sweep.best_training
+
+
+def _select(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run, held: contextlib.ExitStack):
+    """Test every candidate and production on the test split and register the winner (one rule, both launchers)."""
+    from finetune import registry, tracking
 
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
     # From comparing with production to moving its alias, one run at a time: concurrent runs on one store
@@ -195,69 +256,24 @@ def _stages(plan: RunPlan, summary: Summary, data, next_stage, pipeline_run: tup
     held.enter_context(locks.promotion(plan.tracking.uri, plan.select.registered_model_name, plan.name))
     model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
                                              plan.tracking.experiment, run_id=pipeline_run[0])
+    candidates = summary.candidates
     outcome = registry.select_and_register(
-        model_registry, {name: candidate["path"] for name, candidate in candidates.items()}, data.test_path,
-        list(data.labels), plan.select, summary["data"], plan.to_dict(),
-        registry.sample_request(data.test_path), run_dir / "select",
-        sources={name: candidate.get("source") for name, candidate in candidates.items()},
+        model_registry, {name: candidate.path for name, candidate in candidates.items()}, data.test_path,
+        list(data.labels), plan.select, data.to_dict(), plan.to_dict(),
+        registry.sample_request(data.test_path), Path(plan.run_dir) / "select",
+        sources={name: candidate.source for name, candidate in candidates.items()},
         commit=registry.git_commit(), val_csv=data.val_path)
-    production = outcome["production"]
+    production = outcome.production
     if production is not None:
-        candidates["production"] = {"kind": "production", "path": str(production.path),
-                                    "source": f"{production.name} version {production.version} (in production)"}
-    selection = outcome["selection"]
-    summary["selection"] = selection
-    tracking.log_selection(plan.tracking.uri, pipeline_run[0], selection)
-    decisions = {row["candidate"]: row.get("decision") for row in selection["table"]}
-    for name, metrics in selection["test"].items():
-        candidates[name].update(test=metrics, decision=decisions[name])
-    # The training run's MLflow test figures are the selection's: one test evaluation, recorded everywhere.
-    log_test_metrics(plan, candidates["finetuned"], selection["test"].get("finetuned"))
+        candidates["production"] = Candidate(kind="production", path=str(production.path),
+                                             source=f"{production.name} version {production.version} (in production)")
+    summary.selection = outcome.selection
     summary.save()
-
-    next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
-    registered = outcome["registry"] if selection["decision"] == "register" else None
-    if registered is not None:
-        summary["registry"] = {**registered, "model_ref": registered["model_ref"].to_dict()}
-        print(f"registered {registered['name']} version {registered['version']}"
-              + (" (already registered: same artifacts)" if registered.get("existing") else ""))
-    else:
-        summary["registry"] = outcome["registry"]
-        print(f"kept the current production model: {selection['reason']}")
-
-    if registered is not None and not _still_wins(plan, data, selection, registered, run_dir / "select" / "recheck"):
-        summary["registry"] = {**summary["registry"], "promoted": False, "reason": selection["reason"]}
-        registered = None
-    if "deploy" in plan.stages:
-        next_stage("deploy", f"local endpoint '{plan.endpoint.name}' (blue/green rollout)")
-        if registered is None:
-            print("nothing new to deploy")
-        else:
-            from finetune.serve import deploy_local
-
-            rollout = deploy_local(plan.endpoint, Path(plan.run_dir).parent / "endpoints", registered["model_ref"],
-                                   registered["sample_request"], keep_running=False)
-            summary["rollout"] = rollout
-            print(f"deployed {registered['name']} version {registered['version']} as '{rollout['deployment']}' "
-                  f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
-                  + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
-            model_registry.promote(registered["version"])
-    elif registered is not None:
-        model_registry.promote(registered["version"])
-    held.close()
-
-    next_stage("report")
-    from finetune.report import write_report
-
-    summary.finish()  # before the report, so the report shows the finish time and duration
-    report = write_report(run_dir, summary.data)
-    summary.save()
-    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
-          f"report:        {report} (one page: {report.with_suffix('.html').name})")
-    return summary.data
+    tracking.log_selection(plan.tracking.uri, pipeline_run[0], outcome.selection.to_dict())
+    return model_registry, outcome
 
 
-def _still_wins(plan: RunPlan, data, selection: dict, registered: dict, out_dir: Path) -> bool:
+def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_dir: Path) -> SelectionResult:
     """Re-apply the selection rule if production moved since selection compared with it.
 
     The promotion lock keeps finetune runs on this machine from moving it; anything else that can reach the
@@ -267,28 +283,24 @@ def _still_wins(plan: RunPlan, data, selection: dict, registered: dict, out_dir:
 
     name, uri = plan.select.registered_model_name, plan.tracking.uri
     current = registry.production_version(registry._client(uri), name)
-    compared = (selection.get("production_version") or {}).get("version")
-    if current is None or current in (compared, registered["version"]):
-        return True
+    compared = (selection.section.get("production_version") or {}).get("version")
+    if current is None or current in (compared, version):
+        return selection
     production = registry.resolve(name, current, uri, out_dir)
     print(f"production moved to version {current} since selection; comparing again", flush=True)
     results = select.evaluate({"production": production.path}, data.test_path, list(data.labels))
-    winner = selection["winner"]
-    kind = next(row["kind"] for row in selection["table"] if row["candidate"] == winner)
-    results[winner] = {"kind": kind, "test": selection["test"][winner]}
-    verdict = select.choose(results, plan.select.metric, plan.select.margin, "production")
-    selection["recheck"] = {"production_version": current, "decision": verdict["decision"], "reason": verdict["reason"]}
-    if verdict["decision"] != "register":
-        selection["reason"] = f"production moved to version {current} before promotion: {verdict['reason']}"
-        print(f"not promoted: {selection['reason']}", flush=True)
-        return False
-    return True
+    winner = selection.winner
+    results[winner] = {"kind": selection.kind(winner), "test": selection.test(winner)}
+    rechecked = selection.overruled(current, select.choose(results, plan.select.metric, plan.select.margin,
+                                                           "production"))
+    if not rechecked.promotable:
+        print(f"not promoted: {rechecked.reason}", flush=True)
+    return rechecked
 
 
-def log_test_metrics(plan: RunPlan, candidate: dict, test: dict | None) -> None:
-    """Log ``test_<metric>`` (selection's figures) to the MLflow run that trained ``candidate``."""
-    result_file = candidate.get("result_file")
-    run_id = json.loads(Path(result_file).read_text()).get("mlflow_run_id") if result_file else None
+def log_test_metrics(plan: RunPlan, training: TrainingResult, test: dict | None) -> None:
+    """Log ``test_<metric>`` (selection's figures) to the MLflow run of ``training``."""
+    run_id = training.mlflow_run_id
     if not run_id or not test:
         return
     import math
@@ -302,21 +314,20 @@ def log_test_metrics(plan: RunPlan, candidate: dict, test: dict | None) -> None:
     MlflowClient(tracking_uri=plan.tracking.uri).log_batch(run_id, metrics=metrics)
 
 
-def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tuple[str, dict]) -> dict:
+def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tuple[str, dict]) -> TrainingResult:
     """One training run through the training entry point, in a subprocess as on AML."""
-    from finetune.speed import launch_command
+    from finetune.spec import to_argv
     from finetune.tracking import child_args, model_id
+    from finetune.training_process import launch_command, train_args
 
-    command = launch_command([*train_command_args(plan, str(data_dir), str(output_dir)),
-                              "--run-name", f"{plan.name}-train",
-                              *child_args(*pipeline_run, model_id(plan.model))], plan.compute.gpus)
+    args = dataclasses.replace(train_args(plan, str(data_dir), str(output_dir)), run_name=f"{plan.name}-train")
+    command = launch_command([*to_argv(args), *child_args(*pipeline_run, model_id(plan.model))], plan.compute.gpus)
     returncode = processes.run(command)
     result_file = output_dir / "result.json"
     if returncode != 0 or not result_file.exists():
         raise UserError(f"training failed (exit code {returncode}); its output is above, "
                         f"command: {' '.join(command)}")
-    result = json.loads(result_file.read_text())
+    result = TrainingResult.read(result_file)
     metric = plan.search.primary_metric
-    print(f"trained in {result['duration_s']:.0f} s: {metric} "
-          f"{result.get('val', {}).get(metric[len('val_'):], float('nan')):.4f}")
+    print(f"trained in {result.duration_s:.0f} s: {metric} {result.val.get(unprefixed(metric), float('nan')):.4f}")
     return result

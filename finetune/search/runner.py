@@ -26,23 +26,24 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import optuna
 from optuna.trial import TrialState
 
-from finetune.config import ModelConfig
-from finetune.errors import UserError
-from finetune.plan import RunPlan, package_model_dir, train_command_args
-from finetune.processes import die_with_parent
-from finetune.search.pruners import RETRY_OF, build_pruner, curve, replaced
-from finetune.search.reporting import open_storage
+from finetune import processes
+from finetune.metrics import unprefixed
+from finetune.model_files import model_config, model_location
+from finetune.plan import RunPlan
+from finetune.results import SweepResult, TrainingResult
+from finetune.search.pruners import curve, replaced
+from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
+from finetune.spec import to_argv
+from finetune.training_process import launch_command, train_args
 
 STUDY_FILE = "study.db"
 PROGRESS_FILE = "progress.json"
@@ -67,8 +68,8 @@ class _Job:
     timed_out: bool = False
 
 
-def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple] = None) -> dict:
-    """Run (or resume) the plan's sweep in `sweep_dir`; returns the ``sweep`` section of summary.json.
+def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple] = None) -> SweepResult:
+    """Run (or resume) the plan's sweep in `sweep_dir`; its ``to_dict()`` is the ``sweep`` section of summary.json.
 
     `data` is a ``finetune.data.PreparedData``. The best trial's model stays in its trial folder; the
     other trials' models are removed unless ``search.keep_trial_models``. ``pipeline_run`` (run id, tags)
@@ -79,12 +80,12 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     sweep_dir = Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage_url = f"sqlite:///{sweep_dir / STUDY_FILE}"
-    study = _open_study(plan, storage_url, sweep_dir)
-    retried = _retry_interrupted(study, sweep_dir)
+    study = open_study(plan, storage_url, sweep_dir)
+    retried = retry_interrupted(study, sweep_dir)
     wall_before = study.user_attrs.get("wall_seconds", 0.0)
     total = limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials,
                                                                           grid_size(search.space))
-    budget = total - len(_counted(study))
+    budget = total - len(counted(study))
     if wall_before or retried:
         print(f"resuming the sweep in {sweep_dir}: {total - budget} trial(s) done"
               + (f", retrying interrupted trial(s) {', '.join(map(str, retried))}" if retried else ""), flush=True)
@@ -133,89 +134,6 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     return _summarise(study, plan, sweep_dir, wall)
 
 
-# ------------------------------------------------------------------------------------------------ study
-
-
-def _fingerprint(plan: RunPlan) -> dict:
-    """What makes two sweeps the same sweep (limits may change between resumes; these may not)."""
-    search = plan.search
-    return json.loads(json.dumps({
-        "sampling": search.sampling, "seed": search.seed, "space": search.space,
-        "policy": dataclasses.asdict(search.policy), "primary_metric": search.primary_metric, "goal": search.goal,
-        "model": plan.model.path or plan.model.hub_id,
-    }, sort_keys=True))
-
-
-def _open_study(plan: RunPlan, storage_url: str, sweep_dir: Path):
-    search = plan.search
-    storage = open_storage(storage_url)
-    try:
-        study_id = storage.get_study_id_from_name(plan.name)
-        earlier = len(storage.get_all_trials(study_id, deepcopy=False))
-        recorded = storage.get_study_user_attrs(study_id).get("fingerprint")
-    except KeyError:
-        earlier, recorded = 0, None
-    fingerprint = _fingerprint(plan)
-    if recorded is not None and recorded != fingerprint:
-        changed = sorted(k for k in fingerprint if fingerprint[k] != recorded.get(k))
-        raise UserError(f"{sweep_dir}: holds a sweep with another {', '.join(changed)}; resume it with the same "
-                        "search config, or use another run_name (or delete that folder) for a new sweep")
-    study = optuna.create_study(storage=storage, study_name=plan.name, direction=search.goal,
-                                sampler=_sampler(plan, search.seed + earlier),
-                                pruner=build_pruner(search.policy, search.goal), load_if_exists=True)
-    if recorded is None:
-        study.set_user_attr("fingerprint", fingerprint)
-        study.set_user_attr("policy", dataclasses.asdict(search.policy))
-        study.set_user_attr("primary_metric", search.primary_metric)
-        study.set_user_attr("goal", search.goal)
-    return study
-
-
-def _sampler(plan: RunPlan, seed: int):
-    search = plan.search
-    if search.sampling == "grid":
-        return _AskTellGridSampler({name: list(dist["values"]) for name, dist in search.space.items()}, seed=seed)
-    if search.sampling == "bayesian":
-        # TPE samples at random until n_startup_trials finished; optuna's 10 would make a small sweep random.
-        startup = max(2, min(10, search.limits.max_total_trials // 2))
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-class _AskTellGridSampler(optuna.samplers.GridSampler):
-    """optuna's GridSampler calls ``study.stop()`` after the last grid point, which raises outside
-    ``study.optimize``; the runner caps a grid sweep at the grid's size itself."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
-
-
-def _counted(study) -> list:
-    """Finished trials that count against max_total_trials (an interrupted trial's retry counts instead)."""
-    trials = study.get_trials(deepcopy=False)
-    skip = replaced(trials)
-    return [t for t in trials if t.state.is_finished() and t.number not in skip]
-
-
-def _retry_interrupted(study, sweep_dir: Path) -> List[int]:
-    """Trials RUNNING in storage belonged to a sweep process that died: fail them, enqueue their params.
-
-    The retry trains from scratch in its own folder (its reports must start at interval 1), so the
-    interrupted trial's checkpoints and model are only disk to free; its log stays.
-    """
-    interrupted = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in interrupted:
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
-        for folder in ("checkpoints", "model"):
-            shutil.rmtree(_trial_dir(sweep_dir, trial.number) / folder, ignore_errors=True)
-    return [t.number for t in interrupted]
-
-
-def _trial_dir(sweep_dir: Path, number: int) -> Path:
-    return sweep_dir / f"trial-{number:03d}"
-
-
 # ------------------------------------------------------------------------------------------------ trials
 
 
@@ -249,36 +167,24 @@ def _gpu_ids(device: str) -> List[str]:
     return (visible or [str(i) for i in range(count)])[:count]
 
 
-def _model_path(name: str) -> str:
-    """Where the model config conf/model/<name>.yaml points (path, packaged folder or hub id), without Hydra."""
-    import yaml
-
-    text = resources.files("finetune.conf").joinpath("model", f"{name}.yaml").read_text()
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = ModelConfig(**{k: v for k, v in yaml.safe_load(text).items() if k in fields})
-    if model.path:
-        return str(Path(model.path).expanduser())
-    folder = package_model_dir(model) if model.source == "package" else None
-    return str(folder) if folder else model.hub_id
-
-
 def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
             pipeline_run: Optional[tuple] = None) -> _Job:
     space = plan.search.space
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
     params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
     trial.set_user_attr("params", params)
-    directory = _trial_dir(sweep_dir, trial.number)
+    directory = trial_dir(sweep_dir, trial.number)
     # A folder left by an earlier study in this place would make training resume its checkpoint.
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     trial_plan = dataclasses.replace(plan, compute=dataclasses.replace(plan.compute, num_threads=slot.threads))
     hyperparameters = {k: v for k, v in params.items() if k != "model"}
-    args = train_command_args(trial_plan, data_dir, str(directory), hyperparameters,
-                              _model_path(params["model"]) if "model" in params else None)
-    args += ["--run-name", f"{plan.name}-trial-{trial.number}", "--trial-storage", storage_url,
-             "--study-name", study.study_name, "--trial-number", str(trial.number), "--progress", "false",
-             "--progress-file", str(directory / PROGRESS_FILE)]
+    trial_args = dataclasses.replace(
+        train_args(trial_plan, data_dir, str(directory), hyperparameters,
+                   model_location(model_config(params["model"])) if "model" in params else None),
+        run_name=f"{plan.name}-trial-{trial.number}", trial_storage=storage_url, study_name=study.study_name,
+        trial_number=trial.number, progress=False, progress_file=str(directory / PROGRESS_FILE))
+    args = to_argv(trial_args)
     if pipeline_run:
         from finetune.tracking import child_args, model_id
 
@@ -288,8 +194,8 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
     log = directory / "train.log"
     with open(log, "wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "finetune.train", *args], stdout=handle,
-                                   stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent(os.getpid()))
+        # One GPU (or none) per trial: the plain command, never accelerate.
+        process = processes.start(launch_command(args), stdout=handle, stderr=subprocess.STDOUT, env=env)
     return _Job(trial, slot, process, directory, log, time.time())
 
 
@@ -318,7 +224,7 @@ def _finish(study, job: _Job, plan: RunPlan):
         trial.set_user_attr("steps", result.get("steps"))
         if result.get("model_dir"):
             trial.set_user_attr("model_dir", result["model_dir"])
-    metric = plan.search.primary_metric[len("val_"):]
+    metric = unprefixed(plan.search.primary_metric)
     value = (result or {}).get("val", {}).get(metric)
     code = job.process.returncode
     if job.timed_out:
@@ -395,7 +301,7 @@ def _best(records: List[dict], goal: str) -> Optional[dict]:
     return None
 
 
-def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
+def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> SweepResult:
     search = plan.search
     trials = study.get_trials(deepcopy=False)
     skip = replaced(trials)
@@ -406,11 +312,11 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
             if record is not best and record["model_dir"]:
                 shutil.rmtree(record["model_dir"], ignore_errors=True)
     print(trials_table(records, search.primary_metric), flush=True)
-    best_section = None
+    best_section, best_training = None, None
     if best is not None:
-        result = _read_json(Path(best["result_file"])) or {}
+        best_training = TrainingResult.read(best["result_file"])
         best_section = {"trial": best["number"], "params": best["params"], "value": best["best_value"],
-                        "model_dir": best["model_dir"], "val": result.get("val", {}), "result_file": best["result_file"]}
+                        "model_dir": best["model_dir"], "val": best_training.val, "result_file": best["result_file"]}
         print(f"best: trial {best['number']} {search.primary_metric}={best['best_value']:.4f} -> {best['model_dir']}",
               flush=True)
     sweep = {
@@ -427,7 +333,7 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> dict:
         },
     }
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep, indent=2))
-    return sweep
+    return SweepResult(sweep, best_training)
 
 
 def _format_params(params: dict) -> str:

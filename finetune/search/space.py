@@ -17,18 +17,19 @@ Sweep grammar -> distribution (parsed with Hydra's own override objects, never w
 The normal family has no sweep form (an interval has no mean); give it as a dict override, with Hydra's
 ``+`` for a dimension the search file lacks: ``'+search.space.weight_decay={type:normal,mu:0.01,sigma:0.002}'``.
 
-This module is imported while a plan is validated, so it loads only the standard library; optuna is
-imported inside the functions that sample.
+This module is imported while a plan is validated, so it loads only the standard library (and the training
+contract, :mod:`finetune.spec`, which declares what is searchable and its legal values); optuna is imported
+inside the functions that sample.
 """
 from __future__ import annotations
 
 import math
-from importlib import resources
 from numbers import Real
 from statistics import NormalDist
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from finetune.errors import UserError
+from finetune.spec import Hyperparameters, is_integer, legal_range, searchable
 
 # Keys of each distribution, in AML's vocabulary.
 DISTRIBUTIONS: Dict[str, Tuple[str, ...]] = {
@@ -44,29 +45,9 @@ DISTRIBUTIONS: Dict[str, Tuple[str, ...]] = {
     "qlognormal": ("mu", "sigma", "q"),
 }
 
-# Searchable hyperparameter -> (integer-valued, legal-value test, the test in words). `model` is special:
-# a choice of model config names (conf/model/<name>.yaml).
-_POSITIVE = (lambda v: v > 0, "> 0")
-_UNIT = (lambda v: 0 <= v < 1, "in [0, 1)")
-HYPERPARAMETERS: Dict[str, Tuple[bool, Callable[[float], bool], str]] = {
-    "learning_rate": (False, *_POSITIVE),
-    "batch_size": (True, lambda v: v >= 1, ">= 1"),
-    "epochs": (False, *_POSITIVE),
-    "max_length": (True, lambda v: v >= 1, ">= 1"),
-    "warmup_ratio": (False, *_UNIT),
-    "weight_decay": (False, lambda v: v >= 0, ">= 0"),
-    "adam_beta1": (False, *_UNIT),
-    "adam_beta2": (False, *_UNIT),
-    "adam_epsilon": (False, *_POSITIVE),
-    "gradient_accumulation_steps": (True, lambda v: v >= 1, ">= 1"),
-}
-SEARCHABLE = tuple(HYPERPARAMETERS) + ("model",)
-
-
-def model_config_names() -> List[str]:
-    """Options of the `model` config group, read from the shipped YAML files (no Hydra)."""
-    folder = resources.files("finetune.conf").joinpath("model")
-    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+# What a sweep may search: the hyperparameters of the training contract, and `model`, a choice of model config
+# names (conf/model/<name>.yaml).
+SEARCHABLE = searchable() + ("model",)
 
 
 # ------------------------------------------------------------------------------------ sweep grammar
@@ -203,7 +184,8 @@ def _value_problems(name: str, key: str, dist: Mapping[str, Any], model_names: L
         unknown = [v for v in dist["values"] if v not in model_names]
         return [f"{key}.values={list(dist['values'])}: no model config named {', '.join(map(str, unknown))}; "
                 f"use names of conf/model/*.yaml: {', '.join(model_names)}"] if unknown else []
-    integer, legal, legal_text = HYPERPARAMETERS[name]
+    integer, rule = is_integer(Hyperparameters, name), legal_range(Hyperparameters, name)
+    legal, legal_text = rule.contains, rule.describe()
     if kind == "choice":
         bad = [v for v in dist["values"] if isinstance(v, (str, bool)) or not legal(v)
                or (integer and not float(v).is_integer())]
@@ -277,7 +259,7 @@ def value_from_latent(name: str, dist: Mapping[str, Any], latent: Any) -> Any:
             value = math.exp(value)
     if kind.startswith("q"):
         value = _tidy(float(round(value / dist["q"]) * dist["q"]))
-    if name in HYPERPARAMETERS and HYPERPARAMETERS[name][0]:
+    if name != "model" and is_integer(Hyperparameters, name):
         return int(round(value))
     return value
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, List
 
 from finetune.metrics import METRIC_NAMES
 from finetune.search.policies import GOALS, policy_problems
-from finetune.search.space import model_config_names, space_problems
+from finetune.model_files import model_config_names
+from finetune.search.space import space_problems
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan

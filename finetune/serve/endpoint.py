@@ -19,8 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +27,13 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
+from finetune.files import link_or_copy, write_json_atomic
+from finetune.processes import free_port
+from finetune.serve import servers
 from finetune.serve.inference_server import BIND_SOCKET_ENV
 from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, rollout
 from finetune.serve.router import deployment_connection
+from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
 
@@ -41,9 +43,6 @@ DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
 # Endpoint names become folders under the endpoints dir: one plain path component, nothing to climb with.
 ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,31}$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
-ROUTER_MODULE = "finetune.serve.router"
-SERVER_MODULE = "finetune.serve.inference_server"
 
 
 class LocalEndpoint:
@@ -91,7 +90,7 @@ class LocalEndpoint:
             limits = {"max_items": max_items, "max_body_bytes": max_body_bytes,
                       "max_forward_batch": max_forward_batch, "log_request_texts": log_request_texts}
             state["limits"].update({k: v for k, v in limits.items() if v is not None})
-            self.recovered = _recover(state)
+            self.recovered = servers.recover(state)
             self._write(state)
 
     @classmethod
@@ -117,12 +116,8 @@ class LocalEndpoint:
         return state
 
     def _write(self, state: dict) -> None:
-        partial = self.state_file.with_suffix(".tmp")
         # The state holds the key: readable by its owner only.
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2)
-        partial.replace(self.state_file)
+        write_json_atomic(self.state_file, state, mode=0o600, indent=2)
         self._state = state
 
     @contextlib.contextmanager
@@ -163,14 +158,14 @@ class LocalEndpoint:
         (processes that died, starts whose starter died) are cleaned up first and listed under ``recovered``."""
         with self._locked() as state:
             # What opening this endpoint already cleaned up counts too.
-            recovered, self.recovered = self.recovered + _recover(state), []
+            recovered, self.recovered = self.recovered + servers.recover(state), []
             self._write(state)
         router = state["router"]
         return {
             "name": self.name, "state_file": str(self.state_file), "recovered": recovered,
-            "router": {"pid": router and router.get("pid"), "running": _alive(router, ROUTER_MODULE),
+            "router": {"pid": router and router.get("pid"), "running": servers.alive(router, ROUTER_MODULE),
                        "scoring_uri": self.scoring_uri},
-            "deployments": {name: {"pid": record.get("pid"), "running": _alive(record, SERVER_MODULE),
+            "deployments": {name: {"pid": record.get("pid"), "running": servers.alive(record, SERVER_MODULE),
                                    "traffic": int(state["traffic"].get(name, 0)), "model": record.get("model")}
                             for name, record in state["deployments"].items()},
             "starting": {name: {"pid": record.get("pid"), "by": record.get("owner", {}).get("pid")}
@@ -180,39 +175,39 @@ class LocalEndpoint:
     def running(self) -> bool:
         """Whether the router and every deployment are up."""
         state = self._refresh()
-        return _alive(state["router"], ROUTER_MODULE) and all(
-            _alive(record, SERVER_MODULE) for record in state["deployments"].values())
+        return servers.alive(state["router"], ROUTER_MODULE) and all(
+            servers.alive(record, SERVER_MODULE) for record in state["deployments"].values())
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> "LocalEndpoint":
         """Bring up the router and every recorded deployment that is not running (deployments in parallel)."""
         with self._locked() as state:
-            if not _alive(state["router"], ROUTER_MODULE):
+            if not servers.alive(state["router"], ROUTER_MODULE):
                 self._start_router(state)
             pending = {}
             for name, record in state["deployments"].items():
-                if not _alive(record, SERVER_MODULE):
+                if not servers.alive(record, SERVER_MODULE):
                     pending[name] = self._launch(name, ModelRef(**record["model"]), Path(record["model_dir"]), state)
             try:
                 for name, record in pending.items():
                     self._wait_healthy(name, record, state)
             except BaseException:  # Ctrl-C included
-                _terminate_all([(record, SERVER_MODULE) for record in pending.values()])
+                servers.terminate_all([(record, SERVER_MODULE) for record in pending.values()])
                 for name in pending:
                     state["starting"].pop(name, None)
                 self._write(state)
                 raise
             for name, record in pending.items():
                 state["starting"].pop(name, None)
-                state["deployments"][name] = _served(record)
+                state["deployments"][name] = servers.served(record)
             self._write(state)
         return self
 
     def stop(self) -> None:
         """Stop every process of this endpoint; the state keeps the deployments, traffic and key."""
         with self._locked() as state:
-            _terminate_all([(record, SERVER_MODULE) for record in state["deployments"].values()]
+            servers.terminate_all([(record, SERVER_MODULE) for record in state["deployments"].values()]
                            + [(record, SERVER_MODULE) for record in state["starting"].values()]
                            + [(state["router"], ROUTER_MODULE)])
             for record in state["deployments"].values():
@@ -242,7 +237,7 @@ class LocalEndpoint:
         with self._locked() as state:
             if deployment in state["deployments"]:
                 raise UserError(f"endpoint {self.name} already has a deployment {deployment!r}")
-            if not _alive(state["router"], ROUTER_MODULE):
+            if not servers.alive(state["router"], ROUTER_MODULE):
                 self._start_router(state)
             model_dir = self.dir / "deployments" / deployment / "model"
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -251,14 +246,14 @@ class LocalEndpoint:
             try:
                 self._wait_healthy(deployment, record, state)
             except BaseException:  # Ctrl-C included
-                _terminate(record, SERVER_MODULE)
+                servers.terminate(record, SERVER_MODULE)
                 state["starting"].pop(deployment, None)
                 self._write(state)
                 # The log stays for the error message to point at; the model copy is only weight.
                 shutil.rmtree(model_dir, ignore_errors=True)
                 raise
             state["starting"].pop(deployment, None)
-            state["deployments"][deployment] = _served(record)
+            state["deployments"][deployment] = servers.served(record)
             self._write(state)
 
     def invoke(self, body: dict, deployment: Optional[str] = None) -> dict:
@@ -271,7 +266,7 @@ class LocalEndpoint:
         target = f"{self.name}/{deployment}" if deployment else self.name
         router = self._state["router"]
         try:
-            status, payload = _http("POST", self._state["host"], router["port"], "/score", json.dumps(body).encode(),
+            status, payload = servers.http_call("POST", self._state["host"], router["port"], "/score", json.dumps(body).encode(),
                                     headers, self._state["request_timeout_s"] + 5)
         except (OSError, http.client.HTTPException) as error:
             raise InvokeError(f"{target} did not answer: {error}") from None
@@ -310,7 +305,7 @@ class LocalEndpoint:
             del state["deployments"][deployment]
             state["traffic"].pop(deployment, None)
             self._write(state)
-        _terminate(record, SERVER_MODULE)
+        servers.terminate(record, SERVER_MODULE)
         self._procs.pop(deployment, None)
         shutil.rmtree(self.dir / "deployments" / deployment, ignore_errors=True)
 
@@ -323,21 +318,21 @@ class LocalEndpoint:
         command = [sys.executable, "-m", ROUTER_MODULE, "--state-file", str(self.state_file),
                    "--host", state["host"], "--port", str(state["port"]), "--port-file", str(port_file),
                    "--read-timeout-s", str(state.get("read_timeout_s", 30.0))]
-        process = _spawn(command, log, self.dir, os.environ.copy(), self.tied)
+        process = servers.spawn(command, log, self.dir, os.environ.copy(), self.tied)
         # Recorded before it listens: `stop` finds it however this command ends.
-        state["router"] = {**_record(process), "port": None, "log": str(log)}
+        state["router"] = {**servers.record(process), "port": None, "log": str(log)}
         self._write(state)
         deadline = time.monotonic() + 30
         while not port_file.exists():
             if process.poll() is not None:
                 state["router"] = None
                 self._write(state)
-                raise UserError(f"the router of endpoint {self.name} could not start: {_tail(log, 1)}")
+                raise UserError(f"the router of endpoint {self.name} could not start: {servers.tail(log, 1)}")
             if time.monotonic() > deadline:
-                _terminate(state["router"], ROUTER_MODULE)
+                servers.terminate(state["router"], ROUTER_MODULE)
                 state["router"] = None
                 self._write(state)
-                raise UserError(f"the router of endpoint {self.name} did not start within 30 s: {_tail(log)}")
+                raise UserError(f"the router of endpoint {self.name} did not start within 30 s: {servers.tail(log)}")
             time.sleep(0.05)
         state["router"]["port"] = int(port_file.read_text())
         self._write(state)
@@ -370,11 +365,11 @@ class LocalEndpoint:
         log = folder / "server.log"
         # --port is azmlinfsrv's own (it prints it); the server binds only the socket.
         command = [sys.executable, "-m", SERVER_MODULE, "--entry_script", str(script), "--model_dir",
-                   str(model_dir.resolve()), "--port", str(_free_port())]
-        process = _spawn(command, log, folder, env, self.tied)
+                   str(model_dir.resolve()), "--port", str(free_port())]
+        process = servers.spawn(command, log, folder, env, self.tied)
         self._procs[deployment] = process
-        record = {**_record(process), "socket": socket_path, "model": model.to_dict(), "model_dir": str(model_dir),
-                  "log": str(log), "owner": _record_of(os.getpid())}
+        record = {**servers.record(process), "socket": socket_path, "model": model.to_dict(), "model_dir": str(model_dir),
+                  "log": str(log), "owner": servers.record_of(os.getpid())}
         state["starting"][deployment] = record
         self._write(state)
         return record
@@ -387,39 +382,16 @@ class LocalEndpoint:
             code = process.poll()
             if code is not None:
                 raise UserError(f"deployment {deployment} of {self.name} exited with code {code} while starting: "
-                                f"{_problems(Path(record['log']))} (log: {record['log']})")
+                                f"{servers.problems(Path(record['log']))} (log: {record['log']})")
             try:
-                if _exchange(deployment_connection(record, 2), "GET", "/", None, {})[0] == 200:
+                if servers.exchange(deployment_connection(record, 2), "GET", "/", None, {})[0] == 200:
                     return
             except (OSError, http.client.HTTPException):
                 pass
             if time.monotonic() > deadline:
                 raise UserError(f"deployment {deployment} of {self.name} was not healthy within {timeout:.0f} s: "
-                                f"{_problems(Path(record['log']))} (log: {record['log']})")
+                                f"{servers.problems(Path(record['log']))} (log: {record['log']})")
             time.sleep(0.25)
-
-
-def check_config(endpoint_cfg) -> list[str]:
-    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
-    from finetune.serve.rollout import check_ramp
-
-    problems = []
-    if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
-        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
-                        "letter (it becomes a folder under <output_root>/endpoints)")
-    if endpoint_cfg.auth_mode != "key":
-        problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
-                        "use endpoint.auth_mode=key")
-    if not endpoint_cfg.host:
-        problems.append("endpoint.host='': set the router's address, e.g. endpoint.host=127.0.0.1")
-    elif endpoint_cfg.host not in LOOPBACK_HOSTS and not endpoint_cfg.allow_remote:
-        problems.append(f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
-                        "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1")
-    try:
-        check_ramp(endpoint_cfg.ramp)
-    except (RolloutError, TypeError, ValueError) as error:
-        problems.append(f"endpoint.ramp={list(endpoint_cfg.ramp)}: {error}")
-    return problems
 
 
 def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_request: dict,
@@ -458,17 +430,6 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
             "serve_command": f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"}
 
 
-def link_or_copy(source: str, target: str) -> str:
-    """A hard link (no second copy of the weights on disk; the deployment keeps its files when the
-    registry's are deleted), a copy across file systems. Registered artifacts are never rewritten in
-    place, so sharing their inodes is safe."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-    return target
-
-
 def _free_colour(endpoint: LocalEndpoint) -> str:
     traffic = endpoint.traffic()
     for colour in ("blue", "green"):
@@ -480,166 +441,3 @@ def _free_colour(endpoint: LocalEndpoint) -> str:
         raise RolloutError(f"endpoint {endpoint.name}: blue and green both take traffic; set it to one of them")
     endpoint.delete_deployment(idle[0])
     return idle[0]
-
-
-def _spawn(command: list[str], log: Path, cwd: Path, env: dict, tied: bool) -> subprocess.Popen:
-    """A server process leading its own process group (so it can be signalled whole); ``tied``: killed by
-    the kernel when this process dies, else in its own session, outliving this command."""
-    from finetune.processes import die_with_parent
-
-    with open(log, "ab") as handle:
-        if tied:
-            return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=cwd, env=env, preexec_fn=die_with_parent(os.getpid()))
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=cwd, env=env, start_new_session=True)
-
-
-def _record(process: subprocess.Popen) -> dict:
-    return _record_of(process.pid)
-
-
-def _record_of(pid: int) -> dict:
-    import psutil
-
-    return {"pid": pid, "started": psutil.Process(pid).create_time()}
-
-
-def _served(record: dict) -> dict:
-    """A deployment's record once healthy: who started it no longer matters."""
-    return {key: value for key, value in record.items() if key != "owner"}
-
-
-def _recover(state: dict) -> list[str]:
-    """Clean what dead processes left in ``state`` (which the caller writes back); one line per fix.
-
-    A start whose starter died (a killed ``python -m finetune`` mid-rollout) is stopped and forgotten: it
-    never took traffic. A deployment or router whose process died keeps its record with no pid, so
-    ``start`` brings it back as it was.
-    """
-    notes = []
-    for name, record in list(state.setdefault("starting", {}).items()):
-        if _owner_alive(record.get("owner")):
-            continue
-        _terminate(record, SERVER_MODULE)
-        shutil.rmtree(record["model_dir"], ignore_errors=True)
-        del state["starting"][name]
-        notes.append(f"stopped deployment {name} (pid {record.get('pid')}), left starting by a process that died")
-    for name, record in state["deployments"].items():
-        if record.get("pid") and not _alive(record, SERVER_MODULE):
-            _remove_socket(record)
-            notes.append(f"deployment {name}: process {record['pid']} is gone; it is stopped")
-            record["pid"] = None
-    router = state.get("router")
-    if router and not _alive(router, ROUTER_MODULE):
-        notes.append(f"router: process {router.get('pid')} is gone; it is stopped")
-        state["router"] = None
-    return notes
-
-
-def _owner_alive(owner: Optional[dict]) -> bool:
-    import psutil
-
-    if not owner:
-        return False
-    try:
-        return abs(psutil.Process(owner["pid"]).create_time() - owner["started"]) <= 0.01
-    except psutil.Error:
-        return False
-
-
-def _remove_socket(record: Optional[dict]) -> None:
-    if record and record.get("socket"):
-        shutil.rmtree(os.path.dirname(record["socket"]), ignore_errors=True)
-
-
-def _process(record: Optional[dict], module: str):
-    """The recorded process if it still runs ``module``; a reused pid is some other process, not ours."""
-    import psutil
-
-    if not record or not record.get("pid"):
-        return None
-    try:
-        process = psutil.Process(record["pid"])
-        if abs(process.create_time() - record["started"]) > 0.01 or process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process if module in " ".join(process.cmdline()) else None
-    except psutil.Error:
-        return None
-
-
-def _alive(record: Optional[dict], module: str) -> bool:
-    return _process(record, module) is not None
-
-
-def _terminate(record: Optional[dict], module: str) -> None:
-    _terminate_all([(record, module)])
-
-
-def _terminate_all(records: list, grace_s: float = 15.0) -> None:
-    """SIGTERM each process group (gunicorn finishes requests in flight), SIGKILL what is left after grace_s.
-
-    All at once, so stopping an endpoint takes one server's shutdown time, not one per deployment.
-    """
-    import psutil
-
-    group = []
-    for record, module in records:
-        process = _process(record, module)
-        if process is None:
-            continue
-        group += [process] + process.children(recursive=True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-    _, left = psutil.wait_procs(group, timeout=grace_s)
-    for straggler in left:
-        with contextlib.suppress(psutil.Error):
-            straggler.kill()
-    psutil.wait_procs(left, timeout=5)
-    for record, _ in records:
-        _remove_socket(record)
-
-
-def _http(method: str, host: str, port: int, path: str, body: Optional[bytes], headers: dict,
-          timeout: float) -> tuple[int, bytes]:
-    """One loopback HTTP exchange; http.client rather than urllib, which would honour proxy variables."""
-    return _exchange(http.client.HTTPConnection(host, port, timeout=timeout), method, path, body, headers)
-
-
-def _exchange(connection: http.client.HTTPConnection, method: str, path: str, body: Optional[bytes],
-              headers: dict) -> tuple[int, bytes]:
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _problems(log: Path) -> str:
-    """The exceptions a server log reports, root cause first, else its last lines.
-
-    The server's own wrapper exception and the model folder listing it prints after a failed init()
-    would otherwise fill the tail and hide what the scoring script said.
-    """
-    try:
-        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    found = [line.strip()[:500] for line in lines
-             if EXCEPTION_LINE.match(line) and "UserScriptException" not in line]
-    return " | ".join(dict.fromkeys(found)) if found else _tail(log)
-
-
-def _tail(log: Path, lines: int = 8) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    return " | ".join(line.strip()[:300] for line in text[-lines:]) or "(empty log)"

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.launch.azureml.checks import check_azureml as check
+from finetune.launch.azureml.checks import distinct_targets as separate
+from finetune.launch.azureml.checks import resolve_limits as resolve
 from finetune.plan import RunPlan
+
+__all__ = ["auto_choices", "check", "resolve", "run", "separate"]
+
+
+def auto_choices(cfg) -> dict:
+    """``automl=auto``: AML AutoML NLP, which runs on GPU nodes only; ``endpoint=auto``: a managed endpoint."""
+    return {"automl": "text_classification" if cfg.compute.gpus_per_node else "none", "endpoint": "managed"}
 
 
 def run(plan: RunPlan) -> None:

@@ -1,18 +1,17 @@
 """The training command job: the local launcher's ``python -m finetune.train`` call, as an AML command.
 
-The arguments come from :func:`finetune.plan.train_command_args`, the function the local single run
+The arguments come from :func:`finetune.training_process.train_args`, the function the local single run
 and every local sweep trial use, with AML's placeholders put in: each split is its own ``uri_file``
-input, every hyperparameter a ``${{inputs.<name>}}`` input (which a sweep replaces by a search
-dimension), the output folder the ``custom_model`` output. ``--tracking-uri`` is dropped: without it
-training logs to the MLflow the job's environment points at, which in an AML job is the workspace,
-so a sweep reads ``val_auc_weighted`` and friends from there.
+input, every searchable hyperparameter of the training contract a ``${{inputs.<name>}}`` input (which a
+sweep replaces by a search dimension), the output folder the ``custom_model`` output. The tracking URI is
+left out: without it training logs to the MLflow the job's environment points at, which in an AML job is
+the workspace, so a sweep reads ``val_auc_weighted`` and friends from there.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
-from functools import lru_cache
-from importlib import resources
 from typing import TYPE_CHECKING, List, Optional
 
 if TYPE_CHECKING:
@@ -20,10 +19,8 @@ if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
 OUTPUT = "custom_model"
-# Inputs of the split files, by the train entry point's flag.
-DATA_FLAGS = {"--train-file": "train", "--val-file": "val", "--labels-file": "labels"}
-# Flags whose local value means nothing on AML.
-DROPPED_FLAGS = ("--tracking-uri",)
+# Inputs of the split files, by the training argument that reads them.
+DATA_INPUTS = {"train_file": "train", "val_file": "val", "labels_file": "labels"}
 _PLAIN = re.compile(r"[\w./:@%+=,{}$-]+")
 
 
@@ -31,21 +28,18 @@ def placeholder(kind: str, name: str) -> str:
     return "${{%s.%s}}" % (kind, name)
 
 
-@lru_cache(maxsize=None)
 def model_hub_id(config_name: str) -> Optional[str]:
     """The hub id of a model config (conf/model/<name>.yaml), or None (no such config, or no hub id)."""
-    import yaml
+    from finetune.model_files import model_config
 
-    entry = resources.files("finetune.conf").joinpath("model", f"{config_name}.yaml")
-    if not entry.is_file():
-        return None
-    return (yaml.safe_load(entry.read_text()) or {}).get("hub_id")
+    model = model_config(config_name)
+    return model.hub_id if model else None
 
 
 def hyperparameter_inputs(plan: "RunPlan") -> dict:
-    from finetune.plan import HYPERPARAMETERS
+    from finetune.spec import searchable
 
-    return {name: getattr(plan.model, name) for name in HYPERPARAMETERS}
+    return {name: getattr(plan.model, name) for name in searchable()}
 
 
 def model_input(plan: "RunPlan"):
@@ -62,25 +56,15 @@ def model_input(plan: "RunPlan"):
 
 def arguments(plan: "RunPlan") -> List[str]:
     """``python -m finetune.train`` arguments with AML placeholders (see the module docstring)."""
-    from finetune.plan import train_command_args
+    from finetune.spec import to_argv
+    from finetune.training_process import train_args
 
     hyperparameters = {name: placeholder("inputs", name) for name in hyperparameter_inputs(plan)}
-    args = train_command_args(plan, ".", placeholder("outputs", OUTPUT), hyperparameters,
-                              model_path=placeholder("inputs", "model"))
-    result, index = [], 0
-    while index < len(args):
-        flag = args[index]
-        if flag in DROPPED_FLAGS:
-            index += 2
-            continue
-        result.append(flag)
-        if flag in DATA_FLAGS:
-            result.append(placeholder("inputs", DATA_FLAGS[flag]))
-            index += 2
-            continue
-        index += 1
+    args = train_args(plan, ".", placeholder("outputs", OUTPUT), hyperparameters,
+                      model_path=placeholder("inputs", "model"))
     # The trial logs are read in the studio: a progress bar there is one line per refresh.
-    return result + ["--progress", "false"]
+    return to_argv(dataclasses.replace(args, tracking_uri=None, progress=False,
+                                       **{key: placeholder("inputs", name) for key, name in DATA_INPUTS.items()}))
 
 
 def command_line(args: List[str]) -> str:
@@ -101,7 +85,7 @@ def train_command(plan: "RunPlan", data: "DataRefs", code: str, environment):
     """The command node (a standalone job via ``._to_job()``, a pipeline step when called with inputs)."""
     from azure.ai.ml import Input, Output, command
 
-    inputs = {key: Input(type="uri_file", path=data.files[key]) for key in DATA_FLAGS.values()}
+    inputs = {key: Input(type="uri_file", path=data.files[key]) for key in DATA_INPUTS.values()}
     inputs["model"] = model_input(plan)
     inputs.update(hyperparameter_inputs(plan))
     return command(

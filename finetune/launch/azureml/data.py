@@ -78,7 +78,7 @@ def write_mltables(prepared: "PreparedData", folder: Path) -> Dict[str, Path]:
 
 def asset_specs(plan: "RunPlan", prepared: "PreparedData", tables: Dict[str, Path]) -> List[AssetSpec]:
     """The data assets of a prepared dataset, each with the hash that identifies its content."""
-    from finetune.data import sha256_file
+    from finetune.data.sources import sha256_file
     from finetune.registry import content_hash
 
     source = f"{plan.dataset.name} ({prepared.source})"

@@ -1,7 +1,7 @@
 """The AML pipeline of a plan: sweep -> (AutoML -> test AutoML) -> register -> deploy.
 
 ``search=none`` puts the plain training command where the sweep was; ``automl=none`` drops the AutoML
-node and its test step (the register step then selects among the transformer alone);
+node and its test step (the register step then selects among the fine-tuned model alone);
 ``endpoint=none`` drops the deploy step. Every node reads the same pipeline inputs: the split files,
 the labels, the MLTables for AutoML and ``settings`` (the selection, tags, endpoint and environment
 settings the register and deploy steps need; see :func:`finetune.launch.azureml.export.settings`).
@@ -29,7 +29,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     from azure.ai.ml.entities import PipelineJob
 
     from finetune.launch.azureml import automl as automl_
-    from finetune.launch.azureml.command import DATA_FLAGS, OUTPUT, train_command
+    from finetune.launch.azureml.command import DATA_INPUTS, OUTPUT, train_command
     from finetune.launch.azureml.data import FILES
     from finetune.launch.azureml.deploy import deploy_step
     from finetune.launch.azureml.register import register_step
@@ -38,7 +38,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     inputs = {key: Input(type="uri_file", path=data.files[key]) for key in FILES}
     inputs["settings"] = Input(type="uri_file", path=settings)
     # Training reads train, val and labels; the test split is for the register step's one test evaluation.
-    splits = {key: parent(key) for key in DATA_FLAGS.values()}
+    splits = {key: parent(key) for key in DATA_INPUTS.values()}
     trial = train_command(plan, data, code, environments["training"])
     jobs = {}
     if plan.search.sampling == "none":
@@ -47,7 +47,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
         jobs["train"] = train
     else:
         jobs["sweep"] = train = sweep_node(plan, trial, **splits)
-    register_inputs = {"transformer": train.outputs[OUTPUT], "test": parent("test"), "labels": parent("labels"),
+    register_inputs = {"finetuned": train.outputs[OUTPUT], "test": parent("test"), "labels": parent("labels"),
                        "settings": parent("settings")}
 
     with_automl = plan.automl.kind == "text_classification"

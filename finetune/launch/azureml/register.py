@@ -22,9 +22,9 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
 
     from finetune.launch.azureml.compute import steps_compute
 
-    inputs = {"transformer": Input(type="custom_model"), "test": Input(type="uri_file"),
+    inputs = {"finetuned": Input(type="custom_model"), "test": Input(type="uri_file"),
               "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
-    line = ("python -m finetune.launch.azureml.steps register --transformer ${{inputs.transformer}} "
+    line = ("python -m finetune.launch.azureml.steps register --finetuned ${{inputs.finetuned}} "
             "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} --settings ${{inputs.settings}} "
             "--output-dir ${{outputs.%s}}" % OUTPUT)
     if automl:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from finetune.errors import UserError
+from finetune.select import FINETUNED
 
 RESULT = "result.json"
 MODEL_REF = "model_ref.json"
@@ -99,7 +100,7 @@ def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: s
 
 def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: str,
                 python: Optional[str] = None) -> dict:
-    from finetune.automl import read_split
+    from finetune.data import read_split
     from finetune.metrics import classification_metrics
 
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
@@ -114,7 +115,7 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 # ---------------------------------------------------------------------------------------------- register
 
 
-def register(transformer_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
+def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
              automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None) -> dict:
     """Select among the candidates and production, register the winner; returns (and writes) the model reference."""
     from finetune.config import SelectConfig
@@ -133,26 +134,24 @@ def register(transformer_dir: str, test_file: str, labels_file: str, settings_fi
     model_registry = AmlRegistry(ml_client or job_client(), select["registered_model_name"])
     with tempfile.TemporaryDirectory(prefix="finetune-select-") as scratch:
         # Tested as it will serve: exported for the endpoint's runtime (the local launcher's export stage).
-        transformer = export_candidate(Path(transformer_dir) / CANDIDATE_DIR, settings["endpoint"].get("runtime", "torch"),
-                                       Path(scratch) / "export")
+        finetuned = export_candidate(Path(finetuned_dir) / CANDIDATE_DIR, settings["endpoint"].get("runtime", "torch"),
+                                     Path(scratch) / "export")
         outcome = select_and_register(
-            model_registry, {"transformer": str(transformer)}, test_file, labels,
+            model_registry, {FINETUNED: str(finetuned)}, test_file, labels,
             SelectConfig(**select), settings["data"], settings["config"],
             settings["sample_request"], Path(scratch), prescored=prescored,
-            sources={"transformer": f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
+            sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"))
-    selection, registered = outcome["selection"], outcome["registry"]
-    ref = {"decision": selection["decision"], "reason": selection["reason"],
-           "selection": {key: selection.get(key) for key in ("metric", "margin", "winner", "decision", "reason", "test",
-                                                             "production_version")}}
-    if selection["decision"] == "register":
-        winner = selection["winner"]
-        ref.update(name=registered["name"], version=registered["version"], candidate=winner,
-                   model_type="mlflow_model",
-                   existing=registered["existing"], content_sha256=registered["content_sha256"])
+    selection, registered = outcome.selection, outcome.registration
+    ref = {"decision": selection.decision, "reason": selection.reason,
+           "selection": {key: selection.section.get(key) for key in ("metric", "margin", "winner", "decision", "reason",
+                                                                     "test", "production_version")}}
+    if selection.decision == "register":
+        ref.update(name=registered.name, version=registered.version, candidate=selection.winner,
+                   model_type="mlflow_model", existing=registered.existing, content_sha256=registered.content_sha256)
         if not settings.get("deploy"):
             # No rollout follows: the registered version is production now, as the local launcher does.
-            ref["promoted"] = model_registry.promote(registered["version"])
+            ref["promoted"] = model_registry.promote(registered.version)
     _write(output_dir, MODEL_REF, ref)
     return ref
 
@@ -175,7 +174,7 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         result = {"status": "skipped", "model": ref, "reason": f"nothing new to deploy: {ref['reason']}"}
         _write(output_dir, ROLLOUT, result)
         return result
-    if ref["candidate"] != "transformer":
+    if ref["candidate"] != FINETUNED:
         result = {"status": "skipped", "model": ref,
                   "reason": "the winner is an AML AutoML NLP model, which needs AutoML's runtime; the project's "
                             "score.py serves fine-tuned transformers, so the endpoint is left as it was"}
@@ -217,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--output-dir", required=True)
     test.add_argument("--python", help="a Python with the model's dependencies (default: this one)")
     reg = steps.add_parser("register", help="select the best candidate and register it")
-    reg.add_argument("--transformer", required=True)
+    reg.add_argument("--finetuned", required=True)
     reg.add_argument("--automl-model")
     reg.add_argument("--automl-result")
     reg.add_argument("--test-file", required=True)
@@ -237,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.step == "test-automl":
             test_automl(args.model, args.test_file, args.labels_file, args.output_dir, args.python)
         elif args.step == "register":
-            register(args.transformer, args.test_file, args.labels_file, args.settings, args.output_dir,
+            register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
                      args.automl_model, args.automl_result)
         else:
             deploy(args.model_ref, args.settings, args.output_dir)

@@ -1,0 +1,15 @@
+"""The data stage: load a source, clean the text, label it, split it, and record hashes.
+
+``prepare(dataset, out_dir)`` turns one :class:`~finetune.config.DatasetConfig` into the files described
+in docs/contracts.md ("Prepared data") and returns a :class:`PreparedData`. One module per step:
+:mod:`.sources` (reading and downloading, and the plan check of a source), :mod:`.labels`, :mod:`.split`
+and :mod:`.prepared` (the folder, and reading its splits back).
+
+Only the standard library (and the config schema) is imported at module level: the plan check imports
+this package and must stay fast; numpy, pyarrow and tqdm load inside the functions that use them.
+"""
+from __future__ import annotations
+
+from finetune.data.prepared import PreparedData, prepare, read_split
+
+__all__ = ["PreparedData", "prepare", "read_split"]

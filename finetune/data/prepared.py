@@ -1,0 +1,192 @@
+"""The prepared folder (docs/contracts.md, "Prepared data"): ``prepare`` runs source -> labels -> split and
+writes it; :class:`PreparedData` describes it (its ``to_dict()`` is the ``data`` section of summary.json) and
+:func:`read_split` reads a split file back for every stage that scores or trains on it.
+
+Output is written to a sibling staging folder and renamed into place, so a failure leaves no half-prepared
+folder that a later stage (or a resumed run) could mistake for a good one.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from finetune.config import DatasetConfig
+from finetune.data.labels import label_rows
+from finetune.data.sources import SOURCES, local_source, read_source, sha256_file
+from finetune.data.split import assign_splits
+from finetune.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PreparedData:
+    train_path: Path
+    val_path: Path
+    test_path: Path
+    labels_path: Path
+    labels: List[str]
+    source: str
+    raw_sha256: str
+    rows_raw: int
+    rows_labelled: int
+    # split name -> {"rows", "sha256", "class_counts"}; the path lives in the *_path fields.
+    splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        """The prepared folder: the split files, labels.json and data.json (the launchers pass it on)."""
+        return self.train_path.parent
+
+    def path(self, split: str) -> Path:
+        return getattr(self, f"{split}_path")
+
+    def to_dict(self) -> dict:
+        """The ``data`` section of summary.json (docs/contracts.md)."""
+        return {
+            "source": self.source,
+            "raw_sha256": self.raw_sha256,
+            "labels": list(self.labels),
+            "rows_raw": self.rows_raw,
+            "rows_labelled": self.rows_labelled,
+            "splits": {name: {"path": str(self.path(name)), **self.splits[name]} for name in SPLITS},
+        }
+
+    @classmethod
+    def load(cls, out_dir: Path | str) -> "PreparedData":
+        """Rebuild the result of an earlier ``prepare`` from its folder (later stages, resumed runs).
+
+        Paths are taken from where the folder is now, so a moved or downloaded copy still loads; split files
+        are re-hashed because training on a silently edited split would make the run irreproducible.
+        """
+        out_dir = Path(out_dir).expanduser().resolve()
+        try:
+            data = json.loads((out_dir / "data.json").read_text(encoding="utf-8"))
+            prepared = cls(
+                train_path=out_dir / "train.csv",
+                val_path=out_dir / "val.csv",
+                test_path=out_dir / "test.csv",
+                labels_path=out_dir / "labels.json",
+                labels=data["labels"],
+                source=data["source"],
+                raw_sha256=data["raw_sha256"],
+                rows_raw=data["rows_raw"],
+                rows_labelled=data["rows_labelled"],
+                splits={name: {k: v for k, v in data["splits"][name].items() if k != "path"} for name in SPLITS},
+            )
+        except FileNotFoundError:
+            raise UserError(f"{out_dir}: no prepared data there (data.json missing); run the data stage again") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UserError(f"{out_dir}/data.json: unreadable ({type(error).__name__}: {error}); delete {out_dir} to "
+                            "prepare the data again") from None
+        for name in SPLITS:
+            path = prepared.path(name)
+            actual = sha256_file(path) if path.exists() else "missing"
+            if actual != prepared.splits[name]["sha256"]:
+                raise UserError(f"{path}: changed since it was prepared (sha256 {actual}, recorded "
+                                f"{prepared.splits[name]['sha256']}); delete {out_dir} to prepare the data again")
+        return prepared
+
+
+
+def prepare(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:
+    """Load, clean, label, sample and split ``dataset`` into ``out_dir`` (replaced as a whole)."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if dataset.source not in SOURCES:
+        raise UserError(f"dataset.source={dataset.source}: unknown; use one of {', '.join(SOURCES)}")
+    if bool(dataset.label_column) == bool(dataset.rating_column):
+        raise UserError(f"dataset.label_column={dataset.label_column}, dataset.rating_column={dataset.rating_column}: "
+                        "set exactly one (labels as-is, or ratings mapped to sentiment)")
+    if dataset.sample is not None and dataset.sample < 1:
+        raise UserError(f"dataset.sample={dataset.sample}: must be a positive number of rows (or null for all)")
+
+    with local_source(dataset) as (path, fmt, source):
+        texts, values, rows_raw = read_source(path, fmt, dataset, source)
+        raw_sha256 = sha256_file(path)
+    labels, label_ids, kept_texts = label_rows(texts, values, dataset, source)
+    assignment = assign_splits(label_ids, labels, dataset)
+
+    files: Dict[str, bytes] = {}
+    splits: Dict[str, Dict[str, Any]] = {}
+    for split_index, name in enumerate(SPLITS):
+        rows = [(kept_texts[i], labels[label_ids[i]]) for i in assignment if assignment[i] == split_index]
+        files[f"{name}.csv"] = _csv_bytes(rows)
+        counts = {label: 0 for label in labels}
+        for _, label in rows:
+            counts[label] += 1
+        splits[name] = {"rows": len(rows), "sha256": hashlib.sha256(files[f"{name}.csv"]).hexdigest(),
+                        "class_counts": counts}
+    prepared = PreparedData(
+        train_path=out_dir / "train.csv",
+        val_path=out_dir / "val.csv",
+        test_path=out_dir / "test.csv",
+        labels_path=out_dir / "labels.json",
+        labels=labels,
+        source=source,
+        raw_sha256=raw_sha256,
+        rows_raw=rows_raw,
+        rows_labelled=len(label_ids),
+        splits=splits,
+    )
+    files["labels.json"] = (json.dumps(labels) + "\n").encode("utf-8")
+    files["data.json"] = (json.dumps(prepared.to_dict(), indent=2) + "\n").encode("utf-8")
+    _write_folder(out_dir, files)
+    return prepared
+
+
+def _csv_bytes(rows: List[Tuple[str, str]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("text", "label"))
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _write_folder(out_dir: Path, files: Dict[str, bytes]) -> None:
+    """Write ``files`` into a staging folder beside ``out_dir`` and swap it in whole."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "data.json").is_file():
+        # Only a folder this stage prepared (it holds data.json) or an empty one is replaced; anything else
+        # is the user's.
+        raise UserError(f"{out_dir} exists and was not prepared by finetune (no data.json); move it away or "
+                        "choose another run_name / output_root")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{token}")
+    previous = out_dir.with_name(f".{out_dir.name}.old-{token}")
+    staging.mkdir()
+    moved_aside = False
+    try:
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        if out_dir.exists():
+            os.replace(out_dir, previous)
+            moved_aside = True
+        os.replace(staging, out_dir)
+    except BaseException:
+        if moved_aside:
+            os.replace(previous, out_dir)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def read_split(path, labels: List[str]) -> Tuple[List[str], List[int]]:
+    """Texts and label ids of a prepared split CSV (``text,label``, label = class name)."""
+    import pandas as pd
+
+    # keep_default_na=False: a review reading "NA" or "null" is text, not a missing value.
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    label_ids = {name: index for index, name in enumerate(labels)}
+    unknown = sorted(set(frame["label"]) - set(label_ids))
+    if unknown:
+        raise UserError(f"{path}: labels {unknown[:5]} are not among the prepared labels {labels}")
+    return frame["text"].tolist(), [label_ids[name] for name in frame["label"]]

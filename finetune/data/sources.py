@@ -1,0 +1,317 @@
+"""Where the raw rows come from: the bundled reviews, a 5-core download or a file of the user's, read with
+the standard library (``csv``, ``json.loads`` one line at a time) and pyarrow for parquet, keeping only the
+two columns that matter. JSON is never ``eval``-ed: downloaded text is data. Values keep their Python type
+until labelling, so an int label 1 and a CSV label "1" both become "1".
+
+Downloads land in ``dataset.cache_dir`` under a name derived from the URL, via a temporary file in the same
+folder and ``os.replace``: an interrupted download never looks cached, and a cached one is never fetched again
+(the 5-core files are large and the host is slow). :func:`check_source` finds what it can without loading.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import secrets
+import sys
+import zlib
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from finetune.config import DatasetConfig
+from finetune.errors import UserError
+
+if TYPE_CHECKING:
+    from finetune.plan import RunPlan
+
+SOURCES = ("bundled", "amazon_5core", "file")
+BUNDLED_FILE = "automotive_reviews.csv"
+FIVE_CORE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz"
+# The 5-core files name JSON-lines content `.json`, so `.json` is read as JSON lines as well.
+FORMATS = {"csv": "csv", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
+SUPPORTED = ".csv, .jsonl/.json (one JSON object a line) or .parquet; .gz is allowed for csv and jsonl"
+_CHUNK = 1 << 20
+# What R's write.csv, pandas and spreadsheets write for a missing value. CSV has no null, so a label cell
+# holding one of these is a missing label (the row is dropped and counted), never a class named "NA".
+CSV_MISSING = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A",
+                         "#NA"})
+
+
+def file_format(name: str) -> Optional[str]:
+    """csv | jsonl | parquet from a file name (``.gz`` allowed for csv and jsonl), or None if unsupported."""
+    lower = name.lower()
+    gzipped = lower.endswith(".gz")
+    if gzipped:
+        lower = lower[:-3]
+    fmt = FORMATS.get(lower.rsplit(".", 1)[-1]) if "." in lower else None
+    return None if fmt == "parquet" and gzipped else fmt
+
+
+def source_url(dataset: DatasetConfig) -> Optional[Tuple[str, str]]:
+    """(URL, the setting it came from) when the data must be downloaded; None for local data."""
+    if dataset.source == "bundled" or dataset.path:
+        return None
+    if dataset.url:
+        return dataset.url, f"dataset.url={dataset.url}"
+    if dataset.source == "amazon_5core" and dataset.category:
+        return FIVE_CORE_URL.format(category=dataset.category), f"dataset.category={dataset.category}"
+    return None
+
+
+@contextmanager
+def local_source(dataset: DatasetConfig) -> Iterator[Tuple[Path, str, str]]:
+    """(local path, format, description for the summary) of the dataset's raw file."""
+    if dataset.source == "bundled":
+        with resources.as_file(resources.files("finetune") / "data_files" / BUNDLED_FILE) as path:
+            yield path, "csv", f"bundled:finetune/data_files/{BUNDLED_FILE}"
+        return
+    remote = source_url(dataset)
+    if remote:
+        url, setting = remote
+        path, key, description = download(url, dataset.cache_dir, setting), setting, url
+    elif dataset.path:
+        path = Path(dataset.path).expanduser().resolve()
+        key, description = f"dataset.path={dataset.path}", str(path)
+        if not path.is_file():
+            raise UserError(f"{key}: no such file" + _not_a_file(path))
+    else:
+        needs = "dataset.path=FILE or dataset.url=URL" + (" or dataset.category=NAME" if dataset.source == "amazon_5core" else "")
+        raise UserError(f"dataset.path=None: dataset.source={dataset.source} needs {needs}")
+    if dataset.source == "amazon_5core":
+        yield path, "jsonl", description
+        return
+    fmt = file_format(path.name)
+    if fmt is None:
+        raise UserError(f"{key}: unsupported file type; use {SUPPORTED}")
+    yield path, fmt, description
+
+
+def cached_path(url: str, cache_dir: Path | str) -> Path:
+    """Where ``url`` is cached: its file name prefixed by a hash of the whole URL, so two URLs ending in the
+    same name never collide and the extension (which picks the reader) is kept."""
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / f"{digest}-{_url_file_name(url)}"
+
+
+def _url_file_name(url: str) -> str:
+    return Path(unquote(urlsplit(url).path)).name or "download"
+
+
+def download(url: str, cache_dir: Path | str, setting: Optional[str] = None) -> Path:
+    """The cached copy of ``url`` in ``cache_dir``, fetched once with a progress bar; ``setting`` names the
+    config key the URL came from in the error message."""
+    from http.client import HTTPException
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    setting = setting or f"dataset.url={url}"
+    target = cached_path(url, cache_dir)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    try:
+        with urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
+            expected = response.headers.get("Content-Length")
+            expected = int(expected) if expected and expected.isdigit() else None
+            received = _copy_with_progress(response, handle, expected, _url_file_name(url))
+        if expected is not None and received != expected:
+            raise OSError(f"connection closed after {received} of {expected} bytes")
+        os.replace(partial, target)
+    except (OSError, HTTPException, ValueError) as error:
+        reason = error.reason if isinstance(error, URLError) and not isinstance(error, HTTPError) else error
+        raise UserError(f"{setting}: download of {url} failed ({reason}); if offline, fetch the file elsewhere and "
+                        "set dataset.path=<local copy>") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _copy_with_progress(response, handle, total: Optional[int], name: str) -> int:
+    from tqdm import tqdm
+
+    received = 0
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {name}") as bar:
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+            handle.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return received
+
+
+
+def label_setting(dataset: DatasetConfig) -> Tuple[str, str]:
+    """(setting key, column name) of the column that yields labels."""
+    if dataset.label_column:
+        return "label_column", dataset.label_column
+    return "rating_column", dataset.rating_column
+
+
+def _missing_columns(dataset: DatasetConfig, columns: List[str], where: str) -> List[str]:
+    wanted = [("text_column", dataset.text_column)]
+    wanted += [(key, getattr(dataset, key)) for key in ("label_column", "rating_column") if getattr(dataset, key)]
+    present = ", ".join(columns) or "(none)"
+    return [f"dataset.{key}={column}: no such column in {where}; set it to one of: {present}"
+            for key, column in wanted if column not in columns]
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[io.TextIOBase]:
+    """Text from a plain or gzip file, told apart by content: a saved 5-core file may have been gunzipped."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise join the first header.
+    opener = gzip.open if gzipped else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+        yield handle
+
+
+def read_source(path: Path, fmt: str, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
+    """(texts, label or rating values, rows read) with values as the source typed them."""
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
+    try:
+        return readers[fmt](path, dataset, source)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    except (OSError, EOFError, csv.Error, zlib.error) as error:
+        # zlib.error: a gzip file corrupted mid-stream (a bad header is gzip.BadGzipFile, an OSError).
+        raise UserError(f"{source}: cannot read it as {fmt} ({type(error).__name__}: {error})") from None
+
+
+def _read_csv(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
+    _, value_column = label_setting(dataset)
+    _allow_large_csv_fields()
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        problems = _missing_columns(dataset, header, source)
+        if problems:
+            raise UserError(problems[0])
+        text_index, value_index = header.index(dataset.text_column), header.index(value_column)
+        texts, values = [], []
+        for row in reader:
+            if not row:
+                continue
+            texts.append(row[text_index] if text_index < len(row) else None)
+            value = row[value_index] if value_index < len(row) else ""
+            values.append(None if value.strip() in CSV_MISSING or not value.strip() else value)
+    return texts, values, len(texts)
+
+
+def _allow_large_csv_fields() -> None:
+    """The csv module refuses fields over 128 KiB; a long review is text like any other (JSONL takes it)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long narrower than Py_ssize_t (Windows)
+            limit //= 2
+
+
+def _read_jsonl(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
+    _, value_column = label_setting(dataset)
+    texts, values, columns = [], [], {}
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{source}: line {number} is not JSON ({error.msg}); the file must hold one JSON "
+                                "object a line") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{source}: line {number} is a JSON {type(record).__name__}, not an object; the file "
+                                "must hold one JSON object a line")
+            columns.update(dict.fromkeys(record))
+            texts.append(record.get(dataset.text_column))
+            values.append(record.get(value_column))
+    problems = _missing_columns(dataset, list(columns), source)
+    if problems and texts:
+        raise UserError(problems[0])
+    return texts, values, len(texts)
+
+
+def _read_parquet(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    _, value_column = label_setting(dataset)
+    try:
+        problems = _missing_columns(dataset, pq.read_schema(path).names, source)
+        if problems:
+            raise UserError(problems[0])
+        table = pq.read_table(path, columns=[dataset.text_column, value_column])
+    except pyarrow.ArrowException as error:
+        raise UserError(f"{source}: cannot read it as parquet ({error})") from None
+    return table.column(0).to_pylist(), table.column(1).to_pylist(), table.num_rows
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_source(plan: "RunPlan") -> List[str]:
+    """Problems with the dataset's source found without loading it: file, extension, column names."""
+    dataset = plan.dataset
+    if dataset.source not in SOURCES:
+        return [f"dataset.source={dataset.source}: unknown; use one of {', '.join(SOURCES)}"]
+    if dataset.source == "bundled":
+        return []
+    if not dataset.path:
+        remote = source_url(dataset)
+        if remote:
+            if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
+                return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
+            return []
+        if dataset.source == "file":
+            return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, JSONL or parquet) "
+                    "or dataset.url=URL"]
+        return ["dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL "
+                "or dataset.path=FILE"]
+    path = Path(dataset.path).expanduser()
+    if not path.is_file():
+        return [f"dataset.path={dataset.path}: no such file" + _not_a_file(path)]
+    fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
+    if fmt is None:
+        return [f"dataset.path={dataset.path}: unsupported file type; use {SUPPORTED}"]
+    try:
+        columns = _header(path, fmt)
+    except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
+        return [f"dataset.path={dataset.path}: cannot read it as {fmt} ({' '.join(str(error).split())})"]
+    return [] if columns is None else _missing_columns(dataset, columns, str(path))
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_dir():
+        return " (it is a folder)"
+    return " (it is a device or pipe, not a regular file)" if path.exists() else ""
+
+
+def _header(path: Path, fmt: str) -> Optional[List[str]]:
+    """Column names from the first row / first object / parquet schema; None when the file is empty."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    with _open_text(path) as handle:
+        if fmt == "csv":
+            return next(csv.reader(handle), None)
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"the first line is a JSON {type(record).__name__}, not an object")
+                return list(record)
+    return None

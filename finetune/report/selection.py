@@ -1,0 +1,190 @@
+"""The report's decision sections: every candidate on the test split and why one was chosen, what was
+registered, and how the rollout went."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from finetune.decision import describe
+from finetune.metrics import per_class_key
+from finetune.report.common import KIND_DESCRIPTIONS, Figures, table
+
+
+def selection_section(summary: dict, figures: Figures) -> list[str]:
+    selection = summary.get("selection")
+    candidates = summary.get("candidates", {})
+    if not selection:
+        if not candidates:
+            return []
+        rows = [[name, describe_candidate(c.get("kind"), c), c.get("val", {}).get("auc_weighted")] for name, c in candidates.items()]
+        return ["## Candidates", "", table(["candidate", "what", "val auc_weighted"], rows), ""]
+    metric, winner = selection["metric"], selection["winner"]
+    columns = list(dict.fromkeys([metric, "accuracy", "f1_macro", "recall_macro", "auc_weighted",
+                                  "average_precision_weighted"]))
+    labels = summary.get("data", {}).get("labels") or []
+    rows = []
+    for row in selection["table"]:
+        name = row["candidate"]
+        label = f"**{name}** (chosen)" if name == winner else name
+        description = describe_candidate(row.get("kind"), candidates.get(name, {}))
+        val = candidates.get(name, {}).get("val", {}).get(metric)
+        if "error" in row:
+            rows.append([label, description, val, f"failed: {row['error']}", *[""] * (len(columns) + 2)])
+        else:
+            recall = " / ".join(f"{row.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels)
+            at_argmax = (row.get("test_argmax") or {}).get("f1_macro")
+            rows.append([label, description, val, *(row.get(c) for c in columns), describe(row.get("decision")),
+                         recall, at_argmax])
+    lines = ["## Candidates on the test split", "",
+             f"Every candidate scored on the same test split by one metric function; chosen by test `{metric}` "
+             f"(margin over production: {selection.get('margin', 0):g}). Label metrics are at the decision rule "
+             "each candidate ships (chosen on val; the endpoint answers with it); AUC and average precision rank "
+             "probabilities and do not depend on it.", "",
+             table(["candidate", "what", f"val {metric}", *(f"test {c}" for c in columns), "decision rule",
+                     f"test recall ({' / '.join(labels)})", "test f1_macro at argmax"], rows), "",
+             f"**Decision: {selection['decision']}** — {selection['reason']}", ""]
+
+    scored = [row for row in selection["table"] if "error" not in row]
+    figure, (axis,) = figures.new(7, 2 + 1.1 * len(scored))
+    shown = list(dict.fromkeys([metric, "accuracy", "f1_macro"]))
+    height = 0.8 / len(shown)
+    for index, name in enumerate(shown):
+        positions = [i + (index - (len(shown) - 1) / 2) * height for i in range(len(scored))]
+        bars = axis.barh(positions, [row[name] for row in scored], height, label=name)
+        axis.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    axis.set_yticks(range(len(scored)), [f"{row['candidate']}{' (chosen)' if row['candidate'] == winner else ''}"
+                                         for row in scored])
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1.12)
+    axis.set_xlabel("score on test (0–1)")
+    axis.set_title("Candidates on the test split")
+    axis.legend(title="metric", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=len(shown), fontsize=8)
+    lines += [figures.save(figure, "candidates", "candidates on test"), ""]
+
+    lines += _winner_plots(selection, summary.get("data", {}).get("labels"), figures)
+    return lines
+
+
+def describe_candidate(kind: Optional[str], candidate: dict) -> str:
+    return candidate.get("description") or KIND_DESCRIPTIONS.get(kind or "", kind or "unknown")
+
+
+def _load_predictions(row: dict):
+    import numpy as np
+
+    paths = [row.get("test_proba"), row.get("test_labels")]
+    if not all(path and Path(path).is_file() for path in paths):
+        return None
+    return np.load(paths[0]), np.load(paths[1])
+
+
+def _winner_plots(selection: dict, labels: Optional[list], figures: Figures) -> list[str]:
+    import numpy as np
+    from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+    from finetune.serve.score import decide
+
+    rows = {row["candidate"]: row for row in selection["table"] if "error" not in row}
+    winner = selection["winner"]
+    loaded = _load_predictions(rows.get(winner, {}))
+    if loaded is None:
+        return []
+    proba, y_true = loaded
+    labels = labels or [str(i) for i in range(proba.shape[1])]
+    lines = [f"### Chosen model on test: {winner}", ""]
+
+    # The labels the endpoint answers: the shipped rule, not argmax.
+    predicted = decide(proba, labels, rows[winner].get("decision"))
+    matrix = confusion_matrix(y_true, predicted, labels=list(range(len(labels))))
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure, (axis,) = figures.new(4.8 + 0.3 * len(labels), 4.2 + 0.3 * len(labels))
+    image = axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        axis.text(j, i, f"{count}\n{100 * share[i, j]:.0f}%", ha="center", va="center",
+                  color="white" if share[i, j] > 0.6 else "black")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"Confusion matrix: {winner} at {describe(rows[winner].get('decision'))} (n={len(y_true)})")
+    figure.colorbar(image, ax=axis, label="share of true class")
+    lines += [figures.save(figure, "confusion_matrix", "confusion matrix"), ""]
+
+    if len(np.unique(y_true)) < 2:
+        return lines  # ROC is undefined with one class present
+    figure, (axis,) = figures.new(5.6, 5)
+    if proba.shape[1] == 2:
+        # Binary: every candidate on one plot, the chosen one drawn heavier.
+        for name, row in rows.items():
+            predictions = (proba, y_true) if name == winner else _load_predictions(row)
+            if predictions is None:
+                continue
+            curve_proba, curve_y = predictions
+            fpr, tpr, _ = roc_curve(curve_y, curve_proba[:, 1])
+            axis.plot(fpr, tpr, linewidth=2.5 if name == winner else 1.2,
+                      label=f"{name} (AUC {roc_auc_score(curve_y, curve_proba[:, 1]):.3f})")
+        title = f"ROC on test (positive class: {labels[1]})"
+    else:
+        for index, label in enumerate(labels):
+            if 0 < (y_true == index).sum() < len(y_true):
+                fpr, tpr, _ = roc_curve(y_true == index, proba[:, index])
+                axis.plot(fpr, tpr, label=f"{label} vs rest (AUC {roc_auc_score(y_true == index, proba[:, index]):.3f})")
+        title = f"ROC on test, one class vs rest: {winner}"
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    lines += [figures.save(figure, "roc", "ROC curves"), ""]
+    return lines
+
+
+def registry_section(summary: dict) -> list[str]:
+    registry = summary.get("registry")
+    if not registry:
+        return []
+    if registry.get("version") is None:
+        return ["## Registry", "", f"Nothing registered: {registry.get('reason', registry.get('decision'))}", ""]
+    facts = [("model", f"{registry.get('name')} version {registry.get('version')}"
+              + (" (same artifacts were already registered)" if registry.get("existing") else "")),
+             ("content sha256", registry.get("content_sha256")), ("git commit", registry.get("git_commit")),
+             ("artifact", registry.get("source"))]
+    return ["## Registry", ""] + [f"- **{key}**: `{value}`" for key, value in facts if value] + [""]
+
+
+
+def rollout_section(summary: dict) -> list[str]:
+    rollout = summary.get("rollout")
+    if not rollout:
+        return []
+    model = rollout.get("model") or {}
+    smoke = rollout.get("smoke_test") or {}
+    traffic = ", ".join(f"{name} {percent}%" for name, percent in (rollout.get("traffic") or {}).items())
+    facts = [("status", rollout.get("status")), ("endpoint", f"{rollout.get('endpoint')} ({rollout.get('kind', '')})"),
+             ("deployment", rollout.get("deployment")),
+             ("model", f"{model.get('name')} version {model.get('version')}" if model else None),
+             ("traffic now", traffic or None), ("scoring URI", rollout.get("scoring_uri")),
+             ("smoke test latency", f"{smoke['latency_ms']:.1f} ms" if smoke.get("latency_ms") is not None else None),
+             ("old deployments deleted", ", ".join(rollout.get("deleted") or []) or None),
+             ("serve again", f"`{rollout['serve_command']}`" if rollout.get("serve_command") else None)]
+    lines = ["## Endpoint", ""] + [f"- **{key}**: {value}" for key, value in facts if value]
+    lines += [f"- **warning**: {warning}" for warning in rollout.get("warnings") or []]
+    predictions = (smoke.get("response") or {}).get("predictions") if isinstance(smoke.get("response"), dict) else None
+    if predictions:
+        lines += ["", "Smoke test predictions:", "",
+                  table(["#", "label", "probabilities"],
+                         [[i, p.get("label"), ", ".join(f"{k} {v:.3f}" for k, v in (p.get("probabilities") or {}).items())]
+                          for i, p in enumerate(predictions)])]
+    steps = rollout.get("steps") or []
+    if steps:
+        lines += ["", "Traffic ramp:", "",
+                  table(["traffic to new (%)", "requests", "errors", "seconds"],
+                         [[s.get("percent"), s.get("requests"), s.get("errors"), s.get("seconds")] for s in steps])]
+    lines.append("")
+
+    timings = rollout.get("timings") or {}
+    if timings.get("total_s") is not None:
+        phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items() if k.endswith("_s") and k != "total_s")
+        lines[-1:-1] = [f"Rollout took {timings['total_s']:.1f} s ({phases}).", ""]
+    return lines
+

@@ -1,0 +1,231 @@
+"""What each stage hands the next, typed; summary.json is their serialisation (docs/contracts.md).
+
+Each result is made once, by the stage that produced it, and read by attribute afterwards: a later stage adds
+its own result beside an earlier one instead of writing into it (selection's test figures are the selection's,
+and appear under each candidate only when summary.json is written). ``to_dict()`` is a result's section.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from finetune.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from finetune.data import PreparedData
+    from finetune.plan import RunPlan
+    from finetune.serve.rollout import ModelRef
+
+SCHEMA_VERSION = 1
+
+
+def _drop_none(data: dict) -> dict:
+    return {key: value for key, value in data.items() if value is not None}
+
+
+@dataclass
+class TrainingResult:
+    """One training's ``result.json`` (docs/contracts.md), as the stages after it read it."""
+
+    result_file: str
+    status: str
+    model_dir: Optional[str]
+    val: Dict[str, float]
+    mlflow_run_id: Optional[str]
+    duration_s: float
+    throughput: dict
+    runtime: dict
+    hyperparameters: dict
+
+    @classmethod
+    def read(cls, path: Path | str) -> "TrainingResult":
+        data = json.loads(Path(path).read_text())
+        return cls(result_file=str(path), status=data.get("status"), model_dir=data.get("model_dir"),
+                   val=data.get("val") or {}, mlflow_run_id=data.get("mlflow_run_id"),
+                   duration_s=data.get("duration_s") or 0.0, throughput=data.get("throughput") or {},
+                   runtime=data.get("runtime") or {}, hyperparameters=data.get("hyperparameters") or {})
+
+    def section(self, base_model: str) -> dict:
+        """summary.json's ``training``: the kept training's throughput, runtime and hyperparameters."""
+        return {"throughput": self.throughput, "runtime": self.runtime, "hyperparameters": self.hyperparameters,
+                "base_model": base_model}
+
+
+@dataclass
+class SweepResult:
+    """A sweep's trial table and best trial (``sweep.json``; summary.json's ``sweep``), and the best trial's
+    training result, read once by the sweep."""
+
+    section: dict
+    best_training: Optional[TrainingResult] = None
+
+    @property
+    def best(self) -> Optional[dict]:
+        return self.section.get("best")
+
+    def to_dict(self) -> dict:
+        return self.section
+
+
+@dataclass
+class Candidate:
+    """A model the select stage tests: a fine-tuned transformer, an AutoML baseline, production re-scored."""
+
+    kind: str  # hf | automl | production
+    path: str
+    source: Optional[str] = None
+    val: Optional[dict] = None
+    params: Optional[dict] = None  # a sweep trial's hyperparameters
+    result_file: Optional[str] = None  # the training's result.json
+    trained_path: Optional[str] = None  # the trained model before the export stage made ``path``
+    runtime: Optional[str] = None  # the serving runtime ``path`` was exported for
+    extra: dict = field(default_factory=dict)  # what the stage records beyond these (AutoML's search)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Candidate":
+        known = {name for name in cls.__dataclass_fields__ if name != "extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "extra"}
+        return {**_drop_none(fields), **self.extra}
+
+
+@dataclass
+class SelectionResult:
+    """The select stage's verdict: :func:`finetune.select.choose`'s table and decision, the production version
+    compared with, and the re-check made when production moved before promotion."""
+
+    section: dict
+
+    @property
+    def winner(self) -> Optional[str]:
+        return self.section.get("winner")
+
+    @property
+    def decision(self) -> str:
+        return self.section["decision"]
+
+    @property
+    def reason(self) -> str:
+        return self.section["reason"]
+
+    def test(self, candidate: str) -> Optional[dict]:
+        """The candidate's test metrics at its decision rule (None when it could not be scored)."""
+        return self.section.get("test", {}).get(candidate)
+
+    def decision_rule(self, candidate: str) -> Optional[dict]:
+        return next((row.get("decision") for row in self.section.get("table", []) if row["candidate"] == candidate),
+                    None)
+
+    def kind(self, candidate: str) -> Optional[str]:
+        return next((row.get("kind") for row in self.section.get("table", []) if row["candidate"] == candidate), None)
+
+    @property
+    def promotable(self) -> bool:
+        """Whether the winner may become production (a re-check against a moved production can say no)."""
+        return self.section.get("recheck", {}).get("decision", self.decision) == "register"
+
+    def overruled(self, production_version: str, verdict: dict) -> "SelectionResult":
+        """This result after re-comparing with ``production_version``, which moved after selection."""
+        recheck = {"production_version": production_version, "decision": verdict["decision"],
+                   "reason": verdict["reason"]}
+        reason = self.reason
+        if verdict["decision"] != "register":
+            reason = f"production moved to version {production_version} before promotion: {verdict['reason']}"
+        return SelectionResult({**self.section, "recheck": recheck, "reason": reason})
+
+    def to_dict(self) -> dict:
+        return self.section
+
+
+@dataclass
+class Registration:
+    """What the register stage did: a version registered (or found with the same content), or production kept."""
+
+    decision: str  # register | keep_production
+    reason: Optional[str] = None
+    name: Optional[str] = None
+    version: Optional[str] = None
+    existing: Optional[bool] = None  # a version with the same content was already registered
+    content_sha256: Optional[str] = None
+    git_commit: Optional[str] = None
+    source: Optional[str] = None
+    tags: Optional[dict] = None
+    model_ref: Optional["ModelRef"] = None  # the registered copy, what a rollout deploys
+    sample_request: Optional[dict] = None
+    promoted: Optional[bool] = None  # False: registered, but production moved and now wins
+
+    @property
+    def registered(self) -> bool:
+        return self.version is not None and self.promoted is not False
+
+    def to_dict(self) -> dict:
+        if self.version is None:
+            return {"decision": self.decision, "reason": self.reason}
+        data = {"name": self.name, "version": self.version, "existing": self.existing,
+                "content_sha256": self.content_sha256, "git_commit": self.git_commit, "source": self.source,
+                "tags": self.tags, "model_ref": self.model_ref.to_dict() if self.model_ref is not None else None,
+                "sample_request": self.sample_request}
+        if self.promoted is not None:
+            data.update(promoted=self.promoted, reason=self.reason)
+        return data
+
+
+@dataclass
+class SelectionOutcome:
+    """:func:`finetune.registry.select_and_register`'s result on either launcher."""
+
+    selection: SelectionResult
+    production: Optional["ModelRef"]  # the production model re-scored, None when there was none
+    registration: Registration
+
+
+class RunSummary:
+    """summary.json of a local run: every stage's result, rewritten (atomically) after each stage, so an
+    interrupted run still shows what it finished."""
+
+    def __init__(self, plan: "RunPlan"):
+        self.path = Path(plan.run_dir) / "summary.json"
+        self.run: dict = {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
+                          "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages}
+        self.data: Optional["PreparedData"] = None
+        self.candidates: Dict[str, Candidate] = {}
+        self.training: Optional[dict] = None
+        self.sweep: Optional[SweepResult] = None
+        self.selection: Optional[SelectionResult] = None
+        self.registration: Optional[Registration] = None
+        self.rollout: Optional[dict] = None
+        self.figures: Optional[List[str]] = None
+        self.started = time.time()
+
+    def to_dict(self) -> dict:
+        candidates = {}
+        for name, candidate in self.candidates.items():
+            entry = candidate.to_dict()
+            if self.selection is not None and self.selection.test(name) is not None:
+                entry.update(test=self.selection.test(name), decision=self.selection.decision_rule(name))
+            candidates[name] = entry
+        sections: Dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "run": self.run,
+            "data": self.data.to_dict() if self.data is not None else None, "candidates": candidates,
+            "training": self.training,
+            "sweep": self.sweep.to_dict() if self.sweep is not None else None,
+            "selection": self.selection.to_dict() if self.selection is not None else None,
+            "registry": self.registration.to_dict() if self.registration is not None else None,
+            "rollout": self.rollout, "figures": self.figures,
+        }
+        return {key: value for key, value in sections.items() if value is not None or key == "candidates"}
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.to_dict(), indent=2, default=str)
+
+    def finish(self) -> None:
+        self.run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.run["duration_s"] = round(time.time() - self.started, 1)
+        self.save()
