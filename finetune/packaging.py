@@ -53,6 +53,7 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
 
 def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example_texts: list[str]) -> None:
     """The pyfunc flavour's files, written by MLflow itself into a scratch folder and moved into ``folder``."""
+    import logging
     import os
 
     import pandas as pd
@@ -70,9 +71,19 @@ def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example
         code = Path(scratch) / f"{PYFUNC_MODULE}.py"
         shutil.copy2(SCORE_SCRIPT, code)
         saved = Path(scratch) / "model"
-        mlflow.pyfunc.save_model(str(saved), loader_module=PYFUNC_MODULE, code_paths=[str(code)],
-                                 conda_env=conda_env, signature=signature,
-                                 input_example=pd.DataFrame({"text": example_texts}))
+        # MLflow scores the input example to validate it and says so at INFO on stderr, in the middle of
+        # the pipeline's console; a failed validation still raises.
+        loggers = [logging.getLogger(name) for name in ("mlflow.pyfunc", "mlflow.models")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            mlflow.pyfunc.save_model(str(saved), loader_module=PYFUNC_MODULE, code_paths=[str(code)],
+                                     conda_env=conda_env, signature=signature,
+                                     input_example=pd.DataFrame({"text": example_texts}))
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
         mlmodel = yaml.safe_load((saved / "MLmodel").read_text())
         for key in VOLATILE_MLMODEL_KEYS:
             mlmodel.pop(key, None)

@@ -98,3 +98,16 @@ def test_predict_takes_an_alias_or_a_version(registered, tmp_path, capsys):
     first, second = outputs.values()
     assert first.equals(second) and first.id.tolist() == [1, 2, 3]
     assert "scored 3 rows" in capsys.readouterr().out
+
+
+def test_packaging_keeps_mlflows_validation_chatter_off_the_console(tiny_model_dir, tmp_path, capfd):
+    import logging
+
+    from finetune.environment import conda_spec
+    from finetune.packaging import write_mlflow_model
+
+    folder = make_hf_candidate(tiny_model_dir, tmp_path / "candidate")
+    write_mlflow_model(folder, LABELS, conda_spec(["numpy"]), TEXTS[:2])
+    assert (folder / "MLmodel").is_file()
+    assert "Validating input example" not in capfd.readouterr().err
+    assert logging.getLogger("mlflow.pyfunc").level == logging.NOTSET  # restored for everyone else
