@@ -296,10 +296,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         space_lines = [o for o in overrides if o.lstrip("+").startswith(SPACE_PREFIX) and o not in jobs[0][0]]
         from finetune.launch import run_plan
         from finetune.plan_view import render
-        from finetune.processes import raise_on_sigterm
+        from finetune.processes import interrupt_on_signals
 
         built = plans(invocation, source, jobs)
-        raise_on_sigterm()  # a terminated run stops what it started, as after Ctrl-C
+        interrupt_on_signals()  # a terminated run stops what it started, as after Ctrl-C
         for (plan, changed, view), (job_overrides, _) in zip(built, jobs):
             print(render(plan, changed, view), flush=True)
             running = plan

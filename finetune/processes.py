@@ -75,10 +75,15 @@ def run(command: Sequence[str], **popen_kwargs) -> int:
         raise
 
 
-def raise_on_sigterm() -> None:
-    """SIGTERM as Ctrl-C: ``finally`` blocks and context managers clean up (stop servers, kill children)."""
+def interrupt_on_signals() -> None:
+    """SIGTERM as Ctrl-C: ``finally`` blocks and context managers clean up (stop servers, kill children).
+
+    SIGINT is taken back too: a shell starting a command in the background without job control sets it to
+    "ignore", which the command inherits, and these commands promise that Ctrl-C (or kill -INT) stops them.
+    """
 
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -20,8 +20,10 @@ def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
     """Run the command until it is serving, score once through it, Ctrl-C it; its output and the pids it ran."""
     # stderr goes to a file: an unread pipe fills up with the servers' logs and blocks the process at exit.
     errors = open(cwd / f"serve-{time.monotonic_ns()}.stderr", "w+")
+    # Started with SIGINT ignored, as a background job of a script is: Ctrl-C must still stop it.
     process = subprocess.Popen([sys.executable, "-m", "finetune.serve", *args], cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines = []
         deadline = time.monotonic() + 120

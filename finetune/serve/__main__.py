@@ -10,13 +10,13 @@ import argparse
 import contextlib
 import json
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from finetune.errors import UserError
+from finetune.processes import interrupt_on_signals
 from finetune.serve.rollout import ModelRef
 
 SERVE_ENDPOINT = "finetune-serve"
@@ -139,10 +139,6 @@ def _stopped_on_failure(endpoint):
         raise
 
 
-def _stop_on_sigterm(*_) -> None:
-    raise KeyboardInterrupt
-
-
 def existing_endpoint(args: argparse.Namespace):
     from finetune.serve.endpoint import LocalEndpoint
 
@@ -179,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except UserError as error:
             print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
             return error.exit_code
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    interrupt_on_signals()
     endpoint = None
     try:
         endpoint, sample = bring_up(args)
