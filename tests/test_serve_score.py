@@ -149,7 +149,10 @@ def test_chunks_respect_the_row_and_token_budgets(monkeypatch, hf_model):
     chunks = scorer.chunks(lengths)
     assert sorted(np.concatenate(chunks).tolist()) == list(range(len(lengths)))  # every row once
     for chunk in chunks:
-        assert len(chunk) <= 4 and (len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= 100)
+        padded, real = len(chunk) * lengths[chunk].max(), lengths[chunk].sum()
+        assert len(chunk) <= 4 and (len(chunk) == 1 or (padded <= 100 and padded <= score.MAX_PADDING * real))
+    unequal = np.array([100, 20])
+    assert [unequal[chunk].tolist() for chunk in scorer.chunks(unequal)] == [[20], [100]]  # apart: less padding
     assert [lengths[chunk].tolist() for chunk in chunks][-1] == [120]  # too long for company: alone
     assert scorer.chunks(np.array([], dtype=int)) == []
     # The same texts give the same probabilities under any budget.

@@ -52,6 +52,8 @@ import numpy as np
 logger = logging.getLogger("azmlinfsrv.finetune_score")
 
 DEFAULT_MAX_LENGTH = 128
+# Most padded tokens per real token in one forward chunk (see HFScorer.chunks).
+MAX_PADDING = 1.5
 
 _scorer = None
 _decision: dict | None = None
@@ -193,17 +195,25 @@ class HFScorer:
 
     def chunks(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Row indices in ascending length, cut where a chunk would pass ``max_batch`` rows or
-        ``chunk_tokens`` padded tokens (a single text always fits: it is at most ``max_length`` long)."""
+        ``chunk_tokens`` padded tokens, or be more than a third padding (a single text always fits: it
+        is at most ``max_length`` long).
+
+        The padding cut is for small requests of unequal texts: a short and a long review padded together
+        cost the int8 runtime 15 ms at the median on 2-review requests here, scored apart 12.6 ms.
+        """
         order = np.argsort(lengths, kind="stable")
         if not len(order):
             return []
-        cuts, rows = [], 0
+        cuts, rows, tokens = [], 0, 0
         for position, row in enumerate(order):
             # Ascending order: the text being added is the chunk's longest, so it sets the padded width.
-            if rows and (rows == self.max_batch or (rows + 1) * int(lengths[row]) > self.chunk_tokens):
+            padded = (rows + 1) * int(lengths[row])
+            if rows and (rows == self.max_batch or padded > self.chunk_tokens
+                         or padded > MAX_PADDING * (tokens + int(lengths[row]))):
                 cuts.append(position)
-                rows = 0
+                rows, tokens = 0, 0
             rows += 1
+            tokens += int(lengths[row])
         return np.split(order, cuts)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
