@@ -40,6 +40,7 @@ class PreparedData:
     rows_labelled: int
     # split name -> {"rows", "sha256", "class_counts"}; the path lives in the *_path fields.
     splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    task: str = "single_label"  # single_label | multi_label (label cells are label lists)
 
     @property
     def directory(self) -> Path:
@@ -53,6 +54,7 @@ class PreparedData:
         """The ``data`` section of summary.json (docs/contracts.md)."""
         return {
             "source": self.source,
+            "task": self.task,
             "raw_sha256": self.raw_sha256,
             "labels": list(self.labels),
             "rows_raw": self.rows_raw,
@@ -81,6 +83,7 @@ class PreparedData:
                 rows_raw=data["rows_raw"],
                 rows_labelled=data["rows_labelled"],
                 splits={name: {k: v for k, v in data["splits"][name].items() if k != "path"} for name in SPLITS},
+                task=data.get("task", "single_label"),
             )
         except FileNotFoundError:
             raise UserError(f"{out_dir}: no prepared data there (data.json missing); run the data stage again") from None
