@@ -22,6 +22,8 @@ class DatasetConfig:
     # bundled: the cleaned Automotive reviews inside the package; amazon_5core: McAuley 2014 5-core
     # JSON.gz (from `url`, `category` or `path`); file: a CSV / JSONL / parquet file of your own.
     source: str = "bundled"
+    # auto | single_label | multi_label (auto: multi-label when the label column holds label lists).
+    task: str = "auto"
     path: Optional[str] = None
     url: Optional[str] = None
     category: Optional[str] = None

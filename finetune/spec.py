@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+TASKS = ("single_label", "multi_label")
 # numpy's RandomState (data split, transformers.set_seed, optuna samplers) takes seeds in 0..2**32-1.
 SEED_MAX = 2**32 - 1
 
@@ -150,6 +151,8 @@ class Inputs:
     model: str  # a Hugging Face model folder or hub id
     output_dir: str
     seed: int = setting(0, SEED)
+    # multi_label: a sigmoid per label with binary cross-entropy, split cells are label lists (docs/contracts.md).
+    task: str = setting("single_label", choices=TASKS)
 
 
 @dataclass

@@ -44,6 +44,7 @@ def train_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: O
         model=model_path or plan.model.path or plan.model.hub_id,
         output_dir=str(output_dir),
         seed=plan.seed,
+        task=plan.dataset.task,
         **{**_values(Hyperparameters, plan.model), **(hyperparameters or {})},
         **{**_values(TrainingOptions, plan.train), "early_stopping_patience": early_stopping_patience(plan)},
         **_values(SpeedOptions, plan.compute),
