@@ -23,8 +23,6 @@ class DatasetConfig:
     # amazon_5core: McAuley 2014 5-core JSON.gz (from `url`, `category` or `path`); file: a CSV / TSV / JSONL /
     # parquet file of your own (a folder with `split_files`).
     source: str = "bundled"
-    # auto | single_label | multi_label (auto: multi-label when the label column holds label lists).
-    task: str = "auto"
     path: Optional[str] = None
     url: Optional[str] = None
     category: Optional[str] = None
