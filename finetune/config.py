@@ -19,11 +19,10 @@ from finetune.spec import Hyperparameters, Objective, Reporting, SpeedOptions, T
 @dataclass
 class DatasetConfig:
     name: str = "amazon_automotive"
-    # bundled: the cleaned Automotive reviews inside the package; amazon_5core: McAuley 2014 5-core
-    # JSON.gz (from `url`, `category` or `path`); file: a CSV / JSONL / parquet file of your own.
+    # bundled: a file or folder inside finetune/data_files (`path`; default the cleaned Automotive reviews);
+    # amazon_5core: McAuley 2014 5-core JSON.gz (from `url`, `category` or `path`); file: a CSV / TSV / JSONL /
+    # parquet file of your own (a folder with `split_files`).
     source: str = "bundled"
-    # auto | single_label | multi_label (auto: multi-label when the label column holds label lists).
-    task: str = "auto"
     path: Optional[str] = None
     url: Optional[str] = None
     category: Optional[str] = None
@@ -39,6 +38,20 @@ class DatasetConfig:
     sample: Optional[int] = None
     seed: int = 0
     cache_dir: str = "~/.cache/finetune"
+    # auto | single_label | multi_label; auto: multi_label when label_separator is set or labels are lists.
+    task: str = "auto"
+    # Several labels in one string cell, split on this (e.g. "," or "|").
+    label_separator: Optional[str] = None
+    # One label name a line; label values are then 0-based ids into it. Relative to the data's folder.
+    label_names_file: Optional[str] = None
+    # Headerless CSV / TSV: the columns in order (the first line is then data).
+    column_names: Optional[List[str]] = None
+    # A published split, reproduced as it is: {train: FILE, val: FILE, test: FILE} inside the folder `path`.
+    split_files: Optional[Dict[str, str]] = None
+    # Or a column of one file holding train | val (validation, dev) | test per row.
+    split_column: Optional[str] = None
+    # Multi-label: keep a row whose label set is empty (otherwise it is an error).
+    allow_empty_labels: bool = False
 
 
 @dataclass

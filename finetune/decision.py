@@ -6,6 +6,9 @@ class (a model with a good AUC can do that on imbalanced data), so each candidat
 - binary: a threshold on the positive class's probability, the one that maximises ``metric`` on val
   (default ``f1_macro``). Every threshold between two neighbouring val probabilities gives the same val
   labels; the middle of the best run of thresholds is kept, the choice least tied to single val texts.
+- multi-label: a threshold per label on its own probability, each the one that maximises that label's F1
+  on val (so macro F1 on val is the best any per-label thresholds give); a label without a positive val text
+  keeps 0.5. ``metric`` and ``multiclass_rule`` do not apply.
 - multiclass: argmax, or (``multiclass_rule=prior_correction``) argmax of probability / train prior^a, the
   strength ``a`` in (0.5, 1) picked on val; ``auto`` keeps the correction only when it beats argmax on val.
 
@@ -76,17 +79,64 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
     return {**best, "metric": metric, "val": best_value, "val_argmax": at_argmax}
 
 
+def choose_label_thresholds(y_val, proba_val, labels: Sequence[str]) -> dict:
+    """The multi-label rule: per label, the middle of the longest run of val-F1-best thresholds (as for binary)."""
+    import numpy as np
+
+    from finetune.metrics import multi_label_metrics
+    from finetune.serve.score import decide
+
+    y_val = np.asarray(y_val, dtype=np.int64)
+    proba_val = np.asarray(proba_val, dtype=np.float64)
+    thresholds = {}
+    for column, label in enumerate(labels):
+        truth, scores = y_val[:, column], proba_val[:, column]
+        if truth.sum() == 0 or truth.sum() == len(truth):
+            thresholds[str(label)] = 0.5
+            continue
+        cuts = _cuts(scores)
+        values = np.array([_f1(truth, scores >= cut) for cut in cuts])
+        thresholds[str(label)] = _middle_of_best(cuts, values)
+    decision = {"rule": "per_label_thresholds", "thresholds": thresholds}
+    at_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, list(labels), decision))["f1_macro"]
+    at_half = multi_label_metrics(y_val, proba_val)["f1_macro"]
+    return {**decision, "metric": "f1_macro", "val": at_rule, "val_argmax": at_half}
+
+
+def _f1(truth, predicted) -> float:
+    hits = int((truth & predicted).sum())
+    total = int(truth.sum() + predicted.sum())
+    return 2 * hits / total if total else 0.0
+
+
+def _cuts(scores):
+    """Candidate thresholds: midway between neighbouring distinct scores, plus below the lowest and above the
+    highest; thinned to quantiles past MAX_THRESHOLDS."""
+    import numpy as np
+
+    scores = np.unique(scores)
+    if len(scores) > MAX_THRESHOLDS:
+        scores = np.unique(np.quantile(scores, np.linspace(0, 1, MAX_THRESHOLDS)))
+    return np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
+
+
+def _middle_of_best(cuts, values) -> float:
+    """The middle of the longest run of consecutive best thresholds: the choice least tied to single val texts."""
+    import numpy as np
+
+    best = np.flatnonzero(values == values.max())
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    run = max(runs, key=len)
+    return float((cuts[run[0]] + cuts[run[-1]]) / 2)
+
+
 def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax: float):
     import numpy as np
 
     from finetune.serve.score import decide
 
     positive = labels[1]
-    scores = np.unique(proba_val[:, 1])
-    if len(scores) > MAX_THRESHOLDS:
-        scores = np.unique(np.quantile(scores, np.linspace(0, 1, MAX_THRESHOLDS)))
-    # Candidate thresholds: midway between neighbouring scores, plus just above the largest (all negative).
-    cuts = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
+    cuts = _cuts(proba_val[:, 1])
     rule = {"rule": "threshold", "positive_label": positive}
     values = np.array([decision_metrics(y_val, decide(proba_val, labels, {**rule, "threshold": cut}), 2)[metric]
                        for cut in cuts])
@@ -94,12 +144,7 @@ def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax:
     if top <= at_argmax:
         # No threshold beats argmax on val: 0.5 is argmax for two classes.
         return {**rule, "threshold": 0.5}, at_argmax
-    best = np.flatnonzero(values == top)
-    # The longest run of consecutive best thresholds, and its middle.
-    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
-    run = max(runs, key=len)
-    threshold = float((cuts[run[0]] + cuts[run[-1]]) / 2)
-    return {**rule, "threshold": threshold}, float(top)
+    return {**rule, "threshold": _middle_of_best(cuts, values)}, float(top)
 
 
 def describe(decision: dict | None) -> str:
@@ -109,4 +154,7 @@ def describe(decision: dict | None) -> str:
         return f"P({decision['positive_label']}) >= {decision['threshold']:.3f}"
     if rule == "class_weights":
         return f"argmax of P / prior^{decision.get('prior_strength', '?')}"
+    if rule == "per_label_thresholds":
+        values = list(decision["thresholds"].values())
+        return f"per-label P >= t (t {min(values):.2f}..{max(values):.2f})"
     return "argmax"

@@ -1,4 +1,4 @@
-"""The one metric function: training, the AutoML candidate, selection and the report all call it.
+"""The metric functions, one per task: training, the AutoML candidate, selection and the report all call them.
 
 Ranking metrics (``auc_weighted``, ``average_precision_weighted``) come from the predicted probabilities,
 never from labels: a label-based AUC only measures one threshold. Every other metric is measured at a
@@ -21,10 +21,26 @@ METRIC_NAMES = (
     "auc_weighted",
     "average_precision_weighted",
 )
+# Multi-label data has these too (``accuracy`` is then subset accuracy: every label of a text right), plus:
+MULTI_LABEL_ONLY = ("precision_micro", "recall_micro", "f1_micro", "auc_micro", "hamming_loss")
+MULTI_LABEL_METRIC_NAMES = METRIC_NAMES + MULTI_LABEL_ONLY
 # Metrics that a decision rule does not change (they rank by probability).
-RANKING_METRICS = ("auc_weighted", "average_precision_weighted")
+RANKING_METRICS = ("auc_weighted", "average_precision_weighted", "auc_micro")
+# The one metric where lower is better (the fraction of wrong label decisions).
+LOWER_IS_BETTER = ("hamming_loss",)
 PER_CLASS = ("precision", "recall", "f1")
 _MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-/ ]")
+
+
+def metric_names(task: str) -> tuple:
+    """The metrics :func:`task_metrics` reports for ``task`` (single_label | multi_label), per-label ones aside."""
+    return MULTI_LABEL_METRIC_NAMES if task == "multi_label" else METRIC_NAMES
+
+
+def task_metrics(task: str, y_true, proba, y_pred=None, labels: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """:func:`multi_label_metrics` or :func:`classification_metrics`, by ``task``."""
+    score = multi_label_metrics if task == "multi_label" else classification_metrics
+    return score(y_true, proba, y_pred, labels=labels)
 
 
 def unprefixed(logged: str) -> str:
@@ -90,6 +106,47 @@ def classification_metrics(y_true: Sequence[int], proba, y_pred: Optional[Sequen
         result["average_precision_weighted"] = float(average_precision_score(onehot, proba, average="weighted"))
     if labels is not None:
         values = precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)[:3]
+        for metric, per_label in zip(PER_CLASS, values):
+            for label, value in zip(labels, per_label):
+                result[per_class_key(metric, label)] = float(value)
+    return result
+
+
+def multi_label_metrics(y_true, proba, y_pred=None, labels: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Metrics of per-label probabilities ``proba`` (n_samples x n_labels, independent sigmoids) and decided
+    0/1 labels ``y_pred`` (default: each probability >= 0.5) against the 0/1 matrix ``y_true``.
+
+    ``accuracy`` is subset accuracy (all of a text's labels right), ``hamming_loss`` the share of wrong label
+    decisions; precision/recall/F1 come micro (every label decision pooled: frequent labels dominate), macro
+    (every label counts the same) and weighted by support. ``auc_weighted`` and ``average_precision_weighted``
+    average the per-label figures by support over the labels present in ``y_true`` (AML's multi-label
+    definitions), ``auc_micro`` pools every (text, label) pair. With ``labels``, per-label precision, recall
+    and F1 as well (``f1.<label>``).
+    """
+    import numpy as np
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    y_pred = (proba >= 0.5).astype(np.int64) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
+    result = {"accuracy": float((y_true == y_pred).all(axis=1).mean()) if len(y_true) else float("nan"),
+              "hamming_loss": float((y_true != y_pred).mean()) if y_true.size else float("nan")}
+    for average in ("micro", "macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        result.update({f"precision_{average}": float(precision), f"recall_{average}": float(recall),
+                       f"f1_{average}": float(f1)})
+    # A label no text has (or every text has) has no AUC: those labels are left out of the averages.
+    positives = y_true.sum(axis=0)
+    ranked = (positives > 0) & (positives < len(y_true))
+    if ranked.any():
+        result["auc_weighted"] = float(roc_auc_score(y_true[:, ranked], proba[:, ranked], average="weighted"))
+        result["average_precision_weighted"] = float(
+            average_precision_score(y_true[:, ranked], proba[:, ranked], average="weighted"))
+        result["auc_micro"] = float(roc_auc_score(y_true[:, ranked], proba[:, ranked], average="micro"))
+    else:
+        result["auc_weighted"] = result["average_precision_weighted"] = result["auc_micro"] = float("nan")
+    if labels is not None:
+        values = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)[:3]
         for metric, per_label in zip(PER_CLASS, values):
             for label, value in zip(labels, per_label):
                 result[per_class_key(metric, label)] = float(value)

@@ -47,12 +47,15 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     texts = [item["text"] for item in sample_request.get("data", [])][:3] or ["an example review"]
     write_mlflow_model(folder, [str(label) for label in candidate["labels"]],
-                       conda or serving_conda_spec(runtime_of(candidate)), texts)
+                       conda or serving_conda_spec(runtime_of(candidate)), texts,
+                       multi_label=candidate.get("task") == "multi_label")
     (folder / "README.md").write_text(model_card(candidate, card or {}), encoding="utf-8")
 
 
-def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example_texts: list[str]) -> None:
-    """The pyfunc flavour's files, written by MLflow itself into a scratch folder and moved into ``folder``."""
+def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example_texts: list[str],
+                       multi_label: bool = False) -> None:
+    """The pyfunc flavour's files, written by MLflow itself into a scratch folder and moved into ``folder``
+    (a multi-label model's ``labels`` output is an array of strings per row)."""
     import logging
     import os
 
@@ -63,10 +66,12 @@ def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example
     import mlflow.pyfunc
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
+    decided = ColSpec(Array("string"), "labels") if multi_label else ColSpec("string", "label")
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", f"probability_{label}") for label in labels]))
+        outputs=Schema([decided] + [ColSpec("double", f"probability_{label}") for label in labels]))
     with tempfile.TemporaryDirectory(prefix="finetune-mlmodel-") as scratch:
         code = Path(scratch) / f"{PYFUNC_MODULE}.py"
         shutil.copy2(SCORE_SCRIPT, code)

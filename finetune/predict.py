@@ -4,7 +4,8 @@
 
 CSV, JSONL and parquet in and out, chosen by extension (``.gz`` works for CSV and JSONL). The output has
 the input's id column (``--id-column``, default ``id`` when the input has one), ``label`` and
-``probability_<label>`` per class, rows in input order. The input is read in chunks of ``--chunk-rows``
+``probability_<label>`` per class, rows in input order. A multi-label model writes ``labels`` instead of
+``label``: a list per row (in CSV the list literal ``['anger', 'joy']``, the format of prepared splits). The input is read in chunks of ``--chunk-rows``
 (memory stays flat in the number of rows); inside a chunk the scorer sorts texts by length and runs
 forward batches of ``--batch-size``. Scoring is score.py's own (same runtime, truncation and decision
 rule as the online endpoint). The output appears only when every row is scored (written to
@@ -213,7 +214,8 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
             import pandas as pd
 
             table = pd.DataFrame({id_column: chunk[id_column].to_numpy()} if id_column else {})
-            table["label"] = decided_labels(proba, labels, scorer.decision)
+            table["labels" if scorer.task == "multi_label" else "label"] = decided_labels(proba, labels,
+                                                                                          scorer.decision)
             for column, label in enumerate(labels):
                 table[f"probability_{label}"] = proba[:, column].astype(np.float64)
             writer.write(table)

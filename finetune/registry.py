@@ -308,16 +308,21 @@ def production(name: str, tracking_uri: str, dst_dir: Optional[Path] = None) -> 
 def selection_tags(selection: dict, data: dict, config: dict, source: Optional[str]) -> dict:
     """Version tags that say where a model came from and how it compared.
 
-    ``test_<metric>.<candidate>`` for every scored candidate (the production model included), the
+    ``test_<metric>.<candidate>`` for every scored candidate (the production model included; multi-label
+    models also ``test_f1_micro`` and ``test_f1_macro``), the task, the
     data and split hashes, a hash of the run's config without its run identity (name, directory), so
     equal settings give equal hashes, and the source run or trial of the winner.
     """
     metric = selection["metric"]
-    tags = {"selection.metric": metric, "selection.decision": selection["decision"],
+    task = data.get("task", "single_label")
+    tags = {"selection.metric": metric, "selection.decision": selection["decision"], "task": task,
             "candidate": selection["winner"], "source": source, "data.raw_sha256": data.get("raw_sha256")}
+    # Multi-label models are compared by their F1s as well: AUC alone hides what the thresholds do.
+    recorded = dict.fromkeys([metric, *(("f1_micro", "f1_macro") if task == "multi_label" else ())])
     for row in selection["table"]:
-        if metric in row:
-            tags[f"test_{metric}.{row['candidate']}"] = f"{row[metric]:.6f}"
+        for name in recorded:
+            if name in row:
+                tags[f"test_{name}.{row['candidate']}"] = f"{row[name]:.6f}"
     for split, info in data.get("splits", {}).items():
         tags[f"data.{split}_sha256"] = info.get("sha256")
     tags["config_sha256"] = config_hash(config)
@@ -394,10 +399,11 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
     decision = {"metric": select_cfg.decision_metric, "multiclass_rule": select_cfg.multiclass_rule,
                 "train_counts": data_info.get("splits", {}).get("train", {}).get("class_counts")}
+    task = data_info.get("task", "single_label")
     results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv, decision=decision,
-                       keep_decision={PRODUCTION})
+                       keep_decision={PRODUCTION}, task=task)
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
-    selection = choose(results, select_cfg.metric, select_cfg.margin, production_name)
+    selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
     if current is not None:
         selection["production_version"] = {"name": current.name, "version": str(current.version)}
     if selection["decision"] != "register":

@@ -21,11 +21,13 @@ from typing import Optional
 
 from finetune.decision import describe
 from finetune.errors import UserError
-from finetune.metrics import METRIC_NAMES
+from finetune.metrics import LOWER_IS_BETTER, METRIC_NAMES, MULTI_LABEL_METRIC_NAMES, metric_names
 
 PRODUCTION = "production"
 # The fine-tuned transformer, on either launcher.
 FINETUNED = "finetuned"
+# Higher is better for every one of them: hamming_loss is reported, not selected by.
+SELECTABLE = tuple(name for name in MULTI_LABEL_METRIC_NAMES if name not in LOWER_IS_BETTER)
 BATCH_SIZE = 32  # texts per forward pass
 CHUNK = 512  # texts per tokenizer call
 
@@ -38,8 +40,9 @@ def check_config(select_cfg) -> list[str]:
     if select_cfg.margin < 0:
         problems.append(f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
                         "production with a worse model)")
-    if select_cfg.metric not in METRIC_NAMES:
-        problems.append(f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)}")
+    if select_cfg.metric not in SELECTABLE:
+        problems.append(f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)} (and for "
+                        f"multi-label data {', '.join(n for n in MULTI_LABEL_METRIC_NAMES if n not in METRIC_NAMES + LOWER_IS_BETTER)})")
     return problems
 
 
@@ -79,7 +82,7 @@ def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
 
 
 def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None, *,
-             val_csv=None, decision: Optional[dict] = None, keep_decision=()) -> dict:
+             val_csv=None, decision: Optional[dict] = None, keep_decision=(), task: str = "single_label") -> dict:
     """Score each candidate folder on the test split at its decision rule: ``{name: {"kind", "decision",
     "test", "test_argmax"}}``.
 
@@ -92,17 +95,19 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     gets ``{"kind", "error"}`` instead, so one broken candidate does not stop the others. With
     ``proba_dir``, the true label ids go to ``test_labels.npy`` and each candidate's probabilities to
     ``<name>_test_proba.npy`` (paths under ``test_labels`` / ``test_proba``) for the report's plots.
+    ``task="multi_label"``: targets are 0/1 label matrices, the rule is per-label thresholds
+    (:func:`finetune.decision.choose_label_thresholds`) and ``test_argmax`` holds the metrics at 0.5.
     """
     import numpy as np
 
-    from finetune.data import read_split
-    from finetune.decision import choose_decision
-    from finetune.metrics import classification_metrics
+    from finetune.data import read_targets
+    from finetune.decision import choose_decision, choose_label_thresholds
+    from finetune.metrics import task_metrics
     from finetune.serve.score import decide
 
-    texts, y_true = read_split(test_csv, labels)
+    texts, y_true = read_targets(test_csv, labels, task)
     y_true = np.asarray(y_true)
-    val_texts, y_val = read_split(val_csv, labels) if val_csv is not None and decision else (None, None)
+    val_texts, y_val = read_targets(val_csv, labels, task) if val_csv is not None and decision else (None, None)
     if proba_dir is not None:
         proba_dir = Path(proba_dir)
         proba_dir.mkdir(parents=True, exist_ok=True)
@@ -115,19 +120,23 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
             kind = info["kind"]
             if sorted(info["labels"]) != sorted(labels):
                 raise UserError(f"its labels {info['labels']} are not this run's {labels}")
+            if info.get("task", "single_label") != task:
+                raise UserError(f"it is a {info.get('task', 'single_label')} model, this run's data is {task}")
             scorer = load_scorer(path)
             # Columns follow the candidate's label order; metrics and rules here use this run's id order.
             columns = [info["labels"].index(label) for label in labels]
-            rule = info.get("decision")
+            rule = info.get("decision") or scorer.decision
             if val_texts is not None and name not in keep_decision:
-                rule = choose_decision(y_val, scorer_proba(scorer, val_texts)[:, columns], labels, **decision)
+                proba_val = scorer_proba(scorer, val_texts)[:, columns]
+                rule = (choose_label_thresholds(y_val, proba_val, labels) if task == "multi_label"
+                        else choose_decision(y_val, proba_val, labels, **decision))
                 info["decision"] = rule
                 (Path(path) / "candidate.json").write_text(json.dumps(info, indent=2))
             proba = scorer_proba(scorer, texts)[:, columns]
             y_pred = decide(proba, labels, rule)
-            results[name] = {"kind": kind, "decision": rule or {"rule": "argmax"},
-                             "test": classification_metrics(y_true, proba, y_pred, labels=labels),
-                             "test_argmax": classification_metrics(y_true, proba, labels=labels)}
+            results[name] = {"kind": kind, "decision": rule or scorer.decision or {"rule": "argmax"},
+                             "test": task_metrics(task, y_true, proba, y_pred, labels=labels),
+                             "test_argmax": task_metrics(task, y_true, proba, labels=labels)}
             if proba_dir is not None:
                 proba_path = proba_dir / f"{name}_test_proba.npy"
                 np.save(proba_path, proba)
@@ -145,15 +154,16 @@ def _score(entry: dict, metric: str) -> float:
 
 
 def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
-           production_name: Optional[str] = None) -> dict:
+           production_name: Optional[str] = None, task: str = "single_label") -> dict:
     """Pick the model to ship from :func:`evaluate` results; returns the ``selection`` section.
 
     ``decision`` is ``register`` (a new model: the best new candidate, which beats production by more
     than ``margin`` or there is no production to beat) or ``keep_production``. A candidate that failed
     is listed with its error; only when nothing could be scored is that a :class:`UserError`.
     """
-    if metric not in METRIC_NAMES:
-        raise UserError(f"select.metric={metric}: unknown; use one of {', '.join(METRIC_NAMES)}")
+    legal = [name for name in metric_names(task) if name not in LOWER_IS_BETTER]
+    if metric not in legal:
+        raise UserError(f"select.metric={metric}: not a metric of {task} data; use one of {', '.join(legal)}")
     scored = {name: entry for name, entry in results.items() if "test" in entry}
     failed = {name: entry["error"] for name, entry in results.items() if "test" not in entry}
     if not scored:
@@ -193,7 +203,7 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
                  if key in scored[name]}}
              for name in ranked]
     table += [{"candidate": name, "kind": kind(name), "error": error} for name, error in failed.items()]
-    selection = {"metric": metric, "margin": margin, "production": production_name, "table": table,
+    selection = {"metric": metric, "task": task, "margin": margin, "production": production_name, "table": table,
                  "winner": winner, "decision": decision, "reason": reason,
                  "test": {name: scored[name]["test"] for name in ranked}, "failed": failed}
     print(format_table(selection), flush=True)
@@ -203,7 +213,9 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
 def format_table(selection: dict) -> str:
     """The comparison as fixed-width text: one row per candidate, the selection metric first."""
     metric = selection["metric"]
-    columns = [metric] + [name for name in ("accuracy", "f1_macro", "auc_weighted") if name != metric]
+    shown = ("f1_micro", "f1_macro", "auc_weighted") if selection.get("task") == "multi_label" else (
+        "accuracy", "f1_macro", "auc_weighted")
+    columns = [metric] + [name for name in shown if name != metric]
     header = ["candidate", "kind", *columns, "decision"]
     rows = []
     for row in selection["table"]:

@@ -10,6 +10,10 @@ It takes split files and hyperparameters (never Hydra config), fine-tunes with t
 The test split is not read here: the select stage tests every candidate once, with the code that serves
 it, and the launcher logs those figures (``test_<metric>``) to this training's MLflow run.
 Imbalanced classes: ``--class-weights`` weights the cross-entropy per class (see :func:`class_weights`).
+``--task multi_label``: one sigmoid per label with binary cross-entropy (``problem_type`` ``multi_label_classification``
+in the saved config, so ``AutoModelForSequenceClassification`` users get the same head), split label cells are
+label lists, ``--class-weights`` weighs each label's positives (:func:`label_positive_weights`) and the val
+metrics are :func:`finetune.metrics.multi_label_metrics` at 0.5 (the select stage chooses per-label thresholds).
 ``--early-stopping-patience N`` stops after N evaluations without a better primary metric.
 
 The model kept is the best evaluation by the primary metric, so a sweep's "best value" of a trial and the
@@ -65,6 +69,41 @@ def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Option
         weights = [w ** 0.5 for w in weights]
     scale = total / sum(w * n for w, n in zip(weights, counts))
     return [w * scale for w in weights]
+
+
+def label_positive_weights(targets, mode: str) -> Optional[List[float]]:
+    """Multi-label: a ``pos_weight`` per label for binary cross-entropy, from the train split's 0/1 matrix.
+
+    ``balanced``: negatives / positives of the label (its positives weigh as much in total as its negatives);
+    ``auto``: the square root of that, as for single-label classes; ``none``: plain BCE.
+    """
+    import numpy as np
+
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights={mode!r}: use one of {', '.join(CLASS_WEIGHTS)}")
+    if mode == "none":
+        return None
+    targets = np.asarray(targets)
+    positives = targets.sum(axis=0).clip(min=1)
+    ratio = (len(targets) - positives).clip(min=1) / positives
+    return [float(w) for w in (ratio if mode == "balanced" else np.sqrt(ratio))]
+
+
+def weighted_binary_cross_entropy(pos_weight: List[float]):
+    """A Trainer ``compute_loss_func``: BCE with logits and a positive weight per label, summed over labels
+    and divided like :func:`weighted_cross_entropy`."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.tensor(pos_weight, dtype=torch.float32)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
+                                                      pos_weight=weight.to(logits.device)).mean(dim=1)
+        return per_item.sum() / num_items_in_batch if num_items_in_batch is not None else per_item.mean()
+
+    return loss
 
 
 def weighted_cross_entropy(weights: List[float]):
@@ -139,7 +178,7 @@ def setup(args: TrainArgs) -> Setup:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from finetune.data import read_split
+    from finetune.data import read_targets
     from finetune.speed import BatchPlan, choose_runtime, is_main_process, load_model, plan_batch
     from finetune.train_tracking import NullTracking, start_tracking
 
@@ -165,12 +204,16 @@ def setup(args: TrainArgs) -> Setup:
     # The classification head is initialised randomly: seed before creating it, or equal seeds give
     # different trials (the Trainer seeds only after the model exists).
     transformers.set_seed(args.seed)
+    multi_label = args.task == "multi_label"
     model = load_model(args.model, runtime, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                       label2id=label2id, ignore_mismatched_sizes=True)
+                       label2id=label2id, ignore_mismatched_sizes=True,
+                       problem_type="multi_label_classification" if multi_label else "single_label_classification")
 
     def encode(path: str):
-        texts, ids = read_split(path, labels)
-        dataset = Dataset.from_dict({"text": texts, "label": ids})
+        texts, targets = read_targets(path, labels, args.task)
+        # BCE takes float targets: the collator then stacks them into a float tensor.
+        dataset = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist() if multi_label
+                                     else targets})
         return dataset.map(
             lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
             batched=True,
@@ -243,16 +286,22 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
     watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
 
+    multi_label = args.task == "multi_label"
+
     def compute_metrics(prediction):
-        from finetune.metrics import classification_metrics
+        from finetune.metrics import task_metrics
 
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        proba = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
-        return classification_metrics(prediction.label_ids, proba)
+        logits = torch.as_tensor(logits, dtype=torch.float32)
+        proba = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
+        truth = prediction.label_ids.round().astype("int64") if multi_label else prediction.label_ids
+        return task_metrics(args.task, truth, proba)
 
     meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
                              prepared.mean_tokens)
-    weights = class_weights(prepared.train_set["label"], len(prepared.labels), args.class_weights)
+    weights = (label_positive_weights(prepared.train_set["label"], args.class_weights) if multi_label
+               else class_weights(prepared.train_set["label"], len(prepared.labels), args.class_weights))
+    loss = weighted_binary_cross_entropy if multi_label else weighted_cross_entropy
     early_stopping = None
     if args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -267,7 +316,7 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
         data_collator=DataCollatorWithPadding(prepared.tokenizer, pad_to_multiple_of=prepared.runtime.pad_to_multiple_of),
         processing_class=prepared.tokenizer,
         compute_metrics=compute_metrics,
-        compute_loss_func=weighted_cross_entropy(weights) if weights else None,
+        compute_loss_func=loss(weights) if weights else None,
         callbacks=[watcher, meter, *([early_stopping] if early_stopping else []), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
@@ -317,7 +366,7 @@ def finalize(prepared: Setup, fitted: Fitted) -> dict:
             prepared.tokenizer.save_pretrained(str(model_dir))
             # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
             (model_dir / "training_args.bin").unlink(missing_ok=True)
-            (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels,
+            (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "task": args.task, "labels": labels,
                                                                   "max_length": args.max_length}, indent=2))
         result["model_dir"] = str(model_dir)
     result["throughput"] = {**fitted.meter.figures(), **fitted.figures}

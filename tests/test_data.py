@@ -60,7 +60,8 @@ def bundled_prepared(tmp_path_factory) -> PreparedData:
 def test_bundled_counts_files_and_contract(bundled_prepared):
     prepared = bundled_prepared
     summary = prepared.to_dict()
-    assert list(summary) == ["source", "raw_sha256", "labels", "rows_raw", "rows_labelled", "splits"]
+    assert list(summary) == ["source", "raw_sha256", "task", "labels", "rows_raw", "rows_labelled", "split", "splits"]
+    assert summary["task"] == "single_label" and summary["split"] == "stratified"
     assert summary["labels"] == ["negative", "positive"]
     assert summary["rows_raw"] == 2804 and summary["rows_labelled"] == 2610
     bundled_csv = Path(data_stage.__file__).parent.parent / "data_files" / "automotive_reviews.csv"
@@ -501,11 +502,11 @@ def test_a_folder_it_did_not_prepare_is_never_replaced(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tickets.jsonl", "tickets.parquet"])
-def test_list_valued_labels_get_one_clear_line(tmp_path, name):
+def test_list_valued_labels_with_task_single_label_get_one_clear_line(tmp_path, name):
     rows = [{"text": f"ticket {i}", "label": ["billing", "sales"] if i == 3 else ["billing"]} for i in range(10)]
     with pytest.raises(UserError) as error:
-        prepare(file_dataset(write_rows(tmp_path / name, rows)), tmp_path / "out")
+        prepare(file_dataset(write_rows(tmp_path / name, rows), task="single_label"), tmp_path / "out")
     message = str(error.value)
     assert "\n" not in message and message.startswith("dataset.label_column=label: row 1 of")
-    assert "list of labels" in message and "multi-label data is not supported yet" in message
+    assert "list of labels" in message and "set dataset.task=multi_label" in message
     assert not (tmp_path / "out").exists()

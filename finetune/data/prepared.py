@@ -1,6 +1,11 @@
 """The prepared folder (docs/contracts.md, "Prepared data"): ``prepare`` runs source -> labels -> split and
 writes it; :class:`PreparedData` describes it (its ``to_dict()`` is the ``data`` section of summary.json) and
-:func:`read_split` reads a split file back for every stage that scores or trains on it.
+:func:`read_split` reads a single-label split file back for every stage that scores or trains on it
+(multi-label files: :mod:`.targets`).
+
+data.json records the task (``single_label`` | ``multi_label``) and how the rows were split (``stratified``,
+``iterative_stratification`` or ``predefined``); a folder from before multi-label support has neither and
+loads as single-label.
 
 Output is written to a sibling staging folder and renamed into place, so a failure leaves no half-prepared
 folder that a later stage (or a resumed run) could mistake for a good one.
@@ -16,12 +21,14 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from finetune.config import DatasetConfig
-from finetune.data.labels import label_rows
+from finetune.data.labels import label_rows, read_label_names, task_problems
+from finetune.data.multilabel import MULTI_LABEL, SINGLE_LABEL, label_cell, label_sets, resolve_task
 from finetune.data.sources import SOURCES, local_source, read_source, sha256_file
-from finetune.data.split import assign_splits
+from finetune.data.split import (assign_multi_label_splits, assign_predefined_splits, assign_splits,
+                                 check_unseen_labels, split_index, split_problems)
 from finetune.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -38,9 +45,12 @@ class PreparedData:
     raw_sha256: str
     rows_raw: int
     rows_labelled: int
-    # split name -> {"rows", "sha256", "class_counts"}; the path lives in the *_path fields.
+    # split name -> {"rows", "sha256", "class_counts"}; the path lives in the *_path fields. For multi-label
+    # data a class count is the number of rows holding that label.
     splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    task: str = "single_label"  # single_label | multi_label (label cells are label lists)
+    task: str = SINGLE_LABEL
+    # stratified | iterative_stratification | predefined
+    split: str = "stratified"
 
     @property
     def directory(self) -> Path:
@@ -54,11 +64,12 @@ class PreparedData:
         """The ``data`` section of summary.json (docs/contracts.md)."""
         return {
             "source": self.source,
-            "task": self.task,
             "raw_sha256": self.raw_sha256,
+            "task": self.task,
             "labels": list(self.labels),
             "rows_raw": self.rows_raw,
             "rows_labelled": self.rows_labelled,
+            "split": self.split,
             "splits": {name: {"path": str(self.path(name)), **self.splits[name]} for name in SPLITS},
         }
 
@@ -83,7 +94,8 @@ class PreparedData:
                 rows_raw=data["rows_raw"],
                 rows_labelled=data["rows_labelled"],
                 splits={name: {k: v for k, v in data["splits"][name].items() if k != "path"} for name in SPLITS},
-                task=data.get("task", "single_label"),
+                task=data.get("task", SINGLE_LABEL),
+                split=data.get("split", "stratified"),
             )
         except FileNotFoundError:
             raise UserError(f"{out_dir}: no prepared data there (data.json missing); run the data stage again") from None
@@ -110,39 +122,84 @@ def prepare(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:
                         "set exactly one (labels as-is, or ratings mapped to sentiment)")
     if dataset.sample is not None and dataset.sample < 1:
         raise UserError(f"dataset.sample={dataset.sample}: must be a positive number of rows (or null for all)")
+    problems = task_problems(dataset) + split_problems(dataset)
+    if problems:
+        raise UserError(problems[0])
 
-    with local_source(dataset) as (path, fmt, source):
-        texts, values, rows_raw = read_source(path, fmt, dataset, source)
-        raw_sha256 = sha256_file(path)
-    labels, label_ids, kept_texts = label_rows(texts, values, dataset, source)
-    assignment = assign_splits(label_ids, labels, dataset)
+    texts, values, split_values, segments = [], [], [], []
+    with local_source(dataset) as raw:
+        for split, path, fmt in raw.files:
+            source = raw.description if split is None else str(path)
+            file_texts, file_values, file_splits, rows = read_source(path, fmt, dataset, source)
+            texts += file_texts
+            values += file_values
+            split_values += [split] * rows if split else file_splits or []
+            segments.append((source, rows))
+        raw_sha256 = _raw_sha256(raw.files)
+        label_names = read_label_names(raw.names_file, dataset) if raw.names_file else None
+    where = _locator(segments)
+    task = resolve_task(dataset, values)
+    labeller = label_sets if task == MULTI_LABEL else label_rows
+    labels, targets, kept_texts, kept = labeller(texts, values, dataset, where, raw.description, label_names)
+
+    if split_values:
+        method = "predefined"
+        assignment = assign_predefined_splits([split_index(split_values[i], dataset, where(i)) for i in kept], dataset)
+    elif task == MULTI_LABEL:
+        method, assignment = "iterative_stratification", assign_multi_label_splits(targets, labels, dataset)
+    else:
+        method, assignment = "stratified", assign_splits(targets, labels, dataset)
 
     files: Dict[str, bytes] = {}
     splits: Dict[str, Dict[str, Any]] = {}
-    for split_index, name in enumerate(SPLITS):
-        rows = [(kept_texts[i], labels[label_ids[i]]) for i in assignment if assignment[i] == split_index]
-        files[f"{name}.csv"] = _csv_bytes(rows)
+    for position, name in enumerate(SPLITS):
+        members = [i for i in assignment if assignment[i] == position]
+        row_labels = [targets[i] if task == MULTI_LABEL else [targets[i]] for i in members]
+        cells = [label_cell(ids, labels) if task == MULTI_LABEL else labels[ids[0]] for ids in row_labels]
+        files[f"{name}.csv"] = _csv_bytes([(kept_texts[i], cell) for i, cell in zip(members, cells)])
         counts = {label: 0 for label in labels}
-        for _, label in rows:
-            counts[label] += 1
-        splits[name] = {"rows": len(rows), "sha256": hashlib.sha256(files[f"{name}.csv"]).hexdigest(),
+        for ids in row_labels:
+            for label_id in ids:
+                counts[labels[label_id]] += 1
+        splits[name] = {"rows": len(members), "sha256": hashlib.sha256(files[f"{name}.csv"]).hexdigest(),
                         "class_counts": counts}
+    check_unseen_labels({name: splits[name]["class_counts"] for name in SPLITS}, dataset, method)
     prepared = PreparedData(
         train_path=out_dir / "train.csv",
         val_path=out_dir / "val.csv",
         test_path=out_dir / "test.csv",
         labels_path=out_dir / "labels.json",
         labels=labels,
-        source=source,
+        source=raw.description,
         raw_sha256=raw_sha256,
-        rows_raw=rows_raw,
-        rows_labelled=len(label_ids),
+        rows_raw=len(texts),
+        rows_labelled=len(kept),
         splits=splits,
+        task=task,
+        split=method,
     )
     files["labels.json"] = (json.dumps(labels) + "\n").encode("utf-8")
     files["data.json"] = (json.dumps(prepared.to_dict(), indent=2) + "\n").encode("utf-8")
     _write_folder(out_dir, files)
     return prepared
+
+
+def _raw_sha256(files: List[Tuple[Optional[str], Path, str]]) -> str:
+    """The raw file's sha256; for split files, the sha256 of their "split sha256" lines."""
+    if len(files) == 1 and files[0][0] is None:
+        return sha256_file(files[0][1])
+    return hashlib.sha256("".join(f"{split} {sha256_file(path)}\n" for split, path, _ in files).encode()).hexdigest()
+
+
+def _locator(segments: List[Tuple[str, int]]) -> Callable[[int], str]:
+    """``where(index)``: "row N of FILE" for a row index into the files read one after another."""
+    def where(index: int) -> str:
+        for source, rows in segments:
+            if index < rows:
+                return f"row {index + 1} of {source}"
+            index -= rows
+        raise IndexError(index)
+    return where
 
 
 def _csv_bytes(rows: List[Tuple[str, str]]) -> bytes:

@@ -1,7 +1,12 @@
-"""Where the raw rows come from: the bundled reviews, a 5-core download or a file of the user's, read with
-the standard library (``csv``, ``json.loads`` one line at a time) and pyarrow for parquet, keeping only the
-two columns that matter. JSON is never ``eval``-ed: downloaded text is data. Values keep their Python type
-until labelling, so an int label 1 and a CSV label "1" both become "1".
+"""Where the raw rows come from: bundled data, a 5-core download or files of the user's, read with the
+standard library (``csv``, ``json.loads`` one line at a time) and pyarrow for parquet, keeping only the
+columns that matter (text, label or rating, and ``split_column``). JSON is never ``eval``-ed: downloaded text
+is data. Values keep their Python type until labelling, so an int label 1 and a CSV label "1" both become "1",
+and a JSON list stays a list (multi-label data).
+
+A source is one file, or with ``dataset.split_files`` a folder holding the published train/val/test files,
+each read with the same options; :func:`local_source` also resolves ``dataset.label_names_file`` against the
+data's folder, so a folder of data and its label names move together.
 
 Downloads land in ``dataset.cache_dir`` under a name derived from the URL, via a temporary file in the same
 folder and ``os.replace``: an interrupted download never looks cached, and a cached one is never fetched again
@@ -19,9 +24,10 @@ import secrets
 import sys
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from finetune.config import DatasetConfig
@@ -34,8 +40,10 @@ SOURCES = ("bundled", "amazon_5core", "file")
 BUNDLED_FILE = "automotive_reviews.csv"
 FIVE_CORE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz"
 # The 5-core files name JSON-lines content `.json`, so `.json` is read as JSON lines as well.
-FORMATS = {"csv": "csv", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
-SUPPORTED = ".csv, .jsonl/.json (one JSON object a line) or .parquet; .gz is allowed for csv and jsonl"
+FORMATS = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
+SUPPORTED = ".csv, .tsv, .jsonl/.json (one JSON object a line) or .parquet; .gz is allowed for csv, tsv and jsonl"
+DELIMITERS = {"csv": ",", "tsv": "\t"}
+SPLIT_NAMES = ("train", "val", "test")
 _CHUNK = 1 << 20
 # What R's write.csv, pandas and spreadsheets write for a missing value. CSV has no null, so a label cell
 # holding one of these is a missing label (the row is dropped and counted), never a class named "NA".
@@ -44,7 +52,7 @@ CSV_MISSING = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL
 
 
 def file_format(name: str) -> Optional[str]:
-    """csv | jsonl | parquet from a file name (``.gz`` allowed for csv and jsonl), or None if unsupported."""
+    """csv | tsv | jsonl | parquet from a file name (``.gz`` allowed for csv and jsonl), or None if unsupported."""
     lower = name.lower()
     gzipped = lower.endswith(".gz")
     if gzipped:
@@ -64,32 +72,87 @@ def source_url(dataset: DatasetConfig) -> Optional[Tuple[str, str]]:
     return None
 
 
+@dataclass
+class RawData:
+    """The local files of a source: (split name, or None without ``split_files``; path; format) each, the
+    description for the summary, and the resolved ``label_names_file``."""
+
+    files: List[Tuple[Optional[str], Path, str]]
+    description: str
+    names_file: Optional[Path] = None
+
+
 @contextmanager
-def local_source(dataset: DatasetConfig) -> Iterator[Tuple[Path, str, str]]:
-    """(local path, format, description for the summary) of the dataset's raw file."""
+def local_source(dataset: DatasetConfig) -> Iterator[RawData]:
+    """The dataset's raw files, downloaded first when they come from a URL."""
     if dataset.source == "bundled":
-        with resources.as_file(resources.files("finetune") / "data_files" / BUNDLED_FILE) as path:
-            yield path, "csv", f"bundled:finetune/data_files/{BUNDLED_FILE}"
+        name = dataset.path or BUNDLED_FILE
+        with resources.as_file(resources.files("finetune") / "data_files") as folder:
+            yield _raw_data(dataset, _bundled_path(folder, name), f"dataset.path={name}",
+                            f"bundled:finetune/data_files/{name}")
         return
     remote = source_url(dataset)
     if remote:
         url, setting = remote
-        path, key, description = download(url, dataset.cache_dir, setting), setting, url
+        if dataset.split_files:
+            raise UserError(f"{setting}: dataset.split_files needs the files in a local folder; download them and "
+                            "set dataset.path=FOLDER")
+        yield _raw_data(dataset, download(url, dataset.cache_dir, setting), setting, url)
     elif dataset.path:
         path = Path(dataset.path).expanduser().resolve()
-        key, description = f"dataset.path={dataset.path}", str(path)
-        if not path.is_file():
-            raise UserError(f"{key}: no such file" + _not_a_file(path))
+        yield _raw_data(dataset, path, f"dataset.path={dataset.path}", str(path))
     else:
         needs = "dataset.path=FILE or dataset.url=URL" + (" or dataset.category=NAME" if dataset.source == "amazon_5core" else "")
         raise UserError(f"dataset.path=None: dataset.source={dataset.source} needs {needs}")
+
+
+def _bundled_path(folder: Path, name: str) -> Path:
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.exists() or name in ("", "."):
+        shipped = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix != ".md"))
+        raise UserError(f"dataset.path={name}: not in the bundled data (finetune/data_files); use one of: {shipped}")
+    return path
+
+
+def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str) -> RawData:
+    """The files of ``path`` (a file, or the folder of ``split_files``), each found and of a known format."""
+    if dataset.split_files:
+        if not path.is_dir():
+            raise UserError(f"{key}: dataset.split_files needs dataset.path to be the folder holding them"
+                            + (" (it is a file)" if path.exists() else " (no such folder)"))
+        files = []
+        for split in SPLIT_NAMES:
+            name = dataset.split_files[split]
+            file, setting = path / Path(name).expanduser(), f"dataset.split_files.{split}={name}"
+            if not file.is_file():
+                raise UserError(f"{setting}: no such file in {path}" + _not_a_file(file))
+            files.append((split, file, _format(dataset, file, setting)))
+    else:
+        if not path.is_file():
+            raise UserError(f"{key}: no such file" + _not_a_file(path))
+        files = [(None, path, _format(dataset, path, key))]
+    names_file = None
+    if dataset.label_names_file:
+        # Relative to the data, not to the working directory: a folder of data carries its label names.
+        folder = path if path.is_dir() else path.parent
+        names_file = folder / Path(dataset.label_names_file).expanduser()
+        if not names_file.is_file():
+            raise UserError(f"dataset.label_names_file={dataset.label_names_file}: no such file ({names_file}); name "
+                            f"a text file with one label name a line, absolute or relative to {folder}")
+    return RawData(files, description + (f" ({', '.join(f'{s}: {p.name}' for s, p, _ in files)})"
+                                         if dataset.split_files else ""), names_file)
+
+
+def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
     if dataset.source == "amazon_5core":
-        yield path, "jsonl", description
-        return
+        return "jsonl"
     fmt = file_format(path.name)
     if fmt is None:
         raise UserError(f"{key}: unsupported file type; use {SUPPORTED}")
-    yield path, fmt, description
+    if dataset.column_names and fmt not in DELIMITERS:
+        raise UserError(f"dataset.column_names={dataset.column_names}: only for headerless CSV / TSV, and {path.name} "
+                        f"is {fmt} (its columns are named); set dataset.column_names=null")
+    return fmt
 
 
 def cached_path(url: str, cache_dir: Path | str) -> Path:
@@ -155,7 +218,8 @@ def label_setting(dataset: DatasetConfig) -> Tuple[str, str]:
 
 def _missing_columns(dataset: DatasetConfig, columns: List[str], where: str) -> List[str]:
     wanted = [("text_column", dataset.text_column)]
-    wanted += [(key, getattr(dataset, key)) for key in ("label_column", "rating_column") if getattr(dataset, key)]
+    wanted += [(key, getattr(dataset, key)) for key in ("label_column", "rating_column", "split_column")
+               if getattr(dataset, key)]
     present = ", ".join(columns) or "(none)"
     return [f"dataset.{key}={column}: no such column in {where}; set it to one of: {present}"
             for key, column in wanted if column not in columns]
@@ -172,36 +236,41 @@ def _open_text(path: Path) -> Iterator[io.TextIOBase]:
         yield handle
 
 
-def read_source(path: Path, fmt: str, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
-    """(texts, label or rating values, rows read) with values as the source typed them."""
-    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
+def read_source(path: Path, fmt: str, dataset: DatasetConfig, source: str) -> Tuple[list, list, Optional[list], int]:
+    """(texts, label or rating values, ``split_column`` values or None, rows read), values as the source typed
+    them."""
+    wanted = [dataset.text_column, label_setting(dataset)[1]] + ([dataset.split_column] if dataset.split_column else [])
     try:
-        return readers[fmt](path, dataset, source)
+        if fmt in DELIMITERS:
+            columns = _read_csv(path, dataset, source, wanted, DELIMITERS[fmt])
+        else:
+            columns = (_read_jsonl if fmt == "jsonl" else _read_parquet)(path, dataset, source, wanted)
     except UnicodeDecodeError as error:
         raise UserError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except (OSError, EOFError, csv.Error, zlib.error) as error:
         # zlib.error: a gzip file corrupted mid-stream (a bad header is gzip.BadGzipFile, an OSError).
         raise UserError(f"{source}: cannot read it as {fmt} ({type(error).__name__}: {error})") from None
+    return columns[0], columns[1], columns[2] if dataset.split_column else None, len(columns[0])
 
 
-def _read_csv(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
-    _, value_column = label_setting(dataset)
+def _read_csv(path: Path, dataset: DatasetConfig, source: str, wanted: List[str], delimiter: str) -> List[list]:
     _allow_large_csv_fields()
     with _open_text(path) as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = list(dataset.column_names) if dataset.column_names else next(reader, [])
         problems = _missing_columns(dataset, header, source)
         if problems:
             raise UserError(problems[0])
-        text_index, value_index = header.index(dataset.text_column), header.index(value_column)
-        texts, values = [], []
+        indexes = [header.index(column) for column in wanted]
+        columns: List[list] = [[] for _ in wanted]
         for row in reader:
             if not row:
                 continue
-            texts.append(row[text_index] if text_index < len(row) else None)
-            value = row[value_index] if value_index < len(row) else ""
-            values.append(None if value.strip() in CSV_MISSING or not value.strip() else value)
-    return texts, values, len(texts)
+            columns[0].append(row[indexes[0]] if indexes[0] < len(row) else None)
+            for index, values in zip(indexes[1:], columns[1:]):
+                value = row[index] if index < len(row) else ""
+                values.append(None if value.strip() in CSV_MISSING or not value.strip() else value)
+    return columns
 
 
 def _allow_large_csv_fields() -> None:
@@ -215,9 +284,9 @@ def _allow_large_csv_fields() -> None:
             limit //= 2
 
 
-def _read_jsonl(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
-    _, value_column = label_setting(dataset)
-    texts, values, columns = [], [], {}
+def _read_jsonl(path: Path, dataset: DatasetConfig, source: str, wanted: List[str]) -> List[list]:
+    values: List[list] = [[] for _ in wanted]
+    columns: Dict[str, None] = {}
     with _open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -231,27 +300,26 @@ def _read_jsonl(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, 
                 raise UserError(f"{source}: line {number} is a JSON {type(record).__name__}, not an object; the file "
                                 "must hold one JSON object a line")
             columns.update(dict.fromkeys(record))
-            texts.append(record.get(dataset.text_column))
-            values.append(record.get(value_column))
+            for column, found in zip(wanted, values):
+                found.append(record.get(column))
     problems = _missing_columns(dataset, list(columns), source)
-    if problems and texts:
+    if problems and values[0]:
         raise UserError(problems[0])
-    return texts, values, len(texts)
+    return values
 
 
-def _read_parquet(path: Path, dataset: DatasetConfig, source: str) -> Tuple[list, list, int]:
+def _read_parquet(path: Path, dataset: DatasetConfig, source: str, wanted: List[str]) -> List[list]:
     import pyarrow
     import pyarrow.parquet as pq
 
-    _, value_column = label_setting(dataset)
     try:
         problems = _missing_columns(dataset, pq.read_schema(path).names, source)
         if problems:
             raise UserError(problems[0])
-        table = pq.read_table(path, columns=[dataset.text_column, value_column])
+        table = pq.read_table(path, columns=wanted)
     except pyarrow.ArrowException as error:
         raise UserError(f"{source}: cannot read it as parquet ({error})") from None
-    return table.column(0).to_pylist(), table.column(1).to_pylist(), table.num_rows
+    return [table.column(index).to_pylist() for index in range(len(wanted))]
 
 
 def sha256_file(path: Path | str) -> str:
@@ -263,34 +331,49 @@ def sha256_file(path: Path | str) -> str:
 
 
 def check_source(plan: "RunPlan") -> List[str]:
-    """Problems with the dataset's source found without loading it: file, extension, column names."""
+    """Problems with the dataset's source found without loading it: files, extensions, column names."""
     dataset = plan.dataset
     if dataset.source not in SOURCES:
         return [f"dataset.source={dataset.source}: unknown; use one of {', '.join(SOURCES)}"]
-    if dataset.source == "bundled":
-        return []
-    if not dataset.path:
-        remote = source_url(dataset)
-        if remote:
-            if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
-                return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
-            return []
-        if dataset.source == "file":
-            return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, JSONL or parquet) "
-                    "or dataset.url=URL"]
-        return ["dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL "
-                "or dataset.path=FILE"]
-    path = Path(dataset.path).expanduser()
-    if not path.is_file():
-        return [f"dataset.path={dataset.path}: no such file" + _not_a_file(path)]
-    fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
-    if fmt is None:
-        return [f"dataset.path={dataset.path}: unsupported file type; use {SUPPORTED}"]
+    if dataset.split_files and sorted(dataset.split_files) != sorted(SPLIT_NAMES):
+        return []  # check_split names the keys; the files cannot be found without them
     try:
-        columns = _header(path, fmt)
-    except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
-        return [f"dataset.path={dataset.path}: cannot read it as {fmt} ({' '.join(str(error).split())})"]
-    return [] if columns is None else _missing_columns(dataset, columns, str(path))
+        if dataset.source == "bundled":
+            with resources.as_file(resources.files("finetune") / "data_files") as folder:
+                name = dataset.path or BUNDLED_FILE
+                raw = _raw_data(dataset, _bundled_path(folder, name), f"dataset.path={name}", name)
+        elif dataset.path:
+            raw = _raw_data(dataset, Path(dataset.path).expanduser(), f"dataset.path={dataset.path}", dataset.path)
+        else:
+            return _remote_problems(dataset)
+    except UserError as error:
+        return [str(error)]
+    problems: List[str] = []
+    for split, path, fmt in raw.files:
+        try:
+            columns = _header(path, fmt, dataset)
+        except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
+            key = f"dataset.split_files.{split}={dataset.split_files[split]}" if split else f"dataset.path={dataset.path}"
+            problems.append(f"{key}: cannot read it as {fmt} ({' '.join(str(error).split())})")
+            continue
+        problems += [] if columns is None else _missing_columns(dataset, columns, str(path))
+    return problems
+
+
+def _remote_problems(dataset: DatasetConfig) -> List[str]:
+    remote = source_url(dataset)
+    if remote:
+        if dataset.split_files:
+            return [f"{remote[1]}: dataset.split_files needs the files in a local folder; download them and set "
+                    "dataset.path=FOLDER"]
+        if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
+            return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
+        return []
+    if dataset.source == "file":
+        return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, JSONL or parquet) "
+                "or dataset.url=URL"]
+    return ["dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL "
+            "or dataset.path=FILE"]
 
 
 def _not_a_file(path: Path) -> str:
@@ -299,15 +382,18 @@ def _not_a_file(path: Path) -> str:
     return " (it is a device or pipe, not a regular file)" if path.exists() else ""
 
 
-def _header(path: Path, fmt: str) -> Optional[List[str]]:
-    """Column names from the first row / first object / parquet schema; None when the file is empty."""
+def _header(path: Path, fmt: str, dataset: DatasetConfig) -> Optional[List[str]]:
+    """Column names from ``column_names`` / the first row / first object / parquet schema; None when the file
+    is empty."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
         return pq.read_schema(path).names
+    if fmt in DELIMITERS and dataset.column_names:
+        return list(dataset.column_names)
     with _open_text(path) as handle:
-        if fmt == "csv":
-            return next(csv.reader(handle), None)
+        if fmt in DELIMITERS:
+            return next(csv.reader(handle, delimiter=DELIMITERS[fmt]), None)
         for line in handle:
             if line.strip():
                 record = json.loads(line)

@@ -116,9 +116,12 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
 
     next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
     data = prepare(plan.dataset, run_dir / "data")
+    if plan.dataset.task != data.task:
+        # task=auto is decided by the data stage; training and selection take the decided task from the plan.
+        plan = dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=data.task))
     summary.data = data
     summary.save()
-    print(f"{data.rows_labelled} labelled rows -> "
+    print(f"{data.task.replace('_', '-')} data, {len(data.labels)} labels; {data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
     from finetune.select import check_production_labels
 
@@ -167,7 +170,9 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     if "automl" in plan.stages:
         from finetune.automl import run_automl
 
-        next_stage("automl", f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)")
+        next_stage("automl", "local AutoML baseline (" + (
+            "one-vs-rest TF-IDF + logistic regression)" if data.task == "multi_label"
+            else f"FLAML, {plan.automl.time_budget_s} s budget)"))
         summary.candidates["automl"] = Candidate.from_dict(
             run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights))
         summary.save()
@@ -288,11 +293,11 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
         return selection
     production = registry.resolve(name, current, uri, out_dir)
     print(f"production moved to version {current} since selection; comparing again", flush=True)
-    results = select.evaluate({"production": production.path}, data.test_path, list(data.labels))
+    results = select.evaluate({"production": production.path}, data.test_path, list(data.labels), task=data.task)
     winner = selection.winner
     results[winner] = {"kind": selection.kind(winner), "test": selection.test(winner)}
     rechecked = selection.overruled(current, select.choose(results, plan.select.metric, plan.select.margin,
-                                                           "production"))
+                                                           "production", task=data.task))
     if not rechecked.promotable:
         print(f"not promoted: {rechecked.reason}", flush=True)
     return rechecked

@@ -1,4 +1,5 @@
-"""The report's data section: class balance and text length per split."""
+"""The report's data section: class balance (multi-label: label frequency and co-occurrence) and text length
+per split."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,12 @@ def data_section(summary: dict, figures: Figures) -> list[str]:
         return []
     labels, splits = data.get("labels", []), data["splits"]
     lines = ["## Data", "", f"Source: `{data.get('source')}`; {data.get('rows_raw')} raw rows, "
-             f"{data.get('rows_labelled')} labelled; classes: {', '.join(labels)}.", ""]
+             f"{data.get('rows_labelled')} labelled; {'labels' if data.get('task') == 'multi_label' else 'classes'}: "
+             f"{', '.join(labels)}.", ""]
+    if data.get("task") == "multi_label":
+        from finetune.report.multilabel import data_lines
+
+        return lines + data_lines(data, figures) + _length_lines(splits, figures)
     rows = []
     for name, split in splits.items():
         counts, total = split.get("class_counts", {}), split.get("rows") or 0
@@ -35,7 +41,11 @@ def data_section(summary: dict, figures: Figures) -> list[str]:
     axis.set_title("Class balance per split")
     axis.legend(title="class", loc="upper center", ncols=min(len(labels), 4))
     lines += [figures.save(figure, "data_class_balance", "class balance per split"), ""]
+    return lines + _length_lines(splits, figures)
 
+
+def _length_lines(splits: dict, figures: Figures) -> list[str]:
+    lines: list[str] = []
     lengths = _text_lengths(splits)
     if lengths:
         import numpy as np

@@ -19,9 +19,11 @@ def selection_section(summary: dict, figures: Figures) -> list[str]:
         rows = [[name, describe_candidate(c.get("kind"), c), c.get("val", {}).get("auc_weighted")] for name, c in candidates.items()]
         return ["## Candidates", "", table(["candidate", "what", "val auc_weighted"], rows), ""]
     metric, winner = selection["metric"], selection["winner"]
-    columns = list(dict.fromkeys([metric, "accuracy", "f1_macro", "recall_macro", "auc_weighted",
-                                  "average_precision_weighted"]))
     labels = summary.get("data", {}).get("labels") or []
+    multi_label = summary.get("data", {}).get("task") == "multi_label"
+    columns = list(dict.fromkeys(
+        [metric, "f1_micro", "f1_macro", "accuracy", "hamming_loss", "auc_weighted", "auc_micro"] if multi_label
+        else [metric, "accuracy", "f1_macro", "recall_macro", "auc_weighted", "average_precision_weighted"]))
     rows = []
     for row in selection["table"]:
         name = row["candidate"]
@@ -31,7 +33,8 @@ def selection_section(summary: dict, figures: Figures) -> list[str]:
         if "error" in row:
             rows.append([label, description, val, f"failed: {row['error']}", *[""] * (len(columns) + 2)])
         else:
-            recall = " / ".join(f"{row.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels)
+            recall = ("per label below" if multi_label else
+                      " / ".join(f"{row.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels))
             at_argmax = (row.get("test_argmax") or {}).get("f1_macro")
             rows.append([label, description, val, *(row.get(c) for c in columns), describe(row.get("decision")),
                          recall, at_argmax])
@@ -39,14 +42,18 @@ def selection_section(summary: dict, figures: Figures) -> list[str]:
              f"Every candidate scored on the same test split by one metric function; chosen by test `{metric}` "
              f"(margin over production: {selection.get('margin', 0):g}). Label metrics are at the decision rule "
              "each candidate ships (chosen on val; the endpoint answers with it); AUC and average precision rank "
-             "probabilities and do not depend on it.", "",
+             "probabilities and do not depend on it."
+             + (" Multi-label: `accuracy` is subset accuracy (every label of a text right), `hamming_loss` the "
+                "share of wrong label decisions (lower is better), micro averages pool every label decision."
+                if multi_label else ""), "",
              table(["candidate", "what", f"val {metric}", *(f"test {c}" for c in columns), "decision rule",
-                     f"test recall ({' / '.join(labels)})", "test f1_macro at argmax"], rows), "",
+                     "test recall" if multi_label else f"test recall ({' / '.join(labels)})",
+                     "test f1_macro at 0.5" if multi_label else "test f1_macro at argmax"], rows), "",
              f"**Decision: {selection['decision']}** — {selection['reason']}", ""]
 
     scored = [row for row in selection["table"] if "error" not in row]
     figure, (axis,) = figures.new(7, 2 + 1.1 * len(scored))
-    shown = list(dict.fromkeys([metric, "accuracy", "f1_macro"]))
+    shown = list(dict.fromkeys([metric, "f1_micro", "f1_macro"] if multi_label else [metric, "accuracy", "f1_macro"]))
     height = 0.8 / len(shown)
     for index, name in enumerate(shown):
         positions = [i + (index - (len(shown) - 1) / 2) * height for i in range(len(scored))]
@@ -61,6 +68,10 @@ def selection_section(summary: dict, figures: Figures) -> list[str]:
     axis.legend(title="metric", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=len(shown), fontsize=8)
     lines += [figures.save(figure, "candidates", "candidates on test"), ""]
 
+    if multi_label:
+        from finetune.report.multilabel import winner_lines
+
+        return lines + winner_lines(selection, labels, figures)
     lines += _winner_plots(selection, summary.get("data", {}).get("labels"), figures)
     return lines
 
@@ -173,7 +184,7 @@ def rollout_section(summary: dict) -> list[str]:
     if predictions:
         lines += ["", "Smoke test predictions:", "",
                   table(["#", "label", "probabilities"],
-                         [[i, p.get("label"), ", ".join(f"{k} {v:.3f}" for k, v in (p.get("probabilities") or {}).items())]
+                         [[i, ", ".join(p["labels"]) if "labels" in p else p.get("label"), ", ".join(f"{k} {v:.3f}" for k, v in (p.get("probabilities") or {}).items())]
                           for i, p in enumerate(predictions)])]
     steps = rollout.get("steps") or []
     if steps:

@@ -81,15 +81,21 @@ def prediction_problems(request: dict, response: Any) -> List[str]:
         if not isinstance(probabilities, dict) or not probabilities:
             problems.append(f"prediction {index} has no probabilities")
             continue
-        if prediction.get("label") not in probabilities:
-            problems.append(f"prediction {index}: label {prediction.get('label')!r} is not one of its probabilities")
+        multi_label = "labels" in prediction
+        decided = prediction["labels"] if multi_label else [prediction.get("label")]
+        if not isinstance(decided, list) or any(label not in probabilities for label in decided):
+            problems.append(f"prediction {index}: label{'s' if multi_label else ''} "
+                            f"{prediction.get('labels' if multi_label else 'label')!r} not among its probabilities")
         try:
-            total = sum(float(p) for p in probabilities.values())
+            values = [float(p) for p in probabilities.values()]
         except (TypeError, ValueError):
             problems.append(f"prediction {index}: probabilities are not numbers")
             continue
-        if not math.isclose(total, 1.0, abs_tol=1e-3):
-            problems.append(f"prediction {index}: probabilities sum to {total:.4f}, not 1")
+        # Multi-label probabilities are one sigmoid per label: each in [0, 1], no sum to check.
+        if multi_label and not all(0.0 <= p <= 1.0 for p in values):
+            problems.append(f"prediction {index}: a label probability is outside [0, 1]")
+        elif not multi_label and not math.isclose(sum(values), 1.0, abs_tol=1e-3):
+            problems.append(f"prediction {index}: probabilities sum to {sum(values):.4f}, not 1")
     return problems
 
 

@@ -11,7 +11,10 @@ Every caller goes the same two steps: the runtime turns texts into probabilities
 flavour (``_load_pyfunc``, the ``loader_module`` of a registered version's MLmodel) all use both.
 
 Request ``{"data": [{"text": "..."}, ...]}``; response
-``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``;
+``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``
+(a multi-label candidate, ``"task": "multi_label"`` in candidate.json, answers ``"labels": [...]``, every
+label whose probability reaches its threshold, in place of ``"label"``; its probabilities are independent
+per label and need not sum to 1);
 a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving. The label is the
 candidate's decision rule (``decision`` in candidate.json, chosen on val by the select stage) applied to
 the probabilities by :func:`decide`; selection scores candidates with the same function.
@@ -171,7 +174,7 @@ class HFScorer:
     """
 
     def __init__(self, folder: Path, labels: list[str], max_length: int, max_batch: int,
-                 runtime: str = "torch", onnx_file: str | None = None):
+                 runtime: str = "torch", onnx_file: str | None = None, multi_label: bool = False):
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -188,6 +191,7 @@ class HFScorer:
                                         f"{onnx_file!r} is not in {folder}")
             self.forward = OnnxForward(folder / onnx_file, len(labels))
         self.runtime = runtime
+        self.multi_label = multi_label
         self.labels = labels
         self.max_length = max_length
         self.max_batch = max_batch
@@ -228,13 +232,23 @@ class HFScorer:
             columns = slice(-width, None) if left_padded else slice(0, width)
             logits = self.forward({name: np.ascontiguousarray(array[rows][:, columns])
                                    for name, array in encoded.items()}).astype(np.float32)
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            proba[rows] = shifted / shifted.sum(axis=1, keepdims=True)
+            proba[rows] = _sigmoid(logits) if self.multi_label else _softmax(logits)
         return proba
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    # exp of a large positive logit overflows float32; through tanh the result is exact at both ends.
+    return 0.5 * (np.tanh(0.5 * logits) + 1.0)
+
+
 class AutomlScorer:
-    """A scikit-learn pipeline from the local AutoML stage: text in, ``predict_proba`` out."""
+    """A scikit-learn pipeline from the local AutoML stage: text in, ``predict_proba`` out (for multi-label,
+    a one-vs-rest pipeline whose columns are already the labels in order)."""
 
     def __init__(self, folder: Path, labels: list[str]):
         import joblib
@@ -265,14 +279,21 @@ def load_scorer(folder: Path, max_batch: int | None = None):
     if kind == "hf":
         max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
         scorer = HFScorer(folder, labels, max_length, max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
-                          runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"))
+                          runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"),
+                          multi_label=candidate.get("task") == "multi_label")
     elif kind == "automl":
         scorer = AutomlScorer(folder, labels)
     else:
         raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
+    scorer.task = candidate.get("task", "single_label")
+    scorer.decision = candidate.get("decision") or (
+        {"rule": "per_label_thresholds", "thresholds": {label: 0.5 for label in labels}}
+        if scorer.task == "multi_label" else None)
     # Checked now, not at the first request: a rule that cannot be applied must stop the deployment.
-    decide(np.full((1, len(labels)), 1.0 / len(labels)), labels, candidate.get("decision"))
-    scorer.decision = candidate.get("decision")
+    decided = decide(np.full((1, len(labels)), 1.0 / len(labels)), labels, scorer.decision)
+    if (decided.ndim == 2) != (scorer.task == "multi_label"):
+        raise ValueError(f"candidate.json in {folder}: decision rule {scorer.decision.get('rule')!r} does not fit "
+                         f"task {scorer.task!r}")
     return scorer
 
 
@@ -282,7 +303,9 @@ def decide(proba, labels: list[str], decision: dict | None) -> np.ndarray:
     ``{"rule": "argmax"}`` (also when ``decision`` is None: candidates from before rules existed),
     ``{"rule": "threshold", "positive_label": L, "threshold": t}`` (binary: L when P(L) >= t, else the
     other class) or ``{"rule": "class_weights", "weights": {label: w}}`` (argmax of P(label) * w: a
-    class-prior correction for multiclass). Only the label depends on the rule, never the probabilities.
+    class-prior correction for multiclass); for multi-label candidates
+    ``{"rule": "per_label_thresholds", "thresholds": {label: t}}`` gives an n x k boolean array instead (label
+    j decided for text i when P_ij >= t_j). Only the labels depend on the rule, never the probabilities.
     """
     proba = np.asarray(proba, dtype=np.float64)
     rule = (decision or {}).get("rule", "argmax")
@@ -296,12 +319,26 @@ def decide(proba, labels: list[str], decision: dict | None) -> np.ndarray:
     if rule == "class_weights":
         weights = np.array([float(decision["weights"][label]) for label in labels])
         return (proba * weights).argmax(axis=1)
-    raise ValueError(f"unknown decision rule {rule!r}; expected argmax, threshold or class_weights")
+    if rule == "per_label_thresholds":
+        thresholds = np.array([float(decision["thresholds"][label]) for label in labels])
+        return proba >= thresholds
+    raise ValueError(f"unknown decision rule {rule!r}; expected argmax, threshold, class_weights or "
+                     "per_label_thresholds")
 
 
-def decided_labels(proba, labels: list[str], decision: dict | None) -> list[str]:
-    """The label names :func:`decide` picks: what the endpoint, the pyfunc model and batch prediction answer."""
-    return [labels[int(index)] for index in decide(proba, labels, decision)]
+def decided_labels(proba, labels: list[str], decision: dict | None) -> list:
+    """The label names :func:`decide` picks: what the endpoint, the pyfunc model and batch prediction answer
+    (a list of names per text for a multi-label rule)."""
+    decided = decide(proba, labels, decision)
+    if decided.ndim == 2:
+        return [[label for label, on in zip(labels, row) if on] for row in decided]
+    return [labels[int(index)] for index in decided]
+
+
+def prediction(label, row, labels: list[str]) -> dict:
+    """One text's answer: ``label`` (or ``labels`` for multi-label) and every label's probability."""
+    return {"labels" if isinstance(label, list) else "label": label,
+            "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
 
 
 def init() -> None:
@@ -366,10 +403,7 @@ def run(raw_data):
         return AMLResponse({"error": str(problem)}, 400, json_str=True)
     proba = _scorer.predict_proba(texts)
     labels = _scorer.labels
-    predictions = [
-        {"label": label, "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
-        for label, row in zip(decided_labels(proba, labels, _decision), proba)
-    ]
+    predictions = [prediction(label, row, labels) for label, row in zip(decided_labels(proba, labels, _decision), proba)]
     logger.info("scored %d texts in %.1f ms", len(texts), (time.perf_counter() - started) * 1e3)
     if _limits["log_requests"]:
         logger.info("request texts: %s", json.dumps(texts))
@@ -379,7 +413,8 @@ def run(raw_data):
 class PyfuncModel:
     """What ``mlflow.pyfunc.load_model`` returns for a registered version: the same scorer and decision.
 
-    ``predict(DataFrame with a "text" column)`` -> DataFrame ``label``, ``probability_<label>`` per class.
+    ``predict(DataFrame with a "text" column)`` -> DataFrame ``label`` (multi-label: ``labels``, a list per
+    row), ``probability_<label>`` per class.
     """
 
     def __init__(self, folder: Path):
@@ -392,7 +427,8 @@ class PyfuncModel:
         texts = [str(text) for text in texts]
         labels = self.scorer.labels
         proba = self.scorer.predict_proba(texts) if texts else np.zeros((0, len(labels)))
-        table = pd.DataFrame({"label": decided_labels(proba, labels, self.scorer.decision)})
+        column = "labels" if self.scorer.task == "multi_label" else "label"
+        table = pd.DataFrame({column: decided_labels(proba, labels, self.scorer.decision)})
         for column, label in enumerate(labels):
             table[f"probability_{label}"] = proba[:, column].astype(np.float64)
         return table

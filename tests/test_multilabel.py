@@ -1,0 +1,159 @@
+"""Multi-label models: metrics, per-label thresholds chosen on val, and what score.py answers with them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from finetune.decision import choose_label_thresholds, describe
+from finetune.metrics import multi_label_metrics, per_class_key, task_metrics
+from finetune.serve.rollout import prediction_problems
+from finetune.serve.score import decide, decided_labels
+from test_serve_score import load_score
+from test_serve_support import TEXTS
+
+LABELS = ["anger", "joy", "it's, odd"]
+
+
+def test_metrics_match_scikit_learn_definitions():
+    from sklearn.metrics import f1_score, hamming_loss, roc_auc_score
+
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]])
+    proba = np.array([[0.9, 0.2, 0.1], [0.6, 0.4, 0.2], [0.3, 0.8, 0.7], [0.2, 0.1, 0.4], [0.7, 0.6, 0.9]])
+    metrics = multi_label_metrics(y, proba, labels=LABELS)
+    predicted = (proba >= 0.5).astype(int)
+    assert metrics["f1_micro"] == pytest.approx(f1_score(y, predicted, average="micro"))
+    assert metrics["f1_macro"] == pytest.approx(f1_score(y, predicted, average="macro"))
+    assert metrics["hamming_loss"] == pytest.approx(hamming_loss(y, predicted))
+    assert metrics["accuracy"] == pytest.approx(2 / 5), "subset accuracy: rows 1 and 3 are exactly right"
+    assert metrics["auc_micro"] == pytest.approx(roc_auc_score(y, proba, average="micro"))
+    assert metrics["auc_weighted"] == pytest.approx(roc_auc_score(y, proba, average="weighted"))
+    assert metrics["recall.joy"] == pytest.approx(0.5) and metrics["precision.joy"] == pytest.approx(0.5)
+    assert per_class_key("f1", "it's, odd") == "f1.it_s_ odd" in metrics, "per-label names are made MLflow-safe"
+    assert task_metrics("multi_label", y, proba) == multi_label_metrics(y, proba)
+
+
+def test_a_label_without_positives_is_left_out_of_auc():
+    y = np.array([[1, 0], [0, 0], [1, 0]])
+    proba = np.array([[0.8, 0.1], [0.3, 0.2], [0.6, 0.4]])
+    metrics = multi_label_metrics(y, proba)
+    assert metrics["auc_weighted"] == pytest.approx(1.0) and np.isfinite(metrics["auc_micro"])
+
+
+def rare_label_scores(seed: int, n: int = 600):
+    """Three labels; the rare one is ranked well but its probabilities stay under 0.5 (as BCE gives them)."""
+    rng = np.random.default_rng(seed)
+    y = np.column_stack([rng.random(n) < 0.4, rng.random(n) < 0.3, rng.random(n) < 0.04]).astype(int)
+    proba = np.column_stack([
+        np.where(y[:, 0] == 1, rng.uniform(0.4, 0.95, n), rng.uniform(0.05, 0.6, n)),
+        np.where(y[:, 1] == 1, rng.uniform(0.45, 0.9, n), rng.uniform(0.05, 0.55, n)),
+        np.where(y[:, 2] == 1, rng.uniform(0.2, 0.45, n), rng.uniform(0.0, 0.3, n)),
+    ])
+    return y, proba
+
+
+def test_per_label_thresholds_chosen_on_val_carry_to_test():
+    y_val, proba_val = rare_label_scores(0)
+    decision = choose_label_thresholds(y_val, proba_val, LABELS)
+    assert decision["rule"] == "per_label_thresholds" and set(decision["thresholds"]) == set(LABELS)
+    assert decision["thresholds"]["it's, odd"] < 0.45, "the rare label's threshold moves to where its scores are"
+    assert decision["val"] > decision["val_argmax"]
+    y_test, proba_test = rare_label_scores(1)
+    at_half = multi_label_metrics(y_test, proba_test, labels=LABELS)
+    at_rule = multi_label_metrics(y_test, proba_test, decide(proba_test, LABELS, decision), labels=LABELS)
+    assert at_half["recall.it_s_ odd"] == 0.0 and at_rule["recall.it_s_ odd"] > 0.5
+    assert at_rule["f1_macro"] > at_half["f1_macro"] + 0.15
+    assert at_rule["auc_weighted"] == at_half["auc_weighted"], "ranking metrics do not depend on the rule"
+    assert describe(decision).startswith("per-label P >= t")
+
+
+def test_a_label_absent_from_val_keeps_one_half():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    proba = np.array([[0.9, 0.7], [0.2, 0.1], [0.6, 0.2], [0.4, 0.3]])
+    assert choose_label_thresholds(y, proba, ["a", "b"])["thresholds"]["b"] == 0.5
+
+
+def test_decide_gives_label_sets():
+    proba = np.array([[0.7, 0.2, 0.1], [0.5, 0.6, 0.4], [0.1, 0.1, 0.1]])
+    rule = {"rule": "per_label_thresholds", "thresholds": {"anger": 0.6, "joy": 0.5, "it's, odd": 0.35}}
+    assert decide(proba, LABELS, rule).tolist() == [[True, False, False], [False, True, True], [False, False, False]]
+    assert decided_labels(proba, LABELS, rule) == [["anger"], ["joy", "it's, odd"], []]
+
+
+def make_multi_label_candidate(folder, texts, targets, labels):
+    """A one-vs-rest TF-IDF + logistic regression pipeline as a multi-label ``automl`` candidate."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import Pipeline
+
+    pipeline = Pipeline([("tfidf", TfidfVectorizer()), ("model", OneVsRestClassifier(LogisticRegression(C=10)))])
+    pipeline.fit(texts, np.asarray(targets))
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, folder / "model.joblib")
+    (folder / "candidate.json").write_text(json.dumps({"kind": "automl", "task": "multi_label", "labels": labels}))
+    return folder
+
+
+TARGETS = [[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]]
+
+
+def test_score_answers_label_lists_at_the_shipped_thresholds(monkeypatch, tmp_path):
+    folder = make_multi_label_candidate(tmp_path / "automl", TEXTS, TARGETS, LABELS)
+    body = {"data": [{"text": text} for text in TEXTS]}
+    plain = load_score(monkeypatch, folder).run(body)["predictions"]
+    assert all(set(p["labels"]) == {l for l, v in p["probabilities"].items() if v >= 0.5} for p in plain), \
+        "without a shipped rule every label is decided at 0.5"
+    assert not prediction_problems(body, {"predictions": plain})
+    joy = [p["probabilities"]["joy"] for p in plain]
+    lowest, second = sorted(set(joy))[:2]
+    threshold = (lowest + second) / 2
+    thresholds = {"anger": 0.5, "joy": threshold, "it's, odd": 0.99}
+    info = json.loads((folder / "candidate.json").read_text())
+    (folder / "candidate.json").write_text(json.dumps(
+        {**info, "decision": {"rule": "per_label_thresholds", "thresholds": thresholds}}))
+    decided = load_score(monkeypatch, folder).run(json.dumps(body))["predictions"]
+    for before, after in zip(plain, decided):
+        assert after["probabilities"] == before["probabilities"], "the rule changes labels, never probabilities"
+        assert ("joy" in after["labels"]) == (before["probabilities"]["joy"] >= threshold)
+        assert "it's, odd" not in after["labels"]
+    assert sum("joy" in p["labels"] for p in decided) == len(TEXTS) - joy.count(lowest)
+
+
+def test_score_refuses_a_single_label_rule_for_a_multi_label_model(monkeypatch, tmp_path):
+    folder = make_multi_label_candidate(tmp_path / "automl", TEXTS, TARGETS, LABELS)
+    info = json.loads((folder / "candidate.json").read_text())
+    (folder / "candidate.json").write_text(json.dumps({**info, "decision": {"rule": "argmax"}}))
+    with pytest.raises(ValueError, match="does not fit task 'multi_label'"):
+        load_score(monkeypatch, folder)
+
+
+def test_hf_multi_label_scores_are_sigmoids(monkeypatch, tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=3, problem_type="multi_label_classification",
+        id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    (folder / "candidate.json").write_text(json.dumps({"kind": "hf", "task": "multi_label", "labels": LABELS}))
+    predictions = load_score(monkeypatch, folder).run({"data": [{"text": t} for t in TEXTS[:2]]})["predictions"]
+    tokens = AutoTokenizer.from_pretrained(folder)(TEXTS[0], return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(**tokens).logits)[0].tolist()
+    assert [predictions[0]["probabilities"][l] for l in LABELS] == pytest.approx(expected, abs=1e-5)
+
+
+def test_smoke_test_checks_label_lists():
+    request = {"data": [{"text": "a"}]}
+    good = {"predictions": [{"labels": ["joy"], "probabilities": {"joy": 0.9, "anger": 0.8}}]}
+    assert not prediction_problems(request, good)
+    unknown = {"predictions": [{"labels": ["fear"], "probabilities": {"joy": 0.9, "anger": 0.8}}]}
+    assert "not among its probabilities" in prediction_problems(request, unknown)[0]
+    outside = {"predictions": [{"labels": [], "probabilities": {"joy": 1.2, "anger": 0.1}}]}
+    assert "outside [0, 1]" in prediction_problems(request, outside)[0]
