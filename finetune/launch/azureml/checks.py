@@ -284,10 +284,10 @@ def with_task(plan: "RunPlan", task: str) -> "RunPlan":
     import dataclasses
 
     from finetune.errors import ConfigProblems
-    from finetune.search.validation import check_search
+    from finetune.search.validation import objective_problems
 
     plan = dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=task))
-    problems = check_search(plan)
+    problems = objective_problems(plan)
     if plan.automl.kind == "text_classification":
         problems += automl_metric_problems(plan.automl, task)
     if problems:
