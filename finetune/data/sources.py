@@ -369,8 +369,10 @@ def _remote_problems(dataset: DatasetConfig) -> List[str]:
         if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
             return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
         return []
+    if dataset.source == "file" and dataset.split_files:
+        return ["dataset.path=None: dataset.split_files needs dataset.path=FOLDER, the folder holding them"]
     if dataset.source == "file":
-        return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, JSONL or parquet) "
+        return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) "
                 "or dataset.url=URL"]
     return ["dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL "
             "or dataset.path=FILE"]
