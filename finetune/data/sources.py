@@ -353,7 +353,8 @@ def check_source(plan: "RunPlan") -> List[str]:
         try:
             columns = _header(path, fmt, dataset)
         except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
-            key = f"dataset.split_files.{split}={dataset.split_files[split]}" if split else f"dataset.path={dataset.path}"
+            key = (f"dataset.split_files.{split}={dataset.split_files[split]}" if split
+                   else f"dataset.path={dataset.path}")
             problems.append(f"{key}: cannot read it as {fmt} ({' '.join(str(error).split())})")
             continue
         problems += [] if columns is None else _missing_columns(dataset, columns, str(path))

@@ -163,7 +163,8 @@ def check_unseen_labels(counts: Dict[str, Dict[str, int]], dataset: DatasetConfi
     if not unseen:
         return
     if dataset.split_files:
-        setting, fix = f"dataset.split_files={dataset.split_files}", "add train rows with them or drop them from val/test"
+        setting = f"dataset.split_files={dataset.split_files}"
+        fix = "add train rows with them or drop them from val/test"
     elif dataset.split_column:
         setting, fix = f"dataset.split_column={dataset.split_column}", "mark rows with them as train"
     else:
