@@ -52,7 +52,7 @@ CSV_MISSING = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL
 
 
 def file_format(name: str) -> Optional[str]:
-    """csv | tsv | jsonl | parquet from a file name (``.gz`` allowed for csv and jsonl), or None if unsupported."""
+    """csv | tsv | jsonl | parquet from a file name (``.gz`` allowed but for parquet), or None if unsupported."""
     lower = name.lower()
     gzipped = lower.endswith(".gz")
     if gzipped:
@@ -97,7 +97,8 @@ def local_source(dataset: DatasetConfig) -> Iterator[RawData]:
         if dataset.split_files:
             raise UserError(f"{setting}: dataset.split_files needs the files in a local folder; download them and "
                             "set dataset.path=FOLDER")
-        yield _raw_data(dataset, download(url, dataset.cache_dir, setting), setting, url)
+        # A relative label_names_file is the user's, not beside the download in the cache.
+        yield _raw_data(dataset, download(url, dataset.cache_dir, setting), setting, url, names_folder=Path.cwd())
     elif dataset.path:
         path = Path(dataset.path).expanduser().resolve()
         yield _raw_data(dataset, path, f"dataset.path={dataset.path}", str(path))
@@ -114,7 +115,8 @@ def _bundled_path(folder: Path, name: str) -> Path:
     return path
 
 
-def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str) -> RawData:
+def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
+              names_folder: Optional[Path] = None) -> RawData:
     """The files of ``path`` (a file, or the folder of ``split_files``), each found and of a known format."""
     if dataset.split_files:
         if not path.is_dir():
@@ -134,7 +136,7 @@ def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str) ->
     names_file = None
     if dataset.label_names_file:
         # Relative to the data, not to the working directory: a folder of data carries its label names.
-        folder = path if path.is_dir() else path.parent
+        folder = names_folder or (path if path.is_dir() else path.parent)
         names_file = folder / Path(dataset.label_names_file).expanduser()
         if not names_file.is_file():
             raise UserError(f"dataset.label_names_file={dataset.label_names_file}: no such file ({names_file}); name "
@@ -144,9 +146,7 @@ def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str) ->
 
 
 def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
-    if dataset.source == "amazon_5core":
-        return "jsonl"
-    fmt = file_format(path.name)
+    fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
     if fmt is None:
         raise UserError(f"{key}: unsupported file type; use {SUPPORTED}")
     if dataset.column_names and fmt not in DELIMITERS:
@@ -353,7 +353,8 @@ def check_source(plan: "RunPlan") -> List[str]:
         try:
             columns = _header(path, fmt, dataset)
         except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
-            key = f"dataset.split_files.{split}={dataset.split_files[split]}" if split else f"dataset.path={dataset.path}"
+            key = (f"dataset.split_files.{split}={dataset.split_files[split]}" if split
+                   else f"dataset.path={dataset.path}")
             problems.append(f"{key}: cannot read it as {fmt} ({' '.join(str(error).split())})")
             continue
         problems += [] if columns is None else _missing_columns(dataset, columns, str(path))

@@ -163,15 +163,16 @@ def check_unseen_labels(counts: Dict[str, Dict[str, int]], dataset: DatasetConfi
     if not unseen:
         return
     if dataset.split_files:
-        setting, fix = f"dataset.split_files={dataset.split_files}", "add train rows with them or drop them from val/test"
+        setting = f"dataset.split_files={dataset.split_files}"
+        fix = "add train rows with them or drop them from val/test"
     elif dataset.split_column:
         setting, fix = f"dataset.split_column={dataset.split_column}", "mark rows with them as train"
     else:
         setting, fix = f"dataset.label_column={dataset.label_column}", "add rows with them or drop them"
     if dataset.sample is not None:
         fix += ", or use a larger dataset.sample"
-    raise UserError(f"{setting}: label{'' if len(unseen) == 1 else 's'} {', '.join(map(repr, unseen[:10]))} occur in "
-                    f"val or test but never in train ({method} split); {fix}")
+    labels = f"label {unseen[0]!r} occurs" if len(unseen) == 1 else f"labels {', '.join(map(repr, unseen[:10]))} occur"
+    raise UserError(f"{setting}: {labels} in val or test but never in train ({method} split); {fix}")
 
 
 def _proportional(total: int, sizes: List[int]) -> List[int]:
