@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from finetune.config import DatasetConfig
+from finetune.config import DatasetConfig, SplitFiles
 from finetune.data import PreparedData, prepare, read_multi_label_split, read_split, read_targets
 from finetune.data.labels import check_labels
 from finetune.data.sources import check_source
@@ -46,7 +46,8 @@ def goemotions_style(path: Path, **changes) -> DatasetConfig:
     settings = dict(name="emotions", source="file", path=str(path), column_names=["text", "labels", "id"],
                     text_column="text", label_column="labels", label_separator=",", label_names_file="labels.txt",
                     split_files={"train": "train.tsv", "val": "dev.tsv", "test": "test.tsv"})
-    return DatasetConfig(**{**settings, **changes})
+    settings.update(changes)
+    return DatasetConfig(**{**settings, "split_files": SplitFiles(**settings["split_files"])})
 
 
 def published(tmp_path: Path, val_ids: str = "1") -> Path:
@@ -240,11 +241,12 @@ def test_sample_with_split_files_samples_each_split_in_proportion(tmp_path):
 
 
 def test_bundled_goemotions_sample_prepares(tmp_path):
-    import yaml
+    from omegaconf import OmegaConf
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "dataset" / "goemotions_sample.yaml")
-                            .read_text())
-    prepared = prepare(DatasetConfig(**config), tmp_path / "data")
+    # Typed as Hydra composes it: split_files becomes a SplitFiles.
+    config = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "goemotions_sample.yaml")
+    prepared = prepare(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), config)),
+                       tmp_path / "data")
     assert prepared.source.startswith("bundled:finetune/data_files/goemotions_sample")
     assert prepared.task == "multi_label" and prepared.split == "predefined" and len(prepared.labels) == 28
     assert prepared.labels[:3] == ["admiration", "amusement", "anger"] and prepared.labels[-1] == "neutral"
@@ -264,9 +266,9 @@ def test_plan_checks_of_the_new_settings(tmp_path):
     assert _problems(DatasetConfig(source="bundled", path="goemotions_sample", label_column="labels",
                                    column_names=["text", "labels", "id"], label_separator=",",
                                    label_names_file="labels.txt",
-                                   split_files={"train": "train.tsv", "val": "dev.tsv", "test": "test.tsv"})) == []
-    problems = _problems(goemotions_style(folder, split_files={"train": "train.tsv", "dev": "dev.tsv"}))
-    assert problems[0].startswith("dataset.split_files={'train': 'train.tsv', 'dev': 'dev.tsv'}: name a file for each")
+                                   split_files=SplitFiles("train.tsv", "dev.tsv", "test.tsv"))) == []
+    problems = _problems(goemotions_style(folder, split_files={"train": "train.tsv", "val": "dev.tsv"}))
+    assert problems[0].startswith("dataset.split_files={'train': 'train.tsv', 'val': 'dev.tsv'}: name a file for each")
     assert "set one of them to null" in _problems(goemotions_style(folder, split_column="part"))[0]
     assert _problems(goemotions_style(folder, task="multi")) == [
         "dataset.task=multi: unknown; use one of auto, single_label, multi_label"]

@@ -94,7 +94,7 @@ def local_source(dataset: DatasetConfig) -> Iterator[RawData]:
     remote = source_url(dataset)
     if remote:
         url, setting = remote
-        if dataset.split_files:
+        if dataset.predefined_files():
             raise UserError(f"{setting}: dataset.split_files needs the files in a local folder; download them and "
                             "set dataset.path=FOLDER")
         # A relative label_names_file is the user's, not beside the download in the cache.
@@ -118,13 +118,13 @@ def _bundled_path(folder: Path, name: str) -> Path:
 def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
               names_folder: Optional[Path] = None) -> RawData:
     """The files of ``path`` (a file, or the folder of ``split_files``), each found and of a known format."""
-    if dataset.split_files:
+    if dataset.predefined_files():
         if not path.is_dir():
             raise UserError(f"{key}: dataset.split_files needs dataset.path to be the folder holding them"
                             + (" (it is a file)" if path.exists() else " (no such folder)"))
         files = []
         for split in SPLIT_NAMES:
-            name = dataset.split_files[split]
+            name = dataset.predefined_files()[split]
             file, setting = path / Path(name).expanduser(), f"dataset.split_files.{split}={name}"
             if not file.is_file():
                 raise UserError(f"{setting}: no such file in {path}" + _not_a_file(file))
@@ -142,7 +142,7 @@ def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
             raise UserError(f"dataset.label_names_file={dataset.label_names_file}: no such file ({names_file}); name "
                             f"a text file with one label name a line, absolute or relative to {folder}")
     return RawData(files, description + (f" ({', '.join(f'{s}: {p.name}' for s, p, _ in files)})"
-                                         if dataset.split_files else ""), names_file)
+                                         if dataset.predefined_files() else ""), names_file)
 
 
 def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
@@ -335,7 +335,7 @@ def check_source(plan: "RunPlan") -> List[str]:
     dataset = plan.dataset
     if dataset.source not in SOURCES:
         return [f"dataset.source={dataset.source}: unknown; use one of {', '.join(SOURCES)}"]
-    if dataset.split_files and sorted(dataset.split_files) != sorted(SPLIT_NAMES):
+    if dataset.predefined_files() and sorted(dataset.predefined_files()) != sorted(SPLIT_NAMES):
         return []  # check_split names the keys; the files cannot be found without them
     try:
         if dataset.source == "bundled":
@@ -353,7 +353,7 @@ def check_source(plan: "RunPlan") -> List[str]:
         try:
             columns = _header(path, fmt, dataset)
         except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
-            key = (f"dataset.split_files.{split}={dataset.split_files[split]}" if split
+            key = (f"dataset.split_files.{split}={dataset.predefined_files()[split]}" if split
                    else f"dataset.path={dataset.path}")
             problems.append(f"{key}: cannot read it as {fmt} ({' '.join(str(error).split())})")
             continue
@@ -364,13 +364,13 @@ def check_source(plan: "RunPlan") -> List[str]:
 def _remote_problems(dataset: DatasetConfig) -> List[str]:
     remote = source_url(dataset)
     if remote:
-        if dataset.split_files:
+        if dataset.predefined_files():
             return [f"{remote[1]}: dataset.split_files needs the files in a local folder; download them and set "
                     "dataset.path=FOLDER"]
         if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
             return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
         return []
-    if dataset.source == "file" and dataset.split_files:
+    if dataset.source == "file" and dataset.predefined_files():
         return ["dataset.path=None: dataset.split_files needs dataset.path=FOLDER, the folder holding them"]
     if dataset.source == "file":
         return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) "
