@@ -300,3 +300,21 @@ def test_old_prepared_folders_load_as_single_label(tmp_path):
     (prepared.directory / "data.json").write_text(json.dumps(data))
     loaded = PreparedData.load(prepared.directory)
     assert loaded.task == "single_label" and loaded.split == "stratified"
+
+
+def test_the_plan_decides_task_auto_from_settings_or_first_rows(tmp_path):
+    from finetune.data.multilabel import planned_task
+
+    lists = write_jsonl(tmp_path / "lists.jsonl", [{"text": "a", "tags": ["x", "y"]}, {"text": "b", "tags": ["y"]}])
+    scalars = write_jsonl(tmp_path / "scalars.jsonl", [{"text": "a", "tags": "x"}, {"text": "b", "tags": "y"}])
+    assert planned_task(DatasetConfig(source="file", path=str(lists), label_column="tags")) == "multi_label"
+    assert planned_task(DatasetConfig(source="file", path=str(scalars), label_column="tags")) == "single_label"
+    assert planned_task(DatasetConfig(source="file", path=str(scalars), label_column="tags",
+                                      label_separator="|")) == "multi_label"
+    assert planned_task(DatasetConfig(source="file", path=str(lists), label_column="tags",
+                                      task="single_label")) == "single_label", "a set task is kept"
+    assert planned_task(DatasetConfig(source="file", url="https://example.invalid/x.jsonl",
+                                      label_column="tags")) == "auto", "a download is the data stage's to decide"
+    assert planned_task(DatasetConfig(source="file", path=str(tmp_path / "missing.jsonl"),
+                                      label_column="tags")) == "auto", "a broken source is the plan check's to report"
+    assert planned_task(DatasetConfig(rating_column="star_rating", text_column="review_body")) == "single_label"
