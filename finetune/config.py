@@ -17,6 +17,16 @@ from finetune.spec import Hyperparameters, Objective, Reporting, SpeedOptions, T
 
 
 @dataclass
+class SplitFiles:
+    """A published split's files (a mapping would do, but OmegaConf cannot merge an override's mapping into a
+    null or struct node: ``dataset.split_files={train: a, val: b, test: c}`` must work on any dataset)."""
+
+    train: Optional[str] = None
+    val: Optional[str] = None
+    test: Optional[str] = None
+
+
+@dataclass
 class DatasetConfig:
     name: str = "amazon_automotive"
     # bundled: a file or folder inside finetune/data_files (`path`; default the cleaned Automotive reviews);
@@ -47,11 +57,15 @@ class DatasetConfig:
     # Headerless CSV / TSV: the columns in order (the first line is then data).
     column_names: Optional[List[str]] = None
     # A published split, reproduced as it is: {train: FILE, val: FILE, test: FILE} inside the folder `path`.
-    split_files: Optional[Dict[str, str]] = None
+    split_files: SplitFiles = field(default_factory=lambda: SplitFiles())
     # Or a column of one file holding train | val (validation, dev) | test per row.
     split_column: Optional[str] = None
     # Multi-label: keep a row whose label set is empty (otherwise it is an error).
     allow_empty_labels: bool = False
+
+    def predefined_files(self) -> Dict[str, str]:
+        """The split files that are set, by split name (empty: the split is computed)."""
+        return {name: file for name, file in vars(self.split_files).items() if file}
 
 
 @dataclass

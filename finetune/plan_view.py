@@ -15,7 +15,7 @@ MARK = "*"
 
 # group title -> (plan section, keys shown on every launcher, keys shown locally, keys shown on AML)
 SHORT_VIEW = {
-    "data": ("dataset", ("name", "source", "path", "url", "category", "text_column", "label_column",
+    "data": ("dataset", ("name", "source", "task", "path", "url", "category", "text_column", "label_column",
                          "rating_column", "sample"), (), ()),
     "model": ("model", ("name", "hub_id", "path", "learning_rate", "batch_size", "epochs", "max_length",
                         "warmup_ratio", "weight_decay"), (), ()),

@@ -74,6 +74,11 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     problems += [problem for problem in check_values(plan) if problem_key(problem) not in named]
     if problems:
         raise ConfigProblems(problems)
+    if plan.dataset.task == "auto":
+        from finetune.data.multilabel import planned_task
+
+        # Decided now when the settings or the first rows tell, so the printed plan says which task runs.
+        plan.dataset = dataclasses.replace(plan.dataset, task=planned_task(plan.dataset))
     plan = runner.resolve(plan)
     if plan.model.source == "package" and not plan.model.path:
         plan.model.path = str(package_model_dir(plan.model))

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The one-liner and the metrics are imported in this process too: this checkout's, not an installed copy's.
+sys.path.insert(0, str(REPO))
 BUNDLED = REPO / "finetune" / "data_files" / "automotive_reviews.csv"
 NEGATIVE_SHARE = 0.045
 

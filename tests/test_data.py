@@ -409,7 +409,7 @@ def test_check_source_finds_problems_without_loading(tmp_path):
     parquet = write_rows(tmp_path / "r.parquet", rows)
     (tmp_path / "r.txt").write_text("body,grade\n")
     assert _check(DatasetConfig(source="file", path=None, label_column="label")) == [
-        "dataset.path=None: dataset=file needs dataset.path=FILE (CSV, JSONL or parquet) or dataset.url=URL"]
+        "dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) or dataset.url=URL"]
     assert _check(file_dataset(tmp_path / "none.csv")) == [f"dataset.path={tmp_path / 'none.csv'}: no such file"]
     assert "unsupported file type" in _check(file_dataset(tmp_path / "r.txt"))[0]
     assert "unsupported file type" in _check(DatasetConfig(source="file", url="http://h/x.zip", label_column="l"))[0]

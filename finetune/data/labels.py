@@ -78,7 +78,8 @@ def name_of_id(value: Any, names: List[str], dataset: DatasetConfig, where: str)
 def label_rows(texts: list, values: list, dataset: DatasetConfig, where: Callable[[int], str], source: str,
                label_names: Optional[List[str]] = None) -> Tuple[List[str], List[int], List[str], List[int]]:
     """(class names in id order, label id per kept row, text per kept row, index of each kept row); dropped
-    rows are counted. ``where(index)`` says "row N of FILE" in errors; ``label_names``: those of dataset.label_names_file."""
+    rows are counted. ``where(index)`` says "row N of FILE" in errors; ``label_names`` are those of
+    ``dataset.label_names_file``."""
     dropped: Counter = Counter()
     kept_texts, names, kept = [], [], []
     for index, (raw_text, value) in enumerate(zip(texts, values)):

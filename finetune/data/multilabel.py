@@ -31,6 +31,53 @@ def resolve_task(dataset: DatasetConfig, values: list) -> str:
     return SINGLE_LABEL
 
 
+# Rows of a local JSON-lines or parquet file the plan reads to decide task=auto.
+PEEK_ROWS = 200
+
+
+def planned_task(dataset: DatasetConfig) -> str:
+    """``dataset.task`` as the plan can decide it without loading the data: the setting; for ``auto`` what the
+    settings say, else whether the first rows of a local JSONL / parquet file hold label lists (CSV and TSV
+    cells are strings: lists come only with a separator). ``auto`` stays when only the data stage can tell
+    (a download) or the source is broken (the plan check reports that)."""
+    from finetune.data.sources import label_setting, local_source, source_url
+
+    if dataset.task != "auto" or dataset.rating_column or dataset.label_separator:
+        return resolve_task(dataset, [])
+    if source_url(dataset) is not None:
+        return "auto"
+    try:
+        with local_source(dataset) as raw:
+            _, path, fmt = raw.files[0]
+            column = label_setting(dataset)[1]
+            if fmt == "jsonl":
+                values = _peek_jsonl(path, column)
+            elif fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                batch = next(pq.ParquetFile(path).iter_batches(batch_size=PEEK_ROWS, columns=[column]), None)
+                values = batch.column(0).to_pylist() if batch is not None else []
+            else:
+                values = []
+    except (UserError, OSError, ValueError, KeyError):
+        return "auto"
+    return resolve_task(dataset, values)
+
+
+def _peek_jsonl(path, column: str) -> list:
+    from finetune.data.sources import _open_text
+
+    values = []
+    with _open_text(path) as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                values.append(record.get(column) if isinstance(record, dict) else None)
+                if len(values) == PEEK_ROWS:
+                    break
+    return values
+
+
 def _label_set(value: Any, dataset: DatasetConfig, where: str) -> Optional[List[str]]:
     """The label names of one cell ([] for an empty cell), or None for a JSON object (dropped, as in
     single-label data)."""

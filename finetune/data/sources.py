@@ -52,7 +52,7 @@ CSV_MISSING = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL
 
 
 def file_format(name: str) -> Optional[str]:
-    """csv | tsv | jsonl | parquet from a file name (``.gz`` allowed for csv and jsonl), or None if unsupported."""
+    """csv | tsv | jsonl | parquet from a file name (``.gz`` allowed but for parquet), or None if unsupported."""
     lower = name.lower()
     gzipped = lower.endswith(".gz")
     if gzipped:
@@ -94,10 +94,11 @@ def local_source(dataset: DatasetConfig) -> Iterator[RawData]:
     remote = source_url(dataset)
     if remote:
         url, setting = remote
-        if dataset.split_files:
+        if dataset.predefined_files():
             raise UserError(f"{setting}: dataset.split_files needs the files in a local folder; download them and "
                             "set dataset.path=FOLDER")
-        yield _raw_data(dataset, download(url, dataset.cache_dir, setting), setting, url)
+        # A relative label_names_file is the user's, not beside the download in the cache.
+        yield _raw_data(dataset, download(url, dataset.cache_dir, setting), setting, url, names_folder=Path.cwd())
     elif dataset.path:
         path = Path(dataset.path).expanduser().resolve()
         yield _raw_data(dataset, path, f"dataset.path={dataset.path}", str(path))
@@ -114,15 +115,16 @@ def _bundled_path(folder: Path, name: str) -> Path:
     return path
 
 
-def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str) -> RawData:
+def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
+              names_folder: Optional[Path] = None) -> RawData:
     """The files of ``path`` (a file, or the folder of ``split_files``), each found and of a known format."""
-    if dataset.split_files:
+    if dataset.predefined_files():
         if not path.is_dir():
             raise UserError(f"{key}: dataset.split_files needs dataset.path to be the folder holding them"
                             + (" (it is a file)" if path.exists() else " (no such folder)"))
         files = []
         for split in SPLIT_NAMES:
-            name = dataset.split_files[split]
+            name = dataset.predefined_files()[split]
             file, setting = path / Path(name).expanduser(), f"dataset.split_files.{split}={name}"
             if not file.is_file():
                 raise UserError(f"{setting}: no such file in {path}" + _not_a_file(file))
@@ -134,19 +136,17 @@ def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str) ->
     names_file = None
     if dataset.label_names_file:
         # Relative to the data, not to the working directory: a folder of data carries its label names.
-        folder = path if path.is_dir() else path.parent
+        folder = names_folder or (path if path.is_dir() else path.parent)
         names_file = folder / Path(dataset.label_names_file).expanduser()
         if not names_file.is_file():
             raise UserError(f"dataset.label_names_file={dataset.label_names_file}: no such file ({names_file}); name "
                             f"a text file with one label name a line, absolute or relative to {folder}")
     return RawData(files, description + (f" ({', '.join(f'{s}: {p.name}' for s, p, _ in files)})"
-                                         if dataset.split_files else ""), names_file)
+                                         if dataset.predefined_files() else ""), names_file)
 
 
 def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
-    if dataset.source == "amazon_5core":
-        return "jsonl"
-    fmt = file_format(path.name)
+    fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
     if fmt is None:
         raise UserError(f"{key}: unsupported file type; use {SUPPORTED}")
     if dataset.column_names and fmt not in DELIMITERS:
@@ -335,7 +335,7 @@ def check_source(plan: "RunPlan") -> List[str]:
     dataset = plan.dataset
     if dataset.source not in SOURCES:
         return [f"dataset.source={dataset.source}: unknown; use one of {', '.join(SOURCES)}"]
-    if dataset.split_files and sorted(dataset.split_files) != sorted(SPLIT_NAMES):
+    if dataset.predefined_files() and sorted(dataset.predefined_files()) != sorted(SPLIT_NAMES):
         return []  # check_split names the keys; the files cannot be found without them
     try:
         if dataset.source == "bundled":
@@ -353,7 +353,8 @@ def check_source(plan: "RunPlan") -> List[str]:
         try:
             columns = _header(path, fmt, dataset)
         except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
-            key = f"dataset.split_files.{split}={dataset.split_files[split]}" if split else f"dataset.path={dataset.path}"
+            key = (f"dataset.split_files.{split}={dataset.predefined_files()[split]}" if split
+                   else f"dataset.path={dataset.path}")
             problems.append(f"{key}: cannot read it as {fmt} ({' '.join(str(error).split())})")
             continue
         problems += [] if columns is None else _missing_columns(dataset, columns, str(path))
@@ -363,14 +364,16 @@ def check_source(plan: "RunPlan") -> List[str]:
 def _remote_problems(dataset: DatasetConfig) -> List[str]:
     remote = source_url(dataset)
     if remote:
-        if dataset.split_files:
+        if dataset.predefined_files():
             return [f"{remote[1]}: dataset.split_files needs the files in a local folder; download them and set "
                     "dataset.path=FOLDER"]
         if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
             return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
         return []
+    if dataset.source == "file" and dataset.predefined_files():
+        return ["dataset.path=None: dataset.split_files needs dataset.path=FOLDER, the folder holding them"]
     if dataset.source == "file":
-        return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, JSONL or parquet) "
+        return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) "
                 "or dataset.url=URL"]
     return ["dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL "
             "or dataset.path=FILE"]

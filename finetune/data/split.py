@@ -162,16 +162,17 @@ def check_unseen_labels(counts: Dict[str, Dict[str, int]], dataset: DatasetConfi
               and (counts["val"][label] or counts["test"][label])]
     if not unseen:
         return
-    if dataset.split_files:
-        setting, fix = f"dataset.split_files={dataset.split_files}", "add train rows with them or drop them from val/test"
+    if dataset.predefined_files():
+        setting = f"dataset.split_files={dataset.predefined_files()}"
+        fix = "add train rows with them or drop them from val/test"
     elif dataset.split_column:
         setting, fix = f"dataset.split_column={dataset.split_column}", "mark rows with them as train"
     else:
         setting, fix = f"dataset.label_column={dataset.label_column}", "add rows with them or drop them"
     if dataset.sample is not None:
         fix += ", or use a larger dataset.sample"
-    raise UserError(f"{setting}: label{'' if len(unseen) == 1 else 's'} {', '.join(map(repr, unseen[:10]))} occur in "
-                    f"val or test but never in train ({method} split); {fix}")
+    labels = f"label {unseen[0]!r} occurs" if len(unseen) == 1 else f"labels {', '.join(map(repr, unseen[:10]))} occur"
+    raise UserError(f"{setting}: {labels} in val or test but never in train ({method} split); {fix}")
 
 
 def _proportional(total: int, sizes: List[int]) -> List[int]:
@@ -203,9 +204,10 @@ def check_split(plan: "RunPlan") -> List[str]:
 def split_problems(data: DatasetConfig) -> List[str]:
     """A predefined split's settings (also checked by ``prepare``, which the plan check may not precede)."""
     problems = []
-    if data.split_files is not None:
-        if sorted(data.split_files) != sorted(SPLIT_NAMES) or not all(data.split_files.values()):
-            problems.append(f"dataset.split_files={dict(data.split_files)}: name a file for each of train, val and "
+    files = data.predefined_files()
+    if files:
+        if sorted(files) != sorted(SPLIT_NAMES):
+            problems.append(f"dataset.split_files={files}: name a file for each of train, val and "
                             "test and nothing else, e.g. {train: train.tsv, val: dev.tsv, test: test.tsv}")
         if data.split_column:
             problems.append(f"dataset.split_column={data.split_column}: a second predefined split beside "
