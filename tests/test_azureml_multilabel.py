@@ -89,8 +89,6 @@ def test_micro_objectives_are_multi_label_only(tmp_path):
         "single-label; use one of val_loss, val_accuracy")
     for metric in ("val_f1_micro", "val_auc_micro", "val_precision_micro", "val_recall_micro", "val_auc_weighted"):
         assert build(multi_label(tmp_path) + [f"search.primary_metric={metric}"], tmp_path)
-    # dataset.task=auto: the data decides; the AML launcher checks again once it is prepared.
-    assert build(AML + ["search.primary_metric=val_f1_micro"], tmp_path).dataset.task == "auto"
 
 
 def test_hamming_loss_is_minimised(tmp_path):
@@ -101,7 +99,7 @@ def test_hamming_loss_is_minimised(tmp_path):
 
 
 def test_the_prepared_task_is_checked_again(tmp_path):
-    """dataset.task=auto passes the plan check; the data's task then decides (one line per problem)."""
+    """A plan checked before its data's task was known is checked again for that task (one line per problem)."""
     from finetune.launch.azureml.checks import with_task
 
     plan = build(AML + ["automl.primary_metric=AUC_weighted"], tmp_path)
