@@ -142,7 +142,11 @@ def test_multi_label_dry_run(capsys, tmp_path):
     assert "--task multi_label " in jobs["sweep"]["trial"]["command"]
     assert (jobs["automl"]["task"], jobs["automl"]["primary_metric"]) == ("text_classification_multilabel", "accuracy")
     assert "--task multi_label " in jobs["test_automl"]["component"]["command"]
-    assert "--automl-result ${{inputs.automl_result}}" in jobs["register"]["component"]["command"]
+    register = jobs["register"]
+    assert "--automl-result ${{inputs.automl_result}}" in register["component"]["command"]
+    # Per-label thresholds are chosen on val before the one test evaluation, as the local select stage does.
+    assert "--val-file ${{inputs.val}}" in register["component"]["command"]
+    assert register["inputs"]["val"] == {"path": "${{parent.inputs.val}}"}
     assert type(load_job(folder / "pipeline.yml").jobs["automl"]).__name__ == "TextClassificationMultilabelJob"
     # The register step selects with the data's task (finetune.registry.select_and_register reads it).
     assert json.loads((folder / "settings.json").read_text())["data"]["task"] == "multi_label"

@@ -123,8 +123,12 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 
 
 def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
-             automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None) -> dict:
-    """Select among the candidates and production, register the winner; returns (and writes) the model reference."""
+             automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None,
+             val_file: Optional[str] = None) -> dict:
+    """Select among the candidates and production, register the winner; returns (and writes) the model reference.
+
+    With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
+    multi-label data), as the local select stage does; without it, it keeps the rule it was trained with."""
     from finetune.config import SelectConfig
     from finetune.export import export_candidate
     from finetune.launch.azureml.registry import AmlRegistry
@@ -148,7 +152,7 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             SelectConfig(**select), settings["data"], settings["config"],
             settings["sample_request"], Path(scratch), prescored=prescored,
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
-            conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"))
+            conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
     selection, registered = outcome.selection, outcome.registration
     ref = {"decision": selection.decision, "reason": selection.reason,
            "selection": {key: selection.section.get(key) for key in ("metric", "margin", "winner", "decision", "reason",
@@ -228,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--automl-model")
     reg.add_argument("--automl-result")
     reg.add_argument("--test-file", required=True)
+    reg.add_argument("--val-file", help="the val split: decision rules are chosen on it before the test")
     reg.add_argument("--labels-file", required=True)
     reg.add_argument("--settings", required=True)
     reg.add_argument("--output-dir", required=True)
@@ -245,7 +250,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             test_automl(args.model, args.test_file, args.labels_file, args.output_dir, args.python, args.task)
         elif args.step == "register":
             register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
-                     args.automl_model, args.automl_result)
+                     args.automl_model, args.automl_result, val_file=args.val_file)
         else:
             deploy(args.model_ref, args.settings, args.output_dir)
     except UserError as error:
