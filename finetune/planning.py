@@ -89,7 +89,7 @@ def registered_model_name(dataset: DatasetConfig) -> str:
     """``<dataset>-<task>``: the file's stem (or the 5-core category) names the data, ``sentiment`` or the
     label column the task, so runs on different data never register (and promote) under one name."""
     if dataset.source in ("file", "amazon_5core") and (dataset.path or dataset.url):
-        source = re.sub(r"(\.(csv|jsonl?|parquet|gz))+$", "", Path(dataset.path or dataset.url).name, flags=re.I)
+        source = re.sub(r"(\.(csv|tsv|jsonl?|parquet|gz))+$", "", Path(dataset.path or dataset.url).name, flags=re.I)
     elif dataset.source == "amazon_5core" and dataset.category:
         source = f"{dataset.name}-{dataset.category}"
     else:

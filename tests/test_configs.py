@@ -62,6 +62,8 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     (["dataset=file", "dataset.path=DIR/Support Tickets.csv.gz", "dataset.label_column=queue"],
      "support-tickets-queue"),
     (["dataset=file", "dataset.path=DIR/tickets.csv", "select.registered_model_name=helpdesk"], "helpdesk"),
+    (["dataset=file", "dataset.path=DIR/emails.tsv", "dataset.label_column=tags"], "emails-tags"),
+    (["dataset=goemotions_sample"], "goemotions_sample-labels"),
 ])
 def test_registered_model_name_derives_from_the_dataset(overrides, name, tmp_path, monkeypatch):
     """Two datasets in one output root must never register (and promote) under one name."""
@@ -75,6 +77,7 @@ def test_registered_model_name_derives_from_the_dataset(overrides, name, tmp_pat
             opener = gzip.open if path.name.endswith(".gz") else open
             with opener(path, "wt") as handle:
                 handle.write('{"reviewText": "good", "overall": 5}\n' if "5.json" in path.name
+                             else "text\ttags\ngood\ta\nbad\tb\n" if path.suffix == ".tsv"
                              else "text,label,queue\ngood,pos,a\nbad,neg,b\n")
     overrides += [f"output_root={tmp_path}", "dry_run=true"]
     assert build_plan(compose(overrides, {}), overrides, "test").select.registered_model_name == name

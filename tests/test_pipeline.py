@@ -124,3 +124,45 @@ def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path,
     version = client.get_model_version(summary["registry"]["name"], summary["registry"]["version"])
     assert version.run_id == pipeline.info.run_id
     assert f"test_{summary['selection']['metric']}" in pipeline.data.metrics
+
+
+def test_multi_label_example_end_to_end(tmp_path, tiny_model_dir):
+    """The bundled GoEmotions sample: train -> AutoML -> select -> register -> local endpoint -> report, then the
+    registered version through MLflow's pyfunc loader and batch prediction, all answering label lists."""
+    done = run_finetune(tmp_path, tiny_model_dir, "run_name=emotions", "dataset=goemotions_sample",
+                        "dataset.sample=1500")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "emotions" / "summary.json").read_text())
+    assert summary["data"]["task"] == "multi_label" and summary["data"]["split"] == "predefined"
+    assert len(summary["data"]["labels"]) == 28
+    for name in ("finetuned", "automl"):
+        test = summary["selection"]["test"][name]
+        assert {"f1_micro", "f1_macro", "hamming_loss", "auc_micro", "f1.neutral"} <= set(test)
+        assert summary["candidates"][name]["decision"]["rule"] == "per_label_thresholds"
+    assert summary["candidates"]["automl"]["best_estimator"] == "tfidf_ovr_lr"
+    trained = json.loads((Path(summary["candidates"]["finetuned"]["path"]) / "config.json").read_text())
+    assert trained["problem_type"] == "multi_label_classification"
+    predictions = summary["rollout"]["smoke_test"]["response"]["predictions"]
+    assert all(isinstance(p["labels"], list) and "label" not in p for p in predictions)
+    assert summary["registry"]["name"] == "goemotions_sample-labels"
+    report = (tmp_path / "emotions" / "report.md").read_text()
+    assert "data_label_cooccurrence.png" in report and "per label:" in report and "per_label_f1.png" in report
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from finetune import predict
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{summary['registry']['name']}@production")
+    texts = ["I love this so much, thank you!", "This is awful and I am furious."]
+    table = loaded.predict(pd.DataFrame({"text": texts}))
+    assert list(table.columns)[:2] == ["labels", "probability_admiration"] and len(table) == 2
+    source = tmp_path / "comments.csv"
+    pd.DataFrame({"id": ["a", "b"], "text": texts}).to_csv(source, index=False)
+    predict.main(["--model", f"{summary['registry']['name']}@production", "--input", str(source),
+                  "--output", str(tmp_path / "scored.parquet"), "--tracking-uri", uri])
+    scored = pd.read_parquet(tmp_path / "scored.parquet")
+    assert [list(labels) for labels in scored["labels"]] == [list(labels) for labels in table["labels"]]
