@@ -157,7 +157,8 @@ class AutomlConfig:
     max_features: int = 50000  # per feature kind (word 1-2 grams, char 3-5 grams)
     cv_folds: int = 3  # trials are scored by cross-validation on train
     # AML AutoML NLP settings.
-    primary_metric: str = "AUC_weighted"
+    # auto: AUC_weighted for single-label data, accuracy (AutoML's only multi-label metric) for multi-label.
+    primary_metric: str = "auto"
     language: str = "eng"
     timeout_minutes: int = 60
     trial_timeout_minutes: Optional[int] = None

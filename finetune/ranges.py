@@ -135,12 +135,10 @@ def check_values(plan: "RunPlan") -> List[str]:
         value = _get(plan, key)
         if value not in allowed:
             problems.append(f"{key}={value}: use one of {', '.join(allowed)}")
-    from finetune.search.validation import PRIMARY_METRICS
+    from finetune.search.validation import objective_problems
 
-    if plan.search.primary_metric not in PRIMARY_METRICS:
-        # Checked for a single run too: training keeps its best evaluation by this metric.
-        problems.append(f"search.primary_metric={plan.search.primary_metric}: training does not log it; "
-                        f"use one of {', '.join(PRIMARY_METRICS)}")
+    # Checked for a single run too: training keeps its best evaluation by this metric.
+    problems += objective_problems(plan)
     problems += name_problems(plan)
     problems += output_root_problems(plan)
     for key in ("dataset.text_column", "dataset.label_column", "dataset.rating_column"):

@@ -32,7 +32,9 @@ emulated here:
   AML's rules (:func:`finetune.search.policies.should_stop`); a stopped trial is cancelled. ``limits``
   (trials, trial_timeout) hold. The sweep's outputs are the best trial's.
 - AutoML: only the service can run AutoML NLP. Its node is replaced by a clearly labelled STAND-IN that
-  writes an MLflow model (TF-IDF + logistic regression) to ``best_model``, the same output contract.
+  writes an MLflow model (TF-IDF + logistic regression) to ``best_model``, the same output contract; for a
+  ``text_classification_multilabel`` node one such classifier per label, read from the MLTable's Python list
+  cells, with the multi-label model wrapper's interface (``classes_`` label names, ``predict_proba`` n x k).
 - Deployments: when the deploy step's deployment is scored, its registered model and uploaded scoring code
   are read back from the stand-in's blob store and served by the real inference server (azmlinfsrv) with
   the deployment's environment variables.
@@ -152,6 +154,21 @@ class NodeResult:
     detail: str = ""
     trials: List[dict] = field(default_factory=list)
     service_calls: Dict[str, int] = field(default_factory=dict)  # what the node's jobs asked the service
+
+
+class PerLabelModel:
+    """The STAND-IN multi-label AutoML model: AutoML NLP's multi-label wrapper answers ``classes_`` (its
+    MultiLabelBinarizer's, sorted) and ``predict_proba(DataFrame)`` as n_rows x n_labels sigmoids. Defined in the
+    script that runs as ``__main__``, so cloudpickle stores it by value and the job loads it without this file."""
+
+    def __init__(self, per_label: dict):
+        self.classes_ = list(per_label)
+        self.per_label = per_label
+
+    def predict_proba(self, frame):
+        import numpy as np
+
+        return np.stack([self.per_label[label].predict_proba(frame)[:, 1] for label in self.classes_], axis=1)
 
 
 class EmulationError(Exception):
@@ -561,10 +578,20 @@ class Emulation:
         csv = next(table.glob("*.csv"))
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
         target = node.get("target_column_name", "label")
-        model = Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))),
-                          ("tfidf", TfidfVectorizer(min_df=2, ngram_range=(1, 2))),
-                          ("clf", LogisticRegression(max_iter=500, class_weight="balanced"))])
-        model.fit(frame[["text"]], frame[target])
+
+        def classifier(y):
+            return Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))),
+                             ("tfidf", TfidfVectorizer(min_df=2, ngram_range=(1, 2))),
+                             ("clf", LogisticRegression(max_iter=500, class_weight="balanced"))]).fit(frame[["text"]], y)
+
+        if node.get("task") == "text_classification_multilabel":
+            import ast
+
+            sets = [set(ast.literal_eval(cell)) for cell in frame[target]]
+            model = PerLabelModel({label: classifier([label in s for s in sets])
+                                   for label in sorted(set().union(*sets))})
+        else:
+            model = classifier(frame[target])
         outputs = {}
         for key in node.get("outputs") or {"best_model": {}}:
             outputs[key] = job_dir / "outputs" / key

@@ -28,13 +28,15 @@ def _offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The reference plan with its prepared data and exported YAML tree."""
+    """The reference plan (for its data's task, as the launcher builds it) with its prepared data and exported
+    YAML tree."""
     from finetune.data import prepare
     from finetune.launch.azureml import export
+    from finetune.launch.azureml.checks import with_task
 
     plan = build(REFERENCE, tmp_path_factory.mktemp("out"), "reference")
     prepared = prepare(plan.dataset, Path(plan.run_dir) / "data")
-    return plan, prepared, export.write(plan, prepared)
+    return with_task(plan, prepared.task), prepared, export.write(plan, prepared)
 
 
 def _replacements(plan) -> dict:
@@ -105,7 +107,7 @@ def test_cpu_single_training_job_golden(tmp_path):
     from finetune.launch.azureml.data import DataRefs
 
     plan = build(["model=minilm-l6", "search=none", "compute=cpu", "automl=none", "endpoint=none",
-                  "dry_run=true"], tmp_path)
+                  "dataset.task=single_label", "dry_run=true"], tmp_path)
     refs = DataRefs(files={k: f"azureml:finetune-amazon_automotive-{k}:1" for k in ("train", "val", "test", "labels")})
     job = command.train_command(plan, refs, "code", environment.environment(environment.definitions(plan)["training"]))
     job = job._to_job()._to_dict()
@@ -120,7 +122,8 @@ def test_automl_sweep_rest_body_golden(tmp_path):
     sweep = ("++automl.sweep={sampling_algorithm: random, policy: {type: bandit, slack_factor: 0.2, "
              "evaluation_interval: 2}, space: [{model_name: {type: choice, values: [bert-base-cased, roberta-base]}, "
              "learning_rate: {type: loguniform, min: 1.0e-5, max: 5.0e-5}}]}")
-    plan = build(REFERENCE + ["automl.max_trials=4", "automl.max_concurrent_trials=2", sweep], tmp_path)
+    plan = build(REFERENCE + ["automl.max_trials=4", "automl.max_concurrent_trials=2", "dataset.task=single_label",
+                              sweep], tmp_path)
     refs = DataRefs(tables={"train": "azureml:t:1", "val": "azureml:v:1"})
     body = text_classification(plan, refs)._to_rest_object().as_dict()
     details = body["properties"]["taskDetails"]

@@ -90,7 +90,7 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
 
     plan = SimpleNamespace(select=SimpleNamespace(registered_model_name=name, metric="auc_weighted", margin=0.0),
                            tracking=SimpleNamespace(uri=uri))
-    data = SimpleNamespace(test_path=test_csv, labels=LABELS)
+    data = SimpleNamespace(test_path=test_csv, labels=LABELS, task="single_label")
     worse = {**scores(good), "auc_weighted": 0.25}
     selection = {"winner": "automl", "decision": "register", "test": {"automl": worse}, "production_version": None,
                  "table": [{"candidate": "automl", "kind": "automl"}], "reason": "no production yet"}

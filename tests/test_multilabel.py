@@ -154,6 +154,6 @@ def test_smoke_test_checks_label_lists():
     good = {"predictions": [{"labels": ["joy"], "probabilities": {"joy": 0.9, "anger": 0.8}}]}
     assert not prediction_problems(request, good)
     unknown = {"predictions": [{"labels": ["fear"], "probabilities": {"joy": 0.9, "anger": 0.8}}]}
-    assert "not among its probabilities" in prediction_problems(request, unknown)[0]
+    assert "is not one of its probabilities" in prediction_problems(request, unknown)[0]
     outside = {"predictions": [{"labels": [], "probabilities": {"joy": 1.2, "anger": 0.1}}]}
     assert "outside [0, 1]" in prediction_problems(request, outside)[0]

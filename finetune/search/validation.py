@@ -4,9 +4,9 @@ Runs on every plan, so it imports only the standard library and the config modul
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, List, Tuple
 
-from finetune.metrics import METRIC_NAMES
+from finetune.metrics import LOWER_IS_BETTER, metric_names, unprefixed
 from finetune.search.policies import GOALS, policy_problems
 from finetune.model_files import model_config_names
 from finetune.search.space import space_problems
@@ -15,8 +15,29 @@ if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
 SAMPLINGS = ("none", "random", "grid", "bayesian")
-# What training logs at every evaluation (docs/contracts.md): a sweep can only optimise one of these.
-PRIMARY_METRICS = ("val_loss",) + tuple(f"val_{name}" for name in METRIC_NAMES)
+
+
+def primary_metrics(task: str) -> Tuple[str, ...]:
+    """What training logs at every evaluation for ``task`` (docs/contracts.md): a sweep can only optimise one of
+    these. ``auto`` (the data decides the task later) gets the multi-label list, the larger one; the launchers
+    check again once the data is prepared (:func:`objective_problems` with the data's task)."""
+    names = metric_names("single_label" if task == "single_label" else "multi_label")
+    return ("val_loss",) + tuple(f"val_{name}" for name in names)
+
+
+def objective_problems(plan: "RunPlan") -> List[str]:
+    """``search.primary_metric`` for the plan's task: a sweep optimises it, a single run keeps its best evaluation
+    by it. The micro averages and the Hamming loss exist for multi-label data only."""
+    search, task = plan.search, plan.dataset.task
+    metric, legal = search.primary_metric, primary_metrics(task)
+    if metric in legal:
+        if unprefixed(metric) in LOWER_IS_BETTER and search.goal == "maximize":
+            return [f"search.primary_metric={metric}: lower is better; set search.goal=minimize"]
+        return []
+    if metric in primary_metrics("multi_label"):
+        return [f"search.primary_metric={metric}: training logs it for multi-label data only, and this data is "
+                f"single-label; use one of {', '.join(legal)}"]
+    return [f"search.primary_metric={metric}: training does not log it; use one of {', '.join(legal)}"]
 
 
 def check_search(plan: "RunPlan") -> List[str]:
@@ -39,9 +60,7 @@ def check_search(plan: "RunPlan") -> List[str]:
                         "e.g. search.space.learning_rate='tag(log,interval(1e-5,1e-4))'")
     problems += space_problems(search.space, search.sampling, model_config_names())
     problems += policy_problems(search.policy, search.sampling)
-    if search.primary_metric not in PRIMARY_METRICS:
-        problems.append(f"search.primary_metric={search.primary_metric}: training does not log it; "
-                        f"use one of {', '.join(PRIMARY_METRICS)}")
+    problems += objective_problems(plan)
     if search.goal not in GOALS:
         problems.append(f"search.goal={search.goal}: use maximize or minimize")
     limits = search.limits

@@ -85,7 +85,7 @@ def prediction_problems(request: dict, response: Any) -> List[str]:
         decided = prediction["labels"] if multi_label else [prediction.get("label")]
         if not isinstance(decided, list) or any(label not in probabilities for label in decided):
             problems.append(f"prediction {index}: label{'s' if multi_label else ''} "
-                            f"{prediction.get('labels' if multi_label else 'label')!r} not among its probabilities")
+                            f"{prediction.get('labels' if multi_label else 'label')!r} is not one of its probabilities")
         try:
             values = [float(p) for p in probabilities.values()]
         except (TypeError, ValueError):

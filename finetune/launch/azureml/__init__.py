@@ -37,6 +37,7 @@ def run(plan: RunPlan) -> None:
 
     from finetune.data import prepare
     from finetune.launch.azureml import environment, export, pricing
+    from finetune.launch.azureml.checks import with_task
 
     # azure-ai-ml announces its own experimental internals on every dump; nothing a user chose or can act on.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
@@ -44,7 +45,10 @@ def run(plan: RunPlan) -> None:
     if not plan.dry_run:
         plan.write()
     with tempfile.TemporaryDirectory(prefix="finetune-prepare-") as scratch:
-        exported = export.write(plan, prepare(plan.dataset, Path(scratch) / "data"))
+        prepared = prepare(plan.dataset, Path(scratch) / "data")
+        # The jobs are built for the task the data has (dataset.task=auto leaves it to the data).
+        plan = with_task(plan, prepared.task)
+        exported = export.write(plan, prepared)
     print(environment.describe(plan))
     print(pricing.summary(plan))
     print(exported.listing())

@@ -1,5 +1,14 @@
 """AutoML NLP text classification, and the step that scores its best model on the test split.
 
+Multi-label data (``dataset.task=multi_label``) gets AutoML's ``text_classification_multilabel`` job, and
+``text_classification`` otherwise; the primary metric is :func:`.checks.automl_metric`. Both read the same
+MLTables: the multi-label label cell is the Python list literal our prepared splits already hold
+(``"['anger', 'joy']"``, ``"[]"``), one of the two formats AutoML NLP documents for multi-label
+(https://learn.microsoft.com/azure/machine-learning/how-to-auto-train-nlp-models#multi-label, "Python list with
+quotes"), and what Azure/azureml-examples' multi-label example feeds it (its preprocessing.py writes the list
+column with pandas, i.e. ``str(list)``, and validation-mltable-folder/valid_data.csv holds ``"['cs.CV', 'cs.LG']"``,
+under sdk/python/jobs/automl-standalone-jobs/automl-nlp-text-classification-multilabel-task-paper-categorization/).
+
 AutoML trains on the train MLTable and validates on val; it never sees test. AutoML NLP reports no
 test metrics of its own, so the test step loads its best model (the ``best_model`` MLflow output) and
 scores the test split with the project's metric function, as every other candidate is scored.
@@ -34,17 +43,22 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
     """
     from azure.ai.ml import Input, Output, automl
 
-    config = plan.automl
-    job = automl.text_classification(
+    from finetune.launch.azureml.checks import automl_metric
+
+    config, task = plan.automl, plan.dataset.task
+    multi_label = task == "multi_label"
+    build = automl.text_classification_multilabel if multi_label else automl.text_classification
+    job = build(
         training_data=inputs.get("training_data") or Input(type="mltable", path=data.tables["train"]),
         validation_data=inputs.get("validation_data") or Input(type="mltable", path=data.tables["val"]),
         target_column_name=TARGET_COLUMN,
-        primary_metric=config.primary_metric,
+        primary_metric=automl_metric(config, task),
         compute=plan.compute.cluster_name,
         experiment_name=plan.tracking.experiment,
         name="automl" if node else None,
-        display_name=f"automl text classification ({config.model_name or 'AutoML picks the model'})",
-        tags={"run": plan.name, "dataset": plan.dataset.name},
+        display_name=(f"automl {'multi-label ' if multi_label else ''}text classification "
+                      f"({config.model_name or 'AutoML picks the model'})"),
+        tags={"run": plan.name, "dataset": plan.dataset.name, "task": task},
         outputs={BEST_MODEL: Output(type="mlflow_model")} if node else None,
     )
     job.set_limits(timeout_minutes=config.timeout_minutes, trial_timeout_minutes=config.trial_timeout_minutes,
@@ -86,8 +100,8 @@ def test_step(plan: "RunPlan", code: str, environment):
         display_name="test AutoML's best model",
         description="score the AutoML best model on the test split with finetune.metrics",
         command=("python -m finetune.launch.azureml.steps test-automl --model ${{inputs.model}} "
-                 "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} "
-                 "--output-dir ${{outputs.%s}}" % TEST_OUTPUT),
+                 "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} --task %s "
+                 "--output-dir ${{outputs.%s}}" % (plan.dataset.task, TEST_OUTPUT)),
         code=code,
         environment=environment,
         compute=steps_compute(plan),

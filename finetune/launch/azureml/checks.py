@@ -28,6 +28,15 @@ CLUSTER_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,15}$")
 # inside the SDK, and an empty metric silently becomes accuracy.
 AUTOML_METRICS = ("AUC_weighted", "accuracy", "norm_macro_recall", "average_precision_score_weighted",
                   "precision_score_weighted")
+# Multi-label AutoML NLP (text_classification_multilabel) takes accuracy alone. The job's constructor accepts
+# every ClassificationMultilabelPrimaryMetrics member (azure/ai/ml/entities/_job/automl/nlp/
+# text_classification_multilabel_job.py), but its schema, used to dump and send the job, allows only ACCURACY
+# (azure/ai/ml/_schema/automl/nlp_vertical/text_classification_multilabel.py: AUC_weighted is a ValidationError
+# there), and the REST reference says "Currently only Accuracy is supported as primary metric"
+# (https://learn.microsoft.com/javascript/api/@azure/arm-machinelearning/textclassificationmultilabel).
+AUTOML_MULTILABEL_METRICS = ("accuracy",)
+# automl.primary_metric=auto: the metric of each task when the config leaves it to the data.
+AUTOML_DEFAULT_METRICS = {"single_label": "AUC_weighted", "multi_label": "accuracy"}
 # AutoML NLP's own search space parameters and models (azure.ai.ml.automl.SearchSpace / NlpSearchSpace).
 AUTOML_SEARCH_PARAMETERS = ("gradient_accumulation_steps", "learning_rate", "learning_rate_scheduler",
                             "model_name", "number_of_epochs", "training_batch_size", "validation_batch_size",
@@ -225,9 +234,7 @@ def automl_problems(plan: "RunPlan") -> List[str]:
     if automl.kind != "text_classification":
         return [f"automl.kind={automl.kind}: on AML compute use automl=text_classification (AML AutoML NLP) "
                 "or automl=none"]
-    if automl.primary_metric.lower() not in [m.lower() for m in AUTOML_METRICS]:
-        problems.append(f"automl.primary_metric={automl.primary_metric}: AutoML text classification accepts "
-                        f"{', '.join(AUTOML_METRICS)}")
+    problems += automl_metric_problems(automl, plan.dataset.task)
     if not re.fullmatch(r"[a-z]{3}", automl.language or ""):
         problems.append(f"automl.language={automl.language}: a three-letter ISO 639-3 code, e.g. eng "
                         "(mul for multilingual)")
@@ -248,6 +255,44 @@ def automl_problems(plan: "RunPlan") -> List[str]:
     if automl.model_name is not None and automl.model_name not in AUTOML_MODELS:
         problems.append(f"automl.model_name={automl.model_name}: AutoML NLP trains one of {', '.join(AUTOML_MODELS)}")
     return problems + _automl_sweep_problems(automl)
+
+
+def automl_metric(automl, task: str) -> str:
+    """The primary metric the AutoML job is built with: the configured one, or the task's for ``auto``."""
+    if automl.primary_metric == "auto":
+        return AUTOML_DEFAULT_METRICS["multi_label" if task == "multi_label" else "single_label"]
+    return automl.primary_metric
+
+
+def automl_metric_problems(automl, task: str) -> List[str]:
+    """``automl.primary_metric`` against the task's list (``dataset.task=auto``: the single-label one until the
+    prepared data tells, then :func:`with_task` checks it again)."""
+    if automl.primary_metric == "auto":
+        return []
+    if task == "multi_label":
+        legal, job = AUTOML_MULTILABEL_METRICS, "multi-label text classification (text_classification_multilabel)"
+    else:
+        legal, job = AUTOML_METRICS, "text classification"
+    if automl.primary_metric.lower() in [metric.lower() for metric in legal]:
+        return []
+    return [f"automl.primary_metric={automl.primary_metric}: AutoML {job} accepts {', '.join(legal)} (or auto)"]
+
+
+def with_task(plan: "RunPlan", task: str) -> "RunPlan":
+    """``plan`` for data of ``task`` (the prepared data's; ``dataset.task=auto`` leaves it to the data), checked
+    again for the rules that depend on it: AutoML's primary metric and the sweep's objective."""
+    import dataclasses
+
+    from finetune.errors import ConfigProblems
+    from finetune.search.validation import objective_problems
+
+    plan = dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=task))
+    problems = objective_problems(plan)
+    if plan.automl.kind == "text_classification":
+        problems += automl_metric_problems(plan.automl, task)
+    if problems:
+        raise ConfigProblems(problems)
+    return plan
 
 
 def _automl_sweep_problems(automl) -> List[str]:

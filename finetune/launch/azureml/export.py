@@ -117,12 +117,16 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     """Write ``<run dir>/aml/`` for ``plan`` (replacing an earlier export of the same run).
 
     ``prepared`` is copied into the tree, so the export is whole on its own (it can be moved, zipped or
-    emulated) and the caller may prepare into a scratch folder.
+    emulated) and the caller may prepare into a scratch folder. The jobs are built for ``prepared.task``
+    (:func:`.checks.with_task`: ``dataset.task=auto`` is decided by the data).
     """
     from finetune.data import PreparedData
     from finetune.environment import ENVIRONMENT_NAME
     from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, predict, sweep
+    from finetune.launch.azureml.checks import with_task
     from finetune.serve import score
+
+    plan = with_task(plan, prepared.task)
 
     folder = Path(plan.run_dir) / AML_DIR
     if folder.exists():

@@ -37,7 +37,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
 
     inputs = {key: Input(type="uri_file", path=data.files[key]) for key in FILES}
     inputs["settings"] = Input(type="uri_file", path=settings)
-    # Training reads train, val and labels; the test split is for the register step's one test evaluation.
+    # Training reads train, val and labels; the register step chooses decision rules on val, then tests once.
     splits = {key: parent(key) for key in DATA_INPUTS.values()}
     trial = train_command(plan, data, code, environments["training"])
     jobs = {}
@@ -47,8 +47,8 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
         jobs["train"] = train
     else:
         jobs["sweep"] = train = sweep_node(plan, trial, **splits)
-    register_inputs = {"finetuned": train.outputs[OUTPUT], "test": parent("test"), "labels": parent("labels"),
-                       "settings": parent("settings")}
+    register_inputs = {"finetuned": train.outputs[OUTPUT], "test": parent("test"), "val": parent("val"),
+                       "labels": parent("labels"), "settings": parent("settings")}
 
     with_automl = plan.automl.kind == "text_classification"
     if with_automl:

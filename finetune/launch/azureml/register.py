@@ -22,11 +22,13 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
 
     from finetune.launch.azureml.compute import steps_compute
 
-    inputs = {"finetuned": Input(type="custom_model"), "test": Input(type="uri_file"),
+    # val: each candidate's decision rule is chosen on it before the test (per-label thresholds for multi-label
+    # data), as the local launcher's select stage does.
+    inputs = {"finetuned": Input(type="custom_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
               "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
     line = ("python -m finetune.launch.azureml.steps register --finetuned ${{inputs.finetuned}} "
-            "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} --settings ${{inputs.settings}} "
-            "--output-dir ${{outputs.%s}}" % OUTPUT)
+            "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
+            "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT)
     if automl:
         inputs.update(automl_model=Input(type="mlflow_model"), automl_result=Input(type="uri_folder"))
         line += " --automl-model ${{inputs.automl_model}} --automl-result ${{inputs.automl_result}}"

@@ -1,9 +1,13 @@
 """What the pipeline's own steps run on AML: ``python -m finetune.launch.azureml.steps <step> ...``.
 
 - ``test-automl``: score AutoML's best model (its MLflow output) on the test split with
-  ``finetune.metrics``. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``); the step
-  runs in that runtime's image (:data:`.environment.AUTOML_IMAGE`), so the model loads in a small script run
-  by this very interpreter: nothing is created at job time.
+  ``finetune.metrics.task_metrics``. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``);
+  the step runs in that runtime's image (:data:`.environment.AUTOML_IMAGE`), so the model loads in a small script
+  run by this very interpreter: nothing is created at job time. The single- and the multi-label model wrappers
+  of azureml-automl-dnn-nlp answer alike: ``classes_`` (the multi-label one's are its MultiLabelBinarizer's)
+  and ``predict_proba(DataFrame)``, n_rows x n_classes (softmax rows; for multi-label a sigmoid per label),
+  while the multi-label ``predict`` returns tuples of label names at a 0.5 threshold, which says nothing about
+  ranking; so the step reads ``predict_proba`` for both tasks and lets the metric function decide.
 - ``register``: :func:`finetune.registry.select_and_register`, the local launcher's rule, over an
   :class:`.AmlRegistry`: the Production version is downloaded and re-scored, ``select.margin`` holds, the
   winner is registered once per content with the same tags.
@@ -28,6 +32,7 @@ from typing import List, Optional
 
 from finetune.errors import UserError
 from finetune.select import FINETUNED
+from finetune.spec import TASKS
 
 RESULT = "result.json"
 MODEL_REF = "model_ref.json"
@@ -99,15 +104,17 @@ def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: s
 
 
 def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: str,
-                python: Optional[str] = None) -> dict:
-    from finetune.data import read_split
-    from finetune.metrics import classification_metrics
+                python: Optional[str] = None, task: str = "single_label") -> dict:
+    """The test-split metrics of AutoML's model for ``task``; multi-label targets are label lists in the CSV,
+    scored as n x k 0/1 against the per-label probabilities (decided at 0.5, AutoML's own threshold)."""
+    from finetune.data import read_targets
+    from finetune.metrics import task_metrics
 
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
-    texts, y_true = read_split(test_file, labels)
+    texts, y_true = read_targets(test_file, labels, task)
     proba = automl_proba(Path(model_dir), texts, labels, python or sys.executable)
-    result = {"kind": "automl", "model_format": "mlflow", "test": classification_metrics(y_true, proba),
-              "rows": len(texts)}
+    result = {"kind": "automl", "model_format": "mlflow", "task": task,
+              "test": task_metrics(task, y_true, proba, labels=labels), "rows": len(texts)}
     _write(output_dir, RESULT, result)
     return result
 
@@ -116,8 +123,12 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 
 
 def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
-             automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None) -> dict:
-    """Select among the candidates and production, register the winner; returns (and writes) the model reference."""
+             automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None,
+             val_file: Optional[str] = None) -> dict:
+    """Select among the candidates and production, register the winner; returns (and writes) the model reference.
+
+    With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
+    multi-label data), as the local select stage does; without it, it keeps the rule it was trained with."""
     from finetune.config import SelectConfig
     from finetune.export import export_candidate
     from finetune.launch.azureml.registry import AmlRegistry
@@ -141,7 +152,7 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             SelectConfig(**select), settings["data"], settings["config"],
             settings["sample_request"], Path(scratch), prescored=prescored,
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
-            conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"))
+            conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
     selection, registered = outcome.selection, outcome.registration
     ref = {"decision": selection.decision, "reason": selection.reason,
            "selection": {key: selection.section.get(key) for key in ("metric", "margin", "winner", "decision", "reason",
@@ -215,11 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--labels-file", required=True)
     test.add_argument("--output-dir", required=True)
     test.add_argument("--python", help="a Python with the model's dependencies (default: this one)")
+    test.add_argument("--task", choices=TASKS, default="single_label")
     reg = steps.add_parser("register", help="select the best candidate and register it")
     reg.add_argument("--finetuned", required=True)
     reg.add_argument("--automl-model")
     reg.add_argument("--automl-result")
     reg.add_argument("--test-file", required=True)
+    reg.add_argument("--val-file", help="the val split: decision rules are chosen on it before the test")
     reg.add_argument("--labels-file", required=True)
     reg.add_argument("--settings", required=True)
     reg.add_argument("--output-dir", required=True)
@@ -234,10 +247,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.step == "test-automl":
-            test_automl(args.model, args.test_file, args.labels_file, args.output_dir, args.python)
+            test_automl(args.model, args.test_file, args.labels_file, args.output_dir, args.python, args.task)
         elif args.step == "register":
             register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
-                     args.automl_model, args.automl_result)
+                     args.automl_model, args.automl_result, val_file=args.val_file)
         else:
             deploy(args.model_ref, args.settings, args.output_dir)
     except UserError as error:
