@@ -66,7 +66,7 @@ HOSTILE = [
     ("compute.num_threads=-2", "compute.num_threads=-2"),
     ("tracking.uri=foo://bar", "tracking.uri=foo://bar"),
     ("tracking.uri=sqlite://x.db", "tracking.uri=sqlite://x.db"),
-    ("dataset.text_column=", "dataset.text_column=''"),
+    ("dataset.text_column=", "dataset.text_column=: no such column"),
     ("+model.learnng_rate=1", "model.learnng_rate: unknown setting; did you mean model.learning_rate?"),
     ("+endpoint.allow_remote_host=true", "endpoint.allow_remote_host: unknown setting; did you mean "
                                          "endpoint.allow_remote?"),
