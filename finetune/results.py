@@ -6,6 +6,7 @@ and appear under each candidate only when summary.json is written). ``to_dict()`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -96,52 +97,108 @@ class Candidate:
         return {**_drop_none(fields), **self.extra}
 
 
+# A table row's keys besides its test metrics, in the order summary.json has them.
+_ROW_KEYS = ("decision", "test_argmax", "test_proba", "test_labels")
+
+
+@dataclass
+class SelectionRow:
+    """One candidate of the selection table: its test metrics at its decision rule, or why it could not be scored."""
+
+    candidate: str
+    kind: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
+    test: Dict[str, float] = field(default_factory=dict)
+    decision: Optional[dict] = None  # the rule it ships
+    test_argmax: Optional[dict] = None  # its metrics at argmax (multi-label: at 0.5)
+    test_proba: Optional[str] = None  # <name>_test_proba.npy, for the report's plots
+    test_labels: Optional[str] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelectionRow":
+        if "error" in data:
+            return cls(candidate=data["candidate"], kind=data.get("kind"), error=data["error"])
+        # Every other key of a row is a test metric, flat beside the candidate's name in summary.json.
+        return cls(candidate=data["candidate"], kind=data.get("kind"), **{k: data[k] for k in _ROW_KEYS if k in data},
+                   test={k: v for k, v in data.items() if k not in ("candidate", "kind", *_ROW_KEYS)})
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"candidate": self.candidate, "kind": self.kind, "error": self.error}
+        return {"candidate": self.candidate, "kind": self.kind, **self.test,
+                **_drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
+
+
 @dataclass
 class SelectionResult:
-    """The select stage's verdict: :func:`finetune.select.choose`'s table and decision, the production version
-    compared with, and the re-check made when production moved before promotion."""
+    """The select stage's verdict: :func:`finetune.select.choose`'s table (best first, failed candidates last)
+    and decision, the production version compared with, and the re-check made when production moved before
+    promotion."""
 
-    section: dict
+    metric: str
+    task: str
+    margin: float
+    production: Optional[str]  # the production candidate's name in the table, None when there was none
+    table: List[SelectionRow]
+    winner: Optional[str]
+    decision: str  # register | keep_production
+    reason: str
+    production_version: Optional[dict] = None  # {"name", "version"} of the production model re-scored
+    recheck: Optional[dict] = None  # {"production_version", "decision", "reason"} against a moved production
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelectionResult":
+        """A saved ``selection`` section (``test`` and ``failed`` repeat the table, so they are not read)."""
+        return cls(metric=data["metric"], task=data.get("task", "single_label"), margin=data.get("margin", 0.0),
+                   production=data.get("production"), table=[SelectionRow.from_dict(row) for row in data["table"]],
+                   winner=data.get("winner"), decision=data["decision"], reason=data["reason"],
+                   production_version=data.get("production_version"), recheck=data.get("recheck"))
+
+    def to_dict(self) -> dict:
+        """summary.json's ``selection``: ``test`` and ``failed`` are the table's, by candidate."""
+        section = {"metric": self.metric, "task": self.task, "margin": self.margin, "production": self.production,
+                   "table": [row.to_dict() for row in self.table], "winner": self.winner, "decision": self.decision,
+                   "reason": self.reason, "test": {row.candidate: row.test for row in self.scored},
+                   "failed": self.failed}
+        return {**section, **_drop_none({"production_version": self.production_version, "recheck": self.recheck})}
 
     @property
-    def winner(self) -> Optional[str]:
-        return self.section.get("winner")
+    def scored(self) -> List[SelectionRow]:
+        return [row for row in self.table if row.error is None]
 
     @property
-    def decision(self) -> str:
-        return self.section["decision"]
+    def failed(self) -> Dict[str, str]:
+        """The candidates that could not be scored, with why."""
+        return {row.candidate: row.error for row in self.table if row.error is not None}
 
-    @property
-    def reason(self) -> str:
-        return self.section["reason"]
+    def row(self, candidate: str) -> Optional[SelectionRow]:
+        return next((row for row in self.table if row.candidate == candidate), None)
 
     def test(self, candidate: str) -> Optional[dict]:
         """The candidate's test metrics at its decision rule (None when it could not be scored)."""
-        return self.section.get("test", {}).get(candidate)
+        row = self.row(candidate)
+        return row.test if row is not None and row.error is None else None
 
     def decision_rule(self, candidate: str) -> Optional[dict]:
-        return next((row.get("decision") for row in self.section.get("table", []) if row["candidate"] == candidate),
-                    None)
+        row = self.row(candidate)
+        return row.decision if row is not None else None
 
     def kind(self, candidate: str) -> Optional[str]:
-        return next((row.get("kind") for row in self.section.get("table", []) if row["candidate"] == candidate), None)
+        row = self.row(candidate)
+        return row.kind if row is not None else None
 
     @property
     def promotable(self) -> bool:
         """Whether the winner may become production (a re-check against a moved production can say no)."""
-        return self.section.get("recheck", {}).get("decision", self.decision) == "register"
+        return (self.recheck or {}).get("decision", self.decision) == "register"
 
-    def overruled(self, production_version: str, verdict: dict) -> "SelectionResult":
+    def overruled(self, production_version: str, verdict: "SelectionResult") -> "SelectionResult":
         """This result after re-comparing with ``production_version``, which moved after selection."""
-        recheck = {"production_version": production_version, "decision": verdict["decision"],
-                   "reason": verdict["reason"]}
+        recheck = {"production_version": production_version, "decision": verdict.decision, "reason": verdict.reason}
         reason = self.reason
-        if verdict["decision"] != "register":
-            reason = f"production moved to version {production_version} before promotion: {verdict['reason']}"
-        return SelectionResult({**self.section, "recheck": recheck, "reason": reason})
-
-    def to_dict(self) -> dict:
-        return self.section
+        if verdict.decision != "register":
+            reason = f"production moved to version {production_version} before promotion: {verdict.reason}"
+        return dataclasses.replace(self, recheck=recheck, reason=reason)
 
 
 @dataclass

@@ -48,7 +48,7 @@ def full_summary(run_dir: Path, splits) -> dict:
                             "test_proba": str(run_dir / "select" / "finetuned_test_proba.npy"),
                             "test_labels": results["automl"]["test_labels"]}
     results["broken"] = {"kind": "hf", "error": "OSError: no model weights"}
-    selection = select.choose(results, "auc_weighted", 0.0, production_name="production")
+    selection = select.choose(results, "auc_weighted", 0.0, production_name="production").to_dict()
 
     result_file = run_dir / "train" / "result.json"
     result_file.parent.mkdir(parents=True)
@@ -138,7 +138,7 @@ def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
     summary = {"run": {"name": "minimal", "launcher": "local"}, "data": data_section(splits),
                "candidates": {"finetuned": {"kind": "hf", "path": "/nowhere", "val": {"auc_weighted": 0.8},
                                             "result_file": str(tmp_path / "missing.json")}},
-               "selection": select.choose(results, "auc_weighted", 0.0),
+               "selection": select.choose(results, "auc_weighted", 0.0).to_dict(),
                "registry": {"decision": "keep_production", "reason": "not better than production"}}
     report = write_report(tmp_path / "minimal", summary)
     text = report.path.read_text()

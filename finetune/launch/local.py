@@ -288,7 +288,7 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
 
     name, uri = plan.select.registered_model_name, plan.tracking.uri
     current = registry.production_version(registry._client(uri), name)
-    compared = (selection.section.get("production_version") or {}).get("version")
+    compared = (selection.production_version or {}).get("version")
     if current is None or current in (compared, version):
         return selection
     production = registry.resolve(name, current, uri, out_dir)
