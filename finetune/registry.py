@@ -426,5 +426,5 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     if model_dir.exists():
         shutil.rmtree(model_dir)
     ref = model_registry.download(registered["version"], model_dir)
-    return SelectionOutcome(selection, current,
-                            Registration(decision="register", model_ref=ref, sample_request=sample_request, **registered))
+    registration = Registration(decision="register", model_ref=ref, sample_request=sample_request, **registered)
+    return SelectionOutcome(selection, current, registration)

@@ -19,7 +19,7 @@ from finetune.files import write_json_atomic
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.plan import RunPlan
-    from finetune.serve.rollout import ModelRef
+    from finetune.serve.rollout import DeploymentResult, ModelRef
 
 SCHEMA_VERSION = 1
 
@@ -57,19 +57,64 @@ class TrainingResult:
 
 
 @dataclass
-class SweepResult:
-    """A sweep's trial table and best trial (``sweep.json``; summary.json's ``sweep``), and the best trial's
-    training result, read once by the sweep."""
+class SweepTrial:
+    """One finished trial of a sweep's table (a retried trial's replacement stands in its place)."""
 
-    section: dict
-    best_training: Optional[TrainingResult] = None
-
-    @property
-    def best(self) -> Optional[dict]:
-        return self.section.get("best")
+    number: int
+    params: dict
+    status: str  # completed | early_terminated | failed
+    best_value: Optional[float]
+    values: List[Optional[float]]  # the primary metric at each evaluation interval (None: not finite)
+    epochs_run: Optional[float] = None
+    steps: Optional[int] = None
+    duration_s: Optional[float] = None
+    stopped_at_interval: Optional[int] = None  # early-terminated trials only
+    reason: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return self.section
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BestTrial:
+    """The trial whose model the sweep keeps."""
+
+    trial: int
+    params: dict
+    value: float
+    model_dir: str
+    val: Dict[str, float]
+    result_file: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SweepResult:
+    """A sweep's trial table and best trial (``sweep.json``; summary.json's ``sweep``), and the best trial's
+    training result, read once by the sweep (not part of the section: summary.json's ``training`` holds it)."""
+
+    sampling: str
+    policy: dict
+    primary_metric: str
+    goal: str  # maximize | minimize
+    trials: List[SweepTrial]
+    best: Optional[BestTrial]
+    compute: dict  # trial_epochs, trial_seconds, wall_seconds
+    best_training: Optional[TrainingResult] = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepResult":
+        best = data.get("best")
+        return cls(sampling=data["sampling"], policy=data.get("policy") or {}, primary_metric=data["primary_metric"],
+                   goal=data.get("goal", "maximize"), trials=[SweepTrial(**trial) for trial in data.get("trials", [])],
+                   best=BestTrial(**best) if best else None, compute=data.get("compute") or {})
+
+    def to_dict(self) -> dict:
+        return {"sampling": self.sampling, "policy": self.policy, "primary_metric": self.primary_metric,
+                "goal": self.goal, "trials": [trial.to_dict() for trial in self.trials],
+                "best": self.best.to_dict() if self.best is not None else None, "compute": self.compute}
 
 
 @dataclass
@@ -257,7 +302,7 @@ class RunSummary:
         self.sweep: Optional[SweepResult] = None
         self.selection: Optional[SelectionResult] = None
         self.registration: Optional[Registration] = None
-        self.rollout: Optional[dict] = None
+        self.rollout: Optional["DeploymentResult"] = None
         self.figures: Optional[List[str]] = None
         self.started = time.time()
 
@@ -275,7 +320,7 @@ class RunSummary:
             "sweep": self.sweep.to_dict() if self.sweep is not None else None,
             "selection": self.selection.to_dict() if self.selection is not None else None,
             "registry": self.registration.to_dict() if self.registration is not None else None,
-            "rollout": self.rollout, "figures": self.figures,
+            "rollout": self.rollout.to_dict() if self.rollout is not None else None, "figures": self.figures,
         }
         return {key: value for key, value in sections.items() if value is not None or key == "candidates"}
 

@@ -205,9 +205,9 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
                                    registration.sample_request, keep_running=False)
             summary.rollout = rollout
             summary.save()
-            print(f"deployed {registration.name} version {registration.version} as '{rollout['deployment']}' "
-                  f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
-                  + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
+            print(f"deployed {registration.name} version {registration.version} as '{rollout.rollout.deployment}' "
+                  f"({rollout.rollout.traffic}); smoke test {rollout.rollout.smoke_latency_ms:.0f} ms"
+                  + ("" if rollout.running else f"\nendpoint stopped; serve it again with: {rollout.serve_command}"))
             model_registry.promote(registration.version)
     elif registration.registered:
         model_registry.promote(registration.version)
@@ -242,12 +242,12 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     summary.sweep = sweep
     summary.save()
     best = sweep.best
-    if not best:
+    if best is None:
         raise UserError("the sweep finished without a successful trial; see the trial table above and the "
                         f"logs under {run_dir / 'sweep'}")
-    summary.candidates[FINETUNED] = Candidate(kind="hf", path=best["model_dir"], val=best.get("val", {}),
-                                              source=f"sweep trial {best['trial']}", params=best.get("params", {}),
-                                              result_file=best.get("result_file"))
+    summary.candidates[FINETUNED] = Candidate(kind="hf", path=best.model_dir, val=best.val,
+                                              source=f"sweep trial {best.trial}", params=best.params,
+                                              result_file=best.result_file)
     return sweep.best_training
 
 
