@@ -263,6 +263,17 @@ class Registration:
     sample_request: Optional[dict] = None
     promoted: Optional[bool] = None  # False: registered, but production moved and now wins
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Registration":
+        if data.get("version") is None:
+            return cls(decision=data["decision"], reason=data.get("reason"))
+        from finetune.serve.rollout import ModelRef
+
+        ref = data.get("model_ref")
+        return cls(decision="register", model_ref=ModelRef(**ref) if ref else None,
+                   **{key: data.get(key) for key in ("reason", "name", "version", "existing", "content_sha256",
+                                                     "git_commit", "source", "tags", "sample_request", "promoted")})
+
     @property
     def registered(self) -> bool:
         return self.version is not None and self.promoted is not False
@@ -292,10 +303,9 @@ class RunSummary:
     """summary.json of a local run: every stage's result, rewritten (atomically) after each stage, so an
     interrupted run still shows what it finished."""
 
-    def __init__(self, plan: "RunPlan"):
-        self.path = Path(plan.run_dir) / "summary.json"
-        self.run: dict = {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
-                          "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages}
+    def __init__(self, path: Path, run: dict):
+        self.path = Path(path)
+        self.run = run
         self.data: Optional["PreparedData"] = None
         self.candidates: Dict[str, Candidate] = {}
         self.training: Optional[dict] = None
@@ -305,6 +315,34 @@ class RunSummary:
         self.rollout: Optional["DeploymentResult"] = None
         self.figures: Optional[List[str]] = None
         self.started = time.time()
+
+    @classmethod
+    def start(cls, plan: "RunPlan") -> "RunSummary":
+        return cls(Path(plan.run_dir) / "summary.json",
+                   {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages})
+
+    @classmethod
+    def load(cls, run_dir: Path | str) -> "RunSummary":
+        """A run's summary.json typed again, so its report can be rewritten from the run folder."""
+        from finetune.data.prepared import PreparedData
+        from finetune.serve.rollout import DeploymentResult
+
+        path = Path(run_dir) / "summary.json"
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        summary = cls(path, saved.get("run") or {})
+        summary.data = PreparedData.from_dict(saved["data"]) if saved.get("data") else None
+        # A candidate's ``test`` and ``decision`` are the selection's, added when summary.json is written.
+        summary.candidates = {
+            name: Candidate.from_dict({key: value for key, value in entry.items() if key not in ("test", "decision")})
+            for name, entry in (saved.get("candidates") or {}).items()}
+        summary.training = saved.get("training")
+        readers = {"sweep": SweepResult.from_dict, "selection": SelectionResult.from_dict,
+                   "registry": Registration.from_dict, "rollout": DeploymentResult.from_dict}
+        summary.sweep, summary.selection, summary.registration, summary.rollout = (
+            readers[key](saved[key]) if saved.get(key) else None for key in readers)
+        summary.figures = saved.get("figures")
+        return summary
 
     def to_dict(self) -> dict:
         candidates = {}

@@ -104,7 +104,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
     # instead of in ./mlruns of whatever directory the command ran from.
     registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
-    summary = RunSummary(plan)
+    summary = RunSummary.start(plan)
     total, step = len(plan.stages) + 1, 0
 
     def next_stage(name: str, detail: str = "") -> None:
@@ -217,7 +217,7 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     from finetune.report import write_report
 
     summary.finish()  # before the report, so the report shows the finish time and duration
-    report = write_report(run_dir, summary.to_dict())
+    report = write_report(run_dir, summary)
     summary.figures = [str(path) for path in report.figures]
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
