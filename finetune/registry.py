@@ -21,11 +21,14 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from finetune import locks
 from finetune.errors import UserError
 from finetune.serve import SCORE_SCRIPT, ModelRef
+
+if TYPE_CHECKING:
+    from finetune.results import SelectionResult
 
 PRODUCTION_ALIAS = "production"
 CARD = "README.md"
@@ -305,7 +308,7 @@ def production(name: str, tracking_uri: str, dst_dir: Optional[Path] = None) -> 
     return None if version is None else resolve(name, version, tracking_uri, dst_dir)
 
 
-def selection_tags(selection: dict, data: dict, config: dict, source: Optional[str]) -> dict:
+def selection_tags(selection: "SelectionResult", data: dict, config: dict, source: Optional[str]) -> dict:
     """Version tags that say where a model came from and how it compared.
 
     ``test_<metric>.<candidate>`` for every scored candidate (the production model included; multi-label
@@ -313,16 +316,16 @@ def selection_tags(selection: dict, data: dict, config: dict, source: Optional[s
     data and split hashes, a hash of the run's config without its run identity (name, directory), so
     equal settings give equal hashes, and the source run or trial of the winner.
     """
-    metric = selection["metric"]
+    metric = selection.metric
     task = data.get("task", "single_label")
-    tags = {"selection.metric": metric, "selection.decision": selection["decision"], "task": task,
-            "candidate": selection["winner"], "source": source, "data.raw_sha256": data.get("raw_sha256")}
+    tags = {"selection.metric": metric, "selection.decision": selection.decision, "task": task,
+            "candidate": selection.winner, "source": source, "data.raw_sha256": data.get("raw_sha256")}
     # Multi-label models are compared by their F1s as well: AUC alone hides what the thresholds do.
     recorded = dict.fromkeys([metric, *(("f1_micro", "f1_macro") if task == "multi_label" else ())])
-    for row in selection["table"]:
+    for row in selection.scored:
         for name in recorded:
-            if name in row:
-                tags[f"test_{name}.{row['candidate']}"] = f"{row[name]:.6f}"
+            if name in row.test:
+                tags[f"test_{name}.{row.candidate}"] = f"{row.test[name]:.6f}"
     for split, info in data.get("splits", {}).items():
         tags[f"data.{split}_sha256"] = info.get("sha256")
     tags["config_sha256"] = config_hash(config)
@@ -348,15 +351,15 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(job_config(config), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def card_facts(config: dict, data: dict, selection: dict) -> dict:
+def card_facts(config: dict, data: dict, selection: "SelectionResult") -> dict:
     """What the model card says about where the winner came from (see :func:`finetune.packaging.model_card`)."""
     model, dataset = config.get("model") or {}, config.get("dataset") or {}
-    winner = selection["winner"]
+    winner = selection.winner
     return {"name": (config.get("select") or {}).get("registered_model_name"),
             "base_model": (model.get("hub_id") or model.get("name")) if winner != "automl" else None,
             "dataset": dataset.get("name"), "dataset_sha256": data.get("raw_sha256"),
             "split_sha256": {split: info.get("sha256") for split, info in (data.get("splits") or {}).items()},
-            "metrics": (selection.get("test") or {}).get(winner, {})}
+            "metrics": selection.test(winner) or {}}
 
 
 def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
@@ -385,7 +388,7 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     The registration holds ``model_ref`` (the registered copy, referenced in place or downloaded to
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
-    from finetune.results import Registration, SelectionOutcome, SelectionResult
+    from finetune.results import Registration, SelectionOutcome
     from finetune.select import PRODUCTION, check_production_labels, choose, evaluate
 
     out_dir = Path(out_dir)
@@ -405,11 +408,10 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
     if current is not None:
-        selection["production_version"] = {"name": current.name, "version": str(current.version)}
-    if selection["decision"] != "register":
-        return SelectionOutcome(SelectionResult(selection), current,
-                                Registration(decision="keep_production", reason=selection["reason"]))
-    winner = selection["winner"]
+        selection.production_version = {"name": current.name, "version": str(current.version)}
+    if selection.decision != "register":
+        return SelectionOutcome(selection, current, Registration(decision="keep_production", reason=selection.reason))
+    winner = selection.winner
     tags = selection_tags(selection, data_info, config, (sources or {}).get(winner))
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
         if winner in (prescored or {}):
@@ -424,5 +426,5 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     if model_dir.exists():
         shutil.rmtree(model_dir)
     ref = model_registry.download(registered["version"], model_dir)
-    return SelectionOutcome(SelectionResult(selection), current,
-                            Registration(decision="register", model_ref=ref, sample_request=sample_request, **registered))
+    registration = Registration(decision="register", model_ref=ref, sample_request=sample_request, **registered)
+    return SelectionOutcome(selection, current, registration)

@@ -6,6 +6,7 @@ and appear under each candidate only when summary.json is written). ``to_dict()`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from finetune.files import write_json_atomic
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.plan import RunPlan
-    from finetune.serve.rollout import ModelRef
+    from finetune.serve.rollout import DeploymentResult, ModelRef
 
 SCHEMA_VERSION = 1
 
@@ -56,19 +57,64 @@ class TrainingResult:
 
 
 @dataclass
-class SweepResult:
-    """A sweep's trial table and best trial (``sweep.json``; summary.json's ``sweep``), and the best trial's
-    training result, read once by the sweep."""
+class SweepTrial:
+    """One finished trial of a sweep's table (a retried trial's replacement stands in its place)."""
 
-    section: dict
-    best_training: Optional[TrainingResult] = None
-
-    @property
-    def best(self) -> Optional[dict]:
-        return self.section.get("best")
+    number: int
+    params: dict
+    status: str  # completed | early_terminated | failed
+    best_value: Optional[float]
+    values: List[Optional[float]]  # the primary metric at each evaluation interval (None: not finite)
+    epochs_run: Optional[float] = None
+    steps: Optional[int] = None
+    duration_s: Optional[float] = None
+    stopped_at_interval: Optional[int] = None  # early-terminated trials only
+    reason: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return self.section
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BestTrial:
+    """The trial whose model the sweep keeps."""
+
+    trial: int
+    params: dict
+    value: float
+    model_dir: str
+    val: Dict[str, float]
+    result_file: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SweepResult:
+    """A sweep's trial table and best trial (``sweep.json``; summary.json's ``sweep``), and the best trial's
+    training result, read once by the sweep (not part of the section: summary.json's ``training`` holds it)."""
+
+    sampling: str
+    policy: dict
+    primary_metric: str
+    goal: str  # maximize | minimize
+    trials: List[SweepTrial]
+    best: Optional[BestTrial]
+    compute: dict  # trial_epochs, trial_seconds, wall_seconds
+    best_training: Optional[TrainingResult] = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepResult":
+        best = data.get("best")
+        return cls(sampling=data["sampling"], policy=data.get("policy") or {}, primary_metric=data["primary_metric"],
+                   goal=data.get("goal", "maximize"), trials=[SweepTrial(**trial) for trial in data.get("trials", [])],
+                   best=BestTrial(**best) if best else None, compute=data.get("compute") or {})
+
+    def to_dict(self) -> dict:
+        return {"sampling": self.sampling, "policy": self.policy, "primary_metric": self.primary_metric,
+                "goal": self.goal, "trials": [trial.to_dict() for trial in self.trials],
+                "best": self.best.to_dict() if self.best is not None else None, "compute": self.compute}
 
 
 @dataclass
@@ -96,52 +142,108 @@ class Candidate:
         return {**_drop_none(fields), **self.extra}
 
 
+# A table row's keys besides its test metrics, in the order summary.json has them.
+_ROW_KEYS = ("decision", "test_argmax", "test_proba", "test_labels")
+
+
+@dataclass
+class SelectionRow:
+    """One candidate of the selection table: its test metrics at its decision rule, or why it could not be scored."""
+
+    candidate: str
+    kind: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
+    test: Dict[str, float] = field(default_factory=dict)
+    decision: Optional[dict] = None  # the rule it ships
+    test_argmax: Optional[dict] = None  # its metrics at argmax (multi-label: at 0.5)
+    test_proba: Optional[str] = None  # <name>_test_proba.npy, for the report's plots
+    test_labels: Optional[str] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelectionRow":
+        if "error" in data:
+            return cls(candidate=data["candidate"], kind=data.get("kind"), error=data["error"])
+        # Every other key of a row is a test metric, flat beside the candidate's name in summary.json.
+        return cls(candidate=data["candidate"], kind=data.get("kind"), **{k: data[k] for k in _ROW_KEYS if k in data},
+                   test={k: v for k, v in data.items() if k not in ("candidate", "kind", *_ROW_KEYS)})
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"candidate": self.candidate, "kind": self.kind, "error": self.error}
+        return {"candidate": self.candidate, "kind": self.kind, **self.test,
+                **_drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
+
+
 @dataclass
 class SelectionResult:
-    """The select stage's verdict: :func:`finetune.select.choose`'s table and decision, the production version
-    compared with, and the re-check made when production moved before promotion."""
+    """The select stage's verdict: :func:`finetune.select.choose`'s table (best first, failed candidates last)
+    and decision, the production version compared with, and the re-check made when production moved before
+    promotion."""
 
-    section: dict
+    metric: str
+    task: str
+    margin: float
+    production: Optional[str]  # the production candidate's name in the table, None when there was none
+    table: List[SelectionRow]
+    winner: Optional[str]
+    decision: str  # register | keep_production
+    reason: str
+    production_version: Optional[dict] = None  # {"name", "version"} of the production model re-scored
+    recheck: Optional[dict] = None  # {"production_version", "decision", "reason"} against a moved production
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelectionResult":
+        """A saved ``selection`` section (``test`` and ``failed`` repeat the table, so they are not read)."""
+        return cls(metric=data["metric"], task=data.get("task", "single_label"), margin=data.get("margin", 0.0),
+                   production=data.get("production"), table=[SelectionRow.from_dict(row) for row in data["table"]],
+                   winner=data.get("winner"), decision=data["decision"], reason=data["reason"],
+                   production_version=data.get("production_version"), recheck=data.get("recheck"))
+
+    def to_dict(self) -> dict:
+        """summary.json's ``selection``: ``test`` and ``failed`` are the table's, by candidate."""
+        section = {"metric": self.metric, "task": self.task, "margin": self.margin, "production": self.production,
+                   "table": [row.to_dict() for row in self.table], "winner": self.winner, "decision": self.decision,
+                   "reason": self.reason, "test": {row.candidate: row.test for row in self.scored},
+                   "failed": self.failed}
+        return {**section, **_drop_none({"production_version": self.production_version, "recheck": self.recheck})}
 
     @property
-    def winner(self) -> Optional[str]:
-        return self.section.get("winner")
+    def scored(self) -> List[SelectionRow]:
+        return [row for row in self.table if row.error is None]
 
     @property
-    def decision(self) -> str:
-        return self.section["decision"]
+    def failed(self) -> Dict[str, str]:
+        """The candidates that could not be scored, with why."""
+        return {row.candidate: row.error for row in self.table if row.error is not None}
 
-    @property
-    def reason(self) -> str:
-        return self.section["reason"]
+    def row(self, candidate: str) -> Optional[SelectionRow]:
+        return next((row for row in self.table if row.candidate == candidate), None)
 
     def test(self, candidate: str) -> Optional[dict]:
         """The candidate's test metrics at its decision rule (None when it could not be scored)."""
-        return self.section.get("test", {}).get(candidate)
+        row = self.row(candidate)
+        return row.test if row is not None and row.error is None else None
 
     def decision_rule(self, candidate: str) -> Optional[dict]:
-        return next((row.get("decision") for row in self.section.get("table", []) if row["candidate"] == candidate),
-                    None)
+        row = self.row(candidate)
+        return row.decision if row is not None else None
 
     def kind(self, candidate: str) -> Optional[str]:
-        return next((row.get("kind") for row in self.section.get("table", []) if row["candidate"] == candidate), None)
+        row = self.row(candidate)
+        return row.kind if row is not None else None
 
     @property
     def promotable(self) -> bool:
         """Whether the winner may become production (a re-check against a moved production can say no)."""
-        return self.section.get("recheck", {}).get("decision", self.decision) == "register"
+        return (self.recheck or {}).get("decision", self.decision) == "register"
 
-    def overruled(self, production_version: str, verdict: dict) -> "SelectionResult":
+    def overruled(self, production_version: str, verdict: "SelectionResult") -> "SelectionResult":
         """This result after re-comparing with ``production_version``, which moved after selection."""
-        recheck = {"production_version": production_version, "decision": verdict["decision"],
-                   "reason": verdict["reason"]}
+        recheck = {"production_version": production_version, "decision": verdict.decision, "reason": verdict.reason}
         reason = self.reason
-        if verdict["decision"] != "register":
-            reason = f"production moved to version {production_version} before promotion: {verdict['reason']}"
-        return SelectionResult({**self.section, "recheck": recheck, "reason": reason})
-
-    def to_dict(self) -> dict:
-        return self.section
+        if verdict.decision != "register":
+            reason = f"production moved to version {production_version} before promotion: {verdict.reason}"
+        return dataclasses.replace(self, recheck=recheck, reason=reason)
 
 
 @dataclass
@@ -160,6 +262,17 @@ class Registration:
     model_ref: Optional["ModelRef"] = None  # the registered copy, what a rollout deploys
     sample_request: Optional[dict] = None
     promoted: Optional[bool] = None  # False: registered, but production moved and now wins
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Registration":
+        if data.get("version") is None:
+            return cls(decision=data["decision"], reason=data.get("reason"))
+        from finetune.serve.rollout import ModelRef
+
+        ref = data.get("model_ref")
+        return cls(decision="register", model_ref=ModelRef(**ref) if ref else None,
+                   **{key: data.get(key) for key in ("reason", "name", "version", "existing", "content_sha256",
+                                                     "git_commit", "source", "tags", "sample_request", "promoted")})
 
     @property
     def registered(self) -> bool:
@@ -190,19 +303,46 @@ class RunSummary:
     """summary.json of a local run: every stage's result, rewritten (atomically) after each stage, so an
     interrupted run still shows what it finished."""
 
-    def __init__(self, plan: "RunPlan"):
-        self.path = Path(plan.run_dir) / "summary.json"
-        self.run: dict = {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
-                          "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages}
+    def __init__(self, path: Path, run: dict):
+        self.path = Path(path)
+        self.run = run
         self.data: Optional["PreparedData"] = None
         self.candidates: Dict[str, Candidate] = {}
         self.training: Optional[dict] = None
         self.sweep: Optional[SweepResult] = None
         self.selection: Optional[SelectionResult] = None
         self.registration: Optional[Registration] = None
-        self.rollout: Optional[dict] = None
+        self.rollout: Optional["DeploymentResult"] = None
         self.figures: Optional[List[str]] = None
         self.started = time.time()
+
+    @classmethod
+    def start(cls, plan: "RunPlan") -> "RunSummary":
+        return cls(Path(plan.run_dir) / "summary.json",
+                   {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages})
+
+    @classmethod
+    def load(cls, run_dir: Path | str) -> "RunSummary":
+        """A run's summary.json typed again, so its report can be rewritten from the run folder."""
+        from finetune.data.prepared import PreparedData
+        from finetune.serve.rollout import DeploymentResult
+
+        path = Path(run_dir) / "summary.json"
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        summary = cls(path, saved.get("run") or {})
+        summary.data = PreparedData.from_dict(saved["data"]) if saved.get("data") else None
+        # A candidate's ``test`` and ``decision`` are the selection's, added when summary.json is written.
+        summary.candidates = {
+            name: Candidate.from_dict({key: value for key, value in entry.items() if key not in ("test", "decision")})
+            for name, entry in (saved.get("candidates") or {}).items()}
+        summary.training = saved.get("training")
+        readers = {"sweep": SweepResult.from_dict, "selection": SelectionResult.from_dict,
+                   "registry": Registration.from_dict, "rollout": DeploymentResult.from_dict}
+        summary.sweep, summary.selection, summary.registration, summary.rollout = (
+            readers[key](saved[key]) if saved.get(key) else None for key in readers)
+        summary.figures = saved.get("figures")
+        return summary
 
     def to_dict(self) -> dict:
         candidates = {}
@@ -218,7 +358,7 @@ class RunSummary:
             "sweep": self.sweep.to_dict() if self.sweep is not None else None,
             "selection": self.selection.to_dict() if self.selection is not None else None,
             "registry": self.registration.to_dict() if self.registration is not None else None,
-            "rollout": self.rollout, "figures": self.figures,
+            "rollout": self.rollout.to_dict() if self.rollout is not None else None, "figures": self.figures,
         }
         return {key: value for key, value in sections.items() if value is not None or key == "candidates"}
 

@@ -22,6 +22,7 @@ from typing import Optional
 from finetune.decision import describe
 from finetune.errors import UserError
 from finetune.metrics import LOWER_IS_BETTER, METRIC_NAMES, MULTI_LABEL_METRIC_NAMES, metric_names
+from finetune.results import SelectionResult, SelectionRow
 
 PRODUCTION = "production"
 # The fine-tuned transformer, on either launcher.
@@ -154,8 +155,8 @@ def _score(entry: dict, metric: str) -> float:
 
 
 def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
-           production_name: Optional[str] = None, task: str = "single_label") -> dict:
-    """Pick the model to ship from :func:`evaluate` results; returns the ``selection`` section.
+           production_name: Optional[str] = None, task: str = "single_label") -> SelectionResult:
+    """Pick the model to ship from :func:`evaluate` results (its ``to_dict()`` is the ``selection`` section).
 
     ``decision`` is ``register`` (a new model: the best new candidate, which beats production by more
     than ``margin`` or there is no production to beat) or ``keep_production``. A candidate that failed
@@ -198,31 +199,30 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
             reason = (f"best new candidate {new[0]} ({best:.4f}) does not beat production ({current:.4f}) "
                       f"by more than the margin {margin:g} on test {metric}; nothing is deployed")
 
-    table = [{"candidate": name, "kind": kind(name), **scored[name]["test"],
-              **{key: scored[name][key] for key in ("decision", "test_argmax", "test_proba", "test_labels")
-                 if key in scored[name]}}
+    table = [SelectionRow(candidate=name, kind=kind(name), test=scored[name]["test"],
+                          **{key: scored[name].get(key) for key in ("decision", "test_argmax", "test_proba",
+                                                                     "test_labels")})
              for name in ranked]
-    table += [{"candidate": name, "kind": kind(name), "error": error} for name, error in failed.items()]
-    selection = {"metric": metric, "task": task, "margin": margin, "production": production_name, "table": table,
-                 "winner": winner, "decision": decision, "reason": reason,
-                 "test": {name: scored[name]["test"] for name in ranked}, "failed": failed}
+    table += [SelectionRow(candidate=name, kind=kind(name), error=error) for name, error in failed.items()]
+    selection = SelectionResult(metric=metric, task=task, margin=margin, production=production_name, table=table,
+                                winner=winner, decision=decision, reason=reason)
     print(format_table(selection), flush=True)
     return selection
 
 
-def format_table(selection: dict) -> str:
+def format_table(selection: SelectionResult) -> str:
     """The comparison as fixed-width text: one row per candidate, the selection metric first."""
-    metric = selection["metric"]
-    shown = ("f1_micro", "f1_macro", "auc_weighted") if selection.get("task") == "multi_label" else (
+    metric = selection.metric
+    shown = ("f1_micro", "f1_macro", "auc_weighted") if selection.task == "multi_label" else (
         "accuracy", "f1_macro", "auc_weighted")
     columns = [metric] + [name for name in shown if name != metric]
     header = ["candidate", "kind", *columns, "decision"]
     rows = []
-    for row in selection["table"]:
-        name = row["candidate"] + (" *" if row["candidate"] == selection["winner"] else "")
-        cells = ([f"failed: {row['error']}"] if "error" in row
-                 else [f"{row[c]:.4f}" for c in columns] + [describe(row.get("decision"))])
-        rows.append([name, str(row["kind"] or "?"), *cells])
+    for row in selection.table:
+        name = row.candidate + (" *" if row.candidate == selection.winner else "")
+        cells = ([f"failed: {row.error}"] if row.error is not None
+                 else [f"{row.test[c]:.4f}" for c in columns] + [describe(row.decision)])
+        rows.append([name, str(row.kind or "?"), *cells])
     # The last cell of a row is not padded, so an error message does not widen the metric columns.
     widths = [len(cell) for cell in header]
     for row in rows:
@@ -230,7 +230,7 @@ def format_table(selection: dict) -> str:
             widths[i] = max(widths[i], len(cell))
     lines = ["  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
              for row in [header, *rows]]
-    return "\n".join(lines + [f"decision: {selection['decision']} ({selection['reason']})"])
+    return "\n".join(lines + [f"decision: {selection.decision} ({selection.reason})"])
 
 
 def check_production_labels(production, labels: list[str], replace_incompatible: bool):

@@ -72,7 +72,9 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
 
     from finetune import registry, select
     from finetune.launch.local import _recheck
-    from finetune.results import SelectionResult
+    import dataclasses
+
+    from finetune.results import SelectionResult, SelectionRow
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 
     test_csv = tmp_path / "test.csv"
@@ -92,18 +94,19 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
                            tracking=SimpleNamespace(uri=uri))
     data = SimpleNamespace(test_path=test_csv, labels=LABELS, task="single_label")
     worse = {**scores(good), "auc_weighted": 0.25}
-    selection = {"winner": "automl", "decision": "register", "test": {"automl": worse}, "production_version": None,
-                 "table": [{"candidate": "automl", "kind": "automl"}], "reason": "no production yet"}
-    rechecked = _recheck(plan, data, SelectionResult(selection), "99", tmp_path / "recheck")
+    selection = SelectionResult(metric="auc_weighted", task="single_label", margin=0.0, production=None,
+                                table=[SelectionRow("automl", "automl", worse)], winner="automl", decision="register",
+                                reason="no production yet")
+    rechecked = _recheck(plan, data, selection, "99", tmp_path / "recheck")
     assert not rechecked.promotable
-    assert rechecked.section["recheck"] == {"production_version": version, "decision": "keep_production",
-                                            "reason": rechecked.section["recheck"]["reason"]}
-    assert "production moved" in rechecked.reason and "recheck" not in selection  # a new result, not a rewrite
+    assert rechecked.recheck == {"production_version": version, "decision": "keep_production",
+                                 "reason": rechecked.recheck["reason"]}
+    assert "production moved" in rechecked.reason and selection.recheck is None  # a new result, not a rewrite
 
     better = {**scores(good), "auc_weighted": 1.5}  # beats any real score
-    selection = {**selection, "test": {"automl": better}}
-    assert _recheck(plan, data, SelectionResult(selection), "99", tmp_path / "recheck2").promotable
+    selection = dataclasses.replace(selection, table=[SelectionRow("automl", "automl", better)])
+    assert _recheck(plan, data, selection, "99", tmp_path / "recheck2").promotable
     # Production where selection saw it: no second look.
-    unchanged = SelectionResult({**selection, "production_version": {"version": version}})
+    unchanged = dataclasses.replace(selection, production_version={"version": version})
     assert _recheck(plan, data, unchanged, "99", tmp_path / "unused") is unchanged
     assert not (tmp_path / "unused").exists()

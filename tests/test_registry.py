@@ -8,15 +8,17 @@ import pytest
 
 from finetune import registry
 from finetune.errors import UserError
+from finetune.results import SelectionResult
 from test_select import make_automl_candidate, write_splits
 
 needs_score_script = pytest.mark.skipif(
     not registry.SCORE_SCRIPT.is_file(),
     reason=f"{registry.SCORE_SCRIPT} (the serving entry script) is not written yet; a version must ship it")
 
-SELECTION = {"metric": "auc_weighted", "decision": "register", "winner": "automl",
-             "table": [{"candidate": "automl", "kind": "automl", "auc_weighted": 0.91},
-                       {"candidate": "finetuned", "kind": "hf", "error": "OSError: no weights"}]}
+SELECTION = SelectionResult.from_dict(
+    {"metric": "auc_weighted", "decision": "register", "winner": "automl", "reason": "best test auc_weighted",
+     "table": [{"candidate": "automl", "kind": "automl", "auc_weighted": 0.91},
+               {"candidate": "finetuned", "kind": "hf", "error": "OSError: no weights"}]})
 DATA = {"raw_sha256": "r" * 64, "splits": {"train": {"sha256": "t" * 64}, "test": {"sha256": "s" * 64}}}
 
 

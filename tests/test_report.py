@@ -12,6 +12,7 @@ from finetune import select
 from finetune.metrics import classification_metrics
 from finetune.serve.score import decide
 from finetune.report import write_report
+from finetune.results import RunSummary, SweepTrial
 from test_select import LABELS, make_automl_candidate, write_splits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +49,7 @@ def full_summary(run_dir: Path, splits) -> dict:
                             "test_proba": str(run_dir / "select" / "finetuned_test_proba.npy"),
                             "test_labels": results["automl"]["test_labels"]}
     results["broken"] = {"kind": "hf", "error": "OSError: no model weights"}
-    selection = select.choose(results, "auc_weighted", 0.0, production_name="production")
+    selection = select.choose(results, "auc_weighted", 0.0, production_name="production").to_dict()
 
     result_file = run_dir / "train" / "result.json"
     result_file.parent.mkdir(parents=True)
@@ -81,7 +82,9 @@ def full_summary(run_dir: Path, splits) -> dict:
                      "hyperparameters": {"learning_rate": 3e-5, "batch_size": 16, "epochs": 2.0, "max_length": 128}},
         "sweep": {"sampling": "random", "policy": {"type": "bandit"}, "primary_metric": "val_auc_weighted",
                   "goal": "maximize", "trials": trials,
-                  "best": {"trial": 0, "value": 0.91, "result_file": str(result_file)},
+                  "best": {"trial": 0, "params": trials[0]["params"], "value": 0.91,
+                           "model_dir": str(run_dir / "sweep" / "trial-0" / "model"), "val": {"auc_weighted": 0.91},
+                           "result_file": str(result_file)},
                   "compute": {"trial_epochs": 6.5, "trial_seconds": 102.0, "wall_seconds": 110.0}},
         "selection": selection,
         "registry": {"name": "automotive-sentiment", "version": "3", "existing": False, "content_sha256": "c" * 64,
@@ -97,14 +100,22 @@ def full_summary(run_dir: Path, splits) -> dict:
                         {"label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}}],
                         "model": {"name": "automotive-sentiment", "version": "3"}}},
                     "timings": {"create_s": 3.2, "smoke_s": 0.05, "shift_s": 0.4, "delete_s": 0.6, "total_s": 4.25},
-                    "warnings": [], "serve_command": "python -m finetune.serve --endpoint finetune-sentiment"},
+                    "warnings": [], "state_file": "/endpoints/finetune-sentiment/state.json", "running": False,
+                    "serve_command": "python -m finetune.serve --endpoint finetune-sentiment"},
     }
+
+
+def saved(run_dir: Path, summary: dict) -> RunSummary:
+    """``summary`` written as a run's summary.json and read back typed, as a report rewritten later reads it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return RunSummary.load(run_dir)
 
 
 def test_full_summary_renders_every_section(tmp_path, splits):
     summary = full_summary(tmp_path, splits)
 
-    report = write_report(tmp_path, summary)
+    report = write_report(tmp_path, saved(tmp_path, summary))
 
     text = report.path.read_text()
     for heading in ("# Run full", "## Data", "## Hyperparameter sweep", "## Training curves",
@@ -138,9 +149,9 @@ def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
     summary = {"run": {"name": "minimal", "launcher": "local"}, "data": data_section(splits),
                "candidates": {"finetuned": {"kind": "hf", "path": "/nowhere", "val": {"auc_weighted": 0.8},
                                             "result_file": str(tmp_path / "missing.json")}},
-               "selection": select.choose(results, "auc_weighted", 0.0),
+               "selection": select.choose(results, "auc_weighted", 0.0).to_dict(),
                "registry": {"decision": "keep_production", "reason": "not better than production"}}
-    report = write_report(tmp_path / "minimal", summary)
+    report = write_report(tmp_path / "minimal", saved(tmp_path / "minimal", summary))
     text = report.path.read_text()
     assert "## Candidates on the test split" in text and "Nothing registered: not better" in text
     for absent in ("## Hyperparameter sweep", "## Training curves", "### Chosen model", "## Endpoint"):
@@ -148,13 +159,13 @@ def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
     assert {p.name for p in report.figures} == {"data_class_balance.png", "data_text_length.png", "candidates.png"}
 
     bare = {"run": {"name": "bare"}}
-    bare_report = write_report(tmp_path / "bare", bare)
+    bare_report = write_report(tmp_path / "bare", saved(tmp_path / "bare", bare))
     assert bare_report.path.read_text().startswith("# Run bare") and bare_report.figures == []
 
 
 def test_the_html_report_is_one_self_contained_page(tmp_path, splits):
     summary = full_summary(tmp_path, splits)
-    report = write_report(tmp_path, summary)
+    report = write_report(tmp_path, saved(tmp_path, summary))
     page = (tmp_path / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "<table>" in page and "<h2>Hyperparameter sweep</h2>" in page
     assert page.count('src="data:image/png;base64,') == len(report.figures)
@@ -164,8 +175,21 @@ def test_the_html_report_is_one_self_contained_page(tmp_path, splits):
 def test_the_sweep_view_zooms_past_a_trial_stopped_far_behind():
     from finetune.report.training import _zoom
 
-    trials = [{"number": 0, "status": "completed", "best_value": 0.951, "values": [0.93, 0.951]},
-              {"number": 1, "status": "early_terminated", "best_value": 0.62, "values": [0.62]},
-              {"number": 2, "status": "completed", "best_value": 0.944, "values": [0.92, 0.944]}]
+    trials = [SweepTrial(0, {}, "completed", 0.951, [0.93, 0.951]), SweepTrial(1, {}, "early_terminated", 0.62, [0.62]),
+              SweepTrial(2, {}, "completed", 0.944, [0.92, 0.944])]
     low, high = _zoom(trials)
     assert 0.9 < low < 0.93 and 0.951 < high < 0.97  # 0.944 vs 0.951 stays visible; 0.62 is marked at the edge
+
+
+def test_a_saved_summary_reads_back_typed_and_writes_the_same_summary_json(tmp_path, splits):
+    original = full_summary(tmp_path, splits)
+    first = saved(tmp_path / "again", original).to_dict()
+    # (The sweep's trials here lack keys a real sweep writes; test_search_runner reads a real one back.)
+    for section in ("run", "selection", "rollout", "candidates"):
+        expected = original[section]
+        if section == "candidates":  # summary.json shows each candidate's test figures from the selection
+            expected = {name: {**c, "test": original["selection"]["test"][name],
+                               "decision": next(r["decision"] for r in original["selection"]["table"]
+                                                if r["candidate"] == name)} for name, c in expected.items()}
+        assert json.loads(json.dumps(first[section])) == expected, section
+    assert saved(tmp_path / "twice", first).to_dict() == json.loads(json.dumps(first))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 from finetune.cli import compose, expand
 from finetune.planning import build_plan
 from finetune.search.reporting import TrialReporter
+from finetune.results import SweepResult
 from finetune.search.runner import run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,6 +108,9 @@ def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(
     completed = [t for t in trials if t["status"] == "completed"]
     assert best["trial"] == max(completed, key=lambda t: t["best_value"])["number"]
     assert best["value"] == best["val"]["auc_weighted"] and best["params"] == trials[best["trial"]]["params"]
+    # sweep.json is the section; the typed result reads back from it (the best training is not in it).
+    assert json.loads((sweep_run.dir / "sweep.json").read_text()) == sweep
+    assert SweepResult.from_dict(sweep) == dataclasses.replace(sweep_run.result, best_training=None)
     assert (Path(best["model_dir"]) / "config.json").exists() and Path(best["result_file"]).exists()
     for trial in trials:
         assert (sweep_run.dir / f"trial-{trial['number']:03d}" / "model").exists() == (trial["number"] == best["trial"])

@@ -110,47 +110,47 @@ def entry(auc: float, kind: str = "hf", accuracy: float = 0.8) -> dict:
 def test_choose_best_by_configured_metric(capsys):
     results = {"finetuned": entry(0.90, accuracy=0.70), "automl": entry(0.85, "automl", accuracy=0.80)}
     by_auc = select.choose(results, "auc_weighted", 0.0)
-    assert (by_auc["winner"], by_auc["decision"]) == ("finetuned", "register")
-    assert [row["candidate"] for row in by_auc["table"]] == ["finetuned", "automl"]
-    assert "no production model" in by_auc["reason"]
-    assert select.choose(results, "accuracy", 0.0)["winner"] == "automl"
+    assert (by_auc.winner, by_auc.decision) == ("finetuned", "register")
+    assert [row.candidate for row in by_auc.table] == ["finetuned", "automl"]
+    assert "no production model" in by_auc.reason
+    assert select.choose(results, "accuracy", 0.0).winner == "automl"
     out = capsys.readouterr().out
     assert "finetuned *" in out and "decision: register" in out
 
 
 def test_choose_ties_prefer_production_then_finetuned_then_name():
     tie = {"b-automl": entry(0.9, "automl"), "a-automl": entry(0.9, "automl"), "finetuned": entry(0.9)}
-    assert select.choose(tie, "auc_weighted", 0.0)["winner"] == "finetuned"
+    assert select.choose(tie, "auc_weighted", 0.0).winner == "finetuned"
     del tie["finetuned"]
-    assert select.choose(tie, "auc_weighted", 0.0)["winner"] == "a-automl"
+    assert select.choose(tie, "auc_weighted", 0.0).winner == "a-automl"
     with_production = {**tie, "production": entry(0.9)}
     chosen = select.choose(with_production, "auc_weighted", 0.0, production_name="production")
-    assert (chosen["winner"], chosen["decision"]) == ("production", "keep_production")
-    assert chosen["table"][0]["kind"] == "production"
+    assert (chosen.winner, chosen.decision) == ("production", "keep_production")
+    assert chosen.table[0].kind == "production"
 
 
 def test_choose_keeps_production_within_margin_and_replaces_it_beyond():
     results = {"finetuned": entry(0.93), "production": entry(0.92)}
     kept = select.choose(results, "auc_weighted", 0.02, production_name="production")
-    assert (kept["winner"], kept["decision"]) == ("production", "keep_production")
-    assert "margin" in kept["reason"] and "nothing is deployed" in kept["reason"]
+    assert (kept.winner, kept.decision) == ("production", "keep_production")
+    assert "margin" in kept.reason and "nothing is deployed" in kept.reason
     beaten = select.choose(results, "auc_weighted", 0.005, production_name="production")
-    assert (beaten["winner"], beaten["decision"]) == ("finetuned", "register")
+    assert (beaten.winner, beaten.decision) == ("finetuned", "register")
     worse = select.choose({"finetuned": entry(0.80), "production": entry(0.92)}, "auc_weighted", 0.0, "production")
-    assert worse["decision"] == "keep_production" and worse["table"][0]["candidate"] == "production"
+    assert worse.decision == "keep_production" and worse.table[0].candidate == "production"
 
 
 def test_choose_records_failed_candidates_and_fails_when_none_left():
     results = {"finetuned": {"kind": "hf", "error": "OSError: no weights"}, "automl": entry(0.8, "automl"),
                "production": {"kind": "hf", "error": "labels differ"}}
     chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
-    assert (chosen["winner"], chosen["decision"]) == ("automl", "register")
-    assert chosen["failed"] == {"finetuned": "OSError: no weights", "production": "labels differ"}
-    assert "could not be scored" in chosen["reason"]
-    assert {row["candidate"]: row.get("error") for row in chosen["table"]}["finetuned"] == "OSError: no weights"
+    assert (chosen.winner, chosen.decision) == ("automl", "register")
+    assert chosen.failed == {"finetuned": "OSError: no weights", "production": "labels differ"}
+    assert "could not be scored" in chosen.reason
+    assert {row.candidate: row.error for row in chosen.table}["finetuned"] == "OSError: no weights"
     only_production = select.choose({"finetuned": results["finetuned"], "production": entry(0.7)},
                                     "auc_weighted", 0.0, "production")
-    assert only_production["decision"] == "keep_production"
+    assert only_production.decision == "keep_production"
     with pytest.raises(UserError, match="no candidate could be scored.*no weights"):
         select.choose({"finetuned": results["finetuned"]}, "auc_weighted", 0.0)
     with pytest.raises(UserError, match="select.metric=roc"):
@@ -159,7 +159,7 @@ def test_choose_records_failed_candidates_and_fails_when_none_left():
 
 def test_choose_ranks_undefined_metric_last():
     chosen = select.choose({"finetuned": entry(float("nan")), "automl": entry(0.6, "automl")}, "auc_weighted", 0.0)
-    assert chosen["winner"] == "automl"
+    assert chosen.winner == "automl"
 
 
 def test_negative_margin_and_unknown_decision_settings_are_config_problems():
@@ -220,3 +220,26 @@ def test_production_with_other_labels_is_refused_or_replaced_on_request(tmp_path
     assert select.check_production_labels(production, LABELS, replace_incompatible=True) is None
     same = ModelRef(name="x", version="1", path=str(make_automl_candidate(tmp_path / "same", splits)))
     assert select.check_production_labels(same, LABELS, replace_incompatible=False) is same
+
+
+def test_the_selection_section_round_trips_through_summary_json():
+    from finetune.results import SelectionResult
+
+    results = {"finetuned": {**entry(0.9), "decision": {"rule": "argmax"}, "test_argmax": {"auc_weighted": 0.9},
+                             "test_proba": "/p.npy", "test_labels": "/l.npy"},
+               "production": entry(0.8, "automl"), "automl": {"kind": "automl", "error": "OSError: gone"}}
+    chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
+    chosen.production_version = {"name": "m", "version": "2"}
+    section = chosen.to_dict()
+    assert list(section) == ["metric", "task", "margin", "production", "table", "winner", "decision", "reason", "test",
+                             "failed", "production_version"]
+    assert section["table"][0] == {"candidate": "finetuned", "kind": "hf", "auc_weighted": 0.9, "accuracy": 0.8,
+                                   "f1_macro": 0.7, "decision": {"rule": "argmax"},
+                                   "test_argmax": {"auc_weighted": 0.9}, "test_proba": "/p.npy", "test_labels": "/l.npy"}
+    assert section["test"] == {"finetuned": entry(0.9)["test"], "production": entry(0.8)["test"]}
+    assert section["failed"] == {"automl": "OSError: gone"}
+    assert SelectionResult.from_dict(section) == chosen
+    assert SelectionResult.from_dict(json.loads(json.dumps(section))).to_dict() == section
+    overruled = chosen.overruled("3", select.choose({"production": entry(0.95), "finetuned": entry(0.9)},
+                                                    "auc_weighted", 0.0, "production"))
+    assert not overruled.promotable and SelectionResult.from_dict(overruled.to_dict()) == overruled

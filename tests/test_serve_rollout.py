@@ -12,7 +12,7 @@ import pytest
 
 from finetune.config import EndpointConfig
 from finetune.serve.endpoint import LocalEndpoint, deploy_local
-from finetune.serve.rollout import ModelRef, RolloutError, prediction_problems, rollout, split_traffic
+from finetune.serve.rollout import DeploymentResult, ModelRef, RolloutError, prediction_problems, rollout, split_traffic
 from test_serve_support import make_automl_candidate, make_hf_candidate, post, request
 
 
@@ -133,7 +133,9 @@ def test_split_traffic_keeps_old_proportions_and_sums_to_100():
 
 def test_deploy_local_stops_what_it_started_and_the_state_brings_it_back(models, tmp_path):
     config = EndpointConfig(kind="local", name="pipeline-endpoint", ramp=[100], start_timeout_s=120)
-    first = deploy_local(config, tmp_path / "endpoints", models["automl"], request(2), keep_running=False)
+    deployed = deploy_local(config, tmp_path / "endpoints", models["automl"], request(2), keep_running=False)
+    first = deployed.to_dict()
+    assert DeploymentResult.from_dict(json.loads(json.dumps(first))).to_dict() == first  # summary.json reads back
     assert first["status"] == "succeeded" and first["deployment"] == "blue" and first["running"] is False
     assert "key" not in json.dumps(first).lower().replace("keep", "")
     endpoint = LocalEndpoint("pipeline-endpoint", tmp_path / "endpoints")
@@ -141,7 +143,7 @@ def test_deploy_local_stops_what_it_started_and_the_state_brings_it_back(models,
     assert endpoint.traffic() == {"blue": 100}
 
     version_3 = ModelRef("sentiment", "3", str(make_automl_candidate(tmp_path / "run-3" / "model")))
-    second = deploy_local(config, tmp_path / "endpoints", version_3, request(2), keep_running=False)
+    second = deploy_local(config, tmp_path / "endpoints", version_3, request(2), keep_running=False).to_dict()
     assert second["deployment"] == "green" and second["deleted"] == ["blue"]
     assert endpoint.traffic() == {"green": 100} and not endpoint.running()
 

@@ -110,6 +110,18 @@ class PreparedData:
                                 f"{prepared.splits[name]['sha256']}); delete {out_dir} to prepare the data again")
         return prepared
 
+    @classmethod
+    def from_dict(cls, section: dict) -> "PreparedData":
+        """summary.json's ``data`` section as a finished run's report reads it: the split files are where the
+        section says and are not re-hashed (:meth:`load` is for training on them)."""
+        paths = {name: Path(section["splits"][name]["path"]) for name in SPLITS}
+        return cls(train_path=paths["train"], val_path=paths["val"], test_path=paths["test"],
+                   labels_path=paths["train"].parent / "labels.json", labels=section["labels"],
+                   source=section["source"], raw_sha256=section["raw_sha256"], rows_raw=section["rows_raw"],
+                   rows_labelled=section["rows_labelled"],
+                   splits={name: {k: v for k, v in section["splits"][name].items() if k != "path"} for name in SPLITS},
+                   task=section.get("task", SINGLE_LABEL), split=section.get("split", "stratified"))
+
 
 
 def prepare(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:

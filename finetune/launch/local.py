@@ -104,7 +104,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
     # instead of in ./mlruns of whatever directory the command ran from.
     registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
-    summary = RunSummary(plan)
+    summary = RunSummary.start(plan)
     total, step = len(plan.stages) + 1, 0
 
     def next_stage(name: str, detail: str = "") -> None:
@@ -205,9 +205,9 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
                                    registration.sample_request, keep_running=False)
             summary.rollout = rollout
             summary.save()
-            print(f"deployed {registration.name} version {registration.version} as '{rollout['deployment']}' "
-                  f"({rollout['traffic']}); smoke test {rollout['smoke_test']['latency_ms']:.0f} ms"
-                  + ("" if rollout.get("running") else f"\nendpoint stopped; serve it again with: {rollout['serve_command']}"))
+            print(f"deployed {registration.name} version {registration.version} as '{rollout.rollout.deployment}' "
+                  f"({rollout.rollout.traffic}); smoke test {rollout.rollout.smoke_latency_ms:.0f} ms"
+                  + ("" if rollout.running else f"\nendpoint stopped; serve it again with: {rollout.serve_command}"))
             model_registry.promote(registration.version)
     elif registration.registered:
         model_registry.promote(registration.version)
@@ -217,7 +217,7 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     from finetune.report import write_report
 
     summary.finish()  # before the report, so the report shows the finish time and duration
-    report = write_report(run_dir, summary.to_dict())
+    report = write_report(run_dir, summary)
     summary.figures = [str(path) for path in report.figures]
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
@@ -242,12 +242,12 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     summary.sweep = sweep
     summary.save()
     best = sweep.best
-    if not best:
+    if best is None:
         raise UserError("the sweep finished without a successful trial; see the trial table above and the "
                         f"logs under {run_dir / 'sweep'}")
-    summary.candidates[FINETUNED] = Candidate(kind="hf", path=best["model_dir"], val=best.get("val", {}),
-                                              source=f"sweep trial {best['trial']}", params=best.get("params", {}),
-                                              result_file=best.get("result_file"))
+    summary.candidates[FINETUNED] = Candidate(kind="hf", path=best.model_dir, val=best.val,
+                                              source=f"sweep trial {best.trial}", params=best.params,
+                                              result_file=best.result_file)
     return sweep.best_training
 
 
@@ -288,7 +288,7 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
 
     name, uri = plan.select.registered_model_name, plan.tracking.uri
     current = registry.production_version(registry._client(uri), name)
-    compared = (selection.section.get("production_version") or {}).get("version")
+    compared = (selection.production_version or {}).get("version")
     if current is None or current in (compared, version):
         return selection
     production = registry.resolve(name, current, uri, out_dir)

@@ -10,22 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 from finetune.report.common import Figures
 from finetune.report.data import data_section
 from finetune.report.selection import registry_section, rollout_section, selection_section
 from finetune.report.training import learning_section, sweep_section, training_section
 
+if TYPE_CHECKING:
+    from finetune.results import RunSummary
 
-def run_section(summary: dict) -> list[str]:
-    run = summary.get("run", {})
+
+def run_section(summary: "RunSummary") -> list[str]:
+    run = summary.run
     lines = [f"# Run {run.get('name', '')}".rstrip(), ""]
     facts = [("launcher", run.get("launcher")), ("started", run.get("started")), ("finished", run.get("finished")),
              ("duration", f"{run['duration_s']:.0f} s" if run.get("duration_s") is not None else None),
              ("stages", " → ".join(run.get("stages", [])) or None), ("run directory", run.get("run_dir"))]
-    training = summary.get("training") or {}
-    splits = (summary.get("data") or {}).get("splits") or {}
+    training = summary.training or {}
+    splits = summary.data.splits if summary.data is not None else {}
     hyperparameters = training.get("hyperparameters") or {}
     facts += [("base model", f"`{training['base_model']}`" if training.get("base_model") else None),
               ("hyperparameters of the kept model", ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
@@ -33,7 +36,6 @@ def run_section(summary: dict) -> list[str]:
               ("data", ", ".join(f"{name} {split.get('rows')} rows" for name, split in splits.items()) or None)]
     lines += [f"- **{key}**: {value}" for key, value in facts if value]
     return lines
-
 
 
 @dataclass
@@ -44,8 +46,9 @@ class Report:
     figures: List[Path]
 
 
-def write_report(run_dir: Path, summary: dict) -> Report:
-    """Write ``run_dir/report.md``, ``report.html`` and ``run_dir/figures/*.png`` from summary.json's content."""
+def write_report(run_dir: Path, summary: "RunSummary") -> Report:
+    """Write ``run_dir/report.md``, ``report.html`` and ``run_dir/figures/*.png`` from the run's results (a finished
+    run's: ``RunSummary.load(run_dir)``)."""
     run_dir = Path(run_dir)
     figures = Figures(run_dir)
     lines = [*run_section(summary), "", *data_section(summary, figures), *sweep_section(summary, figures),

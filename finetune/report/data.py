@@ -3,22 +3,27 @@ per split."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune.report.common import Figures, table
 
+if TYPE_CHECKING:
+    from finetune.results import RunSummary
 
-def data_section(summary: dict, figures: Figures) -> list[str]:
-    data = summary.get("data")
-    if not data or not data.get("splits"):
+
+def data_section(summary: "RunSummary", figures: Figures) -> list[str]:
+    data = summary.data
+    if data is None or not data.splits:
         return []
-    labels, splits = data.get("labels", []), data["splits"]
-    lines = ["## Data", "", f"Source: `{data.get('source')}`; {data.get('rows_raw')} raw rows, "
-             f"{data.get('rows_labelled')} labelled; {'labels' if data.get('task') == 'multi_label' else 'classes'}: "
+    # The split files' paths beside their counts, as summary.json has them.
+    labels, splits = data.labels, data.to_dict()["splits"]
+    lines = ["## Data", "", f"Source: `{data.source}`; {data.rows_raw} raw rows, "
+             f"{data.rows_labelled} labelled; {'labels' if data.task == 'multi_label' else 'classes'}: "
              f"{', '.join(labels)}.", ""]
-    if data.get("task") == "multi_label":
+    if data.task == "multi_label":
         from finetune.report.multilabel import data_lines
 
-        return lines + data_lines(data, figures) + _length_lines(splits, figures)
+        return lines + data_lines(labels, splits, figures) + _length_lines(splits, figures)
     rows = []
     for name, split in splits.items():
         counts, total = split.get("class_counts", {}), split.get("rows") or 0

@@ -7,14 +7,18 @@ at the thresholds it ships.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune.metrics import per_class_key
 from finetune.report.common import Figures, table
 
+if TYPE_CHECKING:
+    from finetune.results import SelectionResult
 
-def data_lines(data: dict, figures: Figures) -> list[str]:
-    """Rows per label and split, a frequency chart and the co-occurrence heatmap of the train split."""
-    labels, splits = data.get("labels", []), data["splits"]
+
+def data_lines(labels: list, splits: dict, figures: Figures) -> list[str]:
+    """Rows per label and split (``splits``: the data section's), a frequency chart and the co-occurrence heatmap
+    of the train split."""
     rows = [[label, *(split.get("class_counts", {}).get(label, 0) for split in splits.values())] for label in labels]
     lines = [f"Multi-label: a text has any number of the {len(labels)} labels. Texts per label and split:", "",
              table(["label", *(f"{name} ({split.get('rows')} texts)" for name, split in splits.items())], rows), ""]
@@ -71,29 +75,28 @@ def cooccurrence_lines(targets, labels: list, figures: Figures) -> list[str]:
     return lines
 
 
-def winner_lines(selection: dict, labels: list, figures: Figures) -> list[str]:
+def winner_lines(selection: "SelectionResult", labels: list, figures: Figures) -> list[str]:
     """Per label for the chosen model: test support, shipped threshold, precision, recall, F1, AUC; and a chart."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    rows = {row["candidate"]: row for row in selection["table"] if "error" not in row}
-    winner = selection["winner"]
-    row = rows.get(winner)
-    if not row:
+    winner = selection.winner
+    row = selection.row(winner)
+    if row is None or row.error is not None:
         return []
-    thresholds = (row.get("decision") or {}).get("thresholds") or {}
+    thresholds = (row.decision or {}).get("thresholds") or {}
     proba = truth = None
-    if row.get("test_proba") and Path(row["test_proba"]).is_file() and Path(row.get("test_labels", "")).is_file():
-        proba, truth = np.load(row["test_proba"]), np.load(row["test_labels"])
+    if row.test_proba and Path(row.test_proba).is_file() and Path(row.test_labels or "").is_file():
+        proba, truth = np.load(row.test_proba), np.load(row.test_labels)
     table_rows, f1s = [], []
     for index, label in enumerate(labels):
         support = int(truth[:, index].sum()) if truth is not None else None
         auc = (roc_auc_score(truth[:, index], proba[:, index])
                if truth is not None and 0 < support < len(truth) else float("nan"))
-        f1 = row.get(per_class_key("f1", label), float("nan"))
+        f1 = row.test.get(per_class_key("f1", label), float("nan"))
         f1s.append(f1)
-        table_rows.append([label, support, thresholds.get(label), row.get(per_class_key("precision", label)),
-                           row.get(per_class_key("recall", label)), f1, auc])
+        table_rows.append([label, support, thresholds.get(label), row.test.get(per_class_key("precision", label)),
+                           row.test.get(per_class_key("recall", label)), f1, auc])
     lines = [f"### Chosen model on test, per label: {winner}", "",
              "At the per-label thresholds it ships (each chosen on val for that label's F1).", "",
              table(["label", "test texts", "threshold", "precision", "recall", "F1", "AUC"], table_rows), ""]
@@ -105,7 +108,7 @@ def winner_lines(selection: dict, labels: list, figures: Figures) -> list[str]:
     axis.invert_yaxis()
     axis.set_xlim(0, 1.1)
     axis.set_xlabel("F1 on test at the shipped threshold")
-    axis.set_title(f"Per-label F1: {winner} (micro {row.get('f1_micro', float('nan')):.3f}, "
-                   f"macro {row.get('f1_macro', float('nan')):.3f})")
+    axis.set_title(f"Per-label F1: {winner} (micro {row.test.get('f1_micro', float('nan')):.3f}, "
+                   f"macro {row.test.get('f1_macro', float('nan')):.3f})")
     lines += [figures.save(figure, "per_label_f1", "per-label F1"), ""]
     return lines

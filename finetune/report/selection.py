@@ -3,44 +3,47 @@ registered, and how the rollout went."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from finetune.decision import describe
 from finetune.metrics import per_class_key
 from finetune.report.common import KIND_DESCRIPTIONS, Figures, table
 
+if TYPE_CHECKING:
+    from finetune.results import Candidate, RunSummary, SelectionResult, SelectionRow
 
-def selection_section(summary: dict, figures: Figures) -> list[str]:
-    selection = summary.get("selection")
-    candidates = summary.get("candidates", {})
-    if not selection:
+
+def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
+    selection, candidates = summary.selection, summary.candidates
+    if selection is None:
         if not candidates:
             return []
-        rows = [[name, describe_candidate(c.get("kind"), c), c.get("val", {}).get("auc_weighted")] for name, c in candidates.items()]
+        rows = [[name, describe_candidate(c.kind, c), (c.val or {}).get("auc_weighted")] for name, c in candidates.items()]
         return ["## Candidates", "", table(["candidate", "what", "val auc_weighted"], rows), ""]
-    metric, winner = selection["metric"], selection["winner"]
-    labels = summary.get("data", {}).get("labels") or []
-    multi_label = summary.get("data", {}).get("task") == "multi_label"
+    metric, winner = selection.metric, selection.winner
+    labels = summary.data.labels if summary.data is not None else []
+    multi_label = summary.data is not None and summary.data.task == "multi_label"
     columns = list(dict.fromkeys(
         [metric, "f1_micro", "f1_macro", "accuracy", "hamming_loss", "auc_weighted", "auc_micro"] if multi_label
         else [metric, "accuracy", "f1_macro", "recall_macro", "auc_weighted", "average_precision_weighted"]))
     rows = []
-    for row in selection["table"]:
-        name = row["candidate"]
+    for row in selection.table:
+        name = row.candidate
         label = f"**{name}** (chosen)" if name == winner else name
-        description = describe_candidate(row.get("kind"), candidates.get(name, {}))
-        val = candidates.get(name, {}).get("val", {}).get(metric)
-        if "error" in row:
-            rows.append([label, description, val, f"failed: {row['error']}", *[""] * (len(columns) + 2)])
+        candidate = candidates.get(name)
+        description = describe_candidate(row.kind, candidate)
+        val = ((candidate.val if candidate is not None else None) or {}).get(metric)
+        if row.error is not None:
+            rows.append([label, description, val, f"failed: {row.error}", *[""] * (len(columns) + 2)])
         else:
             recall = ("per label below" if multi_label else
-                      " / ".join(f"{row.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels))
-            at_argmax = (row.get("test_argmax") or {}).get("f1_macro")
-            rows.append([label, description, val, *(row.get(c) for c in columns), describe(row.get("decision")),
+                      " / ".join(f"{row.test.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels))
+            at_argmax = (row.test_argmax or {}).get("f1_macro")
+            rows.append([label, description, val, *(row.test.get(c) for c in columns), describe(row.decision),
                          recall, at_argmax])
     lines = ["## Candidates on the test split", "",
              f"Every candidate scored on the same test split by one metric function; chosen by test `{metric}` "
-             f"(margin over production: {selection.get('margin', 0):g}). Label metrics are at the decision rule "
+             f"(margin over production: {selection.margin:g}). Label metrics are at the decision rule "
              "each candidate ships (chosen on val; the endpoint answers with it); AUC and average precision rank "
              "probabilities and do not depend on it."
              + (" Multi-label: `accuracy` is subset accuracy (every label of a text right), `hamming_loss` the "
@@ -49,17 +52,17 @@ def selection_section(summary: dict, figures: Figures) -> list[str]:
              table(["candidate", "what", f"val {metric}", *(f"test {c}" for c in columns), "decision rule",
                      "test recall" if multi_label else f"test recall ({' / '.join(labels)})",
                      "test f1_macro at 0.5" if multi_label else "test f1_macro at argmax"], rows), "",
-             f"**Decision: {selection['decision']}** — {selection['reason']}", ""]
+             f"**Decision: {selection.decision}** — {selection.reason}", ""]
 
-    scored = [row for row in selection["table"] if "error" not in row]
+    scored = selection.scored
     figure, (axis,) = figures.new(7, 2 + 1.1 * len(scored))
     shown = list(dict.fromkeys([metric, "f1_micro", "f1_macro"] if multi_label else [metric, "accuracy", "f1_macro"]))
     height = 0.8 / len(shown)
     for index, name in enumerate(shown):
         positions = [i + (index - (len(shown) - 1) / 2) * height for i in range(len(scored))]
-        bars = axis.barh(positions, [row[name] for row in scored], height, label=name)
+        bars = axis.barh(positions, [row.test[name] for row in scored], height, label=name)
         axis.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
-    axis.set_yticks(range(len(scored)), [f"{row['candidate']}{' (chosen)' if row['candidate'] == winner else ''}"
+    axis.set_yticks(range(len(scored)), [f"{row.candidate}{' (chosen)' if row.candidate == winner else ''}"
                                          for row in scored])
     axis.invert_yaxis()
     axis.set_xlim(0, 1.12)
@@ -72,32 +75,33 @@ def selection_section(summary: dict, figures: Figures) -> list[str]:
         from finetune.report.multilabel import winner_lines
 
         return lines + winner_lines(selection, labels, figures)
-    lines += _winner_plots(selection, summary.get("data", {}).get("labels"), figures)
+    lines += _winner_plots(selection, labels, figures)
     return lines
 
 
-def describe_candidate(kind: Optional[str], candidate: dict) -> str:
-    return candidate.get("description") or KIND_DESCRIPTIONS.get(kind or "", kind or "unknown")
+def describe_candidate(kind: Optional[str], candidate: Optional["Candidate"]) -> str:
+    description = candidate.extra.get("description") if candidate is not None else None
+    return description or KIND_DESCRIPTIONS.get(kind or "", kind or "unknown")
 
 
-def _load_predictions(row: dict):
+def _load_predictions(row: Optional["SelectionRow"]):
     import numpy as np
 
-    paths = [row.get("test_proba"), row.get("test_labels")]
+    paths = [row.test_proba, row.test_labels] if row is not None else [None, None]
     if not all(path and Path(path).is_file() for path in paths):
         return None
     return np.load(paths[0]), np.load(paths[1])
 
 
-def _winner_plots(selection: dict, labels: Optional[list], figures: Figures) -> list[str]:
+def _winner_plots(selection: "SelectionResult", labels: Optional[list], figures: Figures) -> list[str]:
     import numpy as np
     from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
     from finetune.serve.score import decide
 
-    rows = {row["candidate"]: row for row in selection["table"] if "error" not in row}
-    winner = selection["winner"]
-    loaded = _load_predictions(rows.get(winner, {}))
+    rows = {row.candidate: row for row in selection.scored}
+    winner = selection.winner
+    loaded = _load_predictions(rows.get(winner))
     if loaded is None:
         return []
     proba, y_true = loaded
@@ -105,7 +109,7 @@ def _winner_plots(selection: dict, labels: Optional[list], figures: Figures) -> 
     lines = [f"### Chosen model on test: {winner}", ""]
 
     # The labels the endpoint answers: the shipped rule, not argmax.
-    predicted = decide(proba, labels, rows[winner].get("decision"))
+    predicted = decide(proba, labels, rows[winner].decision)
     matrix = confusion_matrix(y_true, predicted, labels=list(range(len(labels))))
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     figure, (axis,) = figures.new(4.8 + 0.3 * len(labels), 4.2 + 0.3 * len(labels))
@@ -117,7 +121,7 @@ def _winner_plots(selection: dict, labels: Optional[list], figures: Figures) -> 
     axis.set_yticks(range(len(labels)), labels)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    axis.set_title(f"Confusion matrix: {winner} at {describe(rows[winner].get('decision'))} (n={len(y_true)})")
+    axis.set_title(f"Confusion matrix: {winner} at {describe(rows[winner].decision)} (n={len(y_true)})")
     figure.colorbar(image, ax=axis, label="share of true class")
     lines += [figures.save(figure, "confusion_matrix", "confusion matrix"), ""]
 
@@ -150,52 +154,47 @@ def _winner_plots(selection: dict, labels: Optional[list], figures: Figures) -> 
     return lines
 
 
-def registry_section(summary: dict) -> list[str]:
-    registry = summary.get("registry")
-    if not registry:
+def registry_section(summary: "RunSummary") -> list[str]:
+    registry = summary.registration
+    if registry is None:
         return []
-    if registry.get("version") is None:
-        return ["## Registry", "", f"Nothing registered: {registry.get('reason', registry.get('decision'))}", ""]
-    facts = [("model", f"{registry.get('name')} version {registry.get('version')}"
-              + (" (same artifacts were already registered)" if registry.get("existing") else "")),
-             ("content sha256", registry.get("content_sha256")), ("git commit", registry.get("git_commit")),
-             ("artifact", registry.get("source"))]
+    if registry.version is None:
+        return ["## Registry", "", f"Nothing registered: {registry.reason or registry.decision}", ""]
+    facts = [("model", f"{registry.name} version {registry.version}"
+              + (" (same artifacts were already registered)" if registry.existing else "")),
+             ("content sha256", registry.content_sha256), ("git commit", registry.git_commit),
+             ("artifact", registry.source)]
     return ["## Registry", ""] + [f"- **{key}**: `{value}`" for key, value in facts if value] + [""]
 
 
-
-def rollout_section(summary: dict) -> list[str]:
-    rollout = summary.get("rollout")
-    if not rollout:
+def rollout_section(summary: "RunSummary") -> list[str]:
+    if summary.rollout is None:
         return []
-    model = rollout.get("model") or {}
-    smoke = rollout.get("smoke_test") or {}
-    traffic = ", ".join(f"{name} {percent}%" for name, percent in (rollout.get("traffic") or {}).items())
-    facts = [("status", rollout.get("status")), ("endpoint", f"{rollout.get('endpoint')} ({rollout.get('kind', '')})"),
-             ("deployment", rollout.get("deployment")),
-             ("model", f"{model.get('name')} version {model.get('version')}" if model else None),
-             ("traffic now", traffic or None), ("scoring URI", rollout.get("scoring_uri")),
-             ("smoke test latency", f"{smoke['latency_ms']:.1f} ms" if smoke.get("latency_ms") is not None else None),
-             ("old deployments deleted", ", ".join(rollout.get("deleted") or []) or None),
-             ("serve again", f"`{rollout['serve_command']}`" if rollout.get("serve_command") else None)]
+    deployment, rollout = summary.rollout, summary.rollout.rollout
+    smoke = rollout.smoke_response
+    traffic = ", ".join(f"{name} {percent}%" for name, percent in rollout.traffic.items())
+    facts = [("status", "succeeded"), ("endpoint", f"{rollout.endpoint} ({deployment.kind})"),
+             ("deployment", rollout.deployment), ("model", f"{rollout.model.name} version {rollout.model.version}"),
+             ("traffic now", traffic or None), ("scoring URI", rollout.scoring_uri),
+             ("smoke test latency", f"{rollout.smoke_latency_ms:.1f} ms"),
+             ("old deployments deleted", ", ".join(rollout.deleted) or None),
+             ("serve again", f"`{deployment.serve_command}`" if deployment.serve_command else None)]
     lines = ["## Endpoint", ""] + [f"- **{key}**: {value}" for key, value in facts if value]
-    lines += [f"- **warning**: {warning}" for warning in rollout.get("warnings") or []]
-    predictions = (smoke.get("response") or {}).get("predictions") if isinstance(smoke.get("response"), dict) else None
+    lines += [f"- **warning**: {warning}" for warning in rollout.warnings]
+    predictions = smoke.get("predictions") if isinstance(smoke, dict) else None
     if predictions:
         lines += ["", "Smoke test predictions:", "",
                   table(["#", "label", "probabilities"],
                          [[i, ", ".join(p["labels"]) if "labels" in p else p.get("label"), ", ".join(f"{k} {v:.3f}" for k, v in (p.get("probabilities") or {}).items())]
                           for i, p in enumerate(predictions)])]
-    steps = rollout.get("steps") or []
-    if steps:
+    if rollout.steps:
         lines += ["", "Traffic ramp:", "",
                   table(["traffic to new (%)", "requests", "errors", "seconds"],
-                         [[s.get("percent"), s.get("requests"), s.get("errors"), s.get("seconds")] for s in steps])]
+                         [[s.get("percent"), s.get("requests"), s.get("errors"), s.get("seconds")] for s in rollout.steps])]
     lines.append("")
 
-    timings = rollout.get("timings") or {}
+    timings = rollout.timings
     if timings.get("total_s") is not None:
         phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items() if k.endswith("_s") and k != "total_s")
         lines[-1:-1] = [f"Rollout took {timings['total_s']:.1f} s ({phases}).", ""]
     return lines
-

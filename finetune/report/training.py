@@ -4,43 +4,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, List
 
 from finetune.report.common import STATUS_STYLE, Figures, table
 
+if TYPE_CHECKING:
+    from finetune.results import RunSummary, SweepTrial
 
-def sweep_section(summary: dict, figures: Figures) -> list[str]:
-    sweep = summary.get("sweep")
-    if not sweep or not sweep.get("trials"):
+
+def sweep_section(summary: "RunSummary", figures: Figures) -> list[str]:
+    sweep = summary.sweep
+    if sweep is None or not sweep.trials:
         return []
-    metric, trials = sweep.get("primary_metric", "metric"), sweep["trials"]
-    best = (sweep.get("best") or {}).get("trial")
-    policy = (sweep.get("policy") or {}).get("type", "none")
+    metric, trials = sweep.primary_metric, sweep.trials
+    best = sweep.best.trial if sweep.best is not None else None
+    policy = sweep.policy.get("type", "none")
     lines = ["## Hyperparameter sweep", "",
-             f"{len(trials)} trials, {sweep.get('sampling')} sampling, early-termination policy `{policy}`, "
-             f"{sweep.get('goal', 'maximize')} `{metric}`."]
-    compute = sweep.get("compute") or {}
+             f"{len(trials)} trials, {sweep.sampling} sampling, early-termination policy `{policy}`, "
+             f"{sweep.goal} `{metric}`."]
+    compute = sweep.compute
     if compute:
         lines[-1] += (f" Trials used {compute.get('trial_epochs')} epochs and {compute.get('trial_seconds')} s "
                       f"of training in {compute.get('wall_seconds')} s wall time.")
-    rows = [[f"{t['number']}{' (best)' if t['number'] == best else ''}", t.get("status"), t.get("best_value"),
-             len([v for v in t.get("values") or [] if v is not None]),
-             f"{t['duration_s']:.0f}" if t.get("duration_s") is not None else None,
-             " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (t.get("params") or {}).items()),
-             t.get("reason") or ""]
+    rows = [[f"{t.number}{' (best)' if t.number == best else ''}", t.status, t.best_value,
+             len([v for v in t.values if v is not None]),
+             f"{t.duration_s:.0f}" if t.duration_s is not None else None,
+             " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
+             t.reason or ""]
             for t in trials]
     lines += ["", table(["trial", "status", metric, "evaluations", "seconds", "params", "note"], rows), ""]
 
-    curves = [t for t in trials if any(v is not None for v in t.get("values") or [])]
+    curves = [t for t in trials if any(v is not None for v in t.values)]
     if curves:
         lines += [_sweep_figure(trials, curves, metric, best, figures), ""]
     return lines
 
 
-def _zoom(trials: list) -> tuple[float, float]:
+def _zoom(trials: List["SweepTrial"]) -> tuple[float, float]:
     """A metric range around the trials that finished: a trial stopped far behind would flatten the rest."""
-    every = [v for t in trials for v in [*(t.get("values") or []), t.get("best_value")] if v is not None]
-    finished = [v for t in trials if t.get("status") == "completed"
-                for v in [*(t.get("values") or []), t.get("best_value")] if v is not None]
+    every = [v for t in trials for v in [*t.values, t.best_value] if v is not None]
+    finished = [v for t in trials if t.status == "completed" for v in [*t.values, t.best_value] if v is not None]
     low, high = min(finished or every), max(every)
     pad = max((high - low) * 0.25, 0.002)
     return low - pad, high + pad
@@ -50,22 +53,22 @@ def _sweep_figure(trials: list, curves: list, metric: str, best, figures: Figure
     """Metric per trial over training and each searched hyperparameter against the metric, on one zoomed axis."""
     from matplotlib.ticker import MaxNLocator
 
-    params = [name for name in dict.fromkeys(k for t in trials for k in (t.get("params") or {}))][:3]
+    params = [name for name in dict.fromkeys(k for t in trials for k in t.params)][:3]
     low, high = _zoom(trials)
     figure, axes = figures.new(5.5 + 4 * len(params), 4.4, ncols=1 + len(params))
     left = axes[0]
     for trial in curves:
-        points = [(i + 1, v) for i, v in enumerate(trial["values"]) if v is not None]
-        color, marker = STATUS_STYLE.get(trial.get("status"), ("black", "o"))
+        points = [(i + 1, v) for i, v in enumerate(trial.values) if v is not None]
+        color, marker = STATUS_STYLE.get(trial.status, ("black", "o"))
         steps, values = zip(*points)
-        chosen = trial["number"] == best
+        chosen = trial.number == best
         left.plot(steps, values, color=color, alpha=1.0 if chosen else 0.5, linewidth=2.5 if chosen else 1)
         shown = min(max(values[-1], low), high)  # a trial that ended below the zoomed range is labelled at its edge
         left.plot(steps[-1], shown, marker=marker if shown == values[-1] else "v", color=color, markersize=8,
                   linestyle="none")
-        left.annotate(f"t{trial['number']}{' (best)' if chosen else ''}", (steps[-1], shown), xytext=(5, 0),
+        left.annotate(f"t{trial.number}{' (best)' if chosen else ''}", (steps[-1], shown), xytext=(5, 0),
                       textcoords="offset points", fontsize=8, va="center", color=color)
-    for status in dict.fromkeys(t.get("status") for t in curves):
+    for status in dict.fromkeys(t.status for t in curves):
         color, marker = STATUS_STYLE.get(status, ("black", "o"))
         left.plot([], [], color=color, marker=marker, label=str(status).replace("_", " "))
     left.plot([], [], color="black", marker="v", linestyle="none", label="ended below this range")
@@ -78,15 +81,15 @@ def _sweep_figure(trials: list, curves: list, metric: str, best, figures: Figure
     left.legend(title="trial status", fontsize=8)
     for axis, name in zip(axes[1:], params):
         for trial in trials:
-            value, x = trial.get("best_value"), (trial.get("params") or {}).get(name)
+            value, x = trial.best_value, trial.params.get(name)
             if value is None or not isinstance(x, (int, float)):
                 continue
-            color, marker = STATUS_STYLE.get(trial.get("status"), ("black", "o"))
+            color, marker = STATUS_STYLE.get(trial.status, ("black", "o"))
             shown = min(max(value, low), high)
             axis.scatter([x], [shown], color=color, marker=marker if shown == value else "v",
-                         s=90 if trial["number"] == best else 45)
-            axis.annotate(f"t{trial['number']}", (x, shown), xytext=(4, 4), textcoords="offset points", fontsize=8)
-        numbers = [t["params"][name] for t in trials if isinstance((t.get("params") or {}).get(name), (int, float))]
+                         s=90 if trial.number == best else 45)
+            axis.annotate(f"t{trial.number}", (x, shown), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        numbers = [t.params[name] for t in trials if isinstance(t.params.get(name), (int, float))]
         if numbers and min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
             axis.set_xscale("log")
         axis.set_ylim(low, high)
@@ -96,17 +99,17 @@ def _sweep_figure(trials: list, curves: list, metric: str, best, figures: Figure
     return figures.save(figure, "sweep_trials", "sweep trials: metric over training and per hyperparameter")
 
 
-def learning_section(summary: dict, figures: Figures) -> list[str]:
-    result_file = next((c.get("result_file") for c in summary.get("candidates", {}).values()
-                        if c.get("kind") == "hf" and c.get("result_file")), None)
-    result_file = result_file or ((summary.get("sweep") or {}).get("best") or {}).get("result_file")
+def learning_section(summary: "RunSummary", figures: Figures) -> list[str]:
+    result_file = next((c.result_file for c in summary.candidates.values() if c.kind == "hf" and c.result_file), None)
+    if not result_file and summary.sweep is not None and summary.sweep.best is not None:
+        result_file = summary.sweep.best.result_file
     if not result_file or not Path(result_file).is_file():
         return []
     result = json.loads(Path(result_file).read_text())
     evaluations = result.get("evaluations") or []
     if not evaluations:
         return []
-    metric = (summary.get("selection") or {}).get("metric", "auc_weighted")
+    metric = summary.selection.metric if summary.selection is not None else "auc_weighted"
     x_key = "epoch" if all(e.get("epoch") is not None for e in evaluations) else "step"
     figure, (left, right) = figures.new(11, 4.2, ncols=2)
     xs = [e[x_key] for e in evaluations]
@@ -142,9 +145,9 @@ TRAINING_FIGURES = (
 
 
 
-def training_section(summary: dict) -> list[str]:
+def training_section(summary: "RunSummary") -> list[str]:
     """Throughput and resources of the run that produced the fine-tuned candidate (nvitop telemetry)."""
-    training = summary.get("training")
+    training = summary.training
     if not training:
         return []
     throughput, runtime = training.get("throughput") or {}, training.get("runtime") or {}

@@ -38,7 +38,7 @@ from finetune import processes
 from finetune.metrics import unprefixed
 from finetune.model_files import model_config, model_location
 from finetune.plan import RunPlan
-from finetune.results import SweepResult, TrainingResult
+from finetune.results import BestTrial, SweepResult, SweepTrial, TrainingResult
 from finetune.search.pruners import curve, replaced
 from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
@@ -312,28 +312,24 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> SweepResul
             if record is not best and record["model_dir"]:
                 shutil.rmtree(record["model_dir"], ignore_errors=True)
     print(trials_table(records, search.primary_metric), flush=True)
-    best_section, best_training = None, None
+    best_trial, best_training = None, None
     if best is not None:
         best_training = TrainingResult.read(best["result_file"])
-        best_section = {"trial": best["number"], "params": best["params"], "value": best["best_value"],
-                        "model_dir": best["model_dir"], "val": best_training.val, "result_file": best["result_file"]}
+        best_trial = BestTrial(trial=best["number"], params=best["params"], value=best["best_value"],
+                               model_dir=best["model_dir"], val=best_training.val, result_file=best["result_file"])
         print(f"best: trial {best['number']} {search.primary_metric}={best['best_value']:.4f} -> {best['model_dir']}",
               flush=True)
-    sweep = {
-        "sampling": search.sampling,
-        "policy": dataclasses.asdict(search.policy),
-        "primary_metric": search.primary_metric,
-        "goal": search.goal,
-        "trials": [{k: v for k, v in r.items() if k not in ("model_dir", "result_file")} for r in records],
-        "best": best_section,
-        "compute": {
-            "trial_epochs": round(sum(r["epochs_run"] or 0.0 for r in records), 4),
-            "trial_seconds": round(sum(r["duration_s"] or 0.0 for r in records), 2),
-            "wall_seconds": round(wall, 2),
-        },
-    }
-    (sweep_dir / "sweep.json").write_text(json.dumps(sweep, indent=2))
-    return SweepResult(sweep, best_training)
+    sweep = SweepResult(
+        sampling=search.sampling, policy=dataclasses.asdict(search.policy), primary_metric=search.primary_metric,
+        goal=search.goal,
+        trials=[SweepTrial(**{k: v for k, v in r.items() if k not in ("model_dir", "result_file")}) for r in records],
+        best=best_trial,
+        compute={"trial_epochs": round(sum(r["epochs_run"] or 0.0 for r in records), 4),
+                 "trial_seconds": round(sum(r["duration_s"] or 0.0 for r in records), 2),
+                 "wall_seconds": round(wall, 2)},
+        best_training=best_training)
+    (sweep_dir / "sweep.json").write_text(json.dumps(sweep.to_dict(), indent=2))
+    return sweep
 
 
 def _format_params(params: dict) -> str:

@@ -10,7 +10,7 @@
 Importing this package loads the standard library only (torch and friends load in score.py's init()).
 """
 from finetune.serve.endpoint import SCORE_SCRIPT, LocalEndpoint, deploy_local
-from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, RolloutResult, rollout
+from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, RolloutResult, rollout
 
-__all__ = ["SCORE_SCRIPT", "InvokeError", "LocalEndpoint", "ModelRef", "RolloutError", "RolloutResult",
-           "deploy_local", "rollout"]
+__all__ = ["SCORE_SCRIPT", "DeploymentResult", "InvokeError", "LocalEndpoint", "ModelRef", "RolloutError",
+           "RolloutResult", "deploy_local", "rollout"]

@@ -31,7 +31,7 @@ from finetune.files import link_or_copy, write_json_atomic
 from finetune.processes import free_port
 from finetune.serve import servers
 from finetune.serve.inference_server import BIND_SOCKET_ENV
-from finetune.serve.rollout import InvokeError, ModelRef, RolloutError, rollout
+from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, rollout
 from finetune.serve.router import deployment_connection
 from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
 
@@ -395,7 +395,7 @@ class LocalEndpoint:
 
 
 def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_request: dict,
-                 keep_running: bool) -> dict:
+                 keep_running: bool) -> DeploymentResult:
     """The local launcher's deploy step: roll ``model`` out to the endpoint ``endpoint_cfg.name``.
 
     The endpoint lives under ``state_dir/<name>`` (``<output_root>/endpoints`` by convention). Its
@@ -403,7 +403,8 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     which goes in as ``blue`` or ``green``, whichever is free. ``python -m finetune`` passes
     ``keep_running=False``: the rollout and its smoke test run, then the processes stop (an endpoint that
     was already running stays up) and the state keeps the record, so ``python -m finetune.serve
-    --endpoint <name>`` serves it again. Returns the ``rollout`` section of summary.json (no key in it).
+    --endpoint <name>`` serves it again. Its ``to_dict()`` is the ``rollout`` section of summary.json
+    (no key in it).
     """
     if endpoint_cfg.host not in LOOPBACK_HOSTS:
         print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
@@ -425,9 +426,9 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
         finally:
             if not (keep_running or was_running):
                 endpoint.stop()
-    return {**result.to_dict(), "kind": "local", "state_file": str(endpoint.state_file),
-            "running": bool(keep_running or was_running),
-            "serve_command": f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"}
+    serve_command = f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"
+    return DeploymentResult(result, kind="local", state_file=str(endpoint.state_file),
+                            running=bool(keep_running or was_running), serve_command=serve_command)
 
 
 def _free_colour(endpoint: LocalEndpoint) -> str:

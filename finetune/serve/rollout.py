@@ -153,6 +153,38 @@ class RolloutResult:
             "warnings": list(self.warnings),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "RolloutResult":
+        """A saved ``rollout`` section (a succeeded one: a failed rollout raised instead of returning)."""
+        smoke = data.get("smoke_test") or {}
+        return cls(endpoint=data["endpoint"], deployment=data["deployment"], model=ModelRef(**data["model"]),
+                   previous_traffic=data.get("previous_traffic") or {}, traffic=data.get("traffic") or {},
+                   ramp=data.get("ramp") or [], steps=data.get("steps") or [], deleted=data.get("deleted") or [],
+                   smoke_latency_ms=smoke.get("latency_ms", 0.0), smoke_response=smoke.get("response"),
+                   timings=data.get("timings") or {}, warnings=data.get("warnings") or [],
+                   scoring_uri=data.get("scoring_uri"))
+
+
+@dataclass
+class DeploymentResult:
+    """The local launcher's deploy stage: the rollout, and what serves the endpoint after it (summary.json's
+    ``rollout``: the rollout's section with these keys added)."""
+
+    rollout: RolloutResult
+    kind: str  # the endpoint kind: local
+    state_file: str  # the endpoint's recorded deployments
+    running: bool  # False: the processes stopped with the run; ``serve_command`` starts them again
+    serve_command: str
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeploymentResult":
+        return cls(rollout=RolloutResult.from_dict(data), kind=data["kind"], state_file=data["state_file"],
+                   running=data["running"], serve_command=data["serve_command"])
+
+    def to_dict(self) -> dict:
+        return {**self.rollout.to_dict(), "kind": self.kind, "state_file": self.state_file, "running": self.running,
+                "serve_command": self.serve_command}
+
 
 def rollout(endpoint: Endpoint, new_deployment: str, model: ModelRef, sample_request: dict,
             ramp: Sequence[int] = (100,), max_error_rate: float = 0.0, step_requests: int = 5) -> RolloutResult:

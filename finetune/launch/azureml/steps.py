@@ -154,9 +154,10 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
     selection, registered = outcome.selection, outcome.registration
+    section = selection.to_dict()
     ref = {"decision": selection.decision, "reason": selection.reason,
-           "selection": {key: selection.section.get(key) for key in ("metric", "margin", "winner", "decision", "reason",
-                                                                     "test", "production_version")}}
+           "selection": {key: section.get(key) for key in ("metric", "margin", "winner", "decision", "reason", "test",
+                                                           "production_version")}}
     if selection.decision == "register":
         ref.update(name=registered.name, version=registered.version, candidate=selection.winner,
                    model_type="mlflow_model", existing=registered.existing, content_sha256=registered.content_sha256)
