@@ -95,18 +95,24 @@ def choose_label_thresholds(y_val, proba_val, labels: Sequence[str]) -> dict:
             thresholds[str(label)] = 0.5
             continue
         cuts = _cuts(scores)
-        values = np.array([_f1(truth, scores >= cut) for cut in cuts])
-        thresholds[str(label)] = _middle_of_best(cuts, values)
+        thresholds[str(label)] = _middle_of_best(cuts, _f1_at_cuts(truth, scores, cuts))
     decision = {"rule": "per_label_thresholds", "thresholds": thresholds}
     at_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, list(labels), decision))["f1_macro"]
     at_half = multi_label_metrics(y_val, proba_val)["f1_macro"]
     return {**decision, "metric": "f1_macro", "val": at_rule, "val_argmax": at_half}
 
 
-def _f1(truth, predicted) -> float:
-    hits = int((truth & predicted).sum())
-    total = int(truth.sum() + predicted.sum())
-    return 2 * hits / total if total else 0.0
+def _f1_at_cuts(truth, scores, cuts):
+    """F1 of ``scores >= cut`` for every cut in one sort: 28 labels x 1,000 cuts x 5k val texts would otherwise be
+    140M comparisons."""
+    import numpy as np
+
+    order = np.argsort(scores, kind="stable")
+    positives_below = np.concatenate([[0], np.cumsum(truth[order])])
+    below = np.searchsorted(scores[order], cuts, side="left")
+    hits = positives_below[-1] - positives_below[below]
+    total = positives_below[-1] + (len(scores) - below)
+    return np.divide(2 * hits, total, out=np.zeros(len(cuts)), where=total > 0)
 
 
 def _cuts(scores):

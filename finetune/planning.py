@@ -67,6 +67,12 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         dry_run=cfg.dry_run,
         overrides=list(overrides),
     )
+    if plan.dataset.task == "auto":
+        from finetune.data.multilabel import planned_task
+
+        # Decided before the checks, when the settings or the first rows tell: the per-task checks (the sweep
+        # objective, the selection metric) then judge the task that runs, and the printed plan names it.
+        plan.dataset = dataclasses.replace(plan.dataset, task=planned_task(plan.dataset))
     runner = launcher(plan.launcher)
     problems = [problem for check in (*CHECKS, runner.check) for problem in check(plan)]
     # The generic ranges are the floor: a stage check that already named a key says more about it.
@@ -74,11 +80,6 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     problems += [problem for problem in check_values(plan) if problem_key(problem) not in named]
     if problems:
         raise ConfigProblems(problems)
-    if plan.dataset.task == "auto":
-        from finetune.data.multilabel import planned_task
-
-        # Decided now when the settings or the first rows tell, so the printed plan says which task runs.
-        plan.dataset = dataclasses.replace(plan.dataset, task=planned_task(plan.dataset))
     plan = runner.resolve(plan)
     if plan.model.source == "package" and not plan.model.path:
         plan.model.path = str(package_model_dir(plan.model))

@@ -91,6 +91,15 @@ def test_micro_objectives_are_multi_label_only(tmp_path):
         assert build(multi_label(tmp_path) + [f"search.primary_metric={metric}"], tmp_path)
 
 
+def test_objective_is_checked_against_the_task_the_plan_decides(tmp_path):
+    """``dataset.task=auto`` is decided from the file's first rows before the checks run, on either launcher."""
+    lists = ["dataset=file", f"dataset.path={multi_label_file(tmp_path)}", "search.primary_metric=val_f1_micro"]
+    for launcher in (AML, ["search=bandit", "dry_run=true"]):
+        assert build(launcher + lists, tmp_path).dataset.task == "multi_label"
+    found = problems(tmp_path, ["search=bandit", "dry_run=true", "search.primary_metric=val_f1_micro"])
+    assert found[0].startswith("search.primary_metric=val_f1_micro: training logs it for multi-label data only")
+
+
 def test_hamming_loss_is_minimised(tmp_path):
     found = problems(tmp_path, multi_label(tmp_path) + ["search.primary_metric=val_hamming_loss"])
     assert found == ["search.primary_metric=val_hamming_loss: lower is better; set search.goal=minimize"]

@@ -68,6 +68,20 @@ def test_per_label_thresholds_chosen_on_val_carry_to_test():
     assert describe(decision).startswith("per-label P >= t")
 
 
+def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
+    from sklearn.metrics import f1_score
+
+    from finetune.decision import _cuts, _f1_at_cuts
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        truth = rng.integers(0, 2, 200)
+        scores = np.round(rng.random(200), 2)  # ties, as rounded probabilities have
+        cuts = _cuts(scores)
+        expected = [f1_score(truth, scores >= cut, zero_division=0.0) for cut in cuts]
+        assert np.allclose(_f1_at_cuts(truth, scores, cuts), expected)
+
+
 def test_a_label_absent_from_val_keeps_one_half():
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     proba = np.array([[0.9, 0.7], [0.2, 0.1], [0.6, 0.2], [0.4, 0.3]])
