@@ -20,31 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-# The baselines and metrics are imported in this process too: this checkout's, not an installed copy's.
-sys.path.insert(0, str(REPO))
+from bench_quality import REPO, run_pipeline  # sibling script: puts this checkout first on sys.path
+
 GOAL_MARGIN = 0.02
 COLUMNS = ("f1_micro", "f1_macro", "auc_weighted", "accuracy", "hamming_loss")
-
-
-def run_pipeline(run_dir: Path, data: Path, overrides: list[str], log) -> dict:
-    command = [sys.executable, "-m", "finetune", "dataset=goemotions", f"dataset.path={data}", "search=none",
-               "endpoint=none", f"output_root={run_dir.parent}", f"run_name={run_dir.name}", *overrides]
-    print("$ " + " ".join(command), file=log, flush=True)
-    started = time.time()
-    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    if done.returncode != 0:
-        raise SystemExit(f"pipeline failed (exit {done.returncode}); see {log.name}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["bench_duration_s"] = round(time.time() - started)
-    return summary
 
 
 def baselines(data_dir: Path, labels: list[str]) -> dict:
@@ -114,7 +95,8 @@ def main() -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "bench_multilabel.log", "a", encoding="utf-8") as log:
-        summary = run_pipeline(work / args.run_name, Path(args.data).resolve(), args.overrides, log)
+        summary = run_pipeline(work / args.run_name, ["dataset=goemotions", f"dataset.path={Path(args.data).resolve()}",
+                                                      *args.overrides], log)
     labels = summary["data"]["labels"]
     rows = {**baselines(work / args.run_name / "data", labels), **pipeline_rows(summary)}
     print(format_table(rows) + "\n")

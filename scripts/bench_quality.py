@@ -70,7 +70,7 @@ def run_pipeline(run_dir: Path, overrides: list[str], log) -> dict:
     done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
-        raise SystemExit(f"pipeline failed (exit {done.returncode}); see the log")
+        raise SystemExit(f"pipeline failed (exit {done.returncode}); see {log.name}")
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["bench_duration_s"] = round(time.time() - started)
     return summary

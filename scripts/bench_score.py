@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["FINETUNE_NUM_THREADS"] = str(args.threads)
     import datasets
-    import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
