@@ -50,7 +50,7 @@ OVR_C = 4.0
 
 def check_config(automl: AutomlConfig) -> list[str]:
     """Problems with the local AutoML settings, for the plan's validation and for :func:`run_automl`."""
-    if automl.kind == "none":
+    if automl.engine == "none":
         return []
     problems = []
     unknown = [name for name in automl.estimators if name not in ESTIMATORS]

@@ -149,8 +149,9 @@ class ComputeConfig(SpeedOptions):
 
 @dataclass
 class AutomlConfig:
-    # auto: `local` on local compute, `text_classification` on AML; none: no AutoML candidate.
-    kind: str = "auto"
+    # What trains the AutoML candidate. auto: `local` (FLAML) on local compute, `text_classification` (AML
+    # AutoML NLP) on AML; none: no AutoML candidate.
+    engine: str = "auto"
     time_budget_s: int = 60
     # lrl2 first: its first trial is the TF-IDF + logistic regression one-liner the search must beat.
     estimators: List[str] = field(default_factory=lambda: ["lrl2", "sgd", "lgbm", "lrl1"])
@@ -173,8 +174,8 @@ class AutomlConfig:
 
 @dataclass
 class EndpointConfig:
-    # auto: `local` on local compute, `managed` on AML; none: register only, deploy nothing.
-    kind: str = "auto"
+    # Where the model is served. auto: `local` on local compute, `managed` on AML; none: register only.
+    target: str = "auto"
     name: str = "finetune-sentiment"
     # How a fine-tuned transformer is served: torch (PyTorch fp32), onnx (ONNX Runtime fp32) or onnx-int8
     # (ONNX Runtime, dynamically quantised int8). The registered version carries that runtime's files only.
@@ -235,7 +236,8 @@ class TrackingConfig:
 
 
 @dataclass
-class LauncherConfig:
+class SubmitConfig:
+    # AML compute: stream the submitted pipeline job until it ends (a local run always runs to its end).
     wait: bool = False
 
 
@@ -251,12 +253,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
     output_root: str = "outputs"
     run_name: Optional[str] = None
     dry_run: bool = False
     seed: int = 0
     plan_view: str = "short"  # short | full: how much of the plan the CLI prints before running it
+
+
+# The key a group's option sets: `automl=local` is `automl.engine=local`, `endpoint=auto` is `endpoint.target=auto`.
+CHOICE_KEYS = {"automl": "engine", "endpoint": "target"}
+
+# Keys an earlier release took, with the key that replaced each: the CLI names the new one instead of
+# answering "unknown setting". A renamed section renames every key under it.
+RENAMED_KEYS = {"automl.kind": "automl.engine", "endpoint.kind": "endpoint.target", "launcher": "submit"}
+
+
+def renamed(key: str) -> Optional[str]:
+    """The key that replaced ``key``, or None when it was not renamed."""
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
 
 
 def register() -> None:

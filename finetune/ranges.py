@@ -101,8 +101,8 @@ RANGES.update({key: legal for key, legal, _ in _declared(Config) if legal is not
 # Enum-like strings that no stage check covers on every launcher.
 CHOICES = {
     "compute.target": ("local", "azureml"),
-    "automl.kind": ("auto", "local", "text_classification", "none"),
-    "endpoint.kind": ("auto", "local", "managed", "none"),
+    "automl.engine": ("auto", "local", "text_classification", "none"),
+    "endpoint.target": ("auto", "local", "managed", "none"),
     "search.goal": ("maximize", "minimize"),
 }
 DECLARED_CHOICES = {key: choices for key, _, choices in _declared(Config) if choices}

@@ -248,10 +248,10 @@ def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, mo
 
     monkeypatch.setattr(azureml, "connect", connect)
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path / 'again'}", "run_name=ref", "automl=none",
-                                         "endpoint=none", "launcher.wait=true"])
+                                         "endpoint=none", "submit.wait=true"])
     out = capsys.readouterr().out
     assert code == 0
-    assert streamed == [recorder.find("PUT", r"jobs/.+")[0].relative.split("/")[1]]  # launcher.wait follows the job
+    assert streamed == [recorder.find("PUT", r"jobs/.+")[0].relative.split("/")[1]]  # submit.wait follows the job
     assert not recorder.find("PUT", r"data/.+")
     assert not recorder.find("PUT", r"computes/.+")  # the cluster exists now
     assert "data finetune-amazon_automotive-train:1 reused" in out

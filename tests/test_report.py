@@ -89,7 +89,7 @@ def full_summary(run_dir: Path, splits) -> dict:
         "selection": selection,
         "registry": {"name": "automotive-sentiment", "version": "3", "existing": False, "content_sha256": "c" * 64,
                      "git_commit": "abc123", "source": "file:///store/artifacts/model"},
-        "rollout": {"status": "succeeded", "kind": "local", "endpoint": "finetune-sentiment", "deployment": "green",
+        "rollout": {"status": "succeeded", "target": "local", "endpoint": "finetune-sentiment", "deployment": "green",
                     "model": {"name": "automotive-sentiment", "version": "3", "path": "/x"},
                     "scoring_uri": "http://127.0.0.1:5001/score", "previous_traffic": {"blue": 100},
                     "traffic": {"green": 100}, "ramp": [10, 100],

@@ -27,10 +27,10 @@ def auto_choices(cfg) -> dict:
 
 
 def check(plan: RunPlan) -> list[str]:
-    """What this launcher cannot run: the AML-only AutoML and endpoint kinds, a bad local endpoint."""
+    """What this launcher cannot run: the AML-only AutoML engine and endpoint target, a bad local endpoint."""
     problems = []
-    if plan.automl.kind == "text_classification":
-        problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
+    if plan.automl.engine == "text_classification":
+        problems.append("automl.engine=text_classification: AML AutoML runs on AML compute only; on local compute "
                         "use automl=local or automl=none")
     cores = len(os.sched_getaffinity(0))
     concurrent = plan.search.limits.max_concurrent_trials
@@ -38,10 +38,10 @@ def check(plan: RunPlan) -> list[str]:
         # Each trial is a training process with at least one thread: more than the cores only thrash.
         problems.append(f"search.limits.max_concurrent_trials={concurrent}: more trials at once than this machine's "
                         f"{cores} CPU cores; use {cores} or fewer")
-    if plan.endpoint.kind == "managed":
-        problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
+    if plan.endpoint.target == "managed":
+        problems.append("endpoint.target=managed: a managed online endpoint needs AML compute; on local compute "
                         "use endpoint=local or endpoint=none")
-    elif plan.endpoint.kind in ("local", "auto"):
+    elif plan.endpoint.target in ("local", "auto"):
         problems += check_endpoint(plan.endpoint)
     return problems
 

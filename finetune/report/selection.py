@@ -173,7 +173,7 @@ def rollout_section(summary: "RunSummary") -> list[str]:
     deployment, rollout = summary.rollout, summary.rollout.rollout
     smoke = rollout.smoke_response
     traffic = ", ".join(f"{name} {percent}%" for name, percent in rollout.traffic.items())
-    facts = [("status", "succeeded"), ("endpoint", f"{rollout.endpoint} ({deployment.kind})"),
+    facts = [("status", "succeeded"), ("endpoint", f"{rollout.endpoint} ({deployment.target})"),
              ("deployment", rollout.deployment), ("model", f"{rollout.model.name} version {rollout.model.version}"),
              ("traffic now", traffic or None), ("scoring URI", rollout.scoring_uri),
              ("smoke test latency", f"{rollout.smoke_latency_ms:.1f} ms"),
