@@ -28,6 +28,11 @@ def _drop_none(data: dict) -> dict:
     return {key: value for key, value in data.items() if value is not None}
 
 
+def _with_family(data: dict) -> dict:
+    """A saved candidate or table row whose ``family`` was written under its earlier name, ``kind``, renamed."""
+    return {("family" if key == "kind" and "family" not in data else key): value for key, value in data.items()}
+
+
 @dataclass
 class TrainingResult:
     """One training's ``result.json`` (docs/contracts.md), as the stages after it read it."""
@@ -121,7 +126,7 @@ class SweepResult:
 class Candidate:
     """A model the select stage tests: a fine-tuned transformer, an AutoML baseline, production re-scored."""
 
-    kind: str  # hf | automl | production
+    family: str  # hf (a fine-tuned transformer) | automl | production (re-scored)
     path: str
     source: Optional[str] = None
     val: Optional[dict] = None
@@ -133,6 +138,7 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Candidate":
+        data = _with_family(data)
         known = {name for name in cls.__dataclass_fields__ if name != "extra"}
         return cls(**{k: v for k, v in data.items() if k in known},
                    extra={k: v for k, v in data.items() if k not in known})
@@ -151,7 +157,7 @@ class SelectionRow:
     """One candidate of the selection table: its test metrics at its decision rule, or why it could not be scored."""
 
     candidate: str
-    kind: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
+    family: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
     test: Dict[str, float] = field(default_factory=dict)
     decision: Optional[dict] = None  # the rule it ships
     test_argmax: Optional[dict] = None  # its metrics at argmax (multi-label: at 0.5)
@@ -161,16 +167,18 @@ class SelectionRow:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SelectionRow":
+        data = _with_family(data)
         if "error" in data:
-            return cls(candidate=data["candidate"], kind=data.get("kind"), error=data["error"])
+            return cls(candidate=data["candidate"], family=data.get("family"), error=data["error"])
         # Every other key of a row is a test metric, flat beside the candidate's name in summary.json.
-        return cls(candidate=data["candidate"], kind=data.get("kind"), **{k: data[k] for k in _ROW_KEYS if k in data},
-                   test={k: v for k, v in data.items() if k not in ("candidate", "kind", *_ROW_KEYS)})
+        return cls(candidate=data["candidate"], family=data.get("family"),
+                   **{k: data[k] for k in _ROW_KEYS if k in data},
+                   test={k: v for k, v in data.items() if k not in ("candidate", "family", *_ROW_KEYS)})
 
     def to_dict(self) -> dict:
         if self.error is not None:
-            return {"candidate": self.candidate, "kind": self.kind, "error": self.error}
-        return {"candidate": self.candidate, "kind": self.kind, **self.test,
+            return {"candidate": self.candidate, "family": self.family, "error": self.error}
+        return {"candidate": self.candidate, "family": self.family, **self.test,
                 **_drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
 
 
@@ -228,9 +236,9 @@ class SelectionResult:
         row = self.row(candidate)
         return row.decision if row is not None else None
 
-    def kind(self, candidate: str) -> Optional[str]:
+    def family(self, candidate: str) -> Optional[str]:
         row = self.row(candidate)
-        return row.kind if row is not None else None
+        return row.family if row is not None else None
 
     @property
     def promotable(self) -> bool:

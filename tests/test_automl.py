@@ -22,14 +22,14 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     candidate = run_automl(data, cfg, tmp_path / "automl", seed=0)
 
     model_dir = tmp_path / "automl" / "model"
-    assert candidate["kind"] == "automl" and candidate["path"] == str(model_dir)
+    assert candidate["family"] == "automl" and candidate["path"] == str(model_dir)
     assert candidate["best_estimator"] in [*cfg.estimators, ONE_LINER] and candidate["time_budget_s"] == 4
     # The kept model is the better of FLAML's pick and the one-liner by cross-validation on train.
     cv = candidate["cv_auc"]
     assert (candidate["best_estimator"] == ONE_LINER) == (cv["flaml"] is None or cv["flaml"] <= cv["one_liner"])
     assert "local AutoML baseline" in candidate["description"]
     info = json.loads((model_dir / "candidate.json").read_text())
-    assert info["kind"] == "automl" and info["labels"] == LABELS
+    assert info["family"] == "automl" and info["labels"] == LABELS
     assert info["best_estimator"] == candidate["best_estimator"] and info["config"] == candidate["best_config"]
     json.dumps(candidate)  # plain data only: it goes into summary.json
 

@@ -402,7 +402,7 @@ def test_deploy_step_leaves_an_automl_winner_unserved(server, recorder, tmp_path
 def transformer_output(folder: Path, tiny_model_dir: Path, labels) -> Path:
     """What the training job writes: <output>/model/ with candidate.json."""
     shutil.copytree(tiny_model_dir, folder / "model")
-    (folder / "model" / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}))
+    (folder / "model" / "candidate.json").write_text(json.dumps({"family": "hf", "labels": labels}))
     return folder
 
 
@@ -420,7 +420,7 @@ def automl_output(tmp_path: Path, auc: float) -> tuple:
     automl_result.mkdir(exist_ok=True)
     metrics = {name: auc for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
                                       "precision_weighted", "recall_weighted", "f1_weighted", "auc_weighted")}
-    (automl_result / "result.json").write_text(json.dumps({"kind": "automl", "test": metrics}))
+    (automl_result / "result.json").write_text(json.dumps({"family": "automl", "test": metrics}))
     return str(automl_model), str(automl_result)
 
 
@@ -533,7 +533,7 @@ def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
     result = steps.test_automl(str(tmp_path / "mlflow_model"), test_file, labels_file, str(tmp_path / "out"))
     assert result["rows"] == data["splits"]["test"]["rows"]
     assert 0.5 < result["test"]["auc_weighted"] <= 1.0
-    assert json.loads((tmp_path / "out" / "result.json").read_text())["kind"] == "automl"
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["family"] == "automl"
 
 
 def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch):

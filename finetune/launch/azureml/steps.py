@@ -113,7 +113,7 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     texts, y_true = read_targets(test_file, labels, task)
     proba = automl_proba(Path(model_dir), texts, labels, python or sys.executable)
-    result = {"kind": "automl", "model_format": "mlflow", "task": task,
+    result = {"family": "automl", "model_format": "mlflow", "task": task,
               "test": task_metrics(task, y_true, proba, labels=labels), "rows": len(texts)}
     _write(output_dir, RESULT, result)
     return result
