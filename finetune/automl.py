@@ -50,7 +50,7 @@ OVR_C = 4.0
 
 def check_config(automl: AutomlConfig) -> list[str]:
     """Problems with the local AutoML settings, for the plan's validation and for :func:`run_automl`."""
-    if automl.kind == "none":
+    if automl.engine == "none":
         return []
     problems = []
     unknown = [name for name in automl.estimators if name not in ESTIMATORS]
@@ -233,11 +233,11 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
         best_estimator, best_config = ONE_LINER, {"C": 1.0}
     joblib.dump(pipeline, model_dir / "model.joblib")
     (model_dir / "candidate.json").write_text(json.dumps(
-        {"kind": "automl", "labels": labels, "best_estimator": best_estimator, "config": best_config,
+        {"family": "automl", "labels": labels, "best_estimator": best_estimator, "config": best_config,
          "description": DESCRIPTION}, indent=2))
 
     candidate = {
-        "kind": "automl",
+        "family": "automl",
         "path": str(model_dir),
         "best_estimator": best_estimator,
         "best_config": best_config,
@@ -279,10 +279,10 @@ def _run_multi_label(data, out_dir: Path) -> dict:
     pipeline = one_vs_rest().fit(train_texts, train_y)
     joblib.dump(pipeline, model_dir / "model.joblib")
     (model_dir / "candidate.json").write_text(json.dumps(
-        {"kind": "automl", "task": "multi_label", "labels": labels, "best_estimator": ONE_VS_REST,
+        {"family": "automl", "task": "multi_label", "labels": labels, "best_estimator": ONE_VS_REST,
          "config": {"C": OVR_C}, "description": MULTI_LABEL_DESCRIPTION}, indent=2))
     candidate = {
-        "kind": "automl",
+        "family": "automl",
         "path": str(model_dir),
         "best_estimator": ONE_VS_REST,
         "best_config": {"C": OVR_C},

@@ -174,6 +174,12 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
     from finetune.hydra_cli import ConfigSource
 
     source = source or ConfigSource()
+    # Hydra would answer an old key with "Key 'kind' not in 'AutomlConfig'", which does not say what to write.
+    for override in parse_overrides(overrides):
+        replacement = config.renamed(override.key_or_group)
+        if replacement:
+            raise UserError(f"{override.key_or_group} is now {replacement}: write "
+                            f"{override.input_line.replace(override.key_or_group, replacement, 1)}")
     config.register()
     GlobalHydra.instance().clear()
     searchpath = [f"file://{path}" if "://" not in path else path for path in source.searchpath]
@@ -203,6 +209,9 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
             raise UserError("; ".join(unknown))
         return cfg
     except (HydraException, OmegaConfBaseException) as error:
+        old_key = _renamed_key_in(error)
+        if old_key:
+            raise UserError(f"{old_key} is now {config.renamed(old_key)}: rename it in your config file") from None
         raise UserError(_one_line(error)) from None
     except ValueError as error:
         # Hydra reports some malformed overrides (`=3`: a group override without a group) as a bare ValueError.
@@ -211,18 +220,36 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
         GlobalHydra.instance().clear()
 
 
+def _renamed_key_in(error: BaseException) -> Optional[str]:
+    """The renamed key a config file of the user's still sets, when that is what ``error`` (or its cause) is about."""
+    from finetune.config import renamed
+
+    while error is not None:
+        key = str(getattr(error, "full_key", "") or "")
+        if renamed(key):
+            return key
+        # Hydra raises its composition error while handling OmegaConf's, which names the key.
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
     """`key: unknown setting (did you mean ...)` for every key of ``cfg`` that ``schema`` (a dataclass) lacks."""
     import dataclasses
     import difflib
     import typing
 
+    from finetune import config
+
     hints = typing.get_type_hints(schema)
     fields = {field.name: hints[field.name] for field in dataclasses.fields(schema)}
     for key in cfg.keys():
         if key in skip:
             continue
-        if key not in fields:
+        replacement = config.renamed(f"{prefix}{key}")
+        if key not in fields and replacement:
+            yield f"{prefix}{key} is now {replacement}"
+        elif key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             yield (f"{prefix}{key}: unknown setting" + (f"; did you mean {prefix}{close[0]}?" if close else
                                                         f"; {prefix.rstrip('.') or 'the config'} has "
@@ -233,10 +260,11 @@ def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
 
 def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     """`automl=auto`/`endpoint=auto` are the launcher's choice, so `compute=a100` alone is enough."""
+    from finetune.config import CHOICE_KEYS
     from finetune.launch import launcher, launcher_name
 
     choices = launcher(launcher_name(cfg.compute.target)).auto_choices(cfg)
-    return [f"{group}={choice}" for group, choice in choices.items() if cfg[group].kind == "auto"]
+    return [f"{group}={choice}" for group, choice in choices.items() if cfg[group][CHOICE_KEYS[group]] == "auto"]
 
 
 def plans(invocation, source, jobs) -> list:

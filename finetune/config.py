@@ -2,8 +2,9 @@
 
 Hydra merges the YAML files under ``conf/`` into these dataclasses (registered in a ConfigStore by
 :func:`register`), so a wrong type in a file or an override fails at composition with the key named.
-Legal values of the training settings are declared with them in :mod:`finetune.spec`; the other value
-checks live in :mod:`finetune.ranges` and next to each stage's code.
+Each number declares its legal values where it is defined (``setting(default, Range)``, as the training
+settings in :mod:`finetune.spec` do); :mod:`finetune.ranges` checks them all at plan time, and the checks
+that need more than one key live next to each stage's code.
 
 The same dataclasses are the stage specs of the run plan: a launcher receives them resolved
 (``auto`` choices made, paths absolute) and never reads Hydra config itself.
@@ -13,7 +14,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from finetune.spec import Hyperparameters, Objective, Reporting, SpeedOptions, TrainingOptions
+from finetune.spec import (
+    AT_LEAST_1,
+    FRACTION_OPEN,
+    NON_NEGATIVE,
+    SECONDS,
+    SEED,
+    Hyperparameters,
+    Objective,
+    Range,
+    Reporting,
+    SpeedOptions,
+    TrainingOptions,
+    setting,
+)
+
+PORT = Range(0, 65535, unit=" (0 = a free port)")
+MINUTES = Range(1, unit=" minutes")
 
 
 @dataclass
@@ -40,13 +57,13 @@ class DatasetConfig:
     # Exactly one of label_column (labels used as-is) and rating_column (ratings mapped to sentiment).
     label_column: Optional[str] = None
     rating_column: Optional[str] = None
-    positive_min_rating: float = 4.0
-    negative_max_rating: float = 2.0
-    train_fraction: float = 0.8
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    sample: Optional[int] = None
-    seed: int = 0
+    positive_min_rating: float = setting(4.0, Range())
+    negative_max_rating: float = setting(2.0, Range())
+    train_fraction: float = setting(0.8, FRACTION_OPEN)
+    val_fraction: float = setting(0.1, FRACTION_OPEN)
+    test_fraction: float = setting(0.1, FRACTION_OPEN)
+    sample: Optional[int] = setting(None, Range(10))
+    seed: int = setting(0, SEED)
     cache_dir: str = "~/.cache/finetune"
     # auto | single_label | multi_label; auto: multi_label when label_separator is set or labels are lists.
     task: str = "auto"
@@ -86,20 +103,20 @@ class ModelConfig(Hyperparameters):
 class PolicyConfig:
     # none | bandit | median | truncation — parameters carry AML's names and meanings.
     type: str = "none"
-    slack_factor: Optional[float] = None
-    slack_amount: Optional[float] = None
-    evaluation_interval: int = 1
-    delay_evaluation: int = 0
-    truncation_percentage: Optional[int] = None
+    slack_factor: Optional[float] = setting(None, NON_NEGATIVE)
+    slack_amount: Optional[float] = setting(None, NON_NEGATIVE)
+    evaluation_interval: int = setting(1, AT_LEAST_1)
+    delay_evaluation: int = setting(0, NON_NEGATIVE)
+    truncation_percentage: Optional[int] = setting(None, Range(1, 99))
     exclude_finished_jobs: bool = False
 
 
 @dataclass
 class LimitsConfig:
-    max_total_trials: int = 1
-    max_concurrent_trials: int = 1
-    timeout: Optional[int] = None  # seconds for the whole sweep
-    trial_timeout: Optional[int] = None  # seconds per trial
+    max_total_trials: int = setting(1, AT_LEAST_1)
+    max_concurrent_trials: int = setting(1, AT_LEAST_1)
+    timeout: Optional[int] = setting(None, SECONDS)  # for the whole sweep
+    trial_timeout: Optional[int] = setting(None, SECONDS)  # per trial
 
 
 @dataclass
@@ -107,7 +124,7 @@ class SearchConfig:
     name: str = "none"
     # none: one training run with the model's hyperparameters; random | grid | bayesian: a sweep.
     sampling: str = "none"
-    seed: int = 0
+    seed: int = setting(0, SEED)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # hyperparameter -> distribution, e.g. {type: loguniform, min: 1e-5, max: 1e-4} (AML vocabulary).
     space: Dict[str, Any] = field(default_factory=dict)
@@ -124,19 +141,19 @@ class ComputeConfig(SpeedOptions):
     name: str = "local"
     # local: this machine; azureml: an AML compute cluster (the AML launcher runs the plan).
     target: str = "local"
-    gpus: int = 0  # GPUs per training process group on one machine (accelerate); 0 = none/auto
+    gpus: int = setting(0, NON_NEGATIVE)  # GPUs per training process group on one machine (accelerate); 0 = none/auto
     # AML cluster; unused locally.
     cluster_name: Optional[str] = None
     vm_size: Optional[str] = None
-    min_nodes: int = 0
-    max_nodes: int = 1
+    min_nodes: int = setting(0, NON_NEGATIVE)
+    max_nodes: int = setting(1, AT_LEAST_1)
     low_priority: bool = False
-    instance_count: int = 1
-    processes_per_node: int = 1
+    instance_count: int = setting(1, AT_LEAST_1)
+    processes_per_node: int = setting(1, AT_LEAST_1)
     create_if_missing: bool = True
-    idle_seconds_before_scaledown: int = 120
-    hourly_price_usd: Optional[float] = None
-    gpus_per_node: int = 0
+    idle_seconds_before_scaledown: int = setting(120, NON_NEGATIVE)
+    hourly_price_usd: Optional[float] = setting(None, NON_NEGATIVE)
+    gpus_per_node: int = setting(0, NON_NEGATIVE)
     # The GPU's compute capability (e.g. "8.0" for A100) and the CUDA build of torch AML jobs install
     # (finetune.launch.azureml.environment); a check refuses a build the GPU cannot run.
     gpu_arch: Optional[str] = None
@@ -144,27 +161,28 @@ class ComputeConfig(SpeedOptions):
     # The small CPU cluster that runs the test/register/deploy steps (None: the training cluster).
     steps_cluster_name: Optional[str] = None
     steps_vm_size: Optional[str] = None
-    steps_hourly_price_usd: Optional[float] = None
+    steps_hourly_price_usd: Optional[float] = setting(None, NON_NEGATIVE)
 
 
 @dataclass
 class AutomlConfig:
-    # auto: `local` on local compute, `text_classification` on AML; none: no AutoML candidate.
-    kind: str = "auto"
-    time_budget_s: int = 60
+    # What trains the AutoML candidate. auto: `local` (FLAML) on local compute, `text_classification` (AML
+    # AutoML NLP) on AML; none: no AutoML candidate.
+    engine: str = "auto"
+    time_budget_s: int = setting(60, SECONDS)
     # lrl2 first: its first trial is the TF-IDF + logistic regression one-liner the search must beat.
     estimators: List[str] = field(default_factory=lambda: ["lrl2", "sgd", "lgbm", "lrl1"])
-    max_features: int = 50000  # per feature kind (word 1-2 grams, char 3-5 grams)
-    cv_folds: int = 3  # trials are scored by cross-validation on train
+    max_features: int = setting(50000, AT_LEAST_1)  # per feature kind (word 1-2 grams, char 3-5 grams)
+    cv_folds: int = setting(3, Range(2))  # trials are scored by cross-validation on train
     # AML AutoML NLP settings.
     # auto: AUC_weighted for single-label data, accuracy (AutoML's only multi-label metric) for multi-label.
     primary_metric: str = "auto"
     language: str = "eng"
-    timeout_minutes: int = 60
-    trial_timeout_minutes: Optional[int] = None
-    max_trials: int = 1
-    max_concurrent_trials: int = 1
-    max_nodes: int = 1
+    timeout_minutes: int = setting(60, MINUTES)
+    trial_timeout_minutes: Optional[int] = setting(None, MINUTES)
+    max_trials: int = setting(1, AT_LEAST_1)
+    max_concurrent_trials: int = setting(1, AT_LEAST_1)
+    max_nodes: int = setting(1, AT_LEAST_1)
     # The one model AutoML NLP fine-tunes (e.g. bert-base-cased); None lets AutoML pick for the language.
     model_name: Optional[str] = None
     # AutoML NLP's own sweep: {sampling_algorithm, policy, space: [{model_name: ..., learning_rate: ...}]}.
@@ -173,8 +191,8 @@ class AutomlConfig:
 
 @dataclass
 class EndpointConfig:
-    # auto: `local` on local compute, `managed` on AML; none: register only, deploy nothing.
-    kind: str = "auto"
+    # Where the model is served. auto: `local` on local compute, `managed` on AML; none: register only.
+    target: str = "auto"
     name: str = "finetune-sentiment"
     # How a fine-tuned transformer is served: torch (PyTorch fp32), onnx (ONNX Runtime fp32) or onnx-int8
     # (ONNX Runtime, dynamically quantised int8). The registered version carries that runtime's files only.
@@ -183,23 +201,24 @@ class EndpointConfig:
     host: str = "127.0.0.1"
     # A host other than loopback exposes the router (key auth over plain HTTP) to the network: only when set.
     allow_remote: bool = False
-    port: int = 0  # 0 = a free port
-    max_batch_items: int = 64  # most texts in one scoring request (HTTP 400 beyond)
-    max_body_bytes: int = 1_000_000
-    max_forward_batch: int = 32  # most texts in one forward pass inside score.py
+    port: int = setting(0, PORT)
+    max_batch_items: int = setting(64, AT_LEAST_1)  # most texts in one scoring request (HTTP 400 beyond)
+    # The smallest request, {"data":[{"text":""}]}, is 24 bytes.
+    max_body_bytes: int = setting(1_000_000, Range(16, unit=" bytes"))
+    max_forward_batch: int = setting(32, AT_LEAST_1)  # most texts in one forward pass inside score.py
     log_request_texts: bool = False  # request texts stay out of the logs unless this is set
-    ramp: List[int] = field(default_factory=lambda: [100])
-    max_error_rate: float = 0.0
-    step_requests: int = 5  # scoring calls at each ramp step to measure the error rate
-    start_timeout_s: int = 180  # local deployment: seconds until its server must answer GET /
+    ramp: List[int] = setting([100], Range(1, 100, unit=" percent"))  # each step's share of the traffic
+    max_error_rate: float = setting(0.0, Range(0, 1))
+    step_requests: int = setting(5, AT_LEAST_1)  # scoring calls at each ramp step to measure the error rate
+    start_timeout_s: int = setting(180, SECONDS)  # local deployment: seconds until its server must answer GET /
     instance_type: str = "Standard_DS3_v2"
-    instance_count: int = 1
-    request_timeout_ms: int = 5000
-    max_concurrent_requests_per_instance: int = 1
-    liveness_initial_delay_s: int = 30
-    readiness_initial_delay_s: int = 30
-    probe_period_s: int = 10
-    probe_failure_threshold: int = 30
+    instance_count: int = setting(1, AT_LEAST_1)
+    request_timeout_ms: int = setting(5000, Range(0, unit=" ms (0 = sized from the model on AML)"))
+    max_concurrent_requests_per_instance: int = setting(1, AT_LEAST_1)
+    liveness_initial_delay_s: int = setting(30, NON_NEGATIVE)
+    readiness_initial_delay_s: int = setting(30, NON_NEGATIVE)
+    probe_period_s: int = setting(10, SECONDS)
+    probe_failure_threshold: int = setting(30, AT_LEAST_1)
 
 
 @dataclass
@@ -218,7 +237,7 @@ TrainConfig = TrainingOptions
 class SelectConfig:
     metric: str = "auc_weighted"
     # A new model replaces production only when it beats it by more than this on the test split.
-    margin: float = 0.0
+    margin: float = setting(0.0, Range(0, 1))  # every selection metric is in [0, 1]
     # None: <dataset>-<task> (the file's stem for dataset=file), so two datasets never share a model.
     registered_model_name: Optional[str] = None
     # A production model with other labels is kept (the run stops) unless this is set.
@@ -235,7 +254,8 @@ class TrackingConfig:
 
 
 @dataclass
-class LauncherConfig:
+class SubmitConfig:
+    # AML compute: stream the submitted pipeline job until it ends (a local run always runs to its end).
     wait: bool = False
 
 
@@ -251,12 +271,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
     output_root: str = "outputs"
     run_name: Optional[str] = None
     dry_run: bool = False
-    seed: int = 0
+    seed: int = setting(0, SEED)
     plan_view: str = "short"  # short | full: how much of the plan the CLI prints before running it
+
+
+# The key a group's option sets: `automl=local` is `automl.engine=local`, `endpoint=auto` is `endpoint.target=auto`.
+CHOICE_KEYS = {"automl": "engine", "endpoint": "target"}
+
+# Keys an earlier release took, with the key that replaced each: the CLI names the new one instead of
+# answering "unknown setting". A renamed section renames every key under it.
+RENAMED_KEYS = {"automl.kind": "automl.engine", "endpoint.kind": "endpoint.target", "launcher": "submit"}
+
+
+def renamed(key: str) -> Optional[str]:
+    """The key that replaced ``key``, or None when it was not renamed."""
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
 
 
 def register() -> None:

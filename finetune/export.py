@@ -43,14 +43,15 @@ def check_runtime(runtime: str) -> list[str]:
 def export_candidate(candidate_dir, runtime: str, out_dir) -> Path:
     """``out_dir`` holding the candidate packaged for ``runtime``; ``candidate_dir`` itself for ``torch``
     and for candidates that are not fine-tuned transformers (AutoML)."""
+    from finetune.serve.score import read_candidate
+
     candidate_dir, out_dir = Path(candidate_dir), Path(out_dir)
-    info_path = candidate_dir / "candidate.json"
-    if not info_path.is_file():
+    if not (candidate_dir / "candidate.json").is_file():
         raise UserError(f"{candidate_dir}: not a candidate (no candidate.json)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_candidate(candidate_dir)
     if check_runtime(runtime):
         raise UserError(check_runtime(runtime)[0])
-    if runtime == "torch" or info.get("kind") != "hf":
+    if runtime == "torch" or info.get("family") != "hf":
         return candidate_dir
     if info.get("runtime", "torch") != "torch":
         raise UserError(f"{candidate_dir} is already exported for {info['runtime']}; export the trained model folder")

@@ -32,7 +32,7 @@ VOLATILE_MLMODEL_KEYS = ("model_uuid", "utc_time_created", "mlflow_version", "mo
 
 def runtime_of(candidate: dict) -> str:
     """The serving environment's key: the hf candidate's runtime, or ``automl``."""
-    return candidate.get("runtime", "torch") if candidate.get("kind") == "hf" else "automl"
+    return candidate.get("runtime", "torch") if candidate.get("family") == "hf" else "automl"
 
 
 def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict] = None,
@@ -41,8 +41,9 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
 
     ``conda``: the serving environment (default: the one of the candidate's runtime, built here)."""
     from finetune.environment import serving_conda_spec
+    from finetune.serve.score import read_candidate
 
-    candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+    candidate = read_candidate(folder)
     shutil.copy2(SCORE_SCRIPT, folder / "score.py")
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     texts = [item["text"] for item in sample_request.get("data", [])][:3] or ["an example review"]
@@ -115,7 +116,7 @@ def model_card(candidate: dict, card: dict) -> str:
     decision = (f"`{labels[-1]}` when its probability is at least {threshold}" if threshold is not None
                 else "the label with the highest probability")
     metadata = {
-        "library_name": "transformers" if candidate.get("kind") == "hf" else "sklearn",
+        "library_name": "transformers" if candidate.get("family") == "hf" else "sklearn",
         "pipeline_tag": "text-classification",
         "tags": ["finetune", "text-classification"] + (["onnx"] if runtime.startswith("onnx") else []),
     }
@@ -133,7 +134,7 @@ def model_card(candidate: dict, card: dict) -> str:
                                      for name, value in metrics.items() if isinstance(value, (int, float))]}]}]
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
              f"# {card.get('name') or 'Text classifier'}", "",
-             f"A {'fine-tuned transformer' if candidate.get('kind') == 'hf' else 'TF-IDF AutoML pipeline'} that "
+             f"A {'fine-tuned transformer' if candidate.get('family') == 'hf' else 'TF-IDF AutoML pipeline'} that "
              f"classifies a text as one of: {', '.join(labels)}.", "",
              "## Use", "",
              "Intended use: classifying short English product-review-like texts into the labels above, as a "

@@ -17,10 +17,10 @@ from finetune.config import (
     ComputeConfig,
     DatasetConfig,
     EndpointConfig,
-    LauncherConfig,
     ModelConfig,
     SearchConfig,
     SelectConfig,
+    SubmitConfig,
     TrackingConfig,
     TrainConfig,
     WorkspaceConfig,
@@ -43,7 +43,7 @@ class RunPlan:
     train: TrainConfig
     select: SelectConfig
     tracking: TrackingConfig
-    launcher_options: LauncherConfig
+    submit: SubmitConfig
     seed: int = 0
     dry_run: bool = False
     overrides: List[str] = field(default_factory=list)

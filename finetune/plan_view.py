@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Iterable, List, Optional
 
+from finetune.config import CHOICE_KEYS
+
 MARK = "*"
 
 # group title -> (plan section, keys shown on every launcher, keys shown locally, keys shown on AML)
@@ -26,9 +28,9 @@ SHORT_VIEW = {
     "compute": ("compute", ("name", "precision"), ("device", "num_threads", "gpus"),
                 ("cluster_name", "vm_size", "gpus_per_node", "max_nodes", "instance_count", "low_priority",
                  "hourly_price_usd")),
-    "automl": ("automl", ("kind",), ("time_budget_s", "estimators"), ("model_name", "timeout_minutes", "max_trials")),
+    "automl": ("automl", ("engine",), ("time_budget_s", "estimators"), ("model_name", "timeout_minutes", "max_trials")),
     "select": ("select", ("metric", "margin", "registered_model_name"), (), ()),
-    "endpoint": ("endpoint", ("kind", "name", "ramp"), ("port",), ("instance_type", "instance_count")),
+    "endpoint": ("endpoint", ("target", "name", "ramp"), ("port",), ("instance_type", "instance_count")),
 }
 
 
@@ -75,7 +77,7 @@ def short(plan, changed: Iterable[str] = ()) -> str:
         if title == "search" and "search" not in plan.stages:
             common = ("name",)
         if title == "automl" and "automl" not in plan.stages or title == "endpoint" and "deploy" not in plan.stages:
-            common, local_keys, aml_keys = ("kind",), (), ()
+            common, local_keys, aml_keys = (CHOICE_KEYS[title],), (), ()
         rows = _group_rows(plan, section, (*common, *(local_keys if local else aml_keys)), changed)
         if rows:
             width = max(len(key) for key, _, _ in rows)

@@ -30,10 +30,10 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     stages = ["data", "train" if cfg.search.sampling == "none" else "search"]
     if cfg.endpoint.runtime != "torch":
         stages.append("export")
-    if cfg.automl.kind != "none":
+    if cfg.automl.engine != "none":
         stages.append("automl")
     stages += ["select", "register"]
-    if cfg.endpoint.kind != "none":
+    if cfg.endpoint.target != "none":
         stages.append("deploy")
     run_name = cfg.run_name or name
     if index is not None:
@@ -62,7 +62,7 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
             cfg.tracking,
             uri=cfg.tracking.uri or f"sqlite:///{Path(cfg.output_root).expanduser().resolve() / 'mlflow.db'}",
         ),
-        launcher_options=cfg.launcher,
+        submit=cfg.submit,
         seed=cfg.seed,
         dry_run=cfg.dry_run,
         overrides=list(overrides),
@@ -112,7 +112,7 @@ def check_select(plan: RunPlan) -> List[str]:
 def check_automl(plan: RunPlan) -> List[str]:
     from finetune.automl import check_config
 
-    return check_config(plan.automl) if plan.automl.kind == "local" else []
+    return check_config(plan.automl) if plan.automl.engine == "local" else []
 
 
 def check_runtime(plan: RunPlan) -> List[str]:

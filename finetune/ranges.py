@@ -1,13 +1,14 @@
 """The allowed values of every setting: a range for each number, a set for each enum-like string, a
 pattern for each name that becomes a path, all checked at plan time (by :func:`finetune.planning.build_plan`).
-The training settings declare theirs where they are defined (:mod:`finetune.spec`); this table adds the rest.
+Every setting declares its legal values where it is defined (:mod:`finetune.spec`, :mod:`finetune.config`);
+this module collects and checks them.
 
 Without these a bad value passes the plan and fails after data preparation, training or registration
 (``endpoint.port=70000`` after registering, ``model.epochs=inf`` inside the Trainer, ``run_name=..``
 making the parent of ``output_root`` the run folder). Stage checks that say more about a key (a sweep's
 limits, the split fractions) speak first: :func:`finetune.planning.build_plan` drops this module's line for
 a key another check already reported. ``tests/test_ranges.py`` fails when a numeric field of the schema
-has no range, so a new setting cannot skip the rule.
+declares no range, so a new setting cannot skip the rule.
 
 Standard library only: this runs while every plan is validated.
 """
@@ -22,87 +23,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 from finetune.config import Config
-from finetune.spec import AT_LEAST_1, FRACTION_OPEN, NON_NEGATIVE, SECONDS, SEED, Range
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
-PORT = Range(0, 65535, unit=" (0 = a free port)")
-
-# Every int/float field of finetune.config, by its key in the plan.
-RANGES = {
-    "seed": SEED,
-    "dataset.positive_min_rating": Range(),
-    "dataset.negative_max_rating": Range(),
-    "dataset.train_fraction": FRACTION_OPEN,
-    "dataset.val_fraction": FRACTION_OPEN,
-    "dataset.test_fraction": FRACTION_OPEN,
-    "dataset.sample": Range(10),
-    "dataset.seed": SEED,
-    "search.seed": SEED,
-    "search.policy.slack_factor": NON_NEGATIVE,
-    "search.policy.slack_amount": NON_NEGATIVE,
-    "search.policy.evaluation_interval": AT_LEAST_1,
-    "search.policy.delay_evaluation": NON_NEGATIVE,
-    "search.policy.truncation_percentage": Range(1, 99),
-    "search.limits.max_total_trials": AT_LEAST_1,
-    "search.limits.max_concurrent_trials": AT_LEAST_1,
-    "search.limits.timeout": SECONDS,
-    "search.limits.trial_timeout": SECONDS,
-    "compute.gpus": NON_NEGATIVE,
-    "compute.min_nodes": NON_NEGATIVE,
-    "compute.max_nodes": AT_LEAST_1,
-    "compute.instance_count": AT_LEAST_1,
-    "compute.processes_per_node": AT_LEAST_1,
-    "compute.idle_seconds_before_scaledown": NON_NEGATIVE,
-    "compute.hourly_price_usd": NON_NEGATIVE,
-    "compute.gpus_per_node": NON_NEGATIVE,
-    "compute.steps_hourly_price_usd": NON_NEGATIVE,
-    "automl.time_budget_s": SECONDS,
-    "automl.max_features": AT_LEAST_1,
-    "automl.timeout_minutes": Range(1, unit=" minutes"),
-    "automl.trial_timeout_minutes": Range(1, unit=" minutes"),
-    "automl.max_trials": AT_LEAST_1,
-    "automl.max_concurrent_trials": AT_LEAST_1,
-    "automl.max_nodes": AT_LEAST_1,
-    "automl.cv_folds": Range(2),
-    "endpoint.port": PORT,
-    "endpoint.max_batch_items": AT_LEAST_1,
-    "endpoint.max_body_bytes": Range(16, unit=" bytes"),  # the smallest request, {"data":[{"text":""}]}, is 24
-    "endpoint.max_forward_batch": AT_LEAST_1,
-    "endpoint.max_error_rate": Range(0, 1),
-    "endpoint.step_requests": AT_LEAST_1,
-    "endpoint.start_timeout_s": SECONDS,
-    "endpoint.instance_count": AT_LEAST_1,
-    "endpoint.request_timeout_ms": Range(0, unit=" ms (0 = sized from the model on AML)"),
-    "endpoint.max_concurrent_requests_per_instance": AT_LEAST_1,
-    "endpoint.liveness_initial_delay_s": NON_NEGATIVE,
-    "endpoint.readiness_initial_delay_s": NON_NEGATIVE,
-    "endpoint.probe_period_s": SECONDS,
-    "endpoint.probe_failure_threshold": AT_LEAST_1,
-    "endpoint.ramp[]": Range(1, 100, unit=" percent"),
-    "select.margin": Range(0, 1),  # every selection metric is in [0, 1]
-}
-
-
 
 def _declared(schema: type, prefix: str = ""):
-    """(key, range, choices) of every setting of ``schema`` that declares its legal values (finetune.spec)."""
+    """(key, range, choices) of every setting of ``schema`` that declares its legal values
+    (:func:`finetune.spec.setting`); a list's key ends in ``[]``: its range is its items'."""
     hints = typing.get_type_hints(schema)
     for item in dataclasses.fields(schema):
-        if dataclasses.is_dataclass(hints[item.name]):
-            yield from _declared(hints[item.name], f"{prefix}{item.name}.")
+        hint = hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _declared(hint, f"{prefix}{item.name}.")
         elif item.metadata.get("range") is not None or item.metadata.get("choices"):
-            yield f"{prefix}{item.name}", item.metadata.get("range"), item.metadata.get("choices")
+            items = "[]" if typing.get_origin(hint) is list else ""
+            yield f"{prefix}{item.name}{items}", item.metadata.get("range"), item.metadata.get("choices")
 
 
-# The training settings' own declarations join the table.
-RANGES.update({key: legal for key, legal, _ in _declared(Config) if legal is not None})
+# Every number of the schema, by its key in the plan.
+RANGES = {key: legal for key, legal, _ in _declared(Config) if legal is not None}
 # Enum-like strings that no stage check covers on every launcher.
 CHOICES = {
     "compute.target": ("local", "azureml"),
-    "automl.kind": ("auto", "local", "text_classification", "none"),
-    "endpoint.kind": ("auto", "local", "managed", "none"),
+    "automl.engine": ("auto", "local", "text_classification", "none"),
+    "endpoint.target": ("auto", "local", "managed", "none"),
     "search.goal": ("maximize", "minimize"),
 }
 DECLARED_CHOICES = {key: choices for key, _, choices in _declared(Config) if choices}

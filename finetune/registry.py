@@ -333,7 +333,7 @@ def selection_tags(selection: "SelectionResult", data: dict, config: dict, sourc
 
 
 # Plan keys that name the run or this machine rather than the settings that produced a model.
-IDENTITY_KEYS = ("name", "run_dir", "dry_run", "overrides", "workspace", "launcher_options")
+IDENTITY_KEYS = ("name", "run_dir", "dry_run", "overrides", "workspace", "submit")
 MACHINE_KEYS = {"dataset": ("path", "cache_dir"), "model": ("path",), "tracking": ("uri",)}
 
 

@@ -19,13 +19,18 @@ from finetune.files import write_json_atomic
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.plan import RunPlan
-    from finetune.serve.rollout import DeploymentResult, ModelRef
+    from finetune.serve.rollout import DeploymentResult, ModelRef, RolloutResult
 
 SCHEMA_VERSION = 1
 
 
 def _drop_none(data: dict) -> dict:
     return {key: value for key, value in data.items() if value is not None}
+
+
+def _with_family(data: dict) -> dict:
+    """A saved candidate or table row whose ``family`` was written under its earlier name, ``kind``, renamed."""
+    return {("family" if key == "kind" and "family" not in data else key): value for key, value in data.items()}
 
 
 @dataclass
@@ -121,7 +126,7 @@ class SweepResult:
 class Candidate:
     """A model the select stage tests: a fine-tuned transformer, an AutoML baseline, production re-scored."""
 
-    kind: str  # hf | automl | production
+    family: str  # hf (a fine-tuned transformer) | automl | production (re-scored)
     path: str
     source: Optional[str] = None
     val: Optional[dict] = None
@@ -133,6 +138,7 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Candidate":
+        data = _with_family(data)
         known = {name for name in cls.__dataclass_fields__ if name != "extra"}
         return cls(**{k: v for k, v in data.items() if k in known},
                    extra={k: v for k, v in data.items() if k not in known})
@@ -151,7 +157,7 @@ class SelectionRow:
     """One candidate of the selection table: its test metrics at its decision rule, or why it could not be scored."""
 
     candidate: str
-    kind: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
+    family: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
     test: Dict[str, float] = field(default_factory=dict)
     decision: Optional[dict] = None  # the rule it ships
     test_argmax: Optional[dict] = None  # its metrics at argmax (multi-label: at 0.5)
@@ -161,16 +167,18 @@ class SelectionRow:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SelectionRow":
+        data = _with_family(data)
         if "error" in data:
-            return cls(candidate=data["candidate"], kind=data.get("kind"), error=data["error"])
+            return cls(candidate=data["candidate"], family=data.get("family"), error=data["error"])
         # Every other key of a row is a test metric, flat beside the candidate's name in summary.json.
-        return cls(candidate=data["candidate"], kind=data.get("kind"), **{k: data[k] for k in _ROW_KEYS if k in data},
-                   test={k: v for k, v in data.items() if k not in ("candidate", "kind", *_ROW_KEYS)})
+        return cls(candidate=data["candidate"], family=data.get("family"),
+                   **{k: data[k] for k in _ROW_KEYS if k in data},
+                   test={k: v for k, v in data.items() if k not in ("candidate", "family", *_ROW_KEYS)})
 
     def to_dict(self) -> dict:
         if self.error is not None:
-            return {"candidate": self.candidate, "kind": self.kind, "error": self.error}
-        return {"candidate": self.candidate, "kind": self.kind, **self.test,
+            return {"candidate": self.candidate, "family": self.family, "error": self.error}
+        return {"candidate": self.candidate, "family": self.family, **self.test,
                 **_drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
 
 
@@ -228,9 +236,9 @@ class SelectionResult:
         row = self.row(candidate)
         return row.decision if row is not None else None
 
-    def kind(self, candidate: str) -> Optional[str]:
+    def family(self, candidate: str) -> Optional[str]:
         row = self.row(candidate)
-        return row.kind if row is not None else None
+        return row.family if row is not None else None
 
     @property
     def promotable(self) -> bool:
@@ -297,6 +305,68 @@ class SelectionOutcome:
     selection: SelectionResult
     production: Optional["ModelRef"]  # the production model re-scored, None when there was none
     registration: Registration
+
+
+# The selection's keys model_ref.json repeats: enough to tell from the AML outputs why a version was chosen.
+_CHOICE_SELECTION_KEYS = ("metric", "margin", "winner", "decision", "reason", "test", "production_version")
+
+
+@dataclass
+class RegisteredChoice:
+    """``model_ref.json``, what the AML register step hands its deploy step: the selection's verdict and, when a
+    version was registered, which one (the local launcher keeps the same results whole in summary.json)."""
+
+    decision: str  # register | keep_production
+    reason: str
+    selection: dict  # the selection section's _CHOICE_SELECTION_KEYS
+    name: Optional[str] = None
+    version: Optional[str] = None
+    candidate: Optional[str] = None  # the winner's name in the selection table
+    model_type: Optional[str] = None  # the registered AML asset's type
+    existing: Optional[bool] = None
+    content_sha256: Optional[str] = None
+    promoted: Optional[dict] = None  # {"name", "version", "previous"}: staged as Production, no rollout following
+
+    @classmethod
+    def of(cls, selection: SelectionResult, registration: Registration, model_type: str) -> "RegisteredChoice":
+        section = selection.to_dict()
+        choice = cls(decision=selection.decision, reason=selection.reason,
+                     selection={key: section.get(key) for key in _CHOICE_SELECTION_KEYS})
+        if selection.decision != "register":
+            return choice
+        return dataclasses.replace(choice, name=registration.name, version=registration.version,
+                                   candidate=selection.winner, model_type=model_type, existing=registration.existing,
+                                   content_sha256=registration.content_sha256)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RegisteredChoice":
+        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__ if key != "selection"},
+                   selection=data.get("selection") or {})
+
+    def to_dict(self) -> dict:
+        if self.decision != "register":
+            return {"decision": self.decision, "reason": self.reason, "selection": self.selection}
+        data = dataclasses.asdict(self)
+        return data if self.promoted is not None else {key: value for key, value in data.items() if key != "promoted"}
+
+
+@dataclass
+class StepRollout:
+    """``rollout.json`` of the AML deploy step: the rollout's section as summary.json's ``rollout`` has it (plus
+    the version now staged as Production), or why no rollout ran, with the choice it was for."""
+
+    status: str  # succeeded | skipped | failed
+    choice: RegisteredChoice
+    rollout: Optional["RolloutResult"] = None
+    promoted: Optional[dict] = None  # {"name", "version", "previous"}
+    reason: Optional[str] = None  # why it was skipped
+    error: Optional[str] = None  # why it failed: the endpoint serves what it served before
+
+    def to_dict(self) -> dict:
+        if self.rollout is not None:
+            return {**self.rollout.to_dict(), "promoted": self.promoted}
+        return {"status": self.status, "model": self.choice.to_dict(),
+                **_drop_none({"reason": self.reason, "error": self.error})}
 
 
 class RunSummary:

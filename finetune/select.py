@@ -7,7 +7,7 @@ than ``select.margin``: re-deploying an equivalent model costs a rollout and gai
 
 Ties are broken explicitly, so the same scores always give the same decision:
 1. the production model (a tie is no reason to churn);
-2. then the fine-tuned transformer (``kind == "hf"``) over the AutoML baseline;
+2. then the fine-tuned transformer (``family == "hf"``) over the AutoML baseline;
 3. then by candidate name.
 Scores tie when equal as floats; scoring is deterministic on one machine, so a re-scored copy of the
 same model ties exactly, and near-ties with production are the margin's business.
@@ -48,11 +48,12 @@ def check_config(select_cfg) -> list[str]:
 
 
 def candidate_info(candidate_dir) -> dict:
-    """``candidate.json`` of a candidate folder (kind and labels in id order)."""
-    path = Path(candidate_dir) / "candidate.json"
-    if not path.is_file():
+    """``candidate.json`` of a candidate folder (family and labels in id order)."""
+    from finetune.serve.score import read_candidate
+
+    if not (Path(candidate_dir) / "candidate.json").is_file():
         raise UserError(f"{candidate_dir}: not a candidate (no candidate.json)")
-    return json.loads(path.read_text())
+    return read_candidate(candidate_dir)
 
 
 def load_scorer(candidate_dir):
@@ -62,8 +63,8 @@ def load_scorer(candidate_dir):
 
     folder = Path(candidate_dir)
     info = candidate_info(folder)
-    if info["kind"] not in ("hf", "automl"):
-        raise UserError(f"{candidate_dir}: unknown candidate kind '{info['kind']}' (expected hf or automl)")
+    if info.get("family") not in ("hf", "automl"):
+        raise UserError(f"{candidate_dir}: unknown candidate family '{info.get('family')}' (expected hf or automl)")
     return score.load_scorer(folder, max_batch=BATCH_SIZE)
 
 
@@ -84,7 +85,7 @@ def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
 
 def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None, *,
              val_csv=None, decision: Optional[dict] = None, keep_decision=(), task: str = "single_label") -> dict:
-    """Score each candidate folder on the test split at its decision rule: ``{name: {"kind", "decision",
+    """Score each candidate folder on the test split at its decision rule: ``{name: {"family", "decision",
     "test", "test_argmax"}}``.
 
     With ``val_csv`` and ``decision`` (:func:`finetune.decision.choose_decision`'s settings: ``metric``,
@@ -93,7 +94,7 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     (the production model) keep the rule they were shipped with. ``test`` holds the metrics at the rule,
     ``test_argmax`` those at argmax, to show what the rule changed.
     A candidate that cannot be scored (folder missing, load error, labels that are not this run's)
-    gets ``{"kind", "error"}`` instead, so one broken candidate does not stop the others. With
+    gets ``{"family", "error"}`` instead, so one broken candidate does not stop the others. With
     ``proba_dir``, the true label ids go to ``test_labels.npy`` and each candidate's probabilities to
     ``<name>_test_proba.npy`` (paths under ``test_labels`` / ``test_proba``) for the report's plots.
     ``task="multi_label"``: targets are 0/1 label matrices, the rule is per-label thresholds
@@ -115,10 +116,10 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
         np.save(proba_dir / "test_labels.npy", y_true)
     results = {}
     for name, path in candidates.items():
-        kind = None
+        family = None
         try:
             info = candidate_info(path)
-            kind = info["kind"]
+            family = info["family"]
             if sorted(info["labels"]) != sorted(labels):
                 raise UserError(f"its labels {info['labels']} are not this run's {labels}")
             if info.get("task", "single_label") != task:
@@ -135,7 +136,7 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
                 (Path(path) / "candidate.json").write_text(json.dumps(info, indent=2))
             proba = scorer_proba(scorer, texts)[:, columns]
             y_pred = decide(proba, labels, rule)
-            results[name] = {"kind": kind, "decision": rule or scorer.decision or {"rule": "argmax"},
+            results[name] = {"family": family, "decision": rule or scorer.decision or {"rule": "argmax"},
                              "test": task_metrics(task, y_true, proba, y_pred, labels=labels),
                              "test_argmax": task_metrics(task, y_true, proba, labels=labels)}
             if proba_dir is not None:
@@ -145,7 +146,7 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
         except Exception as error:  # noqa: BLE001 - any failure of one candidate is reported, not fatal
             message = f"{type(error).__name__}: {error}" if not isinstance(error, UserError) else str(error)
             print(f"candidate '{name}' could not be scored: {message}", flush=True)
-            results[name] = {"kind": kind, "error": message}
+            results[name] = {"family": family, "error": message}
     return results
 
 
@@ -171,11 +172,11 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
         detail = "; ".join(f"{name}: {error}" for name, error in failed.items()) or "no candidates"
         raise UserError(f"no candidate could be scored on the test split ({detail})")
 
-    def kind(name: str) -> str:
-        return PRODUCTION if name == production_name else results[name]["kind"]
+    def family(name: str) -> str:
+        return PRODUCTION if name == production_name else results[name]["family"]
 
     def rank(name: str):
-        return (-_score(scored[name], metric), name != production_name, kind(name) != "hf", name)
+        return (-_score(scored[name], metric), name != production_name, family(name) != "hf", name)
 
     ranked = sorted(scored, key=rank)
     new = [name for name in ranked if name != production_name]
@@ -199,11 +200,11 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
             reason = (f"best new candidate {new[0]} ({best:.4f}) does not beat production ({current:.4f}) "
                       f"by more than the margin {margin:g} on test {metric}; nothing is deployed")
 
-    table = [SelectionRow(candidate=name, kind=kind(name), test=scored[name]["test"],
+    table = [SelectionRow(candidate=name, family=family(name), test=scored[name]["test"],
                           **{key: scored[name].get(key) for key in ("decision", "test_argmax", "test_proba",
                                                                      "test_labels")})
              for name in ranked]
-    table += [SelectionRow(candidate=name, kind=kind(name), error=error) for name, error in failed.items()]
+    table += [SelectionRow(candidate=name, family=family(name), error=error) for name, error in failed.items()]
     selection = SelectionResult(metric=metric, task=task, margin=margin, production=production_name, table=table,
                                 winner=winner, decision=decision, reason=reason)
     print(format_table(selection), flush=True)
@@ -216,13 +217,13 @@ def format_table(selection: SelectionResult) -> str:
     shown = ("f1_micro", "f1_macro", "auc_weighted") if selection.task == "multi_label" else (
         "accuracy", "f1_macro", "auc_weighted")
     columns = [metric] + [name for name in shown if name != metric]
-    header = ["candidate", "kind", *columns, "decision"]
+    header = ["candidate", "family", *columns, "decision"]
     rows = []
     for row in selection.table:
         name = row.candidate + (" *" if row.candidate == selection.winner else "")
         cells = ([f"failed: {row.error}"] if row.error is not None
                  else [f"{row.test[c]:.4f}" for c in columns] + [describe(row.decision)])
-        rows.append([name, str(row.kind or "?"), *cells])
+        rows.append([name, str(row.family or "?"), *cells])
     # The last cell of a row is not padded, so an error message does not widen the metric columns.
     widths = [len(cell) for cell in header]
     for row in rows:

@@ -69,10 +69,14 @@ SECONDS = Range(1, unit=" seconds")
 
 def setting(default: Any, legal: Optional[Range] = None, choices: Optional[Sequence[str]] = None,
             searchable: bool = False, trainer: Optional[str] = None) -> Any:
-    """A field of the training contract with its legal values (checked at plan time), whether it is searched,
+    """A field with its legal values (checked at plan time; a list's are its items'), whether it is searched,
     and the ``TrainingArguments`` field it is handed to unchanged (when it is)."""
-    return field(default=default, metadata={"range": legal, "choices": tuple(choices) if choices else None,
-                                            "searchable": searchable, "trainer": trainer})
+    metadata = {"range": legal, "choices": tuple(choices) if choices else None, "searchable": searchable,
+                "trainer": trainer}
+    if isinstance(default, list):
+        # Each instance gets its own copy: dataclasses refuse a shared mutable default.
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def hyperparameter(default: Any, legal: Range, trainer: Optional[str] = None) -> Any:

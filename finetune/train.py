@@ -366,7 +366,7 @@ def finalize(prepared: Setup, fitted: Fitted) -> dict:
             prepared.tokenizer.save_pretrained(str(model_dir))
             # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
             (model_dir / "training_args.bin").unlink(missing_ok=True)
-            (model_dir / "candidate.json").write_text(json.dumps({"kind": "hf", "task": args.task, "labels": labels,
+            (model_dir / "candidate.json").write_text(json.dumps({"family": "hf", "task": args.task, "labels": labels,
                                                                   "max_length": args.max_length}, indent=2))
         result["model_dir"] = str(model_dir)
     result["throughput"] = {**fitted.meter.figures(), **fitted.figures}

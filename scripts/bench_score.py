@@ -54,7 +54,7 @@ def packaged_candidate(folder: Path) -> Path:
         base, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
-    (folder / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": LABELS}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "hf", "labels": LABELS}))
     return folder
 
 

@@ -17,19 +17,19 @@ from test_select import LABELS, write_splits
 
 def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     data = write_splits(tmp_path / "data")
-    cfg = AutomlConfig(kind="local", time_budget_s=4, max_features=2000)
+    cfg = AutomlConfig(engine="local", time_budget_s=4, max_features=2000)
 
     candidate = run_automl(data, cfg, tmp_path / "automl", seed=0)
 
     model_dir = tmp_path / "automl" / "model"
-    assert candidate["kind"] == "automl" and candidate["path"] == str(model_dir)
+    assert candidate["family"] == "automl" and candidate["path"] == str(model_dir)
     assert candidate["best_estimator"] in [*cfg.estimators, ONE_LINER] and candidate["time_budget_s"] == 4
     # The kept model is the better of FLAML's pick and the one-liner by cross-validation on train.
     cv = candidate["cv_auc"]
     assert (candidate["best_estimator"] == ONE_LINER) == (cv["flaml"] is None or cv["flaml"] <= cv["one_liner"])
     assert "local AutoML baseline" in candidate["description"]
     info = json.loads((model_dir / "candidate.json").read_text())
-    assert info["kind"] == "automl" and info["labels"] == LABELS
+    assert info["family"] == "automl" and info["labels"] == LABELS
     assert info["best_estimator"] == candidate["best_estimator"] and info["config"] == candidate["best_config"]
     json.dumps(candidate)  # plain data only: it goes into summary.json
 
@@ -63,7 +63,7 @@ def test_the_one_liner_is_kept_when_flaml_has_nothing_better(tmp_path, monkeypat
     monkeypatch.setattr(AutoML, "fit", lambda self, **kwargs: None)
     monkeypatch.setattr(AutoML, "model", None, raising=False)
     data = write_splits(tmp_path / "data")
-    candidate = run_automl(data, AutomlConfig(kind="local", time_budget_s=4), tmp_path / "automl", seed=0)
+    candidate = run_automl(data, AutomlConfig(engine="local", time_budget_s=4), tmp_path / "automl", seed=0)
     assert candidate["best_estimator"] == ONE_LINER and candidate["cv_auc"]["flaml"] is None
     kept = joblib.load(tmp_path / "automl" / "model" / "model.joblib")
     train = pd.read_csv(data.train_path, keep_default_na=False)
@@ -74,9 +74,9 @@ def test_the_one_liner_is_kept_when_flaml_has_nothing_better(tmp_path, monkeypat
 
 
 def test_automl_settings_are_checked():
-    bad = AutomlConfig(kind="local", estimators=["lgbm", "svc"], time_budget_s=0, max_features=0, cv_folds=1)
+    bad = AutomlConfig(engine="local", estimators=["lgbm", "svc"], time_budget_s=0, max_features=0, cv_folds=1)
     problems = check_config(bad)
     assert len(problems) == 4 and "svc" in problems[0] and "automl.cv_folds=1" in problems[3]
-    assert check_config(AutomlConfig(kind="none", estimators=[])) == []
+    assert check_config(AutomlConfig(engine="none", estimators=[])) == []
     with pytest.raises(ConfigProblems, match="automl.time_budget_s=0"):
         run_automl(None, bad, None, 0)

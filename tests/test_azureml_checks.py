@@ -70,7 +70,7 @@ def test_ramp_steps_are_accepted(tmp_path):
     ("endpoint.auth_mode=aad_token", "endpoint.auth_mode=aad_token: a managed endpoint takes key or aml_token"),
     ("endpoint.probe_period_s=0", "endpoint.probe_period_s=0: must be >= 1"),
     ("endpoint.max_concurrent_requests_per_instance=0", "must be >= 1"),
-    ("endpoint.kind=local", "endpoint.kind=local: on AML compute use endpoint=managed or endpoint=none"),
+    ("endpoint.target=local", "endpoint.target=local: on AML compute use endpoint=managed or endpoint=none"),
 ])
 def test_endpoint_and_instance_counts(tmp_path, override, expected):
     one_problem(tmp_path, AML + [override], expected)
@@ -88,7 +88,7 @@ def test_automl_metric_outside_the_nlp_list(tmp_path, metric):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("automl=local", "automl.kind=local: on AML compute use automl=text_classification"),
+    ("automl=local", "automl.engine=local: on AML compute use automl=text_classification"),
     ("automl.model_name=gpt2", "automl.model_name=gpt2: AutoML NLP trains one of"),
     ("automl.language=english", "automl.language=english: a three-letter ISO 639-3 code"),
     ("automl.max_nodes=9", "automl.max_nodes=9: more than the cluster's compute.max_nodes=4"),
@@ -108,7 +108,7 @@ def test_automl_needs_a_gpu_cluster(tmp_path):
 def test_automl_auto_on_a_cpu_cluster_drops_the_automl_stage(tmp_path):
     overrides = ["model=minilm-l6", "search=bandit", "compute=cpu", "dry_run=true", f"output_root={tmp_path}"]
     plan = build_plan(compose(overrides, {}), overrides, "cpu")
-    assert plan.automl.kind == "none" and "automl" not in plan.stages
+    assert plan.automl.engine == "none" and "automl" not in plan.stages
 
 
 def test_automl_sweep_is_checked(tmp_path):

@@ -222,7 +222,7 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path):
                        "--output-dir", str(tmp_path / "out")])
     assert code == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert (result["kind"], result["task"], result["rows"]) == ("automl", "multi_label", prepared.splits["test"]["rows"])
+    assert (result["family"], result["task"], result["rows"]) == ("automl", "multi_label", prepared.splits["test"]["rows"])
     # Each text names its labels: columns in the wrong order would score near chance.
     assert result["test"]["auc_micro"] > 0.9 and result["test"]["f1_micro"] > 0.8
     assert {"hamming_loss", "f1.anger", "recall.joy"} <= set(result["test"])

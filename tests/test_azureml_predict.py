@@ -95,7 +95,7 @@ def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tin
     ref = steps.register(str(tmp_path / "transformer"), str(data.test_path), str(tmp_path / "labels.json"),
                          str(tmp_path / "settings.json"), str(tmp_path / "out"), ml_client=Client())
     (model, files, candidate), = created
-    assert model.type == "mlflow_model" and ref["model_type"] == "mlflow_model"
+    assert model.type == "mlflow_model" and ref.model_type == "mlflow_model"
     assert candidate["runtime"] == "onnx-int8" and "model.int8.onnx" in files
     assert {"MLmodel", "README.md", "score.py", "registered.json"} <= files
     assert not any(name.endswith(".safetensors") for name in files)

@@ -248,10 +248,10 @@ def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, mo
 
     monkeypatch.setattr(azureml, "connect", connect)
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path / 'again'}", "run_name=ref", "automl=none",
-                                         "endpoint=none", "launcher.wait=true"])
+                                         "endpoint=none", "submit.wait=true"])
     out = capsys.readouterr().out
     assert code == 0
-    assert streamed == [recorder.find("PUT", r"jobs/.+")[0].relative.split("/")[1]]  # launcher.wait follows the job
+    assert streamed == [recorder.find("PUT", r"jobs/.+")[0].relative.split("/")[1]]  # submit.wait follows the job
     assert not recorder.find("PUT", r"data/.+")
     assert not recorder.find("PUT", r"computes/.+")  # the cluster exists now
     assert "data finetune-amazon_automotive-train:1 reused" in out
@@ -358,10 +358,10 @@ def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, setti
     smoke = next(r for r in recorder.requests if r.path == "/score")
     assert smoke.headers["authorization"] == "Bearer recorder-primary-key"
     assert smoke.body == json.loads(settings.read_text())["sample_request"]
-    assert result["deployment"] == "v3-test" and result["deleted"] == ["blue"]
+    assert result.rollout.deployment == "v3-test" and result.rollout.deleted == ["blue"]
     # Only a version that serves is Production (AML's counterpart of the local registry's alias).
     model = recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/automotive-sentiment/versions/3"]
-    assert model["properties"]["stage"] == "Production" and result["promoted"]["version"] == "3"
+    assert model["properties"]["stage"] == "Production" and result.promoted["version"] == "3"
     assert json.loads((tmp_path / "rollout" / "rollout.json").read_text())["traffic"] == {"v3-test": 100}
 
 
@@ -393,7 +393,7 @@ def test_deploy_step_leaves_an_automl_winner_unserved(server, recorder, tmp_path
 
     result = steps.deploy(model_ref(tmp_path / "ref", candidate="automl"), str(settings),
                           str(tmp_path / "rollout"), ml_client=server.ml_client())
-    assert result["status"] == "skipped" and recorder.requests == []
+    assert result.status == "skipped" and recorder.requests == []
 
 
 # ------------------------------------------------------------------------------------------- register / test steps
@@ -402,7 +402,7 @@ def test_deploy_step_leaves_an_automl_winner_unserved(server, recorder, tmp_path
 def transformer_output(folder: Path, tiny_model_dir: Path, labels) -> Path:
     """What the training job writes: <output>/model/ with candidate.json."""
     shutil.copytree(tiny_model_dir, folder / "model")
-    (folder / "model" / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels}))
+    (folder / "model" / "candidate.json").write_text(json.dumps({"family": "hf", "labels": labels}))
     return folder
 
 
@@ -420,7 +420,7 @@ def automl_output(tmp_path: Path, auc: float) -> tuple:
     automl_result.mkdir(exist_ok=True)
     metrics = {name: auc for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
                                       "precision_weighted", "recall_weighted", "f1_weighted", "auc_weighted")}
-    (automl_result / "result.json").write_text(json.dumps({"kind": "automl", "test": metrics}))
+    (automl_result / "result.json").write_text(json.dumps({"family": "automl", "test": metrics}))
     return str(automl_model), str(automl_result)
 
 
@@ -445,13 +445,13 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
 
     ref = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out"),
                          automl_model, automl_result, ml_client=server.ml_client())
-    assert (ref["candidate"], ref["model_type"], ref["version"], ref["existing"]) == (winner, model_type, "1", False)
+    assert (ref.candidate, ref.model_type, ref.version, ref.existing) == (winner, model_type, "1", False)
     created = recorder.find("PUT", "models/amazon_automotive-sentiment/versions/1")[0].body["properties"]
     assert created["modelType"] == model_type
     tags = created["tags"]
     assert tags["selection.metric"] == "auc_weighted" and tags["candidate"] == winner
     assert tags["data.test_sha256"] == data["splits"]["test"]["sha256"] and "config_sha256" in tags
-    assert tags["content_sha256"] == ref["content_sha256"]
+    assert tags["content_sha256"] == ref.content_sha256
     assert tags["test_auc_weighted.automl"] == f"{automl_auc:.6f}"
     if winner == "finetuned":
         # What was uploaded is what serves: the scoring script, the version it reports, the slim conda file
@@ -471,7 +471,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
     recorder.clear()  # the same content again: the existing version is reused
     again = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out2"),
                            automl_model, automl_result, ml_client=server.ml_client())
-    assert again["existing"] is True and again["version"] == "1"
+    assert again.existing is True and again.version == "1"
     assert not recorder.find("PUT", r"models/.+")
 
 
@@ -487,7 +487,7 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     first = transformer_output(tmp_path / "first", tiny_model_dir, saved["data"]["labels"])
     ref = steps.register(str(first), test_file, labels_file, str(settings), str(tmp_path / "out1"),
                          ml_client=server.ml_client())
-    AmlRegistry(server.ml_client(), "amazon_automotive-sentiment").promote(ref["version"])
+    AmlRegistry(server.ml_client(), "amazon_automotive-sentiment").promote(ref.version)
 
     # Another training (other bytes, same quality) with a margin no model can pass.
     second = transformer_output(tmp_path / "second", tiny_model_dir, saved["data"]["labels"])
@@ -498,14 +498,14 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     recorder.clear()
     kept = steps.register(str(second), test_file, labels_file, str(strict), str(tmp_path / "out2"),
                           ml_client=server.ml_client())
-    assert kept["decision"] == "keep_production" and "margin 1" in kept["reason"]
-    assert kept["selection"]["production_version"] == {"name": "amazon_automotive-sentiment", "version": "1"}
-    assert set(kept["selection"]["test"]) == {"finetuned", "production"}
+    assert kept.decision == "keep_production" and "margin 1" in kept.reason
+    assert kept.selection["production_version"] == {"name": "amazon_automotive-sentiment", "version": "1"}
+    assert set(kept.selection["test"]) == {"finetuned", "production"}
     # The production version's files were downloaded from the blob store to be re-scored.
     assert any(r.host.startswith(aml_recorder.BLOB_ACCOUNT) and r.method == "GET" for r in recorder.requests)
     assert not recorder.find("PUT", r"models/.+")
     skipped = steps.deploy(str(tmp_path / "out2"), str(strict), str(tmp_path / "rollout"), ml_client=server.ml_client())
-    assert skipped["status"] == "skipped"
+    assert skipped.status == "skipped"
 
 
 def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
@@ -533,7 +533,7 @@ def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
     result = steps.test_automl(str(tmp_path / "mlflow_model"), test_file, labels_file, str(tmp_path / "out"))
     assert result["rows"] == data["splits"]["test"]["rows"]
     assert 0.5 < result["test"]["auc_weighted"] <= 1.0
-    assert json.loads((tmp_path / "out" / "result.json").read_text())["kind"] == "automl"
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["family"] == "automl"
 
 
 def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch):

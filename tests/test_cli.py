@@ -87,6 +87,9 @@ def test_multirun_dry_run_prints_one_plan_each(capsys, tmp_path):
         (["--verbose"], "unknown option --verbose: did you mean --version?"),
         (["+modle=bert"], "modle: unknown setting; did you mean model?"),
         (["+model.learning_rat=1"], "did you mean model.learning_rate?"),
+        (["automl.kind=local"], "automl.kind is now automl.engine: write automl.engine=local"),
+        (["endpoint.kind=none"], "endpoint.kind is now endpoint.target: write endpoint.target=none"),
+        (["+launcher.wait=true"], "launcher.wait is now submit.wait: write +submit.wait=true"),
         (["hydra.job.chdir=true"], "finetune never changes the working directory"),
         (["hydra.run.dri=x"], "did you mean hydra.run.dir?"),
         (["hydra.verbose=true"], "uses only hydra.run.dir, hydra.sweep.dir, hydra.searchpath"),
@@ -188,7 +191,7 @@ def test_cfg_job_prints_the_composed_config_and_all_adds_hydra(capsys):
     code, out, _ = run_cli(capsys, "--cfg", "job", "model.epochs=3")
     assert code == 0
     job = yaml.safe_load(out)
-    assert job["model"]["epochs"] == 3 and job["automl"]["kind"] == "local" and "hydra" not in job
+    assert job["model"]["epochs"] == 3 and job["automl"]["engine"] == "local" and "hydra" not in job
     code, out, _ = run_cli(capsys, "--cfg=all")
     assert code == 0 and "runtime" in yaml.safe_load(out)["hydra"]
 
@@ -232,6 +235,14 @@ def test_a_config_dir_of_your_own_adds_options_and_a_primary_config(capsys, tmp_
     job = yaml.safe_load(out)
     # The user's primary config comes after its defaults (experiment included), as in any Hydra app.
     assert (job["run_name"], job["seed"], job["dataset"]["sample"], job["model"]["name"]) == ("team", 7, 50, "minilm-l6")
+
+
+def test_a_config_file_setting_a_renamed_key_is_told_the_new_name(capsys, tmp_path):
+    (tmp_path / "automl").mkdir()
+    (tmp_path / "automl" / "old.yaml").write_text("kind: local\ntime_budget_s: 30\n")
+    code, _, err = run_cli(capsys, "-cd", str(tmp_path), "automl=old", "dry_run=true")
+    assert code == 2
+    assert err == "error: automl.kind is now automl.engine: rename it in your config file\n"
 
 
 def test_hydra_run_dir_is_the_run_directory(capsys, tmp_path):

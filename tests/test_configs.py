@@ -40,7 +40,7 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
         # Hub models need the network or a local copy on local compute; AML compute downloads them.
         overrides.append("compute=cpu")
     if (group, option) in (("automl", "text_classification"), ("endpoint", "managed")):
-        # AML-only kinds: the local launcher refuses them (finetune.launch.local.check_local).
+        # AML-only engines and targets: the local launcher refuses them (finetune.launch.local.check_local).
         overrides.append("compute=a100")
     if group == "experiment" and option == "gpu":
         # A local GPU run of a hub model needs its files; the packaged MiniLM stands in offline.

@@ -107,7 +107,7 @@ def make_multi_label_candidate(folder, texts, targets, labels):
     pipeline.fit(texts, np.asarray(targets))
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, folder / "model.joblib")
-    (folder / "candidate.json").write_text(json.dumps({"kind": "automl", "task": "multi_label", "labels": labels}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "automl", "task": "multi_label", "labels": labels}))
     return folder
 
 
@@ -155,7 +155,7 @@ def test_hf_multi_label_scores_are_sigmoids(monkeypatch, tmp_path, tiny_model_di
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
-    (folder / "candidate.json").write_text(json.dumps({"kind": "hf", "task": "multi_label", "labels": LABELS}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "hf", "task": "multi_label", "labels": LABELS}))
     predictions = load_score(monkeypatch, folder).run({"data": [{"text": t} for t in TEXTS[:2]]})["predictions"]
     tokens = AutoTokenizer.from_pretrained(folder)(TEXTS[0], return_tensors="pt")
     with torch.no_grad():

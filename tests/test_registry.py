@@ -17,8 +17,8 @@ needs_score_script = pytest.mark.skipif(
 
 SELECTION = SelectionResult.from_dict(
     {"metric": "auc_weighted", "decision": "register", "winner": "automl", "reason": "best test auc_weighted",
-     "table": [{"candidate": "automl", "kind": "automl", "auc_weighted": 0.91},
-               {"candidate": "finetuned", "kind": "hf", "error": "OSError: no weights"}]})
+     "table": [{"candidate": "automl", "family": "automl", "auc_weighted": 0.91},
+               {"candidate": "finetuned", "family": "hf", "error": "OSError: no weights"}]})
 DATA = {"raw_sha256": "r" * 64, "splits": {"train": {"sha256": "t" * 64}, "test": {"sha256": "s" * 64}}}
 
 

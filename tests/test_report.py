@@ -44,11 +44,11 @@ def full_summary(run_dir: Path, splits) -> dict:
     proba = noisy / noisy.sum(axis=1, keepdims=True)
     np.save(run_dir / "select" / "finetuned_test_proba.npy", proba)
     rule = {"rule": "threshold", "positive_label": "positive", "threshold": 0.7}
-    results["finetuned"] = {"kind": "hf", "decision": rule, "test_argmax": classification_metrics(y, proba, labels=LABELS),
+    results["finetuned"] = {"family": "hf", "decision": rule, "test_argmax": classification_metrics(y, proba, labels=LABELS),
                             "test": classification_metrics(y, proba, decide(proba, LABELS, rule), labels=LABELS),
                             "test_proba": str(run_dir / "select" / "finetuned_test_proba.npy"),
                             "test_labels": results["automl"]["test_labels"]}
-    results["broken"] = {"kind": "hf", "error": "OSError: no model weights"}
+    results["broken"] = {"family": "hf", "error": "OSError: no model weights"}
     selection = select.choose(results, "auc_weighted", 0.0, production_name="production").to_dict()
 
     result_file = run_dir / "train" / "result.json"
@@ -74,8 +74,8 @@ def full_summary(run_dir: Path, splits) -> dict:
                 "stages": ["data", "search", "automl", "select", "register", "deploy"]},
         "data": data_section(splits),
         "candidates": {
-            "finetuned": {"kind": "hf", "path": str(run_dir / "sweep" / "trial-0" / "model"), "val": {"auc_weighted": 0.91}},
-            "automl": {"kind": "automl", "path": str(automl), "val": {"auc_weighted": 0.88},
+            "finetuned": {"family": "hf", "path": str(run_dir / "sweep" / "trial-0" / "model"), "val": {"auc_weighted": 0.91}},
+            "automl": {"family": "automl", "path": str(automl), "val": {"auc_weighted": 0.88},
                        "description": "local AutoML baseline (FLAML on TF-IDF)"},
         },
         "training": {"base_model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -89,7 +89,7 @@ def full_summary(run_dir: Path, splits) -> dict:
         "selection": selection,
         "registry": {"name": "automotive-sentiment", "version": "3", "existing": False, "content_sha256": "c" * 64,
                      "git_commit": "abc123", "source": "file:///store/artifacts/model"},
-        "rollout": {"status": "succeeded", "kind": "local", "endpoint": "finetune-sentiment", "deployment": "green",
+        "rollout": {"status": "succeeded", "target": "local", "endpoint": "finetune-sentiment", "deployment": "green",
                     "model": {"name": "automotive-sentiment", "version": "3", "path": "/x"},
                     "scoring_uri": "http://127.0.0.1:5001/score", "previous_traffic": {"blue": 100},
                     "traffic": {"green": 100}, "ramp": [10, 100],
@@ -144,10 +144,10 @@ def test_full_summary_renders_every_section(tmp_path, splits):
 
 def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
     # search=none, automl=none, endpoint=none: one candidate, no probabilities saved, production kept.
-    results = {"finetuned": {"kind": "hf", "test": {name: 0.8 for name in ("accuracy", "f1_macro", "precision_macro",
+    results = {"finetuned": {"family": "hf", "test": {name: 0.8 for name in ("accuracy", "f1_macro", "precision_macro",
                                                                           "recall_macro", "auc_weighted")}}}
     summary = {"run": {"name": "minimal", "launcher": "local"}, "data": data_section(splits),
-               "candidates": {"finetuned": {"kind": "hf", "path": "/nowhere", "val": {"auc_weighted": 0.8},
+               "candidates": {"finetuned": {"family": "hf", "path": "/nowhere", "val": {"auc_weighted": 0.8},
                                             "result_file": str(tmp_path / "missing.json")}},
                "selection": select.choose(results, "auc_weighted", 0.0).to_dict(),
                "registry": {"decision": "keep_production", "reason": "not better than production"}}

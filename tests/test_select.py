@@ -1,4 +1,4 @@
-"""Selection: every candidate kind scored on test with the one metric function; the decision rules."""
+"""Selection: every candidate family scored on test with the one metric function; the decision rules."""
 from __future__ import annotations
 
 import json
@@ -39,7 +39,7 @@ def write_splits(folder: Path, sizes=(240, 80, 80), seed: int = 0, negatives: in
 
 
 def make_automl_candidate(folder: Path, data, labels=LABELS, C: float = 1.0) -> Path:
-    """An automl-kind candidate without a FLAML search: TF-IDF + logistic regression, as the contract says."""
+    """An automl-family candidate without a FLAML search: TF-IDF + logistic regression, as the contract says."""
     import joblib
     import pandas as pd
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -53,7 +53,7 @@ def make_automl_candidate(folder: Path, data, labels=LABELS, C: float = 1.0) -> 
     pipeline.fit(train.text.tolist(), [order.index(label) for label in train.label])
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, folder / "model.joblib")
-    (folder / "candidate.json").write_text(json.dumps({"kind": "automl", "labels": labels}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "automl", "labels": labels}))
     return folder
 
 
@@ -65,7 +65,7 @@ def make_hf_candidate(folder: Path, tiny_model_dir: Path, labels=LABELS) -> Path
         label2id={label: i for i, label in enumerate(labels)})
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
-    (folder / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": labels, "max_length": 64}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "hf", "labels": labels, "max_length": 64}))
     return folder
 
 
@@ -74,7 +74,7 @@ def splits(tmp_path_factory):
     return write_splits(tmp_path_factory.mktemp("splits"))
 
 
-def test_evaluate_scores_both_kinds_and_reports_failures(tmp_path, splits, tiny_model_dir):
+def test_evaluate_scores_both_families_and_reports_failures(tmp_path, splits, tiny_model_dir):
     import pandas as pd
 
     automl = make_automl_candidate(tmp_path / "automl", splits)
@@ -89,7 +89,7 @@ def test_evaluate_scores_both_kinds_and_reports_failures(tmp_path, splits, tiny_
 
     test = pd.read_csv(splits.test_path, keep_default_na=False)
     y = [LABELS.index(label) for label in test.label]
-    assert results["automl"]["kind"] == "automl" and results["finetuned"]["kind"] == "hf"
+    assert results["automl"]["family"] == "automl" and results["finetuned"]["family"] == "hf"
     expected = classification_metrics(y, select.predict_proba(automl, test.text), labels=LABELS)
     # No val split given: every candidate keeps the rule it has (none: argmax).
     assert results["automl"]["test"] == expected == results["automl"]["test_argmax"]
@@ -100,11 +100,24 @@ def test_evaluate_scores_both_kinds_and_reports_failures(tmp_path, splits, tiny_
     # The flipped candidate learned "positive"=0; mapped back by name, it scores like the plain one.
     assert math.isclose(results["flipped"]["test"]["auc_weighted"], expected["auc_weighted"], abs_tol=1e-9)
     assert "labels" in results["other"]["error"]
-    assert "candidate.json" in results["missing"]["error"] and results["missing"]["kind"] is None
+    assert "candidate.json" in results["missing"]["error"] and results["missing"]["family"] is None
 
 
-def entry(auc: float, kind: str = "hf", accuracy: float = 0.8) -> dict:
-    return {"kind": kind, "test": {"auc_weighted": auc, "accuracy": accuracy, "f1_macro": 0.7}}
+def test_a_candidate_saved_under_the_old_key_kind_still_scores(tmp_path, splits):
+    """A production model registered before candidate.json's ``kind`` was renamed ``family``."""
+    from finetune.results import Candidate, SelectionRow
+
+    old = make_automl_candidate(tmp_path / "old", splits)
+    (old / "candidate.json").write_text(json.dumps({"kind": "automl", "labels": LABELS}))
+    results = select.evaluate({"production": old}, splits.test_path, LABELS)
+    assert results["production"]["family"] == "automl" and "test" in results["production"]
+    assert Candidate.from_dict({"kind": "hf", "path": "/m"}).family == "hf"
+    assert SelectionRow.from_dict({"candidate": "automl", "kind": "automl", "auc_weighted": 0.9}).test == {
+        "auc_weighted": 0.9}
+
+
+def entry(auc: float, family: str = "hf", accuracy: float = 0.8) -> dict:
+    return {"family": family, "test": {"auc_weighted": auc, "accuracy": accuracy, "f1_macro": 0.7}}
 
 
 def test_choose_best_by_configured_metric(capsys):
@@ -126,7 +139,7 @@ def test_choose_ties_prefer_production_then_finetuned_then_name():
     with_production = {**tie, "production": entry(0.9)}
     chosen = select.choose(with_production, "auc_weighted", 0.0, production_name="production")
     assert (chosen.winner, chosen.decision) == ("production", "keep_production")
-    assert chosen.table[0].kind == "production"
+    assert chosen.table[0].family == "production"
 
 
 def test_choose_keeps_production_within_margin_and_replaces_it_beyond():
@@ -141,8 +154,8 @@ def test_choose_keeps_production_within_margin_and_replaces_it_beyond():
 
 
 def test_choose_records_failed_candidates_and_fails_when_none_left():
-    results = {"finetuned": {"kind": "hf", "error": "OSError: no weights"}, "automl": entry(0.8, "automl"),
-               "production": {"kind": "hf", "error": "labels differ"}}
+    results = {"finetuned": {"family": "hf", "error": "OSError: no weights"}, "automl": entry(0.8, "automl"),
+               "production": {"family": "hf", "error": "labels differ"}}
     chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
     assert (chosen.winner, chosen.decision) == ("automl", "register")
     assert chosen.failed == {"finetuned": "OSError: no weights", "production": "labels differ"}
@@ -227,13 +240,13 @@ def test_the_selection_section_round_trips_through_summary_json():
 
     results = {"finetuned": {**entry(0.9), "decision": {"rule": "argmax"}, "test_argmax": {"auc_weighted": 0.9},
                              "test_proba": "/p.npy", "test_labels": "/l.npy"},
-               "production": entry(0.8, "automl"), "automl": {"kind": "automl", "error": "OSError: gone"}}
+               "production": entry(0.8, "automl"), "automl": {"family": "automl", "error": "OSError: gone"}}
     chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
     chosen.production_version = {"name": "m", "version": "2"}
     section = chosen.to_dict()
     assert list(section) == ["metric", "task", "margin", "production", "table", "winner", "decision", "reason", "test",
                              "failed", "production_version"]
-    assert section["table"][0] == {"candidate": "finetuned", "kind": "hf", "auc_weighted": 0.9, "accuracy": 0.8,
+    assert section["table"][0] == {"candidate": "finetuned", "family": "hf", "auc_weighted": 0.9, "accuracy": 0.8,
                                    "f1_macro": 0.7, "decision": {"rule": "argmax"},
                                    "test_argmax": {"auc_weighted": 0.9}, "test_proba": "/p.npy", "test_labels": "/l.npy"}
     assert section["test"] == {"finetuned": entry(0.9)["test"], "production": entry(0.8)["test"]}

@@ -132,7 +132,7 @@ def test_split_traffic_keeps_old_proportions_and_sums_to_100():
 
 
 def test_deploy_local_stops_what_it_started_and_the_state_brings_it_back(models, tmp_path):
-    config = EndpointConfig(kind="local", name="pipeline-endpoint", ramp=[100], start_timeout_s=120)
+    config = EndpointConfig(target="local", name="pipeline-endpoint", ramp=[100], start_timeout_s=120)
     deployed = deploy_local(config, tmp_path / "endpoints", models["automl"], request(2), keep_running=False)
     first = deployed.to_dict()
     assert DeploymentResult.from_dict(json.loads(json.dumps(first))).to_dict() == first  # summary.json reads back

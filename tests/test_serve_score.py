@@ -182,7 +182,7 @@ def test_init_finds_exactly_one_candidate_and_checks_labels(monkeypatch, tmp_pat
         score.find_candidate(tmp_path / "two")
     wrong = hf_model / "model" / "candidate.json"
     original = wrong.read_text()
-    wrong.write_text(json.dumps({"kind": "hf", "labels": ["a", "b", "c"]}))
+    wrong.write_text(json.dumps({"family": "hf", "labels": ["a", "b", "c"]}))
     try:
         with pytest.raises(ValueError, match="2 outputs but candidate.json lists 3 labels"):
             load_score(monkeypatch, hf_model)
@@ -211,9 +211,9 @@ def with_decision(folder, decision: dict):
     path.write_text(json.dumps({**json.loads(path.read_text()), "decision": decision}))
 
 
-@pytest.mark.parametrize("kind", ["hf", "automl"])
-def test_run_applies_the_shipped_threshold_and_keeps_the_probabilities(monkeypatch, tmp_path, tiny_model_dir, kind):
-    folder = (make_hf_candidate(tiny_model_dir, tmp_path / "hf") if kind == "hf"
+@pytest.mark.parametrize("family", ["hf", "automl"])
+def test_run_applies_the_shipped_threshold_and_keeps_the_probabilities(monkeypatch, tmp_path, tiny_model_dir, family):
+    folder = (make_hf_candidate(tiny_model_dir, tmp_path / "hf") if family == "hf"
               else make_automl_candidate(tmp_path / "automl"))
     body = {"data": [{"text": text} for text in TEXTS]}
     plain = [p["probabilities"]["positive"] for p in load_score(monkeypatch, folder).run(body)["predictions"]]

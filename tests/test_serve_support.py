@@ -1,4 +1,4 @@
-"""Builders shared by the serving tests: small candidates of both kinds and a loopback HTTP call.
+"""Builders shared by the serving tests: small candidates of both families and a loopback HTTP call.
 
 No tests here; the test_serve_* modules import it (pytest puts tests/ on sys.path).
 """
@@ -24,7 +24,7 @@ def make_hf_candidate(base_dir: Path, folder: Path, registered: dict | None = No
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
-    (folder / "candidate.json").write_text(json.dumps({"kind": "hf", "labels": LABELS}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "hf", "labels": LABELS}))
     if registered:
         (folder / "registered.json").write_text(json.dumps(registered))
     return folder
@@ -46,7 +46,7 @@ def make_automl_candidate(folder: Path, unfitted_vectorizer: bool = False) -> Pa
         pipeline.steps[0] = ("tfidf", TfidfVectorizer())
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, folder / "model.joblib")
-    (folder / "candidate.json").write_text(json.dumps({"kind": "automl", "labels": LABELS}))
+    (folder / "candidate.json").write_text(json.dumps({"family": "automl", "labels": LABELS}))
     return folder
 
 

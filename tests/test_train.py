@@ -53,7 +53,7 @@ def test_training_writes_a_loadable_model_and_probability_metrics(small_data, ti
     assert model.config.id2label == {0: "negative", 1: "positive"}
     prediction = pipeline("text-classification", model=str(model_dir))("Great wipers, easy to install")[0]
     assert prediction["label"] in ("negative", "positive")
-    assert json.loads((model_dir / "candidate.json").read_text())["kind"] == "hf"
+    assert json.loads((model_dir / "candidate.json").read_text())["family"] == "hf"
 
 
 def test_metrics_are_logged_to_mlflow_with_val_names(small_data, tiny_model_dir, tmp_path):

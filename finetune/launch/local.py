@@ -27,10 +27,10 @@ def auto_choices(cfg) -> dict:
 
 
 def check(plan: RunPlan) -> list[str]:
-    """What this launcher cannot run: the AML-only AutoML and endpoint kinds, a bad local endpoint."""
+    """What this launcher cannot run: the AML-only AutoML engine and endpoint target, a bad local endpoint."""
     problems = []
-    if plan.automl.kind == "text_classification":
-        problems.append("automl.kind=text_classification: AML AutoML runs on AML compute only; on local compute "
+    if plan.automl.engine == "text_classification":
+        problems.append("automl.engine=text_classification: AML AutoML runs on AML compute only; on local compute "
                         "use automl=local or automl=none")
     cores = len(os.sched_getaffinity(0))
     concurrent = plan.search.limits.max_concurrent_trials
@@ -38,10 +38,10 @@ def check(plan: RunPlan) -> list[str]:
         # Each trial is a training process with at least one thread: more than the cores only thrash.
         problems.append(f"search.limits.max_concurrent_trials={concurrent}: more trials at once than this machine's "
                         f"{cores} CPU cores; use {cores} or fewer")
-    if plan.endpoint.kind == "managed":
-        problems.append("endpoint.kind=managed: a managed online endpoint needs AML compute; on local compute "
+    if plan.endpoint.target == "managed":
+        problems.append("endpoint.target=managed: a managed online endpoint needs AML compute; on local compute "
                         "use endpoint=local or endpoint=none")
-    elif plan.endpoint.kind in ("local", "auto"):
+    elif plan.endpoint.target in ("local", "auto"):
         problems += check_endpoint(plan.endpoint)
     return problems
 
@@ -231,7 +231,7 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     if "search" not in plan.stages:
         next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
         result = train_once(plan, data.directory, run_dir / "train", pipeline_run)
-        summary.candidates[FINETUNED] = Candidate(kind="hf", path=result.model_dir, val=result.val,
+        summary.candidates[FINETUNED] = Candidate(family="hf", path=result.model_dir, val=result.val,
                                                   source="single run", result_file=result.result_file)
         return result
     from finetune.search import run_sweep
@@ -245,7 +245,7 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     if best is None:
         raise UserError("the sweep finished without a successful trial; see the trial table above and the "
                         f"logs under {run_dir / 'sweep'}")
-    summary.candidates[FINETUNED] = Candidate(kind="hf", path=best.model_dir, val=best.val,
+    summary.candidates[FINETUNED] = Candidate(family="hf", path=best.model_dir, val=best.val,
                                               source=f"sweep trial {best.trial}", params=best.params,
                                               result_file=best.result_file)
     return sweep.best_training
@@ -270,7 +270,7 @@ def _select(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run, 
         commit=registry.git_commit(), val_csv=data.val_path)
     production = outcome.production
     if production is not None:
-        candidates["production"] = Candidate(kind="production", path=str(production.path),
+        candidates["production"] = Candidate(family="production", path=str(production.path),
                                              source=f"{production.name} version {production.version} (in production)")
     summary.selection = outcome.selection
     summary.save()
@@ -295,7 +295,7 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
     print(f"production moved to version {current} since selection; comparing again", flush=True)
     results = select.evaluate({"production": production.path}, data.test_path, list(data.labels), task=data.task)
     winner = selection.winner
-    results[winner] = {"kind": selection.kind(winner), "test": selection.test(winner)}
+    results[winner] = {"family": selection.family(winner), "test": selection.test(winner)}
     rechecked = selection.overruled(current, select.choose(results, plan.select.metric, plan.select.margin,
                                                            "production", task=data.task))
     if not rechecked.promotable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-KIND_DESCRIPTIONS = {
+FAMILY_DESCRIPTIONS = {
     "hf": "fine-tuned transformer",
     "automl": "local AutoML baseline (FLAML on TF-IDF)",
     "production": "model currently in production, re-scored on this test split",

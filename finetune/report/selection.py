@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 from finetune.decision import describe
 from finetune.metrics import per_class_key
-from finetune.report.common import KIND_DESCRIPTIONS, Figures, table
+from finetune.report.common import FAMILY_DESCRIPTIONS, Figures, table
 
 if TYPE_CHECKING:
     from finetune.results import Candidate, RunSummary, SelectionResult, SelectionRow
@@ -18,7 +18,7 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
     if selection is None:
         if not candidates:
             return []
-        rows = [[name, describe_candidate(c.kind, c), (c.val or {}).get("auc_weighted")] for name, c in candidates.items()]
+        rows = [[name, describe_candidate(c.family, c), (c.val or {}).get("auc_weighted")] for name, c in candidates.items()]
         return ["## Candidates", "", table(["candidate", "what", "val auc_weighted"], rows), ""]
     metric, winner = selection.metric, selection.winner
     labels = summary.data.labels if summary.data is not None else []
@@ -31,7 +31,7 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
         name = row.candidate
         label = f"**{name}** (chosen)" if name == winner else name
         candidate = candidates.get(name)
-        description = describe_candidate(row.kind, candidate)
+        description = describe_candidate(row.family, candidate)
         val = ((candidate.val if candidate is not None else None) or {}).get(metric)
         if row.error is not None:
             rows.append([label, description, val, f"failed: {row.error}", *[""] * (len(columns) + 2)])
@@ -79,9 +79,9 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
     return lines
 
 
-def describe_candidate(kind: Optional[str], candidate: Optional["Candidate"]) -> str:
+def describe_candidate(family: Optional[str], candidate: Optional["Candidate"]) -> str:
     description = candidate.extra.get("description") if candidate is not None else None
-    return description or KIND_DESCRIPTIONS.get(kind or "", kind or "unknown")
+    return description or FAMILY_DESCRIPTIONS.get(family or "", family or "unknown")
 
 
 def _load_predictions(row: Optional["SelectionRow"]):
@@ -173,7 +173,7 @@ def rollout_section(summary: "RunSummary") -> list[str]:
     deployment, rollout = summary.rollout, summary.rollout.rollout
     smoke = rollout.smoke_response
     traffic = ", ".join(f"{name} {percent}%" for name, percent in rollout.traffic.items())
-    facts = [("status", "succeeded"), ("endpoint", f"{rollout.endpoint} ({deployment.kind})"),
+    facts = [("status", "succeeded"), ("endpoint", f"{rollout.endpoint} ({deployment.target})"),
              ("deployment", rollout.deployment), ("model", f"{rollout.model.name} version {rollout.model.version}"),
              ("traffic now", traffic or None), ("scoring URI", rollout.scoring_uri),
              ("smoke test latency", f"{rollout.smoke_latency_ms:.1f} ms"),

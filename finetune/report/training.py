@@ -100,7 +100,7 @@ def _sweep_figure(trials: list, curves: list, metric: str, best, figures: Figure
 
 
 def learning_section(summary: "RunSummary", figures: Figures) -> list[str]:
-    result_file = next((c.result_file for c in summary.candidates.values() if c.kind == "hf" and c.result_file), None)
+    result_file = next((c.result_file for c in summary.candidates.values() if c.family == "hf" and c.result_file), None)
     if not result_file and summary.sweep is not None and summary.sweep.best is not None:
         result_file = summary.sweep.best.result_file
     if not result_file or not Path(result_file).is_file():

@@ -427,7 +427,7 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
             if not (keep_running or was_running):
                 endpoint.stop()
     serve_command = f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"
-    return DeploymentResult(result, kind="local", state_file=str(endpoint.state_file),
+    return DeploymentResult(result, target="local", state_file=str(endpoint.state_file),
                             running=bool(keep_running or was_running), serve_command=serve_command)
 
 

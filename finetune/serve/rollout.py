@@ -171,19 +171,20 @@ class DeploymentResult:
     ``rollout``: the rollout's section with these keys added)."""
 
     rollout: RolloutResult
-    kind: str  # the endpoint kind: local
+    target: str  # endpoint.target: local
     state_file: str  # the endpoint's recorded deployments
     running: bool  # False: the processes stopped with the run; ``serve_command`` starts them again
     serve_command: str
 
     @classmethod
     def from_dict(cls, data: dict) -> "DeploymentResult":
-        return cls(rollout=RolloutResult.from_dict(data), kind=data["kind"], state_file=data["state_file"],
-                   running=data["running"], serve_command=data["serve_command"])
+        # "kind": the key's name in summary.json before it became endpoint.target's.
+        return cls(rollout=RolloutResult.from_dict(data), target=data.get("target", data.get("kind")),
+                   state_file=data["state_file"], running=data["running"], serve_command=data["serve_command"])
 
     def to_dict(self) -> dict:
-        return {**self.rollout.to_dict(), "kind": self.kind, "state_file": self.state_file, "running": self.running,
-                "serve_command": self.serve_command}
+        return {**self.rollout.to_dict(), "target": self.target, "state_file": self.state_file,
+                "running": self.running, "serve_command": self.serve_command}
 
 
 def rollout(endpoint: Endpoint, new_deployment: str, model: ModelRef, sample_request: dict,

@@ -1,4 +1,4 @@
-"""Scoring entry script (AML ``init()``/``run()`` contract) for every candidate kind.
+"""Scoring entry script (AML ``init()``/``run()`` contract) for every candidate family.
 
 The same file serves a model locally (``azmlinfsrv`` behind :class:`finetune.serve.endpoint.LocalEndpoint`)
 and on Azure ML, where it is copied next to the registered model and the ``finetune`` package is not
@@ -271,20 +271,29 @@ class AutomlScorer:
         return proba
 
 
+def read_candidate(folder: Path) -> dict:
+    """``candidate.json`` of the candidate in ``folder``."""
+    candidate = json.loads((Path(folder) / "candidate.json").read_text(encoding="utf-8"))
+    # A model registered before ``family`` had its name (production, a registered version) says ``kind``.
+    if "family" not in candidate and "kind" in candidate:
+        candidate["family"] = candidate.pop("kind")
+    return candidate
+
+
 def load_scorer(folder: Path, max_batch: int | None = None):
-    """The scorer of the candidate in ``folder`` (its candidate.json says which kind, runtime and decision rule)."""
-    candidate = json.loads((folder / "candidate.json").read_text(encoding="utf-8"))
+    """The scorer of the candidate in ``folder`` (its candidate.json says which family, runtime and decision rule)."""
+    candidate = read_candidate(folder)
     labels = [str(label) for label in candidate["labels"]]
-    kind = candidate.get("kind")
-    if kind == "hf":
+    family = candidate.get("family")
+    if family == "hf":
         max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
         scorer = HFScorer(folder, labels, max_length, max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
                           runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"),
                           multi_label=candidate.get("task") == "multi_label")
-    elif kind == "automl":
+    elif family == "automl":
         scorer = AutomlScorer(folder, labels)
     else:
-        raise ValueError(f"candidate.json in {folder} has kind {kind!r}; expected 'hf' or 'automl'")
+        raise ValueError(f"candidate.json in {folder} has family {family!r}; expected 'hf' or 'automl'")
     scorer.task = candidate.get("task", "single_label")
     scorer.decision = candidate.get("decision") or (
         {"rule": "per_label_thresholds", "thresholds": {label: 0.5 for label in labels}}

@@ -77,7 +77,7 @@ def resolve_limits(plan: "RunPlan") -> "RunPlan":
     timeout = limits.timeout or math.ceil(trials / max(1, limits.max_concurrent_trials)) * trial_timeout
     limits = dataclasses.replace(limits, trial_timeout=trial_timeout, timeout=timeout)
     endpoint = plan.endpoint
-    if endpoint.kind == "managed":
+    if endpoint.target == "managed":
         from finetune.launch.azureml.deploy import sized
 
         endpoint = sized(endpoint, plan.model.name)
@@ -97,8 +97,8 @@ def distinct_targets(plans: list) -> list:
 
     aml = [plan for plan in plans if plan.launcher == "azureml"]
     shared_models = len({p.select.registered_model_name for p in aml}) < len(aml)
-    shared_endpoints = len({p.endpoint.name for p in aml if p.endpoint.kind == "managed"}) < len(
-        [p for p in aml if p.endpoint.kind == "managed"])
+    shared_endpoints = len({p.endpoint.name for p in aml if p.endpoint.target == "managed"}) < len(
+        [p for p in aml if p.endpoint.target == "managed"])
     if not (shared_models or shared_endpoints):
         return plans
     common = set.intersection(*(set(p.overrides) for p in aml))
@@ -229,17 +229,17 @@ def search_problems(plan: "RunPlan") -> List[str]:
 
 def automl_problems(plan: "RunPlan") -> List[str]:
     automl, problems = plan.automl, []
-    if automl.kind == "none":
+    if automl.engine == "none":
         return []
-    if automl.kind != "text_classification":
-        return [f"automl.kind={automl.kind}: on AML compute use automl=text_classification (AML AutoML NLP) "
+    if automl.engine != "text_classification":
+        return [f"automl.engine={automl.engine}: on AML compute use automl=text_classification (AML AutoML NLP) "
                 "or automl=none"]
     problems += automl_metric_problems(automl, plan.dataset.task)
     if not re.fullmatch(r"[a-z]{3}", automl.language or ""):
         problems.append(f"automl.language={automl.language}: a three-letter ISO 639-3 code, e.g. eng "
                         "(mul for multilingual)")
     if plan.compute.gpus_per_node < 1:
-        problems.append(f"automl.kind=text_classification: AutoML NLP trains on GPU nodes only and "
+        problems.append(f"automl.engine=text_classification: AutoML NLP trains on GPU nodes only and "
                         f"compute={plan.compute.name} has none; use compute=t4/a100/a100x4/h100 or automl=none")
     for name in ("timeout_minutes", "max_trials", "max_concurrent_trials", "max_nodes"):
         if getattr(automl, name) < 1:
@@ -288,7 +288,7 @@ def with_task(plan: "RunPlan", task: str) -> "RunPlan":
 
     plan = dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=task))
     problems = objective_problems(plan)
-    if plan.automl.kind == "text_classification":
+    if plan.automl.engine == "text_classification":
         problems += automl_metric_problems(plan.automl, task)
     if problems:
         raise ConfigProblems(problems)
@@ -349,10 +349,10 @@ def _automl_sweep_problems(automl) -> List[str]:
 
 def endpoint_problems(plan: "RunPlan") -> List[str]:
     endpoint, problems = plan.endpoint, []
-    if endpoint.kind == "none":
+    if endpoint.target == "none":
         return []
-    if endpoint.kind != "managed":
-        return [f"endpoint.kind={endpoint.kind}: on AML compute use endpoint=managed or endpoint=none"]
+    if endpoint.target != "managed":
+        return [f"endpoint.target={endpoint.target}: on AML compute use endpoint=managed or endpoint=none"]
     problems += name_problems("endpoint.name", endpoint.name)
     if endpoint.auth_mode not in AUTH_MODES:
         problems.append(f"endpoint.auth_mode={endpoint.auth_mode}: a managed endpoint takes {' or '.join(AUTH_MODES)}")

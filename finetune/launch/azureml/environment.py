@@ -95,7 +95,7 @@ def definitions(plan: "RunPlan") -> dict:
                     "description": DESCRIPTION.format(role="serving",
                                                       detail=f"score.py only, runtime {plan.endpoint.runtime}")},
     }
-    if plan.automl.kind == "text_classification":
+    if plan.automl.engine == "text_classification":
         result["automl_test"] = {"image": AUTOML_IMAGE, "conda_file": None,
                                  "description": DESCRIPTION.format(role="AutoML test", detail="AutoML NLP runtime")}
     return result

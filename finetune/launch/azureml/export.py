@@ -88,7 +88,7 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
         "endpoint": {key: value for key, value in dataclasses.asdict(plan.endpoint).items()
                      if key not in ("host", "port")},
         "environment": serving_environment,
-        "deploy": plan.endpoint.kind == "managed",
+        "deploy": plan.endpoint.target == "managed",
     }
 
 
@@ -169,7 +169,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     else:
         dump("sweep.yml", sweep.sweep_node(plan, trial)._to_job()._to_dict(),
              "the sweep alone: az ml job create -f sweep.yml")
-    if plan.automl.kind == "text_classification":
+    if plan.automl.engine == "text_classification":
         dump("automl.yml", automl_dict(plan, refs), "AutoML NLP alone: az ml job create -f automl.yml")
     dump("compute.yml", compute.cluster(plan)._to_dict(), "the cluster: az ml compute create -f compute.yml")
     model_ref = f"azureml:{plan.select.registered_model_name}{LATEST_MODEL}"
@@ -194,7 +194,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         entity["path"] = os.path.relpath(spec.path, folder / "data")
         dump(f"data/{spec.name}.yml", entity, "a data asset: az ml data create -f data/<name>.yml")
 
-    if plan.endpoint.kind == "managed":
+    if plan.endpoint.target == "managed":
         (folder / SCORE_DIR).mkdir()
         shutil.copy2(score.__file__, folder / SCORE_DIR / deploy.SCORING_SCRIPT)
         model_name = plan.select.registered_model_name

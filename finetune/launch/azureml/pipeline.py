@@ -50,7 +50,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     register_inputs = {"finetuned": train.outputs[OUTPUT], "test": parent("test"), "val": parent("val"),
                        "labels": parent("labels"), "settings": parent("settings")}
 
-    with_automl = plan.automl.kind == "text_classification"
+    with_automl = plan.automl.engine == "text_classification"
     if with_automl:
         for split in ("train", "val"):
             inputs[f"{split}_table"] = Input(type="mltable", path=data.tables[split])
@@ -65,7 +65,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     registered = register_step(plan, code, environments["steps"], automl=with_automl)(**register_inputs)
     registered.name = "register"
     jobs["register"] = registered
-    if plan.endpoint.kind == "managed":
+    if plan.endpoint.target == "managed":
         deployed = deploy_step(plan, code, environments["steps"])(model_ref=registered.outputs["model_ref"],
                                                         settings=parent("settings"))
         deployed.name = "deploy"

@@ -85,7 +85,7 @@ def claim_endpoint(ml_client, plan: "RunPlan", log=print) -> Optional[str]:
 
     from finetune.launch.azureml.deploy import endpoint_entity
 
-    if plan.endpoint.kind != "managed":
+    if plan.endpoint.target != "managed":
         return None
     name = plan.endpoint.name
     try:

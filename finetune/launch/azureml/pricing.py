@@ -65,7 +65,7 @@ def sweep_estimate(plan: "RunPlan") -> Estimate:
 def automl_estimate(plan: "RunPlan") -> Optional[Estimate]:
     """AutoML NLP: its timeout on all of its nodes (None without an AutoML stage)."""
     automl, compute = plan.automl, plan.compute
-    if automl.kind != "text_classification":
+    if automl.engine != "text_classification":
         return None
     node_hours = automl.timeout_minutes / 60 * automl.max_nodes
     return Estimate("automl", 1, round(automl.timeout_minutes / 60, 4), "automl.timeout_minutes", automl.max_nodes,
@@ -75,8 +75,8 @@ def automl_estimate(plan: "RunPlan") -> Optional[Estimate]:
 def steps_estimate(plan: "RunPlan") -> Estimate:
     """The pipeline's own steps, on the steps cluster (or the training cluster when there is none)."""
     compute = plan.compute
-    steps = ["register"] + (["test_automl"] if plan.automl.kind == "text_classification" else []) + (
-        ["deploy"] if plan.endpoint.kind == "managed" else [])
+    steps = ["register"] + (["test_automl"] if plan.automl.engine == "text_classification" else []) + (
+        ["deploy"] if plan.endpoint.target == "managed" else [])
     hours = sum(STEP_HOURS[step] for step in steps)
     on_steps_cluster = bool(compute.steps_cluster_name)
     price = compute.steps_hourly_price_usd if on_steps_cluster else compute.hourly_price_usd

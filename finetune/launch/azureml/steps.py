@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from finetune.errors import UserError
+from finetune.results import RegisteredChoice, StepRollout
 from finetune.select import FINETUNED
 from finetune.spec import TASKS
 
@@ -113,7 +114,7 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     texts, y_true = read_targets(test_file, labels, task)
     proba = automl_proba(Path(model_dir), texts, labels, python or sys.executable)
-    result = {"kind": "automl", "model_format": "mlflow", "task": task,
+    result = {"family": "automl", "model_format": "mlflow", "task": task,
               "test": task_metrics(task, y_true, proba, labels=labels), "rows": len(texts)}
     _write(output_dir, RESULT, result)
     return result
@@ -124,7 +125,7 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 
 def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
              automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None,
-             val_file: Optional[str] = None) -> dict:
+             val_file: Optional[str] = None) -> RegisteredChoice:
     """Select among the candidates and production, register the winner; returns (and writes) the model reference.
 
     With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
@@ -153,26 +154,19 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             settings["sample_request"], Path(scratch), prescored=prescored,
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
-    selection, registered = outcome.selection, outcome.registration
-    section = selection.to_dict()
-    ref = {"decision": selection.decision, "reason": selection.reason,
-           "selection": {key: section.get(key) for key in ("metric", "margin", "winner", "decision", "reason", "test",
-                                                           "production_version")}}
-    if selection.decision == "register":
-        ref.update(name=registered.name, version=registered.version, candidate=selection.winner,
-                   model_type="mlflow_model", existing=registered.existing, content_sha256=registered.content_sha256)
-        if not settings.get("deploy"):
-            # No rollout follows: the registered version is production now, as the local launcher does.
-            ref["promoted"] = model_registry.promote(registered.version)
-    _write(output_dir, MODEL_REF, ref)
-    return ref
+    choice = RegisteredChoice.of(outcome.selection, outcome.registration, model_type="mlflow_model")
+    if choice.decision == "register" and not settings.get("deploy"):
+        # No rollout follows: the registered version is production now, as the local launcher does.
+        choice.promoted = model_registry.promote(choice.version)
+    _write(output_dir, MODEL_REF, choice.to_dict())
+    return choice
 
 
 # ---------------------------------------------------------------------------------------------- deploy
 
 
-def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=None) -> dict:
-    """Roll the registered model out to the endpoint; the result is the ``rollout`` summary section."""
+def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=None) -> StepRollout:
+    """Roll the registered model out to the endpoint; returns (and writes) ``rollout.json``."""
     from finetune.config import EndpointConfig
     from finetune.launch.azureml.deploy import SCORING_SCRIPT, deployment_name
     from finetune.launch.azureml.endpoint import AmlEndpoint
@@ -181,16 +175,17 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
     from finetune.serve.rollout import ModelRef, RolloutError, rollout
 
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
-    ref = json.loads((Path(model_ref_dir) / MODEL_REF).read_text(encoding="utf-8"))
-    if ref["decision"] != "register":
-        result = {"status": "skipped", "model": ref, "reason": f"nothing new to deploy: {ref['reason']}"}
-        _write(output_dir, ROLLOUT, result)
+    choice = RegisteredChoice.from_dict(json.loads((Path(model_ref_dir) / MODEL_REF).read_text(encoding="utf-8")))
+    if choice.decision != "register":
+        result = StepRollout("skipped", choice, reason=f"nothing new to deploy: {choice.reason}")
+        _write(output_dir, ROLLOUT, result.to_dict())
         return result
-    if ref["candidate"] != FINETUNED:
-        result = {"status": "skipped", "model": ref,
-                  "reason": "the winner is an AML AutoML NLP model, which needs AutoML's runtime; the project's "
-                            "score.py serves fine-tuned transformers, so the endpoint is left as it was"}
-        _write(output_dir, ROLLOUT, result)
+    if choice.candidate != FINETUNED:
+        result = StepRollout("skipped", choice,
+                             reason="the winner is an AML AutoML NLP model, which needs AutoML's runtime; the "
+                                    "project's score.py serves fine-tuned transformers, so the endpoint is left as "
+                                    "it was")
+        _write(output_dir, ROLLOUT, result.to_dict())
         return result
     config = EndpointConfig(**settings["endpoint"])
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
@@ -199,18 +194,18 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         ml_client = ml_client or job_client()
         endpoint = AmlEndpoint(ml_client, config, environment(settings["environment"]), code_dir)
         endpoint.ensure()
-        model = ModelRef(name=ref["name"], version=ref["version"], path=f"azureml:{ref['name']}:{ref['version']}")
+        model = ModelRef(name=choice.name, version=choice.version, path=f"azureml:{choice.name}:{choice.version}")
         try:
-            outcome = rollout(endpoint, deployment_name(ref["version"]), model, settings["sample_request"],
+            outcome = rollout(endpoint, deployment_name(choice.version), model, settings["sample_request"],
                               ramp=config.ramp, max_error_rate=config.max_error_rate)
         except RolloutError as error:
-            _write(output_dir, ROLLOUT, {"status": "failed", "error": str(error), "model": ref})
+            _write(output_dir, ROLLOUT, StepRollout("failed", choice, error=str(error)).to_dict())
             raise
-    result = outcome.to_dict()
     from finetune.launch.azureml.registry import AmlRegistry
 
-    result["promoted"] = AmlRegistry(ml_client, ref["name"]).promote(ref["version"])
-    _write(output_dir, ROLLOUT, result)
+    result = StepRollout("succeeded", choice, rollout=outcome,
+                         promoted=AmlRegistry(ml_client, choice.name).promote(choice.version))
+    _write(output_dir, ROLLOUT, result.to_dict())
     return result
 
 

@@ -59,7 +59,7 @@ def submit(plan: "RunPlan", exported: "Exported", ml_client, log=print):
               "data": {"files": refs.files, "tables": refs.tables}}
     # Beside aml/, not in it: the studio URL names the workspace, and aml/ is the portable tree.
     Path(exported.folder).parent.joinpath(SUBMITTED).write_text(json.dumps(record, indent=2))
-    if plan.launcher_options.wait:
+    if plan.submit.wait:
         with azure_errors(f"streaming job {created.name}"):
             ml_client.jobs.stream(created.name)
     return created
