@@ -165,28 +165,20 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     problems = check_config(automl_cfg)
     if problems:
         raise ConfigProblems(problems)
-    if getattr(data, "task", "single_label") == "multi_label":
-        return _run_multi_label(data, out_dir)
-    import joblib
+    task = getattr(data, "task", "single_label")
+    labels = list(data.labels)
+    (train_texts, train_y), (val_texts, val_y) = _train_and_val(data, labels, task)
+    if task == "multi_label":
+        return _run_multi_label(labels, train_texts, train_y, val_texts, val_y, Path(out_dir))
     import numpy as np
     from flaml import AutoML
     from sklearn.pipeline import Pipeline
 
-    from finetune.data import read_split
     from finetune.metrics import classification_metrics
     from finetune.train import class_weights as class_weights_for
 
     out_dir = Path(out_dir)
-    model_dir = out_dir / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    labels = list(data.labels)
-    train_texts, train_y = read_split(data.train_path, labels)
-    val_texts, val_y = read_split(data.val_path, labels)
-    missing = [labels[i] for i in range(len(labels)) if i not in set(train_y)]
-    if missing:
-        raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
-                        "class in the train split")
-
+    out_dir.mkdir(parents=True, exist_ok=True)  # FLAML's log goes there before the model does
     print(f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s, "
           f"{automl_cfg.cv_folds}-fold CV on {len(train_texts)} train texts ...", flush=True)
     started = time.time()
@@ -231,14 +223,7 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     else:
         pipeline = one_liner().fit(train_texts, y_train)
         best_estimator, best_config = ONE_LINER, {"C": 1.0}
-    joblib.dump(pipeline, model_dir / "model.joblib")
-    (model_dir / "candidate.json").write_text(json.dumps(
-        {"family": "automl", "labels": labels, "best_estimator": best_estimator, "config": best_config,
-         "description": DESCRIPTION}, indent=2))
-
-    candidate = {
-        "family": "automl",
-        "path": str(model_dir),
+    candidate = _save(pipeline, out_dir, {"labels": labels}, {
         "best_estimator": best_estimator,
         "best_config": best_config,
         # Mean AUC over the folds of train: what the choice between the two was made on.
@@ -248,49 +233,61 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
         "time_budget_s": automl_cfg.time_budget_s,
         "duration_s": round(time.time() - started, 1),
         "description": DESCRIPTION,
-    }
-    (out_dir / "result.json").write_text(json.dumps(candidate, indent=2))
+    })
     print(f"{DESCRIPTION}: best {best_estimator} (CV AUC one-liner {anchor_auc:.4f}, FLAML "
           f"{'none' if flaml_auc is None else format(flaml_auc, '.4f')}), val auc_weighted {candidate['val']['auc_weighted']:.4f} "
           f"(FLAML log: {out_dir / 'flaml.log'})", flush=True)
     return candidate
 
 
-def _run_multi_label(data, out_dir: Path) -> dict:
+def _run_multi_label(labels, train_texts, train_y, val_texts, val_y, out_dir: Path) -> dict:
     """The multi-label candidate: :func:`one_vs_rest` fitted on train (see the module docstring)."""
-    import joblib
-
-    from finetune.data import read_multi_label_split
     from finetune.metrics import multi_label_metrics
 
-    out_dir = Path(out_dir)
-    model_dir = out_dir / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    labels = list(data.labels)
-    train_texts, train_y = read_multi_label_split(data.train_path, labels)
-    val_texts, val_y = read_multi_label_split(data.val_path, labels)
-    missing = [label for label, count in zip(labels, train_y.sum(axis=0)) if count == 0]
-    if missing:
-        raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
-                        "label in the train split")
     print(f"{MULTI_LABEL_DESCRIPTION}: C={OVR_C:g}, {len(train_texts)} train texts, {len(labels)} labels ...",
           flush=True)
     started = time.time()
     pipeline = one_vs_rest().fit(train_texts, train_y)
-    joblib.dump(pipeline, model_dir / "model.joblib")
-    (model_dir / "candidate.json").write_text(json.dumps(
-        {"family": "automl", "task": "multi_label", "labels": labels, "best_estimator": ONE_VS_REST,
-         "config": {"C": OVR_C}, "description": MULTI_LABEL_DESCRIPTION}, indent=2))
-    candidate = {
-        "family": "automl",
-        "path": str(model_dir),
+    candidate = _save(pipeline, out_dir, {"task": "multi_label", "labels": labels}, {
         "best_estimator": ONE_VS_REST,
         "best_config": {"C": OVR_C},
         "val": multi_label_metrics(val_y, pipeline.predict_proba(val_texts)),
         "duration_s": round(time.time() - started, 1),
         "description": MULTI_LABEL_DESCRIPTION,
-    }
-    (out_dir / "result.json").write_text(json.dumps(candidate, indent=2))
+    })
     print(f"{MULTI_LABEL_DESCRIPTION}: {ONE_VS_REST}, val f1_micro {candidate['val']['f1_micro']:.4f} at 0.5 in "
           f"{candidate['duration_s']:.0f} s", flush=True)
+    return candidate
+
+
+def _train_and_val(data, labels: list, task: str):
+    """(texts, targets) of train and val; every class (label) must have a train example to be learnt."""
+    import numpy as np
+
+    from finetune.data import read_targets
+
+    train, val = (read_targets(path, labels, task) for path in (data.train_path, data.val_path))
+    counts = (np.asarray(train[1]).sum(axis=0) if task == "multi_label"
+              else np.bincount(np.asarray(train[1], dtype=np.int64), minlength=len(labels)))
+    missing = [label for label, count in zip(labels, counts) if count == 0]
+    if missing:
+        unit = "label" if task == "multi_label" else "class"
+        raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
+                        f"{unit} in the train split")
+    return train, val
+
+
+def _save(pipeline, out_dir: Path, model_info: dict, result: dict) -> dict:
+    """``out_dir/model/`` (the pickled pipeline and its candidate.json) and ``out_dir/result.json``; returns the
+    candidate record."""
+    import joblib
+
+    model_dir = out_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, model_dir / "model.joblib")
+    (model_dir / "candidate.json").write_text(json.dumps(
+        {"family": "automl", **model_info, "best_estimator": result["best_estimator"],
+         "config": result["best_config"], "description": result["description"]}, indent=2))
+    candidate = {"family": "automl", "path": str(model_dir), **result}
+    (out_dir / "result.json").write_text(json.dumps(candidate, indent=2))
     return candidate

@@ -80,3 +80,20 @@ def test_automl_settings_are_checked():
     assert check_config(AutomlConfig(engine="none", estimators=[])) == []
     with pytest.raises(ConfigProblems, match="automl.time_budget_s=0"):
         run_automl(None, bad, None, 0)
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label"])
+def test_a_class_without_train_examples_is_named(tmp_path, task):
+    from types import SimpleNamespace
+
+    from finetune.errors import UserError
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    cells = {"single_label": ("positive", "positive"), "multi_label": ("['positive']", "['negative', 'positive']")}
+    for split, label in zip(("train", "val"), cells[task]):
+        pd.DataFrame({"text": ["fine", "great"], "label": [label, label]}).to_csv(folder / f"{split}.csv", index=False)
+    data = SimpleNamespace(train_path=folder / "train.csv", val_path=folder / "val.csv", labels=["negative", "positive"],
+                           task=task)
+    with pytest.raises(UserError, match=r"no training example of \['negative'\]"):
+        run_automl(data, AutomlConfig(engine="local", time_budget_s=4), tmp_path / "automl", seed=0)
