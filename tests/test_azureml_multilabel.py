@@ -111,11 +111,14 @@ def test_the_prepared_task_is_checked_again(tmp_path):
     """A plan checked before its data's task was known is checked again for that task (one line per problem)."""
     from finetune.launch.azureml.checks import with_task
 
-    plan = build(AML + ["automl.primary_metric=AUC_weighted"], tmp_path)
+    # A download is read by the data step: only then is task=auto decided.
+    download = AML + ["dataset=file", "dataset.url=https://example.invalid/tickets.jsonl"]
+    plan = build(download + ["automl.primary_metric=AUC_weighted"], tmp_path)
+    assert plan.dataset.task == "auto"
     with pytest.raises(ConfigProblems, match=r"automl.primary_metric=AUC_weighted: AutoML multi-label"):
         with_task(plan, "multi_label")
     assert with_task(plan, "single_label").dataset.task == "single_label"
-    micro = build(AML + ["search.primary_metric=val_f1_micro"], tmp_path)
+    micro = build(download + ["search.primary_metric=val_f1_micro"], tmp_path)
     with pytest.raises(ConfigProblems, match="val_f1_micro: training logs it for multi-label data only"):
         with_task(micro, "single_label")
     assert with_task(micro, "multi_label").automl.primary_metric == "auto"
