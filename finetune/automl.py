@@ -167,7 +167,7 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
         raise ConfigProblems(problems)
     task = getattr(data, "task", "single_label")
     labels = list(data.labels)
-    (train_texts, train_y), (val_texts, val_y) = _train_and_val(data, labels, task)
+    (train_texts, train_y), (val_texts, val_y), train_counts = _train_and_val(data, labels, task)
     if task == "multi_label":
         return _run_multi_label(labels, train_texts, train_y, val_texts, val_y, Path(out_dir))
     import numpy as np
@@ -183,7 +183,7 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
           f"{automl_cfg.cv_folds}-fold CV on {len(train_texts)} train texts ...", flush=True)
     started = time.time()
     y_train = np.asarray(train_y)
-    folds = min(automl_cfg.cv_folds, int(np.bincount(y_train).min()))
+    folds = min(automl_cfg.cv_folds, int(train_counts.min()))
     if folds < 2:
         raise UserError(f"{data.train_path}: a class has a single training example; cross-validation needs "
                         "two per class (more data, or fewer classes)")
@@ -261,7 +261,8 @@ def _run_multi_label(labels, train_texts, train_y, val_texts, val_y, out_dir: Pa
 
 
 def _train_and_val(data, labels: list, task: str):
-    """(texts, targets) of train and val; every class (label) must have a train example to be learnt."""
+    """(texts, targets) of train and val, and the train examples per class (label); every class (label) must
+    have one to be learnt."""
     import numpy as np
 
     from finetune.data import read_targets
@@ -274,7 +275,7 @@ def _train_and_val(data, labels: list, task: str):
         unit = "label" if task == "multi_label" else "class"
         raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
                         f"{unit} in the train split")
-    return train, val
+    return train, val, counts
 
 
 def _save(pipeline, out_dir: Path, model_info: dict, result: dict) -> dict:
