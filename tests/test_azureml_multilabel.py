@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -176,21 +175,8 @@ def test_multi_label_objective_refused_for_single_label_data(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------- test-automl step
 
 
-class _MultiLabelModel:
-    """The interface of AutoML NLP's multi-label model wrapper: ``classes_`` and ``predict_proba(DataFrame)``,
-    n_rows x n_labels independent probabilities, columns in ``classes_`` order."""
-
-    def __init__(self, pipelines: dict):
-        self.classes_ = list(pipelines)
-        self.pipelines = pipelines
-
-    def predict_proba(self, frame):
-        import numpy as np
-
-        return np.stack([self.pipelines[label].predict_proba(frame)[:, 1] for label in self.classes_], axis=1)
-
-
-def test_test_automl_step_scores_a_multi_label_model(tmp_path):
+def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
+    import importlib
     import operator
 
     import cloudpickle
@@ -209,17 +195,21 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path):
     assert prepared.task == "multi_label"
     frame = pd.read_csv(prepared.train_path, dtype=str, keep_default_na=False)
     sets = [ast.literal_eval(cell) for cell in frame["label"]]
-    # One classifier per label, the classes in the reverse of the run's label order: the step reorders them.
-    model = _MultiLabelModel({label: Pipeline([
+    # AutoML NLP's multi-label wrapper as the emulator describes it; one classifier per label, the classes in the
+    # reverse of the run's label order: the step reorders them.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    aml_emulate = importlib.import_module("aml_emulate")
+    model = aml_emulate.PerLabelModel({label: Pipeline([
         ("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
         ("clf", LogisticRegression(max_iter=200))]).fit(frame[["text"]], [label in s for s in sets])
         for label in reversed(prepared.labels)})
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # By value, as the emulator's own job does: the step loads it without the emulator on its path.
+    cloudpickle.register_pickle_by_value(aml_emulate)
     try:
         mlflow.sklearn.save_model(model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"],
                                   serialization_format="cloudpickle")
     finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        cloudpickle.unregister_pickle_by_value(aml_emulate)
     code = steps.main(["test-automl", "--model", str(tmp_path / "mlflow_model"), "--test-file",
                        str(prepared.test_path), "--labels-file", str(prepared.labels_path), "--task", "multi_label",
                        "--output-dir", str(tmp_path / "out")])
