@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.automl import ONE_LINER, check_config, one_liner, run_automl
+from finetune.automl import ONE_LINER, check_config, clearly_better, one_liner, run_automl
 from finetune.config import AutomlConfig
 from finetune.errors import ConfigProblems
 from finetune.metrics import classification_metrics
@@ -24,9 +24,12 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     model_dir = tmp_path / "automl" / "model"
     assert candidate["family"] == "automl" and candidate["path"] == str(model_dir)
     assert candidate["best_estimator"] in [*cfg.estimators, ONE_LINER] and candidate["time_budget_s"] == 4
-    # The kept model is the better of FLAML's pick and the one-liner by cross-validation on train.
+    # FLAML's pick is kept only when it beats the one-liner clearly on fresh folds of train.
     cv = candidate["cv_auc"]
-    assert (candidate["best_estimator"] == ONE_LINER) == (cv["flaml"] is None or cv["flaml"] <= cv["one_liner"])
+    assert len(cv["folds"]["one_liner"]) == cfg.cv_folds
+    assert np.mean(cv["folds"]["one_liner"]) == pytest.approx(cv["one_liner"], abs=1e-4)
+    assert (candidate["best_estimator"] == ONE_LINER) == (
+        cv["flaml"] is None or not clearly_better(cv["folds"]["flaml"], cv["folds"]["one_liner"]))
     assert "local AutoML baseline" in candidate["description"]
     info = json.loads((model_dir / "candidate.json").read_text())
     assert info["family"] == "automl" and info["labels"] == LABELS
@@ -71,6 +74,17 @@ def test_the_one_liner_is_kept_when_flaml_has_nothing_better(tmp_path, monkeypat
     by_hand = one_liner().fit(train.text.tolist(), [LABELS.index(label) for label in train.label])
     assert np.allclose(kept.predict_proba(val.text.tolist()), by_hand.predict_proba(val.text.tolist()))
     assert "best tfidf_lr_one_liner" in capsys.readouterr().out
+
+
+def test_a_gain_within_one_standard_error_is_not_clearly_better():
+    one_liner_folds = [0.90, 0.88, 0.93, 0.86, 0.91]
+    # Both gain 0.01 on average; the noisy one's per-fold gains (+0.04, -0.03, +0.02, 0, +0.02) have a
+    # standard error of 0.0118, the steady one's (+0.01 on every fold) none.
+    noisy = [0.94, 0.85, 0.95, 0.86, 0.93]
+    steady = [0.91, 0.89, 0.94, 0.87, 0.92]
+    assert not clearly_better(noisy, one_liner_folds)
+    assert clearly_better(steady, one_liner_folds)
+    assert not clearly_better(one_liner_folds, one_liner_folds)
 
 
 def test_automl_settings_are_checked():
