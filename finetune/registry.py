@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 
 from finetune import locks
 from finetune.errors import UserError
+from finetune.results import Promotion
 from finetune.serve import SCORE_SCRIPT, ModelRef
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ class ModelRegistry(Protocol):
     def find(self, content_sha256: str) -> Optional[dict]: ...  # {"version", "tags", "source"}
     def create(self, folder: Path, tags: dict, description: str) -> dict: ...  # {"version", "source"}
     def download(self, version: str, dst_dir: Path) -> ModelRef: ...
-    def promote(self, version: str) -> dict: ...
+    def promote(self, version: str) -> Promotion: ...
 
 
 class MlflowRegistry:
@@ -233,12 +234,12 @@ class MlflowRegistry:
     def download(self, version: str, dst_dir: Path) -> ModelRef:
         return resolve(self.name, version, self.tracking_uri, dst_dir)
 
-    def promote(self, version: str) -> dict:
+    def promote(self, version: str) -> Promotion:
         return promote(self.name, version, self.tracking_uri)
 
 
-def promote(name: str, version, tracking_uri: str) -> dict:
-    """Point the ``production`` alias at ``version``; returns ``{"name", "version", "previous"}``."""
+def promote(name: str, version, tracking_uri: str) -> Promotion:
+    """Point the ``production`` alias at ``version``."""
     client = _client(tracking_uri)
     previous = production_version(client, name)
     try:
@@ -247,7 +248,7 @@ def promote(name: str, version, tracking_uri: str) -> dict:
         if _not_found(error):
             raise UserError(f"model '{name}' version {version} is not registered at {tracking_uri}") from None
         raise
-    return {"name": name, "version": str(version), "previous": previous}
+    return Promotion(name, str(version), previous)
 
 
 def production_version(client, name: str) -> Optional[str]:

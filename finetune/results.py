@@ -299,6 +299,15 @@ class Registration:
 
 
 @dataclass
+class Promotion:
+    """A registry's production pointer moved: ``version`` of ``name`` serves now, ``previous`` did before."""
+
+    name: str
+    version: str
+    previous: Optional[str] = None
+
+
+@dataclass
 class SelectionOutcome:
     """:func:`finetune.registry.select_and_register`'s result on either launcher."""
 
@@ -325,7 +334,7 @@ class RegisteredChoice:
     model_type: Optional[str] = None  # the registered AML asset's type
     existing: Optional[bool] = None
     content_sha256: Optional[str] = None
-    promoted: Optional[dict] = None  # {"name", "version", "previous"}: staged as Production, no rollout following
+    promoted: Optional[Promotion] = None  # staged as Production with no rollout following
 
     @classmethod
     def of(cls, selection: SelectionResult, registration: Registration, model_type: str) -> "RegisteredChoice":
@@ -340,8 +349,9 @@ class RegisteredChoice:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RegisteredChoice":
-        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__ if key != "selection"},
-                   selection=data.get("selection") or {})
+        promoted = data.get("promoted")
+        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__ if key not in ("selection", "promoted")},
+                   selection=data.get("selection") or {}, promoted=Promotion(**promoted) if promoted else None)
 
     def to_dict(self) -> dict:
         if self.decision != "register":
@@ -358,13 +368,14 @@ class StepRollout:
     status: str  # succeeded | skipped | failed
     choice: RegisteredChoice
     rollout: Optional["RolloutResult"] = None
-    promoted: Optional[dict] = None  # {"name", "version", "previous"}
+    promoted: Optional[Promotion] = None
     reason: Optional[str] = None  # why it was skipped
     error: Optional[str] = None  # why it failed: the endpoint serves what it served before
 
     def to_dict(self) -> dict:
         if self.rollout is not None:
-            return {**self.rollout.to_dict(), "promoted": self.promoted}
+            return {**self.rollout.to_dict(),
+                    "promoted": None if self.promoted is None else dataclasses.asdict(self.promoted)}
         return {"status": self.status, "model": self.choice.to_dict(),
                 **_drop_none({"reason": self.reason, "error": self.error})}
 

@@ -361,7 +361,7 @@ def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, setti
     assert result.rollout.deployment == "v3-test" and result.rollout.deleted == ["blue"]
     # Only a version that serves is Production (AML's counterpart of the local registry's alias).
     model = recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/automotive-sentiment/versions/3"]
-    assert model["properties"]["stage"] == "Production" and result.promoted["version"] == "3"
+    assert model["properties"]["stage"] == "Production" and result.promoted.version == "3"
     assert json.loads((tmp_path / "rollout" / "rollout.json").read_text())["traffic"] == {"v3-test": 100}
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from finetune import registry
 from finetune.errors import UserError
-from finetune.results import SelectionResult
+from finetune.results import Promotion, SelectionResult
 from test_select import make_automl_candidate, write_splits
 
 needs_score_script = pytest.mark.skipif(
@@ -73,7 +73,7 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
     assert json.loads((folder / "sample_request.json").read_text()) == request
     assert (folder / "score.py").read_text() == registry.SCORE_SCRIPT.read_text()
 
-    assert registry.promote("reviews", "1", store) == {"name": "reviews", "version": "1", "previous": None}
+    assert registry.promote("reviews", "1", store) == Promotion("reviews", "1", previous=None)
     production = registry.production("reviews", store, tmp_path / "prod")
     assert production.version == "1" and (registry.Path(production.path) / "model.joblib").is_file()
 
@@ -83,7 +83,7 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
     second = registry.register(candidate, "reviews", store, tags, {"data": [{"text": "Broke in a week."}]})
     assert (second["version"], second["existing"]) == ("2", False)
     assert registry.resolve("reviews", None, store, tmp_path / "alias").version == "1"
-    assert registry.promote("reviews", "2", store)["previous"] == "1"
+    assert registry.promote("reviews", "2", store).previous == "1"
 
 
 def test_missing_models_and_versions_are_user_errors(store, tmp_path):
@@ -142,3 +142,13 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
 
     with pytest.raises(UserError, match="dependency list is unavailable"):
         environment.declared_requirements()
+
+
+def test_a_promotion_survives_the_register_steps_model_ref_json():
+    from finetune.results import RegisteredChoice
+
+    choice = RegisteredChoice(decision="register", reason="beats production", selection={"metric": "auc_weighted"},
+                              name="reviews", version="2", candidate="finetuned", promoted=Promotion("reviews", "2", "1"))
+    written = json.loads(json.dumps(choice.to_dict()))
+    assert written["promoted"] == {"name": "reviews", "version": "2", "previous": "1"}
+    assert RegisteredChoice.from_dict(written) == choice

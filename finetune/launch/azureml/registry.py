@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from finetune.results import Promotion
 from finetune.serve.rollout import ModelRef
 
 PRODUCTION_STAGE = "Production"
@@ -73,7 +74,7 @@ class AmlRegistry:
         folder = markers[0].parent if markers else dst_dir
         return ModelRef(name=self.name, version=str(version), path=str(folder.resolve()))
 
-    def promote(self, version: str) -> dict:
+    def promote(self, version: str) -> Promotion:
         """Stage ``version`` as Production and archive the previous production version."""
         previous = self.production_version()
         for number, stage in ((previous, ARCHIVED_STAGE), (str(version), PRODUCTION_STAGE)):
@@ -82,4 +83,4 @@ class AmlRegistry:
             model = self.ml_client.models.get(name=self.name, version=number)
             model.stage = stage
             self.ml_client.models.create_or_update(model)
-        return {"name": self.name, "version": str(version), "previous": previous}
+        return Promotion(self.name, str(version), previous)
