@@ -55,8 +55,9 @@ def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Option
 
     ``balanced``: n / (k * n_c), every class weighs as much in total (scikit-learn's "balanced").
     ``auto`` is ``balanced`` for classes: with it the fine-tuned MiniLM reaches test F1 macro 0.42 on five star
-    ratings (the square root of these weights left it at 0.22, nearly always the majority star) and finds 7 of 11
-    test negatives on a 4.5 %-negative set (scripts/bench_quality.py; the README's quality table).
+    ratings (with the square root of these weights and 2 epochs it nearly always said the majority star: 0.22)
+    and finds 7 of 11 test negatives on a 4.5 %-negative set (scripts/bench_quality.py; the README's quality
+    table).
     Weights are scaled so that the average weight per training example is 1, so the loss and the learning rate
     keep their usual scale.
     """
