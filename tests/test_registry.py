@@ -145,7 +145,7 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
 
 
 def test_a_promotion_survives_the_register_steps_model_ref_json():
-    from finetune.results import RegisteredChoice
+    from finetune.launch.azureml.step_results import RegisteredChoice
 
     choice = RegisteredChoice(decision="register", reason="beats production", selection={"metric": "auc_weighted"},
                               name="reviews", version="2", candidate="finetuned", promoted=Promotion("reviews", "2", "1"))

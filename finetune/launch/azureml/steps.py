@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from finetune.errors import UserError
-from finetune.results import RegisteredChoice, StepRollout
+from finetune.launch.azureml.step_results import RegisteredChoice, StepRollout
 from finetune.select import FINETUNED
 from finetune.spec import TASKS
 
