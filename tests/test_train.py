@@ -122,6 +122,25 @@ def test_weighted_loss_matches_torch_and_respects_accumulation():
     assert loss({"logits": logits}, labels, num_items_in_batch=6).item() == pytest.approx(per_item.sum().item() / 6)
 
 
+def test_multi_label_loss_is_a_mean_over_texts_under_the_trainers_item_count():
+    import torch
+
+    from finetune.train import weighted_binary_cross_entropy
+
+    logits = torch.tensor([[2.0, -1.0, 0.3], [0.5, 0.2, -2.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    pos_weight = [1.0, 4.0, 9.0]
+    loss = weighted_binary_cross_entropy(pos_weight)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, labels, pos_weight=torch.tensor(pos_weight), reduction="none").mean(dim=1)
+    assert loss({"logits": logits}, labels).item() == pytest.approx(expected.mean().item())
+    # The Trainer counts the label entries that are not -100: 2 texts x 3 labels, or 4 texts under accumulation.
+    entries = int(labels.ne(-100).sum())
+    assert loss({"logits": logits}, labels, num_items_in_batch=entries).item() == pytest.approx(expected.mean().item())
+    assert loss({"logits": logits}, labels, num_items_in_batch=2 * entries).item() == pytest.approx(
+        expected.sum().item() / 4)
+
+
 def test_balanced_weights_move_a_rare_class_up(small_data, tiny_model_dir, tmp_path):
     """Same seed, same data: only the loss weights differ, so the rare class's val recall can only come from them."""
     plain = train(small_data, str(tiny_model_dir), tmp_path / "plain", "--epochs", "1", "--class-weights", "none")
