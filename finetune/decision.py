@@ -21,7 +21,7 @@ The rule is applied by :func:`finetune.serve.score.decide`, the function the end
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics
 
@@ -104,7 +104,11 @@ def choose_label_thresholds(y_val, proba_val, labels: Sequence[str]) -> dict:
         if truth.sum() == 0 or truth.sum() == len(truth):
             thresholds[str(label)] = 0.5
             continue
-        cuts = _cuts(scores)
+        # Every cut, not MAX_THRESHOLDS quantiles: F1 at all cuts is one sort, and quantiles of all texts leave a
+        # label seen in 0.2 % of them about one cut among its positives (GoEmotions' one-liner: test F1 macro
+        # 0.4622 thinned, 0.4708 exact). The binary rule's smoothing is not used here: a share of all cuts spans
+        # far more texts than a rare label's positives (0.02: test F1 macro 0.4339 on the same model).
+        cuts = _cuts(scores, most=None)
         thresholds[str(label)] = _middle_of_best(cuts, _f1_at_cuts(truth, scores, cuts))
     decision = {"rule": "per_label_thresholds", "thresholds": thresholds}
     at_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, list(labels), decision))["f1_macro"]
@@ -125,14 +129,14 @@ def _f1_at_cuts(truth, scores, cuts):
     return np.divide(2 * hits, total, out=np.zeros(len(cuts)), where=total > 0)
 
 
-def _cuts(scores):
+def _cuts(scores, most: Optional[int] = MAX_THRESHOLDS):
     """Candidate thresholds: midway between neighbouring distinct scores, plus below the lowest and above the
-    highest; thinned to quantiles past MAX_THRESHOLDS."""
+    highest; thinned to quantiles past ``most`` (None: never)."""
     import numpy as np
 
     scores = np.unique(scores)
-    if len(scores) > MAX_THRESHOLDS:
-        scores = np.unique(np.quantile(scores, np.linspace(0, 1, MAX_THRESHOLDS)))
+    if most is not None and len(scores) > most:
+        scores = np.unique(np.quantile(scores, np.linspace(0, 1, most)))
     return np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [(scores[-1] + 1) / 2]])
 
 

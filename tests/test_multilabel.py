@@ -82,6 +82,22 @@ def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
         assert np.allclose(_f1_at_cuts(truth, scores, cuts), expected)
 
 
+def test_a_rare_labels_threshold_is_the_best_of_every_cut():
+    """5,000 val texts, 12 positives: quantiles of all the scores would leave a few cuts among the positives."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    n, positives = 5000, 12
+    truth = np.zeros(n, dtype=np.int64)
+    truth[:positives] = 1
+    scores = np.where(truth == 1, rng.beta(6, 2, n), rng.beta(1, 30, n))
+    scores[positives:positives + 10] = rng.uniform(0.4, 0.9, 10)  # negatives that look positive
+    y, proba = truth[:, None], scores[:, None]
+    chosen = choose_label_thresholds(y, proba, ["rare"])["thresholds"]["rare"]
+    best = max(f1_score(truth, scores >= cut) for cut in np.unique(scores))
+    assert f1_score(truth, scores >= chosen) == pytest.approx(best)
+
+
 def test_a_label_absent_from_val_keeps_one_half():
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     proba = np.array([[0.9, 0.7], [0.2, 0.1], [0.6, 0.2], [0.4, 0.3]])
