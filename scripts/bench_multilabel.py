@@ -102,9 +102,11 @@ def main() -> int:
     print(format_table(rows) + "\n")
     checks = goals(rows)
     print("\n".join(checks))
-    trained = summary.get("training") or {}
-    print(f"\npipeline {summary['bench_duration_s']} s; training {trained.get('duration_s', float('nan')):.0f} s, "
-          f"{trained.get('throughput', {}).get('train_samples_per_s', float('nan')):.1f} samples/s")
+    throughput = (summary.get("training") or {}).get("throughput") or {}
+    runtime = (summary.get("training") or {}).get("runtime") or {}
+    print(f"\npipeline {summary['bench_duration_s']} s; training "
+          f"{throughput.get('train_seconds', float('nan')):.0f} s, "
+          f"{throughput.get('train_samples_per_s', float('nan')):.1f} samples/s on {runtime.get('threads')} thread(s)")
     results_path = work / "bench_multilabel.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results[args.run_name] = {"rows": rows, "goals": checks, "overrides": args.overrides,
