@@ -56,8 +56,7 @@ def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Option
     ``balanced``: n / (k * n_c), every class weighs as much in total (scikit-learn's "balanced").
     ``auto`` is ``balanced`` for classes: with it the fine-tuned MiniLM reaches test F1 macro 0.42 on five star
     ratings (with the square root of these weights and 2 epochs it nearly always said the majority star: 0.22)
-    and finds 7 of 11 test negatives on a 4.5 %-negative set (scripts/bench_quality.py; the README's quality
-    table).
+    and finds 7 of 11 test negatives on a 4.5 %-negative set (scripts/bench_quality.py, README's quality table).
     Weights are scaled so that the average weight per training example is 1, so the loss and the learning rate
     keep their usual scale.
     """
@@ -92,13 +91,9 @@ def label_positive_weights(targets, mode: str) -> Optional[List[float]]:
 
 
 def weighted_binary_cross_entropy(pos_weight: List[float]):
-    """A Trainer ``compute_loss_func``: BCE with logits and a positive weight per label, averaged over labels
-    and then over texts like :func:`weighted_cross_entropy`.
-
-    The Trainer's ``num_items_in_batch`` counts label *entries* that are not -100: k per text for an n x k
-    multi-label target, so the texts are that count / k (dividing by the entries made the loss k times too
-    small: 28 times on GoEmotions, with gradient clipping judged on those small gradients).
-    """
+    """A Trainer ``compute_loss_func``: BCE with logits and a positive weight per label, averaged over labels, then
+    over texts. The Trainer's ``num_items_in_batch`` counts label entries, k per text of an n x k target: texts
+    are that count / k (dividing by the entries made the loss k times too small, 28 times on GoEmotions)."""
     import torch
     import torch.nn.functional as F
 
@@ -108,9 +103,7 @@ def weighted_binary_cross_entropy(pos_weight: List[float]):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
                                                       pos_weight=weight.to(logits.device)).mean(dim=1)
-        if num_items_in_batch is None:
-            return per_item.mean()
-        return per_item.sum() / (num_items_in_batch / labels.shape[-1])
+        return per_item.mean() if num_items_in_batch is None else per_item.sum() / (num_items_in_batch / labels.shape[-1])
 
     return loss
 
