@@ -113,7 +113,7 @@ class TrainingOptions:
     """How a training evaluates, stops and checkpoints: the ``train.<name>`` settings."""
 
     evals_per_epoch: int = setting(1, AT_LEAST_1)
-    # auto (balanced for classes, sqrt of balanced for multi-label) | balanced | none: finetune.train.class_weights.
+    # auto (= balanced, measured best for classes and labels) | balanced | none: finetune.train.class_weights.
     class_weights: str = setting("auto", choices=CLASS_WEIGHTS)
     # Evaluations without a better primary val metric before a run stops; None = 2 for a single run and off in
     # sweeps (the sweep's policy stops trials there; the plan resolves it), 0 = never.

@@ -122,6 +122,16 @@ def test_weighted_loss_matches_torch_and_respects_accumulation():
     assert loss({"logits": logits}, labels, num_items_in_batch=6).item() == pytest.approx(per_item.sum().item() / 6)
 
 
+@pytest.mark.parametrize("mode, expected", [("auto", [3.0, 1 / 3, 3.0]), ("balanced", [3.0, 1 / 3, 3.0]),
+                                            ("none", None)])
+def test_label_positive_weights_are_negatives_over_positives(mode, expected):
+    from finetune.train import label_positive_weights
+
+    targets = [[1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 0]]
+    weights = label_positive_weights(targets, mode)
+    assert weights == (None if expected is None else pytest.approx(expected))
+
+
 def test_multi_label_loss_is_a_mean_over_texts_under_the_trainers_item_count():
     import torch
 
