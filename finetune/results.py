@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
-def _drop_none(data: dict) -> dict:
+def drop_none(data: dict) -> dict:
+    """A section without its unset keys, so a saved result shows only what happened."""
     return {key: value for key, value in data.items() if value is not None}
 
 
@@ -145,7 +146,7 @@ class Candidate:
 
     def to_dict(self) -> dict:
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "extra"}
-        return {**_drop_none(fields), **self.extra}
+        return {**drop_none(fields), **self.extra}
 
 
 # A table row's keys besides its test metrics, in the order summary.json has them.
@@ -179,7 +180,7 @@ class SelectionRow:
         if self.error is not None:
             return {"candidate": self.candidate, "family": self.family, "error": self.error}
         return {"candidate": self.candidate, "family": self.family, **self.test,
-                **_drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
+                **drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
 
 
 @dataclass
@@ -213,7 +214,7 @@ class SelectionResult:
                    "table": [row.to_dict() for row in self.table], "winner": self.winner, "decision": self.decision,
                    "reason": self.reason, "test": {row.candidate: row.test for row in self.scored},
                    "failed": self.failed}
-        return {**section, **_drop_none({"production_version": self.production_version, "recheck": self.recheck})}
+        return {**section, **drop_none({"production_version": self.production_version, "recheck": self.recheck})}
 
     @property
     def scored(self) -> List[SelectionRow]:

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from finetune.results import Promotion
+from finetune.results import Promotion, drop_none
 
 if TYPE_CHECKING:
     from finetune.results import Registration, SelectionResult
@@ -76,6 +76,5 @@ class StepRollout:
         if self.rollout is not None:
             return {**self.rollout.to_dict(),
                     "promoted": None if self.promoted is None else dataclasses.asdict(self.promoted)}
-        why = {"reason": self.reason, "error": self.error}
         return {"status": self.status, "model": self.choice.to_dict(),
-                **{key: value for key, value in why.items() if value is not None}}
+                **drop_none({"reason": self.reason, "error": self.error})}
