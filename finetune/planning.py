@@ -106,7 +106,7 @@ def registered_model_name(dataset: DatasetConfig) -> str:
 def check_select(plan: RunPlan) -> List[str]:
     from finetune.select import check_config
 
-    return check_config(plan.select)
+    return check_config(plan.select, plan.dataset.task)
 
 
 def check_automl(plan: RunPlan) -> List[str]:

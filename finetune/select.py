@@ -33,11 +33,11 @@ BATCH_SIZE = 32  # texts per forward pass
 CHUNK = 512  # texts per tokenizer call
 
 
-def check_config(select_cfg) -> list[str]:
-    """Problems with the select settings."""
+def check_config(select_cfg, task: str = "auto") -> list[str]:
+    """Problems with the select settings for ``task`` (auto: the data stage decides)."""
     from finetune.decision import check_config as check_decision
 
-    problems = check_decision(select_cfg.decision_metric, select_cfg.multiclass_rule)
+    problems = check_decision(select_cfg.decision_metric, select_cfg.multiclass_rule, task)
     if select_cfg.margin < 0:
         problems.append(f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
                         "production with a worse model)")
@@ -97,8 +97,9 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     gets ``{"family", "error"}`` instead, so one broken candidate does not stop the others. With
     ``proba_dir``, the true label ids go to ``test_labels.npy`` and each candidate's probabilities to
     ``<name>_test_proba.npy`` (paths under ``test_labels`` / ``test_proba``) for the report's plots.
-    ``task="multi_label"``: targets are 0/1 label matrices, the rule is per-label thresholds
-    (:func:`finetune.decision.choose_label_thresholds`) and ``test_argmax`` holds the metrics at 0.5.
+    ``task="multi_label"``: targets are 0/1 label matrices, the rule is per-label thresholds for
+    ``decision["metric"]`` (:func:`finetune.decision.choose_label_thresholds`) and ``test_argmax`` holds the
+    metrics at 0.5.
     """
     import numpy as np
 
@@ -130,7 +131,7 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
             rule = info.get("decision") or scorer.decision
             if val_texts is not None and name not in keep_decision:
                 proba_val = scorer_proba(scorer, val_texts)[:, columns]
-                rule = (choose_label_thresholds(y_val, proba_val, labels) if task == "multi_label"
+                rule = (choose_label_thresholds(y_val, proba_val, labels, decision["metric"]) if task == "multi_label"
                         else choose_decision(y_val, proba_val, labels, **decision))
                 info["decision"] = rule
                 (Path(path) / "candidate.json").write_text(json.dumps(info, indent=2))

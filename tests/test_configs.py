@@ -33,7 +33,7 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
         data = tmp_path / "reviews.csv"
         data.write_text("text,label\ngood,pos\nbad,neg\n")
         overrides.append(f"dataset.path={data}")
-    if group == "dataset" and option == "goemotions":
+    if option == "goemotions":  # dataset=goemotions, and the experiment that uses it
         # The bundled sample has the published layout (train/dev/test TSV + labels.txt) of the full data.
         overrides.append(f"dataset.path={CONF.parent / 'data_files' / 'goemotions_sample'}")
     if group == "model" and option != "minilm-l6":

@@ -98,6 +98,46 @@ def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     assert f1_score(truth, scores >= chosen) == pytest.approx(best)
 
 
+def test_micro_f1_thresholds_no_single_label_change_improves_pooled_f1():
+    """select.decision_metric=f1_micro: checked by brute force, every cut of every label, at the chosen thresholds."""
+    from sklearn.metrics import f1_score
+
+    y_val, proba_val = rare_label_scores(4, n=300)
+    # A calibrated, weak rare label: its own F1 is best at a low threshold (answering often), pooled F1 at a
+    # higher one, since a false positive there costs as much as on a frequent, well-predicted label.
+    rng = np.random.default_rng(5)
+    proba_val[:, 2] = rng.beta(1, 8, len(y_val))
+    y_val[:, 2] = rng.random(len(y_val)) < proba_val[:, 2]
+    for_micro = choose_label_thresholds(y_val, proba_val, LABELS, "f1_micro")
+    for_macro = choose_label_thresholds(y_val, proba_val, LABELS, "f1_macro")
+    assert for_micro["metric"] == "f1_micro" and for_macro["metric"] == "f1_macro"
+    thresholds = np.array([for_micro["thresholds"][label] for label in LABELS])
+    chosen = f1_score(y_val, proba_val >= thresholds, average="micro")
+    assert for_micro["val"] == pytest.approx(chosen)
+    at_macro_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, LABELS, for_macro))["f1_micro"]
+    assert chosen > at_macro_rule, "the per-label F1 thresholds are where the pooled search starts"
+    assert for_micro["thresholds"]["it's, odd"] > for_macro["thresholds"]["it's, odd"]
+    for column in range(len(LABELS)):
+        for cut in np.unique(proba_val[:, column]):
+            moved = thresholds.copy()
+            moved[column] = cut
+            assert f1_score(y_val, proba_val >= moved, average="micro") <= chosen + 1e-12
+
+
+def test_decision_metrics_are_checked_for_the_task():
+    from finetune.decision import check_config, choose_decision
+    from finetune.errors import UserError
+
+    assert check_config("f1_micro", "auto", "multi_label") == [] and check_config("f1_micro", "auto", "auto") == []
+    problems = check_config("accuracy", "auto", "multi_label")
+    assert len(problems) == 1 and "select.decision_metric=accuracy" in problems[0] and "f1_micro" in problems[0]
+    assert check_config("f1_micro", "auto", "single_label"), "micro F1 of one label per text is accuracy"
+    with pytest.raises(UserError, match="select.decision_metric=recall_macro"):
+        choose_label_thresholds(*rare_label_scores(0), LABELS, "recall_macro")
+    with pytest.raises(UserError, match="select.decision_metric=f1_micro"):
+        choose_decision([0, 1, 1], [[0.6, 0.4], [0.3, 0.7], [0.2, 0.8]], ["no", "yes"], "f1_micro")
+
+
 def test_a_label_absent_from_val_keeps_one_half():
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     proba = np.array([[0.9, 0.7], [0.2, 0.1], [0.6, 0.2], [0.4, 0.3]])
