@@ -45,22 +45,26 @@ SMOOTHING_SHARE = 0.02
 
 def check_config(metric: str, multiclass_rule: str, task: str = "auto") -> List[str]:
     """Problems with the decision settings for ``task`` (single_label | multi_label | auto: not known yet)."""
-    allowed = {"single_label": DECISION_METRICS, "multi_label": MULTI_LABEL_DECISION_METRICS,
-               "auto": DECISION_METRICS + ("f1_micro",)}.get(task, DECISION_METRICS)
-    problems = []
-    if metric not in allowed:
-        problems.append(f"select.decision_metric={metric}: unknown or not a metric of decided labels"
-                        f"{' for multi-label data' if task == 'multi_label' else ''}; use one of {', '.join(allowed)}")
+    problems = _metric_problems(metric, task)
     if multiclass_rule not in MULTICLASS_RULES:
         problems.append(f"select.multiclass_rule={multiclass_rule}: use one of {', '.join(MULTICLASS_RULES)}")
     return problems
+
+
+def _metric_problems(metric: str, task: str) -> List[str]:
+    allowed = {"single_label": DECISION_METRICS, "multi_label": MULTI_LABEL_DECISION_METRICS,
+               "auto": DECISION_METRICS + ("f1_micro",)}.get(task, DECISION_METRICS)
+    if metric in allowed:
+        return []
+    return [f"select.decision_metric={metric}: unknown or not a metric of decided labels"
+            f"{' for multi-label data' if task == 'multi_label' else ''}; use one of {', '.join(allowed)}"]
 
 
 def _require(metric: str, task: str):
     """With ``dataset.task=auto`` the plan could not tell the task: the data stage's choice is checked here."""
     from finetune.errors import UserError
 
-    problems = check_config(metric, MULTICLASS_RULES[0], task)
+    problems = _metric_problems(metric, task)
     if problems:
         raise UserError(problems[0])
 
@@ -146,19 +150,25 @@ def _pooled_f1_thresholds(y_val, proba_val, thresholds, tunable):
 
     thresholds = thresholds.copy()
     positives = y_val.sum()
+    # A label's hits and answers at each of its cuts do not depend on the other labels' thresholds.
+    at_cuts = {}
+    for column in tunable:
+        cuts = _cuts(proba_val[:, column], most=None)
+        at_cuts[column] = (cuts, *_hits_at_cuts(y_val[:, column], proba_val[:, column], cuts))
+    decided = proba_val >= thresholds
     for _ in range(MAX_ROUNDS):
         moved = False
         for column in tunable:
-            decided = proba_val >= thresholds
-            scores, truth = proba_val[:, column], y_val[:, column]
-            hits_elsewhere = (decided & (y_val == 1)).sum() - (decided[:, column] & (truth == 1)).sum()
-            answered_elsewhere = decided.sum() - decided[:, column].sum()
-            now = 2 * (hits_elsewhere + (decided[:, column] & (truth == 1)).sum()) / (decided.sum() + positives)
-            cuts = _cuts(scores, most=None)
-            hits, answered = _hits_at_cuts(truth, scores, cuts)
+            cuts, hits, answered = at_cuts[column]
+            hits_here = (decided[:, column] & (y_val[:, column] == 1)).sum()
+            answered_here = decided[:, column].sum()
+            hits_elsewhere = (decided & (y_val == 1)).sum() - hits_here
+            answered_elsewhere = decided.sum() - answered_here
+            now = 2 * (hits_elsewhere + hits_here) / (answered_elsewhere + answered_here + positives)
             pooled = 2 * (hits_elsewhere + hits) / (answered_elsewhere + answered + positives)
             if pooled.max() > now + 1e-12:
                 thresholds[column], moved = _middle_of_best(cuts, pooled), True
+                decided[:, column] = proba_val[:, column] >= thresholds[column]
         if not moved:
             break
     return thresholds

@@ -103,6 +103,9 @@ def test_multirun_dry_run_prints_one_plan_each(capsys, tmp_path):
         (["train.class_weights=inverse"], "train.class_weights=inverse: use one of auto, balanced, none"),
         (["train.early_stopping_patience=-1"], "train.early_stopping_patience=-1: must be >= 0"),
         (["select.decision_metric=auc_weighted"], "select.decision_metric=auc_weighted: unknown or not a metric"),
+        (["select.decision_metric=f1_micro"], "select.decision_metric=f1_micro: unknown or not a metric"),
+        (["dataset=goemotions_sample", "select.decision_metric=accuracy"],
+         "select.decision_metric=accuracy: unknown or not a metric of decided labels for multi-label data"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch, args, message):
@@ -203,7 +206,7 @@ def test_info_shows_the_search_path_and_chosen_options(capsys, tmp_path):
     assert "experiment   quick" in out and "search       none" in out
 
 
-@pytest.mark.parametrize("name", ["quick", "aml_reference", "gpu"])
+@pytest.mark.parametrize("name", ["quick", "aml_reference", "gpu", "goemotions"])
 def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypatch):
     from finetune.cli import compose
     from finetune.planning import build_plan
@@ -211,8 +214,11 @@ def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypat
     overrides = [f"experiment={name}", f"output_root={tmp_path}"]
     cfg = compose(overrides, {})
     expected = {"quick": ("minilm-l6", "local", "none", 300), "aml_reference": ("bert-base-cased", "a100", "random", None),
-                "gpu": ("bert-base-cased", "local", "random", None)}[name]
+                "gpu": ("bert-base-cased", "local", "random", None),
+                "goemotions": ("minilm-l6", "local", "none", None)}[name]
     assert (cfg.model.name, cfg.compute.name, cfg.search.sampling, cfg.dataset.sample) == expected
+    if name == "goemotions":
+        assert (cfg.dataset.name, cfg.dataset.task, cfg.model.epochs) == ("goemotions", "multi_label", 5)
     if name == "quick":
         assert build_plan(cfg, overrides, "q").stages == ["data", "train", "automl", "select", "register", "deploy"]
 
