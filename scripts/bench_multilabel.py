@@ -8,8 +8,9 @@ on the same prepared splits:
   one-vs-rest LR, C=4, thresholds on dev     the one-liner of the goal (micro F1 0.538 / macro 0.466 here)
 and prints test micro/macro F1, AUC_weighted, subset accuracy and Hamming loss, with the issue's goals:
 the fine-tuned model's shipped decisions >= the one-liner + 0.02 on micro and macro F1, the AutoML candidate
->= the one-liner. Rows "for f1_micro" show the one-liner and the fine-tuned model with thresholds chosen for
-pooled F1 instead (``select.decision_metric=f1_micro``).
+>= the one-liner. A row "for f1_micro" shows the one-liner with thresholds chosen for pooled F1
+(``select.decision_metric=f1_micro``), and a row "for <metric>" the fine-tuned model with the decision metric
+its run did not ship (f1_micro or f1_macro).
 
     python scripts/bench_multilabel.py --data /path/to/goemotions             # full published split
     python scripts/bench_multilabel.py --data /path/to/goemotions model.epochs=3 model.learning_rate=1e-4
@@ -27,6 +28,7 @@ from pathlib import Path
 from bench_quality import REPO, run_pipeline  # sibling script: puts this checkout first on sys.path
 
 GOAL_MARGIN = 0.02
+ONE_LINER = "one-liner: one-vs-rest LR C=4, thresholds on dev"
 COLUMNS = ("f1_micro", "f1_macro", "auc_weighted", "accuracy", "hamming_loss")
 
 
@@ -46,27 +48,28 @@ def baselines(data_dir: Path, labels: list[str]) -> dict:
     proba_val, proba = strong.predict_proba(val[0]), strong.predict_proba(test[0])
     for metric in ("f1_macro", "f1_micro"):
         rule = choose_label_thresholds(val[1], proba_val, labels, metric)
-        name = "one-liner: one-vs-rest LR C=4, thresholds on dev" + ("" if metric == "f1_macro" else f" for {metric}")
-        rows[name] = multi_label_metrics(test[1], proba, decide(proba, labels, rule), labels=labels)
+        rows[ONE_LINER + ("" if metric == "f1_macro" else f" for {metric}")] = multi_label_metrics(
+            test[1], proba, decide(proba, labels, rule), labels=labels)
     return rows
 
 
-def finetuned_for_micro(data_dir: Path, labels: list[str], candidate: str) -> dict:
-    """The fine-tuned candidate's test metrics with thresholds chosen on dev for pooled F1
-    (``select.decision_metric=f1_micro``): the same model, the other decision."""
+def finetuned_other_rule(data_dir: Path, labels: list[str], candidate: str, shipped_metric: str) -> dict:
+    """The fine-tuned candidate's test metrics with thresholds chosen on dev for the decision metric its run did
+    not ship (f1_micro after f1_macro, else f1_macro): the same model, the other decision."""
     from finetune.data import read_multi_label_split
     from finetune.decision import choose_label_thresholds
     from finetune.metrics import multi_label_metrics
     from finetune.select import load_scorer, scorer_proba
     from finetune.serve.score import decide
 
+    metric = "f1_macro" if shipped_metric == "f1_micro" else "f1_micro"
     scorer = load_scorer(candidate)
     columns = [scorer.labels.index(label) for label in labels]
     (val_texts, y_val), (test_texts, y_test) = (read_multi_label_split(data_dir / f"{split}.csv", labels)
                                                 for split in ("val", "test"))
     proba_val, proba = (scorer_proba(scorer, texts)[:, columns] for texts in (val_texts, test_texts))
-    rule = choose_label_thresholds(y_val, proba_val, labels, "f1_micro")
-    return {"fine-tuned, thresholds on dev for f1_micro": multi_label_metrics(
+    rule = choose_label_thresholds(y_val, proba_val, labels, metric)
+    return {f"fine-tuned, thresholds on dev for {metric}": multi_label_metrics(
         y_test, proba, decide(proba, labels, rule), labels=labels)}
 
 
@@ -77,10 +80,13 @@ def pipeline_rows(summary: dict) -> dict:
     rows = {}
     if "finetuned" in table:
         rows["fine-tuned at 0.5"] = table["finetuned"]["test_argmax"]
-        rows[f"fine-tuned, shipped ({describe(table['finetuned']['decision'])})"] = summary["selection"]["test"]["finetuned"]
+        decision = table["finetuned"]["decision"]
+        rows[f"fine-tuned, shipped for {decision.get('metric', 'f1_macro')} ({describe(decision)})"] = \
+            summary["selection"]["test"]["finetuned"]
     if "automl" in table:
         best = summary["candidates"]["automl"].get("best_estimator")
-        rows[f"AutoML candidate ({best}), shipped"] = summary["selection"]["test"]["automl"]
+        metric = table["automl"]["decision"].get("metric", "f1_macro")
+        rows[f"AutoML candidate ({best}), shipped for {metric}"] = summary["selection"]["test"]["automl"]
     return rows
 
 
@@ -91,19 +97,32 @@ def format_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def goals(rows: dict) -> list[str]:
-    anchor = next(metrics for name, metrics in rows.items() if name.startswith("one-liner"))
+def one_liner_row(rows: dict, metric: str) -> dict:
+    return rows[ONE_LINER + ("" if metric == "f1_macro" else f" for {metric}")]
+
+
+def goals(rows: dict, shipped_metric: str) -> list[str]:
+    """The issue's goals. The fine-tuned model's shipped decisions are held against the one-liner the issue
+    defines (per-label thresholds for each label's own F1) and, where the run shipped another decision metric,
+    also against the one-liner at that metric. The AutoML candidate ships the run's decision metric, so it is
+    held against the one-liner at that metric: the comparison is between models, at equal decisions."""
+    def check(who: str, value: float, target: float, anchor: str) -> str:
+        return f"{who} {value:.4f} >= {anchor} = {target:.4f}: " + ("met" if value >= target - 1e-12 else "NOT met")
+
+    issue_anchor, same_rule = one_liner_row(rows, "f1_macro"), one_liner_row(rows, shipped_metric)
     lines = []
     for name, metrics in rows.items():
-        if name.startswith("fine-tuned, shipped"):  # the default decision (select.decision_metric=f1_macro)
-            for metric in ("f1_micro", "f1_macro"):
-                target = anchor[metric] + GOAL_MARGIN
-                lines.append(f"fine-tuned {metric} {metrics[metric]:.4f} >= one-liner + {GOAL_MARGIN} = {target:.4f}: "
-                             + ("met" if metrics[metric] >= target else "NOT met"))
-        if name.startswith("AutoML"):
-            for metric in ("f1_micro", "f1_macro"):
-                lines.append(f"AutoML {metric} {metrics[metric]:.4f} >= one-liner {anchor[metric]:.4f}: "
-                             + ("met" if metrics[metric] >= anchor[metric] - 1e-12 else "NOT met"))
+        for metric in ("f1_micro", "f1_macro"):
+            if name.startswith("fine-tuned, shipped"):
+                lines.append(check(f"fine-tuned {metric}", metrics[metric], issue_anchor[metric] + GOAL_MARGIN,
+                                   f"one-liner + {GOAL_MARGIN}"))
+                if shipped_metric != "f1_macro":
+                    lines.append(check(f"  (at equal decisions) fine-tuned {metric}", metrics[metric],
+                                       same_rule[metric] + GOAL_MARGIN,
+                                       f"one-liner for {shipped_metric} + {GOAL_MARGIN}"))
+            if name.startswith("AutoML"):
+                lines.append(check(f"AutoML {metric}", metrics[metric], same_rule[metric],
+                                   f"one-liner for {shipped_metric}"))
     return lines
 
 
@@ -128,10 +147,12 @@ def main() -> int:
     labels = summary["data"]["labels"]
     data_dir = work / args.run_name / "data"
     rows = {**baselines(data_dir, labels), **pipeline_rows(summary)}
+    shipped_metric = summary["selection"]["table"][0]["decision"].get("metric", "f1_macro")
     if "finetuned" in summary.get("candidates", {}):
-        rows.update(finetuned_for_micro(data_dir, labels, summary["candidates"]["finetuned"]["path"]))
+        rows.update(finetuned_other_rule(data_dir, labels, summary["candidates"]["finetuned"]["path"],
+                                         shipped_metric))
     print(format_table(rows) + "\n")
-    checks = goals(rows)
+    checks = goals(rows, shipped_metric)
     print("\n".join(checks))
     throughput = (summary.get("training") or {}).get("throughput") or {}
     runtime = (summary.get("training") or {}).get("runtime") or {}

@@ -218,7 +218,8 @@ def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypat
                 "goemotions": ("minilm-l6", "local", "none", None)}[name]
     assert (cfg.model.name, cfg.compute.name, cfg.search.sampling, cfg.dataset.sample) == expected
     if name == "goemotions":
-        assert (cfg.dataset.name, cfg.dataset.task, cfg.model.epochs) == ("goemotions", "multi_label", 5)
+        assert (cfg.dataset.name, cfg.dataset.task, cfg.model.epochs, cfg.select.decision_metric) == \
+            ("goemotions", "multi_label", 5, "f1_micro")
     if name == "quick":
         assert build_plan(cfg, overrides, "q").stages == ["data", "train", "automl", "select", "register", "deploy"]
 
