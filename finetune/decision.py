@@ -147,8 +147,6 @@ def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str
 def _pooled_f1_thresholds(y_val, proba_val, thresholds, tunable):
     """Thresholds that maximise micro F1, one label at a time with the others fixed (each step cannot lower
     it), from the per-label thresholds, until a round moves none."""
-    import numpy as np
-
     thresholds = thresholds.copy()
     positives = y_val.sum()
     # A label's hits and answers at each of its cuts do not depend on the other labels' thresholds.
@@ -156,20 +154,23 @@ def _pooled_f1_thresholds(y_val, proba_val, thresholds, tunable):
     for column in tunable:
         cuts = _cuts(proba_val[:, column], most=None)
         at_cuts[column] = (cuts, *_hits_at_cuts(y_val[:, column], proba_val[:, column], cuts))
+    truth = y_val == 1
     decided = proba_val >= thresholds
+    # Pooled counts, kept up to date as columns move rather than recounted over the whole matrix per label.
+    hits_total, answered_total = (decided & truth).sum(), decided.sum()
     for _ in range(MAX_ROUNDS):
         moved = False
         for column in tunable:
             cuts, hits, answered = at_cuts[column]
-            hits_here = (decided[:, column] & (y_val[:, column] == 1)).sum()
-            answered_here = decided[:, column].sum()
-            hits_elsewhere = (decided & (y_val == 1)).sum() - hits_here
-            answered_elsewhere = decided.sum() - answered_here
-            now = 2 * (hits_elsewhere + hits_here) / (answered_elsewhere + answered_here + positives)
+            hits_elsewhere = hits_total - (decided[:, column] & truth[:, column]).sum()
+            answered_elsewhere = answered_total - decided[:, column].sum()
+            now = 2 * hits_total / (answered_total + positives)
             pooled = 2 * (hits_elsewhere + hits) / (answered_elsewhere + answered + positives)
             if pooled.max() > now + 1e-12:
                 thresholds[column], moved = _middle_of_best(cuts, pooled), True
                 decided[:, column] = proba_val[:, column] >= thresholds[column]
+                hits_total = hits_elsewhere + (decided[:, column] & truth[:, column]).sum()
+                answered_total = answered_elsewhere + decided[:, column].sum()
         if not moved:
             break
     return thresholds
