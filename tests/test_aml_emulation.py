@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aml_recorder import build
+from amlemu.recorder import build
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "aml_emulate.py"

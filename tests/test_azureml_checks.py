@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from aml_recorder import build, guard_network
+from amlemu.recorder import build, guard_network
 from finetune.cli import compose
 from finetune.errors import ConfigProblems
 from finetune.planning import build_plan

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aml_recorder import guard_network
+from amlemu.recorder import guard_network
 from finetune.cli import main
 
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aml_recorder import build, guard_network, normalise
+from amlemu.recorder import build, guard_network, normalise
 
 GOLDEN = Path(__file__).parent / "golden" / "azureml"
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100", "dry_run=true"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aml_recorder import build, guard_network
+from amlemu.recorder import build, guard_network
 from finetune.errors import ConfigProblems
 
 AML = ["model=bert-base-cased", "search=bandit", "compute=a100", "dry_run=true"]
@@ -197,8 +197,7 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
     sets = [ast.literal_eval(cell) for cell in frame["label"]]
     # AutoML NLP's multi-label wrapper as the emulator describes it; one classifier per label, the classes in the
     # reverse of the run's label order: the step reorders them.
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
-    aml_emulate = importlib.import_module("aml_emulate")
+    aml_emulate = importlib.import_module("amlemu.emulator")
     model = aml_emulate.PerLabelModel({label: Pipeline([
         ("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
         ("clf", LogisticRegression(max_iter=200))]).fit(frame[["text"]], [label in s for s in sets])

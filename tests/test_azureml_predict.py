@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aml_recorder import build, guard_network
+from amlemu.recorder import build, guard_network
 
 ONNX_PLAN = ["model=bert-base-cased", "search=none", "compute=cpu", "endpoint=managed", "endpoint.runtime=onnx-int8",
              "automl=none", "dry_run=true"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import aml_recorder
-from aml_recorder import RecorderServer, build, guard_network
+from amlemu import recorder as aml_recorder
+from amlemu.recorder import RecorderServer, build, guard_network
 from finetune.cli import main
 
 WORKSPACE = [f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
