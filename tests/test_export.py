@@ -65,11 +65,17 @@ def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, t
     assert reference._scorer.runtime == "torch"
     # The head makes confident, varied predictions: a broken runtime could not match them by chance.
     assert torch_proba.max() > 0.9 and len(set(reference.decided_labels(torch_proba, LABELS, None))) == 2
-    for runtime, tolerance in (("onnx", 1e-4), ("onnx-int8", 0.05)):
+    # On this tiny overfit model int8's error reaches 0.08 (mean 0.035; transformers 5.25, onnxruntime 1.23-1.32),
+    # largest where the sigmoid is steepest; so int8 is held to bounds with that headroom and to torch's
+    # decisions wherever torch is not on the fence. Its quality on a real model is bench_score.py's to measure.
+    confident = np.abs(torch_proba[:, 1] - 0.5) > 0.2
+    for runtime, max_error, mean_error in (("onnx", 1e-4, 1e-4), ("onnx-int8", 0.12, 0.05)):
         score = load_score(monkeypatch, exported[runtime], FINETUNE_MAX_BATCH="4")
         assert score._scorer.runtime == runtime
         proba = score._scorer.predict_proba(texts)
-        assert np.abs(proba - torch_proba).max() < tolerance, runtime
+        error = np.abs(proba - torch_proba)
+        assert error.max() < max_error and error.mean() < mean_error, (runtime, error.max(), error.mean())
+        assert (proba.argmax(axis=1) == torch_proba.argmax(axis=1))[confident].all(), runtime
         body = score.run(request)
         # run() applies the one decision rule to this runtime's probabilities.
         assert [p["label"] for p in body["predictions"]] == score.decided_labels(proba, LABELS, None)
