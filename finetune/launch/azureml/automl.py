@@ -100,7 +100,7 @@ def test_step(plan: "RunPlan", code: str, environment):
     return command(
         name="test_automl",
         display_name="test AutoML's best model",
-        description="score the AutoML best model on the test split with finetune.metrics",
+        description="choose the AutoML best model's decision rule on val, score it on test, package it",
         command=("python -m finetune.launch.azureml.steps test-automl --model ${{inputs.model}} "
                  "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
                  "--settings ${{inputs.settings}} --task %s --output-dir ${{outputs.%s}}"
