@@ -442,7 +442,8 @@ class Emulation:
 
     def describe_outputs(self, name: str, outputs: dict) -> str:
         for out in outputs.values():
-            for file in ("model_ref.json", "rollout.json", "result.json"):
+            # The deploy step writes model_ref.json (the version now in Production) beside rollout.json.
+            for file in ("rollout.json", "model_ref.json", "result.json"):
                 path = out / file
                 if path.is_file():
                     data = json.loads(path.read_text(encoding="utf-8"))
