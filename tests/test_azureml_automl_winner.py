@@ -197,3 +197,31 @@ def test_standin_writes_automl_s_mlflow_layout(tmp_path):
     flavors = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
     assert set(flavors) == {"python_function", "sklearn"} and flavors["python_function"]["loader_module"] == "mlflow.sklearn"
     assert {"model.pkl", "conda.yaml", "requirements.txt", "STAND_IN.txt"} <= {p.name for p in folder.iterdir()}
+
+
+def test_predict_without_the_automl_runtime_says_so_in_one_line(automl_package, tmp_path, capsys):
+    """On a machine without AutoML NLP's runtime the package cannot load; the user is told where it can."""
+    import pickle
+    import sys
+
+    from finetune import predict
+
+    _task, folder, _data = automl_package
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "absent_automl_runtime.py").write_text("class Wrapper:\n    pass\n")
+    sys.path.insert(0, str(runtime))
+    try:
+        import absent_automl_runtime
+
+        # A model.pkl whose class lives in a package this Python does not have, as AutoML's does here.
+        (folder / "mlflow_model" / "model.pkl").write_bytes(pickle.dumps(absent_automl_runtime.Wrapper()))
+    finally:
+        sys.path.remove(str(runtime))
+        del sys.modules["absent_automl_runtime"]
+    (tmp_path / "in.csv").write_text("text\ngreat\n")
+    assert predict.main(["--model", str(folder), "--input", str(tmp_path / "in.csv"),
+                         "--output", str(tmp_path / "out.csv"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "No module named 'absent_automl_runtime'" in err
+    assert f"it loads in the environment of {folder / 'mlflow_model' / 'conda.yaml'}" in err

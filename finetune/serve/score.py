@@ -254,7 +254,8 @@ class AutomlScorer:
                 self.pipeline = joblib.load(source)
         except Exception as problem:
             # Unpickling errors name a byte, not the file; the deployment log should say which file it was.
-            raise ValueError(f"cannot load {source}: {type(problem).__name__}: {problem}") from problem
+            needs = f" (it loads in the environment of {source / 'conda.yaml'})" if mlflow_model else ""
+            raise ValueError(f"cannot load {source}: {type(problem).__name__}: {problem}{needs}") from problem
         if not hasattr(self.pipeline, "predict_proba"):
             raise TypeError(f"{source} has no predict_proba")
         self.frame = bool(mlflow_model)
