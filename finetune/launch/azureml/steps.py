@@ -170,9 +170,10 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             settings["sample_request"], Path(scratch), prescored=prescored,
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
-        choice = RegisteredChoice.of(outcome.selection, outcome.registration, model_type="mlflow_model")
-        if outcome.registration.model_ref is not None:  # the registered copy, downloaded into scratch
-            choice.environment = model_environment(Path(outcome.registration.model_ref.path))
+    choice = RegisteredChoice.of(outcome.selection, outcome.registration, model_type="mlflow_model")
+    if choice.decision == "register" and choice.candidate in prescored:
+        # The package registered as is (plus score.py): it serves in its MLflow model's own environment.
+        choice.environment = model_environment(Path(prescored[choice.candidate]["path"]))
     if choice.decision == "register" and not settings.get("deploy"):
         # No rollout follows: the registered version is production now, as the local launcher does.
         choice.promoted = model_registry.promote(choice.version)
