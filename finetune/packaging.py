@@ -7,7 +7,8 @@
   ``probability_<label>`` out). ``mlflow.pyfunc.load_model("models:/<name>@production")`` loads it, and
   AML accepts the folder as an ``mlflow_model`` asset (the MLmodel file at its root is what AML checks,
   https://learn.microsoft.com/azure/machine-learning/how-to-manage-models-mlflow).
-  The environment is the serving one of the candidate's runtime (:func:`finetune.environment.serving_conda_spec`).
+  The environment is the serving one of the candidate's runtime (:func:`finetune.environment.serving_conda_spec`),
+  or the own environment of the MLflow model a candidate wraps (AML AutoML's best model, :func:`model_environment`).
 - ``README.md``: a model card with Hugging Face metadata (base model, dataset and its hash, test metrics at
   the shipped decision rule, runtime, intended use, limits).
 - ``sample_request.json``: what the rollout's smoke test sends.
@@ -35,11 +36,31 @@ def runtime_of(candidate: dict) -> str:
     return candidate.get("runtime", "torch") if candidate.get("family") == "hf" else "automl"
 
 
+def model_environment(folder: Path, candidate: dict) -> Optional[dict]:
+    """The conda environment of the MLflow model a candidate wraps (``mlflow_model`` in candidate.json), or None.
+
+    AML AutoML NLP writes its best model's environment next to it (``conda.yaml``: its Python, numpy/pandas
+    pins, ``azureml-automl-dnn-nlp``, ``azureml-defaults`` with the inference server, ``mlflow-skinny``;
+    ``AutoMLNLPCondaPackagesList``/``AutoMLNLPPipPackagesList`` of azureml-automl-core), and Microsoft's
+    manual deployment of an AutoML model uses exactly that file as the deployment's environment
+    (https://learn.microsoft.com/azure/machine-learning/how-to-deploy-automl-endpoint, "Deploy manually"):
+    the model loads nowhere else, so the package serves in it."""
+    import yaml
+
+    if not candidate.get("mlflow_model"):
+        return None
+    path = Path(folder) / candidate["mlflow_model"] / "conda.yaml"
+    if not path.is_file():
+        raise ValueError(f"{path.parent} is named by candidate.json as its MLflow model but has no conda.yaml")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
 def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict] = None,
                         conda: Optional[dict] = None) -> None:
     """Add score.py, the MLflow model files, sample_request.json and the model card to ``folder``.
 
-    ``conda``: the serving environment (default: the one of the candidate's runtime, built here)."""
+    ``conda``: the serving environment (default: the one of the candidate's runtime, built here); a wrapped
+    MLflow model's own environment (:func:`model_environment`) comes before both."""
     from finetune.environment import serving_conda_spec
     from finetune.serve.score import read_candidate
 
@@ -48,8 +69,8 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     texts = [item["text"] for item in sample_request.get("data", [])][:3] or ["an example review"]
     write_mlflow_model(folder, [str(label) for label in candidate["labels"]],
-                       conda or serving_conda_spec(runtime_of(candidate)), texts,
-                       multi_label=candidate.get("task") == "multi_label")
+                       model_environment(folder, candidate) or conda or serving_conda_spec(runtime_of(candidate)),
+                       texts, multi_label=candidate.get("task") == "multi_label")
     (folder / "README.md").write_text(model_card(candidate, card or {}), encoding="utf-8")
 
 
@@ -101,6 +122,12 @@ def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example
             shutil.move(str(path), str(target))
 
 
+def _kind(candidate: dict) -> str:
+    if candidate.get("family") == "hf":
+        return "fine-tuned transformer"
+    return "AML AutoML NLP model" if candidate.get("mlflow_model") else "TF-IDF AutoML pipeline"
+
+
 def model_card(candidate: dict, card: dict) -> str:
     """README.md with Hugging Face model-card metadata (YAML front matter) and the facts a user needs.
 
@@ -134,7 +161,7 @@ def model_card(candidate: dict, card: dict) -> str:
                                      for name, value in metrics.items() if isinstance(value, (int, float))]}]}]
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
              f"# {card.get('name') or 'Text classifier'}", "",
-             f"A {'fine-tuned transformer' if candidate.get('family') == 'hf' else 'TF-IDF AutoML pipeline'} that "
+             f"A {_kind(candidate)} that "
              f"classifies a text as one of: {', '.join(labels)}.", "",
              "## Use", "",
              "Intended use: classifying short English product-review-like texts into the labels above, as a "

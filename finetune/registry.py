@@ -130,7 +130,9 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, cond
         raise UserError(f"{candidate_dir}: not a candidate (no candidate.json)")
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(candidate_dir, folder, ignore=lambda _dir, names: [n for n in names if n in GENERATED])
+    # Only the top level's generated files are stale: a wrapped MLflow model's own MLmodel and conda.yaml stay.
+    shutil.copytree(candidate_dir, folder, ignore=lambda directory, names: [
+        n for n in names if n in GENERATED and Path(directory) == candidate_dir])
     write_serving_files(folder, sample_request, card, conda)
     return folder
 
@@ -379,8 +381,8 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
 
     The production model of ``model_registry`` is downloaded and re-scored on this run's test split next to
     ``candidates`` (``{name: candidate folder}``); ``prescored`` adds candidates scored elsewhere
-    (``{name: {"result": evaluate-style entry, "path": folder to register as is}}``: AML AutoML's MLflow model,
-    which only AutoML's runtime can load). With ``val_csv``, each of ``candidates`` first gets its decision
+    (``{name: {"result": evaluate-style entry, "path": candidate folder}}``: AML AutoML's MLflow model packaged
+    by the AutoML test step, which only AutoML's runtime can load, with the rule it chose on val). With ``val_csv``, each of ``candidates`` first gets its decision
     rule chosen on val (``select_cfg.decision_metric``, ``multiclass_rule``; written into its candidate.json,
     so the registered copy ships it); production keeps its own, and one whose labels differ from ``labels``
     is refused unless ``select_cfg.replace_incompatible``. :func:`finetune.select.choose` decides with
@@ -390,7 +392,7 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
     from finetune.results import Registration, SelectionOutcome
-    from finetune.select import PRODUCTION, check_production_labels, choose, evaluate
+    from finetune.select import PRODUCTION, check_production_labels, choose, decision_settings, evaluate
 
     out_dir = Path(out_dir)
     current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
@@ -401,10 +403,9 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         production_name = PRODUCTION
         paths[PRODUCTION] = current.path
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
-    decision = {"metric": select_cfg.decision_metric, "multiclass_rule": select_cfg.multiclass_rule,
-                "train_counts": data_info.get("splits", {}).get("train", {}).get("class_counts")}
     task = data_info.get("task", "single_label")
-    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv, decision=decision,
+    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv,
+                       decision=decision_settings(select_cfg, data_info),
                        keep_decision={PRODUCTION}, task=task)
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
@@ -415,12 +416,11 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     winner = selection.winner
     tags = selection_tags(selection, data_info, config, (sources or {}).get(winner))
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
-        if winner in (prescored or {}):
-            folder = Path(scratch) / "model"
-            shutil.copytree(prescored[winner]["path"], folder)
-        else:
-            folder = stage_artifact(Path(paths[winner]), sample_request, Path(scratch) / "model", conda,
-                                    card_facts(config, data_info, selection))
+        # A prescored winner is a candidate folder too (AML AutoML's MLflow model behind a candidate.json): it
+        # ships like any other, with score.py, the pyfunc model and its rule, so every version serves alike.
+        source = prescored[winner]["path"] if winner in (prescored or {}) else paths[winner]
+        folder = stage_artifact(Path(source), sample_request, Path(scratch) / "model", conda,
+                                card_facts(config, data_info, selection))
         registered = register_folder(model_registry, folder, tags, commit,
                                      description=f"{winner}: best test {select_cfg.metric}")
     model_dir = out_dir / "model"

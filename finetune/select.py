@@ -19,9 +19,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from finetune.decision import describe
+from finetune.decision import choose_decision, choose_label_thresholds, describe
 from finetune.errors import UserError
-from finetune.metrics import LOWER_IS_BETTER, METRIC_NAMES, MULTI_LABEL_METRIC_NAMES, metric_names
+from finetune.metrics import LOWER_IS_BETTER, METRIC_NAMES, MULTI_LABEL_METRIC_NAMES, metric_names, task_metrics
 from finetune.results import SelectionResult, SelectionRow
 
 PRODUCTION = "production"
@@ -104,9 +104,6 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     import numpy as np
 
     from finetune.data import read_targets
-    from finetune.decision import choose_decision, choose_label_thresholds
-    from finetune.metrics import task_metrics
-    from finetune.serve.score import decide
 
     texts, y_true = read_targets(test_csv, labels, task)
     y_true = np.asarray(y_true)
@@ -130,16 +127,11 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
             columns = [info["labels"].index(label) for label in labels]
             rule = info.get("decision") or scorer.decision
             if val_texts is not None and name not in keep_decision:
-                proba_val = scorer_proba(scorer, val_texts)[:, columns]
-                rule = (choose_label_thresholds(y_val, proba_val, labels, decision["metric"]) if task == "multi_label"
-                        else choose_decision(y_val, proba_val, labels, **decision))
-                info["decision"] = rule
+                rule = info["decision"] = choose_rule(y_val, scorer_proba(scorer, val_texts)[:, columns], labels,
+                                                      task, decision)
                 (Path(path) / "candidate.json").write_text(json.dumps(info, indent=2))
             proba = scorer_proba(scorer, texts)[:, columns]
-            y_pred = decide(proba, labels, rule)
-            results[name] = {"family": family, "decision": rule or scorer.decision or {"rule": "argmax"},
-                             "test": task_metrics(task, y_true, proba, y_pred, labels=labels),
-                             "test_argmax": task_metrics(task, y_true, proba, labels=labels)}
+            results[name] = {"family": family, **test_at_rule(y_true, proba, labels, task, rule or scorer.decision)}
             if proba_dir is not None:
                 proba_path = proba_dir / f"{name}_test_proba.npy"
                 np.save(proba_path, proba)
@@ -149,6 +141,29 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
             print(f"candidate '{name}' could not be scored: {message}", flush=True)
             results[name] = {"family": family, "error": message}
     return results
+
+
+def decision_settings(select_cfg, data_info: dict) -> dict:
+    """:func:`choose_rule`'s settings from the select config and the prepared data's summary."""
+    return {"metric": select_cfg.decision_metric, "multiclass_rule": select_cfg.multiclass_rule,
+            "train_counts": data_info.get("splits", {}).get("train", {}).get("class_counts")}
+
+
+def choose_rule(y_val, proba_val, labels: list[str], task: str, decision: dict) -> dict:
+    """The decision rule chosen on val (``decision``: :func:`evaluate`'s settings); columns in ``labels`` order."""
+    if task == "multi_label":
+        return choose_label_thresholds(y_val, proba_val, labels, decision["metric"])
+    return choose_decision(y_val, proba_val, labels, **decision)
+
+
+def test_at_rule(y_true, proba, labels: list[str], task: str, rule: Optional[dict]) -> dict:
+    """``decision``, ``test`` (the metrics at ``rule``) and ``test_argmax`` (at argmax, or 0.5 per label) of
+    test-split probabilities: one candidate's entry of :func:`evaluate`, wherever its probabilities came from."""
+    from finetune.serve.score import decide
+
+    return {"decision": rule or {"rule": "argmax"},
+            "test": task_metrics(task, y_true, proba, decide(proba, labels, rule), labels=labels),
+            "test_argmax": task_metrics(task, y_true, proba, labels=labels)}
 
 
 def _score(entry: dict, metric: str) -> float:

@@ -69,3 +69,57 @@ def test_exported_tree_runs_end_to_end_as_aml_would(tree, tmp_path):
     assert rollout["smoke_test"]["response"]["model"] == {"name": "amazon_automotive-sentiment", "version": "1"}
     assert rollout["promoted"]["version"] == "1"
     assert "node" in completed.stdout and "sweep" in completed.stdout  # the node table
+
+
+@pytest.fixture(scope="module")
+def automl_tree(tmp_path_factory, tiny_model_dir):
+    """The issue's "AutoML wins" plan (a T4 plan run on CPU, one trial, AutoML on) with the tiny BERT, which one
+    epoch on 240 reviews leaves far behind the AutoML stand-in."""
+    from finetune.data import prepare
+    from finetune.launch.azureml import export
+
+    out = tmp_path_factory.mktemp("emulated-automl")
+    plan = build(["model=bert-base-cased", f"model.path={tiny_model_dir}", "compute=t4", "compute.device=cpu",
+                  "compute.precision=fp32", "search=random", "search.limits.max_total_trials=1", "dataset.sample=300",
+                  "model.epochs=1", "model.max_length=32", "automl=text_classification", "dry_run=true"], out, "automl")
+    exported = export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data"))
+    return exported.folder
+
+
+@pytest.mark.slow
+def test_automl_winner_is_promoted_rolled_out_and_answers(automl_tree, tmp_path):
+    """test-automl -> register (AutoML chosen and packaged) -> deploy (rollout, smoke test with the contract,
+    Production) -> the registered version loads with finetune.predict and mlflow.pyfunc."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from finetune import predict
+
+    work = tmp_path / "work"
+    completed, nodes = emulate(automl_tree, work)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert list(nodes) == ["sweep", "automl", "test_automl", "register", "deploy"]
+    assert nodes["automl"]["status"] == "stand-in" and "data checks passed" in nodes["automl"]["detail"]
+    assert "(automl)" in nodes["register"]["detail"]
+    labels = ["negative", "positive"]
+
+    deployed = next((work / "jobs").glob("*-deploy/outputs/rollout"))
+    choice = json.loads((deployed / "model_ref.json").read_text())
+    assert choice["candidate"] == "automl" and choice["promoted"]["version"] == choice["version"]
+    rollout = json.loads((deployed / "rollout.json").read_text())
+    assert rollout["status"] == "succeeded"
+    response = rollout["smoke_test"]["response"]
+    assert response["model"] == {"name": choice["name"], "version": choice["version"]}
+    assert all(p["label"] in labels and set(p["probabilities"]) == set(labels) for p in response["predictions"])
+
+    # The version the endpoint serves, as the deployment downloaded it from the workspace's blob store.
+    served = next((work / "deployments").glob("*/model"))
+    candidate = json.loads((served / "candidate.json").read_text())
+    assert candidate["family"] == "automl" and candidate["decision"]["rule"] == "threshold"
+    texts = [item["text"] for item in json.loads((automl_tree / "settings.json").read_text())["sample_request"]["data"]]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "texts.csv", index=False)
+    assert predict.main(["--model", str(served), "--input", str(tmp_path / "texts.csv"),
+                         "--output", str(tmp_path / "scored.csv"), "--no-progress"]) == 0
+    batch = list(pd.read_csv(tmp_path / "scored.csv")["label"])
+    assert batch == [p["label"] for p in response["predictions"]]
+    assert list(mlflow.pyfunc.load_model(str(served)).predict(pd.DataFrame({"text": texts}))["label"]) == batch

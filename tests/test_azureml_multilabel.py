@@ -176,17 +176,13 @@ def test_multi_label_objective_refused_for_single_label_data(capsys, tmp_path):
 
 
 def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
-    import importlib
-    import operator
+    import dataclasses
 
     import cloudpickle
     import mlflow.sklearn
     import pandas as pd
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer
 
+    from amlemu import automl_standin
     from finetune.data import prepare
     from finetune.launch.azureml import steps
 
@@ -195,22 +191,23 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
     assert prepared.task == "multi_label"
     frame = pd.read_csv(prepared.train_path, dtype=str, keep_default_na=False)
     sets = [ast.literal_eval(cell) for cell in frame["label"]]
-    # AutoML NLP's multi-label wrapper as the emulator describes it; one classifier per label, the classes in the
-    # reverse of the run's label order: the step reorders them.
-    aml_emulate = importlib.import_module("amlemu.emulator")
-    model = aml_emulate.PerLabelModel({label: Pipeline([
-        ("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
-        ("clf", LogisticRegression(max_iter=200))]).fit(frame[["text"]], [label in s for s in sets])
-        for label in reversed(prepared.labels)})
-    # By value, as the emulator's own job does: the step loads it without the emulator on its path.
-    cloudpickle.register_pickle_by_value(aml_emulate)
+    # AutoML NLP's multi-label wrapper as the emulator's stand-in has it; one classifier per label, the classes
+    # in the reverse of the run's label order: the step reorders them.
+    model = automl_standin.MultilabelModel({label: automl_standin._classifier(frame["text"], [label in s for s in sets])
+                                            for label in prepared.labels}, ["text"])
+    model.classes_ = list(reversed(prepared.labels))
+    # By value, as the stand-in does: the step loads it without the emulator on its path.
+    cloudpickle.register_pickle_by_value(automl_standin)
     try:
         mlflow.sklearn.save_model(model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"],
                                   serialization_format="cloudpickle")
     finally:
-        cloudpickle.unregister_pickle_by_value(aml_emulate)
+        cloudpickle.unregister_pickle_by_value(automl_standin)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"select": dataclasses.asdict(plan.select), "data": prepared.to_dict()}, default=str))
     code = steps.main(["test-automl", "--model", str(tmp_path / "mlflow_model"), "--test-file",
-                       str(prepared.test_path), "--labels-file", str(prepared.labels_path), "--task", "multi_label",
+                       str(prepared.test_path), "--val-file", str(prepared.path("val")), "--labels-file",
+                       str(prepared.labels_path), "--settings", str(settings), "--task", "multi_label",
                        "--output-dir", str(tmp_path / "out")])
     assert code == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -218,3 +215,6 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
     # Each text names its labels: columns in the wrong order would score near chance.
     assert result["test"]["auc_micro"] > 0.9 and result["test"]["f1_micro"] > 0.8
     assert {"hamming_loss", "f1.anger", "recall.joy"} <= set(result["test"])
+    # Its per-label thresholds were chosen on val, and its package serves them.
+    assert result["decision"]["rule"] == "per_label_thresholds"
+    assert json.loads((tmp_path / "out" / "model" / "candidate.json").read_text())["decision"] == result["decision"]

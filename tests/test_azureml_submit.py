@@ -388,14 +388,6 @@ def test_deploy_step_creates_a_missing_endpoint(server, recorder, monkeypatch, t
     assert endpoint["properties"]["authMode"] == "Key" and endpoint["location"] == "eastus"
 
 
-def test_deploy_step_leaves_an_automl_winner_unserved(server, recorder, tmp_path, settings):
-    from finetune.launch.azureml import steps
-
-    result = steps.deploy(model_ref(tmp_path / "ref", candidate="automl"), str(settings),
-                          str(tmp_path / "rollout"), ml_client=server.ml_client())
-    assert result.status == "skipped" and recorder.requests == []
-
-
 # ------------------------------------------------------------------------------------------- register / test steps
 
 
@@ -412,16 +404,23 @@ def split_files(settings: Path) -> tuple:
     return str(data_dir / "test.csv"), str(data_dir / "labels.json")
 
 
-def automl_output(tmp_path: Path, auc: float) -> tuple:
-    automl_model = tmp_path / "automl_model"
-    automl_model.mkdir(exist_ok=True)
-    (automl_model / "MLmodel").write_text("flavors: {}\n")
+def automl_output(tmp_path: Path, auc: float, settings: Path) -> str:
+    """What the AutoML test step writes for AutoML's best model (the emulator's stand-in of it), with its test
+    metrics set to ``auc`` so that it loses or wins."""
+    from amlemu import automl_standin
+    from finetune.launch.azureml import steps
+
+    tables = settings.parent / "mltable"
+    best_model = tmp_path / "best_model"
+    automl_standin.train(tables / "train", tables / "val", "label", "text_classification", {"best_model": best_model})
+    test_file, labels_file = split_files(settings)
     automl_result = tmp_path / "automl_result"
-    automl_result.mkdir(exist_ok=True)
-    metrics = {name: auc for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                      "precision_weighted", "recall_weighted", "f1_weighted", "auc_weighted")}
-    (automl_result / "result.json").write_text(json.dumps({"family": "automl", "test": metrics}))
-    return str(automl_model), str(automl_result)
+    steps.test_automl(str(best_model), test_file, str(Path(test_file).parent / "val.csv"), labels_file,
+                      str(settings), str(automl_result))
+    result = json.loads((automl_result / "result.json").read_text())
+    result["test"] = {name: auc for name in result["test"]}
+    (automl_result / "result.json").write_text(json.dumps(result))
+    return str(automl_result)
 
 
 @pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "finetuned", "mlflow_model"),
@@ -441,10 +440,10 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
     data, labels = saved["data"], saved["data"]["labels"]
     test_file, labels_file = split_files(settings)
     transformer = transformer_output(tmp_path / "sweep", tiny_model_dir, labels)
-    automl_model, automl_result = automl_output(tmp_path, automl_auc)
+    automl_result = automl_output(tmp_path, automl_auc, settings)
 
     ref = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out"),
-                         automl_model, automl_result, ml_client=server.ml_client())
+                         automl_result, ml_client=server.ml_client())
     assert (ref.candidate, ref.model_type, ref.version, ref.existing) == (winner, model_type, "1", False)
     created = recorder.find("PUT", "models/amazon_automotive-sentiment/versions/1")[0].body["properties"]
     assert created["modelType"] == model_type
@@ -463,6 +462,17 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
         conda = yaml.safe_load(recorder.blob("/model/conda.yaml"))
         assert conda == saved["environment"]["conda_file"]
         assert any(line.startswith("torch==") and line.endswith("+cpu") for line in conda["dependencies"][-1]["pip"])
+        assert ref.environment is None  # it serves in the plan's serving environment
+    else:
+        # AutoML's MLflow model ships inside a package score.py serves, in the model's own environment.
+        import yaml
+
+        candidate = json.loads(recorder.blob("/model/candidate.json"))
+        assert candidate["family"] == "automl" and candidate["mlflow_model"] == "mlflow_model"
+        assert candidate["decision"]["rule"] == "threshold"  # chosen on val by the test step
+        assert recorder.blob("/model/score.py") == SCORE_SCRIPT.read_bytes()
+        own = yaml.safe_load(recorder.blob("/model/mlflow_model/conda.yaml"))
+        assert yaml.safe_load(recorder.blob("/model/conda.yaml")) == own == ref.environment["conda_file"]
     assert json.loads((tmp_path / "out" / "model_ref.json").read_text())["version"] == "1"
     # A rollout follows in this pipeline: the version is not Production until it serves.
     assert "stage" not in recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/amazon_automotive-sentiment/versions/1"][
@@ -470,7 +480,7 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
 
     recorder.clear()  # the same content again: the existing version is reused
     again = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out2"),
-                           automl_model, automl_result, ml_client=server.ml_client())
+                           automl_result, ml_client=server.ml_client())
     assert again.existing is True and again.version == "1"
     assert not recorder.find("PUT", r"models/.+")
 
@@ -508,32 +518,26 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     assert skipped.status == "skipped"
 
 
-def test_test_automl_step_scores_an_mlflow_model(tmp_path, settings):
-    """AutoML's MLflow model scored on the test split with the project's metric function."""
-    import operator
-
-    import mlflow.sklearn
-    import pandas as pd
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer
-
+def test_test_automl_step_packages_an_mlflow_model_with_its_val_rule(tmp_path, settings):
+    """AutoML's MLflow model gets its decision rule chosen on val, is scored on test at it with the project's
+    metric function, and becomes a candidate folder score.py loads."""
+    from amlemu import automl_standin
     from finetune.launch.azureml import steps
+    from finetune.serve.score import load_scorer
 
     data = json.loads(settings.read_text())["data"]
     test_file, labels_file = split_files(settings)
-    frame = pd.read_csv(Path(test_file).parent / "train.csv", dtype=str, keep_default_na=False)
-    # AutoML NLP models take a DataFrame with the text column and know their classes by name.
-    model = Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
-                      ("clf", LogisticRegression(max_iter=200))]).fit(frame[["text"]], frame["label"])
-    mlflow.sklearn.save_model(model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"],
-                             serialization_format="cloudpickle")
+    tables = settings.parent / "mltable"
+    automl_standin.train(tables / "train", tables / "val", "label", "text_classification",
+                         {"best_model": tmp_path / "mlflow_model"})
     # No --python: the step loads the model with the interpreter it runs in (AutoML's runtime image on AML).
-    result = steps.test_automl(str(tmp_path / "mlflow_model"), test_file, labels_file, str(tmp_path / "out"))
+    result = steps.test_automl(str(tmp_path / "mlflow_model"), test_file, str(Path(test_file).parent / "val.csv"),
+                               labels_file, str(settings), str(tmp_path / "out"))
     assert result["rows"] == data["splits"]["test"]["rows"]
-    assert 0.5 < result["test"]["auc_weighted"] <= 1.0
+    assert 0.5 < result["test"]["auc_weighted"] <= 1.0 and result["decision"]["rule"] == "threshold"
     assert json.loads((tmp_path / "out" / "result.json").read_text())["family"] == "automl"
+    scorer = load_scorer(tmp_path / "out" / "model")
+    assert scorer.decision == result["decision"] and scorer.labels == data["labels"]
 
 
 def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch):

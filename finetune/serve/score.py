@@ -4,7 +4,8 @@ The same file serves a model locally (``azmlinfsrv`` behind :class:`finetune.ser
 and on Azure ML, where it is copied next to the registered model and the ``finetune`` package is not
 installed: it imports only the standard library, numpy, the tokenizer (transformers) and the runtime of
 ``hf`` candidates (torch, or onnxruntime for ``onnx``/``onnx-int8``, as ``runtime`` in candidate.json says),
-joblib (``automl`` candidates) and the inference server's ``AMLResponse`` (only to answer a bad request).
+joblib or MLflow (``automl`` candidates: local, or AML AutoML's MLflow model) and the inference server's
+``AMLResponse`` (only to answer a bad request).
 Every caller goes the same two steps: the runtime turns texts into probabilities
 (``load_scorer(folder).predict_proba``), then :func:`decide` turns probabilities into labels. The online
 ``run()``, ``python -m finetune.predict``, the test scoring of ``finetune.select`` and the MLflow pyfunc
@@ -25,18 +26,15 @@ Environment (all optional):
   registered folder model under its own name).
 - ``FINETUNE_MAX_ITEMS`` (64): most texts in one request.
 - ``FINETUNE_MAX_BATCH`` (32): most texts in one forward pass; bounds activation memory, not the request.
-- ``FINETUNE_CHUNK_TOKENS`` (512 per thread): most padded tokens in one forward pass. Texts are sorted by
-  length and cut into chunks under this budget: on the 2-core CPU of this project, 32 reviews as one
-  padded batch ran 2.6x (PyTorch) and 3.5x (int8) slower than the same reviews in ~1024-token chunks
-  (less padding, attention that stays in cache), so a request is never one big padded batch.
+- ``FINETUNE_CHUNK_TOKENS`` (512 per thread): most padded tokens in one forward pass; texts are sorted by
+  length and cut into chunks under this budget (less padding, attention that stays in cache: 2.6-3.5x
+  faster than one padded batch of 32 reviews on this project's 2-core CPU).
 - ``FINETUNE_MAX_BODY_BYTES`` (1000000): largest request body.
 - ``FINETUNE_MAX_LENGTH``: tokens kept per text (else ``max_length`` of candidate.json, else 128, the
   training default: the model never saw longer inputs).
-- ``FINETUNE_NUM_THREADS``: torch / onnxruntime threads (else ``OMP_NUM_THREADS`` if set, else the
-  runtime's default capped by the CPUs this process may use: affinity and cgroup quota). On a machine shared with other busy
-  processes, 1 is often fastest.
-- ``FINETUNE_LOG_REQUESTS`` (off): ``1`` logs request texts; off by default because reviews can hold
-  personal data.
+- ``FINETUNE_NUM_THREADS``: torch / onnxruntime threads (else ``OMP_NUM_THREADS``, else the runtime's default
+  capped by the CPUs this process may use); on a machine shared with busy processes, 1 is often fastest.
+- ``FINETUNE_LOG_REQUESTS`` (off): ``1`` logs request texts (reviews can hold personal data).
 - ``FINETUNE_MODEL_NAME`` / ``FINETUNE_MODEL_VERSION``: reported in responses; else ``registered.json``
   (``{"name", "version"}``) next to candidate.json; else null.
 """
@@ -100,11 +98,8 @@ def _model_info(folder: Path) -> dict:
 
 
 def _cpu_budget(default: int) -> int:
-    """torch's default thread count (physical cores) capped by the CPUs this process may use.
-
-    torch counts the host's cores; a container limited by CPU affinity or a cgroup quota that runs
-    more threads than it has CPUs loses far more to waiting threads than it gains.
-    """
+    """torch's default thread count capped by the CPUs this process may use (affinity, cgroup quota): torch
+    counts the host's cores, and a container running more threads than its CPUs loses far more than it gains."""
     budget = min(default, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else default
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
@@ -161,8 +156,7 @@ class OnnxForward:
 
 
 def _threads(default: int) -> int:
-    """FINETUNE_NUM_THREADS, else OMP_NUM_THREADS (onnxruntime does not read it itself), else ``default``
-    capped by the CPU budget."""
+    """FINETUNE_NUM_THREADS, else OMP_NUM_THREADS (onnxruntime ignores it), else ``default`` within the CPU budget."""
     return _env_int("FINETUNE_NUM_THREADS", 0) or _env_int("OMP_NUM_THREADS", 0) or _cpu_budget(default)
 
 
@@ -200,10 +194,8 @@ class HFScorer:
     def chunks(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Row indices in ascending length, cut where a chunk would pass ``max_batch`` rows or
         ``chunk_tokens`` padded tokens, or be more than a third padding (a single text always fits: it
-        is at most ``max_length`` long).
-
-        The padding cut is for small requests of unequal texts: a short and a long review padded together
-        cost the int8 runtime 15 ms at the median on 2-review requests here, scored apart 12.6 ms.
+        is at most ``max_length`` long). The padding cut is for small requests of unequal texts: a short and a
+        long review padded together cost the int8 runtime 15 ms at the median here, scored apart 12.6 ms.
         """
         order = np.argsort(lengths, kind="stable")
         if not len(order):
@@ -247,25 +239,35 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 class AutomlScorer:
-    """A scikit-learn pipeline from the local AutoML stage: text in, ``predict_proba`` out (for multi-label,
-    a one-vs-rest pipeline whose columns are already the labels in order)."""
+    """The local AutoML stage's scikit-learn pipeline (``model.joblib``, texts in), or AML AutoML NLP's MLflow
+    model in candidate.json's ``mlflow_model`` subfolder through its sklearn flavour (DataFrame of the training
+    columns in; it loads only where its conda.yaml, AutoML NLP's runtime, is installed)."""
 
-    def __init__(self, folder: Path, labels: list[str]):
-        import joblib
-
+    def __init__(self, folder: Path, labels: list[str], mlflow_model: str | None = None):
+        source = folder / (mlflow_model or "model.joblib")
         try:
-            self.pipeline = joblib.load(folder / "model.joblib")
+            if mlflow_model:
+                import mlflow.sklearn
+                self.pipeline = mlflow.sklearn.load_model(str(source))
+            else:
+                import joblib
+                self.pipeline = joblib.load(source)
         except Exception as problem:
             # Unpickling errors name a byte, not the file; the deployment log should say which file it was.
-            raise ValueError(f"cannot load {folder / 'model.joblib'}: {type(problem).__name__}: {problem}") from problem
+            needs = f" (it loads in the environment of {source / 'conda.yaml'})" if mlflow_model else ""
+            raise ValueError(f"cannot load {source}: {type(problem).__name__}: {problem}{needs}") from problem
         if not hasattr(self.pipeline, "predict_proba"):
-            raise TypeError(f"{folder / 'model.joblib'} has no predict_proba")
+            raise TypeError(f"{source} has no predict_proba")
+        self.frame = bool(mlflow_model)
         classes = list(getattr(self.pipeline, "classes_", range(len(labels))))
         # Classes are label ids by contract; a pipeline fitted on label names is mapped by name instead.
-        self.columns = [labels.index(c) if c in labels else int(c) for c in classes]
+        self.columns = [labels.index(str(c)) if str(c) in labels else int(c) for c in classes]
         self.labels = labels
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if self.frame:
+            import pandas as pd
+            texts = pd.DataFrame({"text": texts})
         proba = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         proba[:, self.columns] = np.asarray(self.pipeline.predict_proba(texts))
         return proba
@@ -291,7 +293,7 @@ def load_scorer(folder: Path, max_batch: int | None = None):
                           runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"),
                           multi_label=candidate.get("task") == "multi_label")
     elif family == "automl":
-        scorer = AutomlScorer(folder, labels)
+        scorer = AutomlScorer(folder, labels, candidate.get("mlflow_model"))
     else:
         raise ValueError(f"candidate.json in {folder} has family {family!r}; expected 'hf' or 'automl'")
     scorer.task = candidate.get("task", "single_label")

@@ -31,10 +31,9 @@ emulated here:
   metrics) and the YAML's ``early_termination`` policy is applied with the project's implementation of
   AML's rules (:func:`finetune.search.policies.should_stop`); a stopped trial is cancelled. ``limits``
   (trials, trial_timeout) hold. The sweep's outputs are the best trial's.
-- AutoML: only the service can run AutoML NLP. Its node is replaced by a clearly labelled STAND-IN that
-  writes an MLflow model (TF-IDF + logistic regression) to ``best_model``, the same output contract; for a
-  ``text_classification_multilabel`` node one such classifier per label, read from the MLTable's Python list
-  cells, with the multi-label model wrapper's interface (``classes_`` label names, ``predict_proba`` n x k).
+- AutoML: only the service can run AutoML NLP. Its node is replaced by a clearly labelled STAND-IN
+  (:mod:`.automl_standin`) that reads the MLTables, applies AutoML NLP's data validation and writes
+  ``best_model`` as AutoML's MLflow model (sklearn + python_function flavours, AutoML's wrapper interface).
 - Deployments: when the deploy step's deployment is scored, its registered model and uploaded scoring code
   are read back from the stand-in's blob store and served by the real inference server (azmlinfsrv) with
   the deployment's environment variables.
@@ -61,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from . import automl_standin
 from . import recorder as aml_recorder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,21 +151,6 @@ class NodeResult:
     detail: str = ""
     trials: List[dict] = field(default_factory=list)
     service_calls: Dict[str, int] = field(default_factory=dict)  # what the node's jobs asked the service
-
-
-class PerLabelModel:
-    """The STAND-IN multi-label AutoML model: AutoML NLP's multi-label wrapper answers ``classes_`` (its
-    MultiLabelBinarizer's, sorted) and ``predict_proba(DataFrame)`` as n_rows x n_labels sigmoids. cloudpickle
-    stores this module by value (:meth:`Emulation.automl_node`), so the job loads it without the emulator."""
-
-    def __init__(self, per_label: dict):
-        self.classes_ = list(per_label)
-        self.per_label = per_label
-
-    def predict_proba(self, frame):
-        import numpy as np
-
-        return np.stack([self.per_label[label].predict_proba(frame)[:, 1] for label in self.classes_], axis=1)
 
 
 class EmulationError(Exception):
@@ -457,7 +442,8 @@ class Emulation:
 
     def describe_outputs(self, name: str, outputs: dict) -> str:
         for out in outputs.values():
-            for file in ("model_ref.json", "rollout.json", "result.json"):
+            # The deploy step writes model_ref.json (the version now in Production) beside rollout.json.
+            for file in ("rollout.json", "model_ref.json", "result.json"):
                 path = out / file
                 if path.is_file():
                     data = json.loads(path.read_text(encoding="utf-8"))
@@ -559,49 +545,18 @@ class Emulation:
                          f"{best[1]} {metric}={best[0]:.4f} read back from the azureml:// tracking store")
 
     def automl_node(self, name: str, node: dict, result: NodeResult) -> None:
-        """STAND-IN for AML AutoML NLP (only the service runs it): an MLflow model with its output contract."""
-        import operator
-
-        import mlflow.sklearn
-        import pandas as pd
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import FunctionTransformer
-
+        """STAND-IN for AML AutoML NLP (only the service runs it): :mod:`.automl_standin`."""
         result.environment = "STAND-IN (this Python): AutoML NLP runs only in the service"
         job_dir = self.work / "jobs" / f"automl-stand-in-{name}"
-        table = Path(self.resolve_input(node["training_data"], job_dir, "training_data", "mltable"))
-        csv = next(table.glob("*.csv"))
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        target = node.get("target_column_name", "label")
-
-        def classifier(y):
-            return Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))),
-                             ("tfidf", TfidfVectorizer(min_df=2, ngram_range=(1, 2))),
-                             ("clf", LogisticRegression(max_iter=500, class_weight="balanced"))]).fit(frame[["text"]], y)
-
-        if node.get("task") == "text_classification_multilabel":
-            import ast
-
-            sets = [set(ast.literal_eval(cell)) for cell in frame[target]]
-            model = PerLabelModel({label: classifier([label in s for s in sets])
-                                   for label in sorted(set().union(*sets))})
-        else:
-            model = classifier(frame[target])
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        outputs = {}
-        for key in node.get("outputs") or {"best_model": {}}:
-            outputs[key] = job_dir / "outputs" / key
-            mlflow.sklearn.save_model(model, str(outputs[key]), serialization_format="cloudpickle",
-                                      pip_requirements=["scikit-learn", "pandas"])
-            (outputs[key] / "STAND_IN.txt").write_text(
-                "AML AutoML NLP cannot run outside Azure ML. This MLflow model (TF-IDF + logistic regression) "
-                "stands in for its best_model output in the AML emulation (tests/amlemu).\n")
+        tables = {key: Path(self.resolve_input(node[key], job_dir, key, "mltable"))
+                  for key in ("training_data", "validation_data")}
+        outputs = {key: job_dir / "outputs" / key for key in node.get("outputs") or {"best_model": {}}}
+        try:
+            result.detail = automl_standin.train(tables["training_data"], tables["validation_data"],
+                                                 node.get("target_column_name", "label"), node.get("task"), outputs)
+        except automl_standin.AutomlDataError as error:
+            raise EmulationError(f"AutoML data validation: {error}") from None
         self.outputs[name] = outputs
-        result.detail = "STAND-IN MLflow model (TF-IDF + logistic regression) as best_model"
 
     # ------------------------------------------------------------------ deployments
 

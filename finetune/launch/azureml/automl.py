@@ -10,8 +10,9 @@ column with pandas, i.e. ``str(list)``, and validation-mltable-folder/valid_data
 under sdk/python/jobs/automl-standalone-jobs/automl-nlp-text-classification-multilabel-task-paper-categorization/).
 
 AutoML trains on the train MLTable and validates on val; it never sees test. AutoML NLP reports no
-test metrics of its own, so the test step loads its best model (the ``best_model`` MLflow output) and
-scores the test split with the project's metric function, as every other candidate is scored.
+test metrics of its own, so the test step loads its best model (the ``best_model`` MLflow output), chooses its
+decision rule on val and scores the test split with the project's metric function, as every other candidate is
+scored, and packages it as a candidate (candidate.json + the MLflow model) that ships if it wins.
 
 ``automl.sweep`` is AutoML NLP's own hyperparameter sweep::
 
@@ -90,7 +91,8 @@ def _set_sweep(job, sweep: dict) -> None:
 
 
 def test_step(plan: "RunPlan", code: str, environment):
-    """The command that scores AutoML's best model on the test split (``finetune.launch.azureml.steps``)."""
+    """The command that makes AutoML's best model a candidate (``finetune.launch.azureml.steps test-automl``):
+    its decision rule chosen on val, its test metrics, and the candidate folder the register step ships."""
     from azure.ai.ml import Input, Output, command
 
     from finetune.launch.azureml.compute import steps_compute
@@ -98,14 +100,15 @@ def test_step(plan: "RunPlan", code: str, environment):
     return command(
         name="test_automl",
         display_name="test AutoML's best model",
-        description="score the AutoML best model on the test split with finetune.metrics",
+        description="choose the AutoML best model's decision rule on val, score it on test, package it",
         command=("python -m finetune.launch.azureml.steps test-automl --model ${{inputs.model}} "
-                 "--test-file ${{inputs.test}} --labels-file ${{inputs.labels}} --task %s "
-                 "--output-dir ${{outputs.%s}}" % (plan.dataset.task, TEST_OUTPUT)),
+                 "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
+                 "--settings ${{inputs.settings}} --task %s --output-dir ${{outputs.%s}}"
+                 % (plan.dataset.task, TEST_OUTPUT)),
         code=code,
         environment=environment,
         compute=steps_compute(plan),
-        inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"),
-                "labels": Input(type="uri_file")},
+        inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
+                "labels": Input(type="uri_file"), "settings": Input(type="uri_file")},
         outputs={TEST_OUTPUT: Output(type="uri_folder")},
     )

@@ -12,7 +12,11 @@ deployment.
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+from finetune.packaging import model_environment as own_environment
+from finetune.serve.score import find_candidate, read_candidate
 
 if TYPE_CHECKING:
     from finetune.config import EndpointConfig
@@ -20,6 +24,11 @@ if TYPE_CHECKING:
 
 OUTPUT = "rollout"
 SCORING_SCRIPT = "score.py"
+# The image under a model that brings its own conda environment (an AML AutoML NLP model): AML's plain CPU
+# image, as in Microsoft's manual deployment of an AutoML model (an openmpi Ubuntu image + the model's conda
+# file, https://learn.microsoft.com/azure/machine-learning/how-to-deploy-automl-endpoint). The minimal
+# inference images are built for the project's serving spec, not for the Python the model's conda.yaml pins.
+MODEL_ENVIRONMENT_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 
 # Sizing a CPU deployment for a model (endpoint.instance_type=auto, endpoint.request_timeout_ms=0).
 # Measured: score.py with the packaged MiniLM-L6, 64 reviews of <=128 tokens, 2 threads on a shared 2-core
@@ -56,6 +65,17 @@ def sized(config: "EndpointConfig", model_name: str) -> "EndpointConfig":
         estimate = cost / vcpus if vcpus else TARGET_LATENCY_MS
         timeout = int(min(180_000, max(MIN_TIMEOUT_MS, 3 * estimate)))
     return dataclasses.replace(config, instance_type=instance, request_timeout_ms=timeout)
+
+
+def model_environment(model_dir: Path) -> Optional[dict]:
+    """The deployment environment of a registered version that brings its own (the MLflow model it wraps
+    names one: :func:`finetune.packaging.model_environment`), as an environment definition; None otherwise."""
+    folder = find_candidate(Path(model_dir))
+    conda = own_environment(folder, read_candidate(folder))
+    if conda is None:
+        return None
+    return {"image": MODEL_ENVIRONMENT_IMAGE, "conda_file": conda,
+            "description": "finetune serving: score.py in the environment of the AutoML model it serves"}
 
 
 def endpoint_entity(config: "EndpointConfig"):

@@ -57,11 +57,11 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
         automl = automl_.text_classification(
             plan, data, node=True, training_data=parent("train_table"), validation_data=parent("val_table"))
         tested = automl_.test_step(plan, code, environments["automl_test"])(
-            model=automl.outputs[automl_.BEST_MODEL], test=parent("test"), labels=parent("labels"))
+            model=automl.outputs[automl_.BEST_MODEL], test=parent("test"), val=parent("val"), labels=parent("labels"),
+            settings=parent("settings"))
         tested.name = "test_automl"
         jobs.update(automl=automl, test_automl=tested)
-        register_inputs.update(automl_model=automl.outputs[automl_.BEST_MODEL],
-                               automl_result=tested.outputs[automl_.TEST_OUTPUT])
+        register_inputs["automl_result"] = tested.outputs[automl_.TEST_OUTPUT]
     registered = register_step(plan, code, environments["steps"], automl=with_automl)(**register_inputs)
     registered.name = "register"
     jobs["register"] = registered

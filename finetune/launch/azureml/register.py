@@ -16,7 +16,7 @@ OUTPUT = "model_ref"
 
 
 def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
-    """The command node; with ``automl`` it also takes AutoML's tested best model."""
+    """The command node; with ``automl`` it also takes the AutoML test step's output (its result and package)."""
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
 
@@ -30,8 +30,8 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
             "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
             "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT)
     if automl:
-        inputs.update(automl_model=Input(type="mlflow_model"), automl_result=Input(type="uri_folder"))
-        line += " --automl-model ${{inputs.automl_model}} --automl-result ${{inputs.automl_result}}"
+        inputs["automl_result"] = Input(type="uri_folder")
+        line += " --automl-result ${{inputs.automl_result}}"
     return command(
         name="register",
         display_name=f"select and register {plan.select.registered_model_name}",

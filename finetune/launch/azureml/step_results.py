@@ -34,7 +34,8 @@ class RegisteredChoice:
     model_type: Optional[str] = None  # the registered AML asset's type
     existing: Optional[bool] = None
     content_sha256: Optional[str] = None
-    promoted: Optional[Promotion] = None  # staged as Production with no rollout following
+    promoted: Optional[Promotion] = None  # staged as Production (by the register step when no rollout follows)
+    environment: Optional[dict] = None  # the deployment's environment when the model brings its own (AutoML's)
 
     @classmethod
     def of(cls, selection: SelectionResult, registration: Registration, model_type: str) -> "RegisteredChoice":
@@ -57,7 +58,7 @@ class RegisteredChoice:
         if self.decision != "register":
             return {"decision": self.decision, "reason": self.reason, "selection": self.selection}
         data = dataclasses.asdict(self)
-        return data if self.promoted is not None else {key: value for key, value in data.items() if key != "promoted"}
+        return {key: value for key, value in data.items() if value is not None or key not in ("promoted", "environment")}
 
 
 @dataclass

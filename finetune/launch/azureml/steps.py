@@ -1,7 +1,9 @@
 """What the pipeline's own steps run on AML: ``python -m finetune.launch.azureml.steps <step> ...``.
 
-- ``test-automl``: score AutoML's best model (its MLflow output) on the test split with
-  ``finetune.metrics.task_metrics``. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``);
+- ``test-automl``: make AutoML's best model (its MLflow output) a candidate like the others: its decision rule
+  chosen on val with the select settings (:func:`finetune.select.choose_rule`), its test metrics at that rule
+  (:func:`finetune.select.test_at_rule`), and a candidate folder (``candidate.json`` naming the MLflow model in
+  ``mlflow_model/``) that the register step ships. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``);
   the step runs in that runtime's image (:data:`.environment.AUTOML_IMAGE`), so the model loads in a small script
   run by this very interpreter: nothing is created at job time. The single- and the multi-label model wrappers
   of azureml-automl-dnn-nlp answer alike: ``classes_`` (the multi-label one's are its MultiLabelBinarizer's)
@@ -10,9 +12,10 @@
   ranking; so the step reads ``predict_proba`` for both tasks and lets the metric function decide.
 - ``register``: :func:`finetune.registry.select_and_register`, the local launcher's rule, over an
   :class:`.AmlRegistry`: the Production version is downloaded and re-scored, ``select.margin`` holds, the
-  winner is registered once per content with the same tags.
+  winner is registered once per content with the same tags, packaged with score.py whichever candidate won.
 - ``deploy``: :func:`finetune.serve.rollout.rollout` of the registered model with an :class:`.AmlEndpoint`,
-  then the version becomes Production.
+  then the version becomes Production (``model_ref.json`` in its output says so). An AutoML winner serves in
+  its own MLflow model's environment (:func:`.deploy.model_environment`), the fine-tuned one in the plan's.
 
 The workspace comes from the variables AML sets in every job and the credential is the compute's
 managed identity: nothing secret, and no workspace coordinates, travel as job inputs.
@@ -38,7 +41,8 @@ from finetune.spec import TASKS
 RESULT = "result.json"
 MODEL_REF = "model_ref.json"
 ROLLOUT = "rollout.json"
-CANDIDATE_DIR = "model"  # where finetune.train puts the model inside its output folder
+CANDIDATE_DIR = "model"  # where finetune.train puts the model inside its output folder, and test-automl its package
+AUTOML_MLFLOW_DIR = "mlflow_model"  # AutoML's MLflow model inside that package
 
 # Runs in the AutoML model's environment, which has mlflow, pandas and numpy but not this package.
 PREDICT_SCRIPT = """\
@@ -88,7 +92,7 @@ def _write(folder: str, name: str, data: dict) -> Path:
 
 
 def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: str):
-    """Test-split probabilities of an AutoML MLflow model, columns in ``labels`` (label id) order."""
+    """Probabilities of an AutoML MLflow model, columns in ``labels`` (label id) order."""
     import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="automl-test-") as scratch:
@@ -104,18 +108,30 @@ def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: s
     return proba[:, [classes.index(label) for label in labels]]
 
 
-def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: str,
-                python: Optional[str] = None, task: str = "single_label") -> dict:
-    """The test-split metrics of AutoML's model for ``task``; multi-label targets are label lists in the CSV,
-    scored as n x k 0/1 against the per-label probabilities (decided at 0.5, AutoML's own threshold)."""
+def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str, settings_file: str,
+                output_dir: str, python: Optional[str] = None, task: str = "single_label") -> dict:
+    """AutoML's model as a candidate for ``task``: ``<output>/result.json`` (an :func:`finetune.select.evaluate`
+    entry: the rule chosen on val, the test metrics at it and at argmax / 0.5 per label) and ``<output>/model/``
+    (``candidate.json`` + the MLflow model, what the register step ships if AutoML wins)."""
+    from finetune.config import SelectConfig
     from finetune.data import read_targets
-    from finetune.metrics import task_metrics
+    from finetune.select import choose_rule, decision_settings, test_at_rule
 
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
+    settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
+    val_texts, y_val = read_targets(val_file, labels, task)
     texts, y_true = read_targets(test_file, labels, task)
-    proba = automl_proba(Path(model_dir), texts, labels, python or sys.executable)
-    result = {"family": "automl", "model_format": "mlflow", "task": task,
-              "test": task_metrics(task, y_true, proba, labels=labels), "rows": len(texts)}
+    # One load of the model (minutes for a BERT on a CPU node) for both splits.
+    proba = automl_proba(Path(model_dir), list(val_texts) + list(texts), labels, python or sys.executable)
+    rule = choose_rule(y_val, proba[:len(val_texts)], labels, task,
+                       decision_settings(SelectConfig(**settings["select"]), settings["data"]))
+    package = Path(output_dir) / CANDIDATE_DIR
+    shutil.copytree(model_dir, package / AUTOML_MLFLOW_DIR)
+    (package / "candidate.json").write_text(json.dumps(
+        {"family": "automl", "task": task, "labels": labels, "mlflow_model": AUTOML_MLFLOW_DIR, "decision": rule,
+         "best_estimator": "AML AutoML NLP best_model"}, indent=2), encoding="utf-8")
+    result = {"family": "automl", "model_format": "mlflow", "task": task, "rows": len(texts),
+              **test_at_rule(y_true, proba[len(val_texts):], labels, task, rule)}
     _write(output_dir, RESULT, result)
     return result
 
@@ -124,14 +140,14 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 
 
 def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
-             automl_model: Optional[str] = None, automl_result: Optional[str] = None, ml_client=None,
-             val_file: Optional[str] = None) -> RegisteredChoice:
+             automl_result: Optional[str] = None, ml_client=None, val_file: Optional[str] = None) -> RegisteredChoice:
     """Select among the candidates and production, register the winner; returns (and writes) the model reference.
 
     With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
     multi-label data), as the local select stage does; without it, it keeps the rule it was trained with."""
     from finetune.config import SelectConfig
     from finetune.export import export_candidate
+    from finetune.launch.azureml.deploy import model_environment
     from finetune.launch.azureml.registry import AmlRegistry
     from finetune.registry import select_and_register
 
@@ -140,9 +156,9 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     prescored = {}
     if automl_result:
-        # AutoML NLP models run only in AutoML's runtime; the test step scored it there with the same metrics.
+        # AutoML NLP models run only in AutoML's runtime; the test step scored and packaged it there.
         prescored["automl"] = {"result": json.loads((Path(automl_result) / RESULT).read_text(encoding="utf-8")),
-                               "path": automl_model}
+                               "path": str(Path(automl_result) / CANDIDATE_DIR)}
     model_registry = AmlRegistry(ml_client or job_client(), select["registered_model_name"])
     with tempfile.TemporaryDirectory(prefix="finetune-select-") as scratch:
         # Tested as it will serve: exported for the endpoint's runtime (the local launcher's export stage).
@@ -155,6 +171,9 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
     choice = RegisteredChoice.of(outcome.selection, outcome.registration, model_type="mlflow_model")
+    if choice.decision == "register" and choice.candidate in prescored:
+        # The package registered as is (plus score.py): it serves in its MLflow model's own environment.
+        choice.environment = model_environment(Path(prescored[choice.candidate]["path"]))
     if choice.decision == "register" and not settings.get("deploy"):
         # No rollout follows: the registered version is production now, as the local launcher does.
         choice.promoted = model_registry.promote(choice.version)
@@ -180,19 +199,13 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         result = StepRollout("skipped", choice, reason=f"nothing new to deploy: {choice.reason}")
         _write(output_dir, ROLLOUT, result.to_dict())
         return result
-    if choice.candidate != FINETUNED:
-        result = StepRollout("skipped", choice,
-                             reason="the winner is an AML AutoML NLP model, which needs AutoML's runtime; the "
-                                    "project's score.py serves fine-tuned transformers, so the endpoint is left as "
-                                    "it was")
-        _write(output_dir, ROLLOUT, result.to_dict())
-        return result
     config = EndpointConfig(**settings["endpoint"])
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
         # The deployment's code is the scoring script alone: it is self-contained by contract.
         shutil.copy2(score.__file__, Path(code_dir) / SCORING_SCRIPT)
         ml_client = ml_client or job_client()
-        endpoint = AmlEndpoint(ml_client, config, environment(settings["environment"]), code_dir)
+        # Whichever candidate won, score.py serves it; an AutoML model in the environment it brought along.
+        endpoint = AmlEndpoint(ml_client, config, environment(choice.environment or settings["environment"]), code_dir)
         endpoint.ensure()
         model = ModelRef(name=choice.name, version=choice.version, path=f"azureml:{choice.name}:{choice.version}")
         try:
@@ -203,9 +216,11 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
             raise
     from finetune.launch.azureml.registry import AmlRegistry
 
-    result = StepRollout("succeeded", choice, rollout=outcome,
-                         promoted=AmlRegistry(ml_client, choice.name).promote(choice.version))
+    choice.promoted = AmlRegistry(ml_client, choice.name).promote(choice.version)
+    result = StepRollout("succeeded", choice, rollout=outcome, promoted=choice.promoted)
     _write(output_dir, ROLLOUT, result.to_dict())
+    # The version that serves is Production now: the deploy step's model_ref.json says so for what comes next.
+    _write(output_dir, MODEL_REF, choice.to_dict())
     return result
 
 
@@ -216,16 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune.launch.azureml.steps",
                                      description="Steps of the finetune AML pipeline (run inside AML jobs).")
     steps = parser.add_subparsers(dest="step", required=True)
-    test = steps.add_parser("test-automl", help="score AutoML's best model on the test split")
+    test = steps.add_parser("test-automl", help="choose AutoML's decision rule on val, test it, package it")
     test.add_argument("--model", required=True)
     test.add_argument("--test-file", required=True)
+    test.add_argument("--val-file", required=True, help="the val split: the decision rule is chosen on it")
     test.add_argument("--labels-file", required=True)
+    test.add_argument("--settings", required=True)
     test.add_argument("--output-dir", required=True)
     test.add_argument("--python", help="a Python with the model's dependencies (default: this one)")
     test.add_argument("--task", choices=TASKS, default="single_label")
     reg = steps.add_parser("register", help="select the best candidate and register it")
     reg.add_argument("--finetuned", required=True)
-    reg.add_argument("--automl-model")
     reg.add_argument("--automl-result")
     reg.add_argument("--test-file", required=True)
     reg.add_argument("--val-file", help="the val split: decision rules are chosen on it before the test")
@@ -243,10 +259,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.step == "test-automl":
-            test_automl(args.model, args.test_file, args.labels_file, args.output_dir, args.python, args.task)
+            test_automl(args.model, args.test_file, args.val_file, args.labels_file, args.settings, args.output_dir,
+                        args.python, args.task)
         elif args.step == "register":
             register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
-                     args.automl_model, args.automl_result, val_file=args.val_file)
+                     args.automl_result, val_file=args.val_file)
         else:
             deploy(args.model_ref, args.settings, args.output_dir)
     except UserError as error:
