@@ -340,7 +340,7 @@ def test_settings_carry_no_workspace(tmp_path, reference):
     settings = json.loads(exported.settings_path.read_text())
     assert "workspace" not in settings["config"]
     assert settings["environment"]["image"].startswith("mcr.microsoft.com/azureml/")
-    assert settings["sample_request"]["data"] and settings["endpoint"]["name"] == "finetune-sentiment"
+    assert settings["sample_request"]["data"] and settings["endpoint"]["name"] == "amazon-automotive-sentiment"
     for path in exported.folder.rglob("*.yml"):
         text = path.read_text()
         assert "subscription" not in text.lower() and "resource_group" not in text, path
