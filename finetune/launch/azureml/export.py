@@ -133,6 +133,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     shutil.copytree(prepared.directory, folder / PREPARED_DIR)
+    _write_portable_record(folder / PREPARED_DIR / "data.json")
     prepared = PreparedData.load(folder / PREPARED_DIR)
     code_dir = stage_code(folder / CODE_DIR)
     tables = data.write_mltables(prepared, folder / "mltable")
@@ -207,6 +208,18 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
              "a deployment of the latest registered model, as the deploy step creates it "
              "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")
     return exported
+
+
+def _write_portable_record(record: Path) -> None:
+    """``data.json`` without this machine's paths: each split by its file name (``PreparedData.load`` finds the
+    files beside it) and a local source file by its name, so an export can travel and publish no folder names."""
+    data = json.loads(record.read_text(encoding="utf-8"))
+    for info in data.get("splits", {}).values():
+        if "path" in info:
+            info["path"] = Path(info["path"]).name
+    if os.path.isabs(data.get("source", "")):
+        data["source"] = f"file:{Path(data['source']).name}"
+    record.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def automl_dict(plan: "RunPlan", refs) -> dict:
