@@ -204,7 +204,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         deployment = deploy.deployment_entity(plan.endpoint, deploy.deployment_name("latest"),
                                               f"azureml:{model_name}{LATEST_MODEL}", envs["serving"], SCORE_DIR,
                                               model_name, "latest")
-        dump("deployment.yml", deployment._to_dict(),
+        dump("deployment.yml", _anonymous_environment(deployment._to_dict()),
              "a deployment of the latest registered model, as the deploy step creates it "
              "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")
     return exported
@@ -273,6 +273,22 @@ def _automl_outputs(pipeline_dict: dict) -> dict:
             node["outputs"] = {name: {"type": output.get("job_output_type", output.get("type"))}
                                for name, output in (node.get("outputs") or {}).items()}
     return pipeline_dict
+
+
+def _anonymous_environment(deployment_dict: dict) -> dict:
+    """The deployment's inline environment without the ``name``/``version`` the SDK dumps for it.
+
+    azure-ai-ml 1.35.2 writes an anonymous environment as ``name: CliV2AnonymousEnvironment`` plus a content
+    hash; a deployment's schema reads a named environment first (azure/ai/ml/_schema/_deployment/deployment.py:
+    EnvironmentSchema before AnonymousEnvironmentSchema), so that dump reloads as a named asset (REST
+    ``isAnonymous: false``) which ``az ml online-deployment create`` would register. Jobs' schemas take inline
+    environments as anonymous ones, so only the deployment needs this.
+    """
+    environment = deployment_dict.get("environment")
+    if isinstance(environment, dict):
+        deployment_dict["environment"] = {key: value for key, value in environment.items()
+                                          if key not in ("name", "version")}
+    return deployment_dict
 
 
 def _local_paths(value: Any, local: set) -> Any:

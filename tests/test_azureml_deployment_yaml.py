@@ -1,0 +1,34 @@
+"""The exported deployment's environment is anonymous, as the jobs' are (issue 24, defect 5)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amlemu.recorder import build, guard_network
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import _pytest.monkeypatch
+
+    from finetune.data import prepare
+    from finetune.launch.azureml import export
+
+    patch = _pytest.monkeypatch.MonkeyPatch()
+    guard_network(patch)
+    try:
+        plan = build(["compute=a100", "dry_run=true", "dataset.sample=400"], tmp_path_factory.mktemp("out"))
+        yield export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data"))
+    finally:
+        patch.undo()
+
+
+def test_deployment_yaml_reloads_with_an_anonymous_environment(exported):
+    """As the other YAMLs' environments do: a named asset would be created (and versioned) in the workspace."""
+    from azure.ai.ml import load_job, load_online_deployment
+
+    deployment = load_online_deployment(exported.folder / "deployment.yml")
+    rest = deployment.environment._to_rest_object()
+    assert rest.properties.is_anonymous is True, deployment.environment.name
+    pipeline = load_job(exported.folder / "pipeline.yml")
+    assert pipeline.jobs["register"].environment._to_rest_object().properties.is_anonymous is True
