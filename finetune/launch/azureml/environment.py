@@ -16,7 +16,7 @@ that the cluster's GPU cannot run.
   (https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking).
 - steps (register, deploy): the same list with the CPU torch build on AML's CPU image; they run on the
   small CPU cluster (``compute.steps_*``), never on a GPU node.
-- serving: AML's minimal inference image (``mcr.microsoft.com/azureml/minimal-py311-inference``) plus only
+- serving: AML's minimal inference image (``mcr.microsoft.com/azureml/minimal-py312-inference``) plus only
   what ``score.py`` imports for ``endpoint.runtime`` (``finetune.environment.serving_conda_spec``): CPU torch,
   or ONNX Runtime and no torch.
 - AutoML test: AutoML NLP's own runtime image, in which its MLflow model loads; nothing is created at job time.
@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 
 GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:latest"
 CPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
-SERVING_IMAGE = "mcr.microsoft.com/azureml/minimal-py311-inference:latest"
+# The minimal CPU inference image of Microsoft's list of supported prebuilt inference images ("Prebuilt Docker
+# images for inference", https://learn.microsoft.com/azure/machine-learning/concept-prebuilt-docker-images-inference:
+# only the images listed there are supported; minimal-py311-inference no longer is). The conda file's Python
+# (this interpreter's major.minor) is the one score.py runs on: AML builds it as its own env over the image.
+SERVING_IMAGE = "mcr.microsoft.com/azureml/minimal-py312-inference:latest"
 # AutoML NLP's runtime (azureml-automl-dnn-nlp and its MLflow flavour): the image its best model is built for.
 AUTOML_IMAGE = "mcr.microsoft.com/azureml/curated/azureml-automl-dnn-text-gpu:latest"
 TORCH_INDEX = "https://download.pytorch.org/whl/{build}"
