@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from finetune.errors import ConfigProblems
+from finetune.launch.azureml.automl import data_problems
+
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.launch.azureml.data import AssetSpec
@@ -127,6 +130,11 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     from finetune.serve import score
 
     plan = with_task(plan, prepared.task)
+    if plan.automl.engine == "text_classification":
+        # Refused here, before anything is written or spent: AutoML would fail the job on the same data.
+        problems = data_problems(prepared)
+        if problems:
+            raise ConfigProblems(problems)
 
     folder = Path(plan.run_dir) / AML_DIR
     if folder.exists():
