@@ -27,6 +27,8 @@ import ast
 import csv
 from typing import TYPE_CHECKING, List
 
+from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
+
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.launch.azureml.data import DataRefs
@@ -145,4 +147,6 @@ def test_step(plan: "RunPlan", code: str, environment):
         inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"),
                 "labels": Input(type="uri_file")},
         outputs={TEST_OUTPUT: Output(type="uri_folder")},
+        # The step's code runs in the project's env; AutoML's model predicts in AutoML's env of the same image.
+        environment_variables={AUTOML_PYTHON_VARIABLE: AUTOML_PYTHON},
     )

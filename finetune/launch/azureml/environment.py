@@ -19,7 +19,8 @@ that the cluster's GPU cannot run.
 - serving: AML's minimal inference image (``mcr.microsoft.com/azureml/minimal-py312-inference``) plus only
   what ``score.py`` imports for ``endpoint.runtime`` (``finetune.environment.serving_conda_spec``): CPU torch,
   or ONNX Runtime and no torch.
-- AutoML test: AutoML NLP's own runtime image, in which its MLflow model loads; nothing is created at job time.
+- AutoML test: AutoML NLP's runtime image (its MLflow model loads in the image's own conda env, see
+  AUTOML_IMAGE) with the project's conda env for the step's code on top.
 
 Every spec is built here, where the plan is submitted; a job receives it as data (the YAML, ``settings.json``),
 never by reading package metadata.
@@ -38,8 +39,18 @@ CPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 # only the images listed there are supported; minimal-py311-inference no longer is). The conda file's Python
 # (this interpreter's major.minor) is the one score.py runs on: AML builds it as its own env over the image.
 SERVING_IMAGE = "mcr.microsoft.com/azureml/minimal-py312-inference:latest"
-# AutoML NLP's runtime (azureml-automl-dnn-nlp and its MLflow flavour): the image its best model is built for.
-AUTOML_IMAGE = "mcr.microsoft.com/azureml/curated/azureml-automl-dnn-text-gpu:latest"
+# AutoML NLP's runtime, the maintained asset ai-ml-automl-dnn-text-gpu (Azure/azureml-assets,
+# assets/training/automl/environments/ai-ml-automl-dnn-text-gpu: environment.yaml publishes this image; its
+# context/Dockerfile creates the conda env /azureml-envs/azureml-automl-dnn-text-gpu with python=3.10,
+# numpy~=1.23.5, pandas~=1.5.3, scikit-learn=1.5.1 and azureml-automl-dnn-nlp, in which AutoML's MLflow model
+# loads). That Python and those pins are below what this package supports (pyproject: Python >= 3.10 with
+# numpy >= 1.26, pandas >= 2.2), so the test step does not run in that env: the image gets the project's own
+# conda env on top (AML builds an image + conda_file environment as a new conda env over the image), the
+# step's code runs there, and only the model's predict_proba runs in AutoML's env, by AUTOML_PYTHON.
+AUTOML_IMAGE = "mcr.microsoft.com/azureml/curated/ai-ml-automl-dnn-text-gpu:latest"
+AUTOML_PYTHON = "/azureml-envs/azureml-automl-dnn-text-gpu/bin/python"
+# The variable that names AUTOML_PYTHON to the test step (finetune.launch.azureml.steps).
+AUTOML_PYTHON_VARIABLE = "FINETUNE_AUTOML_PYTHON"
 TORCH_INDEX = "https://download.pytorch.org/whl/{build}"
 # CUDA builds this launcher knows how to install (PyTorch wheel index name -> CUDA version).
 CUDA_BUILDS = {"12.6": "cu126", "12.8": "cu128"}
@@ -58,6 +69,8 @@ JOB_PACKAGES = {
               "mlflow-skinny", "azureml-mlflow", "azure-ai-ml", "azure-identity", "pyyaml", "tqdm"),
     # deploy: AML's control plane only; the deployment itself runs in the serving environment
     "deploy": ("azure-ai-ml", "azure-identity", "numpy", "pyyaml"),
+    # AutoML's test: the metric function over the probabilities AutoML's own env computes (AUTOML_PYTHON)
+    "automl_test": ("numpy", "scikit-learn", "pyyaml"),
 }
 # Roles whose jobs log to the workspace's MLflow (AML points MLFLOW_TRACKING_URI at azureml://).
 TRACKING_ROLES = ("training", "steps")
@@ -124,8 +137,9 @@ def definitions(plan: "RunPlan") -> dict:
                                                       detail=f"score.py only, runtime {plan.endpoint.runtime}")},
     }
     if plan.automl.engine == "text_classification":
-        result["automl_test"] = {"image": AUTOML_IMAGE, "conda_file": None,
-                                 "description": DESCRIPTION.format(role="AutoML test", detail="AutoML NLP runtime")}
+        result["automl_test"] = {"image": AUTOML_IMAGE, "conda_file": job_spec("automl_test", "cpu"),
+                                 "description": DESCRIPTION.format(role="AutoML test",
+                                                                   detail="finetune's metrics over AutoML NLP's runtime")}
     return result
 
 

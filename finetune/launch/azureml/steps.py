@@ -1,9 +1,11 @@
 """What the pipeline's own steps run on AML: ``python -m finetune.launch.azureml.steps <step> ...``.
 
 - ``test-automl``: score AutoML's best model (its MLflow output) on the test split with
-  ``finetune.metrics.task_metrics``. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``);
-  the step runs in that runtime's image (:data:`.environment.AUTOML_IMAGE`), so the model loads in a small script
-  run by this very interpreter: nothing is created at job time. The single- and the multi-label model wrappers
+  ``finetune.metrics.task_metrics``. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``),
+  whose Python and pins this package does not support; the step runs in AutoML's image
+  (:data:`.environment.AUTOML_IMAGE`) under the project's own env, and the model loads in a small script run by
+  the interpreter of AutoML's env, which the job names in ``FINETUNE_AUTOML_PYTHON`` (this interpreter when the
+  variable is unset: a model that loads here, e.g. outside AML). The single- and the multi-label model wrappers
   of azureml-automl-dnn-nlp answer alike: ``classes_`` (the multi-label one's are its MultiLabelBinarizer's)
   and ``predict_proba(DataFrame)``, n_rows x n_classes (softmax rows; for multi-label a sigmoid per label),
   while the multi-label ``predict`` returns tuples of label names at a 0.5 threshold, which says nothing about
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from finetune.errors import UserError
+from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE
 from finetune.launch.azureml.step_results import RegisteredChoice, StepRollout
 from finetune.select import FINETUNED
 from finetune.spec import TASKS
@@ -40,7 +43,8 @@ MODEL_REF = "model_ref.json"
 ROLLOUT = "rollout.json"
 CANDIDATE_DIR = "model"  # where finetune.train puts the model inside its output folder
 
-# Runs in the AutoML model's environment, which has mlflow, pandas and numpy but not this package.
+# Runs in the AutoML model's environment (Python 3.10, pandas 1.5, numpy 1.23), which has mlflow, pandas and
+# numpy but not this package.
 PREDICT_SCRIPT = """\
 import json, sys
 import mlflow
@@ -113,7 +117,8 @@ def test_automl(model_dir: str, test_file: str, labels_file: str, output_dir: st
 
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     texts, y_true = read_targets(test_file, labels, task)
-    proba = automl_proba(Path(model_dir), texts, labels, python or sys.executable)
+    proba = automl_proba(Path(model_dir), texts, labels,
+                         python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable)
     result = {"family": "automl", "model_format": "mlflow", "task": task,
               "test": task_metrics(task, y_true, proba, labels=labels), "rows": len(texts)}
     _write(output_dir, RESULT, result)
@@ -221,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--test-file", required=True)
     test.add_argument("--labels-file", required=True)
     test.add_argument("--output-dir", required=True)
-    test.add_argument("--python", help="a Python with the model's dependencies (default: this one)")
+    test.add_argument("--python", help=f"a Python with the model's dependencies (default: ${AUTOML_PYTHON_VARIABLE}, "
+                                       "else this one)")
     test.add_argument("--task", choices=TASKS, default="single_label")
     reg = steps.add_parser("register", help="select the best candidate and register it")
     reg.add_argument("--finetuned", required=True)
