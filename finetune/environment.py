@@ -123,7 +123,8 @@ def pinned_closure(only: Optional[Iterable[str]] = None) -> List[str]:
             distribution = metadata.distribution(requirement.name)
         except metadata.PackageNotFoundError:
             continue
-        pins.setdefault(key[0], f"{distribution.metadata['Name']}=={_public_version(distribution.version)}")
+        # One spelling per distribution (its own), whichever requirement reached it first.
+        pins[key[0]] = f"{distribution.metadata['Name']}=={_public_version(distribution.version)}"
         for line in distribution.requires or []:
             child = Requirement(line)
             environments = [{"extra": extra} for extra in requirement.extras] or [{"extra": ""}]
