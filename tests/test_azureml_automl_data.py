@@ -34,11 +34,16 @@ def write_csv(path: Path, rows) -> Path:
 
 
 def test_a_sample_too_small_for_automl_is_refused_in_one_line(tmp_path, capsys):
+    import re
+
     code, err = run(["dataset.sample=60"], tmp_path, capsys)
     assert code == 2 and len(err) == 1, err
-    assert "at least 50 training rows" in err[0] and "dataset.sample=63" in err[0] and "automl=none" in err[0]
+    assert "at least 50 training rows" in err[0] and "the train split has 48" in err[0] and "automl=none" in err[0]
     assert not (tmp_path / "out" / "r" / "aml").exists()
-    # Without AutoML the same sample is fine.
+    # The sample the line names is enough; without AutoML the small one is fine.
+    suggested = re.search(r"dataset\.sample=(\d+) or more", err[0]).group(1)
+    code, err = run([f"dataset.sample={suggested}"], tmp_path, capsys)
+    assert code == 0, err
     code, err = run(["dataset.sample=60", "automl=none"], tmp_path, capsys)
     assert code == 0, err
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 from typing import TYPE_CHECKING, List
 
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
 
 if TYPE_CHECKING:
+    from finetune.config import DatasetConfig
     from finetune.data import PreparedData
     from finetune.launch.azureml.data import DataRefs
     from finetune.plan import RunPlan
@@ -48,13 +50,17 @@ MIN_TRAINING_ROWS = 50
 RULES = "AutoML NLP's data validation (learn.microsoft.com/azure/machine-learning/how-to-auto-train-nlp-models)"
 
 
-def data_problems(prepared: "PreparedData") -> List[str]:
-    """What AutoML NLP would refuse in the prepared splits it gets (train and val), one line each."""
+def data_problems(prepared: "PreparedData", dataset: "DatasetConfig") -> List[str]:
+    """What AutoML NLP would refuse in the prepared splits it gets (train and val), one line each.
+
+    Checked on the split, not on the config: how many rows train gets depends on the classes (each class gives
+    val and test at least one row and is rounded on its own; see finetune.data.split).
+    """
     rows = prepared.splits["train"]["rows"]
     problems = []
     if rows < MIN_TRAINING_ROWS:
         problems.append(f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training rows and "
-                        f"the train split has {rows}; use more data (a larger dataset.sample) or automl=none")
+                        f"the train split has {rows}; {_more_rows(prepared, dataset)}, or automl=none")
     for split in ("train", "val"):
         present = [label for label, count in prepared.splits[split]["class_counts"].items() if count]
         if len(present) < 2:
@@ -65,6 +71,18 @@ def data_problems(prepared: "PreparedData") -> List[str]:
         problems.append(f"automl=text_classification: {RULES} refuses multi-label data in which every training "
                         "text has exactly one label (it is a multiclass task); set dataset.task=single_label")
     return problems
+
+
+def _more_rows(prepared: "PreparedData", dataset: "DatasetConfig") -> str:
+    """The fix for too small a train split. A stratified single-label split gives each class's val and test
+    share at most ``share + 1`` rows, so this sample leaves train at least MIN_TRAINING_ROWS rows."""
+    if dataset.sample is None:
+        return "use more data"
+    if prepared.task == "multi_label":
+        return f"use a larger dataset.sample than {dataset.sample}"
+    train_share = 1 - dataset.val_fraction - dataset.test_fraction
+    sample = math.ceil((MIN_TRAINING_ROWS + 2 * len(prepared.labels)) / train_share)
+    return f"set dataset.sample={sample} or more"
 
 
 def _labels_per_row(split_file) -> List[int]:

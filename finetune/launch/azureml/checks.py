@@ -16,7 +16,6 @@ import re
 from typing import TYPE_CHECKING, List
 
 from finetune.endpoint_names import ENDPOINT_NAME, ENDPOINT_NAME_LENGTH, endpoint_name
-from finetune.launch.azureml.automl import MIN_TRAINING_ROWS, RULES
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
@@ -234,7 +233,6 @@ def automl_problems(plan: "RunPlan") -> List[str]:
     if plan.compute.gpus_per_node < 1:
         problems.append(f"automl.engine=text_classification: AutoML NLP trains on GPU nodes only and "
                         f"compute={plan.compute.name} has none; use compute=t4/a100/a100x4/h100 or automl=none")
-    problems += _automl_sample_problems(plan.dataset)
     for name in ("timeout_minutes", "max_trials", "max_concurrent_trials", "max_nodes"):
         if getattr(automl, name) < 1:
             problems.append(f"automl.{name}={getattr(automl, name)}: must be >= 1")
@@ -249,21 +247,6 @@ def automl_problems(plan: "RunPlan") -> List[str]:
     if automl.model_name is not None and automl.model_name not in AUTOML_MODELS:
         problems.append(f"automl.model_name={automl.model_name}: AutoML NLP trains one of {', '.join(AUTOML_MODELS)}")
     return problems + _automl_sweep_problems(automl)
-
-
-def _automl_sample_problems(dataset) -> List[str]:
-    """A ``dataset.sample`` whose train share is under AutoML NLP's minimum, known before any data is read (the
-    prepared splits are checked again with :func:`finetune.launch.azureml.automl.data_problems`)."""
-    import math
-
-    if not dataset.sample or dataset.predefined_files() or dataset.split_column:
-        return []
-    expected = int(dataset.sample * dataset.train_fraction)
-    if expected >= MIN_TRAINING_ROWS:
-        return []
-    return [f"dataset.sample={dataset.sample}: {RULES} needs at least {MIN_TRAINING_ROWS} training rows and "
-            f"dataset.train_fraction={dataset.train_fraction} leaves about {expected}; set dataset.sample="
-            f"{math.ceil(MIN_TRAINING_ROWS / dataset.train_fraction)} or more, or automl=none"]
 
 
 def automl_metric(automl, task: str) -> str:

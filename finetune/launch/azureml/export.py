@@ -132,7 +132,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     plan = with_task(plan, prepared.task)
     if plan.automl.engine == "text_classification":
         # Refused here, before anything is written or spent: AutoML would fail the job on the same data.
-        problems = data_problems(prepared)
+        problems = data_problems(prepared, plan.dataset)
         if problems:
             raise ConfigProblems(problems)
 
