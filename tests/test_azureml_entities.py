@@ -137,7 +137,7 @@ def test_automl_sweep_rest_body_golden(tmp_path):
 
 
 def test_every_exported_yaml_loads_back(reference):
-    from azure.ai.ml import load_compute, load_data, load_environment, load_job, load_online_deployment, \
+    from azure.ai.ml import load_compute, load_data, load_job, load_online_deployment, \
         load_online_endpoint
 
     plan, prepared, exported = reference
@@ -187,10 +187,10 @@ def test_environment_yaml_and_conda_files(reference):
     environment = load_environment(exported.folder / "environment.yml")
     assert environment.image == GPU_IMAGE and "cuda12.6" in GPU_IMAGE
     torch = version("torch").split("+")[0]
-    for role, build in (("training", "cu126"), ("steps", "cpu")):
+    for role, torch_build in (("training", "cu126"), ("steps", "cpu")):
         pip = yaml.safe_load((exported.folder / f"conda-{role}.yml").read_text())["dependencies"][-1]["pip"]
-        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{build}"
-        assert f"torch=={torch}+{build}" in pip
+        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{torch_build}"
+        assert f"torch=={torch}+{torch_build}" in pip
         assert f"azureml-mlflow=={version('azureml-mlflow')}" in pip
     serving = yaml.safe_load((exported.folder / "conda-serving.yml").read_text())["dependencies"][-1]["pip"]
     # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model. What

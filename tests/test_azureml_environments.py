@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import stat
 import sys
 import tomllib
