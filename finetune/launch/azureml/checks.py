@@ -86,8 +86,9 @@ def distinct_targets(plans: list) -> list:
     """AML plans of one multirun that would share a registered model or an endpoint get their own.
 
     Two plans registering the same model name race for its next version, and their rollouts delete each
-    other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values, or a short
-    hash of them when an endpoint name would pass AML's 32 characters) and keeps its own production line.
+    other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values; an endpoint name
+    past AML's 32 characters is cut and hashed by :func:`finetune.endpoint_names.endpoint_name`) and keeps its
+    own production line.
     """
     import dataclasses
 
