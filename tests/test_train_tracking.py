@@ -86,3 +86,28 @@ def test_locally_an_unopenable_store_trains_untracked(small_data, tiny_model_dir
     assert code == 0
     assert json.loads((out / "result.json").read_text())["status"] == "completed"
     assert "training goes on untracked" in capsys.readouterr().err
+
+
+def test_inside_an_aml_job_training_logs_to_the_run_aml_created(small_data, tiny_model_dir, tmp_path):
+    """AML opens the job's run in the job's experiment and names it in MLFLOW_RUN_ID; training must log there and
+    name no experiment of its own (MLflow refuses to resume a run under another active experiment). A process of
+    its own, as a job is: MLflow's active run and tracking URI are process-global."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'workspace.db'}"
+    client = MlflowClient(uri)
+    job_experiment = client.create_experiment("sweep-of-the-job")
+    job_run = client.create_run(job_experiment).info.run_id
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": job_run, "AZUREML_RUN_ID": "trial_1",
+           "MLFLOW_EXPERIMENT_ID": job_experiment}
+    completed = subprocess.run([sys.executable, "-m", "finetune.train",
+                                *arguments(small_data, tiny_model_dir, tmp_path / "out", "--logging-steps", "1")],
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    logged = client.get_run(job_run).data
+    assert any(key.startswith("val_") for key in logged.metrics) and logged.params
+    assert client.get_experiment_by_name("finetune") is None

@@ -27,16 +27,16 @@ DEFAULT_PORT = 8080
 EXAMPLES = """\
 examples:
   python -m finetune.serve                                   # the registry's production model on :8080
-  python -m finetune.serve status --endpoint finetune-sentiment   # what runs (stale records cleaned up)
-  python -m finetune.serve stop --endpoint finetune-sentiment     # stop every process of that endpoint
+  python -m finetune.serve status --endpoint amazon-automotive-sentiment # what runs (stale records cleaned up)
+  python -m finetune.serve stop --endpoint amazon-automotive-sentiment   # stop every process of that endpoint
   python -m finetune.serve --model-version 3 --port 9000     # a given registered version
   python -m finetune.serve --model-dir outputs/run/model     # a candidate folder, no registry
-  python -m finetune.serve --endpoint finetune-sentiment     # the endpoint `python -m finetune` deployed
+  python -m finetune.serve --endpoint amazon-automotive-sentiment   # the endpoint `python -m finetune` deployed
 
 `python -m finetune` (local compute) rolls the selected model out to the local endpoint named by
-endpoint.name (create -> smoke test -> traffic ramp -> delete the old deployment), then stops its
-processes; the state under outputs/endpoints/<name>/ keeps deployments, traffic and key, and
-`--endpoint <name>` serves it again as it was left.
+endpoint.name (by default the registered model's name: amazon-automotive-sentiment for the bundled data;
+create -> smoke test -> traffic ramp -> delete the old deployment), then stops its processes; the
+state under outputs/endpoints/<name>/ keeps deployments, traffic and key, and `--endpoint <name>` serves it again as it was left.
 """
 
 

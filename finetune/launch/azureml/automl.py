@@ -24,15 +24,72 @@ scored, and packages it as a candidate (candidate.json + the MLflow model) that 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import ast
+import csv
+import math
+from typing import TYPE_CHECKING, List
+
+from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
 
 if TYPE_CHECKING:
+    from finetune.config import DatasetConfig
+    from finetune.data import PreparedData
     from finetune.launch.azureml.data import DataRefs
     from finetune.plan import RunPlan
 
 TARGET_COLUMN = "label"
 BEST_MODEL = "best_model"
 TEST_OUTPUT = "candidate"
+# AutoML NLP validates its input before training and fails the job on these rules ("Set up AutoML to train a
+# natural language processing model", section "Data validation":
+# https://learn.microsoft.com/azure/machine-learning/how-to-auto-train-nlp-models#data-validation):
+# every task needs at least 50 training samples; training and validation data need the same columns in the
+# same order with the same types, unique column names (both hold by construction: data.MLTABLE over our
+# text,label CSVs) and at least two unique labels; multi-label data needs the list format (ours, see above)
+# and at least one sample with 0 or 2+ labels ("otherwise it should be a multiclass task").
+MIN_TRAINING_ROWS = 50
+RULES = "AutoML NLP's data validation (learn.microsoft.com/azure/machine-learning/how-to-auto-train-nlp-models)"
+
+
+def data_problems(prepared: "PreparedData", dataset: "DatasetConfig") -> List[str]:
+    """What AutoML NLP would refuse in the prepared splits it gets (train and val), one line each.
+
+    Checked on the split, not on the config: how many rows train gets depends on the classes (each class gives
+    val and test at least one row and is rounded on its own; see finetune.data.split).
+    """
+    rows = prepared.splits["train"]["rows"]
+    problems = []
+    if rows < MIN_TRAINING_ROWS:
+        problems.append(f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training rows and "
+                        f"the train split has {rows}; {_more_rows(prepared, dataset)}, or automl=none")
+    for split in ("train", "val"):
+        present = [label for label, count in prepared.splits[split]["class_counts"].items() if count]
+        if len(present) < 2:
+            problems.append(f"automl=text_classification: {RULES} needs at least two unique labels in the {split} "
+                            f"split, which has {len(present)} ({', '.join(present) or 'none'}); use more data "
+                            "or automl=none")
+    if prepared.task == "multi_label" and all(count == 1 for count in _labels_per_row(prepared.path("train"))):
+        problems.append(f"automl=text_classification: {RULES} refuses multi-label data in which every training "
+                        "text has exactly one label (it is a multiclass task); set dataset.task=single_label")
+    return problems
+
+
+def _more_rows(prepared: "PreparedData", dataset: "DatasetConfig") -> str:
+    """The fix for too small a train split. A stratified single-label split gives each class's val and test
+    share at most ``share + 1`` rows, so this sample leaves train at least MIN_TRAINING_ROWS rows."""
+    if dataset.sample is None:
+        return "use more data"
+    if prepared.task == "multi_label":
+        return f"use a larger dataset.sample than {dataset.sample}"
+    train_share = 1 - dataset.val_fraction - dataset.test_fraction
+    sample = math.ceil((MIN_TRAINING_ROWS + 2 * len(prepared.labels)) / train_share)
+    return f"set dataset.sample={sample} or more"
+
+
+def _labels_per_row(split_file) -> List[int]:
+    """How many labels each row of a prepared multi-label split holds (its label cell is a Python list literal)."""
+    with open(split_file, newline="", encoding="utf-8") as handle:
+        return [len(ast.literal_eval(row[TARGET_COLUMN])) for row in csv.DictReader(handle)]
 
 
 def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False, **inputs):
@@ -111,4 +168,6 @@ def test_step(plan: "RunPlan", code: str, environment):
         inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
                 "labels": Input(type="uri_file"), "settings": Input(type="uri_file")},
         outputs={TEST_OUTPUT: Output(type="uri_folder")},
+        # The step's code runs in the project's env; AutoML's model predicts in AutoML's env of the same image.
+        environment_variables={AUTOML_PYTHON_VARIABLE: AUTOML_PYTHON},
     )

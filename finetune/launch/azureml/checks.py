@@ -15,13 +15,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, List
 
+from finetune.endpoint_names import ENDPOINT_NAME, ENDPOINT_NAME_LENGTH, endpoint_name
+
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
-# Online endpoint and deployment names (azure.ai.ml.constants.EndpointConfigurations; enforced by the
-# SDK only when the request is built): 3-32 characters, a letter first, letters/digits/'-', no '-' last.
-ENDPOINT_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
-ENDPOINT_NAME_LENGTH = (3, 32)
 # AmlCompute cluster names: 2-16 characters, a letter first, letters/digits/'-'.
 CLUSTER_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,15}$")
 # The primary metrics AutoML NLP text classification accepts (any case); anything else is a KeyError
@@ -88,12 +86,11 @@ def distinct_targets(plans: list) -> list:
     """AML plans of one multirun that would share a registered model or an endpoint get their own.
 
     Two plans registering the same model name race for its next version, and their rollouts delete each
-    other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values, or a short
-    hash of them when an endpoint name would pass AML's 32 characters) and keeps its own production line.
+    other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values; an endpoint name
+    past AML's 32 characters is cut and hashed by :func:`finetune.endpoint_names.endpoint_name`) and keeps its
+    own production line.
     """
     import dataclasses
-    import hashlib
-    import re
 
     aml = [plan for plan in plans if plan.launcher == "azureml"]
     shared_models = len({p.select.registered_model_name for p in aml}) < len(aml)
@@ -109,14 +106,10 @@ def distinct_targets(plans: list) -> list:
             continue
         own = [o.split("=", 1)[-1] for o in plan.overrides if o not in common and not o.startswith("output_root=")]
         slug = re.sub(r"[^a-z0-9]+", "-", "-".join(own).lower()).strip("-") or plan.name.rsplit("-", 1)[-1]
-        digest = hashlib.sha256(slug.encode()).hexdigest()[:6]
         model_name = f"{plan.select.registered_model_name}-{slug}"[:255]
-        endpoint_name = f"{plan.endpoint.name}-{slug}"
-        if len(endpoint_name) > ENDPOINT_NAME_LENGTH[1]:
-            endpoint_name = f"{plan.endpoint.name[:ENDPOINT_NAME_LENGTH[1] - 7]}-{digest}"
         result.append(dataclasses.replace(
             plan, select=dataclasses.replace(plan.select, registered_model_name=model_name),
-            endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name)))
+            endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name(f"{plan.endpoint.name}-{slug}"))))
     names = [(p.select.registered_model_name, p.endpoint.name) for p in result if p.launcher == "azureml"]
     if len(set(names)) < len(names):
         from finetune.errors import UserError

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from finetune.errors import ConfigProblems
+from finetune.launch.azureml.automl import data_problems
+
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.launch.azureml.data import AssetSpec
@@ -127,12 +130,18 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     from finetune.serve import score
 
     plan = with_task(plan, prepared.task)
+    if plan.automl.engine == "text_classification":
+        # Refused here, before anything is written or spent: AutoML would fail the job on the same data.
+        problems = data_problems(prepared, plan.dataset)
+        if problems:
+            raise ConfigProblems(problems)
 
     folder = Path(plan.run_dir) / AML_DIR
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     shutil.copytree(prepared.directory, folder / PREPARED_DIR)
+    _write_portable_record(folder / PREPARED_DIR / "data.json")
     prepared = PreparedData.load(folder / PREPARED_DIR)
     code_dir = stage_code(folder / CODE_DIR)
     tables = data.write_mltables(prepared, folder / "mltable")
@@ -203,10 +212,22 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         deployment = deploy.deployment_entity(plan.endpoint, deploy.deployment_name("latest"),
                                               f"azureml:{model_name}{LATEST_MODEL}", envs["serving"], SCORE_DIR,
                                               model_name, "latest")
-        dump("deployment.yml", deployment._to_dict(),
+        dump("deployment.yml", _anonymous_environment(deployment._to_dict()),
              "a deployment of the latest registered model, as the deploy step creates it "
              "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")
     return exported
+
+
+def _write_portable_record(record: Path) -> None:
+    """``data.json`` without this machine's paths: each split by its file name (``PreparedData.load`` finds the
+    files beside it) and a local source file by its name, so an export can travel and publish no folder names."""
+    data = json.loads(record.read_text(encoding="utf-8"))
+    for info in data.get("splits", {}).values():
+        if "path" in info:
+            info["path"] = Path(info["path"]).name
+    if os.path.isabs(data.get("source", "")):
+        data["source"] = f"file:{Path(data['source']).name}"
+    record.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def automl_dict(plan: "RunPlan", refs) -> dict:
@@ -260,6 +281,22 @@ def _automl_outputs(pipeline_dict: dict) -> dict:
             node["outputs"] = {name: {"type": output.get("job_output_type", output.get("type"))}
                                for name, output in (node.get("outputs") or {}).items()}
     return pipeline_dict
+
+
+def _anonymous_environment(deployment_dict: dict) -> dict:
+    """The deployment's inline environment without the ``name``/``version`` the SDK dumps for it.
+
+    azure-ai-ml 1.35.2 writes an anonymous environment as ``name: CliV2AnonymousEnvironment`` plus a content
+    hash; a deployment's schema reads a named environment first (azure/ai/ml/_schema/_deployment/deployment.py:
+    EnvironmentSchema before AnonymousEnvironmentSchema), so that dump reloads as a named asset (REST
+    ``isAnonymous: false``) which ``az ml online-deployment create`` would register. Jobs' schemas take inline
+    environments as anonymous ones, so only the deployment needs this.
+    """
+    environment = deployment_dict.get("environment")
+    if isinstance(environment, dict):
+        deployment_dict["environment"] = {key: value for key, value in environment.items()
+                                          if key not in ("name", "version")}
+    return deployment_dict
 
 
 def _local_paths(value: Any, local: set) -> Any:

@@ -23,7 +23,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     """The PipelineJob; ``code``, the data references and ``settings`` are paths or asset references.
 
     ``environments``: role -> Environment (:func:`finetune.launch.azureml.environment.definitions`): training
-    for the sweep's trials, steps for register/deploy, automl_test for AutoML's test step.
+    for the sweep's trials, steps for register, deploy for deploy, automl_test for AutoML's test step.
     """
     from azure.ai.ml import Input
     from azure.ai.ml.entities import PipelineJob
@@ -66,7 +66,7 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     registered.name = "register"
     jobs["register"] = registered
     if plan.endpoint.target == "managed":
-        deployed = deploy_step(plan, code, environments["steps"])(model_ref=registered.outputs["model_ref"],
+        deployed = deploy_step(plan, code, environments["deploy"])(model_ref=registered.outputs["model_ref"],
                                                         settings=parent("settings"))
         deployed.name = "deploy"
         jobs["deploy"] = deployed

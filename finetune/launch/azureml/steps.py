@@ -3,9 +3,11 @@
 - ``test-automl``: make AutoML's best model (its MLflow output) a candidate like the others: its decision rule
   chosen on val with the select settings (:func:`finetune.select.choose_rule`), its test metrics at that rule
   (:func:`finetune.select.test_at_rule`), and a candidate folder (``candidate.json`` naming the MLflow model in
-  ``mlflow_model/``) that the register step ships. AutoML NLP models load only in AutoML's runtime (``azureml-automl-dnn-nlp``);
-  the step runs in that runtime's image (:data:`.environment.AUTOML_IMAGE`), so the model loads in a small script
-  run by this very interpreter: nothing is created at job time. The single- and the multi-label model wrappers
+  ``mlflow_model/``) that the register step ships. AutoML NLP models load only in AutoML's runtime
+  (``azureml-automl-dnn-nlp``), whose Python and pins this package does not support; the step runs in AutoML's
+  image (:data:`.environment.AUTOML_IMAGE`) under the project's own env, and the model loads in a small script run
+  by the interpreter of AutoML's env, which the job names in ``FINETUNE_AUTOML_PYTHON`` (this interpreter when the
+  variable is unset: a model that loads here, e.g. outside AML). The single- and the multi-label model wrappers
   of azureml-automl-dnn-nlp answer alike: ``classes_`` (the multi-label one's are its MultiLabelBinarizer's)
   and ``predict_proba(DataFrame)``, n_rows x n_classes (softmax rows; for multi-label a sigmoid per label),
   while the multi-label ``predict`` returns tuples of label names at a 0.5 threshold, which says nothing about
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from finetune.errors import UserError
+from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE
 from finetune.launch.azureml.step_results import RegisteredChoice, StepRollout
 from finetune.select import FINETUNED
 from finetune.spec import TASKS
@@ -44,7 +47,8 @@ ROLLOUT = "rollout.json"
 CANDIDATE_DIR = "model"  # where finetune.train puts the model inside its output folder, and test-automl its package
 AUTOML_MLFLOW_DIR = "mlflow_model"  # AutoML's MLflow model inside that package
 
-# Runs in the AutoML model's environment, which has mlflow, pandas and numpy but not this package.
+# Runs in the AutoML model's environment (Python 3.10, pandas 1.5, numpy 1.23), which has mlflow, pandas and
+# numpy but not this package.
 PREDICT_SCRIPT = """\
 import json, sys
 import mlflow
@@ -122,7 +126,8 @@ def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str,
     val_texts, y_val = read_targets(val_file, labels, task)
     texts, y_true = read_targets(test_file, labels, task)
     # One load of the model (minutes for a BERT on a CPU node) for both splits.
-    proba = automl_proba(Path(model_dir), list(val_texts) + list(texts), labels, python or sys.executable)
+    proba = automl_proba(Path(model_dir), list(val_texts) + list(texts), labels,
+                         python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable)
     rule = choose_rule(y_val, proba[:len(val_texts)], labels, task,
                        decision_settings(SelectConfig(**settings["select"]), settings["data"]))
     package = Path(output_dir) / CANDIDATE_DIR
@@ -238,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--labels-file", required=True)
     test.add_argument("--settings", required=True)
     test.add_argument("--output-dir", required=True)
-    test.add_argument("--python", help="a Python with the model's dependencies (default: this one)")
+    test.add_argument("--python", help=f"a Python with the model's dependencies (default: ${AUTOML_PYTHON_VARIABLE}, "
+                                       "else this one)")
     test.add_argument("--task", choices=TASKS, default="single_label")
     reg = steps.add_parser("register", help="select the best candidate and register it")
     reg.add_argument("--finetuned", required=True)
