@@ -16,6 +16,7 @@ from pathlib import Path
 
 from finetune import locks, processes
 from finetune.errors import UserError
+from finetune.learning_check import shipped_below_baseline_line
 from finetune.metrics import unprefixed
 from finetune.plan import RunPlan
 from finetune.results import Candidate, RunSummary, SelectionResult, TrainingResult
@@ -222,6 +223,9 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
           f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")
+    below = shipped_below_baseline_line(summary)
+    if below:
+        print(below)
     return summary.to_dict()
 
 
