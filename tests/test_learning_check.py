@@ -123,3 +123,42 @@ def test_a_model_that_learns_is_not_flagged(keyword_data, keyword_bert, tmp_path
     assert check["restarted"] is None and check["stopped"] is None and check["below_baseline"] is False
     assert check["checks"][-1]["verdict"] is None
     assert "restarting" not in err and "below the baseline" not in err
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["search=none"], "restart"),
+    ([], "warn"),  # the default config sweeps: its trials only record, the sweep's policy decides
+    (["search=none", "train.learning_check=warn"], "warn"),
+])
+def test_a_single_run_restarts_and_a_sweep_trial_only_warns(overrides, expected, tmp_path):
+    from finetune.cli import compose, expand
+    from finetune.planning import build_plan
+    from finetune.training_process import train_args
+
+    [(hydra_overrides, space)] = expand([*overrides, f"output_root={tmp_path}"], multirun=False)
+    plan = build_plan(compose(hydra_overrides, space), hydra_overrides, "check")
+    assert train_args(plan, str(tmp_path), str(tmp_path / "out")).learning_check == expected
+
+
+def test_a_run_that_ships_a_model_below_the_baseline_says_so_last_and_in_its_report(keyword_data, tiny_model_dir,
+                                                                                     tmp_path):
+    """conftest's tiny BERT reads every keyword text as seven [UNK]s: it cannot learn this data, and with nothing
+    else to choose (automl=none) selection ships it."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "keywords.csv"
+    write_split(data, 400, random.Random(1))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "finetune", "dataset=file", f"dataset.path={data}", "search=none",
+                          "automl=none", "endpoint=none", f"model.path={tiny_model_dir}", "model.epochs=1",
+                          "compute.num_threads=1", f"output_root={tmp_path}", "run_name=below"],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("warning: the shipped model (") and "is below the baseline: val auc_weighted" in last
+    assert "restarting once at 0.25 x the learning rate" in run.stderr
+    report = (tmp_path / "below" / "report.md").read_text()
+    assert "## Learning check" in report and "is below the baseline: val auc_weighted" in report
+    assert "Training restarted at step" in report

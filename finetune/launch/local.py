@@ -145,6 +145,10 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
         raise
     tracking.end_pipeline_run(plan.tracking.uri, parent, "FINISHED")
     print(f"browse runs:   {tracking.ui_command(plan.tracking.uri)}   (pip install 'finetune[ui]')")
+    # The run's last word: nobody should deploy a model a one-liner beats without having read it.
+    below = shipped_below_baseline_line(summary)
+    if below:
+        print(below)
     return result
 
 
@@ -223,9 +227,6 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
           f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")
-    below = shipped_below_baseline_line(summary)
-    if below:
-        print(below)
     return summary.to_dict()
 
 

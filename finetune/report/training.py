@@ -142,13 +142,14 @@ def learning_check_section(summary: "RunSummary") -> list[str]:
         return []
     baseline, metric = check["baseline"], check["baseline"]["metric"]
     lines = ["## Learning check", "",
-             f"The {baseline['model']} (fitted in {baseline['fit_seconds']:.0f} s) reaches val {metric} "
+             f"The baseline, {baseline['model']} fitted in {baseline['fit_seconds']:.0f} s, reaches val {metric} "
              f"{baseline['value']:.4f}; the fine-tuned model is *not learning* at a check when its training loss has "
              f"not fallen by {check['loss_drop']:.0%} and its val {metric} is more than {check['margin']:g} below "
              f"that (action: `{check['action']}`)."]
     shipped = shipped_below_baseline_line(summary)
     if shipped:
-        lines += ["", f"**{shipped.removeprefix('warning: ')}.**"]
+        shipped = shipped.removeprefix("warning: ")
+        lines += ["", f"**{shipped[0].upper()}{shipped[1:]}.**"]
     elif check.get("below_baseline"):
         lines += ["", f"The kept fine-tuned model ({metric} {check['kept_value']:.4f}) is below the baseline; it was "
                       "not shipped."]
