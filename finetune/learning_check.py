@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 from finetune.metrics import unprefixed
 from finetune.select import FINETUNED
@@ -56,7 +56,7 @@ def compared_metric(primary_metric: str, goal: str) -> str:
     return unprefixed(primary_metric) if goal == "maximize" else "auc_weighted"
 
 
-def fit_baseline(train_file: str, val_file: str, labels: List[str], task: str, metric: str) -> dict:
+def fit_baseline(train_file: str, val_file: str, labels: list[str], task: str, metric: str) -> dict:
     """The one-liner's val metrics: ``{"model", "metric", "value", "val", "fit_seconds"}``."""
     import numpy as np
 
@@ -78,7 +78,7 @@ def fit_baseline(train_file: str, val_file: str, labels: List[str], task: str, m
             "value": val.get(metric), "val": val, "fit_seconds": round(time.time() - started, 2)}
 
 
-def judge(losses: List[float], value: Optional[float], baseline: Optional[float]) -> Optional[str]:
+def judge(losses: list[float], value: float | None, baseline: float | None) -> str | None:
     """``not_learning`` (loss not falling and far below the one-liner), ``behind`` (far below only) or None."""
     if value is None or baseline is None or not math.isfinite(value) or not math.isfinite(baseline):
         return None
@@ -90,13 +90,13 @@ def judge(losses: List[float], value: Optional[float], baseline: Optional[float]
     return "not_learning" if recent > (1 - LOSS_DROP) * losses[0] else "behind"
 
 
-def recent_loss(losses: List[float]) -> Optional[float]:
+def recent_loss(losses: list[float]) -> float | None:
     """The mean of the last :data:`RECENT_LOGS` logged losses after the first (the reference); None before two."""
     recent = losses[1:][-RECENT_LOGS:]
     return sum(recent) / len(recent) if recent else None
 
 
-def early_step(steps_per_epoch: int, warmup_steps: int, logging_steps: int) -> Optional[int]:
+def early_step(steps_per_epoch: int, warmup_steps: int, logging_steps: int) -> int | None:
     """The optimizer step of the early check, or None when epoch 1 is too short for one before its evaluation:
     a third of epoch 1, not before the warmup plus three logs (the recent losses must be post-warmup ones)."""
     step = max(math.ceil(steps_per_epoch * EARLY_SHARE), warmup_steps + RECENT_LOGS * logging_steps)
@@ -109,11 +109,11 @@ class CheckLog:
 
     baseline: dict
     action: str
-    checks: List[dict] = field(default_factory=list)
-    restarted: Optional[dict] = None
-    stopped: Optional[str] = None
+    checks: list[dict] = field(default_factory=list)
+    restarted: dict | None = None
+    stopped: str | None = None
 
-    def to_dict(self, kept_value: Optional[float]) -> dict:
+    def to_dict(self, kept_value: float | None) -> dict:
         """``kept_value``: the kept model's val metric; None when training stopped before its first evaluation,
         and then the value the last check measured is the kept model's."""
         if kept_value is None and self.checks:
@@ -126,7 +126,7 @@ class CheckLog:
                 "kept_value": kept_value, "below_baseline": below}
 
 
-def below_baseline_line(check: Optional[dict]) -> Optional[str]:
+def below_baseline_line(check: dict | None) -> str | None:
     """The one line that says a kept model is below the one-liner on val (None when it is not)."""
     if not check or not check.get("below_baseline"):
         return None
@@ -135,7 +135,7 @@ def below_baseline_line(check: Optional[dict]) -> Optional[str]:
             f"< {baseline['value']:.4f} for the {baseline['model']}")
 
 
-def kept_training_check(summary: "RunSummary") -> Optional[dict]:
+def kept_training_check(summary: RunSummary) -> dict | None:
     """``learning_check`` of the training that produced the fine-tuned candidate (None before it ran)."""
     candidate = summary.candidates.get(FINETUNED)
     result_file = candidate.result_file if candidate is not None else None
@@ -144,7 +144,7 @@ def kept_training_check(summary: "RunSummary") -> Optional[dict]:
     return json.loads(Path(result_file).read_text()).get("learning_check")
 
 
-def shipped_below_baseline_line(summary: "RunSummary") -> Optional[str]:
+def shipped_below_baseline_line(summary: RunSummary) -> str | None:
     """The run's last word when it registers a fine-tuned model that is below the one-liner on val."""
     selection, registration = summary.selection, summary.registration
     if selection is None or registration is None or not registration.registered or selection.winner != FINETUNED:
@@ -154,7 +154,7 @@ def shipped_below_baseline_line(summary: "RunSummary") -> Optional[str]:
                                                           f"{registration.version}) is", 1)
 
 
-def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: Optional[int]):
+def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: int | None):
     """The Trainer callback of one attempt (``speak``: this process prints; under DDP only the first does). Set
     ``callback.trainer`` before training starts: the early check predicts on val with it. ``callback.restart``
     tells the caller to train again at a lower learning rate."""
@@ -165,7 +165,7 @@ def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: Optional[
     class LearningCheck(TrainerCallback):
         def __init__(self):
             self.trainer = None
-            self.losses: List[float] = []
+            self.losses: list[float] = []
             self.evaluated = False
             self.restart = False
 

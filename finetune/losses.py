@@ -2,12 +2,12 @@
 weights for binary cross-entropy (multi-label), from the train split's counts, as Trainer ``compute_loss_func``s."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from finetune.spec import CLASS_WEIGHTS
 
 
-def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Optional[List[float]]:
+def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> list[float] | None:
     """Per-class loss weights from the train split's class counts, or None (plain cross-entropy).
 
     ``balanced``: n / (k * n_c), every class weighs as much in total (scikit-learn's "balanced").
@@ -28,7 +28,7 @@ def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Option
     return [w * scale for w in weights]
 
 
-def label_positive_weights(targets, mode: str) -> Optional[List[float]]:
+def label_positive_weights(targets, mode: str) -> list[float] | None:
     """Multi-label: a ``pos_weight`` per label for binary cross-entropy, from the train split's 0/1 matrix.
 
     ``balanced`` and ``auto``: negatives / positives of the label (its positives weigh as much in total as its
@@ -47,7 +47,7 @@ def label_positive_weights(targets, mode: str) -> Optional[List[float]]:
     return [float(w) for w in ratio]
 
 
-def weighted_binary_cross_entropy(pos_weight: List[float]):
+def weighted_binary_cross_entropy(pos_weight: list[float]):
     """A Trainer ``compute_loss_func``: BCE with logits and a positive weight per label, averaged over labels, then
     over texts. The Trainer's ``num_items_in_batch`` counts label entries, k per text of an n x k target: texts
     are that count / k (dividing by the entries made the loss k times too small, 28 times on GoEmotions)."""
@@ -65,7 +65,7 @@ def weighted_binary_cross_entropy(pos_weight: List[float]):
     return loss
 
 
-def weighted_cross_entropy(weights: List[float]):
+def weighted_cross_entropy(weights: list[float]):
     """A Trainer ``compute_loss_func``: cross-entropy with per-class weights.
 
     The Trainer passes ``num_items_in_batch`` (labels over all gradient-accumulation micro-batches) and then
