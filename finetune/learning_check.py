@@ -78,6 +78,16 @@ def fit_baseline(train_file: str, val_file: str, labels: list[str], task: str, m
             "value": val.get(metric), "val": val, "fit_seconds": round(time.time() - started, 2)}
 
 
+def describe_baseline(baseline: dict) -> str:
+    """``<model> reaches val <metric> <value> (fitted in N s)``; a metric val cannot give (a class missing) is
+    said so, and then no check acts."""
+    value = baseline.get("value")
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    reached = (f"reaches val {baseline['metric']} {value:.4f}" if finite
+               else f"has no val {baseline['metric']} on this val split (no check acts)")
+    return f"{baseline['model']} {reached} (fitted in {baseline['fit_seconds']:.0f} s)"
+
+
 def judge(losses: list[float], value: float | None, baseline: float | None) -> str | None:
     """``not_learning`` (loss not falling and far below the one-liner), ``behind`` (far below only) or None."""
     if value is None or baseline is None or not math.isfinite(value) or not math.isfinite(baseline):
@@ -182,7 +192,8 @@ def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: int | Non
 
         def on_evaluate(self, _args, state, control, metrics=None, **kwargs):
             self.evaluated = True
-            self._judge(state, control, (metrics or {}).get(f"eval_{metric}"), f"evaluation at step {state.global_step}")
+            value = (metrics or {}).get(f"eval_{metric}")
+            self._judge(state, control, value, f"evaluation at step {state.global_step}")
 
         def _judge(self, state, control, value, when: str):
             verdict = judge(self.losses, value, log.baseline.get("value"))

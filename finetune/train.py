@@ -47,13 +47,12 @@ from typing import Any, List, Optional, Sequence
 
 from finetune.checkpoints import RESUME_FILE, newest_complete_checkpoint
 from finetune.files import write_json_atomic
-from finetune.learning_check import (LOWER_LR_FACTOR, CheckLog, below_baseline_line, compared_metric, early_step,
-                                     fit_baseline)
+from finetune.learning_check import (LOWER_LR_FACTOR, CheckLog, below_baseline_line, compared_metric,
+                                     describe_baseline, early_step, fit_baseline)
 from finetune.losses import (class_weights, label_positive_weights, weighted_binary_cross_entropy,
                              weighted_cross_entropy)
 from finetune.metrics import unprefixed
 from finetune.spec import TrainArgs, logged_parameters, parse_args, trainer_arguments
-
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -164,9 +163,7 @@ def setup(args: TrainArgs) -> Setup:
     check_log = CheckLog(baseline=fit_baseline(args.train_file, args.val_file, labels, args.task, metric),
                          action=args.learning_check or "warn", restarted=restarted)
     if first_process:
-        baseline = check_log.baseline
-        print(f"learning check baseline: {baseline['model']} reaches val {metric} {baseline['value']:.4f} "
-              f"(fitted in {baseline['fit_seconds']:.0f} s)", file=sys.stderr)
+        print(f"learning check baseline: {describe_baseline(check_log.baseline)}", file=sys.stderr)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _write_resume(resume_file, batch, tracking.run_id, restarted)
         tracking.tags({f"runtime.{k}": v for k, v in {**runtime.to_dict(), **batch.to_dict()}.items()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
-from finetune.learning_check import kept_training_check, shipped_below_baseline_line
+from finetune.learning_check import describe_baseline, kept_training_check, shipped_below_baseline_line
 from finetune.report.common import STATUS_STYLE, Figures, table
 
 if TYPE_CHECKING:
@@ -140,10 +140,10 @@ def learning_check_section(summary: "RunSummary") -> list[str]:
     check = kept_training_check(summary)
     if not check:
         return []
-    baseline, metric = check["baseline"], check["baseline"]["metric"]
+    metric = check["baseline"]["metric"]
     lines = ["## Learning check", "",
-             f"The baseline, {baseline['model']} fitted in {baseline['fit_seconds']:.0f} s, reaches val {metric} "
-             f"{baseline['value']:.4f}; the fine-tuned model is *not learning* at a check when its training loss has "
+             f"The baseline, {describe_baseline(check['baseline'])}; the fine-tuned model is *not learning* at a "
+             f"check when its training loss has "
              f"not fallen by {check['loss_drop']:.0%} and its val {metric} is more than {check['margin']:g} below "
              f"that (action: `{check['action']}`)."]
     shipped = shipped_below_baseline_line(summary)
