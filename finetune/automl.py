@@ -140,6 +140,17 @@ def one_liner():
     ])
 
 
+def balanced_baseline(task: str):
+    """The one-liner every fine-tuned model is held to (the learning check in training, scripts/bench_quality.py):
+    single-label, :func:`one_liner` with class-balanced weights, so a skewed set's rare classes count as they do
+    in F1 macro; multi-label, :func:`one_vs_rest`, whose per-label models already see each label's positives."""
+    if task == "multi_label":
+        return one_vs_rest()
+    pipeline = one_liner()
+    pipeline.set_params(model__class_weight="balanced")
+    return pipeline
+
+
 def one_vs_rest(c: float = OVR_C):
     """One-vs-rest logistic regression on the one-liner's TF-IDF features: the multi-label baseline."""
     from sklearn.linear_model import LogisticRegression
@@ -177,7 +188,7 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     ``data`` is the prepared data (anything with ``train_path``, ``val_path`` and ``labels``). Writes
     ``out_dir/model/`` (``model.joblib``, ``candidate.json``), ``out_dir/result.json`` (the returned
     candidate), ``out_dir/flaml.log`` (FLAML's messages) and ``out_dir/flaml_trials.jsonl`` (one record
-    per trial). ``class_weights`` is a :func:`finetune.train.class_weights` mode. The search is seeded, but
+    per trial). ``class_weights`` is a :func:`finetune.losses.class_weights` mode. The search is seeded, but
     a time-bounded search runs as many trials as the machine allows, so the chosen model can differ between
     machines.
     """
@@ -196,7 +207,7 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     from sklearn.pipeline import Pipeline
 
     from finetune.metrics import classification_metrics
-    from finetune.train import class_weights as class_weights_for
+    from finetune.losses import class_weights as class_weights_for
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # FLAML's log goes there before the model does

@@ -38,7 +38,11 @@ def _declared(schema: type, prefix: str = ""):
             yield from _declared(hint, f"{prefix}{item.name}.")
         elif item.metadata.get("range") is not None or item.metadata.get("choices"):
             items = "[]" if typing.get_origin(hint) is list else ""
-            yield f"{prefix}{item.name}{items}", item.metadata.get("range"), item.metadata.get("choices")
+            choices = item.metadata.get("choices")
+            # A choice whose default is None (null: decided by the plan) may stay unset.
+            if choices and item.default is None:
+                choices = (*choices, None)
+            yield f"{prefix}{item.name}{items}", item.metadata.get("range"), choices
 
 
 # Every number of the schema, by its key in the plan.
@@ -79,7 +83,7 @@ def check_values(plan: "RunPlan") -> List[str]:
     for key, allowed in DECLARED_CHOICES.items():
         value = _get(plan, key)
         if value not in allowed:
-            problems.append(f"{key}={value}: use one of {', '.join(allowed)}")
+            problems.append(f"{key}={value}: use one of {', '.join('null' if c is None else c for c in allowed)}")
     from finetune.search.validation import objective_problems
 
     # Checked for a single run too: training keeps its best evaluation by this metric.

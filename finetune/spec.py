@@ -104,8 +104,10 @@ class Hyperparameters:
     gradient_accumulation_steps: int = hyperparameter(1, AT_LEAST_1, trainer="gradient_accumulation_steps")
 
 
-# Per-class loss weights: see finetune.train.class_weights.
+# Per-class loss weights: see finetune.losses.class_weights.
 CLASS_WEIGHTS = ("auto", "balanced", "none")
+# What training does when it is clearly not learning: finetune.learning_check.
+LEARNING_CHECK = ("restart", "warn")
 
 
 @dataclass
@@ -113,12 +115,16 @@ class TrainingOptions:
     """How a training evaluates, stops and checkpoints: the ``train.<name>`` settings."""
 
     evals_per_epoch: int = setting(1, AT_LEAST_1)
-    # auto (= balanced, measured best for classes and labels) | balanced | none: finetune.train.class_weights.
+    # auto (= balanced, measured best for classes and labels) | balanced | none: finetune.losses.class_weights.
     class_weights: str = setting("auto", choices=CLASS_WEIGHTS)
     # Evaluations without a better primary val metric before a run stops; None = 2 for a single run and off in
     # sweeps (the sweep's policy stops trials there; the plan resolves it), 0 = never.
     early_stopping_patience: Optional[int] = setting(None, NON_NEGATIVE)
     checkpoint_every_steps: int = setting(0, NON_NEGATIVE)  # 0 = at every evaluation; N = also every N steps
+    # When the model is clearly not learning (finetune.learning_check): restart once at a quarter of the learning
+    # rate, then stop | warn (record and say so only); None = restart for a single run, warn in sweeps (the plan
+    # resolves it: a sweep's early-termination policy decides about its trials); warn for a bare finetune.train.
+    learning_check: Optional[str] = setting(None, choices=LEARNING_CHECK)
     telemetry_interval_s: float = setting(5.0, POSITIVE)
     logging_steps: int = setting(10, AT_LEAST_1)
 
@@ -219,7 +225,7 @@ def logged_parameters(args: TrainArgs) -> dict:
     """What result.json and the MLflow run record as a training's hyperparameters: every one of
     :class:`Hyperparameters`, the seed, and the loss and stopping settings."""
     names = [item.name for item in dataclasses.fields(Hyperparameters)] + ["seed", "class_weights",
-                                                                          "early_stopping_patience"]
+                                                                          "early_stopping_patience", "learning_check"]
     return {name: getattr(args, name) for name in names}
 
 

@@ -9,10 +9,10 @@ It takes split files and hyperparameters (never Hydra config), fine-tunes with t
 
 The test split is not read here: the select stage tests every candidate once, with the code that serves
 it, and the launcher logs those figures (``test_<metric>``) to this training's MLflow run.
-Imbalanced classes: ``--class-weights`` weights the cross-entropy per class (see :func:`class_weights`).
+Imbalanced classes: ``--class-weights`` weights the cross-entropy per class (:mod:`finetune.losses`).
 ``--task multi_label``: one sigmoid per label with binary cross-entropy (``problem_type`` ``multi_label_classification``
 in the saved config, so ``AutoModelForSequenceClassification`` users get the same head), split label cells are
-label lists, ``--class-weights`` weighs each label's positives (:func:`label_positive_weights`) and the val
+label lists, ``--class-weights`` weighs each label's positives (:mod:`finetune.losses`) and the val
 metrics are :func:`finetune.metrics.multi_label_metrics` at 0.5 (the select stage chooses per-label thresholds).
 ``--early-stopping-patience N`` stops after N evaluations without a better primary metric.
 
@@ -34,6 +34,7 @@ steps: :func:`setup` (everything the Trainer needs), :func:`fit` and :func:`fina
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -46,86 +47,12 @@ from typing import Any, List, Optional, Sequence
 
 from finetune.checkpoints import RESUME_FILE, newest_complete_checkpoint
 from finetune.files import write_json_atomic
+from finetune.learning_check import (LOWER_LR_FACTOR, CheckLog, below_baseline_line, compared_metric,
+                                     describe_baseline, early_step, fit_baseline)
+from finetune.losses import (class_weights, label_positive_weights, weighted_binary_cross_entropy,
+                             weighted_cross_entropy)
 from finetune.metrics import unprefixed
-from finetune.spec import CLASS_WEIGHTS, TrainArgs, logged_parameters, parse_args, trainer_arguments
-
-
-def class_weights(label_ids: Sequence[int], n_classes: int, mode: str) -> Optional[List[float]]:
-    """Per-class loss weights from the train split's class counts, or None (plain cross-entropy).
-
-    ``balanced``: n / (k * n_c), every class weighs as much in total (scikit-learn's "balanced").
-    ``auto`` is ``balanced`` for classes: with it the fine-tuned MiniLM reaches test F1 macro 0.42 on five star
-    ratings (with the square root of these weights and 2 epochs it nearly always said the majority star: 0.22)
-    and finds 7 of 11 test negatives on a 4.5 %-negative set (scripts/bench_quality.py, README's quality table).
-    Weights are scaled so that the average weight per training example is 1, so the loss and the learning rate
-    keep their usual scale.
-    """
-    if mode not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weights={mode!r}: use one of {', '.join(CLASS_WEIGHTS)}")
-    if mode == "none":
-        return None
-    counts = [max(1, sum(1 for y in label_ids if y == c)) for c in range(n_classes)]
-    total = sum(counts)
-    weights = [total / (n_classes * n) for n in counts]
-    scale = total / sum(w * n for w, n in zip(weights, counts))
-    return [w * scale for w in weights]
-
-
-def label_positive_weights(targets, mode: str) -> Optional[List[float]]:
-    """Multi-label: a ``pos_weight`` per label for binary cross-entropy, from the train split's 0/1 matrix.
-
-    ``balanced`` and ``auto``: negatives / positives of the label (its positives weigh as much in total as its
-    negatives). On GoEmotions it beat the square root of that ratio on test F1 macro, 0.4838 against 0.4476, at
-    equal micro F1 (0.5598 / 0.5606; scripts/bench_multilabel.py). ``none``: plain BCE.
-    """
-    import numpy as np
-
-    if mode not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weights={mode!r}: use one of {', '.join(CLASS_WEIGHTS)}")
-    if mode == "none":
-        return None
-    targets = np.asarray(targets)
-    positives = targets.sum(axis=0).clip(min=1)
-    ratio = (len(targets) - positives).clip(min=1) / positives
-    return [float(w) for w in ratio]
-
-
-def weighted_binary_cross_entropy(pos_weight: List[float]):
-    """A Trainer ``compute_loss_func``: BCE with logits and a positive weight per label, averaged over labels, then
-    over texts. The Trainer's ``num_items_in_batch`` counts label entries, k per text of an n x k target: texts
-    are that count / k (dividing by the entries made the loss k times too small, 28 times on GoEmotions)."""
-    import torch
-    import torch.nn.functional as F
-
-    weight = torch.tensor(pos_weight, dtype=torch.float32)
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
-                                                      pos_weight=weight.to(logits.device)).mean(dim=1)
-        return per_item.mean() if num_items_in_batch is None else per_item.sum() / (num_items_in_batch / labels.shape[-1])
-
-    return loss
-
-
-def weighted_cross_entropy(weights: List[float]):
-    """A Trainer ``compute_loss_func``: cross-entropy with per-class weights.
-
-    The Trainer passes ``num_items_in_batch`` (labels over all gradient-accumulation micro-batches) and then
-    expects a sum divided by it, not a per-micro-batch mean.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    weight = torch.tensor(weights, dtype=torch.float32)
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        per_item = F.cross_entropy(logits.float(), labels, reduction="none") * weight.to(logits.device)[labels]
-        return per_item.sum() / num_items_in_batch if num_items_in_batch is not None else per_item.mean()
-
-    return loss
-
+from finetune.spec import TrainArgs, logged_parameters, parse_args, trainer_arguments
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -150,6 +77,9 @@ class Setup:
     mean_tokens: float  # tokens per training example, padding excluded (the throughput figures)
     resume: Optional[Path]  # the checkpoint this run continues from
     training_args: Any  # transformers.TrainingArguments
+    steps_per_epoch: int
+    check_log: CheckLog  # the learning check's baseline and verdicts, over both attempts
+    attempt: int = 1  # 2 after the learning check restarted training at a lower learning rate
 
 
 @dataclass
@@ -162,12 +92,18 @@ class Fitted:
     weights: Optional[List[float]]
     early_stopping: Any  # the EarlyStoppingCallback, or None
     figures: dict  # resource telemetry
+    check: Any  # the learning check's callback (finetune.learning_check.callback)
 
 
 def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
-    """Fine-tune and write the model and result.json; ``callbacks`` are extra Trainer callbacks (benchmarks)."""
+    """Fine-tune and write the model and result.json; ``callbacks`` are extra Trainer callbacks (benchmarks).
+    A first attempt the learning check finds not learning is restarted once at a lower learning rate."""
     prepared = setup(args)
-    return finalize(prepared, fit(prepared, callbacks))
+    fitted = fit(prepared, callbacks)
+    if fitted.check.restart:
+        prepared = restart_at_lower_rate(prepared, fitted.trainer.state.global_step)
+        fitted = fit(prepared, callbacks)
+    return finalize(prepared, fitted)
 
 
 def setup(args: TrainArgs) -> Setup:
@@ -181,7 +117,7 @@ def setup(args: TrainArgs) -> Setup:
     from transformers import AutoTokenizer
 
     from finetune.data import read_targets
-    from finetune.speed import BatchPlan, choose_runtime, is_main_process, load_model, plan_batch
+    from finetune.speed import BatchPlan, choose_runtime, is_main_process, plan_batch
     from finetune.train_tracking import NullTracking, start_tracking
 
     transformers.logging.set_verbosity_error()
@@ -192,7 +128,6 @@ def setup(args: TrainArgs) -> Setup:
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = output_dir / "checkpoints"
     labels = json.loads(Path(args.labels_file).read_text())
-    label2id = {name: i for i, name in enumerate(labels)}
 
     runtime = choose_runtime(args)
     torch.set_num_threads(runtime.threads)
@@ -203,13 +138,12 @@ def setup(args: TrainArgs) -> Setup:
     tracking = start_tracking(args, previous.get("mlflow_run_id")) if first_process else NullTracking()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    # The classification head is initialised randomly: seed before creating it, or equal seeds give
-    # different trials (the Trainer seeds only after the model exists).
-    transformers.set_seed(args.seed)
     multi_label = args.task == "multi_label"
-    model = load_model(args.model, runtime, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                       label2id=label2id, ignore_mismatched_sizes=True,
-                       problem_type="multi_label_classification" if multi_label else "single_label_classification")
+    restarted = previous.get("learning_check_restart")
+    if restarted:
+        # Resuming the attempt the learning check restarted: its learning rate, not the command line's.
+        args = dataclasses.replace(args, learning_rate=restarted["to_learning_rate"])
+    model = _new_model(args, runtime, labels)
 
     def encode(path: str):
         texts, targets = read_targets(path, labels, args.task)
@@ -225,26 +159,70 @@ def setup(args: TrainArgs) -> Setup:
     train_set, val_set = encode(args.train_file), encode(args.val_file)
     resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
     batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
+    metric = compared_metric(args.primary_metric, args.goal)
+    check_log = CheckLog(baseline=fit_baseline(args.train_file, args.val_file, labels, args.task, metric),
+                         action=args.learning_check or "warn", restarted=restarted)
     if first_process:
+        print(f"learning check baseline: {describe_baseline(check_log.baseline)}", file=sys.stderr)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": tracking.run_id}, indent=2)
+        _write_resume(resume_file, batch, tracking.run_id, restarted)
         tracking.tags({f"runtime.{k}": v for k, v in {**runtime.to_dict(), **batch.to_dict()}.items()
                        if k not in ("notes", "how")})
         for note in runtime.notes:
             print(f"note: {note}", file=sys.stderr)
         print(f"batch size {batch.batch_size} per device: {batch.how}", file=sys.stderr)
+    steps_per_epoch = max(1, math.ceil(len(train_set) / (batch.batch_size * args.gradient_accumulation_steps
+                                                         * runtime.world_size)))
     return Setup(args=args, started=started, first_process=first_process, output_dir=output_dir,
                  checkpoint_dir=checkpoint_dir, labels=labels, runtime=runtime, batch=batch, tracking=tracking,
                  tokenizer=tokenizer, model=model, train_set=train_set, val_set=val_set,
                  mean_tokens=float(np.mean([len(ids) for ids in train_set["input_ids"]])), resume=resume,
-                 training_args=_training_arguments(args, batch, runtime, len(train_set), checkpoint_dir))
+                 training_args=_training_arguments(args, batch, runtime, steps_per_epoch, checkpoint_dir),
+                 steps_per_epoch=steps_per_epoch, check_log=check_log, attempt=2 if restarted else 1)
 
 
-def _training_arguments(args: TrainArgs, batch, runtime, train_rows: int, checkpoint_dir: Path):
+def _new_model(args: TrainArgs, runtime, labels: List[str]):
+    """The pretrained encoder with a new classification head for ``labels``."""
+    import transformers
+
+    from finetune.speed import load_model
+
+    # The classification head is initialised randomly: seed before creating it, or equal seeds give
+    # different trials (the Trainer seeds only after the model exists).
+    transformers.set_seed(args.seed)
+    return load_model(args.model, runtime, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
+                      problem_type="multi_label_classification" if args.task == "multi_label"
+                      else "single_label_classification")
+
+
+def _write_resume(resume_file: Path, batch, mlflow_run_id: Optional[str], restarted: Optional[dict]) -> None:
+    write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": mlflow_run_id,
+                                    **({"learning_check_restart": restarted} if restarted else {})}, indent=2)
+
+
+def restart_at_lower_rate(prepared: Setup, at_step: int) -> Setup:
+    """The learning check's one restart: the pretrained weights again, :data:`LOWER_LR_FACTOR` of the learning
+    rate, no checkpoint of the first attempt (a later resume must not continue it); same data, tracking run and
+    output dir. The resume file records the restart, so a preempted second attempt resumes as itself."""
+    args, batch = prepared.args, prepared.batch
+    lower = dataclasses.replace(args, learning_rate=args.learning_rate * LOWER_LR_FACTOR)
+    batch = dataclasses.replace(batch, learning_rate=batch.learning_rate * LOWER_LR_FACTOR)
+    restarted = {"from_learning_rate": args.learning_rate, "to_learning_rate": lower.learning_rate, "at_step": at_step}
+    prepared.check_log.restarted = restarted
+    if prepared.first_process:
+        for folder in prepared.checkpoint_dir.glob("checkpoint-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        _write_resume(prepared.checkpoint_dir / RESUME_FILE, batch, prepared.tracking.run_id, restarted)
+    return dataclasses.replace(
+        prepared, args=lower, batch=batch, model=_new_model(lower, prepared.runtime, prepared.labels), resume=None,
+        training_args=_training_arguments(lower, batch, prepared.runtime, prepared.steps_per_epoch,
+                                          prepared.checkpoint_dir), attempt=2)
+
+
+def _training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, checkpoint_dir: Path):
     from transformers import TrainingArguments
 
-    steps_per_epoch = max(1, math.ceil(train_rows / (batch.batch_size * args.gradient_accumulation_steps
-                                                     * runtime.world_size)))
     eval_steps = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -277,6 +255,7 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     from transformers import DataCollatorWithPadding, Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from finetune import learning_check
     from finetune.progress import training_callback
     from finetune.train_callbacks import observer, throughput_meter
 
@@ -310,6 +289,12 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
 
         # Watches metric_for_best_model (the primary val metric) at every evaluation.
         early_stopping = EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)
+    warmup = prepared.training_args.warmup_steps
+    total_steps = math.ceil(prepared.steps_per_epoch * args.epochs)
+    check = learning_check.callback(
+        prepared.check_log, prepared.attempt, first_process, prepared.val_set,
+        early_step(prepared.steps_per_epoch, math.ceil(warmup * total_steps) if warmup < 1 else int(warmup),
+                   args.logging_steps) if prepared.resume is None else None)
     trainer = Trainer(
         model=prepared.model,
         args=prepared.training_args,
@@ -319,8 +304,9 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
         processing_class=prepared.tokenizer,
         compute_metrics=compute_metrics,
         compute_loss_func=loss(weights) if weights else None,
-        callbacks=[watcher, meter, *([early_stopping] if early_stopping else []), *callbacks],
+        callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
     )
+    check.trainer = trainer
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
@@ -333,7 +319,7 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     finally:
         figures = monitor.stop() if monitor else {}
     return Fitted(trainer=trainer, observer=watcher, meter=meter, weights=weights, early_stopping=early_stopping,
-                  figures=figures)
+                  figures=figures, check=check)
 
 
 def finalize(prepared: Setup, fitted: Fitted) -> dict:
@@ -344,7 +330,7 @@ def finalize(prepared: Setup, fitted: Fitted) -> dict:
     weights, labels = fitted.weights, prepared.labels
     result: dict = {
         "status": watcher.status,
-        "reason": watcher.reason,
+        "reason": watcher.reason or prepared.check_log.stopped,
         "evaluations": watcher.evaluations,
         "train_loss": watcher.train_losses,
         "epochs_run": float(trainer.state.epoch or 0.0),
@@ -371,6 +357,8 @@ def finalize(prepared: Setup, fitted: Fitted) -> dict:
             (model_dir / "candidate.json").write_text(json.dumps({"family": "hf", "task": args.task, "labels": labels,
                                                                   "max_length": args.max_length}, indent=2))
         result["model_dir"] = str(model_dir)
+    check_log = prepared.check_log
+    result["learning_check"] = check_log.to_dict((result.get("val") or {}).get(check_log.baseline["metric"]))
     result["throughput"] = {**fitted.meter.figures(), **fitted.figures}
     if runtime.device == "cuda":
         result["throughput"]["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
@@ -440,6 +428,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return error.exit_code
     print(f"{result['status']} after {result['steps']} steps ({result.get('epochs_run')} epochs) in "
           f"{result['duration_s']:.0f} s; metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
+    below = below_baseline_line(result.get("learning_check"))
+    if below and result["status"] != "failed":
+        print(below, file=sys.stderr)
     return 1 if result["status"] == "failed" else 0
 
 

@@ -24,6 +24,15 @@ def early_stopping_patience(plan: RunPlan) -> int:
     return SINGLE_RUN_PATIENCE if plan.search.sampling == "none" else 0
 
 
+def learning_check(plan: RunPlan) -> str:
+    """The configured action; unset, ``restart`` for a single run and ``warn`` in a sweep: a trial restarted or
+    stopped by its own check would report to the sweep's early-termination policy a curve that policy did not
+    cut, so in a sweep the policy decides and the check only records and warns."""
+    if plan.train.learning_check is not None:
+        return plan.train.learning_check
+    return "restart" if plan.search.sampling == "none" else "warn"
+
+
 def _values(section: type, settings) -> dict:
     return {item.name: getattr(settings, item.name) for item in dataclasses.fields(section)}
 
@@ -46,7 +55,8 @@ def train_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: O
         seed=plan.seed,
         task=plan.dataset.task,
         **{**_values(Hyperparameters, plan.model), **(hyperparameters or {})},
-        **{**_values(TrainingOptions, plan.train), "early_stopping_patience": early_stopping_patience(plan)},
+        **{**_values(TrainingOptions, plan.train), "early_stopping_patience": early_stopping_patience(plan),
+           "learning_check": learning_check(plan)},
         **_values(SpeedOptions, plan.compute),
         primary_metric=plan.search.primary_metric,
         goal=plan.search.goal,

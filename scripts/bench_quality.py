@@ -81,7 +81,7 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
     class-balanced weights (multiclass). Test metrics of each."""
     import numpy as np
 
-    from finetune.automl import one_liner as make_one_liner
+    from finetune.automl import balanced_baseline, one_liner as make_one_liner
     from finetune.data import read_split
     from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics
@@ -89,12 +89,7 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
 
     train, val, test = (read_split(data_dir / f"{split}.csv", labels) for split in ("train", "val", "test"))
 
-    def fit(class_weight=None):
-        model = make_one_liner()
-        model.set_params(model__class_weight=class_weight)
-        return model.fit(train[0], train[1])
-
-    plain = fit()
+    plain = make_one_liner().fit(train[0], train[1])
     proba = plain.predict_proba(test[0])
     np.save(data_dir.parent / "select" / "one_liner_test_proba.npy", proba)
     rows = {"TF-IDF+LR argmax": classification_metrics(test[1], proba, labels=labels)}
@@ -103,7 +98,7 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
         rows[f"TF-IDF+LR val threshold ({rule['threshold']:.2f})"] = classification_metrics(
             test[1], proba, decide(proba, labels, rule), labels=labels)
     else:
-        balanced = fit("balanced")
+        balanced = balanced_baseline("single_label").fit(train[0], train[1])
         rows["TF-IDF+LR class-balanced"] = classification_metrics(test[1], balanced.predict_proba(test[0]),
                                                                   labels=labels)
     return rows

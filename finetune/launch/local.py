@@ -16,6 +16,7 @@ from pathlib import Path
 
 from finetune import locks, processes
 from finetune.errors import UserError
+from finetune.learning_check import shipped_below_baseline_line
 from finetune.metrics import unprefixed
 from finetune.plan import RunPlan
 from finetune.results import Candidate, RunSummary, SelectionResult, TrainingResult
@@ -144,6 +145,10 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
         raise
     tracking.end_pipeline_run(plan.tracking.uri, parent, "FINISHED")
     print(f"browse runs:   {tracking.ui_command(plan.tracking.uri)}   (pip install 'finetune[ui]')")
+    # The run's last word: nobody should deploy a model a one-liner beats without having read it.
+    below = shipped_below_baseline_line(summary)
+    if below:
+        print(below)
     return result
 
 

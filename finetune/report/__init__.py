@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, List
 from finetune.report.common import Figures
 from finetune.report.data import data_section
 from finetune.report.selection import registry_section, rollout_section, selection_section
-from finetune.report.training import learning_section, sweep_section, training_section
+from finetune.report.training import learning_check_section, learning_section, sweep_section, training_section
 
 if TYPE_CHECKING:
     from finetune.results import RunSummary
@@ -52,7 +52,8 @@ def write_report(run_dir: Path, summary: "RunSummary") -> Report:
     run_dir = Path(run_dir)
     figures = Figures(run_dir)
     lines = [*run_section(summary), "", *data_section(summary, figures), *sweep_section(summary, figures),
-             *learning_section(summary, figures), *training_section(summary), *selection_section(summary, figures),
+             *learning_section(summary, figures), *learning_check_section(summary),
+             *training_section(summary), *selection_section(summary, figures),
              *registry_section(summary), *rollout_section(summary)]
     path = run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)

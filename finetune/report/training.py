@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
+from finetune.learning_check import describe_baseline, kept_training_check, shipped_below_baseline_line
 from finetune.report.common import STATUS_STYLE, Figures, table
 
 if TYPE_CHECKING:
@@ -131,6 +132,40 @@ def learning_section(summary: "RunSummary", figures: Figures) -> list[str]:
     right.legend(title="metric")
     return ["## Training curves (fine-tuned model)", "", f"From `{result_file}`, one point per evaluation.", "",
             figures.save(figure, "learning_curves", "learning curves"), ""]
+
+
+def learning_check_section(summary: "RunSummary") -> list[str]:
+    """The fine-tuned model against the one-liner on val: each check's verdict, a restart, a stop, and a bold line
+    when the shipped model is below the one-liner."""
+    check = kept_training_check(summary)
+    if not check:
+        return []
+    metric = check["baseline"]["metric"]
+    lines = ["## Learning check", "",
+             f"The baseline, {describe_baseline(check['baseline'])}; the fine-tuned model is *not learning* at a "
+             f"check when its training loss has "
+             f"not fallen by {check['loss_drop']:.0%} and its val {metric} is more than {check['margin']:g} below "
+             f"that (action: `{check['action']}`)."]
+    shipped = shipped_below_baseline_line(summary)
+    if shipped:
+        shipped = shipped.removeprefix("warning: ")
+        lines += ["", f"**{shipped[0].upper()}{shipped[1:]}.**"]
+    elif check.get("below_baseline"):
+        lines += ["", f"The kept fine-tuned model ({metric} {check['kept_value']:.4f}) is below the baseline; it was "
+                      "not shipped."]
+    if check.get("restarted"):
+        restart = check["restarted"]
+        lines += ["", f"Training restarted at step {restart['at_step']} with learning rate "
+                      f"{restart['to_learning_rate']:g} instead of {restart['from_learning_rate']:g}."]
+    if check.get("stopped"):
+        lines += ["", f"Training stopped: {check['stopped']}."]
+    rows = [[c["attempt"], c["step"], f"{c['epoch']:.2f}" if c.get("epoch") is not None else None, c["value"],
+             c["first_loss"], c["recent_loss"], (c["verdict"] or "learning").replace("_", " ")]
+            for c in check.get("checks") or []]
+    if rows:
+        lines += ["", table(["attempt", "step", "epoch", f"val {metric}", "first loss", "recent loss", "verdict"],
+                            rows)]
+    return lines + [""]
 
 
 TRAINING_FIGURES = (
