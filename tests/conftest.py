@@ -28,8 +28,10 @@ def build_tiny_bert(folder: Path, texts: list[str]) -> Path:
     words = sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words[:3000]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # The vocabulary as a mapping: transformers 5 ignores `vocab_file=` here and would map every word to [UNK],
+    # leaving tiny-model tests a model that can learn only from text length.
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids(vocab[-1]) == len(vocab) - 1
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=256)
     BertModel(config).save_pretrained(folder)

@@ -2,9 +2,7 @@
 
 The data is a keyword task (one of five praise or five complaint words among neutral filler) that both the
 one-liner and a tiny BERT can learn, so "not learning" comes only from what a test breaks (a learning rate of 0).
-The tiny BERT is conftest's, with a tokenizer that knows these words: under transformers 5 the shared fixture's
-``BertTokenizerFast(vocab_file=...)`` ignores the file and maps every word to [UNK], so that model can learn only
-from text lengths.
+The tiny BERT is conftest's, built over these words.
 """
 from __future__ import annotations
 
@@ -49,12 +47,7 @@ def keyword_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def keyword_bert(tmp_path_factory) -> Path:
-    from transformers import BertTokenizer
-
-    folder = build_tiny_bert(tmp_path_factory.mktemp("keyword-bert"), [" ".join(PRAISE + COMPLAINT + FILLER)])
-    vocab = (folder / "vocab.txt").read_text().splitlines()
-    BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
-    return folder
+    return build_tiny_bert(tmp_path_factory.mktemp("keyword-bert"), [" ".join(PRAISE + COMPLAINT + FILLER)])
 
 
 def train(data: Path, model: Path, out: Path, *extra: str) -> dict:
