@@ -87,6 +87,8 @@ def test_the_two_implementations_decide_the_same_on_random_streams():
     # evaluation_interval 2: the 3rd report is not an evaluation point.
     ({"type": "median", "evaluation_interval": 2}, "maximize", {"a": [0.9] * 3, "b": [0.9] * 3, "c": [0.1] * 3}, "c",
      False),
+    # A lone run's best is never worse than its own running average (0.7 x 3 averages 0.6999999999999998 in binary).
+    ({"type": "median"}, "minimize", {"a": [0.7, 0.7, 0.7]}, "a", False),
     # Median: c's best 0.5 is below the median running average (0.6) of a, b and c over intervals 1:2.
     ({"type": "median"}, "maximize", {"a": [0.6, 0.8], "b": [0.5, 0.7], "c": [0.5, 0.5]}, "c", True),
     # A young run is compared with older runs' first N reports only: a's later 0.99 does not count at interval 1.
