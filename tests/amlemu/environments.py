@@ -187,6 +187,8 @@ class Environments:
         python, requirements, label = self.resolve(environment)
         key = hashlib.sha256(json.dumps({"python": python, "pip": requirements}).encode()).hexdigest()[:16]
         if key in self.built:
+            if isinstance(self.built[key], EnvironmentFailure):
+                raise self.built[key]  # AML builds an environment once: every job on it fails the same way
             return self.built[key]
         started = time.time()
         folder = self.cache / key
@@ -195,7 +197,11 @@ class Environments:
             fcntl.flock(lock, fcntl.LOCK_EX)  # CI and a developer's emulation may build the same spec at once
             cached = (folder / "ready.json").is_file()
             if not cached:
-                self.build(folder, python, requirements, label)
+                try:
+                    self.build(folder, python, requirements, label)
+                except EnvironmentFailure as failure:
+                    self.built[key] = failure
+                    raise
         built = JobEnvironment(folder / "bin" / "python", f"{label} [{key[:8]}]", key,
                                round(time.time() - started, 1), cached)
         self.timings.append({"key": key, "label": label, "cached": cached, "seconds": built.seconds,
@@ -212,6 +218,10 @@ class Environments:
         subprocess.run([str(python_binary(python)), "-m", "venv", str(folder)], check=True, capture_output=True)
         (folder / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        # The conda file's unpinned `pip` is conda-forge's newest; a venv's bundled pip can be years older (pyenv's
+        # 3.11.7 has pip 23.2, whose resolver crashes with InconsistentCandidate on this project's pip list).
+        subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+                       check=True, capture_output=True, env=env)
         completed = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--no-compile",
                                     "--disable-pip-version-check", "-r", str(folder / "requirements.txt")],
                                    capture_output=True, text=True, env=env)
