@@ -181,7 +181,7 @@ class Environments:
                                      "the image's Python is unknown")
         self.check_python(python, f"the environment's conda file ({image})" if environment.get("conda_file")
                           else f"image {image}")
-        return python, cpu_requirements(pip), f"{image.split('/')[-1]} py{python}"
+        return python, cpu_requirements(pip), f"{image.split('/')[-1].split(':')[0]} py{python}"
 
     def prepare(self, environment) -> JobEnvironment:
         python, requirements, label = self.resolve(environment)
