@@ -2,17 +2,15 @@
 failures (a Python the code does not support, a pip list that does not resolve) and the CPU build for CUDA torch."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from amlemu.environments import EnvironmentFailure, Environments, cpu_requirements, image_facts
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def environments(tmp_path) -> Environments:
-    return Environments(REPO / "finetune", tmp_path, log=lambda *_: None, cache=tmp_path / "envs")
+    """As the emulator makes them: the exported tree's code snapshot holds no pyproject.toml."""
+    (tmp_path / "code").mkdir(exist_ok=True)
+    return Environments(tmp_path / "code", tmp_path, log=lambda *_: None, cache=tmp_path / "envs")
 
 
 def conda(python: str, pip: list) -> dict:

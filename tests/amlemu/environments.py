@@ -48,6 +48,7 @@ IMAGES = {
 CUDA_SUFFIX = re.compile(r"^(torch(?:vision|audio)?\s*==\s*[\w.]+)\+cu\d+\s*$", re.IGNORECASE)
 PYTORCH_INDEX = re.compile(r"^--(extra-)?index-url\s+https://download\.pytorch\.org/whl/\S+$")
 PYENV = Path.home() / ".pyenv" / "versions"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class EnvironmentFailure(Exception):
@@ -64,10 +65,11 @@ class JobEnvironment:
 
 
 def requires_python(code: Path) -> Optional[str]:
-    """The code's ``requires-python``: from a pyproject.toml in the snapshot or, above it, the project's."""
+    """The code's ``requires-python``: a pyproject.toml in the snapshot or above it, else the project's own (the
+    exported snapshot holds the package folder only, and it is this repository's package)."""
     import tomllib
 
-    for folder in [code, *code.parents]:
+    for folder in [code, *code.parents, REPO]:
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
             return tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("requires-python")
