@@ -1,6 +1,6 @@
 """Run an exported AML tree (``<run_dir>/aml``) the way Azure ML runs it, on this machine.
 
-    python scripts/aml_emulate.py <run_dir>/aml [--work DIR]
+    python scripts/aml_emulate.py <run_dir>/aml [<other_run_dir>/aml ...] [--work DIR]
 
 It reads only the tree: ``pipeline.yml`` (nodes, commands, inputs, the sweep's space/policy/limits), the
 ``code`` snapshot, ``settings.json`` and the data the YAML points at. What AML does, and how it is
@@ -44,8 +44,9 @@ emulated here:
 - Several trees (``aml_emulate.py TREE_A TREE_B``) run one after the other in one workspace: one service, one
   registry, the same endpoints; the deployments of the first keep serving while the second runs.
 
-At the end it prints the node table (and writes ``<work>/emulation.json``). Exit code 0 when every node
-succeeded.
+At the end it prints the node table and writes ``<work>/emulation.json`` (every node, with its tree),
+``<work>/endpoints.json`` (each endpoint's traffic and deployments) and ``<work>/environments.json`` (each
+environment: built or cached, seconds). Exit code 0 when every node succeeded.
 """
 from __future__ import annotations
 
