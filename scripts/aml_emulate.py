@@ -1,6 +1,8 @@
 """Run an exported AML tree (``<run_dir>/aml``) the way Azure ML runs it, on this machine.
 
-    python scripts/aml_emulate.py <run_dir>/aml [--work DIR]
+    python scripts/aml_emulate.py <run_dir>/aml [<other_run_dir>/aml ...] [--work DIR]
+
+Several trees run one after the other in one emulated workspace (one registry, the same endpoints).
 
 The emulator lives with the tests that use it (tests/amlemu/emulator.py, which documents what it emulates).
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from amlemu.environments import CACHE
 from amlemu.recorder import build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,8 @@ def test_exported_tree_runs_end_to_end_as_aml_would(tree, tmp_path):
     assert list(nodes) == ["sweep", "register", "deploy"]
     # The job Python resolved finetune to the uploaded snapshot only.
     assert "finetune from " in completed.stdout and "/probe/code/finetune/__init__.py (no dist-info)" in completed.stdout
+    # ... in a venv built from the job's own environment spec, not the interpreter that runs the emulator.
+    assert f"job Python {sys.prefix}:" not in completed.stdout and f"job Python {CACHE}/" in completed.stdout
 
     sweep = nodes["sweep"]
     assert len(sweep["trials"]) == 2 and all(t["status"] in ("completed", "early-terminated") for t in sweep["trials"])

@@ -51,6 +51,12 @@ are at most that many. So ties are never split (two equal runs are both kept or 
 is cut while k < 100 / truncation_percentage.
 
 A NaN report (e.g. AUC with one class in the split) counts as the worst possible value.
+
+Ties are decimal ties. The documents state thresholds in decimal ("less than 0.6 (0.8 - 0.2)"; a run's best
+against "the median of the running averages"), but 0.8 - 0.2 is 0.6000000000000001 and the mean of 0.8 and 0.4
+is 0.6000000000000001 in binary floating point, which stopped a run at exactly 0.6, and even a lone run whose
+constant curve is "worse" than its own average. A value within TIE (relative) of a Bandit limit or of the median
+is a tie, and a tie is not worse. (Found by tests/test_aml_policies.py against the emulator's independent reading.)
 """
 from __future__ import annotations
 
@@ -61,7 +67,15 @@ from typing import Collection, Hashable, List, Mapping, Sequence
 from finetune.config import PolicyConfig
 
 POLICY_TYPES = ("none", "bandit", "median", "truncation")
+TIE = 1e-9  # metrics carry far fewer significant digits than a double
 GOALS = ("maximize", "minimize")
+
+
+def _worse(value: float, limit: float, maximize: bool) -> bool:
+    """``value`` strictly worse than ``limit``, beyond floating-point noise."""
+    if math.isclose(value, limit, rel_tol=TIE, abs_tol=TIE):
+        return False
+    return value < limit if maximize else value > limit
 
 
 def applies_at(policy: PolicyConfig, interval: int) -> bool:
@@ -92,11 +106,11 @@ def should_stop(policy: PolicyConfig, goal: str, curves: Mapping[Hashable, Seque
             limit = ref / (1 + policy.slack_factor) if maximize else ref * (1 + policy.slack_factor)
         else:
             limit = ref - policy.slack_amount if maximize else ref + policy.slack_amount
-        return mine < limit if maximize else mine > limit
+        return _worse(mine, limit, maximize)
 
     if policy.type == "median":
         median = statistics.median(statistics.fmean(values) for values in compared.values())
-        return mine < median if maximize else mine > median
+        return _worse(mine, median, maximize)
 
     if policy.type == "truncation":
         at_interval = {run: values[-1] for run, values in compared.items()

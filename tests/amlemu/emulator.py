@@ -1,6 +1,6 @@
 """Run an exported AML tree (``<run_dir>/aml``) the way Azure ML runs it, on this machine.
 
-    python scripts/aml_emulate.py <run_dir>/aml [--work DIR]
+    python scripts/aml_emulate.py <run_dir>/aml [<other_run_dir>/aml ...] [--work DIR]
 
 It reads only the tree: ``pipeline.yml`` (nodes, commands, inputs, the sweep's space/policy/limits), the
 ``code`` snapshot, ``settings.json`` and the data the YAML points at. What AML does, and how it is
@@ -10,11 +10,14 @@ emulated here:
   command line with ``${{inputs.*}}``, ``${{outputs.*}}`` and ``${{search_space.*}}`` substituted, in
   ``bash -c``, with cwd = a fresh copy of the uploaded code snapshot. Inputs are copied in (AML mounts
   them), outputs are empty folders.
-- The job Python is this interpreter, which holds the job environment's dependencies (checked against the
-  node's conda file). AML's image has no ``finetune`` installed; where this interpreter has one (tests run
-  after ``pip install .`` or ``-e .``), the job's ``sitecustomize`` hides its dist-info, editable finder and
-  repository path. PYTHONPATH holds neither the repository nor a finetune dist-info, and a probe asserts that
-  ``finetune`` resolves only to the snapshot and has no installed metadata.
+- The job Python is a venv built from the node's own environment (image + conda file), cached by the spec's
+  hash (:mod:`.environments`): its Python version checked against the code's requires-python, its pip list
+  installed by pip's resolver (a missing or conflicting pin fails the node), CUDA torch builds mapped to the CPU
+  build of the same version. It has no ``finetune`` installed, as AML's image has none; the job's
+  ``sitecustomize`` still hides one should an environment list it. A probe asserts that ``finetune`` resolves
+  only to the snapshot and has no installed metadata.
+- ``distribution: pytorch`` with ``process_count_per_instance`` / ``instance_count`` runs one process per rank
+  with AML's MASTER_ADDR/MASTER_PORT/WORLD_SIZE/NODE_RANK/RANK/LOCAL_RANK (:mod:`.distribution`).
 - AML's job variables are set: ``AZUREML_RUN_ID``/``MLFLOW_RUN_ID`` (the run AML creates before the job),
   ``MLFLOW_TRACKING_URI=azureml://eastus.api.azureml.ms/mlflow/v1.0/<workspace>``, ``MLFLOW_TRACKING_TOKEN``,
   ``MLFLOW_EXPERIMENT_*``, ``AZUREML_ARM_*``, and for jobs with a managed identity ``DEFAULT_IDENTITY_CLIENT_ID``
@@ -28,18 +31,21 @@ emulated here:
   stand-in as the AML control plane.
 - Sweep: trials are sampled from the YAML's ``search_space`` with the YAML's ``sampling_algorithm``; while a
   trial runs, its ``objective.primary_metric`` is read back from the tracking store (as AML reads run
-  metrics) and the YAML's ``early_termination`` policy is applied with the project's implementation of
-  AML's rules (:func:`finetune.search.policies.should_stop`); a stopped trial is cancelled. ``limits``
+  metrics) and the YAML's ``early_termination`` policy is applied by the emulator's own reading of AML's
+  documented rules (:mod:`.policies`, not the project's implementation); a stopped trial is cancelled. ``limits``
   (trials, trial_timeout) hold. The sweep's outputs are the best trial's.
 - AutoML: only the service can run AutoML NLP. Its node is replaced by a clearly labelled STAND-IN
   (:mod:`.automl_standin`) that reads the MLTables, applies AutoML NLP's data validation and writes
   ``best_model`` as AutoML's MLflow model (sklearn + python_function flavours, AutoML's wrapper interface).
 - Deployments: when the deploy step's deployment is scored, its registered model and uploaded scoring code
-  are read back from the stand-in's blob store and served by the real inference server (azmlinfsrv) with
-  the deployment's environment variables.
+  are read back from the stand-in's blob store and served by the real inference server (azmlinfsrv) in the
+  deployment environment's venv, with the deployment's environment variables.
+- Several trees (``aml_emulate.py TREE_A TREE_B``) run one after the other in one workspace: one service, one
+  registry, the same endpoints; the deployments of the first keep serving while the second runs.
 
-At the end it prints the node table (and writes ``<work>/emulation.json``). Exit code 0 when every node
-succeeded.
+At the end it prints the node table and writes ``<work>/emulation.json`` (every node, with its tree),
+``<work>/endpoints.json`` (each endpoint's traffic and deployments) and ``<work>/environments.json`` (each
+environment: built or cached, seconds). Exit code 0 when every node succeeded.
 """
 from __future__ import annotations
 
@@ -62,6 +68,9 @@ from typing import Dict, List, Optional
 
 from . import automl_standin
 from . import recorder as aml_recorder
+from .distribution import Ranks, launch, layout
+from .environments import EnvironmentFailure, Environments
+from .policies import TerminationService
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,7 +136,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     dist = False
 plugin = importlib.util.find_spec("azureml.mlflow") is not None
-print(json.dumps({"origin": spec.origin if spec else None, "dist_info": dist, "plugin": plugin,
+print(json.dumps({"origin": spec.origin if spec else None, "dist_info": dist, "plugin": plugin, "python": sys.prefix,
                   "cwd": os.getcwd(), "path": sys.path}))
 '''
 
@@ -151,6 +160,7 @@ class NodeResult:
     detail: str = ""
     trials: List[dict] = field(default_factory=list)
     service_calls: Dict[str, int] = field(default_factory=dict)  # what the node's jobs asked the service
+    tree: str = ""  # which exported tree (several run in one workspace)
 
 
 class EmulationError(Exception):
@@ -182,7 +192,8 @@ def from_aml_distribution(spec: dict) -> dict:
 
 
 class Emulation:
-    def __init__(self, tree: Path, work: Path, log=print):
+    def __init__(self, tree: Path, work: Path, log=print, workspace: Optional["Emulation"] = None):
+        """``workspace``: an emulation that ran before in the same workspace (its service, registry, endpoints)."""
         import yaml
 
         self.tree = Path(tree).resolve()
@@ -195,12 +206,14 @@ class Emulation:
         self.servers: Dict[str, tuple] = {}
         self.netmap = self.work / "netmap"
         self.sequence = 0
-        self.python = sys.executable
-
+        self.workspace = workspace
 
     # ------------------------------------------------------------------ the service side
 
     def start_service(self) -> None:
+        if self.workspace is not None:
+            self.join_workspace(self.workspace)
+            return
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ["_MLFLOW_SERVER_FILE_STORE"] = f"sqlite:///{self.work / 'workspace-mlflow.db'}"
         os.environ["_MLFLOW_SERVER_ARTIFACT_ROOT"] = str(self.work / "workspace-artifacts")
@@ -215,6 +228,16 @@ class Emulation:
         self.recorder.on_put = self.created
         self.netmap.mkdir(parents=True, exist_ok=True)
         (self.netmap / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+        self.open_experiment()
+
+    def join_workspace(self, previous: "Emulation") -> None:
+        """The same service as ``previous`` (its registry, endpoints and serving deployments), this tree's jobs."""
+        self.service, self.recorder, self.mlflow = previous.service, previous.recorder, previous.mlflow
+        self.servers, self.netmap, self.sequence = previous.servers, previous.netmap, previous.sequence
+        self.recorder.scorer, self.recorder.on_put = self.score, self.created
+        self.open_experiment()
+
+    def open_experiment(self) -> None:
         found = self.api("GET", "experiments/get-by-name", query={"experiment_name": self.experiment})
         self.experiment_id = (found.get("experiment", {}).get("experiment_id")
                               or self.api("POST", "experiments/create", {"name": self.experiment})["experiment_id"])
@@ -252,14 +275,14 @@ class Emulation:
 
     # ------------------------------------------------------------------ jobs
 
-    def job_environment(self, run_id: str, identity: bool) -> dict:
+    def job_environment(self, run_id: str, identity: bool, python: Path) -> dict:
         env = {key: value for key, value in os.environ.items()
                if key not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")
                and not key.startswith(("_MLFLOW_", "AZUREML_"))}
         token = aml_recorder.FakeCredential().get_token("https://ml.azure.com").token
         env.update({
             # `python` in a command line is the job environment's, as in AML's image.
-            "PATH": f"{Path(self.python).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PATH": f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}",
             "PYTHONPATH": str(self.netmap),
             "AML_EMULATION_PORT": str(self.recorder.port),
             "AML_EMULATION_HOSTS": ",".join(EMULATED_HOSTS),
@@ -293,11 +316,11 @@ class Emulation:
         shutil.copytree(self.tree / code, target, ignore=shutil.ignore_patterns("__pycache__"))
         return target
 
-    def probe(self, code: str) -> dict:
+    def probe(self, code: str, python: Path) -> dict:
         """Where ``finetune`` comes from inside a job: the snapshot only, never an installed distribution."""
-        job_dir = self.work / "probe"
+        job_dir = self.work / f"probe-{self.tree.parent.name}" if self.workspace else self.work / "probe"
         cwd = self.snapshot(job_dir, code)
-        completed = subprocess.run([self.python, "-c", PROBE], cwd=cwd, env=self.job_environment("probe", False),
+        completed = subprocess.run([str(python), "-c", PROBE], cwd=cwd, env=self.job_environment("probe", False, python),
                                    capture_output=True, text=True, timeout=120)
         if completed.returncode != 0:
             raise EmulationError(f"probe failed: {completed.stderr[-500:]}")
@@ -311,28 +334,6 @@ class Emulation:
         if not found["plugin"]:
             raise EmulationError("azureml-mlflow is not installed in the job Python (the job environment's plugin)")
         return found
-
-    def environment_check(self, environment) -> str:
-        """The node's conda pip list against this Python: every package must be present (versions reported)."""
-        from importlib import metadata
-
-        conda = (environment or {}).get("conda_file") if isinstance(environment, dict) else None
-        if not conda:
-            return (environment or {}).get("image", "?") if isinstance(environment, dict) else str(environment)
-        pins = [line for line in conda["dependencies"][-1]["pip"] if not line.startswith("-")]
-        missing, differ = [], []
-        for line in pins:
-            name, _, version = line.partition("==")
-            try:
-                installed = metadata.version(name)
-            except metadata.PackageNotFoundError:
-                missing.append(name)
-                continue
-            if version and installed.split("+")[0] != version.split("+")[0]:
-                differ.append(f"{name} {installed}!={version}")
-        if missing:
-            raise EmulationError(f"the job environment lists {', '.join(missing)}, not installed in this Python")
-        return f"{len(pins) - len(differ)}/{len(pins)} pins match" + (f" ({'; '.join(differ)})" if differ else "")
 
     def resolve_input(self, value, job_dir: Path, name: str, kind: Optional[str]):
         """A bound input as the job sees it: a copied file or folder (AML mounts it), or a literal."""
@@ -373,7 +374,7 @@ class Emulation:
         return PLACEHOLDER.sub(value, command)
 
     def start_job(self, name: str, spec: dict, bindings: dict, identity: bool, space: Optional[dict] = None,
-                  parent_run: Optional[str] = None):
+                  parent_run: Optional[str] = None, job: Optional[dict] = None):
         """Start one job process; returns (process, run id, outputs, job dir)."""
         self.sequence += 1
         job_dir = self.work / "jobs" / f"{self.sequence:02d}-{name}"
@@ -393,14 +394,26 @@ class Emulation:
             outputs[key] = job_dir / "outputs" / key
             outputs[key].mkdir(parents=True)
         command = self.substitute(spec["command"], inputs, {k: str(v) for k, v in outputs.items()}, space or {})
+        python = self.environments.prepare(spec.get("environment")).python
         cwd = self.snapshot(job_dir, spec["code"])
         run_id = self.create_run(name, parent_run)
         (job_dir / "command.sh").write_text(command + "\n", encoding="utf-8")
+        env = self.job_environment(run_id, identity, python)
+        instances, per_instance = layout(job or spec)
+        if instances * per_instance > 1:
+            return launch(command, cwd, env, job_dir, instances, per_instance), run_id, outputs, job_dir
         log = open(job_dir / "std_log.txt", "w", encoding="utf-8")
-        process = subprocess.Popen(["/bin/bash", "-c", command], cwd=cwd, env=self.job_environment(run_id, identity),
+        process = subprocess.Popen(["/bin/bash", "-c", command], cwd=cwd, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         process.log_file = log
         return process, run_id, outputs, job_dir
+
+    @staticmethod
+    def close_log(process) -> None:
+        if isinstance(process, Ranks):
+            process.close_logs()
+        else:
+            process.log_file.close()
 
     def wait(self, process, run_id: str, job_dir: Path, timeout: Optional[float]) -> str:
         try:
@@ -408,7 +421,7 @@ class Emulation:
         except subprocess.TimeoutExpired:
             self.cancel(process)
             code = None
-        process.log_file.close()
+        self.close_log(process)
         status = "FINISHED" if code == 0 else ("KILLED" if code is None else "FAILED")
         self.finish_run(run_id, status)
         if code != 0:
@@ -418,6 +431,9 @@ class Emulation:
 
     @staticmethod
     def cancel(process) -> None:
+        if isinstance(process, Ranks):
+            process.cancel()
+            return
         try:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=20)
@@ -433,8 +449,8 @@ class Emulation:
     def command_node(self, name: str, node: dict, result: NodeResult) -> None:
         spec = node.get("component") or node
         identity = bool(node.get("identity") or spec.get("identity"))
-        result.environment = self.environment_check(spec.get("environment"))
-        process, run_id, outputs, job_dir = self.start_job(name, spec, node.get("inputs") or {}, identity)
+        result.environment = self.environments.prepare(spec.get("environment")).label
+        process, run_id, outputs, job_dir = self.start_job(name, spec, node.get("inputs") or {}, identity, job=node)
         self.wait(process, run_id, job_dir, _seconds(node.get("limits", {}).get("timeout")))
         self.outputs[name] = outputs
         produced = [path.name for out in outputs.values() for path in sorted(out.glob("*.json"))]
@@ -465,12 +481,10 @@ class Emulation:
     def sweep_node(self, name: str, node: dict, result: NodeResult) -> None:
         import optuna
 
-        from finetune.config import PolicyConfig
-        from finetune.search.policies import should_stop
         from finetune.search.space import latent_distribution, value_from_latent
 
         trial_spec = node["trial"]
-        result.environment = self.environment_check(trial_spec.get("environment"))
+        result.environment = self.environments.prepare(trial_spec.get("environment")).label
         space = {key: from_aml_distribution(spec) for key, spec in node["search_space"].items()}
         sampling = node.get("sampling_algorithm") or {"type": "random"}
         sampling = {"type": sampling} if isinstance(sampling, str) else sampling
@@ -485,9 +499,7 @@ class Emulation:
         study = optuna.create_study(sampler=sampler)
         objective = node["objective"]
         metric, goal = objective["primary_metric"], objective["goal"].lower()
-        policy_yaml = dict(node.get("early_termination") or {"type": "none"})
-        policy = PolicyConfig(type=policy_yaml.pop("type", "none").lower(),
-                              **{k: v for k, v in policy_yaml.items() if k in PolicyConfig.__dataclass_fields__})
+        termination = TerminationService(node.get("early_termination"), goal)
         limits = node.get("limits") or {}
         total = int(limits.get("max_total_trials", 1))
         trial_timeout = _seconds(limits.get("trial_timeout"))
@@ -504,7 +516,8 @@ class Emulation:
             asked = study.ask({key: latent_distribution(dist) for key, dist in space.items()})
             sample = {key: value_from_latent(key, space[key], asked.params[key]) for key in space}
             process, run_id, outputs, job_dir = self.start_job(f"{name}_trial{number}", trial_spec,
-                                                               node.get("inputs") or {}, False, sample, sweep_run)
+                                                               node.get("inputs") or {}, False, sample, sweep_run,
+                                                               job=trial_spec)
             curves[number] = []
             started, status, reason = time.time(), "completed", ""
             while process.poll() is None:
@@ -512,8 +525,9 @@ class Emulation:
                 values = self.metric_history(run_id, metric)
                 for interval in range(len(curves[number]) + 1, len(values) + 1):
                     curves[number] = values[:interval]
-                    if should_stop(policy, goal, {n: c for n, c in curves.items()}, number):
-                        status, reason = "early-terminated", f"{policy.type} at interval {interval}"
+                    decision = termination.on_report(str(number), values[interval - 1])
+                    if decision:
+                        status, reason = "early-terminated", decision
                         self.cancel(process)
                         break
                 if trial_timeout and time.time() - started > trial_timeout:
@@ -521,8 +535,12 @@ class Emulation:
                     self.cancel(process)
                 if status != "completed":
                     break
-            process.log_file.close()
-            curves[number] = self.metric_history(run_id, metric) or curves[number]
+            self.close_log(process)
+            reported = self.metric_history(run_id, metric)
+            for value in reported[len(curves[number]):]:  # reports after the last poll: known to later decisions
+                termination.reports.report(str(number), value)
+            termination.end(str(number))
+            curves[number] = reported or curves[number]
             if status == "completed" and process.returncode != 0:
                 status = "failed"
                 reason = (job_dir / "std_log.txt").read_text(errors="replace").strip().splitlines()[-1:]
@@ -593,6 +611,7 @@ class Emulation:
         model_dir = self._materialize(model.get("modelUri") or model.get("path"), folder / "model")
         code_dir = self._materialize(code["codeUri"], folder / "code")
         script = next(code_dir.rglob(properties["codeConfiguration"]["scoringScript"]))
+        python = self.environments.prepare(self.deployment_environment(properties)).python
         (folder / "server.py").write_text(SERVER, encoding="utf-8")
         port = free_port()
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
@@ -600,7 +619,7 @@ class Emulation:
         env.update({"AZUREML_MODEL_DIR": str(model_dir), "GUNICORN_CMD_ARGS": "--no-control-socket",
                     "OMP_NUM_THREADS": "1", "FINETUNE_NUM_THREADS": "1"})
         log = open(folder / "server.log", "w", encoding="utf-8")
-        process = subprocess.Popen([self.python, str(folder / "server.py"), "--entry_script", str(script),
+        process = subprocess.Popen([str(python), str(folder / "server.py"), "--entry_script", str(script),
                                     "--model_dir", str(model_dir), "--port", str(port)], cwd=script.parent, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
@@ -616,13 +635,29 @@ class Emulation:
         self.servers[deployment] = (process, port, log)
         return port
 
+    def deployment_environment(self, properties: dict) -> dict:
+        """The deployment's environment as its YAML gave it (image + conda file), from the registered asset."""
+        import yaml
+
+        wanted = str(properties.get("environmentId", "")).lower().rstrip("/")
+        for key, body in self.recorder.resources.items():
+            if wanted and key.lower().rstrip("/").endswith(wanted.split("/workspaces/", 1)[-1]):
+                asset = body.get("properties", {})
+                conda = asset.get("condaFile")
+                return {"image": asset.get("image"), "conda_file": yaml.safe_load(conda) if conda else None}
+        raise EmulationError(f"deployment environment {wanted or '(none)'} was never created in the workspace")
+
     def created(self, relative: str, body: dict) -> None:
         """AML answers a deployment's creation once its container is healthy: the server starts now."""
         match = re.fullmatch(r"onlineEndpoints/[^/]+/deployments/([^/]+)", relative)
-        if match and match.group(1) not in self.servers:
+        if match and match.group(1) in self.servers:  # an update: AML replaces the deployment's containers
+            process, _port, log = self.servers.pop(match.group(1))
+            self.cancel(process)
+            log.close()
+        if match:
             try:
                 self.start_server(match.group(1))
-            except EmulationError as error:
+            except (EmulationError, EnvironmentFailure) as error:
                 self.log(f"  deployment {match.group(1)} failed: {error}")
                 body.setdefault("properties", {})["provisioningState"] = "Failed"
 
@@ -682,16 +717,24 @@ class Emulation:
                           if job.get("identity") or (job.get("component") or {}).get("identity")}
         for cluster in steps_clusters:
             self.grant_steps_identity(cluster)
-        code = next((job.get("trial") or job.get("component") or job).get("code") for job in jobs.values()
-                    if (job.get("trial") or job.get("component") or job).get("code"))
-        found = self.probe(code)
-        self.log(f"job Python: finetune from {found['origin']} (no dist-info), azureml-mlflow present")
+        first = next(job.get("trial") or job.get("component") or job for job in jobs.values()
+                     if (job.get("trial") or job.get("component") or job).get("code"))
+        self.environments = Environments(self.tree / first["code"], self.tree, self.log)
         failed = False
+        try:
+            found = self.probe(first["code"], self.environments.prepare(first.get("environment")).python)
+            self.log(f"job Python {found['python']}: finetune from {found['origin']} (no dist-info), "
+                     "azureml-mlflow present")
+        except EnvironmentFailure as error:
+            self.log(f"job environment: {error}")  # the nodes on it fail with this line when they start
+        except EmulationError as error:
+            self.log(f"job Python: {error}")
+            failed = True
         for name in self.order():
             job = jobs[name]
             kind = job.get("type", "command")
             compute = str(job.get("compute") or self.pipeline.get("compute") or "").replace("azureml:", "")
-            result = NodeResult(name, kind, compute, "")
+            result = NodeResult(name, kind, compute, "", tree=str(self.tree))
             self.results.append(result)
             if failed:
                 result.status = "skipped (upstream failed)"
@@ -701,13 +744,33 @@ class Emulation:
             try:
                 {"sweep": self.sweep_node, "automl": self.automl_node}.get(kind, self.command_node)(name, job, result)
                 result.status = "stand-in" if kind == "automl" else "completed"
-            except EmulationError as error:
+            except (EmulationError, EnvironmentFailure) as error:
                 result.status, result.detail, failed = "failed", str(error), True
             result.seconds = round(time.time() - started, 1)
             result.service_calls = self.calls(self.recorder.requests[first_request:])
             self.log(f"[{name}] {result.status} in {result.seconds:.0f} s: {result.detail} {result.service_calls}")
-        self.stop_servers()
+        self.sequence_done()
         return self.results
+
+    def sequence_done(self) -> None:
+        """The next tree in this workspace numbers its jobs after these."""
+        if self.workspace is not None:
+            self.workspace.sequence = self.sequence
+
+    def endpoints(self) -> dict:
+        """The workspace's online endpoints now: each one's traffic split and deployments (with their model)."""
+        found: Dict[str, dict] = {}
+        for key, body in self.recorder.resources.items():
+            match = re.search(r"/onlineEndpoints/([^/]+)(?:/deployments/([^/]+))?$", key)
+            if not match:
+                continue
+            endpoint = found.setdefault(match.group(1), {"traffic": {}, "deployments": {}})
+            properties = body.get("properties", {})
+            if match.group(2):
+                endpoint["deployments"][match.group(2)] = str(properties.get("model", "")).split("/models/")[-1]
+            else:
+                endpoint["traffic"] = properties.get("traffic", {})
+        return found
 
     def close(self) -> None:
         self.stop_servers()
@@ -729,7 +792,8 @@ def _seconds(value) -> Optional[float]:
 
 def table(results: List[NodeResult]) -> str:
     header = ["node", "type", "compute", "environment", "status", "s", "detail"]
-    rows = [[r.node, r.kind, r.compute, r.environment[:48], r.status, f"{r.seconds:.0f}", r.detail] for r in results]
+    several = len({r.tree for r in results}) > 1
+    rows = [[f"{Path(r.tree).parent.name}/{r.node}" if several else r.node, r.kind, r.compute, r.environment[:48], r.status, f"{r.seconds:.0f}", r.detail] for r in results]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
     return "\n".join("  ".join(str(cell).ljust(widths[i]) if i < len(widths) else str(cell)
                                for i, cell in enumerate(row)) for row in [header, *rows])
@@ -737,19 +801,27 @@ def table(results: List[NodeResult]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/aml_emulate.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("tree", help="the exported AML folder, <run_dir>/aml")
-    parser.add_argument("--work", help="where jobs run (default: a new folder beside the tree)")
+    parser.add_argument("trees", nargs="+", metavar="tree",
+                        help="an exported AML folder, <run_dir>/aml; several run one after the other in one workspace")
+    parser.add_argument("--work", help="where jobs run (default: a new folder beside the first tree)")
     args = parser.parse_args(argv)
-    tree = Path(args.tree)
-    if not (tree / "pipeline.yml").is_file():
-        print(f"error: {tree} holds no pipeline.yml (export one with dry_run=true)", file=sys.stderr)
-        return 2
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="aml-emulation-", dir=tree.parent))
-    emulation = Emulation(tree, work)
+    trees = [Path(tree) for tree in args.trees]
+    for tree in trees:
+        if not (tree / "pipeline.yml").is_file():
+            print(f"error: {tree} holds no pipeline.yml (export one with dry_run=true)", file=sys.stderr)
+            return 2
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="aml-emulation-", dir=trees[0].parent))
+    first = Emulation(trees[0], work)
+    emulations = [first] + [Emulation(tree, work, workspace=first) for tree in trees[1:]]
+    results = []
     try:
-        results = emulation.run()
+        for emulation in emulations:
+            results += emulation.run()
+        (work / "endpoints.json").write_text(json.dumps(first.endpoints(), indent=2))
     finally:
-        emulation.close()
+        first.close()
+    timings = [t for e in emulations if hasattr(e, "environments") for t in e.environments.timings]
+    (work / "environments.json").write_text(json.dumps(timings, indent=2))
     print("\n" + table(results))
     (work / "emulation.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
     print(f"\njobs, logs and the workspace's tracking store: {work}")
