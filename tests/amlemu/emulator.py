@@ -78,6 +78,7 @@ REGION_HOST = f"{aml_recorder.LOCATION}.api.azureml.ms"
 ARM_HOST = "management.azure.com"
 EMULATED_HOSTS = (ARM_HOST, REGION_HOST, aml_recorder.BLOB_HOST)
 TRACKING_URI = f"azureml://{REGION_HOST}/mlflow/v1.0{aml_recorder.WORKSPACE_PATH}"
+AUTOML_RUNTIME = "/azureml-envs/azureml-automl-dnn-text-gpu"
 IDENTITY_CLIENT_ID = "44444444-4444-4444-4444-444444444444"
 PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs|search_space)\.([A-Za-z0-9_]+)\s*\}\}")
 PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
@@ -206,6 +207,7 @@ class Emulation:
         self.servers: Dict[str, tuple] = {}
         self.netmap = self.work / "netmap"
         self.sequence = 0
+        self.automl_runtime = None  # the environment AutoML's stand-in model loads in, once an AutoML node ran
         self.workspace = workspace
 
     # ------------------------------------------------------------------ the service side
@@ -399,6 +401,10 @@ class Emulation:
         run_id = self.create_run(name, parent_run)
         (job_dir / "command.sh").write_text(command + "\n", encoding="utf-8")
         env = self.job_environment(run_id, identity, python)
+        # The job's own variables, as AML sets them (the command job's `environment_variables`).
+        for key, value in {**(spec.get("environment_variables") or {}),
+                           **((job or {}).get("environment_variables") or {})}.items():
+            env[key] = self.in_image(str(value))
         instances, per_instance = layout(job or spec)
         if instances * per_instance > 1:
             return launch(command, cwd, env, job_dir, instances, per_instance), run_id, outputs, job_dir
@@ -407,6 +413,16 @@ class Emulation:
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         process.log_file = log
         return process, run_id, outputs, job_dir
+
+    def in_image(self, value: str) -> str:
+        """A path into AutoML's image environment (``/azureml-envs/azureml-automl-dnn-text-gpu``, the conda env
+        azureml-assets' Dockerfile of ai-ml-automl-dnn-text-gpu creates) as the emulation has it: the runtime of the
+        AutoML stand-in, the venv its model's conda file makes."""
+        if not value.startswith(AUTOML_RUNTIME + "/"):
+            return value
+        if self.automl_runtime is None:
+            raise EmulationError(f"{value}: AutoML's runtime exists only once an AutoML node has run")
+        return str(self.automl_runtime.python.parent.parent) + value[len(AUTOML_RUNTIME):]
 
     @staticmethod
     def close_log(process) -> None:
@@ -574,6 +590,10 @@ class Emulation:
                                                  node.get("target_column_name", "label"), node.get("task"), outputs)
         except automl_standin.AutomlDataError as error:
             raise EmulationError(f"AutoML data validation: {error}") from None
+        # The runtime that loads the model in later jobs: its conda file, on a plain image (AutoML's own image is
+        # GPU-only; its Python and pins are the stand-in's, which cloudpickle's by-value classes need).
+        self.automl_runtime = self.environments.prepare(
+            {"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04", "conda_file": automl_standin.conda_env()})
         self.outputs[name] = outputs
 
     # ------------------------------------------------------------------ deployments

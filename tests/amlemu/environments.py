@@ -35,15 +35,15 @@ from typing import List, Optional, Union
 
 CACHE = Path(os.environ.get("FINETUNE_AML_ENV_CACHE", Path.home() / ".cache" / "finetune" / "aml-emulation" / "envs"))
 # Images by name (tag dropped): their Python and the packages they preinstall. Sources: the images' definitions
-# in Azure/azureml-assets (assets/training/automl/environments/*/context/Dockerfile for AutoML NLP's runtime,
-# Python 3.9) and Microsoft's "Prebuilt Docker images for inference" page (minimal-pyXYZ-inference: Python X.YZ
+# in Azure/azureml-assets (assets/training/automl/environments/*/context/Dockerfile for AutoML NLP's runtime:
+# Python 3.10 in ai-ml-automl-dnn-text-gpu since commit 35ccf2cb, 3.9 in the retired azureml-automl-dnn-text-gpu) and Microsoft's "Prebuilt Docker images for inference" page (minimal-pyXYZ-inference: Python X.YZ
 # with azureml-inference-server-http). The openmpi base images carry conda and no Python of their own to speak
 # of: a job on them gets the conda file's.
 IMAGES = {
     r"azureml/openmpi[\d.]+(-cuda[\d.]+)?-ubuntu[\d.]+": {"python": None, "packages": []},
     r"azureml/minimal-py3(\d+)-inference": {"python": "3.{0}", "packages": ["azureml-inference-server-http"]},
     r"azureml/curated/azureml-automl-dnn-text-gpu": {"python": "3.9", "packages": None},
-    r"azureml/curated/ai-ml-automl-dnn-text-gpu": {"python": "3.9", "packages": None},
+    r"azureml/curated/ai-ml-automl-dnn-text-gpu": {"python": "3.10", "packages": None},
 }
 CUDA_SUFFIX = re.compile(r"^(torch(?:vision|audio)?\s*==\s*[\w.]+)\+cu\d+\s*$", re.IGNORECASE)
 PYTORCH_INDEX = re.compile(r"^--(extra-)?index-url\s+https://download\.pytorch\.org/whl/\S+$")

@@ -69,8 +69,9 @@ JOB_PACKAGES = {
               "mlflow-skinny", "azureml-mlflow", "azure-ai-ml", "azure-identity", "pyyaml", "tqdm"),
     # deploy: AML's control plane only; the deployment itself runs in the serving environment
     "deploy": ("azure-ai-ml", "azure-identity", "numpy", "pyyaml"),
-    # AutoML's test: the metric function over the probabilities AutoML's own env computes (AUTOML_PYTHON)
-    "automl_test": ("numpy", "scikit-learn", "pyyaml"),
+    # AutoML's test: the decision rule chosen on val and the metric function over the probabilities AutoML's own
+    # env computes (AUTOML_PYTHON); the splits are read with pandas (the emulation's venv of this list found it)
+    "automl_test": ("numpy", "pandas", "scikit-learn", "pyyaml"),
 }
 # Roles whose jobs log to the workspace's MLflow (AML points MLFLOW_TRACKING_URI at azureml://).
 TRACKING_ROLES = ("training", "steps")
