@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics
+from finetune.config import MULTICLASS_RULES
+from finetune.errors import UserError
+from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics, multi_label_metrics
+from finetune.serve.score import decide
 
 DECISION_METRICS = tuple(name for name in METRIC_NAMES if name not in RANKING_METRICS)
 MULTI_LABEL_DECISION_METRICS = ("f1_macro", "f1_weighted", "f1_micro")
 # Rounds of the one-label-at-a-time search for f1_micro; it settles in two or three on GoEmotions.
 MAX_ROUNDS = 20
-MULTICLASS_RULES = ("auto", "argmax", "prior_correction")
 PRIOR_STRENGTHS = (0.5, 1.0)
 # More distinct thresholds than this are thinned to quantiles: the choice is as good and stays fast.
 MAX_THRESHOLDS = 400
@@ -63,8 +65,6 @@ def _metric_problems(metric: str, task: str) -> List[str]:
 
 def _require(metric: str, task: str):
     """With ``dataset.task=auto`` the plan could not tell the task: the data stage's choice is checked here."""
-    from finetune.errors import UserError
-
     problems = _metric_problems(metric, task)
     if problems:
         raise UserError(problems[0])
@@ -78,8 +78,6 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
     (``val_argmax``), so a reader sees what the rule bought.
     """
     import numpy as np
-
-    from finetune.serve.score import decide
 
     _require(metric, "single_label")
     y_val = np.asarray(y_val)
@@ -116,9 +114,6 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
 def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str = "f1_macro") -> dict:
     """The multi-label rule: per-label thresholds that maximise ``metric`` on val (see the module docstring)."""
     import numpy as np
-
-    from finetune.metrics import multi_label_metrics
-    from finetune.serve.score import decide
 
     _require(metric, "multi_label")
     y_val = np.asarray(y_val, dtype=np.int64)
@@ -219,8 +214,6 @@ def _middle_of_best(cuts, values) -> float:
 
 def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax: float):
     import numpy as np
-
-    from finetune.serve.score import decide
 
     rule = {"rule": "threshold", "positive_label": labels[1]}
     cuts = _cuts(proba_val[:, 1])

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from finetune.environment import serving_conda_spec
 from finetune.serve import SCORE_SCRIPT
 
 PYFUNC_MODULE = "finetune_score"
@@ -40,7 +41,6 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
     """Add score.py, the MLflow model files, sample_request.json and the model card to ``folder``.
 
     ``conda``: the serving environment (default: the one of the candidate's runtime, built here)."""
-    from finetune.environment import serving_conda_spec
     from finetune.serve.score import read_candidate
 
     candidate = read_candidate(folder)

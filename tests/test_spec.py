@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,19 @@ def test_the_command_line_has_one_flag_per_field_and_round_trips():
     args = spec.TrainArgs("t.csv", "v.csv", "l.json", "m", "out", learning_rate=1e-5, early_stopping_patience=0,
                           tf32=False, trial_number=3)
     assert spec.parse_args(spec.to_argv(args)) == args
+
+
+def test_every_training_flag_is_described_by_its_declaration():
+    """``python -m finetune.train --help`` says what each flag does, with the words declared in finetune/spec.py."""
+    completed = subprocess.run([sys.executable, "-m", "finetune.train", "--help"], capture_output=True, text=True,
+                               check=True, cwd=ROOT)
+    # argparse wraps lines at spaces and after hyphens: compare without whitespace.
+    shown = "".join(completed.stdout.split())
+    for item in dataclasses.fields(spec.TrainArgs):
+        assert item.metadata["help"], f"{item.name}: declare what it does (help=...)"
+        assert f"{spec.flag(item.name)}{item.name.upper()}" in shown or f"{spec.flag(item.name)}true|false" in shown \
+            or f"{spec.flag(item.name)}{{" in shown, item.name
+        assert "".join(item.metadata["help"].split()) in shown, item.name
 
 
 def test_plan_checks_follow_the_declared_ranges_and_choices(tmp_path):

@@ -58,10 +58,7 @@ import math
 import statistics
 from typing import Collection, Hashable, List, Mapping, Sequence
 
-from finetune.config import PolicyConfig
-
-POLICY_TYPES = ("none", "bandit", "median", "truncation")
-GOALS = ("maximize", "minimize")
+from finetune.config import POLICY_TYPES, PolicyConfig
 
 
 def applies_at(policy: PolicyConfig, interval: int) -> bool:
