@@ -187,7 +187,8 @@ class AutomlConfig:
     max_features: int = setting(50000, AT_LEAST_1)  # per feature kind (word 1-2 grams, char 3-5 grams)
     cv_folds: int = setting(3, Range(2))  # trials are scored by cross-validation on train
     # AML AutoML NLP settings.
-    # auto: AUC_weighted for single-label data, accuracy (AutoML's only multi-label metric) for multi-label.
+    # auto: AUC_weighted for single-label data, accuracy (AutoML's only multi-label metric) for multi-label; or
+    # one of AUC_weighted, accuracy, norm_macro_recall, average_precision_score_weighted, precision_score_weighted.
     primary_metric: str = "auto"
     language: str = "eng"
     timeout_minutes: int = setting(60, MINUTES)
@@ -197,7 +198,9 @@ class AutomlConfig:
     max_nodes: int = setting(1, AT_LEAST_1)
     # The one model AutoML NLP fine-tunes (e.g. bert-base-cased); None lets AutoML pick for the language.
     model_name: Optional[str] = None
-    # AutoML NLP's own sweep: {sampling_algorithm, policy, space: [{model_name: ..., learning_rate: ...}]}.
+    # AutoML NLP's own sweep: {sampling_algorithm, policy, space: [{model_name: ..., learning_rate: ...}]}, needs
+    # max_trials >= 2; set it whole with ++ (it adds keys to an empty dict), e.g. ++automl.sweep='{sampling_algorithm:
+    # random, policy: {type: bandit, slack_factor: 0.1}, space: [{model_name: {type: choice, values: [a, b]}}]}'.
     sweep: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -23,7 +23,6 @@ from finetune.metrics import unprefixed
 from finetune.plan import RunPlan
 from finetune.report import write_report
 from finetune.results import Candidate, RunSummary, SelectionResult, TrainingResult
-from finetune.search import run_sweep
 from finetune.select import FINETUNED, check_production_labels
 from finetune.serve import deploy_local
 from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
@@ -228,6 +227,8 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
         return result
     next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
                          f"up to {plan.search.limits.max_total_trials} trials")
+    from finetune.search.runner import run_sweep  # optuna: loaded only when a plan sweeps
+
     sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
     summary.sweep = sweep
     summary.save()
