@@ -198,7 +198,6 @@ def test_auto_batch_size_in_the_plan_is_what_the_aml_command_gets(tmp_path):
 
 def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, monkeypatch):
     from finetune import cli
-    from finetune.launch import azureml
 
     planned = []
     monkeypatch.setattr("finetune.launch.run_plan", lambda plan: planned.append(plan))

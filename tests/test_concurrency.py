@@ -68,12 +68,11 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     """Something outside this run's lock (another machine on the same store, a hand-set alias) moved production
     between selection and promotion: the selection rule is applied again against the new production."""
     import csv
+    import dataclasses
     from types import SimpleNamespace
 
     from finetune import registry, select
     from finetune.launch.local import _recheck
-    import dataclasses
-
     from finetune.results import SelectionResult, SelectionRow
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 

@@ -20,8 +20,8 @@ import pytest
 
 from finetune.cli import compose, expand
 from finetune.planning import build_plan
-from finetune.search.reporting import TrialReporter
 from finetune.results import SweepResult
+from finetune.search.reporting import TrialReporter
 from finetune.search.runner import run_sweep
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,9 +14,9 @@ import pytest
 
 from finetune import speed
 from finetune.config import ComputeConfig, TrainConfig
-from finetune.speed import Hardware, decide
 from finetune.errors import UserError
 from finetune.spec import TrainArgs, parse_args, to_argv
+from finetune.speed import Hardware, decide
 from finetune.training_process import launch_command
 
 REPO = Path(__file__).resolve().parent.parent

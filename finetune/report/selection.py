@@ -39,7 +39,7 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
             rows.append([label, description, val, f"failed: {row.error}", *[""] * (len(columns) + 2)])
         else:
             recall = ("per label below" if multi_label else
-                      " / ".join(f"{row.test.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels))
+                      " / ".join(f"{row.test.get(per_class_key('recall', label), float('nan')):.2f}" for label in labels))
             at_argmax = (row.test_argmax or {}).get("f1_macro")
             rows.append([label, description, val, *(row.test.get(c) for c in columns), describe(row.decision),
                          recall, at_argmax])
