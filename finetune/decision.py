@@ -7,17 +7,15 @@ class (a model with a good AUC can do that on imbalanced data), so each candidat
   ``f1_macro``), each candidate judged by the metric *averaged over its neighbouring candidates*, the
   SMOOTHING_SHARE of candidates on either side (candidates lie between neighbouring val scores, so this is
   about that share of val texts). On a small val split the single best cut often separates a few rare-class
-  texts from majority-class texts with almost the same score, in an order that is chance (P(positive) >= 0.002
-  among 9 scores within 0.0003 of it, 11 val negatives: test negative recall 0.27 where argmax had 0.73,
-  scripts/bench_quality.py's imbalanced set); such a peak is narrow, a real edge between the classes holds
-  over neighbouring cuts. Argmax (0.5) stays unless the chosen threshold beats it on val.
+  texts from majority-class texts with almost the same score, in an order that is chance (docs/performance.md,
+  "Decision rules", has the case); such a peak is narrow, a real edge between the classes holds over
+  neighbouring cuts. Argmax (0.5) stays unless the chosen threshold beats it on val.
 - multi-label: a threshold per label on its own probability. For ``f1_macro`` and ``f1_weighted`` each label
   takes the threshold that maximises its own F1 on val (both averages are then the best any per-label
   thresholds give); for ``f1_micro`` the thresholds maximise F1 over every label decision pooled, found one
   label at a time with the others fixed until none moves. Pooled F1 asks for higher thresholds on rare labels
-  (a false positive there costs what it costs on a frequent label): on GoEmotions it gave MiniLM 0.02-0.03 more
-  micro F1 at the same macro F1, and cost the TF-IDF one-liner 0.02 macro F1 (README). A label without a
-  positive val text keeps 0.5. ``multiclass_rule`` does not apply.
+  (a false positive there costs what it costs on a frequent label; measured in docs/performance.md). A label
+  without a positive val text keeps 0.5. ``multiclass_rule`` does not apply.
 - multiclass: argmax, or (``multiclass_rule=prior_correction``) argmax of probability / train prior^a, the
   strength ``a`` in (0.5, 1) picked on val; ``auto`` keeps the correction only when it beats argmax on val.
 

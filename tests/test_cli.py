@@ -160,6 +160,7 @@ def test_unknown_column_of_your_own_file_lists_the_real_columns(capsys, tmp_path
     assert "dataset.text_column=text" in err and "body" in err and "queue" in err
 
 
+@pytest.mark.slow  # a real run up to its data stage
 def test_a_label_column_with_one_class_fails_before_training(capsys, tmp_path):
     data = tmp_path / "one.csv"
     data.write_text("text,label\n" + "".join(f"review {i},good\n" for i in range(20)))

@@ -68,6 +68,7 @@ def test_per_label_thresholds_chosen_on_val_carry_to_test():
     assert describe(decision).startswith("per-label P >= t")
 
 
+@pytest.mark.slow  # scikit-learn at every cut
 def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
     from sklearn.metrics import f1_score
 
@@ -82,6 +83,7 @@ def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
         assert np.allclose(_f1_at_cuts(truth, scores, cuts), expected)
 
 
+@pytest.mark.slow  # every cut of every label
 def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     """5,000 val texts, 12 positives: quantiles of all the scores would leave a few cuts among the positives."""
     from sklearn.metrics import f1_score
@@ -98,6 +100,7 @@ def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     assert f1_score(truth, scores >= chosen) == pytest.approx(best)
 
 
+@pytest.mark.slow  # every single-label change
 def test_micro_f1_thresholds_no_single_label_change_improves_pooled_f1():
     """select.decision_metric=f1_micro: checked by brute force, every cut of every label, at the chosen thresholds."""
     from sklearn.metrics import f1_score

@@ -112,6 +112,7 @@ def saved(run_dir: Path, summary: dict) -> RunSummary:
     return RunSummary.load(run_dir)
 
 
+@pytest.mark.slow  # every figure of a full report
 def test_full_summary_renders_every_section(tmp_path, splits):
     summary = full_summary(tmp_path, splits)
 
