@@ -36,6 +36,7 @@ PORT = Range(0, 65535, unit=" (0 = a free port)")
 # The legal values of the enum-like settings, declared once: the schema's ``setting(choices=)`` below and the
 # stage checks that say more about a wrong value (finetune.data, finetune.search, finetune.export) read these.
 SOURCES = ("bundled", "amazon_5core", "file")
+MODEL_SOURCES = ("package", "hub", "path")
 DATA_TASKS = ("auto", *TASKS)
 SAMPLINGS = ("none", "random", "grid", "bayesian")
 POLICY_TYPES = ("none", "bandit", "median", "truncation")
@@ -104,7 +105,7 @@ class ModelConfig(Hyperparameters):
     name: str = "minilm-l6"
     # package: a model folder shipped inside an installed Python package; hub: a Hugging Face hub id;
     # path: a local folder. `path`, when set, always wins (a local copy of a hub model).
-    source: str = "package"
+    source: str = setting("package", choices=MODEL_SOURCES)
     package: Optional[str] = None
     package_subdir: str = "model"
     hub_id: Optional[str] = None

@@ -121,3 +121,26 @@ def test_docs_table_is_generated_from_the_spec():
         path.write_text(head + begin + spec.reference_table() + end + tail, encoding="utf-8")
         table = spec.reference_table()
     assert table == spec.reference_table(), "run with FINETUNE_UPDATE_DOCS=1 and review docs/contracts.md"
+
+
+def test_every_declared_choice_is_checked_at_plan_time_and_declared_once(tmp_path):
+    """``setting(choices=...)`` is the one declaration of a string's legal values (stage checks import the same
+    tuples from finetune.config): the plan check refuses anything else for every such key."""
+    from finetune import cli, ranges
+    from finetune.planning import build_plan
+
+    overrides = [f"output_root={tmp_path}", "dry_run=true"]
+    plan = build_plan(cli.compose(overrides, {}), overrides, "t")
+    assert {"compute.target", "automl.engine", "endpoint.target", "search.goal", "dataset.source",
+            "model.source", "search.sampling", "endpoint.runtime"} <= set(ranges.CHOICES)
+    for key, allowed in ranges.CHOICES.items():
+        section, _, name = key.rpartition(".")
+        owner = plan
+        for part in section.split("."):
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+        setattr(owner, name, "bogus")
+        try:
+            assert f"{key}=bogus: use one of {', '.join(allowed)}" in ranges.check_values(plan), key
+        finally:
+            setattr(owner, name, original)
