@@ -3,8 +3,8 @@
 Hydra composes the config (its compose API, its override grammar, its multirun expansion); this module
 owns the process boundary so that user mistakes end as one line on stderr with exit code 2, and so
 that ``search.space.<name>=choice(...)``-style overrides become search dimensions instead of Hydra
-multirun sweeps. Only the standard library and the config modules load before a plan runs: ``--help``
-and ``dry_run=true`` stay fast.
+multirun sweeps. Before a plan runs only the plan-time modules load (no torch, transformers, MLflow, Azure
+or optuna; ``tests/test_cli.py`` checks it): ``--help`` and ``dry_run=true`` stay fast.
 """
 from __future__ import annotations
 
