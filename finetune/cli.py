@@ -18,11 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from finetune import config, hydra_cli
+from finetune import config, hydra_cli, launch
 from finetune.config import CHOICE_KEYS
 from finetune.errors import UserError
 from finetune.hydra_cli import FLAGS_HELP, ConfigSource, one_line, parse_overrides
-from finetune.launch import launcher, launcher_name, run_plan, separate
 from finetune.plan_view import changed_keys, render
 from finetune.planning import build_plan
 from finetune.processes import interrupt_on_signals
@@ -242,7 +241,7 @@ def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
 
 def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     """`automl=auto`/`endpoint=auto` are the launcher's choice, so `compute=a100` alone is enough."""
-    choices = launcher(launcher_name(cfg.compute.target)).auto_choices(cfg)
+    choices = launch.launcher(launch.launcher_name(cfg.compute.target)).auto_choices(cfg)
     return [f"{group}={choice}" for group, choice in choices.items() if cfg[group][CHOICE_KEYS[group]] == "auto"]
 
 
@@ -257,7 +256,7 @@ def plans(invocation, source, jobs) -> list:
             raise UserError(f"plan_view={cfg.plan_view}: use {' or '.join(config.PLAN_VIEWS)}")
         plan = build_plan(cfg, overrides, started, index=i if invocation.multirun else None)
         built.append((plan, changed_keys(cfg, defaults), cfg.plan_view))
-    targeted = separate([plan for plan, _, _ in built])
+    targeted = launch.separate([plan for plan, _, _ in built])
     return [(plan, changed, view) for plan, (_, changed, view) in zip(targeted, built)]
 
 
@@ -299,7 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(render(plan, changed, view), flush=True)
             running = plan
             resume = resume_command(invocation, job_overrides, space_lines, plan.name)
-            run_plan(plan)
+            # Through the module: tests replace launch.run_plan to see the plans without running them.
+            launch.run_plan(plan)
             running = None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
