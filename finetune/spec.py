@@ -131,7 +131,7 @@ class TrainingOptions:
     evals_per_epoch: int = setting(1, AT_LEAST_1, help="evaluations on the validation split per epoch")
     class_weights: str = setting(
         "auto", choices=CLASS_WEIGHTS,
-        help="per-class loss weights: auto (= balanced) | balanced | none; see finetune.train.class_weights")
+        help="per-class loss weights; auto = balanced (measured best, see finetune.train.class_weights)")
     # None is resolved by the plan: off in sweeps, where the sweep's policy stops trials.
     early_stopping_patience: Optional[int] = setting(
         None, NON_NEGATIVE, help="evaluations without a better primary metric before stopping; 0 = never, "
@@ -266,13 +266,14 @@ def reference_table() -> str:
     for section in SECTIONS:
         for item in dataclasses.fields(section):
             default = "required" if item.default is dataclasses.MISSING else f"`{item.default}`"
-            rows.append(f"| `{flag(item.name)}` | {section.__name__} | {default} | "
-                        f"{allowed_values(item).replace('|', chr(92) + '|')} | "
-                        f"{'yes' if item.metadata.get('searchable') else ''} | {item.metadata['help']} |")
+            cells = [f"`{flag(item.name)}`", section.__name__, default, _allowed_values(item),
+                     "yes" if item.metadata.get("searchable") else "", item.metadata["help"]]
+            # A '|' inside a cell would end it.
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
 
 
-def allowed_values(item: dataclasses.Field) -> str:
+def _allowed_values(item: dataclasses.Field) -> str:
     """A setting's legal values as the docs and ``--help`` write them: its range, or its choices."""
     legal, choices = item.metadata.get("range"), item.metadata.get("choices")
     return legal.describe() if legal else " | ".join(choices) if choices else ""
