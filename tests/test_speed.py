@@ -161,6 +161,7 @@ def test_detect_on_this_machine():
     assert isinstance(speed.cpu_has_native_bf16(), bool)
 
 
+@pytest.mark.slow  # the training benchmark
 def test_bench_smoke(tmp_path):
     """The benchmark script runs end to end on CPU with a small model (a smoke test, not a timing)."""
     out = tmp_path / "bench.json"
