@@ -8,9 +8,9 @@ is :class:`TrainingOptions`, ``ComputeConfig`` starts with :class:`SpeedOptions`
 training command line (:func:`to_argv` / :func:`parse_args`), the AML command's ``${{inputs.<name>}}``
 placeholders and the table in docs/contracts.md (``tests/test_spec.py`` holds it to this module).
 
-Adding a hyperparameter is one field of :class:`Hyperparameters`: with ``trainer=`` when ``TrainingArguments``
-takes it as it is, otherwise plus the lines of :mod:`finetune.train` that use it (then regenerate the docs
-table and the AML goldens: ``FINETUNE_UPDATE_DOCS=1 FINETUNE_UPDATE_GOLDEN=1 pytest tests/test_spec.py
+Adding a hyperparameter is one field of :class:`Hyperparameters` with its ``help``: with ``trainer=`` when
+``TrainingArguments`` takes it as it is, otherwise plus the lines of :mod:`finetune.train` that use it (then
+regenerate the docs table and the AML goldens: ``FINETUNE_UPDATE_DOCS=1 FINETUNE_UPDATE_GOLDEN=1 pytest tests/test_spec.py
 tests/test_azureml_entities.py``).
 
 Standard library only: the CLI, the plan check and an AML job's code snapshot all import it.
