@@ -3,18 +3,29 @@
 Hydra composes the config (its compose API, its override grammar, its multirun expansion); this module
 owns the process boundary so that user mistakes end as one line on stderr with exit code 2, and so
 that ``search.space.<name>=choice(...)``-style overrides become search dimensions instead of Hydra
-multirun sweeps. Only the standard library and the config modules load before a plan runs: ``--help``
-and ``dry_run=true`` stay fast.
+multirun sweeps. Before a plan runs only the plan-time modules load (no torch, transformers, MLflow, Azure
+or optuna; ``tests/test_cli.py`` checks it): ``--help`` and ``dry_run=true`` stay fast.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import difflib
+import shlex
 import sys
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from finetune import config, hydra_cli, launch
+from finetune.config import CHOICE_KEYS
 from finetune.errors import UserError
+from finetune.hydra_cli import FLAGS_HELP, ConfigSource, one_line, parse_overrides
+from finetune.plan_view import changed_keys, render
+from finetune.planning import build_plan
+from finetune.processes import interrupt_on_signals
+from finetune.search.space import distribution_from_override
 
 SPACE_PREFIX = "search.space."
 
@@ -52,8 +63,6 @@ def default_choices() -> dict[str, str]:
 
 
 def help_text() -> str:
-    from finetune.hydra_cli import FLAGS_HELP
-
     defaults = default_choices()
     lines = [
         "usage: python -m finetune [-m] [--cfg job|all] [--info] [-cd DIR] [-cn NAME] [--version] [KEY=VALUE ...]",
@@ -95,30 +104,6 @@ def experiments() -> dict[str, str]:
     return found
 
 
-def _one_line(error: BaseException) -> str:
-    """Hydra/OmegaConf messages span several lines and chain causes; keep what names the problem."""
-    parts = []
-    while error is not None:
-        text = " ".join(str(error).split())
-        # OmegaConf appends a block of "full_key: ... object_type=..." diagnostics; the key is enough.
-        for noise in (" full_key:", " object_type=", " Config search path:"):
-            text = text.split(noise)[0]
-        if text and text not in parts:
-            parts.append(text)
-        error = error.__cause__
-    return ": ".join(parts)
-
-
-def parse_overrides(args: Sequence[str]):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    try:
-        return OverridesParser.create().parse_overrides(list(args))
-    except OverrideParseException as error:
-        raise UserError(f"cannot parse override: {_one_line(error)}") from None
-
-
 def expand(args: Sequence[str], multirun: bool) -> List[tuple[list[str], dict]]:
     """Split command-line overrides into one (hydra overrides, search dimensions) pair per plan."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -127,8 +112,6 @@ def expand(args: Sequence[str], multirun: bool) -> List[tuple[list[str], dict]]:
     for override in parse_overrides(args):
         key = override.key_or_group
         if key.startswith(SPACE_PREFIX) and override.is_sweep_override():
-            from finetune.search.space import distribution_from_override
-
             space[key[len(SPACE_PREFIX):]] = distribution_from_override(override)
         elif key.startswith(SPACE_PREFIX) and isinstance(override.value(), dict):
             # A dimension written out as a dict replaces the shipped one instead of merging into it,
@@ -168,10 +151,7 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf, open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    from finetune import config
-    from finetune.hydra_cli import ConfigSource
+    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
     source = source or ConfigSource()
     # Hydra would answer an old key with "Key 'kind' not in 'AutomlConfig'", which does not say what to write.
@@ -207,26 +187,33 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
         unknown = list(_unknown_keys(cfg, config.Config, skip=("hydra",) if with_hydra else ()))
         if unknown:
             raise UserError("; ".join(unknown))
+        # Interpolations (`${key}`, `${oc.env:NAME}`) resolve when read: read them all here, where a dangling one
+        # is the user's one-line mistake, not a traceback from whichever stage reads it first.
+        for key in cfg:
+            if key != "hydra" and OmegaConf.is_config(cfg[key]):
+                OmegaConf.to_container(cfg[key], resolve=True)
         return cfg
+    except InterpolationResolutionError as error:
+        # OmegaConf words an unset ${oc.env:NAME} as `KeyError raised while resolving interpolation: "..."`.
+        reason = one_line(error).split("while resolving interpolation: ")[-1].strip('"')
+        raise UserError(f"{error.full_key}: {reason}") from None
     except (HydraException, OmegaConfBaseException) as error:
         old_key = _renamed_key_in(error)
         if old_key:
             raise UserError(f"{old_key} is now {config.renamed(old_key)}: rename it in your config file") from None
-        raise UserError(_one_line(error)) from None
+        raise UserError(one_line(error)) from None
     except ValueError as error:
         # Hydra reports some malformed overrides (`=3`: a group override without a group) as a bare ValueError.
-        raise UserError(f"cannot apply the overrides {' '.join(overrides)}: {_one_line(error)}") from None
+        raise UserError(f"cannot apply the overrides {' '.join(overrides)}: {one_line(error)}") from None
     finally:
         GlobalHydra.instance().clear()
 
 
 def _renamed_key_in(error: BaseException) -> Optional[str]:
     """The renamed key a config file of the user's still sets, when that is what ``error`` (or its cause) is about."""
-    from finetune.config import renamed
-
     while error is not None:
         key = str(getattr(error, "full_key", "") or "")
-        if renamed(key):
+        if config.renamed(key):
             return key
         # Hydra raises its composition error while handling OmegaConf's, which names the key.
         error = error.__cause__ or error.__context__
@@ -235,12 +222,6 @@ def _renamed_key_in(error: BaseException) -> Optional[str]:
 
 def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
     """`key: unknown setting (did you mean ...)` for every key of ``cfg`` that ``schema`` (a dataclass) lacks."""
-    import dataclasses
-    import difflib
-    import typing
-
-    from finetune import config
-
     hints = typing.get_type_hints(schema)
     fields = {field.name: hints[field.name] for field in dataclasses.fields(schema)}
     for key in cfg.keys():
@@ -260,36 +241,27 @@ def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
 
 def _resolve_auto_choices(cfg, overrides: list[str]) -> list[str]:
     """`automl=auto`/`endpoint=auto` are the launcher's choice, so `compute=a100` alone is enough."""
-    from finetune.config import CHOICE_KEYS
-    from finetune.launch import launcher, launcher_name
-
-    choices = launcher(launcher_name(cfg.compute.target)).auto_choices(cfg)
+    choices = launch.launcher(launch.launcher_name(cfg.compute.target)).auto_choices(cfg)
     return [f"{group}={choice}" for group, choice in choices.items() if cfg[group][CHOICE_KEYS[group]] == "auto"]
 
 
 def plans(invocation, source, jobs) -> list:
     """Every job's validated plan with the keys that differ from the shipped defaults, before any runs."""
-    from finetune.launch import separate
-    from finetune.plan_view import changed_keys
-    from finetune.planning import build_plan
-
     started = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     defaults = compose([], {})
     built = []
     for i, (overrides, space) in enumerate(jobs):
         cfg = compose(overrides, space, source)
-        if cfg.plan_view not in ("short", "full"):
-            raise UserError(f"plan_view={cfg.plan_view}: use short or full")
+        if cfg.plan_view not in config.PLAN_VIEWS:
+            raise UserError(f"plan_view={cfg.plan_view}: use {' or '.join(config.PLAN_VIEWS)}")
         plan = build_plan(cfg, overrides, started, index=i if invocation.multirun else None)
         built.append((plan, changed_keys(cfg, defaults), cfg.plan_view))
-    targeted = separate([plan for plan, _, _ in built])
+    targeted = launch.separate([plan for plan, _, _ in built])
     return [(plan, changed, view) for plan, (_, changed, view) in zip(targeted, built)]
 
 
 def resume_command(invocation, overrides: list[str], space_lines: list[str], run_name: str) -> str:
     """The command that continues an interrupted run: the same settings, pinned to that run's name."""
-    import shlex
-
     flags = []
     if invocation.config_dir:
         flags += ["-cd", invocation.config_dir]
@@ -300,8 +272,6 @@ def resume_command(invocation, overrides: list[str], space_lines: list[str], run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from finetune import hydra_cli
-
     args = list(sys.argv[1:] if argv is None else argv)
     running, resume = None, None
     try:
@@ -322,17 +292,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         # Build and validate every plan before running any, so a typo in job 3 costs nothing.
         space_lines = [o for o in overrides if o.lstrip("+").startswith(SPACE_PREFIX) and o not in jobs[0][0]]
-        from finetune.launch import run_plan
-        from finetune.plan_view import render
-        from finetune.processes import interrupt_on_signals
-
         built = plans(invocation, source, jobs)
         interrupt_on_signals()  # a terminated run stops what it started, as after Ctrl-C
         for (plan, changed, view), (job_overrides, _) in zip(built, jobs):
             print(render(plan, changed, view), flush=True)
             running = plan
             resume = resume_command(invocation, job_overrides, space_lines, plan.name)
-            run_plan(plan)
+            # Through the module: tests replace launch.run_plan to see the plans without running them.
+            launch.run_plan(plan)
             running = None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

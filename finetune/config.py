@@ -17,9 +17,11 @@ from typing import Any, Dict, List, Optional
 from finetune.spec import (
     AT_LEAST_1,
     FRACTION_OPEN,
+    GOALS,
     NON_NEGATIVE,
     SECONDS,
     SEED,
+    TASKS,
     Hyperparameters,
     Objective,
     Range,
@@ -30,6 +32,17 @@ from finetune.spec import (
 )
 
 PORT = Range(0, 65535, unit=" (0 = a free port)")
+
+# The legal values of the enum-like settings, declared once: the schema's ``setting(choices=)`` below and the
+# stage checks that say more about a wrong value (finetune.data, finetune.search, finetune.export) read these.
+SOURCES = ("bundled", "amazon_5core", "file")
+MODEL_SOURCES = ("package", "hub", "path")
+DATA_TASKS = ("auto", *TASKS)
+SAMPLINGS = ("none", "random", "grid", "bayesian")
+POLICY_TYPES = ("none", "bandit", "median", "truncation")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+MULTICLASS_RULES = ("auto", "argmax", "prior_correction")
+PLAN_VIEWS = ("short", "full")
 MINUTES = Range(1, unit=" minutes")
 
 
@@ -49,7 +62,7 @@ class DatasetConfig:
     # bundled: a file or folder inside finetune/data_files (`path`; default the cleaned Automotive reviews);
     # amazon_5core: McAuley 2014 5-core JSON.gz (from `url`, `category` or `path`); file: a CSV / TSV / JSONL /
     # parquet file of your own (a folder with `split_files`).
-    source: str = "bundled"
+    source: str = setting("bundled", choices=SOURCES)
     path: Optional[str] = None
     url: Optional[str] = None
     category: Optional[str] = None
@@ -65,8 +78,8 @@ class DatasetConfig:
     sample: Optional[int] = setting(None, Range(10))
     seed: int = setting(0, SEED)
     cache_dir: str = "~/.cache/finetune"
-    # auto | single_label | multi_label; auto: multi_label when label_separator is set or labels are lists.
-    task: str = "auto"
+    # auto: multi_label when label_separator is set or labels are lists.
+    task: str = setting("auto", choices=DATA_TASKS)
     # Several labels in one string cell, split on this (e.g. "," or "|").
     label_separator: Optional[str] = None
     # One label name a line; label values are then 0-based ids into it. Relative to the data's folder.
@@ -92,7 +105,7 @@ class ModelConfig(Hyperparameters):
     name: str = "minilm-l6"
     # package: a model folder shipped inside an installed Python package; hub: a Hugging Face hub id;
     # path: a local folder. `path`, when set, always wins (a local copy of a hub model).
-    source: str = "package"
+    source: str = setting("package", choices=MODEL_SOURCES)
     package: Optional[str] = None
     package_subdir: str = "model"
     hub_id: Optional[str] = None
@@ -101,8 +114,8 @@ class ModelConfig(Hyperparameters):
 
 @dataclass
 class PolicyConfig:
-    # none | bandit | median | truncation — parameters carry AML's names and meanings.
-    type: str = "none"
+    # Parameters carry AML's names and meanings.
+    type: str = setting("none", choices=POLICY_TYPES)
     slack_factor: Optional[float] = setting(None, NON_NEGATIVE)
     slack_amount: Optional[float] = setting(None, NON_NEGATIVE)
     evaluation_interval: int = setting(1, AT_LEAST_1)
@@ -122,14 +135,14 @@ class LimitsConfig:
 @dataclass
 class SearchConfig:
     name: str = "none"
-    # none: one training run with the model's hyperparameters; random | grid | bayesian: a sweep.
-    sampling: str = "none"
+    # none: one training run with the model's hyperparameters; the others: a sweep.
+    sampling: str = setting("none", choices=SAMPLINGS)
     seed: int = setting(0, SEED)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # hyperparameter -> distribution, e.g. {type: loguniform, min: 1e-5, max: 1e-4} (AML vocabulary).
     space: Dict[str, Any] = field(default_factory=dict)
     primary_metric: str = Objective.primary_metric
-    goal: str = Objective.goal
+    goal: str = setting(Objective.goal, choices=GOALS)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     keep_trial_models: bool = False  # models of trials other than the best are deleted unless set
 
@@ -140,7 +153,7 @@ class ComputeConfig(SpeedOptions):
 
     name: str = "local"
     # local: this machine; azureml: an AML compute cluster (the AML launcher runs the plan).
-    target: str = "local"
+    target: str = setting("local", choices=("local", "azureml"))
     gpus: int = setting(0, NON_NEGATIVE)  # GPUs per training process group on one machine (accelerate); 0 = none/auto
     # AML cluster; unused locally.
     cluster_name: Optional[str] = None
@@ -168,14 +181,15 @@ class ComputeConfig(SpeedOptions):
 class AutomlConfig:
     # What trains the AutoML candidate. auto: `local` (FLAML) on local compute, `text_classification` (AML
     # AutoML NLP) on AML; none: no AutoML candidate.
-    engine: str = "auto"
+    engine: str = setting("auto", choices=("auto", "local", "text_classification", "none"))
     time_budget_s: int = setting(60, SECONDS)
     # lrl2 first: its first trial is the TF-IDF + logistic regression one-liner the search must beat.
     estimators: List[str] = field(default_factory=lambda: ["lrl2", "sgd", "lgbm", "lrl1"])
     max_features: int = setting(50000, AT_LEAST_1)  # per feature kind (word 1-2 grams, char 3-5 grams)
     cv_folds: int = setting(3, Range(2))  # trials are scored by cross-validation on train
     # AML AutoML NLP settings.
-    # auto: AUC_weighted for single-label data, accuracy (AutoML's only multi-label metric) for multi-label.
+    # auto: AUC_weighted for single-label data, accuracy (AutoML's only multi-label metric) for multi-label; or
+    # one of AUC_weighted, accuracy, norm_macro_recall, average_precision_score_weighted, precision_score_weighted.
     primary_metric: str = "auto"
     language: str = "eng"
     timeout_minutes: int = setting(60, MINUTES)
@@ -185,19 +199,21 @@ class AutomlConfig:
     max_nodes: int = setting(1, AT_LEAST_1)
     # The one model AutoML NLP fine-tunes (e.g. bert-base-cased); None lets AutoML pick for the language.
     model_name: Optional[str] = None
-    # AutoML NLP's own sweep: {sampling_algorithm, policy, space: [{model_name: ..., learning_rate: ...}]}.
+    # AutoML NLP's own sweep: {sampling_algorithm, policy, space: [{model_name: ..., learning_rate: ...}]}, needs
+    # max_trials >= 2; set it whole with ++ (it adds keys to an empty dict), e.g. ++automl.sweep='{sampling_algorithm:
+    # random, policy: {type: bandit, slack_factor: 0.1}, space: [{model_name: {type: choice, values: [a, b]}}]}'.
     sweep: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class EndpointConfig:
     # Where the model is served. auto: `local` on local compute, `managed` on AML; none: register only.
-    target: str = "auto"
+    target: str = setting("auto", choices=("auto", "local", "managed", "none"))
     # None: named after the registered model (finetune.endpoint_names), so each dataset and task has its own.
     name: Optional[str] = None
     # How a fine-tuned transformer is served: torch (PyTorch fp32), onnx (ONNX Runtime fp32) or onnx-int8
     # (ONNX Runtime, dynamically quantised int8). The registered version carries that runtime's files only.
-    runtime: str = "torch"
+    runtime: str = setting("torch", choices=RUNTIMES)
     auth_mode: str = "key"
     host: str = "127.0.0.1"
     # A host other than loopback exposes the router (key auth over plain HTTP) to the network: only when set.
@@ -245,7 +261,7 @@ class SelectConfig:
     replace_incompatible: bool = False
     # The decision rule each candidate ships is chosen on val by this metric (finetune.decision).
     decision_metric: str = "f1_macro"
-    multiclass_rule: str = "auto"  # auto | argmax | prior_correction
+    multiclass_rule: str = setting("auto", choices=MULTICLASS_RULES)
 
 
 @dataclass
@@ -277,7 +293,8 @@ class Config:
     run_name: Optional[str] = None
     dry_run: bool = False
     seed: int = setting(0, SEED)
-    plan_view: str = "short"  # short | full: how much of the plan the CLI prints before running it
+    # How much of the plan the CLI prints before running it.
+    plan_view: str = setting("short", choices=PLAN_VIEWS)
 
 
 # The key a group's option sets: `automl=local` is `automl.engine=local`, `endpoint=auto` is `endpoint.target=auto`.

@@ -7,17 +7,15 @@ class (a model with a good AUC can do that on imbalanced data), so each candidat
   ``f1_macro``), each candidate judged by the metric *averaged over its neighbouring candidates*, the
   SMOOTHING_SHARE of candidates on either side (candidates lie between neighbouring val scores, so this is
   about that share of val texts). On a small val split the single best cut often separates a few rare-class
-  texts from majority-class texts with almost the same score, in an order that is chance (P(positive) >= 0.002
-  among 9 scores within 0.0003 of it, 11 val negatives: test negative recall 0.27 where argmax had 0.73,
-  scripts/bench_quality.py's imbalanced set); such a peak is narrow, a real edge between the classes holds
-  over neighbouring cuts. Argmax (0.5) stays unless the chosen threshold beats it on val.
+  texts from majority-class texts with almost the same score, in an order that is chance (docs/performance.md,
+  "Decision rules", has the case); such a peak is narrow, a real edge between the classes holds over
+  neighbouring cuts. Argmax (0.5) stays unless the chosen threshold beats it on val.
 - multi-label: a threshold per label on its own probability. For ``f1_macro`` and ``f1_weighted`` each label
   takes the threshold that maximises its own F1 on val (both averages are then the best any per-label
   thresholds give); for ``f1_micro`` the thresholds maximise F1 over every label decision pooled, found one
   label at a time with the others fixed until none moves. Pooled F1 asks for higher thresholds on rare labels
-  (a false positive there costs what it costs on a frequent label): on GoEmotions it gave MiniLM 0.02-0.03 more
-  micro F1 at the same macro F1, and cost the TF-IDF one-liner 0.02 macro F1 (README). A label without a
-  positive val text keeps 0.5. ``multiclass_rule`` does not apply.
+  (a false positive there costs what it costs on a frequent label; measured in docs/performance.md). A label
+  without a positive val text keeps 0.5. ``multiclass_rule`` does not apply.
 - multiclass: argmax, or (``multiclass_rule=prior_correction``) argmax of probability / train prior^a, the
   strength ``a`` in (0.5, 1) picked on val; ``auto`` keeps the correction only when it beats argmax on val.
 
@@ -27,13 +25,15 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics
+from finetune.config import MULTICLASS_RULES
+from finetune.errors import UserError
+from finetune.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics, multi_label_metrics
+from finetune.serve.score import decide
 
 DECISION_METRICS = tuple(name for name in METRIC_NAMES if name not in RANKING_METRICS)
 MULTI_LABEL_DECISION_METRICS = ("f1_macro", "f1_weighted", "f1_micro")
 # Rounds of the one-label-at-a-time search for f1_micro; it settles in two or three on GoEmotions.
 MAX_ROUNDS = 20
-MULTICLASS_RULES = ("auto", "argmax", "prior_correction")
 PRIOR_STRENGTHS = (0.5, 1.0)
 # More distinct thresholds than this are thinned to quantiles: the choice is as good and stays fast.
 MAX_THRESHOLDS = 400
@@ -63,8 +63,6 @@ def _metric_problems(metric: str, task: str) -> List[str]:
 
 def _require(metric: str, task: str):
     """With ``dataset.task=auto`` the plan could not tell the task: the data stage's choice is checked here."""
-    from finetune.errors import UserError
-
     problems = _metric_problems(metric, task)
     if problems:
         raise UserError(problems[0])
@@ -78,8 +76,6 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
     (``val_argmax``), so a reader sees what the rule bought.
     """
     import numpy as np
-
-    from finetune.serve.score import decide
 
     _require(metric, "single_label")
     y_val = np.asarray(y_val)
@@ -116,9 +112,6 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
 def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str = "f1_macro") -> dict:
     """The multi-label rule: per-label thresholds that maximise ``metric`` on val (see the module docstring)."""
     import numpy as np
-
-    from finetune.metrics import multi_label_metrics
-    from finetune.serve.score import decide
 
     _require(metric, "multi_label")
     y_val = np.asarray(y_val, dtype=np.int64)
@@ -219,8 +212,6 @@ def _middle_of_best(cuts, values) -> float:
 
 def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax: float):
     import numpy as np
-
-    from finetune.serve.score import decide
 
     rule = {"rule": "threshold", "positive_label": labels[1]}
     cuts = _cuts(proba_val[:, 1])

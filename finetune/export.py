@@ -24,10 +24,10 @@ import os
 import shutil
 from pathlib import Path
 
+# score.py holds the same RUNTIMES: it must stay self-contained (a test keeps the two equal).
+from finetune.config import RUNTIMES
 from finetune.errors import UserError
 
-# score.py holds the same tuple: it must stay self-contained (a test keeps the two equal).
-RUNTIMES = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 OPSET = 17
 # What a Hugging Face model folder holds besides its weights: the tokenizer and the config stay.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from finetune import __version__
 from finetune.errors import UserError
 
 FLAGS_HELP = """\
@@ -105,6 +106,30 @@ def _value(queue: list, flag: str, choices: Sequence[str] = ()) -> str:
     return queue.pop(0)
 
 
+def one_line(error: BaseException) -> str:
+    """Hydra/OmegaConf messages span several lines and chain causes; keep what names the problem."""
+    parts = []
+    while error is not None:
+        text = " ".join(str(error).split())
+        # OmegaConf appends a block of "full_key: ... object_type=..." diagnostics; the key is enough.
+        for noise in (" full_key:", " object_type=", " Config search path:"):
+            text = text.split(noise)[0]
+        if text and text not in parts:
+            parts.append(text)
+        error = error.__cause__
+    return ": ".join(parts)
+
+
+def parse_overrides(args: Sequence[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(list(args))
+    except OverrideParseException as error:
+        raise UserError(f"cannot parse override: {one_line(error)}") from None
+
+
 def config_source(invocation: Invocation) -> ConfigSource:
     directory = str(Path(invocation.config_dir).expanduser().resolve()) if invocation.config_dir else None
     return ConfigSource(config_name=invocation.config_name, config_dir=directory)
@@ -118,12 +143,13 @@ def apply_hydra_overrides(overrides: Sequence[str], multirun: bool, source: Conf
 
     ``hydra.run.dir=A/B`` becomes ``output_root=A run_name=B``; ``hydra.sweep.dir=D`` (with -m) becomes
     ``output_root=D``; ``hydra.searchpath=[...]`` adds folders to ``source``; ``hydra.job.chdir=false`` is
-    what finetune always does (paths in the plan are absolute), so only ``true`` is refused.
+    what finetune always does (paths in the plan are absolute), so only ``true`` is refused. A directory given
+    twice (``hydra.run.dir`` with ``output_root`` or ``run_name``) is refused: one of them would be ignored.
     """
-    from finetune.cli import parse_overrides
-
+    parsed = parse_overrides(overrides)
+    _refuse_two_directories(parsed)
     kept = []
-    for override in parse_overrides(overrides):
+    for override in parsed:
         key = override.key_or_group
         if not key.startswith("hydra.") and key != "hydra":
             kept.append(override.input_line)
@@ -153,6 +179,19 @@ def apply_hydra_overrides(overrides: Sequence[str], multirun: bool, source: Conf
             raise UserError(f"{override.input_line}: {hint}finetune composes with Hydra's compose API and uses only "
                             f"{', '.join(HONOURED_HYDRA_KEYS[:3])} (see --help)")
     return kept
+
+
+# Each Hydra directory key and the finetune keys it sets (see apply_hydra_overrides).
+DIRECTORY_KEYS = {"hydra.run.dir": ("output_root", "run_name"), "hydra.sweep.dir": ("output_root",)}
+
+
+def _refuse_two_directories(parsed) -> None:
+    lines = {override.key_or_group: override.input_line for override in parsed}
+    for hydra_key, keys in DIRECTORY_KEYS.items():
+        clashing = [lines[key] for key in keys if key in lines]
+        if hydra_key in lines and clashing:
+            raise UserError(f"{lines[hydra_key]} and {' '.join(clashing)} both choose the run directory; give "
+                            f"either {hydra_key}=DIR or {' and '.join(keys)}")
 
 
 def _path_value(key: str, value) -> str:
@@ -196,6 +235,5 @@ def info(cfg, part: str) -> str:
 def version_line() -> str:
     import hydra
 
-    from finetune import __version__
 
     return f"finetune {__version__} (Hydra {hydra.__version__})"

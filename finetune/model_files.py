@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from finetune.config import ModelConfig
+from finetune.config import MODEL_SOURCES, ModelConfig
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
@@ -92,5 +92,5 @@ def check_model(plan: "RunPlan") -> List[str]:
             problems.append(f"model={model.name}: hub model '{model.hub_id}' is not available offline (no network, "
                             "no local copy); set model.path=DIR to a local copy or use model=minilm-l6")
     else:
-        problems.append(f"model.source={model.source}: must be one of package, hub, path")
+        problems.append(f"model.source={model.source}: must be one of {', '.join(MODEL_SOURCES)}")
     return problems

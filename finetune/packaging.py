@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from finetune.environment import serving_conda_spec
 from finetune.serve import SCORE_SCRIPT
 
 PYFUNC_MODULE = "finetune_score"
@@ -61,7 +62,6 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
 
     ``conda``: the serving environment (default: the one of the candidate's runtime, built here); a wrapped
     MLflow model's own environment (:func:`model_environment`) comes before both."""
-    from finetune.environment import serving_conda_spec
     from finetune.serve.score import read_candidate
 
     candidate = read_candidate(folder)

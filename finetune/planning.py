@@ -11,17 +11,21 @@ import re
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from finetune.automl import check_config as automl_problems
 from finetune.config import Config, DatasetConfig
 from finetune.data.labels import check_labels
+from finetune.data.multilabel import planned_task
 from finetune.data.sources import check_source
 from finetune.data.split import check_split
 from finetune.endpoint_names import endpoint_name
 from finetune.errors import ConfigProblems
+from finetune.export import check_runtime as runtime_problems
 from finetune.launch import launcher, launcher_name
 from finetune.model_files import check_model, package_model_dir
 from finetune.plan import RunPlan
 from finetune.ranges import check_max_length, check_values, problem_key
 from finetune.search.validation import check_search
+from finetune.select import check_config as select_problems
 from finetune.speed import check_compute
 
 
@@ -73,8 +77,6 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         overrides=list(overrides),
     )
     if plan.dataset.task == "auto":
-        from finetune.data.multilabel import planned_task
-
         # Decided before the checks, when the settings or the first rows tell: the per-task checks (the sweep
         # objective, the selection metric) then judge the task that runs, and the printed plan names it.
         plan.dataset = dataclasses.replace(plan.dataset, task=planned_task(plan.dataset))
@@ -109,20 +111,14 @@ def registered_model_name(dataset: DatasetConfig) -> str:
 
 
 def check_select(plan: RunPlan) -> List[str]:
-    from finetune.select import check_config
-
-    return check_config(plan.select, plan.dataset.task)
+    return select_problems(plan.select, plan.dataset.task)
 
 
 def check_automl(plan: RunPlan) -> List[str]:
-    from finetune.automl import check_config
-
-    return check_config(plan.automl) if plan.automl.engine == "local" else []
+    return automl_problems(plan.automl) if plan.automl.engine == "local" else []
 
 
 def check_runtime(plan: RunPlan) -> List[str]:
-    from finetune.export import check_runtime as runtime_problems
-
     return runtime_problems(plan.endpoint.runtime)
 
 

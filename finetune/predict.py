@@ -22,9 +22,13 @@ import os
 import sys
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
+from finetune import registry
 from finetune.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas
 
 # What a truncated, corrupt or mislabelled file raises while being read (pandas' and pyarrow's parse errors
 # are ValueErrors; gzip raises OSError, EOFError or zlib.error).
@@ -48,8 +52,6 @@ def resolve_model(spec: str, tracking_uri: str) -> Path:
     folder = Path(spec).expanduser()
     if folder.is_dir():
         return _candidate_folder(folder)
-    from finetune import registry
-
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise UserError(f"--model {spec}: not a folder, and there is no model registry at {tracking_uri} "
                         "(set --tracking-uri)")

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from finetune.data.prepared import PreparedData
 from finetune.files import write_json_atomic
 
 if TYPE_CHECKING:
@@ -343,7 +344,6 @@ class RunSummary:
     @classmethod
     def load(cls, run_dir: Path | str) -> "RunSummary":
         """A run's summary.json typed again, so its report can be rewritten from the run folder."""
-        from finetune.data.prepared import PreparedData
         from finetune.serve.rollout import DeploymentResult
 
         path = Path(run_dir) / "summary.json"

@@ -17,12 +17,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+from finetune.data import read_targets
+from finetune.decision import check_config as check_decision
 from finetune.decision import choose_decision, choose_label_thresholds, describe
 from finetune.errors import UserError
 from finetune.metrics import LOWER_IS_BETTER, METRIC_NAMES, MULTI_LABEL_METRIC_NAMES, metric_names, task_metrics
 from finetune.results import SelectionResult, SelectionRow
+from finetune.serve import score
+from finetune.serve.score import decide, read_candidate
+
+if TYPE_CHECKING:
+    import numpy
 
 PRODUCTION = "production"
 # The fine-tuned transformer, on either launcher.
@@ -35,8 +42,6 @@ CHUNK = 512  # texts per tokenizer call
 
 def check_config(select_cfg, task: str = "auto") -> list[str]:
     """Problems with the select settings for ``task`` (auto: the data stage decides)."""
-    from finetune.decision import check_config as check_decision
-
     problems = check_decision(select_cfg.decision_metric, select_cfg.multiclass_rule, task)
     if select_cfg.margin < 0:
         problems.append(f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
@@ -49,8 +54,6 @@ def check_config(select_cfg, task: str = "auto") -> list[str]:
 
 def candidate_info(candidate_dir) -> dict:
     """``candidate.json`` of a candidate folder (family and labels in id order)."""
-    from finetune.serve.score import read_candidate
-
     if not (Path(candidate_dir) / "candidate.json").is_file():
         raise UserError(f"{candidate_dir}: not a candidate (no candidate.json)")
     return read_candidate(candidate_dir)
@@ -59,8 +62,6 @@ def candidate_info(candidate_dir) -> dict:
 def load_scorer(candidate_dir):
     """The scoring script's own model class for a candidate folder, so test metrics are those of the code
     that will serve the model: same truncation length, runtime (torch or ONNX Runtime) and decision rule."""
-    from finetune.serve import score
-
     folder = Path(candidate_dir)
     info = candidate_info(folder)
     if info.get("family") not in ("hf", "automl"):
@@ -102,8 +103,6 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     metrics at 0.5.
     """
     import numpy as np
-
-    from finetune.data import read_targets
 
     texts, y_true = read_targets(test_csv, labels, task)
     y_true = np.asarray(y_true)

@@ -8,9 +8,9 @@ is :class:`TrainingOptions`, ``ComputeConfig`` starts with :class:`SpeedOptions`
 training command line (:func:`to_argv` / :func:`parse_args`), the AML command's ``${{inputs.<name>}}``
 placeholders and the table in docs/contracts.md (``tests/test_spec.py`` holds it to this module).
 
-Adding a hyperparameter is one field of :class:`Hyperparameters`: with ``trainer=`` when ``TrainingArguments``
-takes it as it is, otherwise plus the lines of :mod:`finetune.train` that use it (then regenerate the docs
-table and the AML goldens: ``FINETUNE_UPDATE_DOCS=1 FINETUNE_UPDATE_GOLDEN=1 pytest tests/test_spec.py
+Adding a hyperparameter is one field of :class:`Hyperparameters` with its ``help``: with ``trainer=`` when
+``TrainingArguments`` takes it as it is, otherwise plus the lines of :mod:`finetune.train` that use it (then
+regenerate the docs table and the AML goldens: ``FINETUNE_UPDATE_DOCS=1 FINETUNE_UPDATE_GOLDEN=1 pytest tests/test_spec.py
 tests/test_azureml_entities.py``).
 
 Standard library only: the CLI, the plan check and an AML job's code snapshot all import it.
@@ -68,19 +68,25 @@ SECONDS = Range(1, unit=" seconds")
 
 
 def setting(default: Any, legal: Optional[Range] = None, choices: Optional[Sequence[str]] = None,
-            searchable: bool = False, trainer: Optional[str] = None) -> Any:
+            searchable: bool = False, trainer: Optional[str] = None, help: str = "") -> Any:
     """A field with its legal values (checked at plan time; a list's are its items'), whether it is searched,
-    and the ``TrainingArguments`` field it is handed to unchanged (when it is)."""
+    the ``TrainingArguments`` field it is handed to unchanged (when it is) and one line saying what it does
+    (``--help`` of ``finetune.train``, docs/contracts.md and the plan view print it)."""
     metadata = {"range": legal, "choices": tuple(choices) if choices else None, "searchable": searchable,
-                "trainer": trainer}
+                "trainer": trainer, "help": help}
     if isinstance(default, list):
         # Each instance gets its own copy: dataclasses refuse a shared mutable default.
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def hyperparameter(default: Any, legal: Range, trainer: Optional[str] = None) -> Any:
-    return setting(default, legal, searchable=True, trainer=trainer)
+def required(help: str) -> Any:
+    """A setting without a default: the command line must give it."""
+    return field(metadata={"range": None, "choices": None, "searchable": False, "trainer": None, "help": help})
+
+
+def hyperparameter(default: Any, legal: Range, trainer: Optional[str] = None, help: str = "") -> Any:
+    return setting(default, legal, searchable=True, trainer=trainer, help=help)
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -90,104 +96,127 @@ def hyperparameter(default: Any, legal: Range, trainer: Optional[str] = None) ->
 class Hyperparameters:
     """What a training learns with: ``model.<name>`` settings, searchable as ``search.space.<name>``."""
 
-    # The model's reference learning rate and batch size: finetune.speed scales both to the hardware.
-    learning_rate: float = hyperparameter(5e-5, POSITIVE)
-    batch_size: int = hyperparameter(16, AT_LEAST_1)
-    epochs: float = hyperparameter(2.0, POSITIVE, trainer="num_train_epochs")
-    max_length: int = hyperparameter(128, Range(2))  # tokens; [CLS] and [SEP] alone take two positions
-    # A float below 1 is a fraction of the total steps (transformers 5 folded warmup_ratio into warmup_steps).
-    warmup_ratio: float = hyperparameter(0.0, BETA, trainer="warmup_steps")
-    weight_decay: float = hyperparameter(0.0, NON_NEGATIVE, trainer="weight_decay")
-    adam_beta1: float = hyperparameter(0.9, BETA, trainer="adam_beta1")
-    adam_beta2: float = hyperparameter(0.999, BETA, trainer="adam_beta2")
-    adam_epsilon: float = hyperparameter(1e-8, POSITIVE, trainer="adam_epsilon")
-    gradient_accumulation_steps: int = hyperparameter(1, AT_LEAST_1, trainer="gradient_accumulation_steps")
+    learning_rate: float = hyperparameter(
+        5e-5, POSITIVE, help="peak learning rate at the model's reference batch size (finetune.speed scales it "
+                             "with the batch size it picks)")
+    batch_size: int = hyperparameter(
+        16, AT_LEAST_1, help="examples per step per process (the reference batch size; a GPU may take a larger "
+                             "one, see compute.auto_batch_size)")
+    epochs: float = hyperparameter(2.0, POSITIVE, trainer="num_train_epochs",
+                                   help="passes over the training split (a fraction stops part-way)")
+    max_length: int = hyperparameter(128, Range(2), help="tokens per text after truncation ([CLS] and [SEP] "
+                                                         "alone take two)")
+    # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 there is a fraction of the steps.
+    warmup_ratio: float = hyperparameter(0.0, BETA, trainer="warmup_steps",
+                                         help="fraction of the total steps the learning rate warms up over")
+    weight_decay: float = hyperparameter(0.0, NON_NEGATIVE, trainer="weight_decay",
+                                         help="AdamW decoupled weight decay")
+    adam_beta1: float = hyperparameter(0.9, BETA, trainer="adam_beta1", help="AdamW first-moment decay")
+    adam_beta2: float = hyperparameter(0.999, BETA, trainer="adam_beta2", help="AdamW second-moment decay")
+    adam_epsilon: float = hyperparameter(1e-8, POSITIVE, trainer="adam_epsilon",
+                                         help="AdamW denominator term that keeps the step finite")
+    gradient_accumulation_steps: int = hyperparameter(
+        1, AT_LEAST_1, trainer="gradient_accumulation_steps",
+        help="batches whose gradients add up before one optimizer step")
 
 
-# Per-class loss weights: see finetune.losses.class_weights.
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 # What training does when it is clearly not learning: finetune.learning_check.
 LEARNING_CHECK = ("restart", "warn")
+GOALS = ("maximize", "minimize")
 
 
 @dataclass
 class TrainingOptions:
     """How a training evaluates, stops and checkpoints: the ``train.<name>`` settings."""
 
-    evals_per_epoch: int = setting(1, AT_LEAST_1)
-    # auto (= balanced, measured best for classes and labels) | balanced | none: finetune.losses.class_weights.
-    class_weights: str = setting("auto", choices=CLASS_WEIGHTS)
-    # Evaluations without a better primary val metric before a run stops; None = 2 for a single run and off in
-    # sweeps (the sweep's policy stops trials there; the plan resolves it), 0 = never.
-    early_stopping_patience: Optional[int] = setting(None, NON_NEGATIVE)
-    checkpoint_every_steps: int = setting(0, NON_NEGATIVE)  # 0 = at every evaluation; N = also every N steps
-    # When the model is clearly not learning (finetune.learning_check): restart once at a quarter of the learning
-    # rate, then stop | warn (record and say so only); None = restart for a single run, warn in sweeps (the plan
-    # resolves it: a sweep's early-termination policy decides about its trials); warn for a bare finetune.train.
-    learning_check: Optional[str] = setting(None, choices=LEARNING_CHECK)
-    telemetry_interval_s: float = setting(5.0, POSITIVE)
-    logging_steps: int = setting(10, AT_LEAST_1)
+    evals_per_epoch: int = setting(1, AT_LEAST_1, help="evaluations on the validation split per epoch")
+    class_weights: str = setting(
+        "auto", choices=CLASS_WEIGHTS,
+        help="per-class loss weights; auto = balanced (measured best, see finetune.losses.class_weights)")
+    # None is resolved by the plan: off in sweeps, where the sweep's policy stops trials.
+    early_stopping_patience: Optional[int] = setting(
+        None, NON_NEGATIVE, help="evaluations without a better primary metric before stopping; 0 = never, "
+                                 "unset = 2 for a single run and off in sweeps")
+    checkpoint_every_steps: int = setting(0, NON_NEGATIVE, help="also checkpoint every N steps; 0 = at every "
+                                                                "evaluation only")
+    learning_check: Optional[str] = setting(
+        None, choices=LEARNING_CHECK,
+        help="when the model is clearly not learning (finetune.learning_check): restart once at a quarter of the "
+             "learning rate, then stop | warn; unset = restart for a single run, warn in sweeps")
+    telemetry_interval_s: float = setting(5.0, POSITIVE, help="seconds between hardware telemetry samples")
+    logging_steps: int = setting(10, AT_LEAST_1, help="steps between logged training losses")
 
 
 @dataclass
 class SpeedOptions:
     """Hardware switches of one training process, decided per device by :mod:`finetune.speed`: ``compute.<name>``."""
 
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
-    num_threads: int = setting(0, NON_NEGATIVE)  # CPU threads for training; 0 = the cores actually free
-    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"))
-    # auto: a per-card table in finetune.speed.
-    torch_compile: str = setting("auto", choices=("auto", "on", "off"))
-    group_by_length: bool = setting(True)
-    pad_to_multiple_of: int = setting(0, NON_NEGATIVE)  # 0 = auto (64 with torch.compile on GPU, 8 on GPU, none on CPU)
-    dataloader_workers: int = setting(-1, Range(-1))  # -1 = auto (2 per process on GPU, 0 on CPU)
-    tf32: bool = setting(True)  # TF32 matmuls on sm80+ GPUs
-    optim: str = setting("auto")  # a Trainer optimizer name; auto = adamw_torch_fused
-    attn_implementation: str = setting("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"))
-    # GPU: the largest batch that fits (power of two, <= max_batch_size, >= 50 steps per epoch), the learning
-    # rate scaled from model.batch_size by lr_scaling; CPU: model.batch_size. See finetune.speed.
-    auto_batch_size: bool = setting(True)
-    max_batch_size: int = setting(128, AT_LEAST_1)
-    lr_scaling: str = setting("sqrt", choices=("sqrt", "linear", "none"))
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"), help="where training runs; auto = cuda if "
+                                                                        "available")
+    num_threads: int = setting(0, NON_NEGATIVE, help="CPU threads for training; 0 = the cores actually free")
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"),
+                             help="floating-point format of training; auto = finetune.speed's choice per device")
+    torch_compile: str = setting("auto", choices=("auto", "on", "off"),
+                                 help="compile the model with torch.compile; auto = a per-card table in "
+                                      "finetune.speed")
+    group_by_length: bool = setting(True, help="batch texts of similar length together (less padding)")
+    pad_to_multiple_of: int = setting(0, NON_NEGATIVE, help="pad batches to a multiple of N tokens; 0 = auto "
+                                                            "(64 with torch.compile on GPU, 8 on GPU, none on CPU)")
+    dataloader_workers: int = setting(-1, Range(-1), help="data loader worker processes; -1 = auto (2 per "
+                                                          "process on GPU, 0 on CPU)")
+    tf32: bool = setting(True, help="TF32 matrix multiplications on sm80+ GPUs")
+    optim: str = setting("auto", help="a Trainer optimizer name; auto = adamw_torch_fused")
+    attn_implementation: str = setting("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"),
+                                       help="the attention kernel transformers loads the model with")
+    auto_batch_size: bool = setting(
+        True, help="GPU: the largest power-of-two batch that fits (<= max_batch_size, >= 50 steps per epoch) "
+                   "with the learning rate scaled by lr_scaling; CPU: model.batch_size")
+    max_batch_size: int = setting(128, AT_LEAST_1, help="the largest batch auto_batch_size may pick")
+    lr_scaling: str = setting("sqrt", choices=("sqrt", "linear", "none"),
+                              help="how the learning rate follows a batch size larger than model.batch_size")
 
 
 @dataclass
 class Inputs:
     """What one training reads and where it writes (docs/contracts.md, "Training entry point")."""
 
-    train_file: str
-    val_file: str
-    labels_file: str
-    model: str  # a Hugging Face model folder or hub id
-    output_dir: str
-    seed: int = setting(0, SEED)
-    # multi_label: a sigmoid per label with binary cross-entropy, split cells are label lists (docs/contracts.md).
-    task: str = setting("single_label", choices=TASKS)
+    train_file: str = required("the training split (a prepared split file)")
+    val_file: str = required("the validation split, evaluated during training")
+    labels_file: str = required("the label names in id order (JSON)")
+    model: str = required("a Hugging Face model folder or hub id")
+    output_dir: str = required("where the model, checkpoints and result.json go")
+    seed: int = setting(0, SEED, help="seed of weight initialisation, shuffling and dropout")
+    task: str = setting("single_label", choices=TASKS,
+                        help="single_label: softmax over classes; multi_label: a sigmoid per label with binary "
+                             "cross-entropy, split cells are label lists")
 
 
 @dataclass
 class Objective:
     """The metric training keeps its best evaluation by, and the sweep trial it reports that metric to."""
 
-    primary_metric: str = "val_auc_weighted"
-    goal: str = "maximize"
-    trial_storage: Optional[str] = None
-    study_name: Optional[str] = None
-    trial_number: Optional[int] = None
+    primary_metric: str = setting("val_auc_weighted", help="the validation metric the best evaluation is kept by")
+    goal: str = setting("maximize", choices=GOALS, help="whether primary_metric should grow or shrink")
+    trial_storage: Optional[str] = setting(None, help="the sweep's Optuna storage URL (a sweep trial only)")
+    study_name: Optional[str] = setting(None, help="the sweep's Optuna study (a sweep trial only)")
+    trial_number: Optional[int] = setting(None, help="this trial's number in the study (a sweep trial only)")
 
 
 @dataclass
 class Reporting:
     """Where metrics and progress go."""
 
-    tracking_uri: Optional[str] = None  # None: MLflow's environment (on AML, the workspace)
-    experiment: str = "finetune"
-    run_name: Optional[str] = None
-    parent_run_id: Optional[str] = None  # nest the MLflow run under this one (the pipeline run)
-    tags: Optional[str] = None  # a JSON object of MLflow tags for the run
-    model_id: Optional[str] = None  # the base model as logged (hub id or name); default --model
-    progress: bool = True
-    progress_file: Optional[str] = None  # a sweep trial's progress (step, total, latest metrics) as JSON
+    tracking_uri: Optional[str] = setting(None, help="MLflow tracking URI; unset = MLflow's environment (on "
+                                                     "AML, the workspace)")
+    experiment: str = setting("finetune", help="the MLflow experiment of the run")
+    run_name: Optional[str] = setting(None, help="the MLflow run name")
+    parent_run_id: Optional[str] = setting(None, help="nest the MLflow run under this one (the pipeline run)")
+    tags: Optional[str] = setting(None, help="a JSON object of MLflow tags for the run")
+    model_id: Optional[str] = setting(None, help="the base model as logged (hub id or name); unset = --model")
+    progress: bool = setting(True, help="print a progress bar")
+    progress_file: Optional[str] = setting(None, help="write progress (step, total, latest metrics) as JSON "
+                                                      "here (a sweep trial)")
 
 
 # The bases in reverse: dataclasses collect fields from the last base first, so the required inputs lead.
@@ -239,16 +268,21 @@ def _inner_type(kind: Any) -> Any:
 def reference_table() -> str:
     """Every training argument as a Markdown table: the block of docs/contracts.md between its ``spec`` markers
     (``tests/test_spec.py`` holds the two equal; ``FINETUNE_UPDATE_DOCS=1`` rewrites the block)."""
-    rows = ["| flag | section | default | legal values | searchable |", "|---|---|---|---|---|"]
+    rows = ["| flag | section | default | legal values | searchable | what it does |", "|---|---|---|---|---|---|"]
     for section in SECTIONS:
         for item in dataclasses.fields(section):
-            legal = item.metadata.get("range")
-            choices = item.metadata.get("choices")
-            allowed = legal.describe() if legal else " \\| ".join(choices) if choices else ""
             default = "required" if item.default is dataclasses.MISSING else f"`{item.default}`"
-            rows.append(f"| `{flag(item.name)}` | {section.__name__} | {default} | {allowed} | "
-                        f"{'yes' if item.metadata.get('searchable') else ''} |")
+            cells = [f"`{flag(item.name)}`", section.__name__, default, _allowed_values(item),
+                     "yes" if item.metadata.get("searchable") else "", item.metadata["help"]]
+            # A '|' inside a cell would end it.
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def _allowed_values(item: dataclasses.Field) -> str:
+    """A setting's legal values as the docs and ``--help`` write them: its range, or its choices."""
+    legal, choices = item.metadata.get("range"), item.metadata.get("choices")
+    return legal.describe() if legal else " | ".join(choices) if choices else ""
 
 
 # ----------------------------------------------------------------------------------------- command line
@@ -273,23 +307,28 @@ def to_argv(args: TrainArgs) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of :class:`TrainArgs`, one group per section, each flag with its declared help."""
     parser = argparse.ArgumentParser(
         prog="python -m finetune.train",
         description="Fine-tune a Hugging Face encoder as a text classifier on prepared split files.",
     )
     hints = typing.get_type_hints(TrainArgs)
-    for item in dataclasses.fields(TrainArgs):
-        kind = _inner_type(hints[item.name])
-        extra: Dict[str, Any] = {}
-        if item.metadata.get("choices"):
-            extra["choices"] = item.metadata["choices"]
-        if item.default is dataclasses.MISSING:
-            parser.add_argument(flag(item.name), required=True)
-        elif kind is bool:
-            parser.add_argument(flag(item.name), type=_parse_bool, default=item.default, metavar="true|false")
-        else:
-            parser.add_argument(flag(item.name), type=kind if kind in (int, float) else str, default=item.default,
-                                **extra)
+    for section in SECTIONS:
+        group = parser.add_argument_group(section.__name__, section.__doc__.splitlines()[0])
+        for item in dataclasses.fields(section):
+            kind = _inner_type(hints[item.name])
+            described = item.metadata["help"].replace("%", "%%")
+            legal = item.metadata.get("range")
+            if item.default is dataclasses.MISSING:
+                group.add_argument(flag(item.name), required=True, help=described)
+                continue
+            described += f" (default: {item.default}{'; ' + legal.describe() if legal else ''})"
+            if kind is bool:
+                group.add_argument(flag(item.name), type=_parse_bool, default=item.default, metavar="true|false",
+                                   help=described)
+            else:
+                group.add_argument(flag(item.name), type=kind if kind in (int, float) else str, default=item.default,
+                                   choices=item.metadata.get("choices"), help=described)
     return parser
 
 

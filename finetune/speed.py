@@ -1,67 +1,40 @@
 """Hardware-aware training defaults: what runs fast on this device, each switch a ``compute.*`` setting.
 
-Measured on one H200 (bert-base-cased, review-length inputs, HF Trainer), which is where these defaults come from:
-the reference (fp32, batch 8, random order) trains at 187 samples/s, ~1.4% of the card's bf16 matmul rate;
-bf16 + fused AdamW + length-grouped batches at batch 64 reach 965 samples/s (5.2x); adding torch.compile with
-padding to multiples of 64 at batch 128 reaches 3,075 samples/s (16.4x, ~24% of peak). torch.compile *without*
-shape bucketing ran at 296 samples/s, slower than no compile: every new (batch, length) shape recompiles.
-``scripts/bench_train.py`` reproduces the comparison on any card.
+The figures behind every default (throughput on GPUs and CPUs, bf16 quality, batch-size knees) and the commands
+that reproduce them are in docs/performance.md; ``scripts/bench_train.py`` re-measures them on any card.
 
 GPU defaults
-- precision ``auto``: bf16 autocast on cards with native bf16 (compute capability >= 8.0); fp16 autocast with
-  dynamic loss scaling (the Trainer's GradScaler) on older cards. Master weights and Adam moments stay fp32.
-- TF32 for the matmuls that stay fp32 (sm80+; ``compute.tf32``).
-- fused AdamW (``compute.optim``): one kernel over all parameters instead of several per tensor.
-- SDPA attention (``compute.attn_implementation``): flash / memory-efficient kernels instead of eager softmax.
-- length-grouped batches: review lengths are skewed (the bundled reviews through the MiniLM tokenizer: median
-  31 tokens, mean 43, p90 115, 8% truncated at 128), so a random batch pads to its longest member; grouping
-  (the Trainer's LengthGroupedSampler, still shuffled across mega-batches) removes most of that padding.
-- padding to a multiple of 8 (tensor-core tiles), or of 64 when torch.compile is on, so that only a couple of
-  sequence lengths (64, 128 at max_length 128) ever reach the compiler.
-- torch.compile ``auto``: on where its gain was measured (or the card shares the measured card's compiler path),
-  off elsewhere; the table is :data:`COMPILE_BY_CAPABILITY`, keyed by compute capability.
-- 2 persistent dataloader workers per process (fewer when cores are short) and pinned memory, so collation and
-  host-to-device copies overlap the GPU's work.
+- precision ``auto``: bf16 autocast on cards with native bf16 (compute capability >= 8.0), else fp16 autocast
+  with dynamic loss scaling; master weights and Adam moments stay fp32. TF32 for the matmuls left in fp32.
+- fused AdamW (``compute.optim``) and SDPA attention (``compute.attn_implementation``).
+- length-grouped batches: review lengths are skewed, so a random batch pads to its longest member.
+- padding to a multiple of 8 (tensor-core tiles), or of 64 with torch.compile, so only a couple of sequence
+  lengths reach the compiler (without that bucketing every new shape recompiles, slower than no compile).
+- torch.compile ``auto``: on where its gain was measured (or the card shares that card's compiler path), off
+  elsewhere: :data:`COMPILE_BY_CAPABILITY`, keyed by compute capability.
+- 2 persistent dataloader workers per process and pinned memory, so host work overlaps the GPU's.
 
 CPU defaults
-- fp32 unless the CPU has native bf16 (AVX512-BF16 or AMX on x86, the BF16 extension on Arm): on a CPU without
-  it bf16 autocast is emulated, slower, and changes numerics for nothing. Measured on the project's 2-core dev VM
-  (Xeon @ 2.5 GHz, AVX-512 without BF16, shared and loaded, so two interleaved repeats each), 1 thread:
-  ``OMP_NUM_THREADS=1 python scripts/bench_train.py --device cpu --threads 1 --shape SHAPE --samples N
-  --runs defaults,defaults:precision=bf16,defaults,defaults:precision=bf16``
-  tiny 2-layer 32-wide BERT (N=512): fp32 6,761 / 9,477 tokens/s, bf16 7,007 / 7,300 (0.88x: overhead-bound,
-  the matmuls are too small to matter); MiniLM-L6 shape (N=128): fp32 200 / 176 tokens/s, bf16 61 / 100
-  (0.43x). With native bf16 the default is bf16: on a 2-core AMD EPYC with AVX512-BF16, 2 threads, MiniLM-L6
-  shape, 256 samples, ``--runs defaults:precision=fp32,defaults,defaults:precision=fp32,defaults``: fp32
-  1,067 / 1,067 tokens/s, bf16 1,571 / 1,643 (1.47x / 1.54x). Quality is not the price: the bundled
-  automotive set, ``python scripts/bench_quality.py --datasets automotive`` (1 thread, seed 0), test
-  AUC_weighted / F1 macro at the shipped rule: bf16 0.9615 / 0.8583, ``compute.precision=fp32`` 0.9535 / 0.8580.
-- threads: the cores free right now (``free_cores``); a core busy with another process makes an extra thread
-  a straggler that every parallel region waits for.
-- length-grouped batches; no padding multiple (no tensor cores to feed); no dataloader workers (they compete
-  with the math threads); no torch.compile: compilation dominates a CPU fine-tune (tiny model, 40 steps through
-  ``finetune.train --torch-compile on``: 1.6 samples/s including compilation, against 100-145 without).
+- fp32 unless the CPU has native bf16 (AVX512-BF16 or AMX on x86, the BF16 extension on Arm): emulated bf16 is
+  slower and changes numerics for nothing; native bf16 is faster at the same quality.
+- threads: the cores free right now (``free_cores``): a busy core makes an extra thread a straggler.
+- length-grouped batches; no padding multiple, no dataloader workers (they compete with the math threads), no
+  torch.compile (compilation dominates a CPU fine-tune).
 
-Batch size (``compute.auto_batch_size``, the ``--auto-batch-size`` flag)
-On a GPU the per-device batch becomes the largest power of two up to a cap that fits: a forward/backward probe at
-``max_length`` in the training precision, plus Adam's two fp32 moments, within 85% of the card's memory. The
-cap is ``compute.max_batch_size`` (128: the measured knee) and, so that an epoch keeps at least
-:data:`MIN_STEPS_PER_EPOCH` optimizer steps, the power of two below ``train_rows / 50`` -- but never below the
-model's own batch on account of a small dataset. On a CPU memory is not the limit and a larger batch does not
-train faster (MiniLM-L6 shape, 1 thread, same bench command: batch 16 at 227 / 201 tokens/s, batch 64 at
-146 / 83), so the model's batch is kept. A resumed run reuses the batch and learning rate it started with.
+Batch size (``compute.auto_batch_size``): on a GPU, the largest power of two up to ``compute.max_batch_size``
+whose forward/backward probe at ``max_length`` plus Adam's fp32 moments fits 85% of the card's memory, and that
+keeps :data:`MIN_STEPS_PER_EPOCH` steps an epoch (never below the model's own batch). On a CPU memory is not the
+limit and a larger batch is not faster, so the model's batch is kept. A resumed run keeps its batch and rate.
 
-Learning-rate rule (``compute.lr_scaling``): the model config's learning rate belongs to its batch size (the
-reference batch). When the hardware changes the global batch -- auto batch size, or several GPUs each taking a
-batch -- the learning rate is scaled by ``sqrt(global_batch / reference_batch)`` (square-root scaling, the rule
-derived for Adam by Malladi et al., 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms");
-``linear`` (Goyal et al., 2017, for SGD) and ``none`` are available. Warmup stays a fraction of the steps.
+Learning-rate rule (``compute.lr_scaling``): the model config's rate belongs to its batch size. When the hardware
+changes the global batch (auto batch size, several GPUs) the rate is scaled by ``sqrt(global / reference)``
+(Malladi et al., 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"); ``linear`` (Goyal et
+al., 2017, for SGD) and ``none`` are available. Warmup stays a fraction of the steps.
 
-Several GPUs on one machine (``compute.gpus=N``): the same entry point under ``accelerate launch`` (see
-:func:`finetune.training_process.launch_command`); the Trainer runs DDP, each process takes a per-device batch (so the global batch, and
-with it the learning rate, grows with N). The Trainer's ``average_tokens_across_devices`` is turned off: it
-multiplies the loss by the process count for models that normalise by a global token count, which sequence
-classifiers do not, so gradients, train loss and val_loss came out N times too large.
+Several GPUs on one machine (``compute.gpus=N``): the same entry point under ``accelerate launch``
+(:func:`finetune.training_process.launch_command`); each DDP process takes a per-device batch, so the global
+batch and the rate grow with N. The Trainer's ``average_tokens_across_devices`` is off: it multiplies the loss by
+the process count for models that normalise by a global token count, which sequence classifiers do not.
 """
 from __future__ import annotations
 

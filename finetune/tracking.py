@@ -13,6 +13,8 @@ import math
 import time
 from typing import Optional
 
+from finetune.registry import _client
+
 PLAN_TAG = "finetune.plan"
 ROLE_TAG = "finetune.role"
 
@@ -77,8 +79,6 @@ def log_selection(tracking_uri: str, run_id: str, selection: dict) -> None:
 
 def end_pipeline_run(tracking_uri: str, run_id: Optional[str], status: str) -> None:
     if run_id:
-        from finetune.registry import _client
-
         _client(tracking_uri).set_terminated(run_id, status=status)
 
 

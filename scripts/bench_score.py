@@ -51,7 +51,7 @@ def packaged_candidate(folder: Path) -> Path:
     if base is None:
         sys.exit(f"the packaged model {settings['package']} is not installed; pass --model-dir")
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+        base, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
     (folder / "candidate.json").write_text(json.dumps({"family": "hf", "labels": LABELS}))
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = Reference(model, tokenizer, scratch / "trainer")
             approaches["reference (Dataset + Trainer.predict per request)"] = lambda texts: _timed(reference, texts)
         for runtime, score in scores.items():
-            approaches[f"run(), {runtime}"] = (lambda score: lambda texts: _timed(
-                score.run, json.dumps({"data": [{"text": t} for t in texts]})))(score)
+            approaches[f"run(), {runtime}"] = lambda texts, score=score: _timed(
+                score.run, json.dumps({"data": [{"text": t} for t in texts]}))
         approaches["PyTorch fp32 bare forward (pre-tokenized)"] = bare
         texts = reviews()
         needed = 2 * args.requests + 32 * args.batches

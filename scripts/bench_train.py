@@ -211,8 +211,14 @@ def non_embedding_parameters(model) -> int:
 
 def throughput(options) -> dict:
     import torch
-    from transformers import (AutoModelForSequenceClassification, BertConfig, DataCollatorWithPadding, PrinterCallback,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     from finetune.speed import choose_runtime, plan_batch
     from finetune.train import TrainArgs
@@ -359,9 +365,8 @@ def evaluation_clock(target):
 
 def tiny_model(folder: Path) -> Path:
     """A 2-layer, 32-wide BERT with MiniLM's tokenizer: the time-to-quality smoke run's model."""
-    from transformers import BertConfig, BertModel
-
     import torch
+    from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
     BertModel(BertConfig(**SHAPES["tiny"])).save_pretrained(folder)

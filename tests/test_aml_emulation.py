@@ -43,6 +43,7 @@ def emulate(tree: Path, work: Path) -> tuple:
     return completed, {result["node"]: result for result in results}
 
 
+@pytest.mark.slow  # the whole exported AML pipeline, emulated
 def test_exported_tree_runs_end_to_end_as_aml_would(tree, tmp_path):
     completed, nodes = emulate(tree, tmp_path / "work")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -15,6 +15,7 @@ from finetune.metrics import classification_metrics
 from test_select import LABELS, write_splits
 
 
+@pytest.mark.slow  # a real FLAML search
 def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     data = write_splits(tmp_path / "data")
     cfg = AutomlConfig(engine="local", time_budget_s=4, max_features=2000)

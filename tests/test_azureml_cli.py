@@ -110,6 +110,7 @@ def test_aml_planning_imports_no_azure_until_the_launcher_runs(tmp_path):
     assert "AZURE []" in out
 
 
+@pytest.mark.slow  # the reference AML dry run, timed
 def test_timed_reference_dry_run(tmp_path):
     """The reference scenario's dry run as a user runs it (a fresh interpreter), timed for the report."""
     started = time.monotonic()

@@ -155,8 +155,13 @@ def test_automl_sweep_rest_body_golden(tmp_path):
 
 
 def test_every_exported_yaml_loads_back(reference):
-    from azure.ai.ml import load_compute, load_data, load_job, load_online_deployment, \
-        load_online_endpoint
+    from azure.ai.ml import (
+        load_compute,
+        load_data,
+        load_job,
+        load_online_deployment,
+        load_online_endpoint,
+    )
 
     plan, prepared, exported = reference
     folder = exported.folder
@@ -205,10 +210,10 @@ def test_environment_yaml_and_conda_files(reference):
     environment = load_environment(exported.folder / "environment.yml")
     assert environment.image == GPU_IMAGE and "cuda12.6" in GPU_IMAGE
     torch = version("torch").split("+")[0]
-    for role, torch_build in (("training", "cu126"), ("steps", "cpu")):
+    for role, wheels in (("training", "cu126"), ("steps", "cpu")):
         pip = yaml.safe_load((exported.folder / f"conda-{role}.yml").read_text())["dependencies"][-1]["pip"]
-        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{torch_build}"
-        assert f"torch=={torch}+{torch_build}" in pip
+        assert pip[0] == f"--extra-index-url https://download.pytorch.org/whl/{wheels}"
+        assert f"torch=={torch}+{wheels}" in pip
         assert f"azureml-mlflow=={version('azureml-mlflow')}" in pip
     serving = yaml.safe_load((exported.folder / "conda-serving.yml").read_text())["dependencies"][-1]["pip"]
     # The reference plan serves with torch; MLflow and pandas make the registered version a pyfunc model. What
@@ -278,9 +283,7 @@ def test_automl_yaml_with_sweep_loads_back(tmp_path):
     ({"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1}, {"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1}),
 ])
 def test_every_distribution_maps_one_to_one(dist, expected):
-    from finetune.launch.azureml.sweep import distribution
-
-    from finetune.launch.azureml.sweep import as_yaml
+    from finetune.launch.azureml.sweep import as_yaml, distribution
 
     actual = as_yaml(distribution(dist))
     assert set(actual) == set(expected)
@@ -372,10 +375,14 @@ def test_settings_carry_no_workspace(tmp_path, reference):
 
 
 def test_cost_estimate_reference(reference):
-    from finetune.launch.azureml.pricing import ASSUMED_TRIAL_HOURS, automl_estimate, summary, sweep_estimate
-
     from finetune.launch.azureml.checks import DEFAULT_TRIAL_TIMEOUT_S
-    from finetune.launch.azureml.pricing import steps_estimate
+    from finetune.launch.azureml.pricing import (
+        ASSUMED_TRIAL_HOURS,
+        automl_estimate,
+        steps_estimate,
+        summary,
+        sweep_estimate,
+    )
 
     plan, _, _ = reference
     # AML plans always carry time limits: a trial cannot hold a GPU for ever.

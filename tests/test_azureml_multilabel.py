@@ -175,6 +175,7 @@ def test_multi_label_objective_refused_for_single_label_data(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------- test-automl step
 
 
+@pytest.mark.slow  # trains and scores an MLflow model
 def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
     import dataclasses
 

@@ -59,6 +59,7 @@ def test_the_deployment_environment_holds_only_the_runtime(exported):
     assert settings["environment"]["conda_file"] == deployment["environment"]["conda_file"]
 
 
+@pytest.mark.slow  # exports and registers real models
 def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tiny_model_dir, tmp_path, monkeypatch):
     """The AML register step, against a stub MLClient: the winner is the exported model, as an mlflow_model."""
     from finetune.environment import serving_conda_spec

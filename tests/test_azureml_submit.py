@@ -62,6 +62,7 @@ def submit(server, monkeypatch, tmp_path, capsys, extra=()):
     return out
 
 
+@pytest.mark.slow  # an emulated submission
 def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     out = submit(server, monkeypatch, tmp_path, capsys)
     sequence = recorder.sequence()
@@ -138,6 +139,7 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert record["data"]["files"]["train"] == "azureml:finetune-amazon_automotive-train:1"
 
 
+@pytest.mark.slow  # an emulated submission
 def test_exported_tree_holds_no_machine_path_workspace_or_key(server, recorder, monkeypatch, tmp_path, capsys):
     """aml/ is portable: no YAML or JSON in it names this machine, the workspace or a key; and what was
     uploaded for the steps (settings.json) is that file, byte for byte."""
@@ -234,6 +236,7 @@ def test_recorder_refuses_what_the_service_refuses(server, recorder):
         client.online_endpoints.begin_create_or_update(endpoint).result()
 
 
+@pytest.mark.slow  # two emulated submissions
 def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, monkeypatch, tmp_path, capsys):
     from finetune.launch import azureml
 
@@ -518,6 +521,7 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     assert skipped.status == "skipped"
 
 
+@pytest.mark.slow  # trains and scores an MLflow model
 def test_test_automl_step_packages_an_mlflow_model_with_its_val_rule(tmp_path, settings):
     """AutoML's MLflow model gets its decision rule chosen on val, is scored on test at it with the project's
     metric function, and becomes a candidate folder score.py loads."""

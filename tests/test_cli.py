@@ -104,12 +104,20 @@ def test_multirun_dry_run_prints_one_plan_each(capsys, tmp_path):
         (["train.early_stopping_patience=-1"], "train.early_stopping_patience=-1: must be >= 0"),
         (["select.decision_metric=auc_weighted"], "select.decision_metric=auc_weighted: unknown or not a metric"),
         (["select.decision_metric=f1_micro"], "select.decision_metric=f1_micro: unknown or not a metric"),
+        (["model.learning_rate=${nope}"], "model.learning_rate: Interpolation key 'nope' not found"),
+        (["dataset.path=${oc.env:FINETUNE_NOPE}"], "dataset.path: Environment variable 'FINETUNE_NOPE' not found"),
+        (["--cfg", "job", "dataset.path=${oc.env:FINETUNE_NOPE}"], "Environment variable 'FINETUNE_NOPE' not found"),
+        # output_root= comes from the test itself: two ways to name one directory, one would be ignored.
+        (["hydra.run.dir=elsewhere/mine"], "hydra.run.dir=elsewhere/mine and output_root="),
+        (["hydra.run.dir=elsewhere/mine", "run_name=other"], "give either hydra.run.dir=DIR or output_root and run_name"),
+        (["-m", "hydra.sweep.dir=elsewhere", "seed=1,2"], "hydra.sweep.dir=elsewhere and output_root="),
         (["dataset=goemotions_sample", "select.decision_metric=accuracy"],
          "select.decision_metric=accuracy: unknown or not a metric of decided labels for multi-label data"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FINETUNE_NOPE", raising=False)
     code, _, err = run_cli(capsys, *args, f"output_root={tmp_path}", "dry_run=true")
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1
@@ -152,6 +160,7 @@ def test_unknown_column_of_your_own_file_lists_the_real_columns(capsys, tmp_path
     assert "dataset.text_column=text" in err and "body" in err and "queue" in err
 
 
+@pytest.mark.slow  # a real run up to its data stage
 def test_a_label_column_with_one_class_fails_before_training(capsys, tmp_path):
     data = tmp_path / "one.csv"
     data.write_text("text,label\n" + "".join(f"review {i},good\n" for i in range(20)))

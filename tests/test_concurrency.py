@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from finetune import locks
 
 RUNS = 4
@@ -22,6 +24,7 @@ def pipeline(tmp_path: Path, model_dir: Path, index: int) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow  # four full local pipelines
 def test_four_pipelines_at_once_on_a_new_output_root(tmp_path, tiny_model_dir):
     processes = [pipeline(tmp_path, tiny_model_dir, index) for index in range(RUNS)]
     codes = [process.wait(timeout=900) for process in processes]
@@ -64,16 +67,16 @@ def test_lock_files_sit_beside_the_store(tmp_path):
     assert locks.store_lock_path("http://tracking:5000", "store").parent.name == "locks"
 
 
+@pytest.mark.slow  # two registrations with real models
 def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     """Something outside this run's lock (another machine on the same store, a hand-set alias) moved production
     between selection and promotion: the selection rule is applied again against the new production."""
     import csv
+    import dataclasses
     from types import SimpleNamespace
 
     from finetune import registry, select
     from finetune.launch.local import _recheck
-    import dataclasses
-
     from finetune.results import SelectionResult, SelectionRow
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 

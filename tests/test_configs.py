@@ -16,7 +16,7 @@ CONFIG_FILES = sorted(CONF.rglob("*.yaml"))
 def test_config_file_says_what_it_is_for_and_how_to_use_it(path):
     # Hydra reads a `# @package` directive only from the very first lines; the description follows it.
     lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
-    header = [line for line in lines[: next((i for i, l in enumerate(lines) if not l.startswith("#")), len(lines))]]
+    header = [line for line in lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]]
     assert lines[0].startswith("# ") and len(lines[0]) > 20, f"{path}: must start with what it is for"
     assert any(line.startswith("# python -m finetune") for line in header), \
         f"{path}: its opening comment must show a command that uses it"

@@ -56,6 +56,7 @@ def assert_all_gone(processes, timeout: float = 20) -> None:
     assert not survivors, f"survived the pipeline: {survivors}"
 
 
+@pytest.mark.slow  # a pipeline into training, per signal
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killing_the_pipeline_while_training_kills_the_training(tmp_path, tiny_model_dir, signum):
     pipeline = start_pipeline(tmp_path, tiny_model_dir)
@@ -71,6 +72,7 @@ def test_killing_the_pipeline_while_training_kills_the_training(tmp_path, tiny_m
         pass
 
 
+@pytest.mark.slow  # a pipeline up to its rollout
 def test_killing_the_pipeline_during_the_rollout_leaks_nothing(tmp_path, tiny_model_dir):
     pipeline = start_pipeline(tmp_path, tiny_model_dir)
     children = descendants_once(pipeline, "finetune.serve.inference_server", tmp_path)
@@ -106,6 +108,7 @@ def test_a_second_training_into_the_same_output_dir_says_so_in_one_line(tmp_path
     assert f"is in use by pid {os.getpid()} (python -m finetune.train)" in done.stderr
 
 
+@pytest.mark.slow  # four MLflow processes
 def test_four_processes_opening_a_new_store_at_once(tmp_path):
     """The crash of the issue (`table _alembic_tmp_tags already exists`) without a whole pipeline."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -68,6 +68,7 @@ def test_per_label_thresholds_chosen_on_val_carry_to_test():
     assert describe(decision).startswith("per-label P >= t")
 
 
+@pytest.mark.slow  # scikit-learn at every cut
 def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
     from sklearn.metrics import f1_score
 
@@ -82,6 +83,7 @@ def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
         assert np.allclose(_f1_at_cuts(truth, scores, cuts), expected)
 
 
+@pytest.mark.slow  # every cut of every label
 def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     """5,000 val texts, 12 positives: quantiles of all the scores would leave a few cuts among the positives."""
     from sklearn.metrics import f1_score
@@ -98,6 +100,7 @@ def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     assert f1_score(truth, scores >= chosen) == pytest.approx(best)
 
 
+@pytest.mark.slow  # every single-label change
 def test_micro_f1_thresholds_no_single_label_change_improves_pooled_f1():
     """select.decision_metric=f1_micro: checked by brute force, every cut of every label, at the chosen thresholds."""
     from sklearn.metrics import f1_score
@@ -174,7 +177,7 @@ def test_score_answers_label_lists_at_the_shipped_thresholds(monkeypatch, tmp_pa
     folder = make_multi_label_candidate(tmp_path / "automl", TEXTS, TARGETS, LABELS)
     body = {"data": [{"text": text} for text in TEXTS]}
     plain = load_score(monkeypatch, folder).run(body)["predictions"]
-    assert all(set(p["labels"]) == {l for l, v in p["probabilities"].items() if v >= 0.5} for p in plain), \
+    assert all(set(p["labels"]) == {label for label, v in p["probabilities"].items() if v >= 0.5} for p in plain), \
         "without a shipped rule every label is decided at 0.5"
     assert not prediction_problems(body, {"predictions": plain})
     joy = [p["probabilities"]["joy"] for p in plain]
@@ -207,7 +210,7 @@ def test_hf_multi_label_scores_are_sigmoids(monkeypatch, tmp_path, tiny_model_di
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
         tiny_model_dir, num_labels=3, problem_type="multi_label_classification",
-        id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
@@ -216,7 +219,7 @@ def test_hf_multi_label_scores_are_sigmoids(monkeypatch, tmp_path, tiny_model_di
     tokens = AutoTokenizer.from_pretrained(folder)(TEXTS[0], return_tensors="pt")
     with torch.no_grad():
         expected = torch.sigmoid(model.eval()(**tokens).logits)[0].tolist()
-    assert [predictions[0]["probabilities"][l] for l in LABELS] == pytest.approx(expected, abs=1e-5)
+    assert [predictions[0]["probabilities"][label] for label in LABELS] == pytest.approx(expected, abs=1e-5)
 
 
 def test_smoke_test_checks_label_lists():

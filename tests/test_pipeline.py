@@ -21,6 +21,7 @@ def run_finetune(tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
 
+@pytest.mark.slow  # two full local pipelines
 def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny_model_dir):
     first = run_finetune(tmp_path, tiny_model_dir, "run_name=first")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -126,6 +127,7 @@ def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path,
     assert f"test_{summary['selection']['metric']}" in pipeline.data.metrics
 
 
+@pytest.mark.slow  # a full multi-label pipeline
 def test_multi_label_example_end_to_end(tmp_path, tiny_model_dir):
     """The bundled GoEmotions sample: train -> AutoML -> select -> register -> local endpoint -> report, then the
     registered version through MLflow's pyfunc loader and batch prediction, all answering label lists."""

@@ -34,6 +34,7 @@ def candidate(tmp_path_factory):
     return make_automl_candidate(folder / "model", write_splits(folder / "data"))
 
 
+@pytest.mark.slow  # registers and loads real models
 @needs_score_script
 def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, candidate):
     tags = registry.selection_tags(SELECTION, DATA, {"name": "run-1", "seed": 0}, "single run")

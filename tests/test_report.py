@@ -10,9 +10,9 @@ import pytest
 
 from finetune import select
 from finetune.metrics import classification_metrics
-from finetune.serve.score import decide
 from finetune.report import write_report
 from finetune.results import RunSummary, SweepTrial
+from finetune.serve.score import decide
 from test_select import LABELS, make_automl_candidate, write_splits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -112,6 +112,7 @@ def saved(run_dir: Path, summary: dict) -> RunSummary:
     return RunSummary.load(run_dir)
 
 
+@pytest.mark.slow  # every figure of a full report
 def test_full_summary_renders_every_section(tmp_path, splits):
     summary = full_summary(tmp_path, splits)
 

@@ -20,8 +20,8 @@ import pytest
 
 from finetune.cli import compose, expand
 from finetune.planning import build_plan
-from finetune.search.reporting import TrialReporter
 from finetune.results import SweepResult
+from finetune.search.reporting import TrialReporter
 from finetune.search.runner import run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +84,7 @@ def sweep_run(tmp_path_factory, tiny_model_dir, data, tracking_uri):
                            printed=printed.getvalue(), parent=parent)
 
 
+@pytest.mark.slow  # a real sweep (its module fixture)
 def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(sweep_run, tracking_uri):
     sweep = sweep_run.sweep
     assert set(sweep) == {"sampling", "policy", "primary_metric", "goal", "trials", "best", "compute"}
@@ -132,6 +133,7 @@ def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(
     assert all(r.data.tags["dataset.name"] == "fixture" for r in children)
 
 
+@pytest.mark.slow  # the real sweep fixture
 def test_a_crashing_trial_is_marked_failed_and_the_sweep_goes_on(sweep_run):
     [crashed] = [t for t in sweep_run.sweep["trials"] if t["params"]["learning_rate"] == -1.0]
     assert crashed["status"] == "failed" and "Invalid learning rate" in crashed["reason"]
@@ -231,6 +233,7 @@ def test_reporter_applies_the_studys_policy_and_records_where_it_stopped(tmp_pat
         TrialReporter(storage_url, "s", trial.number, "val_loss", "minimize")
 
 
+@pytest.mark.slow  # the real sweep fixture
 def test_every_trial_reports_its_progress_for_the_sweep_line(sweep_run):
     for trial in sweep_run.sweep["trials"]:
         if trial["status"] == "completed":

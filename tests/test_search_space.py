@@ -9,7 +9,7 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from finetune import cli
+from finetune import cli, hydra_cli
 from finetune.errors import UserError
 from finetune.model_files import model_config_names
 from finetune.planning import CHECKS, build_plan
@@ -22,7 +22,7 @@ from finetune.search.validation import check_search
 
 
 def parse(line: str):
-    return cli.parse_overrides([line])[0]
+    return hydra_cli.parse_overrides([line])[0]
 
 
 # (sweep grammar, the same distribution in YAML)

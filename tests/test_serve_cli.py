@@ -12,6 +12,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from test_serve_support import make_automl_candidate, post, request
 
@@ -55,6 +56,7 @@ def gone(pid: int) -> bool:
     return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow  # a real endpoint
 def test_serves_a_model_dir_until_ctrl_c_and_brings_the_endpoint_back(tmp_path):
     model = make_automl_candidate(tmp_path / "model")
     output, pids = serve_until_ctrl_c("--model-dir", str(model), "--port", "0", "--key", "k3y", "--endpoints-dir",

@@ -8,6 +8,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from finetune.serve.endpoint import SERVER_MODULE, LocalEndpoint
 
@@ -21,6 +22,7 @@ def record_of(process: subprocess.Popen) -> dict:
     return {"pid": process.pid, "started": psutil.Process(process.pid).create_time()}
 
 
+@pytest.mark.slow  # starts and kills real servers
 def test_a_start_left_by_a_dead_starter_is_stopped_and_status_stop_work(tmp_path):
     root = tmp_path / "endpoints"
     endpoint = LocalEndpoint("faulty", root)

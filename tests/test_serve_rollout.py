@@ -131,6 +131,7 @@ def test_split_traffic_keeps_old_proportions_and_sums_to_100():
         "prediction 0: probabilities sum to 1.1000, not 1"]
 
 
+@pytest.mark.slow  # real deployments
 def test_deploy_local_stops_what_it_started_and_the_state_brings_it_back(models, tmp_path):
     config = EndpointConfig(target="local", name="pipeline-endpoint", ramp=[100], start_timeout_s=120)
     deployed = deploy_local(config, tmp_path / "endpoints", models["automl"], request(2), keep_running=False)

@@ -20,7 +20,7 @@ def make_hf_candidate(base_dir: Path, folder: Path, registered: dict | None = No
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+        base_dir, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)

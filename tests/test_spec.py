@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,19 @@ def test_the_command_line_has_one_flag_per_field_and_round_trips():
     args = spec.TrainArgs("t.csv", "v.csv", "l.json", "m", "out", learning_rate=1e-5, early_stopping_patience=0,
                           tf32=False, trial_number=3)
     assert spec.parse_args(spec.to_argv(args)) == args
+
+
+def test_every_training_flag_is_described_by_its_declaration():
+    """``python -m finetune.train --help`` says what each flag does, with the words declared in finetune/spec.py."""
+    completed = subprocess.run([sys.executable, "-m", "finetune.train", "--help"], capture_output=True, text=True,
+                               check=True, cwd=ROOT)
+    # argparse wraps lines at spaces and after hyphens: compare without whitespace.
+    shown = "".join(completed.stdout.split())
+    for item in dataclasses.fields(spec.TrainArgs):
+        assert item.metadata["help"], f"{item.name}: declare what it does (help=...)"
+        assert f"{spec.flag(item.name)}{item.name.upper()}" in shown or f"{spec.flag(item.name)}true|false" in shown \
+            or f"{spec.flag(item.name)}{{" in shown, item.name
+        assert "".join(item.metadata["help"].split()) in shown, item.name
 
 
 def test_plan_checks_follow_the_declared_ranges_and_choices(tmp_path):
@@ -106,3 +121,26 @@ def test_docs_table_is_generated_from_the_spec():
         path.write_text(head + begin + spec.reference_table() + end + tail, encoding="utf-8")
         table = spec.reference_table()
     assert table == spec.reference_table(), "run with FINETUNE_UPDATE_DOCS=1 and review docs/contracts.md"
+
+
+def test_every_declared_choice_is_checked_at_plan_time_and_declared_once(tmp_path):
+    """``setting(choices=...)`` is the one declaration of a string's legal values (stage checks import the same
+    tuples from finetune.config): the plan check refuses anything else for every such key."""
+    from finetune import cli, ranges
+    from finetune.planning import build_plan
+
+    overrides = [f"output_root={tmp_path}", "dry_run=true"]
+    plan = build_plan(cli.compose(overrides, {}), overrides, "t")
+    assert {"compute.target", "automl.engine", "endpoint.target", "search.goal", "dataset.source",
+            "model.source", "search.sampling", "endpoint.runtime"} <= set(ranges.CHOICES)
+    for key, allowed in ranges.CHOICES.items():
+        section, _, name = key.rpartition(".")
+        owner = plan
+        for part in section.split("."):
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+        setattr(owner, name, "bogus")
+        try:
+            assert f"{key}=bogus: use one of {', '.join(allowed)}" in ranges.check_values(plan), key
+        finally:
+            setattr(owner, name, original)

@@ -14,9 +14,9 @@ import pytest
 
 from finetune import speed
 from finetune.config import ComputeConfig, TrainConfig
-from finetune.speed import Hardware, decide
 from finetune.errors import UserError
 from finetune.spec import TrainArgs, parse_args, to_argv
+from finetune.speed import Hardware, decide
 from finetune.training_process import launch_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,6 +161,7 @@ def test_detect_on_this_machine():
     assert isinstance(speed.cpu_has_native_bf16(), bool)
 
 
+@pytest.mark.slow  # the training benchmark
 def test_bench_smoke(tmp_path):
     """The benchmark script runs end to end on CPU with a small model (a smoke test, not a timing)."""
     out = tmp_path / "bench.json"

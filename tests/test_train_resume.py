@@ -49,6 +49,7 @@ def data_dir(tmp_path_factory) -> Path:
     return prepare(dataset, tmp_path_factory.mktemp("resume-data")).directory
 
 
+@pytest.mark.slow  # a real training, killed and resumed
 def test_killed_run_resumes_from_newest_complete_checkpoint(tmp_path, tiny_model_dir, data_dir, capfd):
     out = tmp_path / "out"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"

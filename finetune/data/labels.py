@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
-from finetune.config import DatasetConfig
+from finetune.config import DATA_TASKS, DatasetConfig
 from finetune.data.sources import label_setting
 from finetune.errors import UserError
 
@@ -153,14 +153,11 @@ def check_labels(plan: "RunPlan") -> List[str]:
     return problems
 
 
-TASKS = ("auto", "single_label", "multi_label")
-
-
 def task_problems(data: DatasetConfig) -> List[str]:
     """The task and multi-label settings (also checked by ``prepare``, which the plan check may not precede)."""
     problems = []
-    if data.task not in TASKS:
-        problems.append(f"dataset.task={data.task}: unknown; use one of {', '.join(TASKS)}")
+    if data.task not in DATA_TASKS:
+        problems.append(f"dataset.task={data.task}: unknown; use one of {', '.join(DATA_TASKS)}")
     if data.label_separator is not None and not data.label_separator.strip():
         problems.append(f"dataset.label_separator={data.label_separator!r}: must be a visible character such as "
                         "',' or '|' (or null for one label a cell)")

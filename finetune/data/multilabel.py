@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from finetune.config import DatasetConfig
 from finetune.data.labels import clean_text, name_of_id, report_dropped, sorted_labels
+from finetune.data.sources import _open_text, label_setting, local_source, source_url
 from finetune.errors import UserError
 
 SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
@@ -40,8 +41,6 @@ def planned_task(dataset: DatasetConfig) -> str:
     settings say, else whether the first rows of a local JSONL / parquet file hold label lists (CSV and TSV
     cells are strings: lists come only with a separator). ``auto`` stays when only the data stage can tell
     (a download) or the source is broken (the plan check reports that)."""
-    from finetune.data.sources import label_setting, local_source, source_url
-
     if dataset.task != "auto" or dataset.rating_column or dataset.label_separator:
         return resolve_task(dataset, [])
     if source_url(dataset) is not None:
@@ -65,8 +64,6 @@ def planned_task(dataset: DatasetConfig) -> str:
 
 
 def _peek_jsonl(path, column: str) -> list:
-    from finetune.data.sources import _open_text
-
     values = []
     with _open_text(path) as handle:
         for line in handle:

@@ -27,8 +27,14 @@ from finetune.config import DatasetConfig
 from finetune.data.labels import label_rows, read_label_names, task_problems
 from finetune.data.multilabel import MULTI_LABEL, SINGLE_LABEL, label_cell, label_sets, resolve_task
 from finetune.data.sources import SOURCES, local_source, read_source, sha256_file
-from finetune.data.split import (assign_multi_label_splits, assign_predefined_splits, assign_splits,
-                                 check_unseen_labels, split_index, split_problems)
+from finetune.data.split import (
+    assign_multi_label_splits,
+    assign_predefined_splits,
+    assign_splits,
+    check_unseen_labels,
+    split_index,
+    split_problems,
+)
 from finetune.errors import UserError
 
 SPLITS = ("train", "val", "test")

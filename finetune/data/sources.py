@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from finetune.config import DatasetConfig
+from finetune.config import SOURCES, DatasetConfig
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
-SOURCES = ("bundled", "amazon_5core", "file")
 BUNDLED_FILE = "automotive_reviews.csv"
 FIVE_CORE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz"
 # The 5-core files name JSON-lines content `.json`, so `.json` is read as JSON lines as well.

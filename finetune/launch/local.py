@@ -14,13 +14,23 @@ import os
 import time
 from pathlib import Path
 
-from finetune import locks, processes
+from finetune import locks, processes, registry, select, tracking
+from finetune.automl import run_automl
+from finetune.data import prepare
 from finetune.errors import UserError
+from finetune.export import export_candidate
 from finetune.learning_check import shipped_below_baseline_line
 from finetune.metrics import unprefixed
 from finetune.plan import RunPlan
+from finetune.report import write_report
 from finetune.results import Candidate, RunSummary, SelectionResult, TrainingResult
-from finetune.select import FINETUNED
+from finetune.select import FINETUNED, check_production_labels
+from finetune.serve import deploy_local
+from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
+from finetune.serve.rollout import RolloutError, check_ramp
+from finetune.spec import to_argv
+from finetune.tracking import child_args, model_id
+from finetune.training_process import launch_command, train_args
 
 
 def auto_choices(cfg) -> dict:
@@ -49,9 +59,6 @@ def check(plan: RunPlan) -> list[str]:
 
 def check_endpoint(endpoint_cfg) -> list[str]:
     """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
-    from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
-    from finetune.serve.rollout import RolloutError, check_ramp
-
     problems = []
     if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
         problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
@@ -100,8 +107,6 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # MLflow announces creating and migrating its sqlite tables at INFO; the console is for the run.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from finetune import registry
-
     # Created here, before training does, so the experiment's artifacts sit beside the sqlite store
     # instead of in ./mlruns of whatever directory the command ran from.
     registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
@@ -113,8 +118,6 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
         step += 1
         stage(step, total, name, detail)
 
-    from finetune.data import prepare
-
     next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
     data = prepare(plan.dataset, run_dir / "data")
     if plan.dataset.task != data.task:
@@ -124,16 +127,12 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     summary.save()
     print(f"{data.task.replace('_', '-')} data, {len(data.labels)} labels; {data.rows_labelled} labelled rows -> "
           + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
-    from finetune.select import check_production_labels
-
     model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
                                              plan.tracking.experiment)
     # Before any training: a production model for other labels is refused now, not after an hour of it
     # (select_and_register applies the same rule to the production model it re-scores).
     check_production_labels(model_registry.production(run_dir / "select" / "production"), list(data.labels),
                             plan.select.replace_incompatible)
-
-    from finetune import tracking
 
     tags = tracking.run_tags(plan, data)
     parent = tracking.start_pipeline_run(plan, tags)
@@ -161,8 +160,6 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     summary.save()
 
     if "export" in plan.stages:
-        from finetune.export import export_candidate
-
         next_stage("export", f"the fine-tuned model for the {plan.endpoint.runtime} runtime")
         trained = summary.candidates[FINETUNED]
         # Selection tests (and the registry keeps) the exported model: the metrics are those of what serves.
@@ -173,8 +170,6 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         print(f"exported to {summary.candidates[FINETUNED].path}")
 
     if "automl" in plan.stages:
-        from finetune.automl import run_automl
-
         next_stage("automl", "local AutoML baseline (" + (
             "one-vs-rest TF-IDF + logistic regression)" if data.task == "multi_label"
             else f"FLAML, {plan.automl.time_budget_s} s budget)"))
@@ -204,8 +199,6 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         if not registration.registered:
             print("nothing new to deploy")
         else:
-            from finetune.serve import deploy_local
-
             rollout = deploy_local(plan.endpoint, Path(plan.run_dir).parent / "endpoints", registration.model_ref,
                                    registration.sample_request, keep_running=False)
             summary.rollout = rollout
@@ -219,8 +212,6 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     held.close()
 
     next_stage("report")
-    from finetune.report import write_report
-
     summary.finish()  # before the report, so the report shows the finish time and duration
     report = write_report(run_dir, summary)
     summary.figures = [str(path) for path in report.figures]
@@ -239,10 +230,10 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
         summary.candidates[FINETUNED] = Candidate(family="hf", path=result.model_dir, val=result.val,
                                                   source="single run", result_file=result.result_file)
         return result
-    from finetune.search import run_sweep
-
     next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
                          f"up to {plan.search.limits.max_total_trials} trials")
+    from finetune.search.runner import run_sweep  # optuna: loaded only when a plan sweeps
+
     sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
     summary.sweep = sweep
     summary.save()
@@ -258,8 +249,6 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
 
 def _select(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run, held: contextlib.ExitStack):
     """Test every candidate and production on the test split and register the winner (one rule, both launchers)."""
-    from finetune import registry, tracking
-
     next_stage("select", f"test every candidate on the test split by {plan.select.metric}")
     # From comparing with production to moving its alias, one run at a time: concurrent runs on one store
     # each see the production the previous one left, so the best model by the selection rule ends there.
@@ -289,8 +278,6 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
     The promotion lock keeps finetune runs on this machine from moving it; anything else that can reach the
     store (a run on another machine, a hand-set alias) can, and must not be overwritten by a worse model.
     """
-    from finetune import registry, select
-
     name, uri = plan.select.registered_model_name, plan.tracking.uri
     current = registry.production_version(registry._client(uri), name)
     compared = (selection.production_version or {}).get("version")
@@ -326,10 +313,6 @@ def log_test_metrics(plan: RunPlan, training: TrainingResult, test: dict | None)
 
 def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tuple[str, dict]) -> TrainingResult:
     """One training run through the training entry point, in a subprocess as on AML."""
-    from finetune.spec import to_argv
-    from finetune.tracking import child_args, model_id
-    from finetune.training_process import launch_command, train_args
-
     args = dataclasses.replace(train_args(plan, str(data_dir), str(output_dir)), run_name=f"{plan.name}-train")
     command = launch_command([*to_argv(args), *child_args(*pipeline_run, model_id(plan.model))], plan.compute.gpus)
     returncode = processes.run(command)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.report.common import Figures, table
+from finetune.report.multilabel import data_lines
 
 if TYPE_CHECKING:
     from finetune.results import RunSummary
@@ -21,8 +22,6 @@ def data_section(summary: "RunSummary", figures: Figures) -> list[str]:
              f"{data.rows_labelled} labelled; {'labels' if data.task == 'multi_label' else 'classes'}: "
              f"{', '.join(labels)}.", ""]
     if data.task == "multi_label":
-        from finetune.report.multilabel import data_lines
-
         return lines + data_lines(labels, splits, figures) + _length_lines(splits, figures)
     rows = []
     for name, split in splits.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune.data import read_multi_label_split
 from finetune.metrics import per_class_key
 from finetune.report.common import Figures, table
 
@@ -41,8 +42,6 @@ def data_lines(labels: list, splits: dict, figures: Figures) -> list[str]:
 
 
 def _train_targets(path, labels: list):
-    from finetune.data import read_multi_label_split
-
     if not path or not Path(path).is_file():
         return None
     return read_multi_label_split(path, labels)[1]

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Optional
 from finetune.decision import describe
 from finetune.metrics import per_class_key
 from finetune.report.common import FAMILY_DESCRIPTIONS, Figures, table
+from finetune.report.multilabel import winner_lines
+from finetune.serve.score import decide
 
 if TYPE_CHECKING:
     from finetune.results import Candidate, RunSummary, SelectionResult, SelectionRow
@@ -37,7 +39,7 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
             rows.append([label, description, val, f"failed: {row.error}", *[""] * (len(columns) + 2)])
         else:
             recall = ("per label below" if multi_label else
-                      " / ".join(f"{row.test.get(per_class_key('recall', l), float('nan')):.2f}" for l in labels))
+                      " / ".join(f"{row.test.get(per_class_key('recall', label), float('nan')):.2f}" for label in labels))
             at_argmax = (row.test_argmax or {}).get("f1_macro")
             rows.append([label, description, val, *(row.test.get(c) for c in columns), describe(row.decision),
                          recall, at_argmax])
@@ -72,8 +74,6 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
     lines += [figures.save(figure, "candidates", "candidates on test"), ""]
 
     if multi_label:
-        from finetune.report.multilabel import winner_lines
-
         return lines + winner_lines(selection, labels, figures)
     lines += _winner_plots(selection, labels, figures)
     return lines
@@ -96,8 +96,6 @@ def _load_predictions(row: Optional["SelectionRow"]):
 def _winner_plots(selection: "SelectionResult", labels: Optional[list], figures: Figures) -> list[str]:
     import numpy as np
     from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
-
-    from finetune.serve.score import decide
 
     rows = {row.candidate: row for row in selection.scored}
     winner = selection.winner

@@ -64,11 +64,9 @@ import math
 import statistics
 from typing import Collection, Hashable, List, Mapping, Sequence
 
-from finetune.config import PolicyConfig
+from finetune.config import POLICY_TYPES, PolicyConfig
 
-POLICY_TYPES = ("none", "bandit", "median", "truncation")
 TIE = 1e-9  # metrics carry far fewer significant digits than a double
-GOALS = ("maximize", "minimize")
 
 
 def _worse(value: float, limit: float, maximize: bool) -> bool:

@@ -7,6 +7,8 @@ arguments and every trial of a sweep is judged by the same rule.
 """
 from __future__ import annotations
 
+from finetune.config import PolicyConfig
+
 # Seconds a process waits for another one's sqlite write lock (concurrent trials report at once).
 SQLITE_LOCK_TIMEOUT_S = 60
 
@@ -25,7 +27,6 @@ class TrialReporter:
     def __init__(self, storage_url: str, study_name: str, trial_number: int, primary_metric: str, goal: str):
         import optuna
 
-        from finetune.config import PolicyConfig
         from finetune.search.pruners import build_pruner
 
         storage = open_storage(storage_url)

@@ -38,11 +38,14 @@ from finetune import processes
 from finetune.metrics import unprefixed
 from finetune.model_files import model_config, model_location
 from finetune.plan import RunPlan
+from finetune.progress import SweepProgress
+from finetune.registry import experiment_id
 from finetune.results import BestTrial, SweepResult, SweepTrial, TrainingResult
 from finetune.search.pruners import curve, replaced
-from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
+from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.spec import to_argv
+from finetune.tracking import child_args, model_id
 from finetune.training_process import launch_command, train_args
 
 STUDY_FILE = "study.db"
@@ -98,8 +101,6 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     running: Dict[int, _Job] = {}
     launched = 0
     data_dir = str(Path(data.train_path).parent)
-    from finetune.progress import SweepProgress
-
     progress = SweepProgress(total, total - budget, len(free), search.primary_metric)
     try:
         while True:
@@ -140,8 +141,6 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
 def _create_experiment(plan: RunPlan) -> None:
     """Create the tracking store and experiment before trials start: concurrent trials would otherwise race
     to run the schema migrations of a fresh MLflow sqlite store and to create the experiment."""
-    from finetune.registry import experiment_id
-
     experiment_id(plan.tracking.uri, plan.tracking.experiment)
 
 
@@ -186,8 +185,6 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
         trial_number=trial.number, progress=False, progress_file=str(directory / PROGRESS_FILE))
     args = to_argv(trial_args)
     if pipeline_run:
-        from finetune.tracking import child_args, model_id
-
         args += child_args(*pipeline_run, params.get("model") or model_id(plan.model))
     env = {**os.environ, "OMP_NUM_THREADS": str(slot.threads)}
     if slot.gpu is not None:

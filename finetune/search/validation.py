@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Tuple
 
+from finetune.config import GOALS, SAMPLINGS
 from finetune.metrics import LOWER_IS_BETTER, metric_names, unprefixed
-from finetune.search.policies import GOALS, policy_problems
 from finetune.model_files import model_config_names
+from finetune.search.policies import policy_problems
 from finetune.search.space import space_problems
 
 if TYPE_CHECKING:
     from finetune.plan import RunPlan
 
-SAMPLINGS = ("none", "random", "grid", "bayesian")
 
 
 def primary_metrics(task: str) -> Tuple[str, ...]:

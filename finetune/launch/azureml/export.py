@@ -125,7 +125,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     """
     from finetune.data import PreparedData
     from finetune.environment import ENVIRONMENT_NAME
-    from finetune.launch.azureml import compute, command, data, deploy, environment, pipeline, predict, sweep
+    from finetune.launch.azureml import command, compute, data, deploy, environment, pipeline, predict, sweep
     from finetune.launch.azureml.checks import with_task
     from finetune.serve import score
 
