@@ -206,8 +206,8 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import Pipeline
 
-    from finetune.metrics import classification_metrics
     from finetune.losses import class_weights as class_weights_for
+    from finetune.metrics import classification_metrics
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # FLAML's log goes there before the model does

@@ -215,17 +215,18 @@ class EndpointConfig:
     # (ONNX Runtime, dynamically quantised int8). The registered version carries that runtime's files only.
     runtime: str = setting("torch", choices=RUNTIMES)
     auth_mode: str = "key"
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the local router's address; anything but loopback needs allow_remote
     # A host other than loopback exposes the router (key auth over plain HTTP) to the network: only when set.
     allow_remote: bool = False
-    port: int = setting(0, PORT)
+    port: int = setting(0, PORT)  # the local router's port; 0 = a free one
     max_batch_items: int = setting(64, AT_LEAST_1)  # most texts in one scoring request (HTTP 400 beyond)
     # The smallest request, {"data":[{"text":""}]}, is 24 bytes.
     max_body_bytes: int = setting(1_000_000, Range(16, unit=" bytes"))
     max_forward_batch: int = setting(32, AT_LEAST_1)  # most texts in one forward pass inside score.py
     log_request_texts: bool = False  # request texts stay out of the logs unless this is set
-    ramp: List[int] = setting([100], Range(1, 100, unit=" percent"))  # each step's share of the traffic
-    max_error_rate: float = setting(0.0, Range(0, 1))
+    # Each step's share of the traffic for the new deployment; [100] switches at once.
+    ramp: List[int] = setting([100], Range(1, 100, unit=" percent"))
+    max_error_rate: float = setting(0.0, Range(0, 1))  # failed share of a ramp step's calls that aborts the rollout
     step_requests: int = setting(5, AT_LEAST_1)  # scoring calls at each ramp step to measure the error rate
     start_timeout_s: int = setting(180, SECONDS)  # local deployment: seconds until its server must answer GET /
     instance_type: str = "Standard_DS3_v2"

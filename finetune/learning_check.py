@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune.metrics import unprefixed
+from finetune.automl import balanced_baseline
+from finetune.data import read_targets
+from finetune.metrics import task_metrics, unprefixed
 from finetune.select import FINETUNED
 from finetune.train_callbacks import decided_by_main
 
@@ -59,10 +61,6 @@ def compared_metric(primary_metric: str, goal: str) -> str:
 def fit_baseline(train_file: str, val_file: str, labels: list[str], task: str, metric: str) -> dict:
     """The one-liner's val metrics: ``{"model", "metric", "value", "val", "fit_seconds"}``."""
     import numpy as np
-
-    from finetune.automl import balanced_baseline
-    from finetune.data import read_targets
-    from finetune.metrics import task_metrics
 
     started = time.time()
     (train_texts, train_y), (val_texts, val_y) = (read_targets(path, labels, task) for path in (train_file, val_file))

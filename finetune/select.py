@@ -158,7 +158,6 @@ def choose_rule(y_val, proba_val, labels: list[str], task: str, decision: dict) 
 def test_at_rule(y_true, proba, labels: list[str], task: str, rule: Optional[dict]) -> dict:
     """``decision``, ``test`` (the metrics at ``rule``) and ``test_argmax`` (at argmax, or 0.5 per label) of
     test-split probabilities: one candidate's entry of :func:`evaluate`, wherever its probabilities came from."""
-    from finetune.serve.score import decide
 
     return {"decision": rule or {"rule": "argmax"},
             "test": task_metrics(task, y_true, proba, decide(proba, labels, rule), labels=labels),

@@ -47,10 +47,16 @@ from typing import Any, List, Optional, Sequence
 
 from finetune.checkpoints import RESUME_FILE, newest_complete_checkpoint
 from finetune.files import write_json_atomic
-from finetune.learning_check import (LOWER_LR_FACTOR, CheckLog, below_baseline_line, compared_metric,
-                                     describe_baseline, early_step, fit_baseline)
-from finetune.losses import (class_weights, label_positive_weights, weighted_binary_cross_entropy,
-                             weighted_cross_entropy)
+from finetune.learning_check import (
+    LOWER_LR_FACTOR,
+    CheckLog,
+    below_baseline_line,
+    compared_metric,
+    describe_baseline,
+    early_step,
+    fit_baseline,
+)
+from finetune.losses import class_weights, label_positive_weights, weighted_binary_cross_entropy, weighted_cross_entropy
 from finetune.metrics import unprefixed
 from finetune.spec import TrainArgs, logged_parameters, parse_args, trainer_arguments
 

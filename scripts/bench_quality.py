@@ -81,7 +81,8 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
     class-balanced weights (multiclass). Test metrics of each."""
     import numpy as np
 
-    from finetune.automl import balanced_baseline, one_liner as make_one_liner
+    from finetune.automl import balanced_baseline
+    from finetune.automl import one_liner as make_one_liner
     from finetune.data import read_split
     from finetune.decision import choose_decision
     from finetune.metrics import classification_metrics

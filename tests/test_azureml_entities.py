@@ -52,9 +52,10 @@ def _declared_pins_only(value):
     """``value`` with each pinned pip list cut to the project's declared requirements. What those pull in is
     whatever pip resolved for this venv on the day (test_azureml_environments checks that it is pinned), so a
     golden that listed it would fail on the next release of any transitive dependency."""
-    from finetune.environment import declared_requirements
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
+
+    from finetune.environment import declared_requirements
 
     declared = {canonicalize_name(Requirement(line).name) for line in declared_requirements()}
     if isinstance(value, dict):

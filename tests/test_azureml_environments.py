@@ -6,11 +6,11 @@ import json
 import operator
 import stat
 import sys
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from amlemu.recorder import build, guard_network

@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_bert
 
+from conftest import build_tiny_bert
 from finetune.learning_check import LOSS_DROP, MARGIN, early_step, judge
 from finetune.train import main as train_main
 

@@ -141,6 +141,7 @@ def test_every_declared_choice_is_checked_at_plan_time_and_declared_once(tmp_pat
         original = getattr(owner, name)
         setattr(owner, name, "bogus")
         try:
-            assert f"{key}=bogus: use one of {', '.join(allowed)}" in ranges.check_values(plan), key
+            shown = ", ".join("null" if choice is None else choice for choice in allowed)
+            assert f"{key}=bogus: use one of {shown}" in ranges.check_values(plan), key
         finally:
             setattr(owner, name, original)

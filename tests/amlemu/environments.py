@@ -174,7 +174,7 @@ class Environments:
                                          "packages of that image")
             python, pip = facts["python"], list(facts["packages"])
         elif facts and facts["packages"]:
-            named = {re.split(r"[=<>!~ ]", line, 1)[0].lower() for line in pip}
+            named = {re.split(r"[=<>!~ ]", line, maxsplit=1)[0].lower() for line in pip}
             pip = [p for p in facts["packages"] if p.lower() not in named] + pip
         if python is None:
             python = (facts or {}).get("python")
