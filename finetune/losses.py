@@ -82,35 +82,3 @@ def weighted_cross_entropy(weights: list[float]):
         return per_item.sum() / num_items_in_batch if num_items_in_batch is not None else per_item.mean()
 
     return loss
-
-
-def capped_class_weights(label_ids: Sequence[int], n_classes: int, max_ratio: float) -> list[float]:
-    """``balanced`` weights with the largest at most ``max_ratio`` times the smallest (the rarest classes share the
-    cap), rescaled to an average weight of 1 per example: a candidate against 32x ratios on skewed star ratings
-    (issue 25; measured by scripts/bench_imbalance.py, not shipped)."""
-    weights = class_weights(label_ids, n_classes, "balanced")
-    ceiling = min(weights) * max_ratio
-    capped = [min(w, ceiling) for w in weights]
-    counts = [max(1, sum(1 for y in label_ids if y == c)) for c in range(n_classes)]
-    scale = sum(counts) / sum(w * n for w, n in zip(capped, counts))
-    return [w * scale for w in capped]
-
-
-def logit_adjusted_cross_entropy(priors: list[float], tau: float = 1.0):
-    """A Trainer ``compute_loss_func``: cross-entropy of ``logits + tau * log(prior)`` (Menon et al. 2021, "Long-tail
-    learning via logit adjustment", ICLR, eq. 10). The raw logits then estimate balanced-class scores, so argmax
-    and the served probabilities need no change; no per-example weights, so the gradient scale stays that of
-    plain cross-entropy (measured by scripts/bench_imbalance.py, not shipped)."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
-
-    offset = torch.tensor([tau * math.log(max(p, 1e-12)) for p in priors], dtype=torch.float32)
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        per_item = F.cross_entropy(logits.float() + offset.to(logits.device), labels, reduction="none")
-        return per_item.sum() / num_items_in_batch if num_items_in_batch is not None else per_item.mean()
-
-    return loss

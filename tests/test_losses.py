@@ -1,11 +1,18 @@
 """The loss variants scripts/bench_imbalance.py measures against the shipped balanced weights."""
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 
-from finetune.losses import capped_class_weights, logit_adjusted_cross_entropy
+_spec = importlib.util.spec_from_file_location(
+    "bench_imbalance", Path(__file__).resolve().parent.parent / "scripts" / "bench_imbalance.py")
+bench_imbalance = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_imbalance)
+capped_class_weights = bench_imbalance.capped_class_weights
+logit_adjusted_cross_entropy = bench_imbalance.logit_adjusted_cross_entropy
 
 
 def test_capped_weights_keep_the_ratio_and_an_average_of_one_per_example():
