@@ -18,7 +18,7 @@ from test_azureml_submit import model_ref, recorder, rollout_calls, seed_model, 
 AUTOML_CONDA = {"name": "automl-nlp", "channels": ["conda-forge"],
                 "dependencies": ["python=3.9", "pip", {"pip": ["azureml-automl-dnn-nlp==1.60.0",
                                                                "azureml-defaults==1.60.0", "mlflow-skinny==2.9.2"]}]}
-ENDPOINT = "onlineEndpoints/finetune-sentiment"
+ENDPOINT = "onlineEndpoints/amazon-automotive-sentiment"
 MLTABLE = "paths:\n  - file: ./{file}\ntransformations:\n  - read_delimited:\n      delimiter: ','\n      encoding: utf8\n"
 
 

@@ -3,6 +3,7 @@ no credentials end in one line within seconds, and nothing Azure loads for --hel
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -114,8 +115,12 @@ def test_aml_planning_imports_no_azure_until_the_launcher_runs(tmp_path):
 def test_timed_reference_dry_run(tmp_path):
     """The reference scenario's dry run as a user runs it (a fresh interpreter), timed for the report."""
     started = time.monotonic()
+    # A user's shell: azure-ai-ml records the recorder's custom cloud in AZUREML_CURRENT_CLOUD when an earlier test
+    # of this process makes an MLClient, and a fresh interpreter could not resolve that cloud.
+    env = {key: value for key, value in os.environ.items() if key != "AZUREML_CURRENT_CLOUD"}
     result = subprocess.run([sys.executable, "-m", "finetune", *REFERENCE, "dry_run=true", f"output_root={tmp_path}",
-                             "run_name=timed"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+                             "run_name=timed"], capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+                            env=env)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no SDK chatter

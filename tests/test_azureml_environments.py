@@ -105,6 +105,8 @@ def test_the_automl_model_predicts_in_the_interpreter_the_job_names(tmp_path, mo
     python.write_text(f"#!/bin/sh\ntouch {marker}\nexec {sys.executable} \"$@\"\n")
     python.chmod(python.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("FINETUNE_AUTOML_PYTHON", str(python))
-    result = steps.test_automl(str(tmp_path / "model"), str(tmp_path / "test.csv"), str(tmp_path / "labels.json"),
-                               str(tmp_path / "out"))
+    # The step's settings: the select section (its decision rule is chosen on val) and the data summary.
+    (tmp_path / "settings.json").write_text(json.dumps({"select": {}, "data": {}}))
+    result = steps.test_automl(str(tmp_path / "model"), str(tmp_path / "test.csv"), str(tmp_path / "test.csv"),
+                               str(tmp_path / "labels.json"), str(tmp_path / "settings.json"), str(tmp_path / "out"))
     assert marker.exists() and result["test"]["auc_weighted"] > 0.9

@@ -44,7 +44,8 @@ def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(small_
 
         raise MlflowException("Could not find a registered tracking store for scheme 'azureml'")
 
-    monkeypatch.setattr(mlflow, "set_experiment", unsupported)
+    # Inside AML the first store call resumes the run AML created (no set_experiment there).
+    monkeypatch.setattr(mlflow, "start_run", unsupported)
     code = train_main(arguments(small_data, tiny_model_dir, tmp_path / "out"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
