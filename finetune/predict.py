@@ -24,8 +24,8 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-from finetune import registry
 from finetune.errors import UserError
+from finetune.registry import model_registry as registry
 
 if TYPE_CHECKING:
     import pandas

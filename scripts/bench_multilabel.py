@@ -34,10 +34,10 @@ COLUMNS = ("f1_micro", "f1_macro", "auc_weighted", "accuracy", "hamming_loss")
 
 def baselines(data_dir: Path, labels: list[str]) -> dict:
     """Test metrics of the two one-vs-rest baselines on the pipeline's prepared splits."""
-    from finetune.automl import one_vs_rest
     from finetune.data import read_multi_label_split
-    from finetune.decision import choose_label_thresholds
-    from finetune.metrics import multi_label_metrics
+    from finetune.selection.automl import one_vs_rest
+    from finetune.selection.metrics import multi_label_metrics
+    from finetune.selection.rules import choose_label_thresholds
     from finetune.serve.score import decide
 
     train, val, test = (read_multi_label_split(data_dir / f"{split}.csv", labels) for split in ("train", "val", "test"))
@@ -57,9 +57,9 @@ def finetuned_other_rule(data_dir: Path, labels: list[str], candidate: str, ship
     """The fine-tuned candidate's test metrics with thresholds chosen on dev for the decision metric its run did
     not ship (f1_micro after f1_macro, else f1_macro): the same model, the other decision."""
     from finetune.data import read_multi_label_split
-    from finetune.decision import choose_label_thresholds
-    from finetune.metrics import multi_label_metrics
-    from finetune.select import load_scorer, scorer_proba
+    from finetune.selection.choose import load_scorer, scorer_proba
+    from finetune.selection.metrics import multi_label_metrics
+    from finetune.selection.rules import choose_label_thresholds
     from finetune.serve.score import decide
 
     metric = "f1_macro" if shipped_metric == "f1_micro" else "f1_micro"
@@ -74,7 +74,7 @@ def finetuned_other_rule(data_dir: Path, labels: list[str], candidate: str, ship
 
 
 def pipeline_rows(summary: dict) -> dict:
-    from finetune.decision import describe
+    from finetune.selection.rules import describe
 
     table = {row["candidate"]: row for row in summary["selection"]["table"]}
     rows = {}

@@ -81,11 +81,11 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
     class-balanced weights (multiclass). Test metrics of each."""
     import numpy as np
 
-    from finetune.automl import balanced_baseline
-    from finetune.automl import one_liner as make_one_liner
     from finetune.data import read_split
-    from finetune.decision import choose_decision
-    from finetune.metrics import classification_metrics
+    from finetune.selection.automl import balanced_baseline
+    from finetune.selection.automl import one_liner as make_one_liner
+    from finetune.selection.metrics import classification_metrics
+    from finetune.selection.rules import choose_decision
     from finetune.serve.score import decide
 
     train, val, test = (read_split(data_dir / f"{split}.csv", labels) for split in ("train", "val", "test"))
@@ -110,7 +110,7 @@ def rows_of(summary: dict, tag: str) -> dict:
     finetuned = summary["selection"]["test"].get("finetuned")
     table = {row["candidate"]: row for row in summary["selection"]["table"]}
     if finetuned:
-        from finetune.decision import describe
+        from finetune.selection.rules import describe
 
         rows[f"fine-tuned{tag} argmax"] = table["finetuned"]["test_argmax"]
         rows[f"fine-tuned{tag} shipped rule ({describe(table['finetuned']['decision'])})"] = {
@@ -127,7 +127,7 @@ def auc_difference(y_true, proba, baseline_proba, resamples: int = 2000, seed: i
     interval: with a dozen texts of a rare class, differences of a few hundredths are within chance."""
     import numpy as np
 
-    from finetune.metrics import classification_metrics
+    from finetune.selection.metrics import classification_metrics
 
     y_true = np.asarray(y_true)
     rng = np.random.default_rng(seed)

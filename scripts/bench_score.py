@@ -43,8 +43,8 @@ def packaged_candidate(folder: Path) -> Path:
     import yaml
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finetune.config import ModelConfig
-    from finetune.model_files import package_model_dir
+    from finetune.config.model_files import package_model_dir
+    from finetune.config.schema import ModelConfig
 
     settings = yaml.safe_load(resources.files("finetune.conf").joinpath("model/minilm-l6.yaml").read_text())
     base = package_model_dir(ModelConfig(**settings))
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from finetune.export import export_candidate
+    from finetune.serve.export import export_candidate
 
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
@@ -228,7 +228,7 @@ def evaluate(scores: dict, test_file: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from finetune.metrics import classification_metrics
+    from finetune.selection.metrics import classification_metrics
 
     test = pd.read_csv(test_file, dtype=str, keep_default_na=False)
     result = {}

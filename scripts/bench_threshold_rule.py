@@ -1,5 +1,5 @@
 """Which binary decision threshold carries from a small val split to test? The smoothing share of
-finetune.decision (SMOOTHING_SHARE) measured on many random splits of an imbalanced set.
+finetune.selection.rules (SMOOTHING_SHARE) measured on many random splits of an imbalanced set.
 
 For each seed, the imbalanced benchmark set of scripts/bench_quality.py (4.5 % negatives) is split 80/10/10
 (stratified), TF-IDF + logistic regression (C=4 unweighted and class-balanced, C=1 unweighted: its scores are
@@ -31,8 +31,8 @@ def main() -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
-    import finetune.decision as decision
-    from finetune.metrics import classification_metrics
+    import finetune.selection.rules as decision
+    from finetune.selection.metrics import classification_metrics
     from finetune.serve.score import decide
 
     labels = ["negative", "positive"]

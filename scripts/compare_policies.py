@@ -40,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plan_for(args: argparse.Namespace, policy: str):
-    from finetune.cli import compose
-    from finetune.planning import build_plan
+    from finetune.cli.main import compose
+    from finetune.plan.build import build_plan
 
     overrides = [
         "search=bandit", f"search.policy.type={policy}", f"search.seed={args.seed}",

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from amlemu.policies import TerminationService
-from finetune.config import PolicyConfig
+from finetune.config.schema import PolicyConfig
 from finetune.search.policies import should_stop
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.automl import ONE_LINER, check_config, clearly_better, one_liner, run_automl
-from finetune.config import AutomlConfig
+from finetune.config.schema import AutomlConfig
 from finetune.errors import ConfigProblems
-from finetune.metrics import classification_metrics
+from finetune.selection.automl import ONE_LINER, check_config, clearly_better, one_liner, run_automl
+from finetune.selection.metrics import classification_metrics
 from test_select import LABELS, write_splits
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from amlemu.recorder import guard_network
-from finetune import cli
+from finetune.cli import main as cli
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ def test_deploy_step_rolls_out_and_promotes_an_automl_winner(server, recorder, m
     import yaml
 
     from finetune.launch.azureml import deploy as deploy_module
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
 
     monkeypatch.setattr(deploy_module, "deployment_name", lambda version, now=None: f"v{version}-test")
     seed_model(recorder)
@@ -88,9 +88,9 @@ def synthetic(task: str, count: int, seed: int) -> list:
 def automl_package(request, tmp_path):
     """AutoML's best model (the stand-in) made a candidate by the AutoML test step, then staged as the register
     step stages a winner: what a registered AutoML version holds."""
-    from finetune.config import SelectConfig
-    from finetune.launch.azureml import steps
-    from finetune.registry import stage_artifact
+    from finetune.config.schema import SelectConfig
+    from finetune.launch.azureml.runtime import steps
+    from finetune.registry.model_registry import stage_artifact
 
     task = request.param
     data = tmp_path / "data"

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from amlemu.recorder import build, guard_network
-from finetune.cli import compose
+from finetune.cli.main import compose
 from finetune.errors import ConfigProblems
-from finetune.planning import build_plan
+from finetune.plan.build import build_plan
 
 AML = ["model=bert-base-cased", "search=bandit", "compute=a100", "dry_run=true"]
 
@@ -197,7 +197,7 @@ def test_auto_batch_size_in_the_plan_is_what_the_aml_command_gets(tmp_path):
 
 
 def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, monkeypatch):
-    from finetune import cli
+    from finetune.cli import main as cli
 
     planned = []
     monkeypatch.setattr("finetune.launch.run_plan", lambda plan: planned.append(plan))
@@ -248,7 +248,7 @@ def test_submission_needs_a_workspace(tmp_path, monkeypatch):
 
 
 def test_workspace_from_config_env_and_config_json(tmp_path):
-    from finetune.config import WorkspaceConfig
+    from finetune.config.schema import WorkspaceConfig
     from finetune.launch.azureml.workspace import resolve
 
     environ = {"AZURE_SUBSCRIPTION_ID": "sub-env", "AZUREML_RESOURCE_GROUP": "rg-env"}
@@ -263,7 +263,7 @@ def test_workspace_from_config_env_and_config_json(tmp_path):
 
 
 def test_workspace_config_json_scope_form_and_unrelated_files(tmp_path):
-    from finetune.config import WorkspaceConfig
+    from finetune.config.schema import WorkspaceConfig
     from finetune.launch.azureml.workspace import resolve
 
     (tmp_path / "config.json").write_text(json.dumps({"theme": "dark"}))  # some other tool's file: skipped

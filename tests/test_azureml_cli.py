@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from amlemu.recorder import guard_network
-from finetune.cli import main
+from finetune.cli.main import main
 
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]
-TREE = ["automl.yml", "code/finetune/train.py", "compute.yml", "conda-serving.yml", "conda-steps.yml",
+TREE = ["automl.yml", "code/finetune/train/entry.py", "compute.yml", "conda-serving.yml", "conda-steps.yml",
         "conda-training.yml", "data/finetune-amazon_automotive-labels.yml",
         "data/finetune-amazon_automotive-test.yml", "data/finetune-amazon_automotive-train-mltable.yml",
         "data/finetune-amazon_automotive-train.yml", "data/finetune-amazon_automotive-val-mltable.yml",
@@ -95,7 +95,7 @@ def test_missing_workspace_is_a_plan_problem(capsys, tmp_path, monkeypatch):
 
 
 def test_help_and_local_plans_import_no_azure(tmp_path):
-    code = ("import sys; from finetune.cli import main; "
+    code = ("import sys; from finetune.cli.main import main; "
             f"rc = main(['--help']) or main(['dry_run=true', 'output_root={tmp_path}', 'run_name=x']); "
             "print('AZURE', sorted(m for m in sys.modules if m.startswith('azure'))); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -103,7 +103,7 @@ def test_help_and_local_plans_import_no_azure(tmp_path):
 
 
 def test_aml_planning_imports_no_azure_until_the_launcher_runs(tmp_path):
-    code = ("import sys; from finetune.cli import compose; from finetune.planning import build_plan; "
+    code = ("import sys; from finetune.cli.main import compose; from finetune.plan.build import build_plan; "
             f"o = ['compute=a100', 'model=bert-base-cased', 'dry_run=true', 'output_root={tmp_path}']; "
             "build_plan(compose(o, {}), o, 'x'); import finetune.launch.azureml; "
             "print('AZURE', sorted(m for m in sys.modules if m.startswith('azure')))")

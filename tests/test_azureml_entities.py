@@ -40,7 +40,7 @@ def reference(tmp_path_factory):
 
 
 def _replacements(plan) -> dict:
-    from finetune.environment import conda_spec
+    from finetune.registry.environments import conda_spec
 
     replacements = {plan.run_dir: "<run_dir>"}
     for requirement in conda_spec()["dependencies"][-1]["pip"]:
@@ -55,7 +55,7 @@ def _declared_pins_only(value):
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    from finetune.environment import declared_requirements
+    from finetune.registry.environments import declared_requirements
 
     declared = {canonicalize_name(Requirement(line).name) for line in declared_requirements()}
     if isinstance(value, dict):
@@ -188,9 +188,9 @@ def test_every_exported_yaml_loads_back(reference):
 
 
 def test_job_environments_refuse_a_dependency_list_without_the_tracking_plugin(monkeypatch):
-    from finetune import environment
     from finetune.errors import UserError
     from finetune.launch.azureml.environment import job_spec
+    from finetune.registry import environments as environment
 
     monkeypatch.setattr(environment, "pinned_requirements",
                         lambda only=None: ["torch==2.13.0", "mlflow-skinny==3.15.0"])
@@ -333,9 +333,9 @@ def test_sampling_algorithms(tmp_path, search, algorithm):
 
 
 def test_training_command_is_the_local_entry_point_with_aml_placeholders(reference):
+    from finetune.config.spec import searchable, to_argv
     from finetune.launch.azureml.command import arguments
-    from finetune.spec import searchable, to_argv
-    from finetune.training_process import train_args
+    from finetune.train.process import train_args
 
     plan, _, _ = reference
     local = to_argv(train_args(plan, "/data", "/out"))

@@ -90,7 +90,7 @@ def test_the_automl_model_predicts_in_the_interpreter_the_job_names(tmp_path, mo
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
 
     texts = [f"great product {i}" if i % 2 else f"broken part {i}" for i in range(40)]
     labels = ["positive" if i % 2 else "negative" for i in range(40)]

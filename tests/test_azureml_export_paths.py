@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from amlemu.recorder import guard_network
-from finetune import cli
+from finetune.cli import main as cli
 
 
 def write_tickets(path: Path, rows: int = 240) -> Path:

@@ -130,7 +130,7 @@ def test_multi_label_dry_run(capsys, tmp_path):
     """AutoML's multi-label job on the MLTables, a sweep on a multi-label metric, the steps told the task."""
     from azure.ai.ml import load_job
 
-    from finetune.cli import main
+    from finetune.cli.main import main
 
     data = multi_label_file(tmp_path)
     code = main(AML + ["dataset=file", f"dataset.path={data}", "search.primary_metric=val_f1_micro",
@@ -159,12 +159,12 @@ def test_multi_label_dry_run(capsys, tmp_path):
     assert "--val-file ${{inputs.val}}" in register["component"]["command"]
     assert register["inputs"]["val"] == {"path": "${{parent.inputs.val}}"}
     assert type(load_job(folder / "pipeline.yml").jobs["automl"]).__name__ == "TextClassificationMultilabelJob"
-    # The register step selects with the data's task (finetune.registry.select_and_register reads it).
+    # The register step selects with the data's task (finetune.registry.model_registry.select_and_register reads it).
     assert json.loads((folder / "settings.json").read_text())["data"]["task"] == "multi_label"
 
 
 def test_multi_label_objective_refused_for_single_label_data(capsys, tmp_path):
-    from finetune.cli import main
+    from finetune.cli.main import main
 
     code = main(AML + ["search.primary_metric=val_f1_micro", f"output_root={tmp_path}", "run_name=single"])
     err = capsys.readouterr().err
@@ -185,7 +185,7 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
 
     from amlemu import automl_standin
     from finetune.data import prepare
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
 
     plan = build(AML + ["dataset=file", f"dataset.path={multi_label_file(tmp_path)}"], tmp_path)
     prepared = prepare(plan.dataset, tmp_path / "data")

@@ -62,8 +62,8 @@ def test_the_deployment_environment_holds_only_the_runtime(exported):
 @pytest.mark.slow  # exports and registers real models
 def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tiny_model_dir, tmp_path, monkeypatch):
     """The AML register step, against a stub MLClient: the winner is the exported model, as an mlflow_model."""
-    from finetune.environment import serving_conda_spec
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
+    from finetune.registry.environments import serving_conda_spec
     from test_select import write_splits
     from test_serve_support import LABELS, make_hf_candidate
 

@@ -15,7 +15,7 @@ import pytest
 
 from amlemu import recorder as aml_recorder
 from amlemu.recorder import RecorderServer, build, guard_network
-from finetune.cli import main
+from finetune.cli.main import main
 
 WORKSPACE = [f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
              f"workspace.resource_group={aml_recorder.RESOURCE_GROUP}", f"workspace.workspace_name={aml_recorder.WORKSPACE}"]
@@ -314,7 +314,7 @@ def seed_endpoint(recorder, traffic=None) -> None:
 
 def deploy(server, tmp_path, settings, monkeypatch):
     from finetune.launch.azureml import deploy as deploy_module
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
 
     monkeypatch.setattr(deploy_module, "deployment_name", lambda version, now=None: f"v{version}-test")
     seed_model(server.recorder)
@@ -411,7 +411,7 @@ def automl_output(tmp_path: Path, auc: float, settings: Path) -> str:
     """What the AutoML test step writes for AutoML's best model (the emulator's stand-in of it), with its test
     metrics set to ``auc`` so that it loses or wins."""
     from amlemu import automl_standin
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
 
     tables = settings.parent / "mltable"
     best_model = tmp_path / "best_model"
@@ -430,8 +430,8 @@ def automl_output(tmp_path: Path, auc: float, settings: Path) -> str:
                                                             (1.0, "automl", "mlflow_model")])
 def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type,
                        monkeypatch):
-    from finetune import environment
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
+    from finetune.registry import environments as environment
     from finetune.serve import SCORE_SCRIPT
 
     def no_dependency_list():  # inside an AML job: no finetune dist-info, no pyproject.toml
@@ -492,8 +492,8 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
                                                                    settings, monkeypatch):
     """The AML register step runs the local rule: production is downloaded from the workspace and re-scored,
     and a new model must beat it by more than select.margin."""
-    from finetune.launch.azureml import steps
-    from finetune.launch.azureml.registry import AmlRegistry
+    from finetune.launch.azureml.runtime import steps
+    from finetune.launch.azureml.runtime.registry import AmlRegistry
 
     saved = json.loads(settings.read_text())
     test_file, labels_file = split_files(settings)
@@ -526,7 +526,7 @@ def test_test_automl_step_packages_an_mlflow_model_with_its_val_rule(tmp_path, s
     """AutoML's MLflow model gets its decision rule chosen on val, is scored on test at it with the project's
     metric function, and becomes a candidate folder score.py loads."""
     from amlemu import automl_standin
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
     from finetune.serve.score import load_scorer
 
     data = json.loads(settings.read_text())["data"]
@@ -545,7 +545,7 @@ def test_test_automl_step_packages_an_mlflow_model_with_its_val_rule(tmp_path, s
 
 
 def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch):
-    from finetune.launch.azureml import steps
+    from finetune.launch.azureml.runtime import steps
 
     for name in ("AZUREML_ARM_SUBSCRIPTION", "AZUREML_ARM_RESOURCEGROUP", "AZUREML_ARM_WORKSPACE_NAME"):
         monkeypatch.delenv(name, raising=False)

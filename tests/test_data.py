@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from finetune import data as data_stage
-from finetune.config import DatasetConfig
+from finetune.config.schema import DatasetConfig
 from finetune.data import PreparedData, prepare
 from finetune.data.labels import clean_text
 from finetune.data.sources import cached_path, check_source, source_url
@@ -393,7 +393,7 @@ def test_user_errors_name_the_key_and_fix_and_write_nothing(tmp_path, case):
 
 
 def test_check_source_is_a_plan_check():
-    from finetune.planning import CHECKS
+    from finetune.plan.build import CHECKS
 
     assert check_source in CHECKS
 

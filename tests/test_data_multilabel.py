@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from finetune.config import DatasetConfig, SplitFiles
+from finetune.config.schema import DatasetConfig, SplitFiles
 from finetune.data import PreparedData, prepare, read_multi_label_split, read_split, read_targets
 from finetune.data.labels import check_labels
 from finetune.data.sources import check_source

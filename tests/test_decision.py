@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from finetune.decision import choose_decision, describe
-from finetune.metrics import classification_metrics
+from finetune.selection.metrics import classification_metrics
+from finetune.selection.rules import choose_decision, describe
 from finetune.serve.score import decide
 
 
@@ -89,7 +89,7 @@ def test_multiclass_prior_correction_only_when_it_helps_on_val():
 def test_decision_metrics_match_scikit_learn():
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    from finetune.metrics import decision_metrics
+    from finetune.selection.metrics import decision_metrics
 
     rng = np.random.default_rng(0)
     for n_classes in (2, 3, 5):

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from amlemu.recorder import build, guard_network
-from finetune import cli
-from finetune.endpoint_names import endpoint_name
+from finetune.cli import main as cli
+from finetune.serve.endpoint_names import endpoint_name
 
 # AML's rule, written out here rather than imported: 3-32 characters, a letter first, letters/digits/'-', not '-' last.
 VALID = r"[a-z][-a-z0-9]{1,30}[a-z0-9]"

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from finetune.cli import compose
+from finetune.cli.main import compose
 from finetune.errors import ConfigProblems
-from finetune.export import export_candidate
-from finetune.planning import build_plan
+from finetune.plan.build import build_plan
+from finetune.serve.export import export_candidate
 from test_serve_score import load_score
 from test_serve_support import LABELS, TEXTS, make_hf_candidate, score_alone
 
@@ -99,8 +99,7 @@ def test_a_candidate_missing_its_onnx_file_fails_at_init(monkeypatch, exported, 
 
 
 def test_the_runtime_is_chosen_per_deployment_in_the_plan(tmp_path):
-    from finetune import export
-    from finetune.serve import score
+    from finetune.serve import export, score
 
     assert export.RUNTIMES == score.RUNTIMES
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from finetune import locks
+from finetune.system import locks
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
 
@@ -112,7 +112,7 @@ def test_a_second_training_into_the_same_output_dir_says_so_in_one_line(tmp_path
 def test_four_processes_opening_a_new_store_at_once(tmp_path):
     """The crash of the issue (`table _alembic_tmp_tags already exists`) without a whole pipeline."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    script = f"from finetune.registry import experiment_id; print(experiment_id({uri!r}, 'finetune'))"
+    script = f"from finetune.registry.model_registry import experiment_id; print(experiment_id({uri!r}, 'finetune'))"
     processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=ENV) for _ in range(4)]
     outputs = [process.communicate(timeout=300) for process in processes]

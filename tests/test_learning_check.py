@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_bert
-from finetune.learning_check import LOSS_DROP, MARGIN, early_step, judge
-from finetune.train import main as train_main
+from finetune.train.entry import main as train_main
+from finetune.train.learning_check import LOSS_DROP, MARGIN, early_step, judge
 
 PRAISE = ("awesome", "amazing", "best", "beautiful", "excellent")
 COMPLAINT = ("awful", "bad", "broken", "annoying", "defective")
@@ -124,9 +124,9 @@ def test_a_model_that_learns_is_not_flagged(keyword_data, keyword_bert, tmp_path
     (["search=none", "train.learning_check=warn"], "warn"),
 ])
 def test_a_single_run_restarts_and_a_sweep_trial_only_warns(overrides, expected, tmp_path):
-    from finetune.cli import compose, expand
-    from finetune.planning import build_plan
-    from finetune.training_process import train_args
+    from finetune.cli.main import compose, expand
+    from finetune.plan.build import build_plan
+    from finetune.train.process import train_args
 
     [(hydra_overrides, space)] = expand([*overrides, f"output_root={tmp_path}"], multirun=False)
     plan = build_plan(compose(hydra_overrides, space), hydra_overrides, "check")

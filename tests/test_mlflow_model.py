@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from finetune import predict, registry
-from finetune.export import export_candidate
+from finetune import predict
+from finetune.registry import model_registry as registry
 from finetune.serve import score
+from finetune.serve.export import export_candidate
 from test_serve_support import LABELS, TEXTS, make_hf_candidate
 
 CARD = {"name": "reviews-hf", "base_model": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "amazon_automotive",
@@ -103,8 +104,8 @@ def test_predict_takes_an_alias_or_a_version(registered, tmp_path, capsys):
 def test_packaging_keeps_mlflows_validation_chatter_off_the_console(tiny_model_dir, tmp_path, capfd):
     import logging
 
-    from finetune.environment import conda_spec
-    from finetune.packaging import write_mlflow_model
+    from finetune.registry.environments import conda_spec
+    from finetune.registry.packaging import write_mlflow_model
 
     folder = make_hf_candidate(tiny_model_dir, tmp_path / "candidate")
     write_mlflow_model(folder, LABELS, conda_spec(["numpy"]), TEXTS[:2])

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from finetune.decision import choose_label_thresholds, describe
-from finetune.metrics import multi_label_metrics, per_class_key, task_metrics
+from finetune.selection.metrics import multi_label_metrics, per_class_key, task_metrics
+from finetune.selection.rules import choose_label_thresholds, describe
 from finetune.serve.rollout import prediction_problems
 from finetune.serve.score import decide, decided_labels
 from test_serve_score import load_score
@@ -72,7 +72,7 @@ def test_per_label_thresholds_chosen_on_val_carry_to_test():
 def test_threshold_search_f1_matches_scikit_learn_at_every_cut():
     from sklearn.metrics import f1_score
 
-    from finetune.decision import _cuts, _f1_at_cuts
+    from finetune.selection.rules import _cuts, _f1_at_cuts
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -128,8 +128,8 @@ def test_micro_f1_thresholds_no_single_label_change_improves_pooled_f1():
 
 
 def test_decision_metrics_are_checked_for_the_task():
-    from finetune.decision import check_config, choose_decision
     from finetune.errors import UserError
+    from finetune.selection.rules import check_config, choose_decision
 
     assert check_config("f1_micro", "auto", "multi_label") == [] and check_config("f1_micro", "auto", "auto") == []
     problems = check_config("accuracy", "auto", "multi_label")

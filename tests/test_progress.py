@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from finetune.progress import SweepProgress, format_seconds
+from finetune.train.progress import SweepProgress, format_seconds
 
 
 def write_progress(path, step: int, total: int) -> None:

@@ -7,9 +7,9 @@ import typing
 
 import pytest
 
-from finetune import config as schema
-from finetune.cli import main
-from finetune.ranges import RANGES
+from finetune.cli.main import main
+from finetune.config import schema
+from finetune.config.ranges import RANGES
 
 
 def run_cli(capsys, *args):
@@ -135,7 +135,7 @@ def _numeric_fields(cls, prefix=""):
 
 def test_every_numeric_setting_has_a_range():
     missing = [key for key in _numeric_fields(schema.Config) if key not in RANGES]
-    assert not missing, f"declare a Range next to {missing} (finetune.spec.setting)"
+    assert not missing, f"declare a Range next to {missing} (finetune.config.spec.setting)"
 
 
 def test_a_run_name_naming_someone_elses_folder_is_refused(capsys, tmp_path):

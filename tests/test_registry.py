@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune import registry
 from finetune.errors import UserError
-from finetune.results import Promotion, SelectionResult
+from finetune.plan.results import Promotion, SelectionResult
+from finetune.registry import model_registry as registry
 from test_select import make_automl_candidate, write_splits
 
 needs_score_script = pytest.mark.skipif(
@@ -105,7 +105,7 @@ def test_environment_pins_the_installed_project_dependencies(tmp_path):
 
     import yaml
 
-    from finetune.environment import conda_spec, serving_conda_spec, serving_packages, write_conda_yaml
+    from finetune.registry.environments import conda_spec, serving_conda_spec, serving_packages, write_conda_yaml
 
     spec = conda_spec()
     python, pip_marker, pip = spec["dependencies"]
@@ -128,7 +128,7 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
 
     import tomllib
 
-    from finetune import environment
+    from finetune.registry import environments as environment
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
@@ -147,7 +147,7 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
 
 
 def test_a_promotion_survives_the_register_steps_model_ref_json():
-    from finetune.launch.azureml.step_results import RegisteredChoice
+    from finetune.launch.azureml.runtime.step_results import RegisteredChoice
 
     choice = RegisteredChoice(decision="register", reason="beats production", selection={"metric": "auc_weighted"},
                               name="reviews", version="2", candidate="finetuned", promoted=Promotion("reviews", "2", "1"))

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune import select
-from finetune.metrics import classification_metrics
+from finetune.plan.results import RunSummary, SweepTrial
 from finetune.report import write_report
-from finetune.results import RunSummary, SweepTrial
+from finetune.selection import choose as select
+from finetune.selection.metrics import classification_metrics
 from finetune.serve.score import decide
 from test_select import LABELS, make_automl_candidate, write_splits
 

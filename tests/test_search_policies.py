@@ -13,7 +13,7 @@ import math
 import optuna
 import pytest
 
-from finetune.config import PolicyConfig
+from finetune.config.schema import PolicyConfig
 from finetune.search.policies import applies_at, should_stop
 from finetune.search.pruners import build_pruner
 

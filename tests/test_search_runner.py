@@ -18,9 +18,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from finetune.cli import compose, expand
-from finetune.planning import build_plan
-from finetune.results import SweepResult
+from finetune.cli.main import compose, expand
+from finetune.plan.build import build_plan
+from finetune.plan.results import SweepResult
 from finetune.search.reporting import TrialReporter
 from finetune.search.runner import run_sweep
 
@@ -73,9 +73,9 @@ def sweep_run(tmp_path_factory, tiny_model_dir, data, tracking_uri):
                                "search.policy.slack_factor=0", "search.limits.max_total_trials=4",
                                "search.limits.max_concurrent_trials=2", "compute.num_threads=2"))
     plan.search.space["learning_rate"]["values"][-1] = -1.0  # past validation: the optimizer refuses it
-    from finetune.tracking import start_pipeline_run
+    from finetune.registry.tracking import start_pipeline_run
 
-    tags = {"dataset.name": "fixture", "finetune.plan": plan.name}
+    tags = {"dataset.name": "fixture", "finetune.plan.run_plan": plan.name}
     parent = start_pipeline_run(plan, tags)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -156,8 +156,8 @@ SWEEP_SCRIPT = """
 import json, sys
 from pathlib import Path
 from types import SimpleNamespace
-from finetune.cli import compose, expand
-from finetune.planning import build_plan
+from finetune.cli.main import compose, expand
+from finetune.plan.build import build_plan
 from finetune.search.runner import run_sweep
 
 args, data, sweep_dir = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])

@@ -9,10 +9,11 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from finetune import cli, hydra_cli
+from finetune.cli import hydra_args as hydra_cli
+from finetune.cli import main as cli
+from finetune.config.model_files import model_config_names
 from finetune.errors import UserError
-from finetune.model_files import model_config_names
-from finetune.planning import CHECKS, build_plan
+from finetune.plan.build import CHECKS, build_plan
 from finetune.search.space import (
     distribution_from_override,
     latent_distribution,
@@ -133,8 +134,8 @@ def test_every_shipped_search_option_validates_and_check_search_is_a_plan_check(
 
 
 def test_every_training_hyperparameter_is_searchable_and_so_are_model_configs():
+    from finetune.config.spec import Hyperparameters
     from finetune.search.space import SEARCHABLE
-    from finetune.spec import Hyperparameters
 
     assert set(SEARCHABLE) == {item.name for item in dataclasses.fields(Hyperparameters)} | {"model"}
     assert {"minilm-l6", "bert-base-cased"} <= set(model_config_names())

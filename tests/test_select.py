@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from finetune import select
 from finetune.errors import UserError
-from finetune.metrics import classification_metrics
+from finetune.selection import choose as select
+from finetune.selection.metrics import classification_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["negative", "positive"]
@@ -105,7 +105,7 @@ def test_evaluate_scores_both_families_and_reports_failures(tmp_path, splits, ti
 
 def test_a_candidate_saved_under_the_old_key_kind_still_scores(tmp_path, splits):
     """A production model registered before candidate.json's ``kind`` was renamed ``family``."""
-    from finetune.results import Candidate, SelectionRow
+    from finetune.plan.results import Candidate, SelectionRow
 
     old = make_automl_candidate(tmp_path / "old", splits)
     (old / "candidate.json").write_text(json.dumps({"kind": "automl", "labels": LABELS}))
@@ -176,7 +176,7 @@ def test_choose_ranks_undefined_metric_last():
 
 
 def test_negative_margin_and_unknown_decision_settings_are_config_problems():
-    from finetune.config import SelectConfig
+    from finetune.config.schema import SelectConfig
 
     assert select.check_config(SelectConfig(margin=0.01)) == []
     assert "select.margin=-0.1" in select.check_config(SelectConfig(margin=-0.1))[0]
@@ -236,7 +236,7 @@ def test_production_with_other_labels_is_refused_or_replaced_on_request(tmp_path
 
 
 def test_the_selection_section_round_trips_through_summary_json():
-    from finetune.results import SelectionResult
+    from finetune.plan.results import SelectionResult
 
     results = {"finetuned": {**entry(0.9), "decision": {"rule": "argmax"}, "test_argmax": {"auc_weighted": 0.9},
                              "test_proba": "/p.npy", "test_labels": "/l.npy"},

@@ -1,4 +1,4 @@
-"""The training contract (finetune/spec.py) is the one definition of every training setting: the config
+"""The training contract (finetune/config/spec.py) is the one definition of every training setting: the config
 schema, the sweep space, the plan checks, the command line, the AML command and the docs all follow it."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune import config, spec
+from finetune.config import schema as config
+from finetune.config import spec
 from finetune.errors import ConfigProblems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def test_the_command_line_has_one_flag_per_field_and_round_trips():
 
 
 def test_every_training_flag_is_described_by_its_declaration():
-    """``python -m finetune.train --help`` says what each flag does, with the words declared in finetune/spec.py."""
+    """``python -m finetune.train --help`` says what each flag does, with the words declared in finetune/config/spec.py."""
     completed = subprocess.run([sys.executable, "-m", "finetune.train", "--help"], capture_output=True, text=True,
                                check=True, cwd=ROOT)
     # argparse wraps lines at spaces and after hyphens: compare without whitespace.
@@ -62,8 +63,8 @@ def test_every_training_flag_is_described_by_its_declaration():
 
 
 def test_plan_checks_follow_the_declared_ranges_and_choices(tmp_path):
-    from finetune import cli
-    from finetune.planning import build_plan
+    from finetune.cli import main as cli
+    from finetune.plan.build import build_plan
 
     overrides = [f"output_root={tmp_path}", "model.warmup_ratio=1.0", "compute.precision=fp4",
                  "train.evals_per_epoch=0"]
@@ -75,9 +76,9 @@ def test_plan_checks_follow_the_declared_ranges_and_choices(tmp_path):
 
 
 def test_the_aml_command_takes_every_searchable_hyperparameter_as_an_input(tmp_path):
-    from finetune import cli
+    from finetune.cli import main as cli
     from finetune.launch.azureml.command import arguments, hyperparameter_inputs
-    from finetune.planning import build_plan
+    from finetune.plan.build import build_plan
 
     overrides = [f"output_root={tmp_path}", "compute=cpu", "automl=none", "endpoint=none", "dry_run=true",
                  "workspace.subscription_id=s", "workspace.resource_group=g", "workspace.workspace_name=w"]
@@ -90,17 +91,17 @@ def test_the_aml_command_takes_every_searchable_hyperparameter_as_an_input(tmp_p
 
 # Lists of these names that are not a definition of them.
 NOT_DEFINITIONS = {
-    "finetune/plan_view.py": "the keys the short plan view always shows (any changed hyperparameter shows too)",
+    "finetune/plan/view.py": "the keys the short plan view always shows (any changed hyperparameter shows too)",
     "finetune/launch/azureml/checks.py": "AML AutoML NLP's own parameter names, AML's vocabulary",
 }
 
 
 def test_no_other_module_lists_the_hyperparameters():
-    """A second list of hyperparameter names is how the eight copies began: none outside finetune/spec.py."""
+    """A second list of hyperparameter names is how the eight copies began: none outside finetune/config/spec.py."""
     names = set(HYPERPARAMETERS)
     listed = []
     for path in (ROOT / "finetune").rglob("*.py"):
-        if str(path.relative_to(ROOT)) in ("finetune/spec.py", *NOT_DEFINITIONS):
+        if str(path.relative_to(ROOT)) in ("finetune/config/spec.py", *NOT_DEFINITIONS):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)):
@@ -108,7 +109,7 @@ def test_no_other_module_lists_the_hyperparameters():
                 strings = {item.value for item in items if isinstance(item, ast.Constant)}
                 if len(strings & names) >= 4:
                     listed.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert not listed, f"hyperparameter names listed outside finetune/spec.py: {listed}"
+    assert not listed, f"hyperparameter names listed outside finetune/config/spec.py: {listed}"
 
 
 def test_docs_table_is_generated_from_the_spec():
@@ -125,9 +126,10 @@ def test_docs_table_is_generated_from_the_spec():
 
 def test_every_declared_choice_is_checked_at_plan_time_and_declared_once(tmp_path):
     """``setting(choices=...)`` is the one declaration of a string's legal values (stage checks import the same
-    tuples from finetune.config): the plan check refuses anything else for every such key."""
-    from finetune import cli, ranges
-    from finetune.planning import build_plan
+    tuples from finetune.config.schema): the plan check refuses anything else for every such key."""
+    from finetune.cli import main as cli
+    from finetune.config import ranges
+    from finetune.plan.build import build_plan
 
     overrides = [f"output_root={tmp_path}", "dry_run=true"]
     plan = build_plan(cli.compose(overrides, {}), overrides, "t")

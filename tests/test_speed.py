@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from finetune import speed
-from finetune.config import ComputeConfig, TrainConfig
+from finetune.config.schema import ComputeConfig, TrainConfig
+from finetune.config.spec import TrainArgs, parse_args, to_argv
 from finetune.errors import UserError
-from finetune.spec import TrainArgs, parse_args, to_argv
-from finetune.speed import Hardware, decide
-from finetune.training_process import launch_command
+from finetune.train import hardware as speed
+from finetune.train.hardware import Hardware, decide
+from finetune.train.process import launch_command
 
 REPO = Path(__file__).resolve().parent.parent
 H200 = Hardware(device="cuda", name="NVIDIA H200", capability=(9, 0), native_bf16=True, free_cores=16)
@@ -140,8 +140,8 @@ def test_train_args_round_trip_through_the_command_line():
 
 
 def test_check_compute_names_bad_settings(tmp_path):
-    from finetune import cli
-    from finetune.planning import build_plan
+    from finetune.cli import main as cli
+    from finetune.plan.build import build_plan
 
     overrides = [f"output_root={tmp_path}", "compute.precision=fp8", "compute.device=cpu", "compute.gpus=2",
                  "compute.max_batch_size=0", "compute.lr_scaling=cubic", "train.checkpoint_every_steps=-1",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from finetune.telemetry import ResourceMonitor, interval_metrics, sanitize, summarise
+from finetune.train.telemetry import ResourceMonitor, interval_metrics, sanitize, summarise
 
 MLFLOW_NAME = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
 GPU = "cuda:0 (gpu:0)"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config import ModelConfig
-from finetune.tracking import model_id, ui_command
+from finetune.config.schema import ModelConfig
+from finetune.registry.tracking import model_id, ui_command
 
 
 def test_the_base_model_is_named_by_its_id_not_a_folder():

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config import DatasetConfig, ModelConfig
+from finetune.config.model_files import package_model_dir
+from finetune.config.schema import DatasetConfig, ModelConfig
 from finetune.data import prepare
-from finetune.model_files import package_model_dir
-from finetune.train import main as train_main
+from finetune.train.entry import main as train_main
 
 BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")
 
@@ -99,7 +99,7 @@ def test_packaged_minilm_fine_tunes_and_reloads(small_data, tmp_path):
     ("none", None),
 ])
 def test_class_weights_from_train_counts(mode, expected):
-    from finetune.losses import class_weights
+    from finetune.train.losses import class_weights
 
     weights = class_weights([0, 1, 1, 1], 2, mode)
     assert weights == (None if expected is None else pytest.approx(expected))
@@ -110,7 +110,7 @@ def test_class_weights_from_train_counts(mode, expected):
 def test_weighted_loss_matches_torch_and_respects_accumulation():
     import torch
 
-    from finetune.losses import weighted_cross_entropy
+    from finetune.train.losses import weighted_cross_entropy
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5]])
     labels = torch.tensor([0, 1, 1])
@@ -125,7 +125,7 @@ def test_weighted_loss_matches_torch_and_respects_accumulation():
 @pytest.mark.parametrize("mode, expected", [("auto", [3.0, 1 / 3, 3.0]), ("balanced", [3.0, 1 / 3, 3.0]),
                                             ("none", None)])
 def test_label_positive_weights_are_negatives_over_positives(mode, expected):
-    from finetune.losses import label_positive_weights
+    from finetune.train.losses import label_positive_weights
 
     targets = [[1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 0]]
     weights = label_positive_weights(targets, mode)
@@ -135,7 +135,7 @@ def test_label_positive_weights_are_negatives_over_positives(mode, expected):
 def test_multi_label_loss_is_a_mean_over_texts_under_the_trainers_item_count():
     import torch
 
-    from finetune.losses import weighted_binary_cross_entropy
+    from finetune.train.losses import weighted_binary_cross_entropy
 
     logits = torch.tensor([[2.0, -1.0, 0.3], [0.5, 0.2, -2.0]])
     labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.checkpoints import COMPLETE_MARKER, RESUME_FILE, mark_complete, newest_complete_checkpoint
-from finetune.train import main
+from finetune.train.checkpoints import COMPLETE_MARKER, RESUME_FILE, mark_complete, newest_complete_checkpoint
+from finetune.train.entry import main
 
 
 def test_newest_complete_checkpoint_skips_and_deletes_incomplete_ones(tmp_path):
@@ -41,7 +41,7 @@ def test_newest_complete_checkpoint_skips_and_deletes_incomplete_ones(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from finetune.config import DatasetConfig
+    from finetune.config.schema import DatasetConfig
     from finetune.data import prepare
 
     dataset = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating",

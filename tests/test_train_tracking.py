@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config import DatasetConfig
+from finetune.config.schema import DatasetConfig
 from finetune.data import prepare
-from finetune.train import main as train_main
+from finetune.train.entry import main as train_main
 
 BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")
 # What AML sets for a job's run (the workspace's MLflow URI; see azureml-mlflow's service_context_loader).

@@ -1,6 +1,6 @@
 """The data stage: load a source, clean the text, label it, split it, and record hashes.
 
-``prepare(dataset, out_dir)`` turns one :class:`~finetune.config.DatasetConfig` into the files described
+``prepare(dataset, out_dir)`` turns one :class:`~finetune.config.schema.DatasetConfig` into the files described
 in docs/contracts.md ("Prepared data") and returns a :class:`PreparedData`. One module per step:
 :mod:`.sources` (reading and downloading, and the plan check of a source), :mod:`.labels` (and
 :mod:`.multilabel` for label sets), :mod:`.split`, :mod:`.prepared` (the folder) and :mod:`.targets`

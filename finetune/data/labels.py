@@ -11,12 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
-from finetune.config import DATA_TASKS, DatasetConfig
+from finetune.config.schema import DATA_TASKS, DatasetConfig
 from finetune.data.sources import label_setting
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 SENTIMENT_LABELS = ["negative", "positive"]
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)

@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from typing import Any, Callable, List, Optional, Tuple
 
-from finetune.config import DatasetConfig
+from finetune.config.schema import DatasetConfig
 from finetune.data.labels import clean_text, name_of_id, report_dropped, sorted_labels
 from finetune.data.sources import _open_text, label_setting, local_source, source_url
 from finetune.errors import UserError

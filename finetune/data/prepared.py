@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from finetune.config import DatasetConfig
+from finetune.config.schema import DatasetConfig
 from finetune.data.labels import label_rows, read_label_names, task_problems
 from finetune.data.multilabel import MULTI_LABEL, SINGLE_LABEL, label_cell, label_sets, resolve_task
 from finetune.data.sources import SOURCES, local_source, read_source, sha256_file

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from finetune.config import SOURCES, DatasetConfig
+from finetune.config.schema import SOURCES, DatasetConfig
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 BUNDLED_FILE = "automotive_reviews.csv"
 FIVE_CORE_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz"

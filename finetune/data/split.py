@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Dict, List, Sequence
 
-from finetune.config import DatasetConfig
+from finetune.config.schema import DatasetConfig
 from finetune.data.sources import SPLIT_NAMES, label_setting
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 
 def assign_splits(label_ids: List[int], labels: List[str], dataset: DatasetConfig) -> Dict[int, int]:

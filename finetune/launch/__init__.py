@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from finetune.plan import RunPlan
+from finetune.plan.run_plan import RunPlan
 
 LAUNCHERS = {"local": "finetune.launch.local", "azureml": "finetune.launch.azureml"}
 

@@ -14,23 +14,26 @@ import os
 import time
 from pathlib import Path
 
-from finetune import locks, processes, registry, select, tracking
-from finetune.automl import run_automl
+from finetune.config.spec import to_argv
 from finetune.data import prepare
 from finetune.errors import UserError
-from finetune.export import export_candidate
-from finetune.learning_check import shipped_below_baseline_line
-from finetune.metrics import unprefixed
-from finetune.plan import RunPlan
+from finetune.plan.results import Candidate, RunSummary, SelectionResult, TrainingResult
+from finetune.plan.run_plan import RunPlan
+from finetune.registry import model_registry as registry
+from finetune.registry import tracking
+from finetune.registry.tracking import child_args, model_id
 from finetune.report import write_report
-from finetune.results import Candidate, RunSummary, SelectionResult, TrainingResult
-from finetune.select import FINETUNED, check_production_labels
+from finetune.selection import choose as select
+from finetune.selection.automl import run_automl
+from finetune.selection.choose import FINETUNED, check_production_labels
+from finetune.selection.metrics import unprefixed
 from finetune.serve import deploy_local
 from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
+from finetune.serve.export import export_candidate
 from finetune.serve.rollout import RolloutError, check_ramp
-from finetune.spec import to_argv
-from finetune.tracking import child_args, model_id
-from finetune.training_process import launch_command, train_args
+from finetune.system import locks, processes
+from finetune.train.learning_check import shipped_below_baseline_line
+from finetune.train.process import launch_command, train_args
 
 
 def auto_choices(cfg) -> dict:
@@ -58,7 +61,7 @@ def check(plan: RunPlan) -> list[str]:
 
 
 def check_endpoint(endpoint_cfg) -> list[str]:
-    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.ranges`)."""
+    """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.config.ranges`)."""
     problems = []
     if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
         problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "

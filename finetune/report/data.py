@@ -9,7 +9,7 @@ from finetune.report.common import Figures, table
 from finetune.report.multilabel import data_lines
 
 if TYPE_CHECKING:
-    from finetune.results import RunSummary
+    from finetune.plan.results import RunSummary
 
 
 def data_section(summary: "RunSummary", figures: Figures) -> list[str]:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.data import read_multi_label_split
-from finetune.metrics import per_class_key
 from finetune.report.common import Figures, table
+from finetune.selection.metrics import per_class_key
 
 if TYPE_CHECKING:
-    from finetune.results import SelectionResult
+    from finetune.plan.results import SelectionResult
 
 
 def data_lines(labels: list, splits: dict, figures: Figures) -> list[str]:

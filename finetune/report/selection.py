@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from finetune.decision import describe
-from finetune.metrics import per_class_key
 from finetune.report.common import FAMILY_DESCRIPTIONS, Figures, table
 from finetune.report.multilabel import winner_lines
+from finetune.selection.metrics import per_class_key
+from finetune.selection.rules import describe
 from finetune.serve.score import decide
 
 if TYPE_CHECKING:
-    from finetune.results import Candidate, RunSummary, SelectionResult, SelectionRow
+    from finetune.plan.results import Candidate, RunSummary, SelectionResult, SelectionRow
 
 
 def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:

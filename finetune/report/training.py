@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
-from finetune.learning_check import describe_baseline, kept_training_check, shipped_below_baseline_line
 from finetune.report.common import STATUS_STYLE, Figures, table
+from finetune.train.learning_check import describe_baseline, kept_training_check, shipped_below_baseline_line
 
 if TYPE_CHECKING:
-    from finetune.results import RunSummary, SweepTrial
+    from finetune.plan.results import RunSummary, SweepTrial
 
 
 def sweep_section(summary: "RunSummary", figures: Figures) -> list[str]:

@@ -64,7 +64,7 @@ import math
 import statistics
 from typing import Collection, Hashable, List, Mapping, Sequence
 
-from finetune.config import POLICY_TYPES, PolicyConfig
+from finetune.config.schema import POLICY_TYPES, PolicyConfig
 
 TIE = 1e-9  # metrics carry far fewer significant digits than a double
 

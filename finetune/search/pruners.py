@@ -10,7 +10,7 @@ from typing import List
 
 import optuna
 
-from finetune.config import PolicyConfig
+from finetune.config.schema import PolicyConfig
 from finetune.search.policies import should_stop
 
 # User attribute of a retry: the number of the trial that was running when its sweep process died. The

@@ -7,7 +7,7 @@ arguments and every trial of a sweep is judged by the same rule.
 """
 from __future__ import annotations
 
-from finetune.config import PolicyConfig
+from finetune.config.schema import PolicyConfig
 
 # Seconds a process waits for another one's sqlite write lock (concurrent trials report at once).
 SQLITE_LOCK_TIMEOUT_S = 60

@@ -34,19 +34,19 @@ from typing import Dict, List, Optional
 import optuna
 from optuna.trial import TrialState
 
-from finetune import processes
-from finetune.metrics import unprefixed
-from finetune.model_files import model_config, model_location
-from finetune.plan import RunPlan
-from finetune.progress import SweepProgress
-from finetune.registry import experiment_id
-from finetune.results import BestTrial, SweepResult, SweepTrial, TrainingResult
+from finetune.config.model_files import model_config, model_location
+from finetune.config.spec import to_argv
+from finetune.plan.results import BestTrial, SweepResult, SweepTrial, TrainingResult
+from finetune.plan.run_plan import RunPlan
+from finetune.registry.model_registry import experiment_id
+from finetune.registry.tracking import child_args, model_id
 from finetune.search.pruners import curve, replaced
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
 from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
-from finetune.spec import to_argv
-from finetune.tracking import child_args, model_id
-from finetune.training_process import launch_command, train_args
+from finetune.selection.metrics import unprefixed
+from finetune.system import processes
+from finetune.train.process import launch_command, train_args
+from finetune.train.progress import SweepProgress
 
 STUDY_FILE = "study.db"
 PROGRESS_FILE = "progress.json"

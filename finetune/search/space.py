@@ -18,7 +18,7 @@ The normal family has no sweep form (an interval has no mean); give it as a dict
 ``+`` for a dimension the search file lacks: ``'+search.space.weight_decay={type:normal,mu:0.01,sigma:0.002}'``.
 
 This module is imported while a plan is validated, so it loads only the standard library (and the training
-contract, :mod:`finetune.spec`, which declares what is searchable and its legal values); optuna is imported
+contract, :mod:`finetune.config.spec`, which declares what is searchable and its legal values); optuna is imported
 inside the functions that sample.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from numbers import Real
 from statistics import NormalDist
 from typing import Any, Dict, List, Mapping, Tuple
 
+from finetune.config.spec import Hyperparameters, is_integer, legal_range, searchable
 from finetune.errors import UserError
-from finetune.spec import Hyperparameters, is_integer, legal_range, searchable
 
 # Keys of each distribution, in AML's vocabulary.
 DISTRIBUTIONS: Dict[str, Tuple[str, ...]] = {

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from finetune.errors import UserError
-from finetune.plan import RunPlan
+from finetune.plan.run_plan import RunPlan
 from finetune.search.pruners import RETRY_OF, build_pruner, replaced
 from finetune.search.reporting import open_storage
 

@@ -1,4 +1,4 @@
-"""The sweep's plan check (one entry of ``finetune.plan.CHECKS``): space, policy, objective and limits.
+"""The sweep's plan check (one entry of ``finetune.plan.run_plan.CHECKS``): space, policy, objective and limits.
 
 Runs on every plan, so it imports only the standard library and the config modules.
 """
@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Tuple
 
-from finetune.config import GOALS, SAMPLINGS
-from finetune.metrics import LOWER_IS_BETTER, metric_names, unprefixed
-from finetune.model_files import model_config_names
+from finetune.config.model_files import model_config_names
+from finetune.config.schema import GOALS, SAMPLINGS
 from finetune.search.policies import policy_problems
 from finetune.search.space import space_problems
+from finetune.selection.metrics import LOWER_IS_BETTER, metric_names, unprefixed
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from finetune.errors import UserError
-from finetune.processes import interrupt_on_signals
 from finetune.serve.rollout import ModelRef
+from finetune.system.processes import interrupt_on_signals
 
 SERVE_ENDPOINT = "finetune-serve"
-# What `python -m finetune` registers for the bundled data (finetune.plan.registered_model_name).
+# What `python -m finetune` registers for the bundled data (finetune.plan.run_plan.registered_model_name).
 DEFAULT_MODEL = "amazon_automotive-sentiment"
 DEFAULT_PORT = 8080
 
@@ -119,7 +119,7 @@ def bring_up(args: argparse.Namespace):
     if args.model_dir:
         model = _local_model(args.model_dir)
     else:
-        from finetune.registry import resolve
+        from finetune.registry.model_registry import resolve
 
         model = resolve(args.model_name, args.model_version, args.tracking_uri, endpoint.dir / "model")
     sample = _sample_request(model.path)

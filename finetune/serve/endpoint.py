@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
-from finetune.files import link_or_copy, write_json_atomic
-from finetune.processes import free_port
 from finetune.serve import servers
 from finetune.serve.inference_server import BIND_SOCKET_ENV
 from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, rollout
 from finetune.serve.router import deployment_connection
 from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
+from finetune.system.files import link_or_copy, write_json_atomic
+from finetune.system.processes import free_port
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
 
@@ -95,7 +95,7 @@ class LocalEndpoint:
 
     @classmethod
     def from_config(cls, config, root: Path | str) -> "LocalEndpoint":
-        """From an :class:`finetune.config.EndpointConfig`."""
+        """From an :class:`finetune.config.schema.EndpointConfig`."""
         return cls(config.name, root, host=config.host, port=config.port, max_items=config.max_batch_items,
                    max_body_bytes=config.max_body_bytes, max_forward_batch=config.max_forward_batch,
                    log_request_texts=config.log_request_texts, start_timeout_s=config.start_timeout_s)
@@ -409,7 +409,7 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     if endpoint_cfg.host not in LOOPBACK_HOSTS:
         print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
               "its key travels over plain HTTP to anyone who can reach this machine", flush=True)
-    from finetune.locks import hold
+    from finetune.system.locks import hold
 
     endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
     # One rollout at a time per endpoint: two would both pick the free colour.

@@ -9,7 +9,7 @@ in. azmlinfsrv's ``amlserver_linux.run`` builds gunicorn's ``-b host:port`` and 
 ``gunicorn.app.wsgiapp.WSGIApplication`` up when it starts, so a subclass that replaces the bind after
 gunicorn parsed its arguments takes effect. Without the variable it binds 127.0.0.1 (``amlserver.DEFAULT_HOST``).
 Its workers die with the server process (``post_fork`` sets PR_SET_PDEATHSIG), as the server dies with the
-command that started it (:mod:`finetune.processes`).
+command that started it (:mod:`finetune.system.processes`).
 Arguments are azmlinfsrv's own (``--entry_script``, ``--model_dir``, ``--port``, ``--worker_count``).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _worker_dies_with_master(_server, _worker) -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        from finetune.processes import PR_SET_PDEATHSIG
+        from finetune.system.processes import PR_SET_PDEATHSIG
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -8,7 +8,7 @@ joblib or MLflow (``automl`` candidates: local, or AML AutoML's MLflow model) an
 ``AMLResponse`` (only to answer a bad request).
 Every caller goes the same two steps: the runtime turns texts into probabilities
 (``load_scorer(folder).predict_proba``), then :func:`decide` turns probabilities into labels. The online
-``run()``, ``python -m finetune.predict``, the test scoring of ``finetune.select`` and the MLflow pyfunc
+``run()``, ``python -m finetune.predict``, the test scoring of ``finetune.selection.choose`` and the MLflow pyfunc
 flavour (``_load_pyfunc``, the ``loader_module`` of a registered version's MLmodel) all use both.
 
 Request ``{"data": [{"text": "..."}, ...]}``; response

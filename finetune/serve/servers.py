@@ -22,7 +22,7 @@ SERVER_MODULE = "finetune.serve.inference_server"
 def spawn(command: list[str], log: Path, cwd: Path, env: dict, tied: bool) -> subprocess.Popen:
     """A server process leading its own process group (so it can be signalled whole); ``tied``: killed by
     the kernel when this process dies, else in its own session, outliving this command."""
-    from finetune.processes import die_with_parent
+    from finetune.system.processes import die_with_parent
 
     with open(log, "ab") as handle:
         if tied:

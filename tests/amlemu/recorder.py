@@ -576,8 +576,8 @@ def build(overrides: List[str], output_root: Path, name: str = "run", space: Opt
 
     ``space`` sets search dimensions as ``search.space.<name>=<sweep>`` arguments do.
     """
-    from finetune.cli import compose
-    from finetune.planning import build_plan
+    from finetune.cli.main import compose
+    from finetune.plan.build import build_plan
 
     overrides = list(overrides) + [f"output_root={output_root}"]
     return build_plan(compose(overrides, space or {}), overrides, name)

@@ -16,7 +16,7 @@ from pathlib import Path
 from finetune.launch.azureml.checks import check_azureml as check
 from finetune.launch.azureml.checks import distinct_targets as separate
 from finetune.launch.azureml.checks import resolve_limits as resolve
-from finetune.plan import RunPlan
+from finetune.plan.run_plan import RunPlan
 
 __all__ = ["auto_choices", "check", "resolve", "run", "separate"]
 

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, List
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
 
 if TYPE_CHECKING:
-    from finetune.config import DatasetConfig
+    from finetune.config.schema import DatasetConfig
     from finetune.data import PreparedData
     from finetune.launch.azureml.data import DataRefs
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 TARGET_COLUMN = "label"
 BEST_MODEL = "best_model"
@@ -133,7 +133,7 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
 def _set_sweep(job, sweep: dict) -> None:
     from azure.ai.ml.automl import SearchSpace
 
-    from finetune.config import PolicyConfig
+    from finetune.config.schema import PolicyConfig
     from finetune.launch.azureml.sweep import distribution, policy
 
     subspaces = sweep.get("space") or []
@@ -148,7 +148,7 @@ def _set_sweep(job, sweep: dict) -> None:
 
 
 def test_step(plan: "RunPlan", code: str, environment):
-    """The command that makes AutoML's best model a candidate (``finetune.launch.azureml.steps test-automl``):
+    """The command that makes AutoML's best model a candidate (``finetune.launch.azureml.runtime.steps test-automl``):
     its decision rule chosen on val, its test metrics, and the candidate folder the register step ships."""
     from azure.ai.ml import Input, Output, command
 
@@ -158,7 +158,7 @@ def test_step(plan: "RunPlan", code: str, environment):
         name="test_automl",
         display_name="test AutoML's best model",
         description="choose the AutoML best model's decision rule on val, score it on test, package it",
-        command=("python -m finetune.launch.azureml.steps test-automl --model ${{inputs.model}} "
+        command=("python -m finetune.launch.azureml.runtime.steps test-automl --model ${{inputs.model}} "
                  "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
                  "--settings ${{inputs.settings}} --task %s --output-dir ${{outputs.%s}}"
                  % (plan.dataset.task, TEST_OUTPUT)),

@@ -3,7 +3,7 @@
 The SDK builds jobs, endpoints and clusters from nonsense (an endpoint name it cannot send, an
 AutoML metric it answers with a bare KeyError, a cluster smaller than one job, a missing workspace) and
 the service refuses them at submit time or, worse, minutes into a run. These rules run with every other
-plan check (``finetune.plan.CHECKS``), on AML plans only, so every problem is reported at once as one line.
+plan check (``finetune.plan.run_plan.CHECKS``), on AML plans only, so every problem is reported at once as one line.
 Sweep rules that hold for the local sampler too (ranges, empty choices, grid over continuous
 dimensions, bayesian with a policy, slack, truncation, limits) live in :mod:`finetune.search` and are not
 repeated here.
@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, List
 
-from finetune.endpoint_names import ENDPOINT_NAME, ENDPOINT_NAME_LENGTH, endpoint_name
+from finetune.serve.endpoint_names import ENDPOINT_NAME, ENDPOINT_NAME_LENGTH, endpoint_name
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 # AmlCompute cluster names: 2-16 characters, a letter first, letters/digits/'-'.
 CLUSTER_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,15}$")
@@ -87,7 +87,7 @@ def distinct_targets(plans: list) -> list:
 
     Two plans registering the same model name race for its next version, and their rollouts delete each
     other's deployments; so each plan gets ``<name>-<what differs>`` (its own override values; an endpoint name
-    past AML's 32 characters is cut and hashed by :func:`finetune.endpoint_names.endpoint_name`) and keeps its
+    past AML's 32 characters is cut and hashed by :func:`finetune.serve.endpoint_names.endpoint_name`) and keeps its
     own production line.
     """
     import dataclasses
@@ -289,7 +289,7 @@ def with_task(plan: "RunPlan", task: str) -> "RunPlan":
 
 
 def _automl_sweep_problems(automl) -> List[str]:
-    from finetune.config import PolicyConfig
+    from finetune.config.schema import PolicyConfig
     from finetune.search.policies import policy_problems
     from finetune.search.space import DISTRIBUTIONS
 

@@ -1,6 +1,6 @@
 """The training command job: the local launcher's ``python -m finetune.train`` call, as an AML command.
 
-The arguments come from :func:`finetune.training_process.train_args`, the function the local single run
+The arguments come from :func:`finetune.train.process.train_args`, the function the local single run
 and every local sweep trial use, with AML's placeholders put in: each split is its own ``uri_file``
 input, every searchable hyperparameter of the training contract a ``${{inputs.<name>}}`` input (which a
 sweep replaces by a search dimension), the output folder the ``custom_model`` output. The tracking URI is
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 if TYPE_CHECKING:
     from finetune.launch.azureml.data import DataRefs
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 OUTPUT = "custom_model"
 # Inputs of the split files, by the training argument that reads them.
@@ -30,14 +30,14 @@ def placeholder(kind: str, name: str) -> str:
 
 def model_hub_id(config_name: str) -> Optional[str]:
     """The hub id of a model config (conf/model/<name>.yaml), or None (no such config, or no hub id)."""
-    from finetune.model_files import model_config
+    from finetune.config.model_files import model_config
 
     model = model_config(config_name)
     return model.hub_id if model else None
 
 
 def hyperparameter_inputs(plan: "RunPlan") -> dict:
-    from finetune.spec import searchable
+    from finetune.config.spec import searchable
 
     return {name: getattr(plan.model, name) for name in searchable()}
 
@@ -56,8 +56,8 @@ def model_input(plan: "RunPlan"):
 
 def arguments(plan: "RunPlan") -> List[str]:
     """``python -m finetune.train`` arguments with AML placeholders (see the module docstring)."""
-    from finetune.spec import to_argv
-    from finetune.training_process import train_args
+    from finetune.config.spec import to_argv
+    from finetune.train.process import train_args
 
     hyperparameters = {name: placeholder("inputs", name) for name in hyperparameter_inputs(plan)}
     args = train_args(plan, ".", placeholder("outputs", OUTPUT), hyperparameters,

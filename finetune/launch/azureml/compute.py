@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 ROLE_HINT = ("grant the cluster's managed identity the 'AzureML Data Scientist' role on the workspace, so that "
              "the register and deploy steps can use it")

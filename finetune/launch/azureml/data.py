@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 if TYPE_CHECKING:
     from finetune.data import PreparedData
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 SPLITS = ("train", "val", "test")
 FILES = SPLITS + ("labels",)
@@ -79,7 +79,7 @@ def write_mltables(prepared: "PreparedData", folder: Path) -> Dict[str, Path]:
 def asset_specs(plan: "RunPlan", prepared: "PreparedData", tables: Dict[str, Path]) -> List[AssetSpec]:
     """The data assets of a prepared dataset, each with the hash that identifies its content."""
     from finetune.data.sources import sha256_file
-    from finetune.registry import content_hash
+    from finetune.registry.model_registry import content_hash
 
     source = f"{plan.dataset.name} ({prepared.source})"
     specs = [AssetSpec(split, asset_name(plan, split), "uri_file", prepared.path(split),

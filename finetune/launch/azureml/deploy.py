@@ -1,8 +1,8 @@
 """The deploy step and the managed online endpoint / deployment entities it rolls out.
 
-The step (``python -m finetune.launch.azureml.steps deploy``) runs on AML with the compute's managed
+The step (``python -m finetune.launch.azureml.runtime.steps deploy``) runs on AML with the compute's managed
 identity and calls :func:`finetune.serve.rollout.rollout`, the local launcher's algorithm, with an
-:class:`~finetune.launch.azureml.endpoint.AmlEndpoint`: new deployment with the registered model and the
+:class:`~finetune.launch.azureml.runtime.endpoint.AmlEndpoint`: new deployment with the registered model and the
 project's ``score.py`` -> invoke it directly with the sample request -> traffic to 100% -> delete the old
 deployments; on failure the old traffic stays and the new deployment is deleted.
 
@@ -15,12 +15,12 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from finetune.packaging import model_environment as own_environment
+from finetune.registry.packaging import model_environment as own_environment
 from finetune.serve.score import find_candidate, read_candidate
 
 if TYPE_CHECKING:
-    from finetune.config import EndpointConfig
-    from finetune.plan import RunPlan
+    from finetune.config.schema import EndpointConfig
+    from finetune.plan.run_plan import RunPlan
 
 OUTPUT = "rollout"
 SCORING_SCRIPT = "score.py"
@@ -69,7 +69,7 @@ def sized(config: "EndpointConfig", model_name: str) -> "EndpointConfig":
 
 def model_environment(model_dir: Path) -> Optional[dict]:
     """The deployment environment of a registered version that brings its own (the MLflow model it wraps
-    names one: :func:`finetune.packaging.model_environment`), as an environment definition; None otherwise."""
+    names one: :func:`finetune.registry.packaging.model_environment`), as an environment definition; None otherwise."""
     folder = find_candidate(Path(model_dir))
     conda = own_environment(folder, read_candidate(folder))
     if conda is None:
@@ -137,7 +137,7 @@ def deploy_step(plan: "RunPlan", code: str, environment):
         name="deploy",
         display_name=f"roll out to endpoint {plan.endpoint.name}",
         description="safe rollout of the registered model (finetune.serve.rollout with an AML endpoint)",
-        command=("python -m finetune.launch.azureml.steps deploy --model-ref ${{inputs.model_ref}} "
+        command=("python -m finetune.launch.azureml.runtime.steps deploy --model-ref ${{inputs.model_ref}} "
                  "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT),
         code=code,
         environment=environment,

@@ -17,7 +17,7 @@ that the cluster's GPU cannot run.
 - steps (register, batch prediction) with the CPU torch build, and deploy without torch, on AML's CPU image;
   they run on the small CPU cluster (``compute.steps_*``), never on a GPU node.
 - serving: AML's minimal inference image (``mcr.microsoft.com/azureml/minimal-py312-inference``) plus only
-  what ``score.py`` imports for ``endpoint.runtime`` (``finetune.environment.serving_conda_spec``): CPU torch,
+  what ``score.py`` imports for ``endpoint.runtime`` (``finetune.registry.environments.serving_conda_spec``): CPU torch,
   or ONNX Runtime and no torch.
 - AutoML test: AutoML NLP's runtime image (its MLflow model loads in the image's own conda env, see
   AUTOML_IMAGE) with the project's conda env for the step's code on top.
@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:latest"
 CPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
@@ -49,7 +49,7 @@ SERVING_IMAGE = "mcr.microsoft.com/azureml/minimal-py312-inference:latest"
 # step's code runs there, and only the model's predict_proba runs in AutoML's env, by AUTOML_PYTHON.
 AUTOML_IMAGE = "mcr.microsoft.com/azureml/curated/ai-ml-automl-dnn-text-gpu:latest"
 AUTOML_PYTHON = "/azureml-envs/azureml-automl-dnn-text-gpu/bin/python"
-# The variable that names AUTOML_PYTHON to the test step (finetune.launch.azureml.steps).
+# The variable that names AUTOML_PYTHON to the test step (finetune.launch.azureml.runtime.steps).
 AUTOML_PYTHON_VARIABLE = "FINETUNE_AUTOML_PYTHON"
 TORCH_INDEX = "https://download.pytorch.org/whl/{build}"
 # CUDA builds this launcher knows how to install (PyTorch wheel index name -> CUDA version).
@@ -57,7 +57,7 @@ CUDA_BUILDS = {"12.6": "cu126", "12.8": "cu128"}
 TRACKING_PLUGIN = "azureml-mlflow"
 # What each job's code imports, as the project's dependency names (followed from the jobs' entry points:
 # ``python -m finetune.train`` imported exactly the training list on a tiny run). Each environment holds its
-# list and what those pull in (finetune.environment.pinned_closure), nothing else: the packaged MiniLM never
+# list and what those pull in (finetune.registry.environments.pinned_closure), nothing else: the packaged MiniLM never
 # (a job's base model is the export's base_model/ folder), FLAML, Hydra or the report's libraries neither.
 JOB_PACKAGES = {
     # a training run or sweep trial: the model, the data, MLflow tracking to the workspace, GPU telemetry
@@ -97,8 +97,8 @@ def with_torch_build(requirements: List[str], build: str) -> List[str]:
 def job_spec(role: str, build: str) -> dict:
     """Conda spec of one job role (:data:`JOB_PACKAGES`) for one torch build, pinned with everything its packages
     pull in; refuses a tracking role whose dependency list cannot track on AML."""
-    from finetune.environment import conda_spec, pinned_closure, pinned_requirements
     from finetune.errors import UserError
+    from finetune.registry.environments import conda_spec, pinned_closure, pinned_requirements
 
     if role in TRACKING_ROLES and not any(
             line.split("==")[0].split(">")[0].split("<")[0].strip().lower() == TRACKING_PLUGIN
@@ -113,7 +113,7 @@ def job_spec(role: str, build: str) -> dict:
 
 def serving_spec(runtime: str = "torch") -> dict:
     """The deployment's conda spec: only what serving with ``runtime`` needs (no torch for ONNX Runtime)."""
-    from finetune.environment import serving_conda_spec
+    from finetune.registry.environments import serving_conda_spec
 
     spec = serving_conda_spec(runtime)
     if runtime == "torch":

@@ -42,7 +42,7 @@ from finetune.launch.azureml.automl import data_problems
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.launch.azureml.data import AssetSpec
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 AML_DIR = "aml"
 CODE_DIR = "code"
@@ -72,9 +72,9 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
 
     It is uploaded to the workspace's blob store, so it holds no workspace coordinates (AML tells a job
     its workspace), no secrets and no path of this machine: the data section without split paths, the
-    config as :func:`finetune.registry.job_config` (identity, workspace, local paths removed).
+    config as :func:`finetune.registry.model_registry.job_config` (identity, workspace, local paths removed).
     """
-    from finetune.registry import git_commit, job_config, sample_request
+    from finetune.registry.model_registry import git_commit, job_config, sample_request
 
     data = prepared.to_dict()
     data["splits"] = {split: {key: value for key, value in info.items() if key != "path"}
@@ -124,9 +124,9 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     (:func:`.checks.with_task`: ``dataset.task=auto`` is decided by the data).
     """
     from finetune.data import PreparedData
-    from finetune.environment import ENVIRONMENT_NAME
     from finetune.launch.azureml import command, compute, data, deploy, environment, pipeline, predict, sweep
     from finetune.launch.azureml.checks import with_task
+    from finetune.registry.environments import ENVIRONMENT_NAME
     from finetune.serve import score
 
     plan = with_task(plan, prepared.task)
@@ -257,7 +257,7 @@ def automl_dict(plan: "RunPlan", refs) -> dict:
 
 
 def _policy_dict(policy_config: dict) -> dict:
-    from finetune.config import PolicyConfig
+    from finetune.config.schema import PolicyConfig
     from finetune.launch.azureml.sweep import policy
 
     entity = policy(PolicyConfig(**policy_config))

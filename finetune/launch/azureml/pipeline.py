@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from finetune.launch.azureml.data import DataRefs
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 
 def parent(name: str) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, List, Optional
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 # Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 ALLOWED_ROLES = {

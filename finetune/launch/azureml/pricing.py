@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 # A trial with no trial_timeout has no upper bound at all; the estimate then assumes this many hours per
 # trial (a base-size transformer's few epochs over a few thousand reviews take well under that on one

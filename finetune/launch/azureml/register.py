@@ -1,6 +1,6 @@
-"""The register step: test the candidates with ``finetune.select``, register the winner as an AML model.
+"""The register step: test the candidates with ``finetune.selection.choose``, register the winner as an AML model.
 
-It runs on AML (``python -m finetune.launch.azureml.steps register``, see :mod:`.steps`) with the
+It runs on AML (``python -m finetune.launch.azureml.runtime.steps register``, see :mod:`.steps`) with the
 compute's managed identity, and finds its workspace in the variables AML sets in every job: no
 subscription or resource group travels as a job input. Never served from AML's pipeline cache
 (``is_deterministic=False``): a rerun must look at the registry as it is now.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 OUTPUT = "model_ref"
 
@@ -26,7 +26,7 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
     # data), as the local launcher's select stage does.
     inputs = {"finetuned": Input(type="custom_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
               "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
-    line = ("python -m finetune.launch.azureml.steps register --finetuned ${{inputs.finetuned}} "
+    line = ("python -m finetune.launch.azureml.runtime.steps register --finetuned ${{inputs.finetuned}} "
             "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
             "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT)
     if automl:

@@ -15,7 +15,7 @@ from finetune.errors import UserError
 
 if TYPE_CHECKING:
     from finetune.launch.azureml.export import Exported
-    from finetune.plan import RunPlan
+    from finetune.plan.run_plan import RunPlan
 
 SUBMITTED = "submitted.json"
 

@@ -16,8 +16,8 @@ import math
 from typing import TYPE_CHECKING, Any, Dict, Mapping
 
 if TYPE_CHECKING:
-    from finetune.config import PolicyConfig
-    from finetune.plan import RunPlan
+    from finetune.config.schema import PolicyConfig
+    from finetune.plan.run_plan import RunPlan
 
 
 def distribution(dist: Mapping[str, Any]):

@@ -1,0 +1,1 @@
+"""Selection: the metric functions, decision rules, the AutoML candidate and the choice of what ships."""

@@ -1,0 +1,1 @@
+"""Operating-system plumbing every stage shares: atomic files, advisory locks, child processes."""

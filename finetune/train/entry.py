@@ -1,0 +1,446 @@
+"""The one training entry point: ``python -m finetune.train`` locally, in sweep trials and as the AML command job.
+
+It takes split files and hyperparameters (never Hydra config), fine-tunes with the Hugging Face Trainer
+(dynamic padding, evaluation on val ``evals_per_epoch`` times per epoch), and writes:
+
+- ``<output-dir>/model/``: loads as-is with ``AutoModelForSequenceClassification`` / ``AutoTokenizer`` /
+  ``pipeline("text-classification")``; ``id2label`` holds the class names; plus ``candidate.json``.
+- ``<output-dir>/result.json``: status, every evaluation, best val metrics, throughput.
+
+The test split is not read here: the select stage tests every candidate once, with the code that serves
+it, and the launcher logs those figures (``test_<metric>``) to this training's MLflow run.
+Imbalanced classes: ``--class-weights`` weights the cross-entropy per class (:mod:`finetune.train.losses`).
+``--task multi_label``: one sigmoid per label with binary cross-entropy (``problem_type`` ``multi_label_classification``
+in the saved config, so ``AutoModelForSequenceClassification`` users get the same head), split label cells are
+label lists, ``--class-weights`` weighs each label's positives (:mod:`finetune.train.losses`) and the val
+metrics are :func:`finetune.selection.metrics.multi_label_metrics` at 0.5 (the select stage chooses per-label thresholds).
+``--early-stopping-patience N`` stops after N evaluations without a better primary metric.
+
+The model kept is the best evaluation by the primary metric, so a sweep's "best value" of a trial and the
+model it hands on agree. Checkpoints are written at every evaluation (the best one must be recoverable, and
+the Trainer's best-model keep needs save steps to be a multiple of eval steps) and, with
+``--checkpoint-every-steps N``, also every N optimizer steps in between, bounding the work a preemption loses.
+A restarted run with the same output dir resumes from the newest complete checkpoint with the batch size,
+learning rate and MLflow run it started with (:mod:`finetune.train.checkpoints`).
+Speed switches (precision, batching, compile, batch size) come from :mod:`finetune.train.hardware`, resource telemetry
+from :mod:`finetune.train.telemetry`, the Trainer callbacks from :mod:`finetune.train.callbacks`. Under
+``accelerate launch`` (several GPUs) every process trains; only the first one tracks, writes files and reports
+to a sweep. Metrics go to MLflow as ``val_<metric>`` (per evaluation; :mod:`finetune.train.tracking`).
+
+Its arguments are the training contract, :class:`finetune.config.spec.TrainArgs`; :func:`train` is its recipe in three
+steps: :func:`setup` (everything the Trainer needs), :func:`fit` and :func:`finalize` (the model and result.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from finetune.config.spec import TrainArgs, logged_parameters, parse_args, trainer_arguments
+from finetune.selection.metrics import unprefixed
+from finetune.system.files import write_json_atomic
+from finetune.train.checkpoints import RESUME_FILE, newest_complete_checkpoint
+from finetune.train.learning_check import (
+    LOWER_LR_FACTOR,
+    CheckLog,
+    below_baseline_line,
+    compared_metric,
+    describe_baseline,
+    early_step,
+    fit_baseline,
+)
+from finetune.train.losses import (
+    class_weights,
+    label_positive_weights,
+    weighted_binary_cross_entropy,
+    weighted_cross_entropy,
+)
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class Setup:
+    """Everything :func:`fit` needs, decided before the first step."""
+
+    args: TrainArgs
+    started: float
+    first_process: bool
+    output_dir: Path
+    checkpoint_dir: Path
+    labels: List[str]
+    runtime: Any  # finetune.train.hardware.Runtime
+    batch: Any  # finetune.train.hardware.BatchPlan
+    tracking: Any  # finetune.train.tracking tracking
+    tokenizer: Any
+    model: Any
+    train_set: Any
+    val_set: Any
+    mean_tokens: float  # tokens per training example, padding excluded (the throughput figures)
+    resume: Optional[Path]  # the checkpoint this run continues from
+    training_args: Any  # transformers.TrainingArguments
+    steps_per_epoch: int
+    check_log: CheckLog  # the learning check's baseline and verdicts, over both attempts
+    attempt: int = 1  # 2 after the learning check restarted training at a lower learning rate
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves for :func:`finalize`."""
+
+    trainer: Any
+    observer: Any  # finetune.train.callbacks.observer
+    meter: Any
+    weights: Optional[List[float]]
+    early_stopping: Any  # the EarlyStoppingCallback, or None
+    figures: dict  # resource telemetry
+    check: Any  # the learning check's callback (finetune.train.learning_check.callback)
+
+
+def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
+    """Fine-tune and write the model and result.json; ``callbacks`` are extra Trainer callbacks (benchmarks).
+    A first attempt the learning check finds not learning is restarted once at a lower learning rate."""
+    prepared = setup(args)
+    fitted = fit(prepared, callbacks)
+    if fitted.check.restart:
+        prepared = restart_at_lower_rate(prepared, fitted.trainer.state.global_step)
+        fitted = fit(prepared, callbacks)
+    return finalize(prepared, fitted)
+
+
+def setup(args: TrainArgs) -> Setup:
+    """Hardware, tracking, model, tokenised splits, batch plan and Trainer arguments."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from finetune.data import read_targets
+    from finetune.train.hardware import BatchPlan, choose_runtime, is_main_process, plan_batch
+    from finetune.train.tracking import NullTracking, start_tracking
+
+    transformers.logging.set_verbosity_error()
+    _quiet_library_progress_bars()
+    started = time.time()
+    first_process = is_main_process()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = output_dir / "checkpoints"
+    labels = json.loads(Path(args.labels_file).read_text())
+
+    runtime = choose_runtime(args)
+    torch.set_num_threads(runtime.threads)
+    # A restarted run keeps the batch size its steps are counted in, its learning rate and its MLflow run.
+    resume_file = checkpoint_dir / RESUME_FILE
+    previous = json.loads(resume_file.read_text()) if resume_file.is_file() else {}
+    # Before the model loads: a job that cannot track fails before it spends anything (see start_tracking).
+    tracking = start_tracking(args, previous.get("mlflow_run_id")) if first_process else NullTracking()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    multi_label = args.task == "multi_label"
+    restarted = previous.get("learning_check_restart")
+    if restarted:
+        # Resuming the attempt the learning check restarted: its learning rate, not the command line's.
+        args = dataclasses.replace(args, learning_rate=restarted["to_learning_rate"])
+    model = _new_model(args, runtime, labels)
+
+    def encode(path: str):
+        texts, targets = read_targets(path, labels, args.task)
+        # BCE takes float targets: the collator then stacks them into a float tensor.
+        dataset = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist() if multi_label
+                                     else targets})
+        return dataset.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
+
+    train_set, val_set = encode(args.train_file), encode(args.val_file)
+    resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
+    batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
+    metric = compared_metric(args.primary_metric, args.goal)
+    check_log = CheckLog(baseline=fit_baseline(args.train_file, args.val_file, labels, args.task, metric),
+                         action=args.learning_check or "warn", restarted=restarted)
+    if first_process:
+        print(f"learning check baseline: {describe_baseline(check_log.baseline)}", file=sys.stderr)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        _write_resume(resume_file, batch, tracking.run_id, restarted)
+        tracking.tags({f"runtime.{k}": v for k, v in {**runtime.to_dict(), **batch.to_dict()}.items()
+                       if k not in ("notes", "how")})
+        for note in runtime.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"batch size {batch.batch_size} per device: {batch.how}", file=sys.stderr)
+    steps_per_epoch = max(1, math.ceil(len(train_set) / (batch.batch_size * args.gradient_accumulation_steps
+                                                         * runtime.world_size)))
+    return Setup(args=args, started=started, first_process=first_process, output_dir=output_dir,
+                 checkpoint_dir=checkpoint_dir, labels=labels, runtime=runtime, batch=batch, tracking=tracking,
+                 tokenizer=tokenizer, model=model, train_set=train_set, val_set=val_set,
+                 mean_tokens=float(np.mean([len(ids) for ids in train_set["input_ids"]])), resume=resume,
+                 training_args=_training_arguments(args, batch, runtime, steps_per_epoch, checkpoint_dir),
+                 steps_per_epoch=steps_per_epoch, check_log=check_log, attempt=2 if restarted else 1)
+
+
+def _new_model(args: TrainArgs, runtime, labels: List[str]):
+    """The pretrained encoder with a new classification head for ``labels``."""
+    import transformers
+
+    from finetune.train.hardware import load_model
+
+    # The classification head is initialised randomly: seed before creating it, or equal seeds give
+    # different trials (the Trainer seeds only after the model exists).
+    transformers.set_seed(args.seed)
+    return load_model(args.model, runtime, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
+                      problem_type="multi_label_classification" if args.task == "multi_label"
+                      else "single_label_classification")
+
+
+def _write_resume(resume_file: Path, batch, mlflow_run_id: Optional[str], restarted: Optional[dict]) -> None:
+    write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": mlflow_run_id,
+                                    **({"learning_check_restart": restarted} if restarted else {})}, indent=2)
+
+
+def restart_at_lower_rate(prepared: Setup, at_step: int) -> Setup:
+    """The learning check's one restart: the pretrained weights again, :data:`LOWER_LR_FACTOR` of the learning
+    rate, no checkpoint of the first attempt (a later resume must not continue it); same data, tracking run and
+    output dir. The resume file records the restart, so a preempted second attempt resumes as itself."""
+    args, batch = prepared.args, prepared.batch
+    lower = dataclasses.replace(args, learning_rate=args.learning_rate * LOWER_LR_FACTOR)
+    batch = dataclasses.replace(batch, learning_rate=batch.learning_rate * LOWER_LR_FACTOR)
+    restarted = {"from_learning_rate": args.learning_rate, "to_learning_rate": lower.learning_rate, "at_step": at_step}
+    prepared.check_log.restarted = restarted
+    if prepared.first_process:
+        for folder in prepared.checkpoint_dir.glob("checkpoint-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        _write_resume(prepared.checkpoint_dir / RESUME_FILE, batch, prepared.tracking.run_id, restarted)
+    return dataclasses.replace(
+        prepared, args=lower, batch=batch, model=_new_model(lower, prepared.runtime, prepared.labels), resume=None,
+        training_args=_training_arguments(lower, batch, prepared.runtime, prepared.steps_per_epoch,
+                                          prepared.checkpoint_dir), attempt=2)
+
+
+def _training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, checkpoint_dir: Path):
+    from transformers import TrainingArguments
+
+    eval_steps = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=batch.learning_rate,
+        per_device_train_batch_size=batch.batch_size,
+        per_device_eval_batch_size=batch.batch_size * 2,
+        **trainer_arguments(args),
+        seed=args.seed,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        # Every evaluation is saved; --checkpoint-every-steps adds saves in between (the observer's on_step_end).
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=unprefixed(args.primary_metric),
+        greater_is_better=args.goal == "maximize",
+        logging_steps=args.logging_steps,
+        report_to=[],
+        # finetune.train.progress draws the one bar; HF's own would add an evaluation bar and print every log dict.
+        disable_tqdm=True,
+        **runtime.trainer_kwargs(),
+    )
+
+
+def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
+    """Train (resuming when a complete checkpoint is there), with the observer, throughput meter, early stopping,
+    the progress bar and resource telemetry attached."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from finetune.train import learning_check
+    from finetune.train.callbacks import observer, throughput_meter
+    from finetune.train.progress import training_callback
+
+    args, first_process = prepared.args, prepared.first_process
+    reporter = None
+    if args.trial_storage and first_process:
+        from finetune.search.reporting import TrialReporter
+
+        reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
+    watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
+
+    multi_label = args.task == "multi_label"
+
+    def compute_metrics(prediction):
+        from finetune.selection.metrics import task_metrics
+
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        logits = torch.as_tensor(logits, dtype=torch.float32)
+        proba = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
+        truth = prediction.label_ids.round().astype("int64") if multi_label else prediction.label_ids
+        return task_metrics(args.task, truth, proba)
+
+    meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
+                             prepared.mean_tokens)
+    weights = (label_positive_weights(prepared.train_set["label"], args.class_weights) if multi_label
+               else class_weights(prepared.train_set["label"], len(prepared.labels), args.class_weights))
+    loss = weighted_binary_cross_entropy if multi_label else weighted_cross_entropy
+    early_stopping = None
+    if args.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        # Watches metric_for_best_model (the primary val metric) at every evaluation.
+        early_stopping = EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)
+    warmup = prepared.training_args.warmup_steps
+    total_steps = math.ceil(prepared.steps_per_epoch * args.epochs)
+    check = learning_check.callback(
+        prepared.check_log, prepared.attempt, first_process, prepared.val_set,
+        early_step(prepared.steps_per_epoch, math.ceil(warmup * total_steps) if warmup < 1 else int(warmup),
+                   args.logging_steps) if prepared.resume is None else None)
+    trainer = Trainer(
+        model=prepared.model,
+        args=prepared.training_args,
+        train_dataset=prepared.train_set,
+        eval_dataset=prepared.val_set,
+        data_collator=DataCollatorWithPadding(prepared.tokenizer, pad_to_multiple_of=prepared.runtime.pad_to_multiple_of),
+        processing_class=prepared.tokenizer,
+        compute_metrics=compute_metrics,
+        compute_loss_func=loss(weights) if weights else None,
+        callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
+    )
+    check.trainer = trainer
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
+                                           args.primary_metric))
+    if prepared.resume is not None and first_process:
+        print(f"resuming from {prepared.resume}", file=sys.stderr)
+    monitor = _resource_monitor(args, prepared.tracking, lambda: trainer.state.global_step) if first_process else None
+    try:
+        trainer.train(resume_from_checkpoint=str(prepared.resume) if prepared.resume else None)
+    finally:
+        figures = monitor.stop() if monitor else {}
+    return Fitted(trainer=trainer, observer=watcher, meter=meter, weights=weights, early_stopping=early_stopping,
+                  figures=figures, check=check)
+
+
+def finalize(prepared: Setup, fitted: Fitted) -> dict:
+    """Save the best model (unless training failed), write result.json, end tracking, drop the checkpoints."""
+    import torch
+
+    args, runtime, watcher, trainer = prepared.args, prepared.runtime, fitted.observer, fitted.trainer
+    weights, labels = fitted.weights, prepared.labels
+    result: dict = {
+        "status": watcher.status,
+        "reason": watcher.reason or prepared.check_log.stopped,
+        "evaluations": watcher.evaluations,
+        "train_loss": watcher.train_losses,
+        "epochs_run": float(trainer.state.epoch or 0.0),
+        "steps": int(trainer.state.global_step),
+        "hyperparameters": logged_parameters(args),
+        "class_weights": dict(zip(labels, weights)) if weights else None,
+        "early_stopped": fitted.early_stopping is not None
+                         and fitted.early_stopping.early_stopping_patience_counter >= args.early_stopping_patience,
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "threads": runtime.threads,
+        "runtime": {**runtime.to_dict(), "batch": prepared.batch.to_dict(),
+                    "resumed_from": str(prepared.resume) if prepared.resume else None},
+    }
+    if watcher.status != "failed":
+        best = _best_evaluation(watcher.evaluations, args.primary_metric, args.goal)
+        result["val"] = {unprefixed(k): v for k, v in best.items() if k.startswith("val_")} if best else {}
+        model_dir = prepared.output_dir / "model"
+        trainer.save_model(str(model_dir))
+        if prepared.first_process:
+            prepared.tokenizer.save_pretrained(str(model_dir))
+            # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
+            (model_dir / "training_args.bin").unlink(missing_ok=True)
+            (model_dir / "candidate.json").write_text(json.dumps({"family": "hf", "task": args.task, "labels": labels,
+                                                                  "max_length": args.max_length}, indent=2))
+        result["model_dir"] = str(model_dir)
+    check_log = prepared.check_log
+    result["learning_check"] = check_log.to_dict((result.get("val") or {}).get(check_log.baseline["metric"]))
+    result["throughput"] = {**fitted.meter.figures(), **fitted.figures}
+    if runtime.device == "cuda":
+        result["throughput"]["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    result["duration_s"] = time.time() - prepared.started
+    result["mlflow_run_id"] = prepared.tracking.run_id
+    if prepared.first_process:
+        prepared.tracking.finish(result)
+        write_json_atomic(prepared.output_dir / "result.json", result, indent=2, default=float)
+        # Checkpoints go only once result.json is on disk: a kill before this point resumes instead of retraining.
+        if watcher.status != "failed":
+            shutil.rmtree(prepared.checkpoint_dir, ignore_errors=True)
+    return result
+
+
+def _quiet_library_progress_bars() -> None:
+    """Tokenising ("Map"), loading and saving ("Writing model shards") draw bars that say nothing useful."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _best_evaluation(evaluations: List[dict], metric: str, goal: str) -> Optional[dict]:
+    scored = [e for e in evaluations if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
+    if not scored:
+        return evaluations[-1] if evaluations else None
+    pick = max if goal == "maximize" else min
+    return pick(scored, key=lambda e: e[metric])
+
+
+def _resource_monitor(args: TrainArgs, tracking, step):
+    from finetune.train.telemetry import ResourceMonitor
+
+    monitor = ResourceMonitor(interval_s=args.telemetry_interval_s, log=tracking.log, step=step)
+    monitor.start()
+    return monitor
+
+
+@contextlib.contextmanager
+def _owned(output_dir: str):
+    """One process trains into an output dir at a time: a second one would resume from checkpoints the first
+    is still writing, and the first deletes them when it ends. Under DDP the first process holds it for all."""
+    from finetune.system import locks
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with locks.hold(Path(output_dir) / ".train.lock", wait=False, owner="python -m finetune.train",
+                    busy=lambda holder: f"--output-dir {output_dir} is in use by {holder}, another training run; "
+                                        "wait for it to finish or choose another output dir"):
+        yield
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from finetune.errors import UserError
+
+    args = parse_args(argv)
+    try:
+        with _owned(args.output_dir):
+            result = train(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"{result['status']} after {result['steps']} steps ({result.get('epochs_run')} epochs) in "
+          f"{result['duration_s']:.0f} s; metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
+    below = below_baseline_line(result.get("learning_check"))
+    if below and result["status"] != "failed":
+        print(below, file=sys.stderr)
+    return 1 if result["status"] == "failed" else 0
+
