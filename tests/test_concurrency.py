@@ -54,7 +54,7 @@ def test_four_pipelines_at_once_on_a_new_output_root(tmp_path, tiny_model_dir):
 def test_a_lock_held_elsewhere_says_who_holds_it(tmp_path):
     path = tmp_path / "x.lock"
     with locks.hold(path, owner="training"):
-        script = (f"from finetune import locks\nwith locks.hold({str(path)!r}, wait=False): pass")
+        script = (f"from finetune.system import locks\nwith locks.hold({str(path)!r}, wait=False): pass")
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode != 0 and f"pid {os.getpid()} (training)" in result.stderr
     with locks.hold(path, wait=False):  # released on leaving the block
