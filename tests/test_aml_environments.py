@@ -42,12 +42,14 @@ def test_an_unknown_image_without_a_conda_file_is_refused(tmp_path):
         environments(tmp_path).prepare({"image": "example.azurecr.io/unknown:1"})
 
 
+@pytest.mark.slow  # runs pip's resolver on a real environment
 def test_a_pip_list_that_does_not_resolve_fails_with_pips_reason(tmp_path):
     with pytest.raises(EnvironmentFailure, match=r"pip could not install .*ERROR: .*packaging"):
         environments(tmp_path).prepare({"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
                                         "conda_file": conda("3.11", ["packaging==23.2", "packaging==24.1"])})
 
 
+@pytest.mark.slow  # builds a real virtual environment with pip
 def test_an_environment_is_built_once_and_reused_by_its_hash(tmp_path):
     spec = {"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
             "conda_file": conda("3.11", ["packaging==24.1"])}

@@ -82,6 +82,7 @@ def test_the_automl_test_step_runs_on_a_python_the_code_supports(exported):
     assert node["environment_variables"]["FINETUNE_AUTOML_PYTHON"] == AUTOML_ENV_PYTHON
 
 
+@pytest.mark.slow  # fits an AutoML model and scores it in a second interpreter
 def test_the_automl_model_predicts_in_the_interpreter_the_job_names(tmp_path, monkeypatch):
     import mlflow.sklearn
     import pandas as pd

@@ -133,6 +133,7 @@ def test_a_single_run_restarts_and_a_sweep_trial_only_warns(overrides, expected,
     assert train_args(plan, str(tmp_path), str(tmp_path / "out")).learning_check == expected
 
 
+@pytest.mark.slow  # a full local pipeline (train twice, FLAML, register, report)
 def test_a_run_that_ships_a_model_below_the_baseline_says_so_last_and_in_its_report(keyword_data, tiny_model_dir,
                                                                                      tmp_path):
     """conftest's tiny BERT reads every keyword text as seven [UNK]s: it cannot learn this data, and with nothing

@@ -85,6 +85,7 @@ def test_bad_ramps_are_refused_before_anything_changes(blue_serving, models):
     assert blue_serving.traffic() == {"blue": 100}
 
 
+@pytest.mark.slow  # real inference servers under a stream of requests
 def test_blue_green_switch_under_load_fails_no_request(blue_serving, models):
     endpoint = blue_serving
     blue_pid = endpoint.deployments()["blue"]["pid"]

@@ -89,6 +89,7 @@ def test_locally_an_unopenable_store_trains_untracked(small_data, tiny_model_dir
     assert "training goes on untracked" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real fine-tune against a recorded AML tracking service
 def test_inside_an_aml_job_training_logs_to_the_run_aml_created(small_data, tiny_model_dir, tmp_path):
     """AML opens the job's run in the job's experiment and names it in MLFLOW_RUN_ID; training must log there and
     name no experiment of its own (MLflow refuses to resume a run under another active experiment). A process of
