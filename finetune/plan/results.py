@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from finetune.data.prepared import PreparedData
+from finetune.serve.rollout import DeploymentResult, ModelRef
 from finetune.system.files import write_json_atomic
 
 if TYPE_CHECKING:
@@ -277,7 +278,6 @@ class Registration:
     def from_dict(cls, data: dict) -> "Registration":
         if data.get("version") is None:
             return cls(decision=data["decision"], reason=data.get("reason"))
-        from finetune.serve.rollout import ModelRef
 
         ref = data.get("model_ref")
         return cls(decision="register", model_ref=ModelRef(**ref) if ref else None,
@@ -344,8 +344,6 @@ class RunSummary:
     @classmethod
     def load(cls, run_dir: Path | str) -> "RunSummary":
         """A run's summary.json typed again, so its report can be rewritten from the run folder."""
-        from finetune.serve.rollout import DeploymentResult
-
         path = Path(run_dir) / "summary.json"
         saved = json.loads(path.read_text(encoding="utf-8"))
         summary = cls(path, saved.get("run") or {})

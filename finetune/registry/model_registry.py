@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from finetune.errors import UserError
-from finetune.plan.results import Promotion
+from finetune.plan.results import Promotion, Registration, SelectionOutcome
+from finetune.registry.packaging import GENERATED, write_serving_files
 from finetune.serve import SCORE_SCRIPT, ModelRef
 from finetune.system import locks
 
@@ -120,8 +121,6 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, cond
     ``conda`` is the serving environment spec; by default it is built here (from the project's dependency
     list), which a job cannot do: AML's register step passes the spec the submitting machine built.
     """
-    from finetune.registry.packaging import GENERATED, write_serving_files
-
     if not SCORE_SCRIPT.is_file():
         raise UserError(f"{SCORE_SCRIPT} is missing, so a model cannot be packaged for serving; "
                         "reinstall the finetune package")
@@ -391,7 +390,6 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     The registration holds ``model_ref`` (the registered copy, referenced in place or downloaded to
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
-    from finetune.plan.results import Registration, SelectionOutcome
     from finetune.selection.choose import PRODUCTION, check_production_labels, choose, decision_settings, evaluate
 
     out_dir = Path(out_dir)

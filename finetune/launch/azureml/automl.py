@@ -29,7 +29,11 @@ import csv
 import math
 from typing import TYPE_CHECKING, List
 
+from finetune.config.schema import PolicyConfig
+from finetune.launch.azureml.checks import automl_metric
+from finetune.launch.azureml.compute import steps_compute
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
+from finetune.launch.azureml.sweep import distribution, policy
 
 if TYPE_CHECKING:
     from finetune.config.schema import DatasetConfig
@@ -101,8 +105,6 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
     """
     from azure.ai.ml import Input, Output, automl
 
-    from finetune.launch.azureml.checks import automl_metric
-
     config, task = plan.automl, plan.dataset.task
     multi_label = task == "multi_label"
     build = automl.text_classification_multilabel if multi_label else automl.text_classification
@@ -133,9 +135,6 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
 def _set_sweep(job, sweep: dict) -> None:
     from azure.ai.ml.automl import SearchSpace
 
-    from finetune.config.schema import PolicyConfig
-    from finetune.launch.azureml.sweep import distribution, policy
-
     subspaces = sweep.get("space") or []
     if isinstance(subspaces, dict):
         subspaces = [subspaces]
@@ -151,8 +150,6 @@ def test_step(plan: "RunPlan", code: str, environment):
     """The command that makes AutoML's best model a candidate (``finetune.launch.azureml.runtime.steps test-automl``):
     its decision rule chosen on val, its test metrics, and the candidate folder the register step ships."""
     from azure.ai.ml import Input, Output, command
-
-    from finetune.launch.azureml.compute import steps_compute
 
     return command(
         name="test_automl",

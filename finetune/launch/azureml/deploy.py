@@ -15,6 +15,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from finetune.launch.azureml.compute import steps_compute
 from finetune.registry.packaging import model_environment as own_environment
 from finetune.serve.score import find_candidate, read_candidate
 
@@ -130,8 +131,6 @@ def deployment_entity(config: "EndpointConfig", name: str, model: str, environme
 def deploy_step(plan: "RunPlan", code: str, environment):
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
-
-    from finetune.launch.azureml.compute import steps_compute
 
     return command(
         name="deploy",

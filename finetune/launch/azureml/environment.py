@@ -29,6 +29,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from finetune.errors import UserError
+from finetune.registry.environments import conda_spec, pinned_closure, pinned_requirements, serving_conda_spec
+
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
@@ -97,9 +100,6 @@ def with_torch_build(requirements: List[str], build: str) -> List[str]:
 def job_spec(role: str, build: str) -> dict:
     """Conda spec of one job role (:data:`JOB_PACKAGES`) for one torch build, pinned with everything its packages
     pull in; refuses a tracking role whose dependency list cannot track on AML."""
-    from finetune.errors import UserError
-    from finetune.registry.environments import conda_spec, pinned_closure, pinned_requirements
-
     if role in TRACKING_ROLES and not any(
             line.split("==")[0].split(">")[0].split("<")[0].strip().lower() == TRACKING_PLUGIN
             for line in pinned_requirements()):
@@ -113,8 +113,6 @@ def job_spec(role: str, build: str) -> dict:
 
 def serving_spec(runtime: str = "torch") -> dict:
     """The deployment's conda spec: only what serving with ``runtime`` needs (no torch for ONNX Runtime)."""
-    from finetune.registry.environments import serving_conda_spec
-
     spec = serving_conda_spec(runtime)
     if runtime == "torch":
         spec["dependencies"][-1]["pip"] = with_torch_build(spec["dependencies"][-1]["pip"], "cpu")

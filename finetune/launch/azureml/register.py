@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from finetune.launch.azureml.compute import steps_compute
+
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
@@ -19,8 +21,6 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
     """The command node; with ``automl`` it also takes the AutoML test step's output (its result and package)."""
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
-
-    from finetune.launch.azureml.compute import steps_compute
 
     # val: each candidate's decision rule is chosen on it before the test (per-label thresholds for multi-label
     # data), as the local launcher's select stage does.

@@ -35,11 +35,21 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from finetune.config.schema import EndpointConfig, SelectConfig
 from finetune.config.spec import TASKS
+from finetune.data import read_targets
 from finetune.errors import UserError
-from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE
+from finetune.launch.azureml.deploy import SCORING_SCRIPT, deployment_name, model_environment
+from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE, environment
+from finetune.launch.azureml.runtime.endpoint import AmlEndpoint
+from finetune.launch.azureml.runtime.registry import AmlRegistry
 from finetune.launch.azureml.runtime.step_results import RegisteredChoice, StepRollout
-from finetune.selection.choose import FINETUNED
+from finetune.launch.azureml.workspace import from_job_environment
+from finetune.registry.model_registry import select_and_register
+from finetune.selection.choose import FINETUNED, choose_rule, decision_settings, test_at_rule
+from finetune.serve import score
+from finetune.serve.export import export_candidate
+from finetune.serve.rollout import ModelRef, RolloutError, rollout
 
 RESULT = "result.json"
 MODEL_REF = "model_ref.json"
@@ -74,8 +84,6 @@ def job_client():
     """An MLClient for the workspace this job runs in, authenticated as the compute's managed identity."""
     from azure.ai.ml import MLClient
     from azure.identity import ManagedIdentityCredential
-
-    from finetune.launch.azureml.workspace import from_job_environment
 
     workspace = from_job_environment()
     # A user-assigned identity is named by this variable; unset, the system-assigned identity answers.
@@ -117,10 +125,6 @@ def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str,
     """AutoML's model as a candidate for ``task``: ``<output>/result.json`` (an :func:`finetune.selection.choose.evaluate`
     entry: the rule chosen on val, the test metrics at it and at argmax / 0.5 per label) and ``<output>/model/``
     (``candidate.json`` + the MLflow model, what the register step ships if AutoML wins)."""
-    from finetune.config.schema import SelectConfig
-    from finetune.data import read_targets
-    from finetune.selection.choose import choose_rule, decision_settings, test_at_rule
-
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     val_texts, y_val = read_targets(val_file, labels, task)
@@ -150,12 +154,6 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
 
     With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
     multi-label data), as the local select stage does; without it, it keeps the rule it was trained with."""
-    from finetune.config.schema import SelectConfig
-    from finetune.launch.azureml.deploy import model_environment
-    from finetune.launch.azureml.runtime.registry import AmlRegistry
-    from finetune.registry.model_registry import select_and_register
-    from finetune.serve.export import export_candidate
-
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     select = settings["select"]
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
@@ -191,13 +189,6 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
 
 def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=None) -> StepRollout:
     """Roll the registered model out to the endpoint; returns (and writes) ``rollout.json``."""
-    from finetune.config.schema import EndpointConfig
-    from finetune.launch.azureml.deploy import SCORING_SCRIPT, deployment_name
-    from finetune.launch.azureml.environment import environment
-    from finetune.launch.azureml.runtime.endpoint import AmlEndpoint
-    from finetune.serve import score
-    from finetune.serve.rollout import ModelRef, RolloutError, rollout
-
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     choice = RegisteredChoice.from_dict(json.loads((Path(model_ref_dir) / MODEL_REF).read_text(encoding="utf-8")))
     if choice.decision != "register":
@@ -219,7 +210,6 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         except RolloutError as error:
             _write(output_dir, ROLLOUT, StepRollout("failed", choice, error=str(error)).to_dict())
             raise
-    from finetune.launch.azureml.runtime.registry import AmlRegistry
 
     choice.promoted = AmlRegistry(ml_client, choice.name).promote(choice.version)
     result = StepRollout("succeeded", choice, rollout=outcome, promoted=choice.promoted)
