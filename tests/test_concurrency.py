@@ -54,7 +54,7 @@ def test_four_pipelines_at_once_on_a_new_output_root(tmp_path, tiny_model_dir):
 def test_a_lock_held_elsewhere_says_who_holds_it(tmp_path):
     path = tmp_path / "x.lock"
     with locks.hold(path, owner="training"):
-        script = (f"from finetune import locks\nwith locks.hold({str(path)!r}, wait=False): pass")
+        script = (f"from finetune.system import locks\nwith locks.hold({str(path)!r}, wait=False): pass")
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode != 0 and f"pid {os.getpid()} (training)" in result.stderr
     with locks.hold(path, wait=False):  # released on leaving the block
@@ -78,7 +78,8 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     from finetune.launch.local import _recheck
     from finetune.plan.results import SelectionResult, SelectionRow
     from finetune.registry import model_registry as registry
-    from finetune.selection import choose as select
+    from finetune.selection import choose
+    from finetune.selection.decisions import Verdict
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 
     test_csv = tmp_path / "test.csv"
@@ -92,14 +93,14 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     registry.promote(name, version, uri)
 
     def scores(candidate):
-        return select.evaluate({"c": candidate}, test_csv, LABELS)["c"]["test"]
+        return choose.evaluate({"c": candidate}, test_csv, LABELS)["c"]["test"]
 
     plan = SimpleNamespace(select=SimpleNamespace(registered_model_name=name, metric="auc_weighted", margin=0.0),
                            tracking=SimpleNamespace(uri=uri))
     data = SimpleNamespace(test_path=test_csv, labels=LABELS, task="single_label")
     worse = {**scores(good), "auc_weighted": 0.25}
     selection = SelectionResult(metric="auc_weighted", task="single_label", margin=0.0, production=None,
-                                table=[SelectionRow("automl", "automl", worse)], winner="automl", decision="register",
+                                table=[SelectionRow("automl", "automl", worse)], winner="automl", verdict=Verdict.REGISTER,
                                 reason="no production yet")
     rechecked = _recheck(plan, data, selection, "99", tmp_path / "recheck")
     assert not rechecked.promotable
