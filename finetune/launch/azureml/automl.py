@@ -33,6 +33,7 @@ from finetune.config.schema import PolicyConfig
 from finetune.launch.azureml.checks import automl_metric
 from finetune.launch.azureml.compute import steps_compute
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
+from finetune.launch.azureml.runtime.step_args import TestAutomlArgs, command_line
 from finetune.launch.azureml.sweep import distribution, policy
 
 if TYPE_CHECKING:
@@ -146,6 +147,12 @@ def _set_sweep(job, sweep: dict) -> None:
                   early_termination=policy(PolicyConfig(**(sweep.get("policy") or {"type": "none"}))))
 
 
+def test_step_args(task: str) -> TestAutomlArgs:
+    return TestAutomlArgs(model="${{inputs.model}}", test_file="${{inputs.test}}", val_file="${{inputs.val}}",
+                          labels_file="${{inputs.labels}}", settings="${{inputs.settings}}", task=task,
+                          output_dir="${{outputs.%s}}" % TEST_OUTPUT)
+
+
 def test_step(plan: "RunPlan", code: str, environment):
     """The command that makes AutoML's best model a candidate (``finetune.launch.azureml.runtime.steps test-automl``):
     its decision rule chosen on val, its test metrics, and the candidate folder the register step ships."""
@@ -155,10 +162,7 @@ def test_step(plan: "RunPlan", code: str, environment):
         name="test_automl",
         display_name="test AutoML's best model",
         description="choose the AutoML best model's decision rule on val, score it on test, package it",
-        command=("python -m finetune.launch.azureml.runtime.steps test-automl --model ${{inputs.model}} "
-                 "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
-                 "--settings ${{inputs.settings}} --task %s --output-dir ${{outputs.%s}}"
-                 % (plan.dataset.task, TEST_OUTPUT)),
+        command=command_line(test_step_args(plan.dataset.task)),
         code=code,
         environment=environment,
         compute=steps_compute(plan),

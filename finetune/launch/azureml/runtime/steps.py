@@ -25,7 +25,6 @@ Each step writes one JSON file into its output folder.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import List, Optional
 
 from finetune.config.schema import EndpointConfig, SelectConfig
-from finetune.config.spec import TASKS
 from finetune.data import read_targets
 from finetune.errors import UserError
 
@@ -45,6 +43,7 @@ from finetune.launch.azureml import deploy as deploy_builders
 from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE, environment
 from finetune.launch.azureml.runtime.endpoint import AmlEndpoint
 from finetune.launch.azureml.runtime.registry import AmlRegistry
+from finetune.launch.azureml.runtime.step_args import RegisterArgs, TestAutomlArgs, parse
 from finetune.launch.azureml.runtime.step_results import RegisteredChoice, StepRollout
 from finetune.launch.azureml.workspace import from_job_environment
 from finetune.registry.model_registry import select_and_register
@@ -226,42 +225,13 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m finetune.launch.azureml.runtime.steps",
-                                     description="Steps of the finetune AML pipeline (run inside AML jobs).")
-    steps = parser.add_subparsers(dest="step", required=True)
-    test = steps.add_parser("test-automl", help="choose AutoML's decision rule on val, test it, package it")
-    test.add_argument("--model", required=True)
-    test.add_argument("--test-file", required=True)
-    test.add_argument("--val-file", required=True, help="the val split: the decision rule is chosen on it")
-    test.add_argument("--labels-file", required=True)
-    test.add_argument("--settings", required=True)
-    test.add_argument("--output-dir", required=True)
-    test.add_argument("--python", help=f"a Python with the model's dependencies (default: ${AUTOML_PYTHON_VARIABLE}, "
-                                       "else this one)")
-    test.add_argument("--task", choices=TASKS, default="single_label")
-    reg = steps.add_parser("register", help="select the best candidate and register it")
-    reg.add_argument("--finetuned", required=True)
-    reg.add_argument("--automl-result")
-    reg.add_argument("--test-file", required=True)
-    reg.add_argument("--val-file", help="the val split: decision rules are chosen on it before the test")
-    reg.add_argument("--labels-file", required=True)
-    reg.add_argument("--settings", required=True)
-    reg.add_argument("--output-dir", required=True)
-    dep = steps.add_parser("deploy", help="roll the registered model out to the endpoint")
-    dep.add_argument("--model-ref", required=True)
-    dep.add_argument("--settings", required=True)
-    dep.add_argument("--output-dir", required=True)
-    return parser
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
-        if args.step == "test-automl":
+        if isinstance(args, TestAutomlArgs):
             test_automl(args.model, args.test_file, args.val_file, args.labels_file, args.settings, args.output_dir,
                         args.python, args.task)
-        elif args.step == "register":
+        elif isinstance(args, RegisterArgs):
             register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
                      args.automl_result, val_file=args.val_file)
         else:
