@@ -49,7 +49,7 @@ def baselines(data_dir: Path, labels: list[str]) -> dict:
     for metric in ("f1_macro", "f1_micro"):
         rule = choose_label_thresholds(val[1], proba_val, labels, metric)
         rows[ONE_LINER + ("" if metric == "f1_macro" else f" for {metric}")] = multi_label_metrics(
-            test[1], proba, decide(proba, labels, rule), labels=labels)
+            test[1], proba, decide(proba, labels, rule.to_dict()), labels=labels)
     return rows
 
 
@@ -70,10 +70,11 @@ def finetuned_other_rule(data_dir: Path, labels: list[str], candidate: str, ship
     proba_val, proba = (scorer_proba(scorer, texts)[:, columns] for texts in (val_texts, test_texts))
     rule = choose_label_thresholds(y_val, proba_val, labels, metric)
     return {f"fine-tuned, thresholds on dev for {metric}": multi_label_metrics(
-        y_test, proba, decide(proba, labels, rule), labels=labels)}
+        y_test, proba, decide(proba, labels, rule.to_dict()), labels=labels)}
 
 
 def pipeline_rows(summary: dict) -> dict:
+    from finetune.selection.decisions import DecisionRule
     from finetune.selection.rules import describe
 
     table = {row["candidate"]: row for row in summary["selection"]["table"]}
@@ -81,7 +82,7 @@ def pipeline_rows(summary: dict) -> dict:
     if "finetuned" in table:
         rows["fine-tuned at 0.5"] = table["finetuned"]["test_argmax"]
         decision = table["finetuned"]["decision"]
-        rows[f"fine-tuned, shipped for {decision.get('metric', 'f1_macro')} ({describe(decision)})"] = \
+        rows[f"fine-tuned, shipped for {decision.get('metric', 'f1_macro')} ({describe(DecisionRule.from_dict(decision))})"] = \
             summary["selection"]["test"]["finetuned"]
     if "automl" in table:
         best = summary["candidates"]["automl"].get("best_estimator")

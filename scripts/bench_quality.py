@@ -96,8 +96,8 @@ def one_liner(data_dir: Path, labels: list[str]) -> dict:
     rows = {"TF-IDF+LR argmax": classification_metrics(test[1], proba, labels=labels)}
     if len(labels) == 2:
         rule = choose_decision(val[1], plain.predict_proba(val[0]), labels)
-        rows[f"TF-IDF+LR val threshold ({rule['threshold']:.2f})"] = classification_metrics(
-            test[1], proba, decide(proba, labels, rule), labels=labels)
+        rows[f"TF-IDF+LR val threshold ({rule.threshold:.2f})"] = classification_metrics(
+            test[1], proba, decide(proba, labels, rule.to_dict()), labels=labels)
     else:
         balanced = balanced_baseline("single_label").fit(train[0], train[1])
         rows["TF-IDF+LR class-balanced"] = classification_metrics(test[1], balanced.predict_proba(test[0]),
@@ -110,10 +110,11 @@ def rows_of(summary: dict, tag: str) -> dict:
     finetuned = summary["selection"]["test"].get("finetuned")
     table = {row["candidate"]: row for row in summary["selection"]["table"]}
     if finetuned:
+        from finetune.selection.decisions import DecisionRule
         from finetune.selection.rules import describe
 
         rows[f"fine-tuned{tag} argmax"] = table["finetuned"]["test_argmax"]
-        rows[f"fine-tuned{tag} shipped rule ({describe(table['finetuned']['decision'])})"] = {
+        rows[f"fine-tuned{tag} shipped rule ({describe(DecisionRule.from_dict(table['finetuned']['decision']))})"] = {
             **finetuned, "test_proba": table["finetuned"]["test_proba"]}
     automl = summary["selection"]["test"].get("automl")
     if automl:

@@ -52,7 +52,7 @@ def main() -> int:
             for share in shares:
                 decision.SMOOTHING_SHARE = share
                 rule = decision.choose_decision(y[val], proba_val, labels)
-                metrics = classification_metrics(y[test], proba_test, decide(proba_test, labels, rule), labels=labels)
+                metrics = classification_metrics(y[test], proba_test, decide(proba_test, labels, rule.to_dict()), labels=labels)
                 results[share].append((metrics["f1_macro"], metrics["recall.negative"]))
         print(f"seed {seed + 1}/{args.seeds}", end="\r", file=sys.stderr, flush=True)
     base = np.array([f1 for f1, _ in results[shares[0]]])

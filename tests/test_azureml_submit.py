@@ -16,6 +16,7 @@ import pytest
 from amlemu import recorder as aml_recorder
 from amlemu.recorder import RecorderServer, build, guard_network
 from finetune.cli.main import main
+from finetune.selection.decisions import Verdict
 
 WORKSPACE = [f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
              f"workspace.resource_group={aml_recorder.RESOURCE_GROUP}", f"workspace.workspace_name={aml_recorder.WORKSPACE}"]
@@ -511,7 +512,7 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     recorder.clear()
     kept = steps.register(str(second), test_file, labels_file, str(strict), str(tmp_path / "out2"),
                           ml_client=server.ml_client())
-    assert kept.decision == "keep_production" and "margin 1" in kept.reason
+    assert kept.verdict is Verdict.KEEP_PRODUCTION and "margin 1" in kept.reason
     assert kept.selection["production_version"] == {"name": "amazon_automotive-sentiment", "version": "1"}
     assert set(kept.selection["test"]) == {"finetuned", "production"}
     # The production version's files were downloaded from the blob store to be re-scored.

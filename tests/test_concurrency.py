@@ -78,7 +78,8 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     from finetune.launch.local import _recheck
     from finetune.plan.results import SelectionResult, SelectionRow
     from finetune.registry import model_registry as registry
-    from finetune.selection import choose as select
+    from finetune.selection import choose
+    from finetune.selection.decisions import Verdict
     from test_serve_support import LABELS, TEXTS, make_automl_candidate
 
     test_csv = tmp_path / "test.csv"
@@ -92,14 +93,14 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     registry.promote(name, version, uri)
 
     def scores(candidate):
-        return select.evaluate({"c": candidate}, test_csv, LABELS)["c"]["test"]
+        return choose.evaluate({"c": candidate}, test_csv, LABELS)["c"]["test"]
 
     plan = SimpleNamespace(select=SimpleNamespace(registered_model_name=name, metric="auc_weighted", margin=0.0),
                            tracking=SimpleNamespace(uri=uri))
     data = SimpleNamespace(test_path=test_csv, labels=LABELS, task="single_label")
     worse = {**scores(good), "auc_weighted": 0.25}
     selection = SelectionResult(metric="auc_weighted", task="single_label", margin=0.0, production=None,
-                                table=[SelectionRow("automl", "automl", worse)], winner="automl", decision="register",
+                                table=[SelectionRow("automl", "automl", worse)], winner="automl", verdict=Verdict.REGISTER,
                                 reason="no production yet")
     rechecked = _recheck(plan, data, selection, "99", tmp_path / "recheck")
     assert not rechecked.promotable

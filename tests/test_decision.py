@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from finetune.selection.decisions import DecisionRule
 from finetune.selection.metrics import classification_metrics
 from finetune.selection.rules import choose_decision, describe
 from finetune.serve.score import decide
@@ -23,12 +24,12 @@ def test_binary_threshold_beats_argmax_on_val_and_carries_to_test():
     labels = ["negative", "positive"]
     y_val, proba_val = imbalanced_scores(0)
     decision = choose_decision(y_val, proba_val, labels)
-    assert decision["rule"] == "threshold" and decision["positive_label"] == "positive"
-    assert 0.5 < decision["threshold"] < 0.99
-    assert decision["metric"] == "f1_macro" and decision["val"] > decision["val_argmax"]
+    assert decision.rule == "threshold" and decision.positive_label == "positive"
+    assert 0.5 < decision.threshold < 0.99
+    assert decision.metric == "f1_macro" and decision.val > decision.val_argmax
     y_test, proba_test = imbalanced_scores(1)
     at_argmax = classification_metrics(y_test, proba_test, labels=labels)
-    at_rule = classification_metrics(y_test, proba_test, decide(proba_test, labels, decision), labels=labels)
+    at_rule = classification_metrics(y_test, proba_test, decide(proba_test, labels, decision.to_dict()), labels=labels)
     assert at_argmax["recall.negative"] == 0.0
     assert at_rule["f1_macro"] > at_argmax["f1_macro"] + 0.2 and at_rule["recall.negative"] > 0.5
     assert at_rule["auc_weighted"] == at_argmax["auc_weighted"], "ranking metrics do not depend on the rule"
@@ -44,12 +45,12 @@ def test_threshold_is_the_middle_of_the_best_run():
     p_yes = np.array([0.1, 0.2, 0.6, 0.9])
     decision = choose_decision(y, np.column_stack([1 - p_yes, p_yes]), labels, metric="accuracy")
     # Any threshold in (0.2, 0.6] separates the classes, argmax among them.
-    assert 0.2 < decision["threshold"] <= 0.6 and decision["val"] == decision["val_argmax"] == 1.0
+    assert 0.2 < decision.threshold <= 0.6 and decision.val == decision.val_argmax == 1.0
     p_yes = np.array([0.6, 0.62, 0.97, 0.98])
     decision = choose_decision(y, np.column_stack([1 - p_yes, p_yes]), labels, metric="accuracy")
     # Perfect between 0.62 and 0.97: the middle of the thresholds that achieve it.
-    assert decision["threshold"] == pytest.approx((0.62 + 0.97) / 2)
-    assert decision["val"] == 1.0 and decision["val_argmax"] == 0.5
+    assert decision.threshold == pytest.approx((0.62 + 0.97) / 2)
+    assert decision.val == 1.0 and decision.val_argmax == 0.5
 
 
 def test_a_lucky_cut_among_a_few_low_scores_is_not_taken():
@@ -65,7 +66,7 @@ def test_a_lucky_cut_among_a_few_low_scores_is_not_taken():
     p_positive = np.concatenate([[p for p, _ in low], high_negatives, high_positives])
     y = np.concatenate([[label for _, label in low], np.zeros(8), np.ones(219)]).astype(int)
     decision = choose_decision(y, np.column_stack([1 - p_positive, p_positive]), labels)
-    assert decision["threshold"] == 0.5 and decision["val"] == decision["val_argmax"]
+    assert decision.threshold == 0.5 and decision.val == decision.val_argmax
 
 
 def test_multiclass_prior_correction_only_when_it_helps_on_val():
@@ -77,12 +78,12 @@ def test_multiclass_prior_correction_only_when_it_helps_on_val():
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     counts = {"a": 800, "b": 150, "c": 50}
     decision = choose_decision(y, proba, labels, train_counts=counts)
-    assert decision["rule"] == "class_weights" and decision["val"] > decision["val_argmax"]
-    assert decision["weights"]["c"] > decision["weights"]["b"] > decision["weights"]["a"]
-    assert choose_decision(y, proba, labels, multiclass_rule="argmax", train_counts=counts)["rule"] == "argmax"
+    assert decision.rule == "class_weights" and decision.val > decision.val_argmax
+    assert decision.weights["c"] > decision.weights["b"] > decision.weights["a"]
+    assert choose_decision(y, proba, labels, multiclass_rule="argmax", train_counts=counts).rule == "argmax"
     # Well-calibrated balanced scores: correcting for priors cannot help, so auto keeps argmax.
     balanced = np.eye(3)[y] * 0.6 + 0.2 / 1.5
-    assert choose_decision(y, balanced, labels, train_counts=counts)["rule"] == "argmax"
+    assert choose_decision(y, balanced, labels, train_counts=counts).rule == "argmax"
     assert "prior" in describe(decision) and describe(None) == "argmax"
 
 
@@ -103,3 +104,28 @@ def test_decision_metrics_match_scikit_learn():
                 expected = precision_recall_fscore_support(y, pred, labels=list(range(n_classes)), average=average,
                                                            zero_division=0)[:3]
                 assert [ours[f"{m}_{average}"] for m in ("precision", "recall", "f1")] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("shipped", [
+    # candidate.json's decision as models shipped before the rule was typed wrote it (docs/contracts.md).
+    '{"rule": "threshold", "positive_label": "positive", "threshold": 0.83, "metric": "f1_macro", "val": 0.9, '
+    '"val_argmax": 0.8}',
+    '{"rule": "class_weights", "prior_strength": 0.5, "weights": {"a": 0.2, "b": 1.0}, "metric": "f1_macro", '
+    '"val": 0.7, "val_argmax": 0.6}',
+    '{"rule": "per_label_thresholds", "thresholds": {"anger": 0.6, "joy": 0.35}, "metric": "f1_micro", '
+    '"val": 0.5, "val_argmax": 0.4}',
+    '{"rule": "argmax"}',
+])
+def test_a_shipped_rule_reads_and_writes_back_to_the_same_json(shipped):
+    import json
+
+    assert json.dumps(DecisionRule.from_dict(json.loads(shipped)).to_dict()) == shipped
+
+
+def test_a_chosen_rule_ships_the_keys_of_its_kind_only_and_an_unknown_key_is_refused():
+    y, proba = imbalanced_scores(0)
+    shipped = choose_decision(y, proba, ["negative", "positive"]).to_dict()
+    assert list(shipped) == ["rule", "positive_label", "threshold", "metric", "val", "val_argmax"]
+    assert DecisionRule.from_dict(None) == DecisionRule(rule="argmax")
+    with pytest.raises(ValueError, match="cutoff"):
+        DecisionRule.from_dict({"rule": "threshold", "cutoff": 0.3})

@@ -56,12 +56,12 @@ def rare_label_scores(seed: int, n: int = 600):
 def test_per_label_thresholds_chosen_on_val_carry_to_test():
     y_val, proba_val = rare_label_scores(0)
     decision = choose_label_thresholds(y_val, proba_val, LABELS)
-    assert decision["rule"] == "per_label_thresholds" and set(decision["thresholds"]) == set(LABELS)
-    assert decision["thresholds"]["it's, odd"] < 0.45, "the rare label's threshold moves to where its scores are"
-    assert decision["val"] > decision["val_argmax"]
+    assert decision.rule == "per_label_thresholds" and set(decision.thresholds) == set(LABELS)
+    assert decision.thresholds["it's, odd"] < 0.45, "the rare label's threshold moves to where its scores are"
+    assert decision.val > decision.val_argmax
     y_test, proba_test = rare_label_scores(1)
     at_half = multi_label_metrics(y_test, proba_test, labels=LABELS)
-    at_rule = multi_label_metrics(y_test, proba_test, decide(proba_test, LABELS, decision), labels=LABELS)
+    at_rule = multi_label_metrics(y_test, proba_test, decide(proba_test, LABELS, decision.to_dict()), labels=LABELS)
     assert at_half["recall.it_s_ odd"] == 0.0 and at_rule["recall.it_s_ odd"] > 0.5
     assert at_rule["f1_macro"] > at_half["f1_macro"] + 0.15
     assert at_rule["auc_weighted"] == at_half["auc_weighted"], "ranking metrics do not depend on the rule"
@@ -95,7 +95,7 @@ def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     scores = np.where(truth == 1, rng.beta(6, 2, n), rng.beta(1, 30, n))
     scores[positives:positives + 10] = rng.uniform(0.4, 0.9, 10)  # negatives that look positive
     y, proba = truth[:, None], scores[:, None]
-    chosen = choose_label_thresholds(y, proba, ["rare"])["thresholds"]["rare"]
+    chosen = choose_label_thresholds(y, proba, ["rare"]).thresholds["rare"]
     best = max(f1_score(truth, scores >= cut) for cut in np.unique(scores))
     assert f1_score(truth, scores >= chosen) == pytest.approx(best)
 
@@ -113,13 +113,13 @@ def test_micro_f1_thresholds_no_single_label_change_improves_pooled_f1():
     y_val[:, 2] = rng.random(len(y_val)) < proba_val[:, 2]
     for_micro = choose_label_thresholds(y_val, proba_val, LABELS, "f1_micro")
     for_macro = choose_label_thresholds(y_val, proba_val, LABELS, "f1_macro")
-    assert for_micro["metric"] == "f1_micro" and for_macro["metric"] == "f1_macro"
-    thresholds = np.array([for_micro["thresholds"][label] for label in LABELS])
+    assert for_micro.metric == "f1_micro" and for_macro.metric == "f1_macro"
+    thresholds = np.array([for_micro.thresholds[label] for label in LABELS])
     chosen = f1_score(y_val, proba_val >= thresholds, average="micro")
-    assert for_micro["val"] == pytest.approx(chosen)
-    at_macro_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, LABELS, for_macro))["f1_micro"]
+    assert for_micro.val == pytest.approx(chosen)
+    at_macro_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, LABELS, for_macro.to_dict()))["f1_micro"]
     assert chosen > at_macro_rule, "the per-label F1 thresholds are where the pooled search starts"
-    assert for_micro["thresholds"]["it's, odd"] > for_macro["thresholds"]["it's, odd"]
+    assert for_micro.thresholds["it's, odd"] > for_macro.thresholds["it's, odd"]
     for column in range(len(LABELS)):
         for cut in np.unique(proba_val[:, column]):
             moved = thresholds.copy()
@@ -144,7 +144,7 @@ def test_decision_metrics_are_checked_for_the_task():
 def test_a_label_absent_from_val_keeps_one_half():
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     proba = np.array([[0.9, 0.7], [0.2, 0.1], [0.6, 0.2], [0.4, 0.3]])
-    assert choose_label_thresholds(y, proba, ["a", "b"])["thresholds"]["b"] == 0.5
+    assert choose_label_thresholds(y, proba, ["a", "b"]).thresholds["b"] == 0.5
 
 
 def test_decide_gives_label_sets():

@@ -9,6 +9,7 @@ import pytest
 from finetune.errors import UserError
 from finetune.plan.results import Promotion, SelectionResult
 from finetune.registry import model_registry as registry
+from finetune.selection.decisions import Verdict
 from test_select import make_automl_candidate, write_splits
 
 needs_score_script = pytest.mark.skipif(
@@ -149,7 +150,7 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
 def test_a_promotion_survives_the_register_steps_model_ref_json():
     from finetune.launch.azureml.runtime.step_results import RegisteredChoice
 
-    choice = RegisteredChoice(decision="register", reason="beats production", selection={"metric": "auc_weighted"},
+    choice = RegisteredChoice(verdict=Verdict.REGISTER, reason="beats production", selection={"metric": "auc_weighted"},
                               name="reviews", version="2", candidate="finetuned", promoted=Promotion("reviews", "2", "1"))
     written = json.loads(json.dumps(choice.to_dict()))
     assert written["promoted"] == {"name": "reviews", "version": "2", "previous": "1"}

@@ -10,7 +10,7 @@ import pytest
 
 from finetune.plan.results import RunSummary, SweepTrial
 from finetune.report import write_report
-from finetune.selection import choose as select
+from finetune.selection import choose
 from finetune.selection.metrics import classification_metrics
 from finetune.serve.score import decide
 from test_select import LABELS, make_automl_candidate, write_splits
@@ -36,9 +36,9 @@ def splits(tmp_path_factory):
 def full_summary(run_dir: Path, splits) -> dict:
     automl = make_automl_candidate(run_dir / "automl" / "model", splits)
     production = make_automl_candidate(run_dir / "production", splits, C=0.05)
-    results = select.evaluate({"automl": automl, "production": production}, splits.test_path, LABELS,
+    results = choose.evaluate({"automl": automl, "production": production}, splits.test_path, LABELS,
                               proba_dir=run_dir / "select")
-    # A fine-tuned model's probabilities: the truth blurred by noise, saved as select.evaluate would.
+    # A fine-tuned model's probabilities: the truth blurred by noise, saved as choose.evaluate would.
     y = np.load(results["automl"]["test_labels"])
     noisy = np.clip(np.eye(2)[y] * 0.4 + np.random.default_rng(0).random((len(y), 2)) * 0.8, 1e-3, None)
     proba = noisy / noisy.sum(axis=1, keepdims=True)
@@ -49,7 +49,7 @@ def full_summary(run_dir: Path, splits) -> dict:
                             "test_proba": str(run_dir / "select" / "finetuned_test_proba.npy"),
                             "test_labels": results["automl"]["test_labels"]}
     results["broken"] = {"family": "hf", "error": "OSError: no model weights"}
-    selection = select.choose(results, "auc_weighted", 0.0, production_name="production").to_dict()
+    selection = choose.choose(results, "auc_weighted", 0.0, production_name="production").to_dict()
 
     result_file = run_dir / "train" / "result.json"
     result_file.parent.mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_minimal_summaries_still_give_a_valid_report(tmp_path, splits):
     summary = {"run": {"name": "minimal", "launcher": "local"}, "data": data_section(splits),
                "candidates": {"finetuned": {"family": "hf", "path": "/nowhere", "val": {"auc_weighted": 0.8},
                                             "result_file": str(tmp_path / "missing.json")}},
-               "selection": select.choose(results, "auc_weighted", 0.0).to_dict(),
+               "selection": choose.choose(results, "auc_weighted", 0.0).to_dict(),
                "registry": {"decision": "keep_production", "reason": "not better than production"}}
     report = write_report(tmp_path / "minimal", saved(tmp_path / "minimal", summary))
     text = report.path.read_text()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from finetune.errors import UserError
-from finetune.selection import choose as select
+from finetune.selection import choose
+from finetune.selection.decisions import DecisionSettings, Verdict
 from finetune.selection.metrics import classification_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,12 +86,12 @@ def test_evaluate_scores_both_families_and_reports_failures(tmp_path, splits, ti
     candidates = {"automl": automl, "finetuned": hf, "flipped": flipped, "other": other,
                   "missing": tmp_path / "nowhere"}
 
-    results = select.evaluate(candidates, splits.test_path, LABELS, proba_dir=tmp_path / "select")
+    results = choose.evaluate(candidates, splits.test_path, LABELS, proba_dir=tmp_path / "select")
 
     test = pd.read_csv(splits.test_path, keep_default_na=False)
     y = [LABELS.index(label) for label in test.label]
     assert results["automl"]["family"] == "automl" and results["finetuned"]["family"] == "hf"
-    expected = classification_metrics(y, select.predict_proba(automl, test.text), labels=LABELS)
+    expected = classification_metrics(y, choose.predict_proba(automl, test.text), labels=LABELS)
     # No val split given: every candidate keeps the rule it has (none: argmax).
     assert results["automl"]["test"] == expected == results["automl"]["test_argmax"]
     assert results["automl"]["decision"] == {"rule": "argmax"}
@@ -109,7 +110,7 @@ def test_a_candidate_saved_under_the_old_key_kind_still_scores(tmp_path, splits)
 
     old = make_automl_candidate(tmp_path / "old", splits)
     (old / "candidate.json").write_text(json.dumps({"kind": "automl", "labels": LABELS}))
-    results = select.evaluate({"production": old}, splits.test_path, LABELS)
+    results = choose.evaluate({"production": old}, splits.test_path, LABELS)
     assert results["production"]["family"] == "automl" and "test" in results["production"]
     assert Candidate.from_dict({"kind": "hf", "path": "/m"}).family == "hf"
     assert SelectionRow.from_dict({"candidate": "automl", "kind": "automl", "auc_weighted": 0.9}).test == {
@@ -122,65 +123,65 @@ def entry(auc: float, family: str = "hf", accuracy: float = 0.8) -> dict:
 
 def test_choose_best_by_configured_metric(capsys):
     results = {"finetuned": entry(0.90, accuracy=0.70), "automl": entry(0.85, "automl", accuracy=0.80)}
-    by_auc = select.choose(results, "auc_weighted", 0.0)
-    assert (by_auc.winner, by_auc.decision) == ("finetuned", "register")
+    by_auc = choose.choose(results, "auc_weighted", 0.0)
+    assert (by_auc.winner, by_auc.verdict) == ("finetuned", Verdict.REGISTER)
     assert [row.candidate for row in by_auc.table] == ["finetuned", "automl"]
     assert "no production model" in by_auc.reason
-    assert select.choose(results, "accuracy", 0.0).winner == "automl"
+    assert choose.choose(results, "accuracy", 0.0).winner == "automl"
     out = capsys.readouterr().out
     assert "finetuned *" in out and "decision: register" in out
 
 
 def test_choose_ties_prefer_production_then_finetuned_then_name():
     tie = {"b-automl": entry(0.9, "automl"), "a-automl": entry(0.9, "automl"), "finetuned": entry(0.9)}
-    assert select.choose(tie, "auc_weighted", 0.0).winner == "finetuned"
+    assert choose.choose(tie, "auc_weighted", 0.0).winner == "finetuned"
     del tie["finetuned"]
-    assert select.choose(tie, "auc_weighted", 0.0).winner == "a-automl"
+    assert choose.choose(tie, "auc_weighted", 0.0).winner == "a-automl"
     with_production = {**tie, "production": entry(0.9)}
-    chosen = select.choose(with_production, "auc_weighted", 0.0, production_name="production")
-    assert (chosen.winner, chosen.decision) == ("production", "keep_production")
+    chosen = choose.choose(with_production, "auc_weighted", 0.0, production_name="production")
+    assert (chosen.winner, chosen.verdict) == ("production", Verdict.KEEP_PRODUCTION)
     assert chosen.table[0].family == "production"
 
 
 def test_choose_keeps_production_within_margin_and_replaces_it_beyond():
     results = {"finetuned": entry(0.93), "production": entry(0.92)}
-    kept = select.choose(results, "auc_weighted", 0.02, production_name="production")
-    assert (kept.winner, kept.decision) == ("production", "keep_production")
+    kept = choose.choose(results, "auc_weighted", 0.02, production_name="production")
+    assert (kept.winner, kept.verdict) == ("production", Verdict.KEEP_PRODUCTION)
     assert "margin" in kept.reason and "nothing is deployed" in kept.reason
-    beaten = select.choose(results, "auc_weighted", 0.005, production_name="production")
-    assert (beaten.winner, beaten.decision) == ("finetuned", "register")
-    worse = select.choose({"finetuned": entry(0.80), "production": entry(0.92)}, "auc_weighted", 0.0, "production")
-    assert worse.decision == "keep_production" and worse.table[0].candidate == "production"
+    beaten = choose.choose(results, "auc_weighted", 0.005, production_name="production")
+    assert (beaten.winner, beaten.verdict) == ("finetuned", Verdict.REGISTER)
+    worse = choose.choose({"finetuned": entry(0.80), "production": entry(0.92)}, "auc_weighted", 0.0, "production")
+    assert worse.verdict is Verdict.KEEP_PRODUCTION and worse.table[0].candidate == "production"
 
 
 def test_choose_records_failed_candidates_and_fails_when_none_left():
     results = {"finetuned": {"family": "hf", "error": "OSError: no weights"}, "automl": entry(0.8, "automl"),
                "production": {"family": "hf", "error": "labels differ"}}
-    chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
-    assert (chosen.winner, chosen.decision) == ("automl", "register")
+    chosen = choose.choose(results, "auc_weighted", 0.0, production_name="production")
+    assert (chosen.winner, chosen.verdict) == ("automl", Verdict.REGISTER)
     assert chosen.failed == {"finetuned": "OSError: no weights", "production": "labels differ"}
     assert "could not be scored" in chosen.reason
     assert {row.candidate: row.error for row in chosen.table}["finetuned"] == "OSError: no weights"
-    only_production = select.choose({"finetuned": results["finetuned"], "production": entry(0.7)},
+    only_production = choose.choose({"finetuned": results["finetuned"], "production": entry(0.7)},
                                     "auc_weighted", 0.0, "production")
-    assert only_production.decision == "keep_production"
+    assert only_production.verdict is Verdict.KEEP_PRODUCTION
     with pytest.raises(UserError, match="no candidate could be scored.*no weights"):
-        select.choose({"finetuned": results["finetuned"]}, "auc_weighted", 0.0)
+        choose.choose({"finetuned": results["finetuned"]}, "auc_weighted", 0.0)
     with pytest.raises(UserError, match="select.metric=roc"):
-        select.choose({"automl": entry(0.8, "automl")}, "roc", 0.0)
+        choose.choose({"automl": entry(0.8, "automl")}, "roc", 0.0)
 
 
 def test_choose_ranks_undefined_metric_last():
-    chosen = select.choose({"finetuned": entry(float("nan")), "automl": entry(0.6, "automl")}, "auc_weighted", 0.0)
+    chosen = choose.choose({"finetuned": entry(float("nan")), "automl": entry(0.6, "automl")}, "auc_weighted", 0.0)
     assert chosen.winner == "automl"
 
 
 def test_negative_margin_and_unknown_decision_settings_are_config_problems():
     from finetune.config.schema import SelectConfig
 
-    assert select.check_config(SelectConfig(margin=0.01)) == []
-    assert "select.margin=-0.1" in select.check_config(SelectConfig(margin=-0.1))[0]
-    problems = select.check_config(SelectConfig(decision_metric="auc_weighted", multiclass_rule="vote"))
+    assert choose.check_config(SelectConfig(margin=0.01)) == []
+    assert "select.margin=-0.1" in choose.check_config(SelectConfig(margin=-0.1))[0]
+    problems = choose.check_config(SelectConfig(decision_metric="auc_weighted", multiclass_rule="vote"))
     assert "select.decision_metric=auc_weighted" in problems[0] and "f1_macro" in problems[0]
     assert "select.multiclass_rule=vote" in problems[1]
 
@@ -201,17 +202,17 @@ def test_evaluate_chooses_the_rule_on_val_ships_it_and_tests_at_it(tmp_path):
     production = make_automl_candidate(tmp_path / "production", data)
     info = json.loads((production / "candidate.json").read_text())
     (production / "candidate.json").write_text(json.dumps({**info, "decision": shipped_rule}))
-    settings = {"metric": "f1_macro", "multiclass_rule": "auto", "train_counts": None}
+    settings = DecisionSettings(metric="f1_macro", multiclass_rule="auto")
 
-    results = select.evaluate({"new": new, "production": production}, data.test_path, LABELS, val_csv=data.val_path,
-                              decision=settings, keep_decision={"production"})
+    results = choose.evaluate({"new": new, "production": production}, data.test_path, LABELS, val_csv=data.val_path,
+                              settings=settings, keep_rule={"production"})
 
     rule = json.loads((new / "candidate.json").read_text())["decision"]
     assert rule == results["new"]["decision"] and rule["rule"] == "threshold" and rule["threshold"] > 0.5
     assert rule["val"] > rule["val_argmax"], "the rule is chosen because it beats argmax on val"
     test = pd.read_csv(data.test_path, keep_default_na=False)
     y = [LABELS.index(label) for label in test.label]
-    proba = select.predict_proba(new, test.text)
+    proba = choose.predict_proba(new, test.text)
     assert results["new"]["test"] == classification_metrics(y, proba, decide(proba, LABELS, rule), labels=LABELS)
     assert results["new"]["test_argmax"] == classification_metrics(y, proba, labels=LABELS)
     assert results["new"]["test"]["recall.negative"] > results["new"]["test_argmax"]["recall.negative"]
@@ -226,13 +227,13 @@ def test_production_with_other_labels_is_refused_or_replaced_on_request(tmp_path
     other = make_automl_candidate(tmp_path / "other", splits, labels=["bad", "good"])
     production = ModelRef(name="reviews-sentiment", version="4", path=str(other))
     with pytest.raises(UserError) as refused:
-        select.check_production_labels(production, LABELS, replace_incompatible=False)
+        choose.check_production_labels(production, LABELS, replace_incompatible=False)
     message = str(refused.value)
     assert "\n" not in message and "'reviews-sentiment' (version 4)" in message
     assert "select.registered_model_name=" in message and "select.replace_incompatible=true" in message
-    assert select.check_production_labels(production, LABELS, replace_incompatible=True) is None
+    assert choose.check_production_labels(production, LABELS, replace_incompatible=True) is None
     same = ModelRef(name="x", version="1", path=str(make_automl_candidate(tmp_path / "same", splits)))
-    assert select.check_production_labels(same, LABELS, replace_incompatible=False) is same
+    assert choose.check_production_labels(same, LABELS, replace_incompatible=False) is same
 
 
 def test_the_selection_section_round_trips_through_summary_json():
@@ -241,7 +242,7 @@ def test_the_selection_section_round_trips_through_summary_json():
     results = {"finetuned": {**entry(0.9), "decision": {"rule": "argmax"}, "test_argmax": {"auc_weighted": 0.9},
                              "test_proba": "/p.npy", "test_labels": "/l.npy"},
                "production": entry(0.8, "automl"), "automl": {"family": "automl", "error": "OSError: gone"}}
-    chosen = select.choose(results, "auc_weighted", 0.0, production_name="production")
+    chosen = choose.choose(results, "auc_weighted", 0.0, production_name="production")
     chosen.production_version = {"name": "m", "version": "2"}
     section = chosen.to_dict()
     assert list(section) == ["metric", "task", "margin", "production", "table", "winner", "decision", "reason", "test",
@@ -253,6 +254,6 @@ def test_the_selection_section_round_trips_through_summary_json():
     assert section["failed"] == {"automl": "OSError: gone"}
     assert SelectionResult.from_dict(section) == chosen
     assert SelectionResult.from_dict(json.loads(json.dumps(section))).to_dict() == section
-    overruled = chosen.overruled("3", select.choose({"production": entry(0.95), "finetuned": entry(0.9)},
+    overruled = chosen.overruled("3", choose.choose({"production": entry(0.95), "finetuned": entry(0.9)},
                                                     "auc_weighted", 0.0, "production"))
     assert not overruled.promotable and SelectionResult.from_dict(overruled.to_dict()) == overruled

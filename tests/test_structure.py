@@ -8,12 +8,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 MAX_LINES = 450
-# Modules other branches were rewriting when the rule below came in (issue 26): their project imports inside
-# functions move to the top with those branches.
-NOT_YET_HOISTED = {
-    "finetune.selection.automl", "finetune.registry.environments", "finetune.registry.model_registry", "finetune.train", "finetune.train.callbacks",
-    "finetune.train.tracking", "finetune.launch.azureml", "finetune.serve",
-}
 
 
 def _modules() -> dict:
@@ -148,8 +142,6 @@ def test_project_imports_sit_at_the_top_unless_they_load_a_third_party_library()
     loads = _third_party_at_import(modules)
     hidden = []
     for name, path in sorted(modules.items()):
-        if any(name == owner or name.startswith(owner + ".") for owner in NOT_YET_HOISTED):
-            continue
         at_top = _imports(name, path, modules, inside_functions=False)
         statements: dict = {}
         for target, node in _imports(name, path, modules).items():

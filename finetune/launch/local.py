@@ -23,9 +23,8 @@ from finetune.registry import model_registry as registry
 from finetune.registry import tracking
 from finetune.registry.tracking import child_args, model_id
 from finetune.report import write_report
-from finetune.selection import choose as select
 from finetune.selection.automl import run_automl
-from finetune.selection.choose import FINETUNED, check_production_labels
+from finetune.selection.choose import FINETUNED, check_production_labels, choose, evaluate
 from finetune.selection.metrics import unprefixed
 from finetune.serve import deploy_local
 from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
@@ -288,11 +287,11 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
         return selection
     production = registry.resolve(name, current, uri, out_dir)
     print(f"production moved to version {current} since selection; comparing again", flush=True)
-    results = select.evaluate({"production": production.path}, data.test_path, list(data.labels), task=data.task)
+    results = evaluate({"production": production.path}, data.test_path, list(data.labels), task=data.task)
     winner = selection.winner
     results[winner] = {"family": selection.family(winner), "test": selection.test(winner)}
-    rechecked = selection.overruled(current, select.choose(results, plan.select.metric, plan.select.margin,
-                                                           "production", task=data.task))
+    rechecked = selection.overruled(current, choose(results, plan.select.metric, plan.select.margin, "production",
+                                                    task=data.task))
     if not rechecked.promotable:
         print(f"not promoted: {rechecked.reason}", flush=True)
     return rechecked

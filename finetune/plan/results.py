@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from finetune.data.prepared import PreparedData
+from finetune.selection.decisions import DecisionRule, Verdict, recorded_rule
+from finetune.serve.rollout import DeploymentResult, ModelRef
 from finetune.system.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from finetune.data import PreparedData
     from finetune.plan.run_plan import RunPlan
-    from finetune.serve.rollout import DeploymentResult, ModelRef
 
 SCHEMA_VERSION = 1
 
@@ -151,7 +151,8 @@ class Candidate:
 
 
 # A table row's keys besides its test metrics, in the order summary.json has them.
-_ROW_KEYS = ("decision", "test_argmax", "test_proba", "test_labels")
+_ROW_FIGURES = ("test_argmax", "test_proba", "test_labels")
+_ROW_KEYS = ("decision", *_ROW_FIGURES)
 
 
 @dataclass
@@ -161,7 +162,7 @@ class SelectionRow:
     candidate: str
     family: Optional[str]  # hf | automl | production (None: failed before its candidate.json was read)
     test: Dict[str, float] = field(default_factory=dict)
-    decision: Optional[dict] = None  # the rule it ships
+    decision: Optional[DecisionRule] = None  # the rule it ships
     test_argmax: Optional[dict] = None  # its metrics at argmax (multi-label: at 0.5)
     test_proba: Optional[str] = None  # <name>_test_proba.npy, for the report's plots
     test_labels: Optional[str] = None
@@ -174,20 +175,21 @@ class SelectionRow:
             return cls(candidate=data["candidate"], family=data.get("family"), error=data["error"])
         # Every other key of a row is a test metric, flat beside the candidate's name in summary.json.
         return cls(candidate=data["candidate"], family=data.get("family"),
-                   **{k: data[k] for k in _ROW_KEYS if k in data},
+                   decision=recorded_rule(data.get("decision")), **{k: data[k] for k in _ROW_FIGURES if k in data},
                    test={k: v for k, v in data.items() if k not in ("candidate", "family", *_ROW_KEYS)})
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"candidate": self.candidate, "family": self.family, "error": self.error}
+        rule = self.decision.to_dict() if self.decision is not None else None
         return {"candidate": self.candidate, "family": self.family, **self.test,
-                **drop_none({key: getattr(self, key) for key in _ROW_KEYS})}
+                **drop_none({"decision": rule, **{key: getattr(self, key) for key in _ROW_FIGURES}})}
 
 
 @dataclass
 class SelectionResult:
     """The select stage's verdict: :func:`finetune.selection.choose.choose`'s table (best first, failed candidates last)
-    and decision, the production version compared with, and the re-check made when production moved before
+    and verdict, the production version compared with, and the re-check made when production moved before
     promotion."""
 
     metric: str
@@ -196,7 +198,7 @@ class SelectionResult:
     production: Optional[str]  # the production candidate's name in the table, None when there was none
     table: List[SelectionRow]
     winner: Optional[str]
-    decision: str  # register | keep_production
+    verdict: Verdict  # summary.json's "decision"
     reason: str
     production_version: Optional[dict] = None  # {"name", "version"} of the production model re-scored
     recheck: Optional[dict] = None  # {"production_version", "decision", "reason"} against a moved production
@@ -206,13 +208,13 @@ class SelectionResult:
         """A saved ``selection`` section (``test`` and ``failed`` repeat the table, so they are not read)."""
         return cls(metric=data["metric"], task=data.get("task", "single_label"), margin=data.get("margin", 0.0),
                    production=data.get("production"), table=[SelectionRow.from_dict(row) for row in data["table"]],
-                   winner=data.get("winner"), decision=data["decision"], reason=data["reason"],
+                   winner=data.get("winner"), verdict=Verdict(data["decision"]), reason=data["reason"],
                    production_version=data.get("production_version"), recheck=data.get("recheck"))
 
     def to_dict(self) -> dict:
         """summary.json's ``selection``: ``test`` and ``failed`` are the table's, by candidate."""
         section = {"metric": self.metric, "task": self.task, "margin": self.margin, "production": self.production,
-                   "table": [row.to_dict() for row in self.table], "winner": self.winner, "decision": self.decision,
+                   "table": [row.to_dict() for row in self.table], "winner": self.winner, "decision": self.verdict.value,
                    "reason": self.reason, "test": {row.candidate: row.test for row in self.scored},
                    "failed": self.failed}
         return {**section, **drop_none({"production_version": self.production_version, "recheck": self.recheck})}
@@ -234,7 +236,7 @@ class SelectionResult:
         row = self.row(candidate)
         return row.test if row is not None and row.error is None else None
 
-    def decision_rule(self, candidate: str) -> Optional[dict]:
+    def decision_rule(self, candidate: str) -> Optional[DecisionRule]:
         row = self.row(candidate)
         return row.decision if row is not None else None
 
@@ -245,14 +247,14 @@ class SelectionResult:
     @property
     def promotable(self) -> bool:
         """Whether the winner may become production (a re-check against a moved production can say no)."""
-        return (self.recheck or {}).get("decision", self.decision) == "register"
+        return Verdict((self.recheck or {}).get("decision", self.verdict)) is Verdict.REGISTER
 
-    def overruled(self, production_version: str, verdict: "SelectionResult") -> "SelectionResult":
+    def overruled(self, production_version: str, again: "SelectionResult") -> "SelectionResult":
         """This result after re-comparing with ``production_version``, which moved after selection."""
-        recheck = {"production_version": production_version, "decision": verdict.decision, "reason": verdict.reason}
+        recheck = {"production_version": production_version, "decision": again.verdict.value, "reason": again.reason}
         reason = self.reason
-        if verdict.decision != "register":
-            reason = f"production moved to version {production_version} before promotion: {verdict.reason}"
+        if again.verdict is not Verdict.REGISTER:
+            reason = f"production moved to version {production_version} before promotion: {again.reason}"
         return dataclasses.replace(self, recheck=recheck, reason=reason)
 
 
@@ -260,7 +262,7 @@ class SelectionResult:
 class Registration:
     """What the register stage did: a version registered (or found with the same content), or production kept."""
 
-    decision: str  # register | keep_production
+    verdict: Verdict  # summary.json's registry "decision" when nothing was registered
     reason: Optional[str] = None
     name: Optional[str] = None
     version: Optional[str] = None
@@ -276,11 +278,10 @@ class Registration:
     @classmethod
     def from_dict(cls, data: dict) -> "Registration":
         if data.get("version") is None:
-            return cls(decision=data["decision"], reason=data.get("reason"))
-        from finetune.serve.rollout import ModelRef
+            return cls(verdict=Verdict(data["decision"]), reason=data.get("reason"))
 
         ref = data.get("model_ref")
-        return cls(decision="register", model_ref=ModelRef(**ref) if ref else None,
+        return cls(verdict=Verdict.REGISTER, model_ref=ModelRef(**ref) if ref else None,
                    **{key: data.get(key) for key in ("reason", "name", "version", "existing", "content_sha256",
                                                      "git_commit", "source", "tags", "sample_request", "promoted")})
 
@@ -290,7 +291,7 @@ class Registration:
 
     def to_dict(self) -> dict:
         if self.version is None:
-            return {"decision": self.decision, "reason": self.reason}
+            return {"decision": self.verdict.value, "reason": self.reason}
         data = {"name": self.name, "version": self.version, "existing": self.existing,
                 "content_sha256": self.content_sha256, "git_commit": self.git_commit, "source": self.source,
                 "tags": self.tags, "model_ref": self.model_ref.to_dict() if self.model_ref is not None else None,
@@ -344,8 +345,6 @@ class RunSummary:
     @classmethod
     def load(cls, run_dir: Path | str) -> "RunSummary":
         """A run's summary.json typed again, so its report can be rewritten from the run folder."""
-        from finetune.serve.rollout import DeploymentResult
-
         path = Path(run_dir) / "summary.json"
         saved = json.loads(path.read_text(encoding="utf-8"))
         summary = cls(path, saved.get("run") or {})
@@ -367,7 +366,8 @@ class RunSummary:
         for name, candidate in self.candidates.items():
             entry = candidate.to_dict()
             if self.selection is not None and self.selection.test(name) is not None:
-                entry.update(test=self.selection.test(name), decision=self.selection.decision_rule(name))
+                rule = self.selection.decision_rule(name)
+                entry.update(test=self.selection.test(name), decision=rule.to_dict() if rule is not None else None)
             candidates[name] = entry
         sections: Dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "run": self.run,

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from finetune.errors import UserError
-from finetune.plan.results import Promotion
+from finetune.plan.results import Promotion, Registration, SelectionOutcome
+from finetune.registry.packaging import GENERATED, write_serving_files
+from finetune.selection.decisions import DecisionSettings, Verdict
 from finetune.serve import SCORE_SCRIPT, ModelRef
 from finetune.system import locks
 
@@ -120,8 +122,6 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, cond
     ``conda`` is the serving environment spec; by default it is built here (from the project's dependency
     list), which a job cannot do: AML's register step passes the spec the submitting machine built.
     """
-    from finetune.registry.packaging import GENERATED, write_serving_files
-
     if not SCORE_SCRIPT.is_file():
         raise UserError(f"{SCORE_SCRIPT} is missing, so a model cannot be packaged for serving; "
                         "reinstall the finetune package")
@@ -321,7 +321,7 @@ def selection_tags(selection: "SelectionResult", data: dict, config: dict, sourc
     """
     metric = selection.metric
     task = data.get("task", "single_label")
-    tags = {"selection.metric": metric, "selection.decision": selection.decision, "task": task,
+    tags = {"selection.metric": metric, "selection.decision": selection.verdict.value, "task": task,
             "candidate": selection.winner, "source": source, "data.raw_sha256": data.get("raw_sha256")}
     # Multi-label models are compared by their F1s as well: AUC alone hides what the thresholds do.
     recorded = dict.fromkeys([metric, *(("f1_micro", "f1_macro") if task == "multi_label" else ())])
@@ -391,8 +391,7 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     The registration holds ``model_ref`` (the registered copy, referenced in place or downloaded to
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
-    from finetune.plan.results import Registration, SelectionOutcome
-    from finetune.selection.choose import PRODUCTION, check_production_labels, choose, decision_settings, evaluate
+    from finetune.selection.choose import PRODUCTION, check_production_labels, choose, evaluate
 
     out_dir = Path(out_dir)
     current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
@@ -405,14 +404,13 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
     task = data_info.get("task", "single_label")
     results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv,
-                       decision=decision_settings(select_cfg, data_info),
-                       keep_decision={PRODUCTION}, task=task)
+                       settings=DecisionSettings.of(select_cfg, data_info), keep_rule={PRODUCTION}, task=task)
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
     if current is not None:
         selection.production_version = {"name": current.name, "version": str(current.version)}
-    if selection.decision != "register":
-        return SelectionOutcome(selection, current, Registration(decision="keep_production", reason=selection.reason))
+    if selection.verdict is not Verdict.REGISTER:
+        return SelectionOutcome(selection, current, Registration(verdict=selection.verdict, reason=selection.reason))
     winner = selection.winner
     tags = selection_tags(selection, data_info, config, (sources or {}).get(winner))
     with tempfile.TemporaryDirectory(prefix="finetune-register-") as scratch:
@@ -427,5 +425,5 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     if model_dir.exists():
         shutil.rmtree(model_dir)
     ref = model_registry.download(registered["version"], model_dir)
-    registration = Registration(decision="register", model_ref=ref, sample_request=sample_request, **registered)
+    registration = Registration(verdict=Verdict.REGISTER, model_ref=ref, sample_request=sample_request, **registered)
     return SelectionOutcome(selection, current, registration)

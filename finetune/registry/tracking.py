@@ -13,7 +13,7 @@ import math
 import time
 from typing import Optional
 
-from finetune.registry.model_registry import _client
+from finetune.registry.model_registry import _client, experiment_id, git_commit
 
 PLAN_TAG = "finetune.plan.run_plan"
 ROLE_TAG = "finetune.role"
@@ -26,8 +26,6 @@ def model_id(model) -> str:
 
 def run_tags(plan, data) -> dict:
     """Tags every run of this invocation carries: what data, which base model, which plan and code."""
-    from finetune.registry.model_registry import git_commit
-
     tags = {PLAN_TAG: plan.name, "finetune.launcher": plan.launcher, "dataset.name": plan.dataset.name,
             "dataset.raw_sha256": data.raw_sha256, "base_model": model_id(plan.model)}
     tags.update({f"dataset.{split}_sha256": info["sha256"] for split, info in data.splits.items()})
@@ -39,8 +37,6 @@ def run_tags(plan, data) -> dict:
 
 def start_pipeline_run(plan, tags: dict) -> str:
     """The id of this plan's pipeline run: the one an interrupted invocation left, or a new one."""
-    from finetune.registry.model_registry import _client, experiment_id
-
     client = _client(plan.tracking.uri)
     experiment = experiment_id(plan.tracking.uri, plan.tracking.experiment)
     earlier = client.search_runs([experiment], f"tags.`{PLAN_TAG}` = '{plan.name}' and tags.`{ROLE_TAG}` = 'pipeline'",
@@ -61,8 +57,6 @@ def child_args(parent_run_id: str, tags: dict, model: str) -> list[str]:
 def log_selection(tracking_uri: str, run_id: str, selection: dict) -> None:
     """Every candidate's test metrics on the pipeline run (``test_<metric>`` for the chosen one)."""
     from mlflow.entities import Metric
-
-    from finetune.registry.model_registry import _client
 
     now = int(time.time() * 1000)
     metrics = []

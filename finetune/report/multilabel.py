@@ -83,7 +83,7 @@ def winner_lines(selection: "SelectionResult", labels: list, figures: Figures) -
     row = selection.row(winner)
     if row is None or row.error is not None:
         return []
-    thresholds = (row.decision or {}).get("thresholds") or {}
+    thresholds = (row.decision.thresholds if row.decision is not None else None) or {}
     proba = truth = None
     if row.test_proba and Path(row.test_proba).is_file() and Path(row.test_labels or "").is_file():
         proba, truth = np.load(row.test_proba), np.load(row.test_labels)

@@ -54,7 +54,7 @@ def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:
              table(["candidate", "what", f"val {metric}", *(f"test {c}" for c in columns), "decision rule",
                      "test recall" if multi_label else f"test recall ({' / '.join(labels)})",
                      "test f1_macro at 0.5" if multi_label else "test f1_macro at argmax"], rows), "",
-             f"**Decision: {selection.decision}** — {selection.reason}", ""]
+             f"**Decision: {selection.verdict}** — {selection.reason}", ""]
 
     scored = selection.scored
     figure, (axis,) = figures.new(7, 2 + 1.1 * len(scored))
@@ -107,7 +107,8 @@ def _winner_plots(selection: "SelectionResult", labels: Optional[list], figures:
     lines = [f"### Chosen model on test: {winner}", ""]
 
     # The labels the endpoint answers: the shipped rule, not argmax.
-    predicted = decide(proba, labels, rows[winner].decision)
+    rule = rows[winner].decision
+    predicted = decide(proba, labels, rule.to_dict() if rule is not None else None)
     matrix = confusion_matrix(y_true, predicted, labels=list(range(len(labels))))
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     figure, (axis,) = figures.new(4.8 + 0.3 * len(labels), 4.2 + 0.3 * len(labels))
@@ -157,7 +158,7 @@ def registry_section(summary: "RunSummary") -> list[str]:
     if registry is None:
         return []
     if registry.version is None:
-        return ["## Registry", "", f"Nothing registered: {registry.reason or registry.decision}", ""]
+        return ["## Registry", "", f"Nothing registered: {registry.reason or registry.verdict}", ""]
     facts = [("model", f"{registry.name} version {registry.version}"
               + (" (same artifacts were already registered)" if registry.existing else "")),
              ("content sha256", registry.content_sha256), ("git commit", registry.git_commit),

@@ -33,7 +33,10 @@ import warnings
 from pathlib import Path
 
 from finetune.config.schema import AutomlConfig
+from finetune.data import read_targets
 from finetune.errors import ConfigProblems, UserError
+from finetune.selection.metrics import classification_metrics, multi_label_metrics
+from finetune.train.losses import class_weights as class_weights_for
 
 DESCRIPTION = "local AutoML baseline (FLAML on TF-IDF)"
 MULTI_LABEL_DESCRIPTION = "local AutoML baseline (one-vs-rest logistic regression on TF-IDF)"
@@ -206,9 +209,6 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import Pipeline
 
-    from finetune.selection.metrics import classification_metrics
-    from finetune.train.losses import class_weights as class_weights_for
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # FLAML's log goes there before the model does
     print(f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s, "
@@ -293,8 +293,6 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
 
 def _run_multi_label(labels, train_texts, train_y, val_texts, val_y, out_dir: Path) -> dict:
     """The multi-label candidate: :func:`one_vs_rest` fitted on train (see the module docstring)."""
-    from finetune.selection.metrics import multi_label_metrics
-
     print(f"{MULTI_LABEL_DESCRIPTION}: C={OVR_C:g}, {len(train_texts)} train texts, {len(labels)} labels ...",
           flush=True)
     started = time.time()
@@ -315,8 +313,6 @@ def _train_and_val(data, labels: list, task: str):
     """(texts, targets) of train and val, and the train examples per class (label); every class (label) must
     have one to be learnt."""
     import numpy as np
-
-    from finetune.data import read_targets
 
     train, val = (read_targets(path, labels, task) for path in (data.train_path, data.val_path))
     counts = (np.asarray(train[1]).sum(axis=0) if task == "multi_label"

@@ -5,7 +5,7 @@ production are scored on the same test split by :func:`finetune.selection.metric
 best by ``select.metric`` wins. A new model replaces production only when it beats production by more
 than ``select.margin``: re-deploying an equivalent model costs a rollout and gains nothing.
 
-Ties are broken explicitly, so the same scores always give the same decision:
+Ties are broken explicitly, so the same scores always give the same verdict:
 1. the production model (a tie is no reason to churn);
 2. then the fine-tuned transformer (``family == "hf"``) over the AutoML baseline;
 3. then by candidate name.
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Optional
 from finetune.data import read_targets
 from finetune.errors import UserError
 from finetune.plan.results import SelectionResult, SelectionRow
+from finetune.selection.decisions import DecisionRule, DecisionSettings, Verdict, recorded_rule
 from finetune.selection.metrics import (
     LOWER_IS_BETTER,
     METRIC_NAMES,
@@ -30,7 +31,7 @@ from finetune.selection.metrics import (
     task_metrics,
 )
 from finetune.selection.rules import check_config as check_decision
-from finetune.selection.rules import choose_decision, choose_label_thresholds, describe
+from finetune.selection.rules import choose_rule, describe
 from finetune.serve import score
 from finetune.serve.score import decide, read_candidate
 
@@ -91,12 +92,12 @@ def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
 
 
 def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None, *,
-             val_csv=None, decision: Optional[dict] = None, keep_decision=(), task: str = "single_label") -> dict:
+             val_csv=None, settings: Optional[DecisionSettings] = None, keep_rule=(),
+             task: str = "single_label") -> dict:
     """Score each candidate folder on the test split at its decision rule: ``{name: {"family", "decision",
-    "test", "test_argmax"}}``.
+    "test", "test_argmax"}}`` (``decision``: the rule as candidate.json has it).
 
-    With ``val_csv`` and ``decision`` (:func:`finetune.selection.rules.choose_decision`'s settings: ``metric``,
-    ``multiclass_rule``, ``train_counts``), each candidate not named in ``keep_decision`` first gets its
+    With ``val_csv`` and ``settings``, each candidate not named in ``keep_rule`` first gets its
     rule chosen on val and written into its ``candidate.json`` (what registration then ships); the others
     (the production model) keep the rule they were shipped with. ``test`` holds the metrics at the rule,
     ``test_argmax`` those at argmax, to show what the rule changed.
@@ -105,14 +106,14 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     ``proba_dir``, the true label ids go to ``test_labels.npy`` and each candidate's probabilities to
     ``<name>_test_proba.npy`` (paths under ``test_labels`` / ``test_proba``) for the report's plots.
     ``task="multi_label"``: targets are 0/1 label matrices, the rule is per-label thresholds for
-    ``decision["metric"]`` (:func:`finetune.selection.rules.choose_label_thresholds`) and ``test_argmax`` holds the
+    ``settings.metric`` (:func:`finetune.selection.rules.choose_label_thresholds`) and ``test_argmax`` holds the
     metrics at 0.5.
     """
     import numpy as np
 
     texts, y_true = read_targets(test_csv, labels, task)
     y_true = np.asarray(y_true)
-    val_texts, y_val = read_targets(val_csv, labels, task) if val_csv is not None and decision else (None, None)
+    val_texts, y_val = read_targets(val_csv, labels, task) if val_csv is not None and settings else (None, None)
     if proba_dir is not None:
         proba_dir = Path(proba_dir)
         proba_dir.mkdir(parents=True, exist_ok=True)
@@ -130,13 +131,13 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
             scorer = load_scorer(path)
             # Columns follow the candidate's label order; metrics and rules here use this run's id order.
             columns = [info["labels"].index(label) for label in labels]
-            rule = info.get("decision") or scorer.decision
-            if val_texts is not None and name not in keep_decision:
-                rule = info["decision"] = choose_rule(y_val, scorer_proba(scorer, val_texts)[:, columns], labels,
-                                                      task, decision)
+            rule = DecisionRule.from_dict(info.get("decision") or scorer.decision)
+            if val_texts is not None and name not in keep_rule:
+                rule = choose_rule(y_val, scorer_proba(scorer, val_texts)[:, columns], labels, task, settings)
+                info["decision"] = rule.to_dict()
                 (Path(path) / "candidate.json").write_text(json.dumps(info, indent=2))
             proba = scorer_proba(scorer, texts)[:, columns]
-            results[name] = {"family": family, **test_at_rule(y_true, proba, labels, task, rule or scorer.decision)}
+            results[name] = {"family": family, **test_at_rule(y_true, proba, labels, task, rule)}
             if proba_dir is not None:
                 proba_path = proba_dir / f"{name}_test_proba.npy"
                 np.save(proba_path, proba)
@@ -148,25 +149,13 @@ def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[
     return results
 
 
-def decision_settings(select_cfg, data_info: dict) -> dict:
-    """:func:`choose_rule`'s settings from the select config and the prepared data's summary."""
-    return {"metric": select_cfg.decision_metric, "multiclass_rule": select_cfg.multiclass_rule,
-            "train_counts": data_info.get("splits", {}).get("train", {}).get("class_counts")}
-
-
-def choose_rule(y_val, proba_val, labels: list[str], task: str, decision: dict) -> dict:
-    """The decision rule chosen on val (``decision``: :func:`evaluate`'s settings); columns in ``labels`` order."""
-    if task == "multi_label":
-        return choose_label_thresholds(y_val, proba_val, labels, decision["metric"])
-    return choose_decision(y_val, proba_val, labels, **decision)
-
-
-def test_at_rule(y_true, proba, labels: list[str], task: str, rule: Optional[dict]) -> dict:
-    """``decision``, ``test`` (the metrics at ``rule``) and ``test_argmax`` (at argmax, or 0.5 per label) of
-    test-split probabilities: one candidate's entry of :func:`evaluate`, wherever its probabilities came from."""
-
-    return {"decision": rule or {"rule": "argmax"},
-            "test": task_metrics(task, y_true, proba, decide(proba, labels, rule), labels=labels),
+def test_at_rule(y_true, proba, labels: list[str], task: str, rule: DecisionRule) -> dict:
+    """``decision`` (``rule`` as candidate.json has it), ``test`` (the metrics at ``rule``) and ``test_argmax`` (at
+    argmax, or 0.5 per label) of test-split probabilities: one candidate's entry of :func:`evaluate`, wherever its
+    probabilities came from."""
+    shipped = rule.to_dict()
+    return {"decision": shipped,
+            "test": task_metrics(task, y_true, proba, decide(proba, labels, shipped), labels=labels),
             "test_argmax": task_metrics(task, y_true, proba, labels=labels)}
 
 
@@ -179,8 +168,8 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
            production_name: Optional[str] = None, task: str = "single_label") -> SelectionResult:
     """Pick the model to ship from :func:`evaluate` results (its ``to_dict()`` is the ``selection`` section).
 
-    ``decision`` is ``register`` (a new model: the best new candidate, which beats production by more
-    than ``margin`` or there is no production to beat) or ``keep_production``. A candidate that failed
+    The :class:`Verdict` is ``REGISTER`` (a new model: the best new candidate, which beats production by more
+    than ``margin`` or there is no production to beat) or ``KEEP_PRODUCTION``. A candidate that failed
     is listed with its error; only when nothing could be scored is that a :class:`UserError`.
     """
     legal = [name for name in metric_names(task) if name not in LOWER_IS_BETTER]
@@ -202,31 +191,31 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
     new = [name for name in ranked if name != production_name]
     has_production = production_name in scored
     if not new:
-        decision, winner = "keep_production", production_name
+        verdict, winner = Verdict.KEEP_PRODUCTION, production_name
         reason = "no new candidate could be scored; the production model stays"
     elif not has_production:
-        decision, winner = "register", new[0]
+        verdict, winner = Verdict.REGISTER, new[0]
         reason = (f"{new[0]} has the best test {metric} ({_score(scored[new[0]], metric):.4f}); "
                   + (f"the production model could not be scored ({failed[production_name]})"
                      if production_name in failed else "there is no production model yet"))
     else:
         best, current = _score(scored[new[0]], metric), _score(scored[production_name], metric)
         if best > current + margin:
-            decision, winner = "register", new[0]
+            verdict, winner = Verdict.REGISTER, new[0]
             reason = (f"{new[0]} beats production on test {metric}: {best:.4f} > {current:.4f} "
                       f"+ margin {margin:g}")
         else:
-            decision, winner = "keep_production", production_name
+            verdict, winner = Verdict.KEEP_PRODUCTION, production_name
             reason = (f"best new candidate {new[0]} ({best:.4f}) does not beat production ({current:.4f}) "
                       f"by more than the margin {margin:g} on test {metric}; nothing is deployed")
 
     table = [SelectionRow(candidate=name, family=family(name), test=scored[name]["test"],
-                          **{key: scored[name].get(key) for key in ("decision", "test_argmax", "test_proba",
-                                                                     "test_labels")})
+                          decision=recorded_rule(scored[name].get("decision")),
+                          **{key: scored[name].get(key) for key in ("test_argmax", "test_proba", "test_labels")})
              for name in ranked]
     table += [SelectionRow(candidate=name, family=family(name), error=error) for name, error in failed.items()]
     selection = SelectionResult(metric=metric, task=task, margin=margin, production=production_name, table=table,
-                                winner=winner, decision=decision, reason=reason)
+                                winner=winner, verdict=verdict, reason=reason)
     print(format_table(selection), flush=True)
     return selection
 
@@ -251,7 +240,7 @@ def format_table(selection: SelectionResult) -> str:
             widths[i] = max(widths[i], len(cell))
     lines = ["  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
              for row in [header, *rows]]
-    return "\n".join(lines + [f"decision: {selection.decision} ({selection.reason})"])
+    return "\n".join(lines + [f"decision: {selection.verdict} ({selection.reason})"])
 
 
 def check_production_labels(production, labels: list[str], replace_incompatible: bool):

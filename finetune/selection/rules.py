@@ -23,10 +23,12 @@ The rule is applied by :func:`finetune.serve.score.decide`, the function the end
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 from finetune.config.schema import MULTICLASS_RULES
 from finetune.errors import UserError
+from finetune.selection.decisions import DecisionRule, DecisionSettings
 from finetune.selection.metrics import METRIC_NAMES, RANKING_METRICS, decision_metrics, multi_label_metrics
 from finetune.serve.score import decide
 
@@ -68,13 +70,16 @@ def _require(metric: str, task: str):
         raise UserError(problems[0])
 
 
-def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metric: str = "f1_macro",
-                    multiclass_rule: str = "auto", train_counts: Dict[str, int] | None = None) -> dict:
-    """The decision rule (``candidate.json``'s ``decision``) that maximises ``metric`` on val.
+def choose_rule(y_val, proba_val, labels: Sequence[str], task: str, settings: DecisionSettings) -> DecisionRule:
+    """The rule chosen on val for ``task`` with ``settings``; columns of ``proba_val`` in ``labels`` order."""
+    if task == "multi_label":
+        return choose_label_thresholds(y_val, proba_val, labels, settings.metric)
+    return choose_decision(y_val, proba_val, labels, settings.metric, settings.multiclass_rule, settings.train_counts)
 
-    The returned dict also records ``metric`` and its val value at the rule (``val``) and at argmax
-    (``val_argmax``), so a reader sees what the rule bought.
-    """
+
+def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metric: str = "f1_macro",
+                    multiclass_rule: str = "auto", train_counts: Dict[str, int] | None = None) -> DecisionRule:
+    """The single-label rule that maximises ``metric`` on val, with its val figures (see :class:`DecisionRule`)."""
     import numpy as np
 
     _require(metric, "single_label")
@@ -82,10 +87,10 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
     proba_val = np.asarray(proba_val, dtype=np.float64)
     labels = [str(label) for label in labels]
 
-    def score(decision: dict) -> float:
-        return decision_metrics(y_val, decide(proba_val, labels, decision), len(labels))[metric]
+    def score(decision: DecisionRule) -> float:
+        return decision_metrics(y_val, decide(proba_val, labels, decision.to_dict()), len(labels))[metric]
 
-    argmax = {"rule": "argmax"}
+    argmax = DecisionRule()
     at_argmax = score(argmax)
     best, best_value = argmax, at_argmax
     if len(np.unique(y_val)) < 2:
@@ -100,16 +105,16 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
         tried = []
         for strength in PRIOR_STRENGTHS:
             weights = priors ** -strength
-            decision = {"rule": "class_weights", "prior_strength": strength,
-                        "weights": {label: round(float(w / weights.max()), 6) for label, w in zip(labels, weights)}}
+            decision = DecisionRule("class_weights", prior_strength=strength,
+                                    weights={label: round(float(w / weights.max()), 6) for label, w in zip(labels, weights)})
             tried.append((score(decision), strength, decision))
         value, _, decision = max(tried, key=lambda item: (item[0], -item[1]))
         if multiclass_rule == "prior_correction" or value > best_value:
             best, best_value = decision, value
-    return {**best, "metric": metric, "val": best_value, "val_argmax": at_argmax}
+    return best.with_val(metric, best_value, at_argmax)
 
 
-def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str = "f1_macro") -> dict:
+def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str = "f1_macro") -> DecisionRule:
     """The multi-label rule: per-label thresholds that maximise ``metric`` on val (see the module docstring)."""
     import numpy as np
 
@@ -130,11 +135,11 @@ def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str
         thresholds[column] = _middle_of_best(cuts, _f1_at_cuts(truth, scores, cuts))
     if metric == "f1_micro":
         thresholds = _pooled_f1_thresholds(y_val, proba_val, thresholds, tunable)
-    decision = {"rule": "per_label_thresholds",
-                "thresholds": {str(label): float(value) for label, value in zip(labels, thresholds)}}
-    at_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, list(labels), decision))[metric]
+    decision = DecisionRule("per_label_thresholds",
+                            thresholds={str(label): float(value) for label, value in zip(labels, thresholds)})
+    at_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, list(labels), decision.to_dict()))[metric]
     at_half = multi_label_metrics(y_val, proba_val)[metric]
-    return {**decision, "metric": metric, "val": at_rule, "val_argmax": at_half}
+    return decision.with_val(metric, at_rule, at_half)
 
 
 def _pooled_f1_thresholds(y_val, proba_val, thresholds, tunable):
@@ -213,30 +218,30 @@ def _middle_of_best(cuts, values) -> float:
 def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax: float):
     import numpy as np
 
-    rule = {"rule": "threshold", "positive_label": labels[1]}
+    rule = DecisionRule("threshold", positive_label=labels[1])
     cuts = _cuts(proba_val[:, 1])
-    values = np.array([decision_metrics(y_val, decide(proba_val, labels, {**rule, "threshold": cut}), 2)[metric]
-                       for cut in cuts])
+    values = np.array([decision_metrics(y_val, decide(proba_val, labels, replace(rule, threshold=cut).to_dict()),
+                                        2)[metric] for cut in cuts])
     # A share of 0 is the plain best cut (scripts/bench_threshold_rule.py compares with it).
     reach = max(1, round(SMOOTHING_SHARE * len(cuts))) if SMOOTHING_SHARE > 0 else 0
     # Past the ends every threshold gives the labels of the end itself.
     averaged = np.convolve(np.pad(values, reach, mode="edge"), np.ones(2 * reach + 1) / (2 * reach + 1), "valid")
-    decision = {**rule, "threshold": _middle_of_best(cuts, averaged)}
-    value = decision_metrics(y_val, decide(proba_val, labels, decision), 2)[metric]
+    decision = replace(rule, threshold=_middle_of_best(cuts, averaged))
+    value = decision_metrics(y_val, decide(proba_val, labels, decision.to_dict()), 2)[metric]
     if value <= at_argmax:
         # 0.5 is argmax for two classes.
-        return {**rule, "threshold": 0.5}, at_argmax
+        return replace(rule, threshold=0.5), at_argmax
     return decision, value
 
 
-def describe(decision: dict | None) -> str:
+def describe(decision: Optional[DecisionRule]) -> str:
     """The rule in a few words, for tables: ``P(positive) >= 0.83``, ``argmax``, ``argmax of P / prior^1``."""
-    rule = (decision or {}).get("rule", "argmax")
-    if rule == "threshold":
-        return f"P({decision['positive_label']}) >= {decision['threshold']:.3f}"
-    if rule == "class_weights":
-        return f"argmax of P / prior^{decision.get('prior_strength', '?')}"
-    if rule == "per_label_thresholds":
-        values = list(decision["thresholds"].values())
+    decision = decision or DecisionRule()
+    if decision.rule == "threshold":
+        return f"P({decision.positive_label}) >= {decision.threshold:.3f}"
+    if decision.rule == "class_weights":
+        return f"argmax of P / prior^{decision.prior_strength if decision.prior_strength is not None else '?'}"
+    if decision.rule == "per_label_thresholds":
+        values = list(decision.thresholds.values())
         return f"per-label P >= t (t {min(values):.2f}..{max(values):.2f})"
     return "argmax"

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from finetune.errors import UserError
-from finetune.serve.rollout import ModelRef
+from finetune.registry.model_registry import resolve
+from finetune.serve.endpoint import SAMPLE_REQUEST, LocalEndpoint
+from finetune.serve.rollout import ModelRef, rollout
 from finetune.system.processes import interrupt_on_signals
 
 SERVE_ENDPOINT = "finetune-serve"
@@ -82,8 +84,6 @@ def _local_model(folder: Path) -> ModelRef:
 
 def _sample_request(model_dir: Optional[str]) -> dict:
     """The sample the registry stored with the model (real test reviews), else a fixed pair."""
-    from finetune.serve.endpoint import SAMPLE_REQUEST
-
     stored = Path(model_dir) / "sample_request.json" if model_dir else None
     if stored and stored.is_file():
         return json.loads(stored.read_text(encoding="utf-8"))
@@ -92,9 +92,6 @@ def _sample_request(model_dir: Optional[str]) -> dict:
 
 def bring_up(args: argparse.Namespace):
     """The running endpoint and the request its example curl sends."""
-    from finetune.serve.endpoint import LocalEndpoint
-    from finetune.serve.rollout import rollout
-
     if args.endpoint:
         if args.model_dir or args.model_version:
             raise UserError("--endpoint serves what that endpoint recorded; drop --model-dir/--model-version")
@@ -119,8 +116,6 @@ def bring_up(args: argparse.Namespace):
     if args.model_dir:
         model = _local_model(args.model_dir)
     else:
-        from finetune.registry.model_registry import resolve
-
         model = resolve(args.model_name, args.model_version, args.tracking_uri, endpoint.dir / "model")
     sample = _sample_request(model.path)
     with _stopped_on_failure(endpoint):
@@ -140,8 +135,6 @@ def _stopped_on_failure(endpoint):
 
 
 def existing_endpoint(args: argparse.Namespace):
-    from finetune.serve.endpoint import LocalEndpoint
-
     name = args.endpoint or SERVE_ENDPOINT
     if not (args.endpoints_dir / name / "state.json").is_file():
         raise UserError(f"no local endpoint {name!r} under {args.endpoints_dir}")

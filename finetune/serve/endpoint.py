@@ -33,6 +33,7 @@ from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, Roll
 from finetune.serve.router import deployment_connection
 from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
 from finetune.system.files import link_or_copy, write_json_atomic
+from finetune.system.locks import hold
 from finetune.system.processes import free_port
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
@@ -409,7 +410,6 @@ def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_re
     if endpoint_cfg.host not in LOOPBACK_HOSTS:
         print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
               "its key travels over plain HTTP to anyone who can reach this machine", flush=True)
-    from finetune.system.locks import hold
 
     endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
     # One rollout at a time per endpoint: two would both pick the free colour.

@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 
+from finetune.system.processes import PR_SET_PDEATHSIG
+
 BIND_SOCKET_ENV = "FINETUNE_BIND_SOCKET"
 
 
@@ -26,8 +28,6 @@ def _worker_dies_with_master(_server, _worker) -> None:
     half its (AML default 300 s) timeout, or never while init() loads the model; the kernel is faster."""
     if sys.platform.startswith("linux"):
         import ctypes
-
-        from finetune.system.processes import PR_SET_PDEATHSIG
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from finetune.system.processes import die_with_parent
+
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 ROUTER_MODULE = "finetune.serve.router"
 SERVER_MODULE = "finetune.serve.inference_server"
@@ -22,8 +24,6 @@ SERVER_MODULE = "finetune.serve.inference_server"
 def spawn(command: list[str], log: Path, cwd: Path, env: dict, tied: bool) -> subprocess.Popen:
     """A server process leading its own process group (so it can be signalled whole); ``tied``: killed by
     the kernel when this process dies, else in its own session, outliving this command."""
-    from finetune.system.processes import die_with_parent
-
     with open(log, "ab") as handle:
         if tied:
             return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

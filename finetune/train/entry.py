@@ -46,9 +46,16 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from finetune.config.spec import TrainArgs, logged_parameters, parse_args, trainer_arguments
-from finetune.selection.metrics import unprefixed
+from finetune.data import read_targets
+from finetune.errors import UserError
+from finetune.search.reporting import TrialReporter
+from finetune.selection.metrics import task_metrics, unprefixed
+from finetune.system import locks
 from finetune.system.files import write_json_atomic
+from finetune.train import learning_check
+from finetune.train.callbacks import observer, throughput_meter
 from finetune.train.checkpoints import RESUME_FILE, newest_complete_checkpoint
+from finetune.train.hardware import BatchPlan, choose_runtime, is_main_process, load_model, plan_batch
 from finetune.train.learning_check import (
     LOWER_LR_FACTOR,
     CheckLog,
@@ -64,6 +71,9 @@ from finetune.train.losses import (
     weighted_binary_cross_entropy,
     weighted_cross_entropy,
 )
+from finetune.train.progress import training_callback
+from finetune.train.telemetry import ResourceMonitor
+from finetune.train.tracking import NullTracking, start_tracking
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -126,10 +136,6 @@ def setup(args: TrainArgs) -> Setup:
     import transformers
     from datasets import Dataset
     from transformers import AutoTokenizer
-
-    from finetune.data import read_targets
-    from finetune.train.hardware import BatchPlan, choose_runtime, is_main_process, plan_batch
-    from finetune.train.tracking import NullTracking, start_tracking
 
     transformers.logging.set_verbosity_error()
     _quiet_library_progress_bars()
@@ -195,8 +201,6 @@ def setup(args: TrainArgs) -> Setup:
 def _new_model(args: TrainArgs, runtime, labels: List[str]):
     """The pretrained encoder with a new classification head for ``labels``."""
     import transformers
-
-    from finetune.train.hardware import load_model
 
     # The classification head is initialised randomly: seed before creating it, or equal seeds give
     # different trials (the Trainer seeds only after the model exists).
@@ -266,23 +270,15 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     from transformers import DataCollatorWithPadding, Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from finetune.train import learning_check
-    from finetune.train.callbacks import observer, throughput_meter
-    from finetune.train.progress import training_callback
-
     args, first_process = prepared.args, prepared.first_process
     reporter = None
     if args.trial_storage and first_process:
-        from finetune.search.reporting import TrialReporter
-
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
     watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
 
     multi_label = args.task == "multi_label"
 
     def compute_metrics(prediction):
-        from finetune.selection.metrics import task_metrics
-
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         logits = torch.as_tensor(logits, dtype=torch.float32)
         proba = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
@@ -404,8 +400,6 @@ def _best_evaluation(evaluations: List[dict], metric: str, goal: str) -> Optiona
 
 
 def _resource_monitor(args: TrainArgs, tracking, step):
-    from finetune.train.telemetry import ResourceMonitor
-
     monitor = ResourceMonitor(interval_s=args.telemetry_interval_s, log=tracking.log, step=step)
     monitor.start()
     return monitor
@@ -415,8 +409,6 @@ def _resource_monitor(args: TrainArgs, tracking, step):
 def _owned(output_dir: str):
     """One process trains into an output dir at a time: a second one would resume from checkpoints the first
     is still writing, and the first deletes them when it ends. Under DDP the first process holds it for all."""
-    from finetune.system import locks
-
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
@@ -428,8 +420,6 @@ def _owned(output_dir: str):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from finetune.errors import UserError
-
     args = parse_args(argv)
     try:
         with _owned(args.output_dir):

@@ -12,6 +12,7 @@ import sys
 from typing import Optional
 
 from finetune.config.spec import TrainArgs, logged_parameters
+from finetune.errors import UserError
 
 # AML sets these in every job (azureml-mlflow reads the same: azureml/mlflow/_common/constants.py RunEnvVars).
 AML_RUN_VARIABLE = "AZUREML_RUN_ID"
@@ -35,8 +36,6 @@ def start_tracking(args: TrainArgs, run_id: Optional[str] = None):
     try:
         return _Tracking(args, run_id)
     except Exception as error:  # noqa: BLE001 - any store failure is judged the same way
-        from finetune.errors import UserError
-
         where = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "MLflow's default store"
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         if on_azureml():

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.data import prepare
+from finetune.launch.azureml import credentials, environment, export, pricing, submit, workspace
 from finetune.launch.azureml.checks import check_azureml as check
 from finetune.launch.azureml.checks import distinct_targets as separate
 from finetune.launch.azureml.checks import resolve_limits as resolve
+from finetune.launch.azureml.checks import with_task
 from finetune.plan.run_plan import RunPlan
 
 __all__ = ["auto_choices", "check", "resolve", "run", "separate"]
@@ -35,10 +38,6 @@ def run(plan: RunPlan) -> None:
     import logging
     import tempfile
 
-    from finetune.data import prepare
-    from finetune.launch.azureml import environment, export, pricing
-    from finetune.launch.azureml.checks import with_task
-
     # azure-ai-ml announces its own experimental internals on every dump; nothing a user chose or can act on.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     client = None if plan.dry_run else connect(plan)
@@ -56,13 +55,10 @@ def run(plan: RunPlan) -> None:
         print(f"\ndry run: nothing submitted; submit with `az ml job create -f {exported.folder / 'pipeline.yml'}` "
               "or rerun without dry_run=true")
         return
-    from finetune.launch.azureml.submit import submit
 
-    submit(plan, exported, client)
+    submit.submit(plan, exported, client)
 
 
 def connect(plan: RunPlan):
     """MLClient of the plan's workspace, with credentials verified (one line and exit 2 when there are none)."""
-    from finetune.launch.azureml import credentials, workspace
-
     return credentials.ml_client(workspace.resolve(plan.workspace))

@@ -29,7 +29,12 @@ import csv
 import math
 from typing import TYPE_CHECKING, List
 
+from finetune.config.schema import PolicyConfig
+from finetune.launch.azureml.checks import automl_metric
+from finetune.launch.azureml.compute import steps_compute
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
+from finetune.launch.azureml.runtime.step_args import TestAutomlArgs, command_line
+from finetune.launch.azureml.sweep import distribution, policy
 
 if TYPE_CHECKING:
     from finetune.config.schema import DatasetConfig
@@ -101,8 +106,6 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
     """
     from azure.ai.ml import Input, Output, automl
 
-    from finetune.launch.azureml.checks import automl_metric
-
     config, task = plan.automl, plan.dataset.task
     multi_label = task == "multi_label"
     build = automl.text_classification_multilabel if multi_label else automl.text_classification
@@ -133,9 +136,6 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
 def _set_sweep(job, sweep: dict) -> None:
     from azure.ai.ml.automl import SearchSpace
 
-    from finetune.config.schema import PolicyConfig
-    from finetune.launch.azureml.sweep import distribution, policy
-
     subspaces = sweep.get("space") or []
     if isinstance(subspaces, dict):
         subspaces = [subspaces]
@@ -147,21 +147,22 @@ def _set_sweep(job, sweep: dict) -> None:
                   early_termination=policy(PolicyConfig(**(sweep.get("policy") or {"type": "none"}))))
 
 
+def test_step_args(task: str) -> TestAutomlArgs:
+    return TestAutomlArgs(model="${{inputs.model}}", test_file="${{inputs.test}}", val_file="${{inputs.val}}",
+                          labels_file="${{inputs.labels}}", settings="${{inputs.settings}}", task=task,
+                          output_dir="${{outputs.%s}}" % TEST_OUTPUT)
+
+
 def test_step(plan: "RunPlan", code: str, environment):
     """The command that makes AutoML's best model a candidate (``finetune.launch.azureml.runtime.steps test-automl``):
     its decision rule chosen on val, its test metrics, and the candidate folder the register step ships."""
     from azure.ai.ml import Input, Output, command
 
-    from finetune.launch.azureml.compute import steps_compute
-
     return command(
         name="test_automl",
         display_name="test AutoML's best model",
         description="choose the AutoML best model's decision rule on val, score it on test, package it",
-        command=("python -m finetune.launch.azureml.runtime.steps test-automl --model ${{inputs.model}} "
-                 "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
-                 "--settings ${{inputs.settings}} --task %s --output-dir ${{outputs.%s}}"
-                 % (plan.dataset.task, TEST_OUTPUT)),
+        command=command_line(test_step_args(plan.dataset.task)),
         code=code,
         environment=environment,
         compute=steps_compute(plan),

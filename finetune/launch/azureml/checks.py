@@ -15,7 +15,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, List
 
+from finetune.config.schema import PolicyConfig
+from finetune.errors import ConfigProblems, UserError
+from finetune.launch.azureml.command import model_hub_id
+from finetune.launch.azureml.workspace import resolve
+from finetune.search.policies import policy_problems
+from finetune.search.space import DISTRIBUTIONS
+from finetune.search.validation import objective_problems
 from finetune.serve.endpoint_names import ENDPOINT_NAME, ENDPOINT_NAME_LENGTH, endpoint_name
+from finetune.serve.rollout import RolloutError, check_ramp
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -112,8 +120,6 @@ def distinct_targets(plans: list) -> list:
             endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name(f"{plan.endpoint.name}-{slug}"))))
     names = [(p.select.registered_model_name, p.endpoint.name) for p in result if p.launcher == "azureml"]
     if len(set(names)) < len(names):
-        from finetune.errors import UserError
-
         raise UserError("the AML plans of this multirun would share a registered model name or endpoint; set "
                         "select.registered_model_name and endpoint.name per plan")
     return result
@@ -211,8 +217,6 @@ def search_problems(plan: "RunPlan") -> List[str]:
                                 f"{', '.join(BAYESIAN_DISTRIBUTIONS)}; use one of them or search.sampling=random")
     model = search.space.get("model")
     if isinstance(model, dict) and model.get("type") == "choice":
-        from finetune.launch.azureml.command import model_hub_id
-
         local = [name for name in model.get("values", []) if model_hub_id(str(name)) is None]
         if local:
             problems.append(f"search.space.model.values={list(model['values'])}: {', '.join(map(str, local))} "
@@ -276,9 +280,6 @@ def with_task(plan: "RunPlan", task: str) -> "RunPlan":
     again for the rules that depend on it: AutoML's primary metric and the sweep's objective."""
     import dataclasses
 
-    from finetune.errors import ConfigProblems
-    from finetune.search.validation import objective_problems
-
     plan = dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=task))
     problems = objective_problems(plan)
     if plan.automl.engine == "text_classification":
@@ -289,10 +290,6 @@ def with_task(plan: "RunPlan", task: str) -> "RunPlan":
 
 
 def _automl_sweep_problems(automl) -> List[str]:
-    from finetune.config.schema import PolicyConfig
-    from finetune.search.policies import policy_problems
-    from finetune.search.space import DISTRIBUTIONS
-
     sweep, key = automl.sweep, "automl.sweep"
     if not sweep:
         return []
@@ -367,7 +364,6 @@ def endpoint_problems(plan: "RunPlan") -> List[str]:
             problems.append(f"endpoint.{name}={getattr(endpoint, name)}: must be >= 1")
     if not 0 <= endpoint.max_error_rate <= 1:
         problems.append(f"endpoint.max_error_rate={endpoint.max_error_rate}: a fraction in [0, 1]")
-    from finetune.serve.rollout import RolloutError, check_ramp
 
     try:
         # Each step gives the new deployment p% and the old ones 100-p%: traffic sums to 100 when the
@@ -394,6 +390,5 @@ def workspace_problems(plan: "RunPlan") -> List[str]:
     """A submission needs all three workspace fields; a dry run needs none."""
     if plan.dry_run:
         return []
-    from finetune.launch.azureml.workspace import resolve
 
     return resolve(plan.workspace).problems

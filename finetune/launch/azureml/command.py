@@ -14,6 +14,10 @@ import re
 import shlex
 from typing import TYPE_CHECKING, List, Optional
 
+from finetune.config.model_files import model_config
+from finetune.config.spec import searchable, to_argv
+from finetune.train.process import train_args
+
 if TYPE_CHECKING:
     from finetune.launch.azureml.data import DataRefs
     from finetune.plan.run_plan import RunPlan
@@ -30,15 +34,11 @@ def placeholder(kind: str, name: str) -> str:
 
 def model_hub_id(config_name: str) -> Optional[str]:
     """The hub id of a model config (conf/model/<name>.yaml), or None (no such config, or no hub id)."""
-    from finetune.config.model_files import model_config
-
     model = model_config(config_name)
     return model.hub_id if model else None
 
 
 def hyperparameter_inputs(plan: "RunPlan") -> dict:
-    from finetune.config.spec import searchable
-
     return {name: getattr(plan.model, name) for name in searchable()}
 
 
@@ -56,9 +56,6 @@ def model_input(plan: "RunPlan"):
 
 def arguments(plan: "RunPlan") -> List[str]:
     """``python -m finetune.train`` arguments with AML placeholders (see the module docstring)."""
-    from finetune.config.spec import to_argv
-    from finetune.train.process import train_args
-
     hyperparameters = {name: placeholder("inputs", name) for name in hyperparameter_inputs(plan)}
     args = train_args(plan, ".", placeholder("outputs", OUTPUT), hyperparameters,
                       model_path=placeholder("inputs", "model"))

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
+from finetune.data.sources import sha256_file
+from finetune.registry.model_registry import content_hash
+
 if TYPE_CHECKING:
     from finetune.data import PreparedData
     from finetune.plan.run_plan import RunPlan
@@ -78,9 +81,6 @@ def write_mltables(prepared: "PreparedData", folder: Path) -> Dict[str, Path]:
 
 def asset_specs(plan: "RunPlan", prepared: "PreparedData", tables: Dict[str, Path]) -> List[AssetSpec]:
     """The data assets of a prepared dataset, each with the hash that identifies its content."""
-    from finetune.data.sources import sha256_file
-    from finetune.registry.model_registry import content_hash
-
     source = f"{plan.dataset.name} ({prepared.source})"
     specs = [AssetSpec(split, asset_name(plan, split), "uri_file", prepared.path(split),
                        prepared.splits[split]["sha256"], f"{split} split of {source}: text,label CSV")

@@ -15,6 +15,8 @@ import datetime as _dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from finetune.launch.azureml.compute import steps_compute
+from finetune.launch.azureml.runtime.step_args import DeployArgs, command_line
 from finetune.registry.packaging import model_environment as own_environment
 from finetune.serve.score import find_candidate, read_candidate
 
@@ -127,18 +129,20 @@ def deployment_entity(config: "EndpointConfig", name: str, model: str, environme
     )
 
 
+def step_args() -> DeployArgs:
+    return DeployArgs(model_ref="${{inputs.model_ref}}", settings="${{inputs.settings}}",
+                      output_dir="${{outputs.%s}}" % OUTPUT)
+
+
 def deploy_step(plan: "RunPlan", code: str, environment):
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
-
-    from finetune.launch.azureml.compute import steps_compute
 
     return command(
         name="deploy",
         display_name=f"roll out to endpoint {plan.endpoint.name}",
         description="safe rollout of the registered model (finetune.serve.rollout with an AML endpoint)",
-        command=("python -m finetune.launch.azureml.runtime.steps deploy --model-ref ${{inputs.model_ref}} "
-                 "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT),
+        command=command_line(step_args()),
         code=code,
         environment=environment,
         compute=steps_compute(plan),

@@ -29,6 +29,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from finetune.errors import UserError
+
+# The module, not its names: what it reads from the installed packages is replaced in tests.
+from finetune.registry import environments
+
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
@@ -97,25 +102,20 @@ def with_torch_build(requirements: List[str], build: str) -> List[str]:
 def job_spec(role: str, build: str) -> dict:
     """Conda spec of one job role (:data:`JOB_PACKAGES`) for one torch build, pinned with everything its packages
     pull in; refuses a tracking role whose dependency list cannot track on AML."""
-    from finetune.errors import UserError
-    from finetune.registry.environments import conda_spec, pinned_closure, pinned_requirements
-
     if role in TRACKING_ROLES and not any(
             line.split("==")[0].split(">")[0].split("<")[0].strip().lower() == TRACKING_PLUGIN
-            for line in pinned_requirements()):
+            for line in environments.pinned_requirements()):
         raise UserError(f"the project's dependencies lack {TRACKING_PLUGIN}: AML jobs log to an azureml:// MLflow URI "
                         "that only this plugin opens; add it to pyproject.toml")
-    requirements = pinned_closure(JOB_PACKAGES[role])
+    requirements = environments.pinned_closure(JOB_PACKAGES[role])
     if any(line.split("==")[0].lower() == "torch" for line in requirements):
         requirements = with_torch_build(requirements, build)
-    return conda_spec(requirements, name=f"finetune-{role.replace('_', '-')}-{build}")
+    return environments.conda_spec(requirements, name=f"finetune-{role.replace('_', '-')}-{build}")
 
 
 def serving_spec(runtime: str = "torch") -> dict:
     """The deployment's conda spec: only what serving with ``runtime`` needs (no torch for ONNX Runtime)."""
-    from finetune.registry.environments import serving_conda_spec
-
-    spec = serving_conda_spec(runtime)
+    spec = environments.serving_conda_spec(runtime)
     if runtime == "torch":
         spec["dependencies"][-1]["pip"] = with_torch_build(spec["dependencies"][-1]["pip"], "cpu")
     return spec

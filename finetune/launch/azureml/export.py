@@ -36,8 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+import finetune
+from finetune.config.schema import PolicyConfig
+from finetune.data import PreparedData
 from finetune.errors import ConfigProblems
-from finetune.launch.azureml.automl import data_problems
+from finetune.launch.azureml.automl import data_problems, text_classification
+from finetune.launch.azureml.checks import with_task
+from finetune.launch.azureml.sweep import as_yaml, distribution, policy
+from finetune.registry.environments import ENVIRONMENT_NAME
+from finetune.registry.model_registry import git_commit, job_config, sample_request
 
 if TYPE_CHECKING:
     from finetune.data import PreparedData
@@ -74,8 +81,6 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
     its workspace), no secrets and no path of this machine: the data section without split paths, the
     config as :func:`finetune.registry.model_registry.job_config` (identity, workspace, local paths removed).
     """
-    from finetune.registry.model_registry import git_commit, job_config, sample_request
-
     data = prepared.to_dict()
     data["splits"] = {split: {key: value for key, value in info.items() if key != "path"}
                       for split, info in data.get("splits", {}).items()}
@@ -106,8 +111,6 @@ def with_base_model(plan: "RunPlan", folder: Path, relative_to: Optional[Path]) 
 
 def stage_code(target: Path) -> Path:
     """A clean copy of the installed ``finetune`` package under ``target`` (the jobs' code snapshot)."""
-    import finetune
-
     source = Path(finetune.__file__).resolve().parent
     if target.exists():
         shutil.rmtree(target)
@@ -123,10 +126,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     emulated) and the caller may prepare into a scratch folder. The jobs are built for ``prepared.task``
     (:func:`.checks.with_task`: ``dataset.task=auto`` is decided by the data).
     """
-    from finetune.data import PreparedData
     from finetune.launch.azureml import command, compute, data, deploy, environment, pipeline, predict, sweep
-    from finetune.launch.azureml.checks import with_task
-    from finetune.registry.environments import ENVIRONMENT_NAME
     from finetune.serve import score
 
     plan = with_task(plan, prepared.task)
@@ -236,14 +236,10 @@ def automl_dict(plan: "RunPlan", refs) -> dict:
     With ``automl.sweep`` the SDK cannot dump the job, so the job is dumped without it and the sweep is
     added in the CLI's own syntax (``sweep``, ``search_space``).
     """
-    from finetune.launch.azureml.automl import text_classification
-
     config = plan.automl
     job = text_classification(dataclasses.replace(plan, automl=dataclasses.replace(config, sweep={})), refs)
     result = job._to_dict()
     if config.sweep:
-        from finetune.launch.azureml.sweep import as_yaml, distribution
-
         subspaces = config.sweep.get("space") or []
         subspaces = [subspaces] if isinstance(subspaces, dict) else subspaces
         result["search_space"] = [
@@ -257,9 +253,6 @@ def automl_dict(plan: "RunPlan", refs) -> dict:
 
 
 def _policy_dict(policy_config: dict) -> dict:
-    from finetune.config.schema import PolicyConfig
-    from finetune.launch.azureml.sweep import policy
-
     entity = policy(PolicyConfig(**policy_config))
     fields = {"type": policy_config["type"], "evaluation_interval": entity.evaluation_interval,
               "delay_evaluation": entity.delay_evaluation}

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from finetune.errors import UserError
+from finetune.launch.azureml.compute import steps_compute
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -57,8 +58,6 @@ def role_assignments(ml_client, principal_id: str) -> List[dict]:
 
 def check_identity(ml_client, plan: "RunPlan", log=print) -> str:
     """The principal id of the steps' cluster identity, after checking its role on the workspace."""
-    from finetune.launch.azureml.compute import steps_compute
-
     name = steps_compute(plan)
     cluster = ml_client.compute.get(name)
     identity = getattr(cluster, "identity", None)

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from finetune.launch.azureml.compute import steps_compute
+from finetune.launch.azureml.runtime.step_args import RegisterArgs, command_line
+
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
 OUTPUT = "model_ref"
+
+
+def step_args(automl: bool) -> RegisterArgs:
+    """The step's arguments: each a job input or output placeholder; with ``automl``, the AutoML test step's too."""
+    return RegisterArgs(finetuned="${{inputs.finetuned}}", test_file="${{inputs.test}}", val_file="${{inputs.val}}",
+                        labels_file="${{inputs.labels}}", settings="${{inputs.settings}}",
+                        output_dir="${{outputs.%s}}" % OUTPUT,
+                        automl_result="${{inputs.automl_result}}" if automl else None)
 
 
 def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
@@ -20,23 +31,17 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
     from azure.ai.ml import Input, Output, command
     from azure.ai.ml.entities import ManagedIdentityConfiguration
 
-    from finetune.launch.azureml.compute import steps_compute
-
     # val: each candidate's decision rule is chosen on it before the test (per-label thresholds for multi-label
     # data), as the local launcher's select stage does.
     inputs = {"finetuned": Input(type="custom_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
               "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
-    line = ("python -m finetune.launch.azureml.runtime.steps register --finetuned ${{inputs.finetuned}} "
-            "--test-file ${{inputs.test}} --val-file ${{inputs.val}} --labels-file ${{inputs.labels}} "
-            "--settings ${{inputs.settings}} --output-dir ${{outputs.%s}}" % OUTPUT)
     if automl:
         inputs["automl_result"] = Input(type="uri_folder")
-        line += " --automl-result ${{inputs.automl_result}}"
     return command(
         name="register",
         display_name=f"select and register {plan.select.registered_model_name}",
         description=f"test the candidates on the test split, register the best by {plan.select.metric}",
-        command=line,
+        command=command_line(step_args(automl)),
         code=code,
         environment=environment,
         compute=steps_compute(plan),

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.errors import UserError
+from finetune.launch.azureml import compute, data, environment, pipeline, preflight
+from finetune.launch.azureml.credentials import LOGIN_HELP
+from finetune.launch.azureml.export import with_base_model
 
 if TYPE_CHECKING:
     from finetune.launch.azureml.export import Exported
@@ -25,8 +28,6 @@ def azure_errors(action: str):
     """Azure's errors as one line: what failed and the service's message."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-    from finetune.launch.azureml.credentials import LOGIN_HELP
-
     try:
         yield
     except ClientAuthenticationError as error:
@@ -39,9 +40,6 @@ def azure_errors(action: str):
 
 def submit(plan: "RunPlan", exported: "Exported", ml_client, log=print):
     """Create what is missing, submit the pipeline, print where to follow it; returns the created job."""
-    from finetune.launch.azureml import compute, data, environment, pipeline, preflight
-    from finetune.launch.azureml.export import with_base_model
-
     with azure_errors(f"compute cluster {plan.compute.cluster_name}"):
         compute.ensure(ml_client, plan, log)
     with azure_errors("pre-flight"):

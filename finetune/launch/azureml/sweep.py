@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Dict, Mapping
 
+from finetune.launch.azureml.command import model_hub_id
+
 if TYPE_CHECKING:
     from finetune.config.schema import PolicyConfig
     from finetune.plan.run_plan import RunPlan
@@ -55,8 +57,6 @@ def as_yaml(entity) -> dict:
 
 def search_space(space: Mapping[str, Any]) -> Dict[str, Any]:
     """Input name -> AML distribution, for every dimension of ``search.space``."""
-    from finetune.launch.azureml.command import model_hub_id
-
     result = {}
     for name, dist in space.items():
         if name == "model":

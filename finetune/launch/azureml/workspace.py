@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from finetune.errors import UserError
+
 FIELDS = ("subscription_id", "resource_group", "workspace_name")
 ENV_VARS: Dict[str, tuple] = {
     "subscription_id": ("AZUREML_SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID"),
@@ -112,7 +114,5 @@ def from_job_environment(environ: Optional[Mapping[str, str]] = None) -> Dict[st
     environ = os.environ if environ is None else environ
     missing = [variable for variable in JOB_ENV_VARS.values() if not environ.get(variable)]
     if missing:
-        from finetune.errors import UserError
-
         raise UserError(f"not inside an Azure ML job: {', '.join(missing)} unset")
     return {name: environ[variable] for name, variable in JOB_ENV_VARS.items()}

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
+from finetune.serve.rollout import InvokeError
+
 if TYPE_CHECKING:
     from finetune.config.schema import EndpointConfig
     from finetune.serve.rollout import ModelRef
@@ -60,8 +62,6 @@ class AmlEndpoint:
         """POST ``body`` to the scoring URI (to ``deployment`` directly when named); the parsed answer."""
         from azure.ai.ml.constants._endpoint import EndpointInvokeFields
         from azure.core.exceptions import HttpResponseError
-
-        from finetune.serve.rollout import InvokeError
 
         # azure-ai-ml 1.35.2 adds the deployment header to a module-level dict that it reuses for every later
         # call, so a call meant for the traffic split would still go to the last deployment named.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from finetune.plan.results import Promotion, drop_none
+from finetune.selection.decisions import Verdict
 
 if TYPE_CHECKING:
     from finetune.plan.results import Registration, SelectionResult
@@ -25,7 +26,7 @@ class RegisteredChoice:
     """``model_ref.json``, what the AML register step hands its deploy step: the selection's verdict and, when a
     version was registered, which one (the local launcher keeps the same results whole in summary.json)."""
 
-    decision: str  # register | keep_production
+    verdict: Verdict  # model_ref.json's "decision"
     reason: str
     selection: dict  # the selection section's _CHOICE_SELECTION_KEYS
     name: Optional[str] = None
@@ -40,9 +41,9 @@ class RegisteredChoice:
     @classmethod
     def of(cls, selection: SelectionResult, registration: Registration, model_type: str) -> "RegisteredChoice":
         section = selection.to_dict()
-        choice = cls(decision=selection.decision, reason=selection.reason,
+        choice = cls(verdict=selection.verdict, reason=selection.reason,
                      selection={key: section.get(key) for key in _CHOICE_SELECTION_KEYS})
-        if selection.decision != "register":
+        if selection.verdict is not Verdict.REGISTER:
             return choice
         return dataclasses.replace(choice, name=registration.name, version=registration.version,
                                    candidate=selection.winner, model_type=model_type, existing=registration.existing,
@@ -51,13 +52,16 @@ class RegisteredChoice:
     @classmethod
     def from_dict(cls, data: dict) -> "RegisteredChoice":
         promoted = data.get("promoted")
-        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__ if key not in ("selection", "promoted")},
-                   selection=data.get("selection") or {}, promoted=Promotion(**promoted) if promoted else None)
+        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__
+                      if key not in ("verdict", "selection", "promoted")},
+                   verdict=Verdict(data["decision"]), selection=data.get("selection") or {},
+                   promoted=Promotion(**promoted) if promoted else None)
 
     def to_dict(self) -> dict:
-        if self.decision != "register":
-            return {"decision": self.decision, "reason": self.reason, "selection": self.selection}
-        data = dataclasses.asdict(self)
+        if self.verdict is not Verdict.REGISTER:
+            return {"decision": self.verdict.value, "reason": self.reason, "selection": self.selection}
+        data = {"decision": self.verdict.value, **dataclasses.asdict(self)}
+        del data["verdict"]
         return {key: value for key, value in data.items() if value is not None or key not in ("promoted", "environment")}
 
 

@@ -1,7 +1,7 @@
 """What the pipeline's own steps run on AML: ``python -m finetune.launch.azureml.runtime.steps <step> ...``.
 
 - ``test-automl``: make AutoML's best model (its MLflow output) a candidate like the others: its decision rule
-  chosen on val with the select settings (:func:`finetune.selection.choose.choose_rule`), its test metrics at that rule
+  chosen on val with the select settings (:func:`finetune.selection.rules.choose_rule`), its test metrics at that rule
   (:func:`finetune.selection.choose.test_at_rule`), and a candidate folder (``candidate.json`` naming the MLflow model in
   ``mlflow_model/``) that the register step ships. AutoML NLP models load only in AutoML's runtime
   (``azureml-automl-dnn-nlp``), whose Python and pins this package does not support; the step runs in AutoML's
@@ -25,7 +25,6 @@ Each step writes one JSON file into its output folder.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -35,11 +34,25 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from finetune.config.spec import TASKS
+from finetune.config.schema import EndpointConfig, SelectConfig
+from finetune.data import read_targets
 from finetune.errors import UserError
-from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE
+
+# The module, not its names: tests replace deployment_name there to pin deployment names.
+from finetune.launch.azureml import deploy as deploy_builders
+from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE, environment
+from finetune.launch.azureml.runtime.endpoint import AmlEndpoint
+from finetune.launch.azureml.runtime.registry import AmlRegistry
+from finetune.launch.azureml.runtime.step_args import RegisterArgs, TestAutomlArgs, parse
 from finetune.launch.azureml.runtime.step_results import RegisteredChoice, StepRollout
-from finetune.selection.choose import FINETUNED
+from finetune.launch.azureml.workspace import from_job_environment
+from finetune.registry.model_registry import select_and_register
+from finetune.selection.choose import FINETUNED, test_at_rule
+from finetune.selection.decisions import DecisionSettings, Verdict
+from finetune.selection.rules import choose_rule
+from finetune.serve import score
+from finetune.serve.export import export_candidate
+from finetune.serve.rollout import ModelRef, RolloutError, rollout
 
 RESULT = "result.json"
 MODEL_REF = "model_ref.json"
@@ -74,8 +87,6 @@ def job_client():
     """An MLClient for the workspace this job runs in, authenticated as the compute's managed identity."""
     from azure.ai.ml import MLClient
     from azure.identity import ManagedIdentityCredential
-
-    from finetune.launch.azureml.workspace import from_job_environment
 
     workspace = from_job_environment()
     # A user-assigned identity is named by this variable; unset, the system-assigned identity answers.
@@ -117,10 +128,6 @@ def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str,
     """AutoML's model as a candidate for ``task``: ``<output>/result.json`` (an :func:`finetune.selection.choose.evaluate`
     entry: the rule chosen on val, the test metrics at it and at argmax / 0.5 per label) and ``<output>/model/``
     (``candidate.json`` + the MLflow model, what the register step ships if AutoML wins)."""
-    from finetune.config.schema import SelectConfig
-    from finetune.data import read_targets
-    from finetune.selection.choose import choose_rule, decision_settings, test_at_rule
-
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     val_texts, y_val = read_targets(val_file, labels, task)
@@ -129,11 +136,11 @@ def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str,
     proba = automl_proba(Path(model_dir), list(val_texts) + list(texts), labels,
                          python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable)
     rule = choose_rule(y_val, proba[:len(val_texts)], labels, task,
-                       decision_settings(SelectConfig(**settings["select"]), settings["data"]))
+                       DecisionSettings.of(SelectConfig(**settings["select"]), settings["data"]))
     package = Path(output_dir) / CANDIDATE_DIR
     shutil.copytree(model_dir, package / AUTOML_MLFLOW_DIR)
     (package / "candidate.json").write_text(json.dumps(
-        {"family": "automl", "task": task, "labels": labels, "mlflow_model": AUTOML_MLFLOW_DIR, "decision": rule,
+        {"family": "automl", "task": task, "labels": labels, "mlflow_model": AUTOML_MLFLOW_DIR, "decision": rule.to_dict(),
          "best_estimator": "AML AutoML NLP best_model"}, indent=2), encoding="utf-8")
     result = {"family": "automl", "model_format": "mlflow", "task": task, "rows": len(texts),
               **test_at_rule(y_true, proba[len(val_texts):], labels, task, rule)}
@@ -150,12 +157,6 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
 
     With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
     multi-label data), as the local select stage does; without it, it keeps the rule it was trained with."""
-    from finetune.config.schema import SelectConfig
-    from finetune.launch.azureml.deploy import model_environment
-    from finetune.launch.azureml.runtime.registry import AmlRegistry
-    from finetune.registry.model_registry import select_and_register
-    from finetune.serve.export import export_candidate
-
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     select = settings["select"]
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
@@ -176,10 +177,10 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
             conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
     choice = RegisteredChoice.of(outcome.selection, outcome.registration, model_type="mlflow_model")
-    if choice.decision == "register" and choice.candidate in prescored:
+    if choice.verdict is Verdict.REGISTER and choice.candidate in prescored:
         # The package registered as is (plus score.py): it serves in its MLflow model's own environment.
-        choice.environment = model_environment(Path(prescored[choice.candidate]["path"]))
-    if choice.decision == "register" and not settings.get("deploy"):
+        choice.environment = deploy_builders.model_environment(Path(prescored[choice.candidate]["path"]))
+    if choice.verdict is Verdict.REGISTER and not settings.get("deploy"):
         # No rollout follows: the registered version is production now, as the local launcher does.
         choice.promoted = model_registry.promote(choice.version)
     _write(output_dir, MODEL_REF, choice.to_dict())
@@ -191,35 +192,27 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
 
 def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=None) -> StepRollout:
     """Roll the registered model out to the endpoint; returns (and writes) ``rollout.json``."""
-    from finetune.config.schema import EndpointConfig
-    from finetune.launch.azureml.deploy import SCORING_SCRIPT, deployment_name
-    from finetune.launch.azureml.environment import environment
-    from finetune.launch.azureml.runtime.endpoint import AmlEndpoint
-    from finetune.serve import score
-    from finetune.serve.rollout import ModelRef, RolloutError, rollout
-
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     choice = RegisteredChoice.from_dict(json.loads((Path(model_ref_dir) / MODEL_REF).read_text(encoding="utf-8")))
-    if choice.decision != "register":
+    if choice.verdict is not Verdict.REGISTER:
         result = StepRollout("skipped", choice, reason=f"nothing new to deploy: {choice.reason}")
         _write(output_dir, ROLLOUT, result.to_dict())
         return result
     config = EndpointConfig(**settings["endpoint"])
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
         # The deployment's code is the scoring script alone: it is self-contained by contract.
-        shutil.copy2(score.__file__, Path(code_dir) / SCORING_SCRIPT)
+        shutil.copy2(score.__file__, Path(code_dir) / deploy_builders.SCORING_SCRIPT)
         ml_client = ml_client or job_client()
         # Whichever candidate won, score.py serves it; an AutoML model in the environment it brought along.
         endpoint = AmlEndpoint(ml_client, config, environment(choice.environment or settings["environment"]), code_dir)
         endpoint.ensure()
         model = ModelRef(name=choice.name, version=choice.version, path=f"azureml:{choice.name}:{choice.version}")
         try:
-            outcome = rollout(endpoint, deployment_name(choice.version), model, settings["sample_request"],
-                              ramp=config.ramp, max_error_rate=config.max_error_rate)
+            outcome = rollout(endpoint, deploy_builders.deployment_name(choice.version), model,
+                              settings["sample_request"], ramp=config.ramp, max_error_rate=config.max_error_rate)
         except RolloutError as error:
             _write(output_dir, ROLLOUT, StepRollout("failed", choice, error=str(error)).to_dict())
             raise
-    from finetune.launch.azureml.runtime.registry import AmlRegistry
 
     choice.promoted = AmlRegistry(ml_client, choice.name).promote(choice.version)
     result = StepRollout("succeeded", choice, rollout=outcome, promoted=choice.promoted)
@@ -232,42 +225,13 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m finetune.launch.azureml.runtime.steps",
-                                     description="Steps of the finetune AML pipeline (run inside AML jobs).")
-    steps = parser.add_subparsers(dest="step", required=True)
-    test = steps.add_parser("test-automl", help="choose AutoML's decision rule on val, test it, package it")
-    test.add_argument("--model", required=True)
-    test.add_argument("--test-file", required=True)
-    test.add_argument("--val-file", required=True, help="the val split: the decision rule is chosen on it")
-    test.add_argument("--labels-file", required=True)
-    test.add_argument("--settings", required=True)
-    test.add_argument("--output-dir", required=True)
-    test.add_argument("--python", help=f"a Python with the model's dependencies (default: ${AUTOML_PYTHON_VARIABLE}, "
-                                       "else this one)")
-    test.add_argument("--task", choices=TASKS, default="single_label")
-    reg = steps.add_parser("register", help="select the best candidate and register it")
-    reg.add_argument("--finetuned", required=True)
-    reg.add_argument("--automl-result")
-    reg.add_argument("--test-file", required=True)
-    reg.add_argument("--val-file", help="the val split: decision rules are chosen on it before the test")
-    reg.add_argument("--labels-file", required=True)
-    reg.add_argument("--settings", required=True)
-    reg.add_argument("--output-dir", required=True)
-    dep = steps.add_parser("deploy", help="roll the registered model out to the endpoint")
-    dep.add_argument("--model-ref", required=True)
-    dep.add_argument("--settings", required=True)
-    dep.add_argument("--output-dir", required=True)
-    return parser
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
-        if args.step == "test-automl":
+        if isinstance(args, TestAutomlArgs):
             test_automl(args.model, args.test_file, args.val_file, args.labels_file, args.settings, args.output_dir,
                         args.python, args.task)
-        elif args.step == "register":
+        elif isinstance(args, RegisterArgs):
             register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
                      args.automl_result, val_file=args.val_file)
         else:
