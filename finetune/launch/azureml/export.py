@@ -48,7 +48,6 @@ from finetune.registry.model_registry import git_commit
 from finetune.registry.registration import job_config, sample_request
 
 if TYPE_CHECKING:
-    from finetune.data import PreparedData
     from finetune.launch.azureml.data import AssetSpec
     from finetune.plan.run_plan import RunPlan
 
