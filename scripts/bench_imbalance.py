@@ -12,7 +12,7 @@ model default; ``--epochs`` here) on one thread and differs only in the loss:
 - ``logit_adjusted``: unweighted cross-entropy on logits shifted by log class priors (Menon et al. 2021,
   logit_adjusted_cross_entropy below).
 
-The variants the training contract does not offer are put in by patching :mod:`finetune.train.entry`'s loss for the run;
+The variants the training contract does not offer are put in by patching :mod:`finetune.train.trainer`'s loss for the run;
 nothing shipped changes. Printed per variant and epoch: val AUC_weighted and F1 macro at argmax, beside the
 learning check's one-liner (class-balanced TF-IDF + logistic regression) on the same val.
 
@@ -99,15 +99,15 @@ def build(source: Path, out: Path, train_rows: int, val_rows: int, seed: int = 0
 
 
 def loss_patch(variant: str, max_ratio: float):
-    """The patches that put ``variant``'s loss into finetune.train.entry for one run (none for the shipped one)."""
+    """The patches that put ``variant``'s loss into finetune.train.trainer for one run (none for the shipped one)."""
     if variant == "capped":
-        return [mock.patch("finetune.train.entry.class_weights",
+        return [mock.patch("finetune.train.trainer.class_weights",
                            lambda ids, n, mode: capped_class_weights(ids, n, max_ratio))]
     if variant == "logit_adjusted":
         def priors(ids, n, mode):
             return [sum(1 for y in ids if y == c) / len(ids) for c in range(n)]
-        return [mock.patch("finetune.train.entry.class_weights", priors),
-                mock.patch("finetune.train.entry.weighted_cross_entropy", logit_adjusted_cross_entropy)]
+        return [mock.patch("finetune.train.trainer.class_weights", priors),
+                mock.patch("finetune.train.trainer.weighted_cross_entropy", logit_adjusted_cross_entropy)]
     return []
 
 

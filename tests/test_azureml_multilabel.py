@@ -159,7 +159,7 @@ def test_multi_label_dry_run(capsys, tmp_path):
     assert "--val-file ${{inputs.val}}" in register["component"]["command"]
     assert register["inputs"]["val"] == {"path": "${{parent.inputs.val}}"}
     assert type(load_job(folder / "pipeline.yml").jobs["automl"]).__name__ == "TextClassificationMultilabelJob"
-    # The register step selects with the data's task (finetune.registry.model_registry.select_and_register reads it).
+    # The register step selects with the data's task (finetune.registry.registration.select_and_register reads it).
     assert json.loads((folder / "settings.json").read_text())["data"]["task"] == "multi_label"
 
 

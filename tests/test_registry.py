@@ -9,6 +9,7 @@ import pytest
 from finetune.errors import UserError
 from finetune.plan.results import Promotion, SelectionResult
 from finetune.registry import model_registry as registry
+from finetune.registry.registration import selection_tags
 from finetune.selection.decisions import Verdict
 from test_select import make_automl_candidate, write_splits
 
@@ -38,12 +39,12 @@ def candidate(tmp_path_factory):
 @pytest.mark.slow  # registers and loads real models
 @needs_score_script
 def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, candidate):
-    tags = registry.selection_tags(SELECTION, DATA, {"name": "run-1", "seed": 0}, "single run")
+    tags = selection_tags(SELECTION, DATA, {"name": "run-1", "seed": 0}, "single run")
     request = {"data": [{"text": "Fits my car perfectly."}]}
 
     first = registry.register(candidate, "reviews", store, tags, request)
     again = registry.register(candidate, "reviews", store,
-                              registry.selection_tags(SELECTION, DATA, {"name": "run-2", "seed": 0}, "x"), request)
+                              selection_tags(SELECTION, DATA, {"name": "run-2", "seed": 0}, "x"), request)
 
     assert (first["version"], first["existing"]) == ("1", False)
     assert (again["version"], again["existing"]) == ("1", True)
@@ -54,7 +55,7 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
     assert version_tags["data.test_sha256"] == "s" * 64 and version_tags["data.raw_sha256"] == "r" * 64
     assert version_tags["source"] == "single run" and version_tags["selection.metric"] == "auc_weighted"
     # The run name is identity, not configuration: the same settings hash alike across runs.
-    assert tags["config_sha256"] == registry.selection_tags(SELECTION, DATA, {"name": "run-9", "seed": 0}, None)[
+    assert tags["config_sha256"] == selection_tags(SELECTION, DATA, {"name": "run-9", "seed": 0}, None)[
         "config_sha256"]
     assert version_tags.get("git_commit") == registry.git_commit()
 

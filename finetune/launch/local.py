@@ -21,6 +21,7 @@ from finetune.plan.results import Candidate, RunSummary, SelectionResult, Traini
 from finetune.plan.run_plan import RunPlan
 from finetune.registry import model_registry as registry
 from finetune.registry import tracking
+from finetune.registry.registration import sample_request, select_and_register
 from finetune.registry.tracking import child_args, model_id
 from finetune.report import write_report
 from finetune.selection.automl import run_automl
@@ -258,10 +259,10 @@ def _select(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run, 
     model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
                                              plan.tracking.experiment, run_id=pipeline_run[0])
     candidates = summary.candidates
-    outcome = registry.select_and_register(
+    outcome = select_and_register(
         model_registry, {name: candidate.path for name, candidate in candidates.items()}, data.test_path,
         list(data.labels), plan.select, data.to_dict(), plan.to_dict(),
-        registry.sample_request(data.test_path), Path(plan.run_dir) / "select",
+        sample_request(data.test_path), Path(plan.run_dir) / "select",
         sources={name: candidate.source for name, candidate in candidates.items()},
         commit=registry.git_commit(), val_csv=data.val_path)
     production = outcome.production

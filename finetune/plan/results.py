@@ -312,7 +312,7 @@ class Promotion:
 
 @dataclass
 class SelectionOutcome:
-    """:func:`finetune.registry.model_registry.select_and_register`'s result on either launcher."""
+    """:func:`finetune.registry.registration.select_and_register`'s result on either launcher."""
 
     selection: SelectionResult
     production: Optional["ModelRef"]  # the production model re-scored, None when there was none

@@ -27,8 +27,10 @@ from :mod:`finetune.train.telemetry`, the Trainer callbacks from :mod:`finetune.
 ``accelerate launch`` (several GPUs) every process trains; only the first one tracks, writes files and reports
 to a sweep. Metrics go to MLflow as ``val_<metric>`` (per evaluation; :mod:`finetune.train.tracking`).
 
-Its arguments are the training contract, :class:`finetune.config.spec.TrainArgs`; :func:`train` is its recipe in three
-steps: :func:`setup` (everything the Trainer needs), :func:`fit` and :func:`finalize` (the model and result.json).
+Its arguments are the training contract, :class:`finetune.config.spec.TrainArgs`; :func:`train` is its recipe, as
+torchtune's are: :func:`setup` (runtime and tracking, then :func:`_setup_model`, :func:`_setup_data` and the batch
+plan), :func:`fit` (:func:`_setup_trainer`, then train) and :func:`finish` (the model and result.json). What the
+Hugging Face Trainer itself is told (its arguments, metrics and loss) is :mod:`finetune.train.trainer`.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from finetune.config.spec import TrainArgs, logged_parameters, parse_args, trainer_arguments
+from finetune.config.spec import TrainArgs, logged_parameters, parse_args
 from finetune.data import read_targets
 from finetune.errors import UserError
 from finetune.search.reporting import TrialReporter
-from finetune.selection.metrics import task_metrics, unprefixed
+from finetune.selection.metrics import unprefixed
 from finetune.system import locks
 from finetune.system.files import write_json_atomic
 from finetune.train import learning_check
@@ -65,15 +67,10 @@ from finetune.train.learning_check import (
     early_step,
     fit_baseline,
 )
-from finetune.train.losses import (
-    class_weights,
-    label_positive_weights,
-    weighted_binary_cross_entropy,
-    weighted_cross_entropy,
-)
 from finetune.train.progress import training_callback
 from finetune.train.telemetry import ResourceMonitor
 from finetune.train.tracking import NullTracking, start_tracking
+from finetune.train.trainer import metrics_function, task_loss, training_arguments
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -105,15 +102,15 @@ class Setup:
 
 @dataclass
 class Fitted:
-    """What :func:`fit` leaves for :func:`finalize`."""
+    """What :func:`fit` leaves for :func:`finish`."""
 
     trainer: Any
     observer: Any  # finetune.train.callbacks.observer
     meter: Any
     weights: Optional[List[float]]
     early_stopping: Any  # the EarlyStoppingCallback, or None
-    figures: dict  # resource telemetry
     check: Any  # the learning check's callback (finetune.train.learning_check.callback)
+    figures: dict = dataclasses.field(default_factory=dict)  # resource telemetry, once trained
 
 
 def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
@@ -124,18 +121,17 @@ def train(args: TrainArgs, callbacks: Sequence = ()) -> dict:
     if fitted.check.restart:
         prepared = restart_at_lower_rate(prepared, fitted.trainer.state.global_step)
         fitted = fit(prepared, callbacks)
-    return finalize(prepared, fitted)
+    return finish(prepared, fitted)
 
 
 def setup(args: TrainArgs) -> Setup:
-    """Hardware, tracking, model, tokenised splits, batch plan and Trainer arguments."""
+    """Hardware and tracking first (a job that cannot track fails before it spends anything), then the model, the
+    tokenised splits, the batch plan and the Trainer's arguments."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import numpy as np
     import torch
     import transformers
-    from datasets import Dataset
-    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     _quiet_library_progress_bars()
@@ -154,26 +150,12 @@ def setup(args: TrainArgs) -> Setup:
     # Before the model loads: a job that cannot track fails before it spends anything (see start_tracking).
     tracking = start_tracking(args, previous.get("mlflow_run_id")) if first_process else NullTracking()
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    multi_label = args.task == "multi_label"
     restarted = previous.get("learning_check_restart")
     if restarted:
         # Resuming the attempt the learning check restarted: its learning rate, not the command line's.
         args = dataclasses.replace(args, learning_rate=restarted["to_learning_rate"])
-    model = _new_model(args, runtime, labels)
-
-    def encode(path: str):
-        texts, targets = read_targets(path, labels, args.task)
-        # BCE takes float targets: the collator then stacks them into a float tensor.
-        dataset = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist() if multi_label
-                                     else targets})
-        return dataset.map(
-            lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
-            batched=True,
-            remove_columns=["text"],
-        )
-
-    train_set, val_set = encode(args.train_file), encode(args.val_file)
+    tokenizer, model = _setup_model(args, runtime, labels)
+    train_set, val_set = _setup_data(args, tokenizer, labels)
     resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
     batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
     metric = compared_metric(args.primary_metric, args.goal)
@@ -194,8 +176,34 @@ def setup(args: TrainArgs) -> Setup:
                  checkpoint_dir=checkpoint_dir, labels=labels, runtime=runtime, batch=batch, tracking=tracking,
                  tokenizer=tokenizer, model=model, train_set=train_set, val_set=val_set,
                  mean_tokens=float(np.mean([len(ids) for ids in train_set["input_ids"]])), resume=resume,
-                 training_args=_training_arguments(args, batch, runtime, steps_per_epoch, checkpoint_dir),
+                 training_args=training_arguments(args, batch, runtime, steps_per_epoch, checkpoint_dir),
                  steps_per_epoch=steps_per_epoch, check_log=check_log, attempt=2 if restarted else 1)
+
+
+def _setup_model(args: TrainArgs, runtime, labels: List[str]):
+    """The tokenizer and the pretrained encoder with a new head for ``labels``."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(args.model), _new_model(args, runtime, labels)
+
+
+def _setup_data(args: TrainArgs, tokenizer, labels: List[str]):
+    """The train and val splits, tokenised (padding is the collator's, per batch)."""
+    import numpy as np
+    from datasets import Dataset
+
+    def encode(path: str):
+        texts, targets = read_targets(path, labels, args.task)
+        # BCE takes float targets: the collator then stacks them into a float tensor.
+        dataset = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist()
+                                     if args.task == "multi_label" else targets})
+        return dataset.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
+
+    return encode(args.train_file), encode(args.val_file)
 
 
 def _new_model(args: TrainArgs, runtime, labels: List[str]):
@@ -231,42 +239,27 @@ def restart_at_lower_rate(prepared: Setup, at_step: int) -> Setup:
         _write_resume(prepared.checkpoint_dir / RESUME_FILE, batch, prepared.tracking.run_id, restarted)
     return dataclasses.replace(
         prepared, args=lower, batch=batch, model=_new_model(lower, prepared.runtime, prepared.labels), resume=None,
-        training_args=_training_arguments(lower, batch, prepared.runtime, prepared.steps_per_epoch,
-                                          prepared.checkpoint_dir), attempt=2)
-
-
-def _training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, checkpoint_dir: Path):
-    from transformers import TrainingArguments
-
-    eval_steps = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
-    return TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        learning_rate=batch.learning_rate,
-        per_device_train_batch_size=batch.batch_size,
-        per_device_eval_batch_size=batch.batch_size * 2,
-        **trainer_arguments(args),
-        seed=args.seed,
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        # Every evaluation is saved; --checkpoint-every-steps adds saves in between (the observer's on_step_end).
-        save_steps=eval_steps,
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model=unprefixed(args.primary_metric),
-        greater_is_better=args.goal == "maximize",
-        logging_steps=args.logging_steps,
-        report_to=[],
-        # finetune.train.progress draws the one bar; HF's own would add an evaluation bar and print every log dict.
-        disable_tqdm=True,
-        **runtime.trainer_kwargs(),
-    )
+        training_args=training_arguments(lower, batch, prepared.runtime, prepared.steps_per_epoch,
+                                         prepared.checkpoint_dir), attempt=2)
 
 
 def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
-    """Train (resuming when a complete checkpoint is there), with the observer, throughput meter, early stopping,
-    the progress bar and resource telemetry attached."""
-    import torch
+    """Train (resuming when a complete checkpoint is there), with resource telemetry around it."""
+    fitted = _setup_trainer(prepared, callbacks)
+    trainer = fitted.trainer
+    if prepared.resume is not None and prepared.first_process:
+        print(f"resuming from {prepared.resume}", file=sys.stderr)
+    monitor = (_resource_monitor(prepared.args, prepared.tracking, lambda: trainer.state.global_step)
+               if prepared.first_process else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(prepared.resume) if prepared.resume else None)
+    finally:
+        fitted.figures = monitor.stop() if monitor else {}
+    return fitted
+
+
+def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
+    """The Trainer with the observer, throughput meter, learning check, early stopping and progress bar attached."""
     from transformers import DataCollatorWithPadding, Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -275,21 +268,9 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     if args.trial_storage and first_process:
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
     watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
-
-    multi_label = args.task == "multi_label"
-
-    def compute_metrics(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        logits = torch.as_tensor(logits, dtype=torch.float32)
-        proba = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
-        truth = prediction.label_ids.round().astype("int64") if multi_label else prediction.label_ids
-        return task_metrics(args.task, truth, proba)
-
     meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
                              prepared.mean_tokens)
-    weights = (label_positive_weights(prepared.train_set["label"], args.class_weights) if multi_label
-               else class_weights(prepared.train_set["label"], len(prepared.labels), args.class_weights))
-    loss = weighted_binary_cross_entropy if multi_label else weighted_cross_entropy
+    weights, loss = task_loss(args, prepared.train_set["label"], len(prepared.labels))
     early_stopping = None
     if args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -309,8 +290,8 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
         eval_dataset=prepared.val_set,
         data_collator=DataCollatorWithPadding(prepared.tokenizer, pad_to_multiple_of=prepared.runtime.pad_to_multiple_of),
         processing_class=prepared.tokenizer,
-        compute_metrics=compute_metrics,
-        compute_loss_func=loss(weights) if weights else None,
+        compute_metrics=metrics_function(args.task),
+        compute_loss_func=loss,
         callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
     )
     check.trainer = trainer
@@ -318,18 +299,11 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
                                            args.primary_metric))
-    if prepared.resume is not None and first_process:
-        print(f"resuming from {prepared.resume}", file=sys.stderr)
-    monitor = _resource_monitor(args, prepared.tracking, lambda: trainer.state.global_step) if first_process else None
-    try:
-        trainer.train(resume_from_checkpoint=str(prepared.resume) if prepared.resume else None)
-    finally:
-        figures = monitor.stop() if monitor else {}
     return Fitted(trainer=trainer, observer=watcher, meter=meter, weights=weights, early_stopping=early_stopping,
-                  figures=figures, check=check)
+                  check=check)
 
 
-def finalize(prepared: Setup, fitted: Fitted) -> dict:
+def finish(prepared: Setup, fitted: Fitted) -> dict:
     """Save the best model (unless training failed), write result.json, end tracking, drop the checkpoints."""
     import torch
 
@@ -427,10 +401,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    _report(result, Path(args.output_dir) / "result.json")
+    return 1 if result["status"] == "failed" else 0
+
+
+def _report(result: dict, result_file: Path) -> None:
     print(f"{result['status']} after {result['steps']} steps ({result.get('epochs_run')} epochs) in "
-          f"{result['duration_s']:.0f} s; metrics in {Path(args.output_dir) / 'result.json'}", file=sys.stderr)
+          f"{result['duration_s']:.0f} s; metrics in {result_file}", file=sys.stderr)
     below = below_baseline_line(result.get("learning_check"))
     if below and result["status"] != "failed":
         print(below, file=sys.stderr)
-    return 1 if result["status"] == "failed" else 0
 

@@ -44,10 +44,10 @@ from finetune.launch.azureml.automl import data_problems, text_classification
 from finetune.launch.azureml.checks import with_task
 from finetune.launch.azureml.sweep import as_yaml, distribution, policy
 from finetune.registry.environments import ENVIRONMENT_NAME
-from finetune.registry.model_registry import git_commit, job_config, sample_request
+from finetune.registry.model_registry import git_commit
+from finetune.registry.registration import job_config, sample_request
 
 if TYPE_CHECKING:
-    from finetune.data import PreparedData
     from finetune.launch.azureml.data import AssetSpec
     from finetune.plan.run_plan import RunPlan
 
@@ -79,7 +79,7 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
 
     It is uploaded to the workspace's blob store, so it holds no workspace coordinates (AML tells a job
     its workspace), no secrets and no path of this machine: the data section without split paths, the
-    config as :func:`finetune.registry.model_registry.job_config` (identity, workspace, local paths removed).
+    config as :func:`finetune.registry.registration.job_config` (identity, workspace, local paths removed).
     """
     data = prepared.to_dict()
     data["splits"] = {split: {key: value for key, value in info.items() if key != "path"}

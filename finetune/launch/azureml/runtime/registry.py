@@ -1,6 +1,6 @@
 """AmlRegistry: the :class:`finetune.registry.model_registry.ModelRegistry` protocol over an AML workspace's model registry.
 
-The register step hands it to :func:`finetune.registry.model_registry.select_and_register`, the rule the local launcher
+The register step hands it to :func:`finetune.registry.registration.select_and_register`, the rule the local launcher
 runs over MLflow's registry: same re-scoring of production, same margin, same tags, same idempotency.
 
 AML has no model aliases; a version's ``stage`` plays the part of MLflow's ``production`` alias

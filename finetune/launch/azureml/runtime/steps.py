@@ -12,7 +12,7 @@
   and ``predict_proba(DataFrame)``, n_rows x n_classes (softmax rows; for multi-label a sigmoid per label),
   while the multi-label ``predict`` returns tuples of label names at a 0.5 threshold, which says nothing about
   ranking; so the step reads ``predict_proba`` for both tasks and lets the metric function decide.
-- ``register``: :func:`finetune.registry.model_registry.select_and_register`, the local launcher's rule, over an
+- ``register``: :func:`finetune.registry.registration.select_and_register`, the local launcher's rule, over an
   :class:`.AmlRegistry`: the Production version is downloaded and re-scored, ``select.margin`` holds, the
   winner is registered once per content with the same tags, packaged with score.py whichever candidate won.
 - ``deploy``: :func:`finetune.serve.rollout.rollout` of the registered model with an :class:`.AmlEndpoint`,
@@ -46,7 +46,7 @@ from finetune.launch.azureml.runtime.registry import AmlRegistry
 from finetune.launch.azureml.runtime.step_args import RegisterArgs, TestAutomlArgs, parse
 from finetune.launch.azureml.runtime.step_results import RegisteredChoice, StepRollout
 from finetune.launch.azureml.workspace import from_job_environment
-from finetune.registry.model_registry import select_and_register
+from finetune.registry.registration import select_and_register
 from finetune.selection.choose import FINETUNED, test_at_rule
 from finetune.selection.decisions import DecisionSettings, Verdict
 from finetune.selection.rules import choose_rule
