@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,16 @@ def _one_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_run_left_open():
+    """A test whose tracking store "fails" can leave MLflow's active run open in this process; every later
+    in-process training would then find a run already active and train untracked. Close it after each test."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        mlflow.end_run()
 
 
 @pytest.fixture(scope="session")
