@@ -17,6 +17,7 @@ from pathlib import Path
 from finetune.config.spec import to_argv
 from finetune.data import prepare
 from finetune.errors import UserError
+from finetune.plan import budget, calibration
 from finetune.plan.results import Candidate, RunSummary, SelectionResult, TrainingResult
 from finetune.plan.run_plan import RunPlan
 from finetune.registry import model_registry as registry
@@ -36,7 +37,7 @@ from finetune.train.process import launch_command, train_args
 
 
 def auto_choices(cfg) -> dict:
-    return {"automl": "local", "endpoint": "local"}
+    return {"automl": "local", "endpoint": "local", "budget": "local"}
 
 
 def check(plan: RunPlan) -> list[str]:
@@ -81,8 +82,20 @@ def check_endpoint(endpoint_cfg) -> list[str]:
 
 
 def resolve(plan: RunPlan) -> RunPlan:
-    """Nothing is left for this launcher to decide."""
-    return plan
+    """A budget is fitted from this machine's calibration (measured once per machine, model and data, cached)."""
+    if not budget.budgeted(plan):
+        return plan
+    measured = calibration.calibrate(plan)
+    device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
+    lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
+    request = budget.request_for(plan, calibration.throughput(measured),
+                                 calibration.workload(measured, plan.train.evals_per_epoch), lanes,
+                                 budget.LOCAL_STAGES, (plan.budget.minutes or 0) * 60)
+    try:
+        estimate = budget.fit(request)
+    except budget.BudgetTooSmall as error:
+        raise UserError(budget.refusal(plan, error)) from None
+    return budget.apply(plan, estimate)
 
 
 def separate(plans: list) -> list:

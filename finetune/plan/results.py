@@ -77,6 +77,7 @@ class SweepTrial:
     duration_s: Optional[float] = None
     stopped_at_interval: Optional[int] = None  # early-terminated trials only
     reason: Optional[str] = None
+    ended_s: Optional[float] = None  # seconds of sweep wall time when it ended (the anytime curve's x)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ import json
 from typing import Iterable, List, Optional
 
 from finetune.config.schema import CHOICE_KEYS
+from finetune.plan.budget import stages_line
 
 MARK = "*"
 
@@ -31,6 +32,7 @@ SHORT_VIEW = {
     "automl": ("automl", ("engine",), ("time_budget_s", "estimators"), ("model_name", "timeout_minutes", "max_trials")),
     "select": ("select", ("metric", "margin", "registered_model_name"), (), ()),
     "endpoint": ("endpoint", ("target", "name", "ramp"), ("port",), ("instance_type", "instance_count")),
+    "budget": ("budget", ("name", "minutes", "usd"), (), ()),
 }
 
 
@@ -85,8 +87,20 @@ def short(plan, changed: Iterable[str] = ()) -> str:
             lines += [f" {MARK if mark else ' '} {key:<{width}}  {value}" for key, value, mark in rows]
     if "seed" in changed:
         lines.append(f"other:\n {MARK} seed  {plan.seed}")
+    lines += estimate_lines(plan)
     lines.append(f"({MARK} differs from the shipped defaults; plan_view=full lists every key)")
     return "\n".join(lines)
+
+
+def estimate_lines(plan) -> List[str]:
+    """What the budget bought and the expected wall time of each stage (nothing without a budget)."""
+    estimate = plan.estimate
+    if estimate is None:
+        return []
+    lines = [f"budget plan: {estimate.reason}", f"  expected: {stages_line(estimate)}"]
+    if estimate.cost_usd is not None:
+        lines.append(f"  expected cost ${estimate.cost_usd:,.2f} (the worst case by the limits follows the plan)")
+    return lines + [f"  from: {estimate.basis}"]
 
 
 def full(plan, changed: Iterable[str] = ()) -> str:
@@ -94,14 +108,15 @@ def full(plan, changed: Iterable[str] = ()) -> str:
     changed = set(changed)
     rows = [("run", f"{plan.name} -> {plan.run_dir}", False), ("launcher", plan.launcher, False),
             ("stages", " -> ".join(plan.stages), False)]
-    for section in ("dataset", "model", "search", "compute", "automl", "endpoint", "train", "select", "tracking"):
+    for section in ("dataset", "model", "search", "compute", "automl", "endpoint", "train", "select", "tracking",
+                    "budget"):
         for key, value in flatten(dataclasses.asdict(getattr(plan, section))):
             full_key = f"{section}.{key}"
             if full_key in changed or value not in (None, {}, []):
                 rows.append((full_key, _text(value), full_key in changed))
     width = max(len(key) for key, _, _ in rows)
     lines = [f"{MARK if mark else ' '} {key:<{width}}  {value}" for key, value, mark in rows]
-    return "\n".join(lines + [f"({MARK} differs from the shipped defaults)"])
+    return "\n".join(lines + estimate_lines(plan) + [f"({MARK} differs from the shipped defaults)"])
 
 
 def render(plan, changed: Iterable[str] = (), view: Optional[str] = "short") -> str:

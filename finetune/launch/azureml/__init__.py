@@ -26,7 +26,8 @@ __all__ = ["auto_choices", "check", "resolve", "run", "separate"]
 
 def auto_choices(cfg) -> dict:
     """``automl=auto``: AML AutoML NLP, which runs on GPU nodes only; ``endpoint=auto``: a managed endpoint."""
-    return {"automl": "text_classification" if cfg.compute.gpus_per_node else "none", "endpoint": "managed"}
+    return {"automl": "text_classification" if cfg.compute.gpus_per_node else "none", "endpoint": "managed",
+            "budget": "none"}
 
 
 def run(plan: RunPlan) -> None:

@@ -1,0 +1,329 @@
+"""What a run's budget buys: the arithmetic of fitting trials, epochs, concurrency and time limits into it.
+
+Pure arithmetic over measured figures, so tests can check every number exactly: the figures come from a
+calibration on this machine (:mod:`finetune.plan.calibration`) or, on AML, from a per-SKU throughput table
+(:mod:`finetune.launch.azureml.throughput`). A trial costs a fixed overhead (process start, imports, model load,
+tokenisation, the learning check's baseline, saving) plus, per epoch, the training examples and the validation
+examples of its evaluations. Stages outside training cost what a measured run spent on them
+(:data:`LOCAL_STAGES`, docs/performance.md).
+
+The fit prefers depth first, then breadth: the most epochs per trial (up to ``model.epochs``) at which at least
+:data:`MIN_SWEEP_TRIALS` trials fit, then as many trials as fit; more lanes when the machine has them. A
+policy that stops trials early frees time the sweep then spends on more trials (up to ``budget.max_trials``):
+the runner re-estimates from the trials so far and starts a trial only when it can finish before the sweep's
+share of the budget ends (:func:`fits`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from finetune.plan.run_plan import RunPlan
+
+# The share of the budget the fit leaves unplanned: the stages' own jitter and a machine busier than at
+# calibration. The runner's re-estimation absorbs the rest.
+HEADROOM = 0.05
+# CPU training time against threads: t threads take 1 / t**THREAD_EXPONENT of one thread's time (MiniLM, 2-core
+# VM, docs/performance.md); lanes of one thread each scale linearly, so trials run one thread per core.
+THREAD_EXPONENT = 0.6
+# A sweep compares trials: fewer than two is a single run with a sweep's overhead.
+MIN_SWEEP_TRIALS = 2
+# AutoML's share of a budget (its FLAML search; the one-liner it must beat comes first and is always kept).
+AUTOML_SHARE = 0.1
+MIN_AUTOML_S = 10
+# A trial is killed past this multiple of its expected duration: a guard against a hung process, loose
+# enough that a trial slowed by a busy machine still finishes with its model.
+TRIAL_TIMEOUT_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Seconds one trial spends, by what it does, at ``threads`` CPU threads (or on one GPU)."""
+
+    train_example_s: float  # forward + backward + optimizer step, per training example
+    eval_example_s: float  # forward, per validation example
+    trial_overhead_s: float  # everything a trial does besides its epochs
+    threads: int = 1
+    basis: str = ""  # where the figures come from, printed with the plan
+
+    def at_threads(self, threads: int) -> "Throughput":
+        speedup = (max(1, threads) / self.threads) ** THREAD_EXPONENT
+        return dataclasses.replace(self, train_example_s=self.train_example_s / speedup,
+                                   eval_example_s=self.eval_example_s / speedup, threads=max(1, threads))
+
+
+@dataclass(frozen=True)
+class Workload:
+    train_rows: int
+    val_rows: int
+    evals_per_epoch: int = 1
+
+
+def epoch_seconds(speed: Throughput, work: Workload) -> float:
+    return work.train_rows * speed.train_example_s + work.evals_per_epoch * work.val_rows * speed.eval_example_s
+
+
+def trial_seconds(speed: Throughput, work: Workload, epochs: float) -> float:
+    return speed.trial_overhead_s + epochs * epoch_seconds(speed, work)
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Seconds of the stages outside training (AutoML's search aside, which is its own time budget)."""
+
+    data: float  # process start, plan, data preparation
+    automl: float  # AutoML's fixed part: features, refitting, re-scoring the pick on fresh folds
+    select: float
+    register: float
+    deploy: float
+    report: float
+
+
+# Measured on the 2-core dev VM from a default run's summary.json ``run.stage_seconds`` (docs/performance.md).
+LOCAL_STAGES = StageCosts(data=8.0, automl=12.0, select=10.0, register=6.0, deploy=14.0, report=6.0)
+
+
+@dataclass
+class Estimate:
+    """What the planner chose and what it expects: the plan carries it, the view prints it, the runner and the
+    report compare the run with it."""
+
+    budget_s: float
+    trials: int  # expected trials (none stopped early)
+    max_trials: int  # the most the sweep may start when a policy frees time
+    epochs: float
+    concurrency: int
+    threads: int
+    trial_s: float  # one trial's expected seconds
+    trial_overhead_s: float  # of which the part that does not grow with epochs
+    trial_timeout_s: int
+    sweep_s: float  # the sweep's share of the budget: no trial starts that cannot end within it
+    automl_s: Optional[int]  # AutoML's search budget (None: no AutoML stage)
+    stages: Dict[str, float] = field(default_factory=dict)  # expected wall seconds per stage
+    basis: str = ""
+    reason: str = ""
+    cost_usd: Optional[float] = None  # AML: the expected cost (the plan's bound is printed beside it)
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.stages.values())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Estimate":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything the fit reads: the budget, the measured speed, the data and the limits the config sets."""
+
+    budget_s: float
+    speed: Throughput  # at one thread (or one GPU)
+    work: Workload
+    stages: StageCosts
+    max_epochs: float  # model.epochs: the fit never trains longer than configured
+    max_trials: int  # budget.max_trials
+    lanes: int  # cores (CPU, one thread a trial) or GPUs
+    sweep: bool  # False: one training (search=none)
+    automl_s: Optional[int]  # the configured AutoML search budget; None without AutoML
+    deploy: bool = True
+    policy: str = ""  # e.g. "Bandit from epoch 1", for the printed line
+
+
+class BudgetTooSmall(ValueError):
+    """The budget cannot produce a model; ``minimum_s`` is the smallest that can."""
+
+    def __init__(self, minimum_s: float, detail: str):
+        super().__init__(detail)
+        self.minimum_s = minimum_s
+        self.detail = detail
+
+
+def automl_seconds(request: Request) -> Optional[int]:
+    if request.automl_s is None:
+        return None
+    return int(min(request.automl_s, max(MIN_AUTOML_S, AUTOML_SHARE * request.budget_s)))
+
+
+def stage_seconds(request: Request, automl_s: Optional[int]) -> Dict[str, float]:
+    """Expected seconds of every stage but training, in pipeline order."""
+    costs = request.stages
+    stages = {"data": costs.data}
+    if automl_s is not None:
+        stages["automl"] = costs.automl + automl_s
+    stages.update(select=costs.select, register=costs.register)
+    if request.deploy:
+        stages["deploy"] = costs.deploy
+    stages["report"] = costs.report
+    return stages
+
+
+def minimum_parts(request: Request) -> tuple:
+    """(one 1-epoch trial on every core, every other stage with AutoML at its least): the least a model costs."""
+    smallest = dataclasses.replace(request, budget_s=0.0)
+    automl_s = None if request.automl_s is None else min(request.automl_s, MIN_AUTOML_S)
+    others = sum(stage_seconds(smallest, automl_s).values())
+    return trial_seconds(request.speed.at_threads(request.lanes), request.work, min(1.0, request.max_epochs)), others
+
+
+def minimum_seconds(request: Request) -> float:
+    """The smallest budget that can produce a model."""
+    return sum(minimum_parts(request)) / (1 - HEADROOM)
+
+
+def _options(request: Request) -> List[tuple]:
+    """(epochs, trials, lanes, trial seconds, threads) of every plan that fits the sweep's share."""
+    automl_s = automl_seconds(request)
+    available = request.budget_s * (1 - HEADROOM) - sum(stage_seconds(request, automl_s).values())
+    lane_choices = sorted({1, request.lanes}) if request.sweep else [1]
+    top = math.ceil(request.max_epochs)
+    options = []
+    for lanes in lane_choices:
+        threads = max(1, request.lanes // lanes)
+        speed = request.speed.at_threads(threads)
+        for epochs in range(top, 0, -1):
+            epochs = min(float(epochs), request.max_epochs)
+            seconds = trial_seconds(speed, request.work, epochs)
+            per_lane = int(available // seconds) if available > 0 else 0
+            trials = min(per_lane * lanes, request.max_trials if request.sweep else 1)
+            if trials >= 1:
+                options.append((epochs, trials, lanes, seconds, threads))
+    return options
+
+
+def fit(request: Request) -> Estimate:
+    """The plan that fits ``request.budget_s``; :class:`BudgetTooSmall` when none produces a model."""
+    options = _options(request)
+    if not options:
+        trial, others = minimum_parts(request)
+        raise BudgetTooSmall(minimum_seconds(request), f"one 1-epoch trial ({trial:.0f} s) and the other stages "
+                                                       f"({others:.0f} s) do not fit")
+    enough = [o for o in options if o[1] >= MIN_SWEEP_TRIALS] if request.sweep else options
+    # Depth first (epochs), then breadth (trials), then the faster plan.
+    epochs, trials, lanes, seconds, threads = max(enough or options, key=lambda o: (o[0], o[1], -o[3]))
+    automl_s = automl_seconds(request)
+    others = stage_seconds(request, automl_s)
+    waves = math.ceil(trials / lanes)
+    training = waves * seconds
+    stages = {"data": others.pop("data"), "search" if request.sweep else "train": training, **others}
+    sweep_share = request.budget_s * (1 - HEADROOM) - sum(others.values()) - stages["data"]
+    max_trials = request.max_trials if request.sweep else 1
+    estimate = Estimate(
+        budget_s=request.budget_s, trials=trials, max_trials=max(trials, max_trials), epochs=epochs,
+        concurrency=lanes, threads=threads, trial_s=round(seconds, 1),
+        trial_overhead_s=round(request.speed.trial_overhead_s, 1),
+        trial_timeout_s=math.ceil(seconds * TRIAL_TIMEOUT_FACTOR), sweep_s=round(sweep_share, 1), automl_s=automl_s,
+        stages={name: round(value, 1) for name, value in stages.items()}, basis=request.speed.basis)
+    estimate.reason = reason_line(estimate, request, fewer=not enough and request.sweep)
+    return estimate
+
+
+def reason_line(estimate: Estimate, request: Request, fewer: bool = False) -> str:
+    """The plan in one line: what was chosen and why (``2 trials x 2 epochs, 2 at a time, ...``)."""
+    what = (f"{estimate.trials} trial{'s' if estimate.trials != 1 else ''} x {estimate.epochs:g} epoch"
+            f"{'s' if estimate.epochs != 1 else ''}" if request.sweep else f"one training of {estimate.epochs:g} "
+                                                                           f"epoch{'s' if estimate.epochs != 1 else ''}")
+    parts = [what]
+    if request.sweep:
+        parts.append(f"{estimate.concurrency} at a time ({estimate.threads} thread{'s' if estimate.threads != 1 else ''} each)"
+                     if estimate.concurrency > 1 else f"one at a time on {estimate.threads} threads")
+        if request.policy:
+            parts.append(f"{request.policy} (a stopped trial's time goes to more trials, up to {estimate.max_trials})")
+    if fewer:
+        parts.append(f"only {estimate.trials} trial fits: a larger budget compares trials")
+    elif estimate.epochs < request.max_epochs:
+        parts.append(f"{request.max_epochs:g} epochs would not fit")
+    parts.append(f"expected {estimate.total_s / 60:.1f} min of {estimate.budget_s / 60:g}")
+    return ", ".join(parts)
+
+
+def stages_line(estimate: Estimate) -> str:
+    return ", ".join(f"{name} {_duration(seconds)}" for name, seconds in estimate.stages.items())
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+# ----------------------------------------------------------------------------------------- while it runs
+
+
+def expected_trial_seconds(estimate: Estimate, epochs_run: float) -> float:
+    """What ``estimate`` expects of a trial that ran ``epochs_run`` epochs (a policy may stop one early)."""
+    per_epoch = (estimate.trial_s - estimate.trial_overhead_s) / estimate.epochs
+    return estimate.trial_overhead_s + epochs_run * per_epoch
+
+
+def speed_factor(observed: List[tuple]) -> float:
+    """Actual over expected seconds of the trials so far (``(actual, expected)`` pairs; a running trial's
+    actual is its projection from its progress): 1.0 with none."""
+    expected = sum(e for _, e in observed)
+    return sum(a for a, _ in observed) / expected if expected > 0 else 1.0
+
+
+def fits(now: float, deadline: float, trial_s: float, factor: float) -> bool:
+    """Whether a trial expected to take ``trial_s`` (scaled by what the trials so far took) ends by ``deadline``."""
+    return now + trial_s * factor <= deadline
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+
+def budgeted(plan: "RunPlan") -> bool:
+    return plan.budget.minutes is not None or plan.budget.usd is not None
+
+
+def check_budget(plan: "RunPlan") -> List[str]:
+    """The budget's problems a plan shows before anything is measured (a too small budget needs the
+    calibration's figures and is refused when the launcher fits it, naming the smallest that works)."""
+    budget, problems = plan.budget, []
+    if budget.usd is not None and plan.launcher == "local":
+        problems.append(f"budget.usd={budget.usd:g}: a local run has no price; set budget.minutes instead "
+                        "(or compute=a100 etc. for AML)")
+    elif budget.usd is not None and plan.compute.hourly_price_usd is None:
+        problems.append(f"budget.usd={budget.usd:g}: compute {plan.compute.name} has no price; set "
+                        "compute.hourly_price_usd (USD per node-hour) or use budget.minutes")
+    return problems
+
+
+def policy_text(plan: "RunPlan") -> str:
+    """``Bandit from epoch 1``: when the sweep's policy first stops a trial (empty without a policy)."""
+    policy = plan.search.policy
+    if plan.search.sampling == "none" or policy.type == "none":
+        return ""
+    first = max(policy.delay_evaluation + 1, policy.evaluation_interval)
+    per_epoch = plan.train.evals_per_epoch
+    when = f"epoch {first // per_epoch}" if first % per_epoch == 0 else f"evaluation {first}"
+    return f"{policy.type.capitalize()} from {when}"
+
+
+def request_for(plan: "RunPlan", speed: Throughput, work: Workload, lanes: int, stages: StageCosts,
+                budget_s: float) -> Request:
+    return Request(budget_s=budget_s, speed=speed, work=work, stages=stages, max_epochs=plan.model.epochs,
+                   max_trials=plan.budget.max_trials, lanes=lanes, sweep=plan.search.sampling != "none",
+                   automl_s=plan.automl.time_budget_s if "automl" in plan.stages else None,
+                   deploy="deploy" in plan.stages, policy=policy_text(plan))
+
+
+def apply(plan: "RunPlan", estimate: Estimate) -> "RunPlan":
+    """The plan with the fit's choices in place of the configured epochs, limits and AutoML budget."""
+    limits = dataclasses.replace(plan.search.limits, max_total_trials=estimate.max_trials,
+                                 max_concurrent_trials=estimate.concurrency, trial_timeout=estimate.trial_timeout_s,
+                                 timeout=max(1, math.floor(estimate.sweep_s)))
+    automl = (dataclasses.replace(plan.automl, time_budget_s=estimate.automl_s) if estimate.automl_s is not None
+              and plan.automl.engine == "local" else plan.automl)
+    return dataclasses.replace(plan, model=dataclasses.replace(plan.model, epochs=estimate.epochs),
+                               search=dataclasses.replace(plan.search, limits=limits), automl=automl,
+                               estimate=estimate)
+
+
+def refusal(plan: "RunPlan", error: BudgetTooSmall) -> str:
+    """The one line that refuses a budget too small for a model, naming the smallest that works."""
+    budget = plan.budget
+    key, value = ("budget.usd", budget.usd) if budget.minutes is None else ("budget.minutes", budget.minutes)
+    minimum = math.ceil(error.minimum_s / 60 * 10) / 10
+    return (f"{key}={value:g}: too small to produce a model ({error.detail}); the smallest budget that can is "
+            f"budget.minutes={minimum:g} on this machine, or budget=none for the configured limits")
