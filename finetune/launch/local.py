@@ -131,6 +131,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     def next_stage(name: str, detail: str = "") -> None:
         nonlocal step
         step += 1
+        summary.enter(name)
         stage(step, total, name, detail)
 
     next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
@@ -227,9 +228,15 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     held.close()
 
     next_stage("report")
+    if plan.estimate is not None:  # the report shows the stages so far; summary.json gets the report's too
+        summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
     summary.finish()  # before the report, so the report shows the finish time and duration
     report = write_report(run_dir, summary)
     summary.figures = [str(path) for path in report.figures]
+    summary.enter(None)
+    if plan.estimate is not None:
+        summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
+        print(budget.spent_line(summary.budget))
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
           f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")

@@ -162,16 +162,25 @@ def stage_seconds(request: Request, automl_s: Optional[int]) -> Dict[str, float]
 
 
 def minimum_parts(request: Request) -> tuple:
-    """(one 1-epoch trial on every core, every other stage with AutoML at its least): the least a model costs."""
-    smallest = dataclasses.replace(request, budget_s=0.0)
-    automl_s = None if request.automl_s is None else min(request.automl_s, MIN_AUTOML_S)
-    others = sum(stage_seconds(smallest, automl_s).values())
+    """(one 1-epoch trial on every core, every other stage but AutoML's search): what any model costs."""
+    others = sum(stage_seconds(dataclasses.replace(request, automl_s=None), None).values())
+    if request.automl_s is not None:
+        others += request.stages.automl
     return trial_seconds(request.speed.at_threads(request.lanes), request.work, min(1.0, request.max_epochs)), others
 
 
 def minimum_seconds(request: Request) -> float:
-    """The smallest budget that can produce a model."""
-    return sum(minimum_parts(request)) / (1 - HEADROOM)
+    """The smallest budget that can produce a model. AutoML's search takes its share of whatever the budget
+    is (:func:`automl_seconds`), so the smallest budget solves for it."""
+    trial, others = minimum_parts(request)
+    if request.automl_s is None:
+        return (trial + others) / (1 - HEADROOM)
+    least = (trial + others + min(request.automl_s, MIN_AUTOML_S)) / (1 - HEADROOM)
+    if AUTOML_SHARE * least > MIN_AUTOML_S:
+        least = (trial + others) / (1 - HEADROOM - AUTOML_SHARE)
+        if AUTOML_SHARE * least > request.automl_s:
+            least = (trial + others + request.automl_s) / (1 - HEADROOM)
+    return least
 
 
 def _options(request: Request) -> List[tuple]:
@@ -327,3 +336,26 @@ def refusal(plan: "RunPlan", error: BudgetTooSmall) -> str:
     minimum = math.ceil(error.minimum_s / 60 * 10) / 10
     return (f"{key}={value:g}: too small to produce a model ({error.detail}); the smallest budget that can is "
             f"budget.minutes={minimum:g} on this machine, or budget=none for the configured limits")
+
+
+# ----------------------------------------------------------------------------------------------- after it
+
+
+def spent(estimate: Estimate, stage_seconds: Dict[str, float]) -> dict:
+    """summary.json's ``budget``: each stage's expected and spent seconds, the totals, the share of the budget
+    spent and the estimate's error ((expected - spent) / spent; negative: the run took longer than printed)."""
+    names = list(dict.fromkeys([*estimate.stages, *stage_seconds]))
+    stages = {name: {"expected_s": estimate.stages.get(name), "spent_s": stage_seconds.get(name)} for name in names}
+    spent_total = sum(stage_seconds.values())
+    expected_total = estimate.total_s
+    return {"budget_s": estimate.budget_s, "plan": estimate.reason, "stages": stages,
+            "expected_s": round(expected_total, 1), "spent_s": round(spent_total, 1),
+            "spent_of_budget": round(spent_total / estimate.budget_s, 3) if estimate.budget_s else None,
+            "estimate_error": round((expected_total - spent_total) / spent_total, 3) if spent_total else None}
+
+
+def spent_line(section: dict) -> str:
+    error = section["estimate_error"]
+    return (f"budget: spent {section['spent_s'] / 60:.1f} min of {section['budget_s'] / 60:g} "
+            f"({section['spent_of_budget']:.0%}); the plan expected {section['expected_s'] / 60:.1f} min"
+            + (f" ({error:+.0%})" if error is not None else ""))

@@ -1,0 +1,147 @@
+"""Budgets: the fit's arithmetic figure by figure, the refusal of budgets that cannot produce a model, and a
+sweep that starts no trial the budget cannot finish (the tiny BERT of conftest.py)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+
+import optuna
+import pytest
+
+from finetune import budget
+from finetune.budget import Estimate, Request, StageCosts, Throughput, Workload
+from finetune.cli import main
+
+SPEED = Throughput(train_example_s=0.01, eval_example_s=0.005, trial_overhead_s=10.0, threads=1)
+WORK = Workload(train_rows=1000, val_rows=100, evals_per_epoch=1)
+STAGES = StageCosts(data=5, automl=5, select=5, register=5, deploy=5, report=5)
+
+
+def request(**changes) -> Request:
+    base = Request(budget_s=300.0, speed=SPEED, work=WORK, stages=STAGES, max_epochs=3, max_trials=16, lanes=2,
+                   sweep=True, automl_s=60, policy="Bandit from epoch 1")
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_trial_costs_its_overhead_plus_its_epochs_of_training_and_evaluation():
+    # 1000 x 0.01 s of training + 100 x 0.005 s of evaluation = 10.5 s an epoch.
+    assert budget.epoch_seconds(SPEED, WORK) == pytest.approx(10.5)
+    assert budget.trial_seconds(SPEED, WORK, 3) == pytest.approx(10 + 31.5)
+    # Two threads: 2 ** 0.6 = 1.5157 times faster per example; the overhead does not shrink.
+    two = SPEED.at_threads(2)
+    assert two.train_example_s == pytest.approx(0.01 / 1.515717, rel=1e-5) and two.trial_overhead_s == 10.0
+
+
+def test_the_fit_takes_the_most_epochs_then_the_most_trials_that_fit():
+    estimate = budget.fit(request())
+    # AutoML gets min(60, 10 % of 300) = 30 s (+ 5 fixed); the other stages 25 s: 60 s beside training.
+    # The sweep's share: 300 x 0.95 - 60 = 225 s; a 3-epoch trial on one thread is 41.5 s: 5 per lane, 2 lanes.
+    assert (estimate.epochs, estimate.trials, estimate.concurrency, estimate.threads) == (3, 10, 2, 1)
+    assert estimate.automl_s == 30 and estimate.trial_s == pytest.approx(41.5)
+    assert estimate.stages == {"data": 5, "search": pytest.approx(5 * 41.5), "automl": 35, "select": 5,
+                               "register": 5, "deploy": 5, "report": 5}
+    assert estimate.total_s == pytest.approx(267.5)
+    assert estimate.sweep_s == pytest.approx(300 * 0.95 - 55 - 5)
+    assert estimate.trial_timeout_s == 83 and estimate.max_trials == 16
+    assert estimate.reason == ("10 trials x 3 epochs, 2 at a time (1 thread each), Bandit from epoch 1 (a stopped "
+                               "trial's time goes to more trials, up to 16), expected 4.5 min of 5")
+
+
+def test_a_tighter_budget_trades_epochs_for_a_second_trial():
+    # 120 s: AutoML 12 + 5, others 25 -> 42 s; the share 114 - 42 = 72 s. Three epochs (41.5 s) give one trial a
+    # lane = 2 trials; 72 // 41.5 = 1 per lane: 2 trials x 3 epochs fit.
+    roomy = budget.fit(request(budget_s=120.0))
+    assert (roomy.epochs, roomy.trials) == (3, 2)
+    # 70 s: share 66.5 - 40 = 26.5 s: a 1-epoch trial (20.5 s) a lane -> 2 x 1 ("3 epochs would not fit").
+    tight = budget.fit(request(budget_s=70.0))
+    assert (tight.epochs, tight.trials, tight.concurrency) == (1, 2, 2) and "3 epochs would not fit" in tight.reason
+
+
+def test_one_training_gets_every_core_and_the_epochs_that_fit():
+    single = budget.fit(request(sweep=False, budget_s=100.0))
+    # 100 x 0.95 - (5 + 15 + 20) = 55 s; on two threads an epoch is 10.5 / 1.5157 = 6.93 s: 3 epochs = 30.8 s.
+    assert (single.trials, single.epochs, single.concurrency, single.threads) == (1, 3, 1, 2)
+    assert single.stages["train"] == pytest.approx(10 + 3 * 10.5 / 1.515717, abs=0.05)  # stages round to 0.1 s
+    assert single.reason.startswith("one training of 3 epochs")
+
+
+def test_a_budget_smaller_than_one_minimal_trial_is_refused_with_the_smallest_that_works():
+    with pytest.raises(budget.BudgetTooSmall) as refused:
+        budget.fit(request(budget_s=40.0))
+    # The least a model costs: the stages 30 s (AutoML's fixed 5 s among them), one 1-epoch trial on both
+    # cores (10 + 10.5 / 1.5157 s), AutoML's search at its least (10 s: 10 % of 60 s is less), 5 % headroom.
+    trial = 10 + 10.5 / 1.515717
+    assert refused.value.minimum_s == pytest.approx((30 + trial + 10) / 0.95, rel=1e-5)
+    assert budget.fit(request(budget_s=refused.value.minimum_s * 1.0001)).trials == 1
+    # With AutoML's search capped at 3 s by the config, its share never grows past that; with slow trials
+    # its 10 % share passes 10 s and the smallest budget pays it.
+    assert budget.minimum_seconds(request(automl_s=3)) == pytest.approx((30 + trial + 3) / 0.95, rel=1e-5)
+    slow = dataclasses.replace(SPEED, trial_overhead_s=200.0)
+    assert budget.minimum_seconds(request(speed=slow)) == pytest.approx((30 + trial + 190) / 0.85, rel=1e-5)
+    assert budget.fit(request(budget_s=refused.value.minimum_s + 1)).trials >= 1
+
+
+def test_the_runner_scales_the_next_trial_by_what_the_trials_so_far_took():
+    estimate = Estimate(budget_s=300, trials=4, max_trials=8, epochs=2, concurrency=1, threads=1, trial_s=50.0,
+                        trial_overhead_s=10.0, trial_timeout_s=100, sweep_s=200, automl_s=None)
+    # A trial stopped after 1 epoch was expected to take 10 + 20 s; one that ran 2 epochs 50 s.
+    assert budget.expected_trial_seconds(estimate, 1.0) == 30.0
+    factor = budget.speed_factor([(45.0, 30.0), (75.0, 50.0)])
+    assert factor == pytest.approx(1.5)
+    assert budget.fits(0.0, 75.0, 50.0, factor) and not budget.fits(0.1, 75.0, 50.0, factor)
+    assert budget.speed_factor([]) == 1.0
+
+
+def test_spent_compares_each_stage_with_its_estimate():
+    estimate = budget.fit(request())
+    section = budget.spent(estimate, {"data": 6.0, "search": 230.0, "automl": 40.0, "select": 5.0,
+                                      "register": 4.0, "deploy": 6.0, "report": 4.0})
+    assert section["spent_s"] == 295.0 and section["spent_of_budget"] == pytest.approx(295 / 300, abs=1e-3)
+    assert section["estimate_error"] == pytest.approx((267.5 - 295) / 295, abs=1e-3)
+    assert section["stages"]["search"] == {"expected_s": 207.5, "spent_s": 230.0}
+
+
+@pytest.mark.parametrize("minutes", ["0", "-2", "0.2"])
+def test_a_nonsense_budget_ends_in_one_line_naming_the_smallest_budget(capsys, tmp_path, tiny_model_dir, minutes):
+    code = main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
+                 f"budget.minutes={minutes}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: budget.minutes={float(minutes):g}: too small to produce a model")
+    smallest = float(err.split("the smallest budget that can is budget.minutes=")[1].split()[0])
+    # The named budget is enough: the same plan with it fits.
+    assert main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
+                 f"budget.minutes={smallest}"]) == 0
+    assert "budget plan: " in capsys.readouterr().out
+
+
+def test_a_cost_budget_on_a_local_run_is_a_plan_problem(capsys, tmp_path):
+    assert main(["dry_run=true", f"output_root={tmp_path}", "budget.usd=5"]) == 2
+    assert "budget.usd=5: a local run has no price" in capsys.readouterr().err
+
+
+def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, tiny_model_dir):
+    from test_search_runner import make_plan, overrides
+
+    from finetune.data import prepare
+    from finetune.search.runner import run_sweep
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking, "budget=none", "model.epochs=1",
+                               "dataset.sample=120", "search=random", "search.policy.type=none",
+                               "search.limits.max_total_trials=3", "search.limits.timeout=600"))
+    data = prepare(plan.dataset, tmp_path / "data")
+    # The plan expected 400 s for 1000 epochs, so its one real epoch "should" take 0.4 s: a real trial takes
+    # seconds, the factor is thousands, and a second trial cannot end within the 600 s left.
+    estimate = Estimate(budget_s=700, trials=1, max_trials=3, epochs=1000, concurrency=1, threads=1, trial_s=400.0,
+                        trial_overhead_s=0.0, trial_timeout_s=900, sweep_s=600, automl_s=None)
+    plan = dataclasses.replace(plan, estimate=estimate)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        sweep = run_sweep(plan, data, tmp_path / "sweep")
+    assert [t.status for t in sweep.trials] == ["completed"] and sweep.best is not None
+    assert "budget: no more trials" in printed.getvalue() and "not started" not in printed.getvalue()
+    assert sweep.compute["speed_factor"] > 1 and sweep.trials[0].ended_s > 0
+    assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+               .get_trials()) == 1
