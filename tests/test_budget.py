@@ -9,9 +9,9 @@ import io
 import optuna
 import pytest
 
-from finetune import budget
-from finetune.budget import Estimate, Request, StageCosts, Throughput, Workload
-from finetune.cli import main
+from finetune.plan import budget
+from finetune.plan.budget import Estimate, Request, StageCosts, Throughput, Workload
+from finetune.cli.main import main
 
 SPEED = Throughput(train_example_s=0.01, eval_example_s=0.005, trial_overhead_s=10.0, threads=1)
 WORK = Workload(train_rows=1000, val_rows=100, evals_per_epoch=1)
