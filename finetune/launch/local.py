@@ -94,7 +94,13 @@ def resolve(plan: RunPlan) -> RunPlan:
     try:
         estimate = budget.fit(request)
     except budget.BudgetTooSmall as error:
-        raise UserError(budget.refusal(plan, error)) from None
+        if any(override.lstrip("+~").startswith("budget") for override in plan.overrides):
+            raise UserError(budget.refusal(plan, error)) from None
+        # The shipped default is no request of the user's: a slower machine gets the smallest plan that
+        # produces a model, said in the plan's line, rather than a refusal of `python -m finetune`.
+        estimate = budget.fit(dataclasses.replace(request, budget_s=error.minimum_s * 1.001))
+        estimate.reason += (f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
+                            f"(the smallest that fits is {error.minimum_s / 60:.1f})")
     return budget.apply(plan, estimate)
 
 
@@ -257,6 +263,9 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     from finetune.search.runner import run_sweep  # optuna: loaded only when a plan sweeps
 
     sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
+    if plan.estimate is not None and "speed_factor" in sweep.compute:
+        # The next plan on this machine starts from how fast this sweep's trials really ran.
+        calibration.learn(plan, sweep.compute["speed_factor"])
     summary.sweep = sweep
     summary.save()
     best = sweep.best

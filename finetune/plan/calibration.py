@@ -92,11 +92,28 @@ def calibrate(plan: "RunPlan") -> dict:
     return result
 
 
+def learn(plan: "RunPlan", factor: float) -> None:
+    """Keep how much slower (factor > 1) or faster the last sweep's trials ran than its calibration said: the
+    next estimate starts from the machine as it last ran, not as it was when it was measured."""
+    cached = cache_file(request(plan))
+    try:
+        entry = json.loads(cached.read_text())
+    except (OSError, ValueError):
+        return
+    entry["observed_factor"] = round(entry.get("observed_factor", 1.0) * factor, 4)
+    entry["observed"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    cached.write_text(json.dumps(entry, indent=2))
+
+
 def throughput(calibration: dict) -> Throughput:
-    return Throughput(train_example_s=calibration["train_example_s"], eval_example_s=calibration["eval_example_s"],
+    factor = calibration.get("observed_factor", 1.0)
+    basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
+    if "observed" in calibration:
+        basis += f", x {factor:.2f} as the last sweep ran ({calibration['observed']})"
+    return Throughput(train_example_s=calibration["train_example_s"] * factor,
+                      eval_example_s=calibration["eval_example_s"] * factor,
                       trial_overhead_s=calibration["load_s"] + TRIAL_EXTRA_S, threads=calibration["threads"],
-                      basis=f"calibrated on this machine {calibration['measured']} "
-                            f"(load {calibration['load_average']:.1f})")
+                      basis=basis)
 
 
 def workload(calibration: dict, evals_per_epoch: int) -> Workload:

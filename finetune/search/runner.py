@@ -141,6 +141,8 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
         print(f"sweep timeout ({limits.timeout} s) reached: {to_start - launched} trial(s) not started", flush=True)
     wall = wall_before + time.time() - started
     study.set_user_attr("wall_seconds", wall)
+    if plan.estimate is not None:
+        _speed_factor(plan.estimate, study, {})
     return _summarise(study, plan, sweep_dir, wall)
 
 
@@ -149,9 +151,19 @@ def _cannot_finish(plan: RunPlan, study, running: Dict[int, "_Job"], deadline: f
 
     The expected trial is scaled by what the trials so far took against the estimate: finished ones by their
     wall time, running ones by their projection from their progress files."""
-    estimate = plan.estimate
-    if estimate is None or not math.isfinite(deadline):
+    if plan.estimate is None or not math.isfinite(deadline):
         return None
+    factor = _speed_factor(plan.estimate, study, running)
+    now = time.time()
+    if budget.fits(now, deadline, plan.estimate.trial_s, factor):
+        return None
+    return (f"budget: no more trials; one is expected to take {plan.estimate.trial_s * factor:.0f} s "
+            f"({plan.estimate.trial_s:.0f} s planned x {factor:.2f} as the trials so far ran) and "
+            f"{max(0.0, deadline - now):.0f} s of the sweep's share are left")
+
+
+def _speed_factor(estimate, study, running: Dict[int, "_Job"]) -> float:
+    """Actual over planned seconds of the trials so far (kept in the study for the summary)."""
     observed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         attrs = trial.user_attrs
@@ -164,12 +176,7 @@ def _cannot_finish(plan: RunPlan, study, running: Dict[int, "_Job"], deadline: f
             observed.append(((time.time() - job.started) / fraction, estimate.trial_s))
     factor = budget.speed_factor(observed)
     study.set_user_attr("speed_factor", round(factor, 3))
-    now = time.time()
-    if budget.fits(now, deadline, estimate.trial_s, factor):
-        return None
-    return (f"budget: no more trials; one is expected to take {estimate.trial_s * factor:.0f} s "
-            f"({estimate.trial_s:.0f} s planned x {factor:.2f} as the trials so far ran) and "
-            f"{max(0.0, deadline - now):.0f} s of the sweep's share are left")
+    return factor
 
 
 # ------------------------------------------------------------------------------------------------ trials
