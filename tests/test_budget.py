@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 
 import optuna
 import pytest
@@ -145,3 +146,36 @@ def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, ti
     assert sweep.compute["speed_factor"] > 1 and sweep.trials[0].ended_s > 0
     assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
                .get_trials()) == 1
+
+
+def aml_plan(*overrides: str):
+    from finetune.cli.main import compose
+    from finetune.plan.build import build_plan
+
+    args = ["compute=a100", "dry_run=true", *overrides]
+    return build_plan(compose(args, {}), args, "aml-budget")
+
+
+@pytest.mark.parametrize("usd", [20.0, 12.0])
+def test_an_aml_cost_budget_exports_limits_whose_worst_case_fits_it(usd):
+    from finetune.launch.azureml import pricing, throughput
+
+    fitted = throughput.fit(aml_plan(f"budget.usd={usd}"), train_rows=2088, val_rows=261)
+    limits = fitted.search.limits
+    worst = sum(e.cost_usd for e in (pricing.sweep_estimate(fitted), pricing.automl_estimate(fitted),
+                                     pricing.steps_estimate(fitted)))
+    assert worst <= usd and f"of ${usd:g} by the price table" in fitted.estimate.reason
+    # Every limit is set: the sweep cannot outrun what the bound assumed.
+    assert limits.max_total_trials >= 2 and limits.max_concurrent_trials == 4
+    assert limits.trial_timeout == math.ceil(2 * fitted.estimate.trial_s) and limits.timeout >= limits.trial_timeout
+    assert fitted.estimate.cost_usd < worst
+
+
+def test_an_aml_budget_too_small_names_the_smallest_that_works():
+    from finetune.errors import UserError
+    from finetune.launch.azureml import throughput
+
+    with pytest.raises(UserError, match=r"budget.usd=1: too small .* the smallest budget that can is budget.usd=") as e:
+        throughput.fit(aml_plan("budget.usd=1"), train_rows=2088, val_rows=261)
+    smallest = float(str(e.value).split("budget.usd=")[2].split()[0])
+    assert throughput.fit(aml_plan(f"budget.usd={smallest}"), train_rows=2088, val_rows=261).estimate.trials == 1

@@ -226,26 +226,33 @@ def fit(request: Request) -> Estimate:
         trial_overhead_s=round(request.speed.trial_overhead_s, 1),
         trial_timeout_s=math.ceil(seconds * TRIAL_TIMEOUT_FACTOR), sweep_s=round(sweep_share, 1), automl_s=automl_s,
         stages={name: round(value, 1) for name, value in stages.items()}, basis=request.speed.basis)
-    estimate.reason = reason_line(estimate, request, fewer=not enough and request.sweep)
+    estimate.reason = reason_line(estimate, request.sweep, request.policy, request.max_epochs,
+                                  fewer=not enough and request.sweep)
     return estimate
 
 
-def reason_line(estimate: Estimate, request: Request, fewer: bool = False) -> str:
+def reason_line(estimate: Estimate, sweep: bool, policy: str, max_epochs: float, fewer: bool = False) -> str:
     """The plan in one line: what was chosen and why (``2 trials x 2 epochs, 2 at a time, ...``)."""
-    what = (f"{estimate.trials} trial{'s' if estimate.trials != 1 else ''} x {estimate.epochs:g} epoch"
-            f"{'s' if estimate.epochs != 1 else ''}" if request.sweep else f"one training of {estimate.epochs:g} "
-                                                                           f"epoch{'s' if estimate.epochs != 1 else ''}")
-    parts = [what]
-    if request.sweep:
-        parts.append(f"{estimate.concurrency} at a time ({estimate.threads} thread{'s' if estimate.threads != 1 else ''} each)"
-                     if estimate.concurrency > 1 else f"one at a time on {estimate.threads} threads")
-        if request.policy:
-            parts.append(f"{request.policy} (a stopped trial's time goes to more trials, up to {estimate.max_trials})")
+    epochs = f"{estimate.epochs:g} epoch{'s' if estimate.epochs != 1 else ''}"
+    parts = [f"{estimate.trials} trial{'s' if estimate.trials != 1 else ''} x {epochs}" if sweep
+             else f"one training of {epochs}"]
+    if sweep:
+        threads = f"{estimate.threads} thread{'s' if estimate.threads != 1 else ''}"
+        if not estimate.threads:  # a node or GPU per trial: threads are not the planner's
+            parts.append(f"{estimate.concurrency} at a time")
+        else:
+            parts.append(f"{estimate.concurrency} at a time ({threads} each)" if estimate.concurrency > 1
+                         else f"one at a time on {threads}")
+        if policy and estimate.max_trials > estimate.trials:
+            parts.append(f"{policy} (a stopped trial's time goes to more trials, up to {estimate.max_trials})")
+        elif policy:
+            parts.append(policy)
     if fewer:
         parts.append(f"only {estimate.trials} trial fits: a larger budget compares trials")
-    elif estimate.epochs < request.max_epochs:
-        parts.append(f"{request.max_epochs:g} epochs would not fit")
-    parts.append(f"expected {estimate.total_s / 60:.1f} min of {estimate.budget_s / 60:g}")
+    elif estimate.epochs < max_epochs:
+        parts.append(f"{max_epochs:g} epochs would not fit")
+    expected = f"expected {estimate.total_s / 60:.1f} min"
+    parts.append(f"{expected} of {estimate.budget_s / 60:.3g}" if estimate.budget_s else expected)
     return ", ".join(parts)
 
 
