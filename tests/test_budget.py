@@ -179,3 +179,22 @@ def test_an_aml_budget_too_small_names_the_smallest_that_works():
         throughput.fit(aml_plan("budget.usd=1"), train_rows=2088, val_rows=261)
     smallest = float(str(e.value).split("budget.usd=")[2].split()[0])
     assert throughput.fit(aml_plan(f"budget.usd={smallest}"), train_rows=2088, val_rows=261).estimate.trials == 1
+
+
+def test_the_report_shows_budget_against_spent_and_the_sweeps_anytime_curve(tmp_path):
+    from finetune.plan.results import RunSummary, SweepResult, SweepTrial
+    from finetune.report.budget import best_so_far, budget_section
+    from finetune.report.common import Figures
+
+    summary = RunSummary(tmp_path / "summary.json", {"name": "b"})
+    trials = [SweepTrial(0, {"learning_rate": 1e-4}, "completed", 0.95, [0.94, 0.95], 2.0, ended_s=300.0),
+              SweepTrial(1, {"learning_rate": 1e-5}, "early_terminated", 0.80, [0.80], 1.0, ended_s=200.0),
+              SweepTrial(2, {"learning_rate": 5e-5}, "completed", 0.96, [0.93, 0.96], 2.0, ended_s=480.0)]
+    summary.sweep = SweepResult("random", {"type": "bandit"}, "val_auc_weighted", "maximize", trials, None, {})
+    summary.budget = budget.spent(budget.fit(request()), {"data": 6.0, "search": 230.0, "automl": 40.0})
+    assert [(round(m, 2), v) for m, v, _, _ in best_so_far(summary)] == [(3.33, 0.80), (5.0, 0.95), (8.0, 0.96)]
+    lines = budget_section(summary, Figures(tmp_path))
+    text = "\n".join(lines)
+    assert "| search | 3.5 min | 3.8 min |" in text and "| select | 5 s | – |" in text
+    assert "Spent 4.6 min of the 5-minute budget (92%)" in text
+    assert "the sweep was still improving" in text and (tmp_path / "figures" / "sweep_anytime.png").exists()

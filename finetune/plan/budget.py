@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 # The share of the budget the fit leaves unplanned: the stages' own jitter and a machine busier than at
 # calibration. The runner's re-estimation absorbs the rest.
 HEADROOM = 0.05
-# CPU training time against threads: t threads take 1 / t**THREAD_EXPONENT of one thread's time (MiniLM, 2-core
-# VM, docs/performance.md); lanes of one thread each scale linearly, so trials run one thread per core.
+# CPU training time against threads: t threads take 1 / t**THREAD_EXPONENT of one thread's time. An assumption
+# (a small model's matmuls do not split perfectly across cores), not a measurement: on a loaded shared VM two
+# threads were not measurable apart from one. Lanes of one thread each scale linearly, so the fit prefers them.
 THREAD_EXPONENT = 0.6
 # A sweep compares trials: fewer than two is a single run with a sweep's overhead.
 MIN_SWEEP_TRIALS = 2
@@ -355,7 +356,7 @@ def spent(estimate: Estimate, stage_seconds: Dict[str, float]) -> dict:
     stages = {name: {"expected_s": estimate.stages.get(name), "spent_s": stage_seconds.get(name)} for name in names}
     spent_total = sum(stage_seconds.values())
     expected_total = estimate.total_s
-    return {"budget_s": estimate.budget_s, "plan": estimate.reason, "stages": stages,
+    return {"budget_s": estimate.budget_s, "plan": estimate.reason, "sweep_share_s": estimate.sweep_s, "stages": stages,
             "expected_s": round(expected_total, 1), "spent_s": round(spent_total, 1),
             "spent_of_budget": round(spent_total / estimate.budget_s, 3) if estimate.budget_s else None,
             "estimate_error": round((expected_total - spent_total) / spent_total, 3) if spent_total else None}
