@@ -17,7 +17,7 @@ from pathlib import Path
 from finetune.config.spec import to_argv
 from finetune.data import prepare
 from finetune.errors import UserError
-from finetune.plan import budget, calibration
+from finetune.plan import budget, calibration, fitting
 from finetune.plan.results import Candidate, RunSummary, SelectionResult, TrainingResult
 from finetune.plan.run_plan import RunPlan
 from finetune.registry import model_registry as registry
@@ -83,25 +83,25 @@ def check_endpoint(endpoint_cfg) -> list[str]:
 
 def resolve(plan: RunPlan) -> RunPlan:
     """A budget is fitted from this machine's calibration (measured once per machine, model and data, cached)."""
-    if not budget.budgeted(plan):
+    if not fitting.budgeted(plan):
         return plan
     measured = calibration.calibrate(plan)
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
     lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
-    request = budget.request_for(plan, calibration.throughput(measured),
+    request = fitting.request_for(plan, calibration.throughput(measured),
                                  calibration.workload(measured, plan.train.evals_per_epoch), lanes,
                                  budget.LOCAL_STAGES, (plan.budget.minutes or 0) * 60)
     try:
         estimate = budget.fit(request)
     except budget.BudgetTooSmall as error:
         if any(override.lstrip("+~").startswith("budget") for override in plan.overrides):
-            raise UserError(budget.refusal(plan, error)) from None
+            raise UserError(fitting.refusal(plan, error)) from None
         # The shipped default is no request of the user's: a slower machine gets the smallest plan that
         # produces a model, said in the plan's line, rather than a refusal of `python -m finetune`.
         estimate = budget.fit(dataclasses.replace(request, budget_s=error.minimum_s * 1.001))
         estimate.reason += (f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
                             f"(the smallest that fits is {error.minimum_s / 60:.1f})")
-    return budget.apply(plan, estimate)
+    return fitting.apply(plan, estimate)
 
 
 def separate(plans: list) -> list:

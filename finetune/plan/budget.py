@@ -18,10 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional
-
-if TYPE_CHECKING:
-    from finetune.plan.run_plan import RunPlan
+from typing import Dict, List, Optional
 
 # The share of the budget the fit leaves unplanned: the stages' own jitter and a machine busier than at
 # calibration. The runner's re-estimation absorbs the rest.
@@ -284,66 +281,6 @@ def speed_factor(observed: List[tuple]) -> float:
 def fits(now: float, deadline: float, trial_s: float, factor: float) -> bool:
     """Whether a trial expected to take ``trial_s`` (scaled by what the trials so far took) ends by ``deadline``."""
     return now + trial_s * factor <= deadline
-
-
-# ------------------------------------------------------------------------------------------------ plans
-
-
-def budgeted(plan: "RunPlan") -> bool:
-    return plan.budget.minutes is not None or plan.budget.usd is not None
-
-
-def check_budget(plan: "RunPlan") -> List[str]:
-    """The budget's problems a plan shows before anything is measured (a too small budget needs the
-    calibration's figures and is refused when the launcher fits it, naming the smallest that works)."""
-    budget, problems = plan.budget, []
-    if budget.usd is not None and plan.launcher == "local":
-        problems.append(f"budget.usd={budget.usd:g}: a local run has no price; set budget.minutes instead "
-                        "(or compute=a100 etc. for AML)")
-    elif budget.usd is not None and plan.compute.hourly_price_usd is None:
-        problems.append(f"budget.usd={budget.usd:g}: compute {plan.compute.name} has no price; set "
-                        "compute.hourly_price_usd (USD per node-hour) or use budget.minutes")
-    return problems
-
-
-def policy_text(plan: "RunPlan") -> str:
-    """``Bandit from epoch 1``: when the sweep's policy first stops a trial (empty without a policy)."""
-    policy = plan.search.policy
-    if plan.search.sampling == "none" or policy.type == "none":
-        return ""
-    first = max(policy.delay_evaluation + 1, policy.evaluation_interval)
-    per_epoch = plan.train.evals_per_epoch
-    when = f"epoch {first // per_epoch}" if first % per_epoch == 0 else f"evaluation {first}"
-    return f"{policy.type.capitalize()} from {when}"
-
-
-def request_for(plan: "RunPlan", speed: Throughput, work: Workload, lanes: int, stages: StageCosts,
-                budget_s: float) -> Request:
-    return Request(budget_s=budget_s, speed=speed, work=work, stages=stages, max_epochs=plan.model.epochs,
-                   max_trials=plan.budget.max_trials, lanes=lanes, sweep=plan.search.sampling != "none",
-                   automl_s=plan.automl.time_budget_s if "automl" in plan.stages else None,
-                   deploy="deploy" in plan.stages, policy=policy_text(plan))
-
-
-def apply(plan: "RunPlan", estimate: Estimate) -> "RunPlan":
-    """The plan with the fit's choices in place of the configured epochs, limits and AutoML budget."""
-    limits = dataclasses.replace(plan.search.limits, max_total_trials=estimate.max_trials,
-                                 max_concurrent_trials=estimate.concurrency, trial_timeout=estimate.trial_timeout_s,
-                                 timeout=max(1, math.floor(estimate.sweep_s)))
-    automl = (dataclasses.replace(plan.automl, time_budget_s=estimate.automl_s) if estimate.automl_s is not None
-              and plan.automl.engine == "local" else plan.automl)
-    return dataclasses.replace(plan, model=dataclasses.replace(plan.model, epochs=estimate.epochs),
-                               search=dataclasses.replace(plan.search, limits=limits), automl=automl,
-                               estimate=estimate)
-
-
-def refusal(plan: "RunPlan", error: BudgetTooSmall) -> str:
-    """The one line that refuses a budget too small for a model, naming the smallest that works."""
-    budget = plan.budget
-    key, value = ("budget.usd", budget.usd) if budget.minutes is None else ("budget.minutes", budget.minutes)
-    minimum = math.ceil(error.minimum_s / 60 * 10) / 10
-    return (f"{key}={value:g}: too small to produce a model ({error.detail}); the smallest budget that can is "
-            f"budget.minutes={minimum:g} on this machine, or budget=none for the configured limits")
 
 
 # ----------------------------------------------------------------------------------------------- after it

@@ -19,7 +19,7 @@ from finetune.data.multilabel import planned_task
 from finetune.data.sources import check_source
 from finetune.data.split import check_split
 from finetune.errors import ConfigProblems
-from finetune.plan.budget import check_budget
+from finetune.plan.fitting import check_budget
 from finetune.launch import launcher, launcher_name
 from finetune.plan.run_plan import RunPlan
 from finetune.search.validation import check_search

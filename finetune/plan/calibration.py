@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune.config.schema import DatasetConfig, SplitFiles
+from finetune.data import prepare
 from finetune.errors import UserError
 from finetune.plan.budget import Throughput, Workload
 
@@ -138,9 +140,6 @@ def _batches(lengths: list, batch_size: int, steps: int, seed: int = 0) -> list:
 
 def measure(spec: dict) -> dict:
     """Run the calibration described by ``spec`` (:func:`request`) in this process."""
-    from finetune.config.schema import DatasetConfig, SplitFiles
-    from finetune.data import prepare
-
     dataset_fields = dict(spec["dataset"])
     dataset_fields["split_files"] = SplitFiles(**(dataset_fields.get("split_files") or {}))
     with tempfile.TemporaryDirectory(prefix="finetune-calibration-") as scratch:

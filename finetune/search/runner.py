@@ -104,7 +104,9 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     running: Dict[int, _Job] = {}
     launched = 0
     data_dir = str(Path(data.train_path).parent)
-    progress = SweepProgress(total, total - to_start, len(free), search.primary_metric)
+    # Under a budget the sweep expects the fit's trials (more start only when a policy frees time).
+    shown = min(total, plan.estimate.trials) if plan.estimate is not None else total
+    progress = SweepProgress(shown, total - to_start, len(free), search.primary_metric)
     held_back = None  # why the budget lets no more trials start
     try:
         while True:

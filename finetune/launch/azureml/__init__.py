@@ -19,7 +19,7 @@ from finetune.launch.azureml.checks import check_azureml as check
 from finetune.launch.azureml.checks import distinct_targets as separate
 from finetune.launch.azureml.checks import resolve_limits as resolve
 from finetune.launch.azureml.checks import with_task
-from finetune.plan.budget import budgeted
+from finetune.plan.fitting import budgeted
 from finetune.plan.run_plan import RunPlan
 from finetune.plan.view import estimate_lines
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from finetune.errors import UserError
 from finetune.launch.azureml import pricing
-from finetune.plan import budget
+from finetune.plan import budget, fitting
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -118,7 +118,7 @@ def _candidate(plan: "RunPlan", speed, work, epochs: float, trials: int, lanes: 
         budget_s=(plan.budget.minutes or 0) * 60, trials=trials, max_trials=trials, epochs=epochs, concurrency=lanes,
         threads=0, trial_s=round(seconds, 1), trial_overhead_s=speed.trial_overhead_s, trial_timeout_s=timeout_s,
         sweep_s=waves * timeout_s, automl_s=None, stages=stages, basis=speed.basis)
-    return dataclasses.replace(budget.apply(plan, estimate), automl=automl)
+    return dataclasses.replace(fitting.apply(plan, estimate), automl=automl)
 
 
 def _bound(plan: "RunPlan") -> float:
@@ -143,7 +143,7 @@ def _applied(plan: "RunPlan", candidate: "RunPlan", sweep: bool) -> "RunPlan":
         steps = pricing.steps_estimate(candidate)
         expected_cost = (estimate.trials * estimate.trial_s / 3600 * plan.compute.instance_count * price
                          + (automl.cost_usd or 0.0 if automl else 0.0) + (steps.cost_usd or 0.0))
-    reason = budget.reason_line(estimate, sweep, budget.policy_text(plan), plan.model.epochs,
+    reason = budget.reason_line(estimate, sweep, fitting.policy_text(plan), plan.model.epochs,
                                 fewer=sweep and estimate.trials < budget.MIN_SWEEP_TRIALS)
     if plan.budget.usd is not None:
         reason += f"; worst case ${_bound(candidate):,.2f} of ${plan.budget.usd:g} by the price table"
