@@ -88,7 +88,7 @@ def resolve(plan: RunPlan) -> RunPlan:
     measured = calibration.calibrate(plan)
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
     lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
-    request = fitting.request_for(plan, calibration.throughput(measured),
+    request = fitting.request_for(plan, calibration.throughput(measured, os.getloadavg()[0], lanes),
                                  calibration.workload(measured, plan.train.evals_per_epoch), lanes,
                                  budget.LOCAL_STAGES, (plan.budget.minutes or 0) * 60)
     try:

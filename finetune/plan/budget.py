@@ -46,9 +46,11 @@ class Throughput:
     trial_overhead_s: float  # everything a trial does besides its epochs
     threads: int = 1
     basis: str = ""  # where the figures come from, printed with the plan
+    # 0 on a machine whose cores are all busy already: a second thread then finds no free core.
+    thread_exponent: float = THREAD_EXPONENT
 
     def at_threads(self, threads: int) -> "Throughput":
-        speedup = (max(1, threads) / self.threads) ** THREAD_EXPONENT
+        speedup = (max(1, threads) / self.threads) ** self.thread_exponent
         return dataclasses.replace(self, train_example_s=self.train_example_s / speedup,
                                    eval_example_s=self.eval_example_s / speedup, threads=max(1, threads))
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from finetune.config.schema import DatasetConfig, SplitFiles
 from finetune.data import prepare
 from finetune.errors import UserError
-from finetune.plan.budget import Throughput, Workload
+from finetune.plan.budget import THREAD_EXPONENT, Throughput, Workload
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -107,15 +107,19 @@ def learn(plan: "RunPlan", factor: float) -> None:
     cached.write_text(json.dumps(entry, indent=2))
 
 
-def throughput(calibration: dict) -> Throughput:
+def throughput(calibration: dict, load: float, cores: int) -> Throughput:
+    """The calibration's figures for a machine now at ``load`` (1-minute load average) on ``cores`` cores."""
     factor = calibration.get("observed_factor", 1.0)
     basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
     if "observed" in calibration:
         basis += f", x {factor:.2f} as the last sweep ran ({calibration['observed']})"
+    busy = load >= cores
+    if busy:
+        basis += f"; busy now (load {load:.1f} on {cores} cores): more threads a trial count as no faster"
     return Throughput(train_example_s=calibration["train_example_s"] * factor,
                       eval_example_s=calibration["eval_example_s"] * factor,
                       trial_overhead_s=calibration["load_s"] + TRIAL_EXTRA_S, threads=calibration["threads"],
-                      basis=basis)
+                      basis=basis, thread_exponent=0.0 if busy else THREAD_EXPONENT)
 
 
 def workload(calibration: dict, evals_per_epoch: int) -> Workload:
