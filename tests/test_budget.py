@@ -54,9 +54,11 @@ def test_a_tighter_budget_trades_epochs_for_a_second_trial():
     # lane = 2 trials; 72 // 41.5 = 1 per lane: 2 trials x 3 epochs fit.
     roomy = budget.fit(request(budget_s=120.0))
     assert (roomy.epochs, roomy.trials) == (3, 2)
-    # 70 s: share 66.5 - 40 = 26.5 s: a 1-epoch trial (20.5 s) a lane -> 2 x 1 ("3 epochs would not fit").
+    # 70 s: share 66.5 - 40 = 26.5 s: a 1-epoch trial (20.5 s) a lane -> 2 trials, each stretched to what the
+    # share leaves: (26.5 - 10) / 10.5 = 1.57 -> 1.5 epochs ("3 epochs would not fit").
     tight = budget.fit(request(budget_s=70.0))
-    assert (tight.epochs, tight.trials, tight.concurrency) == (1, 2, 2) and "3 epochs would not fit" in tight.reason
+    assert (tight.epochs, tight.trials, tight.concurrency) == (1.5, 2, 2) and "3 epochs would not fit" in tight.reason
+    assert tight.trial_s == pytest.approx(10 + 1.5 * 10.5, abs=0.051)  # rounded to 0.1 s
 
 
 def test_one_training_gets_every_core_and_the_epochs_that_fit():

@@ -216,6 +216,14 @@ def fit(request: Request) -> Estimate:
     automl_s = automl_seconds(request)
     others = stage_seconds(request, automl_s)
     waves = math.ceil(trials / lanes)
+    # What the whole epochs leave of the share goes to every trial as a part of one more epoch (training stops
+    # part-way through it), so the run fills its budget instead of ending a wave early.
+    speed = request.speed.at_threads(threads)
+    share = request.budget_s * (1 - HEADROOM) - sum(others.values())
+    stretched = math.floor((share / waves - speed.trial_overhead_s) / epoch_seconds(speed, request.work) * 10) / 10
+    if min(stretched, request.max_epochs) > epochs:
+        epochs = min(stretched, request.max_epochs)
+        seconds = trial_seconds(speed, request.work, epochs)
     training = waves * seconds
     stages = {"data": others.pop("data"), "search" if request.sweep else "train": training, **others}
     sweep_share = request.budget_s * (1 - HEADROOM) - sum(others.values()) - stages["data"]
