@@ -116,7 +116,7 @@ def test_a_nonsense_budget_ends_in_one_line_naming_the_smallest_budget(capsys, t
     # The named budget is enough: the same plan with it fits.
     assert main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
                  f"budget.minutes={smallest}"]) == 0
-    assert "budget plan: " in capsys.readouterr().out
+    assert f"budget * budget.minutes={smallest:g}: " in capsys.readouterr().out
 
 
 def test_a_cost_budget_on_a_local_run_is_a_plan_problem(capsys, tmp_path):

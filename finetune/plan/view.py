@@ -32,7 +32,6 @@ SHORT_VIEW = {
     "automl": ("automl", ("engine",), ("time_budget_s", "estimators"), ("model_name", "timeout_minutes", "max_trials")),
     "select": ("select", ("metric", "margin", "registered_model_name"), (), ()),
     "endpoint": ("endpoint", ("target", "name", "ramp"), ("port",), ("instance_type", "instance_count")),
-    "budget": ("budget", ("name", "minutes", "usd"), (), ()),
 }
 
 
@@ -87,17 +86,21 @@ def short(plan, changed: Iterable[str] = ()) -> str:
             lines += [f" {MARK if mark else ' '} {key:<{width}}  {value}" for key, value, mark in rows]
     if "seed" in changed:
         lines.append(f"other:\n {MARK} seed  {plan.seed}")
-    lines += estimate_lines(plan)
+    lines += estimate_lines(plan, changed)
     lines.append(f"({MARK} differs from the shipped defaults; plan_view=full lists every key)")
     return "\n".join(lines)
 
 
-def estimate_lines(plan) -> List[str]:
-    """What the budget bought and the expected wall time of each stage (nothing without a budget)."""
+def estimate_lines(plan, changed: Iterable[str] = ()) -> List[str]:
+    """The budget, what it bought and the expected wall time of each stage (nothing without a budget)."""
     estimate = plan.estimate
     if estimate is None:
         return []
-    lines = [f"budget plan: {estimate.reason}", f"  expected: {stages_line(estimate)}"]
+    keys = [(key, value) for key, value in (("minutes", plan.budget.minutes), ("usd", plan.budget.usd))
+            if value is not None]
+    mark = MARK if any(f"budget.{key}" in set(changed) for key, _ in keys) else " "
+    budget = " ".join(f"budget.{key}={value:g}" for key, value in keys)
+    lines = [f"budget {mark} {budget}: {estimate.reason}", f"  expected: {stages_line(estimate)}"]
     if estimate.cost_usd is not None:
         lines.append(f"  expected cost ${estimate.cost_usd:,.2f} (the worst case by the limits follows the plan)")
     return lines + [f"  from: {estimate.basis}"]
@@ -116,7 +119,7 @@ def full(plan, changed: Iterable[str] = ()) -> str:
                 rows.append((full_key, _text(value), full_key in changed))
     width = max(len(key) for key, _, _ in rows)
     lines = [f"{MARK if mark else ' '} {key:<{width}}  {value}" for key, value, mark in rows]
-    return "\n".join(lines + estimate_lines(plan) + [f"({MARK} differs from the shipped defaults)"])
+    return "\n".join(lines + estimate_lines(plan, changed) + [f"({MARK} differs from the shipped defaults)"])
 
 
 def render(plan, changed: Iterable[str] = (), view: Optional[str] = "short") -> str:
