@@ -200,3 +200,23 @@ def test_the_report_shows_budget_against_spent_and_the_sweeps_anytime_curve(tmp_
     assert "| search | 3.5 min | 3.8 min |" in text and "| select | 5 s | – |" in text
     assert "Spent 4.6 min of the 5-minute budget (92%)" in text
     assert "the sweep was still improving" in text and (tmp_path / "figures" / "sweep_anytime.png").exists()
+
+
+def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path, monkeypatch):
+    from finetune.plan import calibration
+    from finetune.system.processes import started_at
+
+    assert started_at() <= __import__("time").time()
+    plan = aml_plan()  # any plan: learn() keys its entry by the plan's model, shape and data
+    monkeypatch.setattr(calibration, "CACHE_DIR", tmp_path)
+    entry = {"train_example_s": 0.1, "eval_example_s": 0.05, "load_s": 6.0, "threads": 1, "measured": "then",
+             "load_average": 1.0, "rows": {"train": 10, "val": 2}}
+    calibration.cache_file(calibration.request(plan)).write_text(__import__("json").dumps(entry))
+    calibration.learn(plan, 1.5, {"start": 20.0, "data": 2.0, "search": 300.0, "automl": 70.0, "select": 30.0})
+    kept = calibration.calibrate(plan)
+    costs = calibration.stage_costs(kept)
+    assert (costs.data, costs.automl, costs.select) == (22.0, 70.0 - plan.automl.time_budget_s, 30.0)
+    assert costs.deploy == budget.LOCAL_STAGES.deploy  # nothing measured: the shipped figure
+    speed = calibration.throughput(kept, load=0.5, cores=2)
+    assert speed.train_example_s == pytest.approx(0.15) and speed.thread_exponent == budget.THREAD_EXPONENT
+    assert calibration.throughput(kept, load=3.0, cores=2).thread_exponent == 0.0

@@ -90,7 +90,7 @@ def resolve(plan: RunPlan) -> RunPlan:
     lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
     request = fitting.request_for(plan, calibration.throughput(measured, os.getloadavg()[0], lanes),
                                  calibration.workload(measured, plan.train.evals_per_epoch), lanes,
-                                 budget.LOCAL_STAGES, (plan.budget.minutes or 0) * 60)
+                                 calibration.stage_costs(measured), (plan.budget.minutes or 0) * 60)
     try:
         estimate = budget.fit(request)
     except budget.BudgetTooSmall as error:
@@ -132,6 +132,8 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     # instead of in ./mlruns of whatever directory the command ran from.
     registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
     summary = RunSummary.start(plan)
+    # Start-up (interpreter, imports, planning, calibration) is time the budget pays for too.
+    summary.run["stage_seconds"] = {"start": round(max(0.0, summary.started - processes.started_at()), 1)}
     total, step = len(plan.stages) + 1, 0
 
     def next_stage(name: str, detail: str = "") -> None:
@@ -243,6 +245,9 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     if plan.estimate is not None:
         summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
         print(budget.spent_line(summary.budget))
+        # The next plan on this machine starts from how fast this run's trials and stages really ran.
+        calibration.learn(plan, (summary.sweep.compute if summary.sweep else {}).get("speed_factor", 1.0),
+                          summary.run["stage_seconds"])
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
           f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")
@@ -263,9 +268,6 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     from finetune.search.runner import run_sweep  # optuna: loaded only when a plan sweeps
 
     sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
-    if plan.estimate is not None and "speed_factor" in sweep.compute:
-        # The next plan on this machine starts from how fast this sweep's trials really ran.
-        calibration.learn(plan, sweep.compute["speed_factor"])
     summary.sweep = sweep
     summary.save()
     best = sweep.best

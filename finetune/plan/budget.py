@@ -82,8 +82,9 @@ class StageCosts:
     report: float
 
 
-# Measured on the 2-core dev VM from a default run's summary.json ``run.stage_seconds`` (docs/performance.md).
-LOCAL_STAGES = StageCosts(data=8.0, automl=12.0, select=10.0, register=6.0, deploy=14.0, report=6.0)
+# A budget run's summary.json ``run.stage_seconds`` on the 2-core dev VM at load 13 (docs/performance.md): what a
+# machine's first plan assumes; every budgeted run then keeps its own (finetune.plan.calibration.learn).
+LOCAL_STAGES = StageCosts(data=63.0, automl=6.0, select=68.0, register=1.0, deploy=26.0, report=8.0)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from finetune.config.schema import DatasetConfig, SplitFiles
 from finetune.data import prepare
 from finetune.errors import UserError
-from finetune.plan.budget import THREAD_EXPONENT, Throughput, Workload
+from finetune.plan.budget import LOCAL_STAGES, THREAD_EXPONENT, StageCosts, Throughput, Workload
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -94,17 +94,30 @@ def calibrate(plan: "RunPlan") -> dict:
     return result
 
 
-def learn(plan: "RunPlan", factor: float) -> None:
-    """Keep how much slower (factor > 1) or faster the last sweep's trials ran than its calibration said: the
-    next estimate starts from the machine as it last ran, not as it was when it was measured."""
+def learn(plan: "RunPlan", factor: float, stage_seconds: dict) -> None:
+    """Keep how much slower (factor > 1) or faster the last run's trials ran than its calibration said, and
+    what its other stages took: the next estimate starts from the machine as it last ran."""
     cached = cache_file(request(plan))
     try:
         entry = json.loads(cached.read_text())
     except (OSError, ValueError):
         return
     entry["observed_factor"] = round(entry.get("observed_factor", 1.0) * factor, 4)
+    spent = dict(stage_seconds)
+    stages = {"data": spent.get("start", 0.0) + spent.get("data", 0.0)}
+    if "automl" in spent:  # its fixed part: what it took beyond its search budget
+        stages["automl"] = max(0.0, spent["automl"] - plan.automl.time_budget_s)
+    stages.update({name: spent[name] for name in ("select", "register", "deploy", "report") if name in spent})
+    entry["stages"] = {**entry.get("stages", {}), **stages}
     entry["observed"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     cached.write_text(json.dumps(entry, indent=2))
+
+
+def stage_costs(calibration: dict) -> StageCosts:
+    """The stages' seconds as the last run on this machine spent them (the shipped figures before any run)."""
+    learned = calibration.get("stages", {})
+    return StageCosts(**{name: learned.get(name, getattr(LOCAL_STAGES, name))
+                         for name in StageCosts.__dataclass_fields__})
 
 
 def throughput(calibration: dict, load: float, cores: int) -> Throughput:
