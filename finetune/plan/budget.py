@@ -112,10 +112,6 @@ class Estimate:
     def total_s(self) -> float:
         return sum(self.stages.values())
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "Estimate":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
-
 
 @dataclass(frozen=True)
 class Request:
