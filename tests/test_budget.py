@@ -220,3 +220,18 @@ def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path
     speed = calibration.throughput(kept, load=0.5, cores=2)
     assert speed.train_example_s == pytest.approx(0.15) and speed.thread_exponent == budget.THREAD_EXPONENT
     assert calibration.throughput(kept, load=3.0, cores=2).thread_exponent == 0.0
+
+
+def test_what_the_command_line_sets_stays_as_set_under_a_budget():
+    from finetune.plan import fitting
+
+    plan = aml_plan("search.limits.trial_timeout=5", "search.limits.max_concurrent_trials=1", "model.epochs=2",
+                    "search.limits.max_total_trials=3")
+    wanted = fitting.request_for(plan, SPEED, WORK, 2, STAGES, 300.0)
+    assert (wanted.fixed_epochs, wanted.fixed_lanes, wanted.max_trials) == (True, 1, 3)
+    estimate = budget.fit(wanted)
+    # 2 epochs exactly (no stretch to fill), one lane, at most 3 trials.
+    assert (estimate.epochs, estimate.concurrency, estimate.trials) == (2.0, 1, 3)
+    limits = fitting.apply(plan, estimate).search.limits
+    assert (limits.trial_timeout, limits.max_concurrent_trials, limits.max_total_trials) == (5, 1, 3)
+    assert limits.timeout == math.floor(estimate.sweep_s)

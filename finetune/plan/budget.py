@@ -128,6 +128,9 @@ class Request:
     automl_s: Optional[int]  # the configured AutoML search budget; None without AutoML
     deploy: bool = True
     policy: str = ""  # e.g. "Bandit from epoch 1", for the printed line
+    # What the user set on the command line stays as set: the fit works around it.
+    fixed_epochs: bool = False  # model.epochs
+    fixed_lanes: Optional[int] = None  # search.limits.max_concurrent_trials
 
 
 class BudgetTooSmall(ValueError):
@@ -184,13 +187,13 @@ def _options(request: Request) -> List[tuple]:
     """(epochs, trials, lanes, trial seconds, threads) of every plan that fits the sweep's share."""
     automl_s = automl_seconds(request)
     available = request.budget_s * (1 - HEADROOM) - sum(stage_seconds(request, automl_s).values())
-    lane_choices = sorted({1, request.lanes}) if request.sweep else [1]
+    lane_choices = [request.fixed_lanes] if request.fixed_lanes else sorted({1, request.lanes}) if request.sweep else [1]
     top = math.ceil(request.max_epochs)
     options = []
     for lanes in lane_choices:
         threads = max(1, request.lanes // lanes)
         speed = request.speed.at_threads(threads)
-        for epochs in range(top, 0, -1):
+        for epochs in [request.max_epochs] if request.fixed_epochs else range(top, 0, -1):
             epochs = min(float(epochs), request.max_epochs)
             seconds = trial_seconds(speed, request.work, epochs)
             per_lane = int(available // seconds) if available > 0 else 0
@@ -218,7 +221,7 @@ def fit(request: Request) -> Estimate:
     speed = request.speed.at_threads(threads)
     share = request.budget_s * (1 - HEADROOM) - sum(others.values())
     stretched = math.floor((share / waves - speed.trial_overhead_s) / epoch_seconds(speed, request.work) * 10) / 10
-    if min(stretched, request.max_epochs) > epochs:
+    if not request.fixed_epochs and min(stretched, request.max_epochs) > epochs:
         epochs = min(stretched, request.max_epochs)
         seconds = trial_seconds(speed, request.work, epochs)
     training = waves * seconds

@@ -38,21 +38,34 @@ def policy_text(plan: RunPlan) -> str:
     return f"{policy.type.capitalize()} from {when}"
 
 
+def pinned(plan: RunPlan) -> set:
+    """The keys the command line sets: a budget fits around them instead of replacing them."""
+    return {override.lstrip("+~").split("=", 1)[0] for override in plan.overrides}
+
+
 def request_for(plan: RunPlan, speed: budget.Throughput, work: budget.Workload, lanes: int,
                 stages: budget.StageCosts, budget_s: float) -> budget.Request:
+    keys, limits = pinned(plan), plan.search.limits
+    trials = (min(plan.budget.max_trials, limits.max_total_trials) if "search.limits.max_total_trials" in keys
+              else plan.budget.max_trials)
     return budget.Request(budget_s=budget_s, speed=speed, work=work, stages=stages, max_epochs=plan.model.epochs,
-                          max_trials=plan.budget.max_trials, lanes=lanes, sweep=plan.search.sampling != "none",
+                          max_trials=trials, lanes=lanes, sweep=plan.search.sampling != "none",
                           automl_s=plan.automl.time_budget_s if "automl" in plan.stages else None,
-                          deploy="deploy" in plan.stages, policy=policy_text(plan))
+                          deploy="deploy" in plan.stages, policy=policy_text(plan),
+                          fixed_epochs="model.epochs" in keys,
+                          fixed_lanes=limits.max_concurrent_trials if "search.limits.max_concurrent_trials" in keys
+                          else None)
 
 
 def apply(plan: RunPlan, estimate: budget.Estimate) -> RunPlan:
     """The plan with the fit's choices in place of the configured epochs, limits and AutoML budget."""
-    limits = dataclasses.replace(plan.search.limits, max_total_trials=estimate.max_trials,
-                                 max_concurrent_trials=estimate.concurrency, trial_timeout=estimate.trial_timeout_s,
-                                 timeout=max(1, math.floor(estimate.sweep_s)))
+    keys = pinned(plan)
+    fitted = {"max_total_trials": estimate.max_trials, "max_concurrent_trials": estimate.concurrency,
+              "trial_timeout": estimate.trial_timeout_s, "timeout": max(1, math.floor(estimate.sweep_s))}
+    limits = dataclasses.replace(plan.search.limits, **{key: value for key, value in fitted.items()
+                                                        if f"search.limits.{key}" not in keys})
     automl = (dataclasses.replace(plan.automl, time_budget_s=estimate.automl_s) if estimate.automl_s is not None
-              and plan.automl.engine == "local" else plan.automl)
+              and plan.automl.engine == "local" and "automl.time_budget_s" not in keys else plan.automl)
     return dataclasses.replace(plan, model=dataclasses.replace(plan.model, epochs=estimate.epochs),
                                search=dataclasses.replace(plan.search, limits=limits), automl=automl,
                                estimate=estimate)
