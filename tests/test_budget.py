@@ -92,7 +92,11 @@ def test_the_runner_scales_the_next_trial_by_what_the_trials_so_far_took():
     assert budget.expected_trial_seconds(estimate, 1.0) == 30.0
     factor = budget.speed_factor([(45.0, 30.0), (75.0, 50.0)])
     assert factor == pytest.approx(1.5)
-    assert budget.fits(0.0, 75.0, 50.0, factor) and not budget.fits(0.1, 75.0, 50.0, factor)
+    # 2 epochs need 10 + 40 s x 1.5 = 75 s; with 60 s left the next trial gets (60 / 1.5 - 10) / 20 = 1.5 epochs;
+    # with 40 s, not even one epoch fits.
+    assert budget.epochs_that_fit(estimate, 75.0, factor) == 2.0
+    assert budget.epochs_that_fit(estimate, 60.0, factor) == 1.5
+    assert budget.epochs_that_fit(estimate, 40.0, factor) == 0.0
     assert budget.speed_factor([]) == 1.0
 
 
@@ -131,13 +135,14 @@ def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, ti
     from finetune.search.runner import run_sweep
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking, "budget=none", "model.epochs=1",
-                               "dataset.sample=120", "search=random", "search.policy.type=none",
-                               "search.limits.max_total_trials=3", "search.limits.timeout=600"))
+    plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking, "model.epochs=1", "dataset.sample=120",
+                               "search=random", "search.policy.type=none", "search.limits.max_total_trials=3",
+                               "search.limits.max_concurrent_trials=2", "compute.num_threads=2",
+                               "search.limits.timeout=600"))
     data = prepare(plan.dataset, tmp_path / "data")
-    # The plan expected 400 s for 1000 epochs, so its one real epoch "should" take 0.4 s: a real trial takes
-    # seconds, the factor is thousands, and a second trial cannot end within the 600 s left.
-    estimate = Estimate(budget_s=700, trials=1, max_trials=3, epochs=1000, concurrency=1, threads=1, trial_s=400.0,
+    # Two lanes are free at the start, but the plan expects a 1-epoch trial to take 1000 s and the sweep's share
+    # is 600 s: the first trial starts (without it there is no model), the second cannot finish and does not.
+    estimate = Estimate(budget_s=700, trials=1, max_trials=3, epochs=1, concurrency=2, threads=1, trial_s=1000.0,
                         trial_overhead_s=0.0, trial_timeout_s=900, sweep_s=600, automl_s=None)
     plan = dataclasses.replace(plan, estimate=estimate)
     printed = io.StringIO()
@@ -145,7 +150,7 @@ def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, ti
         sweep = run_sweep(plan, data, tmp_path / "sweep")
     assert [t.status for t in sweep.trials] == ["completed"] and sweep.best is not None
     assert "budget: no more trials" in printed.getvalue() and "not started" not in printed.getvalue()
-    assert sweep.compute["speed_factor"] > 1 and sweep.trials[0].ended_s > 0
+    assert 0 < sweep.compute["speed_factor"] < 1 and sweep.trials[0].ended_s > 0
     assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
                .get_trials()) == 1
 

@@ -94,7 +94,7 @@ def resolve(plan: RunPlan) -> RunPlan:
     try:
         estimate = budget.fit(request)
     except budget.BudgetTooSmall as error:
-        if any(override.lstrip("+~").startswith("budget") for override in plan.overrides):
+        if {"budget.minutes", "budget.usd"} & fitting.pinned(plan):
             raise UserError(fitting.refusal(plan, error)) from None
         # The shipped default is no request of the user's: a slower machine gets the smallest plan that
         # produces a model, said in the plan's line, rather than a refusal of `python -m finetune`.

@@ -288,9 +288,14 @@ def speed_factor(observed: List[tuple]) -> float:
     return sum(a for a, _ in observed) / expected if expected > 0 else 1.0
 
 
-def fits(now: float, deadline: float, trial_s: float, factor: float) -> bool:
-    """Whether a trial expected to take ``trial_s`` (scaled by what the trials so far took) ends by ``deadline``."""
-    return now + trial_s * factor <= deadline
+def epochs_that_fit(estimate: Estimate, left_s: float, factor: float) -> float:
+    """The most epochs (in tenths, up to the plan's) a trial can run and still end within ``left_s``, its time
+    scaled by ``factor`` (what the trials so far took against the plan); 0 when not even one epoch fits (a
+    trial must reach its first evaluation for the policy and the selection to compare it)."""
+    per_epoch = (estimate.trial_s - estimate.trial_overhead_s) / estimate.epochs
+    room = left_s / factor - estimate.trial_overhead_s
+    epochs = min(estimate.epochs, math.floor(room / per_epoch * 10 + 1e-9) / 10)
+    return epochs if epochs >= min(1.0, estimate.epochs) else 0.0
 
 
 # ----------------------------------------------------------------------------------------------- after it

@@ -111,11 +111,11 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     try:
         while True:
             while free and launched < to_start and time.time() < deadline and held_back is None:
-                held_back = _cannot_finish(plan, study, running, deadline)
+                epochs, held_back = _budgeted_epochs(plan, study, running, deadline)
                 if held_back:
                     print(held_back, flush=True)
                     break
-                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0), pipeline_run)
+                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0), pipeline_run, epochs)
                 running[job.trial.number] = job
                 launched += 1
             if not running:
@@ -148,20 +148,21 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     return _summarise(study, plan, sweep_dir, wall)
 
 
-def _cannot_finish(plan: RunPlan, study, running: Dict[int, "_Job"], deadline: float) -> Optional[str]:
-    """Why the next trial must not start under the plan's budget (None: it can finish in time, or no budget).
-
-    The expected trial is scaled by what the trials so far took against the estimate: finished ones by their
-    wall time, running ones by their projection from their progress files."""
-    if plan.estimate is None or not math.isfinite(deadline):
-        return None
+def _budgeted_epochs(plan: RunPlan, study, running: Dict[int, "_Job"], deadline: float) -> tuple:
+    """(epochs for the next trial, why none starts): the plan's epochs while a whole trial can finish before the
+    sweep's share of the budget ends, fewer when only a shorter one can, none (with the reason) when not even one
+    epoch can. The expected trial is scaled by what the trials so far took against the estimate: finished ones
+    by their wall time, running ones by their projection from their progress files. (None, None): no budget,
+    or the first trial, without which there is no model at all."""
+    if plan.estimate is None or not math.isfinite(deadline) or not study.get_trials(deepcopy=False):
+        return None, None
     factor = _speed_factor(plan.estimate, study, running)
-    now = time.time()
-    if budget.fits(now, deadline, plan.estimate.trial_s, factor):
-        return None
-    return (f"budget: no more trials; one is expected to take {plan.estimate.trial_s * factor:.0f} s "
-            f"({plan.estimate.trial_s:.0f} s planned x {factor:.2f} as the trials so far ran) and "
-            f"{max(0.0, deadline - now):.0f} s of the sweep's share are left")
+    left = deadline - time.time()
+    epochs = budget.epochs_that_fit(plan.estimate, left, factor)
+    if epochs:
+        return epochs, None
+    return None, (f"budget: no more trials; even a 1-epoch trial is expected to outlast the {max(0.0, left):.0f} s "
+                  f"left of the sweep's share (trials so far ran x {factor:.2f} the planned time)")
 
 
 def _speed_factor(estimate, study, running: Dict[int, "_Job"]) -> float:
@@ -213,7 +214,8 @@ def _gpu_ids(device: str) -> List[str]:
 
 
 def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
-            pipeline_run: Optional[tuple] = None) -> _Job:
+            pipeline_run: Optional[tuple] = None, epochs: Optional[float] = None) -> _Job:
+    """Start the next trial; ``epochs`` (a budget's last trials) shortens it when the space does not set epochs."""
     space = plan.search.space
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
     params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
@@ -224,6 +226,9 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     directory.mkdir(parents=True)
     trial_plan = dataclasses.replace(plan, compute=dataclasses.replace(plan.compute, num_threads=slot.threads))
     hyperparameters = {k: v for k, v in params.items() if k != "model"}
+    if epochs is not None and epochs < plan.model.epochs and "epochs" not in space:
+        hyperparameters["epochs"] = epochs
+        trial.set_user_attr("epochs_planned", epochs)
     trial_args = dataclasses.replace(
         train_args(trial_plan, data_dir, str(directory), hyperparameters,
                    model_location(model_config(params["model"])) if "model" in params else None),
