@@ -54,7 +54,8 @@ def tracking_uri(tmp_path_factory):
 
 
 def overrides(root: Path, model_dir: Path, tracking_uri: str, *extra: str) -> list:
-    return [f"output_root={root}", "run_name=sweep-test", f"model.path={model_dir}", "model.epochs=2",
+    # budget=none: these tests hold the runner to the limits they set (tests/test_budget.py covers budgets).
+    return ["budget=none", f"output_root={root}", "run_name=sweep-test", f"model.path={model_dir}", "model.epochs=2",
             "model.max_length=32", "compute.device=cpu", f"tracking.uri={tracking_uri}", *extra]
 
 

@@ -44,6 +44,7 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 MULTICLASS_RULES = ("auto", "argmax", "prior_correction")
 PLAN_VIEWS = ("short", "full")
 MINUTES = Range(1, unit=" minutes")
+BUDGETS = ("auto", "local", "none")
 
 
 @dataclass
@@ -240,6 +241,23 @@ class EndpointConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """How much the whole run may take; the planner fits trials, epochs, concurrency and time limits into it
+    (:mod:`finetune.plan.budget`). Unset minutes and usd keep the configured limits as they are."""
+
+    # auto: `local` (the default local run's budget) on local compute, `none` on AML.
+    name: str = setting("auto", choices=BUDGETS, help="auto = local on this machine, none on AML")
+    minutes: Optional[float] = setting(None, Range(unit=" minutes"),
+                                       help="wall clock of the whole run, every stage included; unset = no time "
+                                            "budget")
+    usd: Optional[float] = setting(None, Range(unit=" USD"),
+                                   help="AML: the most the run may cost in the worst case by the price table "
+                                        "(compute.hourly_price_usd); unset = no cost budget")
+    max_trials: int = setting(16, AT_LEAST_1, help="the most trials a budget may buy (more rarely beat the best "
+                                                   "of this many random samples)")
+
+
+@dataclass
 class WorkspaceConfig:
     subscription_id: Optional[str] = None
     resource_group: Optional[str] = None
@@ -290,6 +308,7 @@ class Config:
     select: SelectConfig = field(default_factory=SelectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     output_root: str = "outputs"
     run_name: Optional[str] = None
     dry_run: bool = False
@@ -298,8 +317,9 @@ class Config:
     plan_view: str = setting("short", choices=PLAN_VIEWS)
 
 
-# The key a group's option sets: `automl=local` is `automl.engine=local`, `endpoint=auto` is `endpoint.target=auto`.
-CHOICE_KEYS = {"automl": "engine", "endpoint": "target"}
+# The key a group's option sets: `automl=local` is `automl.engine=local`, `endpoint=auto` is `endpoint.target=auto`,
+# `budget=none` is `budget.name=none`.
+CHOICE_KEYS = {"automl": "engine", "endpoint": "target", "budget": "name"}
 
 # Keys an earlier release took, with the key that replaced each: the CLI names the new one instead of
 # answering "unknown setting". A renamed section renames every key under it.

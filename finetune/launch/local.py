@@ -17,6 +17,7 @@ from pathlib import Path
 from finetune.config.spec import to_argv
 from finetune.data import prepare
 from finetune.errors import UserError
+from finetune.plan import budget, calibration, fitting
 from finetune.plan.results import Candidate, RunSummary, SelectionResult, TrainingResult
 from finetune.plan.run_plan import RunPlan
 from finetune.registry import model_registry as registry
@@ -37,7 +38,7 @@ from finetune.train.process import launch_command, train_args
 
 
 def auto_choices(cfg) -> dict:
-    return {"automl": "local", "endpoint": "local"}
+    return {"automl": "local", "endpoint": "local", "budget": "local"}
 
 
 def check(plan: RunPlan) -> list[str]:
@@ -82,8 +83,26 @@ def check_endpoint(endpoint_cfg) -> list[str]:
 
 
 def resolve(plan: RunPlan) -> RunPlan:
-    """Nothing is left for this launcher to decide."""
-    return plan
+    """A budget is fitted from this machine's calibration (measured once per machine, model and data, cached)."""
+    if not fitting.budgeted(plan):
+        return plan
+    measured = calibration.calibrate(plan)
+    device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
+    lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
+    request = fitting.request_for(plan, calibration.throughput(measured, os.getloadavg()[0], lanes),
+                                 calibration.workload(measured, plan.train.evals_per_epoch), lanes,
+                                 calibration.stage_costs(measured), (plan.budget.minutes or 0) * 60)
+    try:
+        estimate = budget.fit(request)
+    except budget.BudgetTooSmall as error:
+        if {"budget.minutes", "budget.usd"} & fitting.pinned(plan):
+            raise UserError(fitting.refusal(plan, error)) from None
+        # The shipped default is no request of the user's: a slower machine gets the smallest plan that
+        # produces a model, said in the plan's line, rather than a refusal of `python -m finetune`.
+        estimate = budget.fit(dataclasses.replace(request, budget_s=error.minimum_s * 1.001))
+        estimate.reason += (f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
+                            f"(the smallest that fits is {error.minimum_s / 60:.1f})")
+    return fitting.apply(plan, estimate)
 
 
 def separate(plans: list) -> list:
@@ -114,11 +133,14 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     # instead of in ./mlruns of whatever directory the command ran from.
     registry.experiment_id(plan.tracking.uri, plan.tracking.experiment)
     summary = RunSummary.start(plan)
+    # Start-up (interpreter, imports, planning, calibration) is time the budget pays for too.
+    summary.run["stage_seconds"] = {"start": round(max(0.0, summary.started - processes.started_at()), 1)}
     total, step = len(plan.stages) + 1, 0
 
     def next_stage(name: str, detail: str = "") -> None:
         nonlocal step
         step += 1
+        summary.enter(name)
         stage(step, total, name, detail)
 
     next_stage("data", f"{plan.dataset.name} ({plan.dataset.source})")
@@ -215,9 +237,18 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     held.close()
 
     next_stage("report")
+    if plan.estimate is not None:  # the report shows the stages so far; summary.json gets the report's too
+        summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
     summary.finish()  # before the report, so the report shows the finish time and duration
     report = write_report(run_dir, summary)
     summary.figures = [str(path) for path in report.figures]
+    summary.enter(None)
+    if plan.estimate is not None:
+        summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
+        print(budget.spent_line(summary.budget))
+        # The next plan on this machine starts from how fast this run's trials and stages really ran.
+        calibration.learn(plan, (summary.sweep.compute if summary.sweep else {}).get("speed_factor", 1.0),
+                          summary.run["stage_seconds"])
     summary.save()
     print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
           f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")

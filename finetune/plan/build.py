@@ -19,6 +19,7 @@ from finetune.data.multilabel import planned_task
 from finetune.data.sources import check_source
 from finetune.data.split import check_split
 from finetune.errors import ConfigProblems
+from finetune.plan.fitting import check_budget
 from finetune.launch import launcher, launcher_name
 from finetune.plan.run_plan import RunPlan
 from finetune.search.validation import check_search
@@ -75,6 +76,7 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         seed=cfg.seed,
         dry_run=cfg.dry_run,
         overrides=list(overrides),
+        budget=cfg.budget,
     )
     if plan.dataset.task == "auto":
         # Decided before the checks, when the settings or the first rows tell: the per-task checks (the sweep
@@ -87,10 +89,10 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
     problems += [problem for problem in check_values(plan) if problem_key(problem) not in named]
     if problems:
         raise ConfigProblems(problems)
-    plan = runner.resolve(plan)
     if plan.model.source == "package" and not plan.model.path:
         plan.model.path = str(package_model_dir(plan.model))
-    return plan
+    # Last: a budget is fitted to the model the plan trains.
+    return runner.resolve(plan)
 
 
 def registered_model_name(dataset: DatasetConfig) -> str:
@@ -133,4 +135,5 @@ CHECKS: List[Callable[[RunPlan], List[str]]] = [
     check_select,
     check_max_length,
     check_runtime,
+    check_budget,
 ]

@@ -77,6 +77,7 @@ class SweepTrial:
     duration_s: Optional[float] = None
     stopped_at_interval: Optional[int] = None  # early-terminated trials only
     reason: Optional[str] = None
+    ended_s: Optional[float] = None  # seconds of sweep wall time when it ended (the anytime curve's x)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -334,7 +335,10 @@ class RunSummary:
         self.registration: Optional[Registration] = None
         self.rollout: Optional["DeploymentResult"] = None
         self.figures: Optional[List[str]] = None
+        self.budget: Optional[dict] = None  # budget vs spent per stage (finetune.budget.spent)
         self.started = time.time()
+        self._stage: Optional[str] = None
+        self._stage_started = self.started
 
     @classmethod
     def start(cls, plan: "RunPlan") -> "RunSummary":
@@ -359,6 +363,7 @@ class RunSummary:
         summary.sweep, summary.selection, summary.registration, summary.rollout = (
             readers[key](saved[key]) if saved.get(key) else None for key in readers)
         summary.figures = saved.get("figures")
+        summary.budget = saved.get("budget")
         return summary
 
     def to_dict(self) -> dict:
@@ -377,11 +382,20 @@ class RunSummary:
             "selection": self.selection.to_dict() if self.selection is not None else None,
             "registry": self.registration.to_dict() if self.registration is not None else None,
             "rollout": self.rollout.to_dict() if self.rollout is not None else None, "figures": self.figures,
+            "budget": self.budget,
         }
         return {key: value for key, value in sections.items() if value is not None or key == "candidates"}
 
     def save(self) -> None:
         write_json_atomic(self.path, self.to_dict(), indent=2, default=str)
+
+    def enter(self, stage: Optional[str]) -> None:
+        """Stop the running stage's clock (into ``run.stage_seconds``) and start ``stage``'s (None: stop only)."""
+        now = time.time()
+        if self._stage is not None:
+            spent = self.run.setdefault("stage_seconds", {})
+            spent[self._stage] = round(spent.get(self._stage, 0.0) + now - self._stage_started, 1)
+        self._stage, self._stage_started = stage, now
 
     def finish(self) -> None:
         self.run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

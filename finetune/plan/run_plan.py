@@ -10,10 +10,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from finetune.config.schema import (
     AutomlConfig,
+    BudgetConfig,
     ComputeConfig,
     DatasetConfig,
     EndpointConfig,
@@ -25,6 +26,7 @@ from finetune.config.schema import (
     TrainConfig,
     WorkspaceConfig,
 )
+from finetune.plan.budget import Estimate
 
 
 @dataclass
@@ -47,6 +49,9 @@ class RunPlan:
     seed: int = 0
     dry_run: bool = False
     overrides: List[str] = field(default_factory=list)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # What the planner chose to fit the budget and what it expects each stage to take (None: no budget).
+    estimate: Optional[Estimate] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
+from finetune.report.budget import budget_section
 from finetune.report.common import Figures
 from finetune.report.data import data_section
 from finetune.report.selection import registry_section, rollout_section, selection_section
@@ -54,7 +55,7 @@ def write_report(run_dir: Path, summary: "RunSummary") -> Report:
     lines = [*run_section(summary), "", *data_section(summary, figures), *sweep_section(summary, figures),
              *learning_section(summary, figures), *learning_check_section(summary),
              *training_section(summary), *selection_section(summary, figures),
-             *registry_section(summary), *rollout_section(summary)]
+             *registry_section(summary), *rollout_section(summary), *budget_section(summary, figures)]
     path = run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines).rstrip() + "\n"

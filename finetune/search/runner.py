@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 
 from finetune.config.model_files import model_config, model_location
 from finetune.config.spec import to_argv
+from finetune.plan import budget
 from finetune.plan.results import BestTrial, SweepResult, SweepTrial, TrainingResult
 from finetune.plan.run_plan import RunPlan
 from finetune.registry.model_registry import experiment_id
@@ -46,11 +47,13 @@ from finetune.search.study import counted, open_study, retry_interrupted, trial_
 from finetune.selection.metrics import unprefixed
 from finetune.system import processes
 from finetune.train.process import launch_command, train_args
-from finetune.train.progress import SweepProgress
+from finetune.train.progress import SweepProgress, read_progress
 
 STUDY_FILE = "study.db"
 PROGRESS_FILE = "progress.json"
 POLL_S = 0.5
+# A running trial's projected duration counts once it is this far along (earlier, its start-up dominates).
+MIN_PROJECTED_FRACTION = 0.2
 STATUS = {"COMPLETE": "completed", "PRUNED": "early_terminated", "FAIL": "failed"}
 
 
@@ -88,12 +91,12 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     wall_before = study.user_attrs.get("wall_seconds", 0.0)
     total = limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials,
                                                                           grid_size(search.space))
-    budget = total - len(counted(study))
+    to_start = total - len(counted(study))
     if wall_before or retried:
-        print(f"resuming the sweep in {sweep_dir}: {total - budget} trial(s) done"
+        print(f"resuming the sweep in {sweep_dir}: {total - to_start} trial(s) done"
               + (f", retrying interrupted trial(s) {', '.join(map(str, retried))}" if retried else ""), flush=True)
 
-    if budget > 0:
+    if to_start > 0:
         _create_experiment(plan)
     free = _slots(plan)
     started = time.time()
@@ -101,11 +104,18 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     running: Dict[int, _Job] = {}
     launched = 0
     data_dir = str(Path(data.train_path).parent)
-    progress = SweepProgress(total, total - budget, len(free), search.primary_metric)
+    # Under a budget the sweep expects the fit's trials (more start only when a policy frees time).
+    shown = min(total, plan.estimate.trials) if plan.estimate is not None else total
+    progress = SweepProgress(shown, total - to_start, len(free), search.primary_metric)
+    held_back = None  # why the budget lets no more trials start
     try:
         while True:
-            while free and launched < budget and time.time() < deadline:
-                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0), pipeline_run)
+            while free and launched < to_start and time.time() < deadline and held_back is None:
+                epochs, held_back = _budgeted_epochs(plan, study, running, deadline)
+                if held_back:
+                    print(held_back, flush=True)
+                    break
+                job = _launch(study, plan, data_dir, sweep_dir, storage_url, free.pop(0), pipeline_run, epochs)
                 running[job.trial.number] = job
                 launched += 1
             if not running:
@@ -113,6 +123,7 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
             time.sleep(POLL_S)
             for number, job in list(running.items()):
                 if _poll(job, limits.trial_timeout):
+                    job.trial.set_user_attr("ended_s", round(wall_before + time.time() - started, 2))
                     frozen = _finish(study, job, plan)
                     del running[number]
                     free.append(job.slot)
@@ -120,7 +131,7 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
                     record = _record(frozen, search.goal)
                     progress.finished(number, record["status"], record["best_value"], record["duration_s"] or 0.0,
                                       search.goal)
-                    progress.write(_progress_line(frozen, total - budget + launched - len(running), total,
+                    progress.write(_progress_line(frozen, total - to_start + launched - len(running), total,
                                                   search.primary_metric, search.goal))
             progress.update({number: (job.directory / PROGRESS_FILE, job.started) for number, job in running.items()})
     finally:  # Ctrl-C or an error here: no trial outlives the sweep (they are resumed as interrupted)
@@ -128,11 +139,47 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
         for job in running.values():
             if job.process.poll() is None:
                 os.killpg(job.process.pid, signal.SIGKILL)
-    if launched < budget:
-        print(f"sweep timeout ({limits.timeout} s) reached: {budget - launched} trial(s) not started", flush=True)
+    if launched < to_start and not held_back:
+        print(f"sweep timeout ({limits.timeout} s) reached: {to_start - launched} trial(s) not started", flush=True)
     wall = wall_before + time.time() - started
     study.set_user_attr("wall_seconds", wall)
+    if plan.estimate is not None:
+        _speed_factor(plan.estimate, study, {})
     return _summarise(study, plan, sweep_dir, wall)
+
+
+def _budgeted_epochs(plan: RunPlan, study, running: Dict[int, "_Job"], deadline: float) -> tuple:
+    """(epochs for the next trial, why none starts): the plan's epochs while a whole trial can finish before the
+    sweep's share of the budget ends, fewer when only a shorter one can, none (with the reason) when not even one
+    epoch can. The expected trial is scaled by what the trials so far took against the estimate: finished ones
+    by their wall time, running ones by their projection from their progress files. (None, None): no budget,
+    or the first trial, without which there is no model at all."""
+    if plan.estimate is None or not math.isfinite(deadline) or not study.get_trials(deepcopy=False):
+        return None, None
+    factor = _speed_factor(plan.estimate, study, running)
+    left = deadline - time.time()
+    epochs = budget.epochs_that_fit(plan.estimate, left, factor)
+    if epochs:
+        return epochs, None
+    return None, (f"budget: no more trials; even a 1-epoch trial is expected to outlast the {max(0.0, left):.0f} s "
+                  f"left of the sweep's share (trials so far ran x {factor:.2f} the planned time)")
+
+
+def _speed_factor(estimate, study, running: Dict[int, "_Job"]) -> float:
+    """Actual over planned seconds of the trials so far (kept in the study for the summary)."""
+    observed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        attrs = trial.user_attrs
+        if attrs.get("duration_s") and attrs.get("epochs_run"):
+            observed.append((attrs["duration_s"], budget.expected_trial_seconds(estimate, attrs["epochs_run"])))
+    for job in running.values():
+        record = read_progress(job.directory / PROGRESS_FILE)
+        fraction = record.get("step", 0) / record["total"] if record.get("total") else 0.0
+        if fraction >= MIN_PROJECTED_FRACTION:
+            observed.append(((time.time() - job.started) / fraction, estimate.trial_s))
+    factor = budget.speed_factor(observed)
+    study.set_user_attr("speed_factor", round(factor, 3))
+    return factor
 
 
 # ------------------------------------------------------------------------------------------------ trials
@@ -167,7 +214,8 @@ def _gpu_ids(device: str) -> List[str]:
 
 
 def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
-            pipeline_run: Optional[tuple] = None) -> _Job:
+            pipeline_run: Optional[tuple] = None, epochs: Optional[float] = None) -> _Job:
+    """Start the next trial; ``epochs`` (a budget's last trials) shortens it when the space does not set epochs."""
     space = plan.search.space
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
     params = {name: value_from_latent(name, dist, trial.params[name]) for name, dist in space.items()}
@@ -178,6 +226,9 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
     directory.mkdir(parents=True)
     trial_plan = dataclasses.replace(plan, compute=dataclasses.replace(plan.compute, num_threads=slot.threads))
     hyperparameters = {k: v for k, v in params.items() if k != "model"}
+    if epochs is not None and epochs < plan.model.epochs and "epochs" not in space:
+        hyperparameters["epochs"] = epochs
+        trial.set_user_attr("epochs_planned", epochs)
     trial_args = dataclasses.replace(
         train_args(trial_plan, data_dir, str(directory), hyperparameters,
                    model_location(model_config(params["model"])) if "model" in params else None),
@@ -285,6 +336,7 @@ def _record(trial, goal: str) -> dict:
         "reason": attrs.get("reason"),
         "model_dir": attrs.get("model_dir"),
         "result_file": attrs.get("result_file"),
+        "ended_s": attrs.get("ended_s"),
     }
 
 
@@ -323,7 +375,8 @@ def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> SweepResul
         best=best_trial,
         compute={"trial_epochs": round(sum(r["epochs_run"] or 0.0 for r in records), 4),
                  "trial_seconds": round(sum(r["duration_s"] or 0.0 for r in records), 2),
-                 "wall_seconds": round(wall, 2)},
+                 "wall_seconds": round(wall, 2),
+                 **({"speed_factor": study.user_attrs["speed_factor"]} if "speed_factor" in study.user_attrs else {})},
         best_training=best_training)
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep.to_dict(), indent=2))
     return sweep

@@ -14,19 +14,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune.data import prepare
-from finetune.launch.azureml import credentials, environment, export, pricing, submit, workspace
+from finetune.launch.azureml import credentials, environment, export, pricing, submit, throughput, workspace
 from finetune.launch.azureml.checks import check_azureml as check
 from finetune.launch.azureml.checks import distinct_targets as separate
 from finetune.launch.azureml.checks import resolve_limits as resolve
 from finetune.launch.azureml.checks import with_task
+from finetune.plan.fitting import budgeted
 from finetune.plan.run_plan import RunPlan
+from finetune.plan.view import estimate_lines
 
 __all__ = ["auto_choices", "check", "resolve", "run", "separate"]
 
 
 def auto_choices(cfg) -> dict:
     """``automl=auto``: AML AutoML NLP, which runs on GPU nodes only; ``endpoint=auto``: a managed endpoint."""
-    return {"automl": "text_classification" if cfg.compute.gpus_per_node else "none", "endpoint": "managed"}
+    return {"automl": "text_classification" if cfg.compute.gpus_per_node else "none", "endpoint": "managed",
+            "budget": "none"}
 
 
 def run(plan: RunPlan) -> None:
@@ -47,8 +50,12 @@ def run(plan: RunPlan) -> None:
         prepared = prepare(plan.dataset, Path(scratch) / "data")
         # The jobs are built for the task the data has (dataset.task=auto leaves it to the data).
         plan = with_task(plan, prepared.task)
+        if budgeted(plan):
+            # Fitted here, where the data's size is known; the export carries the fitted limits.
+            plan = throughput.fit(plan, prepared.splits["train"]["rows"], prepared.splits["val"]["rows"])
         exported = export.write(plan, prepared)
     print(environment.describe(plan))
+    print("\n".join(estimate_lines(plan)))
     print(pricing.summary(plan))
     print(exported.listing())
     if plan.dry_run:

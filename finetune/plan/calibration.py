@@ -1,0 +1,232 @@
+"""How fast this machine trains the plan's model on the plan's data: measured once, cached, read by the budget.
+
+A calibration is a few optimizer steps of the plan's model on batches drawn from the plan's own training texts
+(so at their real token-length distribution, truncated at ``model.max_length``), a few evaluation batches, and
+the time a fresh process needs to import the stack and load the model. It runs in a subprocess, so planning
+never imports torch (``python -m finetune dry_run=true`` stays light), on one thread, as a sweep trial does.
+The result is cached under ``~/.cache/finetune/calibration/`` per machine, model, shape and data; delete the
+folder to measure again (a machine that got busier is measured as it is then: the sweep re-estimates from its
+own trials while it runs, see :func:`finetune.plan.budget.speed_factor`).
+
+``python -m finetune.plan.calibration '<request json>'`` is the subprocess; it prints one JSON object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from finetune.config.schema import DatasetConfig, SplitFiles
+from finetune.data import prepare
+from finetune.errors import UserError
+from finetune.plan.budget import LOCAL_STAGES, THREAD_EXPONENT, StageCosts, Throughput, Workload
+
+if TYPE_CHECKING:
+    from finetune.plan.run_plan import RunPlan
+
+CACHE_DIR = Path("~/.cache/finetune/calibration")
+TRAIN_STEPS = 6  # timed, after one untimed step (allocator warm-up, lazy initialisation)
+EVAL_BATCHES = 3
+# What a real trial does that the calibration does not (MLflow run and tracking, the Trainer's setup,
+# tokenising every split, the learning check's TF-IDF baseline, saving the model and result.json): measured
+# as a default run's trial wall time less its training loop less the calibration's load time
+# (docs/performance.md). Constant across models: none of it grows with the model.
+TRIAL_EXTRA_S = 14.0
+VERSION = 1  # bump when what is measured changes: older cache entries are then ignored
+
+
+def machine() -> dict:
+    """What makes one machine's figures differ from another's (not its name: a copy of a VM measures alike)."""
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:
+        cpu = platform.processor()
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "system": platform.system()}
+
+
+def request(plan: "RunPlan") -> dict:
+    model_dir = Path(plan.model.path) if plan.model.path else None
+    config_file = model_dir / "config.json" if model_dir else None
+    stamp = config_file.stat().st_mtime if config_file and config_file.exists() else None
+    return {"version": VERSION, "machine": machine(), "model": plan.model.path or plan.model.hub_id,
+            "model_stamp": stamp, "max_length": plan.model.max_length, "batch_size": plan.model.batch_size,
+            "device": plan.compute.device, "precision": plan.compute.precision,
+            "dataset": dataclasses.asdict(plan.dataset), "task": plan.dataset.task}
+
+
+def cache_file(spec: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return CACHE_DIR.expanduser() / f"{digest}.json"
+
+
+def calibrate(plan: "RunPlan") -> dict:
+    """The plan's calibration: from the cache, or measured now (a subprocess of some seconds to a minute)."""
+    spec = request(plan)
+    cached = cache_file(spec)
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        pass
+    print(f"calibrating the budget: a few training steps of {plan.model.name} on this machine "
+          f"(once; cached in {cached.parent})", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "finetune.plan.calibration", json.dumps({**spec, "started": started})],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"budget.minutes: the calibration of {plan.model.name} failed ({last[:200]}); "
+                        "run with budget=none to use the configured limits")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def learn(plan: "RunPlan", factor: float, stage_seconds: dict) -> None:
+    """Keep how much slower (factor > 1) or faster the last run's trials ran than its calibration said, and
+    what its other stages took: the next estimate starts from the machine as it last ran."""
+    cached = cache_file(request(plan))
+    try:
+        entry = json.loads(cached.read_text())
+    except (OSError, ValueError):
+        return
+    entry["observed_factor"] = round(entry.get("observed_factor", 1.0) * factor, 4)
+    spent = dict(stage_seconds)
+    stages = {"data": spent.get("start", 0.0) + spent.get("data", 0.0)}
+    if "automl" in spent:  # its fixed part: what it took beyond its search budget
+        stages["automl"] = max(0.0, spent["automl"] - plan.automl.time_budget_s)
+    stages.update({name: spent[name] for name in ("select", "register", "deploy", "report") if name in spent})
+    entry["stages"] = {**entry.get("stages", {}), **stages}
+    entry["observed"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    cached.write_text(json.dumps(entry, indent=2))
+
+
+def stage_costs(calibration: dict) -> StageCosts:
+    """The stages' seconds as the last run on this machine spent them (the shipped figures before any run)."""
+    learned = calibration.get("stages", {})
+    return StageCosts(**{name: learned.get(name, getattr(LOCAL_STAGES, name))
+                         for name in StageCosts.__dataclass_fields__})
+
+
+def throughput(calibration: dict, load: float, cores: int) -> Throughput:
+    """The calibration's figures for a machine now at ``load`` (1-minute load average) on ``cores`` cores."""
+    factor = calibration.get("observed_factor", 1.0)
+    basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
+    if "observed" in calibration:
+        basis += f", x {factor:.2f} as the last sweep ran ({calibration['observed']})"
+    busy = load >= cores
+    if busy:
+        basis += f"; busy now (load {load:.1f} on {cores} cores): more threads a trial count as no faster"
+    return Throughput(train_example_s=calibration["train_example_s"] * factor,
+                      eval_example_s=calibration["eval_example_s"] * factor,
+                      trial_overhead_s=calibration["load_s"] + TRIAL_EXTRA_S, threads=calibration["threads"],
+                      basis=basis, thread_exponent=0.0 if busy else THREAD_EXPONENT)
+
+
+def workload(calibration: dict, evals_per_epoch: int) -> Workload:
+    return Workload(calibration["rows"]["train"], calibration["rows"]["val"], evals_per_epoch)
+
+
+# ------------------------------------------------------------------------------------- the measurement
+
+
+def _batches(lengths: list, batch_size: int, steps: int, seed: int = 0) -> list:
+    """``steps`` batches as training draws them: length-grouped (a megabatch of 50 batches sorted by length),
+    picked evenly across the megabatch so short and long batches are both timed."""
+    import random
+
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    mega = sorted(order[:50 * batch_size], key=lambda i: lengths[i])
+    groups = [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+    picks = [groups[round(k * (len(groups) - 1) / max(1, steps - 1))] for k in range(steps)]
+    return picks
+
+
+def measure(spec: dict) -> dict:
+    """Run the calibration described by ``spec`` (:func:`request`) in this process."""
+    dataset_fields = dict(spec["dataset"])
+    dataset_fields["split_files"] = SplitFiles(**(dataset_fields.get("split_files") or {}))
+    with tempfile.TemporaryDirectory(prefix="finetune-calibration-") as scratch:
+        data = prepare(DatasetConfig(**dataset_fields), Path(scratch) / "data")
+        import pandas
+
+        train_texts = pandas.read_csv(data.train_path)["text"].astype(str).tolist()
+        val_texts = pandas.read_csv(data.val_path)["text"].astype(str).tolist()
+        rows = {split: info["rows"] for split, info in data.splits.items()}
+        labels = len(data.labels)
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(1)
+    device = "cuda" if spec["device"] != "cpu" and torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=labels).to(device)
+    load_s = time.time() - spec["started"]
+    encode = lambda texts: tokenizer(texts, truncation=True, max_length=spec["max_length"])["input_ids"]  # noqa: E731
+    train_ids, val_ids = encode(train_texts), encode(val_texts)
+    batch_size = spec["batch_size"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def tensors(ids: list):
+        padded = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        return {key: value.to(device) for key, value in padded.items()}
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    batches = _batches([len(x) for x in train_ids], batch_size, TRAIN_STEPS + 1)
+    timed, examples = 0.0, 0
+    for step, batch in enumerate(batches):
+        inputs = tensors([train_ids[i] for i in batch])
+        labels_tensor = torch.zeros(len(batch), dtype=torch.long, device=device)
+        sync()
+        started = time.perf_counter()
+        loss = model(**inputs, labels=labels_tensor).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        sync()
+        if step:  # the first step warms up
+            timed += time.perf_counter() - started
+            examples += len(batch)
+    model.eval()
+    eval_size = batch_size * 2  # finetune.train's per_device_eval_batch_size
+    eval_time, eval_examples = 0.0, 0
+    with torch.no_grad():
+        for k in range(min(EVAL_BATCHES, max(1, len(val_ids) // eval_size))):
+            chunk = val_ids[k * eval_size:(k + 1) * eval_size]
+            inputs = tensors(chunk)
+            sync()
+            started = time.perf_counter()
+            model(**inputs)
+            sync()
+            eval_time += time.perf_counter() - started
+            eval_examples += len(chunk)
+    return {"train_example_s": timed / examples, "eval_example_s": eval_time / max(1, eval_examples),
+            "load_s": round(load_s, 2), "threads": 1, "device": device, "rows": rows,
+            "gpus": torch.cuda.device_count() if device == "cuda" else 0,
+            "mean_tokens": sum(map(len, train_ids)) / max(1, len(train_ids)),
+            "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_average": os.getloadavg()[0]}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

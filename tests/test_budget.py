@@ -1,0 +1,242 @@
+"""Budgets: the fit's arithmetic figure by figure, the refusal of budgets that cannot produce a model, and a
+sweep that starts no trial the budget cannot finish (the tiny BERT of conftest.py)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+
+import optuna
+import pytest
+
+from finetune.plan import budget
+from finetune.plan.budget import Estimate, Request, StageCosts, Throughput, Workload
+from finetune.cli.main import main
+
+SPEED = Throughput(train_example_s=0.01, eval_example_s=0.005, trial_overhead_s=10.0, threads=1)
+WORK = Workload(train_rows=1000, val_rows=100, evals_per_epoch=1)
+STAGES = StageCosts(data=5, automl=5, select=5, register=5, deploy=5, report=5)
+
+
+def request(**changes) -> Request:
+    base = Request(budget_s=300.0, speed=SPEED, work=WORK, stages=STAGES, max_epochs=3, max_trials=16, lanes=2,
+                   sweep=True, automl_s=60, policy="Bandit from epoch 1")
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_trial_costs_its_overhead_plus_its_epochs_of_training_and_evaluation():
+    # 1000 x 0.01 s of training + 100 x 0.005 s of evaluation = 10.5 s an epoch.
+    assert budget.epoch_seconds(SPEED, WORK) == pytest.approx(10.5)
+    assert budget.trial_seconds(SPEED, WORK, 3) == pytest.approx(10 + 31.5)
+    # Two threads: 2 ** 0.6 = 1.5157 times faster per example; the overhead does not shrink.
+    two = SPEED.at_threads(2)
+    assert two.train_example_s == pytest.approx(0.01 / 1.515717, rel=1e-5) and two.trial_overhead_s == 10.0
+
+
+def test_the_fit_takes_the_most_epochs_then_the_most_trials_that_fit():
+    estimate = budget.fit(request())
+    # AutoML gets min(60, 10 % of 300) = 30 s (+ 5 fixed); the other stages 25 s: 60 s beside training.
+    # The sweep's share: 300 x 0.95 - 60 = 225 s; a 3-epoch trial on one thread is 41.5 s: 5 per lane, 2 lanes.
+    assert (estimate.epochs, estimate.trials, estimate.concurrency, estimate.threads) == (3, 10, 2, 1)
+    assert estimate.automl_s == 30 and estimate.trial_s == pytest.approx(41.5)
+    assert estimate.stages == {"data": 5, "search": pytest.approx(5 * 41.5), "automl": 35, "select": 5,
+                               "register": 5, "deploy": 5, "report": 5}
+    assert estimate.total_s == pytest.approx(267.5)
+    assert estimate.sweep_s == pytest.approx(300 * 0.95 - 55 - 5)
+    assert estimate.trial_timeout_s == 83 and estimate.max_trials == 16
+    assert estimate.reason == ("10 trials x 3 epochs, 2 at a time (1 thread each), Bandit from epoch 1 (a stopped "
+                               "trial's time goes to more trials, up to 16), expected 4.5 min of 5")
+
+
+def test_a_tighter_budget_trades_epochs_for_a_second_trial():
+    # 120 s: AutoML 12 + 5, others 25 -> 42 s; the share 114 - 42 = 72 s. Three epochs (41.5 s) give one trial a
+    # lane = 2 trials; 72 // 41.5 = 1 per lane: 2 trials x 3 epochs fit.
+    roomy = budget.fit(request(budget_s=120.0))
+    assert (roomy.epochs, roomy.trials) == (3, 2)
+    # 70 s: share 66.5 - 40 = 26.5 s: a 1-epoch trial (20.5 s) a lane -> 2 trials, each stretched to what the
+    # share leaves: (26.5 - 10) / 10.5 = 1.57 -> 1.5 epochs ("3 epochs would not fit").
+    tight = budget.fit(request(budget_s=70.0))
+    assert (tight.epochs, tight.trials, tight.concurrency) == (1.5, 2, 2) and "3 epochs would not fit" in tight.reason
+    assert tight.trial_s == pytest.approx(10 + 1.5 * 10.5, abs=0.051)  # rounded to 0.1 s
+
+
+def test_one_training_gets_every_core_and_the_epochs_that_fit():
+    single = budget.fit(request(sweep=False, budget_s=100.0))
+    # 100 x 0.95 - (5 + 15 + 20) = 55 s; on two threads an epoch is 10.5 / 1.5157 = 6.93 s: 3 epochs = 30.8 s.
+    assert (single.trials, single.epochs, single.concurrency, single.threads) == (1, 3, 1, 2)
+    assert single.stages["train"] == pytest.approx(10 + 3 * 10.5 / 1.515717, abs=0.05)  # stages round to 0.1 s
+    assert single.reason.startswith("one training of 3 epochs")
+
+
+def test_a_budget_smaller_than_one_minimal_trial_is_refused_with_the_smallest_that_works():
+    with pytest.raises(budget.BudgetTooSmall) as refused:
+        budget.fit(request(budget_s=40.0))
+    # The least a model costs: the stages 30 s (AutoML's fixed 5 s among them), one 1-epoch trial on both
+    # cores (10 + 10.5 / 1.5157 s), AutoML's search at its least (10 s: 10 % of 60 s is less), 5 % headroom.
+    trial = 10 + 10.5 / 1.515717
+    assert refused.value.minimum_s == pytest.approx((30 + trial + 10) / 0.95, rel=1e-5)
+    assert budget.fit(request(budget_s=refused.value.minimum_s * 1.0001)).trials == 1
+    # With AutoML's search capped at 3 s by the config, its share never grows past that; with slow trials
+    # its 10 % share passes 10 s and the smallest budget pays it.
+    assert budget.minimum_seconds(request(automl_s=3)) == pytest.approx((30 + trial + 3) / 0.95, rel=1e-5)
+    slow = dataclasses.replace(SPEED, trial_overhead_s=200.0)
+    assert budget.minimum_seconds(request(speed=slow)) == pytest.approx((30 + trial + 190) / 0.85, rel=1e-5)
+    assert budget.fit(request(budget_s=refused.value.minimum_s + 1)).trials >= 1
+
+
+def test_the_runner_scales_the_next_trial_by_what_the_trials_so_far_took():
+    estimate = Estimate(budget_s=300, trials=4, max_trials=8, epochs=2, concurrency=1, threads=1, trial_s=50.0,
+                        trial_overhead_s=10.0, trial_timeout_s=100, sweep_s=200, automl_s=None)
+    # A trial stopped after 1 epoch was expected to take 10 + 20 s; one that ran 2 epochs 50 s.
+    assert budget.expected_trial_seconds(estimate, 1.0) == 30.0
+    factor = budget.speed_factor([(45.0, 30.0), (75.0, 50.0)])
+    assert factor == pytest.approx(1.5)
+    # 2 epochs need 10 + 40 s x 1.5 = 75 s; with 60 s left the next trial gets (60 / 1.5 - 10) / 20 = 1.5 epochs;
+    # with 40 s, not even one epoch fits.
+    assert budget.epochs_that_fit(estimate, 75.0, factor) == 2.0
+    assert budget.epochs_that_fit(estimate, 60.0, factor) == 1.5
+    assert budget.epochs_that_fit(estimate, 40.0, factor) == 0.0
+    assert budget.speed_factor([]) == 1.0
+
+
+def test_spent_compares_each_stage_with_its_estimate():
+    estimate = budget.fit(request())
+    section = budget.spent(estimate, {"data": 6.0, "search": 230.0, "automl": 40.0, "select": 5.0,
+                                      "register": 4.0, "deploy": 6.0, "report": 4.0})
+    assert section["spent_s"] == 295.0 and section["spent_of_budget"] == pytest.approx(295 / 300, abs=1e-3)
+    assert section["estimate_error"] == pytest.approx((267.5 - 295) / 295, abs=1e-3)
+    assert section["stages"]["search"] == {"expected_s": 207.5, "spent_s": 230.0}
+
+
+@pytest.mark.parametrize("minutes", ["0", "-2", "0.2"])
+def test_a_nonsense_budget_ends_in_one_line_naming_the_smallest_budget(capsys, tmp_path, tiny_model_dir, minutes):
+    code = main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
+                 f"budget.minutes={minutes}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: budget.minutes={float(minutes):g}: too small to produce a model")
+    smallest = float(err.split("the smallest budget that can is budget.minutes=")[1].split()[0])
+    # The named budget is enough: the same plan with it fits.
+    assert main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
+                 f"budget.minutes={smallest}"]) == 0
+    assert f"budget * budget.minutes={smallest:g}: " in capsys.readouterr().out
+
+
+def test_a_cost_budget_on_a_local_run_is_a_plan_problem(capsys, tmp_path):
+    assert main(["dry_run=true", f"output_root={tmp_path}", "budget.usd=5"]) == 2
+    assert "budget.usd=5: a local run has no price" in capsys.readouterr().err
+
+
+def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, tiny_model_dir):
+    from test_search_runner import make_plan, overrides
+
+    from finetune.data import prepare
+    from finetune.search.runner import run_sweep
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking, "model.epochs=1", "dataset.sample=120",
+                               "search=random", "search.policy.type=none", "search.limits.max_total_trials=3",
+                               "search.limits.max_concurrent_trials=2", "compute.num_threads=2",
+                               "search.limits.timeout=600"))
+    data = prepare(plan.dataset, tmp_path / "data")
+    # Two lanes are free at the start, but the plan expects a 1-epoch trial to take 1000 s and the sweep's share
+    # is 600 s: the first trial starts (without it there is no model), the second cannot finish and does not.
+    estimate = Estimate(budget_s=700, trials=1, max_trials=3, epochs=1, concurrency=2, threads=1, trial_s=1000.0,
+                        trial_overhead_s=0.0, trial_timeout_s=900, sweep_s=600, automl_s=None)
+    plan = dataclasses.replace(plan, estimate=estimate)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        sweep = run_sweep(plan, data, tmp_path / "sweep")
+    assert [t.status for t in sweep.trials] == ["completed"] and sweep.best is not None
+    assert "budget: no more trials" in printed.getvalue() and "not started" not in printed.getvalue()
+    assert 0 < sweep.compute["speed_factor"] < 1 and sweep.trials[0].ended_s > 0
+    assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
+               .get_trials()) == 1
+
+
+def aml_plan(*overrides: str):
+    from finetune.cli.main import compose
+    from finetune.plan.build import build_plan
+
+    args = ["compute=a100", "dry_run=true", *overrides]
+    return build_plan(compose(args, {}), args, "aml-budget")
+
+
+@pytest.mark.parametrize("usd", [20.0, 12.0])
+def test_an_aml_cost_budget_exports_limits_whose_worst_case_fits_it(usd):
+    from finetune.launch.azureml import pricing, throughput
+
+    fitted = throughput.fit(aml_plan(f"budget.usd={usd}"), train_rows=2088, val_rows=261)
+    limits = fitted.search.limits
+    worst = sum(e.cost_usd for e in (pricing.sweep_estimate(fitted), pricing.automl_estimate(fitted),
+                                     pricing.steps_estimate(fitted)))
+    assert worst <= usd and f"of ${usd:g} by the price table" in fitted.estimate.reason
+    # Every limit is set: the sweep cannot outrun what the bound assumed.
+    assert limits.max_total_trials >= 2 and limits.max_concurrent_trials == 4
+    assert limits.trial_timeout == math.ceil(2 * fitted.estimate.trial_s) and limits.timeout >= limits.trial_timeout
+    assert fitted.estimate.cost_usd < worst
+
+
+def test_an_aml_budget_too_small_names_the_smallest_that_works():
+    from finetune.errors import UserError
+    from finetune.launch.azureml import throughput
+
+    with pytest.raises(UserError, match=r"budget.usd=1: too small .* the smallest budget that can is budget.usd=") as e:
+        throughput.fit(aml_plan("budget.usd=1"), train_rows=2088, val_rows=261)
+    smallest = float(str(e.value).split("budget.usd=")[2].split()[0])
+    assert throughput.fit(aml_plan(f"budget.usd={smallest}"), train_rows=2088, val_rows=261).estimate.trials == 1
+
+
+def test_the_report_shows_budget_against_spent_and_the_sweeps_anytime_curve(tmp_path):
+    from finetune.plan.results import RunSummary, SweepResult, SweepTrial
+    from finetune.report.budget import best_so_far, budget_section
+    from finetune.report.common import Figures
+
+    summary = RunSummary(tmp_path / "summary.json", {"name": "b"})
+    trials = [SweepTrial(0, {"learning_rate": 1e-4}, "completed", 0.95, [0.94, 0.95], 2.0, ended_s=300.0),
+              SweepTrial(1, {"learning_rate": 1e-5}, "early_terminated", 0.80, [0.80], 1.0, ended_s=200.0),
+              SweepTrial(2, {"learning_rate": 5e-5}, "completed", 0.96, [0.93, 0.96], 2.0, ended_s=480.0)]
+    summary.sweep = SweepResult("random", {"type": "bandit"}, "val_auc_weighted", "maximize", trials, None, {})
+    summary.budget = budget.spent(budget.fit(request()), {"data": 6.0, "search": 230.0, "automl": 40.0})
+    assert [(round(m, 2), v) for m, v, _, _ in best_so_far(summary)] == [(3.33, 0.80), (5.0, 0.95), (8.0, 0.96)]
+    lines = budget_section(summary, Figures(tmp_path))
+    text = "\n".join(lines)
+    assert "| search | 3.5 min | 3.8 min |" in text and "| select | 5 s | – |" in text
+    assert "Spent 4.6 min of the 5-minute budget (92%)" in text
+    assert "the sweep was still improving" in text and (tmp_path / "figures" / "sweep_anytime.png").exists()
+
+
+def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path, monkeypatch):
+    from finetune.plan import calibration
+    from finetune.system.processes import started_at
+
+    assert started_at() <= __import__("time").time()
+    plan = aml_plan()  # any plan: learn() keys its entry by the plan's model, shape and data
+    monkeypatch.setattr(calibration, "CACHE_DIR", tmp_path)
+    entry = {"train_example_s": 0.1, "eval_example_s": 0.05, "load_s": 6.0, "threads": 1, "measured": "then",
+             "load_average": 1.0, "rows": {"train": 10, "val": 2}}
+    calibration.cache_file(calibration.request(plan)).write_text(__import__("json").dumps(entry))
+    calibration.learn(plan, 1.5, {"start": 20.0, "data": 2.0, "search": 300.0, "automl": 70.0, "select": 30.0})
+    kept = calibration.calibrate(plan)
+    costs = calibration.stage_costs(kept)
+    assert (costs.data, costs.automl, costs.select) == (22.0, 70.0 - plan.automl.time_budget_s, 30.0)
+    assert costs.deploy == budget.LOCAL_STAGES.deploy  # nothing measured: the shipped figure
+    speed = calibration.throughput(kept, load=0.5, cores=2)
+    assert speed.train_example_s == pytest.approx(0.15) and speed.thread_exponent == budget.THREAD_EXPONENT
+    assert calibration.throughput(kept, load=3.0, cores=2).thread_exponent == 0.0
+
+
+def test_what_the_command_line_sets_stays_as_set_under_a_budget():
+    from finetune.plan import fitting
+
+    plan = aml_plan("search.limits.trial_timeout=5", "search.limits.max_concurrent_trials=1", "model.epochs=2",
+                    "search.limits.max_total_trials=3")
+    wanted = fitting.request_for(plan, SPEED, WORK, 2, STAGES, 300.0)
+    assert (wanted.fixed_epochs, wanted.fixed_lanes, wanted.max_trials) == (True, 1, 3)
+    estimate = budget.fit(wanted)
+    # 2 epochs exactly (no stretch to fill), one lane, at most 3 trials.
+    assert (estimate.epochs, estimate.concurrency, estimate.trials) == (2.0, 1, 3)
+    limits = fitting.apply(plan, estimate).search.limits
+    assert (limits.trial_timeout, limits.max_concurrent_trials, limits.max_total_trials) == (5, 1, 3)
+    assert limits.timeout == math.floor(estimate.sweep_s)
