@@ -56,14 +56,8 @@ from finetune.train.learning_check import (
     compared_metric,
     describe_baseline,
     early_step,
-    fit_baseline,
 )
-from finetune.train.losses import (
-    class_weights,
-    label_positive_weights,
-    weighted_binary_cross_entropy,
-    weighted_cross_entropy,
-)
+from finetune.tasks import task_of
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -124,10 +118,8 @@ def setup(args: TrainArgs) -> Setup:
     import numpy as np
     import torch
     import transformers
-    from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from finetune.data import read_targets
     from finetune.train.hardware import BatchPlan, choose_runtime, is_main_process, plan_batch
     from finetune.train.tracking import NullTracking, start_tracking
 
@@ -149,29 +141,19 @@ def setup(args: TrainArgs) -> Setup:
     tracking = start_tracking(args, previous.get("mlflow_run_id")) if first_process else NullTracking()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    multi_label = args.task == "multi_label"
+    task = task_of(args.task)
     restarted = previous.get("learning_check_restart")
     if restarted:
         # Resuming the attempt the learning check restarted: its learning rate, not the command line's.
         args = dataclasses.replace(args, learning_rate=restarted["to_learning_rate"])
     model = _new_model(args, runtime, labels)
 
-    def encode(path: str):
-        texts, targets = read_targets(path, labels, args.task)
-        # BCE takes float targets: the collator then stacks them into a float tensor.
-        dataset = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist() if multi_label
-                                     else targets})
-        return dataset.map(
-            lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
-            batched=True,
-            remove_columns=["text"],
-        )
-
-    train_set, val_set = encode(args.train_file), encode(args.val_file)
+    train_set, val_set = (task.encode(path, tokenizer, labels, args.max_length)
+                          for path in (args.train_file, args.val_file))
     resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
     batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
     metric = compared_metric(args.primary_metric, args.goal)
-    check_log = CheckLog(baseline=fit_baseline(args.train_file, args.val_file, labels, args.task, metric),
+    check_log = CheckLog(baseline=task.fit_baseline(args.train_file, args.val_file, labels, metric),
                          action=args.learning_check or "warn", restarted=restarted)
     if first_process:
         print(f"learning check baseline: {describe_baseline(check_log.baseline)}", file=sys.stderr)
@@ -193,7 +175,7 @@ def setup(args: TrainArgs) -> Setup:
 
 
 def _new_model(args: TrainArgs, runtime, labels: List[str]):
-    """The pretrained encoder with a new classification head for ``labels``."""
+    """The pretrained encoder with the task's new head for ``labels``."""
     import transformers
 
     from finetune.train.hardware import load_model
@@ -201,10 +183,10 @@ def _new_model(args: TrainArgs, runtime, labels: List[str]):
     # The classification head is initialised randomly: seed before creating it, or equal seeds give
     # different trials (the Trainer seeds only after the model exists).
     transformers.set_seed(args.seed)
-    return load_model(args.model, runtime, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
-                      problem_type="multi_label_classification" if args.task == "multi_label"
-                      else "single_label_classification")
+    task = task_of(args.task)
+    head = {"problem_type": task.problem_type} if task.problem_type else {}
+    return load_model(args.model, runtime, task.model_class, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True, **head)
 
 
 def _write_resume(resume_file: Path, batch, mlflow_run_id: Optional[str], restarted: Optional[dict]) -> None:
@@ -262,8 +244,7 @@ def _training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, c
 def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     """Train (resuming when a complete checkpoint is there), with the observer, throughput meter, early stopping,
     the progress bar and resource telemetry attached."""
-    import torch
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from finetune.train import learning_check
@@ -278,22 +259,10 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
     watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
 
-    multi_label = args.task == "multi_label"
-
-    def compute_metrics(prediction):
-        from finetune.selection.metrics import task_metrics
-
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        logits = torch.as_tensor(logits, dtype=torch.float32)
-        proba = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
-        truth = prediction.label_ids.round().astype("int64") if multi_label else prediction.label_ids
-        return task_metrics(args.task, truth, proba)
-
+    task = task_of(args.task)
     meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
                              prepared.mean_tokens)
-    weights = (label_positive_weights(prepared.train_set["label"], args.class_weights) if multi_label
-               else class_weights(prepared.train_set["label"], len(prepared.labels), args.class_weights))
-    loss = weighted_binary_cross_entropy if multi_label else weighted_cross_entropy
+    weights = task.class_weights(prepared.train_set, prepared.labels, args.class_weights)
     early_stopping = None
     if args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -311,10 +280,10 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
         args=prepared.training_args,
         train_dataset=prepared.train_set,
         eval_dataset=prepared.val_set,
-        data_collator=DataCollatorWithPadding(prepared.tokenizer, pad_to_multiple_of=prepared.runtime.pad_to_multiple_of),
+        data_collator=task.collator(prepared.tokenizer, prepared.runtime.pad_to_multiple_of),
         processing_class=prepared.tokenizer,
-        compute_metrics=compute_metrics,
-        compute_loss_func=loss(weights) if weights else None,
+        compute_metrics=task.compute_metrics(args.val_file, prepared.val_set, prepared.labels),
+        compute_loss_func=task.loss(weights) if weights else None,
         callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
     )
     check.trainer = trainer
@@ -365,8 +334,9 @@ def finalize(prepared: Setup, fitted: Fitted) -> dict:
             prepared.tokenizer.save_pretrained(str(model_dir))
             # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
             (model_dir / "training_args.bin").unlink(missing_ok=True)
-            (model_dir / "candidate.json").write_text(json.dumps({"family": "hf", "task": args.task, "labels": labels,
-                                                                  "max_length": args.max_length}, indent=2))
+            (model_dir / "candidate.json").write_text(json.dumps(
+                {"family": "hf", "task": args.task, "labels": labels, "max_length": args.max_length,
+                 **task_of(args.task).candidate_extras()}, indent=2))
         result["model_dir"] = str(model_dir)
     check_log = prepared.check_log
     result["learning_check"] = check_log.to_dict((result.get("val") or {}).get(check_log.baseline["metric"]))
