@@ -17,7 +17,7 @@ from typing import Dict
 from finetune.config.schema import DatasetConfig
 from finetune.data.ner import entity_types, read_ner_file, tag_names, write_jsonl
 from finetune.data.prepared import SPLITS, PreparedData, _raw_sha256, _write_folder, split_file
-from finetune.data.sources import is_ner, local_source
+from finetune.data.sources import local_source
 from finetune.data.split import assign_multi_label_splits, assign_predefined_splits, check_unseen_labels
 from finetune.errors import UserError
 

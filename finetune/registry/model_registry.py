@@ -27,6 +27,7 @@ from finetune.errors import UserError
 from finetune.plan.results import Promotion
 from finetune.serve import SCORE_SCRIPT, ModelRef
 from finetune.system import locks
+from finetune.tasks import task_of
 
 if TYPE_CHECKING:
     from finetune.plan.results import SelectionResult
@@ -365,12 +366,9 @@ def card_facts(config: dict, data: dict, selection: "SelectionResult") -> dict:
             "metrics": selection.test(winner) or {}}
 
 
-def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
-    """A scoring request of the first ``size`` test texts: the rollout's smoke test sends it."""
-    import pandas as pd
-
-    texts = pd.read_csv(test_csv, dtype=str, keep_default_na=False, nrows=size)["text"].tolist()
-    return {"data": [{"text": text} for text in texts]}
+def sample_request(test_path, task: str = "single_label", size: int = SAMPLE_SIZE) -> dict:
+    """A scoring request of the first ``size`` test texts (the task reads its split): the rollout's smoke test sends it."""
+    return task_of(task).sample_request(test_path, size)
 
 
 def select_and_register(model_registry: ModelRegistry, candidates: dict, test_csv, labels: list, select_cfg,
@@ -392,7 +390,7 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
     from finetune.plan.results import Registration, SelectionOutcome
-    from finetune.selection.choose import PRODUCTION, check_production_labels, choose, decision_settings, evaluate
+    from finetune.selection.choose import PRODUCTION, check_production_labels, choose, decision_settings
 
     out_dir = Path(out_dir)
     current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
@@ -404,9 +402,8 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         paths[PRODUCTION] = current.path
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
     task = data_info.get("task", "single_label")
-    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv,
-                       decision=decision_settings(select_cfg, data_info),
-                       keep_decision={PRODUCTION}, task=task)
+    results = task_of(task).evaluate(paths, test_csv, list(labels), out_dir, val_path=val_csv,
+                                     decision=decision_settings(select_cfg, data_info), keep_decision={PRODUCTION})
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
     if current is not None:

@@ -36,6 +36,17 @@ from finetune.system.files import link_or_copy, write_json_atomic
 from finetune.system.processes import free_port
 
 SCORE_SCRIPT = Path(__file__).with_name("score.py")
+NER_SCORE_SCRIPT = Path(__file__).with_name("ner_score.py")
+
+
+def entry_script(model_dir: Path) -> Path:
+    """The entry script that serves the candidate in ``model_dir`` (or one folder below it, as AML mounts it):
+    NER candidates (``"task": "ner"`` in candidate.json) have their own, every classifier :data:`SCORE_SCRIPT`."""
+    model_dir = Path(model_dir)
+    found = [model_dir / "candidate.json"] if (model_dir / "candidate.json").is_file() else sorted(
+        model_dir.glob("*/candidate.json"))
+    task = json.loads(found[0].read_text(encoding="utf-8")).get("task") if len(found) == 1 else None
+    return NER_SCORE_SCRIPT if task == "ner" else SCORE_SCRIPT
 
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}
@@ -343,7 +354,7 @@ class LocalEndpoint:
         folder.mkdir(parents=True, exist_ok=True)
         # A copy, so that a running deployment keeps the scoring code it was created with.
         script = folder / "score.py"
-        shutil.copyfile(SCORE_SCRIPT, script)
+        shutil.copyfile(entry_script(model_dir), script)
         # Only this user can enter the socket's folder, so only the router (same user) reaches the server;
         # /tmp keeps the path under the 108 bytes a Unix socket path may have.
         socket_dir = tempfile.mkdtemp(prefix="finetune-")

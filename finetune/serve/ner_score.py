@@ -1,8 +1,8 @@
 """Scoring entry script of NER candidates (the AML ``init()``/``run()`` contract, as :mod:`score` for classifiers).
 
-Registered NER versions carry this file beside ``score.py`` (whose request limits and model lookup it reuses);
-like it, it runs where the ``finetune`` package is not installed: the standard library, numpy, the tokenizer
-and torch (``hf`` candidates) or python-crfsuite (``crf`` candidates). Training imports the window plan and the
+A registered NER version carries this file as its ``score.py``; like the classifiers' it runs where the
+``finetune`` package is not installed: the standard library, numpy, the tokenizer and torch (``hf`` candidates)
+or python-crfsuite (``crf`` candidates). Training imports the window plan and the
 label alignment from here, so training and serving cut long sentences the same way.
 
 Request ``{"data": [{"text": "..."}]}`` answers ``{"predictions": [{"entities": [{"text", "label", "start",
@@ -27,11 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from finetune.serve.score import BadRequest, _env_int, _model_info, _threads, find_candidate
-except ImportError:  # in a registered version: score.py lies beside this file, without the package
-    from score import BadRequest, _env_int, _model_info, _threads, find_candidate  # type: ignore
-
 logger = logging.getLogger("azmlinfsrv.finetune_ner_score")
 
 DEFAULT_MAX_LENGTH = 128
@@ -42,6 +37,41 @@ WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _tagger = None
 _model: dict = {}
 _limits: dict = {}
+
+
+# The entry script is one file on AML (its folder holds no package), so these few helpers repeat score.py's.
+class BadRequest(ValueError):
+    """A request the client must fix; answered with HTTP 400 and this message."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def _threads(default: int) -> int:
+    return _env_int("FINETUNE_NUM_THREADS", 0) or _env_int("OMP_NUM_THREADS", 0) or default
+
+
+def find_candidate(root: Path) -> Path:
+    """The folder holding candidate.json: ``root`` itself or exactly one folder below it (AML's mount)."""
+    if (root / "candidate.json").is_file():
+        return root
+    found = sorted(path.parent for path in root.glob("*/candidate.json"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one candidate.json in {root} or one folder below it, found {len(found)}")
+    return found[0]
+
+
+def _model_info(folder: Path) -> dict:
+    """``{"name", "version"}`` of the registered model: registered.json, overridden by FINETUNE_MODEL_NAME/_VERSION."""
+    registered = folder / "registered.json"
+    recorded = json.loads(registered.read_text(encoding="utf-8")) if registered.is_file() else {}
+    info = {key: recorded.get(key) for key in ("name", "version")}
+    for key, variable in (("name", "FINETUNE_MODEL_NAME"), ("version", "FINETUNE_MODEL_VERSION")):
+        info[key] = os.environ.get(variable) or info[key]
+    info["version"] = None if info["version"] is None else str(info["version"])
+    return info
 
 
 # ----------------------------------------------------------------------------------------------- words
@@ -321,3 +351,23 @@ def run(raw_data):
     predictions = answer(_tagger, items)
     logger.info("tagged %d items in %.1f ms", len(items), (time.perf_counter() - started) * 1e3)
     return {"predictions": predictions, "model": dict(_model)}
+
+
+class PyfuncModel:
+    """What ``mlflow.pyfunc.load_model`` returns for a registered NER version: ``predict(DataFrame with a "text"
+    column)`` -> DataFrame with ``entities`` (a JSON list of the endpoint's entity objects per text)."""
+
+    def __init__(self, folder: Path):
+        self.tagger = load_tagger(folder)
+
+    def predict(self, model_input, params=None):
+        import pandas as pd
+
+        texts = model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input
+        answers = answer(self.tagger, [{"text": str(text)} for text in texts])
+        return pd.DataFrame({"entities": [json.dumps(a["entities"], ensure_ascii=False) for a in answers]})
+
+
+def _load_pyfunc(path: str) -> PyfuncModel:
+    """MLflow's ``loader_module`` hook (see the registered version's MLmodel)."""
+    return PyfuncModel(find_candidate(Path(path)))

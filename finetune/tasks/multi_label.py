@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import List
 
-from finetune.train.losses import label_positive_weights, weighted_binary_cross_entropy
 from finetune.tasks.single_label import SingleLabelTask
+from finetune.train.losses import label_positive_weights, weighted_binary_cross_entropy
 
 
 class MultiLabelTask(SingleLabelTask):
@@ -18,6 +18,9 @@ class MultiLabelTask(SingleLabelTask):
     problem_type = "multi_label_classification"
     automl_task = "text_classification_multilabel"
     response_key = "labels"
+
+    def baseline_description(self, plan) -> str:
+        return "local AutoML baseline (one-vs-rest TF-IDF + logistic regression)"
 
     def training_targets(self, targets) -> list:
         import numpy as np

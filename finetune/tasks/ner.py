@@ -18,19 +18,21 @@ from pathlib import Path
 from typing import Dict, List
 
 from finetune.data.ner import read_prepared
+from finetune.selection.metrics import NER_METRIC_NAMES
 from finetune.serve import ner_score
 from finetune.serve.ner_score import DEFAULT_STRIDE, IGNORED, encode_sentence, owners, repair_tags
 from finetune.tasks.ner_crf import run_crf
 from finetune.tasks.ner_metrics import entity_metrics, error_kinds, wrong_sentences
 
 ONE_LINER = "most frequent train tag per word"
+ERRORS_FILE = "ner_errors.json"  # beside selection's outputs: each candidate's error kinds and wrong examples
 
 
 class NerTask:
     name = "ner"
     primary_metric = "val_f1_entity"
     select_metric = "f1_entity"
-    metric_names = ("f1_entity", "precision_entity", "recall_entity", "f1_macro_entity")
+    metric_names = NER_METRIC_NAMES
     model_class = "AutoModelForTokenClassification"
     problem_type = None  # transformers' token classification has one (cross-entropy over tags)
     automl_task = "text_ner"
@@ -116,13 +118,19 @@ class NerTask:
 
     # ------------------------------------------------------------------ baseline, selection, serving
 
-    def run_baseline(self, data, out_dir: Path) -> dict:
+    def baseline_description(self, plan) -> str:
+        return "the NER baseline: a linear-chain CRF, c1/c2 chosen on val"
+
+    def run_baseline(self, data, plan, out_dir: Path) -> dict:
         """The local baseline candidate (the automl stage's): the CRF, c1/c2 chosen on val."""
         return run_crf(data.directory, list(data.labels), out_dir)
 
-    def evaluate(self, candidates: dict, test_path, labels: List[str], out_dir: Path | None = None) -> dict:
+    def evaluate(self, candidates: dict, test_path, labels: List[str], out_dir: Path | None = None, *,
+                 val_path=None, decision=None, keep_decision=()) -> dict:
         """Each candidate folder's answers on the test split (by its tokens, as the endpoint's ``tokens`` request):
-        ``{name: {"family", "decision", "test", "errors", "examples"}}``; a broken candidate gets its ``error``."""
+        ``{name: {"family", "decision", "test", "errors", "examples"}}``; a broken candidate gets its ``error``.
+        The decision (argmax per word, repaired to IOB2) is not chosen on val: ``val_path``/``decision`` are the
+        classifiers' and unused. With ``out_dir``, the errors and examples go to ``ner_errors.json`` for the report."""
         test = read_prepared(test_path)
         gold = [s.tags for s in test]
         results = {}
@@ -144,6 +152,11 @@ class NerTask:
             except Exception as error:  # noqa: BLE001 - one broken candidate is reported, not fatal
                 print(f"candidate '{name}' could not be scored: {type(error).__name__}: {error}", flush=True)
                 results[name] = {"family": family, "error": f"{type(error).__name__}: {error}"}
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / ERRORS_FILE).write_text(json.dumps(
+                {name: {key: entry[key] for key in ("errors", "examples")} for name, entry in results.items()
+                 if "errors" in entry}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return results
 
     def sample_request(self, test_path, size: int = 2) -> dict:

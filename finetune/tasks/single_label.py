@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import List
 
+from finetune.selection.automl import run_automl
+from finetune.selection.choose import evaluate
+from finetune.selection.metrics import metric_names, task_metrics
 from finetune.train.learning_check import fit_baseline
 from finetune.train.losses import class_weights, weighted_cross_entropy
-from finetune.selection.metrics import metric_names, task_metrics
 
 
 class SingleLabelTask:
@@ -77,6 +79,26 @@ class SingleLabelTask:
 
     def fit_baseline(self, train_file: str, val_file: str, labels: List[str], metric: str) -> dict:
         return fit_baseline(train_file, val_file, labels, self.name, metric)
+
+
+    def baseline_description(self, plan) -> str:
+        return f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)"
+
+    def run_baseline(self, data, plan, out_dir) -> dict:
+        """The local baseline candidate: FLAML over TF-IDF features (multi-label: one-vs-rest logistic regression)."""
+        return run_automl(data, plan.automl, out_dir, plan.seed, plan.train.class_weights)
+
+    def sample_request(self, test_path, size: int) -> dict:
+        import pandas as pd
+
+        texts = pd.read_csv(test_path, dtype=str, keep_default_na=False, nrows=size)["text"].tolist()
+        return {"data": [{"text": text} for text in texts]}
+
+    def evaluate(self, candidates: dict, test_path, labels: List[str], out_dir=None, *, val_path=None,
+                 decision=None, keep_decision=()) -> dict:
+        """Selection's test scoring: each candidate at the decision rule chosen on val (:func:`finetune.select.evaluate`)."""
+        return evaluate(candidates, test_path, labels, proba_dir=out_dir, val_csv=val_path, decision=decision,
+                        keep_decision=keep_decision, task=self.name)
 
 
 SINGLE_LABEL_TASK = SingleLabelTask()
