@@ -23,7 +23,7 @@ from typing import Optional
 
 from finetune.registry.environments import serving_conda_spec
 from finetune.serve import SCORE_SCRIPT
-from finetune.serve.endpoint import entry_script
+from finetune.serve.entry_scripts import entry_script
 
 PYFUNC_MODULE = "finetune_score"
 # Files this module writes; copied from a candidate (a downloaded registered version) they would be stale.

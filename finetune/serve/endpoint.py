@@ -28,25 +28,13 @@ from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
 from finetune.serve import servers
+from finetune.serve.entry_scripts import entry_script
 from finetune.serve.inference_server import BIND_SOCKET_ENV
 from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, rollout
 from finetune.serve.router import deployment_connection
 from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
 from finetune.system.files import link_or_copy, write_json_atomic
 from finetune.system.processes import free_port
-
-SCORE_SCRIPT = Path(__file__).with_name("score.py")
-NER_SCORE_SCRIPT = Path(__file__).with_name("ner_score.py")
-
-
-def entry_script(model_dir: Path) -> Path:
-    """The entry script that serves the candidate in ``model_dir`` (or one folder below it, as AML mounts it):
-    NER candidates (``"task": "ner"`` in candidate.json) have their own, every classifier :data:`SCORE_SCRIPT`."""
-    model_dir = Path(model_dir)
-    found = [model_dir / "candidate.json"] if (model_dir / "candidate.json").is_file() else sorted(
-        model_dir.glob("*/candidate.json"))
-    task = json.loads(found[0].read_text(encoding="utf-8")).get("task") if len(found) == 1 else None
-    return NER_SCORE_SCRIPT if task == "ner" else SCORE_SCRIPT
 
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}

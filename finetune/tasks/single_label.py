@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import List
 
+from finetune.data import read_targets
 from finetune.selection.automl import run_automl
 from finetune.selection.choose import evaluate
 from finetune.selection.metrics import metric_names, task_metrics
@@ -33,8 +34,6 @@ class SingleLabelTask:
 
     def encode(self, path: str, tokenizer, labels: List[str], max_length: int):
         from datasets import Dataset
-
-        from finetune.data import read_targets
 
         texts, targets = read_targets(path, labels, self.name)
         dataset = Dataset.from_dict({"text": texts, "label": self.training_targets(targets)})
