@@ -62,6 +62,8 @@ def main(argv=None) -> int:
                         metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--model", action="append", default=[], type=Path, help="a candidate folder to score")
     parser.add_argument("--no-crf", action="store_true")
+    parser.add_argument("--grid", nargs="+", metavar="C1:C2",
+                        help="the CRF's (c1, c2) pairs to choose from on val (default: the candidate's 3 x 3 grid)")
     parser.add_argument("--out", type=Path, default=Path("bench_ner.json"))
     args = parser.parse_args(argv)
     splits = {name: read_ner_file(args.data / file)[0] for name, file in zip(("train", "val", "test"), args.splits)}
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
                 (Path(tmp) / f"{name}.jsonl").write_bytes(write_jsonl(sentences))
             labels = tag_names(entity_types(t for s in splits["train"] for t in s.tags))
             started = time.time()
-            candidate = run_crf(tmp, labels, Path(tmp) / "crf", GRID)
+            grid = [tuple(float(v) for v in pair.split(":")) for pair in args.grid] if args.grid else GRID
+            candidate = run_crf(tmp, labels, Path(tmp) / "crf", grid)
             fit_s = time.time() - started
             rows["crf"] = {**score(Path(candidate["path"]), splits["test"]), "fit_s": round(fit_s, 1),
                            "params": candidate["params"]}
