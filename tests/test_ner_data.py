@@ -97,3 +97,29 @@ def test_span_words_keep_their_character_offsets():
     sentence, unaligned, overlapping = spans_to_sentence("@ada: #win!", [{"start": 1, "end": 4, "label": "p"}], "x")
     assert sentence.tokens == ["@", "ada", ":", "#", "win", "!"]
     assert sentence.tags == ["O", "B-p", "O", "O", "O", "O"] and (unaligned, overlapping) == (0, 0)
+
+
+def test_auto_task_recognises_conll_and_jsonl_ner_files(tmp_path):
+    from finetune.config.schema import DatasetConfig
+    from finetune.data.multilabel import planned_task
+
+    spans = write(tmp_path, "spans.jsonl", json.dumps({"text": "Ada", "entities": []}) + "\n")
+    rows = write(tmp_path, "rows.jsonl", json.dumps({"text": "Ada", "label": "x"}) + "\n")
+    assert planned_task(DatasetConfig(source="file", path=str(SAMPLE / "train.conll"), label_column="label")) == "ner"
+    assert planned_task(DatasetConfig(source="file", path=str(spans), label_column="label")) == "ner"
+    assert planned_task(DatasetConfig(source="file", path=str(rows), label_column="label")) == "single_label"
+
+
+def test_computed_split_puts_every_entity_type_in_train_val_and_test(tmp_path):
+    from finetune.config.schema import DatasetConfig
+    from finetune.data import PreparedData, prepare
+    from finetune.data.ner import read_prepared
+
+    prepared = prepare(DatasetConfig(source="file", path=str(SAMPLE / "train.conll"), task="ner"), tmp_path / "data")
+    assert prepared.split == "iterative_stratification"
+    assert {name: split["rows"] for name, split in prepared.splits.items()} == {"train": 320, "val": 40, "test": 40}
+    for split in prepared.splits.values():
+        assert all(count > 0 for count in split["class_counts"].values()), split["class_counts"]
+    again = PreparedData.load(tmp_path / "data")
+    assert again.task == "ner" and len(read_prepared(again.test_path)) == 40
+    assert again.labels[0] == "O" and "B-person" in again.labels
