@@ -123,3 +123,15 @@ def test_computed_split_puts_every_entity_type_in_train_val_and_test(tmp_path):
     again = PreparedData.load(tmp_path / "data")
     assert again.task == "ner" and len(read_prepared(again.test_path)) == 40
     assert again.labels[0] == "O" and "B-person" in again.labels
+
+
+def test_plan_refuses_a_classification_selection_metric_for_ner_and_an_entity_metric_for_classes():
+    from finetune.config.schema import SelectConfig
+    from finetune.selection.choose import check_config
+
+    assert check_config(SelectConfig(metric="f1_entity"), "ner") == []
+    assert check_config(SelectConfig(metric="auc_weighted"), "ner") == [
+        "select.metric=auc_weighted: not a metric of ner data; use one of f1_entity, precision_entity, "
+        "recall_entity, f1_macro_entity"]
+    assert "not a metric of single_label data" in check_config(SelectConfig(metric="f1_entity"), "single_label")[0]
+    assert check_config(SelectConfig(metric="f1_entity"), "auto") == []

@@ -60,6 +60,10 @@ def check_config(select_cfg, task: str = "auto") -> list[str]:
         problems.append(f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)} (and for "
                         f"multi-label data {', '.join(n for n in MULTI_LABEL_METRIC_NAMES if n not in METRIC_NAMES + LOWER_IS_BETTER)}; "
                         f"for NER {', '.join(NER_METRIC_NAMES)})")
+    elif task != "auto" and (task == "ner") != (select_cfg.metric in NER_METRIC_NAMES):
+        # Entity metrics exist for NER only, and NER has no other: refused now, not after training.
+        problems.append(f"select.metric={select_cfg.metric}: not a metric of {task} data; use one of "
+                        f"{', '.join(name for name in metric_names(task) if name not in LOWER_IS_BETTER)}")
     return problems
 
 
