@@ -154,3 +154,35 @@ def test_crf_candidate_chooses_c1_c2_on_val_and_serves_entities(tmp_path):
 def test_malformed_requests_are_named(body, message):
     with pytest.raises(ner_score.BadRequest, match=message.replace("[", r"\[")):
         ner_score.parse_request(body, 64, 1_000_000)
+
+
+@pytest.mark.slow  # a real (tiny) token-classification fine-tune
+def test_training_val_entity_f1_is_what_the_saved_model_scores_on_val(tmp_path, tiny_model_dir):
+    """The val metric merges windows back by position: evaluation must not be reordered (group_by_length is the
+    default, and transformers' length grouping also reorders evaluation)."""
+    import subprocess
+    import sys
+
+    from finetune.config.schema import DatasetConfig, SplitFiles
+    from finetune.data import prepare
+    from finetune.data.ner import read_prepared
+
+    data = prepare(DatasetConfig(name="s", source="bundled", path="wnut17_sample", task="ner",
+                                 split_files=SplitFiles("train.conll", "dev.conll", "test.conll")), tmp_path / "data")
+    run = subprocess.run([sys.executable, "-m", "finetune.train", "--train-file", str(data.train_path), "--val-file",
+                          str(data.val_path), "--labels-file", str(data.labels_path), "--model", str(tiny_model_dir),
+                          "--output-dir", str(tmp_path / "train"), "--task", "ner", "--epochs", "1", "--batch-size", "8",
+                          "--learning-rate", "1e-7", "--primary-metric", "val_f1_entity", "--group-by-length", "true",
+                          "--learning-check", "warn", "--progress", "false",
+                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "train" / "result.json").read_text())
+    tagger = ner_score.load_tagger(tmp_path / "train" / "model")
+    val = read_prepared(data.val_path)
+    tagged = [tags for tags, _ in tagger.tag([s.tokens for s in val])]
+    scored = entity_metrics([s.tags for s in val], tagged)
+    # An (almost) untrained head tags at random: many entities, a few right, each sentence its own.
+    assert scored["f1_entity"] > 0, "a model that finds no entity cannot tell an ordered val from a shuffled one"
+    assert result["val"]["f1_entity"] == pytest.approx(scored["f1_entity"])
+    assert result["val"]["precision_entity"] == pytest.approx(scored["precision_entity"])

@@ -38,6 +38,10 @@ class NerTask:
     automl_task = "text_ner"
     baseline_name = "crf"
     response_key = "entities"
+    # The val metric merges windows back into sentences by their position in the val set, and transformers'
+    # length grouping reorders evaluation too (Trainer._get_eval_sampler uses LengthGroupedSampler under
+    # train_sampling_strategy=group_by_length): NER trains and evaluates in dataset order.
+    trainer_overrides = {"train_sampling_strategy": "random"}
 
     # ------------------------------------------------------------------ training
 

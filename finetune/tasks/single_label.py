@@ -27,6 +27,7 @@ class SingleLabelTask:
     automl_task = "text_classification"
     baseline_name = "automl"
     response_key = "label"
+    trainer_overrides: dict = {}  # TrainingArguments the task must have, over the hardware's choices
 
     @property
     def metric_names(self) -> tuple:

@@ -237,7 +237,7 @@ def _training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, c
         report_to=[],
         # finetune.train.progress draws the one bar; HF's own would add an evaluation bar and print every log dict.
         disable_tqdm=True,
-        **runtime.trainer_kwargs(),
+        **{**runtime.trainer_kwargs(), **task_of(args.task).trainer_overrides},
     )
 
 
