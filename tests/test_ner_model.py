@@ -125,6 +125,9 @@ def test_transformer_answers_every_word_of_a_long_text_with_offsets_into_it(tiny
         assert text[entity["start"]:entity["end"]] == entity["text"] and entity["label"] == "product"
     tokens_answer, = ner_score.answer(tagger, [{"tokens": ["new", "wipers"]}])
     assert len(tokens_answer["tags"]) == 2 and set(tokens_answer["tags"]) <= set(labels)
+    # A word the tokenizer drops entirely (zero-width space) gets O instead of breaking the request.
+    dropped, = ner_score.answer(tagger, [{"tokens": ["new", "\u200b", "wipers"]}])
+    assert dropped["tags"][1] == "O" and dropped["scores"][1] == 1.0 and len(dropped["tags"]) == 3
 
 
 def test_crf_candidate_chooses_c1_c2_on_val_and_serves_entities(tmp_path):

@@ -232,9 +232,11 @@ class TransformerTagger:
                     if word is not None and word != previous and owner[word] == number:
                         word_proba[word] = proba[position]
                     previous = word
-            best = [int(np.argmax(p)) for p in word_proba]
-            tags = repair_tags([self.labels[b] for b in best])
-            results.append((tags, [float(p[b]) for p, b in zip(word_proba, best)]))
+            # A word the tokenizer turns into no sub-token at all (a zero-width or control character, which
+            # the normaliser drops) has no prediction: it is outside every entity, with certainty.
+            best = [None if p is None else int(np.argmax(p)) for p in word_proba]
+            tags = repair_tags(["O" if b is None else self.labels[b] for b in best])
+            results.append((tags, [1.0 if b is None else float(p[b]) for p, b in zip(word_proba, best)]))
         return results
 
 
