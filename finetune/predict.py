@@ -5,7 +5,8 @@
 CSV, JSONL and parquet in and out, chosen by extension (``.gz`` works for CSV and JSONL). The output has
 the input's id column (``--id-column``, default ``id`` when the input has one), ``label`` and
 ``probability_<label>`` per class, rows in input order. A multi-label model writes ``labels`` instead of
-``label``: a list per row (in CSV the list literal ``['anger', 'joy']``, the format of prepared splits). The input is read in chunks of ``--chunk-rows``
+``label``: a list per row (in CSV the list literal ``['anger', 'joy']``, the format of prepared splits); an NER model
+writes ``entities``, the endpoint's entity objects as a JSON list per row. The input is read in chunks of ``--chunk-rows``
 (memory stays flat in the number of rows); inside a chunk the scorer sorts texts by length and runs
 forward batches of ``--batch-size``. Scoring is score.py's own (same runtime, truncation and decision
 rule as the online endpoint). The output appears only when every row is scored (written to
@@ -26,6 +27,9 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from finetune.errors import UserError
 from finetune.registry import model_registry as registry
+from finetune.serve import ner_score
+from finetune.serve.entry_scripts import NER_SCORE_SCRIPT, entry_script
+from finetune.serve.score import decided_labels, find_candidate, load_scorer
 
 if TYPE_CHECKING:
     import pandas
@@ -67,8 +71,6 @@ def resolve_model(spec: str, tracking_uri: str) -> Path:
 
 
 def _candidate_folder(folder: Path) -> Path:
-    from finetune.serve.score import find_candidate
-
     try:
         return find_candidate(folder)
     except (FileNotFoundError, ValueError) as problem:
@@ -173,8 +175,6 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
     import numpy as np
     from tqdm import tqdm
 
-    from finetune.serve.score import decided_labels, load_scorer
-
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise UserError(f"--input {input_path}: no such file")
@@ -194,11 +194,11 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
         id_column = "id" if "id" in available else None
     elif id_column not in available:
         raise UserError(f"--input {input_path}: no id column {id_column!r} (columns: {', '.join(available)})")
+    ner = entry_script(model_dir) == NER_SCORE_SCRIPT
     try:
-        scorer = load_scorer(model_dir, max_batch=batch_size)
+        scorer = ner_score.load_tagger(model_dir) if ner else load_scorer(model_dir, max_batch=batch_size)
     except (OSError, ValueError, KeyError) as problem:
         raise UserError(f"--model {model_dir}: cannot load it ({type(problem).__name__}: {problem})") from None
-    labels = scorer.labels
     output_path.parent.mkdir(parents=True, exist_ok=True)
     writer = Writer(output_path)
     columns = [text_column] + ([id_column] if id_column and id_column != text_column else [])
@@ -212,14 +212,19 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
             if missing.any():
                 row = rows + int(np.argmax(missing)) + 1
                 raise UserError(f"--input {input_path}: row {row} has no text in column {text_column!r}")
-            proba = scorer.predict_proba(texts.tolist())
             import pandas as pd
 
             table = pd.DataFrame({id_column: chunk[id_column].to_numpy()} if id_column else {})
-            table["labels" if scorer.task == "multi_label" else "label"] = decided_labels(proba, labels,
-                                                                                          scorer.decision)
-            for column, label in enumerate(labels):
-                table[f"probability_{label}"] = proba[:, column].astype(np.float64)
+            if ner:
+                # The endpoint's entity objects, as one JSON list per row (every output format can hold a string).
+                answers = ner_score.answer(scorer, [{"text": text} for text in texts.tolist()])
+                table["entities"] = [json.dumps(a["entities"], ensure_ascii=False) for a in answers]
+            else:
+                proba = scorer.predict_proba(texts.tolist())
+                table["labels" if scorer.task == "multi_label" else "label"] = decided_labels(proba, scorer.labels,
+                                                                                              scorer.decision)
+                for column, label in enumerate(scorer.labels):
+                    table[f"probability_{label}"] = proba[:, column].astype(np.float64)
             writer.write(table)
             rows += len(chunk)
             bar.update(len(chunk))

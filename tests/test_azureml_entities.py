@@ -414,3 +414,30 @@ def test_cost_estimate_uses_trial_timeout_and_sweep_timeout(tmp_path):
     assert estimate.node_hours == 2.0 and "capped" in estimate.basis
     unpriced = build(REFERENCE + ["compute.hourly_price_usd=null"], tmp_path)
     assert sweep_estimate(unpriced).cost_usd is None
+
+
+def test_ner_automl_job_is_text_ner_over_conll_mltables_golden(tmp_path):
+    """dataset.task=ner on GPU compute: AutoML's text_ner job (accuracy, its only metric) over MLTables of
+    space-separated CoNLL, the format AutoML NER reads; the exported automl.yml and its REST body are golden."""
+    from finetune.data import prepare
+    from finetune.launch.azureml import export
+    from finetune.launch.azureml.automl import text_classification
+    from finetune.launch.azureml.checks import with_task
+
+    plan = build(["dataset=wnut17_sample", "search=none", "compute=t4", "dry_run=true"], tmp_path)
+    prepared = prepare(plan.dataset, Path(plan.run_dir) / "data")
+    plan = with_task(plan, prepared.task)
+    exported = export.write(plan, prepared)
+    job = yaml.safe_load((exported.folder / "automl.yml").read_text())
+    assert job["task"] == "text_ner" and job["primary_metric"] == "accuracy" and "target_column_name" not in job
+    check_golden("automl_ner", job, plan)
+    table = exported.folder / "mltable" / "train"
+    assert yaml.safe_load((table / "MLTable").read_text()) == {"paths": [{"file": "./train.txt"}]}
+    lines = (table / "train.txt").read_text(encoding="utf-8").split("\n")
+    assert lines[:3] == ["@paulwalk O", "It O", "'s O"]
+    sentences = (table / "train.txt").read_text(encoding="utf-8").rstrip("\n").split("\n\n")
+    assert len(sentences) == prepared.splits["train"]["rows"]
+    from finetune.launch.azureml.data import DataRefs
+
+    body = text_classification(plan, DataRefs(tables={"train": "azureml:t:1", "val": "azureml:v:1"}))
+    check_golden("automl_ner_rest", body._to_rest_object().as_dict(), plan)

@@ -10,9 +10,9 @@ import math
 import optuna
 import pytest
 
+from finetune.cli.main import main
 from finetune.plan import budget
 from finetune.plan.budget import Estimate, Request, StageCosts, Throughput, Workload
-from finetune.cli.main import main
 
 SPEED = Throughput(train_example_s=0.01, eval_example_s=0.005, trial_overhead_s=10.0, threads=1)
 WORK = Workload(train_rows=1000, val_rows=100, evals_per_epoch=1)
@@ -129,10 +129,9 @@ def test_a_cost_budget_on_a_local_run_is_a_plan_problem(capsys, tmp_path):
 
 
 def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, tiny_model_dir):
-    from test_search_runner import make_plan, overrides
-
     from finetune.data import prepare
     from finetune.search.runner import run_sweep
+    from test_search_runner import make_plan, overrides
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking, "model.epochs=1", "dataset.sample=120",

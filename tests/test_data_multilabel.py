@@ -271,7 +271,7 @@ def test_plan_checks_of_the_new_settings(tmp_path):
     assert problems[0].startswith("dataset.split_files={'train': 'train.tsv', 'val': 'dev.tsv'}: name a file for each")
     assert "set one of them to null" in _problems(goemotions_style(folder, split_column="part"))[0]
     assert _problems(goemotions_style(folder, task="multi")) == [
-        "dataset.task=multi: unknown; use one of auto, single_label, multi_label"]
+        "dataset.task=multi: unknown; use one of auto, single_label, multi_label, ner"]
     assert _problems(goemotions_style(folder, label_names_file="names.txt"))[0].startswith(
         "dataset.label_names_file=names.txt: no such file")
     assert _problems(goemotions_style(folder, split_files={"train": "train.tsv", "val": "x.tsv", "test": "test.tsv"})

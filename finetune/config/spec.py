@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-TASKS = ("single_label", "multi_label")
+TASKS = ("single_label", "multi_label", "ner")
 # numpy's RandomState (data split, transformers.set_seed, optuna samplers) takes seeds in 0..2**32-1.
 SEED_MAX = 2**32 - 1
 
@@ -189,7 +189,7 @@ class Inputs:
     seed: int = setting(0, SEED, help="seed of weight initialisation, shuffling and dropout")
     task: str = setting("single_label", choices=TASKS,
                         help="single_label: softmax over classes; multi_label: a sigmoid per label with binary "
-                             "cross-entropy, split cells are label lists")
+                             "cross-entropy, split cells are label lists; ner: a tag per word (JSONL token splits)")
 
 
 @dataclass

@@ -11,7 +11,17 @@ this package and must stay fast; numpy, pyarrow and tqdm load inside the functio
 """
 from __future__ import annotations
 
-from finetune.data.prepared import PreparedData, prepare, read_split
+from finetune.config.schema import DatasetConfig
+from finetune.data.ner_prepare import prepare_ner
+from finetune.data.prepared import PreparedData, read_split
+from finetune.data.prepared import prepare as prepare_classes
+from finetune.data.sources import is_ner
 from finetune.data.targets import read_multi_label_split, read_targets
+
+
+def prepare(dataset: DatasetConfig, out_dir) -> PreparedData:
+    """The prepared folder of ``dataset``: NER sentences (:mod:`.ner_prepare`) or labelled texts (:mod:`.prepared`)."""
+    return prepare_ner(dataset, out_dir) if is_ner(dataset) else prepare_classes(dataset, out_dir)
+
 
 __all__ = ["PreparedData", "prepare", "read_multi_label_split", "read_split", "read_targets"]

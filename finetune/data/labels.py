@@ -144,6 +144,8 @@ def check_labels(plan: "RunPlan") -> List[str]:
     """Which column labels the rows, the rating thresholds and the multi-label settings, for the plan check."""
     data = plan.dataset
     problems = task_problems(data)
+    if data.task == "ner":
+        return problems  # tags come with the tokens; no label or rating column
     if bool(data.label_column) == bool(data.rating_column):
         problems.append(f"dataset.label_column={data.label_column}, dataset.rating_column={data.rating_column}: "
                         "set exactly one (labels as-is, or ratings mapped to sentiment)")

@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from finetune.config.schema import DatasetConfig
 from finetune.data.labels import clean_text, name_of_id, report_dropped, sorted_labels
-from finetune.data.sources import _open_text, label_setting, local_source, source_url
+from finetune.data.sources import _open_text, is_ner, label_setting, local_source, source_url
 from finetune.errors import UserError
 
 SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
@@ -43,6 +43,8 @@ def planned_task(dataset: DatasetConfig) -> str:
     (a download) or the source is broken (the plan check reports that)."""
     if dataset.task != "auto" or dataset.rating_column or dataset.label_separator:
         return resolve_task(dataset, [])
+    if is_ner(dataset):
+        return "ner"
     if source_url(dataset) is not None:
         return "auto"
     try:

@@ -40,6 +40,11 @@ from finetune.errors import UserError
 SPLITS = ("train", "val", "test")
 
 
+def split_file(task: str, split: str) -> str:
+    """A prepared split's file name: CSV rows of text and label, or JSONL sentences for NER."""
+    return f"{split}.jsonl" if task == "ner" else f"{split}.csv"
+
+
 @dataclass
 class PreparedData:
     train_path: Path
@@ -57,6 +62,8 @@ class PreparedData:
     task: str = SINGLE_LABEL
     # stratified | iterative_stratification | predefined
     split: str = "stratified"
+    # NER only: what reading repaired or skipped, per raw file (finetune.data.ner.NerReadStats)
+    ner: Optional[Dict[str, Any]] = None
 
     @property
     def directory(self) -> Path:
@@ -77,6 +84,7 @@ class PreparedData:
             "rows_labelled": self.rows_labelled,
             "split": self.split,
             "splits": {name: {"path": str(self.path(name)), **self.splits[name]} for name in SPLITS},
+            **({"ner": self.ner} if self.ner is not None else {}),
         }
 
     @classmethod
@@ -89,10 +97,11 @@ class PreparedData:
         out_dir = Path(out_dir).expanduser().resolve()
         try:
             data = json.loads((out_dir / "data.json").read_text(encoding="utf-8"))
+            task = data.get("task", SINGLE_LABEL)
             prepared = cls(
-                train_path=out_dir / "train.csv",
-                val_path=out_dir / "val.csv",
-                test_path=out_dir / "test.csv",
+                train_path=out_dir / split_file(task, "train"),
+                val_path=out_dir / split_file(task, "val"),
+                test_path=out_dir / split_file(task, "test"),
                 labels_path=out_dir / "labels.json",
                 labels=data["labels"],
                 source=data["source"],
@@ -100,8 +109,9 @@ class PreparedData:
                 rows_raw=data["rows_raw"],
                 rows_labelled=data["rows_labelled"],
                 splits={name: {k: v for k, v in data["splits"][name].items() if k != "path"} for name in SPLITS},
-                task=data.get("task", SINGLE_LABEL),
+                task=task,
                 split=data.get("split", "stratified"),
+                ner=data.get("ner"),
             )
         except FileNotFoundError:
             raise UserError(f"{out_dir}: no prepared data there (data.json missing); run the data stage again") from None
@@ -126,7 +136,8 @@ class PreparedData:
                    source=section["source"], raw_sha256=section["raw_sha256"], rows_raw=section["rows_raw"],
                    rows_labelled=section["rows_labelled"],
                    splits={name: {k: v for k, v in section["splits"][name].items() if k != "path"} for name in SPLITS},
-                   task=section.get("task", SINGLE_LABEL), split=section.get("split", "stratified"))
+                   task=section.get("task", SINGLE_LABEL), split=section.get("split", "stratified"),
+                   ner=section.get("ner"))
 
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from finetune.config.schema import SOURCES, DatasetConfig
+from finetune.data.ner import is_ner_file
 from finetune.errors import UserError
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
 
 def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
     fmt = "jsonl" if dataset.source == "amazon_5core" else file_format(path.name)
+    if dataset.task == "ner" or (dataset.task == "auto" and dataset.source != "amazon_5core" and is_ner_file(path)):
+        return "ner"  # read by finetune.data.ner_prepare, whatever the suffix
     if fmt is None:
         raise UserError(f"{key}: unsupported file type; use {SUPPORTED}")
     if dataset.column_names and fmt not in DELIMITERS:
@@ -350,7 +353,8 @@ def check_source(plan: "RunPlan") -> List[str]:
     problems: List[str] = []
     for split, path, fmt in raw.files:
         try:
-            columns = _header(path, fmt, dataset)
+            # NER files have no columns; their lines are checked when the data stage reads them.
+            columns = None if fmt == "ner" else _header(path, fmt, dataset)
         except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
             key = (f"dataset.split_files.{split}={dataset.predefined_files()[split]}" if split
                    else f"dataset.path={dataset.path}")
@@ -403,3 +407,16 @@ def _header(path: Path, fmt: str, dataset: DatasetConfig) -> Optional[List[str]]
                     raise ValueError(f"the first line is a JSON {type(record).__name__}, not an object")
                 return list(record)
     return None
+
+
+def is_ner(dataset: DatasetConfig) -> bool:
+    """``dataset.task=ner``, or ``auto`` over files that all read as NER data (:func:`finetune.data.ner.is_ner_file`)."""
+    if dataset.task != "auto":
+        return dataset.task == "ner"
+    if dataset.rating_column or dataset.label_separator or dataset.source == "amazon_5core":
+        return False
+    try:
+        with local_source(dataset) as raw:
+            return all(fmt == "ner" for _, _, fmt in raw.files)
+    except (UserError, OSError):
+        return False

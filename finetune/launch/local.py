@@ -25,14 +25,14 @@ from finetune.registry import tracking
 from finetune.registry.registration import sample_request, select_and_register
 from finetune.registry.tracking import child_args, model_id
 from finetune.report import write_report
-from finetune.selection.automl import run_automl
-from finetune.selection.choose import FINETUNED, check_production_labels, choose, evaluate
+from finetune.selection.choose import FINETUNED, check_production_labels, choose
 from finetune.selection.metrics import unprefixed
 from finetune.serve import deploy_local
 from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
 from finetune.serve.export import export_candidate
 from finetune.serve.rollout import RolloutError, check_ramp
 from finetune.system import locks, processes
+from finetune.tasks import task_of, with_task_metrics
 from finetune.train.learning_check import shipped_below_baseline_line
 from finetune.train.process import launch_command, train_args
 
@@ -147,7 +147,7 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     data = prepare(plan.dataset, run_dir / "data")
     if plan.dataset.task != data.task:
         # task=auto is decided by the data stage; training and selection take the decided task from the plan.
-        plan = dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=data.task))
+        plan = with_task_metrics(dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=data.task)))
     summary.data = data
     summary.save()
     print(f"{data.task.replace('_', '-')} data, {len(data.labels)} labels; {data.rows_labelled} labelled rows -> "
@@ -195,11 +195,10 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         print(f"exported to {summary.candidates[FINETUNED].path}")
 
     if "automl" in plan.stages:
-        next_stage("automl", "local AutoML baseline (" + (
-            "one-vs-rest TF-IDF + logistic regression)" if data.task == "multi_label"
-            else f"FLAML, {plan.automl.time_budget_s} s budget)"))
-        summary.candidates["automl"] = Candidate.from_dict(
-            run_automl(data, plan.automl, run_dir / "automl", plan.seed, plan.train.class_weights))
+        task = task_of(data.task)
+        next_stage("automl", task.baseline_description(plan))
+        summary.candidates[task.baseline_name] = Candidate.from_dict(
+            task.run_baseline(data, plan, run_dir / task.baseline_name))
         summary.save()
 
     model_registry, outcome = _select(plan, summary, data, next_stage, pipeline_run, held)
@@ -293,7 +292,7 @@ def _select(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run, 
     outcome = select_and_register(
         model_registry, {name: candidate.path for name, candidate in candidates.items()}, data.test_path,
         list(data.labels), plan.select, data.to_dict(), plan.to_dict(),
-        sample_request(data.test_path), Path(plan.run_dir) / "select",
+        sample_request(data.test_path, data.task), Path(plan.run_dir) / "select",
         sources={name: candidate.source for name, candidate in candidates.items()},
         commit=registry.git_commit(), val_csv=data.val_path)
     production = outcome.production
@@ -319,7 +318,7 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
         return selection
     production = registry.resolve(name, current, uri, out_dir)
     print(f"production moved to version {current} since selection; comparing again", flush=True)
-    results = evaluate({"production": production.path}, data.test_path, list(data.labels), task=data.task)
+    results = task_of(data.task).evaluate({"production": production.path}, data.test_path, list(data.labels))
     winner = selection.winner
     results[winner] = {"family": selection.family(winner), "test": selection.test(winner)}
     rechecked = selection.overruled(current, choose(results, plan.select.metric, plan.select.margin, "production",

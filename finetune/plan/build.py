@@ -19,14 +19,15 @@ from finetune.data.multilabel import planned_task
 from finetune.data.sources import check_source
 from finetune.data.split import check_split
 from finetune.errors import ConfigProblems
-from finetune.plan.fitting import check_budget
 from finetune.launch import launcher, launcher_name
+from finetune.plan.fitting import check_budget
 from finetune.plan.run_plan import RunPlan
 from finetune.search.validation import check_search
 from finetune.selection.automl import check_config as automl_problems
 from finetune.selection.choose import check_config as select_problems
 from finetune.serve.endpoint_names import endpoint_name
 from finetune.serve.export import check_runtime as runtime_problems
+from finetune.tasks import with_task_metrics
 from finetune.train.hardware import check_compute
 
 
@@ -82,6 +83,7 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         # Decided before the checks, when the settings or the first rows tell: the per-task checks (the sweep
         # objective, the selection metric) then judge the task that runs, and the printed plan names it.
         plan.dataset = dataclasses.replace(plan.dataset, task=planned_task(plan.dataset))
+    plan = with_task_metrics(plan)
     runner = launcher(plan.launcher)
     problems = [problem for check in (*CHECKS, runner.check) for problem in check(plan)]
     # The generic ranges are the floor: a stage check that already named a key says more about it.
@@ -104,7 +106,7 @@ def registered_model_name(dataset: DatasetConfig) -> str:
         source = f"{dataset.name}-{dataset.category}"
     else:
         source = dataset.name
-    task = "sentiment" if dataset.rating_column else dataset.label_column or "label"
+    task = "sentiment" if dataset.rating_column else "ner" if dataset.task == "ner" else dataset.label_column or "label"
     # AML model names allow letters, digits, '-', '_' and '.', and start with a letter or digit.
     return re.sub(r"[^a-z0-9_.-]+", "-", f"{source}-{task}".lower()).strip("-._")[:255]
 

@@ -23,6 +23,7 @@ from typing import Optional
 
 from finetune.registry.environments import serving_conda_spec
 from finetune.serve import SCORE_SCRIPT
+from finetune.serve.entry_scripts import entry_script
 
 PYFUNC_MODULE = "finetune_score"
 # Files this module writes; copied from a candidate (a downloaded registered version) they would be stale.
@@ -65,19 +66,22 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
     from finetune.serve.score import read_candidate
 
     candidate = read_candidate(folder)
-    shutil.copy2(SCORE_SCRIPT, folder / "score.py")
+    script = entry_script(folder)
+    shutil.copy2(script, folder / "score.py")
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     texts = [item["text"] for item in sample_request.get("data", [])][:3] or ["an example review"]
     write_mlflow_model(folder, [str(label) for label in candidate["labels"]],
                        model_environment(folder, candidate) or conda or serving_conda_spec(runtime_of(candidate)),
-                       texts, multi_label=candidate.get("task") == "multi_label")
+                       texts, multi_label=candidate.get("task") == "multi_label", script=script,
+                       ner=candidate.get("task") == "ner")
     (folder / "README.md").write_text(model_card(candidate, card or {}), encoding="utf-8")
 
 
 def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example_texts: list[str],
-                       multi_label: bool = False) -> None:
+                       multi_label: bool = False, script: Path = SCORE_SCRIPT, ner: bool = False) -> None:
     """The pyfunc flavour's files, written by MLflow itself into a scratch folder and moved into ``folder``
-    (a multi-label model's ``labels`` output is an array of strings per row)."""
+    (a multi-label model's ``labels`` output is an array of strings per row; an NER model's ``entities`` is a
+    JSON list per row); ``script`` is the entry script the pyfunc loader module is a copy of."""
     import logging
     import os
 
@@ -91,12 +95,12 @@ def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example
     from mlflow.types.schema import Array
 
     decided = ColSpec(Array("string"), "labels") if multi_label else ColSpec("string", "label")
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([decided] + [ColSpec("double", f"probability_{label}") for label in labels]))
+    outputs = ([ColSpec("string", "entities")] if ner
+               else [decided] + [ColSpec("double", f"probability_{label}") for label in labels])
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
     with tempfile.TemporaryDirectory(prefix="finetune-mlmodel-") as scratch:
         code = Path(scratch) / f"{PYFUNC_MODULE}.py"
-        shutil.copy2(SCORE_SCRIPT, code)
+        shutil.copy2(script, code)
         saved = Path(scratch) / "model"
         # MLflow scores the input example to validate it and says so at INFO on stderr, in the middle of
         # the pipeline's console; a failed validation still raises.
@@ -137,6 +141,9 @@ def model_card(candidate: dict, card: dict) -> str:
     import yaml
 
     labels = [str(label) for label in candidate["labels"]]
+    if candidate.get("task") == "ner":
+        # The classifier card's wording does not fit a tagger; it gets its own.
+        return ner_model_card(candidate, card)
     runtime = runtime_of(candidate)
     metrics = card.get("metrics") or {}
     threshold = candidate.get("threshold")
@@ -189,4 +196,37 @@ def model_card(candidate: dict, card: dict) -> str:
               "than the max length score less reliably.",
               "- Probabilities are the model's, not calibrated frequencies, unless the metrics above say otherwise.",
               "- Reviews can hold personal data: the server does not log request texts unless told to.", ""]
+    return "\n".join(lines)
+
+
+def ner_model_card(candidate: dict, card: dict) -> str:
+    """README.md of an NER version: what it tags, how to call it, the test figures and the limits."""
+    import yaml
+
+    types = sorted({str(label)[2:] for label in candidate["labels"] if label != "O"})
+    metrics = card.get("metrics") or {}
+    metadata = {"library_name": "transformers" if candidate.get("family") == "hf" else "sklearn-crfsuite",
+                "pipeline_tag": "token-classification", "tags": ["finetune", "token-classification", "ner"]}
+    if card.get("base_model"):
+        metadata["base_model"] = card["base_model"]
+    if card.get("dataset"):
+        metadata["datasets"] = [card["dataset"]]
+    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
+             f"# {card.get('name') or 'Named-entity tagger'}", "",
+             f"A {'fine-tuned transformer' if candidate.get('family') == 'hf' else 'linear-chain CRF'} that finds "
+             f"entities of these types in text: {', '.join(types)}.", "",
+             "## Use", "",
+             "Online: `score.py`, request `{\"data\": [{\"text\": \"...\"}]}` -> `{\"predictions\": [{\"entities\": "
+             "[{\"text\", \"label\", \"start\", \"end\", \"score\"}]}]}` (character offsets into the text sent); "
+             "`{\"tokens\": [...]}` items are answered with one IOB2 tag per token. Batch: `python -m finetune.predict "
+             "--model <this folder> --input texts.csv --output tagged.csv` (an `entities` column).", "",
+             "## Details", "",
+             f"- base model: {card.get('base_model') or 'n/a'}",
+             f"- dataset: {card.get('dataset') or 'n/a'} (raw data sha256 {card.get('dataset_sha256') or 'n/a'})"]
+    if metrics:
+        lines += ["", "## Test metrics (entity level, exact span and type)", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items() if isinstance(value, (int, float))]
+    lines += ["", "## Limits", "",
+              "- Entity types and their boundaries are those of the training data's annotation guidelines.",
+              "- Text from other domains or languages, and entities unseen in training, are found less often.", ""]
     return "\n".join(lines)

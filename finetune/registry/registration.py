@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from finetune.plan.results import Registration, SelectionOutcome
 from finetune.registry.model_registry import ModelRegistry, register_folder, stage_artifact
 from finetune.selection.decisions import DecisionSettings, Verdict
+from finetune.tasks import task_of
 
 if TYPE_CHECKING:
     from finetune.plan.results import SelectionResult
@@ -79,12 +80,9 @@ def card_facts(config: dict, data: dict, selection: "SelectionResult") -> dict:
             "metrics": selection.test(winner) or {}}
 
 
-def sample_request(test_csv, size: int = SAMPLE_SIZE) -> dict:
-    """A scoring request of the first ``size`` test texts: the rollout's smoke test sends it."""
-    import pandas as pd
-
-    texts = pd.read_csv(test_csv, dtype=str, keep_default_na=False, nrows=size)["text"].tolist()
-    return {"data": [{"text": text} for text in texts]}
+def sample_request(test_path, task: str = "single_label", size: int = SAMPLE_SIZE) -> dict:
+    """A scoring request of the first ``size`` test texts (the task reads its split): the rollout's smoke test sends it."""
+    return task_of(task).sample_request(test_path, size)
 
 
 def select_and_register(model_registry: ModelRegistry, candidates: dict, test_csv, labels: list, select_cfg,
@@ -105,7 +103,7 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     The registration holds ``model_ref`` (the registered copy, referenced in place or downloaded to
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
-    from finetune.selection.choose import PRODUCTION, check_production_labels, choose, evaluate
+    from finetune.selection.choose import PRODUCTION, check_production_labels, choose
 
     out_dir = Path(out_dir)
     current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
@@ -117,8 +115,8 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         paths[PRODUCTION] = current.path
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
     task = data_info.get("task", "single_label")
-    results = evaluate(paths, test_csv, list(labels), proba_dir=out_dir, val_csv=val_csv,
-                       settings=DecisionSettings.of(select_cfg, data_info), keep_rule={PRODUCTION}, task=task)
+    results = task_of(task).evaluate(paths, test_csv, list(labels), out_dir, val_path=val_csv,
+                                     settings=DecisionSettings.of(select_cfg, data_info), keep_rule={PRODUCTION})
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
     if current is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, List
 from finetune.report.budget import budget_section
 from finetune.report.common import Figures
 from finetune.report.data import data_section
+from finetune.report.ner import ner_data_section, ner_selection_section
 from finetune.report.selection import registry_section, rollout_section, selection_section
 from finetune.report.training import learning_check_section, learning_section, sweep_section, training_section
 
@@ -52,9 +53,12 @@ def write_report(run_dir: Path, summary: "RunSummary") -> Report:
     run's: ``RunSummary.load(run_dir)``)."""
     run_dir = Path(run_dir)
     figures = Figures(run_dir)
-    lines = [*run_section(summary), "", *data_section(summary, figures), *sweep_section(summary, figures),
-             *learning_section(summary, figures), *learning_check_section(summary),
-             *training_section(summary), *selection_section(summary, figures),
+    # NER has its own data and candidate sections (entities, not classes); the rest is every task's.
+    ner = summary.data is not None and summary.data.task == "ner"
+    lines = [*run_section(summary), "", *(ner_data_section(summary) if ner else data_section(summary, figures)),
+             *sweep_section(summary, figures), *learning_section(summary, figures), *learning_check_section(summary),
+             *training_section(summary),
+             *(ner_selection_section(summary, run_dir) if ner else selection_section(summary, figures)),
              *registry_section(summary), *rollout_section(summary), *budget_section(summary, figures)]
     path = run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def primary_metrics(task: str) -> Tuple[str, ...]:
     """What training logs at every evaluation for ``task`` (docs/contracts.md): a sweep can only optimise one of
     these. ``auto`` (the data decides the task later) gets the multi-label list, the larger one; the launchers
     check again once the data is prepared (:func:`objective_problems` with the data's task)."""
-    names = metric_names("single_label" if task == "single_label" else "multi_label")
+    names = metric_names(task if task in ("single_label", "ner") else "multi_label")
     return ("val_loss",) + tuple(f"val_{name}" for name in names)
 
 

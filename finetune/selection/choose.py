@@ -27,6 +27,7 @@ from finetune.selection.metrics import (
     LOWER_IS_BETTER,
     METRIC_NAMES,
     MULTI_LABEL_METRIC_NAMES,
+    NER_METRIC_NAMES,
     metric_names,
     task_metrics,
 )
@@ -42,9 +43,12 @@ PRODUCTION = "production"
 # The fine-tuned transformer, on either launcher.
 FINETUNED = "finetuned"
 # Higher is better for every one of them: hamming_loss is reported, not selected by.
-SELECTABLE = tuple(name for name in MULTI_LABEL_METRIC_NAMES if name not in LOWER_IS_BETTER)
+SELECTABLE = tuple(name for name in MULTI_LABEL_METRIC_NAMES + NER_METRIC_NAMES if name not in LOWER_IS_BETTER)
 BATCH_SIZE = 32  # texts per forward pass
 CHUNK = 512  # texts per tokenizer call
+# What the comparison table shows beside the selection metric, where a task differs from single-label's.
+TABLE_COLUMNS = {"multi_label": ("f1_micro", "f1_macro", "auc_weighted"),
+                 "ner": ("precision_entity", "recall_entity", "f1_macro_entity")}
 
 
 def check_config(select_cfg, task: str = "auto") -> list[str]:
@@ -55,7 +59,12 @@ def check_config(select_cfg, task: str = "auto") -> list[str]:
                         "production with a worse model)")
     if select_cfg.metric not in SELECTABLE:
         problems.append(f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)} (and for "
-                        f"multi-label data {', '.join(n for n in MULTI_LABEL_METRIC_NAMES if n not in METRIC_NAMES + LOWER_IS_BETTER)})")
+                        f"multi-label data {', '.join(n for n in MULTI_LABEL_METRIC_NAMES if n not in METRIC_NAMES + LOWER_IS_BETTER)}; "
+                        f"for NER {', '.join(NER_METRIC_NAMES)})")
+    elif task != "auto" and (task == "ner") != (select_cfg.metric in NER_METRIC_NAMES):
+        # Entity metrics exist for NER only, and NER has no other: refused now, not after training.
+        problems.append(f"select.metric={select_cfg.metric}: not a metric of {task} data; use one of "
+                        f"{', '.join(name for name in metric_names(task) if name not in LOWER_IS_BETTER)}")
     return problems
 
 
@@ -223,8 +232,7 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
 def format_table(selection: SelectionResult) -> str:
     """The comparison as fixed-width text: one row per candidate, the selection metric first."""
     metric = selection.metric
-    shown = ("f1_micro", "f1_macro", "auc_weighted") if selection.task == "multi_label" else (
-        "accuracy", "f1_macro", "auc_weighted")
+    shown = TABLE_COLUMNS.get(selection.task, ("accuracy", "f1_macro", "auc_weighted"))
     columns = [metric] + [name for name in shown if name != metric]
     header = ["candidate", "family", *columns, "decision"]
     rows = []

@@ -24,6 +24,8 @@ METRIC_NAMES = (
 # Multi-label data has these too (``accuracy`` is then subset accuracy: every label of a text right), plus:
 MULTI_LABEL_ONLY = ("precision_micro", "recall_micro", "f1_micro", "auc_micro", "hamming_loss")
 MULTI_LABEL_METRIC_NAMES = METRIC_NAMES + MULTI_LABEL_ONLY
+# NER's entity-level figures (finetune.tasks.ner_metrics computes them; per-type ones aside)
+NER_METRIC_NAMES = ("f1_entity", "precision_entity", "recall_entity", "f1_macro_entity")
 # Metrics that a decision rule does not change (they rank by probability).
 RANKING_METRICS = ("auc_weighted", "average_precision_weighted", "auc_micro")
 # The one metric where lower is better (the fraction of wrong label decisions).
@@ -33,8 +35,8 @@ _MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-/ ]")
 
 
 def metric_names(task: str) -> tuple:
-    """The metrics :func:`task_metrics` reports for ``task`` (single_label | multi_label), per-label ones aside."""
-    return MULTI_LABEL_METRIC_NAMES if task == "multi_label" else METRIC_NAMES
+    """The metrics reported for ``task`` (single_label | multi_label | ner), per-label ones aside."""
+    return {"multi_label": MULTI_LABEL_METRIC_NAMES, "ner": NER_METRIC_NAMES}.get(task, METRIC_NAMES)
 
 
 def task_metrics(task: str, y_true, proba, y_pred=None, labels: Optional[Sequence[str]] = None) -> Dict[str, float]:

@@ -28,6 +28,7 @@ from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
 from finetune.serve import servers
+from finetune.serve.entry_scripts import entry_script
 from finetune.serve.inference_server import BIND_SOCKET_ENV
 from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, rollout
 from finetune.serve.router import deployment_connection
@@ -35,8 +36,6 @@ from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
 from finetune.system.files import link_or_copy, write_json_atomic
 from finetune.system.locks import hold
 from finetune.system.processes import free_port
-
-SCORE_SCRIPT = Path(__file__).with_name("score.py")
 
 SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
                            {"text": "Stopped working after two weeks, waste of money."}]}
@@ -344,7 +343,7 @@ class LocalEndpoint:
         folder.mkdir(parents=True, exist_ok=True)
         # A copy, so that a running deployment keeps the scoring code it was created with.
         script = folder / "score.py"
-        shutil.copyfile(SCORE_SCRIPT, script)
+        shutil.copyfile(entry_script(model_dir), script)
         # Only this user can enter the socket's folder, so only the router (same user) reaches the server;
         # /tmp keeps the path under the 108 bytes a Unix socket path may have.
         socket_dir = tempfile.mkdtemp(prefix="finetune-")

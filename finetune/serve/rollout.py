@@ -77,6 +77,9 @@ def prediction_problems(request: dict, response: Any) -> List[str]:
     if len(predictions) != expected:
         problems.append(f"{len(predictions)} predictions for {expected} items")
     for index, prediction in enumerate(predictions):
+        if isinstance(prediction, dict) and "entities" in prediction:
+            problems += entity_problems(index, prediction["entities"], request["data"][index].get("text", ""))
+            continue
         probabilities = prediction.get("probabilities") if isinstance(prediction, dict) else None
         if not isinstance(probabilities, dict) or not probabilities:
             problems.append(f"prediction {index} has no probabilities")
@@ -96,6 +99,23 @@ def prediction_problems(request: dict, response: Any) -> List[str]:
             problems.append(f"prediction {index}: a label probability is outside [0, 1]")
         elif not multi_label and not math.isclose(sum(values), 1.0, abs_tol=1e-3):
             problems.append(f"prediction {index}: probabilities sum to {sum(values):.4f}, not 1")
+    return problems
+
+
+def entity_problems(index: int, entities: Any, text: str) -> List[str]:
+    """Why an NER answer is malformed: each entity a label, a score in [0, 1] and offsets that cut its ``text``
+    out of the text sent."""
+    if not isinstance(entities, list):
+        return [f"prediction {index}: entities is not a list"]
+    problems = []
+    for entity in entities:
+        try:
+            start, end, score = int(entity["start"]), int(entity["end"]), float(entity["score"])
+            if not (0 <= start < end <= len(text) and text[start:end] == entity["text"] and entity["label"]
+                    and 0.0 <= score <= 1.0):
+                problems.append(f"prediction {index}: entity {entity!r} does not match the text sent")
+        except (TypeError, KeyError, ValueError):
+            problems.append(f"prediction {index}: entity {entity!r} lacks text, label, start, end or score")
     return problems
 
 

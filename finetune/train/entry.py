@@ -48,12 +48,12 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from finetune.config.spec import TrainArgs, logged_parameters, parse_args
-from finetune.data import read_targets
 from finetune.errors import UserError
 from finetune.search.reporting import TrialReporter
 from finetune.selection.metrics import unprefixed
 from finetune.system import locks
 from finetune.system.files import write_json_atomic
+from finetune.tasks import task_of
 from finetune.train import learning_check
 from finetune.train.callbacks import observer, throughput_meter
 from finetune.train.checkpoints import RESUME_FILE, newest_complete_checkpoint
@@ -65,12 +65,11 @@ from finetune.train.learning_check import (
     compared_metric,
     describe_baseline,
     early_step,
-    fit_baseline,
 )
 from finetune.train.progress import training_callback
 from finetune.train.telemetry import ResourceMonitor
 from finetune.train.tracking import NullTracking, start_tracking
-from finetune.train.trainer import metrics_function, task_loss, training_arguments
+from finetune.train.trainer import training_arguments
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -159,7 +158,7 @@ def setup(args: TrainArgs) -> Setup:
     resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
     batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
     metric = compared_metric(args.primary_metric, args.goal)
-    check_log = CheckLog(baseline=fit_baseline(args.train_file, args.val_file, labels, args.task, metric),
+    check_log = CheckLog(baseline=task_of(args.task).fit_baseline(args.train_file, args.val_file, labels, metric),
                          action=args.learning_check or "warn", restarted=restarted)
     if first_process:
         print(f"learning check baseline: {describe_baseline(check_log.baseline)}", file=sys.stderr)
@@ -188,35 +187,22 @@ def _setup_model(args: TrainArgs, runtime, labels: List[str]):
 
 
 def _setup_data(args: TrainArgs, tokenizer, labels: List[str]):
-    """The train and val splits, tokenised (padding is the collator's, per batch)."""
-    import numpy as np
-    from datasets import Dataset
-
-    def encode(path: str):
-        texts, targets = read_targets(path, labels, args.task)
-        # BCE takes float targets: the collator then stacks them into a float tensor.
-        dataset = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist()
-                                     if args.task == "multi_label" else targets})
-        return dataset.map(
-            lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
-            batched=True,
-            remove_columns=["text"],
-        )
-
-    return encode(args.train_file), encode(args.val_file)
+    """The train and val splits, encoded by the task (padding is the collator's, per batch)."""
+    task = task_of(args.task)
+    return tuple(task.encode(path, tokenizer, labels, args.max_length) for path in (args.train_file, args.val_file))
 
 
 def _new_model(args: TrainArgs, runtime, labels: List[str]):
-    """The pretrained encoder with a new classification head for ``labels``."""
+    """The pretrained encoder with the task's new head for ``labels``."""
     import transformers
 
     # The classification head is initialised randomly: seed before creating it, or equal seeds give
     # different trials (the Trainer seeds only after the model exists).
     transformers.set_seed(args.seed)
-    return load_model(args.model, runtime, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
-                      problem_type="multi_label_classification" if args.task == "multi_label"
-                      else "single_label_classification")
+    task = task_of(args.task)
+    head = {"problem_type": task.problem_type} if task.problem_type else {}
+    return load_model(args.model, runtime, task.model_class, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True, **head)
 
 
 def _write_resume(resume_file: Path, batch, mlflow_run_id: Optional[str], restarted: Optional[dict]) -> None:
@@ -260,7 +246,7 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
 
 def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     """The Trainer with the observer, throughput meter, learning check, early stopping and progress bar attached."""
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     args, first_process = prepared.args, prepared.first_process
@@ -270,7 +256,8 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
     meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
                              prepared.mean_tokens)
-    weights, loss = task_loss(args, prepared.train_set["label"], len(prepared.labels))
+    task = task_of(args.task)
+    weights = task.class_weights(prepared.train_set, prepared.labels, args.class_weights)
     early_stopping = None
     if args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -288,10 +275,10 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
         args=prepared.training_args,
         train_dataset=prepared.train_set,
         eval_dataset=prepared.val_set,
-        data_collator=DataCollatorWithPadding(prepared.tokenizer, pad_to_multiple_of=prepared.runtime.pad_to_multiple_of),
+        data_collator=task.collator(prepared.tokenizer, prepared.runtime.pad_to_multiple_of),
         processing_class=prepared.tokenizer,
-        compute_metrics=metrics_function(args.task),
-        compute_loss_func=loss,
+        compute_metrics=task.compute_metrics(args.val_file, prepared.val_set, prepared.labels),
+        compute_loss_func=task.loss(weights) if weights else None,
         callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
     )
     check.trainer = trainer
@@ -335,8 +322,9 @@ def finish(prepared: Setup, fitted: Fitted) -> dict:
             prepared.tokenizer.save_pretrained(str(model_dir))
             # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
             (model_dir / "training_args.bin").unlink(missing_ok=True)
-            (model_dir / "candidate.json").write_text(json.dumps({"family": "hf", "task": args.task, "labels": labels,
-                                                                  "max_length": args.max_length}, indent=2))
+            (model_dir / "candidate.json").write_text(json.dumps(
+                {"family": "hf", "task": args.task, "labels": labels, "max_length": args.max_length,
+                 **task_of(args.task).candidate_extras()}, indent=2))
         result["model_dir"] = str(model_dir)
     check_log = prepared.check_log
     result["learning_check"] = check_log.to_dict((result.get("val") or {}).get(check_log.baseline["metric"]))

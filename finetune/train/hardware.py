@@ -266,19 +266,20 @@ def decide(args, hw: Hardware) -> Runtime:
     )
 
 
-def load_model(model_name: str, runtime: Runtime, **kwargs):
-    """The classifier with the chosen attention kernels; models without them load with their default."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(model_name: str, runtime: Runtime, model_class: str = "AutoModelForSequenceClassification", **kwargs):
+    """The task's model (``model_class`` of transformers) with the chosen attention kernels; models without them
+    load with their default."""
+    import transformers
 
+    auto_class = getattr(transformers, model_class)
     if runtime.attn_implementation:
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
-                model_name, attn_implementation=runtime.attn_implementation, **kwargs)
+            return auto_class.from_pretrained(model_name, attn_implementation=runtime.attn_implementation, **kwargs)
         except (ValueError, ImportError) as error:
             runtime.notes.append(f"attn_implementation={runtime.attn_implementation} unavailable for this model "
                                  f"({error}); using the model's default")
             runtime.attn_implementation = None
-    return AutoModelForSequenceClassification.from_pretrained(model_name, **kwargs)
+    return auto_class.from_pretrained(model_name, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- batch size

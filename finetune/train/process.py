@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from finetune.config.spec import Hyperparameters, SpeedOptions, TrainArgs, TrainingOptions
+from finetune.data.prepared import split_file
 from finetune.plan.run_plan import RunPlan
 from finetune.system import processes
 
@@ -47,8 +48,8 @@ def train_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: O
     """
     data = Path(data_dir)
     return TrainArgs(
-        train_file=str(data / "train.csv"),
-        val_file=str(data / "val.csv"),
+        train_file=str(data / split_file(plan.dataset.task, "train")),
+        val_file=str(data / split_file(plan.dataset.task, "val")),
         labels_file=str(data / "labels.json"),
         model=model_path or plan.model.path or plan.model.hub_id,
         output_dir=str(output_dir),

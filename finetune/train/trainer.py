@@ -1,4 +1,4 @@
-"""What the Hugging Face Trainer is told for one training: its arguments, the task's metrics and loss.
+"""What the Hugging Face Trainer is told for one training: its arguments (the task object supplies metrics and loss).
 
 :mod:`finetune.train.entry` decides what to train (model, data, batch plan, resume) and wires the callbacks;
 these functions turn :class:`finetune.config.spec.TrainArgs` and those decisions into the Trainer's own terms.
@@ -6,16 +6,10 @@ these functions turn :class:`finetune.config.spec.TrainArgs` and those decisions
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
 
 from finetune.config.spec import TrainArgs, trainer_arguments
-from finetune.selection.metrics import task_metrics, unprefixed
-from finetune.train.losses import (
-    class_weights,
-    label_positive_weights,
-    weighted_binary_cross_entropy,
-    weighted_cross_entropy,
-)
+from finetune.selection.metrics import unprefixed
+from finetune.tasks import task_of
 
 
 def training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, checkpoint_dir: Path):
@@ -43,32 +37,6 @@ def training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, ch
         report_to=[],
         # finetune.train.progress draws the one bar; HF's own would add an evaluation bar and print every log dict.
         disable_tqdm=True,
-        **runtime.trainer_kwargs(),
+        **{**runtime.trainer_kwargs(), **task_of(args.task).trainer_overrides},
     )
 
-
-def metrics_function(task: str) -> Callable:
-    """The Trainer's ``compute_metrics``: the one metric function on the head's probabilities (softmax, or a
-    sigmoid per label for multi-label, scored at 0.5)."""
-    import torch
-
-    multi_label = task == "multi_label"
-
-    def compute_metrics(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        logits = torch.as_tensor(logits, dtype=torch.float32)
-        proba = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
-        truth = prediction.label_ids.round().astype("int64") if multi_label else prediction.label_ids
-        return task_metrics(task, truth, proba)
-
-    return compute_metrics
-
-
-def task_loss(args: TrainArgs, train_labels, num_labels: int) -> Tuple[Optional[List[float]], Optional[Callable]]:
-    """``--class-weights`` for the task (per class, or per label's positives) and the weighted loss that uses them;
-    ``(None, None)`` leaves the model's own loss."""
-    if args.task == "multi_label":
-        weights = label_positive_weights(train_labels, args.class_weights)
-        return weights, weighted_binary_cross_entropy(weights) if weights else None
-    weights = class_weights(train_labels, num_labels, args.class_weights)
-    return weights, weighted_cross_entropy(weights) if weights else None

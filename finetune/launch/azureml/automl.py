@@ -30,11 +30,13 @@ import math
 from typing import TYPE_CHECKING, List
 
 from finetune.config.schema import PolicyConfig
+from finetune.data.ner import read_prepared
 from finetune.launch.azureml.checks import automl_metric
 from finetune.launch.azureml.compute import steps_compute
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
 from finetune.launch.azureml.runtime.step_args import TestAutomlArgs, command_line
 from finetune.launch.azureml.sweep import distribution, policy
+from finetune.tasks import task_of
 
 if TYPE_CHECKING:
     from finetune.config.schema import DatasetConfig
@@ -64,6 +66,8 @@ def data_problems(prepared: "PreparedData", dataset: "DatasetConfig") -> List[st
     """
     rows = prepared.splits["train"]["rows"]
     problems = []
+    if prepared.task == "ner":
+        return ner_problems(prepared, rows)
     if rows < MIN_TRAINING_ROWS:
         problems.append(f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training rows and "
                         f"the train split has {rows}; {_more_rows(prepared, dataset)}, or automl=none")
@@ -76,6 +80,22 @@ def data_problems(prepared: "PreparedData", dataset: "DatasetConfig") -> List[st
     if prepared.task == "multi_label" and all(count == 1 for count in _labels_per_row(prepared.path("train"))):
         problems.append(f"automl=text_classification: {RULES} refuses multi-label data in which every training "
                         "text has exactly one label (it is a multiclass task); set dataset.task=single_label")
+    return problems
+
+
+def ner_problems(prepared: "PreparedData", rows: int) -> List[str]:
+    """What AutoML NER would refuse: fewer than 50 training sentences, or a token its space-separated CoNLL
+    cannot hold (one with whitespace inside)."""
+    problems = []
+    if rows < MIN_TRAINING_ROWS:
+        problems.append(f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training sentences "
+                        f"for NER and the train split has {rows}; use more data, or automl=none")
+    for split in ("train", "val"):
+        spaced = next((token for s in read_prepared(prepared.path(split)) for token in s.tokens
+                       if any(c.isspace() for c in token)), None)
+        if spaced is not None:
+            problems.append(f"automl=text_classification: AutoML NER reads space-separated CoNLL, and the {split} "
+                            f"split has the token {spaced!r} with whitespace inside; split or join it, or automl=none")
     return problems
 
 
@@ -108,16 +128,19 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
 
     config, task = plan.automl, plan.dataset.task
     multi_label = task == "multi_label"
-    build = automl.text_classification_multilabel if multi_label else automl.text_classification
-    job = build(
+    # The task object names the AutoML NLP job: text_classification, text_classification_multilabel or text_ner.
+    job_kind = task_of(task).automl_task
+    # text_ner takes no target column: the CoNLL lines hold the tags (automl.text_ner's signature).
+    target = {} if job_kind == "text_ner" else {"target_column_name": TARGET_COLUMN}
+    job = getattr(automl, job_kind)(
         training_data=inputs.get("training_data") or Input(type="mltable", path=data.tables["train"]),
         validation_data=inputs.get("validation_data") or Input(type="mltable", path=data.tables["val"]),
-        target_column_name=TARGET_COLUMN,
+        **target,
         primary_metric=automl_metric(config, task),
         compute=plan.compute.cluster_name,
         experiment_name=plan.tracking.experiment,
         name="automl" if node else None,
-        display_name=(f"automl {'multi-label ' if multi_label else ''}text classification "
+        display_name=(f"automl {job_kind.replace('_', ' ')}{' (multi-label)' if multi_label else ''} "
                       f"({config.model_name or 'AutoML picks the model'})"),
         tags={"run": plan.name, "dataset": plan.dataset.name, "task": task},
         outputs={BEST_MODEL: Output(type="mlflow_model")} if node else None,

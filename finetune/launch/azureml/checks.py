@@ -42,7 +42,11 @@ AUTOML_METRICS = ("AUC_weighted", "accuracy", "norm_macro_recall", "average_prec
 # (https://learn.microsoft.com/javascript/api/@azure/arm-machinelearning/textclassificationmultilabel).
 AUTOML_MULTILABEL_METRICS = ("accuracy",)
 # automl.primary_metric=auto: the metric of each task when the config leaves it to the data.
-AUTOML_DEFAULT_METRICS = {"single_label": "AUC_weighted", "multi_label": "accuracy"}
+# AutoML NER supports accuracy only ("Primary metric for Text-NER task. Only 'Accuracy' is supported":
+# https://learn.microsoft.com/javascript/api/@azure/arm-machinelearning/textner, primaryMetric; azureml-examples'
+# cli-automl-text-ner-conll2003.yml sets primary_metric: accuracy). Our selection still scores its model by entity F1.
+AUTOML_DEFAULT_METRICS = {"single_label": "AUC_weighted", "multi_label": "accuracy", "ner": "accuracy"}
+AUTOML_NER_METRICS = ("accuracy",)
 # AutoML NLP's own search space parameters and models (azure.ai.ml.automl.SearchSpace / NlpSearchSpace).
 AUTOML_SEARCH_PARAMETERS = ("gradient_accumulation_steps", "learning_rate", "learning_rate_scheduler",
                             "model_name", "number_of_epochs", "training_batch_size", "validation_batch_size",
@@ -257,7 +261,7 @@ def automl_problems(plan: "RunPlan") -> List[str]:
 def automl_metric(automl, task: str) -> str:
     """The primary metric the AutoML job is built with: the configured one, or the task's for ``auto``."""
     if automl.primary_metric == "auto":
-        return AUTOML_DEFAULT_METRICS["multi_label" if task == "multi_label" else "single_label"]
+        return AUTOML_DEFAULT_METRICS.get(task, AUTOML_DEFAULT_METRICS["single_label"])
     return automl.primary_metric
 
 
@@ -266,7 +270,9 @@ def automl_metric_problems(automl, task: str) -> List[str]:
     prepared data tells, then :func:`with_task` checks it again)."""
     if automl.primary_metric == "auto":
         return []
-    if task == "multi_label":
+    if task == "ner":
+        legal, job = AUTOML_NER_METRICS, "named-entity recognition (text_ner)"
+    elif task == "multi_label":
         legal, job = AUTOML_MULTILABEL_METRICS, "multi-label text classification (text_classification_multilabel)"
     else:
         legal, job = AUTOML_METRICS, "text classification"

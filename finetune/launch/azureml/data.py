@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
+from finetune.data.ner import read_prepared
 from finetune.data.sources import sha256_file
 from finetune.registry.model_registry import content_hash
 
@@ -64,8 +65,19 @@ def asset_name(plan: "RunPlan", key: str) -> str:
     return f"finetune-{plan.dataset.name}-{key.replace('_', '-')}"
 
 
+# AutoML NER reads CoNLL only: "one token and its label per line, separated by a single space, an empty line
+# between sentences", referenced by an MLTable's paths (https://learn.microsoft.com/azure/machine-learning/
+# how-to-auto-train-nlp-models#named-entity-recognition-ner; Azure/azureml-examples
+# cli/jobs/automl-standalone-jobs/cli-automl-text-ner-conll/training-mltable-folder/MLTable).
+NER_MLTABLE = """\
+# MLTable of one split for AutoML NLP NER: CoNLL text, "token label" a line, an empty line between sentences.
+paths:
+  - file: ./{file}
+"""
+
+
 def write_mltables(prepared: "PreparedData", folder: Path) -> Dict[str, Path]:
-    """One MLTable folder per AutoML split under ``folder`` (replaced), holding the split's CSV."""
+    """One MLTable folder per AutoML split under ``folder`` (replaced), holding the split's CSV (NER: its CoNLL)."""
     tables = {}
     for split in TABLES:
         target = Path(folder) / split
@@ -73,10 +85,20 @@ def write_mltables(prepared: "PreparedData", folder: Path) -> Dict[str, Path]:
             shutil.rmtree(target)
         target.mkdir(parents=True)
         source = prepared.path(split)
-        shutil.copy2(source, target / source.name)
-        (target / "MLTable").write_text(MLTABLE.format(file=source.name), encoding="utf-8")
+        if prepared.task == "ner":
+            name = f"{split}.txt"
+            (target / name).write_text(conll_text(read_prepared(source)), encoding="utf-8")
+            (target / "MLTable").write_text(NER_MLTABLE.format(file=name), encoding="utf-8")
+        else:
+            shutil.copy2(source, target / source.name)
+            (target / "MLTable").write_text(MLTABLE.format(file=source.name), encoding="utf-8")
         tables[split] = target
     return tables
+
+
+def conll_text(sentences) -> str:
+    """Sentences as AutoML NER's CoNLL (tokens hold no whitespace: :func:`.automl.data_problems` checks it)."""
+    return "".join("".join(f"{token} {tag}\n" for token, tag in zip(s.tokens, s.tags)) + "\n" for s in sentences)
 
 
 def asset_specs(plan: "RunPlan", prepared: "PreparedData", tables: Dict[str, Path]) -> List[AssetSpec]:

@@ -92,7 +92,7 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
         "data": data,
         "config": job_config(plan.to_dict()),
         "git_commit": git_commit(),
-        "sample_request": sample_request(prepared.test_path),
+        "sample_request": sample_request(prepared.test_path, prepared.task),
         "endpoint": {key: value for key, value in dataclasses.asdict(plan.endpoint).items()
                      if key not in ("host", "port")},
         "environment": serving_environment,
