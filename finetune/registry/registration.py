@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from finetune.plan.results import Registration, SelectionOutcome
 from finetune.registry.model_registry import ModelRegistry, register_folder, stage_artifact
+from finetune.selection.choose import PRODUCTION, check_production_labels, choose
 from finetune.selection.decisions import DecisionSettings, Verdict
 from finetune.tasks import task_of
 
@@ -103,8 +104,6 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     The registration holds ``model_ref`` (the registered copy, referenced in place or downloaded to
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
-    from finetune.selection.choose import PRODUCTION, check_production_labels, choose
-
     out_dir = Path(out_dir)
     current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
                                       select_cfg.replace_incompatible)

@@ -40,12 +40,14 @@ import finetune
 from finetune.config.schema import PolicyConfig
 from finetune.data import PreparedData
 from finetune.errors import ConfigProblems
+from finetune.launch.azureml import command, compute, data, deploy, environment, pipeline, predict, sweep
 from finetune.launch.azureml.automl import data_problems, text_classification
 from finetune.launch.azureml.checks import with_task
 from finetune.launch.azureml.sweep import as_yaml, distribution, policy
 from finetune.registry.environments import ENVIRONMENT_NAME
 from finetune.registry.model_registry import git_commit
 from finetune.registry.registration import job_config, sample_request
+from finetune.serve import score
 
 if TYPE_CHECKING:
     from finetune.launch.azureml.data import AssetSpec
@@ -126,9 +128,6 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     emulated) and the caller may prepare into a scratch folder. The jobs are built for ``prepared.task``
     (:func:`.checks.with_task`: ``dataset.task=auto`` is decided by the data).
     """
-    from finetune.launch.azureml import command, compute, data, deploy, environment, pipeline, predict, sweep
-    from finetune.serve import score
-
     plan = with_task(plan, prepared.task)
     if plan.automl.engine == "text_classification":
         # Refused here, before anything is written or spent: AutoML would fail the job on the same data.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from finetune.launch.azureml import automl as automl_
 from finetune.launch.azureml.command import DATA_INPUTS, OUTPUT, train_command
 from finetune.launch.azureml.data import FILES
+from finetune.launch.azureml.deploy import deploy_step
 from finetune.launch.azureml.register import register_step
 from finetune.launch.azureml.sweep import sweep_node
 
@@ -33,8 +34,6 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     """
     from azure.ai.ml import Input
     from azure.ai.ml.entities import PipelineJob
-
-    from finetune.launch.azureml.deploy import deploy_step
 
     inputs = {key: Input(type="uri_file", path=data.files[key]) for key in FILES}
     inputs["settings"] = Input(type="uri_file", path=settings)
