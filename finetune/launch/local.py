@@ -86,7 +86,14 @@ def resolve(plan: RunPlan) -> RunPlan:
     """A budget is fitted from this machine's calibration (measured once per machine, model and data, cached)."""
     if not fitting.budgeted(plan):
         return plan
-    measured = calibration.calibrate(plan)
+    try:
+        measured = calibration.calibrate(plan)
+    except UserError as error:
+        if not plan.dry_run:
+            raise
+        # A dry run checks the plan; the data or model the calibration could not read is the run's own error.
+        print(f"{error}; this dry run shows the plan without the budget's fit", flush=True)
+        return plan
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
     lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
     request = fitting.request_for(plan, calibration.throughput(measured, os.getloadavg()[0], lanes),
