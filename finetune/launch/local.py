@@ -89,10 +89,9 @@ def resolve(plan: RunPlan) -> RunPlan:
     try:
         measured = calibration.calibrate(plan)
     except UserError as error:
-        if not plan.dry_run:
-            raise
-        # A dry run checks the plan; the data or model the calibration could not read is the run's own error.
-        print(f"{error}; this dry run shows the plan without the budget's fit", flush=True)
+        # Data or a model the calibration cannot read is the run's own error, which its data or training stage
+        # reports in its own words; the plan stands with the configured limits.
+        print(f"{error}; the plan keeps the configured limits", flush=True)
         return plan
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
     lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))

@@ -86,8 +86,7 @@ def calibrate(plan: "RunPlan") -> dict:
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"budget.minutes: the calibration of {plan.model.name} failed ({last[:200]}); "
-                        "run with budget=none to use the configured limits")
+        raise UserError(f"budget: the calibration of {plan.model.name} failed ({last[:200]})")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2))
