@@ -28,6 +28,7 @@ from finetune.config.schema import DatasetConfig, SplitFiles
 from finetune.data import prepare
 from finetune.errors import UserError
 from finetune.plan.budget import LOCAL_STAGES, THREAD_EXPONENT, StageCosts, Throughput, Workload
+from finetune.tasks import task_of
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -160,10 +161,9 @@ def measure(spec: dict) -> dict:
     dataset_fields["split_files"] = SplitFiles(**(dataset_fields.get("split_files") or {}))
     with tempfile.TemporaryDirectory(prefix="finetune-calibration-") as scratch:
         data = prepare(DatasetConfig(**dataset_fields), Path(scratch) / "data")
-        import pandas
-
-        train_texts = pandas.read_csv(data.train_path)["text"].astype(str).tolist()
-        val_texts = pandas.read_csv(data.val_path)["text"].astype(str).tolist()
+        # The task reads its own split files (NER's are JSONL sentences): the timing needs their texts only.
+        task = task_of(data.task)
+        train_texts, val_texts = task.split_texts(data.train_path), task.split_texts(data.val_path)
         rows = {split: info["rows"] for split, info in data.splits.items()}
         labels = len(data.labels)
     import torch

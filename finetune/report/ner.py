@@ -57,7 +57,7 @@ def ner_selection_section(summary: "RunSummary", run_dir: Path) -> list[str]:
              "IOB2); an entity counts when its span and type match exactly (seqeval, strict IOB2). Chosen by test "
              f"`{metric}` (margin over production: {selection.margin:g}).", "",
              table(["candidate", "family", f"val {metric}", *(f"test {c}" for c in columns)], rows), "",
-             f"**Decision: {selection.decision}** — {selection.reason}", ""]
+             f"**Decision: {selection.verdict}** — {selection.reason}", ""]
     scored = [row for row in selection.table if row.error is None]
     types = sorted({key.split(".", 1)[1] for row in scored for key in row.test if key.startswith("support.")})
     if types:

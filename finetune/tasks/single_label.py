@@ -88,6 +88,12 @@ class SingleLabelTask:
         """The local baseline candidate: FLAML over TF-IDF features (multi-label: one-vs-rest logistic regression)."""
         return run_automl(data, plan.automl, out_dir, plan.seed, plan.train.class_weights)
 
+    def split_texts(self, path) -> list:
+        """The texts of a prepared split (what the budget's calibration times)."""
+        import pandas as pd
+
+        return pd.read_csv(path, dtype=str, keep_default_na=False)["text"].tolist()
+
     def sample_request(self, test_path, size: int) -> dict:
         import pandas as pd
 
