@@ -71,6 +71,8 @@ def test_judge_needs_a_flat_loss_and_a_wide_gap():
     assert judge([1.0, (1 - LOSS_DROP) + 0.01], 0.5, 0.9) == "not_learning"
     assert judge([1.0, (1 - LOSS_DROP) - 0.01], 0.5, 0.9) == "behind"
     assert judge(flat, None, 0.9) is None and judge(flat, 0.5, None) is None
+    assert judge(flat, 0.40, 0.52, baseline_auc=0.52) is None, "a one-liner at chance: nothing to be behind"
+    assert judge(flat, 0.40, 0.90, baseline_auc=0.90) == "not_learning"
 
 
 def test_early_check_comes_after_the_warmup_and_before_the_first_evaluation():
@@ -95,6 +97,35 @@ def test_a_model_that_cannot_learn_restarts_once_then_stops(keyword_data, keywor
     assert len(lines) == 2 and "restarting once" in lines[0] and "training stops here" in lines[1]
     assert sum("warning: the fine-tuned model is below the baseline" in line for line in err.splitlines()) == 1
     assert not (tmp_path / "frozen" / "checkpoints").exists()
+
+
+def test_shuffled_labels_are_caught_in_one_line_and_not_restarted(keyword_bert, tmp_path, capsys):
+    """Issue 25's "cannot learn" case: labels shuffled away from the texts. The one-liner learns nothing from them
+    either, so no gap to it opens; the run must still end saying, in one line, that nothing beat chance."""
+    rng = random.Random(2)
+    for name, rows in (("train", 960), ("val", 400)):
+        write_split(tmp_path / f"{name}.csv", rows, rng)
+        with open(tmp_path / f"{name}.csv", newline="", encoding="utf-8") as handle:
+            header, *body = list(csv.reader(handle))
+        labels = [label for _, label in body]
+        rng.shuffle(labels)
+        with open(tmp_path / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([header, *[[text, label] for (text, _), label in zip(body, labels)]])
+    (tmp_path / "labels.json").write_text(json.dumps(["poor", "good"]))
+    result = train(tmp_path, keyword_bert, tmp_path / "shuffled", "--learning-rate", "3e-3", "--epochs", "1",
+                   "--learning-check", "restart")
+    err = capsys.readouterr().err
+    check = result["learning_check"]
+    assert check["no_signal"] is True and check["restarted"] is None, "a lower learning rate cannot find no signal"
+    assert abs(check["baseline"]["val"]["auc_weighted"] - 0.5) < MARGIN and abs(check["kept_auc"] - 0.5) < MARGIN
+    chance = [line for line in err.splitlines() if "no better than chance" in line]
+    assert len(chance) == 1 and "labels do not follow from the texts" in chance[0]
+
+
+def test_the_learning_keyword_model_is_not_called_chance(keyword_data, keyword_bert, tmp_path):
+    check = train(keyword_data, keyword_bert, tmp_path / "signal", "--learning-rate", "3e-3", "--epochs", "1",
+                  "--learning-check", "restart")["learning_check"]
+    assert check["no_signal"] is False and check["kept_auc"] > 0.9
 
 
 def test_warn_records_and_trains_on(keyword_data, keyword_bert, tmp_path, capsys):

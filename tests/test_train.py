@@ -93,7 +93,7 @@ def test_packaged_minilm_fine_tunes_and_reloads(small_data, tmp_path):
 
 @pytest.mark.parametrize("mode, expected", [
     # 1 negative, 3 positives: balanced weights are n/(k n_c) = 2 and 2/3 (mean weight over the examples 1);
-    # auto is balanced for classes.
+    # auto is balanced for two classes.
     ("balanced", [2, 2 / 3]),
     ("auto", [2, 2 / 3]),
     ("none", None),
@@ -170,3 +170,14 @@ def test_early_stopping_ends_a_run_that_stops_improving(small_data, tiny_model_d
     assert len(result["evaluations"]) == 2 and result["epochs_run"] == pytest.approx(2.0)
     unlimited = train(small_data, str(tiny_model_dir), tmp_path / "unlimited", "--epochs", "3", "--learning-rate", "0")
     assert unlimited["early_stopped"] is False and len(unlimited["evaluations"]) == 3
+
+
+def test_auto_trains_five_star_classes_with_the_logit_adjusted_loss(tiny_model_dir, tmp_path):
+    """Issue 25: with three or more classes ``auto`` trains on logits shifted by the train priors, no weights."""
+    stars = tmp_path / "stars"
+    prepare(dataclasses.replace(BUNDLED, sample=200, rating_column=None, label_column="star_rating"), stars)
+    result = train(stars, str(tiny_model_dir), tmp_path / "run", "--epochs", "1")
+    counts = json.loads((stars / "data.json").read_text())["splits"]["train"]["class_counts"]
+    assert result["status"] == "completed" and result["class_weights"] is None
+    priors = result["logit_adjusted_priors"]
+    assert priors == pytest.approx({label: n / sum(counts.values()) for label, n in counts.items()})

@@ -120,7 +120,7 @@ class Hyperparameters:
         help="batches whose gradients add up before one optimizer step")
 
 
-CLASS_WEIGHTS = ("auto", "balanced", "none")
+CLASS_WEIGHTS = ("auto", "balanced", "none", "logit_adjusted")
 # What training does when it is clearly not learning: finetune.train.learning_check.
 LEARNING_CHECK = ("restart", "warn")
 GOALS = ("maximize", "minimize")
@@ -133,7 +133,8 @@ class TrainingOptions:
     evals_per_epoch: int = setting(1, AT_LEAST_1, help="evaluations on the validation split per epoch")
     class_weights: str = setting(
         "auto", choices=CLASS_WEIGHTS,
-        help="per-class loss weights; auto = balanced (measured best, see finetune.train.losses.class_weights)")
+        help="imbalance in the loss: auto = balanced weights for two classes, logit_adjusted for more "
+             "(finetune.train.losses)")
     # None is resolved by the plan: off in sweeps, where the sweep's policy stops trials.
     early_stopping_patience: Optional[int] = setting(
         None, NON_NEGATIVE, help="evaluations without a better primary metric before stopping; 0 = never, "

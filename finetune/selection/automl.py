@@ -37,6 +37,7 @@ from finetune.data import read_targets
 from finetune.errors import ConfigProblems, UserError
 from finetune.selection.metrics import classification_metrics, multi_label_metrics
 from finetune.train.losses import class_weights as class_weights_for
+from finetune.train.losses import single_label_mode
 
 DESCRIPTION = "local AutoML baseline (FLAML on TF-IDF)"
 MULTI_LABEL_DESCRIPTION = "local AutoML baseline (one-vs-rest logistic regression on TF-IDF)"
@@ -229,6 +230,9 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     rescore_reserve_s = 1.5 * (time.time() - anchor_started)
     vectorizer = features(automl_cfg.max_features)
     x_train = vectorizer.fit_transform(train_texts)
+    if single_label_mode(class_weights, len(labels)) == "logit_adjusted":
+        # A loss on shifted logits has no sample-weight form for these models: they keep the balanced weights.
+        class_weights = "balanced"
     weights = class_weights_for(train_y, len(labels), class_weights)
     sample_weight = None if weights is None else np.asarray(weights)[y_train]
     automl = AutoML()

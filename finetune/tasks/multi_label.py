@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import List
 
 from finetune.tasks.single_label import SingleLabelTask
-from finetune.train.losses import label_positive_weights, weighted_binary_cross_entropy
+from finetune.train.losses import training_loss
 
 
 class MultiLabelTask(SingleLabelTask):
@@ -28,11 +28,8 @@ class MultiLabelTask(SingleLabelTask):
         # BCE takes float targets: the collator then stacks them into a float tensor.
         return np.asarray(targets).astype(np.float32).tolist()
 
-    def class_weights(self, train_set, labels: List[str], setting: str):
-        return label_positive_weights(train_set["label"], setting)
-
-    def loss(self, weights):
-        return weighted_binary_cross_entropy(weights)
+    def training_loss(self, train_set, labels: List[str], setting: str):
+        return training_loss(train_set["label"], len(labels), setting, multi_label=True)
 
     def probabilities(self, logits):
         import torch

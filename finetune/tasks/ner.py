@@ -69,9 +69,10 @@ class NerTask:
         return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of,
                                                   label_pad_token_id=IGNORED)
 
-    def class_weights(self, train_set, labels, setting):
-        """None: token tags are weighted equally (an O-heavy loss is what the entity metric is chosen against)."""
-        return None
+    def training_loss(self, train_set, labels, setting):
+        """The model's own loss, no weights: token tags are weighted equally (an O-heavy loss is what the entity
+        metric is chosen against)."""
+        return None, None, None
 
     def compute_metrics(self, val_file: str, val_set, labels: List[str]):
         """The Trainer's ``compute_metrics`` over val windows: each word's tag from the window it is most central

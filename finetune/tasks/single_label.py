@@ -15,7 +15,7 @@ from finetune.selection.automl import run_automl
 from finetune.selection.choose import evaluate
 from finetune.selection.metrics import metric_names, task_metrics
 from finetune.train.learning_check import fit_baseline
-from finetune.train.losses import class_weights, weighted_cross_entropy
+from finetune.train.losses import training_loss
 
 
 class SingleLabelTask:
@@ -49,11 +49,10 @@ class SingleLabelTask:
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
-    def class_weights(self, train_set, labels: List[str], setting: str):
-        return class_weights(train_set["label"], len(labels), setting)
-
-    def loss(self, weights):
-        return weighted_cross_entropy(weights)
+    def training_loss(self, train_set, labels: List[str], setting: str):
+        """``(compute_loss_func or None, class weights or None, logit-adjustment priors or None)``: auto is the
+        logit-adjusted loss from three classes on (finetune.train.losses)."""
+        return training_loss(train_set["label"], len(labels), setting, multi_label=False)
 
     def probabilities(self, logits):
         import torch

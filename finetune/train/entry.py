@@ -107,6 +107,7 @@ class Fitted:
     observer: Any  # finetune.train.callbacks.observer
     meter: Any
     weights: Optional[List[float]]
+    priors: Optional[List[float]]  # the logit-adjusted loss's class shares
     early_stopping: Any  # the EarlyStoppingCallback, or None
     check: Any  # the learning check's callback (finetune.train.learning_check.callback)
     figures: dict = dataclasses.field(default_factory=dict)  # resource telemetry, once trained
@@ -257,7 +258,7 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
                              prepared.mean_tokens)
     task = task_of(args.task)
-    weights = task.class_weights(prepared.train_set, prepared.labels, args.class_weights)
+    loss_func, weights, priors = task.training_loss(prepared.train_set, prepared.labels, args.class_weights)
     early_stopping = None
     if args.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -278,7 +279,7 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
         data_collator=task.collator(prepared.tokenizer, prepared.runtime.pad_to_multiple_of),
         processing_class=prepared.tokenizer,
         compute_metrics=task.compute_metrics(args.val_file, prepared.val_set, prepared.labels),
-        compute_loss_func=task.loss(weights) if weights else None,
+        compute_loss_func=loss_func,
         callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
     )
     check.trainer = trainer
@@ -286,8 +287,8 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
                                            args.primary_metric))
-    return Fitted(trainer=trainer, observer=watcher, meter=meter, weights=weights, early_stopping=early_stopping,
-                  check=check)
+    return Fitted(trainer=trainer, observer=watcher, meter=meter, weights=weights, priors=priors,
+                  early_stopping=early_stopping, check=check)
 
 
 def finish(prepared: Setup, fitted: Fitted) -> dict:
@@ -305,6 +306,7 @@ def finish(prepared: Setup, fitted: Fitted) -> dict:
         "steps": int(trainer.state.global_step),
         "hyperparameters": logged_parameters(args),
         "class_weights": dict(zip(labels, weights)) if weights else None,
+        "logit_adjusted_priors": dict(zip(labels, fitted.priors)) if fitted.priors else None,
         "early_stopped": fitted.early_stopping is not None
                          and fitted.early_stopping.early_stopping_patience_counter >= args.early_stopping_patience,
         "device": runtime.device,
@@ -327,7 +329,8 @@ def finish(prepared: Setup, fitted: Fitted) -> dict:
                  **task_of(args.task).candidate_extras()}, indent=2))
         result["model_dir"] = str(model_dir)
     check_log = prepared.check_log
-    result["learning_check"] = check_log.to_dict((result.get("val") or {}).get(check_log.baseline["metric"]))
+    kept = result.get("val") or {}
+    result["learning_check"] = check_log.to_dict(kept.get(check_log.baseline["metric"]), kept.get("auc_weighted"))
     result["throughput"] = {**fitted.meter.figures(), **fitted.figures}
     if runtime.device == "cuda":
         result["throughput"]["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20

@@ -10,7 +10,8 @@ metric is one to minimise: the one-liner's loss is not the weighted loss trainin
 
 - the training loss has not fallen by :data:`LOSS_DROP` (10 %) from its first logged value. An untrained head
   answers about uniformly, which costs ln k nats per text with or without balanced weights (they average 1 per
-  text); any signal read from the texts takes the loss below that. The mean of the last three logs (30 steps of
+  text), and the entropy of the class priors under the logit-adjusted loss (its logits start out adjusted); any
+  signal read from the texts takes the loss below that. The mean of the last three logs (30 steps of
   16 texts) moves by 2-3 % from batch to batch, so 10 % is about three of those swings;
 - the val metric is more than :data:`MARGIN` (0.05) below the one-liner's: the issue's own tolerance for val AUC
   after epoch 1 (issue 25, "Goals"). A loss that does not fall on data where the one-liner also finds nothing
@@ -23,6 +24,10 @@ With ``warn`` (every sweep trial) it records and says so only: the sweep's early
 about trials, and a trial that restarted itself would hand that policy a curve it did not cut.
 Each verdict is one line on stderr and a record in result.json's ``learning_check``; a model that ends below
 the one-liner is flagged there (``below_baseline``) for the run's last line and its report.
+
+Labels that do not follow from the texts (shuffled, or noise) defeat both models: the one-liner is then at chance
+too, no gap opens and nothing restarts (a lower learning rate cannot find a signal that is not there). Such a run
+is caught at its end instead (:func:`no_signal`, ``no_signal`` in result.json) and says so in the same one line.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ from finetune.train.callbacks import decided_by_main
 MARGIN = 0.05
 LOSS_DROP = 0.10
 LOWER_LR_FACTOR = 0.25
+# AUC of a ranking that knows nothing; "no signal" is both models within MARGIN of it.
+CHANCE_AUC = 0.5
 # The early check waits this share of epoch 1 (and the warmup): the first steps only move the new head.
 EARLY_SHARE = 1 / 3
 RECENT_LOGS = 3
@@ -86,9 +93,13 @@ def describe_baseline(baseline: dict) -> str:
     return f"{baseline['model']} {reached} (fitted in {baseline['fit_seconds']:.0f} s)"
 
 
-def judge(losses: list[float], value: float | None, baseline: float | None) -> str | None:
-    """``not_learning`` (loss not falling and far below the one-liner), ``behind`` (far below only) or None."""
+def judge(losses: list[float], value: float | None, baseline: float | None,
+          baseline_auc: float | None = None) -> str | None:
+    """``not_learning`` (loss not falling and far below the one-liner), ``behind`` (far below only) or None; None
+    too when the one-liner's val AUC (``baseline_auc``) is at chance: there is nothing to be behind."""
     if value is None or baseline is None or not math.isfinite(value) or not math.isfinite(baseline):
+        return None
+    if no_signal(CHANCE_AUC, baseline_auc):
         return None
     if value >= baseline - MARGIN:
         return None
@@ -111,6 +122,13 @@ def early_step(steps_per_epoch: int, warmup_steps: int, logging_steps: int) -> i
     return step if step < steps_per_epoch else None
 
 
+def no_signal(model_auc: float | None, baseline_auc: float | None) -> bool:
+    """Neither the fine-tuned model nor the one-liner ranks val texts better than chance (AUC_weighted within
+    :data:`MARGIN` of :data:`CHANCE_AUC`): the labels do not follow from the texts."""
+    values = (model_auc, baseline_auc)
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v < CHANCE_AUC + MARGIN for v in values)
+
+
 @dataclass
 class CheckLog:
     """What the check saw over all attempts of one training (result.json's ``learning_check``)."""
@@ -121,24 +139,30 @@ class CheckLog:
     restarted: dict | None = None
     stopped: str | None = None
 
-    def to_dict(self, kept_value: float | None) -> dict:
+    def to_dict(self, kept_value: float | None, kept_auc: float | None = None) -> dict:
         """``kept_value``: the kept model's val metric; None when training stopped before its first evaluation,
-        and then the value the last check measured is the kept model's."""
+        and then the value the last check measured is the kept model's. ``kept_auc``: its val AUC_weighted."""
         if kept_value is None and self.checks:
-            kept_value = self.checks[-1]["value"]
+            kept_value, kept_auc = self.checks[-1]["value"], self.checks[-1].get("auc")
         baseline = self.baseline.get("value")
         below = (kept_value is not None and baseline is not None and math.isfinite(kept_value)
                  and kept_value < baseline)
         return {"baseline": self.baseline, "action": self.action, "margin": MARGIN, "loss_drop": LOSS_DROP,
                 "checks": self.checks, "restarted": self.restarted, "stopped": self.stopped,
-                "kept_value": kept_value, "below_baseline": below}
+                "kept_value": kept_value, "below_baseline": below, "kept_auc": kept_auc,
+                "no_signal": no_signal(kept_auc, self.baseline.get("val", {}).get("auc_weighted"))}
 
 
 def below_baseline_line(check: dict | None) -> str | None:
-    """The one line that says a kept model is below the one-liner on val (None when it is not)."""
-    if not check or not check.get("below_baseline"):
+    """The one line that says a kept model is below the one-liner on val, or that neither beats chance (None when
+    neither holds)."""
+    if not check or not (check.get("below_baseline") or check.get("no_signal")):
         return None
     baseline = check["baseline"]
+    if check.get("no_signal"):
+        return (f"warning: the fine-tuned model is no better than chance on val (auc_weighted {check['kept_auc']:.4f}"
+                f"), nor is the {baseline['model']} ({baseline['val']['auc_weighted']:.4f}): the labels do not "
+                "follow from the texts (shuffled, or noise?)")
     return (f"warning: the fine-tuned model is below the baseline: val {baseline['metric']} {check['kept_value']:.4f} "
             f"< {baseline['value']:.4f} for the {baseline['model']}")
 
@@ -186,17 +210,18 @@ def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: int | Non
             if early is not None and state.global_step == early and not self.evaluated:
                 # predict(), not evaluate(): an extra evaluation would reach the sweep's policy as an interval.
                 metrics = self.trainer.predict(val_set, metric_key_prefix="check").metrics
-                self._judge(state, control, metrics.get(f"check_{metric}"), "early in epoch 1")
+                self._judge(state, control, metrics, "check", "early in epoch 1")
 
         def on_evaluate(self, _args, state, control, metrics=None, **kwargs):
             self.evaluated = True
-            value = (metrics or {}).get(f"eval_{metric}")
-            self._judge(state, control, value, f"evaluation at step {state.global_step}")
+            self._judge(state, control, metrics or {}, "eval", f"evaluation at step {state.global_step}")
 
-        def _judge(self, state, control, value, when: str):
-            verdict = judge(self.losses, value, log.baseline.get("value"))
+        def _judge(self, state, control, metrics: dict, prefix: str, when: str):
+            value = metrics.get(f"{prefix}_{metric}")
+            verdict = judge(self.losses, value, log.baseline.get("value"), log.baseline["val"].get("auc_weighted"))
             recent = recent_loss(self.losses)
             log.checks.append({"attempt": attempt, "step": state.global_step, "epoch": state.epoch, "value": value,
+                               "auc": metrics.get(f"{prefix}_auc_weighted"),
                                "first_loss": self.losses[0] if self.losses else None, "recent_loss": recent,
                                "verdict": verdict})
             # Every process stops at the same step or DDP hangs: the first one's verdict counts.
