@@ -14,6 +14,7 @@ rule as the online endpoint). The output appears only when every row is scored (
 
 On Azure ML the same command runs as a job over a data asset: :mod:`finetune.launch.azureml.predict`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,11 @@ def resolve_model(spec: str, tracking_uri: str) -> Path:
     folder = Path(spec).expanduser()
     if folder.is_dir():
         return _candidate_folder(folder)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise UserError(f"--model {spec}: not a folder, and there is no model registry at {tracking_uri} "
-                        "(set --tracking-uri)")
-    reference = spec[len("models:/"):] if spec.startswith("models:/") else spec
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
+        raise UserError(
+            f"--model {spec}: not a folder, and there is no model registry at {tracking_uri} (set --tracking-uri)"
+        )
+    reference = spec[len("models:/") :] if spec.startswith("models:/") else spec
     if "@" in reference:
         name, alias = reference.split("@", 1)
         version = registry.alias_version(name, alias, tracking_uri)
@@ -92,8 +94,11 @@ def count_rows(path: Path, kind: str) -> int:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix.lower() == ".gz" else \
-        open(path, encoding="utf-8", newline="")
+    return (
+        gzip.open(path, "rt", encoding="utf-8", newline="")
+        if path.suffix.lower() == ".gz"
+        else open(path, encoding="utf-8", newline="")
+    )
 
 
 def read_chunks(path: Path, kind: str, columns: list[str], chunk_rows: int) -> Iterator["pandas.DataFrame"]:
@@ -149,8 +154,11 @@ class Writer:
             return
         first = self.handle is None
         if first:
-            self.handle = gzip.open(self.partial, "wt", encoding="utf-8", newline="") \
-                if self.path.suffix.lower() == ".gz" else open(self.partial, "w", encoding="utf-8", newline="")
+            self.handle = (
+                gzip.open(self.partial, "wt", encoding="utf-8", newline="")
+                if self.path.suffix.lower() == ".gz"
+                else open(self.partial, "w", encoding="utf-8", newline="")
+            )
         if self.kind == "csv":
             table.to_csv(self.handle, header=first, index=False)
         elif not table.empty:
@@ -166,9 +174,17 @@ class Writer:
             self.partial.unlink(missing_ok=True)
 
 
-def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_column: str = "text",
-                 id_column: Optional[str] = None, chunk_rows: int = 1024, batch_size: int = 32,
-                 progress: bool = True) -> dict:
+def predict_file(
+    model_dir: Path,
+    input_path: Path,
+    output_path: Path,
+    *,
+    text_column: str = "text",
+    id_column: Optional[str] = None,
+    chunk_rows: int = 1024,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     """Score ``input_path`` into ``output_path``; returns ``{"rows", "output", "model", "seconds"}``."""
     import time
 
@@ -186,10 +202,14 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
         available = file_columns(input_path, kind)
         total = count_rows(input_path, kind)
     except READ_ERRORS as problem:
-        raise UserError(f"--input {input_path}: cannot read it as {kind} ({type(problem).__name__}: {problem})") from None
+        raise UserError(
+            f"--input {input_path}: cannot read it as {kind} ({type(problem).__name__}: {problem})"
+        ) from None
     if text_column not in available:
-        raise UserError(f"--input {input_path}: no text column {text_column!r} (columns: {', '.join(available)}); "
-                        "name it with --text-column")
+        raise UserError(
+            f"--input {input_path}: no text column {text_column!r} (columns: {', '.join(available)}); "
+            "name it with --text-column"
+        )
     if id_column is None:
         id_column = "id" if "id" in available else None
     elif id_column not in available:
@@ -203,8 +223,7 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
     writer = Writer(output_path)
     columns = [text_column] + ([id_column] if id_column and id_column != text_column else [])
     started, rows, ok = time.perf_counter(), 0, False
-    bar = tqdm(total=total, unit="row", desc="predict", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=total, unit="row", desc="predict", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     try:
         for chunk in read_chunks(input_path, kind, columns, chunk_rows):
             texts = chunk[text_column]
@@ -221,8 +240,9 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
                 table["entities"] = [json.dumps(a["entities"], ensure_ascii=False) for a in answers]
             else:
                 proba = scorer.predict_proba(texts.tolist())
-                table["labels" if scorer.task == "multi_label" else "label"] = decided_labels(proba, scorer.labels,
-                                                                                              scorer.decision)
+                table["labels" if scorer.task == "multi_label" else "label"] = decided_labels(
+                    proba, scorer.labels, scorer.decision
+                )
                 for column, label in enumerate(scorer.labels):
                     table[f"probability_{label}"] = proba[:, column].astype(np.float64)
             writer.write(table)
@@ -232,31 +252,45 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, *, text_c
     except READ_ERRORS as problem:
         if isinstance(problem, UserError):
             raise
-        raise UserError(f"--input {input_path}: cannot read it as {kind} after row {rows} "
-                        f"({type(problem).__name__}: {str(problem)[:200]})") from None
+        raise UserError(
+            f"--input {input_path}: cannot read it as {kind} after row {rows} "
+            f"({type(problem).__name__}: {str(problem)[:200]})"
+        ) from None
     finally:
         bar.close()
         writer.close(ok)
-    return {"rows": rows, "output": str(output_path), "model": str(model_dir),
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "rows": rows,
+        "output": str(output_path),
+        "model": str(model_dir),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m finetune.predict", description=__doc__.split("\n\n")[0],
+        prog="python -m finetune.predict",
+        description=__doc__.split("\n\n")[0],
         epilog="examples:\n  python -m finetune.predict --model amazon_automotive-sentiment@production --input r.csv "
-               "--output scored.csv\n  python -m finetune.predict --model amazon_automotive-sentiment/3 --input r.jsonl.gz "
-               "--output s.parquet\n  python -m finetune.predict --model outputs/run/train/model --input r.parquet "
-               "--output s.jsonl --id-column review_id",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True,
-                        help="a model folder, name@alias or name/version of a registered model (also as models:/...)")
+        "--output scored.csv\n  python -m finetune.predict --model amazon_automotive-sentiment/3 --input r.jsonl.gz "
+        "--output s.parquet\n  python -m finetune.predict --model outputs/run/train/model --input r.parquet "
+        "--output s.jsonl --id-column review_id",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model folder, name@alias or name/version of a registered model (also as models:/...)",
+    )
     parser.add_argument("--input", required=True, type=Path, help="CSV / JSONL / parquet file (.gz for CSV/JSONL)")
     parser.add_argument("--output", required=True, type=Path, help="output file; its extension sets the format")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--id-column", help="passed through to the output (default: 'id' when the input has it)")
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                        help=f"MLflow registry of name@alias / name/version (default {DEFAULT_TRACKING_URI})")
+    parser.add_argument(
+        "--tracking-uri",
+        default=DEFAULT_TRACKING_URI,
+        help=f"MLflow registry of name@alias / name/version (default {DEFAULT_TRACKING_URI})",
+    )
     parser.add_argument("--chunk-rows", type=int, default=1024, help="rows read and scored at a time (default 1024)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--threads", type=int, help="runtime threads (default: the CPUs this process may use)")
@@ -273,9 +307,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.chunk_rows < 1 or args.batch_size < 1:
             raise UserError("--chunk-rows and --batch-size must be at least 1")
         model_dir = resolve_model(args.model, args.tracking_uri)
-        result = predict_file(model_dir, args.input, args.output, text_column=args.text_column,
-                              id_column=args.id_column, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
-                              progress=not args.no_progress)
+        result = predict_file(
+            model_dir,
+            args.input,
+            args.output,
+            text_column=args.text_column,
+            id_column=args.id_column,
+            chunk_rows=args.chunk_rows,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
     except UserError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code

@@ -6,6 +6,7 @@ Several trees run one after the other in one emulated workspace (one registry, t
 
 The emulator lives with the tests that use it (tests/amlemu/emulator.py, which documents what it emulates).
 """
+
 import sys
 from pathlib import Path
 

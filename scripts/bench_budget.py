@@ -11,6 +11,7 @@ is shared: figures taken under load say so).
     nice -n 5 python scripts/bench_budget.py --minutes 5,10,20 --default --out /tmp/budget.json
     python scripts/bench_budget.py --table /tmp/budget.json          # print the table of earlier runs again
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,14 @@ def run_one(label: str, overrides: list, root: Path) -> dict:
     with open(root / f"{label}.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.time() - started
-    figures = {"label": label, "overrides": overrides, "exit_code": code, "wall_s": round(wall, 1),
-               "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+    figures = {
+        "label": label,
+        "overrides": overrides,
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
     summary_file = out / label / "summary.json"
     if not summary_file.exists():
         return figures
@@ -41,29 +48,43 @@ def run_one(label: str, overrides: list, root: Path) -> dict:
     sweep = summary.get("sweep") or {}
     candidates = summary.get("candidates") or {}
     figures.update(
-        budget_s=section.get("budget_s"), expected_s=section.get("expected_s"), spent_s=section.get("spent_s"),
-        plan=section.get("plan"), best_val=(sweep.get("best") or {}).get("value"),
-        trials=len(sweep.get("trials") or []), speed_factor=(sweep.get("compute") or {}).get("speed_factor"),
+        budget_s=section.get("budget_s"),
+        expected_s=section.get("expected_s"),
+        spent_s=section.get("spent_s"),
+        plan=section.get("plan"),
+        best_val=(sweep.get("best") or {}).get("value"),
+        trials=len(sweep.get("trials") or []),
+        speed_factor=(sweep.get("compute") or {}).get("speed_factor"),
         test_auc=(candidates.get("finetuned", {}).get("test") or {}).get("auc_weighted"),
         winner=(summary.get("selection") or {}).get("winner"),
-        winner_test_auc=(candidates.get((summary.get("selection") or {}).get("winner"), {}).get("test") or {})
-        .get("auc_weighted"))
+        winner_test_auc=(candidates.get((summary.get("selection") or {}).get("winner"), {}).get("test") or {}).get(
+            "auc_weighted"
+        ),
+    )
     return figures
 
 
 def table(runs: list) -> str:
-    rows = ["| run | wall | actual / budget | estimate (error) | trials | best val AUC | test AUC fine-tuned "
-            "(winner) | load before/after |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | wall | actual / budget | estimate (error) | trials | best val AUC | test AUC fine-tuned "
+        "(winner) | load before/after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         budget_s, wall, expected = r.get("budget_s"), r["wall_s"], r.get("expected_s")
         ratio = f"{wall / budget_s:.2f}" if budget_s else "-"
         error = f"{expected / 60:.1f} min ({(expected - wall) / wall:+.0%})" if expected else "-"
         val = f"{r['best_val']:.4f}" if r.get("best_val") is not None else "-"
         test = f"{r['test_auc']:.4f}" if r.get("test_auc") is not None else "-"
-        winner = f" ({r['winner']} {r['winner_test_auc']:.4f})" if r.get("winner") and r["winner"] != "finetuned" \
-            and r.get("winner_test_auc") is not None else ""
-        rows.append(f"| {r['label']} | {wall / 60:.1f} min | {ratio} | {error} | {r.get('trials', '-')} | {val} | "
-                    f"{test}{winner} | {r['load_before']:.1f} / {r['load_after']:.1f} |")
+        winner = (
+            f" ({r['winner']} {r['winner_test_auc']:.4f})"
+            if r.get("winner") and r["winner"] != "finetuned" and r.get("winner_test_auc") is not None
+            else ""
+        )
+        rows.append(
+            f"| {r['label']} | {wall / 60:.1f} min | {ratio} | {error} | {r.get('trials', '-')} | {val} | "
+            f"{test}{winner} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
+        )
     plans = [f"- {r['label']}: {r['plan']}" for r in runs if r.get("plan")]
     return "\n".join(rows + [""] + plans)
 

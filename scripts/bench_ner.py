@@ -10,6 +10,7 @@ that text. Candidates: the CRF baseline (fitted here, c1/c2 chosen on val) and a
 
 Figures go to stdout as a markdown table and to ``--out`` (JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ def score(folder: Path, test: list, batch: int = 16) -> dict:
     started = time.time()
     predicted = []
     for first in range(0, len(texts), batch):
-        items = [{"text": text} for text in texts[first:first + batch]]
+        items = [{"text": text} for text in texts[first : first + batch]]
         predicted += [[(e["start"], e["end"], e["label"]) for e in p["entities"]] for p in answer(tagger, items)]
     seconds = time.time() - started
     return {**span_metrics(gold, predicted), "predict_s": round(seconds, 1)}
@@ -58,12 +59,17 @@ def score(folder: Path, test: list, batch: int = 16) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--splits", nargs=3, default=["train.conll", "dev.conll", "test.conll"],
-                        metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument(
+        "--splits", nargs=3, default=["train.conll", "dev.conll", "test.conll"], metavar=("TRAIN", "VAL", "TEST")
+    )
     parser.add_argument("--model", action="append", default=[], type=Path, help="a candidate folder to score")
     parser.add_argument("--no-crf", action="store_true")
-    parser.add_argument("--grid", nargs="+", metavar="C1:C2",
-                        help="the CRF's (c1, c2) pairs to choose from on val (default: the candidate's 3 x 3 grid)")
+    parser.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="C1:C2",
+        help="the CRF's (c1, c2) pairs to choose from on val (default: the candidate's 3 x 3 grid)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_ner.json"))
     args = parser.parse_args(argv)
     splits = {name: read_ner_file(args.data / file)[0] for name, file in zip(("train", "val", "test"), args.splits)}
@@ -77,8 +83,11 @@ def main(argv=None) -> int:
             grid = [tuple(float(v) for v in pair.split(":")) for pair in args.grid] if args.grid else GRID
             candidate = run_crf(tmp, labels, Path(tmp) / "crf", grid)
             fit_s = time.time() - started
-            rows["crf"] = {**score(Path(candidate["path"]), splits["test"]), "fit_s": round(fit_s, 1),
-                           "params": candidate["params"]}
+            rows["crf"] = {
+                **score(Path(candidate["path"]), splits["test"]),
+                "fit_s": round(fit_s, 1),
+                "params": candidate["params"],
+            }
             print(f"crf: {json.dumps(rows['crf'])}", flush=True)
     for folder in args.model:
         rows[str(folder)] = score(folder, splits["test"])
@@ -86,8 +95,10 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| candidate | entity F1 | P | R | predict s |\n| --- | --- | --- | --- | --- |")
     for name, row in rows.items():
-        print(f"| {name} | {row['f1_entity']:.3f} | {row['precision_entity']:.3f} | {row['recall_entity']:.3f} "
-              f"| {row['predict_s']} |")
+        print(
+            f"| {name} | {row['f1_entity']:.3f} | {row['precision_entity']:.3f} | {row['recall_entity']:.3f} "
+            f"| {row['predict_s']} |"
+        )
     return 0
 
 

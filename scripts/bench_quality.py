@@ -25,6 +25,7 @@ The two outside sets are not redistributed here (their licences do not say so): 
 Slow on a CPU (each fine-tuning run is minutes to an hour); results accumulate in <work>/bench_quality.json (a set
 already there is not run again unless --again). Needs the package installed (`pip install -e .`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,9 +69,11 @@ def goemotions5_csv(folder: Path, path: Path, sizes: dict, seed: int = 0) -> Pat
     rows = []
     for part, (split, size) in sizes.items():
         with open(folder / f"{split}.tsv", newline="", encoding="utf-8") as handle:
-            single = [(text, names[int(ids)]) for text, ids, _ in csv.reader(handle, delimiter="\t",
-                                                                           quoting=csv.QUOTE_NONE)
-                      if "," not in ids and names[int(ids)] in GOEMOTIONS_CLASSES]
+            single = [
+                (text, names[int(ids)])
+                for text, ids, _ in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if "," not in ids and names[int(ids)] in GOEMOTIONS_CLASSES
+            ]
         rows += [(text, label, part) for text, label in rng.sample(single, size)]
     write_csv(path, ("text", "label", "part"), rows)
     return path
@@ -95,26 +98,47 @@ def dataset_overrides(name: str, work: Path, options) -> list[str]:
     if name == "instruments":
         if not options.instruments:
             raise SystemExit("instruments needs --instruments PATH (Musical_instruments_reviews.csv)")
-        return ["dataset=file", f"dataset.path={Path(options.instruments).resolve()}",
-                "dataset.text_column=reviewText", "dataset.label_column=overall"]
+        return [
+            "dataset=file",
+            f"dataset.path={Path(options.instruments).resolve()}",
+            "dataset.text_column=reviewText",
+            "dataset.label_column=overall",
+        ]
     if name == "goemotions5":
         if not options.goemotions:
             raise SystemExit("goemotions5 needs --goemotions DIR (GoEmotions' train/dev/test.tsv and labels.txt)")
-        sizes = {**GOEMOTIONS_SIZES, **({"train": ("train", options.goemotions_train)}
-                                        if options.goemotions_train else {})}
+        sizes = {
+            **GOEMOTIONS_SIZES,
+            **({"train": ("train", options.goemotions_train)} if options.goemotions_train else {}),
+        }
         path = goemotions5_csv(Path(options.goemotions), work / "goemotions5.csv", sizes)
-        return ["dataset=file", f"dataset.path={path}", "dataset.text_column=text", "dataset.label_column=label",
-                "dataset.split_column=part"]
+        return [
+            "dataset=file",
+            f"dataset.path={path}",
+            "dataset.text_column=text",
+            "dataset.label_column=label",
+            "dataset.split_column=part",
+        ]
     raise SystemExit(f"unknown dataset {name}; use {', '.join(SETS)}")
 
 
 def run_pipeline(run_dir: Path, overrides: list[str], log) -> dict:
-    command = [sys.executable, "-m", "finetune", "search=none", "endpoint=none", "automl=none",
-               f"output_root={run_dir.parent}", f"run_name={run_dir.name}", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "search=none",
+        "endpoint=none",
+        "automl=none",
+        f"output_root={run_dir.parent}",
+        f"run_name={run_dir.name}",
+        *overrides,
+    ]
     print("$ " + " ".join(command), file=log, flush=True)
     started = time.time()
-    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     if done.returncode != 0:
         raise SystemExit(f"pipeline failed (exit {done.returncode}); see {log.name}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -139,8 +163,10 @@ def paired_bootstrap(y_true, pred_a, proba_a, pred_b, proba_b, resamples: int = 
         return roc_auc_score(y_true[rows], proba[rows], multi_class="ovr", average="weighted", labels=ids)
 
     def differences(rows):
-        f1 = [f1_score(y_true[rows], pred[rows], labels=ids, average="macro", zero_division=0)
-              for pred in (pred_a, pred_b)]
+        f1 = [
+            f1_score(y_true[rows], pred[rows], labels=ids, average="macro", zero_division=0)
+            for pred in (pred_a, pred_b)
+        ]
         return auc_of(rows, proba_a) - auc_of(rows, proba_b), f1[0] - f1[1]
 
     rng = np.random.default_rng(seed)
@@ -154,8 +180,11 @@ def paired_bootstrap(y_true, pred_a, proba_a, pred_b, proba_b, resamples: int = 
     draws = np.asarray(draws)
     auc, f1 = differences(np.arange(len(y_true)))
     (auc_low, f1_low), (auc_high, f1_high) = np.percentile(draws, [2.5, 97.5], axis=0)
-    return {"auc": [auc, float(auc_low), float(auc_high)], "f1_macro": [f1, float(f1_low), float(f1_high)],
-            "resamples": len(draws)}
+    return {
+        "auc": [auc, float(auc_low), float(auc_high)],
+        "f1_macro": [f1, float(f1_low), float(f1_high)],
+        "resamples": len(draws),
+    }
 
 
 def compare(summary: dict) -> dict:
@@ -183,28 +212,43 @@ def compare(summary: dict) -> dict:
     result = json.loads(Path(summary["candidates"]["finetuned"]["result_file"]).read_text())
     counts = splits["train"]["class_counts"]
     return {
-        "sizes": {s: splits[s]["rows"] for s in ("train", "val", "test")}, "classes": len(labels),
+        "sizes": {s: splits[s]["rows"] for s in ("train", "val", "test")},
+        "classes": len(labels),
         "skew": [max(counts.values()) / sum(counts.values()), min(counts.values()) / sum(counts.values())],
-        "finetuned": {"auc": finetuned["auc_weighted"], "f1_macro": finetuned["f1_macro"],
-                      "rule": row.get("decision"), "train_seconds": round(result["duration_s"]),
-                      "steps": result["steps"], "recall": {k: v for k, v in finetuned.items() if k.startswith("recall.")}},
-        "one_liner": {"auc": baseline["auc_weighted"], "f1_macro": baseline["f1_macro"],
-                      "fit_seconds": round(fit_seconds, 1),
-                      "recall": {k: v for k, v in baseline.items() if k.startswith("recall.")}},
+        "finetuned": {
+            "auc": finetuned["auc_weighted"],
+            "f1_macro": finetuned["f1_macro"],
+            "rule": row.get("decision"),
+            "train_seconds": round(result["duration_s"]),
+            "steps": result["steps"],
+            "recall": {k: v for k, v in finetuned.items() if k.startswith("recall.")},
+        },
+        "one_liner": {
+            "auc": baseline["auc_weighted"],
+            "f1_macro": baseline["f1_macro"],
+            "fit_seconds": round(fit_seconds, 1),
+            "recall": {k: v for k, v in baseline.items() if k.startswith("recall.")},
+        },
         "difference": paired_bootstrap(test_y, pred_a, proba_a, pred_b, proba_b),
-        "curve": {"evaluations": [{"step": e["step"], "auc": e.get("val_auc_weighted"), "f1_macro": e.get("val_f1_macro")}
-                                  for e in result["evaluations"]],
-                  "train_loss": [[p["step"], p["loss"]] for p in result["train_loss"]],
-                  "one_liner_val_auc": result["learning_check"]["baseline"]["val"].get("auc_weighted")},
+        "curve": {
+            "evaluations": [
+                {"step": e["step"], "auc": e.get("val_auc_weighted"), "f1_macro": e.get("val_f1_macro")}
+                for e in result["evaluations"]
+            ],
+            "train_loss": [[p["step"], p["loss"]] for p in result["train_loss"]],
+            "one_liner_val_auc": result["learning_check"]["baseline"]["val"].get("auc_weighted"),
+        },
         "learning_check": {k: result["learning_check"].get(k) for k in ("restarted", "stopped", "below_baseline")},
         "bench_seconds": summary["bench_duration_s"],
     }
 
 
 def table(results: dict) -> str:
-    lines = ["| set | texts train/val/test | classes | largest / smallest class | fine-tuned AUC / F1 macro | "
-             "one-liner AUC / F1 macro | ΔAUC [95 % CI] | ΔF1 macro [95 % CI] | training | goals |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| set | texts train/val/test | classes | largest / smallest class | fine-tuned AUC / F1 macro | "
+        "one-liner AUC / F1 macro | ΔAUC [95 % CI] | ΔF1 macro [95 % CI] | training | goals |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results.items():
         d = r["difference"]
         met = d["f1_macro"][0] >= F1_MARGIN and d["auc"][0] >= 0
@@ -214,7 +258,8 @@ def table(results: dict) -> str:
             f"{r['one_liner']['auc']:.4f} / {r['one_liner']['f1_macro']:.3f} | "
             f"{d['auc'][0]:+.4f} [{d['auc'][1]:+.3f}, {d['auc'][2]:+.3f}] | "
             f"{d['f1_macro'][0]:+.3f} [{d['f1_macro'][1]:+.3f}, {d['f1_macro'][2]:+.3f}] | "
-            f"{r['finetuned']['train_seconds']} s, {r['finetuned']['steps']} steps | {'met' if met else 'not met'} |")
+            f"{r['finetuned']['train_seconds']} s, {r['finetuned']['steps']} steps | {'met' if met else 'not met'} |"
+        )
     return "\n".join(lines)
 
 
@@ -232,8 +277,9 @@ def plot(results: dict, path: Path) -> None:
         axis.plot(steps, [e["auc"] for e in curve["evaluations"]], marker="o", label="val AUC_weighted")
         axis.plot(steps, [e["f1_macro"] for e in curve["evaluations"]], marker="s", label="val F1 macro")
         if curve["one_liner_val_auc"] is not None:
-            axis.axhline(curve["one_liner_val_auc"], color="grey", linestyle="--", linewidth=0.8,
-                         label="one-liner val AUC")
+            axis.axhline(
+                curve["one_liner_val_auc"], color="grey", linestyle="--", linewidth=0.8, label="one-liner val AUC"
+            )
         loss = axis.twinx()
         if curve["train_loss"]:
             loss.plot(*zip(*curve["train_loss"]), color="C3", linewidth=0.8, alpha=0.6)

@@ -18,6 +18,7 @@ Goals (issue 13): onnx-int8 run() throughput >= 2x the PyTorch fp32 bare forward
 half of torch run()'s; its test AUC within 0.003 and F1 macro within 0.005 of fp32; predict >= 90% of
 its runtime's bare forward; peak RSS at the largest row count <= 1.2x that at the smallest.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,8 @@ def packaged_candidate(folder: Path) -> Path:
     if base is None:
         sys.exit(f"the packaged model {settings['package']} is not installed; pass --model-dir")
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+        base, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)}
+    )
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
     (folder / "candidate.json").write_text(json.dumps({"family": "hf", "labels": LABELS}))
@@ -79,31 +81,52 @@ class Reference:
 
         dataset = datasets.Dataset.from_dict({"text": texts}).map(
             lambda batch: self.tokenizer(batch["text"], truncation=True, max_length=MAX_LENGTH),
-            batched=True, remove_columns=["text"])
-        arguments = TrainingArguments(output_dir=str(self.scratch), per_device_eval_batch_size=32, report_to="none",
-                                      disable_tqdm=True, dataloader_pin_memory=False)
+            batched=True,
+            remove_columns=["text"],
+        )
+        arguments = TrainingArguments(
+            output_dir=str(self.scratch),
+            per_device_eval_batch_size=32,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+        )
         logits = Trainer(model=self.model, args=arguments, processing_class=self.tokenizer).predict(dataset).predictions
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", type=Path, help="an hf candidate folder (default: packaged MiniLM, fresh head)")
     parser.add_argument("--test-file", type=Path, help="a test split (text,label CSV): AUC and F1 macro per runtime")
     parser.add_argument("--requests", type=int, default=40, help="2-review requests per approach (default 40)")
     parser.add_argument("--batches", type=int, default=8, help="32-review requests per approach (default 8)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads for every approach (default 1: on a machine shared with other busy "
-                             "processes, more threads measure contention rather than scoring)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for every approach (default 1: on a machine shared with other busy "
+        "processes, more threads measure contention rather than scoring)",
+    )
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
-    parser.add_argument("--predict-rows", type=int, nargs="*", default=[10_000, 100_000],
-                        help="row counts for python -m finetune.predict (default 10000 100000; none to skip)")
+    parser.add_argument(
+        "--predict-rows",
+        type=int,
+        nargs="*",
+        default=[10_000, 100_000],
+        help="row counts for python -m finetune.predict (default 10000 100000; none to skip)",
+    )
     parser.add_argument("--predict-runtime", default="onnx-int8", choices=RUNTIMES)
     parser.add_argument("--with-reference", action="store_true", help="also time the reference's Trainer.predict")
-    parser.add_argument("--count-weights", type=Path, metavar="OUTPUT_ROOT",
-                        help="only count the copies of model weights under OUTPUT_ROOT (hard links once)")
+    parser.add_argument(
+        "--count-weights",
+        type=Path,
+        metavar="OUTPUT_ROOT",
+        help="only count the copies of model weights under OUTPUT_ROOT (hard links once)",
+    )
     args = parser.parse_args(argv)
     if args.count_weights:
         print(weight_copies(args.count_weights))
@@ -148,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             approaches["reference (Dataset + Trainer.predict per request)"] = lambda texts: _timed(reference, texts)
         for runtime, score in scores.items():
             approaches[f"run(), {runtime}"] = lambda texts, score=score: _timed(
-                score.run, json.dumps({"data": [{"text": t} for t in texts]}))
+                score.run, json.dumps({"data": [{"text": t} for t in texts]})
+            )
         approaches["PyTorch fp32 bare forward (pre-tokenized)"] = bare
         texts = reviews()
         needed = 2 * args.requests + 32 * args.batches
         pool = (texts * (needed // len(texts) + 1))[:needed]
-        small = [pool[2 * i:2 * i + 2] for i in range(args.requests)]
-        large = [pool[2 * args.requests + 32 * i:2 * args.requests + 32 * (i + 1)] for i in range(args.batches)]
+        small = [pool[2 * i : 2 * i + 2] for i in range(args.requests)]
+        large = [pool[2 * args.requests + 32 * i : 2 * args.requests + 32 * (i + 1)] for i in range(args.batches)]
 
         for approach in approaches.values():  # warm-up: first calls pay for lazy initialisation
             approach(small[0]), approach(large[0])
@@ -171,23 +195,33 @@ def main(argv: list[str] | None = None) -> int:
         predicted = {}
         if args.predict_rows:
             score = scores.get(args.predict_runtime) or load_score(
-                export_candidate(candidate, args.predict_runtime, scratch / args.predict_runtime), args.predict_runtime)
+                export_candidate(candidate, args.predict_runtime, scratch / args.predict_runtime), args.predict_runtime
+            )
             ceiling = bare_forward_rate(score._scorer, texts[:512], tokenizer)
             for rows in args.predict_rows:
-                predicted[rows] = run_predict(folders.get(args.predict_runtime) or scratch / args.predict_runtime,
-                                              texts, rows, scratch, args.threads)
+                predicted[rows] = run_predict(
+                    folders.get(args.predict_runtime) or scratch / args.predict_runtime,
+                    texts,
+                    rows,
+                    scratch,
+                    args.threads,
+                )
                 predicted[rows]["ceiling"] = ceiling
 
     reviews_scored = 32 * args.batches
-    print(f"model: {candidate if args.model_dir else 'packaged MiniLM-L6, fresh 2-label head'}; threads: {args.threads}; "
-          f"max_length {MAX_LENGTH}; {args.requests} x 2-review and {args.batches} x 32-review requests of real "
-          f"reviews; export: " + ", ".join(f"{r} {s:.1f} s" for r, s in export_s.items()) + "\n")
+    print(
+        f"model: {candidate if args.model_dir else 'packaged MiniLM-L6, fresh 2-label head'}; threads: {args.threads}; "
+        f"max_length {MAX_LENGTH}; {args.requests} x 2-review and {args.batches} x 32-review requests of real "
+        f"reviews; export: " + ", ".join(f"{r} {s:.1f} s" for r, s in export_s.items()) + "\n"
+    )
     print(f"{'approach':<52}{'p50 ms':>9}{'p95 ms':>9}{'reviews/s':>11}{'x bare fp32':>13}")
     ceiling_name = "PyTorch fp32 bare forward (pre-tokenized)"
     for name in approaches:
         p50, p95 = _percentile(latency[name], 50), _percentile(latency[name], 95)
-        print(f"{name:<52}{p50:>9.1f}{p95:>9.1f}{reviews_scored / busy[name]:>11.1f}"
-              f"{busy[ceiling_name] / busy[name]:>12.2f}x")
+        print(
+            f"{name:<52}{p50:>9.1f}{p95:>9.1f}{reviews_scored / busy[name]:>11.1f}"
+            f"{busy[ceiling_name] / busy[name]:>12.2f}x"
+        )
     if "run(), torch" in latency:
         torch_p50 = _percentile(latency["run(), torch"], 50)
         for runtime in scores:
@@ -197,27 +231,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'runtime':<12}{'test AUC':>10}{'F1 macro':>10}{'dAUC':>9}{'dF1':>9}")
         base = quality.get("torch")
         for runtime, metrics in quality.items():
-            delta = (f"{metrics['auc_weighted'] - base['auc_weighted']:>+9.4f}{metrics['f1_macro'] - base['f1_macro']:>+9.4f}"
-                     if base else "")
+            delta = (
+                f"{metrics['auc_weighted'] - base['auc_weighted']:>+9.4f}{metrics['f1_macro'] - base['f1_macro']:>+9.4f}"
+                if base
+                else ""
+            )
             print(f"{runtime:<12}{metrics['auc_weighted']:>10.4f}{metrics['f1_macro']:>10.4f}{delta}")
     if predicted:
         print(f"\npython -m finetune.predict ({args.predict_runtime}, CSV in, CSV out):")
         print(f"{'rows':>9}{'rows/s':>10}{'bare fwd rows/s':>17}{'share':>8}{'peak RSS MiB':>14}")
         for rows, result in predicted.items():
-            print(f"{rows:>9}{result['rows_per_s']:>10.1f}{result['ceiling']:>17.1f}"
-                  f"{result['rows_per_s'] / result['ceiling']:>8.0%}{result['peak_rss_mib']:>14.0f}")
+            print(
+                f"{rows:>9}{result['rows_per_s']:>10.1f}{result['ceiling']:>17.1f}"
+                f"{result['rows_per_s'] / result['ceiling']:>8.0%}{result['peak_rss_mib']:>14.0f}"
+            )
         counts = sorted(predicted)
         if len(counts) > 1:
-            print(f"peak RSS {counts[-1]} / {counts[0]} rows: "
-                  f"{predicted[counts[-1]]['peak_rss_mib'] / predicted[counts[0]]['peak_rss_mib']:.2f}x (goal <= 1.2x)")
+            print(
+                f"peak RSS {counts[-1]} / {counts[0]} rows: "
+                f"{predicted[counts[-1]]['peak_rss_mib'] / predicted[counts[0]]['peak_rss_mib']:.2f}x (goal <= 1.2x)"
+            )
     return 0
 
 
 def load_score(folder: Path, runtime: str):
     """score.py imported and initialised on ``folder``, one module object per runtime (it keeps globals)."""
     os.environ["AZUREML_MODEL_DIR"] = str(folder)
-    spec = importlib.util.spec_from_file_location(f"score_{runtime.replace('-', '_')}",
-                                                  Path(__file__).resolve().parents[1] / "finetune" / "serve" / "score.py")
+    spec = importlib.util.spec_from_file_location(
+        f"score_{runtime.replace('-', '_')}", Path(__file__).resolve().parents[1] / "finetune" / "serve" / "score.py"
+    )
     score = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(score)
     score.init()
@@ -234,8 +276,9 @@ def evaluate(scores: dict, test_file: Path) -> dict:
     result = {}
     for runtime, score in scores.items():
         labels = score._scorer.labels
-        proba = np.concatenate([score._scorer.predict_proba(test.text[i:i + 512].tolist())
-                                for i in range(0, len(test), 512)])
+        proba = np.concatenate(
+            [score._scorer.predict_proba(test.text[i : i + 512].tolist()) for i in range(0, len(test), 512)]
+        )
         result[runtime] = classification_metrics(np.array([labels.index(label) for label in test.label]), proba)
     return result
 
@@ -244,9 +287,15 @@ def bare_forward_rate(scorer, texts: list[str], tokenizer) -> float:
     """Rows/s of the runtime's forward alone over pre-tokenized batches of 32 in file order."""
     import numpy as np
 
-    batches = [{name: np.ascontiguousarray(array) for name, array in
-                tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=MAX_LENGTH,
-                          return_tensors="np").items()} for i in range(0, len(texts), 32)]
+    batches = [
+        {
+            name: np.ascontiguousarray(array)
+            for name, array in tokenizer(
+                texts[i : i + 32], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="np"
+            ).items()
+        }
+        for i in range(0, len(texts), 32)
+    ]
     scorer.forward(batches[0])
     started = time.perf_counter()
     for batch in batches:
@@ -274,11 +323,20 @@ def run_predict(model_dir: Path, texts: list[str], rows: int, scratch: Path, thr
         writer.writerow(["id", "text"])
         for index in range(rows):
             writer.writerow([f"r{index}", texts[index % len(texts)]])
-    env = {**os.environ, "FINETUNE_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                       os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", PREDICT_CHILD, str(model_dir), str(source),
-                           str(scratch / f"scored-{rows}.csv")], capture_output=True, text=True, env=env, check=True)
+    env = {
+        **os.environ,
+        "FINETUNE_NUM_THREADS": str(threads),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT_CHILD, str(model_dir), str(source), str(scratch / f"scored-{rows}.csv")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["rows_per_s"] = result["rows"] / result["seconds"]
     return result
@@ -305,8 +363,13 @@ def weight_copies(root: Path) -> str:
     if not fp32:
         return f"no safetensors weights under {root}"
     lines = [f"{folder}: {size / 2**20:.1f} MiB = {size / fp32:.2f} copies" for folder, size in by_folder.items()]
-    return "\n".join(lines + [f"total: {sum(by_folder.values()) / fp32:.2f} copies of the fp32 weights "
-                                 f"({fp32 / 2**20:.1f} MiB each); hard links counted once"])
+    return "\n".join(
+        lines
+        + [
+            f"total: {sum(by_folder.values()) / fp32:.2f} copies of the fp32 weights "
+            f"({fp32 / 2**20:.1f} MiB each); hard links counted once"
+        ]
+    )
 
 
 def _timed(function, argument) -> float:

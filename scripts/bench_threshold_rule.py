@@ -10,6 +10,7 @@ single best cut on val, no averaging) with a standard error.
     python scripts/bench_threshold_rule.py                 # 50 seeds x 3 models, a few minutes on 2 cores
     python scripts/bench_threshold_rule.py --seeds 20 --shares 0,0.02,0.05
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def main() -> int:
             for share in shares:
                 decision.SMOOTHING_SHARE = share
                 rule = decision.choose_decision(y[val], proba_val, labels)
-                metrics = classification_metrics(y[test], proba_test, decide(proba_test, labels, rule.to_dict()), labels=labels)
+                metrics = classification_metrics(
+                    y[test], proba_test, decide(proba_test, labels, rule.to_dict()), labels=labels
+                )
                 results[share].append((metrics["f1_macro"], metrics["recall.negative"]))
         print(f"seed {seed + 1}/{args.seeds}", end="\r", file=sys.stderr, flush=True)
     base = np.array([f1 for f1, _ in results[shares[0]]])
@@ -62,8 +65,10 @@ def main() -> int:
     for share, rows in results.items():
         f1 = np.array([f for f, _ in rows])
         difference = f1 - base
-        print(f"| {share:g} | {f1.mean():.4f} | {difference.mean():+.4f} ± {difference.std() / np.sqrt(len(f1)):.4f} "
-              f"| {np.mean([r for _, r in rows]):.3f} |")
+        print(
+            f"| {share:g} | {f1.mean():.4f} | {difference.mean():+.4f} ± {difference.std() / np.sqrt(len(f1)):.4f} "
+            f"| {np.mean([r for _, r in rows]):.3f} |"
+        )
     return 0
 
 

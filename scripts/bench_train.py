@@ -32,6 +32,7 @@ too. Minutes on a GPU; hours on a CPU.
     python scripts/bench_train.py --device cpu --shape minilm --samples 256 --runs defaults,defaults:precision=bf16
     python scripts/bench_train.py --time-to-quality
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,17 +48,42 @@ from pathlib import Path
 SHAPES = {
     # bert-base-cased: BertConfig's defaults (12 layers, 768 wide, 12 heads) with the cased vocabulary.
     "bert-base": {"vocab_size": 28996},
-    "minilm": {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
-               "intermediate_size": 1536},
-    "small": {"vocab_size": 30522, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 512},
-    "tiny": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64},
+    "minilm": {
+        "vocab_size": 30522,
+        "hidden_size": 384,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+    },
+    "small": {
+        "vocab_size": 30522,
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 512,
+    },
+    "tiny": {
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
 }
-REFERENCE = {"precision": "fp32", "batch_size": 8, "learning_rate": 5e-5, "group_by_length": False,
-             # pad_to_multiple_of=1: padding to the longest in the batch, nothing more (0 would mean auto).
-             "pad_to_multiple_of": 1, "torch_compile": "off", "tf32": False, "dataloader_workers": 0,
-             "attn_implementation": "auto", "optim": "auto", "auto_batch_size": False}
+REFERENCE = {
+    "precision": "fp32",
+    "batch_size": 8,
+    "learning_rate": 5e-5,
+    "group_by_length": False,
+    # pad_to_multiple_of=1: padding to the longest in the batch, nothing more (0 would mean auto).
+    "pad_to_multiple_of": 1,
+    "torch_compile": "off",
+    "tf32": False,
+    "dataloader_workers": 0,
+    "attn_implementation": "auto",
+    "optim": "auto",
+    "auto_batch_size": False,
+}
 DEFAULTS = {"auto_batch_size": True}
 # The auto batch size's cap assumes a dataset this large, so the throughput is the one a real run gets.
 ASSUMED_TRAIN_ROWS = 100_000
@@ -146,8 +172,13 @@ def synthetic_dataset(lengths: list, samples: int, vocab_size: int, seed: int = 
     rng = np.random.default_rng(seed)
     drawn = rng.choice(np.array(lengths), size=samples)
     ids = [[101] + rng.integers(1000, vocab_size, size=max(0, n - 2)).tolist() + [102] for n in drawn]
-    return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
-                              "label": rng.integers(0, 2, size=samples).tolist()}), int(sum(len(x) for x in ids))
+    return Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": [[1] * len(x) for x in ids],
+            "label": rng.integers(0, 2, size=samples).tolist(),
+        }
+    ), int(sum(len(x) for x in ids))
 
 
 def peak_tflops(device: str, small: bool) -> tuple:
@@ -231,14 +262,26 @@ def throughput(options) -> dict:
     first = choose_runtime(TrainArgs("", "", "", "", "", device=options.device, num_threads=options.threads))
     torch.set_num_threads(first.threads)
     peak, peak_how = peak_tflops(first.device, options.small)
-    print(f"device: {first.device_name} ({first.device}{', ' + first.capability if first.capability else ''}), "
-          f"threads {first.threads}; peak {peak:.2f} TFLOP/s ({peak_how}); model shape {shape}; "
-          f"{samples} samples, {tokens / samples:.1f} tokens each on average", flush=True)
+    print(
+        f"device: {first.device_name} ({first.device}{', ' + first.capability if first.capability else ''}), "
+        f"threads {first.threads}; peak {peak:.2f} TFLOP/s ({peak_how}); model shape {shape}; "
+        f"{samples} samples, {tokens / samples:.1f} tokens each on average",
+        flush=True,
+    )
 
     results = []
     for label, overrides in runs:
-        args = TrainArgs("", "", "", "", "", device=options.device, num_threads=options.threads,
-                         max_length=options.max_length, **overrides)
+        args = TrainArgs(
+            "",
+            "",
+            "",
+            "",
+            "",
+            device=options.device,
+            num_threads=options.threads,
+            max_length=options.max_length,
+            **overrides,
+        )
         runtime = choose_runtime(args)
         torch.compiler.reset()  # each run compiles its own model, not within the recompile budget of the last
         torch.manual_seed(0)
@@ -251,10 +294,18 @@ def throughput(options) -> dict:
             trainer = Trainer(
                 model=model,
                 args=TrainingArguments(
-                    output_dir=scratch, per_device_train_batch_size=batch.batch_size,
-                    learning_rate=batch.learning_rate, num_train_epochs=options.warmup_epochs + 1,
-                    eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[],
-                    disable_tqdm=True, seed=0, **runtime.trainer_kwargs()),
+                    output_dir=scratch,
+                    per_device_train_batch_size=batch.batch_size,
+                    learning_rate=batch.learning_rate,
+                    num_train_epochs=options.warmup_epochs + 1,
+                    eval_strategy="no",
+                    save_strategy="no",
+                    logging_strategy="no",
+                    report_to=[],
+                    disable_tqdm=True,
+                    seed=0,
+                    **runtime.trainer_kwargs(),
+                ),
                 train_dataset=dataset,
                 data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=runtime.pad_to_multiple_of),
                 processing_class=tokenizer,
@@ -265,25 +316,45 @@ def throughput(options) -> dict:
         seconds = timer.seconds
         params = non_embedding_parameters(model)
         tflops = 6 * params * tokens / seconds / 1e12
-        row = {"run": label, "batch_size": batch.batch_size, "precision": runtime.precision,
-               "torch_compile": runtime.torch_compile, "pad_to_multiple_of": runtime.pad_to_multiple_of,
-               "group_by_length": runtime.group_by_length, "seconds": seconds, "samples_per_s": samples / seconds,
-               "tokens_per_s": tokens / seconds, "model_tflops": tflops, "fraction_of_peak": tflops / peak,
-               "non_embedding_params": params}
+        row = {
+            "run": label,
+            "batch_size": batch.batch_size,
+            "precision": runtime.precision,
+            "torch_compile": runtime.torch_compile,
+            "pad_to_multiple_of": runtime.pad_to_multiple_of,
+            "group_by_length": runtime.group_by_length,
+            "seconds": seconds,
+            "samples_per_s": samples / seconds,
+            "tokens_per_s": tokens / seconds,
+            "model_tflops": tflops,
+            "fraction_of_peak": tflops / peak,
+            "non_embedding_params": params,
+        }
         results.append(row)
-        print(f"{label}: batch {row['batch_size']}, {row['precision']}, compile {row['torch_compile']}, "
-              f"pad {row['pad_to_multiple_of']}, grouped {row['group_by_length']}: "
-              f"{row['samples_per_s']:.1f} samples/s, {row['tokens_per_s']:.0f} tokens/s, "
-              f"{tflops:.3f} TFLOP/s, {row['fraction_of_peak']:.1%} of peak", flush=True)
+        print(
+            f"{label}: batch {row['batch_size']}, {row['precision']}, compile {row['torch_compile']}, "
+            f"pad {row['pad_to_multiple_of']}, grouped {row['group_by_length']}: "
+            f"{row['samples_per_s']:.1f} samples/s, {row['tokens_per_s']:.0f} tokens/s, "
+            f"{tflops:.3f} TFLOP/s, {row['fraction_of_peak']:.1%} of peak",
+            flush=True,
+        )
         del trainer, model
         if runtime.device == "cuda":
             torch.cuda.empty_cache()
     for row in results[1:]:
         row["speedup"] = row["samples_per_s"] / results[0]["samples_per_s"]
         print(f"{row['run']} / {results[0]['run']}: {row['speedup']:.2f}x samples/s")
-    return {"mode": "throughput", "device": first.device_name, "shape": shape, "samples": samples,
-            "mean_tokens": tokens / samples, "peak_tflops": peak, "peak_measured_with": peak_how,
-            "flops_formula": "6 * non_embedding_params * tokens_per_s", "runs": results}
+    return {
+        "mode": "throughput",
+        "device": first.device_name,
+        "shape": shape,
+        "samples": samples,
+        "mean_tokens": tokens / samples,
+        "peak_tflops": peak,
+        "peak_measured_with": peak_how,
+        "flops_formula": "6 * non_embedding_params * tokens_per_s",
+        "runs": results,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- time to quality
@@ -298,35 +369,62 @@ def time_to_quality(options) -> dict:
 
     conf = Path(__file__).resolve().parent.parent / "finetune" / "conf"
     model_conf = OmegaConf.load(conf / "model" / "minilm-l6.yaml")
-    dataset = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig),
-                                                  OmegaConf.load(conf / "dataset" / "amazon_automotive.yaml"),
-                                                  {"sample": options.sample}))
+    dataset = OmegaConf.to_object(
+        OmegaConf.merge(
+            OmegaConf.structured(DatasetConfig),
+            OmegaConf.load(conf / "dataset" / "amazon_automotive.yaml"),
+            {"sample": options.sample},
+        )
+    )
     epochs = options.epochs or float(model_conf.epochs)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = prepare(dataset, scratch / "data")
         model = tiny_model(scratch / "tiny") if options.small else minilm_dir()
-        common = dict(train_file=str(data.train_path), val_file=str(data.val_path), labels_file=str(data.labels_path),
-                      model=str(model), epochs=epochs, evals_per_epoch=options.evals_per_epoch,
-                      max_length=options.max_length, device=options.device, num_threads=options.threads,
-                      tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}", experiment="bench", progress=False,
-                      primary_metric="val_f1_macro")
+        common = dict(
+            train_file=str(data.train_path),
+            val_file=str(data.val_path),
+            labels_file=str(data.labels_path),
+            model=str(model),
+            epochs=epochs,
+            evals_per_epoch=options.evals_per_epoch,
+            max_length=options.max_length,
+            device=options.device,
+            num_threads=options.threads,
+            tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+            experiment="bench",
+            progress=False,
+            primary_metric="val_f1_macro",
+        )
         results = {}
-        for name, overrides in (("reference", REFERENCE),
-                                ("defaults", {**DEFAULTS, "learning_rate": float(model_conf.learning_rate),
-                                              "batch_size": int(model_conf.batch_size)})):
+        for name, overrides in (
+            ("reference", REFERENCE),
+            (
+                "defaults",
+                {
+                    **DEFAULTS,
+                    "learning_rate": float(model_conf.learning_rate),
+                    "batch_size": int(model_conf.batch_size),
+                },
+            ),
+        ):
             target = results["reference"]["target_f1_macro"] if results else None
             clock = evaluation_clock(target)
             args = TrainArgs(output_dir=str(scratch / name), **common, **overrides)
             result = train(args, callbacks=[clock])
             best = max(clock.evaluations, key=lambda e: e[1])
             reached = next((e for e in clock.evaluations if e[1] >= (target if target is not None else best[1])), None)
-            results[name] = {"target_f1_macro": best[1] if target is None else target,
-                             "best_f1_macro": best[1], "seconds_to_target": reached[0] if reached else None,
-                             "steps": result["steps"], "batch_size": result["runtime"]["batch"]["batch_size"],
-                             "learning_rate": result["runtime"]["batch"]["learning_rate"],
-                             "precision": result["precision"], "torch_compile": result["runtime"]["torch_compile"],
-                             "evaluations": clock.evaluations}
+            results[name] = {
+                "target_f1_macro": best[1] if target is None else target,
+                "best_f1_macro": best[1],
+                "seconds_to_target": reached[0] if reached else None,
+                "steps": result["steps"],
+                "batch_size": result["runtime"]["batch"]["batch_size"],
+                "learning_rate": result["runtime"]["batch"]["learning_rate"],
+                "precision": result["precision"],
+                "torch_compile": result["runtime"]["torch_compile"],
+                "evaluations": clock.evaluations,
+            }
     ref, new = results["reference"], results["defaults"]
     print(f"target val F1 (macro), the reference run's best: {ref['target_f1_macro']:.4f}")
     print(f"reference (fp32, batch 8, random): {ref['seconds_to_target']:.1f} s")
@@ -335,8 +433,10 @@ def time_to_quality(options) -> dict:
     else:
         speedup = ref["seconds_to_target"] / new["seconds_to_target"]
         new["speedup"] = speedup
-        print(f"defaults (batch {new['batch_size']}, {new['precision']}, compile {new['torch_compile']}): "
-              f"{new['seconds_to_target']:.1f} s, {speedup:.2f}x")
+        print(
+            f"defaults (batch {new['batch_size']}, {new['precision']}, compile {new['torch_compile']}): "
+            f"{new['seconds_to_target']:.1f} s, {speedup:.2f}x"
+        )
     return {"mode": "time_to_quality", "runs": results}
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random BERT saved to disk (seconds, no download) and an offline environment."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,14 @@ def build_tiny_bert(folder: Path, texts: list[str]) -> Path:
     # leaving tiny-model tests a model that can learn only from text length.
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
     assert tokenizer.convert_tokens_to_ids(vocab[-1]) == len(vocab) - 1
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -4,6 +4,7 @@ compute, 2 sweep trials of the tiny BERT, register and deploy, from the code sna
 This is the test that sees what a real workspace would see: a job that cannot track through the azureml:// URI,
 a step that reads package metadata, a command line that does not parse, a sweep whose metric never arrives.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,17 +29,34 @@ def tree(tmp_path_factory, tiny_model_dir):
     from finetune.launch.azureml import export
 
     out = tmp_path_factory.mktemp("emulated")
-    plan = build(["model=bert-base-cased", f"model.path={tiny_model_dir}", "search=bandit", "compute=cpu",
-                  "automl=none", "search.limits.max_total_trials=2", "dataset.sample=200", "model.epochs=1",
-                  "dry_run=true"], out, "ci")
+    plan = build(
+        [
+            "model=bert-base-cased",
+            f"model.path={tiny_model_dir}",
+            "search=bandit",
+            "compute=cpu",
+            "automl=none",
+            "search.limits.max_total_trials=2",
+            "dataset.sample=200",
+            "model.epochs=1",
+            "dry_run=true",
+        ],
+        out,
+        "ci",
+    )
     exported = export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data"))
     return exported.folder
 
 
 def emulate(tree: Path, work: Path) -> tuple:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    completed = subprocess.run([sys.executable, str(SCRIPT), str(tree), "--work", str(work)], env=env,
-                               capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tree), "--work", str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     results = json.loads((work / "emulation.json").read_text()) if (work / "emulation.json").is_file() else []
     return completed, {result["node"]: result for result in results}
 
@@ -49,7 +67,9 @@ def test_exported_tree_runs_end_to_end_as_aml_would(tree, tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert list(nodes) == ["sweep", "register", "deploy"]
     # The job Python resolved finetune to the uploaded snapshot only.
-    assert "finetune from " in completed.stdout and "/probe/code/finetune/__init__.py (no dist-info)" in completed.stdout
+    assert (
+        "finetune from " in completed.stdout and "/probe/code/finetune/__init__.py (no dist-info)" in completed.stdout
+    )
     # ... in a venv built from the job's own environment spec, not the interpreter that runs the emulator.
     assert f"job Python {sys.prefix}:" not in completed.stdout and f"job Python {CACHE}/" in completed.stdout
 
@@ -63,7 +83,9 @@ def test_exported_tree_runs_end_to_end_as_aml_would(tree, tmp_path):
         assert 1e-5 <= trial["params"]["learning_rate"] <= 1e-4 and trial["params"]["batch_size"] in (16, 32)
 
     register = nodes["register"]
-    assert register["status"] == "completed" and register["detail"].startswith("registered amazon_automotive-sentiment:1")
+    assert register["status"] == "completed" and register["detail"].startswith(
+        "registered amazon_automotive-sentiment:1"
+    )
     assert register["service_calls"]["managed identity token"] >= 1 and register["service_calls"]["blob"] > 0
     deploy = nodes["deploy"]
     assert deploy["status"] == "completed" and deploy["detail"].startswith("succeeded")
@@ -83,9 +105,24 @@ def automl_tree(tmp_path_factory, tiny_model_dir):
     from finetune.launch.azureml import export
 
     out = tmp_path_factory.mktemp("emulated-automl")
-    plan = build(["model=bert-base-cased", f"model.path={tiny_model_dir}", "compute=t4", "compute.device=cpu",
-                  "compute.precision=fp32", "search=random", "search.limits.max_total_trials=1", "dataset.sample=300",
-                  "model.epochs=1", "model.max_length=32", "automl=text_classification", "dry_run=true"], out, "automl")
+    plan = build(
+        [
+            "model=bert-base-cased",
+            f"model.path={tiny_model_dir}",
+            "compute=t4",
+            "compute.device=cpu",
+            "compute.precision=fp32",
+            "search=random",
+            "search.limits.max_total_trials=1",
+            "dataset.sample=300",
+            "model.epochs=1",
+            "model.max_length=32",
+            "automl=text_classification",
+            "dry_run=true",
+        ],
+        out,
+        "automl",
+    )
     exported = export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data"))
     return exported.folder
 
@@ -122,8 +159,20 @@ def test_automl_winner_is_promoted_rolled_out_and_answers(automl_tree, tmp_path)
     assert candidate["family"] == "automl" and candidate["decision"]["rule"] == "threshold"
     texts = [item["text"] for item in json.loads((automl_tree / "settings.json").read_text())["sample_request"]["data"]]
     pd.DataFrame({"text": texts}).to_csv(tmp_path / "texts.csv", index=False)
-    assert predict.main(["--model", str(served), "--input", str(tmp_path / "texts.csv"),
-                         "--output", str(tmp_path / "scored.csv"), "--no-progress"]) == 0
+    assert (
+        predict.main(
+            [
+                "--model",
+                str(served),
+                "--input",
+                str(tmp_path / "texts.csv"),
+                "--output",
+                str(tmp_path / "scored.csv"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     batch = list(pd.read_csv(tmp_path / "scored.csv")["label"])
     assert batch == [p["label"] for p in response["predictions"]]
     assert list(mlflow.pyfunc.load_model(str(served)).predict(pd.DataFrame({"text": texts}))["label"]) == batch

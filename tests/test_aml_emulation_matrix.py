@@ -1,6 +1,7 @@
 """The AML emulation on the paths users take beyond the CPU fine-tuned path (tests/test_aml_emulation.py): a multi-label
 dataset against the AutoML multi-label stand-in, a data-parallel trial in 2 processes, and a second dataset in the
 same workspace as the first. Each runs the exported tree through scripts/aml_emulate.py with the tiny BERT."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,30 @@ import pytest
 from amlemu.scenarios import by_node, emulate, export_tree, failure, rollouts
 
 # goemotions_sample keeps its published split: below ~2,000 sampled rows some val/test emotion has no train row.
-TINY = ["model=bert-base-cased", "model.epochs=1", "model.max_length=32", "search=random",
-        "search.limits.max_total_trials=1"]
+TINY = [
+    "model=bert-base-cased",
+    "model.epochs=1",
+    "model.max_length=32",
+    "search=random",
+    "search.limits.max_total_trials=1",
+]
 
 
 @pytest.mark.slow
 def test_multi_label_with_the_automl_multi_label_stand_in(tmp_path, tiny_model_dir):
-    tree = export_tree([*TINY, f"model.path={tiny_model_dir}", "dataset=goemotions_sample", "dataset.sample=2000",
-                        "compute=t4", "compute.device=cpu", "compute.precision=fp32",
-                        "automl=text_classification"], tmp_path / "run")
+    tree = export_tree(
+        [
+            *TINY,
+            f"model.path={tiny_model_dir}",
+            "dataset=goemotions_sample",
+            "dataset.sample=2000",
+            "compute=t4",
+            "compute.device=cpu",
+            "compute.precision=fp32",
+            "automl=text_classification",
+        ],
+        tmp_path / "run",
+    )
     completed, results = emulate([tree], tmp_path / "work")
     assert completed.returncode == 0, failure(completed)
     nodes = by_node(results)
@@ -30,9 +46,19 @@ def test_multi_label_with_the_automl_multi_label_stand_in(tmp_path, tiny_model_d
 @pytest.mark.slow
 def test_a_data_parallel_trial_runs_as_two_ranks(tmp_path, tiny_model_dir):
     """compute=a100x4's PyTorch distribution on CPU: 2 processes per node here instead of 4 GPUs, gloo."""
-    tree = export_tree([*TINY, f"model.path={tiny_model_dir}", "compute=a100x4", "compute.device=cpu",
-                        "compute.precision=fp32", "compute.processes_per_node=2", "automl=none",
-                        "dataset.sample=200"], tmp_path / "run")
+    tree = export_tree(
+        [
+            *TINY,
+            f"model.path={tiny_model_dir}",
+            "compute=a100x4",
+            "compute.device=cpu",
+            "compute.precision=fp32",
+            "compute.processes_per_node=2",
+            "automl=none",
+            "dataset.sample=200",
+        ],
+        tmp_path / "run",
+    )
     import yaml
 
     trial = yaml.safe_load((tree / "pipeline.yml").read_text())["jobs"]["sweep"]["trial"]

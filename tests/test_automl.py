@@ -1,4 +1,5 @@
 """The local AutoML baseline: a real (short) FLAML search that leaves a loadable, honest candidate."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     assert len(cv["folds"]["one_liner"]) == cfg.cv_folds
     assert np.mean(cv["folds"]["one_liner"]) == pytest.approx(cv["one_liner"], abs=1e-4)
     assert (candidate["best_estimator"] == ONE_LINER) == (
-        cv["flaml"] is None or not clearly_better(cv["folds"]["flaml"], cv["folds"]["one_liner"]))
+        cv["flaml"] is None or not clearly_better(cv["folds"]["flaml"], cv["folds"]["one_liner"])
+    )
     assert "local AutoML baseline" in candidate["description"]
     info = json.loads((model_dir / "candidate.json").read_text())
     assert info["family"] == "automl" and info["labels"] == LABELS
@@ -46,7 +48,9 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     y = [LABELS.index(label) for label in val.label]
     assert candidate["val"] == pytest.approx(classification_metrics(y, proba))
     assert candidate["val"]["auc_weighted"] > 0.6
-    assert json.loads((tmp_path / "automl" / "result.json").read_text())["best_estimator"] == candidate["best_estimator"]
+    assert (
+        json.loads((tmp_path / "automl" / "result.json").read_text())["best_estimator"] == candidate["best_estimator"]
+    )
 
     # FLAML's chatter goes to the log file; the console gets the start and end lines.
     out = capsys.readouterr().out.strip().splitlines()
@@ -108,7 +112,8 @@ def test_a_class_without_train_examples_is_named(tmp_path, task):
     cells = {"single_label": ("positive", "positive"), "multi_label": ("['positive']", "['negative', 'positive']")}
     for split, label in zip(("train", "val"), cells[task]):
         pd.DataFrame({"text": ["fine", "great"], "label": [label, label]}).to_csv(folder / f"{split}.csv", index=False)
-    data = SimpleNamespace(train_path=folder / "train.csv", val_path=folder / "val.csv", labels=["negative", "positive"],
-                           task=task)
+    data = SimpleNamespace(
+        train_path=folder / "train.csv", val_path=folder / "val.csv", labels=["negative", "positive"], task=task
+    )
     with pytest.raises(UserError, match=r"no training example of \['negative'\]"):
         run_automl(data, AutomlConfig(engine="local", time_budget_s=4), tmp_path / "automl", seed=0)

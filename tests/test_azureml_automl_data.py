@@ -4,6 +4,7 @@ The rules are those of "Set up AutoML to train a natural language processing mod
 (https://learn.microsoft.com/azure/machine-learning/how-to-auto-train-nlp-models#data-validation): at least 50
 training samples, at least two unique labels, multi-label data with at least one sample of 0 or 2+ labels.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,11 +50,16 @@ def test_a_sample_too_small_for_automl_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_a_small_file_is_refused_when_its_train_split_is_known(tmp_path, capsys):
-    rows = [(f"ticket {i} about {'billing' if i % 2 else 'shipping'}", "billing" if i % 2 else "shipping")
-            for i in range(60)]
+    rows = [
+        (f"ticket {i} about {'billing' if i % 2 else 'shipping'}", "billing" if i % 2 else "shipping")
+        for i in range(60)
+    ]
     data = write_csv(tmp_path / "tickets.csv", rows)
-    code, err = run(["dataset=file", f"dataset.path={data}", "dataset.text_column=body", "dataset.label_column=tags"],
-                    tmp_path, capsys)
+    code, err = run(
+        ["dataset=file", f"dataset.path={data}", "dataset.text_column=body", "dataset.label_column=tags"],
+        tmp_path,
+        capsys,
+    )
     assert code == 2 and len(err) == 1, err
     assert "at least 50 training rows" in err[0] and "the train split has 48" in err[0]
     assert not (tmp_path / "out" / "r" / "aml").exists()
@@ -63,8 +69,14 @@ def test_multi_label_data_with_one_label_per_text_is_refused(tmp_path, capsys):
     labels = ("anger", "joy", "fear")
     rows = [(f"comment {i} full of {labels[i % 3]}", labels[i % 3]) for i in range(200)]
     data = write_csv(tmp_path / "comments.csv", rows)
-    args = ["dataset=file", f"dataset.path={data}", "dataset.text_column=body", "dataset.label_column=tags",
-            "dataset.task=multi_label", "dataset.label_separator=|"]
+    args = [
+        "dataset=file",
+        f"dataset.path={data}",
+        "dataset.text_column=body",
+        "dataset.label_column=tags",
+        "dataset.task=multi_label",
+        "dataset.label_separator=|",
+    ]
     code, err = run(args, tmp_path, capsys)
     assert code == 2 and len(err) == 1, err
     assert "exactly one label" in err[0] and "dataset.task=single_label" in err[0]

@@ -1,6 +1,7 @@
 """When AutoML wins on AML, it ships like a fine-tuned winner (issue 24, defect 1): rolled out with the same
 smoke test, promoted, answering the same request/response contract, loadable by finetune.predict and
 mlflow.pyfunc; and the emulator's AutoML stand-in reads MLTables and applies AutoML NLP's data rules."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,15 +16,22 @@ from amlemu import automl_standin
 from amlemu import recorder as aml_recorder
 from test_azureml_submit import model_ref, recorder, rollout_calls, seed_model, server, settings  # noqa: F401
 
-AUTOML_CONDA = {"name": "automl-nlp", "channels": ["conda-forge"],
-                "dependencies": ["python=3.9", "pip", {"pip": ["azureml-automl-dnn-nlp==1.60.0",
-                                                               "azureml-defaults==1.60.0", "mlflow-skinny==2.9.2"]}]}
+AUTOML_CONDA = {
+    "name": "automl-nlp",
+    "channels": ["conda-forge"],
+    "dependencies": [
+        "python=3.9",
+        "pip",
+        {"pip": ["azureml-automl-dnn-nlp==1.60.0", "azureml-defaults==1.60.0", "mlflow-skinny==2.9.2"]},
+    ],
+}
 ENDPOINT = "onlineEndpoints/amazon-automotive-sentiment"
-MLTABLE = "paths:\n  - file: ./{file}\ntransformations:\n  - read_delimited:\n      delimiter: ','\n      encoding: utf8\n"
+MLTABLE = (
+    "paths:\n  - file: ./{file}\ntransformations:\n  - read_delimited:\n      delimiter: ','\n      encoding: utf8\n"
+)
 
 
-def test_deploy_step_rolls_out_and_promotes_an_automl_winner(server, recorder, monkeypatch, tmp_path,  # noqa: F811
-                                                             settings):  # noqa: F811
+def test_deploy_step_rolls_out_and_promotes_an_automl_winner(server, recorder, monkeypatch, tmp_path, settings):
     """The AutoML winner gets the fine-tuned winner's rollout (new deployment, smoke test, traffic, Production)
     in the environment its MLflow model brought; before the fix the deploy step skipped it."""
     import yaml
@@ -35,14 +43,20 @@ def test_deploy_step_rolls_out_and_promotes_an_automl_winner(server, recorder, m
     seed_model(recorder)
     ref = Path(model_ref(tmp_path / "ref", candidate="automl"))
     choice = json.loads((ref / "model_ref.json").read_text())
-    choice["environment"] = {"image": deploy_module.MODEL_ENVIRONMENT_IMAGE, "conda_file": AUTOML_CONDA,
-                             "description": "the AutoML model's own"}
+    choice["environment"] = {
+        "image": deploy_module.MODEL_ENVIRONMENT_IMAGE,
+        "conda_file": AUTOML_CONDA,
+        "description": "the AutoML model's own",
+    }
     (ref / "model_ref.json").write_text(json.dumps(choice))
 
     result = steps.deploy(str(ref), str(settings), str(tmp_path / "rollout"), ml_client=server.ml_client())
     assert result.status == "succeeded"
-    assert rollout_calls(recorder)[:3] == [f"PUT {ENDPOINT}", f"PUT {ENDPOINT}/deployments/v3-test",
-                                           "POST /score deployment=v3-test"]
+    assert rollout_calls(recorder)[:3] == [
+        f"PUT {ENDPOINT}",
+        f"PUT {ENDPOINT}/deployments/v3-test",
+        "POST /score deployment=v3-test",
+    ]
     environment = recorder.find("PUT", r"environments/.+/versions/.+")[0].body["properties"]
     assert environment["image"] == deploy_module.MODEL_ENVIRONMENT_IMAGE
     assert yaml.safe_load(environment["condaFile"]) == AUTOML_CONDA
@@ -101,11 +115,22 @@ def automl_package(request, tmp_path):
         (data / f"{split}_table" / "MLTable").write_text(MLTABLE.format(file=f"{split}.csv"))
     (data / "labels.json").write_text(json.dumps(sorted(WORDS)))
     (data / "settings.json").write_text(json.dumps({"select": dataclasses.asdict(SelectConfig()), "data": {}}))
-    automl_standin.train(data / "train_table", data / "val_table", "label",
-                         "text_classification_multilabel" if task == "multi_label" else "text_classification",
-                         {"best_model": tmp_path / "best_model"})
-    steps.test_automl(str(tmp_path / "best_model"), str(data / "test.csv"), str(data / "val.csv"),
-                      str(data / "labels.json"), str(data / "settings.json"), str(tmp_path / "tested"), task=task)
+    automl_standin.train(
+        data / "train_table",
+        data / "val_table",
+        "label",
+        "text_classification_multilabel" if task == "multi_label" else "text_classification",
+        {"best_model": tmp_path / "best_model"},
+    )
+    steps.test_automl(
+        str(tmp_path / "best_model"),
+        str(data / "test.csv"),
+        str(data / "val.csv"),
+        str(data / "labels.json"),
+        str(data / "settings.json"),
+        str(tmp_path / "tested"),
+        task=task,
+    )
     sample = {"data": [{"text": "great love the item"}, {"text": "awful broken thing"}]}
     folder = stage_artifact(tmp_path / "tested" / "model", sample, tmp_path / "registered", conda={"unused": True})
     return task, folder, data
@@ -126,7 +151,8 @@ def test_a_registered_automl_version_answers_the_contract_everywhere(automl_pack
     assert rule == ("per_label_thresholds" if task == "multi_label" else "threshold")
     # It serves where its MLflow model loads: the package's environment is the model's own, not the plan's.
     assert yaml.safe_load((folder / "conda.yaml").read_text()) == yaml.safe_load(
-        (folder / "mlflow_model" / "conda.yaml").read_text())
+        (folder / "mlflow_model" / "conda.yaml").read_text()
+    )
 
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(folder))
     spec = importlib.util.spec_from_file_location("score_automl_package", SCORE_SCRIPT)
@@ -142,14 +168,28 @@ def test_a_registered_automl_version_answers_the_contract_everywhere(automl_pack
     assert online[1] == (["anger"] if task == "multi_label" else "anger")
 
     pd.DataFrame({"id": [1, 2, 3], "text": texts}).to_csv(tmp_path / "in.csv", index=False)
-    assert predict.main(["--model", str(folder), "--input", str(tmp_path / "in.csv"),
-                         "--output", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
+    assert (
+        predict.main(
+            [
+                "--model",
+                str(folder),
+                "--input",
+                str(tmp_path / "in.csv"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     batch = pd.read_json(tmp_path / "out.jsonl", lines=True)
     assert list(batch["id"]) == [1, 2, 3] and list(batch[key]) == online
 
     loaded = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"text": texts}))
     assert list(loaded[key]) == online
-    assert [round(p, 6) for p in loaded["probability_joy"]] == [p["probabilities"]["joy"] for p in answer["predictions"]]
+    assert [round(p, 6) for p in loaded["probability_joy"]] == [
+        p["probabilities"]["joy"] for p in answer["predictions"]
+    ]
 
 
 # ------------------------------------------------------------------------------------------- the stand-in
@@ -168,15 +208,24 @@ def test_standin_reads_the_files_the_mltable_lists(tmp_path):
     assert len(table) == 60 and set(table["label"]) == set(WORDS)
 
 
-@pytest.mark.parametrize("task, train_rows, message", [
-    ("text_classification", synthetic("single_label", 49, 0), "at least 50 training samples"),
-    ("text_classification", [("same label", "joy")] * 60, "at least two unique labels"),
-    ("text_classification_multilabel", [(t, f"['{label}']") for t, label in synthetic("single_label", 60, 0)],
-     "multi-class task"),
-    ("text_classification_multilabel", [("a", "['joy']"), ("b", "joy,anger")] * 30, "mixes Python lists"),
-    ("text_classification_multilabel", [("a", "[1, 'x']"), ("b", "['1', 'x']"), ("c", "[]")] * 20,
-     "both as int and as str"),
-])
+@pytest.mark.parametrize(
+    "task, train_rows, message",
+    [
+        ("text_classification", synthetic("single_label", 49, 0), "at least 50 training samples"),
+        ("text_classification", [("same label", "joy")] * 60, "at least two unique labels"),
+        (
+            "text_classification_multilabel",
+            [(t, f"['{label}']") for t, label in synthetic("single_label", 60, 0)],
+            "multi-class task",
+        ),
+        ("text_classification_multilabel", [("a", "['joy']"), ("b", "joy,anger")] * 30, "mixes Python lists"),
+        (
+            "text_classification_multilabel",
+            [("a", "[1, 'x']"), ("b", "['1', 'x']"), ("c", "[]")] * 20,
+            "both as int and as str",
+        ),
+    ],
+)
 def test_standin_applies_automl_nlps_data_rules(tmp_path, task, train_rows, message):
     """Each documented check of "Set up AutoML to train an NLP model" fails the job before training."""
     valid = [(t, str(json.loads(json.dumps([label])))) for t, label in synthetic("single_label", 20, 1)]
@@ -191,11 +240,18 @@ def test_standin_writes_automl_s_mlflow_layout(tmp_path):
     import yaml
 
     folder = tmp_path / "model"
-    automl_standin.train(mltable(tmp_path / "train", synthetic("single_label", 60, 0)),
-                         mltable(tmp_path / "val", synthetic("single_label", 20, 1)), "label",
-                         "text_classification", {"best_model": folder})
+    automl_standin.train(
+        mltable(tmp_path / "train", synthetic("single_label", 60, 0)),
+        mltable(tmp_path / "val", synthetic("single_label", 20, 1)),
+        "label",
+        "text_classification",
+        {"best_model": folder},
+    )
     flavors = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
-    assert set(flavors) == {"python_function", "sklearn"} and flavors["python_function"]["loader_module"] == "mlflow.sklearn"
+    assert (
+        set(flavors) == {"python_function", "sklearn"}
+        and flavors["python_function"]["loader_module"] == "mlflow.sklearn"
+    )
     assert {"model.pkl", "conda.yaml", "requirements.txt", "STAND_IN.txt"} <= {p.name for p in folder.iterdir()}
 
 
@@ -220,8 +276,20 @@ def test_predict_without_the_automl_runtime_says_so_in_one_line(automl_package, 
         sys.path.remove(str(runtime))
         del sys.modules["absent_automl_runtime"]
     (tmp_path / "in.csv").write_text("text\ngreat\n")
-    assert predict.main(["--model", str(folder), "--input", str(tmp_path / "in.csv"),
-                         "--output", str(tmp_path / "out.csv"), "--no-progress"]) == 2
+    assert (
+        predict.main(
+            [
+                "--model",
+                str(folder),
+                "--input",
+                str(tmp_path / "in.csv"),
+                "--output",
+                str(tmp_path / "out.csv"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "No module named 'absent_automl_runtime'" in err
     assert f"it loads in the environment of {folder / 'mlflow_model' / 'conda.yaml'}" in err

@@ -1,4 +1,5 @@
 """AML-specific plan checks: what azure-ai-ml accepts silently, reported as one-line problems before any work."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,12 @@ AML = ["model=bert-base-cased", "search=bandit", "compute=a100", "dry_run=true"]
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     guard_network(monkeypatch)
-    for name in ("AZUREML_SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+    for name in (
+        "AZUREML_SUBSCRIPTION_ID",
+        "AZURE_SUBSCRIPTION_ID",
+        "AZUREML_RESOURCE_GROUP",
+        "AZUREML_WORKSPACE_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -40,14 +46,17 @@ def test_shipped_aml_configs_are_valid(tmp_path):
     build(["model=minilm-l6", "search=bandit", "compute=cpu", "automl=none", "dry_run=true"], tmp_path)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("ab", "3-32 characters"),
-    ("a" * 33, "3-32 characters"),
-    ("1sentiment", "start with a letter"),
-    ("my_endpoint", "start with a letter and hold only letters, digits and '-'"),
-    ("sentiment-", "(not last)"),
-    ("Sentiment", "lower-cases endpoint names; write it as sentiment"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("ab", "3-32 characters"),
+        ("a" * 33, "3-32 characters"),
+        ("1sentiment", "start with a letter"),
+        ("my_endpoint", "start with a letter and hold only letters, digits and '-'"),
+        ("sentiment-", "(not last)"),
+        ("Sentiment", "lower-cases endpoint names; write it as sentiment"),
+    ],
+)
 def test_endpoint_names(tmp_path, name, expected):
     one_problem(tmp_path, AML + [f"endpoint.name={name}"], f"endpoint.name={name}: ")
     one_problem(tmp_path, AML + [f"endpoint.name={name}"], expected)
@@ -62,22 +71,34 @@ def test_ramp_steps_are_accepted(tmp_path):
     build(AML + ["endpoint.ramp=[10,50,100]"], tmp_path)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("endpoint.instance_count=0", "endpoint.instance_count=0: a deployment needs at least one instance"),
-    ("compute.instance_count=0", "compute.instance_count=0: a job needs at least one node"),
-    ("compute.instance_count=5", "compute.instance_count=5: a job on more nodes than the cluster's max_nodes=4"),
-    ("endpoint.request_timeout_ms=200000", "endpoint.request_timeout_ms=200000: must be 1..180000"),
-    ("endpoint.auth_mode=aad_token", "endpoint.auth_mode=aad_token: a managed endpoint takes key or aml_token"),
-    ("endpoint.probe_period_s=0", "endpoint.probe_period_s=0: must be >= 1"),
-    ("endpoint.max_concurrent_requests_per_instance=0", "must be >= 1"),
-    ("endpoint.target=local", "endpoint.target=local: on AML compute use endpoint=managed or endpoint=none"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("endpoint.instance_count=0", "endpoint.instance_count=0: a deployment needs at least one instance"),
+        ("compute.instance_count=0", "compute.instance_count=0: a job needs at least one node"),
+        ("compute.instance_count=5", "compute.instance_count=5: a job on more nodes than the cluster's max_nodes=4"),
+        ("endpoint.request_timeout_ms=200000", "endpoint.request_timeout_ms=200000: must be 1..180000"),
+        ("endpoint.auth_mode=aad_token", "endpoint.auth_mode=aad_token: a managed endpoint takes key or aml_token"),
+        ("endpoint.probe_period_s=0", "endpoint.probe_period_s=0: must be >= 1"),
+        ("endpoint.max_concurrent_requests_per_instance=0", "must be >= 1"),
+        ("endpoint.target=local", "endpoint.target=local: on AML compute use endpoint=managed or endpoint=none"),
+    ],
+)
 def test_endpoint_and_instance_counts(tmp_path, override, expected):
     one_problem(tmp_path, AML + [override], expected)
 
 
-@pytest.mark.parametrize("metric", ["AUC_weighted", "auc_weighted", "accuracy", "norm_macro_recall",
-                                    "average_precision_score_weighted", "precision_score_weighted"])
+@pytest.mark.parametrize(
+    "metric",
+    [
+        "AUC_weighted",
+        "auc_weighted",
+        "accuracy",
+        "norm_macro_recall",
+        "average_precision_score_weighted",
+        "precision_score_weighted",
+    ],
+)
 def test_automl_metrics_accepted_in_any_case(tmp_path, metric):
     build(AML + [f"automl.primary_metric={metric}"], tmp_path)
 
@@ -87,22 +108,27 @@ def test_automl_metric_outside_the_nlp_list(tmp_path, metric):
     one_problem(tmp_path, AML + [f"automl.primary_metric={metric}"], "AutoML text classification accepts AUC_weighted")
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("automl=local", "automl.engine=local: on AML compute use automl=text_classification"),
-    ("automl.model_name=gpt2", "automl.model_name=gpt2: AutoML NLP trains one of"),
-    ("automl.language=english", "automl.language=english: a three-letter ISO 639-3 code"),
-    ("automl.max_nodes=9", "automl.max_nodes=9: more than the cluster's compute.max_nodes=4"),
-    ("automl.max_concurrent_trials=3", "automl.max_concurrent_trials=3: more than max_trials=1"),
-    ("automl.timeout_minutes=0", "automl.timeout_minutes=0: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("automl=local", "automl.engine=local: on AML compute use automl=text_classification"),
+        ("automl.model_name=gpt2", "automl.model_name=gpt2: AutoML NLP trains one of"),
+        ("automl.language=english", "automl.language=english: a three-letter ISO 639-3 code"),
+        ("automl.max_nodes=9", "automl.max_nodes=9: more than the cluster's compute.max_nodes=4"),
+        ("automl.max_concurrent_trials=3", "automl.max_concurrent_trials=3: more than max_trials=1"),
+        ("automl.timeout_minutes=0", "automl.timeout_minutes=0: must be >= 1"),
+    ],
+)
 def test_automl_settings(tmp_path, override, expected):
     one_problem(tmp_path, AML + [override], expected)
 
 
 def test_automl_needs_a_gpu_cluster(tmp_path):
-    one_problem(tmp_path, ["model=minilm-l6", "search=bandit", "compute=cpu", "automl=text_classification",
-                           "dry_run=true"],
-                "AutoML NLP trains on GPU nodes only and compute=cpu has none")
+    one_problem(
+        tmp_path,
+        ["model=minilm-l6", "search=bandit", "compute=cpu", "automl=text_classification", "dry_run=true"],
+        "AutoML NLP trains on GPU nodes only and compute=cpu has none",
+    )
 
 
 def test_automl_auto_on_a_cpu_cluster_drops_the_automl_stage(tmp_path):
@@ -112,8 +138,10 @@ def test_automl_auto_on_a_cpu_cluster_drops_the_automl_stage(tmp_path):
 
 
 def test_automl_sweep_is_checked(tmp_path):
-    sweep = ("++automl.sweep={sampling_algorithm: sobol, policy: {type: bandit, slack_factor: -1}, "
-             "space: [{model_name: {type: choice, values: [gpt2]}, dropout: 0.1, learning_rate: {type: uniform, min: 2, max: 1}}]}")
+    sweep = (
+        "++automl.sweep={sampling_algorithm: sobol, policy: {type: bandit, slack_factor: -1}, "
+        "space: [{model_name: {type: choice, values: [gpt2]}, dropout: 0.1, learning_rate: {type: uniform, min: 2, max: 1}}]}"
+    )
     found = problems(tmp_path, AML + [sweep])
     text = "; ".join(found)
     assert "automl.sweep.sampling_algorithm=sobol" in text
@@ -124,56 +152,83 @@ def test_automl_sweep_is_checked(tmp_path):
     assert "automl.sweep.space[0].learning_rate.min=2" in text
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("compute.cluster_name=1gpu", "compute.cluster_name=1gpu: AML cluster names are 2-16 letters"),
-    ("compute.cluster_name=gpu-a100-cluster-x", "AML cluster names are 2-16"),
-    ("compute.vm_size=null", "compute.vm_size=None: set the VM size"),
-    ("compute.min_nodes=5", "compute.min_nodes=5: more than max_nodes=4"),
-    ("compute.processes_per_node=2", "compute.processes_per_node=2: more training processes than GPUs"),
-    ("compute.hourly_price_usd=-1", "compute.hourly_price_usd=-1.0: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("compute.cluster_name=1gpu", "compute.cluster_name=1gpu: AML cluster names are 2-16 letters"),
+        ("compute.cluster_name=gpu-a100-cluster-x", "AML cluster names are 2-16"),
+        ("compute.vm_size=null", "compute.vm_size=None: set the VM size"),
+        ("compute.min_nodes=5", "compute.min_nodes=5: more than max_nodes=4"),
+        ("compute.processes_per_node=2", "compute.processes_per_node=2: more training processes than GPUs"),
+        ("compute.hourly_price_usd=-1", "compute.hourly_price_usd=-1.0: must be >= 0"),
+    ],
+)
 def test_compute_fields(tmp_path, override, expected):
     one_problem(tmp_path, AML + [override], expected)
 
 
 def test_cuda_device_needs_gpus(tmp_path):
-    one_problem(tmp_path, ["model=minilm-l6", "search=bandit", "compute=cpu", "automl=none", "compute.device=cuda",
-                           "dry_run=true"], "compute.device=cuda: Standard_DS3_v2 has gpus_per_node=0")
+    one_problem(
+        tmp_path,
+        ["model=minilm-l6", "search=bandit", "compute=cpu", "automl=none", "compute.device=cuda", "dry_run=true"],
+        "compute.device=cuda: Standard_DS3_v2 has gpus_per_node=0",
+    )
 
 
 def test_bayesian_sampling_takes_only_what_aml_samples(tmp_path):
     # The shipped bayesian search runs on AML as it is.
     build(["model=bert-base-cased", "search=bayesian", "compute=a100", "dry_run=true"], tmp_path)
     space = {"learning_rate": {"type": "loguniform", "min": 1e-5, "max": 1e-4}}
-    one_problem(tmp_path, ["model=bert-base-cased", "search=bayesian", "compute=a100", "dry_run=true"],
-                "search.space.learning_rate.type=loguniform: AML's bayesian sampling takes only choice, uniform, quniform",
-                space=space)
+    one_problem(
+        tmp_path,
+        ["model=bert-base-cased", "search=bayesian", "compute=a100", "dry_run=true"],
+        "search.space.learning_rate.type=loguniform: AML's bayesian sampling takes only choice, uniform, quniform",
+        space=space,
+    )
     # The local sampler has no such limit.
     build(["model=minilm-l6", "search=bayesian", "dry_run=true"], tmp_path, space=space)
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["compute=t4", "compute.gpu_arch=7.0", "compute.cuda=12.8"], "torch's CUDA 12.8 wheels run on compute capability 7.5-12.0"),
-    (["compute=a100", "compute.cuda=13.0"], "compute.cuda=13.0: the CUDA build of torch for AML GPU jobs"),
-    (["compute=h100", "compute.gpu_arch=null"], "compute.gpu_arch=None"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["compute=t4", "compute.gpu_arch=7.0", "compute.cuda=12.8"],
+            "torch's CUDA 12.8 wheels run on compute capability 7.5-12.0",
+        ),
+        (["compute=a100", "compute.cuda=13.0"], "compute.cuda=13.0: the CUDA build of torch for AML GPU jobs"),
+        (["compute=h100", "compute.gpu_arch=null"], "compute.gpu_arch=None"),
+    ],
+)
 def test_gpu_stack_is_checked_against_the_gpu(tmp_path, overrides, expected):
     one_problem(tmp_path, ["model=bert-base-cased", "search=bandit", "dry_run=true", *overrides], expected)
 
 
-@pytest.mark.parametrize("model, items, instance, timeout_ms", [
-    ("minilm-l6", 64, "Standard_F4s_v2", 10_000),
-    ("bert-base-cased", 64, "Standard_F8s_v2", 30_720),
-    ("bert-base-cased", 128, "Standard_F16s_v2", 30_720),
-    ("distilbert-base-cased", 64, "Standard_F4s_v2", 30_720),
-])
+@pytest.mark.parametrize(
+    "model, items, instance, timeout_ms",
+    [
+        ("minilm-l6", 64, "Standard_F4s_v2", 10_000),
+        ("bert-base-cased", 64, "Standard_F8s_v2", 30_720),
+        ("bert-base-cased", 128, "Standard_F16s_v2", 30_720),
+        ("distilbert-base-cased", 64, "Standard_F4s_v2", 30_720),
+    ],
+)
 def test_deployment_is_sized_for_the_model_and_request_size(tmp_path, model, items, instance, timeout_ms):
-    plan = build([f"model={model}", "search=none", "compute=a100", "dry_run=true",
-                  f"endpoint.max_batch_items={items}"], tmp_path)
+    plan = build(
+        [f"model={model}", "search=none", "compute=a100", "dry_run=true", f"endpoint.max_batch_items={items}"], tmp_path
+    )
     assert (plan.endpoint.instance_type, plan.endpoint.request_timeout_ms) == (instance, timeout_ms)
     # Set explicitly, they are kept.
-    kept = build(["model=bert-base-cased", "compute=a100", "dry_run=true", "endpoint.instance_type=Standard_DS3_v2",
-                  "endpoint.request_timeout_ms=90000"], tmp_path)
+    kept = build(
+        [
+            "model=bert-base-cased",
+            "compute=a100",
+            "dry_run=true",
+            "endpoint.instance_type=Standard_DS3_v2",
+            "endpoint.request_timeout_ms=90000",
+        ],
+        tmp_path,
+    )
     assert (kept.endpoint.instance_type, kept.endpoint.request_timeout_ms) == ("Standard_DS3_v2", 90000)
 
 
@@ -201,14 +256,19 @@ def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, m
 
     planned = []
     monkeypatch.setattr("finetune.launch.run_plan", lambda plan: planned.append(plan))
-    code = cli.main(["-m", "model=bert-base-cased,distilbert-base-cased", "compute=a100", "dry_run=true",
-                     f"output_root={tmp_path}"])
+    code = cli.main(
+        ["-m", "model=bert-base-cased,distilbert-base-cased", "compute=a100", "dry_run=true", f"output_root={tmp_path}"]
+    )
     assert code == 0, capsys.readouterr().err
     models = [p.select.registered_model_name for p in planned]
     endpoints = [p.endpoint.name for p in planned]
-    assert models == ["amazon_automotive-sentiment-bert-base-cased", "amazon_automotive-sentiment-distilbert-base-cased"]
-    assert len(set(endpoints)) == 2 and all(3 <= len(e) <= 32 and e.startswith("amazon-automotive-senti")
-                                            for e in endpoints)
+    assert models == [
+        "amazon_automotive-sentiment-bert-base-cased",
+        "amazon_automotive-sentiment-distilbert-base-cased",
+    ]
+    assert len(set(endpoints)) == 2 and all(
+        3 <= len(e) <= 32 and e.startswith("amazon-automotive-senti") for e in endpoints
+    )
     # A single plan keeps the configured names.
     planned.clear()
     assert cli.main(["model=bert-base-cased", "compute=a100", "dry_run=true", f"output_root={tmp_path}"]) == 0
@@ -217,8 +277,17 @@ def test_multirun_aml_plans_get_their_own_model_and_endpoint(tmp_path, capsys, m
 
 
 def test_truncation_exclude_finished_jobs_does_not_exist_on_aml(tmp_path):
-    one_problem(tmp_path, ["model=bert-base-cased", "search=truncation", "compute=a100", "dry_run=true",
-                           "search.policy.exclude_finished_jobs=true"], "AML v2's TruncationSelectionPolicy has no such option")
+    one_problem(
+        tmp_path,
+        [
+            "model=bert-base-cased",
+            "search=truncation",
+            "compute=a100",
+            "dry_run=true",
+            "search.policy.exclude_finished_jobs=true",
+        ],
+        "AML v2's TruncationSelectionPolicy has no such option",
+    )
 
 
 def test_search_rules_are_not_duplicated(tmp_path):
@@ -242,8 +311,11 @@ def test_all_problems_reported_together(tmp_path):
 def test_submission_needs_a_workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     found = problems(tmp_path, AML + ["dry_run=false"])
-    assert [p.split(":")[0] for p in found] == ["workspace.subscription_id=None", "workspace.resource_group=None",
-                                                 "workspace.workspace_name=None"]
+    assert [p.split(":")[0] for p in found] == [
+        "workspace.subscription_id=None",
+        "workspace.resource_group=None",
+        "workspace.workspace_name=None",
+    ]
     assert "AZUREML_SUBSCRIPTION_ID / AZURE_SUBSCRIPTION_ID" in found[0] and "dry_run=true" in found[0]
 
 
@@ -253,12 +325,16 @@ def test_workspace_from_config_env_and_config_json(tmp_path):
 
     environ = {"AZURE_SUBSCRIPTION_ID": "sub-env", "AZUREML_RESOURCE_GROUP": "rg-env"}
     (tmp_path / ".azureml").mkdir()
-    (tmp_path / ".azureml" / "config.json").write_text(json.dumps(
-        {"subscription_id": "sub-file", "resource_group": "rg-file", "workspace_name": "ws-file"}))
+    (tmp_path / ".azureml" / "config.json").write_text(
+        json.dumps({"subscription_id": "sub-file", "resource_group": "rg-file", "workspace_name": "ws-file"})
+    )
     found = resolve(WorkspaceConfig(subscription_id="sub-cfg"), environ, tmp_path)
     assert (found.subscription_id, found.resource_group, found.workspace_name) == ("sub-cfg", "rg-env", "ws-file")
-    assert found.sources == {"subscription_id": "workspace.subscription_id", "resource_group": "AZUREML_RESOURCE_GROUP",
-                             "workspace_name": str(tmp_path / ".azureml" / "config.json")}
+    assert found.sources == {
+        "subscription_id": "workspace.subscription_id",
+        "resource_group": "AZUREML_RESOURCE_GROUP",
+        "workspace_name": str(tmp_path / ".azureml" / "config.json"),
+    }
     assert found.problems == []
 
 
@@ -268,7 +344,7 @@ def test_workspace_config_json_scope_form_and_unrelated_files(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"theme": "dark"}))  # some other tool's file: skipped
     assert len(resolve(WorkspaceConfig(), {}, tmp_path).problems) == 3
-    scope = ("/subscriptions/sub-s/resourceGroups/rg-s/providers/Microsoft.MachineLearningServices/workspaces/ws-s")
+    scope = "/subscriptions/sub-s/resourceGroups/rg-s/providers/Microsoft.MachineLearningServices/workspaces/ws-s"
     named = tmp_path / "aml.json"
     named.write_text(json.dumps({"Scope": scope}))
     found = resolve(WorkspaceConfig(config_path=str(named)), {}, tmp_path)

@@ -1,4 +1,5 @@
 """The exported deployment: an anonymous environment on a supported inference image (issue 24, defects 5 and 6)."""
+
 from __future__ import annotations
 
 from pathlib import Path

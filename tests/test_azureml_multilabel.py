@@ -1,5 +1,6 @@
 """Multi-label data on AML: AutoML's text_classification_multilabel job, the task-dependent plan checks, the
 sweep's multi-label objective, and the AutoML test step scoring per-label probabilities."""
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,13 @@ def _offline(monkeypatch):
 def multi_label_file(folder: Path) -> Path:
     """A JSONL file whose label cells are lists: ``dataset.task=auto`` reads it as multi-label."""
     path = folder / "emotions.jsonl"
-    path.write_text("".join(json.dumps({"text": f"text {i} about {' and '.join(labels)}", "label": labels}) + "\n"
-                            for i, labels in enumerate(LABEL_SETS * 20)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"text": f"text {i} about {' and '.join(labels)}", "label": labels}) + "\n"
+            for i, labels in enumerate(LABEL_SETS * 20)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -46,8 +52,10 @@ def problems(tmp_path, overrides) -> list:
 
 def test_multi_label_automl_takes_accuracy_alone(tmp_path):
     found = problems(tmp_path, multi_label(tmp_path) + ["automl.primary_metric=AUC_weighted"])
-    assert found == ["automl.primary_metric=AUC_weighted: AutoML multi-label text classification "
-                     "(text_classification_multilabel) accepts accuracy (or auto)"]
+    assert found == [
+        "automl.primary_metric=AUC_weighted: AutoML multi-label text classification "
+        "(text_classification_multilabel) accepts accuracy (or auto)"
+    ]
     for metric in ("accuracy", "Accuracy", "auto"):
         build(multi_label(tmp_path) + [f"automl.primary_metric={metric}"], tmp_path)
 
@@ -71,8 +79,12 @@ def test_multilabel_metrics_are_what_the_sdk_sends():
     dumped = []
     for member in ClassificationMultilabelPrimaryMetrics:
         job = automl.text_classification_multilabel(
-            training_data=Input(type="mltable", path="./t"), validation_data=Input(type="mltable", path="./v"),
-            target_column_name="label", primary_metric=member.name.lower(), compute="gpu")
+            training_data=Input(type="mltable", path="./t"),
+            validation_data=Input(type="mltable", path="./v"),
+            target_column_name="label",
+            primary_metric=member.name.lower(),
+            compute="gpu",
+        )
         try:
             job._to_dict()
         except Exception:  # the schema's ValidationError: a metric AML does not take for this task
@@ -85,7 +97,8 @@ def test_micro_objectives_are_multi_label_only(tmp_path):
     found = problems(tmp_path, AML + ["dataset.task=single_label", "search.primary_metric=val_f1_micro"])
     assert len(found) == 1 and found[0].startswith(
         "search.primary_metric=val_f1_micro: training logs it for multi-label data only, and this data is "
-        "single-label; use one of val_loss, val_accuracy")
+        "single-label; use one of val_loss, val_accuracy"
+    )
     for metric in ("val_f1_micro", "val_auc_micro", "val_precision_micro", "val_recall_micro", "val_auc_weighted"):
         assert build(multi_label(tmp_path) + [f"search.primary_metric={metric}"], tmp_path)
 
@@ -102,8 +115,7 @@ def test_objective_is_checked_against_the_task_the_plan_decides(tmp_path):
 def test_hamming_loss_is_minimised(tmp_path):
     found = problems(tmp_path, multi_label(tmp_path) + ["search.primary_metric=val_hamming_loss"])
     assert found == ["search.primary_metric=val_hamming_loss: lower is better; set search.goal=minimize"]
-    build(multi_label(tmp_path) + ["search.primary_metric=val_hamming_loss", "search.goal=minimize"],
-          tmp_path)
+    build(multi_label(tmp_path) + ["search.primary_metric=val_hamming_loss", "search.goal=minimize"], tmp_path)
 
 
 def test_the_prepared_task_is_checked_again(tmp_path):
@@ -133,19 +145,32 @@ def test_multi_label_dry_run(capsys, tmp_path):
     from finetune.cli.main import main
 
     data = multi_label_file(tmp_path)
-    code = main(AML + ["dataset=file", f"dataset.path={data}", "search.primary_metric=val_f1_micro",
-                       f"output_root={tmp_path}", "run_name=ml"])
+    code = main(
+        AML
+        + [
+            "dataset=file",
+            f"dataset.path={data}",
+            "search.primary_metric=val_f1_micro",
+            f"output_root={tmp_path}",
+            "run_name=ml",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     folder = tmp_path / "ml" / "aml"
     automl = yaml.safe_load((folder / "automl.yml").read_text())
     assert (automl["type"], automl["task"], automl["target_column_name"], automl["primary_metric"]) == (
-        "automl", "text_classification_multilabel", "label", "accuracy")
+        "automl",
+        "text_classification_multilabel",
+        "label",
+        "accuracy",
+    )
     assert type(load_job(folder / "automl.yml")).__name__ == "TextClassificationMultilabelJob"
     # AutoML reads each label cell as the Python list literal of the prepared split ("Python list with quotes").
     with (folder / "mltable" / "train" / "train.csv").open(encoding="utf-8", newline="") as handle:
         cells = [row["label"] for row in csv.DictReader(handle)]
-    assert cells and all(ast.literal_eval(cell) in LABEL_SETS and cell == repr(ast.literal_eval(cell))
-                         for cell in cells)
+    assert cells and all(
+        ast.literal_eval(cell) in LABEL_SETS and cell == repr(ast.literal_eval(cell)) for cell in cells
+    )
 
     jobs = yaml.safe_load((folder / "pipeline.yml").read_text())["jobs"]
     assert list(jobs) == ["sweep", "automl", "test_automl", "register", "deploy"]
@@ -194,25 +219,49 @@ def test_test_automl_step_scores_a_multi_label_model(tmp_path, monkeypatch):
     sets = [ast.literal_eval(cell) for cell in frame["label"]]
     # AutoML NLP's multi-label wrapper as the emulator's stand-in has it; one classifier per label, the classes
     # in the reverse of the run's label order: the step reorders them.
-    model = automl_standin.MultilabelModel({label: automl_standin._classifier(frame["text"], [label in s for s in sets])
-                                            for label in prepared.labels}, ["text"])
+    model = automl_standin.MultilabelModel(
+        {label: automl_standin._classifier(frame["text"], [label in s for s in sets]) for label in prepared.labels},
+        ["text"],
+    )
     model.classes_ = list(reversed(prepared.labels))
     # By value, as the stand-in does: the step loads it without the emulator on its path.
     cloudpickle.register_pickle_by_value(automl_standin)
     try:
-        mlflow.sklearn.save_model(model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"],
-                                  serialization_format="cloudpickle")
+        mlflow.sklearn.save_model(
+            model, str(tmp_path / "mlflow_model"), pip_requirements=["scikit-learn"], serialization_format="cloudpickle"
+        )
     finally:
         cloudpickle.unregister_pickle_by_value(automl_standin)
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"select": dataclasses.asdict(plan.select), "data": prepared.to_dict()}, default=str))
-    code = steps.main(["test-automl", "--model", str(tmp_path / "mlflow_model"), "--test-file",
-                       str(prepared.test_path), "--val-file", str(prepared.path("val")), "--labels-file",
-                       str(prepared.labels_path), "--settings", str(settings), "--task", "multi_label",
-                       "--output-dir", str(tmp_path / "out")])
+    settings.write_text(
+        json.dumps({"select": dataclasses.asdict(plan.select), "data": prepared.to_dict()}, default=str)
+    )
+    code = steps.main(
+        [
+            "test-automl",
+            "--model",
+            str(tmp_path / "mlflow_model"),
+            "--test-file",
+            str(prepared.test_path),
+            "--val-file",
+            str(prepared.path("val")),
+            "--labels-file",
+            str(prepared.labels_path),
+            "--settings",
+            str(settings),
+            "--task",
+            "multi_label",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert (result["family"], result["task"], result["rows"]) == ("automl", "multi_label", prepared.splits["test"]["rows"])
+    assert (result["family"], result["task"], result["rows"]) == (
+        "automl",
+        "multi_label",
+        prepared.splits["test"]["rows"],
+    )
     # Each text names its labels: columns in the wrong order would score near chance.
     assert result["test"]["auc_micro"] > 0.9 and result["test"]["f1_micro"] > 0.8
     assert {"hamming_loss", "f1.anger", "recall.joy"} <= set(result["test"])

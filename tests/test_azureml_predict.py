@@ -1,4 +1,5 @@
 """AML side of serving: the batch prediction job's YAML, the runtime's deployment environment, mlflow_model registration."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,15 @@ import yaml
 
 from amlemu.recorder import build, guard_network
 
-ONNX_PLAN = ["model=bert-base-cased", "search=none", "compute=cpu", "endpoint=managed", "endpoint.runtime=onnx-int8",
-             "automl=none", "dry_run=true"]
+ONNX_PLAN = [
+    "model=bert-base-cased",
+    "search=none",
+    "compute=cpu",
+    "endpoint=managed",
+    "endpoint.runtime=onnx-int8",
+    "automl=none",
+    "dry_run=true",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +44,10 @@ def test_batch_prediction_job_is_exported_and_loads_back(exported):
     assert path in result.files and path.read_text().startswith("# batch prediction")
     job = load_job(path)
     assert job.type == "command"
-    assert job.command.startswith("python -m finetune.predict --model ${{inputs.model}} --input ${{inputs.data}} "
-                                  "--output ${{outputs.predictions}}/predictions.csv")
+    assert job.command.startswith(
+        "python -m finetune.predict --model ${{inputs.model}} --input ${{inputs.data}} "
+        "--output ${{outputs.predictions}}/predictions.csv"
+    )
     assert job.inputs["model"].type == "mlflow_model"
     assert job.inputs["data"].type == "uri_file"
     inputs = yaml.safe_load(path.read_text())["inputs"]
@@ -70,10 +80,16 @@ def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tin
     make_hf_candidate(tiny_model_dir, tmp_path / "transformer" / steps.CANDIDATE_DIR)
     data = write_splits(tmp_path / "data")
     (tmp_path / "labels.json").write_text(json.dumps(LABELS))
-    settings = {"run": "r", "select": {"metric": "auc_weighted", "margin": 0.0, "registered_model_name": "reviews"},
-                "data": {"raw_sha256": "r" * 64, "splits": {}}, "config": {"model": {"name": "tiny"}},
-                "sample_request": {"data": [{"text": "fine"}]}, "endpoint": {"runtime": "onnx-int8"},
-                "environment": {"conda_file": serving_conda_spec("onnx-int8")}, "deploy": True}
+    settings = {
+        "run": "r",
+        "select": {"metric": "auc_weighted", "margin": 0.0, "registered_model_name": "reviews"},
+        "data": {"raw_sha256": "r" * 64, "splits": {}},
+        "config": {"model": {"name": "tiny"}},
+        "sample_request": {"data": [{"text": "fine"}]},
+        "endpoint": {"runtime": "onnx-int8"},
+        "environment": {"conda_file": serving_conda_spec("onnx-int8")},
+        "deploy": True,
+    }
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     created = []
 
@@ -85,17 +101,28 @@ def test_register_step_exports_for_the_runtime_and_registers_an_mlflow_model(tin
             pass
 
         def create_or_update(self, model):
-            created.append((model, {p.name for p in Path(model.path).iterdir()},
-                            json.loads((Path(model.path) / "candidate.json").read_text())))
+            created.append(
+                (
+                    model,
+                    {p.name for p in Path(model.path).iterdir()},
+                    json.loads((Path(model.path) / "candidate.json").read_text()),
+                )
+            )
             model.version = model.version or "1"
             return model
 
     class Client:
         models = Models()
 
-    ref = steps.register(str(tmp_path / "transformer"), str(data.test_path), str(tmp_path / "labels.json"),
-                         str(tmp_path / "settings.json"), str(tmp_path / "out"), ml_client=Client())
-    (model, files, candidate), = created
+    ref = steps.register(
+        str(tmp_path / "transformer"),
+        str(data.test_path),
+        str(tmp_path / "labels.json"),
+        str(tmp_path / "settings.json"),
+        str(tmp_path / "out"),
+        ml_client=Client(),
+    )
+    ((model, files, candidate),) = created
     assert model.type == "mlflow_model" and ref.model_type == "mlflow_model"
     assert candidate["runtime"] == "onnx-int8" and "model.int8.onnx" in files
     assert {"MLmodel", "README.md", "score.py", "registered.json"} <= files

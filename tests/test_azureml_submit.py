@@ -3,6 +3,7 @@
 Nothing leaves the machine (:func:`aml_recorder.guard_network`); the recorder answers like Azure ML
 and keeps every request, so the tests assert what a real workspace would have been asked to do.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ from amlemu.recorder import RecorderServer, build, guard_network
 from finetune.cli.main import main
 from finetune.selection.decisions import Verdict
 
-WORKSPACE = [f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
-             f"workspace.resource_group={aml_recorder.RESOURCE_GROUP}", f"workspace.workspace_name={aml_recorder.WORKSPACE}"]
+WORKSPACE = [
+    f"workspace.subscription_id={aml_recorder.SUBSCRIPTION}",
+    f"workspace.resource_group={aml_recorder.RESOURCE_GROUP}",
+    f"workspace.workspace_name={aml_recorder.WORKSPACE}",
+]
 REFERENCE = ["model=bert-base-cased", "search=bandit", "compute=a100"]
 ENDPOINT = "onlineEndpoints/amazon-automotive-sentiment"
 ASSETS = ["train", "val", "test", "labels", "train-mltable", "val-mltable"]
@@ -77,9 +81,15 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert sequence.index(f"PUT {ENDPOINT}") < first_data
     assert recorder.find("PUT", "computes/cpu-steps")[0].body["properties"]["properties"]["vmSize"] == "Standard_DS3_v2"
     data = [s for s in sequence if s.startswith(("GET data/", "PUT data/"))]
-    assert data == [line for name in ASSETS for line in (
-        f"GET data/finetune-amazon_automotive-{name}/versions", f"GET data/finetune-amazon_automotive-{name}",
-        f"PUT data/finetune-amazon_automotive-{name}/versions/1")]
+    assert data == [
+        line
+        for name in ASSETS
+        for line in (
+            f"GET data/finetune-amazon_automotive-{name}/versions",
+            f"GET data/finetune-amazon_automotive-{name}",
+            f"PUT data/finetune-amazon_automotive-{name}/versions/1",
+        )
+    ]
     assert sequence[-1].startswith("PUT jobs/")
     components = recorder.find("PUT", r"components/azureml_anonymous/versions/.+")
     assert len(components) == 4  # train trial, test AutoML, register, deploy
@@ -90,10 +100,15 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     assert cluster["identity"]["type"] == "SystemAssigned"
     assert cluster["properties"]["properties"]["vmSize"] == "Standard_NC24ads_A100_v4"
     assert cluster["properties"]["properties"]["scaleSettings"] == {
-        "maxNodeCount": 4, "minNodeCount": 0, "nodeIdleTimeBeforeScaleDown": "PT2M"}
+        "maxNodeCount": 4,
+        "minNodeCount": 0,
+        "nodeIdleTimeBeforeScaleDown": "PT2M",
+    }
     train = recorder.find("PUT", "data/finetune-amazon_automotive-train/versions/1")[0].body
-    assert train["properties"]["tags"]["sha256"] == json.loads(
-        (tmp_path / "ref" / "aml" / "prepared" / "data.json").read_text())["splits"]["train"]["sha256"]
+    assert (
+        train["properties"]["tags"]["sha256"]
+        == json.loads((tmp_path / "ref" / "aml" / "prepared" / "data.json").read_text())["splits"]["train"]["sha256"]
+    )
 
     job = recorder.find("PUT", r"jobs/.+")[0].body["properties"]
     assert job["jobType"] == "Pipeline" and job["experimentName"] == "finetune" and job["displayName"] == "ref"
@@ -102,20 +117,39 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     nodes = job["jobs"]
     assert list(nodes) == ["sweep", "automl", "test_automl", "register", "deploy"]
     sweep = nodes["sweep"]
-    assert sweep["search_space"]["learning_rate"] == {"type": "loguniform", "min_value": pytest.approx(-11.512925464970229),
-                                                      "max_value": pytest.approx(-9.210340371976182)}
+    assert sweep["search_space"]["learning_rate"] == {
+        "type": "loguniform",
+        "min_value": pytest.approx(-11.512925464970229),
+        "max_value": pytest.approx(-9.210340371976182),
+    }
     assert sweep["search_space"]["batch_size"] == {"values": [16, 32], "type": "choice"}
     assert sweep["sampling_algorithm"] == {"type": "random", "seed": 0}
-    assert sweep["early_termination"] == {"delay_evaluation": 0, "evaluation_interval": 1, "slack_factor": 0.1,
-                                          "policy_type": "Bandit"}
+    assert sweep["early_termination"] == {
+        "delay_evaluation": 0,
+        "evaluation_interval": 1,
+        "slack_factor": 0.1,
+        "policy_type": "Bandit",
+    }
     assert sweep["objective"] == {"goal": "maximize", "primary_metric": "val_auc_weighted"}
-    assert sweep["limits"] == {"max_concurrent_trials": 1, "max_total_trials": 6, "timeout": 43200,
-                               "trial_timeout": 7200}
+    assert sweep["limits"] == {
+        "max_concurrent_trials": 1,
+        "max_total_trials": 6,
+        "timeout": 43200,
+        "trial_timeout": 7200,
+    }
     automl = nodes["automl"]
     assert (automl["task"], automl["primary_metric"], automl["target_column_name"]) == (
-        "text_classification", "auc_weighted", "label")
-    assert automl["limits"] == {"max_concurrent_trials": 1, "max_trials": 1, "max_nodes": 1, "timeout_minutes": 120,
-                                "trial_timeout_minutes": 60}
+        "text_classification",
+        "auc_weighted",
+        "label",
+    )
+    assert automl["limits"] == {
+        "max_concurrent_trials": 1,
+        "max_trials": 1,
+        "max_nodes": 1,
+        "timeout_minutes": 120,
+        "trial_timeout_minutes": 60,
+    }
     assert automl["featurization"] == {"dataset_language": "eng"}
     assert automl["training_data"] == "${{parent.inputs.train_table}}"
     assert automl["outputs"] == {"best_model": {"job_output_type": "mlflow_model"}}
@@ -130,8 +164,11 @@ def test_reference_submission(server, recorder, monkeypatch, tmp_path, capsys):
     for component in components:
         command = component.body["properties"]["componentSpec"]["command"]
         assert "subscription" not in command and "resource" not in command
-    trial = next(c.body["properties"]["componentSpec"] for c in components
-                 if "finetune.train" in c.body["properties"]["componentSpec"]["command"])
+    trial = next(
+        c.body["properties"]["componentSpec"]
+        for c in components
+        if "finetune.train" in c.body["properties"]["componentSpec"]["command"]
+    )
     assert trial["command"].startswith("python -m finetune.train --train-file ${{inputs.train}}")
     assert "--tracking-uri" not in trial["command"]
 
@@ -151,11 +188,22 @@ def test_exported_tree_holds_no_machine_path_workspace_or_key(server, recorder, 
     recorder.grant(steps_principal("cpu-ds3"))  # compute=cpu: the steps share the training cluster
     submit(server, monkeypatch, tmp_path, capsys, extra=["model=minilm-l6", "compute=cpu"])
     folder = tmp_path / "ref" / "aml"
-    forbidden = {str(tmp_path), str(Path.home()), sys.prefix, str(Path(finetune.__file__).resolve().parent.parent),
-                 aml_recorder.SUBSCRIPTION, aml_recorder.RESOURCE_GROUP, aml_recorder.WORKSPACE,
-                 "recorder-primary-key", "recorder-key"}
-    files = [p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml", ".json") and "code" not in p.parts
-             and "base_model" not in p.parts]
+    forbidden = {
+        str(tmp_path),
+        str(Path.home()),
+        sys.prefix,
+        str(Path(finetune.__file__).resolve().parent.parent),
+        aml_recorder.SUBSCRIPTION,
+        aml_recorder.RESOURCE_GROUP,
+        aml_recorder.WORKSPACE,
+        "recorder-primary-key",
+        "recorder-key",
+    }
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix in (".yml", ".yaml", ".json") and "code" not in p.parts and "base_model" not in p.parts
+    ]
     assert any(p.name == "pipeline.yml" for p in files) and any(p.name == "settings.json" for p in files)
     for path in files:
         text = path.read_text()
@@ -175,7 +223,10 @@ def test_preflight_refuses_a_steps_identity_without_a_role(server, recorder, mon
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: pre-flight: the managed identity of cluster cpu-steps") and "AzureML Data Scientist" in err[0]
+    assert (
+        err[0].startswith("error: pre-flight: the managed identity of cluster cpu-steps")
+        and "AzureML Data Scientist" in err[0]
+    )
     # Nothing was spent: no data uploaded, no job submitted.
     assert not recorder.find("PUT", r"data/.+") and not recorder.find("PUT", r"jobs/.+")
 
@@ -183,9 +234,17 @@ def test_preflight_refuses_a_steps_identity_without_a_role(server, recorder, mon
 def test_preflight_refuses_a_steps_cluster_without_identity(server, recorder, monkeypatch, tmp_path, capsys):
     from finetune.launch import azureml
 
-    recorder.put("computes/cpu-steps", {"location": "eastus", "properties": {
-        "computeType": "AmlCompute", "provisioningState": "Succeeded",
-        "properties": {"vmSize": "Standard_DS3_v2", "scaleSettings": {"maxNodeCount": 2, "minNodeCount": 0}}}})
+    recorder.put(
+        "computes/cpu-steps",
+        {
+            "location": "eastus",
+            "properties": {
+                "computeType": "AmlCompute",
+                "provisioningState": "Succeeded",
+                "properties": {"vmSize": "Standard_DS3_v2", "scaleSettings": {"maxNodeCount": 2, "minNodeCount": 0}},
+            },
+        },
+    )
     monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -207,8 +266,14 @@ def test_preflight_refuses_unreadable_role_assignments(server, recorder, monkeyp
 def test_preflight_refuses_an_endpoint_that_is_not_ours(server, recorder, monkeypatch, tmp_path, capsys):
     from finetune.launch import azureml
 
-    recorder.put(ENDPOINT, {"location": "eastus", "tags": {"team": "someone-else"},
-                            "properties": {"authMode": "Key", "traffic": {}, "provisioningState": "Succeeded"}})
+    recorder.put(
+        ENDPOINT,
+        {
+            "location": "eastus",
+            "tags": {"team": "someone-else"},
+            "properties": {"authMode": "Key", "traffic": {}, "provisioningState": "Succeeded"},
+        },
+    )
     monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "run_name=ref"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -251,8 +316,11 @@ def test_resubmission_reuses_data_assets_with_the_same_hash(server, recorder, mo
         return client
 
     monkeypatch.setattr(azureml, "connect", connect)
-    code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path / 'again'}", "run_name=ref", "automl=none",
-                                         "endpoint=none", "submit.wait=true"])
+    code = main(
+        REFERENCE
+        + WORKSPACE
+        + [f"output_root={tmp_path / 'again'}", "run_name=ref", "automl=none", "endpoint=none", "submit.wait=true"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert streamed == [recorder.find("PUT", r"jobs/.+")[0].relative.split("/")[1]]  # submit.wait follows the job
@@ -268,8 +336,15 @@ def test_service_errors_are_one_line(server, recorder, monkeypatch, tmp_path, ca
     from finetune.launch import azureml
 
     monkeypatch.setattr(azureml, "connect", lambda plan: server.ml_client())
-    monkeypatch.setattr(aml_recorder.Recorder, "_put", lambda self, request, path: (
-        409, {}, {"error": {"code": "Conflict", "message": "quota exceeded for Standard_NC24ads_A100_v4"}}))
+    monkeypatch.setattr(
+        aml_recorder.Recorder,
+        "_put",
+        lambda self, request, path: (
+            409,
+            {},
+            {"error": {"code": "Conflict", "message": "quota exceeded for Standard_NC24ads_A100_v4"}},
+        ),
+    )
     code = main(REFERENCE + WORKSPACE + [f"output_root={tmp_path}", "automl=none", "endpoint=none"])
     err = capsys.readouterr().err
     assert code == 2
@@ -291,26 +366,56 @@ def settings(tmp_path):
 
 def model_ref(folder: Path, version: str = "3", candidate: str = "finetuned") -> str:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model_ref.json").write_text(json.dumps(
-        {"name": "automotive-sentiment", "version": version, "model_type": "mlflow_model", "candidate": candidate,
-         "decision": "register", "reason": "test"}))
+    (folder / "model_ref.json").write_text(
+        json.dumps(
+            {
+                "name": "automotive-sentiment",
+                "version": version,
+                "model_type": "mlflow_model",
+                "candidate": candidate,
+                "decision": "register",
+                "reason": "test",
+            }
+        )
+    )
     return str(folder)
 
 
 def seed_model(recorder, version: str = "3") -> None:
-    recorder.put(f"models/automotive-sentiment/versions/{version}",
-                 {"properties": {"modelType": "custom_model", "modelUri": "azureml://x", "tags": {}, "flavors": {}}})
+    recorder.put(
+        f"models/automotive-sentiment/versions/{version}",
+        {"properties": {"modelType": "custom_model", "modelUri": "azureml://x", "tags": {}, "flavors": {}}},
+    )
 
 
 def seed_endpoint(recorder, traffic=None) -> None:
-    recorder.put(ENDPOINT, {"location": "eastus", "identity": {"type": "SystemAssigned"},
-                            "properties": {"authMode": "Key", "traffic": traffic or {"blue": 100},
-                                           "scoringUri": f"{recorder.base_url}/score", "provisioningState": "Succeeded"}})
-    recorder.put(f"{ENDPOINT}/deployments/blue", {
-        "location": "eastus", "sku": {"name": "Default", "capacity": 1},
-        "properties": {"endpointComputeType": "Managed", "model": "azureml:automotive-sentiment:2",
-                       "instanceType": "Standard_DS3_v2", "scaleSettings": {"scaleType": "Default"},
-                       "provisioningState": "Succeeded"}})
+    recorder.put(
+        ENDPOINT,
+        {
+            "location": "eastus",
+            "identity": {"type": "SystemAssigned"},
+            "properties": {
+                "authMode": "Key",
+                "traffic": traffic or {"blue": 100},
+                "scoringUri": f"{recorder.base_url}/score",
+                "provisioningState": "Succeeded",
+            },
+        },
+    )
+    recorder.put(
+        f"{ENDPOINT}/deployments/blue",
+        {
+            "location": "eastus",
+            "sku": {"name": "Default", "capacity": 1},
+            "properties": {
+                "endpointComputeType": "Managed",
+                "model": "azureml:automotive-sentiment:2",
+                "instanceType": "Standard_DS3_v2",
+                "scaleSettings": {"scaleType": "Default"},
+                "provisioningState": "Succeeded",
+            },
+        },
+    )
 
 
 def deploy(server, tmp_path, settings, monkeypatch):
@@ -319,8 +424,9 @@ def deploy(server, tmp_path, settings, monkeypatch):
 
     monkeypatch.setattr(deploy_module, "deployment_name", lambda version, now=None: f"v{version}-test")
     seed_model(server.recorder)
-    return steps.deploy(model_ref(tmp_path / "ref"), str(settings), str(tmp_path / "rollout"),
-                        ml_client=server.ml_client())
+    return steps.deploy(
+        model_ref(tmp_path / "ref"), str(settings), str(tmp_path / "rollout"), ml_client=server.ml_client()
+    )
 
 
 def rollout_calls(recorder):
@@ -419,18 +525,26 @@ def automl_output(tmp_path: Path, auc: float, settings: Path) -> str:
     automl_standin.train(tables / "train", tables / "val", "label", "text_classification", {"best_model": best_model})
     test_file, labels_file = split_files(settings)
     automl_result = tmp_path / "automl_result"
-    steps.test_automl(str(best_model), test_file, str(Path(test_file).parent / "val.csv"), labels_file,
-                      str(settings), str(automl_result))
+    steps.test_automl(
+        str(best_model),
+        test_file,
+        str(Path(test_file).parent / "val.csv"),
+        labels_file,
+        str(settings),
+        str(automl_result),
+    )
     result = json.loads((automl_result / "result.json").read_text())
     result["test"] = {name: auc for name in result["test"]}
     (automl_result / "result.json").write_text(json.dumps(result))
     return str(automl_result)
 
 
-@pytest.mark.parametrize("automl_auc, winner, model_type", [(0.0, "finetuned", "mlflow_model"),
-                                                            (1.0, "automl", "mlflow_model")])
-def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type,
-                       monkeypatch):
+@pytest.mark.parametrize(
+    "automl_auc, winner, model_type", [(0.0, "finetuned", "mlflow_model"), (1.0, "automl", "mlflow_model")]
+)
+def test_register_step(
+    server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type, monkeypatch
+):
     from finetune.launch.azureml.runtime import steps
     from finetune.registry import environments as environment
     from finetune.serve import SCORE_SCRIPT
@@ -446,8 +560,15 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
     transformer = transformer_output(tmp_path / "sweep", tiny_model_dir, labels)
     automl_result = automl_output(tmp_path, automl_auc, settings)
 
-    ref = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out"),
-                         automl_result, ml_client=server.ml_client())
+    ref = steps.register(
+        str(transformer),
+        test_file,
+        labels_file,
+        str(settings),
+        str(tmp_path / "out"),
+        automl_result,
+        ml_client=server.ml_client(),
+    )
     assert (ref.candidate, ref.model_type, ref.version, ref.existing) == (winner, model_type, "1", False)
     created = recorder.find("PUT", "models/amazon_automotive-sentiment/versions/1")[0].body["properties"]
     assert created["modelType"] == model_type
@@ -460,7 +581,10 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
         # What was uploaded is what serves: the scoring script, the version it reports, the slim conda file
         # the submitting machine built (the job read no package metadata to write it).
         assert recorder.blob("/model/score.py") == SCORE_SCRIPT.read_bytes()
-        assert json.loads(recorder.blob("/model/registered.json")) == {"name": "amazon_automotive-sentiment", "version": "1"}
+        assert json.loads(recorder.blob("/model/registered.json")) == {
+            "name": "amazon_automotive-sentiment",
+            "version": "1",
+        }
         import yaml
 
         conda = yaml.safe_load(recorder.blob("/model/conda.yaml"))
@@ -479,18 +603,30 @@ def test_register_step(server, recorder, tmp_path, tiny_model_dir, settings, aut
         assert yaml.safe_load(recorder.blob("/model/conda.yaml")) == own == ref.environment["conda_file"]
     assert json.loads((tmp_path / "out" / "model_ref.json").read_text())["version"] == "1"
     # A rollout follows in this pipeline: the version is not Production until it serves.
-    assert "stage" not in recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/amazon_automotive-sentiment/versions/1"][
-        "properties"]
+    assert (
+        "stage"
+        not in recorder.resources[f"{aml_recorder.WORKSPACE_PATH}/models/amazon_automotive-sentiment/versions/1"][
+            "properties"
+        ]
+    )
 
     recorder.clear()  # the same content again: the existing version is reused
-    again = steps.register(str(transformer), test_file, labels_file, str(settings), str(tmp_path / "out2"),
-                           automl_result, ml_client=server.ml_client())
+    again = steps.register(
+        str(transformer),
+        test_file,
+        labels_file,
+        str(settings),
+        str(tmp_path / "out2"),
+        automl_result,
+        ml_client=server.ml_client(),
+    )
     assert again.existing is True and again.version == "1"
     assert not recorder.find("PUT", r"models/.+")
 
 
-def test_register_step_rescores_production_and_honours_the_margin(server, recorder, tmp_path, tiny_model_dir,
-                                                                   settings, monkeypatch):
+def test_register_step_rescores_production_and_honours_the_margin(
+    server, recorder, tmp_path, tiny_model_dir, settings, monkeypatch
+):
     """The AML register step runs the local rule: production is downloaded from the workspace and re-scored,
     and a new model must beat it by more than select.margin."""
     from finetune.launch.azureml.runtime import steps
@@ -499,8 +635,9 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     saved = json.loads(settings.read_text())
     test_file, labels_file = split_files(settings)
     first = transformer_output(tmp_path / "first", tiny_model_dir, saved["data"]["labels"])
-    ref = steps.register(str(first), test_file, labels_file, str(settings), str(tmp_path / "out1"),
-                         ml_client=server.ml_client())
+    ref = steps.register(
+        str(first), test_file, labels_file, str(settings), str(tmp_path / "out1"), ml_client=server.ml_client()
+    )
     AmlRegistry(server.ml_client(), "amazon_automotive-sentiment").promote(ref.version)
 
     # Another training (other bytes, same quality) with a margin no model can pass.
@@ -510,8 +647,9 @@ def test_register_step_rescores_production_and_honours_the_margin(server, record
     strict = tmp_path / "strict.json"
     strict.write_text(json.dumps(saved))
     recorder.clear()
-    kept = steps.register(str(second), test_file, labels_file, str(strict), str(tmp_path / "out2"),
-                          ml_client=server.ml_client())
+    kept = steps.register(
+        str(second), test_file, labels_file, str(strict), str(tmp_path / "out2"), ml_client=server.ml_client()
+    )
     assert kept.verdict is Verdict.KEEP_PRODUCTION and "margin 1" in kept.reason
     assert kept.selection["production_version"] == {"name": "amazon_automotive-sentiment", "version": "1"}
     assert set(kept.selection["test"]) == {"finetuned", "production"}
@@ -533,11 +671,18 @@ def test_test_automl_step_packages_an_mlflow_model_with_its_val_rule(tmp_path, s
     data = json.loads(settings.read_text())["data"]
     test_file, labels_file = split_files(settings)
     tables = settings.parent / "mltable"
-    automl_standin.train(tables / "train", tables / "val", "label", "text_classification",
-                         {"best_model": tmp_path / "mlflow_model"})
+    automl_standin.train(
+        tables / "train", tables / "val", "label", "text_classification", {"best_model": tmp_path / "mlflow_model"}
+    )
     # No --python: the step loads the model with the interpreter it runs in (AutoML's runtime image on AML).
-    result = steps.test_automl(str(tmp_path / "mlflow_model"), test_file, str(Path(test_file).parent / "val.csv"),
-                               labels_file, str(settings), str(tmp_path / "out"))
+    result = steps.test_automl(
+        str(tmp_path / "mlflow_model"),
+        test_file,
+        str(Path(test_file).parent / "val.csv"),
+        labels_file,
+        str(settings),
+        str(tmp_path / "out"),
+    )
     assert result["rows"] == data["splits"]["test"]["rows"]
     assert 0.5 < result["test"]["auc_weighted"] <= 1.0 and result["decision"]["rule"] == "threshold"
     assert json.loads((tmp_path / "out" / "result.json").read_text())["family"] == "automl"
@@ -552,7 +697,10 @@ def test_steps_cli_reports_user_errors_in_one_line(capsys, tmp_path, monkeypatch
         monkeypatch.delenv(name, raising=False)
     ref = model_ref(tmp_path / "ref")
     settings = tmp_path / "settings.json"
-    settings.write_text(json.dumps({"endpoint": {"name": "amazon-automotive-sentiment"}, "environment": {},
-                                    "sample_request": {"data": []}}))
+    settings.write_text(
+        json.dumps(
+            {"endpoint": {"name": "amazon-automotive-sentiment"}, "environment": {}, "sample_request": {"data": []}}
+        )
+    )
     assert steps.main(["deploy", "--model-ref", ref, "--settings", str(settings), "--output-dir", str(tmp_path)]) == 2
     assert re.match(r"error: not inside an Azure ML job: AZUREML_ARM_SUBSCRIPTION", capsys.readouterr().err)

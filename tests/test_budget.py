@@ -1,5 +1,6 @@
 """Budgets: the fit's arithmetic figure by figure, the refusal of budgets that cannot produce a model, and a
 sweep that starts no trial the budget cannot finish (the tiny BERT of conftest.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,18 @@ STAGES = StageCosts(data=5, automl=5, select=5, register=5, deploy=5, report=5)
 
 
 def request(**changes) -> Request:
-    base = Request(budget_s=300.0, speed=SPEED, work=WORK, stages=STAGES, max_epochs=3, max_trials=16, lanes=2,
-                   sweep=True, automl_s=60, policy="Bandit from epoch 1")
+    base = Request(
+        budget_s=300.0,
+        speed=SPEED,
+        work=WORK,
+        stages=STAGES,
+        max_epochs=3,
+        max_trials=16,
+        lanes=2,
+        sweep=True,
+        automl_s=60,
+        policy="Bandit from epoch 1",
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -40,13 +51,22 @@ def test_the_fit_takes_the_most_epochs_then_the_most_trials_that_fit():
     # The sweep's share: 300 x 0.95 - 60 = 225 s; a 3-epoch trial on one thread is 41.5 s: 5 per lane, 2 lanes.
     assert (estimate.epochs, estimate.trials, estimate.concurrency, estimate.threads) == (3, 10, 2, 1)
     assert estimate.automl_s == 30 and estimate.trial_s == pytest.approx(41.5)
-    assert estimate.stages == {"data": 5, "search": pytest.approx(5 * 41.5), "automl": 35, "select": 5,
-                               "register": 5, "deploy": 5, "report": 5}
+    assert estimate.stages == {
+        "data": 5,
+        "search": pytest.approx(5 * 41.5),
+        "automl": 35,
+        "select": 5,
+        "register": 5,
+        "deploy": 5,
+        "report": 5,
+    }
     assert estimate.total_s == pytest.approx(267.5)
     assert estimate.sweep_s == pytest.approx(300 * 0.95 - 55 - 5)
     assert estimate.trial_timeout_s == 83 and estimate.max_trials == 16
-    assert estimate.reason == ("10 trials x 3 epochs, 2 at a time (1 thread each), Bandit from epoch 1 (a stopped "
-                               "trial's time goes to more trials, up to 16), expected 4.5 min of 5")
+    assert estimate.reason == (
+        "10 trials x 3 epochs, 2 at a time (1 thread each), Bandit from epoch 1 (a stopped "
+        "trial's time goes to more trials, up to 16), expected 4.5 min of 5"
+    )
 
 
 def test_a_tighter_budget_trades_epochs_for_a_second_trial():
@@ -86,8 +106,19 @@ def test_a_budget_smaller_than_one_minimal_trial_is_refused_with_the_smallest_th
 
 
 def test_the_runner_scales_the_next_trial_by_what_the_trials_so_far_took():
-    estimate = Estimate(budget_s=300, trials=4, max_trials=8, epochs=2, concurrency=1, threads=1, trial_s=50.0,
-                        trial_overhead_s=10.0, trial_timeout_s=100, sweep_s=200, automl_s=None)
+    estimate = Estimate(
+        budget_s=300,
+        trials=4,
+        max_trials=8,
+        epochs=2,
+        concurrency=1,
+        threads=1,
+        trial_s=50.0,
+        trial_overhead_s=10.0,
+        trial_timeout_s=100,
+        sweep_s=200,
+        automl_s=None,
+    )
     # A trial stopped after 1 epoch was expected to take 10 + 20 s; one that ran 2 epochs 50 s.
     assert budget.expected_trial_seconds(estimate, 1.0) == 30.0
     factor = budget.speed_factor([(45.0, 30.0), (75.0, 50.0)])
@@ -102,8 +133,10 @@ def test_the_runner_scales_the_next_trial_by_what_the_trials_so_far_took():
 
 def test_spent_compares_each_stage_with_its_estimate():
     estimate = budget.fit(request())
-    section = budget.spent(estimate, {"data": 6.0, "search": 230.0, "automl": 40.0, "select": 5.0,
-                                      "register": 4.0, "deploy": 6.0, "report": 4.0})
+    section = budget.spent(
+        estimate,
+        {"data": 6.0, "search": 230.0, "automl": 40.0, "select": 5.0, "register": 4.0, "deploy": 6.0, "report": 4.0},
+    )
     assert section["spent_s"] == 295.0 and section["spent_of_budget"] == pytest.approx(295 / 300, abs=1e-3)
     assert section["estimate_error"] == pytest.approx((267.5 - 295) / 295, abs=1e-3)
     assert section["stages"]["search"] == {"expected_s": 207.5, "spent_s": 230.0}
@@ -111,15 +144,32 @@ def test_spent_compares_each_stage_with_its_estimate():
 
 @pytest.mark.parametrize("minutes", ["0", "-2", "0.2"])
 def test_a_nonsense_budget_ends_in_one_line_naming_the_smallest_budget(capsys, tmp_path, tiny_model_dir, minutes):
-    code = main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
-                 f"budget.minutes={minutes}"])
+    code = main(
+        [
+            "dry_run=true",
+            f"output_root={tmp_path}",
+            f"model.path={tiny_model_dir}",
+            "dataset.sample=300",
+            f"budget.minutes={minutes}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: budget.minutes={float(minutes):g}: too small to produce a model")
     smallest = float(err.split("the smallest budget that can is budget.minutes=")[1].split()[0])
     # The named budget is enough: the same plan with it fits.
-    assert main(["dry_run=true", f"output_root={tmp_path}", f"model.path={tiny_model_dir}", "dataset.sample=300",
-                 f"budget.minutes={smallest}"]) == 0
+    assert (
+        main(
+            [
+                "dry_run=true",
+                f"output_root={tmp_path}",
+                f"model.path={tiny_model_dir}",
+                "dataset.sample=300",
+                f"budget.minutes={smallest}",
+            ]
+        )
+        == 0
+    )
     assert f"budget * budget.minutes={smallest:g}: " in capsys.readouterr().out
 
 
@@ -134,15 +184,37 @@ def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, ti
     from test_search_runner import make_plan, overrides
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking, "model.epochs=1", "dataset.sample=120",
-                               "search=random", "search.policy.type=none", "search.limits.max_total_trials=3",
-                               "search.limits.max_concurrent_trials=2", "compute.num_threads=2",
-                               "search.limits.timeout=600"))
+    plan = make_plan(
+        overrides(
+            tmp_path,
+            tiny_model_dir,
+            tracking,
+            "model.epochs=1",
+            "dataset.sample=120",
+            "search=random",
+            "search.policy.type=none",
+            "search.limits.max_total_trials=3",
+            "search.limits.max_concurrent_trials=2",
+            "compute.num_threads=2",
+            "search.limits.timeout=600",
+        )
+    )
     data = prepare(plan.dataset, tmp_path / "data")
     # Two lanes are free at the start, but the plan expects a 1-epoch trial to take 1000 s and the sweep's share
     # is 600 s: the first trial starts (without it there is no model), the second cannot finish and does not.
-    estimate = Estimate(budget_s=700, trials=1, max_trials=3, epochs=1, concurrency=2, threads=1, trial_s=1000.0,
-                        trial_overhead_s=0.0, trial_timeout_s=900, sweep_s=600, automl_s=None)
+    estimate = Estimate(
+        budget_s=700,
+        trials=1,
+        max_trials=3,
+        epochs=1,
+        concurrency=2,
+        threads=1,
+        trial_s=1000.0,
+        trial_overhead_s=0.0,
+        trial_timeout_s=900,
+        sweep_s=600,
+        automl_s=None,
+    )
     plan = dataclasses.replace(plan, estimate=estimate)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -150,8 +222,10 @@ def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, ti
     assert [t.status for t in sweep.trials] == ["completed"] and sweep.best is not None
     assert "budget: no more trials" in printed.getvalue() and "not started" not in printed.getvalue()
     assert 0 < sweep.compute["speed_factor"] < 1 and sweep.trials[0].ended_s > 0
-    assert len(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
-               .get_trials()) == 1
+    assert (
+        len(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}").get_trials())
+        == 1
+    )
 
 
 def aml_plan(*overrides: str):
@@ -168,8 +242,10 @@ def test_an_aml_cost_budget_exports_limits_whose_worst_case_fits_it(usd):
 
     fitted = throughput.fit(aml_plan(f"budget.usd={usd}"), train_rows=2088, val_rows=261)
     limits = fitted.search.limits
-    worst = sum(e.cost_usd for e in (pricing.sweep_estimate(fitted), pricing.automl_estimate(fitted),
-                                     pricing.steps_estimate(fitted)))
+    worst = sum(
+        e.cost_usd
+        for e in (pricing.sweep_estimate(fitted), pricing.automl_estimate(fitted), pricing.steps_estimate(fitted))
+    )
     assert worst <= usd and f"of ${usd:g} by the price table" in fitted.estimate.reason
     # Every limit is set: the sweep cannot outrun what the bound assumed.
     assert limits.max_total_trials >= 2 and limits.max_concurrent_trials == 4
@@ -193,9 +269,11 @@ def test_the_report_shows_budget_against_spent_and_the_sweeps_anytime_curve(tmp_
     from finetune.report.common import Figures
 
     summary = RunSummary(tmp_path / "summary.json", {"name": "b"})
-    trials = [SweepTrial(0, {"learning_rate": 1e-4}, "completed", 0.95, [0.94, 0.95], 2.0, ended_s=300.0),
-              SweepTrial(1, {"learning_rate": 1e-5}, "early_terminated", 0.80, [0.80], 1.0, ended_s=200.0),
-              SweepTrial(2, {"learning_rate": 5e-5}, "completed", 0.96, [0.93, 0.96], 2.0, ended_s=480.0)]
+    trials = [
+        SweepTrial(0, {"learning_rate": 1e-4}, "completed", 0.95, [0.94, 0.95], 2.0, ended_s=300.0),
+        SweepTrial(1, {"learning_rate": 1e-5}, "early_terminated", 0.80, [0.80], 1.0, ended_s=200.0),
+        SweepTrial(2, {"learning_rate": 5e-5}, "completed", 0.96, [0.93, 0.96], 2.0, ended_s=480.0),
+    ]
     summary.sweep = SweepResult("random", {"type": "bandit"}, "val_auc_weighted", "maximize", trials, None, {})
     summary.budget = budget.spent(budget.fit(request()), {"data": 6.0, "search": 230.0, "automl": 40.0})
     assert [(round(m, 2), v) for m, v, _, _ in best_so_far(summary)] == [(3.33, 0.80), (5.0, 0.95), (8.0, 0.96)]
@@ -213,8 +291,15 @@ def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path
     assert started_at() <= __import__("time").time()
     plan = aml_plan()  # any plan: learn() keys its entry by the plan's model, shape and data
     monkeypatch.setattr(calibration, "CACHE_DIR", tmp_path)
-    entry = {"train_example_s": 0.1, "eval_example_s": 0.05, "load_s": 6.0, "threads": 1, "measured": "then",
-             "load_average": 1.0, "rows": {"train": 10, "val": 2}}
+    entry = {
+        "train_example_s": 0.1,
+        "eval_example_s": 0.05,
+        "load_s": 6.0,
+        "threads": 1,
+        "measured": "then",
+        "load_average": 1.0,
+        "rows": {"train": 10, "val": 2},
+    }
     calibration.cache_file(calibration.request(plan)).write_text(__import__("json").dumps(entry))
     calibration.learn(plan, 1.5, {"start": 20.0, "data": 2.0, "search": 300.0, "automl": 70.0, "select": 30.0})
     kept = calibration.calibrate(plan)
@@ -229,8 +314,12 @@ def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path
 def test_what_the_command_line_sets_stays_as_set_under_a_budget():
     from finetune.plan import fitting
 
-    plan = aml_plan("search.limits.trial_timeout=5", "search.limits.max_concurrent_trials=1", "model.epochs=2",
-                    "search.limits.max_total_trials=3")
+    plan = aml_plan(
+        "search.limits.trial_timeout=5",
+        "search.limits.max_concurrent_trials=1",
+        "model.epochs=2",
+        "search.limits.max_total_trials=3",
+    )
     wanted = fitting.request_for(plan, SPEED, WORK, 2, STAGES, 300.0)
     assert (wanted.fixed_epochs, wanted.fixed_lanes, wanted.max_trials) == (True, 1, 3)
     estimate = budget.fit(wanted)

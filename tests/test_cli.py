@@ -1,4 +1,5 @@
 """The command line: help, dry runs, multirun expansion and one-line user errors with exit code 2."""
+
 from __future__ import annotations
 
 import subprocess
@@ -36,8 +37,9 @@ def test_help_and_dry_run_do_not_import_torch_or_transformers(tmp_path):
 
 
 def test_dry_run_prints_a_short_grouped_plan_and_leaves_nothing_behind(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=plan-only",
-                           "model.learning_rate=3e-5")
+    code, out, _ = run_cli(
+        capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=plan-only", "model.learning_rate=3e-5"
+    )
     assert code == 0
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     for group in ("data:", "model:", "search:", "compute:", "endpoint:"):
@@ -109,10 +111,15 @@ def test_multirun_dry_run_prints_one_plan_each(capsys, tmp_path):
         (["--cfg", "job", "dataset.path=${oc.env:FINETUNE_NOPE}"], "Environment variable 'FINETUNE_NOPE' not found"),
         # output_root= comes from the test itself: two ways to name one directory, one would be ignored.
         (["hydra.run.dir=elsewhere/mine"], "hydra.run.dir=elsewhere/mine and output_root="),
-        (["hydra.run.dir=elsewhere/mine", "run_name=other"], "give either hydra.run.dir=DIR or output_root and run_name"),
+        (
+            ["hydra.run.dir=elsewhere/mine", "run_name=other"],
+            "give either hydra.run.dir=DIR or output_root and run_name",
+        ),
         (["-m", "hydra.sweep.dir=elsewhere", "seed=1,2"], "hydra.sweep.dir=elsewhere and output_root="),
-        (["dataset=goemotions_sample", "select.decision_metric=accuracy"],
-         "select.decision_metric=accuracy: unknown or not a metric of decided labels for multi-label data"),
+        (
+            ["dataset=goemotions_sample", "select.decision_metric=accuracy"],
+            "select.decision_metric=accuracy: unknown or not a metric of decided labels for multi-label data",
+        ),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch, args, message):
@@ -126,8 +133,9 @@ def test_user_errors_are_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch
 
 
 def test_all_problems_are_reported_at_once(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "model.learning_rate=0", "model.warmup_ratio=2", "dataset.test_fraction=0.3",
-                           f"output_root={tmp_path}")
+    code, _, err = run_cli(
+        capsys, "model.learning_rate=0", "model.warmup_ratio=2", "dataset.test_fraction=0.3", f"output_root={tmp_path}"
+    )
     assert code == 2
     assert "3 problems" in err
     for key in ("model.learning_rate", "model.warmup_ratio", "split fractions"):
@@ -135,16 +143,26 @@ def test_all_problems_are_reported_at_once(capsys, tmp_path):
 
 
 def test_python_dash_m_exit_code_and_stderr(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "finetune", "model.epochs=-2", f"output_root={tmp_path}"],
-                               capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    completed = subprocess.run(
+        [sys.executable, "-m", "finetune", "model.epochs=-2", f"output_root={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert completed.returncode == 2
     assert completed.stderr.strip() == "error: invalid config (1 problem): model.epochs=-2.0: must be > 0"
     assert "Traceback" not in completed.stderr
 
 
 def test_sweep_grammar_adds_a_new_search_dimension_and_a_dict_replaces_one(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "--cfg", "job", "search=bandit", "search.space.epochs=choice(1,2)",
-                             "search.space.learning_rate={type:uniform,min:1e-5,max:1e-4}")
+    code, out, err = run_cli(
+        capsys,
+        "--cfg",
+        "job",
+        "search=bandit",
+        "search.space.epochs=choice(1,2)",
+        "search.space.learning_rate={type:uniform,min:1e-5,max:1e-4}",
+    )
     assert code == 0, err
     space = yaml.safe_load(out)["search"]["space"]
     assert space["epochs"] == {"type": "choice", "values": [1, 2]}
@@ -154,8 +172,14 @@ def test_sweep_grammar_adds_a_new_search_dimension_and_a_dict_replaces_one(capsy
 def test_unknown_column_of_your_own_file_lists_the_real_columns(capsys, tmp_path):
     data = tmp_path / "tickets.csv"
     data.write_text("body,queue\nprinter jammed,it\nrefund please,billing\n")
-    code, _, err = run_cli(capsys, "dataset=file", f"dataset.path={data}", "dataset.text_column=text",
-                           f"output_root={tmp_path / 'out'}", "dry_run=true")
+    code, _, err = run_cli(
+        capsys,
+        "dataset=file",
+        f"dataset.path={data}",
+        "dataset.text_column=text",
+        f"output_root={tmp_path / 'out'}",
+        "dry_run=true",
+    )
     assert code == 2
     assert "dataset.text_column=text" in err and "body" in err and "queue" in err
 
@@ -164,8 +188,9 @@ def test_unknown_column_of_your_own_file_lists_the_real_columns(capsys, tmp_path
 def test_a_label_column_with_one_class_fails_before_training(capsys, tmp_path):
     data = tmp_path / "one.csv"
     data.write_text("text,label\n" + "".join(f"review {i},good\n" for i in range(20)))
-    code, _, err = run_cli(capsys, "dataset=file", f"dataset.path={data}", "search=none",
-                           f"output_root={tmp_path / 'out'}", "run_name=one")
+    code, _, err = run_cli(
+        capsys, "dataset=file", f"dataset.path={data}", "search=none", f"output_root={tmp_path / 'out'}", "run_name=one"
+    )
     assert code == 2
     assert "one class" in err or "1 class" in err, err
     assert not (tmp_path / "out" / "one" / "data").exists()
@@ -178,8 +203,13 @@ def test_multirun_with_a_run_name_gives_each_plan_its_own_directory(capsys, tmp_
 
 
 def test_a_missing_data_file_is_one_line_naming_the_path(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "dataset=file", f"dataset.path={tmp_path / 'nope.csv'}",
-                           f"output_root={tmp_path / 'out'}", "dry_run=true")
+    code, _, err = run_cli(
+        capsys,
+        "dataset=file",
+        f"dataset.path={tmp_path / 'nope.csv'}",
+        f"output_root={tmp_path / 'out'}",
+        "dry_run=true",
+    )
     assert code == 2 and err.count("\n") == 1
     assert f"dataset.path={tmp_path / 'nope.csv'}" in err and "no such file" in err
 
@@ -187,8 +217,15 @@ def test_a_missing_data_file_is_one_line_naming_the_path(capsys, tmp_path):
 def test_help_lists_hydra_flags_and_experiments(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
-    for flag in ("--cfg job|hydra|all", "--info", "-cd, --config-dir", "-cn, --config-name", "--version",
-                 "hydra.run.dir=DIR", "plan_view=full"):
+    for flag in (
+        "--cfg job|hydra|all",
+        "--info",
+        "-cd, --config-dir",
+        "-cn, --config-name",
+        "--version",
+        "hydra.run.dir=DIR",
+        "plan_view=full",
+    ):
         assert flag in out
     for experiment in ("quick", "aml_reference", "gpu"):
         assert f"\n  {experiment} " in out
@@ -222,13 +259,20 @@ def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypat
 
     overrides = [f"experiment={name}", f"output_root={tmp_path}"]
     cfg = compose(overrides, {})
-    expected = {"quick": ("minilm-l6", "local", "none", 300), "aml_reference": ("bert-base-cased", "a100", "random", None),
-                "gpu": ("bert-base-cased", "local", "random", None),
-                "goemotions": ("minilm-l6", "local", "none", None)}[name]
+    expected = {
+        "quick": ("minilm-l6", "local", "none", 300),
+        "aml_reference": ("bert-base-cased", "a100", "random", None),
+        "gpu": ("bert-base-cased", "local", "random", None),
+        "goemotions": ("minilm-l6", "local", "none", None),
+    }[name]
     assert (cfg.model.name, cfg.compute.name, cfg.search.sampling, cfg.dataset.sample) == expected
     if name == "goemotions":
-        assert (cfg.dataset.name, cfg.dataset.task, cfg.model.epochs, cfg.select.decision_metric) == \
-            ("goemotions", "multi_label", 5, "f1_micro")
+        assert (cfg.dataset.name, cfg.dataset.task, cfg.model.epochs, cfg.select.decision_metric) == (
+            "goemotions",
+            "multi_label",
+            5,
+            "f1_micro",
+        )
     if name == "quick":
         assert build_plan(cfg, overrides, "q").stages == ["data", "train", "automl", "select", "register", "deploy"]
 
@@ -250,7 +294,12 @@ def test_a_config_dir_of_your_own_adds_options_and_a_primary_config(capsys, tmp_
     assert code == 0, err
     job = yaml.safe_load(out)
     # The user's primary config comes after its defaults (experiment included), as in any Hydra app.
-    assert (job["run_name"], job["seed"], job["dataset"]["sample"], job["model"]["name"]) == ("team", 7, 50, "minilm-l6")
+    assert (job["run_name"], job["seed"], job["dataset"]["sample"], job["model"]["name"]) == (
+        "team",
+        7,
+        50,
+        "minilm-l6",
+    )
 
 
 def test_a_config_file_setting_a_renamed_key_is_told_the_new_name(capsys, tmp_path):
@@ -262,8 +311,9 @@ def test_a_config_file_setting_a_renamed_key_is_told_the_new_name(capsys, tmp_pa
 
 
 def test_hydra_run_dir_is_the_run_directory(capsys, tmp_path):
-    code, out, err = run_cli(capsys, f"hydra.run.dir={tmp_path / 'runs' / 'mine'}", "hydra.job.chdir=false",
-                             "dry_run=true")
+    code, out, err = run_cli(
+        capsys, f"hydra.run.dir={tmp_path / 'runs' / 'mine'}", "hydra.job.chdir=false", "dry_run=true"
+    )
     assert code == 0, err
     assert f"run    * mine -> {tmp_path / 'runs' / 'mine'}" in out
     code, out, err = run_cli(capsys, "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2", "dry_run=true")
@@ -278,8 +328,9 @@ def test_ctrl_c_names_the_command_that_resumes_the_run(capsys, tmp_path, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune.launch, "run_plan", interrupted)
-    code, _, err = run_cli(capsys, "search=none", "search.space.epochs=choice(1,2)", f"output_root={tmp_path}",
-                           "run_name=first")
+    code, _, err = run_cli(
+        capsys, "search=none", "search.space.epochs=choice(1,2)", f"output_root={tmp_path}", "run_name=first"
+    )
     assert code == 2  # a space without a sweep is refused before anything runs
     code, _, err = run_cli(capsys, "search=bandit", "search.space.epochs=choice(1,2)", f"output_root={tmp_path}")
     assert code == 130

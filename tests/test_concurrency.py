@@ -1,5 +1,6 @@
 """Several pipelines at once on one new output_root: the MLflow store, the registry and the production alias
 stay consistent, and production ends on the best model by the selection rule, not the last to finish."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,22 @@ RUNS = 4
 
 def pipeline(tmp_path: Path, model_dir: Path, index: int) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "finetune", "search=none", "automl=none", "endpoint=none",
-               f"model.path={model_dir}", "dataset.sample=100", "model.max_length=16", "model.epochs=1",
-               "compute.num_threads=1", f"seed={index}", f"run_name=c{index}", f"output_root={tmp_path / 'root'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "search=none",
+        "automl=none",
+        "endpoint=none",
+        f"model.path={model_dir}",
+        "dataset.sample=100",
+        "model.max_length=16",
+        "model.epochs=1",
+        "compute.num_threads=1",
+        f"seed={index}",
+        f"run_name=c{index}",
+        f"output_root={tmp_path / 'root'}",
+    ]
     log = open(tmp_path / f"c{index}.log", "wb")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
 
@@ -54,7 +68,7 @@ def test_four_pipelines_at_once_on_a_new_output_root(tmp_path, tiny_model_dir):
 def test_a_lock_held_elsewhere_says_who_holds_it(tmp_path):
     path = tmp_path / "x.lock"
     with locks.hold(path, owner="training"):
-        script = (f"from finetune.system import locks\nwith locks.hold({str(path)!r}, wait=False): pass")
+        script = f"from finetune.system import locks\nwith locks.hold({str(path)!r}, wait=False): pass"
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode != 0 and f"pid {os.getpid()} (training)" in result.stderr
     with locks.hold(path, wait=False):  # released on leaving the block
@@ -95,17 +109,29 @@ def test_promotion_rechecks_a_production_that_moved_since_selection(tmp_path):
     def scores(candidate):
         return choose.evaluate({"c": candidate}, test_csv, LABELS)["c"]["test"]
 
-    plan = SimpleNamespace(select=SimpleNamespace(registered_model_name=name, metric="auc_weighted", margin=0.0),
-                           tracking=SimpleNamespace(uri=uri))
+    plan = SimpleNamespace(
+        select=SimpleNamespace(registered_model_name=name, metric="auc_weighted", margin=0.0),
+        tracking=SimpleNamespace(uri=uri),
+    )
     data = SimpleNamespace(test_path=test_csv, labels=LABELS, task="single_label")
     worse = {**scores(good), "auc_weighted": 0.25}
-    selection = SelectionResult(metric="auc_weighted", task="single_label", margin=0.0, production=None,
-                                table=[SelectionRow("automl", "automl", worse)], winner="automl", verdict=Verdict.REGISTER,
-                                reason="no production yet")
+    selection = SelectionResult(
+        metric="auc_weighted",
+        task="single_label",
+        margin=0.0,
+        production=None,
+        table=[SelectionRow("automl", "automl", worse)],
+        winner="automl",
+        verdict=Verdict.REGISTER,
+        reason="no production yet",
+    )
     rechecked = _recheck(plan, data, selection, "99", tmp_path / "recheck")
     assert not rechecked.promotable
-    assert rechecked.recheck == {"production_version": version, "decision": "keep_production",
-                                 "reason": rechecked.recheck["reason"]}
+    assert rechecked.recheck == {
+        "production_version": version,
+        "decision": "keep_production",
+        "reason": rechecked.recheck["reason"],
+    }
     assert "production moved" in rechecked.reason and selection.recheck is None  # a new result, not a rewrite
 
     better = {**scores(good), "auc_weighted": 1.5}  # beats any real score

@@ -1,5 +1,6 @@
 """Shipped YAML sets only what differs from the schema (finetune/config/schema.py, finetune/config/spec.py): a value that repeats
 a default is a second place to change when the default moves, and hides which settings an option is about."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,5 +78,6 @@ def test_the_check_sees_a_repeated_default_and_ignores_a_changed_one():
     assert _repeats(None, _schema_default(("search", "limits", "timeout")))
     assert not _repeats({"type": "choice"}, _schema_default(("search", "space", "epochs")))
     assert list(_values({"search": {"limits": {"timeout": None}, "space": {"lr": {"min": 1}}}}, ())) == [
-        (("search", "limits", "timeout"), None), (("search", "space"), {"lr": {"min": 1}})]
-
+        (("search", "limits", "timeout"), None),
+        (("search", "space"), {"lr": {"min": 1}}),
+    ]

@@ -1,4 +1,5 @@
 """Every shipped config file composes into a valid plan, and starts with its purpose and a usage line."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,10 +17,13 @@ CONFIG_FILES = sorted(CONF.rglob("*.yaml"))
 def test_config_file_says_what_it_is_for_and_how_to_use_it(path):
     # Hydra reads a `# @package` directive only from the very first lines; the description follows it.
     lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
-    header = [line for line in lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]]
+    header = [
+        line for line in lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]
+    ]
     assert lines[0].startswith("# ") and len(lines[0]) > 20, f"{path}: must start with what it is for"
-    assert any(line.startswith("# python -m finetune") for line in header), \
+    assert any(line.startswith("# python -m finetune") for line in header), (
         f"{path}: its opening comment must show a command that uses it"
+    )
 
 
 OPTIONS = [(group, option) for group, options in group_options().items() for option in options]
@@ -53,18 +57,28 @@ def test_every_option_composes_and_validates(group, option, tmp_path, monkeypatc
     assert plan.stages[0] == "data"
 
 
-@pytest.mark.parametrize("overrides, name", [
-    ([], "amazon_automotive-sentiment"),
-    (["dataset.rating_column=null", "dataset.label_column=star_rating"], "amazon_automotive-star_rating"),
-    (["dataset=amazon_5core", "dataset.category=Musical_Instruments"], "amazon_5core-musical_instruments-sentiment"),
-    (["dataset=amazon_5core", "dataset.path=DIR/reviews_Musical_Instruments_5.json.gz"],
-     "reviews_musical_instruments_5-sentiment"),
-    (["dataset=file", "dataset.path=DIR/Support Tickets.csv.gz", "dataset.label_column=queue"],
-     "support-tickets-queue"),
-    (["dataset=file", "dataset.path=DIR/tickets.csv", "select.registered_model_name=helpdesk"], "helpdesk"),
-    (["dataset=file", "dataset.path=DIR/emails.tsv", "dataset.label_column=tags"], "emails-tags"),
-    (["dataset=goemotions_sample"], "goemotions_sample-labels"),
-])
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        ([], "amazon_automotive-sentiment"),
+        (["dataset.rating_column=null", "dataset.label_column=star_rating"], "amazon_automotive-star_rating"),
+        (
+            ["dataset=amazon_5core", "dataset.category=Musical_Instruments"],
+            "amazon_5core-musical_instruments-sentiment",
+        ),
+        (
+            ["dataset=amazon_5core", "dataset.path=DIR/reviews_Musical_Instruments_5.json.gz"],
+            "reviews_musical_instruments_5-sentiment",
+        ),
+        (
+            ["dataset=file", "dataset.path=DIR/Support Tickets.csv.gz", "dataset.label_column=queue"],
+            "support-tickets-queue",
+        ),
+        (["dataset=file", "dataset.path=DIR/tickets.csv", "select.registered_model_name=helpdesk"], "helpdesk"),
+        (["dataset=file", "dataset.path=DIR/emails.tsv", "dataset.label_column=tags"], "emails-tags"),
+        (["dataset=goemotions_sample"], "goemotions_sample-labels"),
+    ],
+)
 def test_registered_model_name_derives_from_the_dataset(overrides, name, tmp_path, monkeypatch):
     """Two datasets in one output root must never register (and promote) under one name."""
     import gzip
@@ -76,8 +90,12 @@ def test_registered_model_name_derives_from_the_dataset(overrides, name, tmp_pat
             path = Path(override.split("=", 1)[1])
             opener = gzip.open if path.name.endswith(".gz") else open
             with opener(path, "wt") as handle:
-                handle.write('{"reviewText": "good", "overall": 5}\n' if "5.json" in path.name
-                             else "text\ttags\ngood\ta\nbad\tb\n" if path.suffix == ".tsv"
-                             else "text,label,queue\ngood,pos,a\nbad,neg,b\n")
+                handle.write(
+                    '{"reviewText": "good", "overall": 5}\n'
+                    if "5.json" in path.name
+                    else "text\ttags\ngood\ta\nbad\tb\n"
+                    if path.suffix == ".tsv"
+                    else "text,label,queue\ngood,pos,a\nbad,neg,b\n"
+                )
     overrides += [f"output_root={tmp_path}", "dry_run=true"]
     assert build_plan(compose(overrides, {}), overrides, "test").select.registered_model_name == name

@@ -1,4 +1,5 @@
 """The data stage (finetune/data/) against docs/contracts.md "Prepared data"; offline, seconds."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,13 @@ def bundled(**changes) -> DatasetConfig:
 
 
 def five_core(**changes) -> DatasetConfig:
-    settings = {"name": "amazon_5core", "source": "amazon_5core", "category": "Automotive",
-                "text_column": "reviewText", "rating_column": "overall"}
+    settings = {
+        "name": "amazon_5core",
+        "source": "amazon_5core",
+        "category": "Automotive",
+        "text_column": "reviewText",
+        "rating_column": "overall",
+    }
     return DatasetConfig(**{**settings, **changes})
 
 
@@ -300,8 +306,9 @@ def file_dataset(path: Path, **changes) -> DatasetConfig:
     return DatasetConfig(**{**settings, **changes})
 
 
-@pytest.mark.parametrize("name", ["reviews.csv", "reviews.csv.gz", "reviews.jsonl", "reviews.jsonl.gz",
-                                  "reviews.parquet"])
+@pytest.mark.parametrize(
+    "name", ["reviews.csv", "reviews.csv.gz", "reviews.jsonl", "reviews.jsonl.gz", "reviews.parquet"]
+)
 @pytest.mark.parametrize("kind", ["strings", "ints"])
 def test_file_formats_give_the_same_split(tmp_path, name, kind):
     rows = labelled_rows() if kind == "strings" else labelled_rows(labels=[2, 10, 0])
@@ -327,8 +334,9 @@ def test_cleaning_and_dropped_rows(tmp_path):
 def test_ratings_map_to_sentiment_and_drop_neutral(tmp_path):
     rows = [{"body": f"text {i}", "stars": stars} for i, stars in enumerate([1, 2, 3, 4, 5, None, "n/a"] * 5)]
     path = write_rows(tmp_path / "r.jsonl", rows)
-    prepared = prepare(DatasetConfig(source="file", path=str(path), text_column="body", rating_column="stars"),
-                       tmp_path / "data")
+    prepared = prepare(
+        DatasetConfig(source="file", path=str(path), text_column="body", rating_column="stars"), tmp_path / "data"
+    )
     assert prepared.labels == ["negative", "positive"] and prepared.rows_raw == 35 and prepared.rows_labelled == 20
 
 
@@ -351,31 +359,64 @@ def _error_cases(tmp_path: Path) -> dict[str, tuple[DatasetConfig, list[str]]]:
     return {
         "missing file": (file_dataset(tmp_path / "nope.csv"), [f"dataset.path={tmp_path / 'nope.csv'}: no such file"]),
         "extension": (file_dataset(tmp_path / "reviews.xlsx"), ["dataset.path=", "unsupported file type", ".parquet"]),
-        "text column": (file_dataset(good_csv, text_column="body"),
-                        ["dataset.text_column=body: no such column", "one of: text, label"]),
-        "label column": (file_dataset(good_csv, label_column="class"),
-                         ["dataset.label_column=class: no such column", "one of: text, label"]),
-        "rating column": (bundled(rating_column="stars"),
-                          ["dataset.rating_column=stars: no such column", "one of: star_rating, review_body"]),
+        "text column": (
+            file_dataset(good_csv, text_column="body"),
+            ["dataset.text_column=body: no such column", "one of: text, label"],
+        ),
+        "label column": (
+            file_dataset(good_csv, label_column="class"),
+            ["dataset.label_column=class: no such column", "one of: text, label"],
+        ),
+        "rating column": (
+            bundled(rating_column="stars"),
+            ["dataset.rating_column=stars: no such column", "one of: star_rating, review_body"],
+        ),
         "one class": (file_dataset(one_class), ["dataset.label_column=label: only one class ('good')", "2 or more"]),
-        "nothing left": (file_dataset(empty_texts),
-                         ["dataset.label_column=label: no labelled rows left of 2 read", "1 empty text, 1 no label",
-                          "check dataset.text_column=text"]),
-        "sample too large": (bundled(sample=5000), ["dataset.sample=5000: larger than the 2610 labelled rows",
-                                                    "dataset.sample=2610 or less"]),
-        "class too small": (file_dataset(tiny_class), ["dataset.label_column=label: class 'rare' has 2 rows",
-                                                       "add rows of it or drop the class"]),
-        "class too small in sample": (bundled(sample=10), ["dataset.sample=10: class 'negative' has 1 row in",
-                                                           "use a larger dataset.sample"]),
+        "nothing left": (
+            file_dataset(empty_texts),
+            [
+                "dataset.label_column=label: no labelled rows left of 2 read",
+                "1 empty text, 1 no label",
+                "check dataset.text_column=text",
+            ],
+        ),
+        "sample too large": (
+            bundled(sample=5000),
+            ["dataset.sample=5000: larger than the 2610 labelled rows", "dataset.sample=2610 or less"],
+        ),
+        "class too small": (
+            file_dataset(tiny_class),
+            ["dataset.label_column=label: class 'rare' has 2 rows", "add rows of it or drop the class"],
+        ),
+        "class too small in sample": (
+            bundled(sample=10),
+            ["dataset.sample=10: class 'negative' has 1 row in", "use a larger dataset.sample"],
+        ),
         "both label and rating": (file_dataset(good_csv, rating_column="stars"), ["set exactly one"]),
-        "file without path": (DatasetConfig(source="file", label_column="label"),
-                              ["dataset.path=None: dataset.source=file needs dataset.path=FILE"]),
+        "file without path": (
+            DatasetConfig(source="file", label_column="label"),
+            ["dataset.path=None: dataset.source=file needs dataset.path=FILE"],
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "extension", "text column", "label column", "rating column",
-                                  "one class", "nothing left", "sample too large", "class too small",
-                                  "class too small in sample", "both label and rating", "file without path"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "extension",
+        "text column",
+        "label column",
+        "rating column",
+        "one class",
+        "nothing left",
+        "sample too large",
+        "class too small",
+        "class too small in sample",
+        "both label and rating",
+        "file without path",
+    ],
+)
 def test_user_errors_name_the_key_and_fix_and_write_nothing(tmp_path, case):
     dataset, fragments = _error_cases(tmp_path)[case]
     out_dir = tmp_path / "run" / "data"
@@ -409,7 +450,8 @@ def test_check_source_finds_problems_without_loading(tmp_path):
     parquet = write_rows(tmp_path / "r.parquet", rows)
     (tmp_path / "r.txt").write_text("body,grade\n")
     assert _check(DatasetConfig(source="file", path=None, label_column="label")) == [
-        "dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) or dataset.url=URL"]
+        "dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) or dataset.url=URL"
+    ]
     assert _check(file_dataset(tmp_path / "none.csv")) == [f"dataset.path={tmp_path / 'none.csv'}: no such file"]
     assert "unsupported file type" in _check(file_dataset(tmp_path / "r.txt"))[0]
     assert "unsupported file type" in _check(DatasetConfig(source="file", url="http://h/x.zip", label_column="l"))[0]
@@ -420,9 +462,11 @@ def test_check_source_finds_problems_without_loading(tmp_path):
         ]
         assert _check(file_dataset(path, text_column="body", label_column="grade")) == []
     assert _check(DatasetConfig(source="file", path=str(jsonl), text_column="body", rating_column="stars")) == [
-        f"dataset.rating_column=stars: no such column in {jsonl}; set it to one of: body, grade"]
-    assert _check(DatasetConfig(source="nowhere")) == ["dataset.source=nowhere: unknown; use one of bundled, "
-                                                       "amazon_5core, file"]
+        f"dataset.rating_column=stars: no such column in {jsonl}; set it to one of: body, grade"
+    ]
+    assert _check(DatasetConfig(source="nowhere")) == [
+        "dataset.source=nowhere: unknown; use one of bundled, amazon_5core, file"
+    ]
     assert _check(bundled()) == [] and _check(five_core()) == []
     assert "needs dataset.category=NAME" in _check(five_core(category=None))[0]
 
@@ -436,8 +480,10 @@ def test_check_source_reads_the_first_five_core_line():
 
 
 def test_import_stays_cheap():
-    code = ("import sys, finetune.data; "
-            "print(sorted(m for m in ('pandas', 'sklearn', 'numpy', 'pyarrow', 'tqdm') if m in sys.modules))")
+    code = (
+        "import sys, finetune.data; "
+        "print(sorted(m for m in ('pandas', 'sklearn', 'numpy', 'pyarrow', 'tqdm') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -462,8 +508,10 @@ def test_corrupt_gzip_mid_stream_is_one_line(tmp_path):
 
 
 def test_csv_missing_markers_are_missing_labels_not_classes(tmp_path, capsys):
-    rows = labelled_rows() + [{"text": f"r's write.csv row {i}", "label": marker}
-                              for i, marker in enumerate(["NA", "NaN", "N/A", "NULL", " NA "])]
+    rows = labelled_rows() + [
+        {"text": f"r's write.csv row {i}", "label": marker}
+        for i, marker in enumerate(["NA", "NaN", "N/A", "NULL", " NA "])
+    ]
     prepared = prepare(file_dataset(write_rows(tmp_path / "r.csv", rows)), tmp_path / "data")
     assert prepared.labels == CLASSES and prepared.rows_raw == 65 and prepared.rows_labelled == 60
     assert "dropped 5 of 65 rows: 5 no label" in capsys.readouterr().out
@@ -487,8 +535,9 @@ def test_json_objects_are_neither_labels_nor_texts(tmp_path):
 def test_infinite_ratings_are_dropped(tmp_path):
     rows = [{"body": f"text {i}", "stars": stars} for i, stars in enumerate(["1", "5", "inf", "-inf"] * 10)]
     path = write_rows(tmp_path / "r.csv", rows)
-    prepared = prepare(DatasetConfig(source="file", path=str(path), text_column="body", rating_column="stars"),
-                       tmp_path / "data")
+    prepared = prepare(
+        DatasetConfig(source="file", path=str(path), text_column="body", rating_column="stars"), tmp_path / "data"
+    )
     assert prepared.rows_labelled == 20
 
 

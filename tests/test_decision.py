@@ -1,4 +1,5 @@
 """The decision rule chosen on val: a threshold for binary tasks, a prior correction for multiclass."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,8 +60,17 @@ def test_a_lucky_cut_among_a_few_low_scores_is_not_taken():
     positives among the 9 lowest scores in an order that is chance; on test it found 3 of 11 negatives where
     argmax found 8. Averaged with its neighbours that cut is no longer best, and argmax stays."""
     labels = ["negative", "positive"]
-    low = [(0.00197, 1), (0.00199, 0), (0.00209, 1), (0.00211, 0), (0.00218, 0), (0.00226, 1), (0.00228, 1),
-           (0.00578, 1), (0.05403, 1)]
+    low = [
+        (0.00197, 1),
+        (0.00199, 0),
+        (0.00209, 1),
+        (0.00211, 0),
+        (0.00218, 0),
+        (0.00226, 1),
+        (0.00228, 1),
+        (0.00578, 1),
+        (0.05403, 1),
+    ]
     high_negatives = [0.9559, 0.9871, 0.9929, 0.9972, 0.9978, 0.9978, 0.9979, 0.9982]
     high_positives = sigmoid(np.random.default_rng(0).uniform(2.1, 7.6, 219))
     p_positive = np.concatenate([[p for p, _ in low], high_negatives, high_positives])
@@ -101,21 +111,25 @@ def test_decision_metrics_match_scikit_learn():
             ours = decision_metrics(y, pred, n_classes)
             assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred))
             for average in ("macro", "weighted"):
-                expected = precision_recall_fscore_support(y, pred, labels=list(range(n_classes)), average=average,
-                                                           zero_division=0)[:3]
+                expected = precision_recall_fscore_support(
+                    y, pred, labels=list(range(n_classes)), average=average, zero_division=0
+                )[:3]
                 assert [ours[f"{m}_{average}"] for m in ("precision", "recall", "f1")] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("shipped", [
-    # candidate.json's decision as models shipped before the rule was typed wrote it (docs/contracts.md).
-    '{"rule": "threshold", "positive_label": "positive", "threshold": 0.83, "metric": "f1_macro", "val": 0.9, '
-    '"val_argmax": 0.8}',
-    '{"rule": "class_weights", "prior_strength": 0.5, "weights": {"a": 0.2, "b": 1.0}, "metric": "f1_macro", '
-    '"val": 0.7, "val_argmax": 0.6}',
-    '{"rule": "per_label_thresholds", "thresholds": {"anger": 0.6, "joy": 0.35}, "metric": "f1_micro", '
-    '"val": 0.5, "val_argmax": 0.4}',
-    '{"rule": "argmax"}',
-])
+@pytest.mark.parametrize(
+    "shipped",
+    [
+        # candidate.json's decision as models shipped before the rule was typed wrote it (docs/contracts.md).
+        '{"rule": "threshold", "positive_label": "positive", "threshold": 0.83, "metric": "f1_macro", "val": 0.9, '
+        '"val_argmax": 0.8}',
+        '{"rule": "class_weights", "prior_strength": 0.5, "weights": {"a": 0.2, "b": 1.0}, "metric": "f1_macro", '
+        '"val": 0.7, "val_argmax": 0.6}',
+        '{"rule": "per_label_thresholds", "thresholds": {"anger": 0.6, "joy": 0.35}, "metric": "f1_micro", '
+        '"val": 0.5, "val_argmax": 0.4}',
+        '{"rule": "argmax"}',
+    ],
+)
 def test_a_shipped_rule_reads_and_writes_back_to_the_same_json(shipped):
     import json
 

@@ -1,4 +1,5 @@
 """Each registered model (dataset and task) gets its own endpoint, on AML and locally (issue 24, defect 2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,16 @@ def test_aml_dry_runs_of_two_datasets_name_two_endpoints(tmp_path, capsys):
     names = {}
     # goemotions_sample is a published split: sampled, val and test could hold labels train has not.
     for dataset, sample in (("amazon_automotive", ["dataset.sample=400"]), ("goemotions_sample", [])):
-        code = cli.main(["compute=a100", "dry_run=true", f"dataset={dataset}", *sample,
-                         f"output_root={tmp_path}", f"run_name={dataset}"])
+        code = cli.main(
+            [
+                "compute=a100",
+                "dry_run=true",
+                f"dataset={dataset}",
+                *sample,
+                f"output_root={tmp_path}",
+                f"run_name={dataset}",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         endpoint, deployment = exported_endpoints(tmp_path / dataset)
         assert endpoint == deployment and re.fullmatch(VALID, endpoint), endpoint

@@ -1,4 +1,5 @@
 """The serving runtimes: the export stage (ONNX, ONNX int8), score.py under each runtime, the plan's choice."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,10 @@ def test_export_carries_only_what_the_runtime_needs(trained, exported):
         assert {"config.json", "tokenizer_config.json"} <= names
         assert [name for name in names if name.endswith(".onnx")] == [info["onnx_file"]]
         assert not any(name.endswith(".partial") for name in names)
-    size = {runtime: (folder / json.loads((folder / "candidate.json").read_text())["onnx_file"]).stat().st_size
-            for runtime, folder in exported.items()}
+    size = {
+        runtime: (folder / json.loads((folder / "candidate.json").read_text())["onnx_file"]).stat().st_size
+        for runtime, folder in exported.items()
+    }
     assert size["onnx-int8"] < size["onnx"] / 2
 
 

@@ -1,5 +1,6 @@
 """Killing the pipeline: no process it started survives, whatever the signal, and the local endpoint's state
 stays consistent; a training output dir belongs to one training process at a time."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,22 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", 
 
 
 def start_pipeline(tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "finetune", "search=none", "automl=none", "endpoint=local",
-               f"model.path={model_dir}", "dataset.sample=100", "model.max_length=16", "model.epochs=1",
-               "compute.num_threads=1", f"output_root={tmp_path}", "run_name=k", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "search=none",
+        "automl=none",
+        "endpoint=local",
+        f"model.path={model_dir}",
+        "dataset.sample=100",
+        "model.max_length=16",
+        "model.epochs=1",
+        "compute.num_threads=1",
+        f"output_root={tmp_path}",
+        "run_name=k",
+        *overrides,
+    ]
     log = open(tmp_path / "pipeline.log", "ab")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path)
 
@@ -80,9 +94,22 @@ def test_killing_the_pipeline_during_the_rollout_leaks_nothing(tmp_path, tiny_mo
     pipeline.wait(timeout=60)
     assert_all_gone(children + [p for p in psutil.process_iter() if _started_from(p, tmp_path)])
 
-    status = subprocess.run([sys.executable, "-m", "finetune.serve", "status", "--endpoint", "amazon-automotive-sentiment",
-                             "--endpoints-dir", str(tmp_path / "endpoints")], capture_output=True, text=True,
-                            env=ENV, timeout=120)
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.serve",
+            "status",
+            "--endpoint",
+            "amazon-automotive-sentiment",
+            "--endpoints-dir",
+            str(tmp_path / "endpoints"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert status.returncode == 0, status.stderr
     assert "running" not in status.stdout.replace("router: stopped", ""), status.stdout
     state = json.loads((tmp_path / "endpoints" / "amazon-automotive-sentiment" / "state.json").read_text())
@@ -101,9 +128,27 @@ def _started_from(process: psutil.Process, folder: Path) -> bool:
 def test_a_second_training_into_the_same_output_dir_says_so_in_one_line(tmp_path):
     output_dir = tmp_path / "train"
     with locks.hold(output_dir / ".train.lock", owner="python -m finetune.train"):
-        done = subprocess.run([sys.executable, "-m", "finetune.train", "--train-file", "t.csv", "--val-file", "v.csv",
-                               "--labels-file", "l.json", "--model", "m", "--output-dir", str(output_dir)],
-                              capture_output=True, text=True, env=ENV, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "finetune.train",
+                "--train-file",
+                "t.csv",
+                "--val-file",
+                "v.csv",
+                "--labels-file",
+                "l.json",
+                "--model",
+                "m",
+                "--output-dir",
+                str(output_dir),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert f"is in use by pid {os.getpid()} (python -m finetune.train)" in done.stderr
 
@@ -113,8 +158,12 @@ def test_four_processes_opening_a_new_store_at_once(tmp_path):
     """The crash of the issue (`table _alembic_tmp_tags already exists`) without a whole pipeline."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = f"from finetune.registry.model_registry import experiment_id; print(experiment_id({uri!r}, 'finetune'))"
-    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=ENV) for _ in range(4)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        )
+        for _ in range(4)
+    ]
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0] * 4, [err[-1500:] for _, err in outputs]
     assert len({out.strip() for out, _ in outputs}) == 1, "one experiment, the same id for all"

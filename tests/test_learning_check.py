@@ -4,6 +4,7 @@ The data is a keyword task (one of five praise or five complaint words among neu
 one-liner and a tiny BERT can learn, so "not learning" comes only from what a test breaks (a learning rate of 0).
 The tiny BERT is conftest's, built over these words.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,28 @@ from finetune.train.learning_check import LOSS_DROP, MARGIN, early_step, judge
 
 PRAISE = ("awesome", "amazing", "best", "beautiful", "excellent")
 COMPLAINT = ("awful", "bad", "broken", "annoying", "defective")
-FILLER = ("about", "after", "again", "belt", "blade", "brake", "bulb", "cable", "car", "clean", "cover", "door",
-          "engine", "filter", "battery", "charger", "antenna", "bumper", "cap", "clip")
+FILLER = (
+    "about",
+    "after",
+    "again",
+    "belt",
+    "blade",
+    "brake",
+    "bulb",
+    "cable",
+    "car",
+    "clean",
+    "cover",
+    "door",
+    "engine",
+    "filter",
+    "battery",
+    "charger",
+    "antenna",
+    "bumper",
+    "cap",
+    "clip",
+)
 
 
 def write_split(path: Path, rows: int, rng: random.Random) -> None:
@@ -51,12 +72,31 @@ def keyword_bert(tmp_path_factory) -> Path:
 
 
 def train(data: Path, model: Path, out: Path, *extra: str) -> dict:
-    code = train_main([
-        "--train-file", str(data / "train.csv"), "--val-file", str(data / "val.csv"),
-        "--labels-file", str(data / "labels.json"), "--model", str(model), "--output-dir", str(out),
-        "--num-threads", "1", "--progress", "false", "--tracking-uri", f"sqlite:///{out.parent / 'mlflow.db'}",
-        "--batch-size", "16", "--logging-steps", "2", *extra,
-    ])
+    code = train_main(
+        [
+            "--train-file",
+            str(data / "train.csv"),
+            "--val-file",
+            str(data / "val.csv"),
+            "--labels-file",
+            str(data / "labels.json"),
+            "--model",
+            str(model),
+            "--output-dir",
+            str(out),
+            "--num-threads",
+            "1",
+            "--progress",
+            "false",
+            "--tracking-uri",
+            f"sqlite:///{out.parent / 'mlflow.db'}",
+            "--batch-size",
+            "16",
+            "--logging-steps",
+            "2",
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((out / "result.json").read_text())
 
@@ -82,8 +122,17 @@ def test_early_check_comes_after_the_warmup_and_before_the_first_evaluation():
 
 
 def test_a_model_that_cannot_learn_restarts_once_then_stops(keyword_data, keyword_bert, tmp_path, capsys):
-    result = train(keyword_data, keyword_bert, tmp_path / "frozen", "--learning-rate", "0", "--epochs", "3",
-                   "--learning-check", "restart")
+    result = train(
+        keyword_data,
+        keyword_bert,
+        tmp_path / "frozen",
+        "--learning-rate",
+        "0",
+        "--epochs",
+        "3",
+        "--learning-check",
+        "restart",
+    )
     err = capsys.readouterr().err
     check = result["learning_check"]
     assert check["baseline"]["value"] > 0.95, "the one-liner learns the keywords"
@@ -112,8 +161,17 @@ def test_shuffled_labels_are_caught_in_one_line_and_not_restarted(keyword_bert, 
         with open(tmp_path / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([header, *[[text, label] for (text, _), label in zip(body, labels)]])
     (tmp_path / "labels.json").write_text(json.dumps(["poor", "good"]))
-    result = train(tmp_path, keyword_bert, tmp_path / "shuffled", "--learning-rate", "3e-3", "--epochs", "1",
-                   "--learning-check", "restart")
+    result = train(
+        tmp_path,
+        keyword_bert,
+        tmp_path / "shuffled",
+        "--learning-rate",
+        "3e-3",
+        "--epochs",
+        "1",
+        "--learning-check",
+        "restart",
+    )
     err = capsys.readouterr().err
     check = result["learning_check"]
     assert check["no_signal"] is True and check["restarted"] is None, "a lower learning rate cannot find no signal"
@@ -123,14 +181,32 @@ def test_shuffled_labels_are_caught_in_one_line_and_not_restarted(keyword_bert, 
 
 
 def test_the_learning_keyword_model_is_not_called_chance(keyword_data, keyword_bert, tmp_path):
-    check = train(keyword_data, keyword_bert, tmp_path / "signal", "--learning-rate", "3e-3", "--epochs", "1",
-                  "--learning-check", "restart")["learning_check"]
+    check = train(
+        keyword_data,
+        keyword_bert,
+        tmp_path / "signal",
+        "--learning-rate",
+        "3e-3",
+        "--epochs",
+        "1",
+        "--learning-check",
+        "restart",
+    )["learning_check"]
     assert check["no_signal"] is False and check["kept_auc"] > 0.9
 
 
 def test_warn_records_and_trains_on(keyword_data, keyword_bert, tmp_path, capsys):
-    result = train(keyword_data, keyword_bert, tmp_path / "warned", "--learning-rate", "0", "--epochs", "1",
-                   "--learning-check", "warn")
+    result = train(
+        keyword_data,
+        keyword_bert,
+        tmp_path / "warned",
+        "--learning-rate",
+        "0",
+        "--epochs",
+        "1",
+        "--learning-check",
+        "warn",
+    )
     err = capsys.readouterr().err
     check = result["learning_check"]
     assert check["restarted"] is None and check["stopped"] is None
@@ -140,8 +216,17 @@ def test_warn_records_and_trains_on(keyword_data, keyword_bert, tmp_path, capsys
 
 
 def test_a_model_that_learns_is_not_flagged(keyword_data, keyword_bert, tmp_path, capsys):
-    result = train(keyword_data, keyword_bert, tmp_path / "learns", "--learning-rate", "3e-3", "--epochs", "1",
-                   "--learning-check", "restart")
+    result = train(
+        keyword_data,
+        keyword_bert,
+        tmp_path / "learns",
+        "--learning-rate",
+        "3e-3",
+        "--epochs",
+        "1",
+        "--learning-check",
+        "restart",
+    )
     err = capsys.readouterr().err
     check = result["learning_check"]
     assert check["restarted"] is None and check["stopped"] is None and check["below_baseline"] is False
@@ -149,11 +234,14 @@ def test_a_model_that_learns_is_not_flagged(keyword_data, keyword_bert, tmp_path
     assert "restarting" not in err and "below the baseline" not in err
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["search=none"], "restart"),
-    ([], "warn"),  # the default config sweeps: its trials only record, the sweep's policy decides
-    (["search=none", "train.learning_check=warn"], "warn"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["search=none"], "restart"),
+        ([], "warn"),  # the default config sweeps: its trials only record, the sweep's policy decides
+        (["search=none", "train.learning_check=warn"], "warn"),
+    ],
+)
 def test_a_single_run_restarts_and_a_sweep_trial_only_warns(overrides, expected, tmp_path):
     from finetune.cli.main import compose, expand
     from finetune.plan.build import build_plan
@@ -165,8 +253,9 @@ def test_a_single_run_restarts_and_a_sweep_trial_only_warns(overrides, expected,
 
 
 @pytest.mark.slow  # a full local pipeline (train twice, FLAML, register, report)
-def test_a_run_that_ships_a_model_below_the_baseline_says_so_last_and_in_its_report(keyword_data, tiny_model_dir,
-                                                                                     tmp_path):
+def test_a_run_that_ships_a_model_below_the_baseline_says_so_last_and_in_its_report(
+    keyword_data, tiny_model_dir, tmp_path
+):
     """conftest's tiny BERT reads every keyword text as seven [UNK]s: it cannot learn this data, and with nothing
     else to choose (automl=none) selection ships it."""
     import os
@@ -176,10 +265,28 @@ def test_a_run_that_ships_a_model_below_the_baseline_says_so_last_and_in_its_rep
     data = tmp_path / "keywords.csv"
     write_split(data, 400, random.Random(1))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "finetune", "dataset=file", f"dataset.path={data}", "search=none",
-                          "automl=none", "endpoint=none", f"model.path={tiny_model_dir}", "model.epochs=1",
-                          "compute.num_threads=1", f"output_root={tmp_path}", "run_name=below"],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune",
+            "dataset=file",
+            f"dataset.path={data}",
+            "search=none",
+            "automl=none",
+            "endpoint=none",
+            f"model.path={tiny_model_dir}",
+            "model.epochs=1",
+            "compute.num_threads=1",
+            f"output_root={tmp_path}",
+            "run_name=below",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("warning: the shipped model (") and "is below the baseline: val auc_weighted" in last

@@ -1,4 +1,5 @@
 """The losses for skewed classes: the shipped logit-adjusted loss and the capped weights bench_imbalance.py measures."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
-    "bench_imbalance", Path(__file__).resolve().parent.parent / "scripts" / "bench_imbalance.py")
+    "bench_imbalance", Path(__file__).resolve().parent.parent / "scripts" / "bench_imbalance.py"
+)
 bench_imbalance = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_imbalance)
 capped_class_weights = bench_imbalance.capped_class_weights

@@ -1,4 +1,5 @@
 """Registered versions are MLflow pyfunc models with their runtime's environment and a model card."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ from finetune.serve import score
 from finetune.serve.export import export_candidate
 from test_serve_support import LABELS, TEXTS, make_hf_candidate
 
-CARD = {"name": "reviews-hf", "base_model": "sentence-transformers/all-MiniLM-L6-v2", "dataset": "amazon_automotive",
-        "dataset_sha256": "r" * 64, "split_sha256": {"test": "s" * 64}, "metrics": {"auc_weighted": 0.97, "f1_macro": 0.88}}
+CARD = {
+    "name": "reviews-hf",
+    "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+    "dataset": "amazon_automotive",
+    "dataset_sha256": "r" * 64,
+    "split_sha256": {"test": "s" * 64},
+    "metrics": {"auc_weighted": 0.97, "f1_macro": 0.88},
+}
 REQUEST = {"data": [{"text": text} for text in TEXTS[:3]]}
 
 
@@ -65,8 +72,10 @@ def test_each_version_carries_its_runtime_environment_and_a_model_card(registere
         names = [line.split("==")[0] for line in requirements]
         assert ("torch" if runtime == "torch" else "onnxruntime") in names and other not in names
         assert "mlflow-skinny" in names and "transformers" in names
-        assert yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]["loader_module"] \
+        assert (
+            yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]["loader_module"]
             == "finetune_score"
+        )
         assert (folder / "code" / "finetune_score.py").read_text() == registry.SCORE_SCRIPT.read_text()
         card = (folder / "README.md").read_text()
         front = yaml.safe_load(card.split("---")[1])
@@ -93,8 +102,22 @@ def test_predict_takes_an_alias_or_a_version(registered, tmp_path, capsys):
     outputs = {}
     for spec in ("reviews-hf@production", f"models:/reviews-hf/{versions['onnx-int8']['version']}"):
         target = tmp_path / f"{len(outputs)}.csv"
-        assert predict.main(["--model", spec, "--input", str(data), "--output", str(target),
-                             "--tracking-uri", store, "--no-progress"]) == 0
+        assert (
+            predict.main(
+                [
+                    "--model",
+                    spec,
+                    "--input",
+                    str(data),
+                    "--output",
+                    str(target),
+                    "--tracking-uri",
+                    store,
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         outputs[spec] = pd.read_csv(target)
     first, second = outputs.values()
     assert first.equals(second) and first.id.tolist() == [1, 2, 3]

@@ -1,4 +1,5 @@
 """Multi-label models: metrics, per-label thresholds chosen on val, and what score.py answers with them."""
+
 from __future__ import annotations
 
 import json
@@ -45,11 +46,13 @@ def rare_label_scores(seed: int, n: int = 600):
     """Three labels; the rare one is ranked well but its probabilities stay under 0.5 (as BCE gives them)."""
     rng = np.random.default_rng(seed)
     y = np.column_stack([rng.random(n) < 0.4, rng.random(n) < 0.3, rng.random(n) < 0.04]).astype(int)
-    proba = np.column_stack([
-        np.where(y[:, 0] == 1, rng.uniform(0.4, 0.95, n), rng.uniform(0.05, 0.6, n)),
-        np.where(y[:, 1] == 1, rng.uniform(0.45, 0.9, n), rng.uniform(0.05, 0.55, n)),
-        np.where(y[:, 2] == 1, rng.uniform(0.2, 0.45, n), rng.uniform(0.0, 0.3, n)),
-    ])
+    proba = np.column_stack(
+        [
+            np.where(y[:, 0] == 1, rng.uniform(0.4, 0.95, n), rng.uniform(0.05, 0.6, n)),
+            np.where(y[:, 1] == 1, rng.uniform(0.45, 0.9, n), rng.uniform(0.05, 0.55, n)),
+            np.where(y[:, 2] == 1, rng.uniform(0.2, 0.45, n), rng.uniform(0.0, 0.3, n)),
+        ]
+    )
     return y, proba
 
 
@@ -93,7 +96,7 @@ def test_a_rare_labels_threshold_is_the_best_of_every_cut():
     truth = np.zeros(n, dtype=np.int64)
     truth[:positives] = 1
     scores = np.where(truth == 1, rng.beta(6, 2, n), rng.beta(1, 30, n))
-    scores[positives:positives + 10] = rng.uniform(0.4, 0.9, 10)  # negatives that look positive
+    scores[positives : positives + 10] = rng.uniform(0.4, 0.9, 10)  # negatives that look positive
     y, proba = truth[:, None], scores[:, None]
     chosen = choose_label_thresholds(y, proba, ["rare"]).thresholds["rare"]
     best = max(f1_score(truth, scores >= cut) for cut in np.unique(scores))
@@ -177,16 +180,18 @@ def test_score_answers_label_lists_at_the_shipped_thresholds(monkeypatch, tmp_pa
     folder = make_multi_label_candidate(tmp_path / "automl", TEXTS, TARGETS, LABELS)
     body = {"data": [{"text": text} for text in TEXTS]}
     plain = load_score(monkeypatch, folder).run(body)["predictions"]
-    assert all(set(p["labels"]) == {label for label, v in p["probabilities"].items() if v >= 0.5} for p in plain), \
+    assert all(set(p["labels"]) == {label for label, v in p["probabilities"].items() if v >= 0.5} for p in plain), (
         "without a shipped rule every label is decided at 0.5"
+    )
     assert not prediction_problems(body, {"predictions": plain})
     joy = [p["probabilities"]["joy"] for p in plain]
     lowest, second = sorted(set(joy))[:2]
     threshold = (lowest + second) / 2
     thresholds = {"anger": 0.5, "joy": threshold, "it's, odd": 0.99}
     info = json.loads((folder / "candidate.json").read_text())
-    (folder / "candidate.json").write_text(json.dumps(
-        {**info, "decision": {"rule": "per_label_thresholds", "thresholds": thresholds}}))
+    (folder / "candidate.json").write_text(
+        json.dumps({**info, "decision": {"rule": "per_label_thresholds", "thresholds": thresholds}})
+    )
     decided = load_score(monkeypatch, folder).run(json.dumps(body))["predictions"]
     for before, after in zip(plain, decided):
         assert after["probabilities"] == before["probabilities"], "the rule changes labels, never probabilities"
@@ -209,8 +214,12 @@ def test_hf_multi_label_scores_are_sigmoids(monkeypatch, tmp_path, tiny_model_di
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, num_labels=3, problem_type="multi_label_classification",
-        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+        tiny_model_dir,
+        num_labels=3,
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)

@@ -1,4 +1,5 @@
 """NER readers: CoNLL, JSONL tokens + tags, JSONL spans; IOBES and stray I- handling; one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_conll_reads_tab_and_space_columns_skips_docstart_and_takes_the_last_field(tmp_path):
-    path = write(tmp_path, "a.conll", "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
-                                      "Peter\tB-PER\nBlackburn\tI-PER\n")
+    path = write(
+        tmp_path,
+        "a.conll",
+        "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter\tB-PER\nBlackburn\tI-PER\n",
+    )
     sentences, stats = read_ner_file(path)
     assert [s.tokens for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]
     assert [s.tags for s in sentences] == [["B-ORG", "O"], ["B-PER", "I-PER"]]
@@ -33,8 +37,14 @@ def test_bundled_sample_reads_as_its_source_says():
 
 
 def test_iobes_is_converted_to_iob2(tmp_path):
-    path = write(tmp_path, "a.jsonl", json.dumps({"tokens": ["New", "York", "City", "is", "Paris"],
-                                                  "tags": ["B-LOC", "I-LOC", "E-LOC", "O", "S-LOC"]}) + "\n")
+    path = write(
+        tmp_path,
+        "a.jsonl",
+        json.dumps(
+            {"tokens": ["New", "York", "City", "is", "Paris"], "tags": ["B-LOC", "I-LOC", "E-LOC", "O", "S-LOC"]}
+        )
+        + "\n",
+    )
     sentences, stats = read_ner_file(path)
     assert sentences[0].tags == ["B-LOC", "I-LOC", "I-LOC", "O", "B-LOC"] and stats.iobes_converted
 
@@ -54,10 +64,16 @@ def test_stray_inside_tags_become_outside_as_seqeval_strict_reads_them_and_are_c
 
 
 def test_spans_become_words_and_tags_with_unaligned_and_overlapping_counts(tmp_path):
-    records = [{"text": "I met Ada Lovelace in London.", "entities": [
-        {"start": 6, "end": 18, "label": "person"}, {"start": 22, "end": 27, "label": "location"}]},
-        {"text": "Visit NewYorkCity now", "entities": [{"start": 9, "end": 13, "label": "location"},
-                                                     {"start": 6, "end": 17, "label": "location"}]}]
+    records = [
+        {
+            "text": "I met Ada Lovelace in London.",
+            "entities": [{"start": 6, "end": 18, "label": "person"}, {"start": 22, "end": 27, "label": "location"}],
+        },
+        {
+            "text": "Visit NewYorkCity now",
+            "entities": [{"start": 9, "end": 13, "label": "location"}, {"start": 6, "end": 17, "label": "location"}],
+        },
+    ]
     path = write(tmp_path, "spans.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     sentences, stats = read_ner_file(path)
     assert sentences[0].tokens == ["I", "met", "Ada", "Lovelace", "in", "London", "."]
@@ -67,21 +83,36 @@ def test_spans_become_words_and_tags_with_unaligned_and_overlapping_counts(tmp_p
     assert (stats.entities_unaligned, stats.entities_overlapping) == (2, 1)
 
 
-@pytest.mark.parametrize("name, content, expected", [
-    ("bad.conll", "Peter\tB-PER\nBlackburn\n", "bad.conll line 2: malformed CoNLL line 'Blackburn'"),
-    ("len.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', "len.jsonl line 1: 2 tokens but 1 tags"),
-    ("scheme.conll", "x\tO\n\nPeter\tPERSON\n", "scheme.conll line 3: tag 'PERSON' (token 1) is not O, B-TYPE or "
-                                                 "I-TYPE"),
-    ("scheme.jsonl", '{"tokens": ["a"], "tags": ["E-X"]}\n{"tokens": ["a"], "tags": ["U-X"]}\n',
-     "scheme.jsonl line 2: tag 'U-X' (token 1) is not O, B-TYPE or I-TYPE"),
-    ("empty.jsonl", '{"tokens": [], "tags": []}\n', "empty.jsonl line 1: empty sentence"),
-    ("empty_text.jsonl", '{"text": "  ", "entities": []}\n', "empty_text.jsonl line 1: empty sentence"),
-    ("outside.jsonl", '{"text": "short", "entities": [{"start": 2, "end": 9, "label": "x"}]}\n',
-     "outside.jsonl line 1: entity span 2..9 (x) is outside its text of 5 characters"),
-    ("inverted.jsonl", '{"text": "short", "entities": [{"start": 3, "end": 1, "label": "x"}]}\n',
-     "inverted.jsonl line 1: entity span 3..1 (x) is outside its text"),
-    ("nothing.conll", "\n\n", "nothing.conll: no sentences"),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("bad.conll", "Peter\tB-PER\nBlackburn\n", "bad.conll line 2: malformed CoNLL line 'Blackburn'"),
+        ("len.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', "len.jsonl line 1: 2 tokens but 1 tags"),
+        (
+            "scheme.conll",
+            "x\tO\n\nPeter\tPERSON\n",
+            "scheme.conll line 3: tag 'PERSON' (token 1) is not O, B-TYPE or I-TYPE",
+        ),
+        (
+            "scheme.jsonl",
+            '{"tokens": ["a"], "tags": ["E-X"]}\n{"tokens": ["a"], "tags": ["U-X"]}\n',
+            "scheme.jsonl line 2: tag 'U-X' (token 1) is not O, B-TYPE or I-TYPE",
+        ),
+        ("empty.jsonl", '{"tokens": [], "tags": []}\n', "empty.jsonl line 1: empty sentence"),
+        ("empty_text.jsonl", '{"text": "  ", "entities": []}\n', "empty_text.jsonl line 1: empty sentence"),
+        (
+            "outside.jsonl",
+            '{"text": "short", "entities": [{"start": 2, "end": 9, "label": "x"}]}\n',
+            "outside.jsonl line 1: entity span 2..9 (x) is outside its text of 5 characters",
+        ),
+        (
+            "inverted.jsonl",
+            '{"text": "short", "entities": [{"start": 3, "end": 1, "label": "x"}]}\n',
+            "inverted.jsonl line 1: entity span 3..1 (x) is outside its text",
+        ),
+        ("nothing.conll", "\n\n", "nothing.conll: no sentences"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_line(tmp_path, name, content, expected):
     with pytest.raises(UserError) as raised:
         read_ner_file(write(tmp_path, name, content))
@@ -132,7 +163,8 @@ def test_plan_refuses_a_classification_selection_metric_for_ner_and_an_entity_me
     assert check_config(SelectConfig(metric="f1_entity"), "ner") == []
     assert check_config(SelectConfig(metric="auc_weighted"), "ner") == [
         "select.metric=auc_weighted: not a metric of ner data; use one of f1_entity, precision_entity, "
-        "recall_entity, f1_macro_entity"]
+        "recall_entity, f1_macro_entity"
+    ]
     assert "not a metric of single_label data" in check_config(SelectConfig(metric="f1_entity"), "single_label")[0]
     assert check_config(SelectConfig(metric="f1_entity"), "auto") == []
 
@@ -141,8 +173,21 @@ def test_plan_refuses_an_onnx_runtime_for_ner(tmp_path):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "finetune", "dataset=wnut17_sample", "search=none",
-                          "endpoint.runtime=onnx-int8", "dry_run=true", f"output_root={tmp_path}"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune",
+            "dataset=wnut17_sample",
+            "search=none",
+            "endpoint.runtime=onnx-int8",
+            "dry_run=true",
+            f"output_root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert run.returncode == 2
     assert "endpoint.runtime=onnx-int8: NER models serve with the torch runtime only" in run.stderr

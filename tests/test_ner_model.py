@@ -1,5 +1,6 @@
 """NER modelling pieces: the entity metric, long-sentence windows and label alignment, the CRF candidate and the
 endpoint's answers with character offsets."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def test_per_type_figures_and_span_scoring_count_exact_matches():
 def test_error_kinds_tell_boundary_from_type_errors():
     gold = [["B-A", "I-A", "O", "B-B", "O", "O", "B-A", "O"]]
     predicted = [["B-A", "O", "O", "B-A", "O", "B-B", "O", "O"]]
-    assert error_kinds(gold, predicted) == {"type": 1, "boundary": 1, "boundary_and_type": 0, "spurious": 1,
-                                            "missed": 1}
+    assert error_kinds(gold, predicted) == {
+        "type": 1,
+        "boundary": 1,
+        "boundary_and_type": 0,
+        "spurious": 1,
+        "missed": 1,
+    }
     example = wrong_sentences([["a", "b", "c", "d", "e", "f", "g", "h"]], gold, predicted)[0]
     assert example["gold"] == [("a b", "A"), ("d", "B"), ("g", "A")]
 
@@ -94,8 +100,10 @@ def test_repair_and_entities_use_character_offsets_of_the_text():
     words = ner_score.split_words(text)
     tags = repair_tags(["O", "I-person", "I-person", "O", "B-location"])
     found = entities_from_tags(words, tags, [0.9, 0.8, 0.6, 0.9, 0.7], text)
-    assert found == [{"text": "Ada Lovelace", "label": "person", "start": 5, "end": 17, "score": 0.7},
-                     {"text": "London", "label": "location", "start": 21, "end": 27, "score": 0.7}]
+    assert found == [
+        {"text": "Ada Lovelace", "label": "person", "start": 5, "end": 17, "score": 0.7},
+        {"text": "London", "label": "location", "start": 21, "end": 27, "score": 0.7},
+    ]
 
 
 def make_token_classifier(tiny_model_dir: Path, folder: Path, labels: list) -> Path:
@@ -103,12 +111,16 @@ def make_token_classifier(tiny_model_dir: Path, folder: Path, labels: list) -> P
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     model = AutoModelForTokenClassification.from_pretrained(
-        tiny_model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)})
+        tiny_model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
-    (folder / "candidate.json").write_text(json.dumps({"family": "hf", "task": "ner", "labels": labels,
-                                                       "max_length": 16, "stride": 4}))
+    (folder / "candidate.json").write_text(
+        json.dumps({"family": "hf", "task": "ner", "labels": labels, "max_length": 16, "stride": 4})
+    )
     return folder
 
 
@@ -118,15 +130,15 @@ def test_transformer_answers_every_word_of_a_long_text_with_offsets_into_it(tiny
     text = "  Bought   new wipers, they fit!  " * 6
     words = tagger.words(text)
     assert all(text[start:end] == word for word, start, end in words)
-    (tags, scores), = tagger.tag([[w for w, _, _ in words]])
+    ((tags, scores),) = tagger.tag([[w for w, _, _ in words]])
     assert len(tags) == len(words) and all(0 < s <= 1 for s in scores)
-    answered, = ner_score.answer(tagger, [{"text": text}])
+    (answered,) = ner_score.answer(tagger, [{"text": text}])
     for entity in answered["entities"]:
-        assert text[entity["start"]:entity["end"]] == entity["text"] and entity["label"] == "product"
-    tokens_answer, = ner_score.answer(tagger, [{"tokens": ["new", "wipers"]}])
+        assert text[entity["start"] : entity["end"]] == entity["text"] and entity["label"] == "product"
+    (tokens_answer,) = ner_score.answer(tagger, [{"tokens": ["new", "wipers"]}])
     assert len(tokens_answer["tags"]) == 2 and set(tokens_answer["tags"]) <= set(labels)
     # A word the tokenizer drops entirely (zero-width space) gets O instead of breaking the request.
-    dropped, = ner_score.answer(tagger, [{"tokens": ["new", "\u200b", "wipers"]}])
+    (dropped,) = ner_score.answer(tagger, [{"tokens": ["new", "\u200b", "wipers"]}])
     assert dropped["tags"][1] == "O" and dropped["scores"][1] == 1.0 and len(dropped["tags"]) == 3
 
 
@@ -134,8 +146,10 @@ def test_crf_candidate_chooses_c1_c2_on_val_and_serves_entities(tmp_path):
     from finetune.data.ner import entity_types, tag_names
     from finetune.tasks.ner_crf import run_crf
 
-    splits = {name: read_ner_file(SAMPLE / f"{file}.conll")[0] for name, file in
-              (("train", "train"), ("val", "dev"), ("test", "test"))}
+    splits = {
+        name: read_ner_file(SAMPLE / f"{file}.conll")[0]
+        for name, file in (("train", "train"), ("val", "dev"), ("test", "test"))
+    }
     for name, sentences in splits.items():
         (tmp_path / f"{name}.jsonl").write_bytes(write_jsonl(sentences))
     labels = tag_names(entity_types(t for s in splits["train"] for t in s.tags))
@@ -145,15 +159,21 @@ def test_crf_candidate_chooses_c1_c2_on_val_and_serves_entities(tmp_path):
     tagger = ner_score.load_tagger(Path(candidate["path"]))
     train_text = " ".join(splits["train"][0].tokens)
     (answered,) = ner_score.answer(tagger, [{"text": train_text}])
-    assert all(train_text[e["start"]:e["end"]] == e["text"] for e in answered["entities"])
+    assert all(train_text[e["start"] : e["end"]] == e["text"] for e in answered["entities"])
     # On its own training data a CRF finds entities: a feature or tag mix-up would find none.
     tagged = tagger.tag([s.tokens for s in splits["train"][:100]])
     assert entity_metrics([s.tags for s in splits["train"][:100]], [t for t, _ in tagged])["f1_entity"] > 0.5
 
 
-@pytest.mark.parametrize("body, message", [
-    ("{", "not JSON"), ('{"data": []}', "request must be"), ('{"data": [{"tokens": ["a", ""]}]}', "data[0] must be"),
-    ('{"data": [{"txt": "a"}]}', "data[0] must be")])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("{", "not JSON"),
+        ('{"data": []}', "request must be"),
+        ('{"data": [{"tokens": ["a", ""]}]}', "data[0] must be"),
+        ('{"data": [{"txt": "a"}]}', "data[0] must be"),
+    ],
+)
 def test_malformed_requests_are_named(body, message):
     with pytest.raises(ner_score.BadRequest, match=message.replace("[", r"\[")):
         ner_score.parse_request(body, 64, 1_000_000)
@@ -170,15 +190,54 @@ def test_training_val_entity_f1_is_what_the_saved_model_scores_on_val(tmp_path, 
     from finetune.data import prepare
     from finetune.data.ner import read_prepared
 
-    data = prepare(DatasetConfig(name="s", source="bundled", path="wnut17_sample", task="ner",
-                                 split_files=SplitFiles("train.conll", "dev.conll", "test.conll")), tmp_path / "data")
-    run = subprocess.run([sys.executable, "-m", "finetune.train", "--train-file", str(data.train_path), "--val-file",
-                          str(data.val_path), "--labels-file", str(data.labels_path), "--model", str(tiny_model_dir),
-                          "--output-dir", str(tmp_path / "train"), "--task", "ner", "--epochs", "1", "--batch-size", "8",
-                          "--learning-rate", "1e-7", "--primary-metric", "val_f1_entity", "--group-by-length", "true",
-                          "--learning-check", "warn", "--progress", "false",
-                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                         capture_output=True, text=True, timeout=900)
+    data = prepare(
+        DatasetConfig(
+            name="s",
+            source="bundled",
+            path="wnut17_sample",
+            task="ner",
+            split_files=SplitFiles("train.conll", "dev.conll", "test.conll"),
+        ),
+        tmp_path / "data",
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.train",
+            "--train-file",
+            str(data.train_path),
+            "--val-file",
+            str(data.val_path),
+            "--labels-file",
+            str(data.labels_path),
+            "--model",
+            str(tiny_model_dir),
+            "--output-dir",
+            str(tmp_path / "train"),
+            "--task",
+            "ner",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "1e-7",
+            "--primary-metric",
+            "val_f1_entity",
+            "--group-by-length",
+            "true",
+            "--learning-check",
+            "warn",
+            "--progress",
+            "false",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "train" / "result.json").read_text())
     tagger = ner_score.load_tagger(tmp_path / "train" / "model")

@@ -1,4 +1,5 @@
 """End to end: `python -m finetune` in a subprocess on a slice of the bundled data with the tiny model."""
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_finetune(tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "finetune", "search=none", f"model.path={model_dir}", "dataset.sample=300",
-               "automl.time_budget_s=3", "compute.num_threads=1", "model.epochs=1", f"output_root={tmp_path}",
-               *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "search=none",
+        f"model.path={model_dir}",
+        "dataset.sample=300",
+        "automl.time_budget_s=3",
+        "compute.num_threads=1",
+        "model.epochs=1",
+        f"output_root={tmp_path}",
+        *overrides,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
 
@@ -85,8 +96,7 @@ def test_full_local_pipeline_then_a_second_run_against_production(tmp_path, tiny
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads((tmp_path / "third" / "summary.json").read_text())["registry"]["name"] == "tickets-label"
     assert str(client.get_model_version_by_alias("tickets-label", "production").version) == "1"
-    fourth = run_finetune(tmp_path, tiny_model_dir, "run_name=fourth", *other,
-                          f"select.registered_model_name={name}")
+    fourth = run_finetune(tmp_path, tiny_model_dir, "run_name=fourth", *other, f"select.registered_model_name={name}")
     assert fourth.returncode == 2
     error = fourth.stderr.strip().splitlines()
     assert len(error) == 1 and "select.replace_incompatible=true" in error[0], fourth.stderr[-3000:]
@@ -106,6 +116,7 @@ def three_class_file(path: Path) -> Path:
             writer.writerow((row["review_body"], "low" if stars <= 2 else "mid" if stars == 3 else "high"))
     return path
 
+
 def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path, summary: dict) -> None:
     from mlflow import MlflowClient
 
@@ -116,8 +127,7 @@ def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path,
     tags = pipeline.data.tags
     assert tags["dataset.name"] == "amazon_automotive" and tags["dataset.raw_sha256"] == summary["data"]["raw_sha256"]
     assert tags["finetune.launcher"] == "local" and tags["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    children = client.search_runs([pipeline.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{pipeline.info.run_id}'")
+    children = client.search_runs([pipeline.info.experiment_id], f"tags.mlflow.parentRunId = '{pipeline.info.run_id}'")
     assert [run.info.run_name for run in children] == ["first-train"]
     train = children[0].data
     assert train.params["model"] == tags["base_model"] and "/" + "site-packages" not in train.params["model"]
@@ -131,8 +141,9 @@ def _assert_runs_are_nested_and_the_version_links_to_its_metrics(tmp_path: Path,
 def test_multi_label_example_end_to_end(tmp_path, tiny_model_dir):
     """The bundled GoEmotions sample: train -> AutoML -> select -> register -> local endpoint -> report, then the
     registered version through MLflow's pyfunc loader and batch prediction, all answering label lists."""
-    done = run_finetune(tmp_path, tiny_model_dir, "run_name=emotions", "dataset=goemotions_sample",
-                        "dataset.sample=1500")
+    done = run_finetune(
+        tmp_path, tiny_model_dir, "run_name=emotions", "dataset=goemotions_sample", "dataset.sample=1500"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "emotions" / "summary.json").read_text())
     assert summary["data"]["task"] == "multi_label" and summary["data"]["split"] == "predefined"
@@ -164,7 +175,17 @@ def test_multi_label_example_end_to_end(tmp_path, tiny_model_dir):
     assert list(table.columns)[:2] == ["labels", "probability_admiration"] and len(table) == 2
     source = tmp_path / "comments.csv"
     pd.DataFrame({"id": ["a", "b"], "text": texts}).to_csv(source, index=False)
-    predict.main(["--model", f"{summary['registry']['name']}@production", "--input", str(source),
-                  "--output", str(tmp_path / "scored.parquet"), "--tracking-uri", uri])
+    predict.main(
+        [
+            "--model",
+            f"{summary['registry']['name']}@production",
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "scored.parquet"),
+            "--tracking-uri",
+            uri,
+        ]
+    )
     scored = pd.read_parquet(tmp_path / "scored.parquet")
     assert [list(labels) for labels in scored["labels"]] == [list(labels) for labels in table["labels"]]

@@ -1,4 +1,5 @@
 """python -m finetune.predict: file formats, id pass-through, streaming in bounded chunks, one-line errors."""
+
 from __future__ import annotations
 
 import gzip
@@ -21,9 +22,13 @@ def model(tiny_model_dir, tmp_path_factory):
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"review_id": [f"r{i:03d}" for i in range(ROWS)],
-                         "text": [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(ROWS)],
-                         "stars": list(range(ROWS))})
+    return pd.DataFrame(
+        {
+            "review_id": [f"r{i:03d}" for i in range(ROWS)],
+            "text": [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(ROWS)],
+            "stars": list(range(ROWS)),
+        }
+    )
 
 
 def write(table: pd.DataFrame, path):
@@ -44,8 +49,9 @@ def read(path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-@pytest.mark.parametrize("source,target", [("in.csv.gz", "out.parquet"), ("in.jsonl", "out.csv"),
-                                           ("in.parquet", "out.jsonl.gz")])
+@pytest.mark.parametrize(
+    "source,target", [("in.csv.gz", "out.parquet"), ("in.jsonl", "out.csv"), ("in.parquet", "out.jsonl.gz")]
+)
 def test_every_format_in_and_out_with_ids_in_input_order(model, tmp_path, monkeypatch, source, target):
     seen = []
     original = score.HFScorer.predict_proba
@@ -56,8 +62,15 @@ def test_every_format_in_and_out_with_ids_in_input_order(model, tmp_path, monkey
 
     monkeypatch.setattr(score.HFScorer, "predict_proba", spy)
     table = frame()
-    result = predict.predict_file(model, write(table, tmp_path / source), tmp_path / target,
-                                  id_column="review_id", chunk_rows=5, batch_size=2, progress=False)
+    result = predict.predict_file(
+        model,
+        write(table, tmp_path / source),
+        tmp_path / target,
+        id_column="review_id",
+        chunk_rows=5,
+        batch_size=2,
+        progress=False,
+    )
     out = read(tmp_path / target)
     assert result["rows"] == ROWS
     assert list(out.columns) == ["review_id", "label", *[f"probability_{label}" for label in LABELS]]
@@ -77,8 +90,11 @@ def test_the_id_column_defaults_to_id_and_is_optional(model, tmp_path):
     predict.predict_file(model, write(table, tmp_path / "a.csv"), tmp_path / "a-out.csv", progress=False)
     assert pd.read_csv(tmp_path / "a-out.csv", dtype={"id": str}).id.tolist() == table.id.tolist()
     predict.predict_file(model, write(table[["text"]], tmp_path / "b.csv"), tmp_path / "b-out.csv", progress=False)
-    assert list(pd.read_csv(tmp_path / "b-out.csv").columns) == ["label", "probability_negative",
-                                                                  "probability_positive"]
+    assert list(pd.read_csv(tmp_path / "b-out.csv").columns) == [
+        "label",
+        "probability_negative",
+        "probability_positive",
+    ]
 
 
 def bad_inputs(tmp_path):
@@ -111,9 +127,22 @@ def test_bad_files_end_with_one_line_and_no_output(model, tmp_path, capsys):
 def test_bad_models_end_with_one_line(tmp_path, capsys):
     data = write(frame(), tmp_path / "in.csv")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for model, message in ((str(tmp_path), "not a model folder"),
-                           ("automotive-sentiment@production", "there is no model registry at")):
-        code = predict.main(["--model", model, "--input", str(data), "--output", str(tmp_path / "o.csv"),
-                             "--tracking-uri", tracking, "--no-progress"])
+    for model, message in (
+        (str(tmp_path), "not a model folder"),
+        ("automotive-sentiment@production", "there is no model registry at"),
+    ):
+        code = predict.main(
+            [
+                "--model",
+                model,
+                "--input",
+                str(data),
+                "--output",
+                str(tmp_path / "o.csv"),
+                "--tracking-uri",
+                tracking,
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, (model, err)

@@ -1,4 +1,5 @@
 """The sweep line: trials done / running / stopped, the best value so far and an ETA from the trials' progress."""
+
 from __future__ import annotations
 
 import json

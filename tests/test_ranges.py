@@ -1,5 +1,6 @@
 """Plan-time value checks: every number has a range, every enum a set, every name that becomes a path a
 pattern; a bad value ends as one line (exit code 2) before anything is written or run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,10 @@ HOSTILE = [
     ("tracking.uri=sqlite://x.db", "tracking.uri=sqlite://x.db"),
     ("dataset.text_column=", "dataset.text_column=: no such column"),
     ("+model.learnng_rate=1", "model.learnng_rate: unknown setting; did you mean model.learning_rate?"),
-    ("+endpoint.allow_remote_host=true", "endpoint.allow_remote_host: unknown setting; did you mean "
-                                         "endpoint.allow_remote?"),
+    (
+        "+endpoint.allow_remote_host=true",
+        "endpoint.allow_remote_host: unknown setting; did you mean endpoint.allow_remote?",
+    ),
     ("train.telemetry_interval_s=0", "train.telemetry_interval_s=0"),
 ]
 
@@ -85,8 +88,15 @@ def test_a_bad_value_is_one_line_at_plan_time(capsys, tmp_path, override, named)
 
 
 def test_every_problem_at_once(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "search=none", "dry_run=true", f"output_root={tmp_path}", "endpoint.port=70000",
-                           "model.epochs=inf", "seed=-1")
+    code, _, err = run_cli(
+        capsys,
+        "search=none",
+        "dry_run=true",
+        f"output_root={tmp_path}",
+        "endpoint.port=70000",
+        "model.epochs=inf",
+        "seed=-1",
+    )
     assert code == 2 and "(3 problems)" in err
 
 
@@ -108,14 +118,27 @@ def test_max_length_beyond_the_encoder_positions(capsys, tmp_path, tiny_model_di
     assert run_cli(capsys, *args, "model.max_length=256")[0] == 0
     code, _, err = run_cli(capsys, *args, "model.max_length=257")
     assert code == 2 and "has 256 positions" in err
-    code, _, err = run_cli(capsys, "search=random", "dry_run=true", f"output_root={tmp_path}", "run_name=s",
-                           f"model.path={tiny_model_dir}", "search.space.max_length=choice(128,512)")
+    code, _, err = run_cli(
+        capsys,
+        "search=random",
+        "dry_run=true",
+        f"output_root={tmp_path}",
+        "run_name=s",
+        f"model.path={tiny_model_dir}",
+        "search.space.max_length=choice(128,512)",
+    )
     assert code == 2 and "search.space.max_length" in err
 
 
 def test_a_remote_host_only_when_allowed(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "dry_run=true", f"output_root={tmp_path}", "run_name=r", "endpoint.host=0.0.0.0",
-                           "endpoint.allow_remote=true")
+    code, _, err = run_cli(
+        capsys,
+        "dry_run=true",
+        f"output_root={tmp_path}",
+        "run_name=r",
+        "endpoint.host=0.0.0.0",
+        "endpoint.allow_remote=true",
+    )
     assert code == 0, err
 
 
@@ -154,9 +177,15 @@ def test_more_concurrent_trials_than_cores_is_refused_locally(capsys, tmp_path):
     import os
 
     cores = len(os.sched_getaffinity(0))
-    code, _, err = run_cli(capsys, "search=random", "dry_run=true", f"output_root={tmp_path}", "run_name=r",
-                           f"search.limits.max_total_trials={cores * 4}",
-                           f"search.limits.max_concurrent_trials={cores * 4}")
+    code, _, err = run_cli(
+        capsys,
+        "search=random",
+        "dry_run=true",
+        f"output_root={tmp_path}",
+        "run_name=r",
+        f"search.limits.max_total_trials={cores * 4}",
+        f"search.limits.max_concurrent_trials={cores * 4}",
+    )
     assert code == 2 and f"this machine's {cores} CPU cores" in err
 
 

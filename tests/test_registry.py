@@ -1,4 +1,5 @@
 """The local MLflow registry: self-contained versions, no duplicates, resolve by version and by alias."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,21 @@ from test_select import make_automl_candidate, write_splits
 
 needs_score_script = pytest.mark.skipif(
     not registry.SCORE_SCRIPT.is_file(),
-    reason=f"{registry.SCORE_SCRIPT} (the serving entry script) is not written yet; a version must ship it")
+    reason=f"{registry.SCORE_SCRIPT} (the serving entry script) is not written yet; a version must ship it",
+)
 
 SELECTION = SelectionResult.from_dict(
-    {"metric": "auc_weighted", "decision": "register", "winner": "automl", "reason": "best test auc_weighted",
-     "table": [{"candidate": "automl", "family": "automl", "auc_weighted": 0.91},
-               {"candidate": "finetuned", "family": "hf", "error": "OSError: no weights"}]})
+    {
+        "metric": "auc_weighted",
+        "decision": "register",
+        "winner": "automl",
+        "reason": "best test auc_weighted",
+        "table": [
+            {"candidate": "automl", "family": "automl", "auc_weighted": 0.91},
+            {"candidate": "finetuned", "family": "hf", "error": "OSError: no weights"},
+        ],
+    }
+)
 DATA = {"raw_sha256": "r" * 64, "splits": {"train": {"sha256": "t" * 64}, "test": {"sha256": "s" * 64}}}
 
 
@@ -43,8 +53,9 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
     request = {"data": [{"text": "Fits my car perfectly."}]}
 
     first = registry.register(candidate, "reviews", store, tags, request)
-    again = registry.register(candidate, "reviews", store,
-                              selection_tags(SELECTION, DATA, {"name": "run-2", "seed": 0}, "x"), request)
+    again = registry.register(
+        candidate, "reviews", store, selection_tags(SELECTION, DATA, {"name": "run-2", "seed": 0}, "x"), request
+    )
 
     assert (first["version"], first["existing"]) == ("1", False)
     assert (again["version"], again["existing"]) == ("1", True)
@@ -55,8 +66,7 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
     assert version_tags["data.test_sha256"] == "s" * 64 and version_tags["data.raw_sha256"] == "r" * 64
     assert version_tags["source"] == "single run" and version_tags["selection.metric"] == "auc_weighted"
     # The run name is identity, not configuration: the same settings hash alike across runs.
-    assert tags["config_sha256"] == selection_tags(SELECTION, DATA, {"name": "run-9", "seed": 0}, None)[
-        "config_sha256"]
+    assert tags["config_sha256"] == selection_tags(SELECTION, DATA, {"name": "run-9", "seed": 0}, None)["config_sha256"]
     assert version_tags.get("git_commit") == registry.git_commit()
 
     # Not yet in production: the launcher promotes only after a successful rollout.
@@ -68,8 +78,16 @@ def test_register_is_self_contained_idempotent_and_resolvable(tmp_path, store, c
     # A local store is referenced in place: the registry's copy is the only one.
     assert not (tmp_path / "v1").exists() and "mlartifacts" in ref.path
     files = {path.name for path in registry.Path(ref.path).rglob("*") if path.is_file()}
-    assert {"model.joblib", "candidate.json", "score.py", "conda.yaml", "sample_request.json",
-            "registered.json", "MLmodel", "README.md"} <= files
+    assert {
+        "model.joblib",
+        "candidate.json",
+        "score.py",
+        "conda.yaml",
+        "sample_request.json",
+        "registered.json",
+        "MLmodel",
+        "README.md",
+    } <= files
     assert (ref.name, ref.version) == ("reviews", "1")
     folder = registry.Path(ref.path)
     assert json.loads((folder / "registered.json").read_text()) == {"name": "reviews", "version": "1"}
@@ -151,8 +169,15 @@ def test_dependency_list_comes_from_pyproject_when_the_package_is_not_installed(
 def test_a_promotion_survives_the_register_steps_model_ref_json():
     from finetune.launch.azureml.runtime.step_results import RegisteredChoice
 
-    choice = RegisteredChoice(verdict=Verdict.REGISTER, reason="beats production", selection={"metric": "auc_weighted"},
-                              name="reviews", version="2", candidate="finetuned", promoted=Promotion("reviews", "2", "1"))
+    choice = RegisteredChoice(
+        verdict=Verdict.REGISTER,
+        reason="beats production",
+        selection={"metric": "auc_weighted"},
+        name="reviews",
+        version="2",
+        candidate="finetuned",
+        promoted=Promotion("reviews", "2", "1"),
+    )
     written = json.loads(json.dumps(choice.to_dict()))
     assert written["promoted"] == {"name": "reviews", "version": "2", "previous": "1"}
     assert RegisteredChoice.from_dict(written) == choice

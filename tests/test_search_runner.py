@@ -1,5 +1,6 @@
 """The local sweep end to end with the tiny BERT: real ``python -m finetune.train`` trials, concurrency, a
 crashing trial, SIGKILL of the whole sweep and resume, and the reporter that trials call."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,17 @@ from finetune.search.reporting import TrialReporter
 from finetune.search.runner import run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
-TRIAL_KEYS = {"number", "params", "status", "best_value", "values", "epochs_run", "steps", "duration_s",
-              "stopped_at_interval"}
+TRIAL_KEYS = {
+    "number",
+    "params",
+    "status",
+    "best_value",
+    "values",
+    "epochs_run",
+    "steps",
+    "duration_s",
+    "stopped_at_interval",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +45,10 @@ def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     with open(REPO / "finetune" / "data_files" / "automotive_reviews.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    texts = {"positive": [r["review_body"] for r in rows if int(r["star_rating"]) >= 4],
-             "negative": [r["review_body"] for r in rows if int(r["star_rating"]) <= 2]}
+    texts = {
+        "positive": [r["review_body"] for r in rows if int(r["star_rating"]) >= 4],
+        "negative": [r["review_body"] for r in rows if int(r["star_rating"]) <= 2],
+    }
     for split, (start, stop) in {"train": (0, 24), "val": (24, 40), "test": (40, 48)}.items():
         with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -44,8 +56,9 @@ def data(tmp_path_factory):
             for label in ("negative", "positive"):
                 writer.writerows([text, label] for text in texts[label][start:stop])
     (folder / "labels.json").write_text(json.dumps(["negative", "positive"]))
-    return SimpleNamespace(**{f"{s}_path": folder / f"{s}.csv" for s in ("train", "val", "test")},
-                           labels_path=folder / "labels.json")
+    return SimpleNamespace(
+        **{f"{s}_path": folder / f"{s}.csv" for s in ("train", "val", "test")}, labels_path=folder / "labels.json"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +68,17 @@ def tracking_uri(tmp_path_factory):
 
 def overrides(root: Path, model_dir: Path, tracking_uri: str, *extra: str) -> list:
     # budget=none: these tests hold the runner to the limits they set (tests/test_budget.py covers budgets).
-    return ["budget=none", f"output_root={root}", "run_name=sweep-test", f"model.path={model_dir}", "model.epochs=2",
-            "model.max_length=32", "compute.device=cpu", f"tracking.uri={tracking_uri}", *extra]
+    return [
+        "budget=none",
+        f"output_root={root}",
+        "run_name=sweep-test",
+        f"model.path={model_dir}",
+        "model.epochs=2",
+        "model.max_length=32",
+        "compute.device=cpu",
+        f"tracking.uri={tracking_uri}",
+        *extra,
+    ]
 
 
 def make_plan(args: list):
@@ -69,10 +91,21 @@ def sweep_run(tmp_path_factory, tiny_model_dir, data, tracking_uri):
     """One sweep shared by the tests below: a 4-point grid, Bandit, 2 trials at a time, one trial crashing."""
     root = tmp_path_factory.mktemp("sweep")
     # slack_factor 0: a trial behind the best one at the same interval stops, so the pruner has work to do.
-    plan = make_plan(overrides(root, tiny_model_dir, tracking_uri, "search=grid", "~search.space.batch_size",
-                               "search.space.learning_rate=choice(2e-5,5e-5,1e-4,2e-4)", "search.policy.type=bandit",
-                               "search.policy.slack_factor=0", "search.limits.max_total_trials=4",
-                               "search.limits.max_concurrent_trials=2", "compute.num_threads=2"))
+    plan = make_plan(
+        overrides(
+            root,
+            tiny_model_dir,
+            tracking_uri,
+            "search=grid",
+            "~search.space.batch_size",
+            "search.space.learning_rate=choice(2e-5,5e-5,1e-4,2e-4)",
+            "search.policy.type=bandit",
+            "search.policy.slack_factor=0",
+            "search.limits.max_total_trials=4",
+            "search.limits.max_concurrent_trials=2",
+            "compute.num_threads=2",
+        )
+    )
     plan.search.space["learning_rate"]["values"][-1] = -1.0  # past validation: the optimizer refuses it
     from finetune.registry.tracking import start_pipeline_run
 
@@ -81,16 +114,20 @@ def sweep_run(tmp_path_factory, tiny_model_dir, data, tracking_uri):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         result = run_sweep(plan, data, root / "sweep", pipeline_run=(parent, tags))
-    return SimpleNamespace(sweep=result.to_dict(), result=result, dir=root / "sweep", plan=plan,
-                           printed=printed.getvalue(), parent=parent)
+    return SimpleNamespace(
+        sweep=result.to_dict(), result=result, dir=root / "sweep", plan=plan, printed=printed.getvalue(), parent=parent
+    )
 
 
 @pytest.mark.slow  # a real sweep (its module fixture)
 def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(sweep_run, tracking_uri):
     sweep = sweep_run.sweep
     assert set(sweep) == {"sampling", "policy", "primary_metric", "goal", "trials", "best", "compute"}
-    assert (sweep["sampling"], sweep["policy"]["type"], sweep["primary_metric"]) == ("grid", "bandit",
-                                                                                      "val_auc_weighted")
+    assert (sweep["sampling"], sweep["policy"]["type"], sweep["primary_metric"]) == (
+        "grid",
+        "bandit",
+        "val_auc_weighted",
+    )
     trials = sweep["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2, 3]
     assert sorted(t["params"]["learning_rate"] for t in trials) == [-1.0, 2e-5, 5e-5, 1e-4]  # each point once
@@ -143,9 +180,19 @@ def test_a_crashing_trial_is_marked_failed_and_the_sweep_goes_on(sweep_run):
 
 
 def test_trial_timeout_kills_a_trial_and_the_sweep_timeout_stops_launching(
-        tmp_path, tiny_model_dir, data, tracking_uri, capsys):
-    plan = make_plan(overrides(tmp_path, tiny_model_dir, tracking_uri, "search=random", "search.limits.timeout=1",
-                               "search.limits.trial_timeout=2", "search.limits.max_total_trials=3"))
+    tmp_path, tiny_model_dir, data, tracking_uri, capsys
+):
+    plan = make_plan(
+        overrides(
+            tmp_path,
+            tiny_model_dir,
+            tracking_uri,
+            "search=random",
+            "search.limits.timeout=1",
+            "search.limits.trial_timeout=2",
+            "search.limits.max_total_trials=3",
+        )
+    )
     sweep = run_sweep(plan, data, tmp_path / "sweep").to_dict()
     [trial] = sweep["trials"]  # killed at 2 s, after the sweep's 1 s: nothing else was started
     assert trial["status"] == "failed" and trial["reason"] == "timeout: killed after trial_timeout=2 s"
@@ -177,15 +224,26 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
 
 @pytest.mark.slow  # about 45 s of CPU (a sweep process plus three trials): beyond the quick set's budget
 def test_a_killed_sweep_resumes_keeping_finished_trials_and_retrying_the_interrupted_one(
-        tmp_path, tiny_model_dir, data, tracking_uri):
-    args = overrides(tmp_path, tiny_model_dir, tracking_uri, "search=random", "model.epochs=1",
-                     "search.limits.max_total_trials=3", "compute.num_threads=1")
+    tmp_path, tiny_model_dir, data, tracking_uri
+):
+    args = overrides(
+        tmp_path,
+        tiny_model_dir,
+        tracking_uri,
+        "search=random",
+        "model.epochs=1",
+        "search.limits.max_total_trials=3",
+        "compute.num_threads=1",
+    )
     sweep_dir = tmp_path / "sweep"
     script = tmp_path / "sweep.py"
     script.write_text(SWEEP_SCRIPT)
     paths = {k: str(v) for k, v in vars(data).items()}
-    process = subprocess.Popen([sys.executable, str(script), json.dumps(args), json.dumps(paths), str(sweep_dir)],
-                               cwd=REPO, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(args), json.dumps(paths), str(sweep_dir)],
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         _wait_for(sweep_dir / "trial-001" / "train.log", process)  # trial 0 finished, trial 1 running
     finally:
@@ -214,9 +272,18 @@ def test_a_killed_sweep_resumes_keeping_finished_trials_and_retrying_the_interru
 def test_reporter_applies_the_studys_policy_and_records_where_it_stopped(tmp_path):
     storage_url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=storage_url, direction="maximize")
-    study.set_user_attr("policy", {"type": "bandit", "slack_factor": 0.1, "slack_amount": None,
-                                   "evaluation_interval": 1, "delay_evaluation": 2, "truncation_percentage": None,
-                                   "exclude_finished_jobs": False})
+    study.set_user_attr(
+        "policy",
+        {
+            "type": "bandit",
+            "slack_factor": 0.1,
+            "slack_amount": None,
+            "evaluation_interval": 1,
+            "delay_evaluation": 2,
+            "truncation_percentage": None,
+            "exclude_finished_jobs": False,
+        },
+    )
     study.set_user_attr("primary_metric", "val_auc_weighted")
     study.set_user_attr("goal", "maximize")
     leader = study.ask()

@@ -1,5 +1,6 @@
 """Search spaces: YAML and Hydra's sweep grammar give the same distributions; every bad sweep config is
 reported by the CLI as one line with exit code 2; sampled values follow AML's definitions."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,20 +49,29 @@ def test_sweep_grammar_and_yaml_give_the_same_distribution(sweep, yaml):
 
 
 def test_command_line_dimensions_reach_the_plan_as_yaml_would_write_them(tmp_path):
-    args = ["search=bandit", "search.space.learning_rate=tag(log,interval(2e-5,8e-5))",
-            "search.space.batch_size=choice(8,16)", f"output_root={tmp_path}"]
+    args = [
+        "search=bandit",
+        "search.space.learning_rate=tag(log,interval(2e-5,8e-5))",
+        "search.space.batch_size=choice(8,16)",
+        f"output_root={tmp_path}",
+    ]
     [(overrides, space)] = cli.expand(args, multirun=False)
     plan = build_plan(cli.compose(overrides, space), overrides, "t")
-    assert plan.search.space == {"learning_rate": {"type": "loguniform", "min": 2e-5, "max": 8e-5},
-                                 "batch_size": {"type": "choice", "values": [8, 16]}}
+    assert plan.search.space == {
+        "learning_rate": {"type": "loguniform", "min": 2e-5, "max": 8e-5},
+        "batch_size": {"type": "choice", "values": [8, 16]},
+    }
 
 
-@pytest.mark.parametrize("sweep,message", [
-    ("glob(*)", "not a search dimension"),
-    ("tag(log,choice(1,2))", "tags (log) apply to interval(...) only"),
-    ("tag(cube,interval(1,2))", "unknown tag 'cube'"),
-    ('tag("q=x",interval(1,2))', "q=x is not a number"),
-])
+@pytest.mark.parametrize(
+    "sweep,message",
+    [
+        ("glob(*)", "not a search dimension"),
+        ("tag(log,choice(1,2))", "tags (log) apply to interval(...) only"),
+        ("tag(cube,interval(1,2))", "unknown tag 'cube'"),
+        ('tag("q=x",interval(1,2))', "q=x is not a number"),
+    ],
+)
 def test_sweeps_that_are_no_distribution_are_refused_with_the_override_named(sweep, message):
     with pytest.raises(UserError, match=None) as error:
         distribution_from_override(parse(f"search.space.batch_size={sweep}"))
@@ -74,8 +84,10 @@ BAD_CONFIGS = [
     (["search.space.batch_size={type:choice,values:[]}"], "search.space.batch_size.values=[]: empty choice"),
     (["search.space.learning_rate=interval(0.1,0.01)"], "search.space.learning_rate.min=0.1: min >= max=0.01"),
     (["search.space.learning_rate=tag(log,interval(0,1e-4))"], "loguniform bounds must be > 0"),
-    (["search=grid", "search.space.learning_rate=interval(1e-5,1e-4)"],
-     "grid sampling enumerates choice dimensions only"),
+    (
+        ["search=grid", "search.space.learning_rate=interval(1e-5,1e-4)"],
+        "grid sampling enumerates choice dimensions only",
+    ),
     (["search=bayesian", "search.policy.type=median"], "bayesian sampling takes no early-termination policy"),
     (["search.policy.slack_amount=0.05"], "Bandit takes one of them"),
     (["search.policy.slack_factor=null"], "Bandit needs slack_factor (ratio) or slack_amount"),
@@ -85,18 +97,26 @@ BAD_CONFIGS = [
     (["search.limits.max_total_trials=0"], "search.limits.max_total_trials=0: must be >= 1"),
     (["search.limits.trial_timeout=0"], "search.limits.trial_timeout=0: must be >= 1 (seconds)"),
     (["search.limits.max_concurrent_trials=8"], "max_concurrent_trials=8: more than max_total_trials=6"),
-    (["+search.space.dropout={type:uniform,min:0,max:0.5}"],
-     "search.space.dropout: unknown hyperparameter; search one of learning_rate, batch_size, epochs"),
-    (["search.space.learning_rate={type:beta,min:0,max:1}"],
-     "search.space.learning_rate.type=beta: unknown distribution; use one of choice, randint, uniform"),
-    (["search.primary_metric=val_f1"], "search.primary_metric=val_f1: training does not log it; use one of "
-                                       "val_loss, val_accuracy"),
+    (
+        ["+search.space.dropout={type:uniform,min:0,max:0.5}"],
+        "search.space.dropout: unknown hyperparameter; search one of learning_rate, batch_size, epochs",
+    ),
+    (
+        ["search.space.learning_rate={type:beta,min:0,max:1}"],
+        "search.space.learning_rate.type=beta: unknown distribution; use one of choice, randint, uniform",
+    ),
+    (
+        ["search.primary_metric=val_f1"],
+        "search.primary_metric=val_f1: training does not log it; use one of val_loss, val_accuracy",
+    ),
     (["search.goal=up"], "search.goal=up: use maximize or minimize"),
     (["+search.space.model={type:choice,values:[minilm-l6,gpt-9]}"], "no model config named gpt-9"),
     (["search.space.batch_size=interval(8,64)"], "batch_size is a whole number"),
     (["+search.space.warmup_ratio={type:uniform,min:0,max:1.5}"], "can sample 1.5, but warmup_ratio must be in [0, 1)"),
-    (["~search.space.learning_rate", "+search.space.learning_rate={type:normal,mu:3e-5,sigma:1e-5}"],
-     "normal is unbounded below, but learning_rate must be > 0"),
+    (
+        ["~search.space.learning_rate", "+search.space.learning_rate={type:normal,mu:3e-5,sigma:1e-5}"],
+        "normal is unbounded below, but learning_rate must be > 0",
+    ),
 ]
 
 
@@ -113,13 +133,22 @@ def test_a_space_without_a_sweep_is_a_problem(tmp_path):
     overrides = ["search=none", f"output_root={tmp_path}"]
     plan = build_plan(cli.compose(overrides, {}), overrides, "t")
     plan.search.space = {"learning_rate": {"type": "choice", "values": [1e-5, 2e-5]}}
-    assert check_search(plan) == ["search.space=['learning_rate']: search.sampling=none runs no sweep; "
-                                  "use search=bandit (or random, grid, bayesian) to search these"]
+    assert check_search(plan) == [
+        "search.space=['learning_rate']: search.sampling=none runs no sweep; "
+        "use search=bandit (or random, grid, bayesian) to search these"
+    ]
 
 
 def test_every_problem_is_reported_at_once(capsys, tmp_path):
-    argv = ["search=bandit", "search.space.learning_rate=tag(log,interval(0,1e-4))", "search.policy.slack_amount=0.1",
-            "search.goal=up", "search.limits.max_total_trials=0", "dry_run=true", f"output_root={tmp_path}"]
+    argv = [
+        "search=bandit",
+        "search.space.learning_rate=tag(log,interval(0,1e-4))",
+        "search.policy.slack_amount=0.1",
+        "search.goal=up",
+        "search.limits.max_total_trials=0",
+        "dry_run=true",
+        f"output_root={tmp_path}",
+    ]
     assert cli.main(argv) == 2
     assert "invalid config (4 problems)" in capsys.readouterr().err
 
@@ -149,8 +178,9 @@ def test_q_distributions_round_as_aml_defines_them_and_whole_hyperparameters_are
     assert value_from_latent("batch_size", quniform, 21.0) == 24
     assert isinstance(value_from_latent("batch_size", quniform, 21.0), int)
     assert value_from_latent("warmup_ratio", {"type": "quniform", "min": 0, "max": 0.3, "q": 0.1}, 0.26) == 0.3
-    assert value_from_latent("learning_rate", {"type": "qloguniform", "min": 1e-5, "max": 1e-4, "q": 1e-5},
-                             2.6e-5) == 3e-5
+    assert (
+        value_from_latent("learning_rate", {"type": "qloguniform", "min": 1e-5, "max": 1e-4, "q": 1e-5}, 2.6e-5) == 3e-5
+    )
     randint = latent_distribution({"type": "randint", "upper": 4})
     assert (randint.low, randint.high) == (0, 3)
 

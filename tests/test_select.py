@@ -1,4 +1,5 @@
 """Selection: every candidate family scored on test with the one metric function; the decision rules."""
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,16 @@ def write_splits(folder: Path, sizes=(240, 80, 80), seed: int = 0, negatives: in
     paths, start = {}, 0
     for split, size in zip(("train", "val", "test"), sizes):
         paths[split] = folder / f"{split}.csv"
-        pd.DataFrame(rows[start:start + size], columns=["text", "label"]).to_csv(paths[split], index=False)
+        pd.DataFrame(rows[start : start + size], columns=["text", "label"]).to_csv(paths[split], index=False)
         start += size
     (folder / "labels.json").write_text(json.dumps(LABELS))
-    return SimpleNamespace(train_path=paths["train"], val_path=paths["val"], test_path=paths["test"],
-                           labels_path=folder / "labels.json", labels=list(LABELS))
+    return SimpleNamespace(
+        train_path=paths["train"],
+        val_path=paths["val"],
+        test_path=paths["test"],
+        labels_path=folder / "labels.json",
+        labels=list(LABELS),
+    )
 
 
 def make_automl_candidate(folder: Path, data, labels=LABELS, C: float = 1.0) -> Path:
@@ -62,8 +68,11 @@ def make_hf_candidate(folder: Path, tiny_model_dir: Path, labels=LABELS) -> Path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)})
+        tiny_model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
     (folder / "candidate.json").write_text(json.dumps({"family": "hf", "labels": labels, "max_length": 64}))
@@ -83,8 +92,13 @@ def test_evaluate_scores_both_families_and_reports_failures(tmp_path, splits, ti
     # Labels stored in another order than the run's: columns must be mapped by name.
     flipped = make_automl_candidate(tmp_path / "flipped", splits, labels=["positive", "negative"])
     other = make_automl_candidate(tmp_path / "other", splits, labels=["bad", "good"])
-    candidates = {"automl": automl, "finetuned": hf, "flipped": flipped, "other": other,
-                  "missing": tmp_path / "nowhere"}
+    candidates = {
+        "automl": automl,
+        "finetuned": hf,
+        "flipped": flipped,
+        "other": other,
+        "missing": tmp_path / "nowhere",
+    }
 
     results = choose.evaluate(candidates, splits.test_path, LABELS, proba_dir=tmp_path / "select")
 
@@ -114,7 +128,8 @@ def test_a_candidate_saved_under_the_old_key_kind_still_scores(tmp_path, splits)
     assert results["production"]["family"] == "automl" and "test" in results["production"]
     assert Candidate.from_dict({"kind": "hf", "path": "/m"}).family == "hf"
     assert SelectionRow.from_dict({"candidate": "automl", "kind": "automl", "auc_weighted": 0.9}).test == {
-        "auc_weighted": 0.9}
+        "auc_weighted": 0.9
+    }
 
 
 def entry(auc: float, family: str = "hf", accuracy: float = 0.8) -> dict:
@@ -155,15 +170,19 @@ def test_choose_keeps_production_within_margin_and_replaces_it_beyond():
 
 
 def test_choose_records_failed_candidates_and_fails_when_none_left():
-    results = {"finetuned": {"family": "hf", "error": "OSError: no weights"}, "automl": entry(0.8, "automl"),
-               "production": {"family": "hf", "error": "labels differ"}}
+    results = {
+        "finetuned": {"family": "hf", "error": "OSError: no weights"},
+        "automl": entry(0.8, "automl"),
+        "production": {"family": "hf", "error": "labels differ"},
+    }
     chosen = choose.choose(results, "auc_weighted", 0.0, production_name="production")
     assert (chosen.winner, chosen.verdict) == ("automl", Verdict.REGISTER)
     assert chosen.failed == {"finetuned": "OSError: no weights", "production": "labels differ"}
     assert "could not be scored" in chosen.reason
     assert {row.candidate: row.error for row in chosen.table}["finetuned"] == "OSError: no weights"
-    only_production = choose.choose({"finetuned": results["finetuned"], "production": entry(0.7)},
-                                    "auc_weighted", 0.0, "production")
+    only_production = choose.choose(
+        {"finetuned": results["finetuned"], "production": entry(0.7)}, "auc_weighted", 0.0, "production"
+    )
     assert only_production.verdict is Verdict.KEEP_PRODUCTION
     with pytest.raises(UserError, match="no candidate could be scored.*no weights"):
         choose.choose({"finetuned": results["finetuned"]}, "auc_weighted", 0.0)
@@ -204,8 +223,14 @@ def test_evaluate_chooses_the_rule_on_val_ships_it_and_tests_at_it(tmp_path):
     (production / "candidate.json").write_text(json.dumps({**info, "decision": shipped_rule}))
     settings = DecisionSettings(metric="f1_macro", multiclass_rule="auto")
 
-    results = choose.evaluate({"new": new, "production": production}, data.test_path, LABELS, val_csv=data.val_path,
-                              settings=settings, keep_rule={"production"})
+    results = choose.evaluate(
+        {"new": new, "production": production},
+        data.test_path,
+        LABELS,
+        val_csv=data.val_path,
+        settings=settings,
+        keep_rule={"production"},
+    )
 
     rule = json.loads((new / "candidate.json").read_text())["decision"]
     assert rule == results["new"]["decision"] and rule["rule"] == "threshold" and rule["threshold"] > 0.5
@@ -239,21 +264,49 @@ def test_production_with_other_labels_is_refused_or_replaced_on_request(tmp_path
 def test_the_selection_section_round_trips_through_summary_json():
     from finetune.plan.results import SelectionResult
 
-    results = {"finetuned": {**entry(0.9), "decision": {"rule": "argmax"}, "test_argmax": {"auc_weighted": 0.9},
-                             "test_proba": "/p.npy", "test_labels": "/l.npy"},
-               "production": entry(0.8, "automl"), "automl": {"family": "automl", "error": "OSError: gone"}}
+    results = {
+        "finetuned": {
+            **entry(0.9),
+            "decision": {"rule": "argmax"},
+            "test_argmax": {"auc_weighted": 0.9},
+            "test_proba": "/p.npy",
+            "test_labels": "/l.npy",
+        },
+        "production": entry(0.8, "automl"),
+        "automl": {"family": "automl", "error": "OSError: gone"},
+    }
     chosen = choose.choose(results, "auc_weighted", 0.0, production_name="production")
     chosen.production_version = {"name": "m", "version": "2"}
     section = chosen.to_dict()
-    assert list(section) == ["metric", "task", "margin", "production", "table", "winner", "decision", "reason", "test",
-                             "failed", "production_version"]
-    assert section["table"][0] == {"candidate": "finetuned", "family": "hf", "auc_weighted": 0.9, "accuracy": 0.8,
-                                   "f1_macro": 0.7, "decision": {"rule": "argmax"},
-                                   "test_argmax": {"auc_weighted": 0.9}, "test_proba": "/p.npy", "test_labels": "/l.npy"}
+    assert list(section) == [
+        "metric",
+        "task",
+        "margin",
+        "production",
+        "table",
+        "winner",
+        "decision",
+        "reason",
+        "test",
+        "failed",
+        "production_version",
+    ]
+    assert section["table"][0] == {
+        "candidate": "finetuned",
+        "family": "hf",
+        "auc_weighted": 0.9,
+        "accuracy": 0.8,
+        "f1_macro": 0.7,
+        "decision": {"rule": "argmax"},
+        "test_argmax": {"auc_weighted": 0.9},
+        "test_proba": "/p.npy",
+        "test_labels": "/l.npy",
+    }
     assert section["test"] == {"finetuned": entry(0.9)["test"], "production": entry(0.8)["test"]}
     assert section["failed"] == {"automl": "OSError: gone"}
     assert SelectionResult.from_dict(section) == chosen
     assert SelectionResult.from_dict(json.loads(json.dumps(section))).to_dict() == section
-    overruled = chosen.overruled("3", choose.choose({"production": entry(0.95), "finetuned": entry(0.9)},
-                                                    "auc_weighted", 0.0, "production"))
+    overruled = chosen.overruled(
+        "3", choose.choose({"production": entry(0.95), "finetuned": entry(0.9)}, "auc_weighted", 0.0, "production")
+    )
     assert not overruled.promotable and SelectionResult.from_dict(overruled.to_dict()) == overruled

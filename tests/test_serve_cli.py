@@ -1,4 +1,5 @@
 """python -m finetune.serve: foreground serving, clean Ctrl-C, one-line user errors."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,15 @@ def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
     # stderr goes to a file: an unread pipe fills up with the servers' logs and blocks the process at exit.
     errors = open(cwd / f"serve-{time.monotonic_ns()}.stderr", "w+")
     # Started with SIGINT ignored, as a background job of a script is: Ctrl-C must still stop it.
-    process = subprocess.Popen([sys.executable, "-m", "finetune.serve", *args], cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "finetune.serve", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     try:
         lines = []
         deadline = time.monotonic() + 120
@@ -37,7 +44,10 @@ def serve_until_ctrl_c(*args: str, cwd) -> tuple[str, list[int]]:
         # Keep draining stdout: the servers inherit it, and a full, unread pipe would block them at shutdown.
         threading.Thread(target=process.stdout.read, daemon=True).start()
         uri = re.search(r"scoring URI: (http://127\.0\.0\.1:(\d+)/score)\nexport KEY=(\S+)", output)
-        assert uri and 'curl -X POST' in output and output.count(uri.group(3)) == 1, (output, errors.seek(0) or errors.read())
+        assert uri and "curl -X POST" in output and output.count(uri.group(3)) == 1, (
+            output,
+            errors.seek(0) or errors.read(),
+        )
         status, _, body = post(int(uri.group(2)), request(2), {"Authorization": f"Bearer {uri.group(3)}"})
         assert status == 200 and body["model"]["name"] == "model", body
         state = json.loads((cwd / "endpoints" / "finetune-serve" / "state.json").read_text())
@@ -59,13 +69,27 @@ def gone(pid: int) -> bool:
 @pytest.mark.slow  # a real endpoint
 def test_serves_a_model_dir_until_ctrl_c_and_brings_the_endpoint_back(tmp_path):
     model = make_automl_candidate(tmp_path / "model")
-    output, pids = serve_until_ctrl_c("--model-dir", str(model), "--port", "0", "--key", "k3y", "--endpoints-dir",
-                                      str(tmp_path / "endpoints"), cwd=tmp_path)
-    assert "export KEY=k3y" in output and 'Authorization: Bearer $KEY' in output and "deployment blue (100%): model from" in output
+    output, pids = serve_until_ctrl_c(
+        "--model-dir",
+        str(model),
+        "--port",
+        "0",
+        "--key",
+        "k3y",
+        "--endpoints-dir",
+        str(tmp_path / "endpoints"),
+        cwd=tmp_path,
+    )
+    assert (
+        "export KEY=k3y" in output
+        and "Authorization: Bearer $KEY" in output
+        and "deployment blue (100%): model from" in output
+    )
     assert all(gone(pid) for pid in pids)
     # The state outlives the processes: --endpoint serves the same deployments with the same key.
-    output, pids = serve_until_ctrl_c("--endpoint", "finetune-serve", "--port", "0", "--endpoints-dir",
-                                      str(tmp_path / "endpoints"), cwd=tmp_path)
+    output, pids = serve_until_ctrl_c(
+        "--endpoint", "finetune-serve", "--port", "0", "--endpoints-dir", str(tmp_path / "endpoints"), cwd=tmp_path
+    )
     assert "export KEY=k3y" in output
     assert all(gone(pid) for pid in pids)
 
@@ -76,9 +100,23 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "finetune.serve", "--model-dir", str(model), "--port", str(port),
-                               "--endpoints-dir", str(tmp_path / "endpoints")],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "finetune.serve",
+                "--model-dir",
+                str(model),
+                "--port",
+                str(port),
+                "--endpoints-dir",
+                str(tmp_path / "endpoints"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 2
     assert re.fullmatch(rf"error: .*cannot listen on 127\.0\.0\.1:{port}: Address already in use\n", done.stderr)
 
@@ -88,14 +126,33 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
         (["--model-dir", str(tmp_path / "missing")], "is not a folder"),
         (["--endpoint", "never-deployed"], "no local endpoint 'never-deployed'"),
     ]:
-        done = subprocess.run([sys.executable, "-m", "finetune.serve", *args, "--endpoints-dir", str(tmp_path)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "finetune.serve", *args, "--endpoints-dir", str(tmp_path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
 def test_an_unknown_registered_model_is_a_user_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "finetune.serve", "--model-name", "no-such-model", "--tracking-uri",
-                           f"sqlite:///{tmp_path / 'mlflow.db'}", "--endpoints-dir", str(tmp_path / "endpoints")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.serve",
+            "--model-name",
+            "no-such-model",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--endpoints-dir",
+            str(tmp_path / "endpoints"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith("error: model 'no-such-model'"), done.stderr

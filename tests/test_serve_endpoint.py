@@ -1,4 +1,5 @@
 """LocalEndpoint: real azmlinfsrv deployments behind the keyed router, all on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ def endpoint(tiny_model_dir, tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     hf = make_hf_candidate(tiny_model_dir, models / "hf")
     automl = make_automl_candidate(models / "automl")
-    endpoint = LocalEndpoint("test-endpoint", tmp_path_factory.mktemp("endpoints"), max_items=8,
-                             max_body_bytes=4000, start_timeout_s=120, read_timeout_s=2)
+    endpoint = LocalEndpoint(
+        "test-endpoint",
+        tmp_path_factory.mktemp("endpoints"),
+        max_items=8,
+        max_body_bytes=4000,
+        start_timeout_s=120,
+        read_timeout_s=2,
+    )
     try:
         endpoint.create_deployment("blue", ModelRef("sentiment", "1", str(hf)))
         endpoint.create_deployment("green", ModelRef("sentiment-automl", "2", str(automl)))
@@ -56,8 +63,12 @@ def test_only_the_router_listens_on_tcp(endpoint):
 
     def listening(pid):
         process = psutil.Process(pid)
-        return {c.laddr.ip for p in [process] + process.children(recursive=True)
-                for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        return {
+            c.laddr.ip
+            for p in [process] + process.children(recursive=True)
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
 
     assert listening(state["router"]["pid"]) == {"127.0.0.1"}
     for record in state["deployments"].values():
@@ -141,8 +152,11 @@ def test_request_texts_stay_out_of_the_logs(endpoint):
 def test_a_deployment_that_cannot_start_is_reported_and_forgotten(endpoint, tmp_path):
     broken = make_automl_candidate(tmp_path / "broken")
     (broken / "model.joblib").write_bytes(b"not a pickle")
-    with pytest.raises(UserError, match=r"exited with code 3 while starting: .*ValueError: cannot load "
-                                        r".*model.joblib: KeyError.*\(log: .*server.log\)") as raised:
+    with pytest.raises(
+        UserError,
+        match=r"exited with code 3 while starting: .*ValueError: cannot load "
+        r".*model.joblib: KeyError.*\(log: .*server.log\)",
+    ) as raised:
         endpoint.create_deployment("broken", ModelRef("bad", "9", str(broken)))
     assert "\n" not in str(raised.value)
     assert "broken" not in endpoint.deployments()
@@ -166,8 +180,10 @@ def test_a_client_that_sends_less_than_it_announced_is_cut_off(endpoint):
     endpoint.set_traffic({"blue": 100})
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", router_port(endpoint)), timeout=30) as client:
-        client.sendall(f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {endpoint.key}\r\n"
-                       "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\"".encode())
+        client.sendall(
+            f"POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {endpoint.key}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"data"'.encode()
+        )
         # Meanwhile other clients are served.
         assert post(router_port(endpoint), request(1), auth(endpoint))[0] == 200
         answer = client.recv(4096).decode()
@@ -196,6 +212,7 @@ def test_protocol_errors_are_json_too(endpoint):
         answer = raw.recv(4096).decode("latin-1")
     # Not even a request line: http.server answers as HTTP/0.9 does, a body and no status line.
     assert "Bad request" in json.loads(answer.split("\r\n\r\n", 1)[-1])["error"]
+
 
 def test_deployments_hard_link_the_model_instead_of_copying_it(endpoint):
     """One copy of the weights on disk: a deployment's files share the registered version's inodes."""

@@ -1,5 +1,6 @@
 """Local endpoint state after faults: a start whose starter died, servers that died, and the
 `python -m finetune.serve stop|status` verbs that find and clean them."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from finetune.serve.endpoint import SERVER_MODULE, LocalEndpoint
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetune.serve", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "finetune.serve", *args], capture_output=True, text=True, timeout=120)
 
 
 def record_of(process: subprocess.Popen) -> dict:
@@ -27,8 +27,9 @@ def test_a_start_left_by_a_dead_starter_is_stopped_and_status_stop_work(tmp_path
     root = tmp_path / "endpoints"
     endpoint = LocalEndpoint("faulty", root)
     # A server process the way a killed `python -m finetune` leaves it: recorded as starting, its starter gone.
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", SERVER_MODULE],
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", SERVER_MODULE], start_new_session=True
+    )
     starter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
     starter_record = record_of(starter)
     starter.wait()
@@ -37,10 +38,24 @@ def test_a_start_left_by_a_dead_starter_is_stopped_and_status_stop_work(tmp_path
     gone.wait()
     (root / "faulty" / "deployments" / "blue" / "model").mkdir(parents=True)
     state = json.loads(endpoint.state_file.read_text())
-    state["starting"] = {"blue": {**record_of(server), "socket": None, "owner": starter_record,
-                                  "model_dir": str(root / "faulty" / "deployments" / "blue" / "model"), "log": "x"}}
-    state["deployments"] = {"green": {**gone_record, "socket": None, "model": {"name": "m", "version": "1",
-                                                                              "path": "p"}, "model_dir": "d", "log": "y"}}
+    state["starting"] = {
+        "blue": {
+            **record_of(server),
+            "socket": None,
+            "owner": starter_record,
+            "model_dir": str(root / "faulty" / "deployments" / "blue" / "model"),
+            "log": "x",
+        }
+    }
+    state["deployments"] = {
+        "green": {
+            **gone_record,
+            "socket": None,
+            "model": {"name": "m", "version": "1", "path": "p"},
+            "model_dir": "d",
+            "log": "y",
+        }
+    }
     state["traffic"] = {"green": 100}
     endpoint.state_file.write_text(json.dumps(state))
 
@@ -60,12 +75,15 @@ def test_a_start_left_by_a_dead_starter_is_stopped_and_status_stop_work(tmp_path
 def test_a_start_in_progress_elsewhere_is_left_alone(tmp_path):
     root = tmp_path / "endpoints"
     endpoint = LocalEndpoint("busy-one", root)
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", SERVER_MODULE],
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", SERVER_MODULE], start_new_session=True
+    )
     try:
         state = json.loads(endpoint.state_file.read_text())
         owner = {"pid": psutil.Process().pid, "started": psutil.Process().create_time()}
-        state["starting"] = {"blue": {**record_of(server), "socket": None, "owner": owner, "model_dir": "m", "log": "x"}}
+        state["starting"] = {
+            "blue": {**record_of(server), "socket": None, "owner": owner, "model_dir": "m", "log": "x"}
+        }
         endpoint.state_file.write_text(json.dumps(state))
         assert LocalEndpoint("busy-one", root).status()["starting"] == {"blue": {"pid": server.pid, "by": owner["pid"]}}
         time.sleep(0.2)

@@ -1,5 +1,6 @@
 """rollout() on a real LocalEndpoint: first deployment, failed rollouts that leave production alone, a
 blue -> green switch under concurrent load with no failed request, and deploy_local's lifecycle."""
+
 from __future__ import annotations
 
 import json
@@ -62,14 +63,20 @@ def test_first_deployment_takes_all_traffic(endpoint, models):
     assert set(summary["timings"]) == {"create_s", "smoke_s", "shift_s", "delete_s", "total_s"}
 
 
-@pytest.mark.parametrize("model, reason", [
-    ("failing", r"smoke test failed: .*HTTP 500"),
-    ("unloadable", r"creating the deployment failed: .*cannot load"),
-])
+@pytest.mark.parametrize(
+    "model, reason",
+    [
+        ("failing", r"smoke test failed: .*HTTP 500"),
+        ("unloadable", r"creating the deployment failed: .*cannot load"),
+    ],
+)
 def test_a_failed_rollout_leaves_production_alone(blue_serving, models, model, reason):
     endpoint = blue_serving
-    with pytest.raises(RolloutError, match=rf"rollout of sentiment v\d to rollout-test/green failed: {reason}.*"
-                                           r"traffic kept at blue 100%"):
+    with pytest.raises(
+        RolloutError,
+        match=rf"rollout of sentiment v\d to rollout-test/green failed: {reason}.*"
+        r"traffic kept at blue 100%",
+    ):
         rollout(endpoint, "green", models[model], request(2), ramp=(50, 100))
     assert endpoint.traffic() == {"blue": 100}
     assert "green" not in endpoint.deployments()
@@ -126,10 +133,13 @@ def test_split_traffic_keeps_old_proportions_and_sums_to_100():
     assert split_traffic({"blue": 100}, "green", 10) == {"blue": 90, "green": 10}
     assert split_traffic({"a": 50, "b": 50}, "c", 25) == {"a": 38, "b": 37, "c": 25}
     assert split_traffic({"a": 70, "b": 30}, "c", 100) == {"a": 0, "b": 0, "c": 100}
-    assert prediction_problems({"data": [{"text": "x"}]}, {"predictions": [
-        {"label": "good", "probabilities": {"negative": 0.5, "positive": 0.6}}]}) == [
+    assert prediction_problems(
+        {"data": [{"text": "x"}]},
+        {"predictions": [{"label": "good", "probabilities": {"negative": 0.5, "positive": 0.6}}]},
+    ) == [
         "prediction 0: label 'good' is not one of its probabilities",
-        "prediction 0: probabilities sum to 1.1000, not 1"]
+        "prediction 0: probabilities sum to 1.1000, not 1",
+    ]
 
 
 @pytest.mark.slow  # real deployments

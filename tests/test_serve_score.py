@@ -1,4 +1,5 @@
 """score.py: the AML entry-script contract, in process through azmlinfsrv's own Flask app and directly."""
+
 from __future__ import annotations
 
 import builtins
@@ -36,8 +37,11 @@ def server_app(monkeypatch, tmp_path):
     name) and its blueprint replaces builtins.print; other tests in this process must not inherit that.
     """
     saved_print, saved_path = builtins.print, list(sys.path)
-    saved = {name: (logger.disabled, logger.level, list(logger.handlers), logger.propagate)
-             for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    saved = {
+        name: (logger.disabled, logger.level, list(logger.handlers), logger.propagate)
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
     saved_root = (logging.root.level, list(logging.root.handlers))
 
     def make(model_dir, **env):
@@ -197,9 +201,11 @@ def test_score_runs_without_the_finetune_package(hf_model):
 
 def test_hostile_bodies_are_bad_requests_not_crashes(server_app, automl_model):
     client = server_app(automl_model).test_client()
-    for body, message in [(b"[" * 5000 + b"]" * 5000, "nests JSON too deeply"),
-                          (b'{"data": ' + b"[" * 5000, "nests JSON too deeply"),
-                          (b'{"data": [{"text": "a\\ud800b"}]}', "unpaired surrogate")]:
+    for body, message in [
+        (b"[" * 5000 + b"]" * 5000, "nests JSON too deeply"),
+        (b'{"data": ' + b"[" * 5000, "nests JSON too deeply"),
+        (b'{"data": [{"text": "a\\ud800b"}]}', "unpaired surrogate"),
+    ]:
         response = client.post("/score", data=body, content_type="application/json")
         assert response.status_code == 400 and message in response.get_json()["error"], body[:40]
     assert client.post("/score", json=request(2)).status_code == 200
@@ -213,8 +219,11 @@ def with_decision(folder, decision: dict):
 
 @pytest.mark.parametrize("family", ["hf", "automl"])
 def test_run_applies_the_shipped_threshold_and_keeps_the_probabilities(monkeypatch, tmp_path, tiny_model_dir, family):
-    folder = (make_hf_candidate(tiny_model_dir, tmp_path / "hf") if family == "hf"
-              else make_automl_candidate(tmp_path / "automl"))
+    folder = (
+        make_hf_candidate(tiny_model_dir, tmp_path / "hf")
+        if family == "hf"
+        else make_automl_candidate(tmp_path / "automl")
+    )
     body = {"data": [{"text": text} for text in TEXTS]}
     plain = [p["probabilities"]["positive"] for p in load_score(monkeypatch, folder).run(body)["predictions"]]
     # A threshold between the texts' positive probabilities, far from 0.5: argmax and the rule disagree.

@@ -2,6 +2,7 @@
 
 No tests here; the test_serve_* modules import it (pytest puts tests/ on sys.path).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -9,8 +10,14 @@ import json
 from pathlib import Path
 
 LABELS = ["negative", "positive"]
-TEXTS = ["Great value, fits my truck perfectly.", "Cheap plastic, broke in a week.", "Works as described.",
-         "Terrible, returned it.", "Love it, easy install.", "Leaks and smells bad."]
+TEXTS = [
+    "Great value, fits my truck perfectly.",
+    "Cheap plastic, broke in a week.",
+    "Works as described.",
+    "Terrible, returned it.",
+    "Love it, easy install.",
+    "Leaks and smells bad.",
+]
 
 
 def make_hf_candidate(base_dir: Path, folder: Path, registered: dict | None = None) -> Path:
@@ -20,7 +27,8 @@ def make_hf_candidate(base_dir: Path, folder: Path, registered: dict | None = No
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+        base_dir, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)}
+    )
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
@@ -54,8 +62,9 @@ def request(n: int = 2) -> dict:
     return {"data": [{"text": TEXTS[i % len(TEXTS)]} for i in range(n)]}
 
 
-def post(port: int, body: bytes | dict, headers: dict | None = None, path: str = "/score",
-         timeout: float = 60) -> tuple[int, dict, object]:
+def post(
+    port: int, body: bytes | dict, headers: dict | None = None, path: str = "/score", timeout: float = 60
+) -> tuple[int, dict, object]:
     """POST to 127.0.0.1:port; (status, lower-cased headers, parsed JSON body or text)."""
     payload = json.dumps(body).encode() if isinstance(body, dict) else body
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -1,5 +1,6 @@
 """The training contract (finetune/config/spec.py) is the one definition of every training setting: the config
 schema, the sweep space, the plan checks, the command line, the AML command and the docs all follow it."""
+
 from __future__ import annotations
 
 import ast
@@ -44,21 +45,34 @@ def test_the_command_line_has_one_flag_per_field_and_round_trips():
     parser = spec.build_parser()
     flags = {action.option_strings[0] for action in parser._actions if action.dest != "help"}
     assert flags == {spec.flag(item.name) for item in dataclasses.fields(spec.TrainArgs)}
-    args = spec.TrainArgs("t.csv", "v.csv", "l.json", "m", "out", learning_rate=1e-5, early_stopping_patience=0,
-                          tf32=False, trial_number=3)
+    args = spec.TrainArgs(
+        "t.csv",
+        "v.csv",
+        "l.json",
+        "m",
+        "out",
+        learning_rate=1e-5,
+        early_stopping_patience=0,
+        tf32=False,
+        trial_number=3,
+    )
     assert spec.parse_args(spec.to_argv(args)) == args
 
 
 def test_every_training_flag_is_described_by_its_declaration():
     """``python -m finetune.train --help`` says what each flag does, with the words declared in finetune/config/spec.py."""
-    completed = subprocess.run([sys.executable, "-m", "finetune.train", "--help"], capture_output=True, text=True,
-                               check=True, cwd=ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-m", "finetune.train", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     # argparse wraps lines at spaces and after hyphens: compare without whitespace.
     shown = "".join(completed.stdout.split())
     for item in dataclasses.fields(spec.TrainArgs):
         assert item.metadata["help"], f"{item.name}: declare what it does (help=...)"
-        assert f"{spec.flag(item.name)}{item.name.upper()}" in shown or f"{spec.flag(item.name)}true|false" in shown \
-            or f"{spec.flag(item.name)}{{" in shown, item.name
+        assert (
+            f"{spec.flag(item.name)}{item.name.upper()}" in shown
+            or f"{spec.flag(item.name)}true|false" in shown
+            or f"{spec.flag(item.name)}{{" in shown
+        ), item.name
         assert "".join(item.metadata["help"].split()) in shown, item.name
 
 
@@ -66,13 +80,19 @@ def test_plan_checks_follow_the_declared_ranges_and_choices(tmp_path):
     from finetune.cli import main as cli
     from finetune.plan.build import build_plan
 
-    overrides = [f"output_root={tmp_path}", "model.warmup_ratio=1.0", "compute.precision=fp4",
-                 "train.evals_per_epoch=0"]
+    overrides = [
+        f"output_root={tmp_path}",
+        "model.warmup_ratio=1.0",
+        "compute.precision=fp4",
+        "train.evals_per_epoch=0",
+    ]
     with pytest.raises(ConfigProblems) as raised:
         build_plan(cli.compose(overrides, {}), overrides, "t")
-    assert set(raised.value.problems) == {"model.warmup_ratio=1.0: must be in [0, 1)",
-                                          "compute.precision=fp4: use one of auto, fp32, bf16, fp16",
-                                          "train.evals_per_epoch=0: must be >= 1"}
+    assert set(raised.value.problems) == {
+        "model.warmup_ratio=1.0: must be in [0, 1)",
+        "compute.precision=fp4: use one of auto, fp32, bf16, fp16",
+        "train.evals_per_epoch=0: must be >= 1",
+    }
 
 
 def test_the_aml_command_takes_every_searchable_hyperparameter_as_an_input(tmp_path):
@@ -80,8 +100,16 @@ def test_the_aml_command_takes_every_searchable_hyperparameter_as_an_input(tmp_p
     from finetune.launch.azureml.command import arguments, hyperparameter_inputs
     from finetune.plan.build import build_plan
 
-    overrides = [f"output_root={tmp_path}", "compute=cpu", "automl=none", "endpoint=none", "dry_run=true",
-                 "workspace.subscription_id=s", "workspace.resource_group=g", "workspace.workspace_name=w"]
+    overrides = [
+        f"output_root={tmp_path}",
+        "compute=cpu",
+        "automl=none",
+        "endpoint=none",
+        "dry_run=true",
+        "workspace.subscription_id=s",
+        "workspace.resource_group=g",
+        "workspace.workspace_name=w",
+    ]
     plan = build_plan(cli.compose(overrides, {}), overrides, "t")
     assert list(hyperparameter_inputs(plan)) == HYPERPARAMETERS
     argv = arguments(plan)
@@ -133,8 +161,16 @@ def test_every_declared_choice_is_checked_at_plan_time_and_declared_once(tmp_pat
 
     overrides = [f"output_root={tmp_path}", "dry_run=true"]
     plan = build_plan(cli.compose(overrides, {}), overrides, "t")
-    assert {"compute.target", "automl.engine", "endpoint.target", "search.goal", "dataset.source",
-            "model.source", "search.sampling", "endpoint.runtime"} <= set(ranges.CHOICES)
+    assert {
+        "compute.target",
+        "automl.engine",
+        "endpoint.target",
+        "search.goal",
+        "dataset.source",
+        "model.source",
+        "search.sampling",
+        "endpoint.runtime",
+    } <= set(ranges.CHOICES)
     for key, allowed in ranges.CHOICES.items():
         section, _, name = key.rpartition(".")
         owner = plan

@@ -1,5 +1,6 @@
 """Hardware defaults (decided for hand-built hardware, so GPU rules are checked without a GPU), the batch-size and
 learning-rate rule, the multi-GPU command, the config -> CLI flags contract, and a smoke run of the benchmark."""
+
 from __future__ import annotations
 
 import json
@@ -92,13 +93,18 @@ def test_learning_rate_rule_and_batch_cap():
 
 
 def test_cpu_keeps_the_model_batch_and_several_processes_scale_the_learning_rate():
-    on_cpu = speed.plan_batch(args(auto_batch_size=True, batch_size=16, learning_rate=4e-5), decide(args(), CPU),
-                              model=None, train_rows=10_000)
+    on_cpu = speed.plan_batch(
+        args(auto_batch_size=True, batch_size=16, learning_rate=4e-5),
+        decide(args(), CPU),
+        model=None,
+        train_rows=10_000,
+    )
     assert (on_cpu.batch_size, on_cpu.learning_rate, on_cpu.global_batch_size) == (16, 4e-5, 16)
     assert "CPU" in on_cpu.how
     four = decide(args(), replace(CPU, world_size=4))
-    ddp = speed.plan_batch(args(batch_size=16, learning_rate=4e-5, gradient_accumulation_steps=2), four,
-                           model=None, train_rows=10_000)
+    ddp = speed.plan_batch(
+        args(batch_size=16, learning_rate=4e-5, gradient_accumulation_steps=2), four, model=None, train_rows=10_000
+    )
     assert ddp.global_batch_size == 128 and ddp.learning_rate == pytest.approx(8e-5)
 
 
@@ -110,12 +116,17 @@ def test_auto_batch_on_a_gpu_is_the_largest_that_fits_with_the_learning_rate_sca
         return lambda batch: probed.append(batch) or batch <= 40
 
     monkeypatch.setattr(speed, "cuda_fit_probe", probe)
-    plan = speed.plan_batch(args(auto_batch_size=True, batch_size=16, learning_rate=5e-5), decide(args(), H200),
-                            model=None, train_rows=100_000)
+    plan = speed.plan_batch(
+        args(auto_batch_size=True, batch_size=16, learning_rate=5e-5),
+        decide(args(), H200),
+        model=None,
+        train_rows=100_000,
+    )
     assert probed == [128, 64, 32] and plan.batch_size == 32
     assert plan.learning_rate == pytest.approx(5e-5 * math.sqrt(2)) and "sqrt" in plan.how
-    small_data = speed.plan_batch(args(auto_batch_size=True, batch_size=16), decide(args(), H200), model=None,
-                                  train_rows=2088)
+    small_data = speed.plan_batch(
+        args(auto_batch_size=True, batch_size=16), decide(args(), H200), model=None, train_rows=2088
+    )
     assert small_data.batch_size == 32 and probed[-1] == 32  # capped by steps per epoch, probed from the cap
     with pytest.raises(UserError, match="does not fit"):
         speed.largest_batch(lambda batch: False, 8)
@@ -127,13 +138,24 @@ def test_launch_command_uses_accelerate_for_several_gpus():
     command = launch_command(argv, gpus=4, python="py")
     assert command[:3] == ["py", "-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
-    assert command[command.index("-m", 3):] == ["-m", "finetune.train", *argv]
+    assert command[command.index("-m", 3) :] == ["-m", "finetune.train", *argv]
 
 
 def test_train_args_round_trip_through_the_command_line():
-    sent = args(precision="bf16", torch_compile="off", pad_to_multiple_of=16, max_batch_size=64, lr_scaling="linear",
-                tf32=False, checkpoint_every_steps=25, telemetry_interval_s=2.0, auto_batch_size=False,
-                early_stopping_patience=3, trial_number=4, learning_rate=3e-5)
+    sent = args(
+        precision="bf16",
+        torch_compile="off",
+        pad_to_multiple_of=16,
+        max_batch_size=64,
+        lr_scaling="linear",
+        tf32=False,
+        checkpoint_every_steps=25,
+        telemetry_interval_s=2.0,
+        auto_batch_size=False,
+        early_stopping_patience=3,
+        trial_number=4,
+        learning_rate=3e-5,
+    )
     parsed = parse_args(to_argv(sent))
     assert parsed == sent
     assert (parsed.precision, parsed.tf32, parsed.auto_batch_size, parsed.trial_number) == ("bf16", False, False, 4)
@@ -143,14 +165,26 @@ def test_check_compute_names_bad_settings(tmp_path):
     from finetune.cli import main as cli
     from finetune.plan.build import build_plan
 
-    overrides = [f"output_root={tmp_path}", "compute.precision=fp8", "compute.device=cpu", "compute.gpus=2",
-                 "compute.max_batch_size=0", "compute.lr_scaling=cubic", "train.checkpoint_every_steps=-1",
-                 "train.telemetry_interval_s=0"]
+    overrides = [
+        f"output_root={tmp_path}",
+        "compute.precision=fp8",
+        "compute.device=cpu",
+        "compute.gpus=2",
+        "compute.max_batch_size=0",
+        "compute.lr_scaling=cubic",
+        "train.checkpoint_every_steps=-1",
+        "train.telemetry_interval_s=0",
+    ]
     with pytest.raises(UserError) as raised:
         build_plan(cli.compose(overrides, {}), overrides, "t")
-    for fragment in ("compute.precision=fp8", "compute.lr_scaling=cubic", "compute.max_batch_size=0",
-                     "compute.gpus=2 with compute.device=cpu", "train.checkpoint_every_steps=-1",
-                     "train.telemetry_interval_s=0"):
+    for fragment in (
+        "compute.precision=fp8",
+        "compute.lr_scaling=cubic",
+        "compute.max_batch_size=0",
+        "compute.gpus=2 with compute.device=cpu",
+        "train.checkpoint_every_steps=-1",
+        "train.telemetry_interval_s=0",
+    ):
         assert fragment in str(raised.value)
     assert speed.check_compute(type("Plan", (), {"compute": ComputeConfig(), "train": TrainConfig()})) == []
 
@@ -166,9 +200,28 @@ def test_bench_smoke(tmp_path):
     """The benchmark script runs end to end on CPU with a small model (a smoke test, not a timing)."""
     out = tmp_path / "bench.json"
     completed = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--small", "--device", "cpu", "--threads", "1",
-         "--samples", "16", "--warmup-epochs", "0", "--max-length", "64", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_train.py"),
+            "--small",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--samples",
+            "16",
+            "--warmup-epochs",
+            "0",
+            "--max-length",
+            "64",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
     reference, defaults = report["runs"]

@@ -1,5 +1,6 @@
 """The package's shape: no import cycle between its modules, imports between them at the top of the file, no
 module too long to read in one sitting."""
+
 from __future__ import annotations
 
 import ast
@@ -85,8 +86,12 @@ def _cycles(graph: dict) -> list:
 
 
 def _edges(graph: dict, component: list, modules: dict) -> str:
-    return "; ".join(f"{source}:{graph[source][target].lineno} imports {target}" for source in component
-                     for target in sorted(graph[source]) if target in component)
+    return "; ".join(
+        f"{source}:{graph[source][target].lineno} imports {target}"
+        for source in component
+        for target in sorted(graph[source])
+        if target in component
+    )
 
 
 def test_no_import_cycle_counting_imports_inside_functions():
@@ -154,6 +159,9 @@ def test_project_imports_sit_at_the_top_unless_they_load_a_third_party_library()
 
 
 def test_no_module_over_the_line_limit():
-    long = {str(path.relative_to(PACKAGE.parent)): count for path in PACKAGE.rglob("*.py")
-            if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        str(path.relative_to(PACKAGE.parent)): count
+        for path in PACKAGE.rglob("*.py")
+        if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert not long, f"split these modules (over {MAX_LINES} lines): {long}"

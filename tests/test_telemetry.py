@@ -1,5 +1,6 @@
 """Telemetry: MLflow-safe names for nvitop's real keys, interval and whole-run figures (GPU keys as nvitop writes
 them), and a real collector on this GPU-less machine: host metrics only, no NVML noise."""
+
 from __future__ import annotations
 
 import re
@@ -23,15 +24,17 @@ def nvitop_keys(prefix: str) -> dict:
         f"{prefix}/timestamp": 1.7e9,
     }
     for device, util, memory in ((GPU, 80.0, 30_000.0), (GPU1, 60.0, 40_000.0)):
-        values.update({
-            f"{prefix}/{device}/gpu_utilization (%)/mean": util,
-            f"{prefix}/{device}/memory_used (MiB)/max": memory,
-            f"{prefix}/{device}/memory_used (MiB)/mean": memory - 1000,
-            f"{prefix}/{device}/memory_percent (%)/max": memory / 800,
-            f"{prefix}/{device}/temperature (C)/max": 70.0,
-            f"{prefix}/{device}/power_usage (W)/mean": 400.0,
-            f"{prefix}/{device}/fan_speed (%)/mean": float("nan"),
-        })
+        values.update(
+            {
+                f"{prefix}/{device}/gpu_utilization (%)/mean": util,
+                f"{prefix}/{device}/memory_used (MiB)/max": memory,
+                f"{prefix}/{device}/memory_used (MiB)/mean": memory - 1000,
+                f"{prefix}/{device}/memory_percent (%)/max": memory / 800,
+                f"{prefix}/{device}/temperature (C)/max": 70.0,
+                f"{prefix}/{device}/power_usage (W)/mean": 400.0,
+                f"{prefix}/{device}/fan_speed (%)/mean": float("nan"),
+            }
+        )
     return values
 
 
@@ -58,8 +61,7 @@ def test_whole_run_figures():
 
 def test_monitor_without_nvidia_driver_logs_host_metrics_quietly(capfd):
     logged = []
-    monitor = ResourceMonitor(interval_s=0.5, log=lambda metrics, step: logged.append((step, metrics)),
-                              step=lambda: 7)
+    monitor = ResourceMonitor(interval_s=0.5, log=lambda metrics, step: logged.append((step, metrics)), step=lambda: 7)
     monitor.start()
     time.sleep(1.3)
     figures = monitor.stop()

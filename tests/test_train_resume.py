@@ -1,5 +1,6 @@
 """Preemption: a training killed with SIGKILL mid-run resumes from its newest complete checkpoint when started
 again with the same output dir, never from a half-written one, and finishes in the same MLflow run."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,14 @@ def data_dir(tmp_path_factory) -> Path:
     from finetune.config.schema import DatasetConfig
     from finetune.data import prepare
 
-    dataset = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating",
-                            positive_min_rating=4, negative_max_rating=2, sample=200)
+    dataset = DatasetConfig(
+        source="bundled",
+        text_column="review_body",
+        rating_column="star_rating",
+        positive_min_rating=4,
+        negative_max_rating=2,
+        sample=200,
+    )
     return prepare(dataset, tmp_path_factory.mktemp("resume-data")).directory
 
 
@@ -53,16 +60,46 @@ def data_dir(tmp_path_factory) -> Path:
 def test_killed_run_resumes_from_newest_complete_checkpoint(tmp_path, tiny_model_dir, data_dir, capfd):
     out = tmp_path / "out"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["--train-file", str(data_dir / "train.csv"), "--val-file", str(data_dir / "val.csv"),
-            "--labels-file", str(data_dir / "labels.json"), "--model", str(tiny_model_dir),
-            "--output-dir", str(out), "--batch-size", "8", "--epochs", "1", "--evals-per-epoch", "2",
-            "--checkpoint-every-steps", "4", "--num-threads", "1", "--logging-steps", "5",
-            "--telemetry-interval-s", "0.5", "--tracking-uri", tracking, "--progress", "false"]
+    argv = [
+        "--train-file",
+        str(data_dir / "train.csv"),
+        "--val-file",
+        str(data_dir / "val.csv"),
+        "--labels-file",
+        str(data_dir / "labels.json"),
+        "--model",
+        str(tiny_model_dir),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--evals-per-epoch",
+        "2",
+        "--checkpoint-every-steps",
+        "4",
+        "--num-threads",
+        "1",
+        "--logging-steps",
+        "5",
+        "--telemetry-interval-s",
+        "0.5",
+        "--tracking-uri",
+        tracking,
+        "--progress",
+        "false",
+    ]
     checkpoints = out / "checkpoints"
 
     # The run to be preempted is a real process, killed without warning once a checkpoint is complete.
-    first = subprocess.Popen([sys.executable, "-m", "finetune.train", *argv], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        [sys.executable, "-m", "finetune.train", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
     while time.time() < deadline and first.poll() is None:
         if any((folder / COMPLETE_MARKER).exists() for folder in checkpoints.glob("checkpoint-*")):
@@ -73,8 +110,9 @@ def test_killed_run_resumes_from_newest_complete_checkpoint(tmp_path, tiny_model
     assert first.returncode == -signal.SIGKILL, first.stderr.read()[-3000:]
     assert not (out / "result.json").exists()
     run_id = json.loads((checkpoints / RESUME_FILE).read_text())["mlflow_run_id"]
-    resume_step = max(int(f.name.split("-")[1]) for f in checkpoints.glob("checkpoint-*")
-                      if (f / COMPLETE_MARKER).exists())
+    resume_step = max(
+        int(f.name.split("-")[1]) for f in checkpoints.glob("checkpoint-*") if (f / COMPLETE_MARKER).exists()
+    )
     half_written = checkpoints / "checkpoint-999"
     half_written.mkdir()
     (half_written / "trainer_state.json").write_text("{not json")

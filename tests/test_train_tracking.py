@@ -1,5 +1,6 @@
 """Training and its MLflow store: on AML a store that cannot be opened fails the job at start, in one line;
 locally a tracking outage never costs a finished training."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,10 @@ from finetune.train.entry import main as train_main
 
 BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")
 # What AML sets for a job's run (the workspace's MLflow URI; see azureml-mlflow's service_context_loader).
-AML_URI = ("azureml://eastus.api.azureml.ms/mlflow/v2.0/subscriptions/0/resourceGroups/rg/providers/"
-           "Microsoft.MachineLearningServices/workspaces/ws")
+AML_URI = (
+    "azureml://eastus.api.azureml.ms/mlflow/v2.0/subscriptions/0/resourceGroups/rg/providers/"
+    "Microsoft.MachineLearningServices/workspaces/ws"
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +29,30 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def arguments(data: Path, model: Path, out: Path, *extra: str) -> list:
-    return ["--train-file", str(data / "train.csv"), "--val-file", str(data / "val.csv"),
-            "--labels-file", str(data / "labels.json"), "--model", str(model), "--output-dir", str(out),
-            "--num-threads", "1", "--progress", "false", "--epochs", "1", *extra]
+    return [
+        "--train-file",
+        str(data / "train.csv"),
+        "--val-file",
+        str(data / "val.csv"),
+        "--labels-file",
+        str(data / "labels.json"),
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--num-threads",
+        "1",
+        "--progress",
+        "false",
+        "--epochs",
+        "1",
+        *extra,
+    ]
 
 
-def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(small_data, tiny_model_dir, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(
+    small_data, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", AML_URI)
@@ -54,8 +74,9 @@ def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(small_
     assert not (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_locally_a_tracking_outage_keeps_the_finished_training(small_data, tiny_model_dir, tmp_path, monkeypatch,
-                                                               capsys):
+def test_locally_a_tracking_outage_keeps_the_finished_training(
+    small_data, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     import mlflow
 
     calls = {"n": 0}
@@ -70,8 +91,17 @@ def test_locally_a_tracking_outage_keeps_the_finished_training(small_data, tiny_
     monkeypatch.setattr(mlflow, "log_metrics", fails_after_the_first)
     monkeypatch.setattr(mlflow, "end_run", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("still away")))
     out = tmp_path / "out"
-    code = train_main(arguments(small_data, tiny_model_dir, out, "--tracking-uri",
-                                f"sqlite:///{tmp_path / 'mlflow.db'}", "--logging-steps", "1"))
+    code = train_main(
+        arguments(
+            small_data,
+            tiny_model_dir,
+            out,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--logging-steps",
+            "1",
+        )
+    )
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "completed" and (out / "model" / "candidate.json").is_file()
@@ -82,8 +112,9 @@ def test_locally_an_unopenable_store_trains_untracked(small_data, tiny_model_dir
     out = tmp_path / "out"
     # A sqlite file in a folder that is a file: the store cannot be created.
     (tmp_path / "blocker").write_text("")
-    code = train_main(arguments(small_data, tiny_model_dir, out, "--tracking-uri",
-                                f"sqlite:///{tmp_path / 'blocker' / 'mlflow.db'}"))
+    code = train_main(
+        arguments(small_data, tiny_model_dir, out, "--tracking-uri", f"sqlite:///{tmp_path / 'blocker' / 'mlflow.db'}")
+    )
     assert code == 0
     assert json.loads((out / "result.json").read_text())["status"] == "completed"
     assert "training goes on untracked" in capsys.readouterr().err
@@ -104,11 +135,25 @@ def test_inside_an_aml_job_training_logs_to_the_run_aml_created(small_data, tiny
     client = MlflowClient(uri)
     job_experiment = client.create_experiment("sweep-of-the-job")
     job_run = client.create_run(job_experiment).info.run_id
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": job_run, "AZUREML_RUN_ID": "trial_1",
-           "MLFLOW_EXPERIMENT_ID": job_experiment}
-    completed = subprocess.run([sys.executable, "-m", "finetune.train",
-                                *arguments(small_data, tiny_model_dir, tmp_path / "out", "--logging-steps", "1")],
-                               env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_RUN_ID": job_run,
+        "AZUREML_RUN_ID": "trial_1",
+        "MLFLOW_EXPERIMENT_ID": job_experiment,
+    }
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.train",
+            *arguments(small_data, tiny_model_dir, tmp_path / "out", "--logging-steps", "1"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     logged = client.get_run(job_run).data
     assert any(key.startswith("val_") for key in logged.metrics) and logged.params

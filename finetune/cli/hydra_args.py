@@ -8,6 +8,7 @@ Of the ``hydra.*`` keys, the ones with a meaning here are honoured (``hydra.run.
 and every ``+key`` that names nothing in the schema, is refused with the closest real key, because an
 override that is accepted and ignored is worse than an error.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -58,8 +59,21 @@ class ConfigSource:
     searchpath: List[str] = field(default_factory=list)
 
 
-KNOWN_FLAGS = ("-h", "--help", "-m", "--multirun", "--cfg", "-c", "--info", "-i", "-cd", "--config-dir", "-cn",
-               "--config-name", "--version")
+KNOWN_FLAGS = (
+    "-h",
+    "--help",
+    "-m",
+    "--multirun",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "-cd",
+    "--config-dir",
+    "-cn",
+    "--config-name",
+    "--version",
+)
 
 
 def parse_argv(args: Sequence[str]) -> Invocation:
@@ -159,8 +173,10 @@ def apply_hydra_overrides(overrides: Sequence[str], multirun: bool, source: Conf
             run_dir = Path(_path_value(key, value)).expanduser()
             kept += [f"output_root={run_dir.parent}", f"run_name={run_dir.name}"]
         elif key == "hydra.run.dir":
-            raise UserError("hydra.run.dir is one run's directory; with -m/--multirun set hydra.sweep.dir=DIR "
-                            "(each job gets its own folder under it)")
+            raise UserError(
+                "hydra.run.dir is one run's directory; with -m/--multirun set hydra.sweep.dir=DIR "
+                "(each job gets its own folder under it)"
+            )
         elif key == "hydra.sweep.dir" and multirun:
             kept.append(f"output_root={_path_value(key, value)}")
         elif key == "hydra.sweep.dir":
@@ -171,13 +187,17 @@ def apply_hydra_overrides(overrides: Sequence[str], multirun: bool, source: Conf
         elif key == "hydra.job.chdir" and value in (False, "false"):
             continue
         elif key == "hydra.job.chdir":
-            raise UserError("hydra.job.chdir=true: finetune never changes the working directory (every path in "
-                            "the plan is absolute); drop it, and use hydra.run.dir=DIR to choose the run directory")
+            raise UserError(
+                "hydra.job.chdir=true: finetune never changes the working directory (every path in "
+                "the plan is absolute); drop it, and use hydra.run.dir=DIR to choose the run directory"
+            )
         else:
             close = difflib.get_close_matches(key, HONOURED_HYDRA_KEYS, n=1, cutoff=0.7)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise UserError(f"{override.input_line}: {hint}finetune composes with Hydra's compose API and uses only "
-                            f"{', '.join(HONOURED_HYDRA_KEYS[:3])} (see --help)")
+            raise UserError(
+                f"{override.input_line}: {hint}finetune composes with Hydra's compose API and uses only "
+                f"{', '.join(HONOURED_HYDRA_KEYS[:3])} (see --help)"
+            )
     return kept
 
 
@@ -190,8 +210,10 @@ def _refuse_two_directories(parsed) -> None:
     for hydra_key, keys in DIRECTORY_KEYS.items():
         clashing = [lines[key] for key in keys if key in lines]
         if hydra_key in lines and clashing:
-            raise UserError(f"{lines[hydra_key]} and {' '.join(clashing)} both choose the run directory; give "
-                            f"either {hydra_key}=DIR or {' and '.join(keys)}")
+            raise UserError(
+                f"{lines[hydra_key]} and {' '.join(clashing)} both choose the run directory; give "
+                f"either {hydra_key}=DIR or {' and '.join(keys)}"
+            )
 
 
 def _path_value(key: str, value) -> str:
@@ -208,8 +230,11 @@ def cfg_text(cfg, part: str) -> str:
     """The composed config as YAML: the run's keys (job), Hydra's node (hydra), or both (all)."""
     from omegaconf import OmegaConf
 
-    job = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-           for key in cfg if key != "hydra"}
+    job = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
     # Hydra's node refers to runtime values (hydra.job.num) that only exist inside @hydra.main: unresolved.
     hydra_node = {"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)} if "hydra" in cfg else {}
     container = {"job": job, "hydra": hydra_node, "all": {**job, **hydra_node}}[part]
@@ -222,18 +247,23 @@ def info(cfg, part: str) -> str:
     lines = []
     if part in ("searchpath", "all"):
         lines.append("Config search path (first match wins):")
-        lines += [f"  {s.provider:<12} {s.schema}://{s.path}" for s in hydra_node.runtime.config_sources
-                  if s.provider != "hydra"]
+        lines += [
+            f"  {s.provider:<12} {s.schema}://{s.path}"
+            for s in hydra_node.runtime.config_sources
+            if s.provider != "hydra"
+        ]
     if part in ("defaults", "all"):
         lines.append("Group options chosen:")
-        lines += [f"  {group:<12} {choice}" for group, choice in hydra_node.runtime.choices.items()
-                  if not group.startswith("hydra/") and group != "hydra"]
+        lines += [
+            f"  {group:<12} {choice}"
+            for group, choice in hydra_node.runtime.choices.items()
+            if not group.startswith("hydra/") and group != "hydra"
+        ]
         lines.append(f"Overrides: {' '.join(hydra_node.overrides.task) or '(none)'}")
     return "\n".join(lines)
 
 
 def version_line() -> str:
     import hydra
-
 
     return f"finetune {__version__} (Hydra {hydra.__version__})"

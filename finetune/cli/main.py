@@ -6,6 +6,7 @@ that ``search.space.<name>=choice(...)``-style overrides become search dimension
 multirun sweeps. Before a plan runs only the plan-time modules load (no torch, transformers, MLflow, Azure
 or optuna; ``tests/test_cli.py`` checks it): ``--help`` and ``dry_run=true`` stay fast.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,11 +115,11 @@ def expand(args: Sequence[str], multirun: bool) -> List[tuple[list[str], dict]]:
     for override in parse_overrides(args):
         key = override.key_or_group
         if key.startswith(SPACE_PREFIX) and override.is_sweep_override():
-            space[key[len(SPACE_PREFIX):]] = distribution_from_override(override)
+            space[key[len(SPACE_PREFIX) :]] = distribution_from_override(override)
         elif key.startswith(SPACE_PREFIX) and isinstance(override.value(), dict):
             # A dimension written out as a dict replaces the shipped one instead of merging into it,
             # so changing its distribution type does not leave stale keys behind.
-            space[key[len(SPACE_PREFIX):]] = dict(override.value())
+            space[key[len(SPACE_PREFIX) :]] = dict(override.value())
         else:
             plain.append(override)
     sweeps = [o for o in plain if o.is_sweep_override()]
@@ -160,8 +161,10 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
     for override in parse_overrides(overrides):
         replacement = config.renamed(override.key_or_group)
         if replacement:
-            raise UserError(f"{override.key_or_group} is now {replacement}: write "
-                            f"{override.input_line.replace(override.key_or_group, replacement, 1)}")
+            raise UserError(
+                f"{override.key_or_group} is now {replacement}: write "
+                f"{override.input_line.replace(override.key_or_group, replacement, 1)}"
+            )
     config.register()
     GlobalHydra.instance().clear()
     searchpath = [f"file://{path}" if "://" not in path else path for path in source.searchpath]
@@ -179,8 +182,9 @@ def compose_config(overrides: list[str], space: dict, source=None, with_hydra: b
             cfg = hydra_compose(source.config_name, overrides=overrides + extra, return_hydra_config=with_hydra)
             resolved = _resolve_auto_choices(cfg, overrides)
             if resolved:
-                cfg = hydra_compose(source.config_name, overrides=overrides + resolved + extra,
-                                    return_hydra_config=with_hydra)
+                cfg = hydra_compose(
+                    source.config_name, overrides=overrides + resolved + extra, return_hydra_config=with_hydra
+                )
         with open_dict(cfg):  # new dimensions are new keys in a struct config
             for name, distribution in space.items():
                 OmegaConf.update(cfg, f"search.space.{name}", distribution, merge=False)
@@ -234,9 +238,14 @@ def _unknown_keys(cfg, schema, prefix: str = "", skip: tuple = ()):
             yield f"{prefix}{key} is now {replacement}"
         elif key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            yield (f"{prefix}{key}: unknown setting" + (f"; did you mean {prefix}{close[0]}?" if close else
-                                                        f"; {prefix.rstrip('.') or 'the config'} has "
-                                                        f"{', '.join(fields)}"))
+            yield (
+                f"{prefix}{key}: unknown setting"
+                + (
+                    f"; did you mean {prefix}{close[0]}?"
+                    if close
+                    else f"; {prefix.rstrip('.') or 'the config'} has {', '.join(fields)}"
+                )
+            )
         elif dataclasses.is_dataclass(fields[key]) and cfg[key] is not None:
             yield from _unknown_keys(cfg[key], fields[key], f"{prefix}{key}.")
 
@@ -290,7 +299,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation.cfg or invocation.info:
             for job_overrides, space in jobs:
                 cfg = compose_config(job_overrides, space, source, with_hydra=True)
-                print(hydra_cli.cfg_text(cfg, invocation.cfg) if invocation.cfg else hydra_cli.info(cfg, invocation.info))
+                print(
+                    hydra_cli.cfg_text(cfg, invocation.cfg) if invocation.cfg else hydra_cli.info(cfg, invocation.info)
+                )
             return 0
         # Build and validate every plan before running any, so a typo in job 3 costs nothing.
         space_lines = [o for o in overrides if o.lstrip("+").startswith(SPACE_PREFIX) and o not in jobs[0][0]]

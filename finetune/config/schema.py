@@ -9,6 +9,7 @@ that need more than one key live next to each stage's code.
 The same dataclasses are the stage specs of the run plan: a launcher receives them resolved
 (``auto`` choices made, paths absolute) and never reads Hydra config itself.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -247,14 +248,18 @@ class BudgetConfig:
 
     # auto: `local` (the default local run's budget) on local compute, `none` on AML.
     name: str = setting("auto", choices=BUDGETS, help="auto = local on this machine, none on AML")
-    minutes: Optional[float] = setting(None, Range(unit=" minutes"),
-                                       help="wall clock of the whole run, every stage included; unset = no time "
-                                            "budget")
-    usd: Optional[float] = setting(None, Range(unit=" USD"),
-                                   help="AML: the most the run may cost in the worst case by the price table "
-                                        "(compute.hourly_price_usd); unset = no cost budget")
-    max_trials: int = setting(16, AT_LEAST_1, help="the most trials a budget may buy (more rarely beat the best "
-                                                   "of this many random samples)")
+    minutes: Optional[float] = setting(
+        None, Range(unit=" minutes"), help="wall clock of the whole run, every stage included; unset = no time budget"
+    )
+    usd: Optional[float] = setting(
+        None,
+        Range(unit=" USD"),
+        help="AML: the most the run may cost in the worst case by the price table "
+        "(compute.hourly_price_usd); unset = no cost budget",
+    )
+    max_trials: int = setting(
+        16, AT_LEAST_1, help="the most trials a budget may buy (more rarely beat the best of this many random samples)"
+    )
 
 
 @dataclass
@@ -330,7 +335,7 @@ def renamed(key: str) -> Optional[str]:
     """The key that replaced ``key``, or None when it was not renamed."""
     for old, new in RENAMED_KEYS.items():
         if key == old or key.startswith(old + "."):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return None
 
 

@@ -15,6 +15,7 @@ tests/test_azureml_entities.py``).
 
 Standard library only: the CLI, the plan check and an AML job's code snapshot all import it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ class Range:
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
-                    f"{')' if self.high_open else ']'}{self.unit}")
+            return (
+                f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}{self.unit}"
+            )
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {_number(self.low)}{self.unit}"
         if self.high is not None:
@@ -67,13 +70,24 @@ SEED = Range(0, SEED_MAX)
 SECONDS = Range(1, unit=" seconds")
 
 
-def setting(default: Any, legal: Optional[Range] = None, choices: Optional[Sequence[str]] = None,
-            searchable: bool = False, trainer: Optional[str] = None, help: str = "") -> Any:
+def setting(
+    default: Any,
+    legal: Optional[Range] = None,
+    choices: Optional[Sequence[str]] = None,
+    searchable: bool = False,
+    trainer: Optional[str] = None,
+    help: str = "",
+) -> Any:
     """A field with its legal values (checked at plan time; a list's are its items'), whether it is searched,
     the ``TrainingArguments`` field it is handed to unchanged (when it is) and one line saying what it does
     (``--help`` of ``finetune.train``, docs/contracts.md and the plan view print it)."""
-    metadata = {"range": legal, "choices": tuple(choices) if choices else None, "searchable": searchable,
-                "trainer": trainer, "help": help}
+    metadata = {
+        "range": legal,
+        "choices": tuple(choices) if choices else None,
+        "searchable": searchable,
+        "trainer": trainer,
+        "help": help,
+    }
     if isinstance(default, list):
         # Each instance gets its own copy: dataclasses refuse a shared mutable default.
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -97,27 +111,39 @@ class Hyperparameters:
     """What a training learns with: ``model.<name>`` settings, searchable as ``search.space.<name>``."""
 
     learning_rate: float = hyperparameter(
-        5e-5, POSITIVE, help="peak learning rate at the model's reference batch size (finetune.train.hardware scales it "
-                             "with the batch size it picks)")
+        5e-5,
+        POSITIVE,
+        help="peak learning rate at the model's reference batch size (finetune.train.hardware scales it "
+        "with the batch size it picks)",
+    )
     batch_size: int = hyperparameter(
-        16, AT_LEAST_1, help="examples per step per process (the reference batch size; a GPU may take a larger "
-                             "one, see compute.auto_batch_size)")
-    epochs: float = hyperparameter(2.0, POSITIVE, trainer="num_train_epochs",
-                                   help="passes over the training split (a fraction stops part-way)")
-    max_length: int = hyperparameter(128, Range(2), help="tokens per text after truncation ([CLS] and [SEP] "
-                                                         "alone take two)")
+        16,
+        AT_LEAST_1,
+        help="examples per step per process (the reference batch size; a GPU may take a larger "
+        "one, see compute.auto_batch_size)",
+    )
+    epochs: float = hyperparameter(
+        2.0, POSITIVE, trainer="num_train_epochs", help="passes over the training split (a fraction stops part-way)"
+    )
+    max_length: int = hyperparameter(
+        128, Range(2), help="tokens per text after truncation ([CLS] and [SEP] alone take two)"
+    )
     # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 there is a fraction of the steps.
-    warmup_ratio: float = hyperparameter(0.0, BETA, trainer="warmup_steps",
-                                         help="fraction of the total steps the learning rate warms up over")
-    weight_decay: float = hyperparameter(0.0, NON_NEGATIVE, trainer="weight_decay",
-                                         help="AdamW decoupled weight decay")
+    warmup_ratio: float = hyperparameter(
+        0.0, BETA, trainer="warmup_steps", help="fraction of the total steps the learning rate warms up over"
+    )
+    weight_decay: float = hyperparameter(0.0, NON_NEGATIVE, trainer="weight_decay", help="AdamW decoupled weight decay")
     adam_beta1: float = hyperparameter(0.9, BETA, trainer="adam_beta1", help="AdamW first-moment decay")
     adam_beta2: float = hyperparameter(0.999, BETA, trainer="adam_beta2", help="AdamW second-moment decay")
-    adam_epsilon: float = hyperparameter(1e-8, POSITIVE, trainer="adam_epsilon",
-                                         help="AdamW denominator term that keeps the step finite")
+    adam_epsilon: float = hyperparameter(
+        1e-8, POSITIVE, trainer="adam_epsilon", help="AdamW denominator term that keeps the step finite"
+    )
     gradient_accumulation_steps: int = hyperparameter(
-        1, AT_LEAST_1, trainer="gradient_accumulation_steps",
-        help="batches whose gradients add up before one optimizer step")
+        1,
+        AT_LEAST_1,
+        trainer="gradient_accumulation_steps",
+        help="batches whose gradients add up before one optimizer step",
+    )
 
 
 CLASS_WEIGHTS = ("auto", "balanced", "none", "logit_adjusted")
@@ -132,19 +158,27 @@ class TrainingOptions:
 
     evals_per_epoch: int = setting(1, AT_LEAST_1, help="evaluations on the validation split per epoch")
     class_weights: str = setting(
-        "auto", choices=CLASS_WEIGHTS,
+        "auto",
+        choices=CLASS_WEIGHTS,
         help="imbalance in the loss: auto = balanced weights for two classes, logit_adjusted for more "
-             "(finetune.train.losses)")
+        "(finetune.train.losses)",
+    )
     # None is resolved by the plan: off in sweeps, where the sweep's policy stops trials.
     early_stopping_patience: Optional[int] = setting(
-        None, NON_NEGATIVE, help="evaluations without a better primary metric before stopping; 0 = never, "
-                                 "unset = 2 for a single run and off in sweeps")
-    checkpoint_every_steps: int = setting(0, NON_NEGATIVE, help="also checkpoint every N steps; 0 = at every "
-                                                                "evaluation only")
+        None,
+        NON_NEGATIVE,
+        help="evaluations without a better primary metric before stopping; 0 = never, "
+        "unset = 2 for a single run and off in sweeps",
+    )
+    checkpoint_every_steps: int = setting(
+        0, NON_NEGATIVE, help="also checkpoint every N steps; 0 = at every evaluation only"
+    )
     learning_check: Optional[str] = setting(
-        None, choices=LEARNING_CHECK,
+        None,
+        choices=LEARNING_CHECK,
         help="when the model is clearly not learning (finetune.train.learning_check): restart once at a quarter of the "
-             "learning rate, then stop | warn; unset = restart for a single run, warn in sweeps")
+        "learning rate, then stop | warn; unset = restart for a single run, warn in sweeps",
+    )
     telemetry_interval_s: float = setting(5.0, POSITIVE, help="seconds between hardware telemetry samples")
     logging_steps: int = setting(10, AT_LEAST_1, help="steps between logged training losses")
 
@@ -153,29 +187,45 @@ class TrainingOptions:
 class SpeedOptions:
     """Hardware switches of one training process, decided per device by :mod:`finetune.train.hardware`: ``compute.<name>``."""
 
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"), help="where training runs; auto = cuda if "
-                                                                        "available")
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"), help="where training runs; auto = cuda if available")
     num_threads: int = setting(0, NON_NEGATIVE, help="CPU threads for training; 0 = the cores actually free")
-    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"),
-                             help="floating-point format of training; auto = finetune.train.hardware's choice per device")
-    torch_compile: str = setting("auto", choices=("auto", "on", "off"),
-                                 help="compile the model with torch.compile; auto = a per-card table in "
-                                      "finetune.train.hardware")
+    precision: str = setting(
+        "auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="floating-point format of training; auto = finetune.train.hardware's choice per device",
+    )
+    torch_compile: str = setting(
+        "auto",
+        choices=("auto", "on", "off"),
+        help="compile the model with torch.compile; auto = a per-card table in finetune.train.hardware",
+    )
     group_by_length: bool = setting(True, help="batch texts of similar length together (less padding)")
-    pad_to_multiple_of: int = setting(0, NON_NEGATIVE, help="pad batches to a multiple of N tokens; 0 = auto "
-                                                            "(64 with torch.compile on GPU, 8 on GPU, none on CPU)")
-    dataloader_workers: int = setting(-1, Range(-1), help="data loader worker processes; -1 = auto (2 per "
-                                                          "process on GPU, 0 on CPU)")
+    pad_to_multiple_of: int = setting(
+        0,
+        NON_NEGATIVE,
+        help="pad batches to a multiple of N tokens; 0 = auto (64 with torch.compile on GPU, 8 on GPU, none on CPU)",
+    )
+    dataloader_workers: int = setting(
+        -1, Range(-1), help="data loader worker processes; -1 = auto (2 per process on GPU, 0 on CPU)"
+    )
     tf32: bool = setting(True, help="TF32 matrix multiplications on sm80+ GPUs")
     optim: str = setting("auto", help="a Trainer optimizer name; auto = adamw_torch_fused")
-    attn_implementation: str = setting("sdpa", choices=("sdpa", "eager", "flash_attention_2", "auto"),
-                                       help="the attention kernel transformers loads the model with")
+    attn_implementation: str = setting(
+        "sdpa",
+        choices=("sdpa", "eager", "flash_attention_2", "auto"),
+        help="the attention kernel transformers loads the model with",
+    )
     auto_batch_size: bool = setting(
-        True, help="GPU: the largest power-of-two batch that fits (<= max_batch_size, >= 50 steps per epoch) "
-                   "with the learning rate scaled by lr_scaling; CPU: model.batch_size")
+        True,
+        help="GPU: the largest power-of-two batch that fits (<= max_batch_size, >= 50 steps per epoch) "
+        "with the learning rate scaled by lr_scaling; CPU: model.batch_size",
+    )
     max_batch_size: int = setting(128, AT_LEAST_1, help="the largest batch auto_batch_size may pick")
-    lr_scaling: str = setting("sqrt", choices=("sqrt", "linear", "none"),
-                              help="how the learning rate follows a batch size larger than model.batch_size")
+    lr_scaling: str = setting(
+        "sqrt",
+        choices=("sqrt", "linear", "none"),
+        help="how the learning rate follows a batch size larger than model.batch_size",
+    )
 
 
 @dataclass
@@ -188,9 +238,12 @@ class Inputs:
     model: str = required("a Hugging Face model folder or hub id")
     output_dir: str = required("where the model, checkpoints and result.json go")
     seed: int = setting(0, SEED, help="seed of weight initialisation, shuffling and dropout")
-    task: str = setting("single_label", choices=TASKS,
-                        help="single_label: softmax over classes; multi_label: a sigmoid per label with binary "
-                             "cross-entropy, split cells are label lists; ner: a tag per word (JSONL token splits)")
+    task: str = setting(
+        "single_label",
+        choices=TASKS,
+        help="single_label: softmax over classes; multi_label: a sigmoid per label with binary "
+        "cross-entropy, split cells are label lists; ner: a tag per word (JSONL token splits)",
+    )
 
 
 @dataclass
@@ -208,16 +261,18 @@ class Objective:
 class Reporting:
     """Where metrics and progress go."""
 
-    tracking_uri: Optional[str] = setting(None, help="MLflow tracking URI; unset = MLflow's environment (on "
-                                                     "AML, the workspace)")
+    tracking_uri: Optional[str] = setting(
+        None, help="MLflow tracking URI; unset = MLflow's environment (on AML, the workspace)"
+    )
     experiment: str = setting("finetune", help="the MLflow experiment of the run")
     run_name: Optional[str] = setting(None, help="the MLflow run name")
     parent_run_id: Optional[str] = setting(None, help="nest the MLflow run under this one (the pipeline run)")
     tags: Optional[str] = setting(None, help="a JSON object of MLflow tags for the run")
     model_id: Optional[str] = setting(None, help="the base model as logged (hub id or name); unset = --model")
     progress: bool = setting(True, help="print a progress bar")
-    progress_file: Optional[str] = setting(None, help="write progress (step, total, latest metrics) as JSON "
-                                                      "here (a sweep trial)")
+    progress_file: Optional[str] = setting(
+        None, help="write progress (step, total, latest metrics) as JSON here (a sweep trial)"
+    )
 
 
 # The bases in reverse: dataclasses collect fields from the last base first, so the required inputs lead.
@@ -247,15 +302,22 @@ def legal_range(cls: type, name: str) -> Optional[Range]:
 
 def trainer_arguments(args: TrainArgs) -> Dict[str, Any]:
     """The hyperparameters ``TrainingArguments`` takes as they are, under its names."""
-    return {item.metadata["trainer"]: getattr(args, item.name) for item in dataclasses.fields(Hyperparameters)
-            if item.metadata.get("trainer")}
+    return {
+        item.metadata["trainer"]: getattr(args, item.name)
+        for item in dataclasses.fields(Hyperparameters)
+        if item.metadata.get("trainer")
+    }
 
 
 def logged_parameters(args: TrainArgs) -> dict:
     """What result.json and the MLflow run record as a training's hyperparameters: every one of
     :class:`Hyperparameters`, the seed, and the loss and stopping settings."""
-    names = [item.name for item in dataclasses.fields(Hyperparameters)] + ["seed", "class_weights",
-                                                                          "early_stopping_patience", "learning_check"]
+    names = [item.name for item in dataclasses.fields(Hyperparameters)] + [
+        "seed",
+        "class_weights",
+        "early_stopping_patience",
+        "learning_check",
+    ]
     return {name: getattr(args, name) for name in names}
 
 
@@ -273,8 +335,14 @@ def reference_table() -> str:
     for section in SECTIONS:
         for item in dataclasses.fields(section):
             default = "required" if item.default is dataclasses.MISSING else f"`{item.default}`"
-            cells = [f"`{flag(item.name)}`", section.__name__, default, _allowed_values(item),
-                     "yes" if item.metadata.get("searchable") else "", item.metadata["help"]]
+            cells = [
+                f"`{flag(item.name)}`",
+                section.__name__,
+                default,
+                _allowed_values(item),
+                "yes" if item.metadata.get("searchable") else "",
+                item.metadata["help"],
+            ]
             # A '|' inside a cell would end it.
             rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
@@ -325,11 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             described += f" (default: {item.default}{'; ' + legal.describe() if legal else ''})"
             if kind is bool:
-                group.add_argument(flag(item.name), type=_parse_bool, default=item.default, metavar="true|false",
-                                   help=described)
+                group.add_argument(
+                    flag(item.name), type=_parse_bool, default=item.default, metavar="true|false", help=described
+                )
             else:
-                group.add_argument(flag(item.name), type=kind if kind in (int, float) else str, default=item.default,
-                                   choices=item.metadata.get("choices"), help=described)
+                group.add_argument(
+                    flag(item.name),
+                    type=kind if kind in (int, float) else str,
+                    default=item.default,
+                    choices=item.metadata.get("choices"),
+                    help=described,
+                )
     return parser
 
 

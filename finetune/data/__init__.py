@@ -9,6 +9,7 @@ in docs/contracts.md ("Prepared data") and returns a :class:`PreparedData`. One 
 Only the standard library (and the config schema) is imported at module level: the plan check imports
 this package and must stay fast; numpy, pyarrow and tqdm load inside the functions that use them.
 """
+
 from __future__ import annotations
 
 from finetune.config.schema import DatasetConfig

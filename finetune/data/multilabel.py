@@ -6,6 +6,7 @@ exactly those two signs, so single-label data keeps its behaviour. The prepared 
 Python literal of its label names in label-id order (``['anger', 'joy']``, ``[]``): the label format Azure ML
 AutoML's text_classification_multilabel reads, so the same files serve both.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,9 +88,11 @@ def _label_set(value: Any, dataset: DatasetConfig, where: str) -> Optional[List[
     if isinstance(value, (list, tuple)):
         for item in value:
             if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise UserError(f"dataset.label_column={dataset.label_column}: {where} holds "
-                                f"{json.dumps(value, default=str)[:60]}; a list of labels may hold only strings or "
-                                "integers, fix the row")
+                raise UserError(
+                    f"dataset.label_column={dataset.label_column}: {where} holds "
+                    f"{json.dumps(value, default=str)[:60]}; a list of labels may hold only strings or "
+                    "integers, fix the row"
+                )
         items = [str(item).strip() for item in value]
     elif isinstance(value, str) and dataset.label_separator:
         items = [item.strip() for item in value.split(dataset.label_separator)]
@@ -98,8 +101,14 @@ def _label_set(value: Any, dataset: DatasetConfig, where: str) -> Optional[List[
     return [item for item in items if item]
 
 
-def label_sets(texts: list, values: list, dataset: DatasetConfig, where: Callable[[int], str], source: str,
-               label_names: Optional[List[str]] = None) -> Tuple[List[str], List[List[int]], List[str], List[int]]:
+def label_sets(
+    texts: list,
+    values: list,
+    dataset: DatasetConfig,
+    where: Callable[[int], str],
+    source: str,
+    label_names: Optional[List[str]] = None,
+) -> Tuple[List[str], List[List[int]], List[str], List[int]]:
     """(label names in id order, sorted label ids per kept row, text per kept row, index of each kept row).
 
     Rows without text are dropped and counted; a row with no labels is an error unless
@@ -114,8 +123,10 @@ def label_sets(texts: list, values: list, dataset: DatasetConfig, where: Callabl
             dropped["empty text" if not text else "label is a JSON object"] += 1
             continue
         if not names and not dataset.allow_empty_labels:
-            raise UserError(f"dataset.allow_empty_labels=false: {where(index)} has no labels; label it, or set "
-                            "dataset.allow_empty_labels=true to keep such rows with an empty label set")
+            raise UserError(
+                f"dataset.allow_empty_labels=false: {where(index)} has no labels; label it, or set "
+                "dataset.allow_empty_labels=true to keep such rows with an empty label set"
+            )
         if label_names:
             names = [name_of_id(name, label_names, dataset, where(index)) for name in names]
         kept_texts.append(text)
@@ -124,19 +135,26 @@ def label_sets(texts: list, values: list, dataset: DatasetConfig, where: Callabl
 
     if not kept:
         why = "dropped: " + ", ".join(f"{n} {why}" for why, n in dropped.items()) if dropped else "it has no rows"
-        raise UserError(f"dataset.label_column={dataset.label_column}: no labelled rows left of {len(texts)} read "
-                        f"from {source} ({why}); check dataset.text_column={dataset.text_column} and "
-                        "dataset.label_column")
+        raise UserError(
+            f"dataset.label_column={dataset.label_column}: no labelled rows left of {len(texts)} read "
+            f"from {source} ({why}); check dataset.text_column={dataset.text_column} and "
+            "dataset.label_column"
+        )
     present = {name for names in sets for name in names}
     labels = label_names or sorted_labels(present)
     if len(labels) < 2:
-        raise UserError(f"dataset.label_column={dataset.label_column}: only {len(labels)} label "
-                        f"({', '.join(labels) or 'none'}) among {len(kept)} rows; a classifier needs 2 or more, "
-                        "check the column and dataset.label_separator")
+        raise UserError(
+            f"dataset.label_column={dataset.label_column}: only {len(labels)} label "
+            f"({', '.join(labels) or 'none'}) among {len(kept)} rows; a classifier needs 2 or more, "
+            "check the column and dataset.label_separator"
+        )
     unused = [name for name in labels if name not in present]
     if unused:
-        print(f"note: {len(unused)} of the {len(labels)} labels in dataset.label_names_file occur in no row: "
-              + ", ".join(unused[:10]), flush=True)
+        print(
+            f"note: {len(unused)} of the {len(labels)} labels in dataset.label_names_file occur in no row: "
+            + ", ".join(unused[:10]),
+            flush=True,
+        )
     report_dropped(dropped, len(texts))
     ids = {name: index for index, name in enumerate(labels)}
     return labels, [sorted({ids[name] for name in names}) for names in sets], kept_texts, kept

@@ -14,6 +14,7 @@ Tags are IOB2 after reading: IOBES (``S-``/``E-`` seen anywhere in a file) is co
 ner_metrics`) does with it: it is never part of an entity. Those repairs are counted in :class:`NerReadStats`
 (the data report shows them). Every bad input is a one-line :class:`UserError` naming the file and line.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,10 @@ def read_ner_file(path: Path | str) -> Tuple[List[Sentence], NerReadStats]:
     elif suffix in CONLL_SUFFIXES or not suffix:
         raw = list(_read_conll(path, stats))
     else:
-        raise UserError(f"{path}: unknown NER file type {suffix!r}; use CoNLL ({', '.join(CONLL_SUFFIXES)}) "
-                        f"or JSONL ({', '.join(JSONL_SUFFIXES)})")
+        raise UserError(
+            f"{path}: unknown NER file type {suffix!r}; use CoNLL ({', '.join(CONLL_SUFFIXES)}) "
+            f"or JSONL ({', '.join(JSONL_SUFFIXES)})"
+        )
     iobes = any(tag[:2] in ("S-", "E-") for _, _, tags in raw for tag in tags)
     stats.iobes_converted = iobes
     sentences = []
@@ -106,8 +109,9 @@ def is_ner_file(path: Path | str) -> bool:
             for line in handle:
                 if line.strip():
                     record = json.loads(line)
-                    return isinstance(record, dict) and ({"tokens", "tags"} <= record.keys()
-                                                         or {"text", "entities"} <= record.keys())
+                    return isinstance(record, dict) and (
+                        {"tokens", "tags"} <= record.keys() or {"text", "entities"} <= record.keys()
+                    )
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return False
@@ -125,8 +129,10 @@ def to_iob2(tags: List[str], where: str, iobes: bool, stats: Optional[NerReadSta
             continue
         match = _TAG.match(tag)
         if not match or (not iobes and match.group(1) in "ES"):
-            raise UserError(f"{where}: tag {tag!r} (token {position + 1}) is not O, B-TYPE or I-TYPE "
-                            "(IOBES: also S-TYPE, E-TYPE); unknown tag scheme")
+            raise UserError(
+                f"{where}: tag {tag!r} (token {position + 1}) is not O, B-TYPE or I-TYPE "
+                "(IOBES: also S-TYPE, E-TYPE); unknown tag scheme"
+            )
         prefix, kind = match.groups()
         if prefix in "BS":
             converted.append(f"B-{kind}")
@@ -170,10 +176,16 @@ def spans_to_sentence(text: str, entities: list, where: str) -> Tuple[Sentence, 
             start, end, label = entity["start"], entity["end"], entity["label"]
         except (TypeError, KeyError):
             raise UserError(f"{where}: entity {entity!r} needs start, end and label") from None
-        if (not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool)
-                or not 0 <= start < end <= len(text)):
-            raise UserError(f"{where}: entity span {start}..{end} ({label}) is outside its text of {len(text)} "
-                            "characters (0 <= start < end <= length)")
+        if (
+            not isinstance(start, int)
+            or not isinstance(end, int)
+            or isinstance(start, bool)
+            or not 0 <= start < end <= len(text)
+        ):
+            raise UserError(
+                f"{where}: entity span {start}..{end} ({label}) is outside its text of {len(text)} "
+                "characters (0 <= start < end <= length)"
+            )
         if not isinstance(label, str) or not label or label[:2] in ("B-", "I-"):
             raise UserError(f"{where}: entity label {label!r} must be a type name without B-/I-")
         covered = [i for i, (_, word_start, word_end) in enumerate(words) if word_start < end and start < word_end]
@@ -228,8 +240,10 @@ def _read_conll(path: Path, stats: NerReadStats):
                     stats.docstart_lines += 1
                     continue
                 if len(fields) < 2 or not fields[0] or not fields[-1]:
-                    raise UserError(f"{path} line {number}: malformed CoNLL line {line[:60]!r}: expected "
-                                    "'token<TAB>tag' (or token and tag separated by spaces)")
+                    raise UserError(
+                        f"{path} line {number}: malformed CoNLL line {line[:60]!r}: expected "
+                        "'token<TAB>tag' (or token and tag separated by spaces)"
+                    )
                 if not tokens:
                     first_line = number
                 tokens.append(fields[0])
@@ -270,7 +284,8 @@ def _read_jsonl(path: Path, stats: NerReadStats):
                     stats.entities_overlapping += overlapping
                     yield where, sentence.tokens, sentence.tags
                 else:
-                    raise UserError(f"{where}: expected keys tokens + tags or text + entities, got "
-                                    f"{sorted(record)[:6]}")
+                    raise UserError(
+                        f"{where}: expected keys tokens + tags or text + entities, got {sorted(record)[:6]}"
+                    )
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None

@@ -7,6 +7,7 @@ counts are entities per type. Published splits (``dataset.split_files``) are kep
 by iterative stratification over the entity types they hold (:func:`finetune.data.split.assign_multi_label_splits`),
 so a rare type lands in train, val and test.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,17 +58,30 @@ def prepare_ner(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:
             for tag in sentence.tags:
                 if tag.startswith("B-"):
                     counts[tag[2:]] += 1
-        splits[name] = {"rows": len(members), "tokens": sum(len(s.tokens) for s in members),
-                        "sha256": hashlib.sha256(content).hexdigest(), "class_counts": counts}
+        splits[name] = {
+            "rows": len(members),
+            "tokens": sum(len(s.tokens) for s in members),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "class_counts": counts,
+        }
     check_unseen_labels({name: splits[name]["class_counts"] for name in SPLITS}, dataset, method)
     labels = tag_names(t for t in types if splits["train"]["class_counts"][t])
     prepared = PreparedData(
-        train_path=out_dir / split_file(NER, "train"), val_path=out_dir / split_file(NER, "val"),
-        test_path=out_dir / split_file(NER, "test"), labels_path=out_dir / "labels.json", labels=labels,
-        source=description, raw_sha256=raw_sha256, rows_raw=len(sentences), rows_labelled=len(assignment),
-        splits=splits, task=NER, split=method, ner=stats)
+        train_path=out_dir / split_file(NER, "train"),
+        val_path=out_dir / split_file(NER, "val"),
+        test_path=out_dir / split_file(NER, "test"),
+        labels_path=out_dir / "labels.json",
+        labels=labels,
+        source=description,
+        raw_sha256=raw_sha256,
+        rows_raw=len(sentences),
+        rows_labelled=len(assignment),
+        splits=splits,
+        task=NER,
+        split=method,
+        ner=stats,
+    )
     files["labels.json"] = (json.dumps(labels) + "\n").encode("utf-8")
     files["data.json"] = (json.dumps(prepared.to_dict(), indent=2) + "\n").encode("utf-8")
     _write_folder(out_dir, files)
     return prepared
-

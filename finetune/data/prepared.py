@@ -10,6 +10,7 @@ loads as single-label.
 Output is written to a sibling staging folder and renamed into place, so a failure leaves no half-prepared
 folder that a later stage (or a resumed run) could mistake for a good one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -114,16 +115,22 @@ class PreparedData:
                 ner=data.get("ner"),
             )
         except FileNotFoundError:
-            raise UserError(f"{out_dir}: no prepared data there (data.json missing); run the data stage again") from None
+            raise UserError(
+                f"{out_dir}: no prepared data there (data.json missing); run the data stage again"
+            ) from None
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise UserError(f"{out_dir}/data.json: unreadable ({type(error).__name__}: {error}); delete {out_dir} to "
-                            "prepare the data again") from None
+            raise UserError(
+                f"{out_dir}/data.json: unreadable ({type(error).__name__}: {error}); delete {out_dir} to "
+                "prepare the data again"
+            ) from None
         for name in SPLITS:
             path = prepared.path(name)
             actual = sha256_file(path) if path.exists() else "missing"
             if actual != prepared.splits[name]["sha256"]:
-                raise UserError(f"{path}: changed since it was prepared (sha256 {actual}, recorded "
-                                f"{prepared.splits[name]['sha256']}); delete {out_dir} to prepare the data again")
+                raise UserError(
+                    f"{path}: changed since it was prepared (sha256 {actual}, recorded "
+                    f"{prepared.splits[name]['sha256']}); delete {out_dir} to prepare the data again"
+                )
         return prepared
 
     @classmethod
@@ -131,14 +138,21 @@ class PreparedData:
         """summary.json's ``data`` section as a finished run's report reads it: the split files are where the
         section says and are not re-hashed (:meth:`load` is for training on them)."""
         paths = {name: Path(section["splits"][name]["path"]) for name in SPLITS}
-        return cls(train_path=paths["train"], val_path=paths["val"], test_path=paths["test"],
-                   labels_path=paths["train"].parent / "labels.json", labels=section["labels"],
-                   source=section["source"], raw_sha256=section["raw_sha256"], rows_raw=section["rows_raw"],
-                   rows_labelled=section["rows_labelled"],
-                   splits={name: {k: v for k, v in section["splits"][name].items() if k != "path"} for name in SPLITS},
-                   task=section.get("task", SINGLE_LABEL), split=section.get("split", "stratified"),
-                   ner=section.get("ner"))
-
+        return cls(
+            train_path=paths["train"],
+            val_path=paths["val"],
+            test_path=paths["test"],
+            labels_path=paths["train"].parent / "labels.json",
+            labels=section["labels"],
+            source=section["source"],
+            raw_sha256=section["raw_sha256"],
+            rows_raw=section["rows_raw"],
+            rows_labelled=section["rows_labelled"],
+            splits={name: {k: v for k, v in section["splits"][name].items() if k != "path"} for name in SPLITS},
+            task=section.get("task", SINGLE_LABEL),
+            split=section.get("split", "stratified"),
+            ner=section.get("ner"),
+        )
 
 
 def prepare(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:
@@ -147,8 +161,10 @@ def prepare(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:
     if dataset.source not in SOURCES:
         raise UserError(f"dataset.source={dataset.source}: unknown; use one of {', '.join(SOURCES)}")
     if bool(dataset.label_column) == bool(dataset.rating_column):
-        raise UserError(f"dataset.label_column={dataset.label_column}, dataset.rating_column={dataset.rating_column}: "
-                        "set exactly one (labels as-is, or ratings mapped to sentiment)")
+        raise UserError(
+            f"dataset.label_column={dataset.label_column}, dataset.rating_column={dataset.rating_column}: "
+            "set exactly one (labels as-is, or ratings mapped to sentiment)"
+        )
     if dataset.sample is not None and dataset.sample < 1:
         raise UserError(f"dataset.sample={dataset.sample}: must be a positive number of rows (or null for all)")
     problems = task_problems(dataset) + split_problems(dataset)
@@ -190,8 +206,11 @@ def prepare(dataset: DatasetConfig, out_dir: Path | str) -> PreparedData:
         for ids in row_labels:
             for label_id in ids:
                 counts[labels[label_id]] += 1
-        splits[name] = {"rows": len(members), "sha256": hashlib.sha256(files[f"{name}.csv"]).hexdigest(),
-                        "class_counts": counts}
+        splits[name] = {
+            "rows": len(members),
+            "sha256": hashlib.sha256(files[f"{name}.csv"]).hexdigest(),
+            "class_counts": counts,
+        }
     check_unseen_labels({name: splits[name]["class_counts"] for name in SPLITS}, dataset, method)
     prepared = PreparedData(
         train_path=out_dir / "train.csv",
@@ -222,12 +241,14 @@ def _raw_sha256(files: List[Tuple[Optional[str], Path, str]]) -> str:
 
 def _locator(segments: List[Tuple[str, int]]) -> Callable[[int], str]:
     """``where(index)``: "row N of FILE" for a row index into the files read one after another."""
+
     def where(index: int) -> str:
         for source, rows in segments:
             if index < rows:
                 return f"row {index + 1} of {source}"
             index -= rows
         raise IndexError(index)
+
     return where
 
 
@@ -244,8 +265,10 @@ def _write_folder(out_dir: Path, files: Dict[str, bytes]) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "data.json").is_file():
         # Only a folder this stage prepared (it holds data.json) or an empty one is replaced; anything else
         # is the user's.
-        raise UserError(f"{out_dir} exists and was not prepared by finetune (no data.json); move it away or "
-                        "choose another run_name / output_root")
+        raise UserError(
+            f"{out_dir} exists and was not prepared by finetune (no data.json); move it away or "
+            "choose another run_name / output_root"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{token}")

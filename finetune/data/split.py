@@ -14,6 +14,7 @@ more, as for single-label classes; a label with fewer gets a printed note instea
 A predefined split (``dataset.split_files`` or ``dataset.split_column``) is reproduced as published, rows in
 file order; ``dataset.sample`` then takes a seeded random sample of each split, in proportion to its size.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,10 @@ def assign_splits(label_ids: List[int], labels: List[str], dataset: DatasetConfi
             else:
                 key, column = label_setting(dataset)
                 setting, within, fix = f"dataset.{key}={column}", "the data", "add rows of it or drop the class"
-            raise UserError(f"{setting}: class '{label}' has {take} row{'' if take == 1 else 's'} in {within}, too few "
-                            f"for one in each of train, val and test (it needs 3); {fix}")
+            raise UserError(
+                f"{setting}: class '{label}' has {take} row{'' if take == 1 else 's'} in {within}, too few "
+                f"for one in each of train, val and test (it needs 3); {fix}"
+            )
         for position, row in enumerate(rows[:take]):
             assignment[row] = 0 if position < take - val - test else (1 if position < take - test else 2)
     return {row: assignment[row] for row in order if row in assignment}
@@ -61,8 +64,10 @@ def assign_splits(label_ids: List[int], labels: List[str], dataset: DatasetConfi
 
 def _sample_size(total: int, dataset: DatasetConfig) -> int:
     if dataset.sample is not None and dataset.sample > total:
-        raise UserError(f"dataset.sample={dataset.sample}: larger than the {total} labelled rows; use "
-                        f"dataset.sample={total} or less, or null for all rows")
+        raise UserError(
+            f"dataset.sample={dataset.sample}: larger than the {total} labelled rows; use "
+            f"dataset.sample={total} or less, or null for all rows"
+        )
     return total if dataset.sample is None else dataset.sample
 
 
@@ -88,9 +93,12 @@ def assign_multi_label_splits(label_sets: List[List[int]], labels: List[str], da
         else:
             desired.append([count * (1 - sum(fractions)), count * fractions[0], count * fractions[1]])
             if count:
-                print(f"note: label '{labels[label]}' has {count} row{'' if count == 1 else 's'}"
-                      f"{' in the sample' if dataset.sample is not None else ''}, too few for one in each of train, "
-                      "val and test; it is not in every split", flush=True)
+                print(
+                    f"note: label '{labels[label]}' has {count} row{'' if count == 1 else 's'}"
+                    f"{' in the sample' if dataset.sample is not None else ''}, too few for one in each of train, "
+                    "val and test; it is not in every split",
+                    flush=True,
+                )
 
     assignment: Dict[int, int] = {}
 
@@ -132,8 +140,10 @@ def split_index(value, dataset: DatasetConfig, where: str) -> int:
     """0 train, 1 val, 2 test from a ``dataset.split_column`` cell."""
     index = SPLIT_VALUES.get(str(value).strip().lower()) if value is not None else None
     if index is None:
-        raise UserError(f"dataset.split_column={dataset.split_column}: {where} holds {value!r}; use train, val "
-                        "(or validation, dev) or test")
+        raise UserError(
+            f"dataset.split_column={dataset.split_column}: {where} holds {value!r}; use train, val "
+            "(or validation, dev) or test"
+        )
     return index
 
 
@@ -151,15 +161,20 @@ def assign_predefined_splits(splits: List[int], dataset: DatasetConfig) -> Dict[
     chosen = sorted(row for rows, take in zip(by_split, takes) for row in rows[:take])
     for name, rows, take in zip(SPLIT_NAMES, by_split, takes):
         if rows and not take:
-            raise UserError(f"dataset.sample={dataset.sample}: leaves no row of the {name} split ({len(rows)} rows); "
-                            "use a larger dataset.sample")
+            raise UserError(
+                f"dataset.sample={dataset.sample}: leaves no row of the {name} split ({len(rows)} rows); "
+                "use a larger dataset.sample"
+            )
     return {row: splits[row] for row in chosen}
 
 
 def check_unseen_labels(counts: Dict[str, Dict[str, int]], dataset: DatasetConfig, method: str) -> None:
     """A label in val or test that train never shows cannot be learnt, and its metrics would be meaningless."""
-    unseen = [label for label in counts["train"] if not counts["train"][label]
-              and (counts["val"][label] or counts["test"][label])]
+    unseen = [
+        label
+        for label in counts["train"]
+        if not counts["train"][label] and (counts["val"][label] or counts["test"][label])
+    ]
     if not unseen:
         return
     if dataset.predefined_files():
@@ -194,8 +209,9 @@ def check_split(plan: "RunPlan") -> List[str]:
         if not 0 < value < 1:
             problems.append(f"dataset.{key}={value}: must be between 0 and 1")
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        problems.append(f"dataset.train_fraction+val_fraction+test_fraction={sum(fractions):g}: "
-                        "the split fractions must sum to 1")
+        problems.append(
+            f"dataset.train_fraction+val_fraction+test_fraction={sum(fractions):g}: the split fractions must sum to 1"
+        )
     if data.sample is not None and data.sample < 10:
         problems.append(f"dataset.sample={data.sample}: must be at least 10 rows (or null for all)")
     return problems
@@ -207,9 +223,13 @@ def split_problems(data: DatasetConfig) -> List[str]:
     files = data.predefined_files()
     if files:
         if sorted(files) != sorted(SPLIT_NAMES):
-            problems.append(f"dataset.split_files={files}: name a file for each of train, val and "
-                            "test and nothing else, e.g. {train: train.tsv, val: dev.tsv, test: test.tsv}")
+            problems.append(
+                f"dataset.split_files={files}: name a file for each of train, val and "
+                "test and nothing else, e.g. {train: train.tsv, val: dev.tsv, test: test.tsv}"
+            )
         if data.split_column:
-            problems.append(f"dataset.split_column={data.split_column}: a second predefined split beside "
-                            "dataset.split_files; set one of them to null")
+            problems.append(
+                f"dataset.split_column={data.split_column}: a second predefined split beside "
+                "dataset.split_files; set one of them to null"
+            )
     return problems

@@ -5,6 +5,7 @@ A multi-label cell is the Python literal of a list of label names (``['anger', '
 ``ast.literal_eval``, which builds literals only and never runs code, because a split file may come from a
 shared folder or a download.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,12 +32,16 @@ def read_multi_label_split(path, labels: List[str]) -> Tuple[List[str], Any]:
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             names = None
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-            raise UserError(f"{path}: row {row + 1} has label {cell[:60]!r}, not a list of label names such as "
-                            "['anger', 'joy']; prepare the data again")
+            raise UserError(
+                f"{path}: row {row + 1} has label {cell[:60]!r}, not a list of label names such as "
+                "['anger', 'joy']; prepare the data again"
+            )
         unknown = [name for name in names if name not in column]
         if unknown:
-            raise UserError(f"{path}: row {row + 1} has labels {unknown[:5]} that are not among the prepared labels "
-                            f"{labels}; prepare the data again")
+            raise UserError(
+                f"{path}: row {row + 1} has labels {unknown[:5]} that are not among the prepared labels "
+                f"{labels}; prepare the data again"
+            )
         targets[row, [column[name] for name in names]] = 1
     return frame["text"].tolist(), targets
 

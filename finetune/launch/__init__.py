@@ -10,6 +10,7 @@ Each launcher is a module registered in ``LAUNCHERS`` under the compute target i
 
 A module is imported when a plan needs it: a local plan never loads the AML launcher.
 """
+
 from __future__ import annotations
 
 import importlib

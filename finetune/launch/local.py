@@ -5,6 +5,7 @@ endpoint) -> report. Training runs as ``python -m finetune.train`` in a subproce
 AML runs, so the two launchers share one entry point. ``summary.json`` is rewritten after every stage:
 an interrupted run still shows what it finished.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,17 +46,23 @@ def check(plan: RunPlan) -> list[str]:
     """What this launcher cannot run: the AML-only AutoML engine and endpoint target, a bad local endpoint."""
     problems = []
     if plan.automl.engine == "text_classification":
-        problems.append("automl.engine=text_classification: AML AutoML runs on AML compute only; on local compute "
-                        "use automl=local or automl=none")
+        problems.append(
+            "automl.engine=text_classification: AML AutoML runs on AML compute only; on local compute "
+            "use automl=local or automl=none"
+        )
     cores = len(os.sched_getaffinity(0))
     concurrent = plan.search.limits.max_concurrent_trials
     if plan.search.sampling != "none" and plan.compute.device != "cuda" and concurrent > cores:
         # Each trial is a training process with at least one thread: more than the cores only thrash.
-        problems.append(f"search.limits.max_concurrent_trials={concurrent}: more trials at once than this machine's "
-                        f"{cores} CPU cores; use {cores} or fewer")
+        problems.append(
+            f"search.limits.max_concurrent_trials={concurrent}: more trials at once than this machine's "
+            f"{cores} CPU cores; use {cores} or fewer"
+        )
     if plan.endpoint.target == "managed":
-        problems.append("endpoint.target=managed: a managed online endpoint needs AML compute; on local compute "
-                        "use endpoint=local or endpoint=none")
+        problems.append(
+            "endpoint.target=managed: a managed online endpoint needs AML compute; on local compute "
+            "use endpoint=local or endpoint=none"
+        )
     elif plan.endpoint.target in ("local", "auto"):
         problems += check_endpoint(plan.endpoint)
     return problems
@@ -65,16 +72,22 @@ def check_endpoint(endpoint_cfg) -> list[str]:
     """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.config.ranges`)."""
     problems = []
     if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
-        problems.append(f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
-                        "letter (it becomes a folder under <output_root>/endpoints)")
+        problems.append(
+            f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
+            "letter (it becomes a folder under <output_root>/endpoints)"
+        )
     if endpoint_cfg.auth_mode != "key":
-        problems.append(f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
-                        "use endpoint.auth_mode=key")
+        problems.append(
+            f"endpoint.auth_mode={endpoint_cfg.auth_mode}: a local endpoint authenticates with its key; "
+            "use endpoint.auth_mode=key"
+        )
     if not endpoint_cfg.host:
         problems.append("endpoint.host='': set the router's address, e.g. endpoint.host=127.0.0.1")
     elif endpoint_cfg.host not in LOOPBACK_HOSTS and not endpoint_cfg.allow_remote:
-        problems.append(f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
-                        "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1")
+        problems.append(
+            f"endpoint.host={endpoint_cfg.host}: serves the endpoint beyond this machine over plain HTTP; "
+            "set endpoint.allow_remote=true to mean it, or use endpoint.host=127.0.0.1"
+        )
     try:
         check_ramp(endpoint_cfg.ramp)
     except (RolloutError, TypeError, ValueError) as error:
@@ -95,9 +108,14 @@ def resolve(plan: RunPlan) -> RunPlan:
         return plan
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
     lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
-    request = fitting.request_for(plan, calibration.throughput(measured, os.getloadavg()[0], lanes),
-                                 calibration.workload(measured, plan.train.evals_per_epoch), lanes,
-                                 calibration.stage_costs(measured), (plan.budget.minutes or 0) * 60)
+    request = fitting.request_for(
+        plan,
+        calibration.throughput(measured, os.getloadavg()[0], lanes),
+        calibration.workload(measured, plan.train.evals_per_epoch),
+        lanes,
+        calibration.stage_costs(measured),
+        (plan.budget.minutes or 0) * 60,
+    )
     try:
         estimate = budget.fit(request)
     except budget.BudgetTooSmall as error:
@@ -106,8 +124,10 @@ def resolve(plan: RunPlan) -> RunPlan:
         # The shipped default is no request of the user's: a slower machine gets the smallest plan that
         # produces a model, said in the plan's line, rather than a refusal of `python -m finetune`.
         estimate = budget.fit(dataclasses.replace(request, budget_s=error.minimum_s * 1.001))
-        estimate.reason += (f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
-                            f"(the smallest that fits is {error.minimum_s / 60:.1f})")
+        estimate.reason += (
+            f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
+            f"(the smallest that fits is {error.minimum_s / 60:.1f})"
+        )
     return fitting.apply(plan, estimate)
 
 
@@ -156,14 +176,20 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
         plan = with_task_metrics(dataclasses.replace(plan, dataset=dataclasses.replace(plan.dataset, task=data.task)))
     summary.data = data
     summary.save()
-    print(f"{data.task.replace('_', '-')} data, {len(data.labels)} labels; {data.rows_labelled} labelled rows -> "
-          + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items()))
-    model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
-                                             plan.tracking.experiment)
+    print(
+        f"{data.task.replace('_', '-')} data, {len(data.labels)} labels; {data.rows_labelled} labelled rows -> "
+        + ", ".join(f"{split} {info['rows']}" for split, info in data.splits.items())
+    )
+    model_registry = registry.MlflowRegistry(
+        plan.select.registered_model_name, plan.tracking.uri, plan.tracking.experiment
+    )
     # Before any training: a production model for other labels is refused now, not after an hour of it
     # (select_and_register applies the same rule to the production model it re-scores).
-    check_production_labels(model_registry.production(run_dir / "select" / "production"), list(data.labels),
-                            plan.select.replace_incompatible)
+    check_production_labels(
+        model_registry.production(run_dir / "select" / "production"),
+        list(data.labels),
+        plan.select.replace_incompatible,
+    )
 
     tags = tracking.run_tags(plan, data)
     parent = tracking.start_pipeline_run(plan, tags)
@@ -171,7 +197,9 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     try:
         result = _stages(plan, summary, data, next_stage, (parent, tags), held)
     except BaseException as error:
-        tracking.end_pipeline_run(plan.tracking.uri, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        tracking.end_pipeline_run(
+            plan.tracking.uri, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        )
         raise
     tracking.end_pipeline_run(plan.tracking.uri, parent, "FINISHED")
     print(f"browse runs:   {tracking.ui_command(plan.tracking.uri)}   (pip install 'finetune[ui]')")
@@ -182,8 +210,9 @@ def _run(plan: RunPlan, held: contextlib.ExitStack) -> dict | None:
     return result
 
 
-def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: tuple[str, dict],
-            held: contextlib.ExitStack) -> dict:
+def _stages(
+    plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: tuple[str, dict], held: contextlib.ExitStack
+) -> dict:
     """Every stage after the data: the pipeline run is open while these run."""
     run_dir = Path(plan.run_dir)
     training = _train_or_sweep(plan, summary, data, next_stage, pipeline_run)
@@ -195,8 +224,11 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         trained = summary.candidates[FINETUNED]
         # Selection tests (and the registry keeps) the exported model: the metrics are those of what serves.
         summary.candidates[FINETUNED] = dataclasses.replace(
-            trained, trained_path=trained.path, runtime=plan.endpoint.runtime,
-            path=str(export_candidate(trained.path, plan.endpoint.runtime, run_dir / "export")))
+            trained,
+            trained_path=trained.path,
+            runtime=plan.endpoint.runtime,
+            path=str(export_candidate(trained.path, plan.endpoint.runtime, run_dir / "export")),
+        )
         summary.save()
         print(f"exported to {summary.candidates[FINETUNED].path}")
 
@@ -204,7 +236,8 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         task = task_of(data.task)
         next_stage("automl", task.baseline_description(plan))
         summary.candidates[task.baseline_name] = Candidate.from_dict(
-            task.run_baseline(data, plan, run_dir / task.baseline_name))
+            task.run_baseline(data, plan, run_dir / task.baseline_name)
+        )
         summary.save()
 
     model_registry, outcome = _select(plan, summary, data, next_stage, pipeline_run, held)
@@ -214,10 +247,13 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
     next_stage("register", f"model registry '{plan.select.registered_model_name}' at {plan.tracking.uri}")
     registration = outcome.registration
     if registration.version is not None:
-        print(f"registered {registration.name} version {registration.version}"
-              + (" (already registered: same artifacts)" if registration.existing else ""))
-        summary.selection = _recheck(plan, data, outcome.selection, registration.version,
-                                     run_dir / "select" / "recheck")
+        print(
+            f"registered {registration.name} version {registration.version}"
+            + (" (already registered: same artifacts)" if registration.existing else "")
+        )
+        summary.selection = _recheck(
+            plan, data, outcome.selection, registration.version, run_dir / "select" / "recheck"
+        )
         if not summary.selection.promotable:
             registration = dataclasses.replace(registration, promoted=False, reason=summary.selection.reason)
     else:
@@ -229,13 +265,20 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         if not registration.registered:
             print("nothing new to deploy")
         else:
-            rollout = deploy_local(plan.endpoint, Path(plan.run_dir).parent / "endpoints", registration.model_ref,
-                                   registration.sample_request, keep_running=False)
+            rollout = deploy_local(
+                plan.endpoint,
+                Path(plan.run_dir).parent / "endpoints",
+                registration.model_ref,
+                registration.sample_request,
+                keep_running=False,
+            )
             summary.rollout = rollout
             summary.save()
-            print(f"deployed {registration.name} version {registration.version} as '{rollout.rollout.deployment}' "
-                  f"({rollout.rollout.traffic}); smoke test {rollout.rollout.smoke_latency_ms:.0f} ms"
-                  + ("" if rollout.running else f"\nendpoint stopped; serve it again with: {rollout.serve_command}"))
+            print(
+                f"deployed {registration.name} version {registration.version} as '{rollout.rollout.deployment}' "
+                f"({rollout.rollout.traffic}); smoke test {rollout.rollout.smoke_latency_ms:.0f} ms"
+                + ("" if rollout.running else f"\nendpoint stopped; serve it again with: {rollout.serve_command}")
+            )
             model_registry.promote(registration.version)
     elif registration.registered:
         model_registry.promote(registration.version)
@@ -252,11 +295,16 @@ def _stages(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run: 
         summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
         print(budget.spent_line(summary.budget))
         # The next plan on this machine starts from how fast this run's trials and stages really ran.
-        calibration.learn(plan, (summary.sweep.compute if summary.sweep else {}).get("speed_factor", 1.0),
-                          summary.run["stage_seconds"])
+        calibration.learn(
+            plan,
+            (summary.sweep.compute if summary.sweep else {}).get("speed_factor", 1.0),
+            summary.run["stage_seconds"],
+        )
     summary.save()
-    print(f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
-          f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})")
+    print(
+        f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"
+        f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})"
+    )
     return summary.to_dict()
 
 
@@ -266,11 +314,15 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     if "search" not in plan.stages:
         next_stage("train", f"{plan.model.name}, {plan.model.epochs:g} epochs, lr {plan.model.learning_rate:g}")
         result = train_once(plan, data.directory, run_dir / "train", pipeline_run)
-        summary.candidates[FINETUNED] = Candidate(family="hf", path=result.model_dir, val=result.val,
-                                                  source="single run", result_file=result.result_file)
+        summary.candidates[FINETUNED] = Candidate(
+            family="hf", path=result.model_dir, val=result.val, source="single run", result_file=result.result_file
+        )
         return result
-    next_stage("search", f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
-                         f"up to {plan.search.limits.max_total_trials} trials")
+    next_stage(
+        "search",
+        f"{plan.search.name}: {plan.search.sampling} sampling, policy {plan.search.policy.type}, "
+        f"up to {plan.search.limits.max_total_trials} trials",
+    )
     from finetune.search.runner import run_sweep  # optuna: loaded only when a plan sweeps
 
     sweep = run_sweep(plan, data, run_dir / "sweep", pipeline_run)
@@ -278,11 +330,18 @@ def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeli
     summary.save()
     best = sweep.best
     if best is None:
-        raise UserError("the sweep finished without a successful trial; see the trial table above and the "
-                        f"logs under {run_dir / 'sweep'}")
-    summary.candidates[FINETUNED] = Candidate(family="hf", path=best.model_dir, val=best.val,
-                                              source=f"sweep trial {best.trial}", params=best.params,
-                                              result_file=best.result_file)
+        raise UserError(
+            "the sweep finished without a successful trial; see the trial table above and the "
+            f"logs under {run_dir / 'sweep'}"
+        )
+    summary.candidates[FINETUNED] = Candidate(
+        family="hf",
+        path=best.model_dir,
+        val=best.val,
+        source=f"sweep trial {best.trial}",
+        params=best.params,
+        result_file=best.result_file,
+    )
     return sweep.best_training
 
 
@@ -292,19 +351,31 @@ def _select(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run, 
     # From comparing with production to moving its alias, one run at a time: concurrent runs on one store
     # each see the production the previous one left, so the best model by the selection rule ends there.
     held.enter_context(locks.promotion(plan.tracking.uri, plan.select.registered_model_name, plan.name))
-    model_registry = registry.MlflowRegistry(plan.select.registered_model_name, plan.tracking.uri,
-                                             plan.tracking.experiment, run_id=pipeline_run[0])
+    model_registry = registry.MlflowRegistry(
+        plan.select.registered_model_name, plan.tracking.uri, plan.tracking.experiment, run_id=pipeline_run[0]
+    )
     candidates = summary.candidates
     outcome = select_and_register(
-        model_registry, {name: candidate.path for name, candidate in candidates.items()}, data.test_path,
-        list(data.labels), plan.select, data.to_dict(), plan.to_dict(),
-        sample_request(data.test_path, data.task), Path(plan.run_dir) / "select",
+        model_registry,
+        {name: candidate.path for name, candidate in candidates.items()},
+        data.test_path,
+        list(data.labels),
+        plan.select,
+        data.to_dict(),
+        plan.to_dict(),
+        sample_request(data.test_path, data.task),
+        Path(plan.run_dir) / "select",
         sources={name: candidate.source for name, candidate in candidates.items()},
-        commit=registry.git_commit(), val_csv=data.val_path)
+        commit=registry.git_commit(),
+        val_csv=data.val_path,
+    )
     production = outcome.production
     if production is not None:
-        candidates["production"] = Candidate(family="production", path=str(production.path),
-                                             source=f"{production.name} version {production.version} (in production)")
+        candidates["production"] = Candidate(
+            family="production",
+            path=str(production.path),
+            source=f"{production.name} version {production.version} (in production)",
+        )
     summary.selection = outcome.selection
     summary.save()
     tracking.log_selection(plan.tracking.uri, pipeline_run[0], outcome.selection.to_dict())
@@ -327,8 +398,9 @@ def _recheck(plan: RunPlan, data, selection: SelectionResult, version: str, out_
     results = task_of(data.task).evaluate({"production": production.path}, data.test_path, list(data.labels))
     winner = selection.winner
     results[winner] = {"family": selection.family(winner), "test": selection.test(winner)}
-    rechecked = selection.overruled(current, choose(results, plan.select.metric, plan.select.margin, "production",
-                                                    task=data.task))
+    rechecked = selection.overruled(
+        current, choose(results, plan.select.metric, plan.select.margin, "production", task=data.task)
+    )
     if not rechecked.promotable:
         print(f"not promoted: {rechecked.reason}", flush=True)
     return rechecked
@@ -345,8 +417,11 @@ def log_test_metrics(plan: RunPlan, training: TrainingResult, test: dict | None)
     from mlflow.entities import Metric
 
     timestamp = int(time.time() * 1000)
-    metrics = [Metric(f"test_{name}", float(value), timestamp, 0) for name, value in test.items()
-               if isinstance(value, (int, float)) and math.isfinite(value)]
+    metrics = [
+        Metric(f"test_{name}", float(value), timestamp, 0)
+        for name, value in test.items()
+        if isinstance(value, (int, float)) and math.isfinite(value)
+    ]
     MlflowClient(tracking_uri=plan.tracking.uri).log_batch(run_id, metrics=metrics)
 
 
@@ -357,8 +432,7 @@ def train_once(plan: RunPlan, data_dir: Path, output_dir: Path, pipeline_run: tu
     returncode = processes.run(command)
     result_file = output_dir / "result.json"
     if returncode != 0 or not result_file.exists():
-        raise UserError(f"training failed (exit code {returncode}); its output is above, "
-                        f"command: {' '.join(command)}")
+        raise UserError(f"training failed (exit code {returncode}); its output is above, command: {' '.join(command)}")
     result = TrainingResult.read(result_file)
     metric = plan.search.primary_metric
     print(f"trained in {result.duration_s:.0f} s: {metric} {result.val.get(unprefixed(metric), float('nan')):.4f}")

@@ -13,6 +13,7 @@ policy that stops trials early frees time the sweep then spends on more trials (
 the runner re-estimates from the trials so far and starts a trial only when it can finish before the sweep's
 share of the budget ends (:func:`fits`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,12 @@ class Throughput:
 
     def at_threads(self, threads: int) -> "Throughput":
         speedup = (max(1, threads) / self.threads) ** self.thread_exponent
-        return dataclasses.replace(self, train_example_s=self.train_example_s / speedup,
-                                   eval_example_s=self.eval_example_s / speedup, threads=max(1, threads))
+        return dataclasses.replace(
+            self,
+            train_example_s=self.train_example_s / speedup,
+            eval_example_s=self.eval_example_s / speedup,
+            threads=max(1, threads),
+        )
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,9 @@ def _options(request: Request) -> List[tuple]:
     """(epochs, trials, lanes, trial seconds, threads) of every plan that fits the sweep's share."""
     automl_s = automl_seconds(request)
     available = request.budget_s * (1 - HEADROOM) - sum(stage_seconds(request, automl_s).values())
-    lane_choices = [request.fixed_lanes] if request.fixed_lanes else sorted({1, request.lanes}) if request.sweep else [1]
+    lane_choices = (
+        [request.fixed_lanes] if request.fixed_lanes else sorted({1, request.lanes}) if request.sweep else [1]
+    )
     top = math.ceil(request.max_epochs)
     options = []
     for lanes in lane_choices:
@@ -208,8 +215,10 @@ def fit(request: Request) -> Estimate:
     options = _options(request)
     if not options:
         trial, others = minimum_parts(request)
-        raise BudgetTooSmall(minimum_seconds(request), f"one 1-epoch trial ({trial:.0f} s) and the other stages "
-                                                       f"({others:.0f} s) do not fit")
+        raise BudgetTooSmall(
+            minimum_seconds(request),
+            f"one 1-epoch trial ({trial:.0f} s) and the other stages ({others:.0f} s) do not fit",
+        )
     enough = [o for o in options if o[1] >= MIN_SWEEP_TRIALS] if request.sweep else options
     # Depth first (epochs), then breadth (trials), then the faster plan.
     epochs, trials, lanes, seconds, threads = max(enough or options, key=lambda o: (o[0], o[1], -o[3]))
@@ -229,28 +238,44 @@ def fit(request: Request) -> Estimate:
     sweep_share = request.budget_s * (1 - HEADROOM) - sum(others.values()) - stages["data"]
     max_trials = request.max_trials if request.sweep else 1
     estimate = Estimate(
-        budget_s=request.budget_s, trials=trials, max_trials=max(trials, max_trials), epochs=epochs,
-        concurrency=lanes, threads=threads, trial_s=round(seconds, 1),
+        budget_s=request.budget_s,
+        trials=trials,
+        max_trials=max(trials, max_trials),
+        epochs=epochs,
+        concurrency=lanes,
+        threads=threads,
+        trial_s=round(seconds, 1),
         trial_overhead_s=round(request.speed.trial_overhead_s, 1),
-        trial_timeout_s=math.ceil(seconds * TRIAL_TIMEOUT_FACTOR), sweep_s=round(sweep_share, 1), automl_s=automl_s,
-        stages={name: round(value, 1) for name, value in stages.items()}, basis=request.speed.basis)
-    estimate.reason = reason_line(estimate, request.sweep, request.policy, request.max_epochs,
-                                  fewer=not enough and request.sweep)
+        trial_timeout_s=math.ceil(seconds * TRIAL_TIMEOUT_FACTOR),
+        sweep_s=round(sweep_share, 1),
+        automl_s=automl_s,
+        stages={name: round(value, 1) for name, value in stages.items()},
+        basis=request.speed.basis,
+    )
+    estimate.reason = reason_line(
+        estimate, request.sweep, request.policy, request.max_epochs, fewer=not enough and request.sweep
+    )
     return estimate
 
 
 def reason_line(estimate: Estimate, sweep: bool, policy: str, max_epochs: float, fewer: bool = False) -> str:
     """The plan in one line: what was chosen and why (``2 trials x 2 epochs, 2 at a time, ...``)."""
     epochs = f"{estimate.epochs:g} epoch{'s' if estimate.epochs != 1 else ''}"
-    parts = [f"{estimate.trials} trial{'s' if estimate.trials != 1 else ''} x {epochs}" if sweep
-             else f"one training of {epochs}"]
+    parts = [
+        f"{estimate.trials} trial{'s' if estimate.trials != 1 else ''} x {epochs}"
+        if sweep
+        else f"one training of {epochs}"
+    ]
     if sweep:
         threads = f"{estimate.threads} thread{'s' if estimate.threads != 1 else ''}"
         if not estimate.threads:  # a node or GPU per trial: threads are not the planner's
             parts.append(f"{estimate.concurrency} at a time")
         else:
-            parts.append(f"{estimate.concurrency} at a time ({threads} each)" if estimate.concurrency > 1
-                         else f"one at a time on {threads}")
+            parts.append(
+                f"{estimate.concurrency} at a time ({threads} each)"
+                if estimate.concurrency > 1
+                else f"one at a time on {threads}"
+            )
         if policy and estimate.max_trials > estimate.trials:
             parts.append(f"{policy} (a stopped trial's time goes to more trials, up to {estimate.max_trials})")
         elif policy:
@@ -308,14 +333,22 @@ def spent(estimate: Estimate, stage_seconds: Dict[str, float]) -> dict:
     stages = {name: {"expected_s": estimate.stages.get(name), "spent_s": stage_seconds.get(name)} for name in names}
     spent_total = sum(stage_seconds.values())
     expected_total = estimate.total_s
-    return {"budget_s": estimate.budget_s, "plan": estimate.reason, "sweep_share_s": estimate.sweep_s, "stages": stages,
-            "expected_s": round(expected_total, 1), "spent_s": round(spent_total, 1),
-            "spent_of_budget": round(spent_total / estimate.budget_s, 3) if estimate.budget_s else None,
-            "estimate_error": round((expected_total - spent_total) / spent_total, 3) if spent_total else None}
+    return {
+        "budget_s": estimate.budget_s,
+        "plan": estimate.reason,
+        "sweep_share_s": estimate.sweep_s,
+        "stages": stages,
+        "expected_s": round(expected_total, 1),
+        "spent_s": round(spent_total, 1),
+        "spent_of_budget": round(spent_total / estimate.budget_s, 3) if estimate.budget_s else None,
+        "estimate_error": round((expected_total - spent_total) / spent_total, 3) if spent_total else None,
+    }
 
 
 def spent_line(section: dict) -> str:
     error = section["estimate_error"]
-    return (f"budget: spent {section['spent_s'] / 60:.1f} min of {section['budget_s'] / 60:g} "
-            f"({section['spent_of_budget']:.0%}); the plan expected {section['expected_s'] / 60:.1f} min"
-            + (f" ({error:+.0%})" if error is not None else ""))
+    return (
+        f"budget: spent {section['spent_s'] / 60:.1f} min of {section['budget_s'] / 60:g} "
+        f"({section['spent_of_budget']:.0%}); the plan expected {section['expected_s'] / 60:.1f} min"
+        + (f" ({error:+.0%})" if error is not None else "")
+    )

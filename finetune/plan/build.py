@@ -4,6 +4,7 @@
 and validates everything at once. Each check lives next to the code it protects and is listed in
 ``CHECKS``; the launcher the plan runs on adds its own rules (:mod:`finetune.launch`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,14 +48,19 @@ def build_plan(cfg: Config, overrides: List[str], name: str, index: Optional[int
         run_name = f"{run_name}-{index}"
     # A searched batch size is each trial's hyperparameter: the hardware must not re-size it. Resolved
     # here, so the printed plan says what every training command gets, on either launcher.
-    compute = dataclasses.replace(cfg.compute,
-                                  auto_batch_size=cfg.compute.auto_batch_size and "batch_size" not in cfg.search.space)
+    compute = dataclasses.replace(
+        cfg.compute, auto_batch_size=cfg.compute.auto_batch_size and "batch_size" not in cfg.search.space
+    )
     # Only an unset name is derived: an empty one is a mistake the name check reports.
-    model_name = (registered_model_name(cfg.dataset) if cfg.select.registered_model_name is None
-                  else cfg.select.registered_model_name)
+    model_name = (
+        registered_model_name(cfg.dataset)
+        if cfg.select.registered_model_name is None
+        else cfg.select.registered_model_name
+    )
     # The endpoint follows the registered model: a second dataset's rollout must not replace the first's.
-    endpoint = (dataclasses.replace(cfg.endpoint, name=endpoint_name(model_name)) if cfg.endpoint.name is None
-                else cfg.endpoint)
+    endpoint = (
+        dataclasses.replace(cfg.endpoint, name=endpoint_name(model_name)) if cfg.endpoint.name is None else cfg.endpoint
+    )
     plan = RunPlan(
         name=run_name,
         run_dir=str(Path(cfg.output_root).expanduser().resolve() / run_name),
@@ -126,8 +132,10 @@ def check_runtime(plan: RunPlan) -> List[str]:
     problems = runtime_problems(plan.endpoint.runtime)
     if not problems and plan.dataset.task == "ner" and plan.endpoint.runtime != "torch":
         # The ONNX export and its parity check are the sequence classifiers'; NER serves with PyTorch only.
-        problems.append(f"endpoint.runtime={plan.endpoint.runtime}: NER models serve with the torch runtime only "
-                        "(no ONNX export of token classifiers yet); use endpoint.runtime=torch")
+        problems.append(
+            f"endpoint.runtime={plan.endpoint.runtime}: NER models serve with the torch runtime only "
+            "(no ONNX export of token classifiers yet); use endpoint.runtime=torch"
+        )
     return problems
 
 

@@ -10,6 +10,7 @@ own trials while it runs, see :func:`finetune.plan.budget.speed_factor`).
 
 ``python -m finetune.plan.calibration '<request json>'`` is the subprocess; it prints one JSON object.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,22 +49,40 @@ def machine() -> dict:
     """What makes one machine's figures differ from another's (not its name: a copy of a VM measures alike)."""
     cpu = ""
     try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     except OSError:
         cpu = platform.processor()
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "system": platform.system()}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "system": platform.system(),
+    }
 
 
 def request(plan: "RunPlan") -> dict:
     model_dir = Path(plan.model.path) if plan.model.path else None
     config_file = model_dir / "config.json" if model_dir else None
     stamp = config_file.stat().st_mtime if config_file and config_file.exists() else None
-    return {"version": VERSION, "machine": machine(), "model": plan.model.path or plan.model.hub_id,
-            "model_stamp": stamp, "max_length": plan.model.max_length, "batch_size": plan.model.batch_size,
-            "device": plan.compute.device, "precision": plan.compute.precision,
-            "dataset": dataclasses.asdict(plan.dataset), "task": plan.dataset.task}
+    return {
+        "version": VERSION,
+        "machine": machine(),
+        "model": plan.model.path or plan.model.hub_id,
+        "model_stamp": stamp,
+        "max_length": plan.model.max_length,
+        "batch_size": plan.model.batch_size,
+        "device": plan.compute.device,
+        "precision": plan.compute.precision,
+        "dataset": dataclasses.asdict(plan.dataset),
+        "task": plan.dataset.task,
+    }
 
 
 def cache_file(spec: dict) -> Path:
@@ -79,12 +98,19 @@ def calibrate(plan: "RunPlan") -> dict:
         return json.loads(cached.read_text())
     except (OSError, ValueError):
         pass
-    print(f"calibrating the budget: a few training steps of {plan.model.name} on this machine "
-          f"(once; cached in {cached.parent})", flush=True)
+    print(
+        f"calibrating the budget: a few training steps of {plan.model.name} on this machine "
+        f"(once; cached in {cached.parent})",
+        flush=True,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "finetune.plan.calibration", json.dumps({**spec, "started": started})],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune.plan.calibration", json.dumps({**spec, "started": started})],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"budget: the calibration of {plan.model.name} failed ({last[:200]})")
@@ -116,8 +142,9 @@ def learn(plan: "RunPlan", factor: float, stage_seconds: dict) -> None:
 def stage_costs(calibration: dict) -> StageCosts:
     """The stages' seconds as the last run on this machine spent them (the shipped figures before any run)."""
     learned = calibration.get("stages", {})
-    return StageCosts(**{name: learned.get(name, getattr(LOCAL_STAGES, name))
-                         for name in StageCosts.__dataclass_fields__})
+    return StageCosts(
+        **{name: learned.get(name, getattr(LOCAL_STAGES, name)) for name in StageCosts.__dataclass_fields__}
+    )
 
 
 def throughput(calibration: dict, load: float, cores: int) -> Throughput:
@@ -129,10 +156,14 @@ def throughput(calibration: dict, load: float, cores: int) -> Throughput:
     busy = load >= cores
     if busy:
         basis += f"; busy now (load {load:.1f} on {cores} cores): more threads a trial count as no faster"
-    return Throughput(train_example_s=calibration["train_example_s"] * factor,
-                      eval_example_s=calibration["eval_example_s"] * factor,
-                      trial_overhead_s=calibration["load_s"] + TRIAL_EXTRA_S, threads=calibration["threads"],
-                      basis=basis, thread_exponent=0.0 if busy else THREAD_EXPONENT)
+    return Throughput(
+        train_example_s=calibration["train_example_s"] * factor,
+        eval_example_s=calibration["eval_example_s"] * factor,
+        trial_overhead_s=calibration["load_s"] + TRIAL_EXTRA_S,
+        threads=calibration["threads"],
+        basis=basis,
+        thread_exponent=0.0 if busy else THREAD_EXPONENT,
+    )
 
 
 def workload(calibration: dict, evals_per_epoch: int) -> Workload:
@@ -149,8 +180,8 @@ def _batches(lengths: list, batch_size: int, steps: int, seed: int = 0) -> list:
 
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
-    mega = sorted(order[:50 * batch_size], key=lambda i: lengths[i])
-    groups = [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+    mega = sorted(order[: 50 * batch_size], key=lambda i: lengths[i])
+    groups = [mega[i : i + batch_size] for i in range(0, len(mega), batch_size)]
     picks = [groups[round(k * (len(groups) - 1) / max(1, steps - 1))] for k in range(steps)]
     return picks
 
@@ -208,7 +239,7 @@ def measure(spec: dict) -> dict:
     eval_time, eval_examples = 0.0, 0
     with torch.no_grad():
         for k in range(min(EVAL_BATCHES, max(1, len(val_ids) // eval_size))):
-            chunk = val_ids[k * eval_size:(k + 1) * eval_size]
+            chunk = val_ids[k * eval_size : (k + 1) * eval_size]
             inputs = tensors(chunk)
             sync()
             started = time.perf_counter()
@@ -216,11 +247,18 @@ def measure(spec: dict) -> dict:
             sync()
             eval_time += time.perf_counter() - started
             eval_examples += len(chunk)
-    return {"train_example_s": timed / examples, "eval_example_s": eval_time / max(1, eval_examples),
-            "load_s": round(load_s, 2), "threads": 1, "device": device, "rows": rows,
-            "gpus": torch.cuda.device_count() if device == "cuda" else 0,
-            "mean_tokens": sum(map(len, train_ids)) / max(1, len(train_ids)),
-            "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_average": os.getloadavg()[0]}
+    return {
+        "train_example_s": timed / examples,
+        "eval_example_s": eval_time / max(1, eval_examples),
+        "load_s": round(load_s, 2),
+        "threads": 1,
+        "device": device,
+        "rows": rows,
+        "gpus": torch.cuda.device_count() if device == "cuda" else 0,
+        "mean_tokens": sum(map(len, train_ids)) / max(1, len(train_ids)),
+        "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "load_average": os.getloadavg()[0],
+    }
 
 
 if __name__ == "__main__":

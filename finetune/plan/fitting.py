@@ -1,5 +1,6 @@
 """A run plan under a budget: the budget's plan checks, what the fit reads from a plan, and the plan with the
 fit's choices in place (the arithmetic itself is :mod:`finetune.plan.budget`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,11 +20,14 @@ def check_budget(plan: RunPlan) -> List[str]:
     calibration's figures and is refused when the launcher fits it, naming the smallest that works)."""
     usd, problems = plan.budget.usd, []
     if usd is not None and plan.launcher == "local":
-        problems.append(f"budget.usd={usd:g}: a local run has no price; set budget.minutes instead "
-                        "(or compute=a100 etc. for AML)")
+        problems.append(
+            f"budget.usd={usd:g}: a local run has no price; set budget.minutes instead (or compute=a100 etc. for AML)"
+        )
     elif usd is not None and plan.compute.hourly_price_usd is None:
-        problems.append(f"budget.usd={usd:g}: compute {plan.compute.name} has no price; set "
-                        "compute.hourly_price_usd (USD per node-hour) or use budget.minutes")
+        problems.append(
+            f"budget.usd={usd:g}: compute {plan.compute.name} has no price; set "
+            "compute.hourly_price_usd (USD per node-hour) or use budget.minutes"
+        )
     return problems
 
 
@@ -43,32 +47,61 @@ def pinned(plan: RunPlan) -> set:
     return {override.lstrip("+~").split("=", 1)[0] for override in plan.overrides}
 
 
-def request_for(plan: RunPlan, speed: budget.Throughput, work: budget.Workload, lanes: int,
-                stages: budget.StageCosts, budget_s: float) -> budget.Request:
+def request_for(
+    plan: RunPlan,
+    speed: budget.Throughput,
+    work: budget.Workload,
+    lanes: int,
+    stages: budget.StageCosts,
+    budget_s: float,
+) -> budget.Request:
     keys, limits = pinned(plan), plan.search.limits
-    trials = (min(plan.budget.max_trials, limits.max_total_trials) if "search.limits.max_total_trials" in keys
-              else plan.budget.max_trials)
-    return budget.Request(budget_s=budget_s, speed=speed, work=work, stages=stages, max_epochs=plan.model.epochs,
-                          max_trials=trials, lanes=lanes, sweep=plan.search.sampling != "none",
-                          automl_s=plan.automl.time_budget_s if "automl" in plan.stages else None,
-                          deploy="deploy" in plan.stages, policy=policy_text(plan),
-                          fixed_epochs="model.epochs" in keys,
-                          fixed_lanes=limits.max_concurrent_trials if "search.limits.max_concurrent_trials" in keys
-                          else None)
+    trials = (
+        min(plan.budget.max_trials, limits.max_total_trials)
+        if "search.limits.max_total_trials" in keys
+        else plan.budget.max_trials
+    )
+    return budget.Request(
+        budget_s=budget_s,
+        speed=speed,
+        work=work,
+        stages=stages,
+        max_epochs=plan.model.epochs,
+        max_trials=trials,
+        lanes=lanes,
+        sweep=plan.search.sampling != "none",
+        automl_s=plan.automl.time_budget_s if "automl" in plan.stages else None,
+        deploy="deploy" in plan.stages,
+        policy=policy_text(plan),
+        fixed_epochs="model.epochs" in keys,
+        fixed_lanes=limits.max_concurrent_trials if "search.limits.max_concurrent_trials" in keys else None,
+    )
 
 
 def apply(plan: RunPlan, estimate: budget.Estimate) -> RunPlan:
     """The plan with the fit's choices in place of the configured epochs, limits and AutoML budget."""
     keys = pinned(plan)
-    fitted = {"max_total_trials": estimate.max_trials, "max_concurrent_trials": estimate.concurrency,
-              "trial_timeout": estimate.trial_timeout_s, "timeout": max(1, math.floor(estimate.sweep_s))}
-    limits = dataclasses.replace(plan.search.limits, **{key: value for key, value in fitted.items()
-                                                        if f"search.limits.{key}" not in keys})
-    automl = (dataclasses.replace(plan.automl, time_budget_s=estimate.automl_s) if estimate.automl_s is not None
-              and plan.automl.engine == "local" and "automl.time_budget_s" not in keys else plan.automl)
-    return dataclasses.replace(plan, model=dataclasses.replace(plan.model, epochs=estimate.epochs),
-                               search=dataclasses.replace(plan.search, limits=limits), automl=automl,
-                               estimate=estimate)
+    fitted = {
+        "max_total_trials": estimate.max_trials,
+        "max_concurrent_trials": estimate.concurrency,
+        "trial_timeout": estimate.trial_timeout_s,
+        "timeout": max(1, math.floor(estimate.sweep_s)),
+    }
+    limits = dataclasses.replace(
+        plan.search.limits, **{key: value for key, value in fitted.items() if f"search.limits.{key}" not in keys}
+    )
+    automl = (
+        dataclasses.replace(plan.automl, time_budget_s=estimate.automl_s)
+        if estimate.automl_s is not None and plan.automl.engine == "local" and "automl.time_budget_s" not in keys
+        else plan.automl
+    )
+    return dataclasses.replace(
+        plan,
+        model=dataclasses.replace(plan.model, epochs=estimate.epochs),
+        search=dataclasses.replace(plan.search, limits=limits),
+        automl=automl,
+        estimate=estimate,
+    )
 
 
 def refusal(plan: RunPlan, error: budget.BudgetTooSmall) -> str:
@@ -76,5 +109,7 @@ def refusal(plan: RunPlan, error: budget.BudgetTooSmall) -> str:
     wanted = plan.budget
     key, value = ("budget.usd", wanted.usd) if wanted.minutes is None else ("budget.minutes", wanted.minutes)
     minimum = math.ceil(error.minimum_s / 60 * 10) / 10
-    return (f"{key}={value:g}: too small to produce a model ({error.detail}); the smallest budget that can is "
-            f"budget.minutes={minimum:g} on this machine, or budget=none for the configured limits")
+    return (
+        f"{key}={value:g}: too small to produce a model ({error.detail}); the smallest budget that can is "
+        f"budget.minutes={minimum:g} on this machine, or budget=none for the configured limits"
+    )

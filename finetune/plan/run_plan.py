@@ -4,6 +4,7 @@
 everything at once); launchers receive only a :class:`RunPlan`. This module imports nothing of the stages,
 so every stage and launcher can name the type without an import cycle.
 """
+
 from __future__ import annotations
 
 import dataclasses

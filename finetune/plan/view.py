@@ -5,6 +5,7 @@ a local run, no probe delays on a local endpoint) plus every key that differs fr
 ``plan_view=full`` prints every resolved key. Keys that differ from what ``python -m finetune`` with no
 overrides would run are marked ``*`` in both views, so a reader sees at a glance what this run changes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,17 +19,56 @@ MARK = "*"
 
 # group title -> (plan section, keys shown on every launcher, keys shown locally, keys shown on AML)
 SHORT_VIEW = {
-    "data": ("dataset", ("name", "source", "task", "path", "url", "category", "text_column", "label_column",
-                         "rating_column", "sample"), (), ()),
-    "model": ("model", ("name", "hub_id", "path", "learning_rate", "batch_size", "epochs", "max_length",
-                        "warmup_ratio", "weight_decay"), (), ()),
-    "search": ("search", ("name", "sampling", "policy.type", "policy.slack_factor", "policy.slack_amount",
-                          "policy.evaluation_interval", "policy.delay_evaluation", "policy.truncation_percentage",
-                          "space", "primary_metric", "goal", "limits.max_total_trials",
-                          "limits.max_concurrent_trials", "limits.timeout", "limits.trial_timeout"), (), ()),
-    "compute": ("compute", ("name", "precision"), ("device", "num_threads", "gpus"),
-                ("cluster_name", "vm_size", "gpus_per_node", "max_nodes", "instance_count", "low_priority",
-                 "hourly_price_usd")),
+    "data": (
+        "dataset",
+        ("name", "source", "task", "path", "url", "category", "text_column", "label_column", "rating_column", "sample"),
+        (),
+        (),
+    ),
+    "model": (
+        "model",
+        (
+            "name",
+            "hub_id",
+            "path",
+            "learning_rate",
+            "batch_size",
+            "epochs",
+            "max_length",
+            "warmup_ratio",
+            "weight_decay",
+        ),
+        (),
+        (),
+    ),
+    "search": (
+        "search",
+        (
+            "name",
+            "sampling",
+            "policy.type",
+            "policy.slack_factor",
+            "policy.slack_amount",
+            "policy.evaluation_interval",
+            "policy.delay_evaluation",
+            "policy.truncation_percentage",
+            "space",
+            "primary_metric",
+            "goal",
+            "limits.max_total_trials",
+            "limits.max_concurrent_trials",
+            "limits.timeout",
+            "limits.trial_timeout",
+        ),
+        (),
+        (),
+    ),
+    "compute": (
+        "compute",
+        ("name", "precision"),
+        ("device", "num_threads", "gpus"),
+        ("cluster_name", "vm_size", "gpus_per_node", "max_nodes", "instance_count", "low_priority", "hourly_price_usd"),
+    ),
     "automl": ("automl", ("engine",), ("time_budget_s", "estimators"), ("model_name", "timeout_minutes", "max_trials")),
     "select": ("select", ("metric", "margin", "registered_model_name"), (), ()),
     "endpoint": ("endpoint", ("target", "name", "ramp"), ("port",), ("instance_type", "instance_count")),
@@ -57,8 +97,11 @@ def _text(value) -> str:
 def _group_rows(plan, section: str, keys: Iterable[str], changed: set) -> list:
     values = dict(flatten(dataclasses.asdict(getattr(plan, section))))
     # A changed key that is now unset (model.package after model=bert-base-cased) says nothing worth a row.
-    wanted = list(keys) + [k[len(section) + 1:] for k in sorted(changed)
-                           if k.startswith(section + ".") and values.get(k[len(section) + 1:]) is not None]
+    wanted = list(keys) + [
+        k[len(section) + 1 :]
+        for k in sorted(changed)
+        if k.startswith(section + ".") and values.get(k[len(section) + 1 :]) is not None
+    ]
     rows = []
     for key in dict.fromkeys(wanted):
         value = values.get(key)
@@ -72,8 +115,11 @@ def short(plan, changed: Iterable[str] = ()) -> str:
     changed = set(changed)
     local = plan.launcher == "local"
     run_mark = MARK if changed & {"run_name", "output_root"} else " "
-    lines = [f"run    {run_mark} {plan.name} -> {plan.run_dir}", f"launcher {plan.launcher}",
-             f"stages   {' -> '.join(plan.stages)}"]
+    lines = [
+        f"run    {run_mark} {plan.name} -> {plan.run_dir}",
+        f"launcher {plan.launcher}",
+        f"stages   {' -> '.join(plan.stages)}",
+    ]
     for title, (section, common, local_keys, aml_keys) in SHORT_VIEW.items():
         if title == "search" and "search" not in plan.stages:
             common = ("name",)
@@ -96,8 +142,9 @@ def estimate_lines(plan, changed: Iterable[str] = ()) -> List[str]:
     estimate = plan.estimate
     if estimate is None:
         return []
-    keys = [(key, value) for key, value in (("minutes", plan.budget.minutes), ("usd", plan.budget.usd))
-            if value is not None]
+    keys = [
+        (key, value) for key, value in (("minutes", plan.budget.minutes), ("usd", plan.budget.usd)) if value is not None
+    ]
     mark = MARK if any(f"budget.{key}" in set(changed) for key, _ in keys) else " "
     budget = " ".join(f"budget.{key}={value:g}" for key, value in keys)
     lines = [f"budget {mark} {budget}: {estimate.reason}", f"  expected: {stages_line(estimate)}"]
@@ -109,10 +156,23 @@ def estimate_lines(plan, changed: Iterable[str] = ()) -> List[str]:
 def full(plan, changed: Iterable[str] = ()) -> str:
     """Every resolved key, one per row, marked where it differs from the shipped defaults."""
     changed = set(changed)
-    rows = [("run", f"{plan.name} -> {plan.run_dir}", False), ("launcher", plan.launcher, False),
-            ("stages", " -> ".join(plan.stages), False)]
-    for section in ("dataset", "model", "search", "compute", "automl", "endpoint", "train", "select", "tracking",
-                    "budget"):
+    rows = [
+        ("run", f"{plan.name} -> {plan.run_dir}", False),
+        ("launcher", plan.launcher, False),
+        ("stages", " -> ".join(plan.stages), False),
+    ]
+    for section in (
+        "dataset",
+        "model",
+        "search",
+        "compute",
+        "automl",
+        "endpoint",
+        "train",
+        "select",
+        "tracking",
+        "budget",
+    ):
         for key, value in flatten(dataclasses.asdict(getattr(plan, section))):
             full_key = f"{section}.{key}"
             if full_key in changed or value not in (None, {}, []):

@@ -14,6 +14,7 @@ in a source checkout where the package is not installed, from ``pyproject.toml``
 Neither exists inside an AML job (the job's code is an uploaded copy of the package folder), so specs are
 built where the plan is submitted and travel to jobs as data; job steps never call these functions.
 """
+
 from __future__ import annotations
 
 import sys
@@ -58,8 +59,10 @@ def declared_requirements() -> List[str]:
         project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8")).get("project", {})
         if project.get("name") == DISTRIBUTION:
             return list(project.get("dependencies", []))
-    raise UserError(f"the '{DISTRIBUTION}' dependency list is unavailable: the package is not installed and no "
-                    f"pyproject.toml of it is at {PYPROJECT}; run from the project checkout or `pip install .`")
+    raise UserError(
+        f"the '{DISTRIBUTION}' dependency list is unavailable: the package is not installed and no "
+        f"pyproject.toml of it is at {PYPROJECT}; run from the project checkout or `pip install .`"
+    )
 
 
 def installed_version(name: str) -> Optional[str]:
@@ -90,8 +93,11 @@ def pinned_requirements(only: Optional[Iterable[str]] = None) -> List[str]:
         if wanted is not None and canonicalize_name(requirement.name) not in wanted:
             continue
         version = installed_version(requirement.name)
-        pinned.append(f"{requirement.name}=={_public_version(version)}" if version
-                      else f"{requirement.name}{requirement.specifier}")
+        pinned.append(
+            f"{requirement.name}=={_public_version(version)}"
+            if version
+            else f"{requirement.name}{requirement.specifier}"
+        )
     return pinned
 
 
@@ -110,8 +116,9 @@ def pinned_closure(only: Optional[Iterable[str]] = None) -> List[str]:
     from packaging.utils import canonicalize_name
 
     pins = {canonicalize_name(Requirement(line).name): line for line in pinned_requirements(only)}
-    pending = [Requirement(line) for line in declared_requirements()
-               if canonicalize_name(Requirement(line).name) in pins]
+    pending = [
+        Requirement(line) for line in declared_requirements() if canonicalize_name(Requirement(line).name) in pins
+    ]
     seen = set()
     while pending:
         requirement = pending.pop()

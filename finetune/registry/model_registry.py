@@ -12,6 +12,7 @@ content returns the existing version instead of adding an identical one. The ``p
 moved only by :func:`promote`, which the launcher calls after a successful rollout, so the alias always
 names the version that is actually serving.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,9 @@ def _not_found(error) -> bool:
     from mlflow.exceptions import MlflowException
 
     return isinstance(error, MlflowException) and error.error_code in (
-        "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_PARAMETER_VALUE",
+    )
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:
@@ -71,7 +74,7 @@ def experiment_id(tracking_uri: str, name: str) -> str:
             return experiment.experiment_id
         location = None
         if tracking_uri.startswith("sqlite:///"):
-            location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+            location = (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
         return client.create_experiment(name, artifact_location=location)
 
 
@@ -83,8 +86,9 @@ def git_commit() -> Optional[str]:
     """
     package = Path(__file__).resolve().parents[1]
     try:
-        completed = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package,
-                                   capture_output=True, text=True, timeout=10)
+        completed = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     lines = completed.stdout.split()
@@ -109,8 +113,9 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, conda: Optional[dict] = None,
-                   card: Optional[dict] = None) -> Path:
+def stage_artifact(
+    candidate_dir: Path, sample_request: dict, folder: Path, conda: Optional[dict] = None, card: Optional[dict] = None
+) -> Path:
     """Assemble the artifact in ``folder``: the candidate's files plus what :mod:`finetune.registry.packaging` adds
     (score.py, the MLflow pyfunc model, sample_request.json, the model card from ``card``).
 
@@ -118,22 +123,34 @@ def stage_artifact(candidate_dir: Path, sample_request: dict, folder: Path, cond
     list), which a job cannot do: AML's register step passes the spec the submitting machine built.
     """
     if not SCORE_SCRIPT.is_file():
-        raise UserError(f"{SCORE_SCRIPT} is missing, so a model cannot be packaged for serving; "
-                        "reinstall the finetune package")
+        raise UserError(
+            f"{SCORE_SCRIPT} is missing, so a model cannot be packaged for serving; reinstall the finetune package"
+        )
     candidate_dir = Path(candidate_dir)
     if not (candidate_dir / "candidate.json").is_file():
         raise UserError(f"{candidate_dir}: not a candidate (no candidate.json)")
     if folder.exists():
         shutil.rmtree(folder)
     # Only the top level's generated files are stale: a wrapped MLflow model's own MLmodel and conda.yaml stay.
-    shutil.copytree(candidate_dir, folder, ignore=lambda directory, names: [
-        n for n in names if n in GENERATED and Path(directory) == candidate_dir])
+    shutil.copytree(
+        candidate_dir,
+        folder,
+        ignore=lambda directory, names: [n for n in names if n in GENERATED and Path(directory) == candidate_dir],
+    )
     write_serving_files(folder, sample_request, card, conda)
     return folder
 
 
-def register(candidate_dir, name: str, tracking_uri: str, tags: dict, sample_request: dict, *,
-             experiment: str = "finetune", card: Optional[dict] = None) -> dict:
+def register(
+    candidate_dir,
+    name: str,
+    tracking_uri: str,
+    tags: dict,
+    sample_request: dict,
+    *,
+    experiment: str = "finetune",
+    card: Optional[dict] = None,
+) -> dict:
     """Register ``candidate_dir`` as a new version of model ``name`` (or find the identical one).
 
     ``tags`` (selection metrics, data and config hashes, source; see
@@ -156,19 +173,37 @@ def registration_tags(tags: dict, digest: str, commit: Optional[str]) -> dict:
     return all_tags
 
 
-def register_folder(model_registry: "ModelRegistry", folder: Path, tags: dict, commit: Optional[str],
-                    description: str = "text classifier registered by finetune") -> dict:
+def register_folder(
+    model_registry: "ModelRegistry",
+    folder: Path,
+    tags: dict,
+    commit: Optional[str],
+    description: str = "text classifier registered by finetune",
+) -> dict:
     """Register a staged artifact folder in ``model_registry``, or find the version with the same content."""
     digest = content_hash(folder)
     found = model_registry.find(digest)
     if found is not None:
-        return {"name": model_registry.name, "version": str(found["version"]), "existing": True,
-                "content_sha256": digest, "git_commit": found["tags"].get("git_commit"), "source": found.get("source"),
-                "tags": dict(found["tags"])}
+        return {
+            "name": model_registry.name,
+            "version": str(found["version"]),
+            "existing": True,
+            "content_sha256": digest,
+            "git_commit": found["tags"].get("git_commit"),
+            "source": found.get("source"),
+            "tags": dict(found["tags"]),
+        }
     all_tags = registration_tags(tags, digest, commit)
     created = model_registry.create(folder, all_tags, description)
-    return {"name": model_registry.name, "version": str(created["version"]), "existing": False,
-            "content_sha256": digest, "git_commit": commit, "source": created.get("source"), "tags": all_tags}
+    return {
+        "name": model_registry.name,
+        "version": str(created["version"]),
+        "existing": False,
+        "content_sha256": digest,
+        "git_commit": commit,
+        "source": created.get("source"),
+        "tags": all_tags,
+    }
 
 
 class ModelRegistry(Protocol):
@@ -197,7 +232,8 @@ class MlflowRegistry:
 
     def find(self, content_sha256: str) -> Optional[dict]:
         found = _client(self.tracking_uri).search_model_versions(
-            f"name='{self.name}' and tags.content_sha256='{content_sha256}'")
+            f"name='{self.name}' and tags.content_sha256='{content_sha256}'"
+        )
         if not found:
             return None
         version = min(found, key=lambda v: int(v.version))
@@ -206,20 +242,27 @@ class MlflowRegistry:
     def create(self, folder: Path, tags: dict, description: str) -> dict:
         client = _client(self.tracking_uri)
         own_run = self.run_id is None
-        run = (client.create_run(experiment_id(self.tracking_uri, self.experiment), run_name=f"register-{self.name}",
-                                 tags=tags) if own_run else client.get_run(self.run_id))
+        run = (
+            client.create_run(
+                experiment_id(self.tracking_uri, self.experiment), run_name=f"register-{self.name}", tags=tags
+            )
+            if own_run
+            else client.get_run(self.run_id)
+        )
         # A pipeline run resumed after a retrain may register twice: each content gets its own folder there.
         artifact_path = "model" if own_run else f"registered-model/{tags['content_sha256'][:12]}"
         try:
             client.log_artifacts(run.info.run_id, str(folder), artifact_path)
             if not client.search_registered_models(f"name='{self.name}'"):
                 client.create_registered_model(self.name, description=description)
-            version = client.create_model_version(self.name, source=f"{run.info.artifact_uri}/{artifact_path}",
-                                                  run_id=run.info.run_id, tags=tags)
+            version = client.create_model_version(
+                self.name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id, tags=tags
+            )
             # The version number exists only now; the run is still open, so the file joins the same
             # artifact folder the version points at.
-            (Path(folder) / "registered.json").write_text(json.dumps({"name": self.name,
-                                                                      "version": str(version.version)}))
+            (Path(folder) / "registered.json").write_text(
+                json.dumps({"name": self.name, "version": str(version.version)})
+            )
             client.log_artifact(run.info.run_id, str(Path(folder) / "registered.json"), artifact_path)
         except BaseException:
             if own_run:
@@ -274,8 +317,10 @@ def resolve(name: str, version: Optional[str], tracking_uri: str, dst_dir: Optio
     if version is None:
         version = production_version(client, name)
         if version is None:
-            raise UserError(f"model '{name}' has no '{PRODUCTION_ALIAS}' version at {tracking_uri}; "
-                            "name a version, or run the pipeline once to register one")
+            raise UserError(
+                f"model '{name}' has no '{PRODUCTION_ALIAS}' version at {tracking_uri}; "
+                "name a version, or run the pipeline once to register one"
+            )
     try:
         uri = client.get_model_version_download_uri(name, str(version))
     except Exception as error:

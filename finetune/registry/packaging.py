@@ -13,6 +13,7 @@
   the shipped decision rule, runtime, intended use, limits).
 - ``sample_request.json``: what the rollout's smoke test sends.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,19 @@ from finetune.serve.entry_scripts import entry_script
 
 PYFUNC_MODULE = "finetune_score"
 # Files this module writes; copied from a candidate (a downloaded registered version) they would be stale.
-GENERATED = ("score.py", "conda.yaml", "sample_request.json", "registered.json", "MLmodel", "python_env.yaml",
-             "requirements.txt", "input_example.json", "serving_input_example.json", "code", "README.md")
+GENERATED = (
+    "score.py",
+    "conda.yaml",
+    "sample_request.json",
+    "registered.json",
+    "MLmodel",
+    "python_env.yaml",
+    "requirements.txt",
+    "input_example.json",
+    "serving_input_example.json",
+    "code",
+    "README.md",
+)
 # MLflow stamps these on every save; dropped, equal models give equal folders (and equal content hashes).
 VOLATILE_MLMODEL_KEYS = ("model_uuid", "utc_time_created", "mlflow_version", "model_id")
 
@@ -57,8 +69,9 @@ def model_environment(folder: Path, candidate: dict) -> Optional[dict]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict] = None,
-                        conda: Optional[dict] = None) -> None:
+def write_serving_files(
+    folder: Path, sample_request: dict, card: Optional[dict] = None, conda: Optional[dict] = None
+) -> None:
     """Add score.py, the MLflow model files, sample_request.json and the model card to ``folder``.
 
     ``conda``: the serving environment (default: the one of the candidate's runtime, built here); a wrapped
@@ -70,15 +83,27 @@ def write_serving_files(folder: Path, sample_request: dict, card: Optional[dict]
     shutil.copy2(script, folder / "score.py")
     (folder / "sample_request.json").write_text(json.dumps(sample_request, indent=2))
     texts = [item["text"] for item in sample_request.get("data", [])][:3] or ["an example review"]
-    write_mlflow_model(folder, [str(label) for label in candidate["labels"]],
-                       model_environment(folder, candidate) or conda or serving_conda_spec(runtime_of(candidate)),
-                       texts, multi_label=candidate.get("task") == "multi_label", script=script,
-                       ner=candidate.get("task") == "ner")
+    write_mlflow_model(
+        folder,
+        [str(label) for label in candidate["labels"]],
+        model_environment(folder, candidate) or conda or serving_conda_spec(runtime_of(candidate)),
+        texts,
+        multi_label=candidate.get("task") == "multi_label",
+        script=script,
+        ner=candidate.get("task") == "ner",
+    )
     (folder / "README.md").write_text(model_card(candidate, card or {}), encoding="utf-8")
 
 
-def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example_texts: list[str],
-                       multi_label: bool = False, script: Path = SCORE_SCRIPT, ner: bool = False) -> None:
+def write_mlflow_model(
+    folder: Path,
+    labels: list[str],
+    conda_env: dict,
+    example_texts: list[str],
+    multi_label: bool = False,
+    script: Path = SCORE_SCRIPT,
+    ner: bool = False,
+) -> None:
     """The pyfunc flavour's files, written by MLflow itself into a scratch folder and moved into ``folder``
     (a multi-label model's ``labels`` output is an array of strings per row; an NER model's ``entities`` is a
     JSON list per row); ``script`` is the entry script the pyfunc loader module is a copy of."""
@@ -95,8 +120,11 @@ def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example
     from mlflow.types.schema import Array
 
     decided = ColSpec(Array("string"), "labels") if multi_label else ColSpec("string", "label")
-    outputs = ([ColSpec("string", "entities")] if ner
-               else [decided] + [ColSpec("double", f"probability_{label}") for label in labels])
+    outputs = (
+        [ColSpec("string", "entities")]
+        if ner
+        else [decided] + [ColSpec("double", f"probability_{label}") for label in labels]
+    )
     signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
     with tempfile.TemporaryDirectory(prefix="finetune-mlmodel-") as scratch:
         code = Path(scratch) / f"{PYFUNC_MODULE}.py"
@@ -109,9 +137,14 @@ def write_mlflow_model(folder: Path, labels: list[str], conda_env: dict, example
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:
-            mlflow.pyfunc.save_model(str(saved), loader_module=PYFUNC_MODULE, code_paths=[str(code)],
-                                     conda_env=conda_env, signature=signature,
-                                     input_example=pd.DataFrame({"text": example_texts}))
+            mlflow.pyfunc.save_model(
+                str(saved),
+                loader_module=PYFUNC_MODULE,
+                code_paths=[str(code)],
+                conda_env=conda_env,
+                signature=signature,
+                input_example=pd.DataFrame({"text": example_texts}),
+            )
         finally:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)
@@ -147,8 +180,11 @@ def model_card(candidate: dict, card: dict) -> str:
     runtime = runtime_of(candidate)
     metrics = card.get("metrics") or {}
     threshold = candidate.get("threshold")
-    decision = (f"`{labels[-1]}` when its probability is at least {threshold}" if threshold is not None
-                else "the label with the highest probability")
+    decision = (
+        f"`{labels[-1]}` when its probability is at least {threshold}"
+        if threshold is not None
+        else "the label with the highest probability"
+    )
     metadata = {
         "library_name": "transformers" if candidate.get("family") == "hf" else "sklearn",
         "pipeline_tag": "text-classification",
@@ -159,43 +195,76 @@ def model_card(candidate: dict, card: dict) -> str:
     if card.get("dataset"):
         metadata["datasets"] = [card["dataset"]]
     if metrics:
-        metadata["model-index"] = [{
-            "name": card.get("name") or "finetune-model",
-            "results": [{"task": {"type": "text-classification"},
-                         "dataset": {"name": card.get("dataset") or "test split", "type": card.get("dataset") or "custom",
-                                     "split": "test"},
-                         "metrics": [{"type": name, "value": round(float(value), 6), "name": f"test {name}"}
-                                     for name, value in metrics.items() if isinstance(value, (int, float))]}]}]
-    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
-             f"# {card.get('name') or 'Text classifier'}", "",
-             f"A {_kind(candidate)} that "
-             f"classifies a text as one of: {', '.join(labels)}.", "",
-             "## Use", "",
-             "Intended use: classifying short English product-review-like texts into the labels above, as a "
-             "signal for people or downstream aggregates, not as the only basis of a decision about a person.", "",
-             "```python",
-             "import mlflow, pandas",
-             "model = mlflow.pyfunc.load_model(\"models:/<name>@production\")  # or this folder",
-             "model.predict(pandas.DataFrame({\"text\": [\"Fits my truck perfectly\"]}))",
-             "```", "",
-             "Online: `score.py` (AML entry script), request `{\"data\": [{\"text\": \"...\"}]}`. "
-             "Batch: `python -m finetune.predict --model <this folder> --input reviews.csv --output scored.csv`.", "",
-             "## Details", "",
-             f"- decision rule: {decision}",
-             f"- runtime: {runtime}" + (f", max length {candidate['max_length']} tokens (longer texts are truncated)"
-                                        if candidate.get("max_length") else ""),
-             f"- base model: {card.get('base_model') or 'n/a'}",
-             f"- dataset: {card.get('dataset') or 'n/a'} (raw data sha256 {card.get('dataset_sha256') or 'n/a'})"]
+        metadata["model-index"] = [
+            {
+                "name": card.get("name") or "finetune-model",
+                "results": [
+                    {
+                        "task": {"type": "text-classification"},
+                        "dataset": {
+                            "name": card.get("dataset") or "test split",
+                            "type": card.get("dataset") or "custom",
+                            "split": "test",
+                        },
+                        "metrics": [
+                            {"type": name, "value": round(float(value), 6), "name": f"test {name}"}
+                            for name, value in metrics.items()
+                            if isinstance(value, (int, float))
+                        ],
+                    }
+                ],
+            }
+        ]
+    lines = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {card.get('name') or 'Text classifier'}",
+        "",
+        f"A {_kind(candidate)} that classifies a text as one of: {', '.join(labels)}.",
+        "",
+        "## Use",
+        "",
+        "Intended use: classifying short English product-review-like texts into the labels above, as a "
+        "signal for people or downstream aggregates, not as the only basis of a decision about a person.",
+        "",
+        "```python",
+        "import mlflow, pandas",
+        'model = mlflow.pyfunc.load_model("models:/<name>@production")  # or this folder',
+        'model.predict(pandas.DataFrame({"text": ["Fits my truck perfectly"]}))',
+        "```",
+        "",
+        'Online: `score.py` (AML entry script), request `{"data": [{"text": "..."}]}`. '
+        "Batch: `python -m finetune.predict --model <this folder> --input reviews.csv --output scored.csv`.",
+        "",
+        "## Details",
+        "",
+        f"- decision rule: {decision}",
+        f"- runtime: {runtime}"
+        + (
+            f", max length {candidate['max_length']} tokens (longer texts are truncated)"
+            if candidate.get("max_length")
+            else ""
+        ),
+        f"- base model: {card.get('base_model') or 'n/a'}",
+        f"- dataset: {card.get('dataset') or 'n/a'} (raw data sha256 {card.get('dataset_sha256') or 'n/a'})",
+    ]
     for split, digest in (card.get("split_sha256") or {}).items():
         lines.append(f"- {split} split sha256: {digest}")
     if metrics:
         lines += ["", "## Test metrics (at the decision rule above)", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items() if isinstance(value, (int, float))]
-    lines += ["", "## Limits", "",
-              "- Trained on one dataset's label definitions; texts from other domains, languages or much longer "
-              "than the max length score less reliably.",
-              "- Probabilities are the model's, not calibrated frequencies, unless the metrics above say otherwise.",
-              "- Reviews can hold personal data: the server does not log request texts unless told to.", ""]
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "- Trained on one dataset's label definitions; texts from other domains, languages or much longer "
+        "than the max length score less reliably.",
+        "- Probabilities are the model's, not calibrated frequencies, unless the metrics above say otherwise.",
+        "- Reviews can hold personal data: the server does not log request texts unless told to.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -205,28 +274,46 @@ def ner_model_card(candidate: dict, card: dict) -> str:
 
     types = sorted({str(label)[2:] for label in candidate["labels"] if label != "O"})
     metrics = card.get("metrics") or {}
-    metadata = {"library_name": "transformers" if candidate.get("family") == "hf" else "sklearn-crfsuite",
-                "pipeline_tag": "token-classification", "tags": ["finetune", "token-classification", "ner"]}
+    metadata = {
+        "library_name": "transformers" if candidate.get("family") == "hf" else "sklearn-crfsuite",
+        "pipeline_tag": "token-classification",
+        "tags": ["finetune", "token-classification", "ner"],
+    }
     if card.get("base_model"):
         metadata["base_model"] = card["base_model"]
     if card.get("dataset"):
         metadata["datasets"] = [card["dataset"]]
-    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
-             f"# {card.get('name') or 'Named-entity tagger'}", "",
-             f"A {'fine-tuned transformer' if candidate.get('family') == 'hf' else 'linear-chain CRF'} that finds "
-             f"entities of these types in text: {', '.join(types)}.", "",
-             "## Use", "",
-             "Online: `score.py`, request `{\"data\": [{\"text\": \"...\"}]}` -> `{\"predictions\": [{\"entities\": "
-             "[{\"text\", \"label\", \"start\", \"end\", \"score\"}]}]}` (character offsets into the text sent); "
-             "`{\"tokens\": [...]}` items are answered with one IOB2 tag per token. Batch: `python -m finetune.predict "
-             "--model <this folder> --input texts.csv --output tagged.csv` (an `entities` column).", "",
-             "## Details", "",
-             f"- base model: {card.get('base_model') or 'n/a'}",
-             f"- dataset: {card.get('dataset') or 'n/a'} (raw data sha256 {card.get('dataset_sha256') or 'n/a'})"]
+    lines = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {card.get('name') or 'Named-entity tagger'}",
+        "",
+        f"A {'fine-tuned transformer' if candidate.get('family') == 'hf' else 'linear-chain CRF'} that finds "
+        f"entities of these types in text: {', '.join(types)}.",
+        "",
+        "## Use",
+        "",
+        'Online: `score.py`, request `{"data": [{"text": "..."}]}` -> `{"predictions": [{"entities": '
+        '[{"text", "label", "start", "end", "score"}]}]}` (character offsets into the text sent); '
+        '`{"tokens": [...]}` items are answered with one IOB2 tag per token. Batch: `python -m finetune.predict '
+        "--model <this folder> --input texts.csv --output tagged.csv` (an `entities` column).",
+        "",
+        "## Details",
+        "",
+        f"- base model: {card.get('base_model') or 'n/a'}",
+        f"- dataset: {card.get('dataset') or 'n/a'} (raw data sha256 {card.get('dataset_sha256') or 'n/a'})",
+    ]
     if metrics:
         lines += ["", "## Test metrics (entity level, exact span and type)", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items() if isinstance(value, (int, float))]
-    lines += ["", "## Limits", "",
-              "- Entity types and their boundaries are those of the training data's annotation guidelines.",
-              "- Text from other domains or languages, and entities unseen in training, are found less often.", ""]
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "- Entity types and their boundaries are those of the training data's annotation guidelines.",
+        "- Text from other domains or languages, and entities unseen in training, are found less often.",
+        "",
+    ]
     return "\n".join(lines)

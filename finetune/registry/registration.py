@@ -6,6 +6,7 @@ re-scored beside the run's candidates, :func:`finetune.selection.choose.choose` 
 winner is registered with :func:`selection_tags` (its test metrics, data and config hashes, source) and a
 model card from :func:`card_facts`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,14 @@ def selection_tags(selection: "SelectionResult", data: dict, config: dict, sourc
     """
     metric = selection.metric
     task = data.get("task", "single_label")
-    tags = {"selection.metric": metric, "selection.decision": selection.verdict.value, "task": task,
-            "candidate": selection.winner, "source": source, "data.raw_sha256": data.get("raw_sha256")}
+    tags = {
+        "selection.metric": metric,
+        "selection.decision": selection.verdict.value,
+        "task": task,
+        "candidate": selection.winner,
+        "source": source,
+        "data.raw_sha256": data.get("raw_sha256"),
+    }
     # Multi-label models are compared by their F1s as well: AUC alone hides what the thresholds do.
     recorded = dict.fromkeys([metric, *(("f1_micro", "f1_macro") if task == "multi_label" else ())])
     for row in selection.scored:
@@ -74,11 +81,14 @@ def card_facts(config: dict, data: dict, selection: "SelectionResult") -> dict:
     """What the model card says about where the winner came from (see :func:`finetune.registry.packaging.model_card`)."""
     model, dataset = config.get("model") or {}, config.get("dataset") or {}
     winner = selection.winner
-    return {"name": (config.get("select") or {}).get("registered_model_name"),
-            "base_model": (model.get("hub_id") or model.get("name")) if winner != "automl" else None,
-            "dataset": dataset.get("name"), "dataset_sha256": data.get("raw_sha256"),
-            "split_sha256": {split: info.get("sha256") for split, info in (data.get("splits") or {}).items()},
-            "metrics": selection.test(winner) or {}}
+    return {
+        "name": (config.get("select") or {}).get("registered_model_name"),
+        "base_model": (model.get("hub_id") or model.get("name")) if winner != "automl" else None,
+        "dataset": dataset.get("name"),
+        "dataset_sha256": data.get("raw_sha256"),
+        "split_sha256": {split: info.get("sha256") for split, info in (data.get("splits") or {}).items()},
+        "metrics": selection.test(winner) or {},
+    }
 
 
 def sample_request(test_path, task: str = "single_label", size: int = SAMPLE_SIZE) -> dict:
@@ -86,10 +96,23 @@ def sample_request(test_path, task: str = "single_label", size: int = SAMPLE_SIZ
     return task_of(task).sample_request(test_path, size)
 
 
-def select_and_register(model_registry: ModelRegistry, candidates: dict, test_csv, labels: list, select_cfg,
-                        data_info: dict, config: dict, sample_request: dict, out_dir: Path, *,
-                        prescored: Optional[dict] = None, sources: Optional[dict] = None,
-                        conda: Optional[dict] = None, commit: Optional[str] = None, val_csv=None):
+def select_and_register(
+    model_registry: ModelRegistry,
+    candidates: dict,
+    test_csv,
+    labels: list,
+    select_cfg,
+    data_info: dict,
+    config: dict,
+    sample_request: dict,
+    out_dir: Path,
+    *,
+    prescored: Optional[dict] = None,
+    sources: Optional[dict] = None,
+    conda: Optional[dict] = None,
+    commit: Optional[str] = None,
+    val_csv=None,
+):
     """The one select-and-register rule of both launchers.
 
     The production model of ``model_registry`` is downloaded and re-scored on this run's test split next to
@@ -105,8 +128,9 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
     ``out_dir/model``: what a rollout deploys) when a version was registered.
     """
     out_dir = Path(out_dir)
-    current = check_production_labels(model_registry.production(out_dir / "production"), list(labels),
-                                      select_cfg.replace_incompatible)
+    current = check_production_labels(
+        model_registry.production(out_dir / "production"), list(labels), select_cfg.replace_incompatible
+    )
     paths = dict(candidates)
     production_name = None
     if current is not None:
@@ -114,8 +138,15 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         paths[PRODUCTION] = current.path
         print(f"re-scoring production model {current.name} version {current.version}", flush=True)
     task = data_info.get("task", "single_label")
-    results = task_of(task).evaluate(paths, test_csv, list(labels), out_dir, val_path=val_csv,
-                                     settings=DecisionSettings.of(select_cfg, data_info), keep_rule={PRODUCTION})
+    results = task_of(task).evaluate(
+        paths,
+        test_csv,
+        list(labels),
+        out_dir,
+        val_path=val_csv,
+        settings=DecisionSettings.of(select_cfg, data_info),
+        keep_rule={PRODUCTION},
+    )
     results.update({name: entry["result"] for name, entry in (prescored or {}).items()})
     selection = choose(results, select_cfg.metric, select_cfg.margin, production_name, task=task)
     if current is not None:
@@ -128,10 +159,12 @@ def select_and_register(model_registry: ModelRegistry, candidates: dict, test_cs
         # A prescored winner is a candidate folder too (AML AutoML's MLflow model behind a candidate.json): it
         # ships like any other, with score.py, the pyfunc model and its rule, so every version serves alike.
         source = prescored[winner]["path"] if winner in (prescored or {}) else paths[winner]
-        folder = stage_artifact(Path(source), sample_request, Path(scratch) / "model", conda,
-                                card_facts(config, data_info, selection))
-        registered = register_folder(model_registry, folder, tags, commit,
-                                     description=f"{winner}: best test {select_cfg.metric}")
+        folder = stage_artifact(
+            Path(source), sample_request, Path(scratch) / "model", conda, card_facts(config, data_info, selection)
+        )
+        registered = register_folder(
+            model_registry, folder, tags, commit, description=f"{winner}: best test {select_cfg.metric}"
+        )
     model_dir = out_dir / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)

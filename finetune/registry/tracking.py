@@ -6,6 +6,7 @@ process (``--parent-run-id``, ``--tags``, ``--model-id``), which nests its run u
 metrics go on the pipeline run, and the registered version is logged from it, so the version links to a run
 that holds the metrics it was chosen by. Rerunning with the same ``run_name`` continues the same pipeline run.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,13 @@ def model_id(model) -> str:
 
 def run_tags(plan, data) -> dict:
     """Tags every run of this invocation carries: what data, which base model, which plan and code."""
-    tags = {PLAN_TAG: plan.name, "finetune.launcher": plan.launcher, "dataset.name": plan.dataset.name,
-            "dataset.raw_sha256": data.raw_sha256, "base_model": model_id(plan.model)}
+    tags = {
+        PLAN_TAG: plan.name,
+        "finetune.launcher": plan.launcher,
+        "dataset.name": plan.dataset.name,
+        "dataset.raw_sha256": data.raw_sha256,
+        "base_model": model_id(plan.model),
+    }
     tags.update({f"dataset.{split}_sha256": info["sha256"] for split, info in data.splits.items()})
     commit = git_commit()
     if commit:
@@ -39,8 +45,9 @@ def start_pipeline_run(plan, tags: dict) -> str:
     """The id of this plan's pipeline run: the one an interrupted invocation left, or a new one."""
     client = _client(plan.tracking.uri)
     experiment = experiment_id(plan.tracking.uri, plan.tracking.experiment)
-    earlier = client.search_runs([experiment], f"tags.`{PLAN_TAG}` = '{plan.name}' and tags.`{ROLE_TAG}` = 'pipeline'",
-                                 max_results=1)
+    earlier = client.search_runs(
+        [experiment], f"tags.`{PLAN_TAG}` = '{plan.name}' and tags.`{ROLE_TAG}` = 'pipeline'", max_results=1
+    )
     if earlier:
         run_id = earlier[0].info.run_id
         client.update_run(run_id, status="RUNNING")

@@ -6,6 +6,7 @@ whether the endpoint answered. Each section appears only when its stage ran and 
 minimal run (no sweep, no AutoML, no endpoint) still gets a valid report. Plots use matplotlib's Agg
 canvas directly (no pyplot state, no display needed) and go to ``<run_dir>/figures/``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,16 +27,25 @@ if TYPE_CHECKING:
 def run_section(summary: "RunSummary") -> list[str]:
     run = summary.run
     lines = [f"# Run {run.get('name', '')}".rstrip(), ""]
-    facts = [("launcher", run.get("launcher")), ("started", run.get("started")), ("finished", run.get("finished")),
-             ("duration", f"{run['duration_s']:.0f} s" if run.get("duration_s") is not None else None),
-             ("stages", " → ".join(run.get("stages", [])) or None), ("run directory", run.get("run_dir"))]
+    facts = [
+        ("launcher", run.get("launcher")),
+        ("started", run.get("started")),
+        ("finished", run.get("finished")),
+        ("duration", f"{run['duration_s']:.0f} s" if run.get("duration_s") is not None else None),
+        ("stages", " → ".join(run.get("stages", [])) or None),
+        ("run directory", run.get("run_dir")),
+    ]
     training = summary.training or {}
     splits = summary.data.splits if summary.data is not None else {}
     hyperparameters = training.get("hyperparameters") or {}
-    facts += [("base model", f"`{training['base_model']}`" if training.get("base_model") else None),
-              ("hyperparameters of the kept model", ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                                                              for k, v in hyperparameters.items()) or None),
-              ("data", ", ".join(f"{name} {split.get('rows')} rows" for name, split in splits.items()) or None)]
+    facts += [
+        ("base model", f"`{training['base_model']}`" if training.get("base_model") else None),
+        (
+            "hyperparameters of the kept model",
+            ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in hyperparameters.items()) or None,
+        ),
+        ("data", ", ".join(f"{name} {split.get('rows')} rows" for name, split in splits.items()) or None),
+    ]
     lines += [f"- **{key}**: {value}" for key, value in facts if value]
     return lines
 
@@ -55,11 +65,19 @@ def write_report(run_dir: Path, summary: "RunSummary") -> Report:
     figures = Figures(run_dir)
     # NER has its own data and candidate sections (entities, not classes); the rest is every task's.
     ner = summary.data is not None and summary.data.task == "ner"
-    lines = [*run_section(summary), "", *(ner_data_section(summary) if ner else data_section(summary, figures)),
-             *sweep_section(summary, figures), *learning_section(summary, figures), *learning_check_section(summary),
-             *training_section(summary),
-             *(ner_selection_section(summary, run_dir) if ner else selection_section(summary, figures)),
-             *registry_section(summary), *rollout_section(summary), *budget_section(summary, figures)]
+    lines = [
+        *run_section(summary),
+        "",
+        *(ner_data_section(summary) if ner else data_section(summary, figures)),
+        *sweep_section(summary, figures),
+        *learning_section(summary, figures),
+        *learning_check_section(summary),
+        *training_section(summary),
+        *(ner_selection_section(summary, run_dir) if ner else selection_section(summary, figures)),
+        *registry_section(summary),
+        *rollout_section(summary),
+        *budget_section(summary, figures),
+    ]
     path = run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines).rstrip() + "\n"

@@ -1,4 +1,5 @@
 """What every report section shares: cell formatting, Markdown tables and the figure folder."""
+
 from __future__ import annotations
 
 import math
@@ -49,5 +50,3 @@ class Figures:
         figure.savefig(path, dpi=110)
         self.paths.append(path)
         return f"![{title}]({path.relative_to(self.run_dir).as_posix()})"
-
-

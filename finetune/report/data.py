@@ -1,5 +1,6 @@
 """The report's data section: class balance (multi-label: label frequency and co-occurrence) and text length
 per split."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,23 +19,36 @@ def data_section(summary: "RunSummary", figures: Figures) -> list[str]:
         return []
     # The split files' paths beside their counts, as summary.json has them.
     labels, splits = data.labels, data.to_dict()["splits"]
-    lines = ["## Data", "", f"Source: `{data.source}`; {data.rows_raw} raw rows, "
-             f"{data.rows_labelled} labelled; {'labels' if data.task == 'multi_label' else 'classes'}: "
-             f"{', '.join(labels)}.", ""]
+    lines = [
+        "## Data",
+        "",
+        f"Source: `{data.source}`; {data.rows_raw} raw rows, "
+        f"{data.rows_labelled} labelled; {'labels' if data.task == 'multi_label' else 'classes'}: "
+        f"{', '.join(labels)}.",
+        "",
+    ]
     if data.task == "multi_label":
         return lines + data_lines(labels, splits, figures) + _length_lines(splits, figures)
     rows = []
     for name, split in splits.items():
         counts, total = split.get("class_counts", {}), split.get("rows") or 0
-        rows.append([name, total, *(f"{counts.get(label, 0)} ({100 * counts.get(label, 0) / max(total, 1):.1f}%)"
-                                    for label in labels), (split.get("sha256") or "")[:12]])
+        rows.append(
+            [
+                name,
+                total,
+                *(f"{counts.get(label, 0)} ({100 * counts.get(label, 0) / max(total, 1):.1f}%)" for label in labels),
+                (split.get("sha256") or "")[:12],
+            ]
+        )
     lines += [table(["split", "rows", *labels, "sha256"], rows), ""]
 
     figure, (axis,) = figures.new()
     width, highest = 0.8 / max(len(labels), 1), 0.0
     for index, label in enumerate(labels):
-        shares = [100 * split.get("class_counts", {}).get(label, 0) / max(split.get("rows") or 0, 1)
-                  for split in splits.values()]
+        shares = [
+            100 * split.get("class_counts", {}).get(label, 0) / max(split.get("rows") or 0, 1)
+            for split in splits.values()
+        ]
         positions = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(splits))]
         bars = axis.bar(positions, shares, width, label=label)
         axis.bar_label(bars, fmt="%.0f%%", fontsize=8)
@@ -59,8 +73,14 @@ def _length_lines(splits: dict, figures: Figures) -> list[str]:
         upper = max(float(np.percentile(everything, 99)), 1.0)
         bins = np.linspace(0, upper, 40)
         for name, values in lengths.items():
-            axis.hist(np.clip(values, 0, upper), bins=bins, histtype="step", linewidth=1.5,
-                      weights=np.full(len(values), 100 / len(values)), label=f"{name} (median {np.median(values):.0f})")
+            axis.hist(
+                np.clip(values, 0, upper),
+                bins=bins,
+                histtype="step",
+                linewidth=1.5,
+                weights=np.full(len(values), 100 / len(values)),
+                label=f"{name} (median {np.median(values):.0f})",
+            )
         axis.set_xlabel("text length (words; longer texts counted in the last bin)")
         axis.set_ylabel("share of split (%)")
         axis.set_title("Text length per split")

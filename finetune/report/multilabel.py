@@ -4,6 +4,7 @@ A confusion matrix and one-vs-rest ROC curves say little with dozens of labels t
 of a multi-label run asks is which labels are frequent, which come together, and which the model gets right
 at the thresholds it ships.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,12 @@ def data_lines(labels: list, splits: dict, figures: Figures) -> list[str]:
     """Rows per label and split (``splits``: the data section's), a frequency chart and the co-occurrence heatmap
     of the train split."""
     rows = [[label, *(split.get("class_counts", {}).get(label, 0) for split in splits.values())] for label in labels]
-    lines = [f"Multi-label: a text has any number of the {len(labels)} labels. Texts per label and split:", "",
-             table(["label", *(f"{name} ({split.get('rows')} texts)" for name, split in splits.items())], rows), ""]
+    lines = [
+        f"Multi-label: a text has any number of the {len(labels)} labels. Texts per label and split:",
+        "",
+        table(["label", *(f"{name} ({split.get('rows')} texts)" for name, split in splits.items())], rows),
+        "",
+    ]
     train = splits.get("train", {})
     counts = [train.get("class_counts", {}).get(label, 0) for label in labels]
     figure, (axis,) = figures.new(7, 1.5 + 0.25 * len(labels))
@@ -58,8 +63,12 @@ def cooccurrence_lines(targets, labels: list, figures: Figures) -> list[str]:
     np.fill_diagonal(conditional, np.nan)
     size = 3 + 0.28 * len(labels)
     figure, (axis,) = figures.new(size + 1.2, size)
-    image = axis.imshow(conditional, cmap="Purples", vmin=0, vmax=max(float(np.nanmax(conditional)), 1e-9)
-                        if np.isfinite(conditional).any() else 1)
+    image = axis.imshow(
+        conditional,
+        cmap="Purples",
+        vmin=0,
+        vmax=max(float(np.nanmax(conditional)), 1e-9) if np.isfinite(conditional).any() else 1,
+    )
     axis.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     axis.set_yticks(range(len(labels)), labels, fontsize=7)
     axis.set_xlabel("also has label")
@@ -67,10 +76,14 @@ def cooccurrence_lines(targets, labels: list, figures: Figures) -> list[str]:
     axis.set_title("Label co-occurrence on train: P(column | row)")
     figure.colorbar(image, ax=axis, label="share of the row label's texts")
     per_text = targets.sum(axis=1)
-    lines = [f"Labels per train text: mean {per_text.mean():.2f}, "
-             f"{100 * (per_text > 1).mean():.1f}% of texts have more than one, "
-             f"{100 * (per_text == 0).mean():.1f}% none.", "",
-             figures.save(figure, "data_label_cooccurrence", "label co-occurrence"), ""]
+    lines = [
+        f"Labels per train text: mean {per_text.mean():.2f}, "
+        f"{100 * (per_text > 1).mean():.1f}% of texts have more than one, "
+        f"{100 * (per_text == 0).mean():.1f}% none.",
+        "",
+        figures.save(figure, "data_label_cooccurrence", "label co-occurrence"),
+        "",
+    ]
     return lines
 
 
@@ -90,15 +103,32 @@ def winner_lines(selection: "SelectionResult", labels: list, figures: Figures) -
     table_rows, f1s = [], []
     for index, label in enumerate(labels):
         support = int(truth[:, index].sum()) if truth is not None else None
-        auc = (roc_auc_score(truth[:, index], proba[:, index])
-               if truth is not None and 0 < support < len(truth) else float("nan"))
+        auc = (
+            roc_auc_score(truth[:, index], proba[:, index])
+            if truth is not None and 0 < support < len(truth)
+            else float("nan")
+        )
         f1 = row.test.get(per_class_key("f1", label), float("nan"))
         f1s.append(f1)
-        table_rows.append([label, support, thresholds.get(label), row.test.get(per_class_key("precision", label)),
-                           row.test.get(per_class_key("recall", label)), f1, auc])
-    lines = [f"### Chosen model on test, per label: {winner}", "",
-             "At the per-label thresholds it ships (each chosen on val for that label's F1).", "",
-             table(["label", "test texts", "threshold", "precision", "recall", "F1", "AUC"], table_rows), ""]
+        table_rows.append(
+            [
+                label,
+                support,
+                thresholds.get(label),
+                row.test.get(per_class_key("precision", label)),
+                row.test.get(per_class_key("recall", label)),
+                f1,
+                auc,
+            ]
+        )
+    lines = [
+        f"### Chosen model on test, per label: {winner}",
+        "",
+        "At the per-label thresholds it ships (each chosen on val for that label's F1).",
+        "",
+        table(["label", "test texts", "threshold", "precision", "recall", "F1", "AUC"], table_rows),
+        "",
+    ]
     figure, (axis,) = figures.new(7, 1.5 + 0.25 * len(labels))
     order = np.argsort(np.nan_to_num(np.asarray(f1s, dtype=float), nan=-1))[::-1]
     bars = axis.barh(range(len(labels)), [f1s[i] for i in order])
@@ -107,7 +137,9 @@ def winner_lines(selection: "SelectionResult", labels: list, figures: Figures) -
     axis.invert_yaxis()
     axis.set_xlim(0, 1.1)
     axis.set_xlabel("F1 on test at the shipped threshold")
-    axis.set_title(f"Per-label F1: {winner} (micro {row.test.get('f1_micro', float('nan')):.3f}, "
-                   f"macro {row.test.get('f1_macro', float('nan')):.3f})")
+    axis.set_title(
+        f"Per-label F1: {winner} (micro {row.test.get('f1_micro', float('nan')):.3f}, "
+        f"macro {row.test.get('f1_macro', float('nan')):.3f})"
+    )
     lines += [figures.save(figure, "per_label_f1", "per-label F1"), ""]
     return lines

@@ -1,5 +1,6 @@
 """The report's training sections: the sweep's trials and curves, the kept training's learning curves, its
 throughput and resources."""
+
 from __future__ import annotations
 
 import json
@@ -20,19 +21,30 @@ def sweep_section(summary: "RunSummary", figures: Figures) -> list[str]:
     metric, trials = sweep.primary_metric, sweep.trials
     best = sweep.best.trial if sweep.best is not None else None
     policy = sweep.policy.get("type", "none")
-    lines = ["## Hyperparameter sweep", "",
-             f"{len(trials)} trials, {sweep.sampling} sampling, early-termination policy `{policy}`, "
-             f"{sweep.goal} `{metric}`."]
+    lines = [
+        "## Hyperparameter sweep",
+        "",
+        f"{len(trials)} trials, {sweep.sampling} sampling, early-termination policy `{policy}`, "
+        f"{sweep.goal} `{metric}`.",
+    ]
     compute = sweep.compute
     if compute:
-        lines[-1] += (f" Trials used {compute.get('trial_epochs')} epochs and {compute.get('trial_seconds')} s "
-                      f"of training in {compute.get('wall_seconds')} s wall time.")
-    rows = [[f"{t.number}{' (best)' if t.number == best else ''}", t.status, t.best_value,
-             len([v for v in t.values if v is not None]),
-             f"{t.duration_s:.0f}" if t.duration_s is not None else None,
-             " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
-             t.reason or ""]
-            for t in trials]
+        lines[-1] += (
+            f" Trials used {compute.get('trial_epochs')} epochs and {compute.get('trial_seconds')} s "
+            f"of training in {compute.get('wall_seconds')} s wall time."
+        )
+    rows = [
+        [
+            f"{t.number}{' (best)' if t.number == best else ''}",
+            t.status,
+            t.best_value,
+            len([v for v in t.values if v is not None]),
+            f"{t.duration_s:.0f}" if t.duration_s is not None else None,
+            " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
+            t.reason or "",
+        ]
+        for t in trials
+    ]
     lines += ["", table(["trial", "status", metric, "evaluations", "seconds", "params", "note"], rows), ""]
 
     curves = [t for t in trials if any(v is not None for v in t.values)]
@@ -65,10 +77,18 @@ def _sweep_figure(trials: list, curves: list, metric: str, best, figures: Figure
         chosen = trial.number == best
         left.plot(steps, values, color=color, alpha=1.0 if chosen else 0.5, linewidth=2.5 if chosen else 1)
         shown = min(max(values[-1], low), high)  # a trial that ended below the zoomed range is labelled at its edge
-        left.plot(steps[-1], shown, marker=marker if shown == values[-1] else "v", color=color, markersize=8,
-                  linestyle="none")
-        left.annotate(f"t{trial.number}{' (best)' if chosen else ''}", (steps[-1], shown), xytext=(5, 0),
-                      textcoords="offset points", fontsize=8, va="center", color=color)
+        left.plot(
+            steps[-1], shown, marker=marker if shown == values[-1] else "v", color=color, markersize=8, linestyle="none"
+        )
+        left.annotate(
+            f"t{trial.number}{' (best)' if chosen else ''}",
+            (steps[-1], shown),
+            xytext=(5, 0),
+            textcoords="offset points",
+            fontsize=8,
+            va="center",
+            color=color,
+        )
     for status in dict.fromkeys(t.status for t in curves):
         color, marker = STATUS_STYLE.get(status, ("black", "o"))
         left.plot([], [], color=color, marker=marker, label=str(status).replace("_", " "))
@@ -87,8 +107,13 @@ def _sweep_figure(trials: list, curves: list, metric: str, best, figures: Figure
                 continue
             color, marker = STATUS_STYLE.get(trial.status, ("black", "o"))
             shown = min(max(value, low), high)
-            axis.scatter([x], [shown], color=color, marker=marker if shown == value else "v",
-                         s=90 if trial.number == best else 45)
+            axis.scatter(
+                [x],
+                [shown],
+                color=color,
+                marker=marker if shown == value else "v",
+                s=90 if trial.number == best else 45,
+            )
             axis.annotate(f"t{trial.number}", (x, shown), xytext=(4, 4), textcoords="offset points", fontsize=8)
         numbers = [t.params[name] for t in trials if isinstance(t.params.get(name), (int, float))]
         if numbers and min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
@@ -116,8 +141,13 @@ def learning_section(summary: "RunSummary", figures: Figures) -> list[str]:
     xs = [e[x_key] for e in evaluations]
     train_loss = [point for point in result.get("train_loss") or [] if point.get(x_key) is not None]
     if train_loss:
-        left.plot([p[x_key] for p in train_loss], [p["loss"] for p in train_loss], color="tab:grey", alpha=0.8,
-                  label="training loss (per logging step)")
+        left.plot(
+            [p[x_key] for p in train_loss],
+            [p["loss"] for p in train_loss],
+            color="tab:grey",
+            alpha=0.8,
+            label="training loss (per logging step)",
+        )
     left.plot(xs, [e.get("val_loss") for e in evaluations], marker="o", label="validation loss")
     left.set_xlabel(x_key if x_key == "step" else "epoch")
     left.set_ylabel("cross-entropy loss (nats)")
@@ -130,8 +160,14 @@ def learning_section(summary: "RunSummary", figures: Figures) -> list[str]:
     right.set_ylabel("score on val (0–1)")
     right.set_title("Validation metrics")
     right.legend(title="metric")
-    return ["## Training curves (fine-tuned model)", "", f"From `{result_file}`, one point per evaluation.", "",
-            figures.save(figure, "learning_curves", "learning curves"), ""]
+    return [
+        "## Training curves (fine-tuned model)",
+        "",
+        f"From `{result_file}`, one point per evaluation.",
+        "",
+        figures.save(figure, "learning_curves", "learning curves"),
+        "",
+    ]
 
 
 def learning_check_section(summary: "RunSummary") -> list[str]:
@@ -141,30 +177,50 @@ def learning_check_section(summary: "RunSummary") -> list[str]:
     if not check:
         return []
     metric = check["baseline"]["metric"]
-    lines = ["## Learning check", "",
-             f"The baseline, {describe_baseline(check['baseline'])}; the fine-tuned model is *not learning* at a "
-             f"check when its training loss has "
-             f"not fallen by {check['loss_drop']:.0%} and its val {metric} is more than {check['margin']:g} below "
-             f"that (action: `{check['action']}`)."]
+    lines = [
+        "## Learning check",
+        "",
+        f"The baseline, {describe_baseline(check['baseline'])}; the fine-tuned model is *not learning* at a "
+        f"check when its training loss has "
+        f"not fallen by {check['loss_drop']:.0%} and its val {metric} is more than {check['margin']:g} below "
+        f"that (action: `{check['action']}`).",
+    ]
     shipped = shipped_below_baseline_line(summary)
     if shipped:
         shipped = shipped.removeprefix("warning: ")
         lines += ["", f"**{shipped[0].upper()}{shipped[1:]}.**"]
     elif check.get("below_baseline"):
-        lines += ["", f"The kept fine-tuned model ({metric} {check['kept_value']:.4f}) is below the baseline; it was "
-                      "not shipped."]
+        lines += [
+            "",
+            f"The kept fine-tuned model ({metric} {check['kept_value']:.4f}) is below the baseline; it was "
+            "not shipped.",
+        ]
     if check.get("restarted"):
         restart = check["restarted"]
-        lines += ["", f"Training restarted at step {restart['at_step']} with learning rate "
-                      f"{restart['to_learning_rate']:g} instead of {restart['from_learning_rate']:g}."]
+        lines += [
+            "",
+            f"Training restarted at step {restart['at_step']} with learning rate "
+            f"{restart['to_learning_rate']:g} instead of {restart['from_learning_rate']:g}.",
+        ]
     if check.get("stopped"):
         lines += ["", f"Training stopped: {check['stopped']}."]
-    rows = [[c["attempt"], c["step"], f"{c['epoch']:.2f}" if c.get("epoch") is not None else None, c["value"],
-             c["first_loss"], c["recent_loss"], (c["verdict"] or "learning").replace("_", " ")]
-            for c in check.get("checks") or []]
+    rows = [
+        [
+            c["attempt"],
+            c["step"],
+            f"{c['epoch']:.2f}" if c.get("epoch") is not None else None,
+            c["value"],
+            c["first_loss"],
+            c["recent_loss"],
+            (c["verdict"] or "learning").replace("_", " "),
+        ]
+        for c in check.get("checks") or []
+    ]
     if rows:
-        lines += ["", table(["attempt", "step", "epoch", f"val {metric}", "first loss", "recent loss", "verdict"],
-                            rows)]
+        lines += [
+            "",
+            table(["attempt", "step", "epoch", f"val {metric}", "first loss", "recent loss", "verdict"], rows),
+        ]
     return lines + [""]
 
 
@@ -179,16 +235,24 @@ TRAINING_FIGURES = (
 )
 
 
-
 def training_section(summary: "RunSummary") -> list[str]:
     """Throughput and resources of the run that produced the fine-tuned candidate (nvitop telemetry)."""
     training = summary.training
     if not training:
         return []
     throughput, runtime = training.get("throughput") or {}, training.get("runtime") or {}
-    facts = [(label, fmt.format(throughput[key])) for key, label, fmt in TRAINING_FIGURES
-             if isinstance(throughput.get(key), (int, float))]
+    facts = [
+        (label, fmt.format(throughput[key]))
+        for key, label, fmt in TRAINING_FIGURES
+        if isinstance(throughput.get(key), (int, float))
+    ]
     if runtime:
-        facts.insert(0, ("device", f"{runtime.get('device_name') or runtime.get('device')} ({runtime.get('precision')}, "
-                                   f"batch {runtime.get('batch', {}).get('batch_size')})"))
+        facts.insert(
+            0,
+            (
+                "device",
+                f"{runtime.get('device_name') or runtime.get('device')} ({runtime.get('precision')}, "
+                f"batch {runtime.get('batch', {}).get('batch_size')})",
+            ),
+        )
     return ["## Training throughput and resources", ""] + [f"- **{k}**: {v}" for k, v in facts] + [""]

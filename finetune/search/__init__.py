@@ -3,6 +3,7 @@
 ``run_sweep`` is loaded on first use: this package is imported while every plan is validated
 (:mod:`finetune.search.validation`), and the runner's imports (optuna) are not needed for that.
 """
+
 from __future__ import annotations
 
 

@@ -58,6 +58,7 @@ is 0.6000000000000001 in binary floating point, which stopped a run at exactly 0
 constant curve is "worse" than its own average. A value within TIE (relative) of a Bandit limit or of the median
 is a tie, and a tie is not worse. (Found by tests/test_aml_policies.py against the emulator's independent reading.)
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,13 @@ def applies_at(policy: PolicyConfig, interval: int) -> bool:
     return interval >= 1 and interval % policy.evaluation_interval == 0 and interval >= policy.delay_evaluation
 
 
-def should_stop(policy: PolicyConfig, goal: str, curves: Mapping[Hashable, Sequence[float]], trial: Hashable,
-                finished: Collection[Hashable] = ()) -> bool:
+def should_stop(
+    policy: PolicyConfig,
+    goal: str,
+    curves: Mapping[Hashable, Sequence[float]],
+    trial: Hashable,
+    finished: Collection[Hashable] = (),
+) -> bool:
     """AML's decision for `trial` at its latest interval, given every run's curve known at that moment.
 
     `curves` maps each run (the trial included) to its reported values in order; `finished` names the
@@ -93,8 +99,11 @@ def should_stop(policy: PolicyConfig, goal: str, curves: Mapping[Hashable, Seque
         return False
     maximize = goal == "maximize"
     worst = -math.inf if maximize else math.inf
-    compared = {run: [worst if math.isnan(v) else float(v) for v in values[:interval]]
-                for run, values in curves.items() if len(values) >= interval}
+    compared = {
+        run: [worst if math.isnan(v) else float(v) for v in values[:interval]]
+        for run, values in curves.items()
+        if len(values) >= interval
+    }
     better = max if maximize else min
     mine = better(compared[trial])
 
@@ -111,8 +120,11 @@ def should_stop(policy: PolicyConfig, goal: str, curves: Mapping[Hashable, Seque
         return _worse(mine, median, maximize)
 
     if policy.type == "truncation":
-        at_interval = {run: values[-1] for run, values in compared.items()
-                       if run == trial or not (policy.exclude_finished_jobs and run in finished)}
+        at_interval = {
+            run: values[-1]
+            for run, values in compared.items()
+            if run == trial or not (policy.exclude_finished_jobs and run in finished)
+        }
         cut = len(at_interval) * policy.truncation_percentage // 100
         own = at_interval[trial]
         no_better = sum(1 for v in at_interval.values() if (v <= own if maximize else v >= own))
@@ -128,28 +140,38 @@ def policy_problems(policy: PolicyConfig, sampling: str) -> List[str]:
         return [f"{key}.type={policy.type}: unknown policy; use one of {', '.join(POLICY_TYPES)}"]
     problems = []
     if sampling == "bayesian" and policy.type != "none":
-        problems.append(f"{key}.type={policy.type}: bayesian sampling takes no early-termination policy "
-                        "(AML does not support it); set search.policy.type=none or use search=bandit")
+        problems.append(
+            f"{key}.type={policy.type}: bayesian sampling takes no early-termination policy "
+            "(AML does not support it); set search.policy.type=none or use search=bandit"
+        )
     if policy.type == "none":
         return problems
     if policy.evaluation_interval < 1:
-        problems.append(f"{key}.evaluation_interval={policy.evaluation_interval}: must be >= 1 "
-                        "(1 = every time the primary metric is reported)")
+        problems.append(
+            f"{key}.evaluation_interval={policy.evaluation_interval}: must be >= 1 "
+            "(1 = every time the primary metric is reported)"
+        )
     if policy.delay_evaluation < 0:
         problems.append(f"{key}.delay_evaluation={policy.delay_evaluation}: must be >= 0")
     if policy.type == "bandit":
         if policy.slack_factor is not None and policy.slack_amount is not None:
-            problems.append(f"{key}.slack_factor={policy.slack_factor}, {key}.slack_amount={policy.slack_amount}: "
-                            "Bandit takes one of them; set the other to null")
+            problems.append(
+                f"{key}.slack_factor={policy.slack_factor}, {key}.slack_amount={policy.slack_amount}: "
+                "Bandit takes one of them; set the other to null"
+            )
         elif policy.slack_factor is None and policy.slack_amount is None:
-            problems.append(f"{key}.slack_factor=None: Bandit needs slack_factor (ratio) or slack_amount "
-                            "(absolute); e.g. search.policy.slack_factor=0.1")
+            problems.append(
+                f"{key}.slack_factor=None: Bandit needs slack_factor (ratio) or slack_amount "
+                "(absolute); e.g. search.policy.slack_factor=0.1"
+            )
         for name in ("slack_factor", "slack_amount"):
             value = getattr(policy, name)
             if value is not None and value < 0:
                 problems.append(f"{key}.{name}={value}: slack cannot be negative; use a value >= 0")
-    if policy.type == "truncation" and (policy.truncation_percentage is None
-                                        or not 1 <= policy.truncation_percentage <= 99):
-        problems.append(f"{key}.truncation_percentage={policy.truncation_percentage}: must be a whole "
-                        "percentage from 1 to 99")
+    if policy.type == "truncation" and (
+        policy.truncation_percentage is None or not 1 <= policy.truncation_percentage <= 99
+    ):
+        problems.append(
+            f"{key}.truncation_percentage={policy.truncation_percentage}: must be a whole percentage from 1 to 99"
+        )
     return problems

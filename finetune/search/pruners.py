@@ -4,6 +4,7 @@ The pruner runs inside each trial's training process (through :class:`~finetune.
 and reads every trial from the shared storage, so concurrent trials see each other's reports as AML's
 service does. A trial's curve is its intermediate values ordered by step: the N-th value is interval N.
 """
+
 from __future__ import annotations
 
 from typing import List

@@ -5,6 +5,7 @@ builds a :class:`TrialReporter` and calls :meth:`TrialReporter.report` after eve
 policy is read from the study itself (the runner stores it there), so a trial needs no policy
 arguments and every trial of a sweep is judged by the same rule.
 """
+
 from __future__ import annotations
 
 from finetune.config.schema import PolicyConfig
@@ -33,10 +34,13 @@ class TrialReporter:
         study_id = storage.get_study_id_from_name(study_name)
         attrs = storage.get_study_user_attrs(study_id)
         if (attrs["primary_metric"], attrs["goal"]) != (primary_metric, goal):
-            raise ValueError(f"trial {trial_number} reports {primary_metric} ({goal}) but study {study_name} "
-                             f"optimises {attrs['primary_metric']} ({attrs['goal']})")
-        study = optuna.load_study(study_name=study_name, storage=storage,
-                                  pruner=build_pruner(PolicyConfig(**attrs["policy"]), goal))
+            raise ValueError(
+                f"trial {trial_number} reports {primary_metric} ({goal}) but study {study_name} "
+                f"optimises {attrs['primary_metric']} ({attrs['goal']})"
+            )
+        study = optuna.load_study(
+            study_name=study_name, storage=storage, pruner=build_pruner(PolicyConfig(**attrs["policy"]), goal)
+        )
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.reports = 0

@@ -21,6 +21,7 @@ This module is imported while a plan is validated, so it loads only the standard
 contract, :mod:`finetune.config.spec`, which declares what is searchable and its legal values); optuna is imported
 inside the functions that sample.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,28 +83,33 @@ def distribution_from_override(override) -> dict:
             elif tag.startswith("q="):
                 q = _number(tag[2:], where)
             else:
-                raise UserError(f"{where}: unknown tag '{tag}'; use log, int or \"q=<step>\" "
-                                "(e.g. tag(log,interval(1e-5,1e-4)))")
+                raise UserError(
+                    f"{where}: unknown tag '{tag}'; use log, int or \"q=<step>\" (e.g. tag(log,interval(1e-5,1e-4)))"
+                )
         kind = ("q" if q is not None else "") + ("loguniform" if log else "uniform")
         dist = {"type": kind, "min": sweep.start, "max": sweep.end}
         if q is not None:
             dist["q"] = q
         return dist
-    raise UserError(f"{where}: {type(sweep).__name__.lower()} is not a search dimension; use choice(...), "
-                    "range(...) or [tag(log|int|\"q=<step>\",)]interval(min,max)")
+    raise UserError(
+        f"{where}: {type(sweep).__name__.lower()} is not a search dimension; use choice(...), "
+        'range(...) or [tag(log|int|"q=<step>",)]interval(min,max)'
+    )
 
 
 def _no_tags(sweep, where: str) -> None:
     if sweep.tags:
-        raise UserError(f"{where}: tags ({', '.join(sorted(sweep.tags))}) apply to interval(...) only; "
-                        "drop them or use tag(...,interval(min,max))")
+        raise UserError(
+            f"{where}: tags ({', '.join(sorted(sweep.tags))}) apply to interval(...) only; "
+            "drop them or use tag(...,interval(min,max))"
+        )
 
 
 def _number(text: str, where: str) -> float | int:
     try:
         value = float(text)
     except ValueError:
-        raise UserError(f"{where}: q={text} is not a number; write the step as \"q=8\" or \"q=0.05\"") from None
+        raise UserError(f'{where}: q={text} is not a number; write the step as "q=8" or "q=0.05"') from None
     return int(value) if value.is_integer() else value
 
 
@@ -135,8 +141,10 @@ def space_problems(space: Mapping[str, Any], sampling: str, model_names: List[st
             problems += shape
             continue
         if sampling == "grid" and kind != "choice":
-            problems.append(f"{key}={describe(dist)}: grid sampling enumerates choice dimensions only (as on AML); "
-                            "use choice(...) or sampling random/bayesian")
+            problems.append(
+                f"{key}={describe(dist)}: grid sampling enumerates choice dimensions only (as on AML); "
+                "use choice(...) or sampling random/bayesian"
+            )
         problems += _value_problems(name, key, dist, model_names)
     return problems
 
@@ -146,16 +154,22 @@ def _shape_problems(key: str, dist: Mapping[str, Any]) -> List[str]:
     missing = [k for k in needed if k not in dist]
     extra = [k for k in dist if k not in needed and k != "type"]
     if missing or extra:
-        return [f"{key}: {kind} takes {', '.join(needed)}"
-                + (f" (missing {', '.join(missing)})" if missing else "")
-                + (f" (unexpected {', '.join(extra)})" if extra else "")
-                + f"; write {{type: {kind}, {', '.join(f'{k}: ...' for k in needed)}}}"]
+        return [
+            f"{key}: {kind} takes {', '.join(needed)}"
+            + (f" (missing {', '.join(missing)})" if missing else "")
+            + (f" (unexpected {', '.join(extra)})" if extra else "")
+            + f"; write {{type: {kind}, {', '.join(f'{k}: ...' for k in needed)}}}"
+        ]
     if kind == "choice":
         values = dist["values"]
         if not isinstance(values, (list, tuple)) or not values:
             return [f"{key}.values={values}: empty choice; list at least one value"]
         odd = [v for v in values if not isinstance(v, (str, bool, Real))]
-        return [f"{key}.values={list(values)}: {odd[0]} is not a number or a name; choose among plain values"] if odd else []
+        return (
+            [f"{key}.values={list(values)}: {odd[0]} is not a number or a name; choose among plain values"]
+            if odd
+            else []
+        )
     numbers = [k for k in needed if not isinstance(dist[k], Real) or isinstance(dist[k], bool)]
     if numbers:
         return [f"{key}.{k}={dist[k]}: must be a number" for k in numbers]
@@ -165,8 +179,9 @@ def _shape_problems(key: str, dist: Mapping[str, Any]) -> List[str]:
     if "min" in needed and dist["min"] >= dist["max"]:
         problems.append(f"{key}.min={dist['min']}: min >= max={dist['max']}; make min smaller than max")
     if kind in ("loguniform", "qloguniform") and min(dist["min"], dist["max"]) <= 0:
-        problems.append(f"{key}.min={dist['min']}: {kind} bounds must be > 0 (real values, not logs); "
-                        "e.g. min: 1e-5, max: 1e-4")
+        problems.append(
+            f"{key}.min={dist['min']}: {kind} bounds must be > 0 (real values, not logs); e.g. min: 1e-5, max: 1e-4"
+        )
     if "sigma" in needed and dist["sigma"] <= 0:
         problems.append(f"{key}.sigma={dist['sigma']}: must be > 0")
     if "q" in needed and dist["q"] <= 0:
@@ -179,18 +194,35 @@ def _value_problems(name: str, key: str, dist: Mapping[str, Any], model_names: L
     kind = dist["type"]
     if name == "model":
         if kind != "choice":
-            return [f"{key}={describe(dist)}: model is searched as a choice of model configs; "
-                    f"e.g. choice({','.join(model_names[:2])})"]
+            return [
+                f"{key}={describe(dist)}: model is searched as a choice of model configs; "
+                f"e.g. choice({','.join(model_names[:2])})"
+            ]
         unknown = [v for v in dist["values"] if v not in model_names]
-        return [f"{key}.values={list(dist['values'])}: no model config named {', '.join(map(str, unknown))}; "
-                f"use names of conf/model/*.yaml: {', '.join(model_names)}"] if unknown else []
+        return (
+            [
+                f"{key}.values={list(dist['values'])}: no model config named {', '.join(map(str, unknown))}; "
+                f"use names of conf/model/*.yaml: {', '.join(model_names)}"
+            ]
+            if unknown
+            else []
+        )
     integer, rule = is_integer(Hyperparameters, name), legal_range(Hyperparameters, name)
     legal, legal_text = rule.contains, rule.describe()
     if kind == "choice":
-        bad = [v for v in dist["values"] if isinstance(v, (str, bool)) or not legal(v)
-               or (integer and not float(v).is_integer())]
-        return [f"{key}.values={list(dist['values'])}: {bad[0]} is not a legal {name} (must be {legal_text}"
-                f"{', whole' if integer else ''})"] if bad else []
+        bad = [
+            v
+            for v in dist["values"]
+            if isinstance(v, (str, bool)) or not legal(v) or (integer and not float(v).is_integer())
+        ]
+        return (
+            [
+                f"{key}.values={list(dist['values'])}: {bad[0]} is not a legal {name} (must be {legal_text}"
+                f"{', whole' if integer else ''})"
+            ]
+            if bad
+            else []
+        )
     if integer and kind in ("uniform", "loguniform", "normal", "lognormal"):
         return [f"{key}={describe(dist)}: {name} is a whole number; use choice, randint or q{kind} with a whole q"]
     if integer and "q" in dist and not float(dist["q"]).is_integer():
@@ -209,10 +241,13 @@ def _value_problems(name: str, key: str, dist: Mapping[str, Any], model_names: L
     if not outside:
         return []
     if math.isinf(outside[0]):
-        return [f"{key}={describe(dist)}: {kind} is unbounded {'below' if outside[0] < 0 else 'above'}, but {name} "
-                f"must be {legal_text}; use a bounded distribution (choice, uniform, loguniform)"]
-    return [f"{key}={describe(dist)}: can sample {outside[0]:g}, but {name} must be {legal_text}; "
-            "narrow the distribution"]
+        return [
+            f"{key}={describe(dist)}: {kind} is unbounded {'below' if outside[0] < 0 else 'above'}, but {name} "
+            f"must be {legal_text}; use a bounded distribution (choice, uniform, loguniform)"
+        ]
+    return [
+        f"{key}={describe(dist)}: can sample {outside[0]:g}, but {name} must be {legal_text}; narrow the distribution"
+    ]
 
 
 def describe(dist: Mapping[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """The optuna study behind a local sweep: opened (or resumed) with a fingerprint that a resume must match, its
 sampler reseeded past the trials already run, and the trials a dead sweep left RUNNING failed and enqueued again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,11 +22,20 @@ from finetune.search.reporting import open_storage
 def study_fingerprint(plan: RunPlan) -> dict:
     """What makes two sweeps the same sweep (limits may change between resumes; these may not)."""
     search = plan.search
-    return json.loads(json.dumps({
-        "sampling": search.sampling, "seed": search.seed, "space": search.space,
-        "policy": dataclasses.asdict(search.policy), "primary_metric": search.primary_metric, "goal": search.goal,
-        "model": plan.model.path or plan.model.hub_id,
-    }, sort_keys=True))
+    return json.loads(
+        json.dumps(
+            {
+                "sampling": search.sampling,
+                "seed": search.seed,
+                "space": search.space,
+                "policy": dataclasses.asdict(search.policy),
+                "primary_metric": search.primary_metric,
+                "goal": search.goal,
+                "model": plan.model.path or plan.model.hub_id,
+            },
+            sort_keys=True,
+        )
+    )
 
 
 def open_study(plan: RunPlan, storage_url: str, sweep_dir: Path):
@@ -40,11 +50,18 @@ def open_study(plan: RunPlan, storage_url: str, sweep_dir: Path):
     fingerprint = study_fingerprint(plan)
     if recorded is not None and recorded != fingerprint:
         changed = sorted(k for k in fingerprint if fingerprint[k] != recorded.get(k))
-        raise UserError(f"{sweep_dir}: holds a sweep with another {', '.join(changed)}; resume it with the same "
-                        "search config, or use another run_name (or delete that folder) for a new sweep")
-    study = optuna.create_study(storage=storage, study_name=plan.name, direction=search.goal,
-                                sampler=sampler(plan, search.seed + earlier),
-                                pruner=build_pruner(search.policy, search.goal), load_if_exists=True)
+        raise UserError(
+            f"{sweep_dir}: holds a sweep with another {', '.join(changed)}; resume it with the same "
+            "search config, or use another run_name (or delete that folder) for a new sweep"
+        )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=plan.name,
+        direction=search.goal,
+        sampler=sampler(plan, search.seed + earlier),
+        pruner=build_pruner(search.policy, search.goal),
+        load_if_exists=True,
+    )
     if recorded is None:
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("policy", dataclasses.asdict(search.policy))

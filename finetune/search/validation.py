@@ -2,6 +2,7 @@
 
 Runs on every plan, so it imports only the standard library and the config modules.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Tuple
@@ -14,7 +15,6 @@ from finetune.selection.metrics import LOWER_IS_BETTER, metric_names, unprefixed
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
-
 
 
 def primary_metrics(task: str) -> Tuple[str, ...]:
@@ -35,8 +35,10 @@ def objective_problems(plan: "RunPlan") -> List[str]:
             return [f"search.primary_metric={metric}: lower is better; set search.goal=minimize"]
         return []
     if metric in primary_metrics("multi_label"):
-        return [f"search.primary_metric={metric}: training logs it for multi-label data only, and this data is "
-                f"single-label; use one of {', '.join(legal)}"]
+        return [
+            f"search.primary_metric={metric}: training logs it for multi-label data only, and this data is "
+            f"single-label; use one of {', '.join(legal)}"
+        ]
     return [f"search.primary_metric={metric}: training does not log it; use one of {', '.join(legal)}"]
 
 
@@ -47,17 +49,22 @@ def check_search(plan: "RunPlan") -> List[str]:
     if search.sampling == "none":
         problems = []
         if search.space:
-            problems.append(f"search.space={sorted(search.space)}: search.sampling=none runs no sweep; "
-                            "use search=bandit (or random, grid, bayesian) to search these")
+            problems.append(
+                f"search.space={sorted(search.space)}: search.sampling=none runs no sweep; "
+                "use search=bandit (or random, grid, bayesian) to search these"
+            )
         if search.policy.type != "none":
-            problems.append(f"search.policy.type={search.policy.type}: search.sampling=none runs no sweep; "
-                            "use search=bandit")
+            problems.append(
+                f"search.policy.type={search.policy.type}: search.sampling=none runs no sweep; use search=bandit"
+            )
         return problems
 
     problems = []
     if not search.space:
-        problems.append("search.space={}: a sweep needs at least one dimension; "
-                        "e.g. search.space.learning_rate='tag(log,interval(1e-5,1e-4))'")
+        problems.append(
+            "search.space={}: a sweep needs at least one dimension; "
+            "e.g. search.space.learning_rate='tag(log,interval(1e-5,1e-4))'"
+        )
     problems += space_problems(search.space, search.sampling, model_config_names())
     problems += policy_problems(search.policy, search.sampling)
     problems += objective_problems(plan)
@@ -68,9 +75,13 @@ def check_search(plan: "RunPlan") -> List[str]:
         value = getattr(limits, name)
         if value is not None and value < 1:
             unit = " (seconds)" if "timeout" in name else ""
-            problems.append(f"search.limits.{name}={value}: must be >= 1{unit}"
-                            + ("; or null for none" if "timeout" in name else ""))
+            problems.append(
+                f"search.limits.{name}={value}: must be >= 1{unit}"
+                + ("; or null for none" if "timeout" in name else "")
+            )
     if limits.max_concurrent_trials > limits.max_total_trials >= 1:
-        problems.append(f"search.limits.max_concurrent_trials={limits.max_concurrent_trials}: more than "
-                        f"max_total_trials={limits.max_total_trials}; set it <= {limits.max_total_trials}")
+        problems.append(
+            f"search.limits.max_concurrent_trials={limits.max_concurrent_trials}: more than "
+            f"max_total_trials={limits.max_total_trials}; set it <= {limits.max_total_trials}"
+        )
     return problems

@@ -24,6 +24,7 @@ The candidate is a scikit-learn Pipeline (TF-IDF -> estimator) pickled with jobl
 scikit-learn and the estimator's library (LightGBM/XGBoost), not FLAML. The AML AutoML job is built in
 the AML launcher; this module is the local counterpart.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ def check_config(automl: AutomlConfig) -> list[str]:
     problems = []
     unknown = [name for name in automl.estimators if name not in ESTIMATORS]
     if unknown:
-        problems.append(f"automl.estimators={list(automl.estimators)}: unknown {unknown}; "
-                        f"choose from {', '.join(ESTIMATORS)}")
+        problems.append(
+            f"automl.estimators={list(automl.estimators)}: unknown {unknown}; choose from {', '.join(ESTIMATORS)}"
+        )
     if not automl.estimators:
         problems.append("automl.estimators=[]: name at least one learner")
     if automl.time_budget_s <= 0:
@@ -122,11 +124,17 @@ def features(max_features: int):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
-    return FeatureUnion([
-        ("words", TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, sublinear_tf=True)),
-        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, max_features=max_features,
-                                  sublinear_tf=True)),
-    ])
+    return FeatureUnion(
+        [
+            ("words", TfidfVectorizer(ngram_range=(1, 2), max_features=max_features, sublinear_tf=True)),
+            (
+                "chars",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=CHAR_NGRAMS, max_features=max_features, sublinear_tf=True
+                ),
+            ),
+        ]
+    )
 
 
 def one_liner():
@@ -135,13 +143,20 @@ def one_liner():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion, Pipeline
 
-    return Pipeline([
-        ("tfidf", FeatureUnion([
-            ("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
-            ("chars", TfidfVectorizer(analyzer="char", ngram_range=CHAR_NGRAMS, sublinear_tf=True)),
-        ])),
-        ("model", LogisticRegression(max_iter=2000)),
-    ])
+    return Pipeline(
+        [
+            (
+                "tfidf",
+                FeatureUnion(
+                    [
+                        ("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+                        ("chars", TfidfVectorizer(analyzer="char", ngram_range=CHAR_NGRAMS, sublinear_tf=True)),
+                    ]
+                ),
+            ),
+            ("model", LogisticRegression(max_iter=2000)),
+        ]
+    )
 
 
 def balanced_baseline(task: str):
@@ -171,10 +186,20 @@ def _fold_aucs(pipeline, texts: list[str], y, splitter, multiclass: bool, sample
     from sklearn.utils.validation import has_fit_parameter
 
     final_step = pipeline.steps[-1][1]
-    params = ({"model__sample_weight": sample_weight}
-              if sample_weight is not None and has_fit_parameter(final_step, "sample_weight") else None)
-    return cross_val_score(pipeline, texts, y, cv=splitter, n_jobs=1, params=params,
-                           scoring="roc_auc_ovr_weighted" if multiclass else "roc_auc")
+    params = (
+        {"model__sample_weight": sample_weight}
+        if sample_weight is not None and has_fit_parameter(final_step, "sample_weight")
+        else None
+    )
+    return cross_val_score(
+        pipeline,
+        texts,
+        y,
+        cv=splitter,
+        n_jobs=1,
+        params=params,
+        scoring="roc_auc_ovr_weighted" if multiclass else "roc_auc",
+    )
 
 
 def clearly_better(challenger, incumbent) -> bool:
@@ -212,14 +237,19 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # FLAML's log goes there before the model does
-    print(f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s, "
-          f"{automl_cfg.cv_folds}-fold CV on {len(train_texts)} train texts ...", flush=True)
+    print(
+        f"{DESCRIPTION}: {', '.join(automl_cfg.estimators)} for {automl_cfg.time_budget_s} s, "
+        f"{automl_cfg.cv_folds}-fold CV on {len(train_texts)} train texts ...",
+        flush=True,
+    )
     started = time.time()
     y_train = np.asarray(train_y)
     folds = min(automl_cfg.cv_folds, int(train_counts.min()))
     if folds < 2:
-        raise UserError(f"{data.train_path}: a class has a single training example; cross-validation needs "
-                        "two per class (more data, or fewer classes)")
+        raise UserError(
+            f"{data.train_path}: a class has a single training example; cross-validation needs "
+            "two per class (more data, or fewer classes)"
+        )
     multiclass = len(labels) > 2
     # Other folds than FLAML's (its seed), so that neither score is the one a search was ranked on.
     fresh_folds = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + 1)
@@ -238,7 +268,8 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     automl = AutoML()
     with _QuietFlaml(out_dir / "flaml.log"):
         automl.fit(
-            X_train=x_train, y_train=y_train,
+            X_train=x_train,
+            y_train=y_train,
             sample_weight=sample_weight,
             task="classification",
             metric="roc_auc_ovr_weighted" if multiclass else "roc_auc",
@@ -259,9 +290,14 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
     search_auc = None if automl.model is None else 1.0 - float(automl.best_loss)
     flaml_aucs = None
     if automl.model is not None:
-        flaml_aucs = _fold_aucs(Pipeline([("tfidf", features(automl_cfg.max_features)),
-                                          ("model", clone(automl.model.estimator))]),
-                                train_texts, y_train, fresh_folds, multiclass, sample_weight)
+        flaml_aucs = _fold_aucs(
+            Pipeline([("tfidf", features(automl_cfg.max_features)), ("model", clone(automl.model.estimator))]),
+            train_texts,
+            y_train,
+            fresh_folds,
+            multiclass,
+            sample_weight,
+        )
     if flaml_aucs is not None and clearly_better(flaml_aucs, anchor_aucs):
         # The bare estimator, not FLAML's wrapper: the pickle then loads without FLAML installed. Every
         # class is in train and y holds ids, so predict_proba's columns are the label ids in order.
@@ -273,43 +309,67 @@ def run_automl(data, automl_cfg: AutomlConfig, out_dir: Path, seed: int, class_w
         best_estimator, best_config = ONE_LINER, {"C": 1.0}
     anchor_auc = float(anchor_aucs.mean())
     flaml_auc = None if flaml_aucs is None else float(flaml_aucs.mean())
-    candidate = _save(pipeline, out_dir, {"labels": labels}, {
-        "best_estimator": best_estimator,
-        "best_config": best_config,
-        # Mean AUC over the fresh folds of train (what the choice was made on), and FLAML's own figure.
-        "cv_auc": {"one_liner": round(anchor_auc, 4),
-                   "flaml": None if flaml_auc is None else round(flaml_auc, 4),
-                   "flaml_search": None if search_auc is None else round(search_auc, 4),
-                   "folds": {"one_liner": [round(float(x), 4) for x in anchor_aucs],
-                             "flaml": None if flaml_aucs is None else [round(float(x), 4) for x in flaml_aucs]}},
-        "val": classification_metrics(val_y, pipeline.predict_proba(val_texts)),
-        "time_budget_s": automl_cfg.time_budget_s,
-        "duration_s": round(time.time() - started, 1),
-        "description": DESCRIPTION,
-    })
-    verdict = ("no FLAML trial finished" if flaml_auc is None else
-               f"FLAML's {automl.best_estimator} {flaml_auc:.4f}"
-               + ("" if best_estimator != ONE_LINER else ", not better by one standard error"))
-    print(f"{DESCRIPTION}: best {best_estimator} (fresh-fold CV AUC: one-liner {anchor_auc:.4f}, {verdict}), "
-          f"val auc_weighted {candidate['val']['auc_weighted']:.4f} (FLAML log: {out_dir / 'flaml.log'})", flush=True)
+    candidate = _save(
+        pipeline,
+        out_dir,
+        {"labels": labels},
+        {
+            "best_estimator": best_estimator,
+            "best_config": best_config,
+            # Mean AUC over the fresh folds of train (what the choice was made on), and FLAML's own figure.
+            "cv_auc": {
+                "one_liner": round(anchor_auc, 4),
+                "flaml": None if flaml_auc is None else round(flaml_auc, 4),
+                "flaml_search": None if search_auc is None else round(search_auc, 4),
+                "folds": {
+                    "one_liner": [round(float(x), 4) for x in anchor_aucs],
+                    "flaml": None if flaml_aucs is None else [round(float(x), 4) for x in flaml_aucs],
+                },
+            },
+            "val": classification_metrics(val_y, pipeline.predict_proba(val_texts)),
+            "time_budget_s": automl_cfg.time_budget_s,
+            "duration_s": round(time.time() - started, 1),
+            "description": DESCRIPTION,
+        },
+    )
+    verdict = (
+        "no FLAML trial finished"
+        if flaml_auc is None
+        else f"FLAML's {automl.best_estimator} {flaml_auc:.4f}"
+        + ("" if best_estimator != ONE_LINER else ", not better by one standard error")
+    )
+    print(
+        f"{DESCRIPTION}: best {best_estimator} (fresh-fold CV AUC: one-liner {anchor_auc:.4f}, {verdict}), "
+        f"val auc_weighted {candidate['val']['auc_weighted']:.4f} (FLAML log: {out_dir / 'flaml.log'})",
+        flush=True,
+    )
     return candidate
 
 
 def _run_multi_label(labels, train_texts, train_y, val_texts, val_y, out_dir: Path) -> dict:
     """The multi-label candidate: :func:`one_vs_rest` fitted on train (see the module docstring)."""
-    print(f"{MULTI_LABEL_DESCRIPTION}: C={OVR_C:g}, {len(train_texts)} train texts, {len(labels)} labels ...",
-          flush=True)
+    print(
+        f"{MULTI_LABEL_DESCRIPTION}: C={OVR_C:g}, {len(train_texts)} train texts, {len(labels)} labels ...", flush=True
+    )
     started = time.time()
     pipeline = one_vs_rest().fit(train_texts, train_y)
-    candidate = _save(pipeline, out_dir, {"task": "multi_label", "labels": labels}, {
-        "best_estimator": ONE_VS_REST,
-        "best_config": {"C": OVR_C},
-        "val": multi_label_metrics(val_y, pipeline.predict_proba(val_texts)),
-        "duration_s": round(time.time() - started, 1),
-        "description": MULTI_LABEL_DESCRIPTION,
-    })
-    print(f"{MULTI_LABEL_DESCRIPTION}: {ONE_VS_REST}, val f1_micro {candidate['val']['f1_micro']:.4f} at 0.5 in "
-          f"{candidate['duration_s']:.0f} s", flush=True)
+    candidate = _save(
+        pipeline,
+        out_dir,
+        {"task": "multi_label", "labels": labels},
+        {
+            "best_estimator": ONE_VS_REST,
+            "best_config": {"C": OVR_C},
+            "val": multi_label_metrics(val_y, pipeline.predict_proba(val_texts)),
+            "duration_s": round(time.time() - started, 1),
+            "description": MULTI_LABEL_DESCRIPTION,
+        },
+    )
+    print(
+        f"{MULTI_LABEL_DESCRIPTION}: {ONE_VS_REST}, val f1_micro {candidate['val']['f1_micro']:.4f} at 0.5 in "
+        f"{candidate['duration_s']:.0f} s",
+        flush=True,
+    )
     return candidate
 
 
@@ -319,13 +379,18 @@ def _train_and_val(data, labels: list, task: str):
     import numpy as np
 
     train, val = (read_targets(path, labels, task) for path in (data.train_path, data.val_path))
-    counts = (np.asarray(train[1]).sum(axis=0) if task == "multi_label"
-              else np.bincount(np.asarray(train[1], dtype=np.int64), minlength=len(labels)))
+    counts = (
+        np.asarray(train[1]).sum(axis=0)
+        if task == "multi_label"
+        else np.bincount(np.asarray(train[1], dtype=np.int64), minlength=len(labels))
+    )
     missing = [label for label, count in zip(labels, counts) if count == 0]
     if missing:
         unit = "label" if task == "multi_label" else "class"
-        raise UserError(f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
-                        f"{unit} in the train split")
+        raise UserError(
+            f"{data.train_path}: no training example of {missing}; the AutoML baseline needs every "
+            f"{unit} in the train split"
+        )
     return train, val, counts
 
 
@@ -337,9 +402,18 @@ def _save(pipeline, out_dir: Path, model_info: dict, result: dict) -> dict:
     model_dir = out_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipeline, model_dir / "model.joblib")
-    (model_dir / "candidate.json").write_text(json.dumps(
-        {"family": "automl", **model_info, "best_estimator": result["best_estimator"],
-         "config": result["best_config"], "description": result["description"]}, indent=2))
+    (model_dir / "candidate.json").write_text(
+        json.dumps(
+            {
+                "family": "automl",
+                **model_info,
+                "best_estimator": result["best_estimator"],
+                "config": result["best_config"],
+                "description": result["description"],
+            },
+            indent=2,
+        )
+    )
     candidate = {"family": "automl", "path": str(model_dir), **result}
     (out_dir / "result.json").write_text(json.dumps(candidate, indent=2))
     return candidate

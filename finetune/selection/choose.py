@@ -12,6 +12,7 @@ Ties are broken explicitly, so the same scores always give the same verdict:
 Scores tie when equal as floats; scoring is deterministic on one machine, so a re-scored copy of the
 same model ties exactly, and near-ties with production are the margin's business.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,24 +48,32 @@ SELECTABLE = tuple(name for name in MULTI_LABEL_METRIC_NAMES + NER_METRIC_NAMES 
 BATCH_SIZE = 32  # texts per forward pass
 CHUNK = 512  # texts per tokenizer call
 # What the comparison table shows beside the selection metric, where a task differs from single-label's.
-TABLE_COLUMNS = {"multi_label": ("f1_micro", "f1_macro", "auc_weighted"),
-                 "ner": ("precision_entity", "recall_entity", "f1_macro_entity")}
+TABLE_COLUMNS = {
+    "multi_label": ("f1_micro", "f1_macro", "auc_weighted"),
+    "ner": ("precision_entity", "recall_entity", "f1_macro_entity"),
+}
 
 
 def check_config(select_cfg, task: str = "auto") -> list[str]:
     """Problems with the select settings for ``task`` (auto: the data stage decides)."""
     problems = check_decision(select_cfg.decision_metric, select_cfg.multiclass_rule, task)
     if select_cfg.margin < 0:
-        problems.append(f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
-                        "production with a worse model)")
+        problems.append(
+            f"select.margin={select_cfg.margin}: must be >= 0 (a negative margin would replace "
+            "production with a worse model)"
+        )
     if select_cfg.metric not in SELECTABLE:
-        problems.append(f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)} (and for "
-                        f"multi-label data {', '.join(n for n in MULTI_LABEL_METRIC_NAMES if n not in METRIC_NAMES + LOWER_IS_BETTER)}; "
-                        f"for NER {', '.join(NER_METRIC_NAMES)})")
+        problems.append(
+            f"select.metric={select_cfg.metric}: unknown; use one of {', '.join(METRIC_NAMES)} (and for "
+            f"multi-label data {', '.join(n for n in MULTI_LABEL_METRIC_NAMES if n not in METRIC_NAMES + LOWER_IS_BETTER)}; "
+            f"for NER {', '.join(NER_METRIC_NAMES)})"
+        )
     elif task != "auto" and (task == "ner") != (select_cfg.metric in NER_METRIC_NAMES):
         # Entity metrics exist for NER only, and NER has no other: refused now, not after training.
-        problems.append(f"select.metric={select_cfg.metric}: not a metric of {task} data; use one of "
-                        f"{', '.join(name for name in metric_names(task) if name not in LOWER_IS_BETTER)}")
+        problems.append(
+            f"select.metric={select_cfg.metric}: not a metric of {task} data; use one of "
+            f"{', '.join(name for name in metric_names(task) if name not in LOWER_IS_BETTER)}"
+        )
     return problems
 
 
@@ -91,7 +100,7 @@ def scorer_proba(scorer, texts) -> "numpy.ndarray":
 
     texts = list(texts)
     # The scorer tokenizes a request at once; chunks keep a large split's padded tensors small.
-    chunks = [scorer.predict_proba(texts[start:start + CHUNK]) for start in range(0, len(texts), CHUNK)]
+    chunks = [scorer.predict_proba(texts[start : start + CHUNK]) for start in range(0, len(texts), CHUNK)]
     return np.concatenate(chunks) if chunks else np.zeros((0, len(scorer.labels)))
 
 
@@ -100,9 +109,17 @@ def predict_proba(candidate_dir, texts) -> "numpy.ndarray":
     return scorer_proba(load_scorer(candidate_dir), texts)
 
 
-def evaluate(candidates: dict, test_csv, labels: list[str], proba_dir: Optional[Path] = None, *,
-             val_csv=None, settings: Optional[DecisionSettings] = None, keep_rule=(),
-             task: str = "single_label") -> dict:
+def evaluate(
+    candidates: dict,
+    test_csv,
+    labels: list[str],
+    proba_dir: Optional[Path] = None,
+    *,
+    val_csv=None,
+    settings: Optional[DecisionSettings] = None,
+    keep_rule=(),
+    task: str = "single_label",
+) -> dict:
     """Score each candidate folder on the test split at its decision rule: ``{name: {"family", "decision",
     "test", "test_argmax"}}`` (``decision``: the rule as candidate.json has it).
 
@@ -163,9 +180,11 @@ def test_at_rule(y_true, proba, labels: list[str], task: str, rule: DecisionRule
     argmax, or 0.5 per label) of test-split probabilities: one candidate's entry of :func:`evaluate`, wherever its
     probabilities came from."""
     shipped = rule.to_dict()
-    return {"decision": shipped,
-            "test": task_metrics(task, y_true, proba, decide(proba, labels, shipped), labels=labels),
-            "test_argmax": task_metrics(task, y_true, proba, labels=labels)}
+    return {
+        "decision": shipped,
+        "test": task_metrics(task, y_true, proba, decide(proba, labels, shipped), labels=labels),
+        "test_argmax": task_metrics(task, y_true, proba, labels=labels),
+    }
 
 
 def _score(entry: dict, metric: str) -> float:
@@ -173,8 +192,13 @@ def _score(entry: dict, metric: str) -> float:
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
-           production_name: Optional[str] = None, task: str = "single_label") -> SelectionResult:
+def choose(
+    results: dict,
+    metric: str = "auc_weighted",
+    margin: float = 0.0,
+    production_name: Optional[str] = None,
+    task: str = "single_label",
+) -> SelectionResult:
     """Pick the model to ship from :func:`evaluate` results (its ``to_dict()`` is the ``selection`` section).
 
     The :class:`Verdict` is ``REGISTER`` (a new model: the best new candidate, which beats production by more
@@ -204,27 +228,44 @@ def choose(results: dict, metric: str = "auc_weighted", margin: float = 0.0,
         reason = "no new candidate could be scored; the production model stays"
     elif not has_production:
         verdict, winner = Verdict.REGISTER, new[0]
-        reason = (f"{new[0]} has the best test {metric} ({_score(scored[new[0]], metric):.4f}); "
-                  + (f"the production model could not be scored ({failed[production_name]})"
-                     if production_name in failed else "there is no production model yet"))
+        reason = f"{new[0]} has the best test {metric} ({_score(scored[new[0]], metric):.4f}); " + (
+            f"the production model could not be scored ({failed[production_name]})"
+            if production_name in failed
+            else "there is no production model yet"
+        )
     else:
         best, current = _score(scored[new[0]], metric), _score(scored[production_name], metric)
         if best > current + margin:
             verdict, winner = Verdict.REGISTER, new[0]
-            reason = (f"{new[0]} beats production on test {metric}: {best:.4f} > {current:.4f} "
-                      f"+ margin {margin:g}")
+            reason = f"{new[0]} beats production on test {metric}: {best:.4f} > {current:.4f} + margin {margin:g}"
         else:
             verdict, winner = Verdict.KEEP_PRODUCTION, production_name
-            reason = (f"best new candidate {new[0]} ({best:.4f}) does not beat production ({current:.4f}) "
-                      f"by more than the margin {margin:g} on test {metric}; nothing is deployed")
+            reason = (
+                f"best new candidate {new[0]} ({best:.4f}) does not beat production ({current:.4f}) "
+                f"by more than the margin {margin:g} on test {metric}; nothing is deployed"
+            )
 
-    table = [SelectionRow(candidate=name, family=family(name), test=scored[name]["test"],
-                          decision=recorded_rule(scored[name].get("decision")),
-                          **{key: scored[name].get(key) for key in ("test_argmax", "test_proba", "test_labels")})
-             for name in ranked]
+    table = [
+        SelectionRow(
+            candidate=name,
+            family=family(name),
+            test=scored[name]["test"],
+            decision=recorded_rule(scored[name].get("decision")),
+            **{key: scored[name].get(key) for key in ("test_argmax", "test_proba", "test_labels")},
+        )
+        for name in ranked
+    ]
     table += [SelectionRow(candidate=name, family=family(name), error=error) for name, error in failed.items()]
-    selection = SelectionResult(metric=metric, task=task, margin=margin, production=production_name, table=table,
-                                winner=winner, verdict=verdict, reason=reason)
+    selection = SelectionResult(
+        metric=metric,
+        task=task,
+        margin=margin,
+        production=production_name,
+        table=table,
+        winner=winner,
+        verdict=verdict,
+        reason=reason,
+    )
     print(format_table(selection), flush=True)
     return selection
 
@@ -238,16 +279,21 @@ def format_table(selection: SelectionResult) -> str:
     rows = []
     for row in selection.table:
         name = row.candidate + (" *" if row.candidate == selection.winner else "")
-        cells = ([f"failed: {row.error}"] if row.error is not None
-                 else [f"{row.test[c]:.4f}" for c in columns] + [describe(row.decision)])
+        cells = (
+            [f"failed: {row.error}"]
+            if row.error is not None
+            else [f"{row.test[c]:.4f}" for c in columns] + [describe(row.decision)]
+        )
         rows.append([name, str(row.family or "?"), *cells])
     # The last cell of a row is not padded, so an error message does not widen the metric columns.
     widths = [len(cell) for cell in header]
     for row in rows:
         for i, cell in enumerate(row[:-1]):
             widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
+        for row in [header, *rows]
+    ]
     return "\n".join(lines + [f"decision: {selection.verdict} ({selection.reason})"])
 
 
@@ -264,9 +310,14 @@ def check_production_labels(production, labels: list[str], replace_incompatible:
     if sorted(theirs) == sorted(labels):
         return production
     if replace_incompatible:
-        print(f"production model {production.name} version {production.version} has labels {theirs}, this "
-              f"run's are {labels}; select.replace_incompatible=true: it will be replaced", flush=True)
+        print(
+            f"production model {production.name} version {production.version} has labels {theirs}, this "
+            f"run's are {labels}; select.replace_incompatible=true: it will be replaced",
+            flush=True,
+        )
         return None
-    raise UserError(f"production model '{production.name}' (version {production.version}) has labels {theirs}, "
-                    f"this run's data has {labels}; register under another name (select.registered_model_name=...) "
-                    "or replace it on purpose with select.replace_incompatible=true")
+    raise UserError(
+        f"production model '{production.name}' (version {production.version}) has labels {theirs}, "
+        f"this run's data has {labels}; register under another name (select.registered_model_name=...) "
+        "or replace it on purpose with select.replace_incompatible=true"
+    )

@@ -5,6 +5,7 @@ probabilities become labels: :class:`DecisionRule`), the select settings that ru
 (:class:`DecisionSettings`), and what selection concludes about production (:class:`Verdict`). This module
 loads no third-party library, so the plan's results and the AML step files can hold them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,11 @@ class DecisionSettings:
     @classmethod
     def of(cls, select_cfg, data_info: dict) -> "DecisionSettings":
         """From the select config and the prepared data's summary (``splits.train.class_counts``)."""
-        return cls(metric=select_cfg.decision_metric, multiclass_rule=select_cfg.multiclass_rule,
-                   train_counts=data_info.get("splits", {}).get("train", {}).get("class_counts"))
+        return cls(
+            metric=select_cfg.decision_metric,
+            multiclass_rule=select_cfg.multiclass_rule,
+            train_counts=data_info.get("splits", {}).get("train", {}).get("class_counts"),
+        )
 
 
 class Verdict(str, Enum):

@@ -5,6 +5,7 @@ never from labels: a label-based AUC only measures one threshold. Every other me
 decision: the predicted labels ``y_pred`` (selection passes the labels of the candidate's shipped decision
 rule, :func:`finetune.serve.score.decide`; training's per-evaluation figures use argmax).
 """
+
 from __future__ import annotations
 
 import re
@@ -76,8 +77,9 @@ def decision_metrics(y_true, y_pred, n_classes: int) -> Dict[str, float]:
     return result
 
 
-def classification_metrics(y_true: Sequence[int], proba, y_pred: Optional[Sequence[int]] = None,
-                           labels: Optional[Sequence[str]] = None) -> Dict[str, float]:
+def classification_metrics(
+    y_true: Sequence[int], proba, y_pred: Optional[Sequence[int]] = None, labels: Optional[Sequence[str]] = None
+) -> Dict[str, float]:
     """Metrics of class probabilities `proba` (n_samples x n_classes) and decided label ids `y_pred`
     (default: argmax) against label ids `y_true`; with the class names `labels`, also per-class precision,
     recall and F1 (``recall.<label>``...)."""
@@ -131,19 +133,23 @@ def multi_label_metrics(y_true, proba, y_pred=None, labels: Optional[Sequence[st
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     y_pred = (proba >= 0.5).astype(np.int64) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
-    result = {"accuracy": float((y_true == y_pred).all(axis=1).mean()) if len(y_true) else float("nan"),
-              "hamming_loss": float((y_true != y_pred).mean()) if y_true.size else float("nan")}
+    result = {
+        "accuracy": float((y_true == y_pred).all(axis=1).mean()) if len(y_true) else float("nan"),
+        "hamming_loss": float((y_true != y_pred).mean()) if y_true.size else float("nan"),
+    }
     for average in ("micro", "macro", "weighted"):
         precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
-        result.update({f"precision_{average}": float(precision), f"recall_{average}": float(recall),
-                       f"f1_{average}": float(f1)})
+        result.update(
+            {f"precision_{average}": float(precision), f"recall_{average}": float(recall), f"f1_{average}": float(f1)}
+        )
     # A label no text has (or every text has) has no AUC: those labels are left out of the averages.
     positives = y_true.sum(axis=0)
     ranked = (positives > 0) & (positives < len(y_true))
     if ranked.any():
         result["auc_weighted"] = float(roc_auc_score(y_true[:, ranked], proba[:, ranked], average="weighted"))
         result["average_precision_weighted"] = float(
-            average_precision_score(y_true[:, ranked], proba[:, ranked], average="weighted"))
+            average_precision_score(y_true[:, ranked], proba[:, ranked], average="weighted")
+        )
         result["auc_micro"] = float(roc_auc_score(y_true[:, ranked], proba[:, ranked], average="micro"))
     else:
         result["auc_weighted"] = result["average_precision_weighted"] = result["auc_micro"] = float("nan")

@@ -21,6 +21,7 @@ class (a model with a good AUC can do that on imbalanced data), so each candidat
 
 The rule is applied by :func:`finetune.serve.score.decide`, the function the endpoint runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -55,12 +56,17 @@ def check_config(metric: str, multiclass_rule: str, task: str = "auto") -> List[
 
 
 def _metric_problems(metric: str, task: str) -> List[str]:
-    allowed = {"single_label": DECISION_METRICS, "multi_label": MULTI_LABEL_DECISION_METRICS,
-               "auto": DECISION_METRICS + ("f1_micro",)}.get(task, DECISION_METRICS)
+    allowed = {
+        "single_label": DECISION_METRICS,
+        "multi_label": MULTI_LABEL_DECISION_METRICS,
+        "auto": DECISION_METRICS + ("f1_micro",),
+    }.get(task, DECISION_METRICS)
     if metric in allowed:
         return []
-    return [f"select.decision_metric={metric}: unknown or not a metric of decided labels"
-            f"{' for multi-label data' if task == 'multi_label' else ''}; use one of {', '.join(allowed)}"]
+    return [
+        f"select.decision_metric={metric}: unknown or not a metric of decided labels"
+        f"{' for multi-label data' if task == 'multi_label' else ''}; use one of {', '.join(allowed)}"
+    ]
 
 
 def _require(metric: str, task: str):
@@ -77,8 +83,14 @@ def choose_rule(y_val, proba_val, labels: Sequence[str], task: str, settings: De
     return choose_decision(y_val, proba_val, labels, settings.metric, settings.multiclass_rule, settings.train_counts)
 
 
-def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metric: str = "f1_macro",
-                    multiclass_rule: str = "auto", train_counts: Dict[str, int] | None = None) -> DecisionRule:
+def choose_decision(
+    y_val: Sequence[int],
+    proba_val,
+    labels: Sequence[str],
+    metric: str = "f1_macro",
+    multiclass_rule: str = "auto",
+    train_counts: Dict[str, int] | None = None,
+) -> DecisionRule:
     """The single-label rule that maximises ``metric`` on val, with its val figures (see :class:`DecisionRule`)."""
     import numpy as np
 
@@ -104,9 +116,12 @@ def choose_decision(y_val: Sequence[int], proba_val, labels: Sequence[str], metr
         priors = counts / counts.sum()
         tried = []
         for strength in PRIOR_STRENGTHS:
-            weights = priors ** -strength
-            decision = DecisionRule("class_weights", prior_strength=strength,
-                                    weights={label: round(float(w / weights.max()), 6) for label, w in zip(labels, weights)})
+            weights = priors**-strength
+            decision = DecisionRule(
+                "class_weights",
+                prior_strength=strength,
+                weights={label: round(float(w / weights.max()), 6) for label, w in zip(labels, weights)},
+            )
             tried.append((score(decision), strength, decision))
         value, _, decision = max(tried, key=lambda item: (item[0], -item[1]))
         if multiclass_rule == "prior_correction" or value > best_value:
@@ -135,8 +150,9 @@ def choose_label_thresholds(y_val, proba_val, labels: Sequence[str], metric: str
         thresholds[column] = _middle_of_best(cuts, _f1_at_cuts(truth, scores, cuts))
     if metric == "f1_micro":
         thresholds = _pooled_f1_thresholds(y_val, proba_val, thresholds, tunable)
-    decision = DecisionRule("per_label_thresholds",
-                            thresholds={str(label): float(value) for label, value in zip(labels, thresholds)})
+    decision = DecisionRule(
+        "per_label_thresholds", thresholds={str(label): float(value) for label, value in zip(labels, thresholds)}
+    )
     at_rule = multi_label_metrics(y_val, proba_val, decide(proba_val, list(labels), decision.to_dict()))[metric]
     at_half = multi_label_metrics(y_val, proba_val)[metric]
     return decision.with_val(metric, at_rule, at_half)
@@ -220,8 +236,12 @@ def _best_threshold(y_val, proba_val, labels: List[str], metric: str, at_argmax:
 
     rule = DecisionRule("threshold", positive_label=labels[1])
     cuts = _cuts(proba_val[:, 1])
-    values = np.array([decision_metrics(y_val, decide(proba_val, labels, replace(rule, threshold=cut).to_dict()),
-                                        2)[metric] for cut in cuts])
+    values = np.array(
+        [
+            decision_metrics(y_val, decide(proba_val, labels, replace(rule, threshold=cut).to_dict()), 2)[metric]
+            for cut in cuts
+        ]
+    )
     # A share of 0 is the plain best cut (scripts/bench_threshold_rule.py compares with it).
     reach = max(1, round(SMOOTHING_SHARE * len(cuts))) if SMOOTHING_SHARE > 0 else 0
     # Past the ends every threshold gives the labels of the end itself.

@@ -9,9 +9,19 @@
 
 Importing this package loads the standard library only (torch and friends load in score.py's init()).
 """
+
 from finetune.serve.endpoint import LocalEndpoint, deploy_local
 from finetune.serve.entry_scripts import SCORE_SCRIPT
 from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, RolloutResult, rollout
 
-__all__ = ["SCORE_SCRIPT", "DeploymentResult", "InvokeError", "LocalEndpoint", "ModelRef", "RolloutError",
-           "RolloutResult", "deploy_local", "rollout"]
+__all__ = [
+    "SCORE_SCRIPT",
+    "DeploymentResult",
+    "InvokeError",
+    "LocalEndpoint",
+    "ModelRef",
+    "RolloutError",
+    "RolloutResult",
+    "deploy_local",
+    "rollout",
+]

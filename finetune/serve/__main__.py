@@ -4,6 +4,7 @@ The endpoint is the same :class:`~finetune.serve.endpoint.LocalEndpoint` the pip
 (azmlinfsrv running score.py behind a keyed router on 127.0.0.1), brought up through the same rollout,
 so what answers here is what answers on AML. User mistakes end as one line on stderr, exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,29 +47,53 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m finetune.serve",
         description="Serve a sentiment model locally with the AML inference server (azmlinfsrv) behind a "
-                    "key-authenticated router on 127.0.0.1, in the foreground; Ctrl-C stops every process. "
-                    "Prints the scoring URI, the key and an example curl.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", nargs="?", choices=("start", "stop", "status"), default="start",
-                        help="start (default): serve in the foreground; stop: stop every process of --endpoint "
-                             f"(default {SERVE_ENDPOINT}, this command's own); status: what runs there")
+        "key-authenticated router on 127.0.0.1, in the foreground; Ctrl-C stops every process. "
+        "Prints the scoring URI, the key and an example curl.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("start", "stop", "status"),
+        default="start",
+        help="start (default): serve in the foreground; stop: stop every process of --endpoint "
+        f"(default {SERVE_ENDPOINT}, this command's own); status: what runs there",
+    )
     source = parser.add_argument_group("what to serve (default: the registry's production model)")
     source.add_argument("--model-name", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
     source.add_argument("--model-version", help="registered version (default: the one aliased 'production')")
-    source.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db",
-                        help="MLflow tracking/registry store (default sqlite:///outputs/mlflow.db)")
-    source.add_argument("--model-dir", type=Path,
-                        help="serve this candidate folder (holding candidate.json) instead of a registered model")
-    source.add_argument("--endpoint", metavar="NAME",
-                        help="bring up the local endpoint NAME as `python -m finetune` left it (its deployments, "
-                             "traffic and key)")
-    parser.add_argument("--endpoints-dir", type=Path, default=Path("outputs/endpoints"),
-                        help="where local endpoints keep their state (default outputs/endpoints)")
-    parser.add_argument("--port", type=int,
-                        help=f"router port (default {DEFAULT_PORT}, also with --endpoint, so clients keep one URI; "
-                             "0 = a free port)")
-    parser.add_argument("--key", help="the key clients send as 'Authorization: Bearer <key>' "
-                                      "(default: generated; with --endpoint, the endpoint's own)")
+    source.add_argument(
+        "--tracking-uri",
+        default="sqlite:///outputs/mlflow.db",
+        help="MLflow tracking/registry store (default sqlite:///outputs/mlflow.db)",
+    )
+    source.add_argument(
+        "--model-dir",
+        type=Path,
+        help="serve this candidate folder (holding candidate.json) instead of a registered model",
+    )
+    source.add_argument(
+        "--endpoint",
+        metavar="NAME",
+        help="bring up the local endpoint NAME as `python -m finetune` left it (its deployments, traffic and key)",
+    )
+    parser.add_argument(
+        "--endpoints-dir",
+        type=Path,
+        default=Path("outputs/endpoints"),
+        help="where local endpoints keep their state (default outputs/endpoints)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"router port (default {DEFAULT_PORT}, also with --endpoint, so clients keep one URI; 0 = a free port)",
+    )
+    parser.add_argument(
+        "--key",
+        help="the key clients send as 'Authorization: Bearer <key>' "
+        "(default: generated; with --endpoint, the endpoint's own)",
+    )
     return parser
 
 
@@ -111,8 +136,9 @@ def bring_up(args: argparse.Namespace):
     if previous.running():
         raise UserError(f"another `python -m finetune.serve` is serving at {previous.scoring_uri}; stop it first")
     previous.delete()
-    endpoint = LocalEndpoint(SERVE_ENDPOINT, args.endpoints_dir, port=DEFAULT_PORT if args.port is None else args.port,
-                             key=args.key)
+    endpoint = LocalEndpoint(
+        SERVE_ENDPOINT, args.endpoints_dir, port=DEFAULT_PORT if args.port is None else args.port, key=args.key
+    )
     if args.model_dir:
         model = _local_model(args.model_dir)
     else:
@@ -143,13 +169,17 @@ def existing_endpoint(args: argparse.Namespace):
 
 def status_lines(status: dict) -> list[str]:
     router = status["router"]
-    lines = [f"endpoint {status['name']} ({status['state_file']})",
-             f"router: running, pid {router['pid']}, {router['scoring_uri']}" if router["running"] else "router: stopped"]
+    lines = [
+        f"endpoint {status['name']} ({status['state_file']})",
+        f"router: running, pid {router['pid']}, {router['scoring_uri']}" if router["running"] else "router: stopped",
+    ]
     for name, deployment in status["deployments"].items():
         model = deployment["model"] or {}
         state = f"running, pid {deployment['pid']}" if deployment["running"] else "stopped"
-        lines.append(f"deployment {name}: {state}, {deployment['traffic']}% traffic, "
-                     f"{model.get('name')} version {model.get('version')}")
+        lines.append(
+            f"deployment {name}: {state}, {deployment['traffic']}% traffic, "
+            f"{model.get('name')} version {model.get('version')}"
+        )
     for name, starting in status["starting"].items():
         lines.append(f"deployment {name}: starting, pid {starting['pid']} (started by pid {starting['by']})")
     lines += [f"recovered: {note}" for note in status["recovered"]]
@@ -177,9 +207,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             model = ModelRef(**record["model"])
             print(f"deployment {name} ({endpoint.traffic()[name]}%): {model} from {model.path}")
         # The key appears once, as a shell variable the example (and the README's curl) uses.
-        print(f"scoring URI: {uri}\nexport KEY={shlex.quote(key)}\n"
-              f"curl -X POST {uri} -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
-              f"-d {shlex.quote(json.dumps(sample))}\nCtrl-C stops it.", flush=True)
+        print(
+            f"scoring URI: {uri}\nexport KEY={shlex.quote(key)}\n"
+            f"curl -X POST {uri} -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(json.dumps(sample))}\nCtrl-C stops it.",
+            flush=True,
+        )
         while endpoint.running():
             time.sleep(1)
         raise UserError(f"endpoint {endpoint.name} stopped unexpectedly; see the logs under {endpoint.dir}")

@@ -4,6 +4,7 @@ One endpoint per registered model (per dataset and task): a rollout deletes the 
 two datasets sharing one endpoint would take each other's model off the air. Standard library only: every
 plan is named while it is built.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,4 +30,4 @@ def endpoint_name(model_name: str) -> str:
     if shortest <= len(name) <= longest:
         return name
     digest = hashlib.sha256(model_name.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
-    return f"{name[:longest - DIGEST_LENGTH - 1].rstrip('-')}-{digest}"
+    return f"{name[: longest - DIGEST_LENGTH - 1].rstrip('-')}-{digest}"

@@ -1,5 +1,6 @@
 """Which entry script serves a candidate: the classifiers' ``score.py`` or NER's ``ner_score.py`` (both are the AML
 ``init()``/``run()`` contract, copied as ``score.py`` next to a registered model and into local deployments)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ def entry_script(model_dir: Path) -> Path:
     """The entry script that serves the candidate in ``model_dir`` (or one folder below it, as AML mounts it):
     NER candidates (``"task": "ner"`` in candidate.json) have their own, every classifier :data:`SCORE_SCRIPT`."""
     model_dir = Path(model_dir)
-    found = [model_dir / "candidate.json"] if (model_dir / "candidate.json").is_file() else sorted(
-        model_dir.glob("*/candidate.json"))
+    found = (
+        [model_dir / "candidate.json"]
+        if (model_dir / "candidate.json").is_file()
+        else sorted(model_dir.glob("*/candidate.json"))
+    )
     task = json.loads(found[0].read_text(encoding="utf-8")).get("task") if len(found) == 1 else None
     return NER_SCORE_SCRIPT if task == "ner" else SCORE_SCRIPT

@@ -17,6 +17,7 @@ the SDPA path of transformers 5 exports masking code that ONNX Runtime cannot fu
 Files are written to a temporary name and renamed, so an exported file is never rewritten in place
 (registered copies may be hard links of it).
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,9 @@ def export_candidate(candidate_dir, runtime: str, out_dir) -> Path:
         quantized = out_dir / ONNX_FILES["onnx-int8"]
         quantize_int8(onnx_path, quantized)
         onnx_path.unlink()
-    _write_atomic(out_dir / "candidate.json",
-                  json.dumps({**info, "runtime": runtime, "onnx_file": ONNX_FILES[runtime]}).encode())
+    _write_atomic(
+        out_dir / "candidate.json", json.dumps({**info, "runtime": runtime, "onnx_file": ONNX_FILES[runtime]}).encode()
+    )
     return out_dir
 
 
@@ -79,8 +81,9 @@ def export_onnx(model_dir: Path, target: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
-    sample = tokenizer(["an example review", "a second, somewhat longer example review"], padding=True,
-                       return_tensors="pt")
+    sample = tokenizer(
+        ["an example review", "a second, somewhat longer example review"], padding=True, return_tensors="pt"
+    )
     names = [name for name in tokenizer.model_input_names if name in sample]
 
     class Logits(torch.nn.Module):
@@ -96,9 +99,16 @@ def export_onnx(model_dir: Path, target: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(Logits().eval(), tuple(sample[name] for name in names), str(partial),
-                          input_names=names, output_names=["logits"],
-                          dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            Logits().eval(),
+            tuple(sample[name] for name in names),
+            str(partial),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={**axes, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     os.replace(partial, target)
     return target
 

@@ -12,6 +12,7 @@ Its workers die with the server process (``post_fork`` sets PR_SET_PDEATHSIG), a
 command that started it (:mod:`finetune.system.processes`).
 Arguments are azmlinfsrv's own (``--entry_script``, ``--model_dir``, ``--port``, ``--worker_count``).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,9 @@ def main() -> None:
     socket_path = os.environ.get(BIND_SOCKET_ENV)
     if not socket_path:
         if not hasattr(amlserver, "DEFAULT_HOST"):
-            raise SystemExit("this azureml-inference-server-http has no amlserver.DEFAULT_HOST; cannot bind to "
-                             "loopback")
+            raise SystemExit(
+                "this azureml-inference-server-http has no amlserver.DEFAULT_HOST; cannot bind to loopback"
+            )
         amlserver.DEFAULT_HOST = "127.0.0.1"
 
     class Server(wsgiapp.WSGIApplication):

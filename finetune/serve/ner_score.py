@@ -16,6 +16,7 @@ windows share up to ``stride`` sub-tokens of context and each word takes its tag
 the most context on both sides (:func:`plan_windows`, :func:`owners`). Nothing is cut silently: only a single
 word longer than a window loses its trailing sub-tokens, which carry no label.
 """
+
 from __future__ import annotations
 
 import json
@@ -116,8 +117,16 @@ def entities_from_tags(words: list, tags: list, scores: list, text: str) -> list
         current = {"label": tag[2:], "start": start, "end": end, "scores": [score]} if tag != "O" else None
     if current is not None:
         found.append(current)
-    return [{"text": text[e["start"]:e["end"]], "label": e["label"], "start": e["start"], "end": e["end"],
-             "score": round(float(np.mean(e["scores"])), 6)} for e in found]
+    return [
+        {
+            "text": text[e["start"] : e["end"]],
+            "label": e["label"],
+            "start": e["start"],
+            "end": e["end"],
+            "score": round(float(np.mean(e["scores"])), 6),
+        }
+        for e in found
+    ]
 
 
 # --------------------------------------------------------------------------------------------- windows
@@ -169,8 +178,12 @@ def encode_sentence(tokenizer, words: list, max_length: int, stride: int, tag_id
     for start, end in plan_windows(lengths, budget, stride):
         window = tokenizer(words[start:end], is_split_into_words=True, truncation=True, max_length=max_length)
         word_ids = [None if w is None else start + w for w in window.word_ids()]
-        item = {"input_ids": window["input_ids"], "attention_mask": window["attention_mask"],
-                "window": (start, end), "word_ids": word_ids}
+        item = {
+            "input_ids": window["input_ids"],
+            "attention_mask": window["attention_mask"],
+            "window": (start, end),
+            "word_ids": word_ids,
+        }
         if "token_type_ids" in window:
             item["token_type_ids"] = window["token_type_ids"]
         if tag_ids is not None:
@@ -207,14 +220,22 @@ class TransformerTagger:
 
     def tag(self, sentences: list) -> list:
         """``[(tags, scores)]`` per sentence (a list of words)."""
-        windows = [(index, item) for index, words in enumerate(sentences) if words
-                   for item in encode_sentence(self.tokenizer, words, self.max_length, self.stride)]
+        windows = [
+            (index, item)
+            for index, words in enumerate(sentences)
+            if words
+            for item in encode_sentence(self.tokenizer, words, self.max_length, self.stride)
+        ]
         probabilities = []
         for first in range(0, len(windows), self.max_batch):
-            batch = [item for _, item in windows[first:first + self.max_batch]]
-            padded = self.tokenizer.pad([{k: v for k, v in item.items() if k in ("input_ids", "attention_mask",
-                                                                                 "token_type_ids")}
-                                         for item in batch], return_tensors="pt")
+            batch = [item for _, item in windows[first : first + self.max_batch]]
+            padded = self.tokenizer.pad(
+                [
+                    {k: v for k, v in item.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                    for item in batch
+                ],
+                return_tensors="pt",
+            )
             with self.torch.inference_mode():
                 logits = self.model(**padded).logits.float()
             probabilities += list(self.torch.softmax(logits, dim=-1).numpy())
@@ -242,16 +263,27 @@ class TransformerTagger:
 
 def crf_features(words: list, position: int) -> dict:
     """Classic word-shape features of one word and its neighbours (the CRF baseline's, at training and serving)."""
+
     def describe(word: str, prefix: str) -> dict:
         shape = re.sub(r"(.)\1+", r"\1", re.sub(r"\d", "d", re.sub(r"[a-z]", "x", re.sub(r"[A-Z]", "X", word))))
-        return {f"{prefix}lower": word.lower(), f"{prefix}shape": shape[:6], f"{prefix}title": word.istitle(),
-                f"{prefix}upper": word.isupper(), f"{prefix}digit": any(c.isdigit() for c in word),
-                f"{prefix}at": word.startswith("@"), f"{prefix}hash": word.startswith("#")}
+        return {
+            f"{prefix}lower": word.lower(),
+            f"{prefix}shape": shape[:6],
+            f"{prefix}title": word.istitle(),
+            f"{prefix}upper": word.isupper(),
+            f"{prefix}digit": any(c.isdigit() for c in word),
+            f"{prefix}at": word.startswith("@"),
+            f"{prefix}hash": word.startswith("#"),
+        }
 
     word = words[position]
-    features = {"bias": 1.0, **describe(word, ""), "length": min(len(word), 10),
-                **{f"prefix{n}": word[:n].lower() for n in (1, 2, 3)},
-                **{f"suffix{n}": word[-n:].lower() for n in (1, 2, 3)}}
+    features = {
+        "bias": 1.0,
+        **describe(word, ""),
+        "length": min(len(word), 10),
+        **{f"prefix{n}": word[:n].lower() for n in (1, 2, 3)},
+        **{f"suffix{n}": word[-n:].lower() for n in (1, 2, 3)},
+    }
     for offset in (-2, -1, 1, 2):
         neighbour = position + offset
         if 0 <= neighbour < len(words):
@@ -289,8 +321,10 @@ def load_tagger(folder: Path):
     candidate = json.loads((Path(folder) / "candidate.json").read_text(encoding="utf-8"))
     family = candidate.get("family")
     if candidate.get("task") != "ner" or family not in ("hf", "crf"):
-        raise ValueError(f"candidate.json in {folder}: task {candidate.get('task')!r}, family {family!r}; this "
-                         "entry script serves NER candidates of family 'hf' or 'crf'")
+        raise ValueError(
+            f"candidate.json in {folder}: task {candidate.get('task')!r}, family {family!r}; this "
+            "entry script serves NER candidates of family 'hf' or 'crf'"
+        )
     return (TransformerTagger if family == "hf" else CrfTagger)(Path(folder), candidate)
 
 
@@ -326,8 +360,11 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list:
         raise BadRequest(f'"data" has {len(data)} items; the limit is {max_items} per request')
     for index, item in enumerate(data):
         text_ok = isinstance(item, dict) and isinstance(item.get("text"), str)
-        tokens_ok = isinstance(item, dict) and isinstance(item.get("tokens"), list) and all(
-            isinstance(token, str) and token.strip() for token in item["tokens"])
+        tokens_ok = (
+            isinstance(item, dict)
+            and isinstance(item.get("tokens"), list)
+            and all(isinstance(token, str) and token.strip() for token in item["tokens"])
+        )
         if not (text_ok or tokens_ok):
             raise BadRequest(f'data[{index}] must be {{"text": "..."}} or {{"tokens": [non-empty strings]}}')
     return data
@@ -336,8 +373,10 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list:
 def init() -> None:
     global _tagger, _model, _limits
     folder = find_candidate(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))
-    _limits = {"max_items": _env_int("FINETUNE_MAX_ITEMS", 64),
-               "max_body_bytes": _env_int("FINETUNE_MAX_BODY_BYTES", 1_000_000)}
+    _limits = {
+        "max_items": _env_int("FINETUNE_MAX_ITEMS", 64),
+        "max_body_bytes": _env_int("FINETUNE_MAX_BODY_BYTES", 1_000_000),
+    }
     _tagger, _model = load_tagger(folder), _model_info(folder)
     logger.info("loaded %s from %s (model %s)", type(_tagger).__name__, folder, _model)
 

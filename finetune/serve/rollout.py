@@ -7,6 +7,7 @@ production keeps serving the model it served before.
 
 Standard library only: the registry and both launchers import :class:`ModelRef` from here cheaply.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,10 @@ def prediction_problems(request: dict, response: Any) -> List[str]:
         multi_label = "labels" in prediction
         decided = prediction["labels"] if multi_label else [prediction.get("label")]
         if not isinstance(decided, list) or any(label not in probabilities for label in decided):
-            problems.append(f"prediction {index}: label{'s' if multi_label else ''} "
-                            f"{prediction.get('labels' if multi_label else 'label')!r} is not one of its probabilities")
+            problems.append(
+                f"prediction {index}: label{'s' if multi_label else ''} "
+                f"{prediction.get('labels' if multi_label else 'label')!r} is not one of its probabilities"
+            )
         try:
             values = [float(p) for p in probabilities.values()]
         except (TypeError, ValueError):
@@ -111,8 +114,12 @@ def entity_problems(index: int, entities: Any, text: str) -> List[str]:
     for entity in entities:
         try:
             start, end, score = int(entity["start"]), int(entity["end"]), float(entity["score"])
-            if not (0 <= start < end <= len(text) and text[start:end] == entity["text"] and entity["label"]
-                    and 0.0 <= score <= 1.0):
+            if not (
+                0 <= start < end <= len(text)
+                and text[start:end] == entity["text"]
+                and entity["label"]
+                and 0.0 <= score <= 1.0
+            ):
                 problems.append(f"prediction {index}: entity {entity!r} does not match the text sent")
         except (TypeError, KeyError, ValueError):
             problems.append(f"prediction {index}: entity {entity!r} lacks text, label, start, end or score")
@@ -177,12 +184,21 @@ class RolloutResult:
     def from_dict(cls, data: dict) -> "RolloutResult":
         """A saved ``rollout`` section (a succeeded one: a failed rollout raised instead of returning)."""
         smoke = data.get("smoke_test") or {}
-        return cls(endpoint=data["endpoint"], deployment=data["deployment"], model=ModelRef(**data["model"]),
-                   previous_traffic=data.get("previous_traffic") or {}, traffic=data.get("traffic") or {},
-                   ramp=data.get("ramp") or [], steps=data.get("steps") or [], deleted=data.get("deleted") or [],
-                   smoke_latency_ms=smoke.get("latency_ms", 0.0), smoke_response=smoke.get("response"),
-                   timings=data.get("timings") or {}, warnings=data.get("warnings") or [],
-                   scoring_uri=data.get("scoring_uri"))
+        return cls(
+            endpoint=data["endpoint"],
+            deployment=data["deployment"],
+            model=ModelRef(**data["model"]),
+            previous_traffic=data.get("previous_traffic") or {},
+            traffic=data.get("traffic") or {},
+            ramp=data.get("ramp") or [],
+            steps=data.get("steps") or [],
+            deleted=data.get("deleted") or [],
+            smoke_latency_ms=smoke.get("latency_ms", 0.0),
+            smoke_response=smoke.get("response"),
+            timings=data.get("timings") or {},
+            warnings=data.get("warnings") or [],
+            scoring_uri=data.get("scoring_uri"),
+        )
 
 
 @dataclass
@@ -199,16 +215,33 @@ class DeploymentResult:
     @classmethod
     def from_dict(cls, data: dict) -> "DeploymentResult":
         # "kind": the key's name in summary.json before it became endpoint.target's.
-        return cls(rollout=RolloutResult.from_dict(data), target=data.get("target", data.get("kind")),
-                   state_file=data["state_file"], running=data["running"], serve_command=data["serve_command"])
+        return cls(
+            rollout=RolloutResult.from_dict(data),
+            target=data.get("target", data.get("kind")),
+            state_file=data["state_file"],
+            running=data["running"],
+            serve_command=data["serve_command"],
+        )
 
     def to_dict(self) -> dict:
-        return {**self.rollout.to_dict(), "target": self.target, "state_file": self.state_file,
-                "running": self.running, "serve_command": self.serve_command}
+        return {
+            **self.rollout.to_dict(),
+            "target": self.target,
+            "state_file": self.state_file,
+            "running": self.running,
+            "serve_command": self.serve_command,
+        }
 
 
-def rollout(endpoint: Endpoint, new_deployment: str, model: ModelRef, sample_request: dict,
-            ramp: Sequence[int] = (100,), max_error_rate: float = 0.0, step_requests: int = 5) -> RolloutResult:
+def rollout(
+    endpoint: Endpoint,
+    new_deployment: str,
+    model: ModelRef,
+    sample_request: dict,
+    ramp: Sequence[int] = (100,),
+    max_error_rate: float = 0.0,
+    step_requests: int = 5,
+) -> RolloutResult:
     """Deploy ``model`` as ``new_deployment`` and move all traffic to it, or leave the endpoint as it was.
 
     At each ramp step ``step_requests`` calls go through the endpoint's traffic split; more than
@@ -222,8 +255,14 @@ def rollout(endpoint: Endpoint, new_deployment: str, model: ModelRef, sample_req
     if new_deployment in previous:
         raise RolloutError(f"endpoint {endpoint.name} already has a deployment named {new_deployment!r}")
     serving = {name: percent for name, percent in previous.items() if percent > 0}
-    result = RolloutResult(endpoint=endpoint.name, deployment=new_deployment, model=model,
-                           previous_traffic=previous, traffic=previous, ramp=steps if serving else [100])
+    result = RolloutResult(
+        endpoint=endpoint.name,
+        deployment=new_deployment,
+        model=model,
+        previous_traffic=previous,
+        traffic=previous,
+        ramp=steps if serving else [100],
+    )
 
     def abort(reason: str) -> RolloutError:
         """Restore the traffic and delete the new deployment; the error to raise says what happened."""
@@ -289,8 +328,7 @@ def rollout(endpoint: Endpoint, new_deployment: str, model: ModelRef, sample_req
     return result
 
 
-def _check_step(endpoint: Endpoint, sample_request: dict, percent: int, requests: int,
-                max_error_rate: float) -> dict:
+def _check_step(endpoint: Endpoint, sample_request: dict, percent: int, requests: int, max_error_rate: float) -> dict:
     started, errors, reasons = time.perf_counter(), 0, []
     for _ in range(requests):
         try:
@@ -301,9 +339,13 @@ def _check_step(endpoint: Endpoint, sample_request: dict, percent: int, requests
             errors += 1
             reasons.append(problems[0])
     rate = errors / requests if requests else 0.0
-    step = {"percent": percent, "requests": requests, "errors": errors, "error_rate": rate,
-            "seconds": round(time.perf_counter() - started, 3)}
+    step = {
+        "percent": percent,
+        "requests": requests,
+        "errors": errors,
+        "error_rate": rate,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
     if rate > max_error_rate:
-        raise RolloutError(f"error rate {rate:.0%} at {percent}% traffic exceeds {max_error_rate:.0%} "
-                           f"({reasons[0]})")
+        raise RolloutError(f"error rate {rate:.0%} at {percent}% traffic exceeds {max_error_rate:.0%} ({reasons[0]})")
     return step

@@ -9,6 +9,7 @@ Everything it routes by comes from the endpoint's state file, re-read whenever t
 endpoint replaces that file atomically, so every request sees either the old or the new weights.
 Standard library only, so it starts in well under a second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ from pathlib import Path
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "x-request-id", "x-ms-client-request-id", "x-ms-request-id")
-FORWARDED_RESPONSE_HEADERS = ("Content-Type", "x-ms-run-function-failed", "x-ms-run-fn-exec-ms", "x-request-id",
-                              "x-ms-request-id", "x-ms-client-request-id")
+FORWARDED_RESPONSE_HEADERS = (
+    "Content-Type",
+    "x-ms-run-function-failed",
+    "x-ms-run-fn-exec-ms",
+    "x-request-id",
+    "x-ms-request-id",
+    "x-ms-client-request-id",
+)
 ATTEMPTS = 3
 # Seconds a client may take for each read of its request line and headers, and for its whole body: a client
 # that announces a longer body than it sends must not hold a router thread forever (--read-timeout-s).
@@ -130,8 +137,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = self._read_body(int(length))
         if body is None:
-            self._error(408, f"the request body did not arrive within {self.timeout:g} s "
-                             f"(Content-Length {length})", close=True)
+            self._error(
+                408, f"the request body did not arrive within {self.timeout:g} s (Content-Length {length})", close=True
+            )
             return
         try:
             body.decode("utf-8")
@@ -175,8 +183,11 @@ class Handler(BaseHTTPRequestHandler):
                     return self._json(404, f"endpoint {state.get('name')} has no deployment {target!r}")
                 name = target
             else:
-                weights = {name: percent for name, percent in state.get("traffic", {}).items()
-                           if percent > 0 and name in deployments and name not in failed}
+                weights = {
+                    name: percent
+                    for name, percent in state.get("traffic", {}).items()
+                    if percent > 0 and name in deployments and name not in failed
+                }
                 if not weights:
                     if failed:
                         break
@@ -232,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--port-file", required=True, type=Path, help="where the bound port is written")
-    parser.add_argument("--read-timeout-s", type=float, default=READ_TIMEOUT_S,
-                        help="seconds for each header read and for the whole body of a request")
+    parser.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=READ_TIMEOUT_S,
+        help="seconds for each header read and for the whole body of a request",
+    )
     args = parser.parse_args(argv)
 
     Handler.state = StateView(args.state_file)

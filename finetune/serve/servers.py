@@ -2,6 +2,7 @@
 and start time so a reused pid is never taken for ours, recovered when they died, stopped as a group, asked over
 loopback HTTP, and their logs read for the reason a start failed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,10 +27,24 @@ def spawn(command: list[str], log: Path, cwd: Path, env: dict, tied: bool) -> su
     the kernel when this process dies, else in its own session, outliving this command."""
     with open(log, "ab") as handle:
         if tied:
-            return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=cwd, env=env, preexec_fn=die_with_parent(os.getpid()))
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=cwd, env=env, start_new_session=True)
+            return subprocess.Popen(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                preexec_fn=die_with_parent(os.getpid()),
+            )
+        return subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def record(process: subprocess.Popen) -> dict:
@@ -137,14 +152,16 @@ def terminate_all(records: list, grace_s: float = 15.0) -> None:
         remove_socket(record)
 
 
-def http_call(method: str, host: str, port: int, path: str, body: Optional[bytes], headers: dict,
-          timeout: float) -> tuple[int, bytes]:
+def http_call(
+    method: str, host: str, port: int, path: str, body: Optional[bytes], headers: dict, timeout: float
+) -> tuple[int, bytes]:
     """One loopback HTTP exchange; http.client rather than urllib, which would honour proxy variables."""
     return exchange(http.client.HTTPConnection(host, port, timeout=timeout), method, path, body, headers)
 
 
-def exchange(connection: http.client.HTTPConnection, method: str, path: str, body: Optional[bytes],
-              headers: dict) -> tuple[int, bytes]:
+def exchange(
+    connection: http.client.HTTPConnection, method: str, path: str, body: Optional[bytes], headers: dict
+) -> tuple[int, bytes]:
     try:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
@@ -163,8 +180,7 @@ def problems(log: Path) -> str:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return "(no log)"
-    found = [line.strip()[:500] for line in lines
-             if EXCEPTION_LINE.match(line) and "UserScriptException" not in line]
+    found = [line.strip()[:500] for line in lines if EXCEPTION_LINE.match(line) and "UserScriptException" not in line]
     return " | ".join(dict.fromkeys(found)) if found else tail(log)
 
 

@@ -1,6 +1,7 @@
 """Writing files safely: JSON that a reader never sees half of (summary.json, result.json, progress and endpoint
 state are read while, or after, another process writes them, and a kill can land mid-write), and model files
 shared rather than copied."""
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@
 An flock belongs to an open file: the kernel releases it when the holder exits, however it dies, so a
 killed run never leaves a stale lock behind. Lock files are empty and stay in place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,14 @@ class Busy(UserError):
 
 
 @contextlib.contextmanager
-def hold(path: Path | str, *, wait: bool = True, on_wait: Optional[Callable[[str], None]] = None,
-         owner: str = "", busy: Optional[Callable[[str], str]] = None) -> Iterator[None]:
+def hold(
+    path: Path | str,
+    *,
+    wait: bool = True,
+    on_wait: Optional[Callable[[str], None]] = None,
+    owner: str = "",
+    busy: Optional[Callable[[str], str]] = None,
+) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing).
 
     ``wait=False`` raises :class:`Busy` instead of blocking: ``busy(holder)`` is its message (default: the
@@ -95,7 +102,10 @@ def promotion(tracking_uri: Optional[str], model_name: str, run_name: str = ""):
     digest = hashlib.sha256(model_name.encode()).hexdigest()[:12]
 
     def waiting(holder: str) -> None:
-        print(f"waiting for {holder} to finish promoting {model_name} (one run at a time compares with "
-              "production, registers and promotes)", flush=True)
+        print(
+            f"waiting for {holder} to finish promoting {model_name} (one run at a time compares with "
+            "production, registers and promotes)",
+            flush=True,
+        )
 
     return hold(store_lock_path(tracking_uri, f"promote-{digest}"), on_wait=waiting, owner=f"run {run_name}".strip())

@@ -5,6 +5,7 @@ orphaned ``python -m finetune.train`` kept writing checkpoints that the next run
 them under it. Each child gets its own process group (so the whole tree can be signalled) and, on Linux,
 ``PR_SET_PDEATHSIG`` (prctl(2)): the kernel sends it SIGKILL when its parent dies, however the parent died.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """One object per task (single-label, multi-label, NER) holding what differs between tasks, asked by the stages:
 data targets, model head and loss, metrics and the primary metric, the baseline candidate, test scoring, the
 response shape and the AML AutoML job. A new task is one module here plus its reader."""
+
 from __future__ import annotations
 
 from finetune.errors import UserError

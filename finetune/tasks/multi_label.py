@@ -5,6 +5,7 @@ positives weighted by its negative/positive ratio, float multi-hot targets, metr
 (selection then chooses per-label thresholds on val), a ``labels`` list in the response, AML AutoML
 ``text_classification_multilabel``.
 """
+
 from __future__ import annotations
 
 from typing import List

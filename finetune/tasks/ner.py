@@ -9,6 +9,7 @@ at training, selection and serving. Baseline candidate: the CRF (:mod:`finetune.
 check one-liner: each word's most frequent train tag. Response: entities with character offsets. AML AutoML:
 ``text_ner``.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,9 @@ class NerTask:
     def collator(self, tokenizer, pad_to_multiple_of):
         from transformers import DataCollatorForTokenClassification
 
-        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of,
-                                                  label_pad_token_id=IGNORED)
+        return DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=pad_to_multiple_of, label_pad_token_id=IGNORED
+        )
 
     def training_loss(self, train_set, labels, setting):
         """The model's own loss, no weights: token tags are weighted equally (an O-heavy loss is what the entity
@@ -115,11 +117,18 @@ class NerTask:
             for token, tag in zip(sentence.tokens, sentence.tags):
                 counts[token.lower()][tag] += 1
         val = read_prepared(val_file)
-        predicted = [repair_tags([counts[t.lower()].most_common(1)[0][0] if t.lower() in counts else "O"
-                                  for t in s.tokens]) for s in val]
+        predicted = [
+            repair_tags([counts[t.lower()].most_common(1)[0][0] if t.lower() in counts else "O" for t in s.tokens])
+            for s in val
+        ]
         metrics = entity_metrics([s.tags for s in val], predicted)
-        return {"model": ONE_LINER, "metric": metric, "value": metrics.get(metric), "val": metrics,
-                "fit_seconds": round(time.time() - started, 2)}
+        return {
+            "model": ONE_LINER,
+            "metric": metric,
+            "value": metrics.get(metric),
+            "val": metrics,
+            "fit_seconds": round(time.time() - started, 2),
+        }
 
     # ------------------------------------------------------------------ baseline, selection, serving
 
@@ -130,8 +139,17 @@ class NerTask:
         """The local baseline candidate (the automl stage's): the CRF, c1/c2 chosen on val."""
         return run_crf(data.directory, list(data.labels), out_dir)
 
-    def evaluate(self, candidates: dict, test_path, labels: List[str], out_dir: Path | None = None, *,
-                 val_path=None, settings=None, keep_rule=()) -> dict:
+    def evaluate(
+        self,
+        candidates: dict,
+        test_path,
+        labels: List[str],
+        out_dir: Path | None = None,
+        *,
+        val_path=None,
+        settings=None,
+        keep_rule=(),
+    ) -> dict:
         """Each candidate folder's answers on the test split (by its tokens, as the endpoint's ``tokens`` request):
         ``{name: {"family", "decision", "test", "errors", "examples"}}``; a broken candidate gets its ``error``.
         The decision (argmax per word, repaired to IOB2) is not chosen on val: ``val_path``/``settings`` are the
@@ -151,17 +169,31 @@ class NerTask:
                     raise ValueError(f"it does not know the tags {missing[:5]} of this run")
                 tagger = ner_score.load_tagger(Path(folder))
                 predicted = [tags for tags, _ in tagger.tag([s.tokens for s in test])]
-                results[name] = {"family": family, "decision": {"rule": "argmax_iob2"},
-                                 "test": entity_metrics(gold, predicted), "errors": error_kinds(gold, predicted),
-                                 "examples": wrong_sentences([s.tokens for s in test], gold, predicted)}
+                results[name] = {
+                    "family": family,
+                    "decision": {"rule": "argmax_iob2"},
+                    "test": entity_metrics(gold, predicted),
+                    "errors": error_kinds(gold, predicted),
+                    "examples": wrong_sentences([s.tokens for s in test], gold, predicted),
+                }
             except Exception as error:  # noqa: BLE001 - one broken candidate is reported, not fatal
                 print(f"candidate '{name}' could not be scored: {type(error).__name__}: {error}", flush=True)
                 results[name] = {"family": family, "error": f"{type(error).__name__}: {error}"}
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / ERRORS_FILE).write_text(json.dumps(
-                {name: {key: entry[key] for key in ("errors", "examples")} for name, entry in results.items()
-                 if "errors" in entry}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (Path(out_dir) / ERRORS_FILE).write_text(
+                json.dumps(
+                    {
+                        name: {key: entry[key] for key in ("errors", "examples")}
+                        for name, entry in results.items()
+                        if "errors" in entry
+                    },
+                    indent=2,
+                    ensure_ascii=False,
+                )
+                + "\n",
+                encoding="utf-8",
+            )
         return results
 
     def split_texts(self, path) -> list:

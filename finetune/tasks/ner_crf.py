@@ -5,6 +5,7 @@ The simplest strong NER baseline (Lafferty et al. 2001; the features are
 is chosen on val by entity F1 (the one metric, :mod:`finetune.tasks.ner_metrics`), then the CRF is refitted on
 train with that pair and saved as a candidate folder the NER entry script serves.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ def features(sentences: Sequence[Sentence]) -> List[List[dict]]:
 def fit(train: Sequence[Sentence], c1: float, c2: float, model_file: Path | None = None, max_iterations: int = 100):
     import sklearn_crfsuite
 
-    crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=c1, c2=c2, max_iterations=max_iterations,
-                               all_possible_transitions=True, model_filename=str(model_file) if model_file else None)
+    crf = sklearn_crfsuite.CRF(
+        algorithm="lbfgs",
+        c1=c1,
+        c2=c2,
+        max_iterations=max_iterations,
+        all_possible_transitions=True,
+        model_filename=str(model_file) if model_file else None,
+    )
     crf.fit(features(train), [s.tags for s in train])
     return crf
 
@@ -38,8 +45,13 @@ def predict(crf, sentences: Sequence[Sentence]) -> List[List[str]]:
     return [repair_tags(list(tags)) for tags in crf.predict(features(sentences))]
 
 
-def run_crf(data_dir: Path | str, labels: List[str], out_dir: Path | str,
-            grid: Iterable[Tuple[float, float]] = GRID, max_iterations: int = 100) -> dict:
+def run_crf(
+    data_dir: Path | str,
+    labels: List[str],
+    out_dir: Path | str,
+    grid: Iterable[Tuple[float, float]] = GRID,
+    max_iterations: int = 100,
+) -> dict:
     """Choose ``(c1, c2)`` on val, refit on train, write the candidate folder; returns candidate.json's content."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     train, val = read_prepared(data_dir / "train.jsonl"), read_prepared(data_dir / "val.jsonl")
@@ -53,8 +65,16 @@ def run_crf(data_dir: Path | str, labels: List[str], out_dir: Path | str,
     out_dir.mkdir(parents=True, exist_ok=True)
     crf = fit(train, best["c1"], best["c2"], out_dir / MODEL_FILE, max_iterations=max_iterations)
     val_metrics = entity_metrics([s.tags for s in val], predict(crf, val))
-    candidate = {"family": "crf", "task": "ner", "labels": labels, "crf_file": MODEL_FILE,
-                 "best_estimator": "crf", "params": {"c1": best["c1"], "c2": best["c2"]}, "grid": tried,
-                 "val": val_metrics, "duration_s": round(time.time() - started, 1)}
+    candidate = {
+        "family": "crf",
+        "task": "ner",
+        "labels": labels,
+        "crf_file": MODEL_FILE,
+        "best_estimator": "crf",
+        "params": {"c1": best["c1"], "c2": best["c2"]},
+        "grid": tried,
+        "val": val_metrics,
+        "duration_s": round(time.time() - started, 1),
+    }
     (out_dir / "candidate.json").write_text(json.dumps(candidate, indent=2) + "\n", encoding="utf-8")
     return {**candidate, "path": str(out_dir)}

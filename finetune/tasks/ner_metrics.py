@@ -6,6 +6,7 @@ no ``B-X`` opens belongs to no entity), so ``f1_entity`` equals ``seqeval.metric
 scheme=IOB2)`` (tests/test_ner_metrics.py holds the two together). Spans with character offsets (what the
 endpoint answers) are scored by :func:`span_metrics` with the same counting, exact (start, end, type) match.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -83,8 +84,9 @@ def error_kinds(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]
     return {kind: kinds.get(kind, 0) for kind in ("type", "boundary", "boundary_and_type", "spurious", "missed")}
 
 
-def wrong_sentences(tokens: Sequence[Sequence[str]], gold: Sequence[Sequence[str]],
-                    predicted: Sequence[Sequence[str]], limit: int = 5) -> List[dict]:
+def wrong_sentences(
+    tokens: Sequence[Sequence[str]], gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], limit: int = 5
+) -> List[dict]:
     """A few sentences whose predicted entities differ from the gold ones, with both entity lists in context."""
     gold_set, predicted_set = entities(gold), entities(predicted)
     examples = []
@@ -93,9 +95,13 @@ def wrong_sentences(tokens: Sequence[Sequence[str]], gold: Sequence[Sequence[str
         predicted_here = sorted(e for e in predicted_set if e[0] == index)
         if gold_here == predicted_here:
             continue
-        examples.append({"text": " ".join(words),
-                         "gold": [(" ".join(words[e[1]:e[2]]), e[3]) for e in gold_here],
-                         "predicted": [(" ".join(words[e[1]:e[2]]), e[3]) for e in predicted_here]})
+        examples.append(
+            {
+                "text": " ".join(words),
+                "gold": [(" ".join(words[e[1] : e[2]]), e[3]) for e in gold_here],
+                "predicted": [(" ".join(words[e[1] : e[2]]), e[3]) for e in predicted_here],
+            }
+        )
         if len(examples) == limit:
             break
     return examples

@@ -6,6 +6,7 @@ decision a threshold or argmax rule chosen on val (:mod:`finetune.decision`); ba
 TF-IDF (:mod:`finetune.automl`); the response a ``label`` with every class's probability; AML AutoML
 ``text_classification``. :class:`~finetune.tasks.multi_label.MultiLabelTask` changes what differs.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -38,8 +39,11 @@ class SingleLabelTask:
 
         texts, targets = read_targets(path, labels, self.name)
         dataset = Dataset.from_dict({"text": texts, "label": self.training_targets(targets)})
-        return dataset.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
-                           batched=True, remove_columns=["text"])
+        return dataset.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
 
     def training_targets(self, targets) -> list:
         return list(targets)
@@ -79,7 +83,6 @@ class SingleLabelTask:
     def fit_baseline(self, train_file: str, val_file: str, labels: List[str], metric: str) -> dict:
         return fit_baseline(train_file, val_file, labels, self.name, metric)
 
-
     def baseline_description(self, plan) -> str:
         return f"local AutoML baseline (FLAML, {plan.automl.time_budget_s} s budget)"
 
@@ -99,12 +102,29 @@ class SingleLabelTask:
         texts = pd.read_csv(test_path, dtype=str, keep_default_na=False, nrows=size)["text"].tolist()
         return {"data": [{"text": text} for text in texts]}
 
-    def evaluate(self, candidates: dict, test_path, labels: List[str], out_dir=None, *, val_path=None,
-                 settings=None, keep_rule=()) -> dict:
+    def evaluate(
+        self,
+        candidates: dict,
+        test_path,
+        labels: List[str],
+        out_dir=None,
+        *,
+        val_path=None,
+        settings=None,
+        keep_rule=(),
+    ) -> dict:
         """Selection's test scoring: each candidate at the decision rule chosen on val
         (:func:`finetune.selection.choose.evaluate`)."""
-        return evaluate(candidates, test_path, labels, proba_dir=out_dir, val_csv=val_path, settings=settings,
-                        keep_rule=keep_rule, task=self.name)
+        return evaluate(
+            candidates,
+            test_path,
+            labels,
+            proba_dir=out_dir,
+            val_csv=val_path,
+            settings=settings,
+            keep_rule=keep_rule,
+            task=self.name,
+        )
 
 
 SINGLE_LABEL_TASK = SingleLabelTask()

@@ -2,6 +2,7 @@
 stops (a NaN loss, a sweep's prune decision) and when it checkpoints. Each class is defined inside the function
 that builds it, so importing this module does not import transformers.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,12 +43,16 @@ def observer(args, checkpoint_dir: Path, first_process: bool, tracking, reporter
                     self.reason = f"training loss became {loss} at step {control_state.global_step}"
                     control.should_training_stop = True
                 tracking.log({"train_loss": loss}, control_state.global_step)
-                self.train_losses.append({"step": control_state.global_step, "epoch": control_state.epoch,
-                                          "loss": loss})
+                self.train_losses.append(
+                    {"step": control_state.global_step, "epoch": control_state.epoch, "loss": loss}
+                )
 
         def on_evaluate(self, _args, control_state, control, metrics=None, **kwargs):
-            values = {f"val_{k[len('eval_'):]}": v for k, v in (metrics or {}).items() if k.startswith("eval_")
-                      and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
+            values = {
+                f"val_{k[len('eval_') :]}": v
+                for k, v in (metrics or {}).items()
+                if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))
+            }
             self.evaluations.append({"step": control_state.global_step, "epoch": control_state.epoch, **values})
             tracking.log(values, control_state.global_step)
             value = values.get(args.primary_metric)
@@ -109,7 +114,10 @@ def throughput_meter(samples_per_step: int, tokens_per_sample: float):
             if seconds <= 0 or not self.steps:
                 return {"train_samples_per_s": None, "train_tokens_per_s": None, "train_seconds": seconds}
             samples = self.steps * samples_per_step
-            return {"train_samples_per_s": samples / seconds, "train_tokens_per_s": samples * tokens_per_sample / seconds,
-                    "train_seconds": seconds}
+            return {
+                "train_samples_per_s": samples / seconds,
+                "train_tokens_per_s": samples * tokens_per_sample / seconds,
+                "train_seconds": seconds,
+            }
 
     return ThroughputMeter()

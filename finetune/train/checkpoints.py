@@ -5,6 +5,7 @@ atomically); a restarted run with the same output dir resumes from the newest co
 nodes get evicted) and a half-written checkpoint is deleted, never loaded. ``resume.json``, written next to
 them when training starts, holds what a restarted run must reuse: its batch size, learning rate and MLflow run.
 """
+
 from __future__ import annotations
 
 import json

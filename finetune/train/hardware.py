@@ -36,6 +36,7 @@ Several GPUs on one machine (``compute.gpus=N``): the same entry point under ``a
 batch and the rate grow with N. The Trainer's ``average_tokens_across_devices`` is off: it multiplies the loss by
 the process count for models that normalise by a global token count, which sequence classifiers do not.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,14 +56,21 @@ MEMORY_HEADROOM = 0.85
 # torch.compile default per CUDA compute capability: (on, why). Cards not listed (V100 sm70, T4 sm75, A10/L4/L40S
 # sm86/sm89, Blackwell sm100/sm120) default to off: no measured gain there, and compilation is a fixed cost.
 COMPILE_BY_CAPABILITY: Dict[Tuple[int, int], Tuple[bool, str]] = {
-    (9, 0): (True, "sm90 (H100/H200): measured on H200 with padding to 64, 3,075 samples/s at batch 128 against "
-                   "965 without compile at batch 64"),
-    (8, 0): (True, "sm80 (A100): the same Inductor/Triton bf16 tensor-core path as the measured sm90; expected "
-                   "positive with bucketing (confirm with scripts/bench_train.py)"),
+    (9, 0): (
+        True,
+        "sm90 (H100/H200): measured on H200 with padding to 64, 3,075 samples/s at batch 128 against "
+        "965 without compile at batch 64",
+    ),
+    (8, 0): (
+        True,
+        "sm80 (A100): the same Inductor/Triton bf16 tensor-core path as the measured sm90; expected "
+        "positive with bucketing (confirm with scripts/bench_train.py)",
+    ),
 }
-COMPILE_OFF_REASON = ("no measured gain on {card}: compile time and recompiles are a cost without a known payoff "
-                      "(compute.torch_compile=on to try; scripts/bench_train.py to measure)")
-
+COMPILE_OFF_REASON = (
+    "no measured gain on {card}: compile time and recompiles are a cost without a known payoff "
+    "(compute.torch_compile=on to try; scripts/bench_train.py to measure)"
+)
 
 
 # ---------------------------------------------------------------------------------------------- hardware
@@ -118,8 +126,12 @@ def cpu_has_native_bf16() -> bool:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    flags = {word for line in text.splitlines() if line.lower().startswith(("flags", "features"))
-             for word in line.split(":", 1)[-1].split()}
+    flags = {
+        word
+        for line in text.splitlines()
+        if line.lower().startswith(("flags", "features"))
+        for word in line.split(":", 1)[-1].split()
+    }
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
@@ -144,11 +156,21 @@ def detect(device: str = "auto") -> Hardware:
         index = local_rank() % torch.cuda.device_count()
         torch.cuda.set_device(index)
         props = torch.cuda.get_device_properties(index)
-        return Hardware(device="cuda", name=props.name, capability=(props.major, props.minor),
-                        native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
-                        free_cores=free_cores(), world_size=world_size())
-    return Hardware(device="cpu", name=cpu_name(), native_bf16=cpu_has_native_bf16(), free_cores=free_cores(),
-                    world_size=world_size())
+        return Hardware(
+            device="cuda",
+            name=props.name,
+            capability=(props.major, props.minor),
+            native_bf16=torch.cuda.is_bf16_supported(including_emulation=False),
+            free_cores=free_cores(),
+            world_size=world_size(),
+        )
+    return Hardware(
+        device="cpu",
+        name=cpu_name(),
+        native_bf16=cpu_has_native_bf16(),
+        free_cores=free_cores(),
+        world_size=world_size(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -226,8 +248,10 @@ def decide(args, hw: Hardware) -> Runtime:
             compile_on, reason = COMPILE_BY_CAPABILITY.get(hw.capability, (False, COMPILE_OFF_REASON.format(card=card)))
         if compile_on and 0 < args.pad_to_multiple_of < COMPILE_PAD_MULTIPLE:
             compile_on = False
-            reason = (f"pad_to_multiple_of={args.pad_to_multiple_of} leaves too many shapes: recompiles dominated "
-                      "without bucketing (296 vs 965 samples/s on H200)")
+            reason = (
+                f"pad_to_multiple_of={args.pad_to_multiple_of} leaves too many shapes: recompiles dominated "
+                "without bucketing (296 vs 965 samples/s on H200)"
+            )
     else:
         compile_on, reason = args.torch_compile == "on", f"compute.torch_compile={args.torch_compile}"
         if compile_on and 0 < args.pad_to_multiple_of < COMPILE_PAD_MULTIPLE:
@@ -276,8 +300,10 @@ def load_model(model_name: str, runtime: Runtime, model_class: str = "AutoModelF
         try:
             return auto_class.from_pretrained(model_name, attn_implementation=runtime.attn_implementation, **kwargs)
         except (ValueError, ImportError) as error:
-            runtime.notes.append(f"attn_implementation={runtime.attn_implementation} unavailable for this model "
-                                 f"({error}); using the model's default")
+            runtime.notes.append(
+                f"attn_implementation={runtime.attn_implementation} unavailable for this model "
+                f"({error}); using the model's default"
+            )
             runtime.attn_implementation = None
     return auto_class.from_pretrained(model_name, **kwargs)
 
@@ -326,8 +352,13 @@ def plan_batch(args, runtime: Runtime, model, train_rows: int) -> BatchPlan:
     learning_rate = scaled_learning_rate(args.learning_rate, batch * world, args.batch_size, args.lr_scaling)
     if learning_rate != args.learning_rate:
         how += f"; learning rate {args.learning_rate:g} -> {learning_rate:g} ({args.lr_scaling} scaling)"
-    return BatchPlan(batch_size=batch, learning_rate=learning_rate, reference_batch_size=args.batch_size,
-                     global_batch_size=batch * world * args.gradient_accumulation_steps, how=how)
+    return BatchPlan(
+        batch_size=batch,
+        learning_rate=learning_rate,
+        reference_batch_size=args.batch_size,
+        global_batch_size=batch * world * args.gradient_accumulation_steps,
+        how=how,
+    )
 
 
 def largest_batch(fits: Callable[[int], bool], cap: int) -> int:
@@ -337,8 +368,9 @@ def largest_batch(fits: Callable[[int], bool], cap: int) -> int:
         if fits(batch):
             return batch
         batch //= 2
-    raise UserError("the model does not fit on the GPU even at batch 1; use a shorter model.max_length or a "
-                    "GPU with more memory")
+    raise UserError(
+        "the model does not fit on the GPU even at batch 1; use a shorter model.max_length or a GPU with more memory"
+    )
 
 
 def cuda_fit_probe(model, max_length: int, precision: str) -> Callable[[int], bool]:

@@ -29,6 +29,7 @@ Labels that do not follow from the texts (shuffled, or noise) defeat both models
 too, no gap opens and nothing restarts (a lower learning rate cannot find a signal that is not there). Such a run
 is caught at its end instead (:func:`no_signal`, ``no_signal`` in result.json) and says so in the same one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,13 @@ def fit_baseline(train_file: str, val_file: str, labels: list[str], task: str, m
         full[:, model.classes_] = proba
         proba = full
     val = task_metrics(task, np.asarray(val_y), proba, labels=labels)
-    return {"model": MULTI_LABEL_BASELINE_NAME if task == "multi_label" else BASELINE_NAME, "metric": metric,
-            "value": val.get(metric), "val": val, "fit_seconds": round(time.time() - started, 2)}
+    return {
+        "model": MULTI_LABEL_BASELINE_NAME if task == "multi_label" else BASELINE_NAME,
+        "metric": metric,
+        "value": val.get(metric),
+        "val": val,
+        "fit_seconds": round(time.time() - started, 2),
+    }
 
 
 def describe_baseline(baseline: dict) -> str:
@@ -88,13 +94,17 @@ def describe_baseline(baseline: dict) -> str:
     said so, and then no check acts."""
     value = baseline.get("value")
     finite = isinstance(value, (int, float)) and math.isfinite(value)
-    reached = (f"reaches val {baseline['metric']} {value:.4f}" if finite
-               else f"has no val {baseline['metric']} on this val split (no check acts)")
+    reached = (
+        f"reaches val {baseline['metric']} {value:.4f}"
+        if finite
+        else f"has no val {baseline['metric']} on this val split (no check acts)"
+    )
     return f"{baseline['model']} {reached} (fitted in {baseline['fit_seconds']:.0f} s)"
 
 
-def judge(losses: list[float], value: float | None, baseline: float | None,
-          baseline_auc: float | None = None) -> str | None:
+def judge(
+    losses: list[float], value: float | None, baseline: float | None, baseline_auc: float | None = None
+) -> str | None:
     """``not_learning`` (loss not falling and far below the one-liner), ``behind`` (far below only) or None; None
     too when the one-liner's val AUC (``baseline_auc``) is at chance: there is nothing to be behind."""
     if value is None or baseline is None or not math.isfinite(value) or not math.isfinite(baseline):
@@ -145,12 +155,20 @@ class CheckLog:
         if kept_value is None and self.checks:
             kept_value, kept_auc = self.checks[-1]["value"], self.checks[-1].get("auc")
         baseline = self.baseline.get("value")
-        below = (kept_value is not None and baseline is not None and math.isfinite(kept_value)
-                 and kept_value < baseline)
-        return {"baseline": self.baseline, "action": self.action, "margin": MARGIN, "loss_drop": LOSS_DROP,
-                "checks": self.checks, "restarted": self.restarted, "stopped": self.stopped,
-                "kept_value": kept_value, "below_baseline": below, "kept_auc": kept_auc,
-                "no_signal": no_signal(kept_auc, self.baseline.get("val", {}).get("auc_weighted"))}
+        below = kept_value is not None and baseline is not None and math.isfinite(kept_value) and kept_value < baseline
+        return {
+            "baseline": self.baseline,
+            "action": self.action,
+            "margin": MARGIN,
+            "loss_drop": LOSS_DROP,
+            "checks": self.checks,
+            "restarted": self.restarted,
+            "stopped": self.stopped,
+            "kept_value": kept_value,
+            "below_baseline": below,
+            "kept_auc": kept_auc,
+            "no_signal": no_signal(kept_auc, self.baseline.get("val", {}).get("auc_weighted")),
+        }
 
 
 def below_baseline_line(check: dict | None) -> str | None:
@@ -160,11 +178,15 @@ def below_baseline_line(check: dict | None) -> str | None:
         return None
     baseline = check["baseline"]
     if check.get("no_signal"):
-        return (f"warning: the fine-tuned model is no better than chance on val (auc_weighted {check['kept_auc']:.4f}"
-                f"), nor is the {baseline['model']} ({baseline['val']['auc_weighted']:.4f}): the labels do not "
-                "follow from the texts (shuffled, or noise?)")
-    return (f"warning: the fine-tuned model is below the baseline: val {baseline['metric']} {check['kept_value']:.4f} "
-            f"< {baseline['value']:.4f} for the {baseline['model']}")
+        return (
+            f"warning: the fine-tuned model is no better than chance on val (auc_weighted {check['kept_auc']:.4f}"
+            f"), nor is the {baseline['model']} ({baseline['val']['auc_weighted']:.4f}): the labels do not "
+            "follow from the texts (shuffled, or noise?)"
+        )
+    return (
+        f"warning: the fine-tuned model is below the baseline: val {baseline['metric']} {check['kept_value']:.4f} "
+        f"< {baseline['value']:.4f} for the {baseline['model']}"
+    )
 
 
 def kept_training_check(summary: RunSummary) -> dict | None:
@@ -182,8 +204,9 @@ def shipped_below_baseline_line(summary: RunSummary) -> str | None:
     if selection is None or registration is None or not registration.registered or selection.winner != FINETUNED:
         return None
     line = below_baseline_line(kept_training_check(summary))
-    return line and line.replace("the fine-tuned model is", f"the shipped model ({registration.name} version "
-                                                          f"{registration.version}) is", 1)
+    return line and line.replace(
+        "the fine-tuned model is", f"the shipped model ({registration.name} version {registration.version}) is", 1
+    )
 
 
 def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: int | None):
@@ -220,10 +243,18 @@ def callback(log: CheckLog, attempt: int, speak: bool, val_set, early: int | Non
             value = metrics.get(f"{prefix}_{metric}")
             verdict = judge(self.losses, value, log.baseline.get("value"), log.baseline["val"].get("auc_weighted"))
             recent = recent_loss(self.losses)
-            log.checks.append({"attempt": attempt, "step": state.global_step, "epoch": state.epoch, "value": value,
-                               "auc": metrics.get(f"{prefix}_auc_weighted"),
-                               "first_loss": self.losses[0] if self.losses else None, "recent_loss": recent,
-                               "verdict": verdict})
+            log.checks.append(
+                {
+                    "attempt": attempt,
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "value": value,
+                    "auc": metrics.get(f"{prefix}_auc_weighted"),
+                    "first_loss": self.losses[0] if self.losses else None,
+                    "recent_loss": recent,
+                    "verdict": verdict,
+                }
+            )
             # Every process stops at the same step or DDP hangs: the first one's verdict counts.
             acting = decided_by_main(verdict == "not_learning") and log.action == "restart"
             if acting:

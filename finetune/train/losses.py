@@ -11,6 +11,7 @@ al. 2021, "Long-tail learning via logit adjustment", ICLR, eq. 10) keeps plain c
 ranking and still moves argmax towards the rare classes (scripts/bench_imbalance.py; docs/performance.md, "Loss on
 skewed classes"). Two classes keep the balanced weights they were measured with (README's quality table).
 """
+
 from __future__ import annotations
 
 import math
@@ -116,9 +117,12 @@ def weighted_binary_cross_entropy(pos_weight: list[float]):
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none",
-                                                      pos_weight=weight.to(logits.device)).mean(dim=1)
-        return per_item.mean() if num_items_in_batch is None else per_item.sum() / (num_items_in_batch / labels.shape[-1])
+        per_item = F.binary_cross_entropy_with_logits(
+            logits.float(), labels.float(), reduction="none", pos_weight=weight.to(logits.device)
+        ).mean(dim=1)
+        return (
+            per_item.mean() if num_items_in_batch is None else per_item.sum() / (num_items_in_batch / labels.shape[-1])
+        )
 
     return loss
 

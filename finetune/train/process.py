@@ -2,6 +2,7 @@
 arguments of a run plan (the single run, every sweep trial, and with placeholders the AML command job) and the
 command that runs them, plain for one device or under ``accelerate launch`` (DDP) for several GPUs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,13 @@ def _values(section: type, settings) -> dict:
     return {item.name: getattr(settings, item.name) for item in dataclasses.fields(section)}
 
 
-def train_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: Optional[dict] = None,
-               model_path: Optional[str] = None) -> TrainArgs:
+def train_args(
+    plan: RunPlan,
+    data_dir: str,
+    output_dir: str,
+    hyperparameters: Optional[dict] = None,
+    model_path: Optional[str] = None,
+) -> TrainArgs:
     """The training arguments of this plan: the model's hyperparameters (``hyperparameters`` replaces them with
     a sweep trial's sample), ``train.*`` and the speed switches of ``compute.*``.
 
@@ -56,8 +62,11 @@ def train_args(plan: RunPlan, data_dir: str, output_dir: str, hyperparameters: O
         seed=plan.seed,
         task=plan.dataset.task,
         **{**_values(Hyperparameters, plan.model), **(hyperparameters or {})},
-        **{**_values(TrainingOptions, plan.train), "early_stopping_patience": early_stopping_patience(plan),
-           "learning_check": learning_check(plan)},
+        **{
+            **_values(TrainingOptions, plan.train),
+            "early_stopping_patience": early_stopping_patience(plan),
+            "learning_check": learning_check(plan),
+        },
         **_values(SpeedOptions, plan.compute),
         primary_metric=plan.search.primary_metric,
         goal=plan.search.goal,
@@ -75,7 +84,22 @@ def launch_command(train_argv: Sequence[str], gpus: int = 0, python: Optional[st
     python = python or sys.executable
     if gpus <= 1:
         return [python, "-m", "finetune.train", *train_argv]
-    return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-            "--num_processes", str(gpus), "--main_process_port", str(processes.free_port()),
-            "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "finetune.train", *train_argv]
+    return [
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        str(gpus),
+        "--main_process_port",
+        str(processes.free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "finetune.train",
+        *train_argv,
+    ]

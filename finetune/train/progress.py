@@ -6,6 +6,7 @@ draws one bar per running trial from those files, under a sweep line with trials
 and an ETA. Bars redraw at most once a second on a terminal and once every 30 s into a log file (where the
 trials' steps join the sweep line instead of bars of their own), so logs keep a trace without a flood.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,15 +27,26 @@ def _min_interval() -> float:
 def bar(total: Optional[float], description: str, position: int = 0, unit: str = "step", **kwargs):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, position=position, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                mininterval=_min_interval(), leave=position == 0, **kwargs)
+    return tqdm(
+        total=total,
+        desc=description,
+        position=position,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=_min_interval(),
+        leave=position == 0,
+        **kwargs,
+    )
 
 
 def format_seconds(seconds: Optional[float]) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def training_callback(show_bar: bool, progress_file: Optional[str], primary_metric: str):
@@ -83,8 +95,13 @@ def training_callback(show_bar: bool, progress_file: Optional[str], primary_metr
             if not progress_file or not force and time.time() - self.written < 1.0:
                 return
             self.written = time.time()
-            record = {"step": state.global_step, "total": state.max_steps, "started": self.started,
-                      "updated": self.written, **self.postfix}
+            record = {
+                "step": state.global_step,
+                "total": state.max_steps,
+                "started": self.started,
+                "updated": self.written,
+                **self.postfix,
+            }
             write_json_atomic(progress_file, record)
 
     return TrainingProgress()
@@ -102,8 +119,13 @@ class SweepProgress:
 
     def __init__(self, total: int, done: int, concurrency: int, metric: str):
         self.total, self.concurrency, self.metric = total, max(1, concurrency), metric
-        self.line = bar(total, "sweep", unit="trial", initial=done,
-                        bar_format="{desc}: {n_fmt}/{total_fmt} trials |{bar}| {postfix}")
+        self.line = bar(
+            total,
+            "sweep",
+            unit="trial",
+            initial=done,
+            bar_format="{desc}: {n_fmt}/{total_fmt} trials |{bar}| {postfix}",
+        )
         self.trial_bars: dict = {}
         self.durations: list = []
         self.counts = {"completed": 0, "early_terminated": 0, "failed": 0}
@@ -144,8 +166,11 @@ class SweepProgress:
         self.refreshed = time.time() if refresh else self.refreshed
         # Into a log there are no per-trial bars (their cursor moves would be noise): steps go on this line.
         running_text = f" ({', '.join(steps)})" if steps and not sys.stderr.isatty() else ""
-        self.line.set_postfix_str(f"running {len(running)}{running_text}, stopped early {stopped}, "
-                                  f"failed {self.counts['failed']}{best}, ETA {format_seconds(eta)}", refresh=refresh)
+        self.line.set_postfix_str(
+            f"running {len(running)}{running_text}, stopped early {stopped}, "
+            f"failed {self.counts['failed']}{best}, ETA {format_seconds(eta)}",
+            refresh=refresh,
+        )
 
     def finished(self, number: int, status: str, value: Optional[float], duration_s: float, goal: str) -> None:
         trial_bar = self.trial_bars.pop(number, None)

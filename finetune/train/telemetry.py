@@ -14,6 +14,7 @@ on a machine without the driver. Without NVML the collector is given no devices 
 collected. Per-process metrics are not collected (no root pids): they cost an NVML process query per snapshot and
 the device totals are what decide whether a run fits.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,14 @@ _KEY = re.compile(r"^(?P<scope>host|cuda:[^/]+|gpu:[^/]+)/(?P<metric>[^/]+)/(?P<
 # Of nvitop's metrics, the ones worth a chart; the rest are constant (totals, limits) or noise (fan, swap).
 LOGGED = {
     "host": ("cpu_percent (%)", "memory_percent (%)", "memory_used (GiB)"),
-    "gpu": ("gpu_utilization (%)", "memory_utilization (%)", "memory_used (MiB)", "memory_percent (%)",
-            "temperature (C)", "power_usage (W)"),
+    "gpu": (
+        "gpu_utilization (%)",
+        "memory_utilization (%)",
+        "memory_used (MiB)",
+        "memory_percent (%)",
+        "temperature (C)",
+        "power_usage (W)",
+    ),
 }
 _UNITS = {"%": "pct"}
 
@@ -60,8 +67,13 @@ def visible_gpus() -> list:
 class ResourceMonitor:
     """Background sampling (nvitop's daemon snapshots every ``min(1 s, interval)``) and per-interval logging."""
 
-    def __init__(self, interval_s: float, log: Callable[[dict, int], None], step: Optional[Callable[[], int]] = None,
-                 devices: Optional[list] = None):
+    def __init__(
+        self,
+        interval_s: float,
+        log: Callable[[dict, int], None],
+        step: Optional[Callable[[], int]] = None,
+        devices: Optional[list] = None,
+    ):
         self.interval_s = max(0.5, float(interval_s))
         self.log = log
         self.step = step

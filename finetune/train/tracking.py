@@ -3,6 +3,7 @@
 With no tracking URI MLflow uses its environment, which on AML is the workspace. Under DDP only the first
 process tracks (:class:`NullTracking` for the others): one MLflow run per training, not one per GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,15 @@ def start_tracking(args: TrainArgs, run_id: Optional[str] = None):
         where = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "MLflow's default store"
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         if on_azureml():
-            raise UserError(f"MLflow tracking at {where} cannot be used ({reason}); an AML job needs the "
-                            "azureml-mlflow plugin in its environment (finetune's job environments carry it)") from None
-        print(f"warning: MLflow tracking at {where} is unavailable ({reason}); training goes on untracked, "
-              "metrics are in result.json", file=sys.stderr)
+            raise UserError(
+                f"MLflow tracking at {where} cannot be used ({reason}); an AML job needs the "
+                "azureml-mlflow plugin in its environment (finetune's job environments carry it)"
+            ) from None
+        print(
+            f"warning: MLflow tracking at {where} is unavailable ({reason}); training goes on untracked, "
+            "metrics are in result.json",
+            file=sys.stderr,
+        )
         return NullTracking()
 
 
@@ -67,8 +73,9 @@ class _Tracking:
         self.run = active or (self._start_aml_run(args) if inside_aml else self._start(args, run_id))
         self.owns_run = active is None
         self.run_id = self.run.info.run_id
-        mlflow.log_params({**logged_parameters(args), "model": args.model_id or args.model,
-                           "primary_metric": args.primary_metric})
+        mlflow.log_params(
+            {**logged_parameters(args), "model": args.model_id or args.model, "primary_metric": args.primary_metric}
+        )
 
     def _start(self, args: TrainArgs, run_id: Optional[str]):
         """A resumed training continues the MLflow run it started (when the store still has it)."""
@@ -78,8 +85,9 @@ class _Tracking:
             except self.mlflow.exceptions.MlflowException:
                 pass
         tags = {**json.loads(args.tags or "{}"), "base_model": args.model_id or args.model}
-        return self.mlflow.start_run(run_name=args.run_name, tags=tags, parent_run_id=args.parent_run_id,
-                                     nested=args.parent_run_id is not None)
+        return self.mlflow.start_run(
+            run_name=args.run_name, tags=tags, parent_run_id=args.parent_run_id, nested=args.parent_run_id is not None
+        )
 
     def _start_aml_run(self, args: TrainArgs):
         """The run AML created for this job, in the job's experiment (named in ``MLFLOW_RUN_ID``).
@@ -101,8 +109,11 @@ class _Tracking:
             action(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - a tracking outage must not cost the training
             self.broken = True
-            print(f"warning: MLflow logging failed ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                  "no more metrics are logged for this run, training goes on", file=sys.stderr)
+            print(
+                f"warning: MLflow logging failed ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+                "no more metrics are logged for this run, training goes on",
+                file=sys.stderr,
+            )
 
     def log(self, metrics: dict, step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

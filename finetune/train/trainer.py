@@ -3,6 +3,7 @@
 :mod:`finetune.train.entry` decides what to train (model, data, batch plan, resume) and wires the callbacks;
 these functions turn :class:`finetune.config.spec.TrainArgs` and those decisions into the Trainer's own terms.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,4 +40,3 @@ def training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, ch
         disable_tqdm=True,
         **{**runtime.trainer_kwargs(), **task_of(args.task).trainer_overrides},
     )
-

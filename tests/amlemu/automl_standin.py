@@ -25,6 +25,7 @@ meet what they would meet on AML:
 The model is TF-IDF + logistic regression, labelled as a stand-in in ``STAND_IN.txt``. On a few hundred
 reviews it beats a transformer fine-tuned for one epoch, which is how the "AutoML wins" scenario is made.
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,10 +40,18 @@ MULTI_LABEL_TASK = "text_classification_multilabel"
 # Plain-text multi-label cells: "only use alphabetical, numerical and '_' in your labels. All other characters
 # are recognized as the separator of labels."
 PLAIN_SEPARATOR = re.compile(r"[^A-Za-z0-9_]+")
-INFERENCE_PACKAGES = ("scikit-learn", "pandas", "numpy", "cloudpickle", "mlflow-skinny",
-                      "azureml-inference-server-http")
-NOTICE = ("AML AutoML NLP cannot run outside Azure ML. This MLflow model (TF-IDF + logistic regression) stands in "
-          "for its best_model output in the AML emulation (tests/amlemu/automl_standin.py).\n")
+INFERENCE_PACKAGES = (
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "cloudpickle",
+    "mlflow-skinny",
+    "azureml-inference-server-http",
+)
+NOTICE = (
+    "AML AutoML NLP cannot run outside Azure ML. This MLflow model (TF-IDF + logistic regression) stands in "
+    "for its best_model output in the AML emulation (tests/amlemu/automl_standin.py).\n"
+)
 
 
 class AutomlDataError(Exception):
@@ -71,14 +80,27 @@ def read_mltable(folder: Path):
             files.extend(sorted(spec_file.parent.glob(entry["pattern"])))
     if not files or not all(path.is_file() for path in files):
         raise AutomlDataError(f"{spec_file}: its paths name no readable file ({[str(p) for p in files]})")
-    delimited = next((step["read_delimited"] for step in spec.get("transformations") or []
-                      if isinstance(step, dict) and "read_delimited" in step), None)
+    delimited = next(
+        (
+            step["read_delimited"]
+            for step in spec.get("transformations") or []
+            if isinstance(step, dict) and "read_delimited" in step
+        ),
+        None,
+    )
     if delimited is None:
         raise AutomlDataError(f"{spec_file}: no read_delimited transformation; AutoML NLP reads delimited text")
     header = delimited.get("header", "all_files_same_headers")
-    frames = [pd.read_csv(path, sep=delimited.get("delimiter", ","), encoding=delimited.get("encoding", "utf8"),
-                          header=None if header == "no_header" else 0, keep_default_na=False)
-              for path in files]
+    frames = [
+        pd.read_csv(
+            path,
+            sep=delimited.get("delimiter", ","),
+            encoding=delimited.get("encoding", "utf8"),
+            header=None if header == "no_header" else 0,
+            keep_default_na=False,
+        )
+        for path in files
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -107,16 +129,19 @@ def parse_multi_label(cells) -> List[tuple]:
 def validate(train, valid, target: str, multi_label: bool) -> Optional[List[tuple]]:
     """AutoML NLP's data validation checks (module docstring); the training label sets for multi-label."""
     if len(train) < MIN_TRAINING_SAMPLES:
-        raise AutomlDataError(f"at least {MIN_TRAINING_SAMPLES} training samples are required; "
-                              f"the training data has {len(train)}")
+        raise AutomlDataError(
+            f"at least {MIN_TRAINING_SAMPLES} training samples are required; the training data has {len(train)}"
+        )
     for name, frame in (("training", train), ("validation", valid)):
         if len(set(frame.columns)) != len(frame.columns):
             raise AutomlDataError(f"the {name} data has duplicate column names: {list(frame.columns)}")
         if target not in frame.columns:
             raise AutomlDataError(f"the {name} data has no label column {target!r}")
     if list(train.columns) != list(valid.columns):
-        raise AutomlDataError(f"training columns {list(train.columns)} and validation columns "
-                              f"{list(valid.columns)} differ (same set, same order required)")
+        raise AutomlDataError(
+            f"training columns {list(train.columns)} and validation columns "
+            f"{list(valid.columns)} differ (same set, same order required)"
+        )
     differing = [c for c in train.columns if train[c].dtype != valid[c].dtype]
     if differing:
         raise AutomlDataError(f"columns {differing} have different types in training and validation data")
@@ -126,7 +151,8 @@ def validate(train, valid, target: str, multi_label: bool) -> Optional[List[tupl
         return None
     sets = parse_multi_label(train[target])
     labels = {label for labels in sets for label in labels} | {
-        label for labels in parse_multi_label(valid[target]) for label in labels}
+        label for labels in parse_multi_label(valid[target]) for label in labels
+    }
     if len(labels) < 2:
         raise AutomlDataError("at least two unique labels are required")
     if not any(len(labels) != 1 for labels in sets):
@@ -150,8 +176,12 @@ def _classifier(texts, y):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    return Pipeline([("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)),
-                     ("clf", LogisticRegression(C=4.0, max_iter=1000, class_weight="balanced"))]).fit(texts, y)
+    return Pipeline(
+        [
+            ("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)),
+            ("clf", LogisticRegression(C=4.0, max_iter=1000, class_weight="balanced")),
+        ]
+    ).fit(texts, y)
 
 
 class MulticlassModel:
@@ -182,17 +212,24 @@ class MultilabelModel:
         return np.stack([self.per_label[label].predict_proba(texts)[:, 1] for label in self.classes_], axis=1)
 
     def predict(self, frame, threshold: float = 0.5):
-        return [tuple(label for label, p in zip(self.classes_, row) if p > threshold)
-                for row in self.predict_proba(frame)]
+        return [
+            tuple(label for label, p in zip(self.classes_, row) if p > threshold) for row in self.predict_proba(frame)
+        ]
 
 
 def conda_env() -> dict:
     from importlib import metadata
 
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return {"name": "automl-stand-in", "channels": ["conda-forge"],
-            "dependencies": [f"python={python}", "pip",
-                             {"pip": [f"{name}=={metadata.version(name)}" for name in INFERENCE_PACKAGES]}]}
+    return {
+        "name": "automl-stand-in",
+        "channels": ["conda-forge"],
+        "dependencies": [
+            f"python={python}",
+            "pip",
+            {"pip": [f"{name}=={metadata.version(name)}" for name in INFERENCE_PACKAGES]},
+        ],
+    }
 
 
 def train(training: Path, validation: Path, target: str, task: str, outputs: Dict[str, Path]) -> str:
@@ -206,17 +243,28 @@ def train(training: Path, validation: Path, target: str, task: str, outputs: Dic
     text_columns = [column for column in train_frame.columns if column != target]
     texts = _text(train_frame, text_columns)
     if multi_label:
-        model = MultilabelModel({str(label): _classifier(texts, [label in s for s in sets])
-                                 for label in {label for s in sets for label in s}}, text_columns)
+        model = MultilabelModel(
+            {
+                str(label): _classifier(texts, [label in s for s in sets])
+                for label in {label for s in sets for label in s}
+            },
+            text_columns,
+        )
     else:
         model = MulticlassModel(_classifier(texts, train_frame[target].astype(str)), text_columns)
     # The job loads the model without this module on its path: its classes travel inside model.pkl.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     environment = conda_env()
     for folder in outputs.values():
-        mlflow.sklearn.save_model(model, str(folder), serialization_format="cloudpickle", conda_env=environment,
-                                  metadata={"is_automl_model": True, "stand_in": True,
-                                            "python_version": platform.python_version()})
+        mlflow.sklearn.save_model(
+            model,
+            str(folder),
+            serialization_format="cloudpickle",
+            conda_env=environment,
+            metadata={"is_automl_model": True, "stand_in": True, "python_version": platform.python_version()},
+        )
         (folder / "STAND_IN.txt").write_text(NOTICE, encoding="utf-8")
-    return (f"STAND-IN MLflow model (TF-IDF + logistic regression, {len(model.classes_)} labels) from "
-            f"{len(train_frame)} training rows read through the MLTable; AutoML NLP's data checks passed")
+    return (
+        f"STAND-IN MLflow model (TF-IDF + logistic regression, {len(model.classes_)} labels) from "
+        f"{len(train_frame)} training rows read through the MLTable; AutoML NLP's data checks passed"
+    )

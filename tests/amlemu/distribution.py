@@ -12,6 +12,7 @@ index on its node. Each process writes its own log (AML's ``user_logs/std_log_pr
 Here every "node" is this machine (MASTER_ADDR 127.0.0.1, one free port); on CPU, PyTorch picks the gloo backend.
 The job fails as soon as one process fails (AML cancels the others), and succeeds when all exit 0.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,11 +93,26 @@ def launch(command: str, cwd: Path, env: dict, job_dir: Path, instances: int, pe
     port = free_port()
     processes, logs = [], []
     for rank in range(world):
-        variables = dict(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                         NODE_RANK=str(rank // per_instance), RANK=str(rank), LOCAL_RANK=str(rank % per_instance))
+        variables = dict(
+            env,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            WORLD_SIZE=str(world),
+            NODE_RANK=str(rank // per_instance),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank % per_instance),
+        )
         name = "std_log.txt" if rank == 0 else f"std_log_process_{rank:02d}.txt"
         log = open(job_dir / name, "w", encoding="utf-8")
         logs.append(log)
-        processes.append(subprocess.Popen(["/bin/bash", "-c", command], cwd=cwd, env=variables, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                ["/bin/bash", "-c", command],
+                cwd=cwd,
+                env=variables,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     return Ranks(processes, logs)

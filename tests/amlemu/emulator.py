@@ -47,6 +47,7 @@ At the end it prints the node table and writes ``<work>/emulation.json`` (every 
 ``<work>/endpoints.json`` (each endpoint's traffic and deployments) and ``<work>/environments.json`` (each
 environment: built or cached, seconds). Exit code 0 when every node succeeded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,7 +129,7 @@ def _without_finetune(*args, **kwargs):
 _metadata.MetadataPathFinder.find_distributions = _without_finetune
 '''
 
-PROBE = '''\
+PROBE = """\
 import importlib.util, importlib.metadata, json, os, sys
 spec = importlib.util.find_spec("finetune")
 try:
@@ -139,7 +140,7 @@ except importlib.metadata.PackageNotFoundError:
 plugin = importlib.util.find_spec("azureml.mlflow") is not None
 print(json.dumps({"origin": spec.origin if spec else None, "dist_info": dist, "plugin": plugin, "python": sys.prefix,
                   "cwd": os.getcwd(), "path": sys.path}))
-'''
+"""
 
 SERVER = '''\
 """azmlinfsrv bound to 127.0.0.1 (it binds 0.0.0.0 otherwise); the emulated managed deployment's server."""
@@ -241,8 +242,10 @@ class Emulation:
 
     def open_experiment(self) -> None:
         found = self.api("GET", "experiments/get-by-name", query={"experiment_name": self.experiment})
-        self.experiment_id = (found.get("experiment", {}).get("experiment_id")
-                              or self.api("POST", "experiments/create", {"name": self.experiment})["experiment_id"])
+        self.experiment_id = (
+            found.get("experiment", {}).get("experiment_id")
+            or self.api("POST", "experiments/create", {"name": self.experiment})["experiment_id"]
+        )
 
     def grant_steps_identity(self, cluster: str) -> None:
         """The workspace admin's part: the steps' cluster identity holds AzureML Data Scientist."""
@@ -263,8 +266,16 @@ class Emulation:
         tags = [{"key": "mlflow.runName", "value": name}, {"key": "azureml.emulated", "value": "true"}]
         if parent:
             tags.append({"key": "mlflow.parentRunId", "value": parent})
-        run = self.api("POST", "runs/create", {"experiment_id": self.experiment_id, "run_name": name,
-                                                "start_time": int(time.time() * 1000), "tags": tags})
+        run = self.api(
+            "POST",
+            "runs/create",
+            {
+                "experiment_id": self.experiment_id,
+                "run_name": name,
+                "start_time": int(time.time() * 1000),
+                "tags": tags,
+            },
+        )
         return run["run"]["info"]["run_id"]
 
     def finish_run(self, run_id: str, status: str) -> None:
@@ -278,38 +289,50 @@ class Emulation:
     # ------------------------------------------------------------------ jobs
 
     def job_environment(self, run_id: str, identity: bool, python: Path) -> dict:
-        env = {key: value for key, value in os.environ.items()
-               if key not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")
-               and not key.startswith(("_MLFLOW_", "AZUREML_"))}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")
+            and not key.startswith(("_MLFLOW_", "AZUREML_"))
+        }
         token = aml_recorder.FakeCredential().get_token("https://ml.azure.com").token
-        env.update({
-            # `python` in a command line is the job environment's, as in AML's image.
-            "PATH": f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONPATH": str(self.netmap),
-            "AML_EMULATION_PORT": str(self.recorder.port),
-            "AML_EMULATION_HOSTS": ",".join(EMULATED_HOSTS),
-            "AML_EMULATION_REPO": str(REPO),
-            "REQUESTS_CA_BUNDLE": str(self.service.cert),
-            "SSL_CERT_FILE": str(self.service.cert),
-            "AZUREML_RUN_ID": run_id,
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_TRACKING_URI": TRACKING_URI,
-            "MLFLOW_TRACKING_TOKEN": token,
-            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
-            "MLFLOW_EXPERIMENT_NAME": self.experiment,
-            "AZUREML_ARM_SUBSCRIPTION": aml_recorder.SUBSCRIPTION,
-            "AZUREML_ARM_RESOURCEGROUP": aml_recorder.RESOURCE_GROUP,
-            "AZUREML_ARM_WORKSPACE_NAME": aml_recorder.WORKSPACE,
-            "AZUREML_ARM_PROJECT_NAME": self.experiment,
-            "AZUREML_SERVICE_ENDPOINT": f"https://{REGION_HOST}",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-        })
+        env.update(
+            {
+                # `python` in a command line is the job environment's, as in AML's image.
+                "PATH": f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}",
+                "PYTHONPATH": str(self.netmap),
+                "AML_EMULATION_PORT": str(self.recorder.port),
+                "AML_EMULATION_HOSTS": ",".join(EMULATED_HOSTS),
+                "AML_EMULATION_REPO": str(REPO),
+                "REQUESTS_CA_BUNDLE": str(self.service.cert),
+                "SSL_CERT_FILE": str(self.service.cert),
+                "AZUREML_RUN_ID": run_id,
+                "MLFLOW_RUN_ID": run_id,
+                "MLFLOW_TRACKING_URI": TRACKING_URI,
+                "MLFLOW_TRACKING_TOKEN": token,
+                "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+                "MLFLOW_EXPERIMENT_NAME": self.experiment,
+                "AZUREML_ARM_SUBSCRIPTION": aml_recorder.SUBSCRIPTION,
+                "AZUREML_ARM_RESOURCEGROUP": aml_recorder.RESOURCE_GROUP,
+                "AZUREML_ARM_WORKSPACE_NAME": aml_recorder.WORKSPACE,
+                "AZUREML_ARM_PROJECT_NAME": self.experiment,
+                "AZUREML_SERVICE_ENDPOINT": f"https://{REGION_HOST}",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
         if identity:
-            env.update({"DEFAULT_IDENTITY_CLIENT_ID": IDENTITY_CLIENT_ID,
-                        "MSI_ENDPOINT": f"{self.recorder.base_url}{aml_recorder.MSI_PATH}",
-                        "MSI_SECRET": aml_recorder.MSI_SECRET})
+            env.update(
+                {
+                    "DEFAULT_IDENTITY_CLIENT_ID": IDENTITY_CLIENT_ID,
+                    "MSI_ENDPOINT": f"{self.recorder.base_url}{aml_recorder.MSI_PATH}",
+                    "MSI_SECRET": aml_recorder.MSI_SECRET,
+                }
+            )
         return env
 
     def snapshot(self, job_dir: Path, code: str) -> Path:
@@ -322,8 +345,14 @@ class Emulation:
         """Where ``finetune`` comes from inside a job: the snapshot only, never an installed distribution."""
         job_dir = self.work / f"probe-{self.tree.parent.name}" if self.workspace else self.work / "probe"
         cwd = self.snapshot(job_dir, code)
-        completed = subprocess.run([str(python), "-c", PROBE], cwd=cwd, env=self.job_environment("probe", False, python),
-                                   capture_output=True, text=True, timeout=120)
+        completed = subprocess.run(
+            [str(python), "-c", PROBE],
+            cwd=cwd,
+            env=self.job_environment("probe", False, python),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if completed.returncode != 0:
             raise EmulationError(f"probe failed: {completed.stderr[-500:]}")
         found = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -342,8 +371,9 @@ class Emulation:
         if isinstance(value, dict):
             kind = value.get("type", kind)
             value = value.get("path", value.get("default"))
-        if not isinstance(value, str) or not (value.startswith("${{") or kind in (
-                "uri_file", "uri_folder", "custom_model", "mlflow_model", "mltable")):
+        if not isinstance(value, str) or not (
+            value.startswith("${{") or kind in ("uri_file", "uri_folder", "custom_model", "mlflow_model", "mltable")
+        ):
             return value
         parent_input, parent_output = PARENT_INPUT.match(value), PARENT_OUTPUT.match(value)
         if parent_input:
@@ -375,8 +405,16 @@ class Emulation:
 
         return PLACEHOLDER.sub(value, command)
 
-    def start_job(self, name: str, spec: dict, bindings: dict, identity: bool, space: Optional[dict] = None,
-                  parent_run: Optional[str] = None, job: Optional[dict] = None):
+    def start_job(
+        self,
+        name: str,
+        spec: dict,
+        bindings: dict,
+        identity: bool,
+        space: Optional[dict] = None,
+        parent_run: Optional[str] = None,
+        job: Optional[dict] = None,
+    ):
         """Start one job process; returns (process, run id, outputs, job dir)."""
         self.sequence += 1
         job_dir = self.work / "jobs" / f"{self.sequence:02d}-{name}"
@@ -402,15 +440,18 @@ class Emulation:
         (job_dir / "command.sh").write_text(command + "\n", encoding="utf-8")
         env = self.job_environment(run_id, identity, python)
         # The job's own variables, as AML sets them (the command job's `environment_variables`).
-        for key, value in {**(spec.get("environment_variables") or {}),
-                           **((job or {}).get("environment_variables") or {})}.items():
+        for key, value in {
+            **(spec.get("environment_variables") or {}),
+            **((job or {}).get("environment_variables") or {}),
+        }.items():
             env[key] = self.in_image(str(value))
         instances, per_instance = layout(job or spec)
         if instances * per_instance > 1:
             return launch(command, cwd, env, job_dir, instances, per_instance), run_id, outputs, job_dir
         log = open(job_dir / "std_log.txt", "w", encoding="utf-8")
-        process = subprocess.Popen(["/bin/bash", "-c", command], cwd=cwd, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["/bin/bash", "-c", command], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         process.log_file = log
         return process, run_id, outputs, job_dir
 
@@ -422,7 +463,7 @@ class Emulation:
             return value
         if self.automl_runtime is None:
             raise EmulationError(f"{value}: AutoML's runtime exists only once an AutoML node has run")
-        return str(self.automl_runtime.python.parent.parent) + value[len(AUTOML_RUNTIME):]
+        return str(self.automl_runtime.python.parent.parent) + value[len(AUTOML_RUNTIME) :]
 
     @staticmethod
     def close_log(process) -> None:
@@ -481,15 +522,18 @@ class Emulation:
                     data = json.loads(path.read_text(encoding="utf-8"))
                     if file == "model_ref.json":
                         if data.get("decision") == "register":
-                            return (f"registered {data['name']}:{data['version']} ({data['candidate']}); "
-                                    f"{data['reason']}")
+                            return (
+                                f"registered {data['name']}:{data['version']} ({data['candidate']}); {data['reason']}"
+                            )
                         return f"kept production: {data.get('reason')}"
                     if file == "rollout.json":
                         if data.get("status") == "skipped":
                             return f"skipped: {data.get('reason')}"
                         smoke = data.get("smoke_test", {})
-                        return (f"{data.get('status')} {data.get('deployment')} traffic {data.get('traffic')}; "
-                                f"smoke test {smoke.get('latency_ms', float('nan')):.0f} ms")
+                        return (
+                            f"{data.get('status')} {data.get('deployment')} traffic {data.get('traffic')}; "
+                            f"smoke test {smoke.get('latency_ms', float('nan')):.0f} ms"
+                        )
                     test = data.get("test", {})
                     return f"test auc_weighted {test.get('auc_weighted', float('nan')):.4f}"
         return ""
@@ -531,9 +575,9 @@ class Emulation:
                 break
             asked = study.ask({key: latent_distribution(dist) for key, dist in space.items()})
             sample = {key: value_from_latent(key, space[key], asked.params[key]) for key in space}
-            process, run_id, outputs, job_dir = self.start_job(f"{name}_trial{number}", trial_spec,
-                                                               node.get("inputs") or {}, False, sample, sweep_run,
-                                                               job=trial_spec)
+            process, run_id, outputs, job_dir = self.start_job(
+                f"{name}_trial{number}", trial_spec, node.get("inputs") or {}, False, sample, sweep_run, job=trial_spec
+            )
             curves[number] = []
             started, status, reason = time.time(), "completed", ""
             while process.poll() is None:
@@ -553,7 +597,7 @@ class Emulation:
                     break
             self.close_log(process)
             reported = self.metric_history(run_id, metric)
-            for value in reported[len(curves[number]):]:  # reports after the last poll: known to later decisions
+            for value in reported[len(curves[number]) :]:  # reports after the last poll: known to later decisions
                 termination.reports.report(str(number), value)
             termination.end(str(number))
             curves[number] = reported or curves[number]
@@ -562,38 +606,58 @@ class Emulation:
                 reason = (job_dir / "std_log.txt").read_text(errors="replace").strip().splitlines()[-1:]
             self.finish_run(run_id, {"completed": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
             value = (max if goal == "maximize" else min)(curves[number]) if curves[number] else None
-            trial = {"trial": number, "params": sample, "status": status, "reason": str(reason),
-                     metric: value, "evaluations": len(curves[number]), "run_id": run_id,
-                     "seconds": round(time.time() - started, 1)}
+            trial = {
+                "trial": number,
+                "params": sample,
+                "status": status,
+                "reason": str(reason),
+                metric: value,
+                "evaluations": len(curves[number]),
+                "run_id": run_id,
+                "seconds": round(time.time() - started, 1),
+            }
             result.trials.append(trial)
             self.log(f"  trial {number}: {status} {metric}={value} params={sample} {reason}")
             study.tell(asked, value if value is not None else (-1e9 if goal == "maximize" else 1e9))
-            if status == "completed" and value is not None and (
-                    best is None or (value > best[0] if goal == "maximize" else value < best[0])):
+            if (
+                status == "completed"
+                and value is not None
+                and (best is None or (value > best[0] if goal == "maximize" else value < best[0]))
+            ):
                 best = (value, number, outputs)
         self.finish_run(sweep_run, "FINISHED" if best else "FAILED")
         if best is None:
             raise EmulationError("no trial completed")
         self.outputs[name] = best[2]
-        result.detail = (f"{len(result.trials)} trials ({', '.join(t['status'] for t in result.trials)}); best trial "
-                         f"{best[1]} {metric}={best[0]:.4f} read back from the azureml:// tracking store")
+        result.detail = (
+            f"{len(result.trials)} trials ({', '.join(t['status'] for t in result.trials)}); best trial "
+            f"{best[1]} {metric}={best[0]:.4f} read back from the azureml:// tracking store"
+        )
 
     def automl_node(self, name: str, node: dict, result: NodeResult) -> None:
         """STAND-IN for AML AutoML NLP (only the service runs it): :mod:`.automl_standin`."""
         result.environment = "STAND-IN (this Python): AutoML NLP runs only in the service"
         job_dir = self.work / "jobs" / f"automl-stand-in-{name}"
-        tables = {key: Path(self.resolve_input(node[key], job_dir, key, "mltable"))
-                  for key in ("training_data", "validation_data")}
+        tables = {
+            key: Path(self.resolve_input(node[key], job_dir, key, "mltable"))
+            for key in ("training_data", "validation_data")
+        }
         outputs = {key: job_dir / "outputs" / key for key in node.get("outputs") or {"best_model": {}}}
         try:
-            result.detail = automl_standin.train(tables["training_data"], tables["validation_data"],
-                                                 node.get("target_column_name", "label"), node.get("task"), outputs)
+            result.detail = automl_standin.train(
+                tables["training_data"],
+                tables["validation_data"],
+                node.get("target_column_name", "label"),
+                node.get("task"),
+                outputs,
+            )
         except automl_standin.AutomlDataError as error:
             raise EmulationError(f"AutoML data validation: {error}") from None
         # The runtime that loads the model in later jobs: its conda file, on a plain image (AutoML's own image is
         # GPU-only; its Python and pins are the stand-in's, which cloudpickle's by-value classes need).
         self.automl_runtime = self.environments.prepare(
-            {"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04", "conda_file": automl_standin.conda_env()})
+            {"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04", "conda_file": automl_standin.conda_env()}
+        )
         self.outputs[name] = outputs
 
     # ------------------------------------------------------------------ deployments
@@ -609,7 +673,7 @@ class Emulation:
         if not found:
             raise EmulationError(f"nothing uploaded under {uri}")
         for path in found:
-            destination = target / path[len(prefix):].lstrip("/") if path != prefix else target / Path(path).name
+            destination = target / path[len(prefix) :].lstrip("/") if path != prefix else target / Path(path).name
             destination.parent.mkdir(parents=True, exist_ok=True)
             destination.write_bytes(self.recorder.blobs[path])
         return target
@@ -636,12 +700,32 @@ class Emulation:
         port = free_port()
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
         env.update(properties.get("environmentVariables") or {})
-        env.update({"AZUREML_MODEL_DIR": str(model_dir), "GUNICORN_CMD_ARGS": "--no-control-socket",
-                    "OMP_NUM_THREADS": "1", "FINETUNE_NUM_THREADS": "1"})
+        env.update(
+            {
+                "AZUREML_MODEL_DIR": str(model_dir),
+                "GUNICORN_CMD_ARGS": "--no-control-socket",
+                "OMP_NUM_THREADS": "1",
+                "FINETUNE_NUM_THREADS": "1",
+            }
+        )
         log = open(folder / "server.log", "w", encoding="utf-8")
-        process = subprocess.Popen([str(python), str(folder / "server.py"), "--entry_script", str(script),
-                                    "--model_dir", str(model_dir), "--port", str(port)], cwd=script.parent, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                str(python),
+                str(folder / "server.py"),
+                "--entry_script",
+                str(script),
+                "--model_dir",
+                str(model_dir),
+                "--port",
+                str(port),
+            ],
+            cwd=script.parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 180
         while time.time() < deadline:
             if process.poll() is not None:
@@ -686,8 +770,12 @@ class Emulation:
         if deployment is None:
             return 404, {"error": "no deployment takes traffic"}
         port = self.servers[deployment][1] if deployment in self.servers else self.start_server(deployment)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/score",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=120) as answer:
                 return answer.status, json.loads(answer.read())
@@ -721,7 +809,9 @@ class Emulation:
 
     def order(self) -> List[str]:
         jobs = self.pipeline["jobs"]
-        needs = {name: set(re.findall(r"parent\.jobs\.([A-Za-z0-9_]+)\.", json.dumps(job))) for name, job in jobs.items()}
+        needs = {
+            name: set(re.findall(r"parent\.jobs\.([A-Za-z0-9_]+)\.", json.dumps(job))) for name, job in jobs.items()
+        }
         ordered: List[str] = []
         while len(ordered) < len(jobs):
             ready = [name for name in jobs if name not in ordered and needs[name] <= set(ordered)]
@@ -733,18 +823,25 @@ class Emulation:
     def run(self) -> List[NodeResult]:
         jobs = self.pipeline["jobs"]
         self.start_service()
-        steps_clusters = {str(job.get("compute", "")).split(":")[-1] for job in jobs.values()
-                          if job.get("identity") or (job.get("component") or {}).get("identity")}
+        steps_clusters = {
+            str(job.get("compute", "")).split(":")[-1]
+            for job in jobs.values()
+            if job.get("identity") or (job.get("component") or {}).get("identity")
+        }
         for cluster in steps_clusters:
             self.grant_steps_identity(cluster)
-        first = next(job.get("trial") or job.get("component") or job for job in jobs.values()
-                     if (job.get("trial") or job.get("component") or job).get("code"))
+        first = next(
+            job.get("trial") or job.get("component") or job
+            for job in jobs.values()
+            if (job.get("trial") or job.get("component") or job).get("code")
+        )
         self.environments = Environments(self.tree / first["code"], self.tree, self.log)
         failed = False
         try:
             found = self.probe(first["code"], self.environments.prepare(first.get("environment")).python)
-            self.log(f"job Python {found['python']}: finetune from {found['origin']} (no dist-info), "
-                     "azureml-mlflow present")
+            self.log(
+                f"job Python {found['python']}: finetune from {found['origin']} (no dist-info), azureml-mlflow present"
+            )
         except EnvironmentFailure as error:
             self.log(f"job environment: {error}")  # the nodes on it fail with this line when they start
         except EmulationError as error:
@@ -813,16 +910,33 @@ def _seconds(value) -> Optional[float]:
 def table(results: List[NodeResult]) -> str:
     header = ["node", "type", "compute", "environment", "status", "s", "detail"]
     several = len({r.tree for r in results}) > 1
-    rows = [[f"{Path(r.tree).parent.name}/{r.node}" if several else r.node, r.kind, r.compute, r.environment[:48], r.status, f"{r.seconds:.0f}", r.detail] for r in results]
+    rows = [
+        [
+            f"{Path(r.tree).parent.name}/{r.node}" if several else r.node,
+            r.kind,
+            r.compute,
+            r.environment[:48],
+            r.status,
+            f"{r.seconds:.0f}",
+            r.detail,
+        ]
+        for r in results
+    ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(str(cell).ljust(widths[i]) if i < len(widths) else str(cell)
-                               for i, cell in enumerate(row)) for row in [header, *rows])
+    return "\n".join(
+        "  ".join(str(cell).ljust(widths[i]) if i < len(widths) else str(cell) for i, cell in enumerate(row))
+        for row in [header, *rows]
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/aml_emulate.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("trees", nargs="+", metavar="tree",
-                        help="an exported AML folder, <run_dir>/aml; several run one after the other in one workspace")
+    parser.add_argument(
+        "trees",
+        nargs="+",
+        metavar="tree",
+        help="an exported AML folder, <run_dir>/aml; several run one after the other in one workspace",
+    )
     parser.add_argument("--work", help="where jobs run (default: a new folder beside the first tree)")
     args = parser.parse_args(argv)
     trees = [Path(tree) for tree in args.trees]

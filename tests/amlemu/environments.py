@@ -19,6 +19,7 @@ later emulation on this machine, CI's included:
 - An image without a conda file brings its own packages; only the images listed in :data:`IMAGES` are known
   (their Python and what they preinstall), any other fails with a clear line.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -125,8 +126,9 @@ def python_binary(version: str) -> Path:
     on_path = shutil.which(f"python{version}")
     if on_path:
         return Path(on_path)
-    raise EnvironmentFailure(f"no Python {version} on this machine to build the job environment with "
-                             f"(looked in {PYENV} and on PATH)")
+    raise EnvironmentFailure(
+        f"no Python {version} on this machine to build the job environment with (looked in {PYENV} and on PATH)"
+    )
 
 
 def pip_error(log: str) -> str:
@@ -154,14 +156,18 @@ class Environments:
         from packaging.specifiers import SpecifierSet
 
         if self.code_requirement and version not in SpecifierSet(self.code_requirement):
-            raise EnvironmentFailure(f"{source} gives Python {version}, but the code requires Python "
-                                     f"{self.code_requirement} (pyproject.toml requires-python)")
+            raise EnvironmentFailure(
+                f"{source} gives Python {version}, but the code requires Python "
+                f"{self.code_requirement} (pyproject.toml requires-python)"
+            )
 
     def resolve(self, environment) -> tuple:
         """``(python version, pip lines, label)`` of a YAML ``environment`` (inline image + conda file)."""
         if not isinstance(environment, dict):
-            raise EnvironmentFailure(f"environment {environment!r}: only inline environments (image + conda file) "
-                                     "are emulated; a registered one would have to be read from the workspace")
+            raise EnvironmentFailure(
+                f"environment {environment!r}: only inline environments (image + conda file) "
+                "are emulated; a registered one would have to be read from the workspace"
+            )
         image = str(environment.get("image") or "")
         facts = image_facts(image) if image else None
         python, pip = conda_parts(environment.get("conda_file"), self.tree)
@@ -170,8 +176,9 @@ class Environments:
                 source = f"image {image} ({'its Python ' + facts['python'] if facts else 'unknown to the emulation'})"
                 if facts and facts["python"]:
                     self.check_python(facts["python"], f"image {image}")
-                raise EnvironmentFailure(f"{source} has no conda file, and the emulation cannot reproduce the "
-                                         "packages of that image")
+                raise EnvironmentFailure(
+                    f"{source} has no conda file, and the emulation cannot reproduce the packages of that image"
+                )
             python, pip = facts["python"], list(facts["packages"])
         elif facts and facts["packages"]:
             named = {re.split(r"[=<>!~ ]", line, maxsplit=1)[0].lower() for line in pip}
@@ -179,10 +186,13 @@ class Environments:
         if python is None:
             python = (facts or {}).get("python")
         if python is None:
-            raise EnvironmentFailure(f"environment on {image or 'no image'}: its conda file names no python=X.Y and "
-                                     "the image's Python is unknown")
-        self.check_python(python, f"the environment's conda file ({image})" if environment.get("conda_file")
-                          else f"image {image}")
+            raise EnvironmentFailure(
+                f"environment on {image or 'no image'}: its conda file names no python=X.Y and "
+                "the image's Python is unknown"
+            )
+        self.check_python(
+            python, f"the environment's conda file ({image})" if environment.get("conda_file") else f"image {image}"
+        )
         return python, cpu_requirements(pip), f"{image.split('/')[-1].split(':')[0]} py{python}"
 
     def prepare(self, environment) -> JobEnvironment:
@@ -204,10 +214,12 @@ class Environments:
                 except EnvironmentFailure as failure:
                     self.built[key] = failure
                     raise
-        built = JobEnvironment(folder / "bin" / "python", f"{label} [{key[:8]}]", key,
-                               round(time.time() - started, 1), cached)
-        self.timings.append({"key": key, "label": label, "cached": cached, "seconds": built.seconds,
-                             "packages": len(requirements)})
+        built = JobEnvironment(
+            folder / "bin" / "python", f"{label} [{key[:8]}]", key, round(time.time() - started, 1), cached
+        )
+        self.timings.append(
+            {"key": key, "label": label, "cached": cached, "seconds": built.seconds, "packages": len(requirements)}
+        )
         self.log(f"  environment {label} [{key[:8]}]: {'cached' if cached else 'built'} in {built.seconds:.0f} s")
         self.built[key] = built
         return built
@@ -222,14 +234,40 @@ class Environments:
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
         # The conda file's unpinned `pip` is conda-forge's newest; a venv's bundled pip can be years older (pyenv's
         # 3.11.7 has pip 23.2, whose resolver crashes with InconsistentCandidate on this project's pip list).
-        subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"],
-                       check=True, capture_output=True, env=env)
-        completed = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--no-compile",
-                                    "--disable-pip-version-check", "-r", str(folder / "requirements.txt")],
-                                   capture_output=True, text=True, env=env)
+        subprocess.run(
+            [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        completed = subprocess.run(
+            [
+                str(folder / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "-r",
+                str(folder / "requirements.txt"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         (folder / "pip.log").write_text(completed.stdout + completed.stderr, encoding="utf-8")
         if completed.returncode != 0:
-            raise EnvironmentFailure(f"environment {label}: pip could not install its conda file's pip list: "
-                                     f"{pip_error(completed.stderr or completed.stdout)} (log: {folder / 'pip.log'})")
-        (folder / "ready.json").write_text(json.dumps({"python": python, "pip": requirements, "label": label,
-                                                        "build_seconds": round(time.time() - started, 1)}))
+            raise EnvironmentFailure(
+                f"environment {label}: pip could not install its conda file's pip list: "
+                f"{pip_error(completed.stderr or completed.stdout)} (log: {folder / 'pip.log'})"
+            )
+        (folder / "ready.json").write_text(
+            json.dumps(
+                {
+                    "python": python,
+                    "pip": requirements,
+                    "label": label,
+                    "build_seconds": round(time.time() - started, 1),
+                }
+            )
+        )

@@ -32,6 +32,7 @@ What those pages say, and how it is read here:
   though 0.8 - 0.2 is 0.6000000000000001 in binary floating point. A value within :data:`TIE` (relative) of a
   threshold or a median is a tie, and a tie is not worse.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,10 +94,18 @@ class TerminationService:
         interval = self.reports.report(run, value)
         if self.kind == "none" or not self.evaluated_at(interval):
             return None
-        peers = {other: [self.reports.score(v) for v in reported[:interval]]
-                 for other, reported in self.reports.values.items() if len(reported) >= interval}
-        decide = {"bandit": self._bandit, "median": self._median, "medianstopping": self._median,
-                  "truncation": self._truncation, "truncationselection": self._truncation}[self.kind]
+        peers = {
+            other: [self.reports.score(v) for v in reported[:interval]]
+            for other, reported in self.reports.values.items()
+            if len(reported) >= interval
+        }
+        decide = {
+            "bandit": self._bandit,
+            "median": self._median,
+            "medianstopping": self._median,
+            "truncation": self._truncation,
+            "truncationselection": self._truncation,
+        }[self.kind]
         return decide(run, interval, peers)
 
     def end(self, run: str) -> None:
@@ -120,13 +129,18 @@ class TerminationService:
         averages = [math.fsum(scores) / len(scores) for scores in peers.values()]  # exactly rounded: ties stay ties
         median = _median(averages)
         if worse(max(peers[run]), median):
-            return f"median stopping at interval {interval}: best {self._unscore(max(peers[run])):.4g} worse than " \
-                   f"the median running average {self._unscore(median):.4g}"
+            return (
+                f"median stopping at interval {interval}: best {self._unscore(max(peers[run])):.4g} worse than "
+                f"the median running average {self._unscore(median):.4g}"
+            )
         return None
 
     def _truncation(self, run: str, interval: int, peers: Dict[str, List[float]]) -> Optional[str]:
-        ranked = {other: scores[-1] for other, scores in peers.items()
-                  if other == run or not (self.exclude_finished and other in self.reports.ended)}
+        ranked = {
+            other: scores[-1]
+            for other, scores in peers.items()
+            if other == run or not (self.exclude_finished and other in self.reports.ended)
+        }
         own = ranked[run]
         no_better = sum(1 for score in ranked.values() if score <= own)
         if no_better * 100 <= self.percentage * len(ranked):

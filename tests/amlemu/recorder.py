@@ -24,6 +24,7 @@ that names a deployment the endpoint does not have or does not sum to 100 (or 0)
 that still takes traffic, asset names outside letters/digits/'-'/'_'/'.' (max 255), and a job without
 compute.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,10 @@ WORKSPACE = "ws-test"
 LOCATION = "eastus"
 BLOB_ACCOUNT = "fakestore"
 BLOB_HOST = f"{BLOB_ACCOUNT}.blob.core.windows.net"
-WORKSPACE_PATH = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
-                  f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
+WORKSPACE_PATH = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
+    f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
+)
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # Where azureml-mlflow sends a workspace's MLflow calls: https://<region host>/mlflow/v2.0<workspace path>.
 MLFLOW_PREFIX = f"/mlflow/v2.0{WORKSPACE_PATH}"
@@ -105,19 +108,33 @@ def make_certificate(folder: Path, hosts: tuple = ()) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aml-recorder")])
     now = _dt.datetime.now(_dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - _dt.timedelta(days=1))
-            .not_valid_after(now + _dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName(BLOB_HOST), x509.DNSName("localhost"),
-                                                        *[x509.DNSName(host) for host in hosts]]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(days=1))
+        .not_valid_after(now + _dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName(BLOB_HOST),
+                    x509.DNSName("localhost"),
+                    *[x509.DNSName(host) for host in hosts],
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -133,8 +150,13 @@ class FakeCredential:
         def part(data: dict) -> str:
             return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
-        claims = {"aud": audience, "oid": "11111111-1111-1111-1111-111111111111",
-                  "tid": "22222222-2222-2222-2222-222222222222", "upn": "tester@example.com", "exp": expires}
+        claims = {
+            "aud": audience,
+            "oid": "11111111-1111-1111-1111-111111111111",
+            "tid": "22222222-2222-2222-2222-222222222222",
+            "upn": "tester@example.com",
+            "exp": expires,
+        }
         return AccessToken(f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.", expires)
 
 
@@ -154,7 +176,7 @@ class Request:
     @property
     def relative(self) -> str:
         """The path below the workspace (``jobs/x``), or the full path outside it."""
-        return self.path[len(WORKSPACE_PATH) + 1:] if self.path.startswith(WORKSPACE_PATH + "/") else self.path
+        return self.path[len(WORKSPACE_PATH) + 1 :] if self.path.startswith(WORKSPACE_PATH + "/") else self.path
 
     def __str__(self) -> str:
         host = "blob " if self.host.startswith(BLOB_ACCOUNT) else ""
@@ -232,7 +254,10 @@ class Recorder:
             (r"datastores/[^/]+/listSecrets", self._datastore_secrets),
             (r"datastores/[^/]+", self._datastore),
             (r"datastores", self._datastores),
-            (r"(codes|data|models|environments|components)/[^/]+/versions/[^/]+/startPendingUpload", self._pending_upload),
+            (
+                r"(codes|data|models|environments|components)/[^/]+/versions/[^/]+/startPendingUpload",
+                self._pending_upload,
+            ),
             (r"onlineEndpoints/[^/]+/listKeys", self._keys),
             (r"onlineEndpoints/[^/]+/token", self._keys),
             (r"providers/Microsoft.Authorization/roleAssignments", self._role_assignments),
@@ -250,19 +275,35 @@ class Recorder:
         return 404, {}, {"error": {"code": "NotFound", "message": f"recorder has no route for {request}"}}
 
     def _workspace(self) -> dict:
-        return {"id": WORKSPACE_PATH, "name": WORKSPACE, "location": LOCATION, "type": "Microsoft.MachineLearningServices/workspaces",
-                "kind": "Default",
-                "properties": {"discoveryUrl": f"{self.base_url}/discovery", "workspaceId": "33333333-3333-3333-3333-333333333333",
-                               "mlFlowTrackingUri": f"azureml://{LOCATION}.api.azureml.ms/mlflow/v1.0{WORKSPACE_PATH}",
-                               "storageAccount": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Storage/storageAccounts/{BLOB_ACCOUNT}"},
-                "identity": {"type": "SystemAssigned"}}
+        return {
+            "id": WORKSPACE_PATH,
+            "name": WORKSPACE,
+            "location": LOCATION,
+            "type": "Microsoft.MachineLearningServices/workspaces",
+            "kind": "Default",
+            "properties": {
+                "discoveryUrl": f"{self.base_url}/discovery",
+                "workspaceId": "33333333-3333-3333-3333-333333333333",
+                "mlFlowTrackingUri": f"azureml://{LOCATION}.api.azureml.ms/mlflow/v1.0{WORKSPACE_PATH}",
+                "storageAccount": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Storage/storageAccounts/{BLOB_ACCOUNT}",
+            },
+            "identity": {"type": "SystemAssigned"},
+        }
 
     def _datastore_body(self, name: str) -> dict:
-        return {"id": f"{WORKSPACE_PATH}/datastores/{name}", "name": name,
-                "properties": {"datastoreType": "AzureBlob", "accountName": BLOB_ACCOUNT,
-                               "containerName": "azureml-blobstore", "endpoint": "core.windows.net",
-                               "protocol": "https", "isDefault": True,
-                               "credentials": {"credentialsType": "AccountKey"}}}
+        return {
+            "id": f"{WORKSPACE_PATH}/datastores/{name}",
+            "name": name,
+            "properties": {
+                "datastoreType": "AzureBlob",
+                "accountName": BLOB_ACCOUNT,
+                "containerName": "azureml-blobstore",
+                "endpoint": "core.windows.net",
+                "protocol": "https",
+                "isDefault": True,
+                "credentials": {"credentialsType": "AccountKey"},
+            },
+        }
 
     def _datastore(self, request):
         return 200, {}, self._datastore_body(request.relative.split("/")[1])
@@ -276,39 +317,78 @@ class Recorder:
     def _pending_upload(self, request):
         kind, name, _, version = request.relative.split("/")[:4]
         blob = f"https://{BLOB_HOST}/azureml-blobstore/LocalUpload/{uuid.uuid4().hex}/{name}"
-        return 200, {}, {"blobReferenceForConsumption": {
-            "blobUri": blob, "storageAccountArmId": "x",
-            "credential": {"credentialType": "SAS", "sasUri": f"{blob}?sv=2021-08-06&sig=recorder"}},
-            "pendingUploadId": uuid.uuid4().hex, "pendingUploadType": "TemporaryBlobReference"}
+        return (
+            200,
+            {},
+            {
+                "blobReferenceForConsumption": {
+                    "blobUri": blob,
+                    "storageAccountArmId": "x",
+                    "credential": {"credentialType": "SAS", "sasUri": f"{blob}?sv=2021-08-06&sig=recorder"},
+                },
+                "pendingUploadId": uuid.uuid4().hex,
+                "pendingUploadType": "TemporaryBlobReference",
+            },
+        )
 
     def grant(self, principal_id: str, role_definition_id: str = DATA_SCIENTIST_ROLE) -> None:
-        self.role_assignments.append({"properties": {"principalId": principal_id, "scope": WORKSPACE_PATH,
-                                                     "roleDefinitionId": f"/providers/Microsoft.Authorization/"
-                                                                         f"roleDefinitions/{role_definition_id}"}})
+        self.role_assignments.append(
+            {
+                "properties": {
+                    "principalId": principal_id,
+                    "scope": WORKSPACE_PATH,
+                    "roleDefinitionId": f"/providers/Microsoft.Authorization/roleDefinitions/{role_definition_id}",
+                }
+            }
+        )
 
     def _role_assignments(self, request):
         if self.role_status != 200:
             return self.role_status, {}, {"error": {"code": "AuthorizationFailed", "message": "not allowed to read"}}
         wanted = re.search(r"principalId eq '([^']+)'", (request.query.get("$filter") or [""])[0])
-        return 200, {}, {"value": [a for a in self.role_assignments
-                                   if not wanted or a["properties"]["principalId"] == wanted.group(1)]}
+        return (
+            200,
+            {},
+            {
+                "value": [
+                    a for a in self.role_assignments if not wanted or a["properties"]["principalId"] == wanted.group(1)
+                ]
+            },
+        )
 
     def _cloud_metadata(self) -> list:
         """ARM's cloud list (``GET https://management.azure.com/metadata/endpoints?api-version=2019-05-01``), which
         azureml-mlflow and azure-ai-ml read at start; the public cloud's entry."""
-        return [{"name": "AzureCloud", "portal": "https://portal.azure.com",
-                 "resourceManager": "https://management.azure.com/",
-                 "authentication": {"loginEndpoint": "https://login.microsoftonline.com/",
-                                    "audiences": ["https://management.core.windows.net/", "https://management.azure.com/"],
-                                    "tenant": "common", "identityProvider": "AAD"},
-                 "media": "https://rest.media.azure.net", "graphAudience": "https://graph.windows.net/",
-                 "graph": "https://graph.windows.net/", "name_": "AzureCloud",
-                 "suffixes": {"azureDataLakeStoreFileSystem": "azuredatalakestore.net", "acrLoginServer": "azurecr.io",
-                              "sqlServerHostname": "database.windows.net", "keyVaultDns": "vault.azure.net",
-                              "storage": "core.windows.net", "azureFrontDoorEndpointSuffix": "azurefd.net"},
-                 "batch": "https://batch.core.windows.net/", "sqlManagement": "https://management.core.windows.net:8443/",
-                 "vmImageAliasDoc": "", "activeDirectoryDataLake": "https://datalake.azure.net/",
-                 "gallery": "https://gallery.azure.com/"}]
+        return [
+            {
+                "name": "AzureCloud",
+                "portal": "https://portal.azure.com",
+                "resourceManager": "https://management.azure.com/",
+                "authentication": {
+                    "loginEndpoint": "https://login.microsoftonline.com/",
+                    "audiences": ["https://management.core.windows.net/", "https://management.azure.com/"],
+                    "tenant": "common",
+                    "identityProvider": "AAD",
+                },
+                "media": "https://rest.media.azure.net",
+                "graphAudience": "https://graph.windows.net/",
+                "graph": "https://graph.windows.net/",
+                "name_": "AzureCloud",
+                "suffixes": {
+                    "azureDataLakeStoreFileSystem": "azuredatalakestore.net",
+                    "acrLoginServer": "azurecr.io",
+                    "sqlServerHostname": "database.windows.net",
+                    "keyVaultDns": "vault.azure.net",
+                    "storage": "core.windows.net",
+                    "azureFrontDoorEndpointSuffix": "azurefd.net",
+                },
+                "batch": "https://batch.core.windows.net/",
+                "sqlManagement": "https://management.core.windows.net:8443/",
+                "vmImageAliasDoc": "",
+                "activeDirectoryDataLake": "https://datalake.azure.net/",
+                "gallery": "https://gallery.azure.com/",
+            }
+        ]
 
     def _msi_token(self, request):
         """AML compute's managed identity endpoint (azure-identity's AzureMLCredential: MSI_ENDPOINT/MSI_SECRET,
@@ -317,12 +397,29 @@ class Recorder:
             return 401, {}, {"error": "invalid secret"}
         resource = (request.query.get("resource") or ["https://management.azure.com"])[0]
         token = FakeCredential().get_token(resource)
-        return 200, {}, {"access_token": token.token, "expires_on": token.expires_on, "resource": resource,
-                         "token_type": "Bearer", "client_id": (request.query.get("clientid") or [""])[0]}
+        return (
+            200,
+            {},
+            {
+                "access_token": token.token,
+                "expires_on": token.expires_on,
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": (request.query.get("clientid") or [""])[0],
+            },
+        )
 
     def _keys(self, request):
-        return 200, {}, {"primaryKey": "recorder-primary-key", "secondaryKey": "recorder-secondary-key",
-                         "accessToken": "recorder-token", "expiryTimeUtc": 0}
+        return (
+            200,
+            {},
+            {
+                "primaryKey": "recorder-primary-key",
+                "secondaryKey": "recorder-secondary-key",
+                "accessToken": "recorder-token",
+                "expiryTimeUtc": 0,
+            },
+        )
 
     def _blob(self, request):
         stamp = {"ETag": '"0x1"', "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT"}
@@ -340,20 +437,35 @@ class Recorder:
         if request.method == "GET" and comp == "list":
             container = "/" + request.path.strip("/").split("/")[0]
             prefix = (request.query.get("prefix") or [""])[0]
-            names = sorted(path[len(container) + 1:] for path in self.blobs
-                           if path.startswith(container + "/") and path[len(container) + 1:].startswith(prefix))
+            names = sorted(
+                path[len(container) + 1 :]
+                for path in self.blobs
+                if path.startswith(container + "/") and path[len(container) + 1 :].startswith(prefix)
+            )
             entries = "".join(
                 f"<Blob><Name>{name}</Name><Properties><Last-Modified>{stamp['Last-Modified']}</Last-Modified>"
                 f"<Etag>0x1</Etag><Content-Length>{len(self.blobs[container + '/' + name])}</Content-Length>"
-                "<BlobType>BlockBlob</BlobType></Properties></Blob>" for name in names)
-            return 200, {"Content-Type": "application/xml"}, (
-                '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>' + entries
-                + "</Blobs><NextMarker/></EnumerationResults>")
+                "<BlobType>BlockBlob</BlobType></Properties></Blob>"
+                for name in names
+            )
+            return (
+                200,
+                {"Content-Type": "application/xml"},
+                (
+                    '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs>'
+                    + entries
+                    + "</Blobs><NextMarker/></EnumerationResults>"
+                ),
+            )
         data = self.blobs.get(request.path)
         if data is None:
             return 404, {"x-ms-error-code": "BlobNotFound"}, None
-        headers = {**stamp, "x-ms-blob-type": "BlockBlob", "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            **stamp,
+            "x-ms-blob-type": "BlockBlob",
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         wanted = request.headers.get("x-ms-range") or request.headers.get("range")
         if request.method == "HEAD":
             return 200, {**headers, "x-content-length": str(len(data))}, None
@@ -361,19 +473,27 @@ class Recorder:
             start, _, end = wanted.split("=", 1)[1].partition("-")
             end = min(int(end) if end else len(data) - 1, len(data) - 1)
             headers["Content-Range"] = f"bytes {int(start)}-{end}/{len(data)}"
-            return 206, headers, data[int(start):end + 1]
+            return 206, headers, data[int(start) : end + 1]
         return 200, headers, data
 
     def _mlflow(self, request):
         """The workspace's MLflow REST API: the path below the prefix, answered by a real tracking server."""
         if self.mlflow is None:
             return 404, {}, {"error_code": "ENDPOINT_NOT_FOUND", "message": "no MLflow server behind this recorder"}
-        url = request.path[len(MLFLOW_PREFIX):]
+        url = request.path[len(MLFLOW_PREFIX) :]
         query = {key: values for key, values in request.query.items()}
-        response = self.mlflow.open(url, method=request.method, query_string=query, data=request.raw,
-                                    headers={"Content-Type": request.headers.get("content-type", "application/json")})
-        return response.status_code, {"Content-Type": response.headers.get("Content-Type", "application/json")}, \
-            response.get_data()
+        response = self.mlflow.open(
+            url,
+            method=request.method,
+            query_string=query,
+            data=request.raw,
+            headers={"Content-Type": request.headers.get("content-type", "application/json")},
+        )
+        return (
+            response.status_code,
+            {"Content-Type": response.headers.get("Content-Type", "application/json")},
+            response.get_data(),
+        )
 
     # ------------------------------------------------------------------ refusals
 
@@ -385,16 +505,21 @@ class Recorder:
         if endpoint and request.method == "PUT":
             for kind, name in (("endpoint", endpoint.group(1)), ("deployment", endpoint.group(2))):
                 if name is not None and not (3 <= len(name) <= 32 and re.fullmatch(ENDPOINT_NAME, name)):
-                    return (f"Invalid {kind} name '{name}': 3-32 characters, starting with a letter, letters, "
-                            "digits and '-' only, not ending with '-'")
+                    return (
+                        f"Invalid {kind} name '{name}': 3-32 characters, starting with a letter, letters, "
+                        "digits and '-' only, not ending with '-'"
+                    )
             if endpoint.group(2) is not None:
                 missing = [key for key in ("endpointComputeType", "instanceType") if not properties.get(key)]
                 if missing:
                     return f"Deployment {endpoint.group(2)}: required field(s) missing: {', '.join(missing)}"
             else:
                 traffic = properties.get("traffic") or {}
-                deployments = {key.rsplit("/", 1)[-1] for key in self.resources
-                               if key.startswith(f"{WORKSPACE_PATH}/{relative}/deployments/")}
+                deployments = {
+                    key.rsplit("/", 1)[-1]
+                    for key in self.resources
+                    if key.startswith(f"{WORKSPACE_PATH}/{relative}/deployments/")
+                }
                 unknown = sorted(set(traffic) - deployments)
                 if unknown:
                     return f"Traffic set for deployment(s) that do not exist: {', '.join(unknown)}"
@@ -447,21 +572,39 @@ class Recorder:
         if path in self.resources:
             return 200, {}, self.resources[path]
         prefix = path + "/"
-        children = [body for key, body in self.resources.items()
-                    if key.startswith(prefix) and "/" not in key[len(prefix):]]
+        children = [
+            body for key, body in self.resources.items() if key.startswith(prefix) and "/" not in key[len(prefix) :]
+        ]
         relative = request.relative
         if re.fullmatch(r"models/[^/]+/versions", relative) and "stage" in request.query:
             stage = request.query["stage"][0].lower()
-            return 200, {}, {"value": [body for body in children
-                                       if str(body.get("properties", {}).get("stage", "")).lower() == stage]}
+            return (
+                200,
+                {},
+                {
+                    "value": [
+                        body for body in children if str(body.get("properties", {}).get("stage", "")).lower() == stage
+                    ]
+                },
+            )
         if re.fullmatch(r"(codes|data|models|environments|components)/[^/]+", relative):
             versions = [body for key, body in self.resources.items() if key.startswith(path + "/versions/")]
             if not versions:
                 return 404, {}, {"error": {"code": "UserError", "message": "container not found"}}
             numbers = [int(v["name"]) for v in versions if str(v["name"]).isdigit()]
             latest = str(max(numbers)) if numbers else versions[-1]["name"]
-            return 200, {}, {"id": path, "name": relative.split("/")[1],
-                             "properties": {"latestVersion": latest, "nextVersion": str(int(latest) + 1 if latest.isdigit() else 1)}}
+            return (
+                200,
+                {},
+                {
+                    "id": path,
+                    "name": relative.split("/")[1],
+                    "properties": {
+                        "latestVersion": latest,
+                        "nextVersion": str(int(latest) + 1 if latest.isdigit() else 1),
+                    },
+                },
+            )
         if children or relative.endswith(("versions", "deployments")):
             return 200, {}, {"value": children}
         return 404, {}, {"error": {"code": "UserError", "message": f"{relative} not found"}}
@@ -469,8 +612,9 @@ class Recorder:
     def _score(self, request):
         deployment = request.headers.get("azureml-model-deployment")
         if deployment is None:
-            endpoint = next((body for key, body in self.resources.items()
-                             if re.search(r"/onlineEndpoints/[^/]+$", key)), {})
+            endpoint = next(
+                (body for key, body in self.resources.items() if re.search(r"/onlineEndpoints/[^/]+$", key)), {}
+            )
             traffic = endpoint.get("properties", {}).get("traffic", {})
             deployment = max(traffic, key=traffic.get) if traffic else None
         if self.scorer is not None:
@@ -480,9 +624,16 @@ class Recorder:
         if status != 200:
             return status, {}, {"error": f"deployment {deployment} is failing"}
         items = (request.body or {}).get("data", [])
-        return 200, {}, {"predictions": [{"label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}}
-                                         for _ in items],
-                         "model": {"name": "automotive-sentiment", "version": deployment}}
+        return (
+            200,
+            {},
+            {
+                "predictions": [
+                    {"label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}} for _ in items
+                ],
+                "model": {"name": "automotive-sentiment", "version": deployment},
+            },
+        )
 
 
 def _handler(recorder: Recorder):
@@ -502,13 +653,23 @@ def _handler(recorder: Recorder):
             except ValueError:
                 body = {"bytes": len(raw)}
             url = urlsplit(self.path)
-            request = Request(self.command, self.headers.get("Host", ""), url.path, parse_qs(url.query),
-                              {k.lower(): v for k, v in self.headers.items()}, body, raw)
+            request = Request(
+                self.command,
+                self.headers.get("Host", ""),
+                url.path,
+                parse_qs(url.query),
+                {k.lower(): v for k, v in self.headers.items()},
+                body,
+                raw,
+            )
             with recorder.lock:
                 recorder.requests.append(request)
                 status, headers, payload = recorder.answer(request)
-            data = payload if isinstance(payload, (bytes, type(None))) else (
-                payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+            data = (
+                payload
+                if isinstance(payload, (bytes, type(None)))
+                else (payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+            )
             self.send_response(status)
             if payload is not None and not isinstance(payload, (str, bytes)) and "Content-Type" not in headers:
                 self.send_header("Content-Type", "application/json")
@@ -561,11 +722,15 @@ class RecorderServer:
 
         base = self.recorder.base_url + "/"
         cloud = f"recorder-{uuid.uuid4().hex[:8]}"
-        metadata = {"azure_portal": base, "resource_manager": base, "active_directory": base,
-                    "aml_resource_id": base, "storage_endpoint": "core.windows.net",
-                    "registry_discovery_endpoint": base}
-        return MLClient(FakeCredential(), SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, cloud=cloud,
-                        cloud_metadata=metadata)
+        metadata = {
+            "azure_portal": base,
+            "resource_manager": base,
+            "active_directory": base,
+            "aml_resource_id": base,
+            "storage_endpoint": "core.windows.net",
+            "registry_discovery_endpoint": base,
+        }
+        return MLClient(FakeCredential(), SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE, cloud=cloud, cloud_metadata=metadata)
 
 
 # ------------------------------------------------------------------------------------------- test support

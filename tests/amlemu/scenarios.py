@@ -1,5 +1,6 @@
 """What the emulation tests share: export a plan's AML tree as ``dry_run=true`` does, run trees through
 ``scripts/aml_emulate.py`` as a user would, and read back what the workspace holds afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,13 @@ def export_tree(overrides: List[str], out: Path, name: str = "ci") -> Path:
 def emulate(trees: List[Path], work: Path, timeout: int = 1200) -> tuple:
     """``(completed process, results)``: results is a list of node dicts (``tree`` names the tree of each)."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    completed = subprocess.run([sys.executable, str(SCRIPT), *map(str, trees), "--work", str(work)], env=env,
-                               capture_output=True, text=True, timeout=timeout)
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, trees), "--work", str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     path = work / "emulation.json"
     return completed, json.loads(path.read_text()) if path.is_file() else []
 
@@ -39,7 +45,9 @@ def by_node(results: List[dict], tree: Path = None) -> dict:
 
 def rollouts(work: Path) -> List[dict]:
     """Every deploy step's rollout.json, in the order the jobs ran."""
-    return [json.loads(path.read_text()) for path in sorted((work / "jobs").glob("*-deploy/outputs/rollout/rollout.json"))]
+    return [
+        json.loads(path.read_text()) for path in sorted((work / "jobs").glob("*-deploy/outputs/rollout/rollout.json"))
+    ]
 
 
 def failure(completed) -> str:

@@ -9,6 +9,7 @@ One module per AML concept, each a function of the plan (and of the prepared dat
 
 Importing this package imports no Azure code: ``python -m finetune --help`` and local plans stay fast.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,11 @@ __all__ = ["auto_choices", "check", "resolve", "run", "separate"]
 
 def auto_choices(cfg) -> dict:
     """``automl=auto``: AML AutoML NLP, which runs on GPU nodes only; ``endpoint=auto``: a managed endpoint."""
-    return {"automl": "text_classification" if cfg.compute.gpus_per_node else "none", "endpoint": "managed",
-            "budget": "none"}
+    return {
+        "automl": "text_classification" if cfg.compute.gpus_per_node else "none",
+        "endpoint": "managed",
+        "budget": "none",
+    }
 
 
 def run(plan: RunPlan) -> None:
@@ -59,8 +63,10 @@ def run(plan: RunPlan) -> None:
     print(pricing.summary(plan))
     print(exported.listing())
     if plan.dry_run:
-        print(f"\ndry run: nothing submitted; submit with `az ml job create -f {exported.folder / 'pipeline.yml'}` "
-              "or rerun without dry_run=true")
+        print(
+            f"\ndry run: nothing submitted; submit with `az ml job create -f {exported.folder / 'pipeline.yml'}` "
+            "or rerun without dry_run=true"
+        )
         return
 
     submit.submit(plan, exported, client)

@@ -22,6 +22,7 @@ scored, and packages it as a candidate (candidate.json + the MLflow model) that 
       - model_name: {type: choice, values: [bert-base-cased, roberta-base]}
         learning_rate: {type: loguniform, min: 1.0e-5, max: 5.0e-5}
 """
+
 from __future__ import annotations
 
 import ast
@@ -69,17 +70,23 @@ def data_problems(prepared: "PreparedData", dataset: "DatasetConfig") -> List[st
     if prepared.task == "ner":
         return ner_problems(prepared, rows)
     if rows < MIN_TRAINING_ROWS:
-        problems.append(f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training rows and "
-                        f"the train split has {rows}; {_more_rows(prepared, dataset)}, or automl=none")
+        problems.append(
+            f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training rows and "
+            f"the train split has {rows}; {_more_rows(prepared, dataset)}, or automl=none"
+        )
     for split in ("train", "val"):
         present = [label for label, count in prepared.splits[split]["class_counts"].items() if count]
         if len(present) < 2:
-            problems.append(f"automl=text_classification: {RULES} needs at least two unique labels in the {split} "
-                            f"split, which has {len(present)} ({', '.join(present) or 'none'}); use more data "
-                            "or automl=none")
+            problems.append(
+                f"automl=text_classification: {RULES} needs at least two unique labels in the {split} "
+                f"split, which has {len(present)} ({', '.join(present) or 'none'}); use more data "
+                "or automl=none"
+            )
     if prepared.task == "multi_label" and all(count == 1 for count in _labels_per_row(prepared.path("train"))):
-        problems.append(f"automl=text_classification: {RULES} refuses multi-label data in which every training "
-                        "text has exactly one label (it is a multiclass task); set dataset.task=single_label")
+        problems.append(
+            f"automl=text_classification: {RULES} refuses multi-label data in which every training "
+            "text has exactly one label (it is a multiclass task); set dataset.task=single_label"
+        )
     return problems
 
 
@@ -88,14 +95,25 @@ def ner_problems(prepared: "PreparedData", rows: int) -> List[str]:
     cannot hold (one with whitespace inside)."""
     problems = []
     if rows < MIN_TRAINING_ROWS:
-        problems.append(f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training sentences "
-                        f"for NER and the train split has {rows}; use more data, or automl=none")
+        problems.append(
+            f"automl=text_classification: {RULES} needs at least {MIN_TRAINING_ROWS} training sentences "
+            f"for NER and the train split has {rows}; use more data, or automl=none"
+        )
     for split in ("train", "val"):
-        spaced = next((token for s in read_prepared(prepared.path(split)) for token in s.tokens
-                       if any(c.isspace() for c in token)), None)
+        spaced = next(
+            (
+                token
+                for s in read_prepared(prepared.path(split))
+                for token in s.tokens
+                if any(c.isspace() for c in token)
+            ),
+            None,
+        )
         if spaced is not None:
-            problems.append(f"automl=text_classification: AutoML NER reads space-separated CoNLL, and the {split} "
-                            f"split has the token {spaced!r} with whitespace inside; split or join it, or automl=none")
+            problems.append(
+                f"automl=text_classification: AutoML NER reads space-separated CoNLL, and the {split} "
+                f"split has the token {spaced!r} with whitespace inside; split or join it, or automl=none"
+            )
     return problems
 
 
@@ -140,14 +158,20 @@ def text_classification(plan: "RunPlan", data: "DataRefs", *, node: bool = False
         compute=plan.compute.cluster_name,
         experiment_name=plan.tracking.experiment,
         name="automl" if node else None,
-        display_name=(f"automl {job_kind.replace('_', ' ')}{' (multi-label)' if multi_label else ''} "
-                      f"({config.model_name or 'AutoML picks the model'})"),
+        display_name=(
+            f"automl {job_kind.replace('_', ' ')}{' (multi-label)' if multi_label else ''} "
+            f"({config.model_name or 'AutoML picks the model'})"
+        ),
         tags={"run": plan.name, "dataset": plan.dataset.name, "task": task},
         outputs={BEST_MODEL: Output(type="mlflow_model")} if node else None,
     )
-    job.set_limits(timeout_minutes=config.timeout_minutes, trial_timeout_minutes=config.trial_timeout_minutes,
-                   max_trials=config.max_trials, max_concurrent_trials=config.max_concurrent_trials,
-                   max_nodes=config.max_nodes)
+    job.set_limits(
+        timeout_minutes=config.timeout_minutes,
+        trial_timeout_minutes=config.trial_timeout_minutes,
+        max_trials=config.max_trials,
+        max_concurrent_trials=config.max_concurrent_trials,
+        max_nodes=config.max_nodes,
+    )
     job.set_featurization(dataset_language=config.language)
     if config.model_name:
         job.set_training_parameters(model_name=config.model_name)
@@ -162,18 +186,30 @@ def _set_sweep(job, sweep: dict) -> None:
     subspaces = sweep.get("space") or []
     if isinstance(subspaces, dict):
         subspaces = [subspaces]
-    job.extend_search_space([
-        SearchSpace(**{name: distribution(value) if isinstance(value, dict) else value
-                       for name, value in subspace.items()})
-        for subspace in subspaces])
-    job.set_sweep(sampling_algorithm=sweep.get("sampling_algorithm", "random"),
-                  early_termination=policy(PolicyConfig(**(sweep.get("policy") or {"type": "none"}))))
+    job.extend_search_space(
+        [
+            SearchSpace(
+                **{name: distribution(value) if isinstance(value, dict) else value for name, value in subspace.items()}
+            )
+            for subspace in subspaces
+        ]
+    )
+    job.set_sweep(
+        sampling_algorithm=sweep.get("sampling_algorithm", "random"),
+        early_termination=policy(PolicyConfig(**(sweep.get("policy") or {"type": "none"}))),
+    )
 
 
 def test_step_args(task: str) -> TestAutomlArgs:
-    return TestAutomlArgs(model="${{inputs.model}}", test_file="${{inputs.test}}", val_file="${{inputs.val}}",
-                          labels_file="${{inputs.labels}}", settings="${{inputs.settings}}", task=task,
-                          output_dir="${{outputs.%s}}" % TEST_OUTPUT)
+    return TestAutomlArgs(
+        model="${{inputs.model}}",
+        test_file="${{inputs.test}}",
+        val_file="${{inputs.val}}",
+        labels_file="${{inputs.labels}}",
+        settings="${{inputs.settings}}",
+        task=task,
+        output_dir="${{outputs.%s}}" % TEST_OUTPUT,
+    )
 
 
 def test_step(plan: "RunPlan", code: str, environment):
@@ -189,8 +225,13 @@ def test_step(plan: "RunPlan", code: str, environment):
         code=code,
         environment=environment,
         compute=steps_compute(plan),
-        inputs={"model": Input(type="mlflow_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
-                "labels": Input(type="uri_file"), "settings": Input(type="uri_file")},
+        inputs={
+            "model": Input(type="mlflow_model"),
+            "test": Input(type="uri_file"),
+            "val": Input(type="uri_file"),
+            "labels": Input(type="uri_file"),
+            "settings": Input(type="uri_file"),
+        },
         outputs={TEST_OUTPUT: Output(type="uri_folder")},
         # The step's code runs in the project's env; AutoML's model predicts in AutoML's env of the same image.
         environment_variables={AUTOML_PYTHON_VARIABLE: AUTOML_PYTHON},

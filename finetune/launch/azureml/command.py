@@ -7,6 +7,7 @@ sweep replaces by a search dimension), the output folder the ``custom_model`` ou
 left out: without it training logs to the MLflow the job's environment points at, which in an AML job is
 the workspace, so a sweep reads ``val_auc_weighted`` and friends from there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,11 +58,18 @@ def model_input(plan: "RunPlan"):
 def arguments(plan: "RunPlan") -> List[str]:
     """``python -m finetune.train`` arguments with AML placeholders (see the module docstring)."""
     hyperparameters = {name: placeholder("inputs", name) for name in hyperparameter_inputs(plan)}
-    args = train_args(plan, ".", placeholder("outputs", OUTPUT), hyperparameters,
-                      model_path=placeholder("inputs", "model"))
+    args = train_args(
+        plan, ".", placeholder("outputs", OUTPUT), hyperparameters, model_path=placeholder("inputs", "model")
+    )
     # The trial logs are read in the studio: a progress bar there is one line per refresh.
-    return to_argv(dataclasses.replace(args, tracking_uri=None, progress=False,
-                                       **{key: placeholder("inputs", name) for key, name in DATA_INPUTS.items()}))
+    return to_argv(
+        dataclasses.replace(
+            args,
+            tracking_uri=None,
+            progress=False,
+            **{key: placeholder("inputs", name) for key, name in DATA_INPUTS.items()},
+        )
+    )
 
 
 def command_line(args: List[str]) -> str:

@@ -5,6 +5,7 @@ Idle nodes scale down to ``min_nodes`` (0 in every shipped config) after
 system-assigned managed identity: the register and deploy steps authenticate with it, and it needs the
 "AzureML Data Scientist" role on the workspace to register models and manage endpoints.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -14,8 +15,10 @@ from finetune.errors import UserError
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
-ROLE_HINT = ("grant the cluster's managed identity the 'AzureML Data Scientist' role on the workspace, so that "
-             "the register and deploy steps can use it")
+ROLE_HINT = (
+    "grant the cluster's managed identity the 'AzureML Data Scientist' role on the workspace, so that "
+    "the register and deploy steps can use it"
+)
 
 
 STEPS_MAX_NODES = 2
@@ -47,10 +50,16 @@ def steps_cluster(plan: "RunPlan"):
     from azure.ai.ml.entities import AmlCompute, IdentityConfiguration
 
     compute = plan.compute
-    return AmlCompute(name=compute.steps_cluster_name, size=compute.steps_vm_size, min_instances=0,
-                      max_instances=STEPS_MAX_NODES, idle_time_before_scale_down=compute.idle_seconds_before_scaledown,
-                      tier="dedicated", identity=IdentityConfiguration(type="system_assigned"),
-                      description=f"finetune steps of compute={compute.name}")
+    return AmlCompute(
+        name=compute.steps_cluster_name,
+        size=compute.steps_vm_size,
+        min_instances=0,
+        max_instances=STEPS_MAX_NODES,
+        idle_time_before_scale_down=compute.idle_seconds_before_scaledown,
+        tier="dedicated",
+        identity=IdentityConfiguration(type="system_assigned"),
+        description=f"finetune steps of compute={compute.name}",
+    )
 
 
 def ensure(ml_client, plan: "RunPlan", log=print) -> None:
@@ -69,8 +78,10 @@ def _ensure_one(ml_client, plan: "RunPlan", entity, log) -> None:
         existing = ml_client.compute.get(entity.name)
     except ResourceNotFoundError:
         if not plan.compute.create_if_missing:
-            raise UserError(f"compute cluster {entity.name} does not exist in the workspace; create it or "
-                            "set compute.create_if_missing=true") from None
+            raise UserError(
+                f"compute cluster {entity.name} does not exist in the workspace; create it or "
+                "set compute.create_if_missing=true"
+            ) from None
         log(f"creating compute cluster {entity.name} ({entity.size}, 0..{entity.max_instances} nodes); " + ROLE_HINT)
         ml_client.compute.begin_create_or_update(entity).result()
         return

@@ -6,6 +6,7 @@ can exist (an Azure host announces its identity endpoint in the environment; AML
 chain is probed once with a short process timeout, and any failure becomes a :class:`UserError` that
 says how to log in.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,11 @@ from finetune.errors import UserError
 MANAGEMENT_SCOPE = "https://management.azure.com/.default"
 # Set on Azure hosts that have a managed identity endpoint (App Service/Functions, AML compute, Arc).
 IDENTITY_ENDPOINT_VARS = ("IDENTITY_ENDPOINT", "MSI_ENDPOINT")
-LOGIN_HELP = ("no usable Azure credentials: run `az login` (and `az account set --subscription <id>`), or set "
-              "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a service principal, or run on an "
-              "Azure machine with a managed identity; or check the plan offline with dry_run=true")
+LOGIN_HELP = (
+    "no usable Azure credentials: run `az login` (and `az account set --subscription <id>`), or set "
+    "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a service principal, or run on an "
+    "Azure machine with a managed identity; or check the plan offline with dry_run=true"
+)
 PROCESS_TIMEOUT_S = 10
 NO_CREDENTIAL_MESSAGE = "DefaultAzureCredential failed to retrieve a token from the included credentials"
 
@@ -62,5 +65,6 @@ def ml_client(workspace, cred=None, **kwargs):
     """MLClient for a resolved :class:`~finetune.launch.azureml.workspace.Workspace`."""
     from azure.ai.ml import MLClient
 
-    return MLClient(cred or credential(), workspace.subscription_id, workspace.resource_group,
-                    workspace.workspace_name, **kwargs)
+    return MLClient(
+        cred or credential(), workspace.subscription_id, workspace.resource_group, workspace.workspace_name, **kwargs
+    )

@@ -10,6 +10,7 @@ nothing and the jobs keep pointing at the same version (AML's pipeline cache the
 A dry run registers nothing: the exported YAML points at the local files, which ``az ml job create``
 uploads.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -104,14 +105,39 @@ def conll_text(sentences) -> str:
 def asset_specs(plan: "RunPlan", prepared: "PreparedData", tables: Dict[str, Path]) -> List[AssetSpec]:
     """The data assets of a prepared dataset, each with the hash that identifies its content."""
     source = f"{plan.dataset.name} ({prepared.source})"
-    specs = [AssetSpec(split, asset_name(plan, split), "uri_file", prepared.path(split),
-                       prepared.splits[split]["sha256"], f"{split} split of {source}: text,label CSV")
-             for split in SPLITS]
-    specs.append(AssetSpec("labels", asset_name(plan, "labels"), "uri_file", prepared.labels_path,
-                           sha256_file(prepared.labels_path), f"class names of {source}, in label-id order"))
-    specs += [AssetSpec(f"{split}_mltable", asset_name(plan, f"{split}_mltable"), "mltable", tables[split],
-                        content_hash(tables[split]), f"{split} split of {source} as an MLTable for AutoML NLP")
-              for split in TABLES if split in tables]
+    specs = [
+        AssetSpec(
+            split,
+            asset_name(plan, split),
+            "uri_file",
+            prepared.path(split),
+            prepared.splits[split]["sha256"],
+            f"{split} split of {source}: text,label CSV",
+        )
+        for split in SPLITS
+    ]
+    specs.append(
+        AssetSpec(
+            "labels",
+            asset_name(plan, "labels"),
+            "uri_file",
+            prepared.labels_path,
+            sha256_file(prepared.labels_path),
+            f"class names of {source}, in label-id order",
+        )
+    )
+    specs += [
+        AssetSpec(
+            f"{split}_mltable",
+            asset_name(plan, f"{split}_mltable"),
+            "mltable",
+            tables[split],
+            content_hash(tables[split]),
+            f"{split} split of {source} as an MLTable for AutoML NLP",
+        )
+        for split in TABLES
+        if split in tables
+    ]
     return specs
 
 
@@ -119,8 +145,13 @@ def data_entity(spec: AssetSpec, path: Optional[str] = None):
     """The Data entity of ``spec`` (version left to AML: the next number)."""
     from azure.ai.ml.entities import Data
 
-    return Data(name=spec.name, path=path or str(spec.path), type=spec.type, description=spec.description,
-                tags={HASH_TAG: spec.sha256})
+    return Data(
+        name=spec.name,
+        path=path or str(spec.path),
+        type=spec.type,
+        description=spec.description,
+        tags={HASH_TAG: spec.sha256},
+    )
 
 
 def refs(specs: List[AssetSpec], locations: Dict[str, str]) -> DataRefs:

@@ -9,6 +9,7 @@ deployments; on failure the old traffic stays and the new deployment is deleted.
 The entities are pure functions of the endpoint config, so the exported YAML and the step build the same
 deployment.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -59,8 +60,9 @@ def sized(config: "EndpointConfig", model_name: str) -> "EndpointConfig":
     cost = request_cost_ms(model_name, config.max_batch_items)
     instance = config.instance_type
     if instance == "auto":
-        instance = next((name for name, vcpus in INSTANCE_VCPUS if cost / vcpus <= TARGET_LATENCY_MS),
-                        INSTANCE_VCPUS[-1][0])
+        instance = next(
+            (name for name, vcpus in INSTANCE_VCPUS if cost / vcpus <= TARGET_LATENCY_MS), INSTANCE_VCPUS[-1][0]
+        )
     vcpus = dict(INSTANCE_VCPUS).get(instance)
     timeout = config.request_timeout_ms
     if timeout == 0:
@@ -76,16 +78,22 @@ def model_environment(model_dir: Path) -> Optional[dict]:
     conda = own_environment(folder, read_candidate(folder))
     if conda is None:
         return None
-    return {"image": MODEL_ENVIRONMENT_IMAGE, "conda_file": conda,
-            "description": "finetune serving: score.py in the environment of the AutoML model it serves"}
+    return {
+        "image": MODEL_ENVIRONMENT_IMAGE,
+        "conda_file": conda,
+        "description": "finetune serving: score.py in the environment of the AutoML model it serves",
+    }
 
 
 def endpoint_entity(config: "EndpointConfig"):
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
-    return ManagedOnlineEndpoint(name=config.name, auth_mode=config.auth_mode,
-                                 description="text classifier served by finetune's score.py",
-                                 tags={"managed_by": "finetune"})
+    return ManagedOnlineEndpoint(
+        name=config.name,
+        auth_mode=config.auth_mode,
+        description="text classifier served by finetune's score.py",
+        tags={"managed_by": "finetune"},
+    )
 
 
 def deployment_name(version: str, now: Optional[_dt.datetime] = None) -> str:
@@ -94,8 +102,9 @@ def deployment_name(version: str, now: Optional[_dt.datetime] = None) -> str:
     return f"v{version}-{now:%m%d%H%M%S}"
 
 
-def deployment_entity(config: "EndpointConfig", name: str, model: str, environment, code_dir: str,
-                      model_name: str, model_version: str):
+def deployment_entity(
+    config: "EndpointConfig", name: str, model: str, environment, code_dir: str, model_name: str, model_version: str
+):
     """A managed deployment of ``model`` (``azureml:<name>:<version>``) with the project's scoring script.
 
     Probe delays come from the config and must cover loading a transformer on the instance type; AML's
@@ -104,8 +113,9 @@ def deployment_entity(config: "EndpointConfig", name: str, model: str, environme
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
     def probe(initial_delay: int) -> ProbeSettings:
-        return ProbeSettings(initial_delay=initial_delay, period=config.probe_period_s,
-                             failure_threshold=config.probe_failure_threshold)
+        return ProbeSettings(
+            initial_delay=initial_delay, period=config.probe_period_s, failure_threshold=config.probe_failure_threshold
+        )
 
     return ManagedOnlineDeployment(
         name=name,
@@ -115,8 +125,10 @@ def deployment_entity(config: "EndpointConfig", name: str, model: str, environme
         code_configuration=CodeConfiguration(code=code_dir, scoring_script=SCORING_SCRIPT),
         instance_type=config.instance_type,
         instance_count=config.instance_count,
-        request_settings=OnlineRequestSettings(request_timeout_ms=config.request_timeout_ms,
-                                               max_concurrent_requests_per_instance=config.max_concurrent_requests_per_instance),
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=config.request_timeout_ms,
+            max_concurrent_requests_per_instance=config.max_concurrent_requests_per_instance,
+        ),
         liveness_probe=probe(config.liveness_initial_delay_s),
         readiness_probe=probe(config.readiness_initial_delay_s),
         environment_variables={
@@ -130,8 +142,9 @@ def deployment_entity(config: "EndpointConfig", name: str, model: str, environme
 
 
 def step_args() -> DeployArgs:
-    return DeployArgs(model_ref="${{inputs.model_ref}}", settings="${{inputs.settings}}",
-                      output_dir="${{outputs.%s}}" % OUTPUT)
+    return DeployArgs(
+        model_ref="${{inputs.model_ref}}", settings="${{inputs.settings}}", output_dir="${{outputs.%s}}" % OUTPUT
+    )
 
 
 def deploy_step(plan: "RunPlan", code: str, environment):

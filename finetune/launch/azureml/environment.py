@@ -25,6 +25,7 @@ that the cluster's GPU cannot run.
 Every spec is built here, where the plan is submitted; a job receives it as data (the YAML, ``settings.json``),
 never by reading package metadata.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
@@ -66,12 +67,39 @@ TRACKING_PLUGIN = "azureml-mlflow"
 # (a job's base model is the export's base_model/ folder), FLAML, Hydra or the report's libraries neither.
 JOB_PACKAGES = {
     # a training run or sweep trial: the model, the data, MLflow tracking to the workspace, GPU telemetry
-    "training": ("torch", "transformers", "accelerate", "datasets", "numpy", "pandas", "pyarrow", "scikit-learn",
-                 "mlflow-skinny", "azureml-mlflow", "pyyaml", "tqdm", "nvitop"),
+    "training": (
+        "torch",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scikit-learn",
+        "mlflow-skinny",
+        "azureml-mlflow",
+        "pyyaml",
+        "tqdm",
+        "nvitop",
+    ),
     # register (re-scores the candidates and production, exports ONNX for the onnx runtimes, writes the MLflow
     # model, talks to the registry) and batch prediction with a registered model (predict.yml)
-    "steps": ("torch", "transformers", "onnx", "onnxruntime", "numpy", "pandas", "pyarrow", "scikit-learn",
-              "mlflow-skinny", "azureml-mlflow", "azure-ai-ml", "azure-identity", "pyyaml", "tqdm"),
+    "steps": (
+        "torch",
+        "transformers",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scikit-learn",
+        "mlflow-skinny",
+        "azureml-mlflow",
+        "azure-ai-ml",
+        "azure-identity",
+        "pyyaml",
+        "tqdm",
+    ),
     # deploy: AML's control plane only; the deployment itself runs in the serving environment
     "deploy": ("azure-ai-ml", "azure-identity", "numpy", "pyyaml"),
     # AutoML's test: the decision rule chosen on val and the metric function over the probabilities AutoML's own
@@ -103,10 +131,13 @@ def job_spec(role: str, build: str) -> dict:
     """Conda spec of one job role (:data:`JOB_PACKAGES`) for one torch build, pinned with everything its packages
     pull in; refuses a tracking role whose dependency list cannot track on AML."""
     if role in TRACKING_ROLES and not any(
-            line.split("==")[0].split(">")[0].split("<")[0].strip().lower() == TRACKING_PLUGIN
-            for line in environments.pinned_requirements()):
-        raise UserError(f"the project's dependencies lack {TRACKING_PLUGIN}: AML jobs log to an azureml:// MLflow URI "
-                        "that only this plugin opens; add it to pyproject.toml")
+        line.split("==")[0].split(">")[0].split("<")[0].strip().lower() == TRACKING_PLUGIN
+        for line in environments.pinned_requirements()
+    ):
+        raise UserError(
+            f"the project's dependencies lack {TRACKING_PLUGIN}: AML jobs log to an azureml:// MLflow URI "
+            "that only this plugin opens; add it to pyproject.toml"
+        )
     requirements = environments.pinned_closure(JOB_PACKAGES[role])
     if any(line.split("==")[0].lower() == "torch" for line in requirements):
         requirements = with_torch_build(requirements, build)
@@ -126,21 +157,35 @@ def definitions(plan: "RunPlan") -> dict:
     compute = plan.compute
     training_build = torch_build(compute.cuda if compute.device == "cuda" else None)
     result = {
-        "training": {"image": GPU_IMAGE if training_build != "cpu" else CPU_IMAGE,
-                     "conda_file": job_spec("training", training_build),
-                     "description": DESCRIPTION.format(role="training", detail=f"torch {training_build}")},
-        "steps": {"image": CPU_IMAGE, "conda_file": job_spec("steps", "cpu"),
-                  "description": DESCRIPTION.format(role="pipeline steps", detail="torch cpu")},
-        "deploy": {"image": CPU_IMAGE, "conda_file": job_spec("deploy", "cpu"),
-                   "description": DESCRIPTION.format(role="deploy step", detail="AML control plane, no torch")},
-        "serving": {"image": SERVING_IMAGE, "conda_file": serving_spec(plan.endpoint.runtime),
-                    "description": DESCRIPTION.format(role="serving",
-                                                      detail=f"score.py only, runtime {plan.endpoint.runtime}")},
+        "training": {
+            "image": GPU_IMAGE if training_build != "cpu" else CPU_IMAGE,
+            "conda_file": job_spec("training", training_build),
+            "description": DESCRIPTION.format(role="training", detail=f"torch {training_build}"),
+        },
+        "steps": {
+            "image": CPU_IMAGE,
+            "conda_file": job_spec("steps", "cpu"),
+            "description": DESCRIPTION.format(role="pipeline steps", detail="torch cpu"),
+        },
+        "deploy": {
+            "image": CPU_IMAGE,
+            "conda_file": job_spec("deploy", "cpu"),
+            "description": DESCRIPTION.format(role="deploy step", detail="AML control plane, no torch"),
+        },
+        "serving": {
+            "image": SERVING_IMAGE,
+            "conda_file": serving_spec(plan.endpoint.runtime),
+            "description": DESCRIPTION.format(role="serving", detail=f"score.py only, runtime {plan.endpoint.runtime}"),
+        },
     }
     if plan.automl.engine == "text_classification":
-        result["automl_test"] = {"image": AUTOML_IMAGE, "conda_file": job_spec("automl_test", "cpu"),
-                                 "description": DESCRIPTION.format(role="AutoML test",
-                                                                   detail="finetune's metrics over AutoML NLP's runtime")}
+        result["automl_test"] = {
+            "image": AUTOML_IMAGE,
+            "conda_file": job_spec("automl_test", "cpu"),
+            "description": DESCRIPTION.format(
+                role="AutoML test", detail="finetune's metrics over AutoML NLP's runtime"
+            ),
+        }
     return result
 
 
@@ -156,5 +201,7 @@ def describe(plan: "RunPlan") -> str:
     compute = plan.compute
     if compute.device != "cuda":
         return f"training environment: {CPU_IMAGE} + torch cpu wheel"
-    return (f"training environment: {GPU_IMAGE} + torch {torch_build(compute.cuda)} wheel "
-            f"(CUDA {compute.cuda}) from {TORCH_INDEX.format(build=torch_build(compute.cuda))}")
+    return (
+        f"training environment: {GPU_IMAGE} + torch {torch_build(compute.cuda)} wheel "
+        f"(CUDA {compute.cuda}) from {TORCH_INDEX.format(build=torch_build(compute.cuda))}"
+    )

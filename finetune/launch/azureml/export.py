@@ -26,6 +26,7 @@ holding an AutoML node dumps the node's output as ``job_output_type`` and does n
 output is rewritten in CLI syntax; an AutoML job with a sweep cannot be dumped at all, so ``automl.yml``
 is the job dumped without its sweep, with ``sweep`` and ``search_space`` added in CLI v2 syntax.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,8 +85,10 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
     config as :func:`finetune.registry.registration.job_config` (identity, workspace, local paths removed).
     """
     data = prepared.to_dict()
-    data["splits"] = {split: {key: value for key, value in info.items() if key != "path"}
-                      for split, info in data.get("splits", {}).items()}
+    data["splits"] = {
+        split: {key: value for key, value in info.items() if key != "path"}
+        for split, info in data.get("splits", {}).items()
+    }
     data.pop("source", None)
     return {
         "run": plan.name,
@@ -95,8 +98,9 @@ def settings(plan: "RunPlan", prepared: "PreparedData", serving_environment: dic
         "config": job_config(plan.to_dict()),
         "git_commit": git_commit(),
         "sample_request": sample_request(prepared.test_path, prepared.task),
-        "endpoint": {key: value for key, value in dataclasses.asdict(plan.endpoint).items()
-                     if key not in ("host", "port")},
+        "endpoint": {
+            key: value for key, value in dataclasses.asdict(plan.endpoint).items() if key not in ("host", "port")
+        },
         "environment": serving_environment,
         "deploy": plan.endpoint.target == "managed",
     }
@@ -147,8 +151,9 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
     specs = data.asset_specs(plan, prepared, tables)
     definitions = environment.definitions(plan)
     settings_path = folder / SETTINGS
-    settings_path.write_text(json.dumps(settings(plan, prepared, definitions["serving"]), indent=2, default=str),
-                             encoding="utf-8")
+    settings_path.write_text(
+        json.dumps(settings(plan, prepared, definitions["serving"]), indent=2, default=str), encoding="utf-8"
+    )
     exported = Exported(folder, code_dir, settings_path, specs)
     if plan.model.path and "model" not in plan.search.space:
         # A local base model (the packaged MiniLM lives in this machine's site-packages) travels as a
@@ -170,23 +175,36 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         exported.files.append(path)
 
     job = pipeline.build(plan, refs, CODE_DIR, envs, SETTINGS)
-    dump("pipeline.yml", _automl_outputs(job._to_dict()), f"the whole pipeline of run {plan.name}: az ml job create -f pipeline.yml")
+    dump(
+        "pipeline.yml",
+        _automl_outputs(job._to_dict()),
+        f"the whole pipeline of run {plan.name}: az ml job create -f pipeline.yml",
+    )
     trial = command.train_command(plan, refs, CODE_DIR, envs["training"])
     if plan.search.sampling == "none":
         dump("train.yml", trial._to_job()._to_dict(), "the training job alone: az ml job create -f train.yml")
     else:
-        dump("sweep.yml", sweep.sweep_node(plan, trial)._to_job()._to_dict(),
-             "the sweep alone: az ml job create -f sweep.yml")
+        dump(
+            "sweep.yml",
+            sweep.sweep_node(plan, trial)._to_job()._to_dict(),
+            "the sweep alone: az ml job create -f sweep.yml",
+        )
     if plan.automl.engine == "text_classification":
         dump("automl.yml", automl_dict(plan, refs), "AutoML NLP alone: az ml job create -f automl.yml")
     dump("compute.yml", compute.cluster(plan)._to_dict(), "the cluster: az ml compute create -f compute.yml")
     model_ref = f"azureml:{plan.select.registered_model_name}{LATEST_MODEL}"
-    dump("predict.yml", predict.predict_job(plan, refs.files["test"], CODE_DIR, envs["steps"], model_ref)._to_job()._to_dict(),
-         "batch prediction with the latest registered model (here over the test split): "
-         "az ml job create -f predict.yml --set inputs.data.path=azureml:<data asset>:<version>")
+    dump(
+        "predict.yml",
+        predict.predict_job(plan, refs.files["test"], CODE_DIR, envs["steps"], model_ref)._to_job()._to_dict(),
+        "batch prediction with the latest registered model (here over the test split): "
+        "az ml job create -f predict.yml --set inputs.data.path=azureml:<data asset>:<version>",
+    )
     if plan.compute.steps_cluster_name:
-        dump("steps-compute.yml", compute.steps_cluster(plan)._to_dict(),
-             "the test/register/deploy steps' CPU cluster: az ml compute create -f steps-compute.yml")
+        dump(
+            "steps-compute.yml",
+            compute.steps_cluster(plan)._to_dict(),
+            "the test/register/deploy steps' CPU cluster: az ml compute create -f steps-compute.yml",
+        )
 
     for role, spec in definitions.items():
         if spec.get("conda_file") is None:
@@ -194,9 +212,16 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         conda = folder / f"conda-{role}.yml"
         conda.write_text(_yaml(spec["conda_file"], f"the {role} environment's conda file"), encoding="utf-8")
         exported.files.append(conda)
-    dump("environment.yml", {"name": ENVIRONMENT_NAME, "image": definitions["training"]["image"],
-                             "conda_file": "conda-training.yml", "description": definitions["training"]["description"]},
-         "the training environment as a named asset: az ml environment create -f environment.yml")
+    dump(
+        "environment.yml",
+        {
+            "name": ENVIRONMENT_NAME,
+            "image": definitions["training"]["image"],
+            "conda_file": "conda-training.yml",
+            "description": definitions["training"]["description"],
+        },
+        "the training environment as a named asset: az ml environment create -f environment.yml",
+    )
     for spec in specs:
         entity = data.data_entity(spec)._to_dict()
         entity["path"] = os.path.relpath(spec.path, folder / "data")
@@ -206,14 +231,26 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
         (folder / SCORE_DIR).mkdir()
         shutil.copy2(score.__file__, folder / SCORE_DIR / deploy.SCORING_SCRIPT)
         model_name = plan.select.registered_model_name
-        dump("endpoint.yml", deploy.endpoint_entity(plan.endpoint)._to_dict(),
-             "the endpoint (the deploy step creates it when missing): az ml online-endpoint create -f endpoint.yml")
-        deployment = deploy.deployment_entity(plan.endpoint, deploy.deployment_name("latest"),
-                                              f"azureml:{model_name}{LATEST_MODEL}", envs["serving"], SCORE_DIR,
-                                              model_name, "latest")
-        dump("deployment.yml", _anonymous_environment(deployment._to_dict()),
-             "a deployment of the latest registered model, as the deploy step creates it "
-             "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml")
+        dump(
+            "endpoint.yml",
+            deploy.endpoint_entity(plan.endpoint)._to_dict(),
+            "the endpoint (the deploy step creates it when missing): az ml online-endpoint create -f endpoint.yml",
+        )
+        deployment = deploy.deployment_entity(
+            plan.endpoint,
+            deploy.deployment_name("latest"),
+            f"azureml:{model_name}{LATEST_MODEL}",
+            envs["serving"],
+            SCORE_DIR,
+            model_name,
+            "latest",
+        )
+        dump(
+            "deployment.yml",
+            _anonymous_environment(deployment._to_dict()),
+            "a deployment of the latest registered model, as the deploy step creates it "
+            "(it also shifts traffic and deletes the old ones): az ml online-deployment create -f deployment.yml",
+        )
     return exported
 
 
@@ -242,8 +279,12 @@ def automl_dict(plan: "RunPlan", refs) -> dict:
         subspaces = config.sweep.get("space") or []
         subspaces = [subspaces] if isinstance(subspaces, dict) else subspaces
         result["search_space"] = [
-            {name: as_yaml(distribution(value)) if isinstance(value, dict) else value
-             for name, value in subspace.items()} for subspace in subspaces]
+            {
+                name: as_yaml(distribution(value)) if isinstance(value, dict) else value
+                for name, value in subspace.items()
+            }
+            for subspace in subspaces
+        ]
         result["sweep"] = {"sampling_algorithm": config.sweep.get("sampling_algorithm", "random")}
         policy_config = config.sweep.get("policy") or {}
         if policy_config.get("type", "none") != "none":
@@ -253,8 +294,11 @@ def automl_dict(plan: "RunPlan", refs) -> dict:
 
 def _policy_dict(policy_config: dict) -> dict:
     entity = policy(PolicyConfig(**policy_config))
-    fields = {"type": policy_config["type"], "evaluation_interval": entity.evaluation_interval,
-              "delay_evaluation": entity.delay_evaluation}
+    fields = {
+        "type": policy_config["type"],
+        "evaluation_interval": entity.evaluation_interval,
+        "delay_evaluation": entity.delay_evaluation,
+    }
     for name in ("slack_factor", "slack_amount", "truncation_percentage"):
         value = getattr(entity, name, None)
         if value:
@@ -270,8 +314,10 @@ def _automl_outputs(pipeline_dict: dict) -> dict:
     """
     for node in pipeline_dict.get("jobs", {}).values():
         if node.get("type") == "automl":
-            node["outputs"] = {name: {"type": output.get("job_output_type", output.get("type"))}
-                               for name, output in (node.get("outputs") or {}).items()}
+            node["outputs"] = {
+                name: {"type": output.get("job_output_type", output.get("type"))}
+                for name, output in (node.get("outputs") or {}).items()
+            }
     return pipeline_dict
 
 
@@ -286,8 +332,9 @@ def _anonymous_environment(deployment_dict: dict) -> dict:
     """
     environment = deployment_dict.get("environment")
     if isinstance(environment, dict):
-        deployment_dict["environment"] = {key: value for key, value in environment.items()
-                                          if key not in ("name", "version")}
+        deployment_dict["environment"] = {
+            key: value for key, value in environment.items() if key not in ("name", "version")
+        }
     return deployment_dict
 
 
@@ -297,8 +344,8 @@ def _local_paths(value: Any, local: set) -> Any:
         return {key: _local_paths(item, local) for key, item in value.items()}
     if isinstance(value, list):
         return [_local_paths(item, local) for item in value]
-    if isinstance(value, str) and value.startswith("azureml:") and value[len("azureml:"):] in local:
-        return value[len("azureml:"):]
+    if isinstance(value, str) and value.startswith("azureml:") and value[len("azureml:") :] in local:
+        return value[len("azureml:") :]
     return value
 
 
@@ -310,4 +357,5 @@ def _yaml(data: Dict[str, Any], comment: str) -> str:
     import yaml
 
     return f"# {comment}\n# generated by finetune (finetune.launch.azureml.export)\n" + yaml.safe_dump(
-        _plain(data), sort_keys=False, width=120)
+        _plain(data), sort_keys=False, width=120
+    )

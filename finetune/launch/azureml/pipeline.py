@@ -6,6 +6,7 @@ node and its test step (the register step then selects among the fine-tuned mode
 the labels, the MLTables for AutoML and ``settings`` (the selection, tags, endpoint and environment
 settings the register and deploy steps need; see :func:`finetune.launch.azureml.export.settings`).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -47,18 +48,28 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
         jobs["train"] = train
     else:
         jobs["sweep"] = train = sweep_node(plan, trial, **splits)
-    register_inputs = {"finetuned": train.outputs[OUTPUT], "test": parent("test"), "val": parent("val"),
-                       "labels": parent("labels"), "settings": parent("settings")}
+    register_inputs = {
+        "finetuned": train.outputs[OUTPUT],
+        "test": parent("test"),
+        "val": parent("val"),
+        "labels": parent("labels"),
+        "settings": parent("settings"),
+    }
 
     with_automl = plan.automl.engine == "text_classification"
     if with_automl:
         for split in ("train", "val"):
             inputs[f"{split}_table"] = Input(type="mltable", path=data.tables[split])
         automl = automl_.text_classification(
-            plan, data, node=True, training_data=parent("train_table"), validation_data=parent("val_table"))
+            plan, data, node=True, training_data=parent("train_table"), validation_data=parent("val_table")
+        )
         tested = automl_.test_step(plan, code, environments["automl_test"])(
-            model=automl.outputs[automl_.BEST_MODEL], test=parent("test"), val=parent("val"), labels=parent("labels"),
-            settings=parent("settings"))
+            model=automl.outputs[automl_.BEST_MODEL],
+            test=parent("test"),
+            val=parent("val"),
+            labels=parent("labels"),
+            settings=parent("settings"),
+        )
         tested.name = "test_automl"
         jobs.update(automl=automl, test_automl=tested)
         register_inputs["automl_result"] = tested.outputs[automl_.TEST_OUTPUT]
@@ -66,8 +77,9 @@ def build(plan: "RunPlan", data: "DataRefs", code: str, environments: dict, sett
     registered.name = "register"
     jobs["register"] = registered
     if plan.endpoint.target == "managed":
-        deployed = deploy_step(plan, code, environments["deploy"])(model_ref=registered.outputs["model_ref"],
-                                                        settings=parent("settings"))
+        deployed = deploy_step(plan, code, environments["deploy"])(
+            model_ref=registered.outputs["model_ref"], settings=parent("settings")
+        )
         deployed.name = "deploy"
         jobs["deploy"] = deployed
 

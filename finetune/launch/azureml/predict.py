@@ -13,6 +13,7 @@ scoring the project tests locally — the same streaming reader, id pass-through
 version is an ``mlflow_model`` all the same, so a team that wants a batch endpoint can deploy it with
 no code (AML generates the driver and environment from the MLmodel file).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -30,8 +31,10 @@ def predict_job(plan: "RunPlan", data: str, code: str, environment, model: str):
     ``environment`` the pipeline steps' one (the whole package, CPU torch)."""
     from azure.ai.ml import Input, Output, command
 
-    line = ("python -m finetune.predict --model ${{inputs.model}} --input ${{inputs.data}} "
-            "--output ${{outputs.%s}}/%s --no-progress" % (OUTPUT, OUTPUT_FILE))
+    line = (
+        "python -m finetune.predict --model ${{inputs.model}} --input ${{inputs.data}} "
+        "--output ${{outputs.%s}}/%s --no-progress" % (OUTPUT, OUTPUT_FILE)
+    )
     return command(
         name="predict",
         display_name=f"batch prediction with {plan.select.registered_model_name}",

@@ -13,6 +13,7 @@
 
 Each failure is one line (:class:`UserError`) raised before the pipeline is submitted.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
@@ -34,8 +35,10 @@ MANAGED_TAG = ("managed_by", "finetune")
 
 
 def workspace_id(ml_client) -> str:
-    return (f"/subscriptions/{ml_client.subscription_id}/resourceGroups/{ml_client.resource_group_name}"
-            f"/providers/Microsoft.MachineLearningServices/workspaces/{ml_client.workspace_name}")
+    return (
+        f"/subscriptions/{ml_client.subscription_id}/resourceGroups/{ml_client.resource_group_name}"
+        f"/providers/Microsoft.MachineLearningServices/workspaces/{ml_client.workspace_name}"
+    )
 
 
 def role_assignments(ml_client, principal_id: str) -> List[dict]:
@@ -45,12 +48,18 @@ def role_assignments(ml_client, principal_id: str) -> List[dict]:
     base = str(ml_client._base_url).rstrip("/")  # the cloud's resource manager endpoint
     token = ml_client._credential.get_token("https://management.azure.com/.default").token
     url = f"{base}{workspace_id(ml_client)}/providers/Microsoft.Authorization/roleAssignments"
-    response = requests.get(url, params={"api-version": ROLE_API_VERSION, "$filter": f"principalId eq '{principal_id}'"},
-                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    response = requests.get(
+        url,
+        params={"api-version": ROLE_API_VERSION, "$filter": f"principalId eq '{principal_id}'"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
     if response.status_code in (401, 403):
-        raise UserError(f"pre-flight: cannot read role assignments on the workspace (HTTP {response.status_code}); "
-                        "the submitter needs Microsoft.Authorization/roleAssignments/read (e.g. Reader) to confirm "
-                        "that the steps' identity may register and deploy")
+        raise UserError(
+            f"pre-flight: cannot read role assignments on the workspace (HTTP {response.status_code}); "
+            "the submitter needs Microsoft.Authorization/roleAssignments/read (e.g. Reader) to confirm "
+            "that the steps' identity may register and deploy"
+        )
     if response.status_code != 200:
         raise UserError(f"pre-flight: role assignments answered HTTP {response.status_code}: {response.text[:200]}")
     return response.json().get("value", [])
@@ -63,17 +72,23 @@ def check_identity(ml_client, plan: "RunPlan", log=print) -> str:
     identity = getattr(cluster, "identity", None)
     principal = getattr(identity, "principal_id", None)
     if not principal:
-        raise UserError(f"pre-flight: compute cluster {name} has no managed identity, and the register and deploy "
-                        f"steps authenticate as it; `az ml compute update -n {name} --identity-type SystemAssigned`, "
-                        "then grant it the 'AzureML Data Scientist' role on the workspace")
-    roles = {assignment.get("properties", {}).get("roleDefinitionId", "").rsplit("/", 1)[-1]
-             for assignment in role_assignments(ml_client, principal)}
+        raise UserError(
+            f"pre-flight: compute cluster {name} has no managed identity, and the register and deploy "
+            f"steps authenticate as it; `az ml compute update -n {name} --identity-type SystemAssigned`, "
+            "then grant it the 'AzureML Data Scientist' role on the workspace"
+        )
+    roles = {
+        assignment.get("properties", {}).get("roleDefinitionId", "").rsplit("/", 1)[-1]
+        for assignment in role_assignments(ml_client, principal)
+    }
     held = [ALLOWED_ROLES[role] for role in roles if role in ALLOWED_ROLES]
     if not held:
-        raise UserError(f"pre-flight: the managed identity of cluster {name} (principal {principal}) has no role on "
-                        "the workspace that may register models and deploy; `az role assignment create --assignee-object-id "
-                        f"{principal} --assignee-principal-type ServicePrincipal --role 'AzureML Data Scientist' "
-                        f"--scope {workspace_id(ml_client)}`")
+        raise UserError(
+            f"pre-flight: the managed identity of cluster {name} (principal {principal}) has no role on "
+            "the workspace that may register models and deploy; `az role assignment create --assignee-object-id "
+            f"{principal} --assignee-principal-type ServicePrincipal --role 'AzureML Data Scientist' "
+            f"--scope {workspace_id(ml_client)}`"
+        )
     log(f"pre-flight: cluster {name} identity holds {', '.join(sorted(held))} on the workspace")
     return principal
 
@@ -93,16 +108,20 @@ def claim_endpoint(ml_client, plan: "RunPlan", log=print) -> Optional[str]:
         existing = None
     if existing is not None:
         if (existing.tags or {}).get(MANAGED_TAG[0]) != MANAGED_TAG[1]:
-            raise UserError(f"pre-flight: endpoint {name} exists in this workspace and was not made by finetune "
-                            f"(no tag {MANAGED_TAG[0]}={MANAGED_TAG[1]}); set endpoint.name to another name")
+            raise UserError(
+                f"pre-flight: endpoint {name} exists in this workspace and was not made by finetune "
+                f"(no tag {MANAGED_TAG[0]}={MANAGED_TAG[1]}); set endpoint.name to another name"
+            )
         log(f"pre-flight: endpoint {name} exists and is ours")
         return name
     try:
         ml_client.online_endpoints.begin_create_or_update(endpoint_entity(plan.endpoint)).result()
     except HttpResponseError as error:
         message = " ".join(str(error.message or error).split())[:300]
-        raise UserError(f"pre-flight: endpoint name {name} cannot be claimed ({message}); endpoint names are unique "
-                        "per Azure region: set endpoint.name to another name") from None
+        raise UserError(
+            f"pre-flight: endpoint name {name} cannot be claimed ({message}); endpoint names are unique "
+            "per Azure region: set endpoint.name to another name"
+        ) from None
     log(f"pre-flight: endpoint {name} created (empty) so that its name is ours")
     return name
 

@@ -5,6 +5,7 @@ compute's managed identity, and finds its workspace in the variables AML sets in
 subscription or resource group travels as a job input. Never served from AML's pipeline cache
 (``is_deterministic=False``): a rerun must look at the registry as it is now.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -20,10 +21,15 @@ OUTPUT = "model_ref"
 
 def step_args(automl: bool) -> RegisterArgs:
     """The step's arguments: each a job input or output placeholder; with ``automl``, the AutoML test step's too."""
-    return RegisterArgs(finetuned="${{inputs.finetuned}}", test_file="${{inputs.test}}", val_file="${{inputs.val}}",
-                        labels_file="${{inputs.labels}}", settings="${{inputs.settings}}",
-                        output_dir="${{outputs.%s}}" % OUTPUT,
-                        automl_result="${{inputs.automl_result}}" if automl else None)
+    return RegisterArgs(
+        finetuned="${{inputs.finetuned}}",
+        test_file="${{inputs.test}}",
+        val_file="${{inputs.val}}",
+        labels_file="${{inputs.labels}}",
+        settings="${{inputs.settings}}",
+        output_dir="${{outputs.%s}}" % OUTPUT,
+        automl_result="${{inputs.automl_result}}" if automl else None,
+    )
 
 
 def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
@@ -33,8 +39,13 @@ def register_step(plan: "RunPlan", code: str, environment, *, automl: bool):
 
     # val: each candidate's decision rule is chosen on it before the test (per-label thresholds for multi-label
     # data), as the local launcher's select stage does.
-    inputs = {"finetuned": Input(type="custom_model"), "test": Input(type="uri_file"), "val": Input(type="uri_file"),
-              "labels": Input(type="uri_file"), "settings": Input(type="uri_file")}
+    inputs = {
+        "finetuned": Input(type="custom_model"),
+        "test": Input(type="uri_file"),
+        "val": Input(type="uri_file"),
+        "labels": Input(type="uri_file"),
+        "settings": Input(type="uri_file"),
+    }
     if automl:
         inputs["automl_result"] = Input(type="uri_folder")
     return command(

@@ -4,6 +4,7 @@ Everything here talks to Azure; the entities come from the same builders the dry
 is submitted is what ``dry_run=true`` wrote, with the local paths replaced by registered data assets.
 Service errors end as one line (:class:`UserError`), not as the SDK's traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def azure_errors(action: str):
     try:
         yield
     except ClientAuthenticationError as error:
-        raise UserError(f"{action}: Azure refused the credentials ({' '.join(str(error).split())[:200]}); "
-                        + LOGIN_HELP) from None
+        raise UserError(
+            f"{action}: Azure refused the credentials ({' '.join(str(error).split())[:200]}); " + LOGIN_HELP
+        ) from None
     except HttpResponseError as error:
         message = " ".join(str(error.message or error).split())[:400]
         raise UserError(f"{action}: Azure ML answered HTTP {error.status_code}: {message}") from None
@@ -53,8 +55,12 @@ def submit(plan: "RunPlan", exported: "Exported", ml_client, log=print):
         created = ml_client.jobs.create_or_update(job, experiment_name=plan.tracking.experiment)
     log(f"submitted pipeline job {created.name} (experiment {plan.tracking.experiment})")
     log(f"studio: {created.studio_url}")
-    record = {"job": created.name, "studio_url": created.studio_url, "experiment": plan.tracking.experiment,
-              "data": {"files": refs.files, "tables": refs.tables}}
+    record = {
+        "job": created.name,
+        "studio_url": created.studio_url,
+        "experiment": plan.tracking.experiment,
+        "data": {"files": refs.files, "tables": refs.tables},
+    }
     # Beside aml/, not in it: the studio URL names the workspace, and aml/ is the portable tree.
     Path(exported.folder).parent.joinpath(SUBMITTED).write_text(json.dumps(record, indent=2))
     if plan.submit.wait:

@@ -10,6 +10,7 @@ Mapping from the project's search config (docs/contracts.md, AML's own vocabular
 - sampling random (seeded), grid, bayesian; the policy with the same parameters that the local pruner
   reads (:mod:`finetune.search.policies`); objective = the ``val_*`` metric training logs; limits as set.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,11 @@ def policy(config: "PolicyConfig"):
     if config.type == "none":
         return None
     if config.type == "bandit":
-        slack = ({"slack_factor": config.slack_factor} if config.slack_factor is not None
-                 else {"slack_amount": config.slack_amount})
+        slack = (
+            {"slack_factor": config.slack_factor}
+            if config.slack_factor is not None
+            else {"slack_amount": config.slack_amount}
+        )
         return BanditPolicy(**slack, **common)
     if config.type == "median":
         return MedianStoppingPolicy(**common)
@@ -107,8 +111,12 @@ def sweep_node(plan: "RunPlan", trial, **inputs):
         early_termination_policy=policy(search.policy),
         compute=plan.compute.cluster_name,
     )
-    swept.set_limits(max_total_trials=limits.max_total_trials, max_concurrent_trials=limits.max_concurrent_trials,
-                     timeout=limits.timeout, trial_timeout=limits.trial_timeout)
+    swept.set_limits(
+        max_total_trials=limits.max_total_trials,
+        max_concurrent_trials=limits.max_concurrent_trials,
+        timeout=limits.timeout,
+        trial_timeout=limits.trial_timeout,
+    )
     swept.name = "sweep"
     swept.display_name = f"sweep {plan.model.name} ({search.name})"
     swept.experiment_name = plan.tracking.experiment

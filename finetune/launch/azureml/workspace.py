@@ -9,6 +9,7 @@ directories as ``from_config`` does could pick an unrelated ``config.json``.
 None of these is a secret; credentials never come from here (see :mod:`.credentials`). Standard
 library only, because the plan check calls it.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ ENV_VARS: Dict[str, tuple] = {
 }
 CONFIG_FILES = ("config.json", ".azureml/config.json")
 # What AML injects into every job: the register and deploy steps find their workspace here.
-JOB_ENV_VARS = {"subscription_id": "AZUREML_ARM_SUBSCRIPTION", "resource_group": "AZUREML_ARM_RESOURCEGROUP",
-                "workspace_name": "AZUREML_ARM_WORKSPACE_NAME"}
+JOB_ENV_VARS = {
+    "subscription_id": "AZUREML_ARM_SUBSCRIPTION",
+    "resource_group": "AZUREML_ARM_RESOURCEGROUP",
+    "workspace_name": "AZUREML_ARM_WORKSPACE_NAME",
+}
 
 
 @dataclass
@@ -64,9 +68,11 @@ def resolve(config, environ: Optional[Mapping[str, str]] = None, cwd: Optional[P
                 values[name], sources[name] = found[1][name], str(found[0])
     for name in FIELDS:
         if not values[name]:
-            problems.append(f"workspace.{name}=None: set workspace.{name}=..., or {' / '.join(ENV_VARS[name])}, "
-                            "or download the workspace's config.json into this directory "
-                            "(or workspace.config_path=FILE); dry_run=true needs none of them")
+            problems.append(
+                f"workspace.{name}=None: set workspace.{name}=..., or {' / '.join(ENV_VARS[name])}, "
+                "or download the workspace's config.json into this directory "
+                "(or workspace.config_path=FILE); dry_run=true needs none of them"
+            )
     return Workspace(**values, sources=sources, problems=problems)
 
 
@@ -78,8 +84,10 @@ def _config_file(config_path: Optional[str], cwd: Path):
             return None, f"workspace.config_path={config_path}: no such file"
         fields = _read(path)
         if fields is None:
-            return None, (f"workspace.config_path={config_path}: not an AML config.json (needs subscription_id, "
-                          "resource_group, workspace_name or Scope)")
+            return None, (
+                f"workspace.config_path={config_path}: not an AML config.json (needs subscription_id, "
+                "resource_group, workspace_name or Scope)"
+            )
         return (path, fields), None
     for name in CONFIG_FILES:
         path = cwd / name

@@ -4,6 +4,7 @@ Implements what :func:`finetune.serve.rollout.rollout` calls (``traffic``, ``cre
 ``invoke``, ``set_traffic``, ``delete_deployment``) with ``MLClient.online_endpoints`` and
 ``MLClient.online_deployments``, so AML rollouts run the very algorithm the local endpoint runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,15 @@ class AmlEndpoint:
     def create_deployment(self, deployment: str, model: "ModelRef") -> None:
         from finetune.launch.azureml.deploy import deployment_entity
 
-        entity = deployment_entity(self.config, deployment, f"azureml:{model.name}:{model.version}",
-                                   self.environment, self.code_dir, model.name, str(model.version))
+        entity = deployment_entity(
+            self.config,
+            deployment,
+            f"azureml:{model.name}:{model.version}",
+            self.environment,
+            self.code_dir,
+            model.name,
+            str(model.version),
+        )
         self.ml_client.online_deployments.begin_create_or_update(entity).result()
 
     def invoke(self, body: dict, deployment: Optional[str] = None) -> dict:
@@ -70,17 +78,22 @@ class AmlEndpoint:
             request = Path(folder) / "request.json"
             request.write_text(json.dumps(body), encoding="utf-8")
             try:
-                text = self.ml_client.online_endpoints.invoke(endpoint_name=self.name, request_file=str(request),
-                                                              deployment_name=deployment)
+                text = self.ml_client.online_endpoints.invoke(
+                    endpoint_name=self.name, request_file=str(request), deployment_name=deployment
+                )
             except HttpResponseError as error:
                 status = getattr(error, "status_code", None) or 0
-                raise InvokeError(f"{self.name}/{deployment or '(traffic)'} answered HTTP {status}: "
-                                  f"{' '.join(str(error.message or error).split())[:300]}", status) from error
+                raise InvokeError(
+                    f"{self.name}/{deployment or '(traffic)'} answered HTTP {status}: "
+                    f"{' '.join(str(error.message or error).split())[:300]}",
+                    status,
+                ) from error
         try:
             return json.loads(text)
         except ValueError:
-            raise InvokeError(f"{self.name}/{deployment or '(traffic)'} answered non-JSON: {text[:200]!r}",
-                              200, text) from None
+            raise InvokeError(
+                f"{self.name}/{deployment or '(traffic)'} answered non-JSON: {text[:200]!r}", 200, text
+            ) from None
 
     def set_traffic(self, weights: Dict[str, int]) -> None:
         endpoint = self.ml_client.online_endpoints.get(self.name)

@@ -7,6 +7,7 @@ AML has no model aliases; a version's ``stage`` plays the part of MLflow's ``pro
 (``Model(stage=...)`` and ``ml_client.models.list(name, stage=...)`` in azure-ai-ml). The deploy step calls
 :meth:`promote` after a successful rollout, so ``Production`` always names the version that serves.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,8 +62,11 @@ class AmlRegistry:
         # A staged version is an MLflow model too (MLmodel at its root, finetune.registry.packaging): AML's batch and
         # no-code deployments take it, and online deployments still run the project's score.py over it.
         model_type = "mlflow_model" if (Path(folder) / "MLmodel").is_file() else "custom_model"
-        model = self.ml_client.models.create_or_update(Model(
-            name=self.name, version=version, path=str(folder), type=model_type, tags=tags, description=description))
+        model = self.ml_client.models.create_or_update(
+            Model(
+                name=self.name, version=version, path=str(folder), type=model_type, tags=tags, description=description
+            )
+        )
         return {"version": str(model.version), "source": model.path}
 
     def download(self, version: str, dst_dir: Path) -> ModelRef:

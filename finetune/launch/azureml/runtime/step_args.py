@@ -6,6 +6,7 @@ choices in the field's metadata. The job builders (:mod:`finetune.launch.azureml
 ``.automl``) fill one with AML placeholders and put :func:`command_line` in the job; inside the job
 :func:`parse` reads that line into the same dataclass. Loads no third-party library: both sides import it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ class TestAutomlArgs:
     settings: str = flag("the pipeline's settings.json")
     task: str = flag("what the model answers", default="single_label", choices=TASKS)
     output_dir: str = flag("where result.json and the candidate folder go")
-    python: Optional[str] = flag(f"a Python with the model's dependencies (default: ${AUTOML_PYTHON_VARIABLE}, "
-                                 "else this one)", default=None)
+    python: Optional[str] = flag(
+        f"a Python with the model's dependencies (default: ${AUTOML_PYTHON_VARIABLE}, else this one)", default=None
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,15 +94,22 @@ def command_line(args: StepArgs) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="Steps of the finetune AML pipeline (run inside AML jobs).")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description="Steps of the finetune AML pipeline (run inside AML jobs)."
+    )
     steps = parser.add_subparsers(dest="step", required=True)
     for name, args in STEPS.items():
         step = steps.add_parser(name, help=args.HELP, description=args.__doc__)
         for item in dataclasses.fields(args):
             required = item.default is dataclasses.MISSING
-            step.add_argument(_flag(item.name), dest=item.name, required=required, help=item.metadata["help"],
-                              choices=item.metadata["choices"], default=None if required else item.default)
+            step.add_argument(
+                _flag(item.name),
+                dest=item.name,
+                required=required,
+                help=item.metadata["help"],
+                choices=item.metadata["choices"],
+                default=None if required else item.default,
+            )
     return parser
 
 

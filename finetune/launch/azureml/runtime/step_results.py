@@ -3,6 +3,7 @@
 The local launcher keeps the same results whole in summary.json (:mod:`finetune.plan.results`); on AML each step is
 its own job, so the register step writes the selection's verdict for the deploy step to read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,28 +42,45 @@ class RegisteredChoice:
     @classmethod
     def of(cls, selection: SelectionResult, registration: Registration, model_type: str) -> "RegisteredChoice":
         section = selection.to_dict()
-        choice = cls(verdict=selection.verdict, reason=selection.reason,
-                     selection={key: section.get(key) for key in _CHOICE_SELECTION_KEYS})
+        choice = cls(
+            verdict=selection.verdict,
+            reason=selection.reason,
+            selection={key: section.get(key) for key in _CHOICE_SELECTION_KEYS},
+        )
         if selection.verdict is not Verdict.REGISTER:
             return choice
-        return dataclasses.replace(choice, name=registration.name, version=registration.version,
-                                   candidate=selection.winner, model_type=model_type, existing=registration.existing,
-                                   content_sha256=registration.content_sha256)
+        return dataclasses.replace(
+            choice,
+            name=registration.name,
+            version=registration.version,
+            candidate=selection.winner,
+            model_type=model_type,
+            existing=registration.existing,
+            content_sha256=registration.content_sha256,
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "RegisteredChoice":
         promoted = data.get("promoted")
-        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__
-                      if key not in ("verdict", "selection", "promoted")},
-                   verdict=Verdict(data["decision"]), selection=data.get("selection") or {},
-                   promoted=Promotion(**promoted) if promoted else None)
+        return cls(
+            **{
+                key: data.get(key)
+                for key in cls.__dataclass_fields__
+                if key not in ("verdict", "selection", "promoted")
+            },
+            verdict=Verdict(data["decision"]),
+            selection=data.get("selection") or {},
+            promoted=Promotion(**promoted) if promoted else None,
+        )
 
     def to_dict(self) -> dict:
         if self.verdict is not Verdict.REGISTER:
             return {"decision": self.verdict.value, "reason": self.reason, "selection": self.selection}
         data = {"decision": self.verdict.value, **dataclasses.asdict(self)}
         del data["verdict"]
-        return {key: value for key, value in data.items() if value is not None or key not in ("promoted", "environment")}
+        return {
+            key: value for key, value in data.items() if value is not None or key not in ("promoted", "environment")
+        }
 
 
 @dataclass
@@ -79,7 +97,12 @@ class StepRollout:
 
     def to_dict(self) -> dict:
         if self.rollout is not None:
-            return {**self.rollout.to_dict(),
-                    "promoted": None if self.promoted is None else dataclasses.asdict(self.promoted)}
-        return {"status": self.status, "model": self.choice.to_dict(),
-                **drop_none({"reason": self.reason, "error": self.error})}
+            return {
+                **self.rollout.to_dict(),
+                "promoted": None if self.promoted is None else dataclasses.asdict(self.promoted),
+            }
+        return {
+            "status": self.status,
+            "model": self.choice.to_dict(),
+            **drop_none({"reason": self.reason, "error": self.error}),
+        }

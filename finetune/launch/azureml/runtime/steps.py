@@ -23,6 +23,7 @@ The workspace comes from the variables AML sets in every job and the credential 
 managed identity: nothing secret, and no workspace coordinates, travel as job inputs.
 Each step writes one JSON file into its output folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,7 @@ def job_client():
     workspace = from_job_environment()
     # A user-assigned identity is named by this variable; unset, the system-assigned identity answers.
     credential = ManagedIdentityCredential(client_id=os.environ.get("DEFAULT_IDENTITY_CLIENT_ID"))
-    return MLClient(credential, workspace["subscription_id"], workspace["resource_group"],
-                    workspace["workspace_name"])
+    return MLClient(credential, workspace["subscription_id"], workspace["resource_group"], workspace["workspace_name"])
 
 
 def _write(folder: str, name: str, data: dict) -> Path:
@@ -114,8 +114,17 @@ def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: s
         scratch = Path(scratch)
         (scratch / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
         (scratch / "predict.py").write_text(PREDICT_SCRIPT, encoding="utf-8")
-        subprocess.run([python, str(scratch / "predict.py"), str(model_dir), str(scratch / "texts.json"),
-                        str(scratch / "proba.npy"), str(scratch / "classes.json")], check=True)
+        subprocess.run(
+            [
+                python,
+                str(scratch / "predict.py"),
+                str(model_dir),
+                str(scratch / "texts.json"),
+                str(scratch / "proba.npy"),
+                str(scratch / "classes.json"),
+            ],
+            check=True,
+        )
         proba = np.load(scratch / "proba.npy")
         classes = json.loads((scratch / "classes.json").read_text(encoding="utf-8"))
     if sorted(classes) != sorted(labels):
@@ -123,8 +132,16 @@ def automl_proba(model_dir: Path, texts: List[str], labels: List[str], python: s
     return proba[:, [classes.index(label) for label in labels]]
 
 
-def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str, settings_file: str,
-                output_dir: str, python: Optional[str] = None, task: str = "single_label") -> dict:
+def test_automl(
+    model_dir: str,
+    test_file: str,
+    val_file: str,
+    labels_file: str,
+    settings_file: str,
+    output_dir: str,
+    python: Optional[str] = None,
+    task: str = "single_label",
+) -> dict:
     """AutoML's model as a candidate for ``task``: ``<output>/result.json`` (an :func:`finetune.selection.choose.evaluate`
     entry: the rule chosen on val, the test metrics at it and at argmax / 0.5 per label) and ``<output>/model/``
     (``candidate.json`` + the MLflow model, what the register step ships if AutoML wins)."""
@@ -133,17 +150,42 @@ def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str,
     val_texts, y_val = read_targets(val_file, labels, task)
     texts, y_true = read_targets(test_file, labels, task)
     # One load of the model (minutes for a BERT on a CPU node) for both splits.
-    proba = automl_proba(Path(model_dir), list(val_texts) + list(texts), labels,
-                         python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable)
-    rule = choose_rule(y_val, proba[:len(val_texts)], labels, task,
-                       DecisionSettings.of(SelectConfig(**settings["select"]), settings["data"]))
+    proba = automl_proba(
+        Path(model_dir),
+        list(val_texts) + list(texts),
+        labels,
+        python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable,
+    )
+    rule = choose_rule(
+        y_val,
+        proba[: len(val_texts)],
+        labels,
+        task,
+        DecisionSettings.of(SelectConfig(**settings["select"]), settings["data"]),
+    )
     package = Path(output_dir) / CANDIDATE_DIR
     shutil.copytree(model_dir, package / AUTOML_MLFLOW_DIR)
-    (package / "candidate.json").write_text(json.dumps(
-        {"family": "automl", "task": task, "labels": labels, "mlflow_model": AUTOML_MLFLOW_DIR, "decision": rule.to_dict(),
-         "best_estimator": "AML AutoML NLP best_model"}, indent=2), encoding="utf-8")
-    result = {"family": "automl", "model_format": "mlflow", "task": task, "rows": len(texts),
-              **test_at_rule(y_true, proba[len(val_texts):], labels, task, rule)}
+    (package / "candidate.json").write_text(
+        json.dumps(
+            {
+                "family": "automl",
+                "task": task,
+                "labels": labels,
+                "mlflow_model": AUTOML_MLFLOW_DIR,
+                "decision": rule.to_dict(),
+                "best_estimator": "AML AutoML NLP best_model",
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    result = {
+        "family": "automl",
+        "model_format": "mlflow",
+        "task": task,
+        "rows": len(texts),
+        **test_at_rule(y_true, proba[len(val_texts) :], labels, task, rule),
+    }
     _write(output_dir, RESULT, result)
     return result
 
@@ -151,8 +193,16 @@ def test_automl(model_dir: str, test_file: str, val_file: str, labels_file: str,
 # ---------------------------------------------------------------------------------------------- register
 
 
-def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file: str, output_dir: str,
-             automl_result: Optional[str] = None, ml_client=None, val_file: Optional[str] = None) -> RegisteredChoice:
+def register(
+    finetuned_dir: str,
+    test_file: str,
+    labels_file: str,
+    settings_file: str,
+    output_dir: str,
+    automl_result: Optional[str] = None,
+    ml_client=None,
+    val_file: Optional[str] = None,
+) -> RegisteredChoice:
     """Select among the candidates and production, register the winner; returns (and writes) the model reference.
 
     With ``val_file`` the fine-tuned candidate's decision rule is chosen on val first (per-label thresholds for
@@ -163,19 +213,32 @@ def register(finetuned_dir: str, test_file: str, labels_file: str, settings_file
     prescored = {}
     if automl_result:
         # AutoML NLP models run only in AutoML's runtime; the test step scored and packaged it there.
-        prescored["automl"] = {"result": json.loads((Path(automl_result) / RESULT).read_text(encoding="utf-8")),
-                               "path": str(Path(automl_result) / CANDIDATE_DIR)}
+        prescored["automl"] = {
+            "result": json.loads((Path(automl_result) / RESULT).read_text(encoding="utf-8")),
+            "path": str(Path(automl_result) / CANDIDATE_DIR),
+        }
     model_registry = AmlRegistry(ml_client or job_client(), select["registered_model_name"])
     with tempfile.TemporaryDirectory(prefix="finetune-select-") as scratch:
         # Tested as it will serve: exported for the endpoint's runtime (the local launcher's export stage).
-        finetuned = export_candidate(Path(finetuned_dir) / CANDIDATE_DIR, settings["endpoint"].get("runtime", "torch"),
-                                     Path(scratch) / "export")
+        finetuned = export_candidate(
+            Path(finetuned_dir) / CANDIDATE_DIR, settings["endpoint"].get("runtime", "torch"), Path(scratch) / "export"
+        )
         outcome = select_and_register(
-            model_registry, {FINETUNED: str(finetuned)}, test_file, labels,
-            SelectConfig(**select), settings["data"], settings["config"],
-            settings["sample_request"], Path(scratch), prescored=prescored,
+            model_registry,
+            {FINETUNED: str(finetuned)},
+            test_file,
+            labels,
+            SelectConfig(**select),
+            settings["data"],
+            settings["config"],
+            settings["sample_request"],
+            Path(scratch),
+            prescored=prescored,
             sources={FINETUNED: f"pipeline {settings['run']}: training", "automl": "AML AutoML NLP"},
-            conda=settings["environment"]["conda_file"], commit=settings.get("git_commit"), val_csv=val_file)
+            conda=settings["environment"]["conda_file"],
+            commit=settings.get("git_commit"),
+            val_csv=val_file,
+        )
     choice = RegisteredChoice.of(outcome.selection, outcome.registration, model_type="mlflow_model")
     if choice.verdict is Verdict.REGISTER and choice.candidate in prescored:
         # The package registered as is (plus score.py): it serves in its MLflow model's own environment.
@@ -208,8 +271,14 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         endpoint.ensure()
         model = ModelRef(name=choice.name, version=choice.version, path=f"azureml:{choice.name}:{choice.version}")
         try:
-            outcome = rollout(endpoint, deploy_builders.deployment_name(choice.version), model,
-                              settings["sample_request"], ramp=config.ramp, max_error_rate=config.max_error_rate)
+            outcome = rollout(
+                endpoint,
+                deploy_builders.deployment_name(choice.version),
+                model,
+                settings["sample_request"],
+                ramp=config.ramp,
+                max_error_rate=config.max_error_rate,
+            )
         except RolloutError as error:
             _write(output_dir, ROLLOUT, StepRollout("failed", choice, error=str(error)).to_dict())
             raise
@@ -229,11 +298,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse(argv)
     try:
         if isinstance(args, TestAutomlArgs):
-            test_automl(args.model, args.test_file, args.val_file, args.labels_file, args.settings, args.output_dir,
-                        args.python, args.task)
+            test_automl(
+                args.model,
+                args.test_file,
+                args.val_file,
+                args.labels_file,
+                args.settings,
+                args.output_dir,
+                args.python,
+                args.task,
+            )
         elif isinstance(args, RegisterArgs):
-            register(args.finetuned, args.test_file, args.labels_file, args.settings, args.output_dir,
-                     args.automl_result, val_file=args.val_file)
+            register(
+                args.finetuned,
+                args.test_file,
+                args.labels_file,
+                args.settings,
+                args.output_dir,
+                args.automl_result,
+                val_file=args.val_file,
+            )
         else:
             deploy(args.model_ref, args.settings, args.output_dir)
     except UserError as error:
