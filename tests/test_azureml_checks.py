@@ -235,7 +235,7 @@ def test_deployment_is_sized_for_the_model_and_request_size(tmp_path, model, ite
 def test_automl_metrics_are_exactly_the_sdks_text_classification_list():
     from azure.ai.ml.automl import ClassificationPrimaryMetrics
 
-    from finetune.launch.azureml.checks import AUTOML_METRICS
+    from finetune.launch.azureml.automl_checks import AUTOML_METRICS
 
     assert sorted(m.lower() for m in AUTOML_METRICS) == sorted(m.name.lower() for m in ClassificationPrimaryMetrics)
 

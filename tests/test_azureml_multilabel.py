@@ -61,7 +61,7 @@ def test_multi_label_automl_takes_accuracy_alone(tmp_path):
 
 
 def test_automl_metric_auto_is_the_tasks_own(tmp_path):
-    from finetune.launch.azureml.checks import automl_metric
+    from finetune.launch.azureml.automl_checks import automl_metric
 
     plan = build(AML, tmp_path)
     assert plan.automl.primary_metric == "auto"
@@ -74,7 +74,7 @@ def test_multilabel_metrics_are_what_the_sdk_sends():
     from azure.ai.ml import Input, automl
     from azure.ai.ml._restclient.arm_ml_service.models import ClassificationMultilabelPrimaryMetrics
 
-    from finetune.launch.azureml.checks import AUTOML_MULTILABEL_METRICS
+    from finetune.launch.azureml.automl_checks import AUTOML_MULTILABEL_METRICS
 
     dumped = []
     for member in ClassificationMultilabelPrimaryMetrics:

@@ -264,7 +264,8 @@ def test_an_aml_budget_too_small_names_the_smallest_that_works():
 
 
 def test_the_report_shows_budget_against_spent_and_the_sweeps_anytime_curve(tmp_path):
-    from finetune.plan.results import RunSummary, SweepResult, SweepTrial
+    from finetune.plan.results import SweepResult, SweepTrial
+    from finetune.plan.summary import RunSummary
     from finetune.report.budget import best_so_far, budget_section
     from finetune.report.common import Figures
 

@@ -18,8 +18,9 @@ import pytest
 from finetune import data as data_stage
 from finetune.config.schema import DatasetConfig
 from finetune.data import PreparedData, prepare
+from finetune.data.download import cached_path
 from finetune.data.labels import clean_text
-from finetune.data.sources import cached_path, check_source, source_url
+from finetune.data.sources import check_source, source_url
 from finetune.errors import UserError
 
 SAMPLE_NAME = "reviews_Musical_Instruments_5.sample.json.gz"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_bert
-from finetune.train.entry import main as train_main
+from finetune.train.command_line import main as train_main
 from finetune.train.learning_check import LOSS_DROP, MARGIN, early_step, judge
 
 PRAISE = ("awesome", "amazing", "best", "beautiful", "excellent")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.plan.results import RunSummary, SweepTrial
+from finetune.plan.results import SweepTrial
+from finetune.plan.summary import RunSummary
 from finetune.report import write_report
 from finetune.selection import choose
 from finetune.selection.metrics import classification_metrics

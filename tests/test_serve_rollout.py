@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from finetune.config.schema import EndpointConfig
-from finetune.serve.endpoint import LocalEndpoint, deploy_local
+from finetune.serve.endpoint import LocalEndpoint
+from finetune.serve.local_deploy import deploy_local
 from finetune.serve.rollout import DeploymentResult, ModelRef, RolloutError, prediction_problems, rollout, split_traffic
 from test_serve_support import make_automl_candidate, make_hf_candidate, post, request
 

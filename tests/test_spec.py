@@ -120,7 +120,7 @@ def test_the_aml_command_takes_every_searchable_hyperparameter_as_an_input(tmp_p
 # Lists of these names that are not a definition of them.
 NOT_DEFINITIONS = {
     "finetune/plan/view.py": "the keys the short plan view always shows (any changed hyperparameter shows too)",
-    "finetune/launch/azureml/checks.py": "AML AutoML NLP's own parameter names, AML's vocabulary",
+    "finetune/launch/azureml/automl_checks.py": "AML AutoML NLP's own parameter names, AML's vocabulary",
 }
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 MAX_LINES = 450
+# The AML entry scripts ship as one file each (copied alone next to a registered model, as a deployment's code
+# and as the MLflow pyfunc loader, where the package is not installed), so they cannot be split by concern.
+ENTRY_SCRIPTS = {"finetune/serve/score.py", "finetune/serve/ner_score.py"}
+MAX_ENTRY_SCRIPT_LINES = 500
 
 
 def _modules() -> dict:
@@ -162,6 +166,7 @@ def test_no_module_over_the_line_limit():
     long = {
         str(path.relative_to(PACKAGE.parent)): count
         for path in PACKAGE.rglob("*.py")
-        if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+        if (count := len(path.read_text(encoding="utf-8").splitlines()))
+        > (MAX_ENTRY_SCRIPT_LINES if str(path.relative_to(PACKAGE.parent)) in ENTRY_SCRIPTS else MAX_LINES)
     }
-    assert not long, f"split these modules (over {MAX_LINES} lines): {long}"
+    assert not long, f"split these modules (over {MAX_LINES} lines, entry scripts {MAX_ENTRY_SCRIPT_LINES}): {long}"

@@ -11,7 +11,7 @@ import pytest
 from finetune.config.model_files import package_model_dir
 from finetune.config.schema import DatasetConfig, ModelConfig
 from finetune.data import prepare
-from finetune.train.entry import main as train_main
+from finetune.train.command_line import main as train_main
 
 BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from finetune.train.checkpoints import COMPLETE_MARKER, RESUME_FILE, mark_complete, newest_complete_checkpoint
-from finetune.train.entry import main
+from finetune.train.command_line import main
 
 
 def test_newest_complete_checkpoint_skips_and_deletes_incomplete_ones(tmp_path):

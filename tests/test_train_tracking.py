@@ -11,7 +11,7 @@ import pytest
 
 from finetune.config.schema import DatasetConfig
 from finetune.data import prepare
-from finetune.train.entry import main as train_main
+from finetune.train.command_line import main as train_main
 
 BUNDLED = DatasetConfig(source="bundled", text_column="review_body", rating_column="star_rating")
 # What AML sets for a job's run (the workspace's MLflow URI; see azureml-mlflow's service_context_loader).

@@ -8,10 +8,9 @@ A source is one file, or with ``dataset.split_files`` a folder holding the publi
 each read with the same options; :func:`local_source` also resolves ``dataset.label_names_file`` against the
 data's folder, so a folder of data and its label names move together.
 
-Downloads land in ``dataset.cache_dir`` under a name derived from the URL, via a temporary file in the same
-folder and ``os.replace``: an interrupted download never looks cached, and a cached one is never fetched again
-(the 5-core files are large and the host is slow). :func:`check_source` finds what it can without loading.
+URLs are fetched once by :mod:`finetune.data.download`. :func:`check_source` finds what it can without loading.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +18,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import secrets
 import sys
 import zlib
 from contextlib import contextmanager
@@ -28,9 +25,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import unquote, urlsplit
 
 from finetune.config.schema import SOURCES, DatasetConfig
+from finetune.data.download import CHUNK_BYTES, download, url_file_name
 from finetune.data.ner import is_ner_file
 from finetune.errors import UserError
 
@@ -44,11 +41,11 @@ FORMATS = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "json": "jsonl", "ndjso
 SUPPORTED = ".csv, .tsv, .jsonl/.json (one JSON object a line) or .parquet; .gz is allowed for csv, tsv and jsonl"
 DELIMITERS = {"csv": ",", "tsv": "\t"}
 SPLIT_NAMES = ("train", "val", "test")
-_CHUNK = 1 << 20
 # What R's write.csv, pandas and spreadsheets write for a missing value. CSV has no null, so a label cell
 # holding one of these is a missing label (the row is dropped and counted), never a class named "NA".
-CSV_MISSING = frozenset({"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A",
-                         "#NA"})
+CSV_MISSING = frozenset(
+    {"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A", "#NA"}
+)
 
 
 def file_format(name: str) -> Optional[str]:
@@ -88,22 +85,27 @@ def local_source(dataset: DatasetConfig) -> Iterator[RawData]:
     if dataset.source == "bundled":
         name = dataset.path or BUNDLED_FILE
         with resources.as_file(resources.files("finetune") / "data_files") as folder:
-            yield _raw_data(dataset, _bundled_path(folder, name), f"dataset.path={name}",
-                            f"bundled:finetune/data_files/{name}")
+            yield _raw_data(
+                dataset, _bundled_path(folder, name), f"dataset.path={name}", f"bundled:finetune/data_files/{name}"
+            )
         return
     remote = source_url(dataset)
     if remote:
         url, setting = remote
         if dataset.predefined_files():
-            raise UserError(f"{setting}: dataset.split_files needs the files in a local folder; download them and "
-                            "set dataset.path=FOLDER")
+            raise UserError(
+                f"{setting}: dataset.split_files needs the files in a local folder; download them and "
+                "set dataset.path=FOLDER"
+            )
         # A relative label_names_file is the user's, not beside the download in the cache.
         yield _raw_data(dataset, download(url, dataset.cache_dir, setting), setting, url, names_folder=Path.cwd())
     elif dataset.path:
         path = Path(dataset.path).expanduser().resolve()
         yield _raw_data(dataset, path, f"dataset.path={dataset.path}", str(path))
     else:
-        needs = "dataset.path=FILE or dataset.url=URL" + (" or dataset.category=NAME" if dataset.source == "amazon_5core" else "")
+        needs = "dataset.path=FILE or dataset.url=URL" + (
+            " or dataset.category=NAME" if dataset.source == "amazon_5core" else ""
+        )
         raise UserError(f"dataset.path=None: dataset.source={dataset.source} needs {needs}")
 
 
@@ -115,13 +117,16 @@ def _bundled_path(folder: Path, name: str) -> Path:
     return path
 
 
-def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
-              names_folder: Optional[Path] = None) -> RawData:
+def _raw_data(
+    dataset: DatasetConfig, path: Path, key: str, description: str, names_folder: Optional[Path] = None
+) -> RawData:
     """The files of ``path`` (a file, or the folder of ``split_files``), each found and of a known format."""
     if dataset.predefined_files():
         if not path.is_dir():
-            raise UserError(f"{key}: dataset.split_files needs dataset.path to be the folder holding them"
-                            + (" (it is a file)" if path.exists() else " (no such folder)"))
+            raise UserError(
+                f"{key}: dataset.split_files needs dataset.path to be the folder holding them"
+                + (" (it is a file)" if path.exists() else " (no such folder)")
+            )
         files = []
         for split in SPLIT_NAMES:
             name = dataset.predefined_files()[split]
@@ -139,10 +144,15 @@ def _raw_data(dataset: DatasetConfig, path: Path, key: str, description: str,
         folder = names_folder or (path if path.is_dir() else path.parent)
         names_file = folder / Path(dataset.label_names_file).expanduser()
         if not names_file.is_file():
-            raise UserError(f"dataset.label_names_file={dataset.label_names_file}: no such file ({names_file}); name "
-                            f"a text file with one label name a line, absolute or relative to {folder}")
-    return RawData(files, description + (f" ({', '.join(f'{s}: {p.name}' for s, p, _ in files)})"
-                                         if dataset.predefined_files() else ""), names_file)
+            raise UserError(
+                f"dataset.label_names_file={dataset.label_names_file}: no such file ({names_file}); name "
+                f"a text file with one label name a line, absolute or relative to {folder}"
+            )
+    return RawData(
+        files,
+        description + (f" ({', '.join(f'{s}: {p.name}' for s, p, _ in files)})" if dataset.predefined_files() else ""),
+        names_file,
+    )
 
 
 def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
@@ -152,63 +162,11 @@ def _format(dataset: DatasetConfig, path: Path, key: str) -> str:
     if fmt is None:
         raise UserError(f"{key}: unsupported file type; use {SUPPORTED}")
     if dataset.column_names and fmt not in DELIMITERS:
-        raise UserError(f"dataset.column_names={dataset.column_names}: only for headerless CSV / TSV, and {path.name} "
-                        f"is {fmt} (its columns are named); set dataset.column_names=null")
+        raise UserError(
+            f"dataset.column_names={dataset.column_names}: only for headerless CSV / TSV, and {path.name} "
+            f"is {fmt} (its columns are named); set dataset.column_names=null"
+        )
     return fmt
-
-
-def cached_path(url: str, cache_dir: Path | str) -> Path:
-    """Where ``url`` is cached: its file name prefixed by a hash of the whole URL, so two URLs ending in the
-    same name never collide and the extension (which picks the reader) is kept."""
-    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
-    return Path(cache_dir).expanduser() / f"{digest}-{_url_file_name(url)}"
-
-
-def _url_file_name(url: str) -> str:
-    return Path(unquote(urlsplit(url).path)).name or "download"
-
-
-def download(url: str, cache_dir: Path | str, setting: Optional[str] = None) -> Path:
-    """The cached copy of ``url`` in ``cache_dir``, fetched once with a progress bar; ``setting`` names the
-    config key the URL came from in the error message."""
-    from http.client import HTTPException
-    from urllib.error import HTTPError, URLError
-    from urllib.request import urlopen
-
-    setting = setting or f"dataset.url={url}"
-    target = cached_path(url, cache_dir)
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-    try:
-        with urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
-            expected = response.headers.get("Content-Length")
-            expected = int(expected) if expected and expected.isdigit() else None
-            received = _copy_with_progress(response, handle, expected, _url_file_name(url))
-        if expected is not None and received != expected:
-            raise OSError(f"connection closed after {received} of {expected} bytes")
-        os.replace(partial, target)
-    except (OSError, HTTPException, ValueError) as error:
-        reason = error.reason if isinstance(error, URLError) and not isinstance(error, HTTPError) else error
-        raise UserError(f"{setting}: download of {url} failed ({reason}); if offline, fetch the file elsewhere and "
-                        "set dataset.path=<local copy>") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-def _copy_with_progress(response, handle, total: Optional[int], name: str) -> int:
-    from tqdm import tqdm
-
-    received = 0
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {name}") as bar:
-        for chunk in iter(lambda: response.read(_CHUNK), b""):
-            handle.write(chunk)
-            received += len(chunk)
-            bar.update(len(chunk))
-    return received
-
 
 
 def label_setting(dataset: DatasetConfig) -> Tuple[str, str]:
@@ -220,11 +178,17 @@ def label_setting(dataset: DatasetConfig) -> Tuple[str, str]:
 
 def _missing_columns(dataset: DatasetConfig, columns: List[str], where: str) -> List[str]:
     wanted = [("text_column", dataset.text_column)]
-    wanted += [(key, getattr(dataset, key)) for key in ("label_column", "rating_column", "split_column")
-               if getattr(dataset, key)]
+    wanted += [
+        (key, getattr(dataset, key))
+        for key in ("label_column", "rating_column", "split_column")
+        if getattr(dataset, key)
+    ]
     present = ", ".join(columns) or "(none)"
-    return [f"dataset.{key}={column}: no such column in {where}; set it to one of: {present}"
-            for key, column in wanted if column not in columns]
+    return [
+        f"dataset.{key}={column}: no such column in {where}; set it to one of: {present}"
+        for key, column in wanted
+        if column not in columns
+    ]
 
 
 @contextmanager
@@ -296,11 +260,14 @@ def _read_jsonl(path: Path, dataset: DatasetConfig, source: str, wanted: List[st
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise UserError(f"{source}: line {number} is not JSON ({error.msg}); the file must hold one JSON "
-                                "object a line") from None
+                raise UserError(
+                    f"{source}: line {number} is not JSON ({error.msg}); the file must hold one JSON object a line"
+                ) from None
             if not isinstance(record, dict):
-                raise UserError(f"{source}: line {number} is a JSON {type(record).__name__}, not an object; the file "
-                                "must hold one JSON object a line")
+                raise UserError(
+                    f"{source}: line {number} is a JSON {type(record).__name__}, not an object; the file "
+                    "must hold one JSON object a line"
+                )
             columns.update(dict.fromkeys(record))
             for column, found in zip(wanted, values):
                 found.append(record.get(column))
@@ -327,7 +294,7 @@ def _read_parquet(path: Path, dataset: DatasetConfig, source: str, wanted: List[
 def sha256_file(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -356,8 +323,11 @@ def check_source(plan: "RunPlan") -> List[str]:
             # NER files have no columns; their lines are checked when the data stage reads them.
             columns = None if fmt == "ner" else _header(path, fmt, dataset)
         except Exception as error:  # any unreadable file is reported, not raised: validation lists every problem
-            key = (f"dataset.split_files.{split}={dataset.predefined_files()[split]}" if split
-                   else f"dataset.path={dataset.path}")
+            key = (
+                f"dataset.split_files.{split}={dataset.predefined_files()[split]}"
+                if split
+                else f"dataset.path={dataset.path}"
+            )
             problems.append(f"{key}: cannot read it as {fmt} ({' '.join(str(error).split())})")
             continue
         problems += [] if columns is None else _missing_columns(dataset, columns, str(path))
@@ -368,18 +338,22 @@ def _remote_problems(dataset: DatasetConfig) -> List[str]:
     remote = source_url(dataset)
     if remote:
         if dataset.predefined_files():
-            return [f"{remote[1]}: dataset.split_files needs the files in a local folder; download them and set "
-                    "dataset.path=FOLDER"]
-        if dataset.source == "file" and file_format(_url_file_name(remote[0])) is None:
+            return [
+                f"{remote[1]}: dataset.split_files needs the files in a local folder; download them and set "
+                "dataset.path=FOLDER"
+            ]
+        if dataset.source == "file" and file_format(url_file_name(remote[0])) is None:
             return [f"dataset.url={dataset.url}: unsupported file type; use {SUPPORTED}"]
         return []
     if dataset.source == "file" and dataset.predefined_files():
         return ["dataset.path=None: dataset.split_files needs dataset.path=FOLDER, the folder holding them"]
     if dataset.source == "file":
-        return ["dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) "
-                "or dataset.url=URL"]
-    return ["dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL "
-            "or dataset.path=FILE"]
+        return [
+            "dataset.path=None: dataset=file needs dataset.path=FILE (CSV, TSV, JSONL or parquet) or dataset.url=URL"
+        ]
+    return [
+        "dataset.category=None: dataset=amazon_5core needs dataset.category=NAME, dataset.url=URL or dataset.path=FILE"
+    ]
 
 
 def _not_a_file(path: Path) -> str:

@@ -19,8 +19,9 @@ from finetune.config.spec import to_argv
 from finetune.data import prepare
 from finetune.errors import UserError
 from finetune.plan import budget, calibration, fitting
-from finetune.plan.results import Candidate, RunSummary, SelectionResult, TrainingResult
+from finetune.plan.results import Candidate, SelectionResult, TrainingResult
 from finetune.plan.run_plan import RunPlan
+from finetune.plan.summary import RunSummary
 from finetune.registry import model_registry as registry
 from finetune.registry import tracking
 from finetune.registry.registration import sample_request, select_and_register
@@ -29,7 +30,8 @@ from finetune.report import write_report
 from finetune.selection.choose import FINETUNED, check_production_labels, choose
 from finetune.selection.metrics import unprefixed
 from finetune.serve import deploy_local
-from finetune.serve.endpoint import ENDPOINT_NAME, LOOPBACK_HOSTS
+from finetune.serve.endpoint import LOOPBACK_HOSTS
+from finetune.serve.endpoint_names import LOCAL_ENDPOINT_NAME
 from finetune.serve.export import export_candidate
 from finetune.serve.rollout import RolloutError, check_ramp
 from finetune.system import locks, processes
@@ -71,7 +73,7 @@ def check(plan: RunPlan) -> list[str]:
 def check_endpoint(endpoint_cfg) -> list[str]:
     """Problems of a local endpoint's settings (numbers are ranged by :mod:`finetune.config.ranges`)."""
     problems = []
-    if not isinstance(endpoint_cfg.name, str) or not ENDPOINT_NAME.match(endpoint_cfg.name):
+    if not isinstance(endpoint_cfg.name, str) or not LOCAL_ENDPOINT_NAME.match(endpoint_cfg.name):
         problems.append(
             f"endpoint.name={endpoint_cfg.name!r}: 3-32 letters, digits, '_' or '-', starting with a "
             "letter (it becomes a folder under <output_root>/endpoints)"

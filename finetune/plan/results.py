@@ -4,25 +4,20 @@ Each result is made once, by the stage that produced it, and read by attribute a
 its own result beside an earlier one instead of writing into it (selection's test figures are the selection's,
 and appear under each candidate only when summary.json is written). ``to_dict()`` is a result's section.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-from finetune.data.prepared import PreparedData
 from finetune.selection.decisions import DecisionRule, Verdict, recorded_rule
-from finetune.serve.rollout import DeploymentResult, ModelRef
-from finetune.system.files import write_json_atomic
+from finetune.serve.rollout import ModelRef
 
 if TYPE_CHECKING:
-    from finetune.plan.run_plan import RunPlan
-
-SCHEMA_VERSION = 1
+    pass
 
 
 def drop_none(data: dict) -> dict:
@@ -52,15 +47,26 @@ class TrainingResult:
     @classmethod
     def read(cls, path: Path | str) -> "TrainingResult":
         data = json.loads(Path(path).read_text())
-        return cls(result_file=str(path), status=data.get("status"), model_dir=data.get("model_dir"),
-                   val=data.get("val") or {}, mlflow_run_id=data.get("mlflow_run_id"),
-                   duration_s=data.get("duration_s") or 0.0, throughput=data.get("throughput") or {},
-                   runtime=data.get("runtime") or {}, hyperparameters=data.get("hyperparameters") or {})
+        return cls(
+            result_file=str(path),
+            status=data.get("status"),
+            model_dir=data.get("model_dir"),
+            val=data.get("val") or {},
+            mlflow_run_id=data.get("mlflow_run_id"),
+            duration_s=data.get("duration_s") or 0.0,
+            throughput=data.get("throughput") or {},
+            runtime=data.get("runtime") or {},
+            hyperparameters=data.get("hyperparameters") or {},
+        )
 
     def section(self, base_model: str) -> dict:
         """summary.json's ``training``: the kept training's throughput, runtime and hyperparameters."""
-        return {"throughput": self.throughput, "runtime": self.runtime, "hyperparameters": self.hyperparameters,
-                "base_model": base_model}
+        return {
+            "throughput": self.throughput,
+            "runtime": self.runtime,
+            "hyperparameters": self.hyperparameters,
+            "base_model": base_model,
+        }
 
 
 @dataclass
@@ -115,14 +121,26 @@ class SweepResult:
     @classmethod
     def from_dict(cls, data: dict) -> "SweepResult":
         best = data.get("best")
-        return cls(sampling=data["sampling"], policy=data.get("policy") or {}, primary_metric=data["primary_metric"],
-                   goal=data.get("goal", "maximize"), trials=[SweepTrial(**trial) for trial in data.get("trials", [])],
-                   best=BestTrial(**best) if best else None, compute=data.get("compute") or {})
+        return cls(
+            sampling=data["sampling"],
+            policy=data.get("policy") or {},
+            primary_metric=data["primary_metric"],
+            goal=data.get("goal", "maximize"),
+            trials=[SweepTrial(**trial) for trial in data.get("trials", [])],
+            best=BestTrial(**best) if best else None,
+            compute=data.get("compute") or {},
+        )
 
     def to_dict(self) -> dict:
-        return {"sampling": self.sampling, "policy": self.policy, "primary_metric": self.primary_metric,
-                "goal": self.goal, "trials": [trial.to_dict() for trial in self.trials],
-                "best": self.best.to_dict() if self.best is not None else None, "compute": self.compute}
+        return {
+            "sampling": self.sampling,
+            "policy": self.policy,
+            "primary_metric": self.primary_metric,
+            "goal": self.goal,
+            "trials": [trial.to_dict() for trial in self.trials],
+            "best": self.best.to_dict() if self.best is not None else None,
+            "compute": self.compute,
+        }
 
 
 @dataclass
@@ -143,8 +161,9 @@ class Candidate:
     def from_dict(cls, data: dict) -> "Candidate":
         data = _with_family(data)
         known = {name for name in cls.__dataclass_fields__ if name != "extra"}
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
+        )
 
     def to_dict(self) -> dict:
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "extra"}
@@ -175,16 +194,24 @@ class SelectionRow:
         if "error" in data:
             return cls(candidate=data["candidate"], family=data.get("family"), error=data["error"])
         # Every other key of a row is a test metric, flat beside the candidate's name in summary.json.
-        return cls(candidate=data["candidate"], family=data.get("family"),
-                   decision=recorded_rule(data.get("decision")), **{k: data[k] for k in _ROW_FIGURES if k in data},
-                   test={k: v for k, v in data.items() if k not in ("candidate", "family", *_ROW_KEYS)})
+        return cls(
+            candidate=data["candidate"],
+            family=data.get("family"),
+            decision=recorded_rule(data.get("decision")),
+            **{k: data[k] for k in _ROW_FIGURES if k in data},
+            test={k: v for k, v in data.items() if k not in ("candidate", "family", *_ROW_KEYS)},
+        )
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"candidate": self.candidate, "family": self.family, "error": self.error}
         rule = self.decision.to_dict() if self.decision is not None else None
-        return {"candidate": self.candidate, "family": self.family, **self.test,
-                **drop_none({"decision": rule, **{key: getattr(self, key) for key in _ROW_FIGURES}})}
+        return {
+            "candidate": self.candidate,
+            "family": self.family,
+            **self.test,
+            **drop_none({"decision": rule, **{key: getattr(self, key) for key in _ROW_FIGURES}}),
+        }
 
 
 @dataclass
@@ -207,17 +234,33 @@ class SelectionResult:
     @classmethod
     def from_dict(cls, data: dict) -> "SelectionResult":
         """A saved ``selection`` section (``test`` and ``failed`` repeat the table, so they are not read)."""
-        return cls(metric=data["metric"], task=data.get("task", "single_label"), margin=data.get("margin", 0.0),
-                   production=data.get("production"), table=[SelectionRow.from_dict(row) for row in data["table"]],
-                   winner=data.get("winner"), verdict=Verdict(data["decision"]), reason=data["reason"],
-                   production_version=data.get("production_version"), recheck=data.get("recheck"))
+        return cls(
+            metric=data["metric"],
+            task=data.get("task", "single_label"),
+            margin=data.get("margin", 0.0),
+            production=data.get("production"),
+            table=[SelectionRow.from_dict(row) for row in data["table"]],
+            winner=data.get("winner"),
+            verdict=Verdict(data["decision"]),
+            reason=data["reason"],
+            production_version=data.get("production_version"),
+            recheck=data.get("recheck"),
+        )
 
     def to_dict(self) -> dict:
         """summary.json's ``selection``: ``test`` and ``failed`` are the table's, by candidate."""
-        section = {"metric": self.metric, "task": self.task, "margin": self.margin, "production": self.production,
-                   "table": [row.to_dict() for row in self.table], "winner": self.winner, "decision": self.verdict.value,
-                   "reason": self.reason, "test": {row.candidate: row.test for row in self.scored},
-                   "failed": self.failed}
+        section = {
+            "metric": self.metric,
+            "task": self.task,
+            "margin": self.margin,
+            "production": self.production,
+            "table": [row.to_dict() for row in self.table],
+            "winner": self.winner,
+            "decision": self.verdict.value,
+            "reason": self.reason,
+            "test": {row.candidate: row.test for row in self.scored},
+            "failed": self.failed,
+        }
         return {**section, **drop_none({"production_version": self.production_version, "recheck": self.recheck})}
 
     @property
@@ -282,9 +325,25 @@ class Registration:
             return cls(verdict=Verdict(data["decision"]), reason=data.get("reason"))
 
         ref = data.get("model_ref")
-        return cls(verdict=Verdict.REGISTER, model_ref=ModelRef(**ref) if ref else None,
-                   **{key: data.get(key) for key in ("reason", "name", "version", "existing", "content_sha256",
-                                                     "git_commit", "source", "tags", "sample_request", "promoted")})
+        return cls(
+            verdict=Verdict.REGISTER,
+            model_ref=ModelRef(**ref) if ref else None,
+            **{
+                key: data.get(key)
+                for key in (
+                    "reason",
+                    "name",
+                    "version",
+                    "existing",
+                    "content_sha256",
+                    "git_commit",
+                    "source",
+                    "tags",
+                    "sample_request",
+                    "promoted",
+                )
+            },
+        )
 
     @property
     def registered(self) -> bool:
@@ -293,10 +352,17 @@ class Registration:
     def to_dict(self) -> dict:
         if self.version is None:
             return {"decision": self.verdict.value, "reason": self.reason}
-        data = {"name": self.name, "version": self.version, "existing": self.existing,
-                "content_sha256": self.content_sha256, "git_commit": self.git_commit, "source": self.source,
-                "tags": self.tags, "model_ref": self.model_ref.to_dict() if self.model_ref is not None else None,
-                "sample_request": self.sample_request}
+        data = {
+            "name": self.name,
+            "version": self.version,
+            "existing": self.existing,
+            "content_sha256": self.content_sha256,
+            "git_commit": self.git_commit,
+            "source": self.source,
+            "tags": self.tags,
+            "model_ref": self.model_ref.to_dict() if self.model_ref is not None else None,
+            "sample_request": self.sample_request,
+        }
         if self.promoted is not None:
             data.update(promoted=self.promoted, reason=self.reason)
         return data
@@ -318,86 +384,3 @@ class SelectionOutcome:
     selection: SelectionResult
     production: Optional["ModelRef"]  # the production model re-scored, None when there was none
     registration: Registration
-
-
-class RunSummary:
-    """summary.json of a local run: every stage's result, rewritten (atomically) after each stage, so an
-    interrupted run still shows what it finished."""
-
-    def __init__(self, path: Path, run: dict):
-        self.path = Path(path)
-        self.run = run
-        self.data: Optional["PreparedData"] = None
-        self.candidates: Dict[str, Candidate] = {}
-        self.training: Optional[dict] = None
-        self.sweep: Optional[SweepResult] = None
-        self.selection: Optional[SelectionResult] = None
-        self.registration: Optional[Registration] = None
-        self.rollout: Optional["DeploymentResult"] = None
-        self.figures: Optional[List[str]] = None
-        self.budget: Optional[dict] = None  # budget vs spent per stage (finetune.budget.spent)
-        self.started = time.time()
-        self._stage: Optional[str] = None
-        self._stage_started = self.started
-
-    @classmethod
-    def start(cls, plan: "RunPlan") -> "RunSummary":
-        return cls(Path(plan.run_dir) / "summary.json",
-                   {"name": plan.name, "run_dir": plan.run_dir, "launcher": plan.launcher,
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stages": plan.stages})
-
-    @classmethod
-    def load(cls, run_dir: Path | str) -> "RunSummary":
-        """A run's summary.json typed again, so its report can be rewritten from the run folder."""
-        path = Path(run_dir) / "summary.json"
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        summary = cls(path, saved.get("run") or {})
-        summary.data = PreparedData.from_dict(saved["data"]) if saved.get("data") else None
-        # A candidate's ``test`` and ``decision`` are the selection's, added when summary.json is written.
-        summary.candidates = {
-            name: Candidate.from_dict({key: value for key, value in entry.items() if key not in ("test", "decision")})
-            for name, entry in (saved.get("candidates") or {}).items()}
-        summary.training = saved.get("training")
-        readers = {"sweep": SweepResult.from_dict, "selection": SelectionResult.from_dict,
-                   "registry": Registration.from_dict, "rollout": DeploymentResult.from_dict}
-        summary.sweep, summary.selection, summary.registration, summary.rollout = (
-            readers[key](saved[key]) if saved.get(key) else None for key in readers)
-        summary.figures = saved.get("figures")
-        summary.budget = saved.get("budget")
-        return summary
-
-    def to_dict(self) -> dict:
-        candidates = {}
-        for name, candidate in self.candidates.items():
-            entry = candidate.to_dict()
-            if self.selection is not None and self.selection.test(name) is not None:
-                rule = self.selection.decision_rule(name)
-                entry.update(test=self.selection.test(name), decision=rule.to_dict() if rule is not None else None)
-            candidates[name] = entry
-        sections: Dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION, "run": self.run,
-            "data": self.data.to_dict() if self.data is not None else None, "candidates": candidates,
-            "training": self.training,
-            "sweep": self.sweep.to_dict() if self.sweep is not None else None,
-            "selection": self.selection.to_dict() if self.selection is not None else None,
-            "registry": self.registration.to_dict() if self.registration is not None else None,
-            "rollout": self.rollout.to_dict() if self.rollout is not None else None, "figures": self.figures,
-            "budget": self.budget,
-        }
-        return {key: value for key, value in sections.items() if value is not None or key == "candidates"}
-
-    def save(self) -> None:
-        write_json_atomic(self.path, self.to_dict(), indent=2, default=str)
-
-    def enter(self, stage: Optional[str]) -> None:
-        """Stop the running stage's clock (into ``run.stage_seconds``) and start ``stage``'s (None: stop only)."""
-        now = time.time()
-        if self._stage is not None:
-            spent = self.run.setdefault("stage_seconds", {})
-            spent[self._stage] = round(spent.get(self._stage, 0.0) + now - self._stage_started, 1)
-        self._stage, self._stage_started = stage, now
-
-    def finish(self) -> None:
-        self.run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.run["duration_s"] = round(time.time() - self.started, 1)
-        self.save()

@@ -21,7 +21,7 @@ from finetune.report.selection import registry_section, rollout_section, selecti
 from finetune.report.training import learning_check_section, learning_section, sweep_section, training_section
 
 if TYPE_CHECKING:
-    from finetune.plan.results import RunSummary
+    from finetune.plan.summary import RunSummary
 
 
 def run_section(summary: "RunSummary") -> list[str]:

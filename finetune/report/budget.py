@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, List, Optional
 from finetune.report.common import STATUS_STYLE, Figures, table
 
 if TYPE_CHECKING:
-    from finetune.plan.results import RunSummary
+    from finetune.plan.summary import RunSummary
 
 
 def budget_section(summary: "RunSummary", figures: Figures) -> List[str]:

@@ -10,7 +10,7 @@ from finetune.report.common import Figures, table
 from finetune.report.multilabel import data_lines
 
 if TYPE_CHECKING:
-    from finetune.plan.results import RunSummary
+    from finetune.plan.summary import RunSummary
 
 
 def data_section(summary: "RunSummary", figures: Figures) -> list[str]:

@@ -11,7 +11,7 @@ from finetune.report.common import table
 from finetune.tasks.ner import ERRORS_FILE
 
 if TYPE_CHECKING:
-    from finetune.plan.results import RunSummary
+    from finetune.plan.summary import RunSummary
 
 ERROR_KINDS = {
     "type": "right span, wrong type",

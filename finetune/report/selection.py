@@ -13,7 +13,8 @@ from finetune.selection.rules import describe
 from finetune.serve.score import decide
 
 if TYPE_CHECKING:
-    from finetune.plan.results import Candidate, RunSummary, SelectionResult, SelectionRow
+    from finetune.plan.results import Candidate, SelectionResult, SelectionRow
+    from finetune.plan.summary import RunSummary
 
 
 def selection_section(summary: "RunSummary", figures: Figures) -> list[str]:

@@ -11,7 +11,8 @@ from finetune.report.common import STATUS_STYLE, Figures, table
 from finetune.train.learning_check import describe_baseline, kept_training_check, shipped_below_baseline_line
 
 if TYPE_CHECKING:
-    from finetune.plan.results import RunSummary, SweepTrial
+    from finetune.plan.results import SweepTrial
+    from finetune.plan.summary import RunSummary
 
 
 def sweep_section(summary: "RunSummary", figures: Figures) -> list[str]:

@@ -17,6 +17,7 @@ trial failed and the sweep goes on; ``timeout`` (the whole sweep's seconds, coun
 stops launching new trials. A trial stopped by the policy is optuna PRUNED with the interval it reached
 (user attributes), reported as ``early_terminated``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,11 +38,11 @@ from optuna.trial import TrialState
 from finetune.config.model_files import model_config, model_location
 from finetune.config.spec import to_argv
 from finetune.plan import budget
-from finetune.plan.results import BestTrial, SweepResult, SweepTrial, TrainingResult
+from finetune.plan.results import SweepResult
 from finetune.plan.run_plan import RunPlan
 from finetune.registry.model_registry import experiment_id
 from finetune.registry.tracking import child_args, model_id
-from finetune.search.pruners import curve, replaced
+from finetune.search.results import progress_line, summarise, trial_record
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
 from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.selection.metrics import unprefixed
@@ -54,7 +55,6 @@ PROGRESS_FILE = "progress.json"
 POLL_S = 0.5
 # A running trial's projected duration counts once it is this far along (earlier, its start-up dominates).
 MIN_PROJECTED_FRACTION = 0.2
-STATUS = {"COMPLETE": "completed", "PRUNED": "early_terminated", "FAIL": "failed"}
 
 
 @dataclass
@@ -89,12 +89,16 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     study = open_study(plan, storage_url, sweep_dir)
     retried = retry_interrupted(study, sweep_dir)
     wall_before = study.user_attrs.get("wall_seconds", 0.0)
-    total = limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials,
-                                                                          grid_size(search.space))
+    total = (
+        limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials, grid_size(search.space))
+    )
     to_start = total - len(counted(study))
     if wall_before or retried:
-        print(f"resuming the sweep in {sweep_dir}: {total - to_start} trial(s) done"
-              + (f", retrying interrupted trial(s) {', '.join(map(str, retried))}" if retried else ""), flush=True)
+        print(
+            f"resuming the sweep in {sweep_dir}: {total - to_start} trial(s) done"
+            + (f", retrying interrupted trial(s) {', '.join(map(str, retried))}" if retried else ""),
+            flush=True,
+        )
 
     if to_start > 0:
         _create_experiment(plan)
@@ -128,11 +132,19 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
                     del running[number]
                     free.append(job.slot)
                     study.set_user_attr("wall_seconds", wall_before + time.time() - started)
-                    record = _record(frozen, search.goal)
-                    progress.finished(number, record["status"], record["best_value"], record["duration_s"] or 0.0,
-                                      search.goal)
-                    progress.write(_progress_line(frozen, total - to_start + launched - len(running), total,
-                                                  search.primary_metric, search.goal))
+                    record = trial_record(frozen, search.goal)
+                    progress.finished(
+                        number, record["status"], record["best_value"], record["duration_s"] or 0.0, search.goal
+                    )
+                    progress.write(
+                        progress_line(
+                            frozen,
+                            total - to_start + launched - len(running),
+                            total,
+                            search.primary_metric,
+                            search.goal,
+                        )
+                    )
             progress.update({number: (job.directory / PROGRESS_FILE, job.started) for number, job in running.items()})
     finally:  # Ctrl-C or an error here: no trial outlives the sweep (they are resumed as interrupted)
         progress.close()
@@ -145,7 +157,7 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     study.set_user_attr("wall_seconds", wall)
     if plan.estimate is not None:
         _speed_factor(plan.estimate, study, {})
-    return _summarise(study, plan, sweep_dir, wall)
+    return summarise(study, plan, sweep_dir, wall)
 
 
 def _budgeted_epochs(plan: RunPlan, study, running: Dict[int, "_Job"], deadline: float) -> tuple:
@@ -161,8 +173,10 @@ def _budgeted_epochs(plan: RunPlan, study, running: Dict[int, "_Job"], deadline:
     epochs = budget.epochs_that_fit(plan.estimate, left, factor)
     if epochs:
         return epochs, None
-    return None, (f"budget: no more trials; even a 1-epoch trial is expected to outlast the {max(0.0, left):.0f} s "
-                  f"left of the sweep's share (trials so far ran x {factor:.2f} the planned time)")
+    return None, (
+        f"budget: no more trials; even a 1-epoch trial is expected to outlast the {max(0.0, left):.0f} s "
+        f"left of the sweep's share (trials so far ran x {factor:.2f} the planned time)"
+    )
 
 
 def _speed_factor(estimate, study, running: Dict[int, "_Job"]) -> float:
@@ -213,8 +227,16 @@ def _gpu_ids(device: str) -> List[str]:
     return (visible or [str(i) for i in range(count)])[:count]
 
 
-def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: str, slot: _Slot,
-            pipeline_run: Optional[tuple] = None, epochs: Optional[float] = None) -> _Job:
+def _launch(
+    study,
+    plan: RunPlan,
+    data_dir: str,
+    sweep_dir: Path,
+    storage_url: str,
+    slot: _Slot,
+    pipeline_run: Optional[tuple] = None,
+    epochs: Optional[float] = None,
+) -> _Job:
     """Start the next trial; ``epochs`` (a budget's last trials) shortens it when the space does not set epochs."""
     space = plan.search.space
     trial = study.ask({name: latent_distribution(dist) for name, dist in space.items()})
@@ -230,10 +252,20 @@ def _launch(study, plan: RunPlan, data_dir: str, sweep_dir: Path, storage_url: s
         hyperparameters["epochs"] = epochs
         trial.set_user_attr("epochs_planned", epochs)
     trial_args = dataclasses.replace(
-        train_args(trial_plan, data_dir, str(directory), hyperparameters,
-                   model_location(model_config(params["model"])) if "model" in params else None),
-        run_name=f"{plan.name}-trial-{trial.number}", trial_storage=storage_url, study_name=study.study_name,
-        trial_number=trial.number, progress=False, progress_file=str(directory / PROGRESS_FILE))
+        train_args(
+            trial_plan,
+            data_dir,
+            str(directory),
+            hyperparameters,
+            model_location(model_config(params["model"])) if "model" in params else None,
+        ),
+        run_name=f"{plan.name}-trial-{trial.number}",
+        trial_storage=storage_url,
+        study_name=study.study_name,
+        trial_number=trial.number,
+        progress=False,
+        progress_file=str(directory / PROGRESS_FILE),
+    )
     args = to_argv(trial_args)
     if pipeline_run:
         args += child_args(*pipeline_run, params.get("model") or model_id(plan.model))
@@ -309,107 +341,3 @@ def _failure_reason(code: int, log: Path) -> str:
         return "killed by SIGKILL (often the kernel's out-of-memory killer)"
     last = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
     return f"exit code {code}: {last[:200]}"
-
-
-# ---------------------------------------------------------------------------------------------- results
-
-
-def _record(trial, goal: str) -> dict:
-    status = STATUS[trial.state.name]
-    values = [v if math.isfinite(v) else None for v in curve(trial)]
-    finite = [v for v in values if v is not None]
-    if trial.value is not None:
-        best = trial.value
-    else:
-        best = (max if goal == "maximize" else min)(finite) if finite else None
-    attrs = trial.user_attrs
-    return {
-        "number": trial.number,
-        "params": attrs.get("params", {}),
-        "status": status,
-        "best_value": best,
-        "values": values,
-        "epochs_run": attrs.get("epochs_run"),
-        "steps": attrs.get("steps"),
-        "duration_s": attrs.get("duration_s"),
-        "stopped_at_interval": attrs.get("stopped_at_interval", len(values)) if status == "early_terminated" else None,
-        "reason": attrs.get("reason"),
-        "model_dir": attrs.get("model_dir"),
-        "result_file": attrs.get("result_file"),
-        "ended_s": attrs.get("ended_s"),
-    }
-
-
-def _best(records: List[dict], goal: str) -> Optional[dict]:
-    """The completed trial with the best value; early-terminated trials only when none completed."""
-    for status in ("completed", "early_terminated"):
-        candidates = [r for r in records if r["status"] == status and r["best_value"] is not None and r["model_dir"]]
-        if candidates:
-            pick = max if goal == "maximize" else min
-            return pick(candidates, key=lambda r: r["best_value"])
-    return None
-
-
-def _summarise(study, plan: RunPlan, sweep_dir: Path, wall: float) -> SweepResult:
-    search = plan.search
-    trials = study.get_trials(deepcopy=False)
-    skip = replaced(trials)
-    records = [_record(t, search.goal) for t in trials if t.state.is_finished() and t.number not in skip]
-    best = _best(records, search.goal)
-    if not search.keep_trial_models:
-        for record in records:
-            if record is not best and record["model_dir"]:
-                shutil.rmtree(record["model_dir"], ignore_errors=True)
-    print(trials_table(records, search.primary_metric), flush=True)
-    best_trial, best_training = None, None
-    if best is not None:
-        best_training = TrainingResult.read(best["result_file"])
-        best_trial = BestTrial(trial=best["number"], params=best["params"], value=best["best_value"],
-                               model_dir=best["model_dir"], val=best_training.val, result_file=best["result_file"])
-        print(f"best: trial {best['number']} {search.primary_metric}={best['best_value']:.4f} -> {best['model_dir']}",
-              flush=True)
-    sweep = SweepResult(
-        sampling=search.sampling, policy=dataclasses.asdict(search.policy), primary_metric=search.primary_metric,
-        goal=search.goal,
-        trials=[SweepTrial(**{k: v for k, v in r.items() if k not in ("model_dir", "result_file")}) for r in records],
-        best=best_trial,
-        compute={"trial_epochs": round(sum(r["epochs_run"] or 0.0 for r in records), 4),
-                 "trial_seconds": round(sum(r["duration_s"] or 0.0 for r in records), 2),
-                 "wall_seconds": round(wall, 2),
-                 **({"speed_factor": study.user_attrs["speed_factor"]} if "speed_factor" in study.user_attrs else {})},
-        best_training=best_training)
-    (sweep_dir / "sweep.json").write_text(json.dumps(sweep.to_dict(), indent=2))
-    return sweep
-
-
-def _format_params(params: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def _progress_line(trial, done: int, total: int, metric: str, goal: str) -> str:
-    record = _record(trial, goal)
-    status = record["status"]
-    if status == "early_terminated":
-        status += f" at interval {record['stopped_at_interval']}"
-    elif status == "failed":
-        status += f" ({record['reason']})"
-    value = f"{metric} {record['best_value']:.4f}, " if record["best_value"] is not None and record["status"] != "failed" else ""
-    return (f"[sweep {done}/{total}] trial {trial.number} {status}: {value}"
-            f"{_format_params(record['params'])}, {record['duration_s'] or 0:.0f} s")
-
-
-def trials_table(records: List[dict], metric: str) -> str:
-    """The sweep's trials as a text table: params, best value, status, epochs/steps run, duration."""
-    header = ("trial", "params", f"best {metric}", "status", "epochs", "steps", "seconds")
-    rows = []
-    for r in records:
-        status = r["status"] + (f" @{r['stopped_at_interval']}" if r["status"] == "early_terminated" else "")
-        rows.append((str(r["number"]), _format_params(r["params"]),
-                     "-" if r["best_value"] is None else f"{r['best_value']:.4f}", status,
-                     "-" if r["epochs_run"] is None else f"{r['epochs_run']:.2f}",
-                     "-" if r["steps"] is None else str(r["steps"]),
-                     "-" if r["duration_s"] is None else f"{r['duration_s']:.0f}"))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

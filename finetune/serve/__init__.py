@@ -10,8 +10,9 @@
 Importing this package loads the standard library only (torch and friends load in score.py's init()).
 """
 
-from finetune.serve.endpoint import LocalEndpoint, deploy_local
+from finetune.serve.endpoint import LocalEndpoint
 from finetune.serve.entry_scripts import SCORE_SCRIPT
+from finetune.serve.local_deploy import deploy_local
 from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, RolloutResult, rollout
 
 __all__ = [

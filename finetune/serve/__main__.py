@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from finetune.errors import UserError
 from finetune.registry.model_registry import resolve
-from finetune.serve.endpoint import SAMPLE_REQUEST, LocalEndpoint
+from finetune.serve.endpoint import LocalEndpoint
 from finetune.serve.rollout import ModelRef, rollout
 from finetune.system.processes import interrupt_on_signals
 
@@ -26,6 +26,13 @@ SERVE_ENDPOINT = "finetune-serve"
 # What `python -m finetune` registers for the bundled data (finetune.plan.run_plan.registered_model_name).
 DEFAULT_MODEL = "amazon_automotive-sentiment"
 DEFAULT_PORT = 8080
+# The smoke test of a model folder that stored no sample request of its own: one review of each kind.
+SAMPLE_REQUEST = {
+    "data": [
+        {"text": "Fits perfectly and the install took five minutes."},
+        {"text": "Stopped working after two weeks, waste of money."},
+    ]
+}
 
 EXAMPLES = """\
 examples:

@@ -9,6 +9,7 @@ traffic, key, router port), so another command, or another :class:`LocalEndpoint
 drives the same endpoint; processes run in their own sessions and outlive the command that started them
 until :meth:`LocalEndpoint.stop`. Mutations hold a file lock and replace the state file atomically.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,32 +17,22 @@ import fcntl
 import http.client
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 from finetune.errors import UserError
 from finetune.serve import servers
+from finetune.serve.endpoint_names import LOCAL_DEPLOYMENT_NAME, LOCAL_ENDPOINT_NAME
 from finetune.serve.entry_scripts import entry_script
-from finetune.serve.inference_server import BIND_SOCKET_ENV
-from finetune.serve.rollout import DeploymentResult, InvokeError, ModelRef, RolloutError, rollout
+from finetune.serve.rollout import InvokeError, ModelRef
 from finetune.serve.router import deployment_connection
 from finetune.serve.servers import ROUTER_MODULE, SERVER_MODULE
 from finetune.system.files import link_or_copy, write_json_atomic
-from finetune.system.locks import hold
-from finetune.system.processes import free_port
 
-SAMPLE_REQUEST = {"data": [{"text": "Fits perfectly and the install took five minutes."},
-                           {"text": "Stopped working after two weeks, waste of money."}]}
-DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
-# Endpoint names become folders under the endpoints dir: one plain path component, nothing to climb with.
-ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,31}$")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -52,27 +43,51 @@ class LocalEndpoint:
     (a later command reuses the key), else take the defaults below.
     """
 
-    def __init__(self, name: str, root: Path | str, *, host: Optional[str] = None, port: Optional[int] = None,
-                 key: Optional[str] = None, max_items: Optional[int] = None, max_body_bytes: Optional[int] = None,
-                 max_forward_batch: Optional[int] = None, log_request_texts: Optional[bool] = None,
-                 start_timeout_s: Optional[float] = None, request_timeout_s: Optional[float] = None,
-                 read_timeout_s: Optional[float] = None):
-        if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
+    def __init__(
+        self,
+        name: str,
+        root: Path | str,
+        *,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+        key: Optional[str] = None,
+        max_items: Optional[int] = None,
+        max_body_bytes: Optional[int] = None,
+        max_forward_batch: Optional[int] = None,
+        log_request_texts: Optional[bool] = None,
+        start_timeout_s: Optional[float] = None,
+        request_timeout_s: Optional[float] = None,
+        read_timeout_s: Optional[float] = None,
+    ):
+        if not isinstance(name, str) or not LOCAL_ENDPOINT_NAME.match(name):
             raise UserError(f"endpoint name {name!r} must be 3-32 letters, digits, '_' or '-', starting with a letter")
         self.name = name
         self.dir = Path(root) / name
         self.state_file = self.dir / "state.json"
         if self.dir.is_dir() and not self.state_file.exists() and any(self.dir.iterdir()):
             # delete() removes the endpoint's folder: never one that some other program owns.
-            raise UserError(f"{self.dir} exists and is not a local endpoint's folder (no state.json); choose "
-                            "another endpoint name or endpoints dir")
+            raise UserError(
+                f"{self.dir} exists and is not a local endpoint's folder (no state.json); choose "
+                "another endpoint name or endpoints dir"
+            )
         self._procs: Dict[str, subprocess.Popen] = {}
         self._state = {
-            "name": name, "key": secrets.token_urlsafe(32), "host": "127.0.0.1", "port": 0,
-            "limits": {"max_items": 64, "max_body_bytes": 1_000_000, "max_forward_batch": 32,
-                       "log_request_texts": False},
-            "start_timeout_s": 180.0, "request_timeout_s": 120.0, "read_timeout_s": 30.0,
-            "router": None, "deployments": {}, "traffic": {},
+            "name": name,
+            "key": secrets.token_urlsafe(32),
+            "host": "127.0.0.1",
+            "port": 0,
+            "limits": {
+                "max_items": 64,
+                "max_body_bytes": 1_000_000,
+                "max_forward_batch": 32,
+                "log_request_texts": False,
+            },
+            "start_timeout_s": 180.0,
+            "request_timeout_s": 120.0,
+            "read_timeout_s": 30.0,
+            "router": None,
+            "deployments": {},
+            "traffic": {},
             # Deployments whose server is up but not yet healthy, with the process that is starting them: a
             # process is recorded before it serves, so a start killed halfway leaves nothing unrecorded.
             "starting": {},
@@ -84,11 +99,21 @@ class LocalEndpoint:
         with self._locked() as state:
             if state["name"] != name:
                 raise UserError(f"{self.state_file} records endpoint {state['name']!r}, not {name!r}")
-            overrides = {"host": host, "port": port, "key": key, "start_timeout_s": start_timeout_s,
-                         "request_timeout_s": request_timeout_s, "read_timeout_s": read_timeout_s}
+            overrides = {
+                "host": host,
+                "port": port,
+                "key": key,
+                "start_timeout_s": start_timeout_s,
+                "request_timeout_s": request_timeout_s,
+                "read_timeout_s": read_timeout_s,
+            }
             state.update({k: v for k, v in overrides.items() if v is not None})
-            limits = {"max_items": max_items, "max_body_bytes": max_body_bytes,
-                      "max_forward_batch": max_forward_batch, "log_request_texts": log_request_texts}
+            limits = {
+                "max_items": max_items,
+                "max_body_bytes": max_body_bytes,
+                "max_forward_batch": max_forward_batch,
+                "log_request_texts": log_request_texts,
+            }
             state["limits"].update({k: v for k, v in limits.items() if v is not None})
             self.recovered = servers.recover(state)
             self._write(state)
@@ -96,9 +121,17 @@ class LocalEndpoint:
     @classmethod
     def from_config(cls, config, root: Path | str) -> "LocalEndpoint":
         """From an :class:`finetune.config.schema.EndpointConfig`."""
-        return cls(config.name, root, host=config.host, port=config.port, max_items=config.max_batch_items,
-                   max_body_bytes=config.max_body_bytes, max_forward_batch=config.max_forward_batch,
-                   log_request_texts=config.log_request_texts, start_timeout_s=config.start_timeout_s)
+        return cls(
+            config.name,
+            root,
+            host=config.host,
+            port=config.port,
+            max_items=config.max_batch_items,
+            max_body_bytes=config.max_body_bytes,
+            max_forward_batch=config.max_forward_batch,
+            log_request_texts=config.log_request_texts,
+            start_timeout_s=config.start_timeout_s,
+        )
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -108,11 +141,15 @@ class LocalEndpoint:
         except FileNotFoundError:
             return None
         except ValueError as error:  # UnicodeDecodeError included
-            raise UserError(f"{self.state_file} is not a state file this package wrote ({error}); stop the "
-                            f"processes its logs name, then delete {self.dir}") from None
+            raise UserError(
+                f"{self.state_file} is not a state file this package wrote ({error}); stop the "
+                f"processes its logs name, then delete {self.dir}"
+            ) from None
         if not isinstance(state, dict) or not {"key", "deployments", "traffic"} <= set(state):
-            raise UserError(f"{self.state_file} is not a state file this package wrote (keys missing); stop the "
-                            f"processes its logs name, then delete {self.dir}")
+            raise UserError(
+                f"{self.state_file} is not a state file this package wrote (keys missing); stop the "
+                f"processes its logs name, then delete {self.dir}"
+            )
         return state
 
     def _write(self, state: dict) -> None:
@@ -162,21 +199,35 @@ class LocalEndpoint:
             self._write(state)
         router = state["router"]
         return {
-            "name": self.name, "state_file": str(self.state_file), "recovered": recovered,
-            "router": {"pid": router and router.get("pid"), "running": servers.alive(router, ROUTER_MODULE),
-                       "scoring_uri": self.scoring_uri},
-            "deployments": {name: {"pid": record.get("pid"), "running": servers.alive(record, SERVER_MODULE),
-                                   "traffic": int(state["traffic"].get(name, 0)), "model": record.get("model")}
-                            for name, record in state["deployments"].items()},
-            "starting": {name: {"pid": record.get("pid"), "by": record.get("owner", {}).get("pid")}
-                         for name, record in state["starting"].items()},
+            "name": self.name,
+            "state_file": str(self.state_file),
+            "recovered": recovered,
+            "router": {
+                "pid": router and router.get("pid"),
+                "running": servers.alive(router, ROUTER_MODULE),
+                "scoring_uri": self.scoring_uri,
+            },
+            "deployments": {
+                name: {
+                    "pid": record.get("pid"),
+                    "running": servers.alive(record, SERVER_MODULE),
+                    "traffic": int(state["traffic"].get(name, 0)),
+                    "model": record.get("model"),
+                }
+                for name, record in state["deployments"].items()
+            },
+            "starting": {
+                name: {"pid": record.get("pid"), "by": record.get("owner", {}).get("pid")}
+                for name, record in state["starting"].items()
+            },
         }
 
     def running(self) -> bool:
         """Whether the router and every deployment are up."""
         state = self._refresh()
         return servers.alive(state["router"], ROUTER_MODULE) and all(
-            servers.alive(record, SERVER_MODULE) for record in state["deployments"].values())
+            servers.alive(record, SERVER_MODULE) for record in state["deployments"].values()
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -207,9 +258,11 @@ class LocalEndpoint:
     def stop(self) -> None:
         """Stop every process of this endpoint; the state keeps the deployments, traffic and key."""
         with self._locked() as state:
-            servers.terminate_all([(record, SERVER_MODULE) for record in state["deployments"].values()]
-                           + [(record, SERVER_MODULE) for record in state["starting"].values()]
-                           + [(state["router"], ROUTER_MODULE)])
+            servers.terminate_all(
+                [(record, SERVER_MODULE) for record in state["deployments"].values()]
+                + [(record, SERVER_MODULE) for record in state["starting"].values()]
+                + [(state["router"], ROUTER_MODULE)]
+            )
             for record in state["deployments"].values():
                 record["pid"] = None
             for record in state["starting"].values():
@@ -229,8 +282,10 @@ class LocalEndpoint:
 
     def create_deployment(self, deployment: str, model: ModelRef) -> None:
         """Start azmlinfsrv for ``model`` and wait until it is healthy; it takes no traffic yet."""
-        if not DEPLOYMENT_NAME.match(deployment):
-            raise UserError(f"deployment name {deployment!r} must be 3-32 letters, digits or '-', starting with a letter")
+        if not LOCAL_DEPLOYMENT_NAME.match(deployment):
+            raise UserError(
+                f"deployment name {deployment!r} must be 3-32 letters, digits or '-', starting with a letter"
+            )
         folder = Path(model.path)
         if not (folder / "candidate.json").is_file() and not any(folder.glob("*/candidate.json")):
             raise UserError(f"model {model}: no candidate.json in {folder}")
@@ -266,8 +321,15 @@ class LocalEndpoint:
         target = f"{self.name}/{deployment}" if deployment else self.name
         router = self._state["router"]
         try:
-            status, payload = servers.http_call("POST", self._state["host"], router["port"], "/score", json.dumps(body).encode(),
-                                    headers, self._state["request_timeout_s"] + 5)
+            status, payload = servers.http_call(
+                "POST",
+                self._state["host"],
+                router["port"],
+                "/score",
+                json.dumps(body).encode(),
+                headers,
+                self._state["request_timeout_s"] + 5,
+            )
         except (OSError, http.client.HTTPException) as error:
             raise InvokeError(f"{target} did not answer: {error}") from None
         try:
@@ -299,8 +361,10 @@ class LocalEndpoint:
             if record is None:
                 return
             if state["traffic"].get(deployment, 0) > 0:
-                raise UserError(f"deployment {deployment} takes {state['traffic'][deployment]}% of {self.name}'s "
-                                f"traffic; move it elsewhere first")
+                raise UserError(
+                    f"deployment {deployment} takes {state['traffic'][deployment]}% of {self.name}'s "
+                    f"traffic; move it elsewhere first"
+                )
             # Out of the state first, so the router stops choosing it before its server goes away.
             del state["deployments"][deployment]
             state["traffic"].pop(deployment, None)
@@ -315,9 +379,7 @@ class LocalEndpoint:
         port_file = self.dir / "router.port"
         port_file.unlink(missing_ok=True)
         log = self.dir / "router.log"
-        command = [sys.executable, "-m", ROUTER_MODULE, "--state-file", str(self.state_file),
-                   "--host", state["host"], "--port", str(state["port"]), "--port-file", str(port_file),
-                   "--read-timeout-s", str(state.get("read_timeout_s", 30.0))]
+        command = servers.router_command(self.state_file, state, port_file)
         process = servers.spawn(command, log, self.dir, os.environ.copy(), self.tied)
         # Recorded before it listens: `stop` finds it however this command ends.
         state["router"] = {**servers.record(process), "port": None, "log": str(log)}
@@ -344,32 +406,18 @@ class LocalEndpoint:
         # A copy, so that a running deployment keeps the scoring code it was created with.
         script = folder / "score.py"
         shutil.copyfile(entry_script(model_dir), script)
-        # Only this user can enter the socket's folder, so only the router (same user) reaches the server;
-        # /tmp keeps the path under the 108 bytes a Unix socket path may have.
-        socket_dir = tempfile.mkdtemp(prefix="finetune-")
-        socket_path = os.path.join(socket_dir, "server.sock")
-        limits = state["limits"]
-        env = {
-            **os.environ,
-            BIND_SOCKET_ENV: socket_path,
-            "AML_APP_ROOT": str(folder),
-            "GUNICORN_CMD_ARGS": "--no-control-socket",
-            "PYTHONUNBUFFERED": "1",
-            "FINETUNE_MAX_ITEMS": str(limits["max_items"]),
-            "FINETUNE_MAX_BODY_BYTES": str(limits["max_body_bytes"]),
-            "FINETUNE_MAX_BATCH": str(limits["max_forward_batch"]),
-            "FINETUNE_LOG_REQUESTS": "1" if limits["log_request_texts"] else "0",
-            "FINETUNE_MODEL_NAME": model.name,
-            "FINETUNE_MODEL_VERSION": "" if model.version is None else str(model.version),
-        }
         log = folder / "server.log"
-        # --port is azmlinfsrv's own (it prints it); the server binds only the socket.
-        command = [sys.executable, "-m", SERVER_MODULE, "--entry_script", str(script), "--model_dir",
-                   str(model_dir.resolve()), "--port", str(free_port())]
+        command, env, socket_path = servers.deployment_command(script, model, model_dir, state["limits"])
         process = servers.spawn(command, log, folder, env, self.tied)
         self._procs[deployment] = process
-        record = {**servers.record(process), "socket": socket_path, "model": model.to_dict(), "model_dir": str(model_dir),
-                  "log": str(log), "owner": servers.record_of(os.getpid())}
+        record = {
+            **servers.record(process),
+            "socket": socket_path,
+            "model": model.to_dict(),
+            "model_dir": str(model_dir),
+            "log": str(log),
+            "owner": servers.record_of(os.getpid()),
+        }
         state["starting"][deployment] = record
         self._write(state)
         return record
@@ -381,63 +429,18 @@ class LocalEndpoint:
         while True:
             code = process.poll()
             if code is not None:
-                raise UserError(f"deployment {deployment} of {self.name} exited with code {code} while starting: "
-                                f"{servers.problems(Path(record['log']))} (log: {record['log']})")
+                raise UserError(
+                    f"deployment {deployment} of {self.name} exited with code {code} while starting: "
+                    f"{servers.problems(Path(record['log']))} (log: {record['log']})"
+                )
             try:
                 if servers.exchange(deployment_connection(record, 2), "GET", "/", None, {})[0] == 200:
                     return
             except (OSError, http.client.HTTPException):
                 pass
             if time.monotonic() > deadline:
-                raise UserError(f"deployment {deployment} of {self.name} was not healthy within {timeout:.0f} s: "
-                                f"{servers.problems(Path(record['log']))} (log: {record['log']})")
+                raise UserError(
+                    f"deployment {deployment} of {self.name} was not healthy within {timeout:.0f} s: "
+                    f"{servers.problems(Path(record['log']))} (log: {record['log']})"
+                )
             time.sleep(0.25)
-
-
-def deploy_local(endpoint_cfg, state_dir: Path | str, model: ModelRef, sample_request: dict,
-                 keep_running: bool) -> DeploymentResult:
-    """The local launcher's deploy step: roll ``model`` out to the endpoint ``endpoint_cfg.name``.
-
-    The endpoint lives under ``state_dir/<name>`` (``<output_root>/endpoints`` by convention). Its
-    recorded deployments are started first, so traffic really moves from the old model to the new one,
-    which goes in as ``blue`` or ``green``, whichever is free. ``python -m finetune`` passes
-    ``keep_running=False``: the rollout and its smoke test run, then the processes stop (an endpoint that
-    was already running stays up) and the state keeps the record, so ``python -m finetune.serve
-    --endpoint <name>`` serves it again. Its ``to_dict()`` is the ``rollout`` section of summary.json
-    (no key in it).
-    """
-    if endpoint_cfg.host not in LOOPBACK_HOSTS:
-        print(f"warning: endpoint {endpoint_cfg.name} listens on {endpoint_cfg.host} (endpoint.allow_remote=true): "
-              "its key travels over plain HTTP to anyone who can reach this machine", flush=True)
-
-    endpoint = LocalEndpoint.from_config(endpoint_cfg, state_dir)
-    # One rollout at a time per endpoint: two would both pick the free colour.
-    with hold(endpoint.dir / ".rollout.lock", owner="rollout",
-              on_wait=lambda holder: print(f"waiting for {holder} to finish its rollout to {endpoint.name}",
-                                           flush=True)):
-        was_running = endpoint.running()
-        # What this rollout starts dies with this command unless the endpoint is meant to keep serving.
-        endpoint.tied = not (keep_running or was_running)
-        try:
-            endpoint.start()
-            result = rollout(endpoint, _free_colour(endpoint), model, sample_request, ramp=list(endpoint_cfg.ramp),
-                             max_error_rate=endpoint_cfg.max_error_rate, step_requests=endpoint_cfg.step_requests)
-        finally:
-            if not (keep_running or was_running):
-                endpoint.stop()
-    serve_command = f"python -m finetune.serve --endpoint {endpoint.name} --endpoints-dir {state_dir}"
-    return DeploymentResult(result, target="local", state_file=str(endpoint.state_file),
-                            running=bool(keep_running or was_running), serve_command=serve_command)
-
-
-def _free_colour(endpoint: LocalEndpoint) -> str:
-    traffic = endpoint.traffic()
-    for colour in ("blue", "green"):
-        if colour not in traffic:
-            return colour
-    # Both exist only when deleting the old one failed last time: the one without traffic is that leftover.
-    idle = [colour for colour in ("blue", "green") if traffic[colour] == 0]
-    if not idle:
-        raise RolloutError(f"endpoint {endpoint.name}: blue and green both take traffic; set it to one of them")
-    endpoint.delete_deployment(idle[0])
-    return idle[0]

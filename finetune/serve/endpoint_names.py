@@ -15,6 +15,10 @@ import re
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 ENDPOINT_NAME_LENGTH = (3, 32)
 DIGEST_LENGTH = 6
+# A local endpoint's deployments and the endpoint itself (its name is a folder under the endpoints dir:
+# one plain path component, nothing to climb with).
+LOCAL_DEPLOYMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
+LOCAL_ENDPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,31}$")
 
 
 def endpoint_name(model_name: str) -> str:

@@ -11,33 +11,12 @@ Every caller goes the same two steps: the runtime turns texts into probabilities
 ``run()``, ``python -m finetune.predict``, the test scoring of ``finetune.selection.choose`` and the MLflow pyfunc
 flavour (``_load_pyfunc``, the ``loader_module`` of a registered version's MLmodel) all use both.
 
-Request ``{"data": [{"text": "..."}, ...]}``; response
-``{"predictions": [{"label": ..., "probabilities": {label: p}}], "model": {"name": ..., "version": ...}}``
-(a multi-label candidate, ``"task": "multi_label"`` in candidate.json, answers ``"labels": [...]``, every
-label whose probability reaches its threshold, in place of ``"label"``; its probabilities are independent
-per label and need not sum to 1);
-a malformed request gets HTTP 400 ``{"error": "..."}`` and the server keeps serving. The label is the
-candidate's decision rule (``decision`` in candidate.json, chosen on val by the select stage) applied to
-the probabilities by :func:`decide`; selection scores candidates with the same function.
-
-Environment (all optional):
-
-- ``AZUREML_MODEL_DIR``: the model folder; ``candidate.json`` is in it or in one subfolder (AML mounts a
-  registered folder model under its own name).
-- ``FINETUNE_MAX_ITEMS`` (64): most texts in one request.
-- ``FINETUNE_MAX_BATCH`` (32): most texts in one forward pass; bounds activation memory, not the request.
-- ``FINETUNE_CHUNK_TOKENS`` (512 per thread): most padded tokens in one forward pass; texts are sorted by
-  length and cut into chunks under this budget (less padding, attention that stays in cache: 2.6-3.5x
-  faster than one padded batch of 32 reviews on this project's 2-core CPU).
-- ``FINETUNE_MAX_BODY_BYTES`` (1000000): largest request body.
-- ``FINETUNE_MAX_LENGTH``: tokens kept per text (else ``max_length`` of candidate.json, else 128, the
-  training default: the model never saw longer inputs).
-- ``FINETUNE_NUM_THREADS``: torch / onnxruntime threads (else ``OMP_NUM_THREADS``, else the runtime's default
-  capped by the CPUs this process may use); on a machine shared with busy processes, 1 is often fastest.
-- ``FINETUNE_LOG_REQUESTS`` (off): ``1`` logs request texts (reviews can hold personal data).
-- ``FINETUNE_MODEL_NAME`` / ``FINETUNE_MODEL_VERSION``: reported in responses; else ``registered.json``
-  (``{"name", "version"}``) next to candidate.json; else null.
+The request, the response (``label``, or ``labels`` for a multi-label candidate, with probabilities), the HTTP
+400 answer to a malformed request and the environment variables are in docs/contracts.md, "Scoring". The label
+is the candidate's decision rule (``decision`` in candidate.json, chosen on val by the select stage) applied by
+:func:`decide`; selection scores candidates with the same function.
 """
+
 from __future__ import annotations
 
 import json
@@ -125,8 +104,9 @@ class TorchForward:
         self.torch = torch
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         if self.model.config.num_labels != num_labels:
-            raise ValueError(f"the model has {self.model.config.num_labels} outputs but candidate.json lists "
-                             f"{num_labels} labels")
+            raise ValueError(
+                f"the model has {self.model.config.num_labels} outputs but candidate.json lists {num_labels} labels"
+            )
 
     def __call__(self, batch: dict) -> np.ndarray:
         with self.torch.inference_mode():
@@ -167,8 +147,16 @@ class HFScorer:
     into logits; tokenisation, truncation and batching are the same under every runtime.
     """
 
-    def __init__(self, folder: Path, labels: list[str], max_length: int, max_batch: int,
-                 runtime: str = "torch", onnx_file: str | None = None, multi_label: bool = False):
+    def __init__(
+        self,
+        folder: Path,
+        labels: list[str],
+        max_length: int,
+        max_batch: int,
+        runtime: str = "torch",
+        onnx_file: str | None = None,
+        multi_label: bool = False,
+    ):
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -181,8 +169,9 @@ class HFScorer:
             self.forward = TorchForward(folder, len(labels))
         else:
             if not onnx_file or not (folder / onnx_file).is_file():
-                raise FileNotFoundError(f"candidate.json names runtime {runtime} but its ONNX file "
-                                        f"{onnx_file!r} is not in {folder}")
+                raise FileNotFoundError(
+                    f"candidate.json names runtime {runtime} but its ONNX file {onnx_file!r} is not in {folder}"
+                )
             self.forward = OnnxForward(folder / onnx_file, len(labels))
         self.runtime = runtime
         self.multi_label = multi_label
@@ -194,8 +183,7 @@ class HFScorer:
     def chunks(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Row indices in ascending length, cut where a chunk would pass ``max_batch`` rows or
         ``chunk_tokens`` padded tokens, or be more than a third padding (a single text always fits: it
-        is at most ``max_length`` long). The padding cut is for small requests of unequal texts: a short and a
-        long review padded together cost the int8 runtime 15 ms at the median here, scored apart 12.6 ms.
+        is at most ``max_length`` long). The padding cut is for small requests of unequal texts (docs/performance.md).
         """
         order = np.argsort(lengths, kind="stable")
         if not len(order):
@@ -204,8 +192,11 @@ class HFScorer:
         for position, row in enumerate(order):
             # Ascending order: the text being added is the chunk's longest, so it sets the padded width.
             padded = (rows + 1) * int(lengths[row])
-            if rows and (rows == self.max_batch or padded > self.chunk_tokens
-                         or padded > MAX_PADDING * (tokens + int(lengths[row]))):
+            if rows and (
+                rows == self.max_batch
+                or padded > self.chunk_tokens
+                or padded > MAX_PADDING * (tokens + int(lengths[row]))
+            ):
                 cuts.append(position)
                 rows, tokens = 0, 0
             rows += 1
@@ -213,8 +204,7 @@ class HFScorer:
         return np.split(order, cuts)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="np")
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         lengths = encoded["attention_mask"].sum(axis=1)
         left_padded = self.tokenizer.padding_side == "left"
         proba = np.empty((len(texts), len(self.labels)), dtype=np.float32)
@@ -222,8 +212,9 @@ class HFScorer:
             # Each chunk is trimmed to its longest text.
             width = int(lengths[rows].max())
             columns = slice(-width, None) if left_padded else slice(0, width)
-            logits = self.forward({name: np.ascontiguousarray(array[rows][:, columns])
-                                   for name, array in encoded.items()}).astype(np.float32)
+            logits = self.forward(
+                {name: np.ascontiguousarray(array[rows][:, columns]) for name, array in encoded.items()}
+            ).astype(np.float32)
             proba[rows] = _sigmoid(logits) if self.multi_label else _softmax(logits)
         return proba
 
@@ -248,9 +239,11 @@ class AutomlScorer:
         try:
             if mlflow_model:
                 import mlflow.sklearn
+
                 self.pipeline = mlflow.sklearn.load_model(str(source))
             else:
                 import joblib
+
                 self.pipeline = joblib.load(source)
         except Exception as problem:
             # Unpickling errors name a byte, not the file; the deployment log should say which file it was.
@@ -267,6 +260,7 @@ class AutomlScorer:
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if self.frame:
             import pandas as pd
+
             texts = pd.DataFrame({"text": texts})
         proba = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         proba[:, self.columns] = np.asarray(self.pipeline.predict_proba(texts))
@@ -289,9 +283,15 @@ def load_scorer(folder: Path, max_batch: int | None = None):
     family = candidate.get("family")
     if family == "hf":
         max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
-        scorer = HFScorer(folder, labels, max_length, max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
-                          runtime=candidate.get("runtime", "torch"), onnx_file=candidate.get("onnx_file"),
-                          multi_label=candidate.get("task") == "multi_label")
+        scorer = HFScorer(
+            folder,
+            labels,
+            max_length,
+            max_batch or _env_int("FINETUNE_MAX_BATCH", 32),
+            runtime=candidate.get("runtime", "torch"),
+            onnx_file=candidate.get("onnx_file"),
+            multi_label=candidate.get("task") == "multi_label",
+        )
     elif family == "automl":
         scorer = AutomlScorer(folder, labels, candidate.get("mlflow_model"))
     else:
@@ -299,25 +299,23 @@ def load_scorer(folder: Path, max_batch: int | None = None):
     scorer.task = candidate.get("task", "single_label")
     scorer.decision = candidate.get("decision") or (
         {"rule": "per_label_thresholds", "thresholds": {label: 0.5 for label in labels}}
-        if scorer.task == "multi_label" else None)
+        if scorer.task == "multi_label"
+        else None
+    )
     # Checked now, not at the first request: a rule that cannot be applied must stop the deployment.
     decided = decide(np.full((1, len(labels)), 1.0 / len(labels)), labels, scorer.decision)
     if (decided.ndim == 2) != (scorer.task == "multi_label"):
-        raise ValueError(f"candidate.json in {folder}: decision rule {scorer.decision.get('rule')!r} does not fit "
-                         f"task {scorer.task!r}")
+        raise ValueError(
+            f"candidate.json in {folder}: decision rule {scorer.decision.get('rule')!r} does not fit "
+            f"task {scorer.task!r}"
+        )
     return scorer
 
 
 def decide(proba, labels: list[str], decision: dict | None) -> np.ndarray:
-    """Label ids (columns of ``proba``, in ``labels`` order) under a candidate's decision rule.
-
-    ``{"rule": "argmax"}`` (also when ``decision`` is None: candidates from before rules existed),
-    ``{"rule": "threshold", "positive_label": L, "threshold": t}`` (binary: L when P(L) >= t, else the
-    other class) or ``{"rule": "class_weights", "weights": {label: w}}`` (argmax of P(label) * w: a
-    class-prior correction for multiclass); for multi-label candidates
-    ``{"rule": "per_label_thresholds", "thresholds": {label: t}}`` gives an n x k boolean array instead (label
-    j decided for text i when P_ij >= t_j). Only the labels depend on the rule, never the probabilities.
-    """
+    """Label ids (columns of ``proba``, in ``labels`` order) under a candidate's decision rule (the rules:
+    docs/contracts.md, "Candidates"); a multi-label rule gives an n x k boolean array. Only the labels depend on
+    the rule, never the probabilities."""
     proba = np.asarray(proba, dtype=np.float64)
     rule = (decision or {}).get("rule", "argmax")
     if rule == "argmax":
@@ -333,8 +331,9 @@ def decide(proba, labels: list[str], decision: dict | None) -> np.ndarray:
     if rule == "per_label_thresholds":
         thresholds = np.array([float(decision["thresholds"][label]) for label in labels])
         return proba >= thresholds
-    raise ValueError(f"unknown decision rule {rule!r}; expected argmax, threshold, class_weights or "
-                     "per_label_thresholds")
+    raise ValueError(
+        f"unknown decision rule {rule!r}; expected argmax, threshold, class_weights or per_label_thresholds"
+    )
 
 
 def decided_labels(proba, labels: list[str], decision: dict | None) -> list:
@@ -348,8 +347,10 @@ def decided_labels(proba, labels: list[str], decision: dict | None) -> list:
 
 def prediction(label, row, labels: list[str]) -> dict:
     """One text's answer: ``label`` (or ``labels`` for multi-label) and every label's probability."""
-    return {"labels" if isinstance(label, list) else "label": label,
-            "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
+    return {
+        "labels" if isinstance(label, list) else "label": label,
+        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)},
+    }
 
 
 def init() -> None:
@@ -363,8 +364,15 @@ def init() -> None:
     }
     _scorer, _model = load_scorer(folder), _model_info(folder)
     _decision = _scorer.decision
-    logger.info("loaded %s candidate from %s (labels %s, runtime %s, decision %s, model %s)", type(_scorer).__name__,
-                folder, _scorer.labels, getattr(_scorer, "runtime", "sklearn"), _decision or {"rule": "argmax"}, _model)
+    logger.info(
+        "loaded %s candidate from %s (labels %s, runtime %s, decision %s, model %s)",
+        type(_scorer).__name__,
+        folder,
+        _scorer.labels,
+        getattr(_scorer, "runtime", "sklearn"),
+        _decision or {"rule": "argmax"},
+        _model,
+    )
 
 
 def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
@@ -381,7 +389,7 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
             raise BadRequest(f"request body is not JSON ({problem})") from None
         except RecursionError:
             # json's decoder recurses once per nesting level: absurd nesting is a bad request, not a crash.
-            raise BadRequest("request body nests JSON too deeply; send {\"data\": [{\"text\": \"...\"}]}") from None
+            raise BadRequest('request body nests JSON too deeply; send {"data": [{"text": "..."}]}') from None
     if not isinstance(raw, dict) or "data" not in raw:
         raise BadRequest('request must be a JSON object with a "data" list, e.g. {"data": [{"text": "..."}]}')
     data = raw["data"]
@@ -397,7 +405,9 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list[str]:
         try:
             item["text"].encode("utf-8")
         except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to text no tokenizer can encode
-            raise BadRequest(f'data[{index}].text holds an unpaired surrogate (\\ud800-\\udfff); send real text') from None
+            raise BadRequest(
+                f"data[{index}].text holds an unpaired surrogate (\\ud800-\\udfff); send real text"
+            ) from None
     return [item["text"] for item in data]
 
 
@@ -414,7 +424,9 @@ def run(raw_data):
         return AMLResponse({"error": str(problem)}, 400, json_str=True)
     proba = _scorer.predict_proba(texts)
     labels = _scorer.labels
-    predictions = [prediction(label, row, labels) for label, row in zip(decided_labels(proba, labels, _decision), proba)]
+    predictions = [
+        prediction(label, row, labels) for label, row in zip(decided_labels(proba, labels, _decision), proba)
+    ]
     logger.info("scored %d texts in %.1f ms", len(texts), (time.perf_counter() - started) * 1e3)
     if _limits["log_requests"]:
         logger.info("request texts: %s", json.dumps(texts))

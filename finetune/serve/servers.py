@@ -12,14 +12,70 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
-from finetune.system.processes import die_with_parent
+from finetune.serve.inference_server import BIND_SOCKET_ENV
+from finetune.system.processes import die_with_parent, free_port
 
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 ROUTER_MODULE = "finetune.serve.router"
 SERVER_MODULE = "finetune.serve.inference_server"
+
+
+def router_command(state_file: Path, state: dict, port_file: Path) -> list[str]:
+    """The router of the endpoint recorded in ``state_file``; it writes the port it took to ``port_file``."""
+    return [
+        sys.executable,
+        "-m",
+        ROUTER_MODULE,
+        "--state-file",
+        str(state_file),
+        "--host",
+        state["host"],
+        "--port",
+        str(state["port"]),
+        "--port-file",
+        str(port_file),
+        "--read-timeout-s",
+        str(state.get("read_timeout_s", 30.0)),
+    ]
+
+
+def deployment_command(script: Path, model, model_dir: Path, limits: dict) -> tuple[list[str], dict, str]:
+    """(command, environment, socket path) of an azmlinfsrv process serving ``model_dir`` with ``script``, the
+    endpoint's request ``limits`` passed to score.py through its environment variables."""
+    # Only this user can enter the socket's folder, so only the router (same user) reaches the server;
+    # /tmp keeps the path under the 108 bytes a Unix socket path may have.
+    socket_path = os.path.join(tempfile.mkdtemp(prefix="finetune-"), "server.sock")
+    env = {
+        **os.environ,
+        BIND_SOCKET_ENV: socket_path,
+        "AML_APP_ROOT": str(script.parent),
+        "GUNICORN_CMD_ARGS": "--no-control-socket",
+        "PYTHONUNBUFFERED": "1",
+        "FINETUNE_MAX_ITEMS": str(limits["max_items"]),
+        "FINETUNE_MAX_BODY_BYTES": str(limits["max_body_bytes"]),
+        "FINETUNE_MAX_BATCH": str(limits["max_forward_batch"]),
+        "FINETUNE_LOG_REQUESTS": "1" if limits["log_request_texts"] else "0",
+        "FINETUNE_MODEL_NAME": model.name,
+        "FINETUNE_MODEL_VERSION": "" if model.version is None else str(model.version),
+    }
+    # --port is azmlinfsrv's own (it prints it); the server binds only the socket.
+    command = [
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        "--entry_script",
+        str(script),
+        "--model_dir",
+        str(model_dir.resolve()),
+        "--port",
+        str(free_port()),
+    ]
+    return command, env, socket_path
 
 
 def spawn(command: list[str], log: Path, cwd: Path, env: dict, tied: bool) -> subprocess.Popen:

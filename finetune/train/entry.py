@@ -35,7 +35,6 @@ Hugging Face Trainer itself is told (its arguments, metrics and loss) is :mod:`f
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -47,11 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from finetune.config.spec import TrainArgs, logged_parameters, parse_args
-from finetune.errors import UserError
+from finetune.config.spec import TrainArgs, logged_parameters
 from finetune.search.reporting import TrialReporter
 from finetune.selection.metrics import unprefixed
-from finetune.system import locks
 from finetune.system.files import write_json_atomic
 from finetune.tasks import task_of
 from finetune.train import learning_check
@@ -61,7 +58,6 @@ from finetune.train.hardware import BatchPlan, choose_runtime, is_main_process, 
 from finetune.train.learning_check import (
     LOWER_LR_FACTOR,
     CheckLog,
-    below_baseline_line,
     compared_metric,
     describe_baseline,
     early_step,
@@ -159,25 +155,49 @@ def setup(args: TrainArgs) -> Setup:
     resume = newest_complete_checkpoint(checkpoint_dir, delete_incomplete=first_process)
     batch = BatchPlan(**previous["batch"]) if "batch" in previous else plan_batch(args, runtime, model, len(train_set))
     metric = compared_metric(args.primary_metric, args.goal)
-    check_log = CheckLog(baseline=task_of(args.task).fit_baseline(args.train_file, args.val_file, labels, metric),
-                         action=args.learning_check or "warn", restarted=restarted)
+    check_log = CheckLog(
+        baseline=task_of(args.task).fit_baseline(args.train_file, args.val_file, labels, metric),
+        action=args.learning_check or "warn",
+        restarted=restarted,
+    )
     if first_process:
         print(f"learning check baseline: {describe_baseline(check_log.baseline)}", file=sys.stderr)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _write_resume(resume_file, batch, tracking.run_id, restarted)
-        tracking.tags({f"runtime.{k}": v for k, v in {**runtime.to_dict(), **batch.to_dict()}.items()
-                       if k not in ("notes", "how")})
+        tracking.tags(
+            {
+                f"runtime.{k}": v
+                for k, v in {**runtime.to_dict(), **batch.to_dict()}.items()
+                if k not in ("notes", "how")
+            }
+        )
         for note in runtime.notes:
             print(f"note: {note}", file=sys.stderr)
         print(f"batch size {batch.batch_size} per device: {batch.how}", file=sys.stderr)
-    steps_per_epoch = max(1, math.ceil(len(train_set) / (batch.batch_size * args.gradient_accumulation_steps
-                                                         * runtime.world_size)))
-    return Setup(args=args, started=started, first_process=first_process, output_dir=output_dir,
-                 checkpoint_dir=checkpoint_dir, labels=labels, runtime=runtime, batch=batch, tracking=tracking,
-                 tokenizer=tokenizer, model=model, train_set=train_set, val_set=val_set,
-                 mean_tokens=float(np.mean([len(ids) for ids in train_set["input_ids"]])), resume=resume,
-                 training_args=training_arguments(args, batch, runtime, steps_per_epoch, checkpoint_dir),
-                 steps_per_epoch=steps_per_epoch, check_log=check_log, attempt=2 if restarted else 1)
+    steps_per_epoch = max(
+        1, math.ceil(len(train_set) / (batch.batch_size * args.gradient_accumulation_steps * runtime.world_size))
+    )
+    return Setup(
+        args=args,
+        started=started,
+        first_process=first_process,
+        output_dir=output_dir,
+        checkpoint_dir=checkpoint_dir,
+        labels=labels,
+        runtime=runtime,
+        batch=batch,
+        tracking=tracking,
+        tokenizer=tokenizer,
+        model=model,
+        train_set=train_set,
+        val_set=val_set,
+        mean_tokens=float(np.mean([len(ids) for ids in train_set["input_ids"]])),
+        resume=resume,
+        training_args=training_arguments(args, batch, runtime, steps_per_epoch, checkpoint_dir),
+        steps_per_epoch=steps_per_epoch,
+        check_log=check_log,
+        attempt=2 if restarted else 1,
+    )
 
 
 def _setup_model(args: TrainArgs, runtime, labels: List[str]):
@@ -202,13 +222,28 @@ def _new_model(args: TrainArgs, runtime, labels: List[str]):
     transformers.set_seed(args.seed)
     task = task_of(args.task)
     head = {"problem_type": task.problem_type} if task.problem_type else {}
-    return load_model(args.model, runtime, task.model_class, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True, **head)
+    return load_model(
+        args.model,
+        runtime,
+        task.model_class,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+        **head,
+    )
 
 
 def _write_resume(resume_file: Path, batch, mlflow_run_id: Optional[str], restarted: Optional[dict]) -> None:
-    write_json_atomic(resume_file, {"batch": batch.to_dict(), "mlflow_run_id": mlflow_run_id,
-                                    **({"learning_check_restart": restarted} if restarted else {})}, indent=2)
+    write_json_atomic(
+        resume_file,
+        {
+            "batch": batch.to_dict(),
+            "mlflow_run_id": mlflow_run_id,
+            **({"learning_check_restart": restarted} if restarted else {}),
+        },
+        indent=2,
+    )
 
 
 def restart_at_lower_rate(prepared: Setup, at_step: int) -> Setup:
@@ -225,9 +260,16 @@ def restart_at_lower_rate(prepared: Setup, at_step: int) -> Setup:
             shutil.rmtree(folder, ignore_errors=True)
         _write_resume(prepared.checkpoint_dir / RESUME_FILE, batch, prepared.tracking.run_id, restarted)
     return dataclasses.replace(
-        prepared, args=lower, batch=batch, model=_new_model(lower, prepared.runtime, prepared.labels), resume=None,
-        training_args=training_arguments(lower, batch, prepared.runtime, prepared.steps_per_epoch,
-                                         prepared.checkpoint_dir), attempt=2)
+        prepared,
+        args=lower,
+        batch=batch,
+        model=_new_model(lower, prepared.runtime, prepared.labels),
+        resume=None,
+        training_args=training_arguments(
+            lower, batch, prepared.runtime, prepared.steps_per_epoch, prepared.checkpoint_dir
+        ),
+        attempt=2,
+    )
 
 
 def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
@@ -236,8 +278,11 @@ def fit(prepared: Setup, callbacks: Sequence = ()) -> Fitted:
     trainer = fitted.trainer
     if prepared.resume is not None and prepared.first_process:
         print(f"resuming from {prepared.resume}", file=sys.stderr)
-    monitor = (_resource_monitor(prepared.args, prepared.tracking, lambda: trainer.state.global_step)
-               if prepared.first_process else None)
+    monitor = (
+        _resource_monitor(prepared.args, prepared.tracking, lambda: trainer.state.global_step)
+        if prepared.first_process
+        else None
+    )
     try:
         trainer.train(resume_from_checkpoint=str(prepared.resume) if prepared.resume else None)
     finally:
@@ -255,8 +300,9 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     if args.trial_storage and first_process:
         reporter = TrialReporter(args.trial_storage, args.study_name, args.trial_number, args.primary_metric, args.goal)
     watcher = observer(args, prepared.checkpoint_dir, first_process, prepared.tracking, reporter)
-    meter = throughput_meter(prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size,
-                             prepared.mean_tokens)
+    meter = throughput_meter(
+        prepared.batch.batch_size * args.gradient_accumulation_steps * prepared.runtime.world_size, prepared.mean_tokens
+    )
     task = task_of(args.task)
     loss_func, weights, priors = task.training_loss(prepared.train_set, prepared.labels, args.class_weights)
     early_stopping = None
@@ -268,9 +314,16 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     warmup = prepared.training_args.warmup_steps
     total_steps = math.ceil(prepared.steps_per_epoch * args.epochs)
     check = learning_check.callback(
-        prepared.check_log, prepared.attempt, first_process, prepared.val_set,
-        early_step(prepared.steps_per_epoch, math.ceil(warmup * total_steps) if warmup < 1 else int(warmup),
-                   args.logging_steps) if prepared.resume is None else None)
+        prepared.check_log,
+        prepared.attempt,
+        first_process,
+        prepared.val_set,
+        early_step(
+            prepared.steps_per_epoch, math.ceil(warmup * total_steps) if warmup < 1 else int(warmup), args.logging_steps
+        )
+        if prepared.resume is None
+        else None,
+    )
     trainer = Trainer(
         model=prepared.model,
         args=prepared.training_args,
@@ -285,10 +338,20 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
     check.trainer = trainer
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(training_callback(args.progress and first_process, args.progress_file if first_process else None,
-                                           args.primary_metric))
-    return Fitted(trainer=trainer, observer=watcher, meter=meter, weights=weights, priors=priors,
-                  early_stopping=early_stopping, check=check)
+    trainer.add_callback(
+        training_callback(
+            args.progress and first_process, args.progress_file if first_process else None, args.primary_metric
+        )
+    )
+    return Fitted(
+        trainer=trainer,
+        observer=watcher,
+        meter=meter,
+        weights=weights,
+        priors=priors,
+        early_stopping=early_stopping,
+        check=check,
+    )
 
 
 def finish(prepared: Setup, fitted: Fitted) -> dict:
@@ -308,12 +371,15 @@ def finish(prepared: Setup, fitted: Fitted) -> dict:
         "class_weights": dict(zip(labels, weights)) if weights else None,
         "logit_adjusted_priors": dict(zip(labels, fitted.priors)) if fitted.priors else None,
         "early_stopped": fitted.early_stopping is not None
-                         and fitted.early_stopping.early_stopping_patience_counter >= args.early_stopping_patience,
+        and fitted.early_stopping.early_stopping_patience_counter >= args.early_stopping_patience,
         "device": runtime.device,
         "precision": runtime.precision,
         "threads": runtime.threads,
-        "runtime": {**runtime.to_dict(), "batch": prepared.batch.to_dict(),
-                    "resumed_from": str(prepared.resume) if prepared.resume else None},
+        "runtime": {
+            **runtime.to_dict(),
+            "batch": prepared.batch.to_dict(),
+            "resumed_from": str(prepared.resume) if prepared.resume else None,
+        },
     }
     if watcher.status != "failed":
         best = _best_evaluation(watcher.evaluations, args.primary_metric, args.goal)
@@ -324,9 +390,18 @@ def finish(prepared: Setup, fitted: Fitted) -> dict:
             prepared.tokenizer.save_pretrained(str(model_dir))
             # The Trainer pickles its arguments next to the weights; a model folder must load without unpickling.
             (model_dir / "training_args.bin").unlink(missing_ok=True)
-            (model_dir / "candidate.json").write_text(json.dumps(
-                {"family": "hf", "task": args.task, "labels": labels, "max_length": args.max_length,
-                 **task_of(args.task).candidate_extras()}, indent=2))
+            (model_dir / "candidate.json").write_text(
+                json.dumps(
+                    {
+                        "family": "hf",
+                        "task": args.task,
+                        "labels": labels,
+                        "max_length": args.max_length,
+                        **task_of(args.task).candidate_extras(),
+                    },
+                    indent=2,
+                )
+            )
         result["model_dir"] = str(model_dir)
     check_log = prepared.check_log
     kept = result.get("val") or {}
@@ -368,38 +443,3 @@ def _resource_monitor(args: TrainArgs, tracking, step):
     monitor = ResourceMonitor(interval_s=args.telemetry_interval_s, log=tracking.log, step=step)
     monitor.start()
     return monitor
-
-
-@contextlib.contextmanager
-def _owned(output_dir: str):
-    """One process trains into an output dir at a time: a second one would resume from checkpoints the first
-    is still writing, and the first deletes them when it ends. Under DDP the first process holds it for all."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    with locks.hold(Path(output_dir) / ".train.lock", wait=False, owner="python -m finetune.train",
-                    busy=lambda holder: f"--output-dir {output_dir} is in use by {holder}, another training run; "
-                                        "wait for it to finish or choose another output dir"):
-        yield
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        with _owned(args.output_dir):
-            result = train(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    _report(result, Path(args.output_dir) / "result.json")
-    return 1 if result["status"] == "failed" else 0
-
-
-def _report(result: dict, result_file: Path) -> None:
-    print(f"{result['status']} after {result['steps']} steps ({result.get('epochs_run')} epochs) in "
-          f"{result['duration_s']:.0f} s; metrics in {result_file}", file=sys.stderr)
-    below = below_baseline_line(result.get("learning_check"))
-    if below and result["status"] != "failed":
-        print(below, file=sys.stderr)
-

@@ -58,7 +58,7 @@ BASELINE_NAME = "TF-IDF + logistic regression (class-balanced)"
 MULTI_LABEL_BASELINE_NAME = "TF-IDF + one-vs-rest logistic regression"
 
 if TYPE_CHECKING:
-    from finetune.plan.results import RunSummary
+    from finetune.plan.summary import RunSummary
 
 
 def compared_metric(primary_metric: str, goal: str) -> str:

@@ -1,7 +1,7 @@
 """AutoML NLP text classification, and the step that scores its best model on the test split.
 
 Multi-label data (``dataset.task=multi_label``) gets AutoML's ``text_classification_multilabel`` job, and
-``text_classification`` otherwise; the primary metric is :func:`.checks.automl_metric`. Both read the same
+``text_classification`` otherwise; the primary metric is :func:`.automl_checks.automl_metric`. Both read the same
 MLTables: the multi-label label cell is the Python list literal our prepared splits already hold
 (``"['anger', 'joy']"``, ``"[]"``), one of the two formats AutoML NLP documents for multi-label
 (https://learn.microsoft.com/azure/machine-learning/how-to-auto-train-nlp-models#multi-label, "Python list with
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, List
 
 from finetune.config.schema import PolicyConfig
 from finetune.data.ner import read_prepared
-from finetune.launch.azureml.checks import automl_metric
+from finetune.launch.azureml.automl_checks import automl_metric
 from finetune.launch.azureml.compute import steps_compute
 from finetune.launch.azureml.environment import AUTOML_PYTHON, AUTOML_PYTHON_VARIABLE
 from finetune.launch.azureml.runtime.step_args import TestAutomlArgs, command_line

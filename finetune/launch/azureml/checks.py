@@ -8,19 +8,20 @@ Sweep rules that hold for the local sampler too (ranges, empty choices, grid ove
 dimensions, bayesian with a policy, slack, truncation, limits) live in :mod:`finetune.search` and are not
 repeated here.
 
+AutoML NLP's own rules are in :mod:`finetune.launch.azureml.automl_checks`.
+
 Standard library only: this runs while any plan is validated.
 """
+
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, List
 
-from finetune.config.schema import PolicyConfig
 from finetune.errors import ConfigProblems, UserError
+from finetune.launch.azureml.automl_checks import automl_metric_problems, automl_problems
 from finetune.launch.azureml.command import model_hub_id
 from finetune.launch.azureml.workspace import resolve
-from finetune.search.policies import policy_problems
-from finetune.search.space import DISTRIBUTIONS
 from finetune.search.validation import objective_problems
 from finetune.serve.endpoint_names import ENDPOINT_NAME, ENDPOINT_NAME_LENGTH, endpoint_name
 from finetune.serve.rollout import RolloutError, check_ramp
@@ -30,33 +31,6 @@ if TYPE_CHECKING:
 
 # AmlCompute cluster names: 2-16 characters, a letter first, letters/digits/'-'.
 CLUSTER_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,15}$")
-# The primary metrics AutoML NLP text classification accepts (any case); anything else is a KeyError
-# inside the SDK, and an empty metric silently becomes accuracy.
-AUTOML_METRICS = ("AUC_weighted", "accuracy", "norm_macro_recall", "average_precision_score_weighted",
-                  "precision_score_weighted")
-# Multi-label AutoML NLP (text_classification_multilabel) takes accuracy alone. The job's constructor accepts
-# every ClassificationMultilabelPrimaryMetrics member (azure/ai/ml/entities/_job/automl/nlp/
-# text_classification_multilabel_job.py), but its schema, used to dump and send the job, allows only ACCURACY
-# (azure/ai/ml/_schema/automl/nlp_vertical/text_classification_multilabel.py: AUC_weighted is a ValidationError
-# there), and the REST reference says "Currently only Accuracy is supported as primary metric"
-# (https://learn.microsoft.com/javascript/api/@azure/arm-machinelearning/textclassificationmultilabel).
-AUTOML_MULTILABEL_METRICS = ("accuracy",)
-# automl.primary_metric=auto: the metric of each task when the config leaves it to the data.
-# AutoML NER supports accuracy only ("Primary metric for Text-NER task. Only 'Accuracy' is supported":
-# https://learn.microsoft.com/javascript/api/@azure/arm-machinelearning/textner, primaryMetric; azureml-examples'
-# cli-automl-text-ner-conll2003.yml sets primary_metric: accuracy). Our selection still scores its model by entity F1.
-AUTOML_DEFAULT_METRICS = {"single_label": "AUC_weighted", "multi_label": "accuracy", "ner": "accuracy"}
-AUTOML_NER_METRICS = ("accuracy",)
-# AutoML NLP's own search space parameters and models (azure.ai.ml.automl.SearchSpace / NlpSearchSpace).
-AUTOML_SEARCH_PARAMETERS = ("gradient_accumulation_steps", "learning_rate", "learning_rate_scheduler",
-                            "model_name", "number_of_epochs", "training_batch_size", "validation_batch_size",
-                            "warmup_ratio", "weight_decay")
-AUTOML_MODELS = ("bert-base-cased", "bert-base-uncased", "bert-base-multilingual-cased", "bert-base-german-cased",
-                 "bert-large-cased", "bert-large-uncased", "distilbert-base-cased", "distilbert-base-uncased",
-                 "roberta-base", "roberta-large", "distilroberta-base", "xlm-roberta-base", "xlm-roberta-large",
-                 "xlnet-base-cased", "xlnet-large-cased")
-AUTOML_SWEEP_KEYS = ("sampling_algorithm", "policy", "space")
-SAMPLING_ALGORITHMS = ("random", "grid", "bayesian")
 # AML's Bayesian sampler takes these distributions only (the local TPE sampler takes every one).
 BAYESIAN_DISTRIBUTIONS = ("choice", "uniform", "quniform")
 AUTH_MODES = ("key", "aml_token")
@@ -107,7 +81,8 @@ def distinct_targets(plans: list) -> list:
     aml = [plan for plan in plans if plan.launcher == "azureml"]
     shared_models = len({p.select.registered_model_name for p in aml}) < len(aml)
     shared_endpoints = len({p.endpoint.name for p in aml if p.endpoint.target == "managed"}) < len(
-        [p for p in aml if p.endpoint.target == "managed"])
+        [p for p in aml if p.endpoint.target == "managed"]
+    )
     if not (shared_models or shared_endpoints):
         return plans
     common = set.intersection(*(set(p.overrides) for p in aml))
@@ -119,13 +94,19 @@ def distinct_targets(plans: list) -> list:
         own = [o.split("=", 1)[-1] for o in plan.overrides if o not in common and not o.startswith("output_root=")]
         slug = re.sub(r"[^a-z0-9]+", "-", "-".join(own).lower()).strip("-") or plan.name.rsplit("-", 1)[-1]
         model_name = f"{plan.select.registered_model_name}-{slug}"[:255]
-        result.append(dataclasses.replace(
-            plan, select=dataclasses.replace(plan.select, registered_model_name=model_name),
-            endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name(f"{plan.endpoint.name}-{slug}"))))
+        result.append(
+            dataclasses.replace(
+                plan,
+                select=dataclasses.replace(plan.select, registered_model_name=model_name),
+                endpoint=dataclasses.replace(plan.endpoint, name=endpoint_name(f"{plan.endpoint.name}-{slug}")),
+            )
+        )
     names = [(p.select.registered_model_name, p.endpoint.name) for p in result if p.launcher == "azureml"]
     if len(set(names)) < len(names):
-        raise UserError("the AML plans of this multirun would share a registered model name or endpoint; set "
-                        "select.registered_model_name and endpoint.name per plan")
+        raise UserError(
+            "the AML plans of this multirun would share a registered model name or endpoint; set "
+            "select.registered_model_name and endpoint.name per plan"
+        )
     return result
 
 
@@ -133,8 +114,13 @@ def check_azureml(plan: "RunPlan") -> List[str]:
     """Every AML-specific problem of ``plan`` (none for the local launcher)."""
     if plan.launcher != "azureml":
         return []
-    return (compute_problems(plan) + search_problems(plan) + automl_problems(plan) + endpoint_problems(plan)
-            + workspace_problems(plan))
+    return (
+        compute_problems(plan)
+        + search_problems(plan)
+        + automl_problems(plan)
+        + endpoint_problems(plan)
+        + workspace_problems(plan)
+    )
 
 
 def compute_problems(plan: "RunPlan") -> List[str]:
@@ -143,8 +129,10 @@ def compute_problems(plan: "RunPlan") -> List[str]:
     if not compute.cluster_name:
         problems.append(f"{key}.cluster_name=None: name the AML cluster, e.g. compute.cluster_name=gpu-a100")
     elif not CLUSTER_NAME.match(compute.cluster_name):
-        problems.append(f"{key}.cluster_name={compute.cluster_name}: AML cluster names are 2-16 letters, digits "
-                        "or '-', starting with a letter")
+        problems.append(
+            f"{key}.cluster_name={compute.cluster_name}: AML cluster names are 2-16 letters, digits "
+            "or '-', starting with a letter"
+        )
     if not compute.vm_size:
         problems.append(f"{key}.vm_size=None: set the VM size, e.g. compute.vm_size=Standard_NC24ads_A100_v4")
     if compute.min_nodes < 0:
@@ -156,26 +144,34 @@ def compute_problems(plan: "RunPlan") -> List[str]:
     if compute.instance_count < 1:
         problems.append(f"{key}.instance_count={compute.instance_count}: a job needs at least one node")
     elif compute.instance_count > compute.max_nodes >= 1:
-        problems.append(f"{key}.instance_count={compute.instance_count}: a job on more nodes than the cluster's "
-                        f"max_nodes={compute.max_nodes} never starts; raise compute.max_nodes")
+        problems.append(
+            f"{key}.instance_count={compute.instance_count}: a job on more nodes than the cluster's "
+            f"max_nodes={compute.max_nodes} never starts; raise compute.max_nodes"
+        )
     if compute.gpus_per_node < 0:
         problems.append(f"{key}.gpus_per_node={compute.gpus_per_node}: must be >= 0")
     if compute.processes_per_node < 1:
         problems.append(f"{key}.processes_per_node={compute.processes_per_node}: must be >= 1")
     elif compute.gpus_per_node > 0 and compute.processes_per_node > compute.gpus_per_node:
-        problems.append(f"{key}.processes_per_node={compute.processes_per_node}: more training processes than "
-                        f"GPUs (gpus_per_node={compute.gpus_per_node}); use one process per GPU")
+        problems.append(
+            f"{key}.processes_per_node={compute.processes_per_node}: more training processes than "
+            f"GPUs (gpus_per_node={compute.gpus_per_node}); use one process per GPU"
+        )
     if compute.device == "cuda" and compute.gpus_per_node == 0:
-        problems.append(f"{key}.device=cuda: {compute.vm_size} has gpus_per_node=0; use a GPU compute "
-                        "(compute=t4, a100, a100x4, h100) or compute.device=cpu")
+        problems.append(
+            f"{key}.device=cuda: {compute.vm_size} has gpus_per_node=0; use a GPU compute "
+            "(compute=t4, a100, a100x4, h100) or compute.device=cpu"
+        )
     if compute.idle_seconds_before_scaledown < 0:
         problems.append(f"{key}.idle_seconds_before_scaledown={compute.idle_seconds_before_scaledown}: must be >= 0")
     if compute.hourly_price_usd is not None and compute.hourly_price_usd < 0:
         problems.append(f"{key}.hourly_price_usd={compute.hourly_price_usd}: must be >= 0 (or null: unknown)")
     if compute.steps_cluster_name is not None:
         if not CLUSTER_NAME.match(compute.steps_cluster_name):
-            problems.append(f"{key}.steps_cluster_name={compute.steps_cluster_name}: AML cluster names are 2-16 "
-                            "letters, digits or '-', starting with a letter")
+            problems.append(
+                f"{key}.steps_cluster_name={compute.steps_cluster_name}: AML cluster names are 2-16 "
+                "letters, digits or '-', starting with a letter"
+            )
         if not compute.steps_vm_size:
             problems.append(f"{key}.steps_vm_size=None: set the steps cluster's VM size, e.g. Standard_DS3_v2")
     return problems + gpu_stack_problems(plan)
@@ -191,94 +187,53 @@ def gpu_stack_problems(plan: "RunPlan") -> List[str]:
     if compute.device != "cuda" or compute.gpus_per_node < 1:
         return []  # a CPU cluster asked for CUDA is reported once, by compute_problems
     if compute.cuda not in CUDA_BUILDS:
-        return [f"{key}.cuda={compute.cuda}: the CUDA build of torch for AML GPU jobs; use one of "
-                f"{', '.join(CUDA_BUILDS)} (PyTorch wheel index builds this launcher installs)"]
+        return [
+            f"{key}.cuda={compute.cuda}: the CUDA build of torch for AML GPU jobs; use one of "
+            f"{', '.join(CUDA_BUILDS)} (PyTorch wheel index builds this launcher installs)"
+        ]
     if not compute.gpu_arch:
-        return [f"{key}.gpu_arch=None: set the GPU's compute capability of {compute.vm_size} (e.g. 8.0 for A100), "
-                "so the CUDA build can be checked against it"]
+        return [
+            f"{key}.gpu_arch=None: set the GPU's compute capability of {compute.vm_size} (e.g. 8.0 for A100), "
+            "so the CUDA build can be checked against it"
+        ]
     try:
         arch = _version(compute.gpu_arch)
     except ValueError:
         return [f"{key}.gpu_arch={compute.gpu_arch}: a compute capability such as 7.5, 8.0 or 9.0"]
     low, high = CUDA_BUILDS[compute.cuda]
     if not low <= arch <= high:
-        return [f"{key}.cuda={compute.cuda}: torch's CUDA {compute.cuda} wheels run on compute capability "
-                f"{'.'.join(map(str, low))}-{'.'.join(map(str, high))}, and {compute.vm_size} has "
-                f"{compute.gpu_arch}; pick another compute.cuda or compute"]
+        return [
+            f"{key}.cuda={compute.cuda}: torch's CUDA {compute.cuda} wheels run on compute capability "
+            f"{'.'.join(map(str, low))}-{'.'.join(map(str, high))}, and {compute.vm_size} has "
+            f"{compute.gpu_arch}; pick another compute.cuda or compute"
+        ]
     return []
 
 
 def search_problems(plan: "RunPlan") -> List[str]:
     search, problems = plan.search, []
     if search.policy.type == "truncation" and search.policy.exclude_finished_jobs:
-        problems.append("search.policy.exclude_finished_jobs=true: AML v2's TruncationSelectionPolicy has no such "
-                        "option (it always compares every run); set it to false")
+        problems.append(
+            "search.policy.exclude_finished_jobs=true: AML v2's TruncationSelectionPolicy has no such "
+            "option (it always compares every run); set it to false"
+        )
     if search.sampling == "bayesian":
         for name, dist in search.space.items():
             kind = dist.get("type") if isinstance(dist, dict) else None
             if kind not in BAYESIAN_DISTRIBUTIONS:
-                problems.append(f"search.space.{name}.type={kind}: AML's bayesian sampling takes only "
-                                f"{', '.join(BAYESIAN_DISTRIBUTIONS)}; use one of them or search.sampling=random")
+                problems.append(
+                    f"search.space.{name}.type={kind}: AML's bayesian sampling takes only "
+                    f"{', '.join(BAYESIAN_DISTRIBUTIONS)}; use one of them or search.sampling=random"
+                )
     model = search.space.get("model")
     if isinstance(model, dict) and model.get("type") == "choice":
         local = [name for name in model.get("values", []) if model_hub_id(str(name)) is None]
         if local:
-            problems.append(f"search.space.model.values={list(model['values'])}: {', '.join(map(str, local))} "
-                            "has no hub_id, and AML trials can only fetch hub models by name")
+            problems.append(
+                f"search.space.model.values={list(model['values'])}: {', '.join(map(str, local))} "
+                "has no hub_id, and AML trials can only fetch hub models by name"
+            )
     return problems
-
-
-def automl_problems(plan: "RunPlan") -> List[str]:
-    automl, problems = plan.automl, []
-    if automl.engine == "none":
-        return []
-    if automl.engine != "text_classification":
-        return [f"automl.engine={automl.engine}: on AML compute use automl=text_classification (AML AutoML NLP) "
-                "or automl=none"]
-    problems += automl_metric_problems(automl, plan.dataset.task)
-    if not re.fullmatch(r"[a-z]{3}", automl.language or ""):
-        problems.append(f"automl.language={automl.language}: a three-letter ISO 639-3 code, e.g. eng "
-                        "(mul for multilingual)")
-    if plan.compute.gpus_per_node < 1:
-        problems.append(f"automl.engine=text_classification: AutoML NLP trains on GPU nodes only and "
-                        f"compute={plan.compute.name} has none; use compute=t4/a100/a100x4/h100 or automl=none")
-    for name in ("timeout_minutes", "max_trials", "max_concurrent_trials", "max_nodes"):
-        if getattr(automl, name) < 1:
-            problems.append(f"automl.{name}={getattr(automl, name)}: must be >= 1")
-    if automl.trial_timeout_minutes is not None and automl.trial_timeout_minutes < 1:
-        problems.append(f"automl.trial_timeout_minutes={automl.trial_timeout_minutes}: must be >= 1 (or null)")
-    if automl.max_concurrent_trials > automl.max_trials >= 1:
-        problems.append(f"automl.max_concurrent_trials={automl.max_concurrent_trials}: more than "
-                        f"max_trials={automl.max_trials}")
-    if automl.max_nodes > plan.compute.max_nodes >= 1:
-        problems.append(f"automl.max_nodes={automl.max_nodes}: more than the cluster's "
-                        f"compute.max_nodes={plan.compute.max_nodes}")
-    if automl.model_name is not None and automl.model_name not in AUTOML_MODELS:
-        problems.append(f"automl.model_name={automl.model_name}: AutoML NLP trains one of {', '.join(AUTOML_MODELS)}")
-    return problems + _automl_sweep_problems(automl)
-
-
-def automl_metric(automl, task: str) -> str:
-    """The primary metric the AutoML job is built with: the configured one, or the task's for ``auto``."""
-    if automl.primary_metric == "auto":
-        return AUTOML_DEFAULT_METRICS.get(task, AUTOML_DEFAULT_METRICS["single_label"])
-    return automl.primary_metric
-
-
-def automl_metric_problems(automl, task: str) -> List[str]:
-    """``automl.primary_metric`` against the task's list (``dataset.task=auto``: the single-label one until the
-    prepared data tells, then :func:`with_task` checks it again)."""
-    if automl.primary_metric == "auto":
-        return []
-    if task == "ner":
-        legal, job = AUTOML_NER_METRICS, "named-entity recognition (text_ner)"
-    elif task == "multi_label":
-        legal, job = AUTOML_MULTILABEL_METRICS, "multi-label text classification (text_classification_multilabel)"
-    else:
-        legal, job = AUTOML_METRICS, "text classification"
-    if automl.primary_metric.lower() in [metric.lower() for metric in legal]:
-        return []
-    return [f"automl.primary_metric={automl.primary_metric}: AutoML {job} accepts {', '.join(legal)} (or auto)"]
 
 
 def with_task(plan: "RunPlan", task: str) -> "RunPlan":
@@ -295,54 +250,6 @@ def with_task(plan: "RunPlan", task: str) -> "RunPlan":
     return plan
 
 
-def _automl_sweep_problems(automl) -> List[str]:
-    sweep, key = automl.sweep, "automl.sweep"
-    if not sweep:
-        return []
-    problems = [f"{key}.{name}: unknown; use {', '.join(AUTOML_SWEEP_KEYS)}" for name in sweep
-                if name not in AUTOML_SWEEP_KEYS]
-    sampling = sweep.get("sampling_algorithm", "random")
-    if sampling not in SAMPLING_ALGORITHMS:
-        problems.append(f"{key}.sampling_algorithm={sampling}: use one of {', '.join(SAMPLING_ALGORITHMS)}")
-    if automl.max_trials < 2:
-        problems.append(f"{key}: a sweep needs automl.max_trials >= 2 (it is {automl.max_trials})")
-    policy = dict(sweep.get("policy") or {"type": "none"})
-    try:
-        problems += [p.replace("search.policy", f"{key}.policy")
-                     for p in policy_problems(PolicyConfig(**policy), sampling)]
-    except TypeError as error:
-        problems.append(f"{key}.policy={policy}: {error}")
-    subspaces = sweep.get("space") or []
-    if isinstance(subspaces, dict):
-        subspaces = [subspaces]
-    if not subspaces:
-        problems.append(f"{key}.space: empty; e.g. [{{model_name: {{type: choice, values: [bert-base-cased, "
-                        "roberta-base]}}}]")
-    for index, subspace in enumerate(subspaces):
-        for name, value in (subspace or {}).items():
-            where = f"{key}.space[{index}].{name}"
-            if name not in AUTOML_SEARCH_PARAMETERS:
-                problems.append(f"{where}: not an AutoML NLP parameter; use {', '.join(AUTOML_SEARCH_PARAMETERS)}")
-                continue
-            if not isinstance(value, dict):
-                continue  # a fixed value
-            kind = value.get("type")
-            if kind not in DISTRIBUTIONS:
-                problems.append(f"{where}.type={kind}: use one of {', '.join(DISTRIBUTIONS)}")
-            elif sorted(k for k in value if k != "type") != sorted(DISTRIBUTIONS[kind]):
-                problems.append(f"{where}: {kind} takes {', '.join(DISTRIBUTIONS[kind])}")
-            elif kind == "choice" and not value["values"]:
-                problems.append(f"{where}.values=[]: empty choice")
-            elif "min" in value and not value["min"] < value["max"]:
-                problems.append(f"{where}.min={value['min']}: must be below max={value['max']}")
-            elif name == "model_name" and kind == "choice":
-                unknown = [m for m in value["values"] if m not in AUTOML_MODELS]
-                if unknown:
-                    problems.append(f"{where}.values: {', '.join(map(str, unknown))} not trainable by AutoML NLP; "
-                                    f"use {', '.join(AUTOML_MODELS)}")
-    return problems
-
-
 def endpoint_problems(plan: "RunPlan") -> List[str]:
     endpoint, problems = plan.endpoint, []
     if endpoint.target == "none":
@@ -357,11 +264,15 @@ def endpoint_problems(plan: "RunPlan") -> List[str]:
     if endpoint.instance_count < 1:
         problems.append(f"endpoint.instance_count={endpoint.instance_count}: a deployment needs at least one instance")
     if not 0 <= endpoint.request_timeout_ms <= MAX_REQUEST_TIMEOUT_MS:
-        problems.append(f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS} "
-                        "(or 0: sized from the model and max_batch_items)")
+        problems.append(
+            f"endpoint.request_timeout_ms={endpoint.request_timeout_ms}: must be 1..{MAX_REQUEST_TIMEOUT_MS} "
+            "(or 0: sized from the model and max_batch_items)"
+        )
     if endpoint.max_concurrent_requests_per_instance < 1:
-        problems.append(f"endpoint.max_concurrent_requests_per_instance={endpoint.max_concurrent_requests_per_instance}: "
-                        "must be >= 1")
+        problems.append(
+            f"endpoint.max_concurrent_requests_per_instance={endpoint.max_concurrent_requests_per_instance}: "
+            "must be >= 1"
+        )
     for name in ("liveness_initial_delay_s", "readiness_initial_delay_s"):
         if getattr(endpoint, name) < 0:
             problems.append(f"endpoint.{name}={getattr(endpoint, name)}: must be >= 0")
