@@ -89,6 +89,27 @@ def test_one_training_gets_every_core_and_the_epochs_that_fit():
     assert single.reason.startswith("one training of 3 epochs")
 
 
+def test_a_sweep_the_budget_cuts_to_one_trial_becomes_one_training_at_the_configured_settings():
+    from finetune.cli.main import compose
+    from finetune.plan import fitting
+    from finetune.plan.build import build_plan
+
+    # 60 s: AutoML 10 + 5, others 25 -> 40 s; the share 57 - 40 = 17 s holds no two 1-epoch trials (20.5 s
+    # each on one thread) but one training on both cores stretched to what the share leaves.
+    estimate = budget.fit(request(budget_s=60.0))
+    share = 60 * 0.95 - 40
+    assert (estimate.sweep, estimate.trials, estimate.concurrency, estimate.threads) == (False, 1, 1, 2)
+    assert estimate.epochs == math.floor((share - 10) / (10.5 / 1.515717) * 10) / 10
+    assert "train" in estimate.stages and "search" not in estimate.stages
+    assert "at the configured settings: a sweep needs 2 trials and the budget fits one" in estimate.reason
+    # The plan trains once, at model.* as configured, instead of sweeping one random sample.
+    args = ["search=bandit", "budget=none", "dry_run=true"]
+    swept = build_plan(compose(args, {}), args, "one-trial")
+    applied = fitting.apply(swept, estimate)
+    assert applied.search.sampling == "none" and "train" in applied.stages and "search" not in applied.stages
+    assert applied.model.epochs == estimate.epochs and applied.model.learning_rate == swept.model.learning_rate
+
+
 def test_a_budget_smaller_than_one_minimal_trial_is_refused_with_the_smallest_that_works():
     with pytest.raises(budget.BudgetTooSmall) as refused:
         budget.fit(request(budget_s=40.0))
@@ -302,14 +323,22 @@ def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path
         "rows": {"train": 10, "val": 2},
     }
     calibration.cache_file(calibration.request(plan)).write_text(__import__("json").dumps(entry))
-    calibration.learn(plan, 1.5, {"start": 20.0, "data": 2.0, "search": 300.0, "automl": 70.0, "select": 30.0})
-    kept = calibration.calibrate(plan)
+    # The run spent 15 of its 20 s of start-up calibrating: the next run finds the cache and does not.
+    spent = {"start": 20.0, "data": 2.0, "search": 300.0, "automl": 70.0, "select": 30.0}
+    calibration.learn(plan, 1.5, spent, calibration_s=15.0)
+    kept, calibrating_s = calibration.calibrate(plan)
+    assert calibrating_s == 0.0  # from the cache
     costs = calibration.stage_costs(kept)
-    assert (costs.data, costs.automl, costs.select) == (22.0, 70.0 - plan.automl.time_budget_s, 30.0)
+    assert (costs.data, costs.automl, costs.select) == (7.0, 70.0 - plan.automl.time_budget_s, 30.0)
     assert costs.deploy == budget.LOCAL_STAGES.deploy  # nothing measured: the shipped figure
+    assert calibration.stage_costs(kept, calibration_s=12.0).data == 19.0  # a calibration now is start-up time
     speed = calibration.throughput(kept, load=0.5, cores=2)
     assert speed.train_example_s == pytest.approx(0.15) and speed.thread_exponent == budget.THREAD_EXPONENT
     assert calibration.throughput(kept, load=3.0, cores=2).thread_exponent == 0.0
+    # A calibration that timed its steps on every core says what a second thread buys on this machine.
+    measured = calibration.throughput({**kept, "thread_exponent": 0.95}, load=0.5, cores=2)
+    assert measured.thread_exponent == 0.95 and "2 threads measured 1.93x one" in measured.basis
+    assert measured.at_threads(2).train_example_s == pytest.approx(0.15 / 2**0.95)
 
 
 def test_what_the_command_line_sets_stays_as_set_under_a_budget():

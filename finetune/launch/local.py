@@ -102,7 +102,7 @@ def resolve(plan: RunPlan) -> RunPlan:
     if not fitting.budgeted(plan):
         return plan
     try:
-        measured = calibration.calibrate(plan)
+        measured, calibration_s = calibration.calibrate(plan)
     except UserError as error:
         # Data or a model the calibration cannot read is the run's own error, which its data or training stage
         # reports in its own words; the plan stands with the configured limits.
@@ -115,7 +115,7 @@ def resolve(plan: RunPlan) -> RunPlan:
         calibration.throughput(measured, os.getloadavg()[0], lanes),
         calibration.workload(measured, plan.train.evals_per_epoch),
         lanes,
-        calibration.stage_costs(measured),
+        calibration.stage_costs(measured, calibration_s),
         (plan.budget.minutes or 0) * 60,
     )
     try:
@@ -130,6 +130,7 @@ def resolve(plan: RunPlan) -> RunPlan:
             f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
             f"(the smallest that fits is {error.minimum_s / 60:.1f})"
         )
+    estimate.calibration_s = round(calibration_s, 1)
     return fitting.apply(plan, estimate)
 
 
@@ -301,6 +302,7 @@ def _stages(
             plan,
             (summary.sweep.compute if summary.sweep else {}).get("speed_factor", 1.0),
             summary.run["stage_seconds"],
+            plan.estimate.calibration_s,
         )
     summary.save()
     print(

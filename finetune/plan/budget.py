@@ -87,9 +87,10 @@ class StageCosts:
     report: float
 
 
-# A budget run's summary.json ``run.stage_seconds`` on the 2-core dev VM at load 13 (docs/performance.md): what a
-# machine's first plan assumes; every budgeted run then keeps its own (finetune.plan.calibration.learn).
-LOCAL_STAGES = StageCosts(data=63.0, automl=6.0, select=68.0, register=1.0, deploy=26.0, report=8.0)
+# The default run's summary.json ``run.stage_seconds`` from a fresh venv on the idle 2-core dev VM
+# (docs/performance.md; its start-up less the calibration it ran first): what a machine's first plan assumes;
+# every budgeted run then keeps its own (finetune.plan.calibration.learn).
+LOCAL_STAGES = StageCosts(data=10.0, automl=3.0, select=14.0, register=1.0, deploy=12.0, report=4.0)
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Estimate:
     basis: str = ""
     reason: str = ""
     cost_usd: Optional[float] = None  # AML: the expected cost (the plan's bound is printed beside it)
+    calibration_s: float = 0.0  # locally: the calibration this run measured before planning (in ``data``)
+    sweep: bool = True  # False: one training at the configured settings (the plan's search is dropped)
 
     @property
     def total_s(self) -> float:
@@ -220,8 +223,14 @@ def fit(request: Request) -> Estimate:
             f"one 1-epoch trial ({trial:.0f} s) and the other stages ({others:.0f} s) do not fit",
         )
     enough = [o for o in options if o[1] >= MIN_SWEEP_TRIALS] if request.sweep else options
+    if not enough:
+        # One trial compares nothing, and one random sample of the space is a worse bet than the configured
+        # settings (the recipe's): the budget buys one training of those, on every core.
+        single = fit(dataclasses.replace(request, sweep=False))
+        single.reason = reason_line(single, False, "", request.max_epochs, fewer=True)
+        return single
     # Depth first (epochs), then breadth (trials), then the faster plan.
-    epochs, trials, lanes, seconds, threads = max(enough or options, key=lambda o: (o[0], o[1], -o[3]))
+    epochs, trials, lanes, seconds, threads = max(enough, key=lambda o: (o[0], o[1], -o[3]))
     automl_s = automl_seconds(request)
     others = stage_seconds(request, automl_s)
     waves = math.ceil(trials / lanes)
@@ -251,10 +260,9 @@ def fit(request: Request) -> Estimate:
         automl_s=automl_s,
         stages={name: round(value, 1) for name, value in stages.items()},
         basis=request.speed.basis,
+        sweep=request.sweep,
     )
-    estimate.reason = reason_line(
-        estimate, request.sweep, request.policy, request.max_epochs, fewer=not enough and request.sweep
-    )
+    estimate.reason = reason_line(estimate, request.sweep, request.policy, request.max_epochs)
     return estimate
 
 
@@ -280,7 +288,12 @@ def reason_line(estimate: Estimate, sweep: bool, policy: str, max_epochs: float,
             parts.append(f"{policy} (a stopped trial's time goes to more trials, up to {estimate.max_trials})")
         elif policy:
             parts.append(policy)
-    if fewer:
+    if fewer and not sweep:
+        parts.append(
+            f"at the configured settings: a sweep needs {MIN_SWEEP_TRIALS} trials and the budget fits one "
+            "(a larger budget compares trials)"
+        )
+    elif fewer:
         parts.append(f"only {estimate.trials} trial fits: a larger budget compares trials")
     elif estimate.epochs < max_epochs:
         parts.append(f"{max_epochs:g} epochs would not fit")

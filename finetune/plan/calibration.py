@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -42,7 +43,7 @@ EVAL_BATCHES = 3
 # as a default run's trial wall time less its training loop less the calibration's load time
 # (docs/performance.md). Constant across models: none of it grows with the model.
 TRIAL_EXTRA_S = 14.0
-VERSION = 1  # bump when what is measured changes: older cache entries are then ignored
+VERSION = 2  # bump when what is measured changes: older cache entries are then ignored
 
 
 def machine() -> dict:
@@ -90,12 +91,13 @@ def cache_file(spec: dict) -> Path:
     return CACHE_DIR.expanduser() / f"{digest}.json"
 
 
-def calibrate(plan: "RunPlan") -> dict:
-    """The plan's calibration: from the cache, or measured now (a subprocess of some seconds to a minute)."""
+def calibrate(plan: "RunPlan") -> tuple[dict, float]:
+    """The plan's calibration and the seconds it took now: from the cache (0 s), or measured now (a subprocess
+    of some seconds to a minute, which this run's start-up pays for)."""
     spec = request(plan)
     cached = cache_file(spec)
     try:
-        return json.loads(cached.read_text())
+        return json.loads(cached.read_text()), 0.0
     except (OSError, ValueError):
         pass
     print(
@@ -117,12 +119,13 @@ def calibrate(plan: "RunPlan") -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2))
-    return result
+    return result, time.time() - started
 
 
-def learn(plan: "RunPlan", factor: float, stage_seconds: dict) -> None:
+def learn(plan: "RunPlan", factor: float, stage_seconds: dict, calibration_s: float = 0.0) -> None:
     """Keep how much slower (factor > 1) or faster the last run's trials ran than its calibration said, and
-    what its other stages took: the next estimate starts from the machine as it last ran."""
+    what its other stages took (its start-up less the ``calibration_s`` it spent calibrating, which the next
+    run, finding the cache, does not spend): the next estimate starts from the machine as it last ran."""
     cached = cache_file(request(plan))
     try:
         entry = json.loads(cached.read_text())
@@ -130,7 +133,7 @@ def learn(plan: "RunPlan", factor: float, stage_seconds: dict) -> None:
         return
     entry["observed_factor"] = round(entry.get("observed_factor", 1.0) * factor, 4)
     spent = dict(stage_seconds)
-    stages = {"data": spent.get("start", 0.0) + spent.get("data", 0.0)}
+    stages = {"data": max(0.0, spent.get("start", 0.0) + spent.get("data", 0.0) - calibration_s)}
     if "automl" in spent:  # its fixed part: what it took beyond its search budget
         stages["automl"] = max(0.0, spent["automl"] - plan.automl.time_budget_s)
     stages.update({name: spent[name] for name in ("select", "register", "deploy", "report") if name in spent})
@@ -139,12 +142,14 @@ def learn(plan: "RunPlan", factor: float, stage_seconds: dict) -> None:
     cached.write_text(json.dumps(entry, indent=2))
 
 
-def stage_costs(calibration: dict) -> StageCosts:
-    """The stages' seconds as the last run on this machine spent them (the shipped figures before any run)."""
+def stage_costs(calibration: dict, calibration_s: float = 0.0) -> StageCosts:
+    """The stages' seconds as the last run on this machine spent them (the shipped figures before any run), the
+    calibration just measured (``calibration_s``) counted in start-up and data, where this run spent it."""
     learned = calibration.get("stages", {})
-    return StageCosts(
+    costs = StageCosts(
         **{name: learned.get(name, getattr(LOCAL_STAGES, name)) for name in StageCosts.__dataclass_fields__}
     )
+    return dataclasses.replace(costs, data=costs.data + calibration_s)
 
 
 def throughput(calibration: dict, load: float, cores: int) -> Throughput:
@@ -153,6 +158,9 @@ def throughput(calibration: dict, load: float, cores: int) -> Throughput:
     basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
     if "observed" in calibration:
         basis += f", x {factor:.2f} as the last sweep ran ({calibration['observed']})"
+    measured_exponent = calibration.get("thread_exponent")
+    if measured_exponent is not None:
+        basis += f", {cores} threads measured {cores**measured_exponent:.2f}x one"
     busy = load >= cores
     if busy:
         basis += f"; busy now (load {load:.1f} on {cores} cores): more threads a trial count as no faster"
@@ -162,7 +170,7 @@ def throughput(calibration: dict, load: float, cores: int) -> Throughput:
         trial_overhead_s=calibration["load_s"] + TRIAL_EXTRA_S,
         threads=calibration["threads"],
         basis=basis,
-        thread_exponent=0.0 if busy else THREAD_EXPONENT,
+        thread_exponent=0.0 if busy else calibration.get("thread_exponent", THREAD_EXPONENT),
     )
 
 
@@ -234,6 +242,22 @@ def measure(spec: dict) -> dict:
         if step:  # the first step warms up
             timed += time.perf_counter() - started
             examples += len(batch)
+    # The same steps on every core this process may use: how much a trial's threads really buy on this machine
+    # (a small model's matmuls do not split perfectly, and a busy machine has no free core to give).
+    cores = len(os.sched_getaffinity(0))
+    thread_exponent = None
+    if device == "cpu" and cores > 1 and timed > 0:
+        torch.set_num_threads(cores)
+        parallel = 0.0
+        for batch in batches[1:]:
+            inputs = tensors([train_ids[i] for i in batch])
+            started = time.perf_counter()
+            model(**inputs, labels=torch.zeros(len(batch), dtype=torch.long)).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            parallel += time.perf_counter() - started
+        torch.set_num_threads(1)
+        thread_exponent = min(1.0, max(0.0, math.log(timed / parallel) / math.log(cores)))
     model.eval()
     eval_size = batch_size * 2  # finetune.train's per_device_eval_batch_size
     eval_time, eval_examples = 0.0, 0
@@ -252,6 +276,7 @@ def measure(spec: dict) -> dict:
         "eval_example_s": eval_time / max(1, eval_examples),
         "load_s": round(load_s, 2),
         "threads": 1,
+        "thread_exponent": thread_exponent,
         "device": device,
         "rows": rows,
         "gpus": torch.cuda.device_count() if device == "cuda" else 0,

@@ -95,10 +95,16 @@ def apply(plan: RunPlan, estimate: budget.Estimate) -> RunPlan:
         if estimate.automl_s is not None and plan.automl.engine == "local" and "automl.time_budget_s" not in keys
         else plan.automl
     )
+    search = dataclasses.replace(plan.search, limits=limits)
+    stages = plan.stages
+    if not estimate.sweep and search.sampling != "none":
+        search = dataclasses.replace(search, sampling="none")
+        stages = ["train" if name == "search" else name for name in stages]
     return dataclasses.replace(
         plan,
         model=dataclasses.replace(plan.model, epochs=estimate.epochs),
-        search=dataclasses.replace(plan.search, limits=limits),
+        search=search,
+        stages=stages,
         automl=automl,
         estimate=estimate,
     )
