@@ -64,6 +64,7 @@ def test_run_automl_leaves_a_loadable_candidate(tmp_path, capsys):
     assert words[1].ngram_range == (1, 2) and chars[1].ngram_range == (3, 5)
 
 
+@pytest.mark.slow  # a FLAML search
 def test_the_one_liner_is_kept_when_flaml_has_nothing_better(tmp_path, monkeypatch, capsys):
     # A search that finishes no trial (a busy machine, a tiny budget) still leaves the one-liner, exactly.
     from flaml import AutoML

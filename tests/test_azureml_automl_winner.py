@@ -31,6 +31,7 @@ MLTABLE = (
 )
 
 
+@pytest.mark.slow  # real inference servers behind the router
 def test_deploy_step_rolls_out_and_promotes_an_automl_winner(server, recorder, monkeypatch, tmp_path, settings):
     """The AutoML winner gets the fine-tuned winner's rollout (new deployment, smoke test, traffic, Production)
     in the environment its MLflow model brought; before the fix the deploy step skipped it."""
@@ -136,6 +137,7 @@ def automl_package(request, tmp_path):
     return task, folder, data
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_a_registered_automl_version_answers_the_contract_everywhere(automl_package, monkeypatch, tmp_path):
     """score.py, finetune.predict and mlflow.pyfunc give the same labels under the rule chosen on val."""
     import mlflow.pyfunc
@@ -255,6 +257,7 @@ def test_standin_writes_automl_s_mlflow_layout(tmp_path):
     assert {"model.pkl", "conda.yaml", "requirements.txt", "STAND_IN.txt"} <= {p.name for p in folder.iterdir()}
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_predict_without_the_automl_runtime_says_so_in_one_line(automl_package, tmp_path, capsys):
     """On a machine without AutoML NLP's runtime the package cannot load; the user is told where it can."""
     import pickle

@@ -106,9 +106,11 @@ def test_micro_objectives_are_multi_label_only(tmp_path):
 def test_objective_is_checked_against_the_task_the_plan_decides(tmp_path):
     """``dataset.task=auto`` is decided from the file's first rows before the checks run, on either launcher."""
     lists = ["dataset=file", f"dataset.path={multi_label_file(tmp_path)}", "search.primary_metric=val_f1_micro"]
-    for launcher in (AML, ["search=bandit", "dry_run=true"]):
+    # budget=none: the local plan's budget would first calibrate MiniLM on this file (tests/test_budget.py).
+    local = ["search=bandit", "dry_run=true", "budget=none"]
+    for launcher in (AML, local):
         assert build(launcher + lists, tmp_path).dataset.task == "multi_label"
-    found = problems(tmp_path, ["search=bandit", "dry_run=true", "search.primary_metric=val_f1_micro"])
+    found = problems(tmp_path, local + ["search.primary_metric=val_f1_micro"])
     assert found[0].startswith("search.primary_metric=val_f1_micro: training logs it for multi-label data only")
 
 

@@ -475,6 +475,7 @@ def test_deploy_step_safe_rollout(server, recorder, monkeypatch, tmp_path, setti
     assert json.loads((tmp_path / "rollout" / "rollout.json").read_text())["traffic"] == {"v3-test": 100}
 
 
+@pytest.mark.slow  # real inference servers behind the router
 def test_deploy_step_failed_smoke_test_keeps_traffic(server, recorder, monkeypatch, tmp_path, settings):
     from finetune.serve.rollout import RolloutError
 
@@ -542,6 +543,7 @@ def automl_output(tmp_path: Path, auc: float, settings: Path) -> str:
 @pytest.mark.parametrize(
     "automl_auc, winner, model_type", [(0.0, "finetuned", "mlflow_model"), (1.0, "automl", "mlflow_model")]
 )
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_register_step(
     server, recorder, tmp_path, tiny_model_dir, settings, automl_auc, winner, model_type, monkeypatch
 ):
@@ -624,6 +626,7 @@ def test_register_step(
     assert not recorder.find("PUT", r"models/.+")
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_register_step_rescores_production_and_honours_the_margin(
     server, recorder, tmp_path, tiny_model_dir, settings, monkeypatch
 ):

@@ -163,6 +163,7 @@ def test_spent_compares_each_stage_with_its_estimate():
     assert section["stages"]["search"] == {"expected_s": 207.5, "spent_s": 230.0}
 
 
+@pytest.mark.slow  # a calibration subprocess (imports torch, times real steps)
 @pytest.mark.parametrize("minutes", ["0", "-2", "0.2"])
 def test_a_nonsense_budget_ends_in_one_line_naming_the_smallest_budget(capsys, tmp_path, tiny_model_dir, minutes):
     code = main(
@@ -199,6 +200,7 @@ def test_a_cost_budget_on_a_local_run_is_a_plan_problem(capsys, tmp_path):
     assert "budget.usd=5: a local run has no price" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real sweep of tiny trials
 def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, tiny_model_dir):
     from finetune.data import prepare
     from finetune.search.runner import run_sweep
@@ -358,3 +360,14 @@ def test_what_the_command_line_sets_stays_as_set_under_a_budget():
     limits = fitting.apply(plan, estimate).search.limits
     assert (limits.trial_timeout, limits.max_concurrent_trials, limits.max_total_trials) == (5, 1, 3)
     assert limits.timeout == math.floor(estimate.sweep_s)
+
+
+def test_a_calibration_taken_on_a_busy_machine_is_taken_again_when_it_is_idle(monkeypatch):
+    from finetune.plan import calibration
+
+    monkeypatch.setattr(calibration.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (0.4, 0.5, 0.6))
+    assert calibration._measured_busy_now_idle({"load_average": 2.3})
+    assert not calibration._measured_busy_now_idle({"load_average": 0.8})
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+    assert not calibration._measured_busy_now_idle({"load_average": 2.3})  # still busy: the old one stands

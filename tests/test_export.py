@@ -41,6 +41,7 @@ def exported(trained, tmp_path_factory):
     return {runtime: export_candidate(trained, runtime, root / runtime) for runtime in ("onnx", "onnx-int8")}
 
 
+@pytest.mark.slow  # a tiny fine-tune exported to ONNX (module fixture)
 def test_export_carries_only_what_the_runtime_needs(trained, exported):
     assert export_candidate(trained, "torch", trained.parent / "unused") == trained
     for runtime, folder in exported.items():
@@ -60,6 +61,7 @@ def test_export_carries_only_what_the_runtime_needs(trained, exported):
     assert size["onnx-int8"] < size["onnx"] / 2
 
 
+@pytest.mark.slow  # a tiny fine-tune exported to ONNX (module fixture)
 def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, trained, exported):
     texts = TEXTS * 6  # several forward chunks of different lengths
     request = json.dumps({"data": [{"text": text} for text in texts]})
@@ -86,11 +88,13 @@ def test_each_runtime_gives_the_probabilities_and_labels_of_torch(monkeypatch, t
             assert score.decided_labels(proba, LABELS, None) == reference.decided_labels(torch_proba, LABELS, None)
 
 
+@pytest.mark.slow  # a tiny fine-tune exported to ONNX (module fixture)
 def test_onnx_runtime_serves_without_torch(exported):
     """The ONNX deployment's environment has no PyTorch: score.py must not need it."""
     assert score_alone(exported["onnx-int8"], "torch")["predictions"][0]["label"] in LABELS
 
 
+@pytest.mark.slow  # a tiny fine-tune exported to ONNX (module fixture)
 def test_a_candidate_missing_its_onnx_file_fails_at_init(monkeypatch, exported, tmp_path):
     import shutil
 

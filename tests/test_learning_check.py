@@ -121,6 +121,7 @@ def test_early_check_comes_after_the_warmup_and_before_the_first_evaluation():
     assert early_step(20, 0, 10) is None, "epoch 1 ends before three logs: its evaluation judges"
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_a_model_that_cannot_learn_restarts_once_then_stops(keyword_data, keyword_bert, tmp_path, capsys):
     result = train(
         keyword_data,
@@ -148,6 +149,7 @@ def test_a_model_that_cannot_learn_restarts_once_then_stops(keyword_data, keywor
     assert not (tmp_path / "frozen" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_shuffled_labels_are_caught_in_one_line_and_not_restarted(keyword_bert, tmp_path, capsys):
     """Issue 25's "cannot learn" case: labels shuffled away from the texts. The one-liner learns nothing from them
     either, so no gap to it opens; the run must still end saying, in one line, that nothing beat chance."""
@@ -180,6 +182,7 @@ def test_shuffled_labels_are_caught_in_one_line_and_not_restarted(keyword_bert, 
     assert len(chance) == 1 and "labels do not follow from the texts" in chance[0]
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_the_learning_keyword_model_is_not_called_chance(keyword_data, keyword_bert, tmp_path):
     check = train(
         keyword_data,
@@ -195,6 +198,7 @@ def test_the_learning_keyword_model_is_not_called_chance(keyword_data, keyword_b
     assert check["no_signal"] is False and check["kept_auc"] > 0.9
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_warn_records_and_trains_on(keyword_data, keyword_bert, tmp_path, capsys):
     result = train(
         keyword_data,
@@ -215,6 +219,7 @@ def test_warn_records_and_trains_on(keyword_data, keyword_bert, tmp_path, capsys
     assert "recorded only (learning_check=warn)" in err
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_a_model_that_learns_is_not_flagged(keyword_data, keyword_bert, tmp_path, capsys):
     result = train(
         keyword_data,

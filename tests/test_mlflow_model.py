@@ -41,6 +41,7 @@ def registered(tiny_model_dir, tmp_path_factory):
     return store, versions
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_pyfunc_load_of_the_production_alias_predicts_like_score_py(registered, monkeypatch):
     import mlflow.pyfunc
 
@@ -64,6 +65,7 @@ def test_pyfunc_load_of_the_production_alias_predicts_like_score_py(registered, 
     assert example["columns"] == ["text"] and len(example["data"]) == 3
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_each_version_carries_its_runtime_environment_and_a_model_card(registered):
     store, versions = registered
     for runtime, other in (("torch", "onnxruntime"), ("onnx-int8", "torch")):
@@ -86,6 +88,7 @@ def test_each_version_carries_its_runtime_environment_and_a_model_card(registere
         assert "decision rule: the label with the highest probability" in card
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_registering_the_same_export_again_finds_the_same_version(registered, tmp_path):
     """Even when another run's test split gives other metrics: the card describes the model, it is not the model."""
     store, versions = registered
@@ -95,6 +98,7 @@ def test_registering_the_same_export_again_finds_the_same_version(registered, tm
     assert again["existing"] and again["version"] == versions["torch"]["version"]
 
 
+@pytest.mark.slow  # registers MLflow models and builds pyfunc packages (module fixture)
 def test_predict_takes_an_alias_or_a_version(registered, tmp_path, capsys):
     store, versions = registered
     data = tmp_path / "in.csv"

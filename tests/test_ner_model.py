@@ -142,6 +142,7 @@ def test_transformer_answers_every_word_of_a_long_text_with_offsets_into_it(tiny
     assert dropped["tags"][1] == "O" and dropped["scores"][1] == 1.0 and len(dropped["tags"]) == 3
 
 
+@pytest.mark.slow  # a CRF grid on val, then real servers
 def test_crf_candidate_chooses_c1_c2_on_val_and_serves_entities(tmp_path):
     from finetune.data.ner import entity_types, tag_names
     from finetune.tasks.ner_crf import run_crf

@@ -23,6 +23,7 @@ def finetune(tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess.Com
         "-m",
         "finetune",
         "search=none",
+        "budget=none",  # the epochs as set (tests/test_budget.py covers budgets)
         f"model.path={model_dir}",
         "model.epochs=1",
         "compute.num_threads=1",

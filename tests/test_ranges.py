@@ -113,14 +113,22 @@ def test_an_override_without_a_key_is_one_line(capsys, tmp_path):
 
 
 def test_max_length_beyond_the_encoder_positions(capsys, tmp_path, tiny_model_dir):
-    # The tiny BERT has 256 position embeddings.
-    args = ("search=none", "dry_run=true", f"output_root={tmp_path}", "run_name=r", f"model.path={tiny_model_dir}")
+    # The tiny BERT has 256 position embeddings. budget=none: a budget would calibrate each max_length first.
+    args = (
+        "search=none",
+        "budget=none",
+        "dry_run=true",
+        f"output_root={tmp_path}",
+        "run_name=r",
+        f"model.path={tiny_model_dir}",
+    )
     assert run_cli(capsys, *args, "model.max_length=256")[0] == 0
     code, _, err = run_cli(capsys, *args, "model.max_length=257")
     assert code == 2 and "has 256 positions" in err
     code, _, err = run_cli(
         capsys,
         "search=random",
+        "budget=none",
         "dry_run=true",
         f"output_root={tmp_path}",
         "run_name=s",

@@ -179,6 +179,7 @@ def test_a_crashing_trial_is_marked_failed_and_the_sweep_goes_on(sweep_run):
     assert sum(t["status"] != "failed" for t in sweep_run.sweep["trials"]) == 3
 
 
+@pytest.mark.slow  # a real sweep of tiny trials
 def test_trial_timeout_kills_a_trial_and_the_sweep_timeout_stops_launching(
     tmp_path, tiny_model_dir, data, tracking_uri, capsys
 ):

@@ -136,6 +136,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
+@pytest.mark.slow  # a subprocess that loads the serving stack
 def test_an_unknown_registered_model_is_a_user_error(tmp_path):
     done = subprocess.run(
         [

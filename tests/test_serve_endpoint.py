@@ -13,6 +13,9 @@ from finetune.serve.endpoint import LocalEndpoint
 from finetune.serve.rollout import InvokeError, ModelRef
 from test_serve_support import make_automl_candidate, make_hf_candidate, post, request
 
+# Every test here talks to real inference servers behind the router (one module fixture starts them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def endpoint(tiny_model_dir, tmp_path_factory):

@@ -50,6 +50,7 @@ def blue_serving(endpoint, models):
     return endpoint
 
 
+@pytest.mark.slow  # real inference servers behind the router
 def test_first_deployment_takes_all_traffic(endpoint, models):
     result = rollout(endpoint, "blue", models["hf"], request(2), ramp=(10, 50, 100))
     assert endpoint.traffic() == {"blue": 100}
@@ -71,6 +72,7 @@ def test_first_deployment_takes_all_traffic(endpoint, models):
         ("unloadable", r"creating the deployment failed: .*cannot load"),
     ],
 )
+@pytest.mark.slow  # real inference servers behind the router
 def test_a_failed_rollout_leaves_production_alone(blue_serving, models, model, reason):
     endpoint = blue_serving
     with pytest.raises(

@@ -194,6 +194,7 @@ def test_init_finds_exactly_one_candidate_and_checks_labels(monkeypatch, tmp_pat
         wrong.write_text(original)
 
 
+@pytest.mark.slow  # a subprocess that loads the serving stack
 def test_score_runs_without_the_finetune_package(hf_model):
     """On AML only score.py travels: it must not import finetune."""
     assert score_alone(hf_model, "finetune")["predictions"][0]["label"] in LABELS

@@ -51,6 +51,7 @@ def train(data: Path, model: str, out: Path, *extra: str) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_training_writes_a_loadable_model_and_probability_metrics(small_data, tiny_model_dir, tmp_path):
     result = train(
         small_data,
@@ -83,6 +84,7 @@ def test_training_writes_a_loadable_model_and_probability_metrics(small_data, ti
     assert json.loads((model_dir / "candidate.json").read_text())["family"] == "hf"
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_metrics_are_logged_to_mlflow_with_val_names(small_data, tiny_model_dir, tmp_path):
     result = train(small_data, str(tiny_model_dir), tmp_path / "logged", "--epochs", "1")
     from mlflow.tracking import MlflowClient
@@ -95,6 +97,7 @@ def test_metrics_are_logged_to_mlflow_with_val_names(small_data, tiny_model_dir,
     assert run.data.params["class_weights"] == "auto"
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_best_evaluation_is_the_one_kept(small_data, tiny_model_dir, tmp_path):
     result = train(
         small_data,
@@ -196,6 +199,7 @@ def test_multi_label_loss_is_a_mean_over_texts_under_the_trainers_item_count():
     )
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_balanced_weights_move_a_rare_class_up(small_data, tiny_model_dir, tmp_path):
     """Same seed, same data: only the loss weights differ, so the rare class's val recall can only come from them."""
     plain = train(small_data, str(tiny_model_dir), tmp_path / "plain", "--epochs", "1", "--class-weights", "none")
@@ -208,6 +212,7 @@ def test_balanced_weights_move_a_rare_class_up(small_data, tiny_model_dir, tmp_p
     assert weighted["evaluations"][-1]["val_loss"] != plain["evaluations"][-1]["val_loss"]
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_early_stopping_ends_a_run_that_stops_improving(small_data, tiny_model_dir, tmp_path):
     # A learning rate of 0 never improves the primary metric: patience 1 stops after the second evaluation.
     result = train(
@@ -227,6 +232,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(small_data, tiny_model_d
     assert unlimited["early_stopped"] is False and len(unlimited["evaluations"]) == 3
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_auto_trains_five_star_classes_with_the_logit_adjusted_loss(tiny_model_dir, tmp_path):
     """Issue 25: with three or more classes ``auto`` trains on logits shifted by the train priors, no weights."""
     stars = tmp_path / "stars"

@@ -74,6 +74,7 @@ def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(
     assert not (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a real (tiny) fine-tune
 def test_locally_a_tracking_outage_keeps_the_finished_training(
     small_data, tiny_model_dir, tmp_path, monkeypatch, capsys
 ):

@@ -3,10 +3,11 @@
 A calibration is a few optimizer steps of the plan's model on batches drawn from the plan's own training texts
 (so at their real token-length distribution, truncated at ``model.max_length``), a few evaluation batches, and
 the time a fresh process needs to import the stack and load the model. It runs in a subprocess, so planning
-never imports torch (``python -m finetune dry_run=true`` stays light), on one thread, as a sweep trial does.
-The result is cached under ``~/.cache/finetune/calibration/`` per machine, model, shape and data; delete the
-folder to measure again (a machine that got busier is measured as it is then: the sweep re-estimates from its
-own trials while it runs, see :func:`finetune.plan.budget.speed_factor`).
+never imports torch (``python -m finetune dry_run=true`` stays light), on one thread as a sweep trial does, then
+the same steps on every core (what a trial's threads buy here). The result is cached under
+``~/.cache/finetune/calibration/`` per machine, model, shape and data; delete the folder to measure again. One
+taken while every core was busy is taken again when the machine is idle; a machine that got busier is measured
+as it is then: the sweep re-estimates from its own trials while it runs (:func:`finetune.plan.budget.speed_factor`).
 
 ``python -m finetune.plan.calibration '<request json>'`` is the subprocess; it prints one JSON object.
 """
@@ -97,7 +98,9 @@ def calibrate(plan: "RunPlan") -> tuple[dict, float]:
     spec = request(plan)
     cached = cache_file(spec)
     try:
-        return json.loads(cached.read_text()), 0.0
+        entry = json.loads(cached.read_text())
+        if not _measured_busy_now_idle(entry):
+            return entry, 0.0
     except (OSError, ValueError):
         pass
     print(
@@ -120,6 +123,13 @@ def calibrate(plan: "RunPlan") -> tuple[dict, float]:
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2))
     return result, time.time() - started
+
+
+def _measured_busy_now_idle(entry: dict) -> bool:
+    """A calibration taken while other processes kept every core busy says too little of what threads buy:
+    taken again once the machine is mostly idle (1-minute load average under half its cores)."""
+    cores = len(os.sched_getaffinity(0))
+    return entry.get("load_average", 0.0) >= cores and os.getloadavg()[0] < cores / 2
 
 
 def learn(plan: "RunPlan", factor: float, stage_seconds: dict, calibration_s: float = 0.0) -> None:
