@@ -69,16 +69,17 @@ def test_the_fit_takes_the_most_epochs_then_the_most_trials_that_fit():
     )
 
 
-def test_a_tighter_budget_trades_epochs_for_a_second_trial():
+def test_a_budget_without_room_for_two_full_trials_trains_once_at_the_configured_settings():
     # 120 s: AutoML 12 + 5, others 25 -> 42 s; the share 114 - 42 = 72 s. Three epochs (41.5 s) give one trial a
     # lane = 2 trials; 72 // 41.5 = 1 per lane: 2 trials x 3 epochs fit.
     roomy = budget.fit(request(budget_s=120.0))
-    assert (roomy.epochs, roomy.trials) == (3, 2)
-    # 70 s: share 66.5 - 40 = 26.5 s: a 1-epoch trial (20.5 s) a lane -> 2 trials, each stretched to what the
-    # share leaves: (26.5 - 10) / 10.5 = 1.57 -> 1.5 epochs ("3 epochs would not fit").
+    assert (roomy.epochs, roomy.trials, roomy.sweep) == (3, 2, True)
+    # 70 s: share 66.5 - 40 = 26.5 s: two 3-epoch trials do not fit (two 1-epoch ones would, 20.5 s a lane), so
+    # one training on both cores, stretched to what the share leaves: (26.5 - 10) / (10.5 / 1.5157) = 2.38 -> 2.3.
     tight = budget.fit(request(budget_s=70.0))
-    assert (tight.epochs, tight.trials, tight.concurrency) == (1.5, 2, 2) and "3 epochs would not fit" in tight.reason
-    assert tight.trial_s == pytest.approx(10 + 1.5 * 10.5, abs=0.051)  # rounded to 0.1 s
+    assert (tight.sweep, tight.trials, tight.concurrency, tight.threads, tight.epochs) == (False, 1, 1, 2, 2.3)
+    assert "a sweep needs 2 trials of 3 epochs" in tight.reason and "3 epochs would not fit" in tight.reason
+    assert tight.trial_s == pytest.approx(10 + 2.3 * 10.5 / 1.515717, abs=0.051)  # rounded to 0.1 s
 
 
 def test_one_training_gets_every_core_and_the_epochs_that_fit():
@@ -101,7 +102,7 @@ def test_a_sweep_the_budget_cuts_to_one_trial_becomes_one_training_at_the_config
     assert (estimate.sweep, estimate.trials, estimate.concurrency, estimate.threads) == (False, 1, 1, 2)
     assert estimate.epochs == math.floor((share - 10) / (10.5 / 1.515717) * 10) / 10
     assert "train" in estimate.stages and "search" not in estimate.stages
-    assert "at the configured settings: a sweep needs 2 trials and the budget fits one" in estimate.reason
+    assert "at the configured settings: a sweep needs 2 trials of 3 epochs" in estimate.reason
     # The plan trains once, at model.* as configured, instead of sweeping one random sample.
     args = ["search=bandit", "budget=none", "dry_run=true"]
     swept = build_plan(compose(args, {}), args, "one-trial")

@@ -7,8 +7,9 @@ tokenisation, the learning check's baseline, saving) plus, per epoch, the traini
 examples of its evaluations. Stages outside training cost what a measured run spent on them
 (:data:`LOCAL_STAGES`, docs/performance.md).
 
-The fit prefers depth first, then breadth: the most epochs per trial (up to ``model.epochs``) at which at least
-:data:`MIN_SWEEP_TRIALS` trials fit, then as many trials as fit; more lanes when the machine has them. A
+The fit prefers depth first, then breadth: a sweep when at least :data:`MIN_SWEEP_TRIALS` trials of the configured
+``model.epochs`` fit, as many trials as fit; otherwise one training at the configured settings with the most
+epochs (up to ``model.epochs``) that fit; more lanes when the machine has them. A
 policy that stops trials early frees time the sweep then spends on more trials (up to ``budget.max_trials``):
 the runner re-estimates from the trials so far and starts a trial only when it can finish before the sweep's
 share of the budget ends (:func:`fits`).
@@ -222,9 +223,13 @@ def fit(request: Request) -> Estimate:
             minimum_seconds(request),
             f"one 1-epoch trial ({trial:.0f} s) and the other stages ({others:.0f} s) do not fit",
         )
-    enough = [o for o in options if o[1] >= MIN_SWEEP_TRIALS] if request.sweep else options
+    # A sweep's trials train as long as configured: shorter ones would compare learning rates by where they
+    # stand part-way through a schedule, and hand on a model trained less than the recipe asks.
+    enough = (
+        [o for o in options if o[1] >= MIN_SWEEP_TRIALS and o[0] >= request.max_epochs] if request.sweep else options
+    )
     if not enough:
-        # One trial compares nothing, and one random sample of the space is a worse bet than the configured
+        # Too few full trials compare nothing, and a random sample of the space is a worse bet than the configured
         # settings (the recipe's): the budget buys one training of those, on every core.
         single = fit(dataclasses.replace(request, sweep=False))
         single.reason = reason_line(single, False, "", request.max_epochs, fewer=True)
@@ -290,12 +295,12 @@ def reason_line(estimate: Estimate, sweep: bool, policy: str, max_epochs: float,
             parts.append(policy)
     if fewer and not sweep:
         parts.append(
-            f"at the configured settings: a sweep needs {MIN_SWEEP_TRIALS} trials and the budget fits one "
+            f"at the configured settings: a sweep needs {MIN_SWEEP_TRIALS} trials of {max_epochs:g} epochs "
             "(a larger budget compares trials)"
         )
     elif fewer:
         parts.append(f"only {estimate.trials} trial fits: a larger budget compares trials")
-    elif estimate.epochs < max_epochs:
+    if not (fewer and sweep) and estimate.epochs < max_epochs:
         parts.append(f"{max_epochs:g} epochs would not fit")
     expected = f"expected {estimate.total_s / 60:.1f} min"
     parts.append(f"{expected} of {estimate.budget_s / 60:.3g}" if estimate.budget_s else expected)
