@@ -372,3 +372,32 @@ def test_a_calibration_taken_on_a_busy_machine_is_taken_again_when_it_is_idle(mo
     assert not calibration._measured_busy_now_idle({"load_average": 0.8})
     monkeypatch.setattr(calibration.os, "getloadavg", lambda: (1.5, 1.5, 1.5))
     assert not calibration._measured_busy_now_idle({"load_average": 2.3})  # still busy: the old one stands
+
+
+def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
+    """Training sizes its threads by the load average unless told; right after a calibration that is high, and
+    the one training the fit planned on both cores ran on one (1.7x its estimate)."""
+    from finetune.cli.main import compose
+    from finetune.launch import local
+    from finetune.plan import calibration
+    from finetune.plan.build import build_plan
+
+    measured = {
+        "train_example_s": 0.001,
+        "eval_example_s": 0.0005,
+        "load_s": 1.0,
+        "threads": 1,
+        "thread_exponent": 0.9,
+        "device": "cpu",
+        "rows": {"train": 100, "val": 20},
+        "measured": "now",
+        "load_average": 0.1,
+    }
+    monkeypatch.setattr(calibration, "calibrate", lambda plan: (measured, 0.0))
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(local.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    args = ["search=none", "budget.minutes=10", "dry_run=true"]
+    plan = local.resolve(build_plan(compose(args, {}), args, "threads"))
+    assert plan.estimate.threads == 2 and plan.compute.num_threads == 2
+    pinned = ["search=none", "budget.minutes=10", "compute.num_threads=1", "dry_run=true"]
+    assert local.resolve(build_plan(compose(pinned, {}), pinned, "pinned")).compute.num_threads == 1

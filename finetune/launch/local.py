@@ -131,7 +131,14 @@ def resolve(plan: RunPlan) -> RunPlan:
             f"(the smallest that fits is {error.minimum_s / 60:.1f})"
         )
     estimate.calibration_s = round(calibration_s, 1)
-    return fitting.apply(plan, estimate)
+    fitted = fitting.apply(plan, estimate)
+    if measured["device"] == "cpu" and "compute.num_threads" not in fitting.pinned(plan):
+        # The threads the fit counted on: training would otherwise size itself by the load average, which the
+        # calibration just raised.
+        fitted = dataclasses.replace(
+            fitted, compute=dataclasses.replace(fitted.compute, num_threads=estimate.threads * estimate.concurrency)
+        )
+    return fitted
 
 
 def separate(plans: list) -> list:
