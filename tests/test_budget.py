@@ -401,3 +401,12 @@ def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
     assert plan.estimate.threads == 2 and plan.compute.num_threads == 2
     pinned = ["search=none", "budget.minutes=10", "compute.num_threads=1", "dry_run=true"]
     assert local.resolve(build_plan(compose(pinned, {}), pinned, "pinned")).compute.num_threads == 1
+
+
+def test_a_single_training_teaches_the_next_plan_its_speed_as_a_sweep_does():
+    single = budget.fit(request(sweep=False, budget_s=100.0))
+    overhead = single.trial_overhead_s
+    # Its epochs took 80 % of the plan (the fixed overhead as planned): the next plan scales examples by 0.8.
+    spent = overhead + 0.8 * (single.trial_s - overhead)
+    assert budget.training_speed_factor(single, spent) == pytest.approx(0.8, abs=1e-4)
+    assert budget.training_speed_factor(single, 0.0) == 1.0  # nothing ran: nothing learned

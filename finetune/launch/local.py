@@ -305,12 +305,12 @@ def _stages(
         summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
         print(budget.spent_line(summary.budget))
         # The next plan on this machine starts from how fast this run's trials and stages really ran.
-        calibration.learn(
-            plan,
-            (summary.sweep.compute if summary.sweep else {}).get("speed_factor", 1.0),
-            summary.run["stage_seconds"],
-            plan.estimate.calibration_s,
-        )
+        spent = summary.run["stage_seconds"]
+        if summary.sweep:
+            factor = summary.sweep.compute.get("speed_factor", 1.0)
+        else:
+            factor = budget.training_speed_factor(plan.estimate, spent["train"]) if "train" in spent else 1.0
+        calibration.learn(plan, factor, spent, plan.estimate.calibration_s)
     summary.save()
     print(
         f"\nrun directory: {run_dir}\nsummary:       {summary.path}\n"

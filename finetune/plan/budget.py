@@ -331,6 +331,14 @@ def speed_factor(observed: List[tuple]) -> float:
     return sum(a for a, _ in observed) / expected if expected > 0 else 1.0
 
 
+def training_speed_factor(estimate: Estimate, spent_s: float) -> float:
+    """Actual over expected seconds of a single training's epochs (its fixed overhead aside): what the next
+    plan scales the calibration by, as a sweep's :func:`speed_factor` does for its trials."""
+    planned = estimate.trial_s - estimate.trial_overhead_s
+    ran = spent_s - estimate.trial_overhead_s
+    return round(ran / planned, 4) if planned > 0 and ran > 0 else 1.0
+
+
 def epochs_that_fit(estimate: Estimate, left_s: float, factor: float) -> float:
     """The most epochs (in tenths, up to the plan's) a trial can run and still end within ``left_s``, its time
     scaled by ``factor`` (what the trials so far took against the plan); 0 when not even one epoch fits (a
