@@ -52,7 +52,9 @@ def run_one(label: str, overrides: list, root: Path) -> dict:
         expected_s=section.get("expected_s"),
         spent_s=section.get("spent_s"),
         plan=section.get("plan"),
-        best_val=(sweep.get("best") or {}).get("value"),
+        # The sweep's best trial, or the single training's own val figure when the budget bought no sweep.
+        best_val=(sweep.get("best") or {}).get("value")
+        or (candidates.get("finetuned", {}).get("val") or {}).get("auc_weighted"),
         trials=len(sweep.get("trials") or []),
         speed_factor=(sweep.get("compute") or {}).get("speed_factor"),
         test_auc=(candidates.get("finetuned", {}).get("test") or {}).get("auc_weighted"),

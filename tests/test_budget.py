@@ -410,3 +410,14 @@ def test_a_single_training_teaches_the_next_plan_its_speed_as_a_sweep_does():
     spent = overhead + 0.8 * (single.trial_s - overhead)
     assert budget.training_speed_factor(single, spent) == pytest.approx(0.8, abs=1e-4)
     assert budget.training_speed_factor(single, 0.0) == 1.0  # nothing ran: nothing learned
+
+
+def test_what_a_training_capped_at_its_epochs_leaves_goes_to_automl():
+    # 200 s: AutoML 20 + 5, others 25 -> 50 s; one 3-epoch training on both cores is 10 + 3 x 6.93 = 30.8 s, so
+    # 190 - 50 - 30.8 = 109.2 s would go unused: AutoML's search gets them (unless the command line set its time).
+    single = budget.fit(request(sweep=False, budget_s=200.0))
+    assert single.epochs == 3 and single.automl_s == 20 + 109
+    assert single.total_s == pytest.approx(190, abs=1.1) and "AutoML searches 129 s" in single.reason
+    assert budget.fit(request(sweep=False, budget_s=200.0, fixed_automl=True)).automl_s == 20
+    # A sweep spends its own slack on more trials: AutoML keeps its share.
+    assert budget.fit(request(budget_s=300.0)).automl_s == 30

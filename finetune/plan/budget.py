@@ -140,6 +140,7 @@ class Request:
     # What the user set on the command line stays as set: the fit works around it.
     fixed_epochs: bool = False  # model.epochs
     fixed_lanes: Optional[int] = None  # search.limits.max_concurrent_trials
+    fixed_automl: bool = False  # automl.time_budget_s
 
 
 class BudgetTooSmall(ValueError):
@@ -232,7 +233,7 @@ def fit(request: Request) -> Estimate:
         # Too few full trials compare nothing, and a random sample of the space is a worse bet than the configured
         # settings (the recipe's): the budget buys one training of those, on every core.
         single = fit(dataclasses.replace(request, sweep=False))
-        single.reason = reason_line(single, False, "", request.max_epochs, fewer=True)
+        single.reason = reason_line(single, False, "", request.max_epochs, fewer=True) + _automl_note(single, request)
         return single
     # Depth first (epochs), then breadth (trials), then the faster plan.
     epochs, trials, lanes, seconds, threads = max(enough, key=lambda o: (o[0], o[1], -o[3]))
@@ -248,6 +249,12 @@ def fit(request: Request) -> Estimate:
         epochs = min(stretched, request.max_epochs)
         seconds = trial_seconds(speed, request.work, epochs)
     training = waves * seconds
+    spare = request.budget_s * (1 - HEADROOM) - sum(others.values()) - training
+    # A training capped at the configured epochs can leave much of the budget unused (a sweep's runner spends
+    # its own slack on more trials): AutoML's search gets it, unless its time is set on the command line.
+    if not request.sweep and automl_s is not None and not request.fixed_automl and spare >= 1:
+        automl_s += int(spare)
+        others["automl"] += int(spare)
     stages = {"data": others.pop("data"), "search" if request.sweep else "train": training, **others}
     sweep_share = request.budget_s * (1 - HEADROOM) - sum(others.values()) - stages["data"]
     max_trials = request.max_trials if request.sweep else 1
@@ -267,8 +274,15 @@ def fit(request: Request) -> Estimate:
         basis=request.speed.basis,
         sweep=request.sweep,
     )
-    estimate.reason = reason_line(estimate, request.sweep, request.policy, request.max_epochs)
+    estimate.reason = reason_line(estimate, request.sweep, request.policy, request.max_epochs) + _automl_note(
+        estimate, request
+    )
     return estimate
+
+
+def _automl_note(estimate: Estimate, request: Request) -> str:
+    grown = estimate.automl_s is not None and estimate.automl_s > (automl_seconds(request) or 0)
+    return f"; AutoML searches {estimate.automl_s} s, the time the training leaves" if grown else ""
 
 
 def reason_line(estimate: Estimate, sweep: bool, policy: str, max_epochs: float, fewer: bool = False) -> str:

@@ -75,6 +75,7 @@ def request_for(
         policy=policy_text(plan),
         fixed_epochs="model.epochs" in keys,
         fixed_lanes=limits.max_concurrent_trials if "search.limits.max_concurrent_trials" in keys else None,
+        fixed_automl="automl.time_budget_s" in keys,
     )
 
 
