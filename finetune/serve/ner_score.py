@@ -1,14 +1,14 @@
 """Scoring entry script of NER candidates (the AML ``init()``/``run()`` contract, as :mod:`score` for classifiers).
 
 A registered NER version carries this file as its ``score.py``; like the classifiers' it runs where the
-``finetune`` package is not installed: the standard library, numpy, the tokenizer and torch (``hf`` candidates)
-or python-crfsuite (``crf`` candidates). Training imports the window plan and the
-label alignment from here, so training and serving cut long sentences the same way.
+``finetune`` package is not installed: the standard library, numpy, the tokenizer and torch (``hf``), python-crfsuite
+(``crf``) or mlflow (``automl``: AML AutoML's NER model, in the environment it brought). Training imports the
+window plan and the label alignment from here, so training and serving cut long sentences the same way.
 
 Request ``{"data": [{"text": "..."}]}`` answers ``{"predictions": [{"entities": [{"text", "label", "start",
 "end", "score"}]}]}``: ``start``/``end`` are character offsets into the text sent, ``label`` the type without B-/I-,
 ``score`` the mean probability of the entity's word tags. Raw text is split into words by the tokenizer's own
-pre-tokenizer offsets (the CRF: :data:`WORD`), so no character is lost. An item ``{"tokens": [...]}`` is
+pre-tokenizer offsets (the CRF and AutoML: :data:`WORD`), so no character is lost. An item ``{"tokens": [...]}`` is
 answered ``{"tags": [...], "scores": [...]}``, one IOB2 tag per token.
 
 Long sentences: a sentence's sub-tokens are cut at word boundaries into windows of ``max_length``; consecutive
@@ -317,15 +317,54 @@ class CrfTagger:
         return results
 
 
+def automl_request(sentences: list) -> str:
+    """Sentences as what AML AutoML's NER model takes: CoNLL without labels, one token a line, a blank line between
+    sentences (azureml-automl-dnn-nlp, azureml/automl/dnn/nlp/ner/model_wrapper.py, ``ModelWrapper.predict_proba``)."""
+    return "\n\n".join("\n".join(words) for words in sentences)
+
+
+def automl_answer(text: str, sentences: list) -> list:
+    """``[(tags, scores)]`` from that ``predict_proba``'s answer, the same lines as ``token TAG probability``; a
+    sentence answered with another number of tokens (cut at the model's length?) is an error, never tagged O."""
+    blocks = text.strip("\n").split("\n\n") if sentences else []
+    lines = [[line.rsplit(" ", 2) for line in block.split("\n")] for block in blocks]
+    if [len(rows) for rows in lines] != [len(words) for words in sentences] or any(len(r) != 3 for r in sum(lines, [])):
+        raise ValueError(
+            f"AutoML's NER model answered {[len(rows) for rows in lines]} tokens for {len(sentences)} "
+            f"sentences of {[len(words) for words in sentences]} words"
+        )
+    return [(repair_tags([tag for _, tag, _ in rows]), [float(score) for _, _, score in rows]) for rows in lines]
+
+
+class AutomlTagger:
+    """AML AutoML's ``text_ner`` best model (candidate.json's ``mlflow_model``), in the environment it brought."""
+
+    def __init__(self, folder: Path, candidate: dict):
+        import mlflow.sklearn
+
+        self.model = mlflow.sklearn.load_model(str(folder / candidate.get("mlflow_model", "mlflow_model")))
+
+    def words(self, text: str) -> list:
+        return split_words(text)
+
+    def tag(self, sentences: list) -> list:
+        present = [words for words in sentences if words]
+        answered = iter(automl_answer(self.model.predict_proba(automl_request(present)), present) if present else [])
+        return [next(answered) if words else ([], []) for words in sentences]
+
+
+TAGGERS = {"hf": TransformerTagger, "crf": CrfTagger, "automl": AutomlTagger}
+
+
 def load_tagger(folder: Path):
     candidate = json.loads((Path(folder) / "candidate.json").read_text(encoding="utf-8"))
     family = candidate.get("family")
-    if candidate.get("task") != "ner" or family not in ("hf", "crf"):
+    if candidate.get("task") != "ner" or family not in TAGGERS:
         raise ValueError(
             f"candidate.json in {folder}: task {candidate.get('task')!r}, family {family!r}; this "
-            "entry script serves NER candidates of family 'hf' or 'crf'"
+            f"entry script serves NER candidates of family {', '.join(map(repr, TAGGERS))}"
         )
-    return (TransformerTagger if family == "hf" else CrfTagger)(Path(folder), candidate)
+    return TAGGERS[family](Path(folder), candidate)
 
 
 def answer(tagger, items: list) -> list:
@@ -359,12 +398,9 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list:
     if len(data) > max_items:
         raise BadRequest(f'"data" has {len(data)} items; the limit is {max_items} per request')
     for index, item in enumerate(data):
+        tokens = item.get("tokens") if isinstance(item, dict) else None
         text_ok = isinstance(item, dict) and isinstance(item.get("text"), str)
-        tokens_ok = (
-            isinstance(item, dict)
-            and isinstance(item.get("tokens"), list)
-            and all(isinstance(token, str) and token.strip() for token in item["tokens"])
-        )
+        tokens_ok = isinstance(tokens, list) and all(isinstance(token, str) and token.strip() for token in tokens)
         if not (text_ok or tokens_ok):
             raise BadRequest(f'data[{index}] must be {{"text": "..."}} or {{"tokens": [non-empty strings]}}')
     return data
