@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
+# The package, not its names: the task modules import the sections they name from this package.
+from finetune import tasks
 from finetune.report.budget import budget_section
 from finetune.report.common import Figures
-from finetune.report.data import data_section
-from finetune.report.ner import ner_data_section, ner_selection_section
-from finetune.report.selection import registry_section, rollout_section, selection_section
+from finetune.report.selection import registry_section, rollout_section
 from finetune.report.training import learning_check_section, learning_section, sweep_section, training_section
 
 if TYPE_CHECKING:
@@ -63,17 +63,17 @@ def write_report(run_dir: Path, summary: "RunSummary") -> Report:
     run's: ``RunSummary.load(run_dir)``)."""
     run_dir = Path(run_dir)
     figures = Figures(run_dir)
-    # NER has its own data and candidate sections (entities, not classes); the rest is every task's.
-    ner = summary.data is not None and summary.data.task == "ner"
+    # The task names its data and candidate sections (NER's are about entities, not classes); the rest is every task's.
+    task = tasks.TASK_OBJECTS.get(summary.data.task if summary.data is not None else None, tasks.SINGLE_LABEL_TASK)
     lines = [
         *run_section(summary),
         "",
-        *(ner_data_section(summary) if ner else data_section(summary, figures)),
+        *task.data_report(summary, figures, run_dir),
         *sweep_section(summary, figures),
         *learning_section(summary, figures),
         *learning_check_section(summary),
         *training_section(summary),
-        *(ner_selection_section(summary, run_dir) if ner else selection_section(summary, figures)),
+        *task.selection_report(summary, figures, run_dir),
         *registry_section(summary),
         *rollout_section(summary),
         *budget_section(summary, figures),

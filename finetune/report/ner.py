@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.report.common import table
-from finetune.tasks.ner import ERRORS_FILE
+from finetune.tasks.ner_metrics import ERRORS_FILE
 
 if TYPE_CHECKING:
     from finetune.plan.summary import RunSummary
