@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List
 
-# The package, not its names: the task modules import the sections they name from this package.
-from finetune import tasks
 from finetune.report.budget import budget_section
 from finetune.report.common import Figures
-from finetune.report.selection import registry_section, rollout_section
+from finetune.report.data import data_section
+from finetune.report.selection import registry_section, rollout_section, selection_section
 from finetune.report.training import learning_check_section, learning_section, sweep_section, training_section
 
 if TYPE_CHECKING:
@@ -58,22 +57,23 @@ class Report:
     figures: List[Path]
 
 
-def write_report(run_dir: Path, summary: "RunSummary") -> Report:
+def write_report(run_dir: Path, summary: "RunSummary", task=None) -> Report:
     """Write ``run_dir/report.md``, ``report.html`` and ``run_dir/figures/*.png`` from the run's results (a finished
-    run's: ``RunSummary.load(run_dir)``)."""
+    run's: ``RunSummary.load(run_dir)``).
+
+    ``task``, the run's task object (:mod:`finetune.tasks`), names the data and candidate sections (NER's are about
+    entities, not classes): a task brings its own without an edit here. Without one, the classifiers' sections."""
     run_dir = Path(run_dir)
     figures = Figures(run_dir)
-    # The task names its data and candidate sections (NER's are about entities, not classes); the rest is every task's.
-    task = tasks.TASK_OBJECTS.get(summary.data.task if summary.data is not None else None, tasks.SINGLE_LABEL_TASK)
     lines = [
         *run_section(summary),
         "",
-        *task.data_report(summary, figures, run_dir),
+        *(task.data_report(summary, figures, run_dir) if task else data_section(summary, figures)),
         *sweep_section(summary, figures),
         *learning_section(summary, figures),
         *learning_check_section(summary),
         *training_section(summary),
-        *task.selection_report(summary, figures, run_dir),
+        *(task.selection_report(summary, figures, run_dir) if task else selection_section(summary, figures)),
         *registry_section(summary),
         *rollout_section(summary),
         *budget_section(summary, figures),

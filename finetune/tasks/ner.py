@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Dict, List
 
 from finetune.data.ner import read_prepared
-from finetune.report.ner import ner_data_section, ner_selection_section
+from finetune.report.ner import ERRORS_FILE, ner_data_section, ner_selection_section
 from finetune.selection.metrics import NER_METRIC_NAMES
 from finetune.serve import ner_score
 from finetune.serve.ner_score import DEFAULT_STRIDE, IGNORED, encode_sentence, owners, repair_tags
 from finetune.tasks.ner_crf import run_crf
-from finetune.tasks.ner_metrics import ERRORS_FILE, entity_metrics, error_kinds, wrong_sentences
+from finetune.tasks.ner_metrics import entity_metrics, error_kinds, wrong_sentences
 
 ONE_LINER = "most frequent train tag per word"
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
-ERRORS_FILE = "ner_errors.json"  # beside selection's outputs: each candidate's error kinds and wrong examples
-
 Entity = Tuple[int, int, int, str]  # (sentence, first token, end token exclusive, type)
 
 
