@@ -1,6 +1,6 @@
 """The AML emulation on the paths users take beyond the CPU fine-tuned path (tests/test_aml_emulation.py): a multi-label
-dataset against the AutoML multi-label stand-in, a data-parallel trial in 2 processes, and a second dataset in the
-same workspace as the first. Each runs the exported tree through scripts/aml_emulate.py with the tiny BERT."""
+dataset against the AutoML multi-label stand-in, a data-parallel trial in 2 processes, a second dataset in the
+same workspace as the first, and NER (the bundled WNUT17 sample) against AutoML's text_ner stand-in. Each runs the exported tree through scripts/aml_emulate.py with the tiny BERT."""
 
 from __future__ import annotations
 
@@ -95,3 +95,39 @@ def test_a_second_dataset_deploys_beside_the_first(tmp_path, tiny_model_dir):
         serving = endpoints[rollout["endpoint"]]
         assert serving["traffic"] == {rollout["deployment"]: 100}
         assert rollout["deployment"] in serving["deployments"]
+
+
+@pytest.mark.slow
+def test_ner_with_the_automl_text_ner_stand_in(tmp_path, tiny_model_dir):
+    """The bundled WNUT17 sample through the exported NER pipeline: a token-classification trial, AutoML's text_ner
+    (stand-in) over the CoNLL MLTables, its model tested by entity F1, the winner registered and rolled out with the
+    NER entry script, whose smoke test answers entities at character offsets of the sample request's texts."""
+    tree = export_tree(
+        [
+            *TINY,
+            f"model.path={tiny_model_dir}",
+            "dataset=wnut17_sample",
+            "compute=t4",
+            "compute.device=cpu",
+            "compute.precision=fp32",
+            "automl=text_classification",
+        ],
+        tmp_path / "run",
+    )
+    completed, results = emulate([tree], tmp_path / "work")
+    assert completed.returncode == 0, failure(completed)
+    nodes = by_node(results)
+    assert list(nodes) == ["sweep", "automl", "test_automl", "register", "deploy"], list(nodes)
+    assert nodes["automl"]["status"] == "stand-in" and nodes["deploy"]["status"] == "completed"
+    assert all(t["val_f1_entity"] is not None for t in nodes["sweep"]["trials"])
+    tested = next((tmp_path / "work" / "jobs").glob("*-test_automl/outputs/candidate/result.json"))
+    assert json.loads(tested.read_text())["task"] == "ner"
+    # The memorising stand-in beats one epoch of the tiny BERT: AutoML's NER model is what the endpoint serves.
+    chosen = next((tmp_path / "work" / "jobs").glob("*-register/outputs/model_ref/model_ref.json"))
+    assert json.loads(chosen.read_text())["candidate"] == "automl"
+    sent = json.loads((tree / "settings.json").read_text())["sample_request"]["data"]
+    predictions = rollouts(tmp_path / "work")[-1]["smoke_test"]["response"]["predictions"]
+    assert len(predictions) == len(sent) and all("entities" in p for p in predictions)
+    for item, prediction in zip(sent, predictions):
+        for entity in prediction["entities"]:
+            assert item["text"][entity["start"] : entity["end"]] == entity["text"]

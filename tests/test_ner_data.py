@@ -167,27 +167,3 @@ def test_plan_refuses_a_classification_selection_metric_for_ner_and_an_entity_me
     ]
     assert "not a metric of single_label data" in check_config(SelectConfig(metric="f1_entity"), "single_label")[0]
     assert check_config(SelectConfig(metric="f1_entity"), "auto") == []
-
-
-def test_plan_refuses_an_onnx_runtime_for_ner(tmp_path):
-    import subprocess
-    import sys
-
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "finetune",
-            "dataset=wnut17_sample",
-            "search=none",
-            "endpoint.runtime=onnx-int8",
-            "dry_run=true",
-            f"output_root={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 2
-    assert "endpoint.runtime=onnx-int8: NER models serve with the torch runtime only" in run.stderr

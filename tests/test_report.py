@@ -339,3 +339,22 @@ def test_a_saved_summary_reads_back_typed_and_writes_the_same_summary_json(tmp_p
             }
         assert json.loads(json.dumps(first[section])) == expected, section
     assert saved(tmp_path / "twice", first).to_dict() == json.loads(json.dumps(first))
+
+
+def test_a_task_brings_its_own_report_sections(tmp_path, splits):
+    """The report takes the run's task object's data and candidate sections: a new task plugs its own in without
+    an edit to the report (before, the report chose NER's sections with an ``if`` on the task name)."""
+    from finetune.tasks.single_label import SingleLabelTask
+
+    class SentencePairTask(SingleLabelTask):
+        name = "sentence_pair"
+
+        def data_report(self, summary, figures, run_dir):
+            return ["## Data", "", f"pairs in {sorted(summary.data.splits)}"]
+
+        def selection_report(self, summary, figures, run_dir):
+            return ["## Candidates on the test split", "", f"pair candidates beside {Path(run_dir).name}"]
+
+    summary = {"run": {"name": "pairs"}, "data": {**data_section(splits), "task": "sentence_pair"}}
+    text = write_report(tmp_path / "pairs", saved(tmp_path / "pairs", summary), SentencePairTask()).path.read_text()
+    assert "pairs in ['test', 'train', 'val']" in text and "pair candidates beside pairs" in text

@@ -298,7 +298,7 @@ def _stages(
     if plan.estimate is not None:  # the report shows the stages so far; summary.json gets the report's too
         summary.budget = budget.spent(plan.estimate, summary.run["stage_seconds"])
     summary.finish()  # before the report, so the report shows the finish time and duration
-    report = write_report(run_dir, summary)
+    report = write_report(run_dir, summary, task_of(summary.data.task) if summary.data is not None else None)
     summary.figures = [str(path) for path in report.figures]
     summary.enter(None)
     if plan.estimate is not None:

@@ -129,14 +129,7 @@ def check_automl(plan: RunPlan) -> List[str]:
 
 
 def check_runtime(plan: RunPlan) -> List[str]:
-    problems = runtime_problems(plan.endpoint.runtime)
-    if not problems and plan.dataset.task == "ner" and plan.endpoint.runtime != "torch":
-        # The ONNX export and its parity check are the sequence classifiers'; NER serves with PyTorch only.
-        problems.append(
-            f"endpoint.runtime={plan.endpoint.runtime}: NER models serve with the torch runtime only "
-            "(no ONNX export of token classifiers yet); use endpoint.runtime=torch"
-        )
-    return problems
+    return runtime_problems(plan.endpoint.runtime)
 
 
 CHECKS: List[Callable[[RunPlan], List[str]]] = [

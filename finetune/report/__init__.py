@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, List
 from finetune.report.budget import budget_section
 from finetune.report.common import Figures
 from finetune.report.data import data_section
-from finetune.report.ner import ner_data_section, ner_selection_section
 from finetune.report.selection import registry_section, rollout_section, selection_section
 from finetune.report.training import learning_check_section, learning_section, sweep_section, training_section
 
@@ -58,22 +57,23 @@ class Report:
     figures: List[Path]
 
 
-def write_report(run_dir: Path, summary: "RunSummary") -> Report:
+def write_report(run_dir: Path, summary: "RunSummary", task=None) -> Report:
     """Write ``run_dir/report.md``, ``report.html`` and ``run_dir/figures/*.png`` from the run's results (a finished
-    run's: ``RunSummary.load(run_dir)``)."""
+    run's: ``RunSummary.load(run_dir)``).
+
+    ``task``, the run's task object (:mod:`finetune.tasks`), names the data and candidate sections (NER's are about
+    entities, not classes): a task brings its own without an edit here. Without one, the classifiers' sections."""
     run_dir = Path(run_dir)
     figures = Figures(run_dir)
-    # NER has its own data and candidate sections (entities, not classes); the rest is every task's.
-    ner = summary.data is not None and summary.data.task == "ner"
     lines = [
         *run_section(summary),
         "",
-        *(ner_data_section(summary) if ner else data_section(summary, figures)),
+        *(task.data_report(summary, figures, run_dir) if task else data_section(summary, figures)),
         *sweep_section(summary, figures),
         *learning_section(summary, figures),
         *learning_check_section(summary),
         *training_section(summary),
-        *(ner_selection_section(summary, run_dir) if ner else selection_section(summary, figures)),
+        *(task.selection_report(summary, figures, run_dir) if task else selection_section(summary, figures)),
         *registry_section(summary),
         *rollout_section(summary),
         *budget_section(summary, figures),

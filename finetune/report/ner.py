@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.report.common import table
-from finetune.tasks.ner import ERRORS_FILE
 
 if TYPE_CHECKING:
     from finetune.plan.summary import RunSummary
 
+# Written by selection (finetune.tasks.ner's evaluate) beside its outputs, read here: each candidate's error kinds
+# and wrong examples.
+ERRORS_FILE = "ner_errors.json"
 ERROR_KINDS = {
     "type": "right span, wrong type",
     "boundary": "overlaps an entity of its type, other bounds",

@@ -20,4 +20,9 @@ def entry_script(model_dir: Path) -> Path:
         else sorted(model_dir.glob("*/candidate.json"))
     )
     task = json.loads(found[0].read_text(encoding="utf-8")).get("task") if len(found) == 1 else None
+    return task_entry_script(task)
+
+
+def task_entry_script(task: str | None) -> Path:
+    """The entry script of a task's models, for a deployment made before its model is at hand (AML's deploy step)."""
     return NER_SCORE_SCRIPT if task == "ner" else SCORE_SCRIPT

@@ -1,7 +1,7 @@
 """The export stage: a fine-tuned ``hf`` candidate repackaged for the serving runtime (``endpoint.runtime``).
 
 - ``torch``: the candidate as it is (safetensors weights, PyTorch fp32 forward).
-- ``onnx``: the classifier exported to ONNX (``torch.onnx`` TorchScript exporter, opset 17, dynamic batch
+- ``onnx``: the classifier (an NER candidate's token classifier) exported to ONNX (``torch.onnx`` TorchScript exporter, opset 17, dynamic batch
   and sequence axes), served by ONNX Runtime.
 - ``onnx-int8``: the same graph with its weights dynamically quantised to int8, per channel
   (``onnxruntime.quantization.quantize_dynamic``; activations are quantised per batch at run time).
@@ -63,7 +63,7 @@ def export_candidate(candidate_dir, runtime: str, out_dir) -> Path:
         if path.is_file() and path.suffix not in WEIGHT_SUFFIXES and path.name != "candidate.json":
             shutil.copy2(path, out_dir / path.name)
     onnx_path = out_dir / ONNX_FILES["onnx"]
-    export_onnx(candidate_dir, onnx_path)
+    export_onnx(candidate_dir, onnx_path, per_token=info.get("task") == "ner")
     if runtime == "onnx-int8":
         quantized = out_dir / ONNX_FILES["onnx-int8"]
         quantize_int8(onnx_path, quantized)
@@ -74,13 +74,15 @@ def export_candidate(candidate_dir, runtime: str, out_dir) -> Path:
     return out_dir
 
 
-def export_onnx(model_dir: Path, target: Path) -> Path:
-    """The sequence classifier in ``model_dir`` as ONNX: token ids in, ``logits`` out."""
+def export_onnx(model_dir: Path, target: Path, per_token: bool = False) -> Path:
+    """The sequence classifier in ``model_dir`` as ONNX: token ids in, ``logits`` out (batch x labels); with
+    ``per_token``, the token classifier of an NER candidate: logits batch x sequence x labels."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    head = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
+    model = head.from_pretrained(model_dir, attn_implementation="eager").eval()
     sample = tokenizer(
         ["an example review", "a second, somewhat longer example review"], padding=True, return_tensors="pt"
     )
@@ -105,7 +107,7 @@ def export_onnx(model_dir: Path, target: Path) -> Path:
             str(partial),
             input_names=names,
             output_names=["logits"],
-            dynamic_axes={**axes, "logits": {0: "batch"}},
+            dynamic_axes={**axes, "logits": axes[names[0]] if per_token else {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
         )

@@ -1,14 +1,14 @@
 """Scoring entry script of NER candidates (the AML ``init()``/``run()`` contract, as :mod:`score` for classifiers).
 
 A registered NER version carries this file as its ``score.py``; like the classifiers' it runs where the
-``finetune`` package is not installed: the standard library, numpy, the tokenizer and torch (``hf`` candidates)
-or python-crfsuite (``crf`` candidates). Training imports the window plan and the
-label alignment from here, so training and serving cut long sentences the same way.
+``finetune`` package is not installed: the standard library, numpy, the tokenizer and torch or onnxruntime (``hf``,
+as ``runtime`` says), python-crfsuite (``crf``) or mlflow (``automl``: AML AutoML's NER model, in its own environment).
+Training imports the window plan and the label alignment from here, so both cut long sentences the same way.
 
 Request ``{"data": [{"text": "..."}]}`` answers ``{"predictions": [{"entities": [{"text", "label", "start",
 "end", "score"}]}]}``: ``start``/``end`` are character offsets into the text sent, ``label`` the type without B-/I-,
 ``score`` the mean probability of the entity's word tags. Raw text is split into words by the tokenizer's own
-pre-tokenizer offsets (the CRF: :data:`WORD`), so no character is lost. An item ``{"tokens": [...]}`` is
+pre-tokenizer offsets (the CRF and AutoML: :data:`WORD`), so no character is lost. An item ``{"tokens": [...]}`` is
 answered ``{"tags": [...], "scores": [...]}``, one IOB2 tag per token.
 
 Long sentences: a sentence's sub-tokens are cut at word boundaries into windows of ``max_length``; consecutive
@@ -114,22 +114,12 @@ def entities_from_tags(words: list, tags: list, scores: list, text: str) -> list
             continue
         if current is not None:
             found.append(current)
-        current = {"label": tag[2:], "start": start, "end": end, "scores": [score]} if tag != "O" else None
+        current = {"text": "", "label": tag[2:], "start": start, "end": end, "scores": [score]} if tag != "O" else None
     if current is not None:
         found.append(current)
-    return [
-        {
-            "text": text[e["start"] : e["end"]],
-            "label": e["label"],
-            "start": e["start"],
-            "end": e["end"],
-            "score": round(float(np.mean(e["scores"])), 6),
-        }
-        for e in found
-    ]
-
-
-# --------------------------------------------------------------------------------------------- windows
+    for entity in found:  # text first (see the placeholder above): the response reads in that order
+        entity.update(text=text[entity["start"] : entity["end"]], score=round(float(np.mean(entity.pop("scores"))), 6))
+    return found
 
 
 def plan_windows(word_lengths: list, budget: int, stride: int) -> list:
@@ -200,20 +190,34 @@ def encode_sentence(tokenizer, words: list, max_length: int, stride: int, tag_id
 
 
 class TransformerTagger:
-    """A fine-tuned token classifier (torch): words in, IOB2 tags and their probabilities out."""
+    """A fine-tuned token classifier: words in, IOB2 tags and their probabilities out; candidate.json's ``runtime`` turns
+    token ids into logits (``torch``, or ONNX Runtime over ``onnx_file``, no torch), the rest is the same under each."""
 
     def __init__(self, folder: Path, candidate: dict):
-        import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
-        torch.set_num_threads(_threads(torch.get_num_threads()))
-        self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForTokenClassification.from_pretrained(folder).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        config = AutoConfig.from_pretrained(folder)
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.max_length = _env_int("FINETUNE_MAX_LENGTH", int(candidate.get("max_length") or DEFAULT_MAX_LENGTH))
         self.stride = int(candidate.get("stride") or DEFAULT_STRIDE)
         self.max_batch = _env_int("FINETUNE_MAX_BATCH", 32)
+        if candidate.get("runtime", "torch") == "torch":
+            import torch
+            from transformers import AutoModelForTokenClassification
+
+            torch.set_num_threads(_threads(torch.get_num_threads()))
+            model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+            self.forward = lambda batch: model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float()
+            self.forward = torch.inference_mode()(self.forward)
+        else:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.inter_op_num_threads, options.intra_op_num_threads = 1, _threads(os.cpu_count() or 1)
+            session = onnxruntime.InferenceSession(str(folder / candidate["onnx_file"]), options)
+            names = [node.name for node in session.get_inputs()]
+            self.forward = lambda batch: session.run(None, {n: batch[n].astype(np.int64) for n in names})[0]
 
     def words(self, text: str) -> list:
         return split_words(text, self.tokenizer)
@@ -229,16 +233,13 @@ class TransformerTagger:
         probabilities = []
         for first in range(0, len(windows), self.max_batch):
             batch = [item for _, item in windows[first : first + self.max_batch]]
+            keys = ("input_ids", "attention_mask", "token_type_ids")
             padded = self.tokenizer.pad(
-                [
-                    {k: v for k, v in item.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                    for item in batch
-                ],
-                return_tensors="pt",
+                [{k: v for k, v in item.items() if k in keys} for item in batch], return_tensors="np"
             )
-            with self.torch.inference_mode():
-                logits = self.model(**padded).logits.float()
-            probabilities += list(self.torch.softmax(logits, dim=-1).numpy())
+            logits = np.asarray(self.forward(dict(padded)), dtype=np.float64)
+            exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probabilities += list(exp / exp.sum(axis=-1, keepdims=True))
         per_sentence: dict = {}
         for (index, item), proba in zip(windows, probabilities):
             per_sentence.setdefault(index, []).append((item, proba))
@@ -301,7 +302,6 @@ class CrfTagger:
 
         self.tagger = pycrfsuite.Tagger()
         self.tagger.open(str(folder / candidate.get("crf_file", "model.crfsuite")))
-        self.labels = list(candidate["labels"])
 
     def words(self, text: str) -> list:
         return split_words(text)
@@ -317,15 +317,54 @@ class CrfTagger:
         return results
 
 
+def automl_request(sentences: list) -> str:
+    """Sentences as what AML AutoML's NER model takes: CoNLL without labels, one token a line, a blank line between
+    sentences (azureml-automl-dnn-nlp, azureml/automl/dnn/nlp/ner/model_wrapper.py, ``ModelWrapper.predict_proba``)."""
+    return "\n\n".join("\n".join(words) for words in sentences)
+
+
+def automl_answer(text: str, sentences: list) -> list:
+    """``[(tags, scores)]`` from that ``predict_proba``'s answer, the same lines as ``token TAG probability``; a
+    sentence answered with another number of tokens (cut at the model's length?) is an error, never tagged O."""
+    blocks = text.strip("\n").split("\n\n") if sentences else []
+    lines = [[line.rsplit(" ", 2) for line in block.split("\n")] for block in blocks]
+    if [len(rows) for rows in lines] != [len(words) for words in sentences] or any(len(r) != 3 for r in sum(lines, [])):
+        raise ValueError(
+            f"AutoML's NER model answered {[len(rows) for rows in lines]} tokens for {len(sentences)} "
+            f"sentences of {[len(words) for words in sentences]} words"
+        )
+    return [(repair_tags([tag for _, tag, _ in rows]), [float(score) for _, _, score in rows]) for rows in lines]
+
+
+class AutomlTagger:
+    """AML AutoML's ``text_ner`` best model (candidate.json's ``mlflow_model``), in the environment it brought."""
+
+    def __init__(self, folder: Path, candidate: dict):
+        import mlflow.sklearn
+
+        self.model = mlflow.sklearn.load_model(str(folder / candidate.get("mlflow_model", "mlflow_model")))
+
+    def words(self, text: str) -> list:
+        return split_words(text)
+
+    def tag(self, sentences: list) -> list:
+        present = [words for words in sentences if words]
+        answered = iter(automl_answer(self.model.predict_proba(automl_request(present)), present) if present else [])
+        return [next(answered) if words else ([], []) for words in sentences]
+
+
+TAGGERS = {"hf": TransformerTagger, "crf": CrfTagger, "automl": AutomlTagger}
+
+
 def load_tagger(folder: Path):
     candidate = json.loads((Path(folder) / "candidate.json").read_text(encoding="utf-8"))
     family = candidate.get("family")
-    if candidate.get("task") != "ner" or family not in ("hf", "crf"):
+    if candidate.get("task") != "ner" or family not in TAGGERS:
         raise ValueError(
             f"candidate.json in {folder}: task {candidate.get('task')!r}, family {family!r}; this "
-            "entry script serves NER candidates of family 'hf' or 'crf'"
+            f"entry script serves NER candidates of family {', '.join(map(repr, TAGGERS))}"
         )
-    return (TransformerTagger if family == "hf" else CrfTagger)(Path(folder), candidate)
+    return TAGGERS[family](Path(folder), candidate)
 
 
 def answer(tagger, items: list) -> list:
@@ -359,12 +398,9 @@ def parse_request(raw, max_items: int, max_body_bytes: int) -> list:
     if len(data) > max_items:
         raise BadRequest(f'"data" has {len(data)} items; the limit is {max_items} per request')
     for index, item in enumerate(data):
+        tokens = item.get("tokens") if isinstance(item, dict) else None
         text_ok = isinstance(item, dict) and isinstance(item.get("text"), str)
-        tokens_ok = (
-            isinstance(item, dict)
-            and isinstance(item.get("tokens"), list)
-            and all(isinstance(token, str) and token.strip() for token in item["tokens"])
-        )
+        tokens_ok = isinstance(tokens, list) and all(isinstance(token, str) and token.strip() for token in tokens)
         if not (text_ok or tokens_ok):
             raise BadRequest(f'data[{index}] must be {{"text": "..."}} or {{"tokens": [non-empty strings]}}')
     return data

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from finetune.data.ner import read_prepared
+from finetune.report.ner import ERRORS_FILE, ner_data_section, ner_selection_section
 from finetune.selection.metrics import NER_METRIC_NAMES
 from finetune.serve import ner_score
 from finetune.serve.ner_score import DEFAULT_STRIDE, IGNORED, encode_sentence, owners, repair_tags
@@ -26,7 +27,6 @@ from finetune.tasks.ner_crf import run_crf
 from finetune.tasks.ner_metrics import entity_metrics, error_kinds, wrong_sentences
 
 ONE_LINER = "most frequent train tag per word"
-ERRORS_FILE = "ner_errors.json"  # beside selection's outputs: each candidate's error kinds and wrong examples
 
 
 class NerTask:
@@ -195,6 +195,14 @@ class NerTask:
                 encoding="utf-8",
             )
         return results
+
+    def data_report(self, summary, figures, run_dir: Path) -> list:
+        """The report's data section: sentences, entity types and tag problems per split."""
+        return ner_data_section(summary)
+
+    def selection_report(self, summary, figures, run_dir: Path) -> list:
+        """The report's candidates section: entity P/R/F1, per type, error kinds and wrong examples."""
+        return ner_selection_section(summary, run_dir)
 
     def split_texts(self, path) -> list:
         """Each sentence's words joined by spaces (what the budget's calibration times)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import List
 
 from finetune.data import read_targets
+from finetune.report.data import data_section
+from finetune.report.selection import selection_section
 from finetune.selection.automl import run_automl
 from finetune.selection.choose import evaluate
 from finetune.selection.metrics import metric_names, task_metrics
@@ -89,6 +91,14 @@ class SingleLabelTask:
     def run_baseline(self, data, plan, out_dir) -> dict:
         """The local baseline candidate: FLAML over TF-IDF features (multi-label: one-vs-rest logistic regression)."""
         return run_automl(data, plan.automl, out_dir, plan.seed, plan.train.class_weights)
+
+    def data_report(self, summary, figures, run_dir) -> list:
+        """The report's data section: classes (labels) per split, text lengths."""
+        return data_section(summary, figures)
+
+    def selection_report(self, summary, figures, run_dir) -> list:
+        """The report's candidates section: every candidate's test metrics, the winner's curves."""
+        return selection_section(summary, figures)
 
     def split_texts(self, path) -> list:
         """The texts of a prepared split (what the budget's calibration times)."""

@@ -1,4 +1,5 @@
-"""STAND-IN for an AML AutoML NLP text classification job (single- and multi-label) in the AML emulation.
+"""STAND-IN for an AML AutoML NLP text classification job (single- and multi-label) in the AML emulation; a
+``text_ner`` job goes to :mod:`.automl_ner_standin`.
 
 Only the service runs AutoML NLP. The stand-in does what the job does as seen from the steps after it, so they
 meet what they would meet on AML:
@@ -34,6 +35,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from . import automl_ner_standin
 
 MIN_TRAINING_SAMPLES = 50
 MULTI_LABEL_TASK = "text_classification_multilabel"
@@ -232,11 +235,29 @@ def conda_env() -> dict:
     }
 
 
+def save(model, folder: Path) -> None:
+    """The model as AutoML's ``best_model`` output (module docstring), marked as a stand-in."""
+    import mlflow.sklearn
+
+    mlflow.sklearn.save_model(
+        model,
+        str(folder),
+        serialization_format="cloudpickle",
+        conda_env=conda_env(),
+        metadata={"is_automl_model": True, "stand_in": True, "python_version": platform.python_version()},
+    )
+    (folder / "STAND_IN.txt").write_text(NOTICE, encoding="utf-8")
+
+
 def train(training: Path, validation: Path, target: str, task: str, outputs: Dict[str, Path]) -> str:
     """Validate the data, fit the stand-in and write it to every output folder; returns a one-line summary."""
     import cloudpickle
-    import mlflow.sklearn
 
+    if task == automl_ner_standin.TASK:
+        try:
+            return automl_ner_standin.train(training, validation, outputs, save)
+        except automl_ner_standin.NerDataError as error:
+            raise AutomlDataError(str(error)) from None
     train_frame, valid_frame = read_mltable(training), read_mltable(validation)
     multi_label = task == MULTI_LABEL_TASK
     sets = validate(train_frame, valid_frame, target, multi_label)
@@ -254,16 +275,8 @@ def train(training: Path, validation: Path, target: str, task: str, outputs: Dic
         model = MulticlassModel(_classifier(texts, train_frame[target].astype(str)), text_columns)
     # The job loads the model without this module on its path: its classes travel inside model.pkl.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    environment = conda_env()
     for folder in outputs.values():
-        mlflow.sklearn.save_model(
-            model,
-            str(folder),
-            serialization_format="cloudpickle",
-            conda_env=environment,
-            metadata={"is_automl_model": True, "stand_in": True, "python_version": platform.python_version()},
-        )
-        (folder / "STAND_IN.txt").write_text(NOTICE, encoding="utf-8")
+        save(model, folder)
     return (
         f"STAND-IN MLflow model (TF-IDF + logistic regression, {len(model.classes_)} labels) from "
         f"{len(train_frame)} training rows read through the MLTable; AutoML NLP's data checks passed"

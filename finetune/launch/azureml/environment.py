@@ -76,6 +76,7 @@ JOB_PACKAGES = {
         "pandas",
         "pyarrow",
         "scikit-learn",
+        "seqeval",  # NER's entity metric (finetune.tasks.ner_metrics), the val objective of NER trials
         "mlflow-skinny",
         "azureml-mlflow",
         "pyyaml",
@@ -93,6 +94,7 @@ JOB_PACKAGES = {
         "pandas",
         "pyarrow",
         "scikit-learn",
+        "seqeval",
         "mlflow-skinny",
         "azureml-mlflow",
         "azure-ai-ml",
@@ -103,8 +105,9 @@ JOB_PACKAGES = {
     # deploy: AML's control plane only; the deployment itself runs in the serving environment
     "deploy": ("azure-ai-ml", "azure-identity", "numpy", "pyyaml"),
     # AutoML's test: the decision rule chosen on val and the metric function over the probabilities AutoML's own
-    # env computes (AUTOML_PYTHON); the splits are read with pandas (the emulation's venv of this list found it)
-    "automl_test": ("numpy", "pandas", "scikit-learn", "pyyaml"),
+    # env computes (AUTOML_PYTHON), or the entity metric over the tags AutoML's NER model gives; the splits are read
+    # with pandas (the emulation's venv of this list found it)
+    "automl_test": ("numpy", "pandas", "scikit-learn", "seqeval", "pyyaml"),
 }
 # Roles whose jobs log to the workspace's MLflow (AML points MLFLOW_TRACKING_URI at azureml://).
 TRACKING_ROLES = ("training", "steps")

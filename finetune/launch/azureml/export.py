@@ -48,7 +48,7 @@ from finetune.launch.azureml.sweep import as_yaml, distribution, policy
 from finetune.registry.environments import ENVIRONMENT_NAME
 from finetune.registry.model_registry import git_commit
 from finetune.registry.registration import job_config, sample_request
-from finetune.serve import score
+from finetune.serve.entry_scripts import task_entry_script
 
 if TYPE_CHECKING:
     from finetune.launch.azureml.data import AssetSpec
@@ -229,7 +229,7 @@ def write(plan: "RunPlan", prepared: "PreparedData") -> Exported:
 
     if plan.endpoint.target == "managed":
         (folder / SCORE_DIR).mkdir()
-        shutil.copy2(score.__file__, folder / SCORE_DIR / deploy.SCORING_SCRIPT)
+        shutil.copy2(task_entry_script(prepared.task), folder / SCORE_DIR / deploy.SCORING_SCRIPT)
         model_name = plan.select.registered_model_name
         dump(
             "endpoint.yml",

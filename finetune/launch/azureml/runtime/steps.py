@@ -11,7 +11,8 @@
   of azureml-automl-dnn-nlp answer alike: ``classes_`` (the multi-label one's are its MultiLabelBinarizer's)
   and ``predict_proba(DataFrame)``, n_rows x n_classes (softmax rows; for multi-label a sigmoid per label),
   while the multi-label ``predict`` returns tuples of label names at a 0.5 threshold, which says nothing about
-  ranking; so the step reads ``predict_proba`` for both tasks and lets the metric function decide.
+  ranking; so the step reads ``predict_proba`` for both tasks and lets the metric function decide. AutoML's
+  ``text_ner`` model tags the test sentences instead and is scored by the entity metric (:mod:`.automl_ner`).
 - ``register``: :func:`finetune.registry.registration.select_and_register`, the local launcher's rule, over an
   :class:`.AmlRegistry`: the Production version is downloaded and re-scored, ``select.margin`` holds, the
   winner is registered once per content with the same tags, packaged with score.py whichever candidate won.
@@ -42,6 +43,7 @@ from finetune.errors import UserError
 # The module, not its names: tests replace deployment_name there to pin deployment names.
 from finetune.launch.azureml import deploy as deploy_builders
 from finetune.launch.azureml.environment import AUTOML_PYTHON_VARIABLE, environment
+from finetune.launch.azureml.runtime.automl_ner import ner_candidate_result
 from finetune.launch.azureml.runtime.endpoint import AmlEndpoint
 from finetune.launch.azureml.runtime.registry import AmlRegistry
 from finetune.launch.azureml.runtime.step_args import RegisterArgs, TestAutomlArgs, parse
@@ -51,9 +53,10 @@ from finetune.registry.registration import select_and_register
 from finetune.selection.choose import FINETUNED, test_at_rule
 from finetune.selection.decisions import DecisionSettings, Verdict
 from finetune.selection.rules import choose_rule
-from finetune.serve import score
+from finetune.serve.entry_scripts import task_entry_script
 from finetune.serve.export import export_candidate
 from finetune.serve.rollout import ModelRef, RolloutError, rollout
+from finetune.tasks.ner import NER_TASK
 
 RESULT = "result.json"
 MODEL_REF = "model_ref.json"
@@ -146,23 +149,12 @@ def test_automl(
     entry: the rule chosen on val, the test metrics at it and at argmax / 0.5 per label) and ``<output>/model/``
     (``candidate.json`` + the MLflow model, what the register step ships if AutoML wins)."""
     labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
-    settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
-    val_texts, y_val = read_targets(val_file, labels, task)
-    texts, y_true = read_targets(test_file, labels, task)
-    # One load of the model (minutes for a BERT on a CPU node) for both splits.
-    proba = automl_proba(
-        Path(model_dir),
-        list(val_texts) + list(texts),
-        labels,
-        python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable,
-    )
-    rule = choose_rule(
-        y_val,
-        proba[: len(val_texts)],
-        labels,
-        task,
-        DecisionSettings.of(SelectConfig(**settings["select"]), settings["data"]),
-    )
+    python = python or os.environ.get(AUTOML_PYTHON_VARIABLE) or sys.executable
+    if task == NER_TASK.name:
+        # Tagged, not thresholded: the NER decision is fixed (argmax per word, IOB2), nothing is chosen on val.
+        tested = ner_candidate_result(Path(model_dir), test_file, labels, python)
+    else:
+        tested = classifier_result(Path(model_dir), test_file, val_file, labels, settings_file, task, python)
     package = Path(output_dir) / CANDIDATE_DIR
     shutil.copytree(model_dir, package / AUTOML_MLFLOW_DIR)
     (package / "candidate.json").write_text(
@@ -172,22 +164,33 @@ def test_automl(
                 "task": task,
                 "labels": labels,
                 "mlflow_model": AUTOML_MLFLOW_DIR,
-                "decision": rule.to_dict(),
+                "decision": tested["decision"],
                 "best_estimator": "AML AutoML NLP best_model",
             },
             indent=2,
         ),
         encoding="utf-8",
     )
-    result = {
-        "family": "automl",
-        "model_format": "mlflow",
-        "task": task,
-        "rows": len(texts),
-        **test_at_rule(y_true, proba[len(val_texts) :], labels, task, rule),
-    }
+    result = {"family": "automl", "model_format": "mlflow", "task": task, **tested}
     _write(output_dir, RESULT, result)
     return result
+
+
+def classifier_result(model_dir: Path, test_file, val_file, labels, settings_file, task: str, python: str) -> dict:
+    """A classifier's entry: its decision rule chosen on val with the select settings, its test metrics at it."""
+    settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
+    val_texts, y_val = read_targets(val_file, labels, task)
+    texts, y_true = read_targets(test_file, labels, task)
+    # One load of the model (minutes for a BERT on a CPU node) for both splits.
+    proba = automl_proba(model_dir, list(val_texts) + list(texts), labels, python)
+    rule = choose_rule(
+        y_val,
+        proba[: len(val_texts)],
+        labels,
+        task,
+        DecisionSettings.of(SelectConfig(**settings["select"]), settings["data"]),
+    )
+    return {"rows": len(texts), **test_at_rule(y_true, proba[len(val_texts) :], labels, task, rule)}
 
 
 # ---------------------------------------------------------------------------------------------- register
@@ -263,8 +266,9 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
         return result
     config = EndpointConfig(**settings["endpoint"])
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
-        # The deployment's code is the scoring script alone: it is self-contained by contract.
-        shutil.copy2(score.__file__, Path(code_dir) / deploy_builders.SCORING_SCRIPT)
+        # The deployment's code is the task's scoring script alone: it is self-contained by contract.
+        script = task_entry_script(settings["data"].get("task"))
+        shutil.copy2(script, Path(code_dir) / deploy_builders.SCORING_SCRIPT)
         ml_client = ml_client or job_client()
         # Whichever candidate won, score.py serves it; an AutoML model in the environment it brought along.
         endpoint = AmlEndpoint(ml_client, config, environment(choice.environment or settings["environment"]), code_dir)
