@@ -74,6 +74,11 @@ def test_a_budget_without_room_for_two_full_trials_trains_once_at_the_configured
     # lane = 2 trials; 72 // 41.5 = 1 per lane: 2 trials x 3 epochs fit.
     roomy = budget.fit(request(budget_s=120.0))
     assert (roomy.epochs, roomy.trials, roomy.sweep) == (3, 2, True)
+    # The 72 - 41.5 = 30.5 s they leave hold a shorter trial a lane: (30.5 - 10) / 10.5 = 1.95 -> 1.9 epochs,
+    # which the runner starts; the estimate counts them.
+    assert (roomy.extra_trials, roomy.extra_epochs) == (2, 1.9)
+    assert roomy.stages["search"] == pytest.approx(41.5 + 10 + 1.9 * 10.5, abs=0.05)
+    assert "then 2 of 1.9 epochs in what is left" in roomy.reason
     # 70 s: share 66.5 - 40 = 26.5 s: two 3-epoch trials do not fit (two 1-epoch ones would, 20.5 s a lane), so
     # one training on both cores, stretched to what the share leaves: (26.5 - 10) / (10.5 / 1.5157) = 2.38 -> 2.3.
     tight = budget.fit(request(budget_s=70.0))

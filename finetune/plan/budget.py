@@ -116,6 +116,8 @@ class Estimate:
     cost_usd: Optional[float] = None  # AML: the expected cost (the plan's bound is printed beside it)
     calibration_s: float = 0.0  # locally: the calibration this run measured before planning (in ``data``)
     sweep: bool = True  # False: one training at the configured settings (the plan's search is dropped)
+    extra_trials: int = 0  # shorter trials the runner starts in what the planned ones leave
+    extra_epochs: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -249,6 +251,15 @@ def fit(request: Request) -> Estimate:
         epochs = min(stretched, request.max_epochs)
         seconds = trial_seconds(speed, request.work, epochs)
     training = waves * seconds
+    extra_trials, extra_epochs = 0, 0.0
+    if request.sweep and trials < request.max_trials:
+        # The runner starts shorter trials in what the planned waves leave (:func:`epochs_that_fit`), one a lane:
+        # the estimate counts them, or it would print less than the run spends.
+        epoch_s = epoch_seconds(speed, request.work)
+        room = math.floor((share - training - speed.trial_overhead_s) / epoch_s * 10 + 1e-9) / 10
+        if min(room, epochs) >= min(1.0, epochs):
+            extra_trials, extra_epochs = min(lanes, request.max_trials - trials), min(room, epochs)
+            training += speed.trial_overhead_s + extra_epochs * epoch_s
     spare = request.budget_s * (1 - HEADROOM) - sum(others.values()) - training
     # A training capped at the configured epochs can leave much of the budget unused (a sweep's runner spends
     # its own slack on more trials): AutoML's search gets it, unless its time is set on the command line.
@@ -273,6 +284,8 @@ def fit(request: Request) -> Estimate:
         stages={name: round(value, 1) for name, value in stages.items()},
         basis=request.speed.basis,
         sweep=request.sweep,
+        extra_trials=extra_trials,
+        extra_epochs=extra_epochs,
     )
     estimate.reason = reason_line(estimate, request.sweep, request.policy, request.max_epochs) + _automl_note(
         estimate, request
@@ -303,6 +316,8 @@ def reason_line(estimate: Estimate, sweep: bool, policy: str, max_epochs: float,
                 if estimate.concurrency > 1
                 else f"one at a time on {threads}"
             )
+        if estimate.extra_trials:
+            parts.append(f"then {estimate.extra_trials} of {estimate.extra_epochs:g} epochs in what is left")
         if policy and estimate.max_trials > estimate.trials:
             parts.append(f"{policy} (a stopped trial's time goes to more trials, up to {estimate.max_trials})")
         elif policy:
