@@ -1,9 +1,9 @@
 """What a registered version folder holds besides the candidate's own files, written by one function.
 
 - ``score.py``: the AML entry script (online endpoints, ``azmlinfsrv``).
-- ``MLmodel`` + ``code/finetune_score.py`` + ``conda.yaml`` / ``python_env.yaml`` / ``requirements.txt`` +
-  ``input_example.json``: an MLflow model with the ``python_function`` flavour, whose ``loader_module`` is
-  the same scoring file (``_load_pyfunc``), with a signature (``text`` string in; ``label`` and
+- ``MLmodel`` + ``code/finetune_score.py`` (NER: ``finetune_ner_score.py``) + ``conda.yaml`` /
+  ``python_env.yaml`` / ``requirements.txt`` + ``input_example.json``: an MLflow model with the
+  ``python_function`` flavour, whose ``loader_module`` is the same scoring file (``_load_pyfunc``), with a signature (``text`` string in; ``label`` and
   ``probability_<label>`` out). ``mlflow.pyfunc.load_model("models:/<name>@production")`` loads it, and
   AML accepts the folder as an ``mlflow_model`` asset (the MLmodel file at its root is what AML checks,
   https://learn.microsoft.com/azure/machine-learning/how-to-manage-models-mlflow).
@@ -27,6 +27,9 @@ from finetune.serve import SCORE_SCRIPT
 from finetune.serve.entry_scripts import entry_script
 
 PYFUNC_MODULE = "finetune_score"
+# NER's entry script gets its own module name: Python caches a loader module by name, so a process that loaded one
+# task's model (mlflow.pyfunc.load_model) would otherwise answer the next task's model with the first one's code.
+NER_PYFUNC_MODULE = "finetune_ner_score"
 # Files this module writes; copied from a candidate (a downloaded registered version) they would be stale.
 GENERATED = (
     "score.py",
@@ -127,7 +130,8 @@ def write_mlflow_model(
     )
     signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
     with tempfile.TemporaryDirectory(prefix="finetune-mlmodel-") as scratch:
-        code = Path(scratch) / f"{PYFUNC_MODULE}.py"
+        module = NER_PYFUNC_MODULE if ner else PYFUNC_MODULE
+        code = Path(scratch) / f"{module}.py"
         shutil.copy2(script, code)
         saved = Path(scratch) / "model"
         # MLflow scores the input example to validate it and says so at INFO on stderr, in the middle of
@@ -139,7 +143,7 @@ def write_mlflow_model(
         try:
             mlflow.pyfunc.save_model(
                 str(saved),
-                loader_module=PYFUNC_MODULE,
+                loader_module=module,
                 code_paths=[str(code)],
                 conda_env=conda_env,
                 signature=signature,
