@@ -15,8 +15,6 @@ from amlemu import automl_standin
 from amlemu.scenarios import export_tree
 
 MLTABLE = "paths:\n  - file: ./{file}\n"
-# The classifier package's environment as written (never built here): what its MLmodel records.
-CLASSIFIER_CONDA = {"name": "classifier", "dependencies": ["python=3.11", "pip", {"pip": ["scikit-learn", "numpy"]}]}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +102,10 @@ def test_a_registered_automl_ner_package_serves_the_ner_contract(tested, monkeyp
     entry script), the same as mlflow.pyfunc, and re-scores on test as the step scored it."""
     import mlflow.pyfunc
     import pandas as pd
+    import yaml
 
     from finetune.registry.model_registry import stage_artifact
+    from finetune.serve.entry_scripts import NER_SCORE_SCRIPT
     from finetune.tasks.ner import NER_TASK
 
     result, out, prepared = tested
@@ -129,31 +129,16 @@ def test_a_registered_automl_ner_package_serves_the_ner_contract(tested, monkeyp
 
     loaded = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"text": texts}))
     assert [json.loads(cell) for cell in loaded["entities"]] == entities
+    # Its pyfunc loader module is NER's own: Python caches loader modules by name, and a process that loaded an NER
+    # version under the classifiers' name (finetune_score) answered the next classifier version with NER's code.
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "finetune_ner_score"
+    assert (folder / "code" / "finetune_ner_score.py").read_text() == NER_SCORE_SCRIPT.read_text()
 
     rescored = NER_TASK.evaluate(
         {"automl": folder}, prepared / "test.jsonl", json.loads((prepared / "labels.json").read_text())
     )
     assert rescored["automl"]["test"] == result["test"]
-
-
-def test_one_process_loads_a_ner_and_a_classifier_pyfunc_model(tested, tmp_path):
-    """Each task's pyfunc loader module has its own name: loaded after an NER version, a classifier version answers
-    with the classifiers' code (before, both were ``finetune_score`` and the second answered with the first's)."""
-    import mlflow.pyfunc
-    import pandas as pd
-
-    from finetune.registry.model_registry import stage_artifact
-    from test_serve_support import LABELS, make_automl_candidate
-
-    _result, out, _prepared = tested
-    ner = stage_artifact(out / "model", {"data": [{"text": "London"}]}, tmp_path / "ner", conda={"unused": True})
-    classifier = make_automl_candidate(tmp_path / "classifier-candidate")
-    classifier = stage_artifact(
-        classifier, {"data": [{"text": "great"}]}, tmp_path / "classifier", conda=CLASSIFIER_CONDA
-    )
-    texts = pd.DataFrame({"text": ["London is rainy", "great wipers"]})
-    assert "entities" in mlflow.pyfunc.load_model(str(ner)).predict(texts)
-    assert set(mlflow.pyfunc.load_model(str(classifier)).predict(texts)["label"]) <= set(LABELS)
 
 
 def test_the_ner_deployment_code_is_the_ner_entry_script(ner_tree):
