@@ -64,6 +64,31 @@ def _no_mlflow_run_left_open():
         mlflow.end_run()
 
 
+# What a plan's budget is fitted from in tests that are not about budgets (tests/test_budget.py calibrates for
+# real): a measurement of a fast machine, so plans keep their sweeps and nothing spends 10-40 s timing steps.
+FIXED_CALIBRATION = {
+    "train_example_s": 0.01,
+    "eval_example_s": 0.005,
+    "load_s": 5.0,
+    "threads": 1,
+    "thread_exponent": 0.9,
+    "device": "cpu",
+    "rows": {"train": 1000, "val": 100},
+    "measured": "fixed (tests/conftest.py)",
+    "load_average": 0.0,
+}
+
+
+@pytest.fixture(autouse=True)
+def _fixed_calibration(request, monkeypatch):
+    """In-process plans calibrate from :data:`FIXED_CALIBRATION` (subprocess runs still measure)."""
+    if request.module.__name__ == "test_budget":
+        return
+    from finetune.plan import calibration
+
+    monkeypatch.setattr(calibration, "calibrate", lambda plan: (dict(FIXED_CALIBRATION), 0.0))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     import csv

@@ -237,8 +237,8 @@ def fit(request: Request) -> Estimate:
         single = fit(dataclasses.replace(request, sweep=False))
         single.reason = reason_line(single, False, "", request.max_epochs, fewer=True) + _automl_note(single, request)
         return single
-    # Depth first (epochs), then breadth (trials), then the faster plan.
-    epochs, trials, lanes, seconds, threads = max(enough, key=lambda o: (o[0], o[1], -o[3]))
+    # Depth first (epochs), then breadth (trials), then the plan whose waves of trials end sooner.
+    epochs, trials, lanes, seconds, threads = max(enough, key=lambda o: (o[0], o[1], -math.ceil(o[1] / o[2]) * o[3]))
     automl_s = automl_seconds(request)
     others = stage_seconds(request, automl_s)
     waves = math.ceil(trials / lanes)

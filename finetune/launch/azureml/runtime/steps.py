@@ -267,7 +267,8 @@ def deploy(model_ref_dir: str, settings_file: str, output_dir: str, ml_client=No
     config = EndpointConfig(**settings["endpoint"])
     with tempfile.TemporaryDirectory(prefix="finetune-score-") as code_dir:
         # The deployment's code is the task's scoring script alone: it is self-contained by contract.
-        script = task_entry_script(settings["data"].get("task"))
+        # settings.json written before NER existed has no "data": a classifier's.
+        script = task_entry_script((settings.get("data") or {}).get("task"))
         shutil.copy2(script, Path(code_dir) / deploy_builders.SCORING_SCRIPT)
         ml_client = ml_client or job_client()
         # Whichever candidate won, score.py serves it; an AutoML model in the environment it brought along.
