@@ -18,6 +18,8 @@ TINY = [
     "search=random",
     "search.limits.max_total_trials=1",
 ]
+# AML's AutoML NLP on a GPU cluster, emulated on this CPU: the plan names a T4 SKU, the jobs run on the CPU.
+AUTOML_ON_A_CPU = ["compute=t4", "compute.device=cpu", "compute.precision=fp32", "automl=text_classification"]
 
 
 @pytest.mark.slow
@@ -28,10 +30,7 @@ def test_multi_label_with_the_automl_multi_label_stand_in(tmp_path, tiny_model_d
             f"model.path={tiny_model_dir}",
             "dataset=goemotions_sample",
             "dataset.sample=2000",
-            "compute=t4",
-            "compute.device=cpu",
-            "compute.precision=fp32",
-            "automl=text_classification",
+            *AUTOML_ON_A_CPU,
         ],
         tmp_path / "run",
     )
@@ -107,10 +106,7 @@ def test_ner_with_the_automl_text_ner_stand_in(tmp_path, tiny_model_dir):
             *TINY,
             f"model.path={tiny_model_dir}",
             "dataset=wnut17_sample",
-            "compute=t4",
-            "compute.device=cpu",
-            "compute.precision=fp32",
-            "automl=text_classification",
+            *AUTOML_ON_A_CPU,
         ],
         tmp_path / "run",
     )
