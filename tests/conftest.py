@@ -80,13 +80,18 @@ FIXED_CALIBRATION = {
 
 
 @pytest.fixture(autouse=True)
-def _fixed_calibration(request, monkeypatch):
-    """In-process plans calibrate from :data:`FIXED_CALIBRATION` (subprocess runs still measure)."""
+def _fixed_calibration(request):
+    """In-process plans calibrate from :data:`FIXED_CALIBRATION` (subprocess runs still measure). Its own
+    MonkeyPatch: taking the `monkeypatch` fixture here would set that up before `_no_mlflow_run_left_open` and undo
+    a test's patches of mlflow only after that cleanup had called them."""
     if request.module.__name__ == "test_budget":
+        yield
         return
     from finetune.plan import calibration
 
-    monkeypatch.setattr(calibration, "calibrate", lambda plan: (dict(FIXED_CALIBRATION), 0.0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calibration, "calibrate", lambda plan: (dict(FIXED_CALIBRATION), 0.0))
+        yield
 
 
 @pytest.fixture(scope="session")
