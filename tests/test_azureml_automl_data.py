@@ -34,6 +34,7 @@ def write_csv(path: Path, rows) -> Path:
     return path
 
 
+@pytest.mark.slow  # exports an AML tree for the suggested sample
 def test_a_sample_too_small_for_automl_is_refused_in_one_line(tmp_path, capsys):
     import re
 

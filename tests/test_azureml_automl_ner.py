@@ -61,6 +61,7 @@ def conll_sentences(text: str) -> list:
     return [[line.split(" ") for line in block.split("\n")] for block in text.strip("\n").split("\n\n")]
 
 
+@pytest.mark.slow  # exports a NER AML tree and runs the AutoML test step (module fixture)
 def test_the_test_step_scores_automl_ner_by_strict_entity_f1(tested, ner_tree):
     """The step's test F1 is seqeval's strict IOB2 F1 of the stand-in's own tags (most frequent train tag per word,
     an I- that opens nothing made a B-), computed here without the project's code."""
@@ -97,6 +98,7 @@ def test_the_test_step_scores_automl_ner_by_strict_entity_f1(tested, ner_tree):
     assert (out / "model" / "mlflow_model" / "MLmodel").is_file()
 
 
+@pytest.mark.slow  # exports a NER AML tree and runs the AutoML test step (module fixture)
 def test_a_registered_automl_ner_package_serves_the_ner_contract(tested, monkeypatch, tmp_path):
     """The package as the register step stages it answers entities at character offsets from its score.py (the NER
     entry script), the same as mlflow.pyfunc, and re-scores on test as the step scored it."""
@@ -141,6 +143,7 @@ def test_a_registered_automl_ner_package_serves_the_ner_contract(tested, monkeyp
     assert rescored["automl"]["test"] == result["test"]
 
 
+@pytest.mark.slow  # exports a NER AML tree (module fixture)
 def test_the_ner_deployment_code_is_the_ner_entry_script(ner_tree):
     """The exported deployment's score.py is the NER entry script: the classifiers' would refuse a tagger."""
     from finetune.serve.entry_scripts import NER_SCORE_SCRIPT

@@ -83,6 +83,7 @@ def test_bundled_ner_sample_runs_end_to_end_and_predicts_entities(tmp_path, tiny
     assert all(isinstance(json.loads(row["entities"]), list) for row in rows)
 
 
+@pytest.mark.slow  # a python -m finetune subprocess per bad input
 @pytest.mark.parametrize(
     "content, expected",
     [
