@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", default="5,10,20", help="comma-separated budget.minutes values ('' for none)")
     parser.add_argument("--default", action="store_true", help="also run python -m finetune with no budget override")
-    parser.add_argument("--root", default="/tmp/finetune-bench-budget", help="output roots and logs go here")
+    parser.add_argument(
+        "--root", default="/tmp/finetune-bench-budget", help="each invocation's runs and logs go to a new folder here"
+    )
     parser.add_argument("--out", help="write the figures here as JSON (appended to as runs finish)")
     parser.add_argument("--table", help="print the table of a JSON file written by --out and exit")
     parser.add_argument("overrides", nargs="*", help="more overrides for every run")
@@ -103,8 +105,10 @@ def main(argv=None) -> int:
     if options.table:
         print(table(json.loads(Path(options.table).read_text())))
         return 0
-    root = Path(options.root)
-    root.mkdir(parents=True, exist_ok=True)
+    # A new folder per invocation: a run named like an earlier one in the same output root resumes it, and a
+    # resumed run would time the leftovers, not the budget.
+    root = Path(options.root) / time.strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True)
     jobs = [("default", [])] if options.default else []
     jobs += [(f"budget-{m}min", [f"budget.minutes={m}"]) for m in filter(None, options.minutes.split(","))]
     runs = []
