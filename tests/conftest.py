@@ -47,6 +47,27 @@ def build_tiny_bert(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
+def train_arguments(data: Path, model, out: Path, *extra: str) -> list:
+    """`python -m finetune.train` flags for a prepared data folder: one thread, no progress bars."""
+    return [
+        "--train-file",
+        str(data / "train.csv"),
+        "--val-file",
+        str(data / "val.csv"),
+        "--labels-file",
+        str(data / "labels.json"),
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--num-threads",
+        "1",
+        "--progress",
+        "false",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     import torch

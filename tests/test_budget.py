@@ -384,7 +384,7 @@ def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
     the one training the fit planned on both cores ran on one (1.7x its estimate)."""
     from finetune.cli.main import compose
     from finetune.launch import local
-    from finetune.plan import calibration
+    from finetune.plan import calibration, fitting
     from finetune.plan.build import build_plan
 
     measured = {
@@ -399,8 +399,8 @@ def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
         "load_average": 0.1,
     }
     monkeypatch.setattr(calibration, "calibrate", lambda plan: (measured, 0.0))
-    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(local.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(fitting.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(fitting.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     args = ["search=none", "budget.minutes=10", "dry_run=true"]
     plan = local.resolve(build_plan(compose(args, {}), args, "threads"))
     assert plan.estimate.threads == 2 and plan.compute.num_threads == 2

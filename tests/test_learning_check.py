@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_bert
+from conftest import build_tiny_bert, train_arguments
 from finetune.train.command_line import main as train_main
 from finetune.train.learning_check import LOSS_DROP, MARGIN, early_step, judge
 
@@ -73,21 +73,10 @@ def keyword_bert(tmp_path_factory) -> Path:
 
 def train(data: Path, model: Path, out: Path, *extra: str) -> dict:
     code = train_main(
-        [
-            "--train-file",
-            str(data / "train.csv"),
-            "--val-file",
-            str(data / "val.csv"),
-            "--labels-file",
-            str(data / "labels.json"),
-            "--model",
-            str(model),
-            "--output-dir",
-            str(out),
-            "--num-threads",
-            "1",
-            "--progress",
-            "false",
+        train_arguments(
+            data,
+            model,
+            out,
             "--tracking-uri",
             f"sqlite:///{out.parent / 'mlflow.db'}",
             "--batch-size",
@@ -95,7 +84,7 @@ def train(data: Path, model: Path, out: Path, *extra: str) -> dict:
             "--logging-steps",
             "2",
             *extra,
-        ]
+        )
     )
     assert code == 0
     return json.loads((out / "result.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.data.ner import read_ner_file, write_jsonl
+from finetune.data.ner import read_ner_file, read_prepared, write_jsonl
 from finetune.serve import ner_score
 from finetune.serve.ner_score import IGNORED, encode_sentence, entities_from_tags, owners, plan_windows, repair_tags
 from finetune.tasks.ner_metrics import entity_metrics, error_kinds, span_metrics, wrong_sentences
@@ -189,7 +189,6 @@ def test_training_val_entity_f1_is_what_the_saved_model_scores_on_val(tmp_path, 
 
     from finetune.config.schema import DatasetConfig, SplitFiles
     from finetune.data import prepare
-    from finetune.data.ner import read_prepared
 
     data = prepare(
         DatasetConfig(
@@ -249,3 +248,19 @@ def test_training_val_entity_f1_is_what_the_saved_model_scores_on_val(tmp_path, 
     assert scored["f1_entity"] > 0, "a model that finds no entity cannot tell an ordered val from a shuffled one"
     assert result["val"]["f1_entity"] == pytest.approx(scored["f1_entity"])
     assert result["val"]["precision_entity"] == pytest.approx(scored["precision_entity"])
+
+
+def test_a_crf_grid_its_time_budget_cuts_short_keeps_its_best_fit(tmp_path):
+    """The local plan gives the CRF the AutoML stage's seconds: past them no further pair is tried, and the
+    candidate is the best fit so far (no refit, no leftover files)."""
+    from finetune.data.ner import entity_types, tag_names
+    from finetune.tasks.ner_crf import GRID, MODEL_FILE, run_crf
+
+    for name, file in (("train", "train"), ("val", "dev")):
+        (tmp_path / f"{name}.jsonl").write_bytes(write_jsonl(read_ner_file(SAMPLE / f"{file}.conll")[0][:80]))
+    labels = tag_names(entity_types(t for s in read_prepared(tmp_path / "train.jsonl") for t in s.tags))
+    candidate = run_crf(tmp_path, labels, tmp_path / "crf", max_iterations=5, time_budget_s=0)
+    assert len(candidate["grid"]) == 1 and candidate["grid_skipped"] == len(GRID) - 1
+    assert (candidate["grid"][0]["c1"], candidate["grid"][0]["c2"]) == GRID[0]
+    assert sorted(p.name for p in (tmp_path / "crf").iterdir()) == ["candidate.json", MODEL_FILE]
+    assert ner_score.load_tagger(Path(candidate["path"])).tag([["a", "b"]])

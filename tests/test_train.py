@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import train_arguments
 from finetune.config.model_files import package_model_dir
 from finetune.config.schema import DatasetConfig, ModelConfig
 from finetune.data import prepare
@@ -25,27 +26,9 @@ def small_data(tmp_path_factory) -> Path:
 
 def train(data: Path, model: str, out: Path, *extra: str) -> dict:
     code = train_main(
-        [
-            "--train-file",
-            str(data / "train.csv"),
-            "--val-file",
-            str(data / "val.csv"),
-            "--labels-file",
-            str(data / "labels.json"),
-            "--model",
-            model,
-            "--output-dir",
-            str(out),
-            "--num-threads",
-            "1",
-            "--progress",
-            "false",
-            "--tracking-uri",
-            f"sqlite:///{out.parent / 'mlflow.db'}",
-            "--run-name",
-            out.name,
-            *extra,
-        ]
+        train_arguments(
+            data, model, out, "--tracking-uri", f"sqlite:///{out.parent / 'mlflow.db'}", "--run-name", out.name, *extra
+        )
     )
     assert code == 0
     return json.loads((out / "result.json").read_text())

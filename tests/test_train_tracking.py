@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import train_arguments
 from finetune.config.schema import DatasetConfig
 from finetune.data import prepare
 from finetune.train.command_line import main as train_main
@@ -29,25 +30,7 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def arguments(data: Path, model: Path, out: Path, *extra: str) -> list:
-    return [
-        "--train-file",
-        str(data / "train.csv"),
-        "--val-file",
-        str(data / "val.csv"),
-        "--labels-file",
-        str(data / "labels.json"),
-        "--model",
-        str(model),
-        "--output-dir",
-        str(out),
-        "--num-threads",
-        "1",
-        "--progress",
-        "false",
-        "--epochs",
-        "1",
-        *extra,
-    ]
+    return train_arguments(data, model, out, "--epochs", "1", *extra)
 
 
 def test_an_aml_job_whose_tracking_store_fails_stops_at_start_in_one_line(

@@ -184,6 +184,7 @@ class AutomlConfig:
     # What trains the AutoML candidate. auto: `local` (FLAML) on local compute, `text_classification` (AML
     # AutoML NLP) on AML; none: no AutoML candidate.
     engine: str = setting("auto", choices=("auto", "local", "text_classification", "none"))
+    # Seconds of the local baseline's search: FLAML's time budget, or the NER CRF's c1/c2 grid.
     time_budget_s: int = setting(60, SECONDS)
     # lrl2 first: its first trial is the TF-IDF + logistic regression one-liner the search must beat.
     estimators: List[str] = field(default_factory=lambda: ["lrl2", "sgd", "lgbm", "lrl1"])

@@ -1,13 +1,16 @@
-"""A run plan under a budget: the budget's plan checks, what the fit reads from a plan, and the plan with the
-fit's choices in place (the arithmetic itself is :mod:`finetune.plan.budget`)."""
+"""A run plan under a budget: the budget's plan checks, what the fit reads from a plan, the plan with the fit's
+choices in place, and the local fit from this machine's calibration (the arithmetic itself is
+:mod:`finetune.plan.budget`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import List
 
-from finetune.plan import budget
+from finetune.errors import UserError
+from finetune.plan import budget, calibration
 from finetune.plan.run_plan import RunPlan
 
 
@@ -120,3 +123,47 @@ def refusal(plan: RunPlan, error: budget.BudgetTooSmall) -> str:
         f"{key}={value:g}: too small to produce a model ({error.detail}); the smallest budget that can is "
         f"budget.minutes={minimum:g} on this machine, or budget=none for the configured limits"
     )
+
+
+def fit_to_this_machine(plan: RunPlan) -> RunPlan:
+    """A budget is fitted from this machine's calibration (measured once per machine, model and data, cached)."""
+    if not budgeted(plan):
+        return plan
+    try:
+        measured, calibration_s = calibration.calibrate(plan)
+    except UserError as error:
+        # Data or a model the calibration cannot read is the run's own error, which its data or training stage
+        # reports in its own words; the plan stands with the configured limits.
+        print(f"{error}; the plan keeps the configured limits", flush=True)
+        return plan
+    device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
+    lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
+    request = request_for(
+        plan,
+        calibration.throughput(measured, os.getloadavg()[0], lanes),
+        calibration.workload(measured, plan.train.evals_per_epoch),
+        lanes,
+        calibration.stage_costs(measured, calibration_s),
+        (plan.budget.minutes or 0) * 60,
+    )
+    try:
+        estimate = budget.fit(request)
+    except budget.BudgetTooSmall as error:
+        if {"budget.minutes", "budget.usd"} & pinned(plan):
+            raise UserError(refusal(plan, error)) from None
+        # The shipped default is no request of the user's: a slower machine gets the smallest plan that
+        # produces a model, said in the plan's line, rather than a refusal of `python -m finetune`.
+        estimate = budget.fit(dataclasses.replace(request, budget_s=error.minimum_s * 1.001))
+        estimate.reason += (
+            f"; the default budget.minutes={plan.budget.minutes:g} is too small on this machine "
+            f"(the smallest that fits is {error.minimum_s / 60:.1f})"
+        )
+    estimate.calibration_s = round(calibration_s, 1)
+    fitted = apply(plan, estimate)
+    if measured["device"] == "cpu" and "compute.num_threads" not in pinned(plan):
+        # The threads the fit counted on: training would otherwise size itself by the load average, which the
+        # calibration just raised.
+        fitted = dataclasses.replace(
+            fitted, compute=dataclasses.replace(fitted.compute, num_threads=estimate.threads * estimate.concurrency)
+        )
+    return fitted

@@ -133,11 +133,11 @@ class NerTask:
     # ------------------------------------------------------------------ baseline, selection, serving
 
     def baseline_description(self, plan) -> str:
-        return "the NER baseline: a linear-chain CRF, c1/c2 chosen on val"
+        return f"the NER baseline: a linear-chain CRF, c1/c2 chosen on val within {plan.automl.time_budget_s} s"
 
     def run_baseline(self, data, plan, out_dir: Path) -> dict:
-        """The local baseline candidate (the automl stage's): the CRF, c1/c2 chosen on val."""
-        return run_crf(data.directory, list(data.labels), out_dir)
+        """The local baseline candidate (the automl stage's): the CRF, c1/c2 chosen on val in the stage's time."""
+        return run_crf(data.directory, list(data.labels), out_dir, time_budget_s=plan.automl.time_budget_s)
 
     def evaluate(
         self,
