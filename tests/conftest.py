@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Budget calibrations the tests take (under the load of the tests themselves, in subprocesses too) go to a cache
+# of this test process, not the user's: a user's next run would otherwise plan from a contended measurement.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="finetune-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -141,7 +141,7 @@ def test_missing_workspace_is_a_plan_problem(capsys, tmp_path, monkeypatch):
 def test_help_and_local_plans_import_no_azure(tmp_path):
     code = (
         "import sys; from finetune.cli.main import main; "
-        f"rc = main(['--help']) or main(['dry_run=true', 'output_root={tmp_path}', 'run_name=x']); "
+        f"rc = main(['--help']) or main(['dry_run=true', 'budget=none', 'output_root={tmp_path}', 'run_name=x']); "
         "print('AZURE', sorted(m for m in sys.modules if m.startswith('azure'))); sys.exit(rc)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -377,6 +377,23 @@ def test_a_calibration_taken_on_a_busy_machine_is_taken_again_when_it_is_idle(mo
     assert not calibration._measured_busy_now_idle({"load_average": 0.8})
     monkeypatch.setattr(calibration.os, "getloadavg", lambda: (1.5, 1.5, 1.5))
     assert not calibration._measured_busy_now_idle({"load_average": 2.3})  # still busy: the old one stands
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (0.4, 0.5, 0.6))
+    # The load average lags a minute behind: what other processes used while the steps were timed decides.
+    assert calibration._measured_busy_now_idle({"load_average": 1.4, "others_busy_cores": 0.9})
+    assert not calibration._measured_busy_now_idle({"load_average": 1.4, "others_busy_cores": 0.1})
+
+
+def test_the_calibration_counts_the_cpu_other_processes_take_while_it_times():
+    import subprocess
+    import sys
+
+    from finetune.plan import calibration
+
+    window = calibration.cpu_marks()
+    spin = "import time\nend = time.perf_counter() + 1.5\nwhile time.perf_counter() < end: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    # A child spinning a core for most of the window (other tests may add to it, never take from it).
+    assert calibration.others_busy_cores(window) > calibration.CONTENDED_CORES
 
 
 def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):

@@ -5,9 +5,11 @@ A calibration is a few optimizer steps of the plan's model on batches drawn from
 the time a fresh process needs to import the stack and load the model. It runs in a subprocess, so planning
 never imports torch (``python -m finetune dry_run=true`` stays light), on one thread as a sweep trial does, then
 the same steps on every core (what a trial's threads buy here). The result is cached under
-``~/.cache/finetune/calibration/`` per machine, model, shape and data; delete the folder to measure again. One
-taken while every core was busy is taken again when the machine is idle; a machine that got busier is measured
-as it is then: the sweep re-estimates from its own trials while it runs (:func:`finetune.plan.budget.speed_factor`).
+``$XDG_CACHE_HOME/finetune/calibration/`` (``~/.cache`` without it) per machine, model, shape and data; delete the
+folder to measure again. The calibration counts the CPU other processes used while it timed: one taken while they
+kept a core busy (or every core, by the load average) is taken again when the machine is idle; a machine that got
+busier is measured as it is then: the sweep re-estimates from its own trials while it runs
+(:func:`finetune.plan.budget.speed_factor`).
 
 ``python -m finetune.plan.calibration '<request json>'`` is the subprocess; it prints one JSON object.
 """
@@ -36,7 +38,10 @@ from finetune.tasks import task_of
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
-CACHE_DIR = Path("~/.cache/finetune/calibration")
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "finetune" / "calibration"
+# Other processes' CPU while the steps were timed, in cores: from half a core on, the two-thread timing had no
+# free core (a 2-core VM right after a test run measured 1.00x for two threads, then 1.80x idle).
+CONTENDED_CORES = 0.5
 TRAIN_STEPS = 6  # timed, after one untimed step (allocator warm-up, lazy initialisation)
 EVAL_BATCHES = 3
 # What a real trial does that the calibration does not (MLflow run and tracking, the Trainer's setup,
@@ -125,11 +130,32 @@ def calibrate(plan: "RunPlan") -> tuple[dict, float]:
     return result, time.time() - started
 
 
-def _measured_busy_now_idle(entry: dict) -> bool:
-    """A calibration taken while other processes kept every core busy says too little of what threads buy:
-    taken again once the machine is mostly idle (1-minute load average under half its cores)."""
+def contended(entry: dict) -> bool:
+    """Other processes took a core from the timing (entries before ``others_busy_cores`` only know the load)."""
     cores = len(os.sched_getaffinity(0))
-    return entry.get("load_average", 0.0) >= cores and os.getloadavg()[0] < cores / 2
+    return entry.get("others_busy_cores", 0.0) >= CONTENDED_CORES or entry.get("load_average", 0.0) >= cores
+
+
+def _measured_busy_now_idle(entry: dict) -> bool:
+    """A calibration taken while other processes used the cores says too little of what threads buy: taken
+    again once the machine is mostly idle (1-minute load average under half its cores)."""
+    return contended(entry) and os.getloadavg()[0] < len(os.sched_getaffinity(0)) / 2
+
+
+def cpu_marks() -> tuple:
+    """(wall clock, CPU seconds of every process, CPU seconds of this one) to measure a window by."""
+    import psutil
+
+    system, own = psutil.cpu_times(), psutil.Process().cpu_times()
+    busy = system.user + system.system + sum(getattr(system, f, 0.0) for f in ("nice", "irq", "softirq", "steal"))
+    return time.perf_counter(), busy, own.user + own.system
+
+
+def others_busy_cores(since: tuple) -> float:
+    """Cores other processes (children included) kept busy on average since ``since`` (:func:`cpu_marks`)."""
+    now = cpu_marks()
+    wall = max(now[0] - since[0], 1e-9)
+    return max(0.0, ((now[1] - since[1]) - (now[2] - since[2])) / wall)
 
 
 def learn(plan: "RunPlan", factor: float, stage_seconds: dict, calibration_s: float = 0.0) -> None:
@@ -166,6 +192,8 @@ def throughput(calibration: dict, load: float, cores: int) -> Throughput:
     """The calibration's figures for a machine now at ``load`` (1-minute load average) on ``cores`` cores."""
     factor = calibration.get("observed_factor", 1.0)
     basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
+    if "others_busy_cores" in calibration:
+        basis = basis[:-1] + f", other processes {calibration['others_busy_cores']:.1f} cores)"
     if "observed" in calibration:
         basis += f", x {factor:.2f} as the last sweep ran ({calibration['observed']})"
     measured_exponent = calibration.get("thread_exponent")
@@ -237,6 +265,7 @@ def measure(spec: dict) -> dict:
             torch.cuda.synchronize()
 
     model.train()
+    window = cpu_marks()
     batches = _batches([len(x) for x in train_ids], batch_size, TRAIN_STEPS + 1)
     timed, examples = 0.0, 0
     for step, batch in enumerate(batches):
@@ -268,6 +297,7 @@ def measure(spec: dict) -> dict:
             parallel += time.perf_counter() - started
         torch.set_num_threads(1)
         thread_exponent = min(1.0, max(0.0, math.log(timed / parallel) / math.log(cores)))
+    others = others_busy_cores(window)
     model.eval()
     eval_size = batch_size * 2  # finetune.train's per_device_eval_batch_size
     eval_time, eval_examples = 0.0, 0
@@ -293,6 +323,7 @@ def measure(spec: dict) -> dict:
         "mean_tokens": sum(map(len, train_ids)) / max(1, len(train_ids)),
         "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "load_average": os.getloadavg()[0],
+        "others_busy_cores": round(others, 2),
     }
 
 
