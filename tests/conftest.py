@@ -109,16 +109,20 @@ FIXED_CALIBRATION = {
 
 @pytest.fixture(autouse=True)
 def _fixed_calibration(request):
-    """In-process plans calibrate from :data:`FIXED_CALIBRATION` (subprocess runs still measure). Its own
+    """In-process plans calibrate from :data:`FIXED_CALIBRATION` on an idle machine (subprocess runs still
+    measure). Its own
     MonkeyPatch: taking the `monkeypatch` fixture here would set that up before `_no_mlflow_run_left_open` and undo
     a test's patches of mlflow only after that cleanup had called them."""
     if request.module.__name__ == "test_budget":
         yield
         return
     from finetune.plan import calibration
+    from finetune.system import cpu
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(calibration, "calibrate", lambda plan: (dict(FIXED_CALIBRATION), 0.0))
+        patch.setattr(calibration, "calibrate", lambda plan, busy_now: (dict(FIXED_CALIBRATION), 0.0))
+        # An idle machine, whatever the other test worker is doing: plans come out the same on every run.
+        patch.setattr(cpu, "busy_cores_now", lambda: 0.0)
         yield
 
 

@@ -334,17 +334,17 @@ def test_the_next_plan_uses_the_stage_times_and_speed_the_last_run_kept(tmp_path
     # The run spent 15 of its 20 s of start-up calibrating: the next run finds the cache and does not.
     spent = {"start": 20.0, "data": 2.0, "search": 300.0, "automl": 70.0, "select": 30.0}
     calibration.learn(plan, 1.5, spent, calibration_s=15.0)
-    kept, calibrating_s = calibration.calibrate(plan)
+    kept, calibrating_s = calibration.calibrate(plan, busy_now=0.0)
     assert calibrating_s == 0.0  # from the cache
     costs = calibration.stage_costs(kept)
     assert (costs.data, costs.automl, costs.select) == (7.0, 70.0 - plan.automl.time_budget_s, 30.0)
     assert costs.deploy == budget.LOCAL_STAGES.deploy  # nothing measured: the shipped figure
     assert calibration.stage_costs(kept, calibration_s=12.0).data == 19.0  # a calibration now is start-up time
-    speed = calibration.throughput(kept, load=0.5, cores=2)
+    speed = calibration.throughput(kept, busy_now=0.5, cores=2)
     assert speed.train_example_s == pytest.approx(0.15) and speed.thread_exponent == budget.THREAD_EXPONENT
-    assert calibration.throughput(kept, load=3.0, cores=2).thread_exponent == 0.0
+    assert calibration.throughput(kept, busy_now=1.8, cores=2).thread_exponent == 0.0
     # A calibration that timed its steps on every core says what a second thread buys on this machine.
-    measured = calibration.throughput({**kept, "thread_exponent": 0.95}, load=0.5, cores=2)
+    measured = calibration.throughput({**kept, "thread_exponent": 0.95}, busy_now=0.3, cores=2)
     assert measured.thread_exponent == 0.95 and "2 threads measured 1.93x one" in measured.basis
     assert measured.at_threads(2).train_example_s == pytest.approx(0.15 / 2**0.95)
 
@@ -370,30 +370,28 @@ def test_what_the_command_line_sets_stays_as_set_under_a_budget():
 
 def test_a_calibration_taken_on_a_busy_machine_is_taken_again_when_it_is_idle(monkeypatch):
     from finetune.plan import calibration
+    from finetune.system import cpu
 
-    monkeypatch.setattr(calibration.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (0.4, 0.5, 0.6))
-    assert calibration._measured_busy_now_idle({"load_average": 2.3})
-    assert not calibration._measured_busy_now_idle({"load_average": 0.8})
-    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (1.5, 1.5, 1.5))
-    assert not calibration._measured_busy_now_idle({"load_average": 2.3})  # still busy: the old one stands
-    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (0.4, 0.5, 0.6))
+    monkeypatch.setattr(cpu, "cores", lambda: 2)
+    assert calibration._measured_busy_now_idle({"load_average": 2.3}, busy_now=0.1)
+    assert not calibration._measured_busy_now_idle({"load_average": 0.8}, busy_now=0.1)
+    assert not calibration._measured_busy_now_idle({"load_average": 2.3}, busy_now=1.5)  # still busy: it stands
     # The load average lags a minute behind: what other processes used while the steps were timed decides.
-    assert calibration._measured_busy_now_idle({"load_average": 1.4, "others_busy_cores": 0.9})
-    assert not calibration._measured_busy_now_idle({"load_average": 1.4, "others_busy_cores": 0.1})
+    assert calibration._measured_busy_now_idle({"load_average": 1.4, "others_busy_cores": 0.9}, busy_now=0.1)
+    assert not calibration._measured_busy_now_idle({"load_average": 1.4, "others_busy_cores": 0.1}, busy_now=0.1)
 
 
 def test_the_calibration_counts_the_cpu_other_processes_take_while_it_times():
     import subprocess
     import sys
 
-    from finetune.plan import calibration
+    from finetune.system import cpu
 
-    window = calibration.cpu_marks()
+    window = cpu.cpu_marks()
     spin = "import time\nend = time.perf_counter() + 1.5\nwhile time.perf_counter() < end: pass"
     subprocess.run([sys.executable, "-c", spin], check=True)
     # A child spinning a core for most of the window (other tests may add to it, never take from it).
-    assert calibration.others_busy_cores(window) > calibration.CONTENDED_CORES
+    assert cpu.others_busy_cores(window) > cpu.CONTENDED_CORES
 
 
 def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
@@ -401,8 +399,9 @@ def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
     the one training the fit planned on both cores ran on one (1.7x its estimate)."""
     from finetune.cli.main import compose
     from finetune.launch import local
-    from finetune.plan import calibration, fitting
+    from finetune.plan import calibration
     from finetune.plan.build import build_plan
+    from finetune.system import cpu
 
     measured = {
         "train_example_s": 0.001,
@@ -415,9 +414,9 @@ def test_a_local_plan_trains_on_the_threads_its_budget_counted_on(monkeypatch):
         "measured": "now",
         "load_average": 0.1,
     }
-    monkeypatch.setattr(calibration, "calibrate", lambda plan: (measured, 0.0))
-    monkeypatch.setattr(fitting.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(fitting.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(calibration, "calibrate", lambda plan, busy_now: (measured, 0.0))
+    monkeypatch.setattr(cpu, "cores", lambda: 2)
+    monkeypatch.setattr(cpu, "busy_cores_now", lambda: 0.1)
     args = ["search=none", "budget.minutes=10", "dry_run=true"]
     plan = local.resolve(build_plan(compose(args, {}), args, "threads"))
     assert plan.estimate.threads == 2 and plan.compute.num_threads == 2

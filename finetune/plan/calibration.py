@@ -33,15 +33,13 @@ from finetune.config.schema import DatasetConfig, SplitFiles
 from finetune.data import prepare
 from finetune.errors import UserError
 from finetune.plan.budget import LOCAL_STAGES, THREAD_EXPONENT, StageCosts, Throughput, Workload
+from finetune.system import cpu
 from finetune.tasks import task_of
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "finetune" / "calibration"
-# Other processes' CPU while the steps were timed, in cores: from half a core on, the two-thread timing had no
-# free core (a 2-core VM right after a test run measured 1.00x for two threads, then 1.80x idle).
-CONTENDED_CORES = 0.5
 TRAIN_STEPS = 6  # timed, after one untimed step (allocator warm-up, lazy initialisation)
 EVAL_BATCHES = 3
 # What a real trial does that the calibration does not (MLflow run and tracking, the Trainer's setup,
@@ -54,9 +52,9 @@ VERSION = 2  # bump when what is measured changes: older cache entries are then 
 
 def machine() -> dict:
     """What makes one machine's figures differ from another's (not its name: a copy of a VM measures alike)."""
-    cpu = ""
+    name = ""
     try:
-        cpu = next(
+        name = next(
             (
                 line.split(":", 1)[1].strip()
                 for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -65,10 +63,10 @@ def machine() -> dict:
             "",
         )
     except OSError:
-        cpu = platform.processor()
+        name = platform.processor()
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": name,
+        "cores": cpu.cores(),
         "python": platform.python_version(),
         "system": platform.system(),
     }
@@ -97,14 +95,14 @@ def cache_file(spec: dict) -> Path:
     return CACHE_DIR.expanduser() / f"{digest}.json"
 
 
-def calibrate(plan: "RunPlan") -> tuple[dict, float]:
+def calibrate(plan: "RunPlan", busy_now: float) -> tuple[dict, float]:
     """The plan's calibration and the seconds it took now: from the cache (0 s), or measured now (a subprocess
     of some seconds to a minute, which this run's start-up pays for)."""
     spec = request(plan)
     cached = cache_file(spec)
     try:
         entry = json.loads(cached.read_text())
-        if not _measured_busy_now_idle(entry):
+        if not _measured_busy_now_idle(entry, busy_now):
             return entry, 0.0
     except (OSError, ValueError):
         pass
@@ -131,31 +129,15 @@ def calibrate(plan: "RunPlan") -> tuple[dict, float]:
 
 
 def contended(entry: dict) -> bool:
-    """Other processes took a core from the timing (entries before ``others_busy_cores`` only know the load)."""
-    cores = len(os.sched_getaffinity(0))
-    return entry.get("others_busy_cores", 0.0) >= CONTENDED_CORES or entry.get("load_average", 0.0) >= cores
+    """Other processes took a core from the timing (a 2-core VM right after a test run measured 1.00x for two
+    threads, then 1.80x idle). Entries before ``others_busy_cores`` only know the load average."""
+    return entry.get("others_busy_cores", 0.0) >= cpu.CONTENDED_CORES or entry.get("load_average", 0.0) >= cpu.cores()
 
 
-def _measured_busy_now_idle(entry: dict) -> bool:
+def _measured_busy_now_idle(entry: dict, busy_now: float) -> bool:
     """A calibration taken while other processes used the cores says too little of what threads buy: taken
-    again once the machine is mostly idle (1-minute load average under half its cores)."""
-    return contended(entry) and os.getloadavg()[0] < len(os.sched_getaffinity(0)) / 2
-
-
-def cpu_marks() -> tuple:
-    """(wall clock, CPU seconds of every process, CPU seconds of this one) to measure a window by."""
-    import psutil
-
-    system, own = psutil.cpu_times(), psutil.Process().cpu_times()
-    busy = system.user + system.system + sum(getattr(system, f, 0.0) for f in ("nice", "irq", "softirq", "steal"))
-    return time.perf_counter(), busy, own.user + own.system
-
-
-def others_busy_cores(since: tuple) -> float:
-    """Cores other processes (children included) kept busy on average since ``since`` (:func:`cpu_marks`)."""
-    now = cpu_marks()
-    wall = max(now[0] - since[0], 1e-9)
-    return max(0.0, ((now[1] - since[1]) - (now[2] - since[2])) / wall)
+    again once they leave this machine's cores free (``busy_now``: :func:`finetune.system.cpu.busy_cores_now`)."""
+    return contended(entry) and busy_now < cpu.CONTENDED_CORES
 
 
 def learn(plan: "RunPlan", factor: float, stage_seconds: dict, calibration_s: float = 0.0) -> None:
@@ -188,8 +170,8 @@ def stage_costs(calibration: dict, calibration_s: float = 0.0) -> StageCosts:
     return dataclasses.replace(costs, data=costs.data + calibration_s)
 
 
-def throughput(calibration: dict, load: float, cores: int) -> Throughput:
-    """The calibration's figures for a machine now at ``load`` (1-minute load average) on ``cores`` cores."""
+def throughput(calibration: dict, busy_now: float, cores: int) -> Throughput:
+    """The calibration's figures for a machine whose other processes keep ``busy_now`` of its ``cores`` busy."""
     factor = calibration.get("observed_factor", 1.0)
     basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
     if "others_busy_cores" in calibration:
@@ -199,9 +181,9 @@ def throughput(calibration: dict, load: float, cores: int) -> Throughput:
     measured_exponent = calibration.get("thread_exponent")
     if measured_exponent is not None:
         basis += f", {cores} threads measured {cores**measured_exponent:.2f}x one"
-    busy = load >= cores
+    busy = busy_now >= cores - cpu.CONTENDED_CORES
     if busy:
-        basis += f"; busy now (load {load:.1f} on {cores} cores): more threads a trial count as no faster"
+        basis += f"; busy now (others use {busy_now:.1f} of {cores} cores): more threads a trial count as no faster"
     return Throughput(
         train_example_s=calibration["train_example_s"] * factor,
         eval_example_s=calibration["eval_example_s"] * factor,
@@ -265,7 +247,7 @@ def measure(spec: dict) -> dict:
             torch.cuda.synchronize()
 
     model.train()
-    window = cpu_marks()
+    window = cpu.cpu_marks()
     batches = _batches([len(x) for x in train_ids], batch_size, TRAIN_STEPS + 1)
     timed, examples = 0.0, 0
     for step, batch in enumerate(batches):
@@ -283,7 +265,7 @@ def measure(spec: dict) -> dict:
             examples += len(batch)
     # The same steps on every core this process may use: how much a trial's threads really buy on this machine
     # (a small model's matmuls do not split perfectly, and a busy machine has no free core to give).
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu.cores()
     thread_exponent = None
     if device == "cpu" and cores > 1 and timed > 0:
         torch.set_num_threads(cores)
@@ -297,7 +279,7 @@ def measure(spec: dict) -> dict:
             parallel += time.perf_counter() - started
         torch.set_num_threads(1)
         thread_exponent = min(1.0, max(0.0, math.log(timed / parallel) / math.log(cores)))
-    others = others_busy_cores(window)
+    others = cpu.others_busy_cores(window)
     model.eval()
     eval_size = batch_size * 2  # finetune.train's per_device_eval_batch_size
     eval_time, eval_examples = 0.0, 0

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import List
 
 from finetune.errors import UserError
 from finetune.plan import budget, calibration
 from finetune.plan.run_plan import RunPlan
+from finetune.system import cpu
 
 
 def budgeted(plan: RunPlan) -> bool:
@@ -130,17 +130,18 @@ def fit_to_this_machine(plan: RunPlan) -> RunPlan:
     if not budgeted(plan):
         return plan
     try:
-        measured, calibration_s = calibration.calibrate(plan)
+        busy_now = cpu.busy_cores_now()
+        measured, calibration_s = calibration.calibrate(plan, busy_now)
     except UserError as error:
         # Data or a model the calibration cannot read is the run's own error, which its data or training stage
         # reports in its own words; the plan stands with the configured limits.
         print(f"{error}; the plan keeps the configured limits", flush=True)
         return plan
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
-    lanes = device_lanes or plan.compute.num_threads or len(os.sched_getaffinity(0))
+    lanes = device_lanes or plan.compute.num_threads or cpu.cores()
     request = request_for(
         plan,
-        calibration.throughput(measured, os.getloadavg()[0], lanes),
+        calibration.throughput(measured, busy_now, lanes),
         calibration.workload(measured, plan.train.evals_per_epoch),
         lanes,
         calibration.stage_costs(measured, calibration_s),
