@@ -442,3 +442,25 @@ def test_what_a_training_capped_at_its_epochs_leaves_goes_to_automl():
     assert budget.fit(request(sweep=False, budget_s=200.0, fixed_automl=True)).automl_s == 20
     # A sweep spends its own slack on more trials: AutoML keeps its share.
     assert budget.fit(request(budget_s=300.0)).automl_s == 30
+
+
+def test_the_calibration_times_batches_as_long_as_a_trainings_on_average():
+    """Its batches come from the middle of equal slices of a length-sorted megabatch, so neither the one batch
+    holding the longest text nor the shortest decides the time (the ends made estimates 2.5x too long)."""
+    import random
+
+    from finetune.plan import calibration
+
+    rng = random.Random(3)
+    lengths = [min(128, 5 + int(rng.expovariate(1 / 15))) for _ in range(2000)]
+    picks = calibration._batches(lengths, 16, calibration.TRAIN_STEPS)
+    padded = lambda batch: max(lengths[i] for i in batch)  # noqa: E731
+    order = list(range(len(lengths)))
+    random.Random(0).shuffle(order)
+    mega = sorted(order[: 50 * 16], key=lambda i: lengths[i])
+    groups = [mega[i : i + 16] for i in range(0, len(mega), 16)]
+    assert len(picks) == calibration.TRAIN_STEPS
+    assert groups[-1] not in picks and groups[0] not in picks
+    mean_pick = sum(map(padded, picks)) / len(picks)
+    mean_all = sum(map(padded, groups)) / len(groups)
+    assert abs(mean_pick - mean_all) / mean_all < 0.2
