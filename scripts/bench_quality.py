@@ -355,7 +355,13 @@ def main() -> int:
         for name in options.datasets.split(","):
             if name in results and not options.again:
                 continue
-            summary = run_pipeline(work / name, [*dataset_overrides(name, work, options), *options.overrides], log)
+            run_dir = work / name
+            if run_dir.exists():
+                # A run named like an earlier one in the same output root resumes it: keep the earlier one aside.
+                run_dir.rename(
+                    work / f"{name}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(run_dir.stat().st_mtime))}"
+                )
+            summary = run_pipeline(run_dir, [*dataset_overrides(name, work, options), *options.overrides], log)
             results[name] = {**compare(summary), "overrides": options.overrides}
             # Re-read before writing: another process may have added its sets meanwhile.
             merged = json.loads(results_path.read_text()) if results_path.is_file() else {}
