@@ -108,6 +108,17 @@ def write_csv(path: Path, header: tuple, rows: list) -> None:
         writer.writerows(rows)
 
 
+def split_csv_overrides(path: Path) -> list[str]:
+    """A text,label,part CSV whose part column names each row's split."""
+    return [
+        "dataset=file",
+        f"dataset.path={path}",
+        "dataset.text_column=text",
+        "dataset.label_column=label",
+        "dataset.split_column=part",
+    ]
+
+
 def dataset_overrides(name: str, work: Path, options) -> list[str]:
     if name == "automotive":
         return []
@@ -132,25 +143,11 @@ def dataset_overrides(name: str, work: Path, options) -> list[str]:
             **GOEMOTIONS_SIZES,
             **({"train": ("train", options.goemotions_train)} if options.goemotions_train else {}),
         }
-        path = goemotions5_csv(Path(options.goemotions), work / "goemotions5.csv", sizes)
-        return [
-            "dataset=file",
-            f"dataset.path={path}",
-            "dataset.text_column=text",
-            "dataset.label_column=label",
-            "dataset.split_column=part",
-        ]
+        return split_csv_overrides(goemotions5_csv(Path(options.goemotions), work / "goemotions5.csv", sizes))
     if name == "banking77":
         if not options.banking77:
             raise SystemExit("banking77 needs --banking77 DIR (BANKING77's banking_data folder: train.csv, test.csv)")
-        path = banking77_csv(Path(options.banking77), work / "banking77.csv")
-        return [
-            "dataset=file",
-            f"dataset.path={path}",
-            "dataset.text_column=text",
-            "dataset.label_column=label",
-            "dataset.split_column=part",
-        ]
+        return split_csv_overrides(banking77_csv(Path(options.banking77), work / "banking77.csv"))
     raise SystemExit(f"unknown dataset {name}; use {', '.join(SETS)}")
 
 
