@@ -34,7 +34,7 @@ from finetune.serve.endpoint import LOOPBACK_HOSTS
 from finetune.serve.endpoint_names import LOCAL_ENDPOINT_NAME
 from finetune.serve.export import export_candidate
 from finetune.serve.rollout import RolloutError, check_ramp
-from finetune.system import locks, processes
+from finetune.system import cpu, locks, processes
 from finetune.tasks import task_of, with_task_metrics
 from finetune.train.learning_check import shipped_below_baseline_line
 from finetune.train.process import launch_command, train_args
@@ -52,7 +52,7 @@ def check(plan: RunPlan) -> list[str]:
             "automl.engine=text_classification: AML AutoML runs on AML compute only; on local compute "
             "use automl=local or automl=none"
         )
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu.cores()
     concurrent = plan.search.limits.max_concurrent_trials
     if plan.search.sampling != "none" and plan.compute.device != "cuda" and concurrent > cores:
         # Each trial is a training process with at least one thread: more than the cores only thrash.

@@ -46,7 +46,7 @@ from finetune.search.results import progress_line, summarise, trial_record
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
 from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
 from finetune.selection.metrics import unprefixed
-from finetune.system import processes
+from finetune.system import cpu, processes
 from finetune.train.process import launch_command, train_args
 from finetune.train.progress import SweepProgress, read_progress
 
@@ -212,7 +212,7 @@ def _slots(plan: RunPlan) -> List[_Slot]:
     if gpus and concurrency > len(gpus):
         print(f"{len(gpus)} GPU(s): running {len(gpus)} trial(s) at a time instead of {concurrency}", flush=True)
         concurrency = len(gpus)
-    cores = plan.compute.num_threads or len(os.sched_getaffinity(0))
+    cores = plan.compute.num_threads or cpu.cores()
     threads = max(1, cores // concurrency)
     return [_Slot(threads, gpus[i] if gpus else None) for i in range(concurrency)]
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from finetune.errors import UserError
+from finetune.system import cpu
 
 PAD_MULTIPLE = 8
 COMPILE_PAD_MULTIPLE = 64
@@ -90,10 +91,7 @@ class Hardware:
 
 def free_cores() -> int:
     """Cores this process may use, minus the ones busy right now (a loaded core makes 2 threads collapse)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = cpu.cores()
     try:
         busy = int(os.getloadavg()[0] + 0.5)
     except OSError:
