@@ -249,6 +249,8 @@ def test_the_sweep_starts_no_trial_that_cannot_finish_in_the_budget(tmp_path, ti
     with contextlib.redirect_stdout(printed):
         sweep = run_sweep(plan, data, tmp_path / "sweep")
     assert [t.status for t in sweep.trials] == ["completed"] and sweep.best is not None
+    # The one trial is the configured settings: what a budget too small for a sweep would have trained alone.
+    assert sweep.trials[0].params == {"learning_rate": plan.model.learning_rate, "batch_size": plan.model.batch_size}
     assert "budget: no more trials" in printed.getvalue() and "not started" not in printed.getvalue()
     assert 0 < sweep.compute["speed_factor"] < 1 and sweep.trials[0].ended_s > 0
     assert (

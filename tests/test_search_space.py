@@ -18,6 +18,7 @@ from finetune.plan.build import CHECKS, build_plan
 from finetune.search.space import (
     distribution_from_override,
     latent_distribution,
+    latent_of_value,
     value_from_latent,
 )
 from finetune.search.validation import check_search
@@ -194,3 +195,35 @@ def test_normal_family_is_the_normal_law_through_its_quantile():
     assert statistics.stdev(draws) == pytest.approx(0.002, rel=0.05)
     lognormal = {"type": "qlognormal", "mu": 3.0, "sigma": 0.5, "q": 1}
     assert value_from_latent("max_length", lognormal, 0.5) == 20  # round(e**3) = round(20.09)
+
+
+@pytest.mark.parametrize(
+    "dist, value",
+    [
+        ({"type": "choice", "values": [16, 32]}, 32),
+        ({"type": "randint", "upper": 5}, 3),
+        ({"type": "uniform", "min": 0.0, "max": 0.2}, 0.1),
+        ({"type": "loguniform", "min": 1e-5, "max": 1e-4}, 1e-4),
+        ({"type": "quniform", "min": 0.0, "max": 0.3, "q": 0.05}, 0.15),
+        ({"type": "normal", "mu": 0.01, "sigma": 0.002}, 0.012),
+        ({"type": "lognormal", "mu": -9.0, "sigma": 0.5}, 1.5e-4),
+    ],
+)
+def test_a_value_the_distribution_can_draw_has_a_latent_that_maps_back_to_it(dist, value):
+    latent = latent_of_value("weight_decay", dist, value)
+    assert latent is not None
+    assert value_from_latent("weight_decay", dist, latent) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "dist, value",
+    [
+        ({"type": "choice", "values": [16, 32]}, 8),
+        ({"type": "randint", "upper": 5}, 5),
+        ({"type": "loguniform", "min": 1e-5, "max": 1e-4}, 2e-4),
+        ({"type": "quniform", "min": 0.0, "max": 0.3, "q": 0.05}, 0.12),
+        ({"type": "lognormal", "mu": -9.0, "sigma": 0.5}, 0.0),
+    ],
+)
+def test_a_value_the_distribution_cannot_draw_has_no_latent(dist, value):
+    assert latent_of_value("weight_decay", dist, value) is None

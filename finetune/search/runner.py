@@ -44,7 +44,7 @@ from finetune.registry.model_registry import experiment_id
 from finetune.registry.tracking import child_args, model_id
 from finetune.search.results import progress_line, summarise, trial_record
 from finetune.search.space import grid_size, latent_distribution, value_from_latent
-from finetune.search.study import counted, open_study, retry_interrupted, trial_dir
+from finetune.search.study import counted, enqueue_configured, open_study, retry_interrupted, trial_dir
 from finetune.selection.metrics import unprefixed
 from finetune.system import cpu, processes
 from finetune.train.process import launch_command, train_args
@@ -88,6 +88,8 @@ def run_sweep(plan: RunPlan, data, sweep_dir: Path, pipeline_run: Optional[tuple
     storage_url = f"sqlite:///{sweep_dir / STUDY_FILE}"
     study = open_study(plan, storage_url, sweep_dir)
     retried = retry_interrupted(study, sweep_dir)
+    if plan.estimate is not None and search.sampling != "grid" and enqueue_configured(study, plan):
+        print("budget: trial 0 trains the configured hyperparameters (what a smaller budget trains alone)", flush=True)
     wall_before = study.user_attrs.get("wall_seconds", 0.0)
     total = (
         limits.max_total_trials if search.sampling != "grid" else min(limits.max_total_trials, grid_size(search.space))
@@ -166,7 +168,8 @@ def _budgeted_epochs(plan: RunPlan, study, running: Dict[int, "_Job"], deadline:
     epoch can. The expected trial is scaled by what the trials so far took against the estimate: finished ones
     by their wall time, running ones by their projection from their progress files. (None, None): no budget,
     or the first trial, without which there is no model at all."""
-    if plan.estimate is None or not math.isfinite(deadline) or not study.get_trials(deepcopy=False):
+    started = study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING))
+    if plan.estimate is None or not math.isfinite(deadline) or not started:
         return None, None
     factor = _speed_factor(plan.estimate, study, running)
     left = deadline - time.time()

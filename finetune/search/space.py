@@ -299,6 +299,27 @@ def value_from_latent(name: str, dist: Mapping[str, Any], latent: Any) -> Any:
     return value
 
 
+def latent_of_value(name: str, dist: Mapping[str, Any], value: Any) -> Any:
+    """The latent draw that :func:`value_from_latent` maps to `value`, or None when `dist` cannot yield `value`."""
+    kind = dist["type"]
+    if kind == "choice":
+        return value if value in dist["values"] else None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    if kind == "randint":
+        return int(value) if float(value).is_integer() and 0 <= value < dist["upper"] else None
+    if kind.startswith("q") and _tidy(float(round(value / dist["q"]) * dist["q"])) != _tidy(float(value)):
+        return None
+    if "min" in dist:
+        return float(value) if dist["min"] <= value <= dist["max"] else None
+    if "lognormal" in kind:
+        if value <= 0:
+            return None
+        value = math.log(value)
+    latent = NormalDist(dist["mu"], dist["sigma"]).cdf(value)
+    return latent if _QUANTILE_EDGE <= latent <= 1.0 - _QUANTILE_EDGE else None
+
+
 def grid_size(space: Mapping[str, Any]) -> int:
     """Points of a grid over choice dimensions (grid sampling allows nothing else)."""
     return math.prod(len(dist["values"]) for dist in space.values())

@@ -17,6 +17,10 @@ from finetune.errors import UserError
 from finetune.plan.run_plan import RunPlan
 from finetune.search.pruners import RETRY_OF, build_pruner, replaced
 from finetune.search.reporting import open_storage
+from finetune.search.space import latent_of_value
+
+# User attribute of the trial that trains the configured hyperparameters (a budgeted sweep's first trial).
+CONFIGURED = "configured"
 
 
 def study_fingerprint(plan: RunPlan) -> dict:
@@ -109,6 +113,30 @@ def retry_interrupted(study, sweep_dir: Path) -> List[int]:
         for folder in ("checkpoints", "model"):
             shutil.rmtree(trial_dir(sweep_dir, trial.number) / folder, ignore_errors=True)
     return [t.number for t in interrupted]
+
+
+def enqueue_configured(study, plan: RunPlan) -> dict:
+    """Make a fresh budgeted sweep's first trial the model config's own settings, where the space can draw them.
+
+    A budget too small for a sweep trains once at these settings; starting a larger budget's sweep from the
+    same point means more budget adds trials to that training instead of replacing it with random samples
+    (AML's random sampling has no such seed point, so unbudgeted sweeps stay as AML runs them). Dimensions
+    whose configured value the space cannot draw are sampled. Returns the enqueued latent values.
+    """
+    if study.get_trials(deepcopy=False):
+        return {}
+    configured = {
+        name: plan.model.name if name == "model" else getattr(plan.model, name)
+        for name in plan.search.space
+    }
+    fixed = {
+        name: latent
+        for name, value in configured.items()
+        if (latent := latent_of_value(name, plan.search.space[name], value)) is not None
+    }
+    if fixed:
+        study.enqueue_trial(fixed, user_attrs={CONFIGURED: True})
+    return fixed
 
 
 def trial_dir(sweep_dir: Path, number: int) -> Path:
