@@ -466,3 +466,15 @@ def test_the_calibration_times_batches_as_long_as_a_trainings_on_average():
     mean_pick = sum(map(padded, picks)) / len(picks)
     mean_all = sum(map(padded, groups)) / len(groups)
     assert abs(mean_pick - mean_all) / mean_all < 0.2
+
+
+def test_before_any_run_selection_is_expected_to_take_the_models_pass_over_val_and_test():
+    from finetune.plan import calibration
+
+    measured = {"rows": {"train": 4560, "val": 4581, "test": 4797}}
+    speed = dataclasses.replace(SPEED, eval_example_s=0.014)
+    assert calibration.stage_costs(measured, 0.0, speed).select == pytest.approx((4581 + 4797) * 0.014)
+    # A small val and test keep the shipped figure (loading the candidates, the decision rules); a run's own wins.
+    small = {"rows": {"train": 2088, "val": 261, "test": 261}}
+    assert calibration.stage_costs(small, 0.0, speed).select == budget.LOCAL_STAGES.select
+    assert calibration.stage_costs({**measured, "stages": {"select": 83.5}}, 0.0, speed).select == 83.5

@@ -92,22 +92,31 @@ def test_the_exported_token_classifier_carries_no_torch_weights(exported):
         assert not any(path.suffix in (".safetensors", ".bin") for path in folder.iterdir())
 
 
-def test_the_ner_entry_script_serves_onnx_without_torch(exported):
-    """The ONNX deployment's environment has no PyTorch: ner_score.py must not need it."""
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_the_ner_entry_script_serves_onnx_without_torch(trained, exported, runtime):
+    """The ONNX deployments' environment has no PyTorch: ner_score.py must not need it."""
+    text = "Taylor Swift sings in London"
     program = f"""
 import importlib.util, json, os, sys
 sys.modules["torch"] = None  # any import of it now fails
-os.environ["AZUREML_MODEL_DIR"] = {str(exported["onnx-int8"])!r}
+os.environ["AZUREML_MODEL_DIR"] = {str(exported[runtime])!r}
 spec = importlib.util.spec_from_file_location("score", {str(NER_SCORE_SCRIPT)!r})
 score = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(score)
 score.init()
-print(json.dumps(score.run(json.dumps({{"data": [{{"text": "Taylor Swift sings in London"}}]}}))))
+print(json.dumps(score.run(json.dumps({{"data": [{{"text": {text!r}}}]}}))))
 """
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     entities = json.loads(done.stdout.strip().splitlines()[-1])["predictions"][0]["entities"]
-    assert {(e["text"], e["label"]) for e in entities} == {("Taylor Swift", "person"), ("London", "location")}
+    assert entities and all(text[e["start"] : e["end"]] == e["text"] for e in entities)
+    # The fp32 graph answers as PyTorch does (test above); int8's answers may differ where PyTorch is unsure, and
+    # differently on CPUs with and without VNNI, so only its contract is held here.
+    if runtime == "onnx":
+        expected = ner_score.answer(ner_score.load_tagger(trained), [{"text": text}])[0]["entities"]
+        assert [(e["text"], e["label"], e["start"]) for e in entities] == [
+            (e["text"], e["label"], e["start"]) for e in expected
+        ]
 
 
 def test_a_ner_plan_takes_an_onnx_runtime(tmp_path):

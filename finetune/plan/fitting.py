@@ -139,12 +139,13 @@ def fit_to_this_machine(plan: RunPlan) -> RunPlan:
         return plan
     device_lanes = measured.get("gpus") if measured["device"] == "cuda" else None
     lanes = device_lanes or plan.compute.num_threads or cpu.cores()
+    speed = calibration.throughput(measured, busy_now, lanes)
     request = request_for(
         plan,
-        calibration.throughput(measured, busy_now, lanes),
+        speed,
         calibration.workload(measured, plan.train.evals_per_epoch),
         lanes,
-        calibration.stage_costs(measured, calibration_s),
+        calibration.stage_costs(measured, calibration_s, speed.at_threads(lanes)),
         (plan.budget.minutes or 0) * 60,
     )
     try:

@@ -125,10 +125,7 @@ def enqueue_configured(study, plan: RunPlan) -> dict:
     """
     if study.get_trials(deepcopy=False):
         return {}
-    configured = {
-        name: plan.model.name if name == "model" else getattr(plan.model, name)
-        for name in plan.search.space
-    }
+    configured = {name: plan.model.name if name == "model" else getattr(plan.model, name) for name in plan.search.space}
     fixed = {
         name: latent
         for name, value in configured.items()
