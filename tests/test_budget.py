@@ -478,3 +478,40 @@ def test_before_any_run_selection_is_expected_to_take_the_models_pass_over_val_a
     small = {"rows": {"train": 2088, "val": 261, "test": 261}}
     assert calibration.stage_costs(small, 0.0, speed).select == budget.LOCAL_STAGES.select
     assert calibration.stage_costs({**measured, "stages": {"select": 83.5}}, 0.0, speed).select == 83.5
+
+
+@pytest.mark.parametrize(
+    "native_bf16, configured, timed", [(True, "auto", "bf16"), (False, "auto", "fp32"), (True, "fp32", "fp32")]
+)
+def test_the_calibration_times_steps_in_the_format_training_will_use(
+    tmp_path, tiny_model_dir, monkeypatch, native_bf16, configured, timed
+):
+    """On a CPU with native bf16 training runs under bf16 autocast; fp32 calibration steps took twice its time."""
+    import time
+
+    import torch
+
+    from finetune.cli.main import compose
+    from finetune.plan import calibration
+    from finetune.plan.build import build_plan
+    from finetune.train import hardware
+
+    args = [
+        f"output_root={tmp_path}",
+        f"model.path={tiny_model_dir}",
+        "dataset.sample=120",
+        f"compute.precision={configured}",
+    ]
+    spec = calibration.request(build_plan(compose(args, {}), args, "calibration-precision"))
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
+    formats = []
+    real_autocast = torch.autocast
+
+    def recording_autocast(device_type, dtype, enabled):
+        formats.append(str(dtype).removeprefix("torch.") if enabled else "fp32")
+        return real_autocast(device_type=device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(torch, "autocast", recording_autocast)
+    measured = calibration.measure({**spec, "started": time.time()})
+    assert measured["precision"] == timed and measured["train_example_s"] > 0
+    assert set(formats) == {"bfloat16" if timed == "bf16" else "fp32"}

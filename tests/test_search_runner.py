@@ -137,7 +137,10 @@ def test_sweep_runs_trials_concurrently_stops_laggards_and_keeps_the_best_model(
             assert len(trial["values"]) == 2 and trial["epochs_run"] == pytest.approx(2.0)
             assert trial["best_value"] == max(trial["values"]) and trial["stopped_at_interval"] is None
         elif trial["status"] == "early_terminated":
-            assert len(trial["values"]) == trial["stopped_at_interval"] < 2 and trial["epochs_run"] < 2
+            # The policy may act at the last evaluation too (as AML's may cancel a job at its last report), when
+            # a concurrent trial's better value arrived first: which one reports first is the machine's timing.
+            assert len(trial["values"]) == trial["stopped_at_interval"] <= 2
+            assert trial["epochs_run"] == pytest.approx(trial["stopped_at_interval"], abs=0.05)
         else:
             assert trial["params"]["learning_rate"] == -1.0
 

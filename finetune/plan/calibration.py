@@ -35,6 +35,7 @@ from finetune.errors import UserError
 from finetune.plan.budget import LOCAL_STAGES, THREAD_EXPONENT, StageCosts, Throughput, Workload
 from finetune.system import cpu
 from finetune.tasks import task_of
+from finetune.train import hardware
 
 if TYPE_CHECKING:
     from finetune.plan.run_plan import RunPlan
@@ -47,7 +48,7 @@ EVAL_BATCHES = 3
 # as a default run's trial wall time less its training loop less the calibration's load time
 # (docs/performance.md). Constant across models: none of it grows with the model.
 TRIAL_EXTRA_S = 14.0
-VERSION = 3  # bump when what is measured changes: older cache entries are then ignored
+VERSION = 4  # bump when what is measured changes: older cache entries are then ignored
 
 
 def machine() -> dict:
@@ -182,6 +183,8 @@ def throughput(calibration: dict, busy_now: float, cores: int) -> Throughput:
     """The calibration's figures for a machine whose other processes keep ``busy_now`` of its ``cores`` busy."""
     factor = calibration.get("observed_factor", 1.0)
     basis = f"calibrated on this machine {calibration['measured']} (load {calibration['load_average']:.1f})"
+    if "precision" in calibration:
+        basis = f"{calibration['precision']} steps " + basis
     if "others_busy_cores" in calibration:
         basis = basis[:-1] + f", other processes {calibration['others_busy_cores']:.1f} cores)"
     if "observed" in calibration:
@@ -239,6 +242,13 @@ def measure(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     device = "cuda" if spec["device"] != "cpu" and torch.cuda.is_available() else "cpu"
+    # Timed in the format training will use: on a CPU with native bf16, fp32 steps took twice a bf16 trial's.
+    precision = spec["precision"] if spec["precision"] != "auto" else hardware.auto_precision(hardware.detect(device))
+    autocast = lambda: torch.autocast(  # noqa: E731
+        device_type=device,
+        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+        enabled=precision in ("bf16", "fp16"),
+    )
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=labels).to(device)
     load_s = time.time() - spec["started"]
@@ -265,7 +275,8 @@ def measure(spec: dict) -> dict:
         labels_tensor = torch.zeros(len(batch), dtype=torch.long, device=device)
         sync()
         started = time.perf_counter()
-        loss = model(**inputs, labels=labels_tensor).loss
+        with autocast():
+            loss = model(**inputs, labels=labels_tensor).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -283,7 +294,9 @@ def measure(spec: dict) -> dict:
         for batch in batches:
             inputs = tensors([train_ids[i] for i in batch])
             started = time.perf_counter()
-            model(**inputs, labels=torch.zeros(len(batch), dtype=torch.long)).loss.backward()
+            with autocast():
+                loss = model(**inputs, labels=torch.zeros(len(batch), dtype=torch.long)).loss
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             parallel += time.perf_counter() - started
@@ -299,7 +312,8 @@ def measure(spec: dict) -> dict:
             inputs = tensors(chunk)
             sync()
             started = time.perf_counter()
-            model(**inputs)
+            with autocast():
+                model(**inputs)
             sync()
             eval_time += time.perf_counter() - started
             eval_examples += len(chunk)
@@ -310,6 +324,7 @@ def measure(spec: dict) -> dict:
         "threads": 1,
         "thread_exponent": thread_exponent,
         "device": device,
+        "precision": precision,
         "rows": rows,
         "gpus": torch.cuda.device_count() if device == "cuda" else 0,
         "mean_tokens": sum(map(len, train_ids)) / max(1, len(train_ids)),

@@ -226,6 +226,11 @@ def choose_runtime(args, hardware: Optional[Hardware] = None) -> Runtime:
     return decide(args, hardware or detect(args.device))
 
 
+def auto_precision(hw: Hardware) -> str:
+    """``precision=auto``: bf16 where the device has it natively, else fp16 autocast on a GPU, else fp32."""
+    return "bf16" if hw.native_bf16 else ("fp16" if hw.device == "cuda" else "fp32")
+
+
 def decide(args, hw: Hardware) -> Runtime:
     gpu = hw.device == "cuda"
     notes: List[str] = []
@@ -233,7 +238,7 @@ def decide(args, hw: Hardware) -> Runtime:
 
     precision = args.precision
     if precision == "auto":
-        precision = "bf16" if hw.native_bf16 else ("fp16" if gpu else "fp32")
+        precision = auto_precision(hw)
     elif precision == "fp16" and not gpu:
         raise UserError("--precision fp16 needs a GPU (fp16 autocast with loss scaling); use fp32 or bf16")
     elif precision == "bf16" and not hw.native_bf16:
