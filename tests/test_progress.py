@@ -34,3 +34,13 @@ def test_the_sweep_line_estimates_the_time_left_from_running_and_finished_trials
 
 def test_seconds_read_as_minutes_or_hours():
     assert (format_seconds(75), format_seconds(3 * 3600 + 120), format_seconds(None)) == ("1m15s", "3h02m", "?")
+
+
+def test_trials_beyond_the_planned_count_leave_the_eta_to_the_running_ones(tmp_path):
+    progress = SweepProgress(total=2, done=0, concurrency=2, metric="val_auc_weighted")
+    progress.finished(0, "completed", 0.97, 200.0, "maximize")
+    progress.finished(1, "completed", 0.96, 200.0, "maximize")
+    write_progress(tmp_path / "t2.json", 5, 10)  # a third trial in the time the two planned ones left
+    progress.update({2: (tmp_path / "t2.json", time.time() - 60)})
+    assert "ETA 1m00s" in progress.line.postfix or "ETA 0m59s" in progress.line.postfix
+    progress.close()

@@ -155,7 +155,8 @@ class SweepProgress:
         # Until a trial completes, the running trials' projected durations stand in for a typical one.
         known = self.durations or totals
         typical = sum(known) / len(known) if known else None
-        waiting = self.total - self.line.n - len(running)
+        # A budgeted sweep starts more trials than it planned when the planned ones leave time: none then waits.
+        waiting = max(0, self.total - self.line.n - len(running))
         left = [e if e is not None else typical for e in estimates]
         eta = None
         if all(e is not None for e in left) and (typical is not None or waiting == 0):
