@@ -19,9 +19,6 @@ from finetune.search.pruners import RETRY_OF, build_pruner, replaced
 from finetune.search.reporting import open_storage
 from finetune.search.space import latent_of_value
 
-# User attribute of the trial that trains the configured hyperparameters (a budgeted sweep's first trial).
-CONFIGURED = "configured"
-
 
 def study_fingerprint(plan: RunPlan) -> dict:
     """What makes two sweeps the same sweep (limits may change between resumes; these may not)."""
@@ -132,7 +129,7 @@ def enqueue_configured(study, plan: RunPlan) -> dict:
         if (latent := latent_of_value(name, plan.search.space[name], value)) is not None
     }
     if fixed:
-        study.enqueue_trial(fixed, user_attrs={CONFIGURED: True})
+        study.enqueue_trial(fixed)
     return fixed
 
 
