@@ -446,6 +446,36 @@ def test_what_a_training_capped_at_its_epochs_leaves_goes_to_automl():
     assert budget.fit(request(budget_s=300.0)).automl_s == 30
 
 
+def test_automl_searches_what_training_left_of_the_budget():
+    estimate = budget.fit(request(budget_s=300.0))
+    # 300 x 0.95 = 285 s to spend; AutoML's fixed part is 5 s; select, register, deploy and report 20 s after it.
+    # A sweep that ended 200 s into the run leaves 285 - 200 - 5 - 20 = 60 s (30 were planned).
+    assert estimate.automl_s == 30
+    assert budget.automl_search_left(estimate, elapsed_s=200.0) == 60
+    # One that overran gives back AutoML's time, down to the least search that still finds a model.
+    assert budget.automl_search_left(estimate, elapsed_s=250.0) == 10
+    assert budget.automl_search_left(estimate, elapsed_s=400.0) == budget.MIN_AUTOML_S
+    without = budget.fit(request(budget_s=300.0, automl_s=None))
+    assert budget.automl_search_left(without, elapsed_s=200.0) is None
+
+
+def test_the_local_run_hands_automl_the_time_left_unless_the_command_line_set_it(monkeypatch):
+    from finetune.launch import local
+    from finetune.plan.summary import RunSummary
+
+    estimate = budget.fit(request(budget_s=300.0))
+    plan = dataclasses.replace(aml_plan(), estimate=estimate)
+    monkeypatch.setattr(local.processes, "started_at", lambda: __import__("time").time() - 180.0)
+    summary = RunSummary.__new__(RunSummary)
+    summary.run = {}
+    given = local._automl_gets_what_is_left(plan, summary)
+    assert given.automl.time_budget_s in (79, 80) and summary.run["automl_search_s"] == given.automl.time_budget_s
+    pinned = dataclasses.replace(plan, overrides=[*plan.overrides, "automl.time_budget_s=45"])
+    assert local._automl_gets_what_is_left(pinned, summary) is pinned
+    unbudgeted = dataclasses.replace(plan, estimate=None)
+    assert local._automl_gets_what_is_left(unbudgeted, summary) is unbudgeted
+
+
 def test_the_calibration_times_batches_as_long_as_a_trainings_on_average():
     """Its batches come from the middle of equal slices of a length-sorted megabatch, so neither the one batch
     holding the longest text nor the shortest decides the time (the ends made estimates 2.5x too long)."""

@@ -203,6 +203,7 @@ def _stages(
         print(f"exported to {summary.candidates[FINETUNED].path}")
 
     if "automl" in plan.stages:
+        plan = _automl_gets_what_is_left(plan, summary)
         task = task_of(data.task)
         next_stage("automl", task.baseline_description(plan))
         summary.candidates[task.baseline_name] = Candidate.from_dict(
@@ -277,6 +278,20 @@ def _stages(
         f"report:        {report.path} (one page: {report.path.with_suffix('.html').name})"
     )
     return summary.to_dict()
+
+
+def _automl_gets_what_is_left(plan: RunPlan, summary: RunSummary) -> RunPlan:
+    """A budgeted run's AutoML searches what training left of the budget (not the planned share): a sweep
+    whose next trial did not fit would otherwise end the run minutes early. A search time set on the command
+    line stays as set."""
+    if plan.estimate is None or "automl.time_budget_s" in fitting.pinned(plan):
+        return plan
+    seconds = budget.automl_search_left(plan.estimate, time.time() - processes.started_at())
+    if seconds is None or seconds == plan.automl.time_budget_s:
+        return plan
+    print(f"AutoML searches {seconds} s, what training left of the budget (planned {plan.automl.time_budget_s} s)")
+    summary.run["automl_search_s"] = seconds
+    return dataclasses.replace(plan, automl=dataclasses.replace(plan.automl, time_budget_s=seconds))
 
 
 def _train_or_sweep(plan: RunPlan, summary: RunSummary, data, next_stage, pipeline_run) -> TrainingResult:

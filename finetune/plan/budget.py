@@ -378,6 +378,20 @@ def epochs_that_fit(estimate: Estimate, left_s: float, factor: float) -> float:
     return epochs if epochs >= min(1.0, estimate.epochs) else 0.0
 
 
+def automl_search_left(estimate: Estimate, elapsed_s: float) -> Optional[int]:
+    """AutoML's search seconds once training has ended ``elapsed_s`` into the run: what the budget (less its
+    headroom) leaves after AutoML's fixed part and the stages still to come, at least :data:`MIN_AUTOML_S`.
+    A sweep that could not fill its share (no further trial fitted) hands the rest to AutoML instead of ending
+    the run early; one that overran takes it back from AutoML's planned search. None without AutoML."""
+    if estimate.automl_s is None or "automl" not in estimate.stages:
+        return None
+    names = list(estimate.stages)
+    still_to_come = sum(estimate.stages[name] for name in names[names.index("automl") + 1 :])
+    fixed = estimate.stages["automl"] - estimate.automl_s
+    left = estimate.budget_s * (1 - HEADROOM) - elapsed_s - fixed - still_to_come
+    return max(MIN_AUTOML_S, int(left))
+
+
 # ----------------------------------------------------------------------------------------------- after it
 
 
