@@ -97,6 +97,23 @@ def test_multiclass_prior_correction_only_when_it_helps_on_val():
     assert "prior" in describe(decision) and describe(None) == "argmax"
 
 
+def test_a_model_that_answers_rare_classes_too_often_is_moved_back_towards_the_prior():
+    """The logit-adjusted loss ships the balanced posterior (softmax of logits without the log prior): its
+    argmax over-answers rare classes for F1 macro; the rule multiplies by the prior (a negative strength)."""
+    rng = np.random.default_rng(1)
+    priors = np.array([0.7, 0.2, 0.07, 0.03])
+    y = rng.choice(4, size=2000, p=priors)
+    logits = np.log(priors) + 1.2 * np.eye(4)[y] + rng.normal(0, 0.8, (2000, 4))
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    balanced = calibrated / priors
+    balanced /= balanced.sum(axis=1, keepdims=True)
+    counts = dict(zip("abcd", (priors * 10_000).astype(int)))
+    decision = choose_decision(y, balanced, list("abcd"), train_counts=counts)
+    assert decision.rule == "class_weights" and decision.prior_strength < 0
+    assert decision.val > decision.val_argmax
+    assert decision.weights["a"] > decision.weights["d"], "the majority class is weighted up"
+
+
 def test_decision_metrics_match_scikit_learn():
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 

@@ -225,3 +225,34 @@ def test_auto_trains_five_star_classes_with_the_logit_adjusted_loss(tiny_model_d
     assert result["status"] == "completed" and result["class_weights"] is None
     priors = result["logit_adjusted_priors"]
     assert priors == pytest.approx({label: n / sum(counts.values()) for label, n in counts.items()})
+
+
+def test_the_new_head_learns_at_its_own_multiple_of_the_learning_rate(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from finetune.train.trainer import raise_head_learning_rate
+
+    def trainer():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            tiny_model_dir, num_labels=3, ignore_mismatched_sizes=True
+        )
+        arguments = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, weight_decay=0.01, report_to=[])
+        return Trainer(model=model, args=arguments)
+
+    unchanged = trainer()
+    raise_head_learning_rate(unchanged, 1.0)
+    assert unchanged.optimizer is None, "factor 1 leaves the Trainer its own optimizer"
+    raised = trainer()
+    raise_head_learning_rate(raised, 10.0)
+    settings = {
+        id(p): (group["lr"], group["weight_decay"]) for group in raised.optimizer.param_groups for p in group["params"]
+    }
+    parameters = dict(raised.model.named_parameters())
+    assert len(settings) == len(parameters), "every parameter is in exactly one group"
+    for name, parameter in parameters.items():
+        lr, decay = settings[id(parameter)]
+        assert lr == pytest.approx(1e-3 if name.startswith("classifier.") else 1e-4), name
+        assert decay == (0.0 if name.endswith("bias") or "LayerNorm" in name else 0.01), name
+    assert raised.create_optimizer() is raised.optimizer, "training starts with this optimizer"
+    raised.create_scheduler(num_training_steps=10)
+    assert sorted({group["initial_lr"] for group in raised.optimizer.param_groups}) == pytest.approx([1e-4, 1e-3])

@@ -128,6 +128,12 @@ class Hyperparameters:
     max_length: int = hyperparameter(
         128, Range(2), help="tokens per text after truncation ([CLS] and [SEP] alone take two)"
     )
+    head_lr_factor: float = hyperparameter(
+        1.0,
+        POSITIVE,
+        help="the new classification head's learning rate as a multiple of learning_rate (the pretrained "
+        "encoder keeps learning_rate)",
+    )
     # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 there is a fraction of the steps.
     warmup_ratio: float = hyperparameter(
         0.0, BETA, trainer="warmup_steps", help="fraction of the total steps the learning rate warms up over"

@@ -37,6 +37,7 @@ SHORT_VIEW = {
             "max_length",
             "warmup_ratio",
             "weight_decay",
+            "head_lr_factor",
         ),
         (),
         (),

@@ -17,7 +17,11 @@ class (a model with a good AUC can do that on imbalanced data), so each candidat
   (a false positive there costs what it costs on a frequent label; measured in docs/performance.md). A label
   without a positive val text keeps 0.5. ``multiclass_rule`` does not apply.
 - multiclass: argmax, or (``multiclass_rule=prior_correction``) argmax of probability / train prior^a, the
-  strength ``a`` in (0.5, 1) picked on val; ``auto`` keeps the correction only when it beats argmax on val.
+  strength ``a`` in PRIOR_STRENGTHS picked on val; ``auto`` keeps the correction only when it beats argmax on
+  val. A positive ``a`` moves answers towards rare classes (a model trained with plain cross-entropy answers
+  the majority too often); a negative one back towards the prior: a model trained with the logit-adjusted loss
+  answers rare classes too often for F1 (its probabilities are the balanced posterior; ``a = -1`` is the
+  train-prior posterior again, Menon et al. 2021's post-hoc adjustment in reverse).
 
 The rule is applied by :func:`finetune.serve.score.decide`, the function the endpoint runs.
 """
@@ -37,7 +41,7 @@ DECISION_METRICS = tuple(name for name in METRIC_NAMES if name not in RANKING_ME
 MULTI_LABEL_DECISION_METRICS = ("f1_macro", "f1_weighted", "f1_micro")
 # Rounds of the one-label-at-a-time search for f1_micro; it settles in two or three on GoEmotions.
 MAX_ROUNDS = 20
-PRIOR_STRENGTHS = (0.5, 1.0)
+PRIOR_STRENGTHS = (-1.0, -0.5, 0.5, 1.0)
 # More distinct thresholds than this are thinned to quantiles: the choice is as good and stays fast.
 MAX_THRESHOLDS = 400
 # Binary thresholds: the share of candidate cuts on each side that a cut's val metric is averaged with.
@@ -123,7 +127,8 @@ def choose_decision(
                 weights={label: round(float(w / weights.max()), 6) for label, w in zip(labels, weights)},
             )
             tried.append((score(decision), strength, decision))
-        value, _, decision = max(tried, key=lambda item: (item[0], -item[1]))
+        # Ties go to the weakest correction.
+        value, _, decision = max(tried, key=lambda item: (item[0], -abs(item[1])))
         if multiclass_rule == "prior_correction" or value > best_value:
             best, best_value = decision, value
     return best.with_val(metric, best_value, at_argmax)

@@ -65,7 +65,7 @@ from finetune.train.learning_check import (
 from finetune.train.progress import training_callback
 from finetune.train.telemetry import ResourceMonitor
 from finetune.train.tracking import NullTracking, start_tracking
-from finetune.train.trainer import training_arguments
+from finetune.train.trainer import raise_head_learning_rate, training_arguments
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -336,6 +336,7 @@ def _setup_trainer(prepared: Setup, callbacks: Sequence) -> Fitted:
         callbacks=[watcher, meter, check, *([early_stopping] if early_stopping else []), *callbacks],
     )
     check.trainer = trainer
+    raise_head_learning_rate(trainer, args.head_lr_factor)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(

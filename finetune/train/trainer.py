@@ -40,3 +40,24 @@ def training_arguments(args: TrainArgs, batch, runtime, steps_per_epoch: int, ch
         disable_tqdm=True,
         **{**runtime.trainer_kwargs(), **task_of(args.task).trainer_overrides},
     )
+
+
+def raise_head_learning_rate(trainer, factor: float) -> None:
+    """Create ``trainer``'s optimizer with the new head's parameters (those outside the pretrained encoder,
+    ``base_model_prefix``) in their own groups at ``factor`` x the learning rate; the Trainer's scheduler then
+    warms up and decays every group alike. A head starts from random weights, the encoder from pretrained ones:
+    with few steps a head learning at the encoder's rate is what holds many-class training back."""
+    if factor == 1.0:
+        return
+    optimizer = trainer.create_optimizer()
+    model = trainer.model
+    encoder = model.base_model_prefix + "."
+    head = {id(p) for name, p in model.named_parameters() if not name.removeprefix("_orig_mod.").startswith(encoder)}
+    for group in list(optimizer.param_groups):
+        moved = [p for p in group["params"] if id(p) in head]
+        if not moved:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in head]
+        settings = {key: value for key, value in group.items() if key != "params"}
+        optimizer.add_param_group({**settings, "params": moved, "lr": group["lr"] * factor})
+    optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
