@@ -274,6 +274,8 @@ def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypat
             5,
             "f1_micro",
         )
+        # The measured recipe runs as measured: under the default budget it would be fitted down to one epoch.
+        assert cfg.budget.name == "none"
     if name == "quick":
         assert build_plan(cfg, overrides, "q").stages == ["data", "train", "automl", "select", "register", "deploy"]
 
