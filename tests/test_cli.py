@@ -272,7 +272,7 @@ def test_shipped_experiments_compose_over_the_defaults(name, tmp_path, monkeypat
             "goemotions",
             "multi_label",
             5,
-            "f1_micro",
+            "f1_macro",
         )
         # The measured recipe runs as measured: under the default budget it would be fitted down to one epoch.
         assert cfg.budget.name == "none"
